@@ -1,0 +1,46 @@
+# Query: `make run` starts a demo deployment, `make test` runs every test.
+# Needs only the Rust toolchain; anything else is installed here.
+
+CARGO ?= cargo
+LISTEN ?= 127.0.0.1:8080
+MACHINES ?= 1000
+CLUSTERS ?= 20
+
+.PHONY: all build run run-release test test-deps lint fmt check-fmt clippy clean
+
+all: build
+
+build:
+	$(CARGO) build -p query-http --bin queryd
+
+## The demo: a TLA/SQL node fed by this machine and a simulated fleet. Prints the console URL.
+run: build
+	./target/debug/queryd demo --listen $(LISTEN) --machines $(MACHINES) --clusters $(CLUSTERS)
+
+run-release:
+	$(CARGO) run --release -p query-http --bin queryd -- demo --listen $(LISTEN) --machines $(MACHINES) --clusters $(CLUSTERS)
+
+## Everything: unit tests, the SQL suite (sqllogictest), multi-process and browser tests.
+test: test-deps build
+	$(CARGO) test --workspace --no-fail-fast
+
+## Headless Chromium for the console test (Debian's package; no download of its own).
+test-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium for the browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || { echo "could not install chromium (run as root, or install it)"; exit 1; }; }
+
+lint: check-fmt clippy
+
+check-fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

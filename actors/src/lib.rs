@@ -1,0 +1,23 @@
+//! The Query node: the table model, generations, the SQL engine with its views and static
+//! tables, the publishers, and the actors that tie them into the roles of the hierarchy.
+//!
+//! - [`table`]: column types, schemas from `schemas/*.toml`, rows to Arrow.
+//! - [`generation`]: immutable snapshots of published tables.
+//! - [`sql`]: one generation + static tables + views as a DataFusion context.
+//! - [`static_tables`]: TOML static tables, reloaded on change, last good copy kept.
+//! - [`edge`]: publishers (the host's own tables).
+//! - [`simulate`]: a simulated fleet for the demo and benchmarks.
+//! - [`node`]: the actors of a node and the handle the HTTP layer uses.
+
+pub mod config;
+pub mod edge;
+pub mod error;
+pub mod generation;
+pub mod metrics;
+pub mod node;
+pub mod simulate;
+pub mod sql;
+pub mod static_tables;
+pub mod table;
+
+pub use error::{ConfigError, QueryError};

@@ -1,0 +1,175 @@
+//! The node's own counters, rendered in the Prometheus text format by `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::sql::Snapshot;
+
+/// Upper bounds of the query duration histogram, seconds.
+const BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Queries by outcome: "ok" or the error code.
+    queries: Mutex<BTreeMap<&'static str, u64>>,
+    query_buckets: [AtomicU64; 13],
+    query_count: AtomicU64,
+    query_micros: AtomicU64,
+    pub generations_sealed: AtomicU64,
+    pub seals_skipped: AtomicU64,
+    pub last_seal_micros: AtomicU64,
+    pub snapshots_built: AtomicU64,
+    pub static_reloads: AtomicU64,
+    pub view_reloads: AtomicU64,
+    pub config_errors: AtomicU64,
+    /// View computations since start, all generations.
+    pub view_computations_total: Arc<AtomicU64>,
+    /// HTTP responses by status code.
+    http: Mutex<BTreeMap<u16, u64>>,
+}
+
+impl Metrics {
+    pub fn record_query(&self, outcome: &'static str, took: Duration) {
+        if let Ok(mut q) = self.queries.lock() {
+            *q.entry(outcome).or_default() += 1;
+        }
+        let secs = took.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.query_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.query_count.fetch_add(1, Ordering::Relaxed);
+        self.query_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn record_http(&self, status: u16) {
+        if let Ok(mut h) = self.http.lock() {
+            *h.entry(status).or_default() += 1;
+        }
+    }
+
+    /// Prometheus text exposition, with gauges describing the snapshot now served.
+    pub fn render(&self, snapshot: Option<&Snapshot>, now: SystemTime) -> String {
+        let mut out = String::new();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            &mut out,
+            "query_generations_sealed_total",
+            "Generations sealed by this node.",
+            load(&self.generations_sealed),
+        );
+        counter(
+            &mut out,
+            "query_generation_seals_skipped_total",
+            "Ticks skipped because the previous seal was still running.",
+            load(&self.seals_skipped),
+        );
+        counter(
+            &mut out,
+            "query_snapshots_built_total",
+            "Snapshots (generation + static tables + views) installed.",
+            load(&self.snapshots_built),
+        );
+        counter(
+            &mut out,
+            "query_static_reloads_total",
+            "Static table catalog changes applied.",
+            load(&self.static_reloads),
+        );
+        counter(
+            &mut out,
+            "query_view_reloads_total",
+            "views.toml changes applied.",
+            load(&self.view_reloads),
+        );
+        counter(
+            &mut out,
+            "query_config_errors_total",
+            "Static table or view files rejected (last good copy kept).",
+            load(&self.config_errors),
+        );
+        counter(
+            &mut out,
+            "query_view_computations_total",
+            "View computations since start, all generations.",
+            load(&self.view_computations_total),
+        );
+        let _ = writeln!(out, "# HELP query_last_seal_seconds Time to seal the last generation.\n# TYPE query_last_seal_seconds gauge\nquery_last_seal_seconds {}", load(&self.last_seal_micros) as f64 / 1e6);
+
+        let _ = writeln!(out, "# HELP query_queries_total SQL queries by outcome.\n# TYPE query_queries_total counter");
+        if let Ok(q) = self.queries.lock() {
+            for (outcome, n) in q.iter() {
+                let _ = writeln!(out, "query_queries_total{{outcome=\"{outcome}\"}} {n}");
+            }
+        }
+        let _ = writeln!(out, "# HELP query_query_duration_seconds Time to answer SQL queries.\n# TYPE query_query_duration_seconds histogram");
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "query_query_duration_seconds_bucket{{le=\"{le}\"}} {}",
+                load(&self.query_buckets[i])
+            );
+        }
+        let count = load(&self.query_count);
+        let _ = writeln!(
+            out,
+            "query_query_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "query_query_duration_seconds_sum {}",
+            load(&self.query_micros) as f64 / 1e6
+        );
+        let _ = writeln!(out, "query_query_duration_seconds_count {count}");
+
+        let _ = writeln!(out, "# HELP query_http_responses_total HTTP responses by status.\n# TYPE query_http_responses_total counter");
+        if let Ok(h) = self.http.lock() {
+            for (status, n) in h.iter() {
+                let _ = writeln!(out, "query_http_responses_total{{status=\"{status}\"}} {n}");
+            }
+        }
+
+        let Some(s) = snapshot else { return out };
+        let g = &s.generation;
+        let _ = writeln!(out, "# HELP query_generation_id Id of the generation served.\n# TYPE query_generation_id gauge\nquery_generation_id {}", g.id);
+        let _ = writeln!(out, "# HELP query_generation_age_seconds Age of the generation served.\n# TYPE query_generation_age_seconds gauge\nquery_generation_age_seconds {}", g.age(now).as_secs_f64());
+        let _ = writeln!(out, "# HELP query_table_rows Rows of each table in the generation served.\n# TYPE query_table_rows gauge");
+        for t in s.tables() {
+            if let Some(rows) = t.rows {
+                let origin = serde_json::to_value(t.origin)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "query_table_rows{{table=\"{}\",origin=\"{origin}\"}} {rows}",
+                    t.name
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP query_view_computations Computations of each view in the generation served (1 once used, however many queries used it).\n# TYPE query_view_computations gauge");
+        for (view, n) in s.view_computations() {
+            let _ = writeln!(
+                out,
+                "query_view_computations{{view=\"{view}\",generation=\"{}\"}} {n}",
+                g.id
+            );
+        }
+        let _ = writeln!(out, "# HELP query_view_errors Views that cannot be planned in the generation served.\n# TYPE query_view_errors gauge\nquery_view_errors {}", s.view_errors.len());
+        let _ = writeln!(out, "# HELP query_static_table_errors Static table files currently rejected.\n# TYPE query_static_table_errors gauge\nquery_static_table_errors {}", s.statics.errors.len());
+        out
+    }
+}

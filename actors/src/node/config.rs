@@ -1,0 +1,253 @@
+//! A node's configuration file (`ops/<role>.example.toml`). Relative paths resolve
+//! against the directory of the file that names them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{ConfigError, ConfigResult};
+use crate::simulate::SimulateConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    #[serde(default)]
+    pub node: NodeSection,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub paths: PathsConfig,
+    #[serde(default)]
+    pub generation: GenerationConfig,
+    #[serde(default)]
+    pub sql: SqlConfig,
+    #[serde(default)]
+    pub host: HostConfig,
+    /// Present only on nodes that serve a simulated fleet (`queryd demo`).
+    pub simulate: Option<SimulateConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Address stamped on this node's own published rows (`machine_ip`).
+    pub machine_ip: String,
+    pub cluster: String,
+    /// Region id (region_data.id) of this machine.
+    pub georegion: i64,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            machine_ip: "127.0.0.1".into(),
+            cluster: "local".into(),
+            georegion: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Largest request body accepted (the SQL text), bytes.
+    pub max_body_bytes: usize,
+    /// Rows returned at most; an answer cut there says `"truncated": true`.
+    pub max_result_rows: usize,
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// HTTP worker threads; 0 = one per core.
+    pub workers: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1 << 20,
+            max_result_rows: 100_000,
+            query_timeout: Duration::from_secs(30),
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    pub schemas: PathBuf,
+    pub static_tables: PathBuf,
+    pub views: PathBuf,
+    /// How often the static tables and views are checked for edits.
+    #[serde(with = "humantime_serde")]
+    pub reload_every: Duration,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        PathsConfig {
+            schemas: "schemas".into(),
+            static_tables: "static-tables/index.toml".into(),
+            views: "ops/views.toml".into(),
+            reload_every: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationConfig {
+    /// A generation is sealed every `interval`...
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// ...at `offset` past each multiple of it, so publishers have sent their rows.
+    #[serde(with = "humantime_serde")]
+    pub offset: Duration,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig {
+            interval: Duration::from_secs(60),
+            offset: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[derive(Default)]
+pub struct SqlConfig {
+    /// Threads of the compute pool (queries, sealing); 0 = one per core.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Publish this machine's sys, processes, filesystem, network_interfaces.
+    pub enabled: bool,
+    /// Roles this machine publishes in `machinerole`.
+    pub roles: Vec<String>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            enabled: true,
+            roles: vec!["tla".into(), "sql".into()],
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Parses a config file; relative paths become relative to its directory.
+    pub fn load(path: &Path) -> ConfigResult<NodeConfig> {
+        let mut cfg: NodeConfig = crate::config::read_toml(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.paths.resolve(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses config text (an embedded default) as if it were a file in `base`.
+    pub fn parse(text: &str, origin: &str, base: &Path) -> ConfigResult<NodeConfig> {
+        let mut cfg: NodeConfig = crate::config::parse_toml(text, origin)?;
+        cfg.paths.resolve(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> ConfigResult<()> {
+        let bad = |what: &str, m: &str| {
+            Err(ConfigError::Invalid {
+                what: what.into(),
+                message: m.into(),
+            })
+        };
+        if self.generation.interval < Duration::from_millis(100) {
+            return bad("[generation] interval", "must be at least 100ms");
+        }
+        if self.generation.offset >= self.generation.interval {
+            return bad("[generation] offset", "must be shorter than the interval");
+        }
+        if self.http.max_body_bytes == 0 || self.http.max_result_rows == 0 {
+            return bad(
+                "[http]",
+                "max_body_bytes and max_result_rows must be positive",
+            );
+        }
+        if self.http.query_timeout.is_zero() {
+            return bad("[http] query_timeout", "must be positive");
+        }
+        if self.paths.reload_every < Duration::from_millis(100) {
+            return bad("[paths] reload_every", "must be at least 100ms");
+        }
+        if let Some(sim) = &self.simulate {
+            sim.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl PathsConfig {
+    fn resolve(&mut self, base: &Path) {
+        for p in [&mut self.schemas, &mut self.static_tables, &mut self.views] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_configs_parse() {
+        let ops = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&ops).expect("ops/") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if name.ends_with(".example.toml") {
+                let cfg = NodeConfig::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert!(
+                    cfg.paths.schemas.join("sys.toml").exists(),
+                    "{name}: schemas path resolves"
+                );
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "tla-sql and demo examples");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(NodeConfig::parse(
+            "[http]\nlisten = \"127.0.0.1:1\"\nmax_rows = 5\n",
+            "t",
+            Path::new(".")
+        )
+        .is_err());
+        assert!(NodeConfig::parse(
+            "[generation]\ninterval = \"1s\"\noffset = \"2s\"\n",
+            "t",
+            Path::new(".")
+        )
+        .is_err());
+        assert!(
+            NodeConfig::parse("[generation]\ninterval = \"soon\"\n", "t", Path::new(".")).is_err()
+        );
+        let cfg = NodeConfig::parse("", "t", Path::new(".")).expect("all defaults");
+        assert_eq!(cfg.generation.interval, Duration::from_secs(60));
+    }
+}

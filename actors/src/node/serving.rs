@@ -1,0 +1,111 @@
+//! The snapshot keeper: owns what the node serves (the latest generation, static tables,
+//! views) and swaps in a new snapshot whenever one of them changes. Snapshots are built on
+//! the compute pool; the swap is atomic, and queries holding the old snapshot finish on it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use arc_swap::ArcSwapOption;
+
+use super::messages::{InstallGeneration, InstallStatics, InstallViews};
+use crate::generation::Generation;
+use crate::metrics::Metrics;
+use crate::sql::{Snapshot, SqlPool, ViewsFile};
+use crate::static_tables::StaticCatalog;
+
+pub struct SnapshotKeeper {
+    current: Arc<ArcSwapOption<Snapshot>>,
+    pool: SqlPool,
+    metrics: Arc<Metrics>,
+    generation: Option<Arc<Generation>>,
+    statics: Arc<StaticCatalog>,
+    views: Arc<ViewsFile>,
+    views_error: Option<String>,
+    /// Builds may finish out of order; only a newer one replaces what is served.
+    build_seq: u64,
+    installed_seq: u64,
+}
+
+impl SnapshotKeeper {
+    pub fn new(
+        current: Arc<ArcSwapOption<Snapshot>>,
+        pool: SqlPool,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        SnapshotKeeper {
+            current,
+            pool,
+            metrics,
+            generation: None,
+            statics: Arc::new(StaticCatalog::default()),
+            views: Arc::new(ViewsFile::default()),
+            views_error: None,
+            build_seq: 0,
+            installed_seq: 0,
+        }
+    }
+
+    fn rebuild(&mut self, ctx: &mut Context<Self>) {
+        let Some(generation) = self.generation.clone() else {
+            return;
+        };
+        self.build_seq += 1;
+        let seq = self.build_seq;
+        let statics = self.statics.clone();
+        let views = self.views.clone();
+        let views_error = self.views_error.clone();
+        let total = self.metrics.view_computations_total.clone();
+        let partitions = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let work = self.pool.spawn(async move {
+            let mut snap = Snapshot::build(generation, statics, &views, partitions, total).await;
+            snap.views_file_error = views_error;
+            snap
+        });
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(move |res, act, _| match res {
+            Ok(snap) if seq > act.installed_seq => {
+                act.installed_seq = seq;
+                act.metrics.snapshots_built.fetch_add(1, Ordering::Relaxed);
+                act.current.store(Some(Arc::new(snap)));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "building a snapshot failed; the previous one stays"),
+        }));
+    }
+}
+
+impl Actor for SnapshotKeeper {
+    type Context = Context<Self>;
+}
+
+impl Handler<InstallGeneration> for SnapshotKeeper {
+    type Result = ();
+    fn handle(&mut self, msg: InstallGeneration, ctx: &mut Context<Self>) {
+        self.generation = Some(msg.0);
+        self.rebuild(ctx);
+    }
+}
+
+impl Handler<InstallStatics> for SnapshotKeeper {
+    type Result = ();
+    fn handle(&mut self, msg: InstallStatics, ctx: &mut Context<Self>) {
+        self.statics = msg.0;
+        self.rebuild(ctx);
+    }
+}
+
+impl Handler<InstallViews> for SnapshotKeeper {
+    type Result = ();
+    fn handle(&mut self, msg: InstallViews, ctx: &mut Context<Self>) {
+        match msg.0 {
+            Ok(views) => {
+                self.views = views;
+                self.views_error = None;
+            }
+            Err(e) => self.views_error = Some(e),
+        }
+        self.rebuild(ctx);
+    }
+}

@@ -1,0 +1,393 @@
+//! A snapshot: the one generation a node currently answers from, with its static tables
+//! and views, registered in a DataFusion context. Installing the next generation builds a
+//! new snapshot; queries that hold the old one finish on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::MemTable;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::config::Dialect;
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::logical_expr::LogicalPlan;
+use futures::StreamExt;
+
+use super::division::NullOnDivideByZero;
+use super::statement::check_read_only;
+use super::views::{ViewProvider, ViewsFile};
+use crate::error::QueryError;
+use crate::generation::Generation;
+use crate::static_tables::StaticCatalog;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::optimizer::{Analyzer, AnalyzerRule};
+
+const SQL_DIALECT: Dialect = Dialect::PostgreSQL;
+
+/// Where a table of a snapshot comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Published,
+    Static,
+    View,
+}
+
+/// What a query used, or what `GET /tables` lists.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableUse {
+    pub name: String,
+    pub origin: Origin,
+    /// Rows; for a view only once it has been computed in this generation.
+    pub rows: Option<usize>,
+    /// Machines (or publishers) that contributed to a published table.
+    pub sources: usize,
+    /// Publish time of the oldest source, for published tables.
+    #[serde(skip)]
+    pub oldest_publish: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// Rows returned at most; more are cut and the answer says it was truncated.
+    pub max_rows: usize,
+}
+
+#[derive(Debug)]
+pub struct QueryOutput {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub truncated: bool,
+    pub tables: Vec<TableUse>,
+}
+
+impl QueryOutput {
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+pub struct Snapshot {
+    pub generation: Arc<Generation>,
+    pub statics: Arc<StaticCatalog>,
+    views: BTreeMap<String, Arc<ViewProvider>>,
+    /// Views that could not be planned in this snapshot, with the reason.
+    pub view_errors: BTreeMap<String, String>,
+    /// Why the last edit of views.toml was rejected, if it was (the views before it stay).
+    pub views_file_error: Option<String>,
+    ctx: SessionContext,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation.id)
+            .finish()
+    }
+}
+
+impl Snapshot {
+    /// Registers the generation's tables, the static tables and the views. Name clashes are
+    /// resolved published > static > view, and the loser is reported as an error.
+    pub async fn build(
+        generation: Arc<Generation>,
+        statics: Arc<StaticCatalog>,
+        views: &ViewsFile,
+        partitions: usize,
+        view_computations_total: Arc<AtomicU64>,
+    ) -> Snapshot {
+        let mut config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(partitions.max(1));
+        // PostgreSQL's dialect: the generic one reserves words operators use as column
+        // names (`cluster`), and clients will later speak the Postgres wire protocol.
+        config.options_mut().sql_parser.dialect = SQL_DIALECT;
+        let ctx = new_context(config);
+        let mut taken = BTreeSet::new();
+        for (name, table) in &generation.tables {
+            match partitioned(table.schema.clone(), &table.batches, partitions) {
+                Ok(mem) => {
+                    if ctx.register_table(name.as_str(), Arc::new(mem)).is_ok() {
+                        taken.insert(name.clone());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(table = %name, error = %e, "cannot register published table")
+                }
+            }
+        }
+        for (name, table) in &statics.tables {
+            if taken.contains(name) {
+                tracing::warn!(table = %name, "static table shadowed by a published table of the same name");
+                continue;
+            }
+            match MemTable::try_new(table.batch.schema(), vec![vec![table.batch.clone()]]) {
+                Ok(mem) => {
+                    if ctx.register_table(name.as_str(), Arc::new(mem)).is_ok() {
+                        taken.insert(name.clone());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(table = %name, error = %e, "cannot register static table")
+                }
+            }
+        }
+
+        // Views may use views: plan in rounds until no further view can be planned.
+        let mut providers = BTreeMap::new();
+        let mut view_errors = BTreeMap::new();
+        let mut pending: Vec<_> = Vec::new();
+        for v in &views.view {
+            if taken.contains(&v.name) {
+                view_errors.insert(
+                    v.name.clone(),
+                    "a published or static table has this name".to_string(),
+                );
+            } else {
+                pending.push(v);
+            }
+        }
+        loop {
+            let mut progressed = false;
+            let mut still = Vec::new();
+            for v in pending {
+                match plan_read_only(&ctx, &v.sql).await {
+                    Ok(plan) => {
+                        let depends_on = scanned_tables(&plan).into_iter().collect();
+                        let provider = Arc::new(ViewProvider::new(
+                            v.name.clone(),
+                            plan,
+                            depends_on,
+                            view_computations_total.clone(),
+                        ));
+                        match ctx.register_table(v.name.as_str(), provider.clone()) {
+                            Ok(_) => {
+                                providers.insert(v.name.clone(), provider);
+                                view_errors.remove(&v.name);
+                                progressed = true;
+                            }
+                            Err(e) => {
+                                view_errors.insert(v.name.clone(), e.to_string());
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        view_errors.insert(v.name.clone(), e.to_string());
+                        still.push(v);
+                    }
+                }
+            }
+            pending = still;
+            if pending.is_empty() || !progressed {
+                break;
+            }
+        }
+        for (name, err) in &view_errors {
+            tracing::warn!(view = %name, error = %err, generation = generation.id, "view unavailable in this generation");
+        }
+        Snapshot {
+            generation,
+            statics,
+            views: providers,
+            view_errors,
+            views_file_error: None,
+            ctx,
+        }
+    }
+
+    /// Runs one read-only statement on this snapshot.
+    pub async fn query(&self, sql: &str, limits: &QueryLimits) -> Result<QueryOutput, QueryError> {
+        let plan = plan_read_only(&self.ctx, sql).await?;
+        let tables = self.tables_used(&plan);
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        // Read the result until one row past the limit; dropping the stream cancels the rest.
+        let mut stream = df.execute_stream().await?;
+        let mut batches = Vec::new();
+        let mut rows = 0usize;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            rows += batch.num_rows();
+            batches.push(batch);
+            if rows > limits.max_rows {
+                break;
+            }
+        }
+        let truncated = truncate(&mut batches, limits.max_rows);
+        Ok(QueryOutput {
+            schema,
+            batches,
+            truncated,
+            tables,
+        })
+    }
+
+    /// Every table a client can query, with its origin, size and sources.
+    pub fn tables(&self) -> Vec<TableUse> {
+        let mut out: Vec<TableUse> = self
+            .generation
+            .tables
+            .iter()
+            .map(|(name, t)| TableUse {
+                name: name.clone(),
+                origin: Origin::Published,
+                rows: Some(t.rows()),
+                sources: t.sources.len(),
+                oldest_publish: t.oldest_publish(),
+            })
+            .collect();
+        for (name, t) in &self.statics.tables {
+            if !self.generation.tables.contains_key(name) {
+                out.push(TableUse {
+                    name: name.clone(),
+                    origin: Origin::Static,
+                    rows: Some(t.batch.num_rows()),
+                    sources: 1,
+                    oldest_publish: Some(t.loaded_at),
+                });
+            }
+        }
+        for (name, v) in &self.views {
+            out.push(TableUse {
+                name: name.clone(),
+                origin: Origin::View,
+                rows: v.cached_rows(),
+                sources: 0,
+                oldest_publish: None,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Columns of a table (name, Arrow type) for the console and `GET /tables`.
+    pub async fn columns(&self, table: &str) -> Option<SchemaRef> {
+        self.ctx
+            .table_provider(table)
+            .await
+            .ok()
+            .map(|p| p.schema())
+    }
+
+    /// (view, computations in this generation) for every view.
+    pub fn view_computations(&self) -> Vec<(String, u64)> {
+        self.views
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    v.stats
+                        .computations
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// The tables a plan reads, views expanded to what they read, each once.
+    fn tables_used(&self, plan: &LogicalPlan) -> Vec<TableUse> {
+        let mut names = BTreeSet::new();
+        let mut stack: Vec<String> = scanned_tables(plan).into_iter().collect();
+        while let Some(name) = stack.pop() {
+            if names.insert(name.clone()) {
+                if let Some(v) = self.views.get(&name) {
+                    stack.extend(v.depends_on.iter().cloned());
+                }
+            }
+        }
+        let all = self.tables();
+        all.into_iter()
+            .filter(|t| names.contains(&t.name))
+            .collect()
+    }
+}
+
+/// A context whose analyzer first makes division by zero NULL (see `division`), then runs
+/// DataFusion's own rules.
+fn new_context(config: SessionConfig) -> SessionContext {
+    let mut rules: Vec<Arc<dyn AnalyzerRule + Send + Sync>> = vec![Arc::new(NullOnDivideByZero)];
+    rules.extend(Analyzer::new().rules);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_analyzer_rules(rules)
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+/// Parses, checks read-only and plans one statement.
+async fn plan_read_only(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
+    if sql.trim().is_empty() {
+        return Err(QueryError::BadRequest("no SQL statement given".into()));
+    }
+    let state = ctx.state();
+    let stmt = state.sql_to_statement(sql, &SQL_DIALECT).map_err(|e| {
+        let msg = e.message().to_string();
+        if msg.contains("only supports a single SQL statement") {
+            QueryError::BadRequest("send one statement per request".into())
+        } else {
+            QueryError::from(e)
+        }
+    })?;
+    check_read_only(&stmt)?;
+    let plan = state.statement_to_plan(stmt).await?;
+    // Defence in depth: the planner agrees that nothing here writes or changes state.
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| QueryError::NotReadOnly(e.message().to_string()))?;
+    Ok(plan)
+}
+
+/// Names of the tables a plan scans (subqueries included), information_schema excluded.
+fn scanned_tables(plan: &LogicalPlan) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            if scan.table_name.schema() != Some("information_schema") {
+                names.insert(scan.table_name.table().to_string());
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    names
+}
+
+/// Spreads a table's batches over `partitions` so scans run on every core.
+fn partitioned(
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+    partitions: usize,
+) -> datafusion::error::Result<MemTable> {
+    let n = partitions.clamp(1, batches.len().max(1));
+    let mut parts = vec![Vec::new(); n];
+    for (i, b) in batches.iter().enumerate() {
+        parts[i % n].push(b.clone());
+    }
+    MemTable::try_new(schema, parts)
+}
+
+/// Keeps at most `max` rows; true if rows were cut.
+fn truncate(batches: &mut Vec<RecordBatch>, max: usize) -> bool {
+    let mut seen = 0usize;
+    let mut cut = false;
+    batches.retain_mut(|b| {
+        if seen >= max {
+            cut |= b.num_rows() > 0;
+            return false;
+        }
+        let take = (max - seen).min(b.num_rows());
+        if take < b.num_rows() {
+            *b = b.slice(0, take);
+            cut = true;
+        }
+        seen += take;
+        true
+    });
+    cut
+}

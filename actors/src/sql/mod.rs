@@ -1,0 +1,13 @@
+//! SQL over one generation: the DataFusion context a snapshot answers from, the read-only
+//! statement check, views cached per generation, and the pool queries run on.
+
+mod division;
+mod engine;
+mod pool;
+mod statement;
+mod views;
+
+pub use engine::{Origin, QueryLimits, QueryOutput, Snapshot, TableUse};
+pub use pool::SqlPool;
+pub use statement::check_read_only;
+pub use views::{load_views, ViewDef, ViewStats, ViewsFile};

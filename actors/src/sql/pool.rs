@@ -1,0 +1,70 @@
+//! The pool SQL (and other CPU-heavy work: sealing, merging, decoding) runs on, so that
+//! actor mailboxes and HTTP workers stay responsive while queries compute.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::runtime::{Builder, Runtime};
+use tokio::task::JoinHandle;
+
+use crate::error::QueryError;
+
+#[derive(Clone)]
+pub struct SqlPool {
+    runtime: Arc<Runtime>,
+}
+
+impl SqlPool {
+    /// `threads == 0` sizes the pool to the machine's cores.
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        } else {
+            threads
+        };
+        let runtime = Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("query-compute")
+            .enable_all()
+            .build()?;
+        Ok(SqlPool {
+            runtime: Arc::new(runtime),
+        })
+    }
+
+    /// Runs `fut` on the pool. Dropping the returned future cancels the work, so a client
+    /// that hangs up does not leave its query running.
+    pub async fn run<T, F>(&self, fut: F) -> Result<T, QueryError>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut guard = AbortOnDrop(self.runtime.spawn(fut));
+        let result = (&mut guard.0).await;
+        result.map_err(|e| {
+            if e.is_panic() {
+                QueryError::Internal("the computation panicked; it has been logged".into())
+            } else {
+                QueryError::Internal("the computation was cancelled".into())
+            }
+        })
+    }
+
+    pub fn spawn<F>(&self, fut: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.spawn(fut)
+    }
+}
+
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

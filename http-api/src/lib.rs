@@ -1,0 +1,83 @@
+//! The HTTP/JSON face of a node (actix-web): the endpoints, the web console, and the
+//! server that `queryd` starts. Status codes are chosen in [`error`] alone.
+
+pub mod encode;
+pub mod error;
+pub mod routes;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{middleware, web, App, HttpRequest, HttpResponse, HttpServer};
+use query_actors::node::NodeHandle;
+
+use crate::error::ApiError;
+
+/// Registers every endpoint; shared by the server and the tests.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/sql")
+            .route(web::post().to(routes::sql::post_sql))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/tables")
+            .route(web::get().to(routes::tables::get_tables))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .route("/health", web::get().to(routes::health::get_health))
+    .route("/metrics", web::get().to(routes::metrics::get_metrics))
+    .route("/", web::get().to(routes::console::get_console))
+    .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(req.path().to_string()))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(req.method().to_string()))
+}
+
+/// Counts responses by status for `/metrics`.
+async fn count_status(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let node = req.app_data::<web::Data<NodeHandle>>().cloned();
+    let resp = next.call(req).await?;
+    if let Some(node) = node {
+        node.metrics.record_http(resp.status().as_u16());
+    }
+    Ok(resp)
+}
+
+/// Binds the node's HTTP listener and runs until the system stops. Prints the bound
+/// address (useful with port 0) and the console URL.
+pub async fn serve(node: NodeHandle) -> std::io::Result<()> {
+    let http = node.config.http.clone();
+    let workers = if http.workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        http.workers
+    };
+    let data = web::Data::new(node);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(middleware::from_fn(count_status))
+            .wrap(middleware::Compress::default())
+            .configure(configure)
+    })
+    .workers(workers)
+    .bind(http.listen)
+    .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", http.listen)))?;
+    for addr in server.addrs() {
+        // Scripts and tests read this line to learn the port.
+        println!("listening on http://{addr}/");
+        tracing::info!(%addr, "Query console at http://{addr}/");
+    }
+    server.run().await
+}

@@ -1,0 +1,56 @@
+//! `GET /tables`: every table a query can use, where it comes from, how big and how old,
+//! and the static-table and view files that are currently rejected.
+
+use std::time::SystemTime;
+
+use actix_web::{web, HttpResponse};
+use query_actors::node::NodeHandle;
+use query_actors::QueryError;
+use serde_json::json;
+
+use super::{age_ms, generation_json};
+use crate::encode::type_name;
+use crate::error::ApiError;
+
+pub async fn get_tables(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
+    let snap = node.snapshot().ok_or(QueryError::NoGeneration)?;
+    let now = SystemTime::now();
+    let mut tables = Vec::new();
+    for t in snap.tables() {
+        let columns: Vec<_> = match snap.columns(&t.name).await {
+            Some(schema) => schema
+                .fields()
+                .iter()
+                .map(|f| json!({ "name": f.name(), "type": type_name(f.data_type()) }))
+                .collect(),
+            None => Vec::new(),
+        };
+        tables.push(json!({
+            "name": t.name,
+            "origin": t.origin,
+            "rows": t.rows,
+            "sources": t.sources,
+            "age_ms": age_ms(t.oldest_publish, now),
+            "columns": columns,
+        }));
+    }
+    let mut errors: Vec<_> = snap
+        .statics
+        .errors
+        .iter()
+        .map(|(file, message)| json!({ "kind": "static_table", "file": file, "message": message }))
+        .collect();
+    errors.extend(
+        snap.view_errors
+            .iter()
+            .map(|(view, message)| json!({ "kind": "view", "view": view, "message": message })),
+    );
+    if let Some(message) = &snap.views_file_error {
+        errors.push(json!({ "kind": "views_file", "message": message }));
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "generation": generation_json(&snap, now),
+        "tables": tables,
+        "errors": errors,
+    })))
+}

@@ -1,0 +1,214 @@
+//! Helpers for multi-process tests: start real `queryd` processes on loopback addresses,
+//! talk to them over HTTP, and stop them when the test ends (even when it fails).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `queryd` binary: `$QUERYD_BIN`, or the one `cargo build` left beside the tests.
+pub fn queryd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("QUERYD_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test> -> target/<profile>/queryd
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("queryd"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p query-http` first (`make test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A copy of the shipped schemas, static tables and views in a temporary directory, so a
+/// test can edit them, and a node config pointing at them.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy_dir = |from: &Path, to: &Path| {
+            std::fs::create_dir_all(to).expect("mkdir");
+            for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+                std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+            }
+        };
+        copy_dir(&repo().join("schemas"), &dir.path().join("schemas"));
+        copy_dir(
+            &repo().join("static-tables"),
+            &dir.path().join("static-tables"),
+        );
+        std::fs::copy(repo().join("ops/views.toml"), dir.path().join("views.toml"))
+            .expect("copy views");
+        Workspace { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes `node.toml` with the paths of this workspace plus `extra` TOML sections.
+    pub fn config(&self, extra: &str) -> PathBuf {
+        let path = self.path("node.toml");
+        let text = format!(
+            "[paths]\nschemas = \"schemas\"\nstatic_tables = \"static-tables/index.toml\"\nviews = \"views.toml\"\nreload_every = \"200ms\"\n\n{extra}\n"
+        );
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running `queryd`; killed when dropped.
+pub struct Node {
+    child: Child,
+    pub base: String,
+    pub stderr_log: PathBuf,
+    _logdir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Starts `queryd <args>` and waits until it prints the address it listens on.
+    pub fn start(args: &[&str]) -> Node {
+        let logdir = tempfile::tempdir().expect("tempdir");
+        let stderr_log = logdir.path().join("stderr.log");
+        let mut child = Command::new(queryd_bin())
+            .args(args)
+            .current_dir(repo())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).expect("log file"))
+            .spawn()
+            .expect("start queryd");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.trim_end_matches('/').to_string());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(b) => b,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "queryd did not start: {}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                );
+            }
+        };
+        let node = Node {
+            child,
+            base,
+            stderr_log,
+            _logdir: logdir,
+        };
+        node.wait_ready(Duration::from_secs(60));
+        node
+    }
+
+    /// Waits until /health answers 200 (the first generation is served).
+    pub fn wait_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(r) = ureq::get(&format!("{}/health", self.base)).call() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("node at {} never became healthy", self.base);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POSTs SQL as text/plain; returns (status, body).
+    pub fn sql(&self, sql: &str) -> (u16, serde_json::Value) {
+        self.post("/sql", "text/plain", sql)
+    }
+
+    pub fn post(&self, path: &str, content_type: &str, body: &str) -> (u16, serde_json::Value) {
+        let (status, text) = self.post_text(path, content_type, body);
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    pub fn post_text(&self, path: &str, content_type: &str, body: &str) -> (u16, String) {
+        let r = ureq::post(&self.url(path))
+            .set("Content-Type", content_type)
+            .send_string(body);
+        read(r)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        read(ureq::get(&self.url(path)).call())
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, text) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {text}");
+        serde_json::from_str(&text).expect("JSON")
+    }
+
+    /// Polls `check` every 100 ms until it returns Some, or panics after `limit`.
+    pub fn eventually<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+fn read(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
+    match r {
+        Ok(resp) => (resp.status(), resp.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

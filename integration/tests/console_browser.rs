@@ -1,0 +1,110 @@
+//! The web console in a real browser: headless Chromium (Debian's package, installed by
+//! `make test`) loads the page from a running node, runs a query through the page's own
+//! JavaScript and renders the results and the table list.
+
+use std::process::Command;
+
+use query_integration::{Node, Workspace};
+
+fn chromium() -> String {
+    for c in ["chromium", "/usr/bin/chromium", "chromium-browser"] {
+        if Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return c.to_string();
+        }
+    }
+    panic!("headless Chromium is needed for the console test: `make test-deps` installs it");
+}
+
+/// Loads `url` in headless Chromium and returns the DOM after scripts ran.
+fn dump_dom(url: &str, screenshot: Option<&std::path::Path>) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut cmd = Command::new(chromium());
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,800",
+        "--virtual-time-budget=15000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    match screenshot {
+        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd.arg(url).output().expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn encode(sql: &str) -> String {
+    sql.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn console_runs_a_query_and_lists_tables_in_a_real_browser() {
+    let ws = Workspace::new();
+    let cfg = ws.config("[generation]\ninterval = \"5s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 100\nclusters = 4\n");
+    let node = Node::start(&[
+        "demo",
+        "--config",
+        cfg.to_str().expect("utf8"),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+
+    let sql = "SELECT continent, continent_name FROM continent_data ORDER BY continent";
+    let dom = dump_dom(&node.url(&format!("/#sql={}", encode(sql))), None);
+    assert!(
+        dom.contains("class=\"results\""),
+        "results table rendered:\n{dom}"
+    );
+    assert!(
+        dom.contains("<th title=\"string\">continent_name</th>"),
+        "{dom}"
+    );
+    assert!(dom.contains("<td>Antarctica</td>"), "{dom}");
+    assert!(dom.contains("7 rows"), "status line: {dom}");
+    // The side bar lists published, static and view tables.
+    assert!(dom.contains("<span>sys</span>"), "{dom}");
+    assert!(dom.contains("<span>region_data</span>"), "{dom}");
+    assert!(dom.contains("<span>machine_memory</span>"), "{dom}");
+
+    // Errors show in the page, not as a broken page.
+    let dom = dump_dom(
+        &node.url(&format!("/#sql={}", encode("DROP TABLE sys"))),
+        None,
+    );
+    assert!(
+        dom.contains("400 not_read_only: DROP TABLE statements are not allowed"),
+        "{dom}"
+    );
+
+    // A screenshot for people to look at (not asserted beyond being written).
+    let shot = std::env::temp_dir().join("query-console.png");
+    dump_dom(
+        &node.url(&format!(
+            "/#sql={}",
+            encode("SELECT * FROM hits_per_continent ORDER BY hits DESC")
+        )),
+        Some(&shot),
+    );
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000));
+}

@@ -1,0 +1,356 @@
+//! A real `queryd` process (TLA/SQL with a simulated fleet) answering over HTTP on
+//! loopback: formats, the papers' queries, read-only refusals, limits, static-table and
+//! view reloads, and the per-generation view cache seen through /metrics.
+
+use std::time::Duration;
+
+use query_integration::{Node, Workspace};
+use serde_json::Value;
+
+const CONTINENTS: &str = "SELECT c.continent_name, SUM(l.hits) hits
+FROM load_info l, region_data r, continent_data c
+WHERE l.georegion = r.id AND r.continent = c.continent
+GROUP BY c.continent_name ORDER BY hits DESC";
+
+fn demo(ws: &Workspace, extra: &str) -> Node {
+    let cfg = ws.config(&format!(
+        "[generation]\ninterval = \"2s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 200\nclusters = 4\n\n{extra}"
+    ));
+    Node::start(&[
+        "demo",
+        "--config",
+        cfg.to_str().expect("utf8"),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+}
+
+#[test]
+fn answers_sql_in_every_body_form_and_format() {
+    let ws = Workspace::new();
+    let node = demo(&ws, "");
+
+    // text/plain, the form field of a browser, JSON, and what `curl -d` sends.
+    for (ct, body) in [
+        ("text/plain", "SELECT COUNT(*) AS n FROM sys".to_string()),
+        (
+            "application/x-www-form-urlencoded",
+            "sql=SELECT+COUNT%28*%29+AS+n+FROM+sys".to_string(),
+        ),
+        (
+            "application/json",
+            r#"{"sql": "SELECT COUNT(*) AS n FROM sys"}"#.to_string(),
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            "SELECT COUNT(*) AS n FROM sys".to_string(),
+        ),
+    ] {
+        let (status, answer) = node.post("/sql", ct, &body);
+        assert_eq!(status, 200, "{ct}: {answer}");
+        // 200 simulated machines plus the node itself.
+        assert_eq!(answer["rows"][0][0], 201, "{ct}: {answer}");
+        assert_eq!(answer["columns"][0]["name"], "n");
+        assert_eq!(answer["columns"][0]["type"], "int64");
+        assert!(answer["generation"]["id"]
+            .as_u64()
+            .is_some_and(|id| id >= 1));
+        assert!(answer["generation"]["age_ms"].is_u64());
+        assert!(answer["elapsed_ms"].is_f64());
+        let sys = &answer["tables"][0];
+        assert_eq!(
+            (sys["name"].as_str(), sys["origin"].as_str()),
+            (Some("sys"), Some("published"))
+        );
+        assert_eq!(sys["sources"], 201);
+        assert!(sys["oldest_source_age_ms"].is_u64());
+    }
+
+    let (status, csv) = node.post_text(
+        "/sql?format=csv",
+        "text/plain",
+        "SELECT continent, continent_name FROM continent_data ORDER BY continent",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(csv.lines().next(), Some("continent,continent_name"));
+    assert_eq!(csv.lines().nth(1), Some("AF,Africa"));
+    assert_eq!(csv.lines().count(), 8);
+
+    let (status, nd) = node.post_text(
+        "/sql?format=ndjson",
+        "text/plain",
+        "SELECT continent FROM continent_data ORDER BY continent LIMIT 2",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(nd, "{\"continent\":\"AF\"}\n{\"continent\":\"AN\"}\n");
+
+    let (status, err) = node.post("/sql?format=xml", "text/plain", "SELECT 1");
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+}
+
+#[test]
+fn papers_queries_run_on_the_shipped_tables() {
+    let ws = Workspace::new();
+    let node = demo(&ws, "");
+    let (status, answer) = node.sql(CONTINENTS);
+    assert_eq!(status, 200, "{answer}");
+    let rows = answer["rows"].as_array().expect("rows");
+    assert!(rows.len() >= 5, "most continents have traffic: {answer}");
+    let hits: Vec<i64> = rows.iter().map(|r| r[1].as_i64().expect("int")).collect();
+    assert!(
+        hits.windows(2).all(|w| w[0] >= w[1]),
+        "ORDER BY hits DESC: {hits:?}"
+    );
+    let tables: Vec<&str> = answer["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(tables, ["continent_data", "load_info", "region_data"]);
+
+    for sql in [
+        "SELECT sys.machine_ip ip, procname, rss, pid FROM sys, processes
+         WHERE sys.machine_ip = processes.machine_ip AND (rss*100)/sys.memtotal > 75
+           AND sys.machine_ip IN (SELECT machine_ip FROM machinerole WHERE role='dns')",
+        "SELECT machine_ip ip_key, mountp mnt_key, bavail*bsize free_space, (100*bavail)/blocks pct
+         FROM filesystem a WHERE blocks > 0 AND (100*bavail)/blocks < 3",
+    ] {
+        let (status, answer) = node.sql(sql);
+        assert_eq!(status, 200, "{sql}: {answer}");
+    }
+    // The node's own machine is in sys, from /proc.
+    let (_, own) = node.sql("SELECT hostname, memtotal FROM sys WHERE machine_ip = '127.0.0.1'");
+    assert_eq!(own["row_count"], 1, "{own}");
+    assert!(own["rows"][0][1].as_i64().is_some_and(|m| m > 0));
+}
+
+#[test]
+fn refuses_writes_and_bad_requests_with_json_errors() {
+    let ws = Workspace::new();
+    let node = demo(&ws, "[http]\nmax_body_bytes = 4096\nmax_result_rows = 5\n");
+    for (sql, kind) in [
+        ("CREATE TABLE t (a INT)", "CREATE TABLE"),
+        ("DROP TABLE sys", "DROP TABLE"),
+        ("INSERT INTO sys (machine_ip) VALUES ('x')", "INSERT"),
+        ("CREATE VIEW v AS SELECT 1", "CREATE VIEW"),
+    ] {
+        let (status, err) = node.sql(sql);
+        assert_eq!(status, 400, "{sql}");
+        assert_eq!(err["error"]["code"], "not_read_only");
+        let msg = err["error"]["message"].as_str().expect("message");
+        assert!(msg.starts_with(kind), "{msg}");
+    }
+    let (status, err) = node.sql("SELECT * FROM nosuch");
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (400, Some("sql_error"))
+    );
+    let (status, err) = node.sql("SELEC 1");
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (400, Some("sql_error"))
+    );
+    let (status, err) = node.sql("");
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+
+    // Body limit: a clear 413, and the node carries on.
+    let big = format!("SELECT 1 -- {}", "x".repeat(10_000));
+    let (status, err) = node.sql(&big);
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+
+    // Row limit: cut, and said so.
+    let (status, answer) = node.sql("SELECT * FROM processes");
+    assert_eq!(status, 200);
+    assert_eq!(answer["row_count"], 5);
+    assert_eq!(answer["truncated"], true);
+
+    let (status, body) = node.get("/nosuch");
+    assert_eq!(status, 404);
+    assert!(body.contains("\"not_found\""), "{body}");
+    let (status, body) = node.get("/sql");
+    assert_eq!(status, 405);
+    assert!(body.contains("\"method_not_allowed\""), "{body}");
+    let (status, _) = node.sql("SELECT 1");
+    assert_eq!(status, 200, "still serving");
+}
+
+#[test]
+fn long_queries_time_out_and_are_cancelled() {
+    let ws = Workspace::new();
+    let mut node = demo(&ws, "[http]\nquery_timeout = \"1s\"\n");
+    let started = std::time::Instant::now();
+    let (status, err) = node.sql("SELECT COUNT(*) FROM processes a, processes b, processes c WHERE a.rss + b.rss = c.rss + 1");
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (503, Some("timeout")),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let (status, _) = node.sql("SELECT 1");
+    assert_eq!(status, 200);
+    assert!(node.alive());
+}
+
+#[test]
+fn broken_static_table_keeps_the_last_good_copy() {
+    let ws = Workspace::new();
+    let node = demo(&ws, "");
+    let count = |node: &Node| node.sql("SELECT COUNT(*) FROM region_data").1["rows"][0][0].as_i64();
+    let before = count(&node).expect("region_data rows");
+
+    let file = ws.path("static-tables/region_data.toml");
+    let good = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(
+        &file,
+        good.replace("[1, \"us-east\"", "[\"one\", \"us-east\""),
+    )
+    .expect("write");
+    let tables = node.eventually(Duration::from_secs(15), "the error in /tables", || {
+        let t = node.get_json("/tables");
+        t["errors"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+            .then_some(t)
+    });
+    let msg = tables["errors"][0]["message"].as_str().expect("message");
+    assert!(msg.contains("row 0") && msg.contains("'id'"), "{msg}");
+    assert_eq!(count(&node), Some(before), "old copy kept, whole");
+    assert_eq!(node.sql(CONTINENTS).0, 200);
+
+    // Truncated mid-row: still the old copy.
+    std::fs::write(&file, &good[..good.len() / 2]).expect("write");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(count(&node), Some(before));
+
+    // A fixed file with one more region is picked up and the error clears.
+    std::fs::write(
+        &file,
+        good.replace(
+            "rows = [",
+            "rows = [\n  [99, \"atlantis\", \"EU\", \"XA\"],",
+        ),
+    )
+    .expect("write");
+    node.eventually(Duration::from_secs(15), "the new copy", || {
+        (count(&node) == Some(before + 1)).then_some(())
+    });
+    let t = node.get_json("/tables");
+    assert_eq!(t["errors"].as_array().map(|e| e.len()), Some(0), "{t}");
+}
+
+#[test]
+fn views_are_computed_once_per_generation_and_reload_without_restart() {
+    let ws = Workspace::new();
+    // A long interval so that a burst of queries falls in one generation.
+    let cfg = ws.config("[generation]\ninterval = \"30s\"\noffset = \"1s\"\n\n[simulate]\nmachines = 200\nclusters = 4\n");
+    let node = Node::start(&[
+        "demo",
+        "--config",
+        cfg.to_str().expect("utf8"),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let base = node.base.clone();
+
+    let (generation, metrics) = node.eventually(
+        Duration::from_secs(90),
+        "a burst within one generation",
+        || {
+            let handles: Vec<_> = (0..12)
+                .map(|_| {
+                    let url = format!("{base}/sql");
+                    std::thread::spawn(move || {
+                        let r = ureq::post(&url)
+                            .send_string("SELECT COUNT(*) FROM busy_machines")
+                            .ok()?;
+                        let v: Value = serde_json::from_str(&r.into_string().ok()?).ok()?;
+                        v["generation"]["id"].as_u64()
+                    })
+                })
+                .collect();
+            let ids: Vec<Option<u64>> = handles
+                .into_iter()
+                .map(|h| h.join().ok().flatten())
+                .collect();
+            let first = ids[0]?;
+            if !ids.iter().all(|i| *i == Some(first)) {
+                return None;
+            }
+            let (_, metrics) = node.get("/metrics");
+            metrics
+                .contains(&format!("query_generation_id {first}"))
+                .then_some((first, metrics))
+        },
+    );
+    // busy_machines reads machine_memory: each computed once for 12 queries.
+    for view in ["busy_machines", "machine_memory"] {
+        let line =
+            format!("query_view_computations{{view=\"{view}\",generation=\"{generation}\"}} 1");
+        assert!(metrics.contains(&line), "missing `{line}` in\n{metrics}");
+    }
+    let unused =
+        format!("query_view_computations{{view=\"low_disk\",generation=\"{generation}\"}} 0");
+    assert!(metrics.contains(&unused), "{metrics}");
+    assert!(metrics.contains("# TYPE query_queries_total counter"));
+
+    // A new view appears without a restart; a broken views.toml keeps the old views.
+    let views = ws.path("views.toml");
+    let mut text = std::fs::read_to_string(&views).expect("read");
+    text.push_str("\n[[view]]\nname = \"dns_machines\"\nsql = \"SELECT machine_ip FROM machinerole WHERE role = 'dns'\"\n");
+    std::fs::write(&views, &text).expect("write");
+    node.eventually(Duration::from_secs(15), "the new view", || {
+        (node.sql("SELECT COUNT(*) FROM dns_machines").0 == 200).then_some(())
+    });
+    std::fs::write(&views, "[[view]]\nname = \"x\"\n").expect("write");
+    let t = node.eventually(Duration::from_secs(15), "the views file error", || {
+        let t = node.get_json("/tables");
+        t["errors"]
+            .as_array()?
+            .iter()
+            .any(|e| e["kind"] == "views_file")
+            .then_some(t)
+    });
+    assert!(t.to_string().contains("sql"), "{t}");
+    assert_eq!(
+        node.sql("SELECT COUNT(*) FROM dns_machines").0,
+        200,
+        "last good views stay"
+    );
+}
+
+#[test]
+fn health_tables_and_metrics() {
+    let ws = Workspace::new();
+    let node = demo(&ws, "");
+    let h = node.get_json("/health");
+    assert_eq!(h["status"], "ok");
+    let t = node.get_json("/tables");
+    let by_name = |n: &str| {
+        t["tables"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == n).cloned())
+    };
+    let sys = by_name("sys").expect("sys listed");
+    assert_eq!(sys["origin"], "published");
+    assert_eq!(sys["sources"], 201);
+    assert!(sys["columns"].as_array().is_some_and(|c| c.len() == 19));
+    assert_eq!(by_name("region_data").expect("static")["origin"], "static");
+    assert_eq!(by_name("machine_memory").expect("view")["origin"], "view");
+    let (status, m) = node.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(m.contains("query_generation_id "), "{m}");
+    assert!(
+        m.contains("query_table_rows{table=\"sys\",origin=\"published\"} 201"),
+        "{m}"
+    );
+}
