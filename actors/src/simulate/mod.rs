@@ -163,13 +163,11 @@ impl FleetSimulator {
                     .collect();
                 let load = (0..rng.random_range(2..6))
                     .map(|_| {
-                        (
-                            1 + rng.random_range(0..REGIONS),
-                            rng.random_range(10..5_000),
-                        )
+                        let (region, weight) = end_user_region(&mut rng);
+                        (region, rng.random_range(10..5_000) * weight / 10)
                     })
                     .collect();
-                Machine {
+                let mut m = Machine {
                     ip: format!("10.{}.{}.{}", c % 250, m / 250, m % 250 + 1),
                     hostname: format!("c{c:04}-m{m:03}"),
                     cluster: format!("cluster-{c:04}"),
@@ -185,7 +183,22 @@ impl FleetSimulator {
                     tx: rng.random_range(0..1 << 40),
                     load,
                     published_at: SystemTime::now(),
+                };
+                // A few machines start in trouble, so the papers' queries have answers from
+                // the first generation: a ballooned process on one in 50, a nearly full
+                // /var on one in 40.
+                if i % 50 == 7 {
+                    if let Some(p) = m.procs.get_mut(8) {
+                        p.rss = m.memtotal * 4 / 5;
+                    }
+                    m.roles = vec!["dns"];
                 }
+                if i % 40 == 3 {
+                    if let Some(d) = m.disks.get_mut(1) {
+                        d.1 = d.0 / 100;
+                    }
+                }
+                m
             })
             .collect();
         FleetSimulator {
@@ -364,6 +377,30 @@ impl LocalPublisher for FleetSimulator {
         }));
         out
     }
+}
+
+/// An end-user region (region_data.id) and a traffic weight: most traffic comes from
+/// North America and Europe, little from Antarctica, as in the paper's table.
+fn end_user_region(rng: &mut SmallRng) -> (i64, i64) {
+    // (first id, last id, weight) per continent: NA, EU, SA, AS, AF, OC, AN.
+    const CONTINENTS: &[(i64, i64, i64)] = &[
+        (1, 8, 40),
+        (15, 24, 30),
+        (9, 14, 8),
+        (25, 34, 12),
+        (35, 38, 5),
+        (39, 41, 4),
+        (42, 42, 1),
+    ];
+    let total: i64 = CONTINENTS.iter().map(|c| c.2).sum();
+    let mut pick = rng.random_range(0..total);
+    for &(first, last, weight) in CONTINENTS {
+        if pick < weight {
+            return (rng.random_range(first..=last), weight);
+        }
+        pick -= weight;
+    }
+    (1, 1)
 }
 
 fn millis(t: SystemTime) -> i64 {

@@ -221,13 +221,13 @@ impl TableBuilder {
     /// Converts JSON or TOML-like rows given as arrays of values in column order.
     pub fn push_json_row(&mut self, values: &[serde_json::Value]) -> Result<(), RowError> {
         let row = self.rows;
-        let cells = self.convert(values, |v, ty| Cell::from_json(v, ty), row)?;
+        let cells = self.convert(values, Cell::from_json, row)?;
         self.push_row(cells)
     }
 
     pub fn push_toml_row(&mut self, values: &[toml::Value]) -> Result<(), RowError> {
         let row = self.rows;
-        let cells = self.convert(values, |v, ty| Cell::from_toml(v, ty), row)?;
+        let cells = self.convert(values, Cell::from_toml, row)?;
         self.push_row(cells)
     }
 
