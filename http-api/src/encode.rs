@@ -100,42 +100,36 @@ fn column_values(array: &dyn Array) -> Vec<Value> {
     }
 }
 
+/// The rows of a batch, each as values in column order.
+fn batch_rows(b: &RecordBatch) -> impl Iterator<Item = Vec<Value>> {
+    let cols: Vec<Vec<Value>> = b
+        .columns()
+        .iter()
+        .map(|c| column_values(c.as_ref()))
+        .collect();
+    (0..b.num_rows()).map(move |r| cols.iter().map(|c| c[r].clone()).collect())
+}
+
 /// Rows as arrays of values, in column order.
 pub fn json_rows(batches: &[RecordBatch]) -> Vec<Value> {
-    let mut rows = Vec::new();
-    for b in batches {
-        let cols: Vec<Vec<Value>> = b
-            .columns()
-            .iter()
-            .map(|c| column_values(c.as_ref()))
-            .collect();
-        for r in 0..b.num_rows() {
-            rows.push(Value::Array(cols.iter().map(|c| c[r].clone()).collect()));
-        }
-    }
-    rows
+    batches
+        .iter()
+        .flat_map(batch_rows)
+        .map(Value::Array)
+        .collect()
 }
 
 /// One JSON object per line, keyed by column name.
 pub fn ndjson(batches: &[RecordBatch]) -> String {
     let mut out = String::new();
     for b in batches {
-        let names: Vec<String> = b
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let cols: Vec<Vec<Value>> = b
-            .columns()
-            .iter()
-            .map(|c| column_values(c.as_ref()))
-            .collect();
-        for r in 0..b.num_rows() {
-            let obj: Map<String, Value> = names
+        let schema = b.schema();
+        for row in batch_rows(b) {
+            let obj: Map<String, Value> = schema
+                .fields()
                 .iter()
-                .zip(&cols)
-                .map(|(n, c)| (n.clone(), c[r].clone()))
+                .map(|f| f.name().clone())
+                .zip(row)
                 .collect();
             out.push_str(&Value::Object(obj).to_string());
             out.push('\n');

@@ -72,6 +72,21 @@ impl Workspace {
     }
 }
 
+impl Workspace {
+    /// Starts `queryd <role>` on this workspace's files with `extra` config sections, on
+    /// any free loopback port.
+    pub fn start(&self, role: &str, extra: &str) -> Node {
+        let cfg = self.config(extra);
+        Node::start(&[
+            role,
+            "--config",
+            cfg.to_str().expect("utf8 path"),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+    }
+}
+
 impl Default for Workspace {
     fn default() -> Self {
         Self::new()

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use query_integration::{Node, Workspace};
+use query_integration::Workspace;
 
 fn chromium() -> String {
     for c in ["chromium", "/usr/bin/chromium", "chromium-browser"] {
@@ -61,14 +61,7 @@ fn encode(sql: &str) -> String {
 #[test]
 fn console_runs_a_query_and_lists_tables_in_a_real_browser() {
     let ws = Workspace::new();
-    let cfg = ws.config("[generation]\ninterval = \"5s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 100\nclusters = 4\n");
-    let node = Node::start(&[
-        "demo",
-        "--config",
-        cfg.to_str().expect("utf8"),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
+    let node = ws.start("demo", "[generation]\ninterval = \"5s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 100\nclusters = 4\n");
 
     let sql = "SELECT continent, continent_name FROM continent_data ORDER BY continent";
     let dom = dump_dom(&node.url(&format!("/#sql={}", encode(sql))), None);

@@ -13,16 +13,20 @@ WHERE l.georegion = r.id AND r.continent = c.continent
 GROUP BY c.continent_name ORDER BY hits DESC";
 
 fn demo(ws: &Workspace, extra: &str) -> Node {
-    let cfg = ws.config(&format!(
-        "[generation]\ninterval = \"2s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 200\nclusters = 4\n\n{extra}"
-    ));
-    Node::start(&[
+    ws.start(
         "demo",
-        "--config",
-        cfg.to_str().expect("utf8"),
-        "--listen",
-        "127.0.0.1:0",
-    ])
+        &format!(
+            "[generation]
+interval = \"2s\"
+offset = \"100ms\"
+
+[simulate]
+machines = 200
+clusters = 4
+
+{extra}"
+        ),
+    )
 }
 
 #[test]
@@ -252,14 +256,7 @@ fn broken_static_table_keeps_the_last_good_copy() {
 fn views_are_computed_once_per_generation_and_reload_without_restart() {
     let ws = Workspace::new();
     // A long interval so that a burst of queries falls in one generation.
-    let cfg = ws.config("[generation]\ninterval = \"30s\"\noffset = \"1s\"\n\n[simulate]\nmachines = 200\nclusters = 4\n");
-    let node = Node::start(&[
-        "demo",
-        "--config",
-        cfg.to_str().expect("utf8"),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
+    let node = ws.start("demo", "[generation]\ninterval = \"30s\"\noffset = \"1s\"\n\n[simulate]\nmachines = 200\nclusters = 4\n");
     let base = node.base.clone();
 
     let (generation, metrics) = node.eventually(
@@ -352,5 +349,28 @@ fn health_tables_and_metrics() {
     assert!(
         m.contains("query_table_rows{table=\"sys\",origin=\"published\"} 201"),
         "{m}"
+    );
+}
+
+#[test]
+fn tla_sql_role_serves_this_machine_and_static_tables() {
+    let example = query_integration::repo().join("ops/tla-sql.example.toml");
+    let node = Node::start(&[
+        "tla-sql",
+        "--config",
+        example.to_str().expect("utf8"),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let (status, answer) = node.sql("SELECT machine_ip, cluster FROM sys");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["rows"], serde_json::json!([["127.0.0.1", "local"]]));
+    let (_, roles) = node.sql("SELECT role FROM machinerole ORDER BY role");
+    assert_eq!(roles["rows"], serde_json::json!([["sql"], ["tla"]]));
+    let (_, fs) = node.sql("SELECT COUNT(*) FROM filesystem WHERE blocks > 0");
+    assert!(fs["rows"][0][0].as_i64().is_some_and(|n| n >= 1), "{fs}");
+    assert_eq!(
+        node.sql("SELECT COUNT(*) FROM continent_data").1["rows"][0][0],
+        7
     );
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{LocalPublisher, Published};
 use crate::generation::SourceStamp;
-use crate::table::{Cell, SchemaRegistry, TableBuilder, TableDef};
+use crate::table::{unix_millis, Cell, SchemaRegistry, TableBuilder, TableDef};
 
 /// Filesystem types that describe no storage.
 const PSEUDO_FS: &[&str] = &[
@@ -135,7 +135,7 @@ impl HostPublisher {
             Cell::Float(busy_pct),
             Cell::Int(procs),
             Cell::Int(uptime as i64),
-            Cell::Ts(millis(boot)),
+            Cell::Ts(unix_millis(boot)),
         ]
     }
 }
@@ -168,12 +168,6 @@ impl LocalPublisher for HostPublisher {
 
 fn read(path: &str) -> String {
     fs::read_to_string(path).unwrap_or_default()
-}
-
-fn millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn meminfo() -> HashMap<String, i64> {
@@ -255,7 +249,7 @@ fn processes(now: SystemTime) -> Vec<Vec<Cell>> {
             Cell::Int(num(20) / 1024),
             Cell::Int(num(17)),
             Cell::Float((num(11) + num(12)) as f64 / ticks),
-            Cell::Ts(millis(start)),
+            Cell::Ts(unix_millis(start)),
         ]);
     }
     rows

@@ -5,7 +5,7 @@
 //! values; the rest republish what they had, as an idle machine would.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::edge::{LocalPublisher, Published};
 use crate::error::{ConfigError, ConfigResult};
 use crate::generation::SourceStamp;
-use crate::table::{Cell, SchemaRegistry, TableBuilder, TableDef};
+use crate::table::{unix_millis, Cell, SchemaRegistry, TableBuilder, TableDef};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -126,7 +126,7 @@ pub struct FleetSimulator {
 impl FleetSimulator {
     pub fn new(cfg: &SimulateConfig, schemas: SchemaRegistry) -> Self {
         let mut rng = SmallRng::seed_from_u64(cfg.seed);
-        let now_ms = millis(SystemTime::now());
+        let now_ms = unix_millis(SystemTime::now());
         let per_cluster = cfg.machines.div_ceil(cfg.clusters);
         let machines = (0..cfg.machines)
             .map(|i| {
@@ -285,7 +285,7 @@ impl LocalPublisher for FleetSimulator {
 
     fn collect(&mut self, now: SystemTime) -> Vec<Published> {
         self.step(now);
-        let now_ms = millis(now);
+        let now_ms = unix_millis(now);
         let mut out = Vec::new();
         out.extend(self.table("sys", |m, push| {
             let memfree = m.memavailable * 2 / 3;
@@ -401,12 +401,6 @@ fn end_user_region(rng: &mut SmallRng) -> (i64, i64) {
         pick -= weight;
     }
     (1, 1)
-}
-
-fn millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

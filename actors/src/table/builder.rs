@@ -14,6 +14,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use super::schema::{ColumnDef, ColumnType};
 
+/// A time as the table model stores timestamps: milliseconds since the Unix epoch.
+pub fn unix_millis(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// One value of a row, already of a column type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cell {
@@ -94,6 +101,30 @@ impl Cell {
     }
 }
 
+impl Cell {
+    /// Converts a text field (CSV/TSV files) to a cell of type `ty`; an empty field is null.
+    pub fn from_text(s: &str, ty: ColumnType) -> Result<Cell, String> {
+        if s.is_empty() {
+            return Ok(Cell::Null);
+        }
+        let bad = |what: &str| format!("'{s}' is not {what}");
+        Ok(match ty {
+            ColumnType::Int64 => Cell::Int(s.trim().parse().map_err(|_| bad("an integer"))?),
+            ColumnType::Float64 => Cell::Float(s.trim().parse().map_err(|_| bad("a number"))?),
+            ColumnType::String => Cell::Str(s.to_string()),
+            ColumnType::Bool => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "t" | "1" | "yes" => Cell::Bool(true),
+                "false" | "f" | "0" | "no" => Cell::Bool(false),
+                _ => return Err(bad("a boolean")),
+            },
+            ColumnType::Timestamp => match s.trim().parse::<i64>() {
+                Ok(ms) => Cell::Ts(ms),
+                Err(_) => Cell::Ts(parse_timestamp(s.trim())?),
+            },
+        })
+    }
+}
+
 fn parse_timestamp(s: &str) -> Result<i64, String> {
     string_to_timestamp_nanos(s)
         .map(|ns| ns.div_euclid(1_000_000))
@@ -167,15 +198,7 @@ impl TableBuilder {
     pub fn push_row(&mut self, cells: Vec<Cell>) -> Result<(), RowError> {
         let row = self.rows;
         if cells.len() != self.columns.len() {
-            return Err(RowError {
-                row,
-                column: String::new(),
-                message: format!(
-                    "has {} values, the table has {} columns",
-                    cells.len(),
-                    self.columns.len()
-                ),
-            });
+            return Err(self.width_error(row, cells.len()));
         }
         // Check the whole row before appending anything, so a bad row leaves no trace.
         for (cell, col) in cells.iter().zip(&self.columns) {
@@ -238,15 +261,7 @@ impl TableBuilder {
         row: usize,
     ) -> Result<Vec<Cell>, RowError> {
         if values.len() != self.columns.len() {
-            return Err(RowError {
-                row,
-                column: String::new(),
-                message: format!(
-                    "has {} values, the table has {} columns",
-                    values.len(),
-                    self.columns.len()
-                ),
-            });
+            return Err(self.width_error(row, values.len()));
         }
         values
             .iter()
@@ -259,6 +274,17 @@ impl TableBuilder {
                 })
             })
             .collect()
+    }
+
+    fn width_error(&self, row: usize, got: usize) -> RowError {
+        RowError {
+            row,
+            column: String::new(),
+            message: format!(
+                "has {got} values, the table has {} columns",
+                self.columns.len()
+            ),
+        }
     }
 
     pub fn finish(mut self) -> RecordBatch {

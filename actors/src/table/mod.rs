@@ -4,5 +4,5 @@
 mod builder;
 mod schema;
 
-pub use builder::{Cell, TableBuilder};
+pub use builder::{unix_millis, Cell, TableBuilder};
 pub use schema::{load_schema_dir, ColumnDef, ColumnType, SchemaRegistry, TableDef, MACHINE_IP};
