@@ -11,7 +11,7 @@ CLUSTERS ?= 20
 all: build
 
 build:
-	$(CARGO) build -p query-http --bin queryd
+	$(CARGO) build -p query-http -p query-client --bins
 
 ## The demo: a TLA/SQL node fed by this machine and a simulated fleet. Prints the console URL.
 run: build

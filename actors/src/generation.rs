@@ -42,6 +42,9 @@ pub struct Generation {
     pub id: u64,
     pub sealed_at: SystemTime,
     pub tables: BTreeMap<String, GenTable>,
+    /// Sources whose input was refused for this generation (source → why); their last good
+    /// rows, if any, are in `tables`.
+    pub errors: BTreeMap<String, String>,
 }
 
 impl Generation {
@@ -54,6 +57,7 @@ impl Generation {
 #[derive(Default)]
 pub struct GenerationBuilder {
     tables: BTreeMap<String, GenTable>,
+    errors: BTreeMap<String, String>,
 }
 
 impl GenerationBuilder {
@@ -90,6 +94,11 @@ impl GenerationBuilder {
         Ok(())
     }
 
+    /// Records that a source's input was refused this round.
+    pub fn error(&mut self, source: String, message: String) {
+        self.errors.insert(source, message);
+    }
+
     /// Seals the generation. Empty batches are dropped but their sources are kept: a
     /// machine that published zero rows still counts as having published.
     pub fn seal(mut self, id: u64, sealed_at: SystemTime) -> Arc<Generation> {
@@ -100,6 +109,7 @@ impl GenerationBuilder {
             id,
             sealed_at,
             tables: self.tables,
+            errors: self.errors,
         })
     }
 }

@@ -9,7 +9,7 @@ use std::fs;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{LocalPublisher, Published};
+use super::{Collected, LocalPublisher, Published};
 use crate::generation::SourceStamp;
 use crate::table::{unix_millis, Cell, SchemaRegistry, TableBuilder, TableDef};
 
@@ -145,7 +145,7 @@ impl LocalPublisher for HostPublisher {
         "host"
     }
 
-    fn collect(&mut self, now: SystemTime) -> Vec<Published> {
+    fn collect(&mut self, now: SystemTime) -> Collected {
         let sys = vec![self.sys_row(now)];
         let roles = self
             .id
@@ -162,7 +162,8 @@ impl LocalPublisher for HostPublisher {
         ]
         .into_iter()
         .filter_map(|(name, rows)| self.table(name, rows, now))
-        .collect()
+        .collect::<Vec<_>>()
+        .into()
     }
 }
 
@@ -341,7 +342,7 @@ mod tests {
             roles: vec!["tla".into(), "sql".into()],
         };
         let mut host = HostPublisher::new(id, schemas);
-        let out = host.collect(SystemTime::now());
+        let out = host.collect(SystemTime::now()).tables;
         let rows = |t: &str| {
             out.iter()
                 .find(|p| p.table == t)

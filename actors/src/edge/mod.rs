@@ -1,7 +1,14 @@
-//! What runs at the edge of the hierarchy: publishers that produce a machine's tables.
-//! (The publish socket and file-drop publishers join this module with the edge agent.)
+//! The edge agent: what produces a machine's tables. Publishers connect to the publish
+//! socket ([`socket`]) and their rows are kept in the [`store`]; files dropped in a
+//! directory ([`file_drop`]) and the host's own state ([`host`]) are built-in publishers.
+//! Only tables wanted upstream (or prewarmed) are collected.
 
+pub mod config;
+pub mod file_drop;
 pub mod host;
+pub mod rows;
+pub mod socket;
+pub mod store;
 
 use std::time::SystemTime;
 
@@ -17,9 +24,26 @@ pub struct Published {
     pub sources: Vec<SourceStamp>,
 }
 
-/// Something built into the node that publishes tables each interval (the host publisher,
-/// the fleet simulator). `collect` is CPU and I/O work: it runs on the compute pool.
+/// What a publisher produced for one generation: tables, and sources whose input was
+/// refused this round (source, message), reported by `GET /tables`.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub tables: Vec<Published>,
+    pub errors: Vec<(String, String)>,
+}
+
+impl From<Vec<Published>> for Collected {
+    fn from(tables: Vec<Published>) -> Self {
+        Collected {
+            tables,
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// Something that publishes tables into each generation (the socket store, file drop,
+/// host, the fleet simulator). `collect` is CPU and I/O work: it runs on the compute pool.
 pub trait LocalPublisher: Send + 'static {
     fn name(&self) -> &str;
-    fn collect(&mut self, now: SystemTime) -> Vec<Published>;
+    fn collect(&mut self, now: SystemTime) -> Collected;
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::edge::config::EdgeConfig;
 use crate::error::{ConfigError, ConfigResult};
 use crate::simulate::SimulateConfig;
 
@@ -27,6 +28,8 @@ pub struct NodeConfig {
     pub host: HostConfig,
     /// Present only on nodes that serve a simulated fleet (`queryd demo`).
     pub simulate: Option<SimulateConfig>,
+    /// Present on nodes that take tables from local publishers (an edge agent).
+    pub edge: Option<EdgeConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,8 +150,7 @@ impl NodeConfig {
     /// Parses a config file; relative paths become relative to its directory.
     pub fn load(path: &Path) -> ConfigResult<NodeConfig> {
         let mut cfg: NodeConfig = crate::config::read_toml(path)?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        cfg.paths.resolve(base);
+        cfg.resolve(path.parent().unwrap_or(Path::new(".")));
         cfg.validate()?;
         Ok(cfg)
     }
@@ -156,9 +158,16 @@ impl NodeConfig {
     /// Parses config text (an embedded default) as if it were a file in `base`.
     pub fn parse(text: &str, origin: &str, base: &Path) -> ConfigResult<NodeConfig> {
         let mut cfg: NodeConfig = crate::config::parse_toml(text, origin)?;
-        cfg.paths.resolve(base);
+        cfg.resolve(base);
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        self.paths.resolve(base);
+        if let Some(edge) = &mut self.edge {
+            edge.resolve(base);
+        }
     }
 
     pub fn validate(&self) -> ConfigResult<()> {
@@ -188,6 +197,9 @@ impl NodeConfig {
         }
         if let Some(sim) = &self.simulate {
             sim.validate()?;
+        }
+        if let Some(edge) = &self.edge {
+            edge.validate()?;
         }
         Ok(())
     }
@@ -227,7 +239,7 @@ mod tests {
                 n += 1;
             }
         }
-        assert!(n >= 2, "tla-sql and demo examples");
+        assert!(n >= 3, "edge, tla-sql and demo examples");
     }
 
     #[test]

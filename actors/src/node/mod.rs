@@ -21,13 +21,17 @@ use std::sync::Arc;
 use actix::Actor;
 use arc_swap::ArcSwapOption;
 
+use crate::edge::config::EdgeConfig;
+use crate::edge::file_drop::FileDropPublisher;
 use crate::edge::host::{HostIdentity, HostPublisher};
+use crate::edge::socket;
+use crate::edge::store::{EdgeStore, StoreCollector, WantedOnly};
 use crate::edge::LocalPublisher;
 use crate::error::ConfigError;
 use crate::metrics::Metrics;
 use crate::simulate::FleetSimulator;
 use crate::sql::SqlPool;
-use crate::table::load_schema_dir;
+use crate::table::{load_schema_dir, SchemaRegistry};
 
 /// Starts the actors of a TLA/SQL node (optionally with a simulated fleet) on the current
 /// actix system and returns the handle queries go through.
@@ -40,7 +44,8 @@ pub fn start_node(config: NodeConfig) -> Result<NodeHandle, ConfigError> {
     let metrics = Arc::new(Metrics::default());
     let current = Arc::new(ArcSwapOption::empty());
 
-    let mut publishers: Vec<Box<dyn LocalPublisher>> = Vec::new();
+    // Built into the node: the host's own tables and dropped files.
+    let mut local: Vec<Box<dyn LocalPublisher>> = Vec::new();
     if config.host.enabled {
         let id = HostIdentity {
             machine_ip: config.node.machine_ip.clone(),
@@ -48,7 +53,31 @@ pub fn start_node(config: NodeConfig) -> Result<NodeHandle, ConfigError> {
             georegion: config.node.georegion,
             roles: config.host.roles.clone(),
         };
-        publishers.push(Box::new(HostPublisher::new(id, schemas.clone())));
+        local.push(Box::new(HostPublisher::new(id, schemas.clone())));
+    }
+    let mut publishers: Vec<Box<dyn LocalPublisher>> = Vec::new();
+    match &config.edge {
+        // An edge agent collects only what is wanted: local publishers are filtered, and
+        // socket publishers are told what to send.
+        Some(edge) => {
+            let store = start_edge(edge, &config.node.machine_ip, &schemas, &pool)?;
+            if let Some(dir) = &edge.file_drop {
+                std::fs::create_dir_all(dir).map_err(|e| ConfigError::io(dir, e))?;
+                local.push(Box::new(FileDropPublisher::new(
+                    dir.clone(),
+                    config.node.machine_ip.clone(),
+                    schemas.clone(),
+                )));
+            }
+            for inner in local {
+                publishers.push(Box::new(WantedOnly {
+                    inner,
+                    store: store.clone(),
+                }));
+            }
+            publishers.push(Box::new(StoreCollector(store)));
+        }
+        None => publishers.extend(local),
     }
     if let Some(sim) = &config.simulate {
         let fleet = FleetSimulator::new(sim, schemas.clone());
@@ -73,4 +102,46 @@ pub fn start_node(config: NodeConfig) -> Result<NodeHandle, ConfigError> {
     .start();
 
     Ok(NodeHandle::new(current, metrics, pool, Arc::new(config)))
+}
+
+/// Opens the publish socket (and TCP listener) and returns the store publishers fill.
+/// Binding happens here, so a node that cannot listen fails at start with the reason.
+fn start_edge(
+    edge: &EdgeConfig,
+    machine_ip: &str,
+    schemas: &SchemaRegistry,
+    pool: &SqlPool,
+) -> Result<Arc<EdgeStore>, ConfigError> {
+    let wanted = if edge.prewarm.iter().any(|t| t == "*") {
+        schemas.iter().map(|d| d.name.clone()).collect()
+    } else {
+        for t in &edge.prewarm {
+            if schemas.get(t).is_none() {
+                return Err(ConfigError::Invalid {
+                    what: "[edge] prewarm".into(),
+                    message: format!("no schema for '{t}'"),
+                });
+            }
+        }
+        edge.prewarm.iter().cloned().collect()
+    };
+    let store = Arc::new(EdgeStore::new(
+        machine_ip.to_string(),
+        schemas.clone(),
+        edge.limits(),
+        wanted,
+    ));
+    let listen_err = |what: String, e: std::io::Error| ConfigError::Invalid {
+        what,
+        message: e.to_string(),
+    };
+    let unix = socket::bind_unix(&edge.socket, edge.socket_mode)
+        .map_err(|e| listen_err(format!("[edge] socket {}", edge.socket.display()), e))?;
+    pool.spawn(socket::serve_unix(store.clone(), unix));
+    if let Some(addr) = edge.tcp {
+        let tcp = std::net::TcpListener::bind(addr)
+            .map_err(|e| listen_err(format!("[edge] tcp {addr}"), e))?;
+        pool.spawn(socket::serve_tcp(store.clone(), tcp));
+    }
+    Ok(store)
 }

@@ -94,7 +94,11 @@ fn collect_and_seal(
     // A poisoned lock means a publisher panicked mid-collect; its state is still usable.
     let mut publishers = publishers.lock().unwrap_or_else(|p| p.into_inner());
     for p in publishers.iter_mut() {
-        for published in p.collect(now) {
+        let collected = p.collect(now);
+        for (source, message) in collected.errors {
+            builder.error(source, message);
+        }
+        for published in collected.tables {
             if let Err(e) = builder.add(&published.table, published.batch, published.sources) {
                 tracing::warn!(publisher = p.name(), error = %e, "rows refused");
             }

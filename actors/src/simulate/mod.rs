@@ -11,7 +11,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
-use crate::edge::{LocalPublisher, Published};
+use crate::edge::{Collected, LocalPublisher, Published};
 use crate::error::{ConfigError, ConfigResult};
 use crate::generation::SourceStamp;
 use crate::table::{unix_millis, Cell, SchemaRegistry, TableBuilder, TableDef};
@@ -283,7 +283,7 @@ impl LocalPublisher for FleetSimulator {
         "simulated-fleet"
     }
 
-    fn collect(&mut self, now: SystemTime) -> Vec<Published> {
+    fn collect(&mut self, now: SystemTime) -> Collected {
         self.step(now);
         let now_ms = unix_millis(now);
         let mut out = Vec::new();
@@ -375,7 +375,7 @@ impl LocalPublisher for FleetSimulator {
                 ]);
             }
         }));
-        out
+        out.into()
     }
 }
 
@@ -419,12 +419,12 @@ mod tests {
         };
         cfg.validate().expect("valid");
         let mut sim = FleetSimulator::new(&cfg, schemas);
-        let first = sim.collect(SystemTime::now());
+        let first = sim.collect(SystemTime::now()).tables;
         assert_eq!(first.len(), 6);
         let sys = first.iter().find(|p| p.table == "sys").expect("sys");
         assert_eq!(sys.batch.num_rows(), 40);
         assert_eq!(sys.sources.len(), 40);
-        let second = sim.collect(SystemTime::now());
+        let second = sim.collect(SystemTime::now()).tables;
         let sys2 = second.iter().find(|p| p.table == "sys").expect("sys");
         assert_ne!(
             sys.batch.column(9),

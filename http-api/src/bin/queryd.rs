@@ -13,6 +13,7 @@ use query_actors::simulate::SimulateConfig;
 /// directory (the repository root, for `make run`).
 const DEMO_DEFAULT: &str = include_str!("../../../ops/demo.example.toml");
 const TLA_SQL_DEFAULT: &str = include_str!("../../../ops/tla-sql.example.toml");
+const EDGE_DEFAULT: &str = include_str!("../../../ops/edge.example.toml");
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +28,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Role {
+    /// An edge agent: collects tables from local publishers (socket, dropped files, this
+    /// host) and seals a generation of the wanted ones every interval.
+    Edge(Common),
     /// A TLA/SQL node: aggregates its inputs and answers SQL over HTTP.
     TlaSql(Common),
     /// A TLA/SQL node fed by this machine and a simulated fleet (what `make run` starts).
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let cfg = match &cli.role {
+        Role::Edge(common) => load(common, EDGE_DEFAULT, "embedded edge default"),
         Role::TlaSql(common) => load(common, TLA_SQL_DEFAULT, "embedded tla-sql default"),
         Role::Demo(args) => {
             load(&args.common, DEMO_DEFAULT, "embedded demo default").map(|mut cfg| {

@@ -45,6 +45,9 @@ pub async fn get_tables(node: web::Data<NodeHandle>) -> Result<HttpResponse, Api
             .iter()
             .map(|(view, message)| json!({ "kind": "view", "view": view, "message": message })),
     );
+    errors.extend(snap.generation.errors.iter().map(
+        |(source, message)| json!({ "kind": "publisher", "source": source, "message": message }),
+    ));
     if let Some(message) = &snap.views_file_error {
         errors.push(json!({ "kind": "views_file", "message": message }));
     }

@@ -1,0 +1,8 @@
+//! The publisher side of Query: the local publish protocol ([`protocol`]) and a small
+//! blocking client ([`Publisher`]) for processes that publish tables to their edge agent.
+//! Depends on serde only, so publishers stay light.
+
+pub mod protocol;
+mod publisher;
+
+pub use publisher::{ClientError, Publisher};
