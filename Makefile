@@ -6,7 +6,7 @@ LISTEN ?= 127.0.0.1:8080
 MACHINES ?= 1000
 CLUSTERS ?= 20
 
-.PHONY: all build run run-release test test-deps lint fmt check-fmt clippy clean
+.PHONY: all build run run-release test test-deps bench lint fmt check-fmt clippy clean
 
 all: build
 
@@ -30,6 +30,12 @@ test-deps:
 	  echo "installing chromium for the browser test"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || { echo "could not install chromium (run as root, or install it)"; exit 1; }; }
+
+## Benchmarks (release build): figures go to BENCHMARKS.md with machine, date and commit.
+## BENCH_SCALE=0.1 for a quick run.
+bench:
+	$(CARGO) build --release -p query-http -p query-client --bins
+	$(CARGO) bench -p query-integration --bench edge_agent
 
 lint: check-fmt clippy
 

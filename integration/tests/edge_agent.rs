@@ -393,3 +393,29 @@ fn file_drop_host_cli_and_python_publishers() {
         json!([[1]]),
     );
 }
+
+#[test]
+fn python_example_publishes_into_the_demo_deployment() {
+    let ws = Workspace::new();
+    let socket = ws.path("demo.sock");
+    let node = ws.start(
+        "demo",
+        &format!(
+            "[generation]\ninterval = \"500ms\"\noffset = \"50ms\"\n\n[simulate]\nmachines = 50\nclusters = 2\n\n\
+             [edge]\nsocket = \"{}\"\nprewarm = [\"*\"]\n",
+            socket.display()
+        ),
+    );
+    let out = Command::new("python3")
+        .arg(query_integration::repo().join("ops/examples/publisher.py"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--once")
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Beside the 50 simulated machines and the node's own row.
+    until_rows(&node, "SELECT machine_ip FROM machinerole WHERE role = 'python-example'", json!([["127.0.0.1"]]));
+    let (_, answer) = node.sql("SELECT COUNT(DISTINCT machine_ip) FROM load_info");
+    assert_eq!(answer["rows"], json!([[51]]), "{answer}");
+}

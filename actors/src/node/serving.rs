@@ -56,9 +56,7 @@ impl SnapshotKeeper {
         let views = self.views.clone();
         let views_error = self.views_error.clone();
         let total = self.metrics.view_computations_total.clone();
-        let partitions = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        let partitions = self.pool.threads();
         let work = self.pool.spawn(async move {
             let mut snap = Snapshot::build(generation, statics, &views, partitions, total).await;
             snap.views_file_error = views_error;

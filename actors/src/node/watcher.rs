@@ -18,8 +18,9 @@ use crate::static_tables::StaticLoader;
 struct Files {
     statics: StaticLoader,
     views: PathBuf,
-    /// (modified, length) of views.toml when last read.
+    /// (modified, length) of views.toml when last read; None if it was missing.
     views_stamp: Option<(SystemTime, u64)>,
+    views_read: bool,
 }
 
 pub struct FileWatcher {
@@ -42,6 +43,7 @@ impl FileWatcher {
             statics: StaticLoader::new(paths.static_tables.clone()),
             views: paths.views.clone(),
             views_stamp: None,
+            views_read: false,
         };
         FileWatcher {
             files: Arc::new(Mutex::new(files)),
@@ -65,18 +67,15 @@ impl FileWatcher {
             let stamp = std::fs::metadata(&f.views)
                 .ok()
                 .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-            let views = if stamp != f.views_stamp || stamp.is_none() && f.views_stamp.is_none() {
-                let first = f.views_stamp.is_none();
+            // Read at start and on every change (a file that vanishes is a change, reported
+            // once rather than on every poll).
+            let views = (!f.views_read || stamp != f.views_stamp).then(|| {
+                f.views_read = true;
                 f.views_stamp = stamp;
-                // A missing file is reported once, not on every poll.
-                (stamp.is_some() || first).then(|| {
-                    load_views(&f.views)
-                        .map(Arc::new)
-                        .map_err(|e| e.to_string())
-                })
-            } else {
-                None
-            };
+                load_views(&f.views)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            });
             (statics, views)
         });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|res, act, _| {

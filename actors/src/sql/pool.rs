@@ -12,6 +12,7 @@ use crate::error::QueryError;
 #[derive(Clone)]
 pub struct SqlPool {
     runtime: Arc<Runtime>,
+    threads: usize,
 }
 
 impl SqlPool {
@@ -31,7 +32,13 @@ impl SqlPool {
             .build()?;
         Ok(SqlPool {
             runtime: Arc::new(runtime),
+            threads,
         })
+    }
+
+    /// Worker threads: also how many partitions a query's scans are split into.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Runs `fut` on the pool. Dropping the returned future cancels the work, so a client
