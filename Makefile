@@ -6,7 +6,7 @@ LISTEN ?= 127.0.0.1:8080
 MACHINES ?= 1000
 CLUSTERS ?= 20
 
-.PHONY: all build run run-release test test-deps bench lint fmt check-fmt clippy clean
+.PHONY: all build run run-release test test-deps bench bench-venv lint fmt check-fmt clippy clean
 
 all: build
 
@@ -33,9 +33,14 @@ test-deps:
 
 ## Benchmarks (release build): figures go to BENCHMARKS.md with machine, date and commit.
 ## BENCH_SCALE=0.1 for a quick run.
-bench:
+bench: bench-venv
 	$(CARGO) build --release -p query-http -p query-client --bins
 	$(CARGO) bench -p query-integration --bench edge_agent
+	$(CARGO) bench -p query-integration --bench sql
+
+## DuckDB for the SQL benchmark's comparison, in a venv of its own (not needed otherwise).
+bench-venv:
+	@test -x .bench-venv/bin/python || { python3 -m venv .bench-venv && .bench-venv/bin/pip install -q duckdb; }
 
 lint: check-fmt clippy
 

@@ -413,9 +413,17 @@ fn python_example_publishes_into_the_demo_deployment() {
         .arg("--once")
         .output()
         .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Beside the 50 simulated machines and the node's own row.
-    until_rows(&node, "SELECT machine_ip FROM machinerole WHERE role = 'python-example'", json!([["127.0.0.1"]]));
+    until_rows(
+        &node,
+        "SELECT machine_ip FROM machinerole WHERE role = 'python-example'",
+        json!([["127.0.0.1"]]),
+    );
     let (_, answer) = node.sql("SELECT COUNT(DISTINCT machine_ip) FROM load_info");
     assert_eq!(answer["rows"], json!([[51]]), "{answer}");
 }

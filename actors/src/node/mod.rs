@@ -2,7 +2,7 @@
 //! files) and the handle the HTTP layer queries through.
 //!
 //! The roles of the hierarchy (edge, cluster proxy, TLA, SQL node) are built from these
-//! pieces; `tla-sql` and `demo` are assembled by [`start_node`].
+//! pieces; `edge`, `tla-sql` and `demo` are assembled by [`start_node`].
 
 pub mod config;
 mod handle;
@@ -33,8 +33,9 @@ use crate::simulate::FleetSimulator;
 use crate::sql::SqlPool;
 use crate::table::{load_schema_dir, SchemaRegistry};
 
-/// Starts the actors of a TLA/SQL node (optionally with a simulated fleet) on the current
-/// actix system and returns the handle queries go through.
+/// Starts the actors of a node on the current actix system and returns the handle queries
+/// go through. The config decides the role: `[edge]` adds the publish socket and file drop
+/// (collecting only wanted tables), `[simulate]` a simulated fleet (the demo).
 pub fn start_node(config: NodeConfig) -> Result<NodeHandle, ConfigError> {
     let schemas = load_schema_dir(&config.paths.schemas)?;
     let pool = SqlPool::new(config.sql.threads).map_err(|e| ConfigError::Invalid {

@@ -9,7 +9,9 @@
 
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::ScalarValue;
 use datafusion::error::Result;
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{lit, BinaryExpr, Expr, LogicalPlan, Operator};
 use datafusion::optimizer::AnalyzerRule;
 
@@ -22,8 +24,24 @@ impl AnalyzerRule for NullOnDivideByZero {
     }
 
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        plan.transform_up_with_subqueries(|node| node.map_expressions(|e| e.transform_up(rewrite)))
+        plan.transform_up_with_subqueries(guard_node)
             .map(|t| t.data)
+    }
+}
+
+/// Rewrites the divisions of one plan node. Names are kept as they were (as DataFusion's
+/// own type coercion does): a parent refers to `(x / 10) * 10` of a GROUP BY by that name.
+fn guard_node(node: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+    let names = NamePreserver::new(&node);
+    let rewritten = node.map_expressions(|e| {
+        let name = names.save(&e);
+        e.transform_up(rewrite)
+            .map(|t| t.update_data(|e| name.restore(e)))
+    })?;
+    if rewritten.transformed {
+        rewritten.map_data(|plan| plan.recompute_schema())
+    } else {
+        Ok(rewritten)
     }
 }
 
@@ -33,7 +51,7 @@ fn rewrite(e: Expr) -> Result<Transformed<Expr>> {
             left,
             op: op @ (Operator::Divide | Operator::Modulo),
             right,
-        }) if !is_nullif_zero(&right) => {
+        }) if !is_nullif_zero(&right) && !is_nonzero_literal(&right) => {
             // Runs before type coercion: NULLIF coerces the literal to the divisor's type.
             let guarded = datafusion::functions::core::nullif().call(vec![*right, lit(0_i64)]);
             Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr {
@@ -43,6 +61,16 @@ fn rewrite(e: Expr) -> Result<Transformed<Expr>> {
             })))
         }
         other => Ok(Transformed::no(other)),
+    }
+}
+
+/// `x / 10` cannot divide by zero: no guard, and the plan reads as written.
+fn is_nonzero_literal(e: &Expr) -> bool {
+    match e {
+        Expr::Literal(v, _) => {
+            !v.is_null() && ScalarValue::new_zero(&v.data_type()).is_ok_and(|zero| *v != zero)
+        }
+        _ => false,
     }
 }
 
