@@ -37,6 +37,7 @@ bench: bench-venv
 	$(CARGO) build --release -p query-http -p query-client --bins
 	$(CARGO) bench -p query-integration --bench edge_agent
 	$(CARGO) bench -p query-integration --bench sql
+	$(CARGO) bench -p query-integration --bench link_codec
 
 ## DuckDB for the SQL benchmark's comparison, in a venv of its own (not needed otherwise).
 bench-venv:

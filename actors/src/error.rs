@@ -47,6 +47,12 @@ pub enum QueryError {
     /// The query ran longer than the node allows.
     #[error("query did not finish within {0:?}")]
     Timeout(Duration),
+    /// Tables the query needs were requested below but have not arrived in time.
+    #[error("tables not available yet: {} (requested from the tier below; waited {waited:?}); retry shortly", missing.join(", "))]
+    TablesNotReady {
+        missing: Vec<String>,
+        waited: Duration,
+    },
     /// The node has no generation to answer from yet.
     #[error("no generation has been sealed yet; retry shortly")]
     NoGeneration,
@@ -68,6 +74,7 @@ impl QueryError {
             QueryError::Execution(_) => "execution_error",
             QueryError::Timeout(_) => "timeout",
             QueryError::NoGeneration => "no_generation",
+            QueryError::TablesNotReady { .. } => "tables_not_ready",
             QueryError::ResourcesExhausted(_) => "resources_exhausted",
             QueryError::Internal(_) => "internal",
         }

@@ -18,33 +18,67 @@ pub struct SourceStamp {
     pub published_at: SystemTime,
 }
 
-/// A published table as it stands in one generation.
+/// The rows one producer contributed to a table: a publisher on a machine, a dropped file,
+/// a simulated fleet. Parts are what links diff: a part unchanged since the last generation
+/// costs nothing to send again.
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// Unique within the table, stable across generations (`10.0.0.7/nginx-stats`).
+    pub key: String,
+    pub batch: RecordBatch,
+    /// Machines behind these rows and when each published (one, except for a simulated
+    /// fleet, which sends a whole fleet in one part).
+    pub sources: Vec<SourceStamp>,
+}
+
+/// A published table as it stands in one generation. A table with no parts is still
+/// present: every source below was asked for it and has none (an empty answer, not a
+/// missing table).
 #[derive(Debug, Clone)]
 pub struct GenTable {
     pub schema: SchemaRef,
-    pub batches: Vec<RecordBatch>,
-    pub sources: Vec<SourceStamp>,
+    pub parts: Vec<Part>,
 }
 
 impl GenTable {
     pub fn rows(&self) -> usize {
-        self.batches.iter().map(|b| b.num_rows()).sum()
+        self.parts.iter().map(|p| p.batch.num_rows()).sum()
+    }
+
+    pub fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
+        self.parts.iter().map(|p| &p.batch)
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = &SourceStamp> {
+        self.parts.iter().flat_map(|p| p.sources.iter())
+    }
+
+    pub fn source_count(&self) -> usize {
+        self.parts.iter().map(|p| p.sources.len()).sum()
     }
 
     /// Publish time of the oldest source: the table is at most this old.
     pub fn oldest_publish(&self) -> Option<SystemTime> {
-        self.sources.iter().map(|s| s.published_at).min()
+        self.sources().map(|s| s.published_at).min()
     }
 }
 
 #[derive(Debug)]
 pub struct Generation {
+    /// Monotonic per node.
     pub id: u64,
+    /// The interval this generation belongs to (start of the interval / interval length):
+    /// the same number at every tier for the same round, so a parent knows whether a child
+    /// has delivered this round yet.
+    pub round: u64,
     pub sealed_at: SystemTime,
     pub tables: BTreeMap<String, GenTable>,
     /// Sources whose input was refused for this generation (source → why); their last good
     /// rows, if any, are in `tables`.
     pub errors: BTreeMap<String, String>,
+    /// Machines and clusters behind this generation (what a TLA advertises).
+    pub machines: u64,
+    pub clusters: u64,
 }
 
 impl Generation {
@@ -58,40 +92,58 @@ impl Generation {
 pub struct GenerationBuilder {
     tables: BTreeMap<String, GenTable>,
     errors: BTreeMap<String, String>,
+    machines: u64,
+    clusters: u64,
 }
 
 impl GenerationBuilder {
-    /// Adds rows of `table` from one or more sources (a simulated fleet sends a whole
-    /// fleet's rows in one batch). Batches must share the table's schema; a batch with
-    /// another schema is refused (the caller logs it), leaving the table as it was.
-    pub fn add(
-        &mut self,
-        table: &str,
-        batch: RecordBatch,
-        sources: Vec<SourceStamp>,
-    ) -> Result<(), String> {
-        match self.tables.get_mut(table) {
-            Some(t) => {
-                if t.schema != batch.schema() {
-                    return Err(format!(
-                        "table '{table}' arrived with a schema unlike the other sources'"
-                    ));
-                }
-                t.batches.push(batch);
-                t.sources.extend(sources);
-            }
-            None => {
-                self.tables.insert(
-                    table.to_string(),
-                    GenTable {
-                        schema: batch.schema(),
-                        batches: vec![batch],
-                        sources,
-                    },
-                );
-            }
+    /// Adds one part of `table`. Parts must share the table's schema; a part with another
+    /// schema is refused (the caller logs it), leaving the table as it was. A second part
+    /// with the same key replaces the first.
+    pub fn add(&mut self, table: &str, part: Part) -> Result<(), String> {
+        let schema = part.batch.schema();
+        let t = self.declare(table, schema.clone());
+        if t.schema != schema {
+            return Err(format!(
+                "table '{table}' arrived with a schema unlike the other sources'"
+            ));
+        }
+        match t.parts.iter_mut().find(|p| p.key == part.key) {
+            Some(old) => *old = part,
+            None => t.parts.push(part),
         }
         Ok(())
+    }
+
+    /// Makes `table` present in the generation even if no part arrives (asked for, empty).
+    pub fn declare(&mut self, table: &str, schema: SchemaRef) -> &mut GenTable {
+        self.tables
+            .entry(table.to_string())
+            .or_insert_with(|| GenTable {
+                schema,
+                parts: Vec::new(),
+            })
+    }
+
+    /// Puts a whole table as it stood elsewhere (a parent carrying a table from its last
+    /// complete round).
+    pub fn put(&mut self, table: &str, t: GenTable) {
+        self.tables.insert(table.to_string(), t);
+    }
+
+    /// Leaves `table` out of the generation.
+    pub fn remove(&mut self, table: &str) {
+        self.tables.remove(table);
+    }
+
+    pub fn has(&self, table: &str) -> bool {
+        self.tables.contains_key(table)
+    }
+
+    /// How many machines and clusters stand behind this generation.
+    pub fn counts(&mut self, machines: u64, clusters: u64) {
+        self.machines = machines;
+        self.clusters = clusters;
     }
 
     /// Records that a source's input was refused this round.
@@ -99,17 +151,16 @@ impl GenerationBuilder {
         self.errors.insert(source, message);
     }
 
-    /// Seals the generation. Empty batches are dropped but their sources are kept: a
-    /// machine that published zero rows still counts as having published.
-    pub fn seal(mut self, id: u64, sealed_at: SystemTime) -> Arc<Generation> {
-        for t in self.tables.values_mut() {
-            t.batches.retain(|b| b.num_rows() > 0);
-        }
+    /// Seals the generation.
+    pub fn seal(self, id: u64, round: u64, sealed_at: SystemTime) -> Arc<Generation> {
         Arc::new(Generation {
             id,
+            round,
             sealed_at,
             tables: self.tables,
             errors: self.errors,
+            machines: self.machines,
+            clusters: self.clusters,
         })
     }
 }

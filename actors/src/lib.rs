@@ -3,21 +3,25 @@
 //!
 //! - [`table`]: column types, schemas from `schemas/*.toml`, rows to Arrow.
 //! - [`generation`]: immutable snapshots of published tables.
+//! - [`link`]: the cluster link protocol between tiers (frames, diffs, compression).
 //! - [`sql`]: one generation + static tables + views as a DataFusion context.
 //! - [`static_tables`]: TOML static tables, reloaded on change, last good copy kept.
 //! - [`edge`]: publishers (the host's own tables).
 //! - [`simulate`]: a simulated fleet for the demo and benchmarks.
+//! - [`tier`]: the hierarchy: child links, merging a round, serving parents, requests.
 //! - [`node`]: the actors of a node and the handle the HTTP layer uses.
 
 pub mod config;
 pub mod edge;
 pub mod error;
 pub mod generation;
+pub mod link;
 pub mod metrics;
 pub mod node;
 pub mod simulate;
 pub mod sql;
 pub mod static_tables;
 pub mod table;
+pub mod tier;
 
 pub use error::{ConfigError, QueryError};

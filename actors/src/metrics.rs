@@ -27,6 +27,8 @@ pub struct Metrics {
     pub static_reloads: AtomicU64,
     pub view_reloads: AtomicU64,
     pub config_errors: AtomicU64,
+    /// Supervised actors (link sessions) restarted after a panic.
+    pub actor_restarts: AtomicU64,
     /// View computations since start, all generations.
     pub view_computations_total: Arc<AtomicU64>,
     /// HTTP responses by status code.
@@ -100,6 +102,12 @@ impl Metrics {
             "query_config_errors_total",
             "Static table or view files rejected (last good copy kept).",
             load(&self.config_errors),
+        );
+        counter(
+            &mut out,
+            "query_actor_restarts_total",
+            "Supervised actors (link sessions) restarted after a panic.",
+            load(&self.actor_restarts),
         );
         counter(
             &mut out,

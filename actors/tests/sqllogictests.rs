@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use datafusion::arrow::array::Array;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use query_actors::generation::{GenerationBuilder, SourceStamp};
+use query_actors::generation::{GenerationBuilder, Part, SourceStamp};
 use query_actors::sql::{load_views, QueryLimits, Snapshot};
 use query_actors::static_tables::StaticLoader;
 use query_actors::table::{load_schema_dir, TableBuilder};
@@ -70,9 +70,14 @@ async fn snapshot() -> Result<Snapshot, String> {
                 published_at,
             })
             .collect();
-        builder.add(&fx.table, b.finish(), sources)?;
+        let part = Part {
+            key: format!("fixture:{}", fx.table),
+            batch: b.finish(),
+            sources,
+        };
+        builder.add(&fx.table, part)?;
     }
-    let generation = builder.seal(1, SystemTime::now());
+    let generation = builder.seal(1, 1, SystemTime::now());
     let statics = StaticLoader::new(repo().join("static-tables/index.toml"))
         .reload()
         .ok_or("no static tables")?;

@@ -41,6 +41,7 @@ impl ResponseError for ApiError {
                 | QueryError::Execution(_) => StatusCode::BAD_REQUEST,
                 QueryError::Timeout(_)
                 | QueryError::NoGeneration
+                | QueryError::TablesNotReady { .. }
                 | QueryError::ResourcesExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
                 QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },

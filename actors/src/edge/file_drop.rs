@@ -172,14 +172,16 @@ impl LocalPublisher for FileDropPublisher {
             .filter_map(|(path, g)| {
                 let table = path.file_stem()?.to_str()?.to_string();
                 let file = path.file_name()?.to_str()?.to_string();
-                Some(Published {
-                    table,
-                    batch: g.batch.clone(),
-                    sources: vec![SourceStamp {
-                        source: format!("{}/file:{file}", self.machine_ip),
+                let source = format!("{}/file:{file}", self.machine_ip);
+                Some(Published::new(
+                    &table,
+                    source.clone(),
+                    g.batch.clone(),
+                    vec![SourceStamp {
+                        source,
                         published_at: g.stamp.0,
                     }],
-                })
+                ))
             })
             .collect();
         let errors = self
@@ -229,7 +231,7 @@ mod tests {
             out.tables
                 .iter()
                 .find(|x| x.table == t)
-                .map(|x| x.batch.num_rows())
+                .map(|x| x.part.batch.num_rows())
         };
         assert_eq!(rows(&out, "machinerole"), Some(2));
         assert_eq!(rows(&out, "load_info"), Some(1));

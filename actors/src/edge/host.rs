@@ -74,14 +74,15 @@ impl HostPublisher {
                 tracing::warn!(table = name, error = %e, "host publisher row does not fit the schema");
             }
         }
-        Some(Published {
-            table: name.to_string(),
-            batch: b.finish(),
-            sources: vec![SourceStamp {
+        Some(Published::new(
+            name,
+            format!("{}/host", self.id.machine_ip),
+            b.finish(),
+            vec![SourceStamp {
                 source: self.id.machine_ip.clone(),
                 published_at: now,
             }],
-        })
+        ))
     }
 
     fn sys_row(&mut self, now: SystemTime) -> Vec<Cell> {
@@ -346,7 +347,7 @@ mod tests {
         let rows = |t: &str| {
             out.iter()
                 .find(|p| p.table == t)
-                .map(|p| p.batch.num_rows())
+                .map(|p| p.part.batch.num_rows())
                 .unwrap_or(0)
         };
         assert_eq!(rows("sys"), 1);

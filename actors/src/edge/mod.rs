@@ -14,14 +14,26 @@ use std::time::SystemTime;
 
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::generation::SourceStamp;
+use crate::generation::{Part, SourceStamp};
 
-/// Rows of one table from one or more sources, ready to enter a generation.
+/// One part of a table (see [`Part`]), ready to enter a generation.
 #[derive(Debug, Clone)]
 pub struct Published {
     pub table: String,
-    pub batch: RecordBatch,
-    pub sources: Vec<SourceStamp>,
+    pub part: Part,
+}
+
+impl Published {
+    pub fn new(table: &str, key: String, batch: RecordBatch, sources: Vec<SourceStamp>) -> Self {
+        Published {
+            table: table.to_string(),
+            part: Part {
+                key,
+                batch,
+                sources,
+            },
+        }
+    }
 }
 
 /// What a publisher produced for one generation: tables, and sources whose input was

@@ -174,13 +174,17 @@ impl EdgeStore {
             .copies
             .iter()
             .filter(|((_, table), _)| wanted.contains(table))
-            .map(|((publisher, table), c)| Published {
-                table: table.clone(),
-                batch: c.batch.clone(),
-                sources: vec![SourceStamp {
-                    source: format!("{}/{publisher}", self.machine_ip),
-                    published_at: c.published_at,
-                }],
+            .map(|((publisher, table), c)| {
+                let source = format!("{}/{publisher}", self.machine_ip);
+                Published::new(
+                    table,
+                    source.clone(),
+                    c.batch.clone(),
+                    vec![SourceStamp {
+                        source,
+                        published_at: c.published_at,
+                    }],
+                )
             })
             .collect()
     }
@@ -199,25 +203,5 @@ impl LocalPublisher for StoreCollector {
             tables: self.0.collect(now),
             errors: Vec::new(),
         }
-    }
-}
-
-/// Keeps only the wanted tables of a built-in publisher (host, file drop): the agent
-/// collects nothing that nobody requested.
-pub struct WantedOnly {
-    pub inner: Box<dyn LocalPublisher>,
-    pub store: Arc<EdgeStore>,
-}
-
-impl LocalPublisher for WantedOnly {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn collect(&mut self, now: SystemTime) -> Collected {
-        let wanted = self.store.wanted();
-        let mut out = self.inner.collect(now);
-        out.tables.retain(|p| wanted.contains(&p.table));
-        out
     }
 }

@@ -10,6 +10,40 @@ use serde::Deserialize;
 use crate::edge::config::EdgeConfig;
 use crate::error::{ConfigError, ConfigResult};
 use crate::simulate::SimulateConfig;
+use crate::tier::{LinkConfig, RequestsConfig};
+
+/// What a node does in the hierarchy; chosen by the `queryd` subcommand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Collects a machine's tables from local publishers; serves its parent proxy.
+    Edge,
+    /// Merges the machines of a cluster (and is an edge itself); serves TLAs.
+    ClusterProxy,
+    /// Merges all clusters; serves SQL nodes.
+    Tla,
+    /// Takes generations from a TLA and answers SQL.
+    Sql,
+    /// A TLA that answers SQL itself.
+    #[default]
+    TlaSql,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Edge => "edge",
+            Role::ClusterProxy => "cluster-proxy",
+            Role::Tla => "tla",
+            Role::Sql => "sql",
+            Role::TlaSql => "tla-sql",
+        }
+    }
+
+    /// Roles whose users query over HTTP: a query's missing tables are requested below.
+    pub fn answers_sql(self) -> bool {
+        matches!(self, Role::Sql | Role::TlaSql)
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +64,13 @@ pub struct NodeConfig {
     pub simulate: Option<SimulateConfig>,
     /// Present on nodes that take tables from local publishers (an edge agent).
     pub edge: Option<EdgeConfig>,
+    #[serde(default)]
+    pub link: LinkConfig,
+    #[serde(default)]
+    pub requests: RequestsConfig,
+    /// Set by the subcommand, not the file.
+    #[serde(skip)]
+    pub role: Role,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +206,7 @@ impl NodeConfig {
 
     fn resolve(&mut self, base: &Path) {
         self.paths.resolve(base);
+        self.requests.resolve(base);
         if let Some(edge) = &mut self.edge {
             edge.resolve(base);
         }
@@ -201,7 +243,45 @@ impl NodeConfig {
         if let Some(edge) = &self.edge {
             edge.validate()?;
         }
+        self.link.validate()?;
+        self.requests.validate()?;
         Ok(())
+    }
+
+    /// Checks that the file suits the role it is started as.
+    pub fn validate_role(&self) -> ConfigResult<()> {
+        let role = self.role.name();
+        let need = |ok: bool, message: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    what: format!("role {role}"),
+                    message: message.into(),
+                })
+            }
+        };
+        match self.role {
+            Role::Edge => need(
+                self.link.children.is_empty(),
+                "an edge has no children; remove [link] children",
+            ),
+            Role::ClusterProxy | Role::Tla => {
+                need(
+                    !self.link.children.is_empty(),
+                    "[link] children must list the nodes below",
+                )?;
+                need(
+                    self.link.listen.is_some(),
+                    "[link] listen is needed: parents dial it",
+                )
+            }
+            Role::Sql => need(
+                !self.link.children.is_empty(),
+                "[link] children must name the TLA(s) to read from",
+            ),
+            Role::TlaSql => Ok(()),
+        }
     }
 }
 
@@ -230,8 +310,21 @@ mod tests {
                 .and_then(|n| n.to_str())
                 .unwrap_or_default()
                 .to_string();
-            if name.ends_with(".example.toml") {
-                let cfg = NodeConfig::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if let Some(role) = name.strip_suffix(".example.toml") {
+                let mut cfg = NodeConfig::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+                cfg.role = match role {
+                    "edge" => Role::Edge,
+                    "cluster-proxy" => Role::ClusterProxy,
+                    "tla" => Role::Tla,
+                    "sql" => Role::Sql,
+                    "tla-sql" | "demo" => Role::TlaSql,
+                    other => panic!("{name}: no role '{other}'"),
+                };
+                cfg.validate_role()
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                if let Some(p) = &cfg.requests.prewarm {
+                    assert!(p.exists(), "{name}: prewarm file resolves");
+                }
                 assert!(
                     cfg.paths.schemas.join("sys.toml").exists(),
                     "{name}: schemas path resolves"
@@ -239,7 +332,7 @@ mod tests {
                 n += 1;
             }
         }
-        assert!(n >= 3, "edge, tla-sql and demo examples");
+        assert!(n >= 6, "an example per role and the demo");
     }
 
     #[test]

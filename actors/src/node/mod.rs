@@ -1,8 +1,9 @@
 //! A running node: its actors (who seals generations, who installs snapshots, who watches
-//! files) and the handle the HTTP layer queries through.
+//! files, who keeps the links to children and serves parents, who keeps the request book)
+//! and the handle the HTTP layer queries through.
 //!
-//! The roles of the hierarchy (edge, cluster proxy, TLA, SQL node) are built from these
-//! pieces; `edge`, `tla-sql` and `demo` are assembled by [`start_node`].
+//! Every role is assembled by [`start_node`] from the same pieces; the config's
+//! [`Role`] decides which are present.
 
 pub mod config;
 mod handle;
@@ -12,41 +13,80 @@ mod sealer;
 mod serving;
 mod watcher;
 
-pub use config::NodeConfig;
+pub use config::{NodeConfig, Role};
 pub use handle::{Answer, NodeHandle};
-pub use schedule::next_seal;
+pub use schedule::{next_seal, round_of};
+pub use sealer::ClusterCount;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use actix::Actor;
 use arc_swap::ArcSwapOption;
+use tokio::sync::watch;
 
 use crate::edge::config::EdgeConfig;
 use crate::edge::file_drop::FileDropPublisher;
 use crate::edge::host::{HostIdentity, HostPublisher};
 use crate::edge::socket;
-use crate::edge::store::{EdgeStore, StoreCollector, WantedOnly};
+use crate::edge::store::{EdgeStore, StoreCollector};
 use crate::edge::LocalPublisher;
 use crate::error::ConfigError;
 use crate::metrics::Metrics;
-use crate::simulate::FleetSimulator;
 use crate::sql::SqlPool;
 use crate::table::{load_schema_dir, SchemaRegistry};
+use crate::tier::child_link::ChildLink;
+use crate::tier::parent_links::{accept_parents, ParentSessions, ServeParents};
+use crate::tier::transport::Listener;
+use crate::tier::{Children, PrewarmFile, RequestBook};
+
+/// What an embedding process (the one-process demo) adds to a node.
+#[derive(Default)]
+pub struct NodeExtras {
+    /// Serve parents here instead of `[link] listen` (an in-process listener).
+    pub listener: Option<Listener>,
+    /// Share a compute pool instead of starting one.
+    pub pool: Option<SqlPool>,
+    /// More local publishers.
+    pub publishers: Vec<Box<dyn LocalPublisher>>,
+    /// Tables always requested, beside the configured prewarm.
+    pub prewarm: BTreeSet<String>,
+}
 
 /// Starts the actors of a node on the current actix system and returns the handle queries
-/// go through. The config decides the role: `[edge]` adds the publish socket and file drop
-/// (collecting only wanted tables), `[simulate]` a simulated fleet (the demo).
+/// go through.
 pub fn start_node(config: NodeConfig) -> Result<NodeHandle, ConfigError> {
+    start_node_with(config, NodeExtras::default())
+}
+
+pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHandle, ConfigError> {
+    config.validate_role()?;
     let schemas = load_schema_dir(&config.paths.schemas)?;
-    let pool = SqlPool::new(config.sql.threads).map_err(|e| ConfigError::Invalid {
-        what: "[sql] threads".into(),
-        message: format!("cannot start the compute pool: {e}"),
-    })?;
+    let pool = match extras.pool {
+        Some(p) => p,
+        None => SqlPool::new(config.sql.threads).map_err(|e| ConfigError::Invalid {
+            what: "[sql] threads".into(),
+            message: format!("cannot start the compute pool: {e}"),
+        })?,
+    };
     let metrics = Arc::new(Metrics::default());
     let current = Arc::new(ArcSwapOption::empty());
+    let name = node_name(&config);
 
-    // Built into the node: the host's own tables and dropped files.
-    let mut local: Vec<Box<dyn LocalPublisher>> = Vec::new();
+    // The request book: prewarm (file and edge list), parents' requests, queries' uses.
+    let prewarm = match &config.requests.prewarm {
+        Some(path) => load_prewarm(path, &schemas)?,
+        None => BTreeSet::new(),
+    };
+    let mut fixed = extras.prewarm;
+    if let Some(edge) = &config.edge {
+        fixed.extend(edge_prewarm(edge, &schemas)?);
+    }
+    let (book, wanted) = RequestBook::new(config.requests.request_ttl, fixed, prewarm);
+    let book = book.start();
+
+    // This machine's own rows: the host, the publish socket, dropped files.
+    let mut local: Vec<Box<dyn LocalPublisher>> = extras.publishers;
     if config.host.enabled {
         let id = HostIdentity {
             machine_ip: config.node.machine_ip.clone(),
@@ -56,81 +96,196 @@ pub fn start_node(config: NodeConfig) -> Result<NodeHandle, ConfigError> {
         };
         local.push(Box::new(HostPublisher::new(id, schemas.clone())));
     }
-    let mut publishers: Vec<Box<dyn LocalPublisher>> = Vec::new();
-    match &config.edge {
-        // An edge agent collects only what is wanted: local publishers are filtered, and
-        // socket publishers are told what to send.
-        Some(edge) => {
-            let store = start_edge(edge, &config.node.machine_ip, &schemas, &pool)?;
-            if let Some(dir) = &edge.file_drop {
-                std::fs::create_dir_all(dir).map_err(|e| ConfigError::io(dir, e))?;
-                local.push(Box::new(FileDropPublisher::new(
-                    dir.clone(),
-                    config.node.machine_ip.clone(),
-                    schemas.clone(),
-                )));
-            }
-            for inner in local {
-                publishers.push(Box::new(WantedOnly {
-                    inner,
-                    store: store.clone(),
-                }));
-            }
-            publishers.push(Box::new(StoreCollector(store)));
+    if let Some(edge) = &config.edge {
+        let store = start_edge(
+            edge,
+            &config.node.machine_ip,
+            &schemas,
+            &pool,
+            wanted.clone(),
+        )?;
+        if let Some(dir) = &edge.file_drop {
+            std::fs::create_dir_all(dir).map_err(|e| ConfigError::io(dir, e))?;
+            local.push(Box::new(FileDropPublisher::new(
+                dir.clone(),
+                config.node.machine_ip.clone(),
+                schemas.clone(),
+            )));
         }
-        None => publishers.extend(local),
-    }
-    if let Some(sim) = &config.simulate {
-        let fleet = FleetSimulator::new(sim, schemas.clone());
-        tracing::info!(
-            machines = fleet.machines(),
-            clusters = sim.clusters,
-            "simulated fleet ready"
-        );
-        publishers.push(Box::new(fleet));
+        local.push(Box::new(StoreCollector(store)));
     }
 
+    // The tier below.
+    let children = (!config.link.children.is_empty()).then(|| {
+        let children = Children::new(config.link.children.iter().cloned(), config.link.drop_after);
+        for child in &config.link.children {
+            ChildLink::new(
+                child.clone(),
+                name.clone(),
+                config.link.clone(),
+                children.clone(),
+                wanted.clone(),
+                pool.clone(),
+                metrics.clone(),
+            )
+            .start();
+        }
+        children
+    });
+
+    // The tier above.
+    let (published, generations) = watch::channel(None);
+    let sessions = Arc::new(ParentSessions::default());
+    let serve = ServeParents {
+        node: name.clone(),
+        role: config.role.name().to_string(),
+        codec: config.link.compression,
+        max_frame_bytes: config.link.max_frame_bytes,
+        generations,
+        book: Some(book.clone()),
+        metrics: metrics.clone(),
+        sessions: sessions.clone(),
+    };
+    match (extras.listener, config.link.listen) {
+        (Some(listener), _) => {
+            pool.spawn(accept_parents(listener, serve, pool.clone()));
+        }
+        (None, Some(addr)) => {
+            let std_listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                .map_err(|e| ConfigError::Invalid {
+                    what: format!("[link] listen {addr}"),
+                    message: e.to_string(),
+                })?;
+            let p = pool.clone();
+            pool.spawn(async move {
+                match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => accept_parents(Listener::Tcp(l), serve, p).await,
+                    Err(e) => tracing::error!(error = %e, "cannot serve parents"),
+                }
+            });
+            tracing::info!(%addr, "serving parents");
+        }
+        (None, None) => {}
+    }
+
+    let clusters = match config.role {
+        config::Role::Tla | config::Role::TlaSql if children.is_some() => ClusterCount::Children,
+        config::Role::Sql => ClusterCount::FromChildren,
+        _ => ClusterCount::One,
+    };
+    let inputs = sealer::SealInputs {
+        local_machine: !local.is_empty(),
+        publishers: std::sync::Mutex::new(local),
+        children: children.clone(),
+        wanted: Some(wanted.clone()),
+        declare_wanted: Some(schemas.clone()),
+        clusters,
+    };
+
+    let (installed_tx, installed) = watch::channel(0u64);
     let keeper =
-        serving::SnapshotKeeper::new(current.clone(), pool.clone(), metrics.clone()).start();
-    watcher::FileWatcher::new(&config.paths, keeper.clone(), pool.clone(), metrics.clone()).start();
+        serving::SnapshotKeeper::new(current.clone(), pool.clone(), metrics.clone(), installed_tx)
+            .start();
+    watcher::FileWatcher::new(
+        &config.paths,
+        config.requests.prewarm.clone(),
+        schemas.clone(),
+        keeper.clone(),
+        book.clone(),
+        pool.clone(),
+        metrics.clone(),
+    )
+    .start();
     sealer::Sealer::new(
         config.generation.clone(),
-        publishers,
+        inputs,
         keeper,
+        published,
         pool.clone(),
         metrics.clone(),
     )
     .start();
 
-    Ok(NodeHandle::new(current, metrics, pool, Arc::new(config)))
+    Ok(NodeHandle::new(handle::Parts {
+        current,
+        installed,
+        metrics,
+        pool,
+        config: Arc::new(config),
+        schemas,
+        book,
+        wanted,
+        children,
+        parents: sessions,
+        name,
+    }))
 }
 
-/// Opens the publish socket (and TCP listener) and returns the store publishers fill.
-/// Binding happens here, so a node that cannot listen fails at start with the reason.
+/// How this node names itself to parents and in `query_nodes`.
+fn node_name(config: &NodeConfig) -> String {
+    match config.link.listen {
+        Some(addr) => format!("{}@{addr}", config.role.name()),
+        None => format!("{}@{}", config.role.name(), config.http.listen),
+    }
+}
+
+/// Reads `ops/prewarm.toml`. Every table must have a schema: a typo would otherwise be
+/// requested forever and never arrive.
+pub fn load_prewarm(
+    path: &std::path::Path,
+    schemas: &SchemaRegistry,
+) -> Result<BTreeSet<String>, ConfigError> {
+    let file: PrewarmFile = crate::config::read_toml(path)?;
+    let mut out = BTreeSet::new();
+    for t in file.tables {
+        if t == "*" {
+            out.extend(schemas.iter().map(|d| d.name.clone()));
+        } else if schemas.get(&t).is_some() {
+            out.insert(t);
+        } else {
+            return Err(ConfigError::Invalid {
+                what: path.display().to_string(),
+                message: format!("prewarm table '{t}' has no schema"),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn edge_prewarm(
+    edge: &EdgeConfig,
+    schemas: &SchemaRegistry,
+) -> Result<BTreeSet<String>, ConfigError> {
+    if edge.prewarm.iter().any(|t| t == "*") {
+        return Ok(schemas.iter().map(|d| d.name.clone()).collect());
+    }
+    for t in &edge.prewarm {
+        if schemas.get(t).is_none() {
+            return Err(ConfigError::Invalid {
+                what: "[edge] prewarm".into(),
+                message: format!("no schema for '{t}'"),
+            });
+        }
+    }
+    Ok(edge.prewarm.iter().cloned().collect())
+}
+
+/// Opens the publish socket (and TCP listener) and returns the store publishers fill; the
+/// store follows the request book (publishers are told `want` when it changes). Binding
+/// happens here, so a node that cannot listen fails at start with the reason.
 fn start_edge(
     edge: &EdgeConfig,
     machine_ip: &str,
     schemas: &SchemaRegistry,
     pool: &SqlPool,
+    mut wanted: watch::Receiver<BTreeSet<String>>,
 ) -> Result<Arc<EdgeStore>, ConfigError> {
-    let wanted = if edge.prewarm.iter().any(|t| t == "*") {
-        schemas.iter().map(|d| d.name.clone()).collect()
-    } else {
-        for t in &edge.prewarm {
-            if schemas.get(t).is_none() {
-                return Err(ConfigError::Invalid {
-                    what: "[edge] prewarm".into(),
-                    message: format!("no schema for '{t}'"),
-                });
-            }
-        }
-        edge.prewarm.iter().cloned().collect()
-    };
     let store = Arc::new(EdgeStore::new(
         machine_ip.to_string(),
         schemas.clone(),
         edge.limits(),
-        wanted,
+        wanted.borrow_and_update().clone(),
     ));
     let listen_err = |what: String, e: std::io::Error| ConfigError::Invalid {
         what,
@@ -144,5 +299,12 @@ fn start_edge(
             .map_err(|e| listen_err(format!("[edge] tcp {addr}"), e))?;
         pool.spawn(socket::serve_tcp(store.clone(), tcp));
     }
+    let s = store.clone();
+    pool.spawn(async move {
+        while wanted.changed().await.is_ok() {
+            let tables = wanted.borrow_and_update().clone();
+            s.set_wanted(tables);
+        }
+    });
     Ok(store)
 }

@@ -1,47 +1,83 @@
-//! The generation actor: at each seal time it collects every local publisher's rows (on the
-//! compute pool), seals them into a generation and hands it to the snapshot keeper.
+//! The generation actor: at each seal time it collects every local publisher's rows and
+//! merges what the children delivered for the round (on the compute pool), seals them into
+//! a generation, hands it to the snapshot keeper and offers it to parents.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use actix::prelude::*;
+use tokio::sync::watch;
 
 use super::config::GenerationConfig;
 use super::messages::InstallGeneration;
-use super::schedule::next_seal;
+use super::schedule::{next_seal, round_of};
 use super::serving::SnapshotKeeper;
 use crate::edge::LocalPublisher;
 use crate::generation::{Generation, GenerationBuilder};
 use crate::metrics::Metrics;
 use crate::sql::SqlPool;
+use crate::table::SchemaRegistry;
+use crate::tier::Children;
+
+/// Everything a seal reads. Shared with the pool task that does the work.
+pub struct SealInputs {
+    pub publishers: Mutex<Vec<Box<dyn LocalPublisher>>>,
+    /// The tier below, if this node has one.
+    pub children: Option<Arc<Children>>,
+    /// Tables requested of this node; None collects everything local publishers offer
+    /// (a standalone node, the demo's simulated fleet).
+    pub wanted: Option<watch::Receiver<BTreeSet<String>>>,
+    /// Local publishers declare every wanted table (empty if nobody publishes it): the
+    /// table's presence tells parents "collected here".
+    pub declare_wanted: Option<SchemaRegistry>,
+    /// How this node counts the clusters behind its generation.
+    pub clusters: ClusterCount,
+    /// This node contributes rows of its own (counts as a machine).
+    pub local_machine: bool,
+}
+
+/// Edges and proxies are one cluster; a TLA's children are clusters; a SQL node reports
+/// what its TLA sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterCount {
+    One,
+    Children,
+    FromChildren,
+}
 
 pub struct Sealer {
     config: GenerationConfig,
-    publishers: Arc<Mutex<Vec<Box<dyn LocalPublisher>>>>,
+    inputs: Arc<SealInputs>,
     keeper: Addr<SnapshotKeeper>,
+    published: watch::Sender<Option<Arc<Generation>>>,
     pool: SqlPool,
     metrics: Arc<Metrics>,
     next_id: u64,
     sealing: bool,
+    previous: Option<Arc<Generation>>,
 }
 
 impl Sealer {
     pub fn new(
         config: GenerationConfig,
-        publishers: Vec<Box<dyn LocalPublisher>>,
+        inputs: SealInputs,
         keeper: Addr<SnapshotKeeper>,
+        published: watch::Sender<Option<Arc<Generation>>>,
         pool: SqlPool,
         metrics: Arc<Metrics>,
     ) -> Self {
         Sealer {
             config,
-            publishers: Arc::new(Mutex::new(publishers)),
+            inputs: Arc::new(inputs),
             keeper,
+            published,
             pool,
             metrics,
             next_id: 1,
             sealing: false,
+            previous: None,
         }
     }
 
@@ -49,13 +85,13 @@ impl Sealer {
         let now = SystemTime::now();
         let at = next_seal(now, self.config.interval, self.config.offset);
         let delay = at.duration_since(now).unwrap_or_default();
-        ctx.run_later(delay, |act, ctx| {
-            act.seal(ctx);
+        ctx.run_later(delay, move |act, ctx| {
+            act.seal(ctx, at);
             act.schedule(ctx);
         });
     }
 
-    fn seal(&mut self, ctx: &mut Context<Self>) {
+    fn seal(&mut self, ctx: &mut Context<Self>, at: SystemTime) {
         if self.sealing {
             // The previous seal still runs: skipping keeps generations whole and in order.
             self.metrics.seals_skipped.fetch_add(1, Ordering::Relaxed);
@@ -65,18 +101,22 @@ impl Sealer {
         self.sealing = true;
         let id = self.next_id;
         self.next_id += 1;
-        let publishers = self.publishers.clone();
+        let round = round_of(at, self.config.interval, self.config.offset);
+        let inputs = self.inputs.clone();
+        let previous = self.previous.clone();
         let work = self
             .pool
-            .spawn(async move { collect_and_seal(id, &publishers) });
+            .spawn(async move { collect_and_seal(id, round, &inputs, previous.as_deref()) });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|res, act, _| {
             act.sealing = false;
             match res {
                 Ok((generation, took)) => {
                     act.metrics.generations_sealed.fetch_add(1, Ordering::Relaxed);
                     act.metrics.last_seal_micros.store(took.as_micros() as u64, Ordering::Relaxed);
-                    tracing::debug!(id = generation.id, tables = generation.tables.len(), ?took, "generation sealed");
-                    act.keeper.do_send(InstallGeneration(generation));
+                    tracing::debug!(id = generation.id, round = generation.round, tables = generation.tables.len(), ?took, "generation sealed");
+                    act.previous = Some(generation.clone());
+                    act.keeper.do_send(InstallGeneration(generation.clone()));
+                    act.published.send_replace(Some(generation));
                 }
                 Err(e) => tracing::error!(error = %e, "sealing a generation failed; the previous one stays"),
             }
@@ -86,25 +126,83 @@ impl Sealer {
 
 fn collect_and_seal(
     id: u64,
-    publishers: &Mutex<Vec<Box<dyn LocalPublisher>>>,
+    round: u64,
+    inputs: &SealInputs,
+    previous: Option<&Generation>,
 ) -> (Arc<Generation>, std::time::Duration) {
     let started = Instant::now();
     let now = SystemTime::now();
+    let wanted = inputs.wanted.as_ref().map(|w| w.borrow().clone());
     let mut builder = GenerationBuilder::default();
-    // A poisoned lock means a publisher panicked mid-collect; its state is still usable.
-    let mut publishers = publishers.lock().unwrap_or_else(|p| p.into_inner());
-    for p in publishers.iter_mut() {
-        let collected = p.collect(now);
-        for (source, message) in collected.errors {
-            builder.error(source, message);
-        }
-        for published in collected.tables {
-            if let Err(e) = builder.add(&published.table, published.batch, published.sources) {
-                tracing::warn!(publisher = p.name(), error = %e, "rows refused");
+    {
+        // A poisoned lock means a publisher panicked mid-collect; its state is still usable.
+        let mut publishers = inputs.publishers.lock().unwrap_or_else(|p| p.into_inner());
+        for p in publishers.iter_mut() {
+            let collected = p.collect(now);
+            for (source, message) in collected.errors {
+                builder.error(source, message);
+            }
+            for published in collected.tables {
+                if wanted
+                    .as_ref()
+                    .is_some_and(|w| !w.contains(&published.table))
+                {
+                    continue;
+                }
+                if let Err(e) = builder.add(&published.table, published.part) {
+                    tracing::warn!(publisher = p.name(), error = %e, "rows refused");
+                }
             }
         }
     }
-    (builder.seal(id, SystemTime::now()), started.elapsed())
+    if let (Some(schemas), Some(wanted)) = (&inputs.declare_wanted, &wanted) {
+        for table in wanted {
+            if let Some(def) = schemas.get(table) {
+                builder.declare(table, def.arrow_schema(true));
+            }
+        }
+    }
+    let mut machines = u64::from(inputs.local_machine);
+    let mut clusters = u64::from(inputs.clusters == ClusterCount::One);
+    if let Some(children) = &inputs.children {
+        let empty = BTreeSet::new();
+        let merged = children.merge(round, wanted.as_ref().unwrap_or(&empty), Instant::now());
+        for (table, t) in merged.complete {
+            for part in t.parts {
+                if let Err(e) = builder.add(&table, part) {
+                    builder.error(format!("child table {table}"), e);
+                }
+            }
+            if !builder.has(&table) {
+                builder.declare(&table, t.schema);
+            }
+        }
+        for table in &merged.incomplete {
+            // Not every child has sent this round: carry the last complete copy, so a query
+            // never sees some clusters' new rows beside others' missing ones.
+            match previous.and_then(|p| p.tables.get(table)) {
+                Some(t) => builder.put(table, t.clone()),
+                None => builder.remove(table),
+            }
+        }
+        for (child, message) in merged.errors {
+            builder.error(child, message);
+        }
+        if !merged.dropped.is_empty() {
+            tracing::debug!(dropped = ?merged.dropped, "children not counted this round");
+        }
+        machines += merged.machines;
+        clusters = match inputs.clusters {
+            ClusterCount::One => 1,
+            ClusterCount::Children => merged.live as u64,
+            ClusterCount::FromChildren => merged.clusters,
+        };
+    }
+    builder.counts(machines, clusters);
+    (
+        builder.seal(id, round, SystemTime::now()),
+        started.elapsed(),
+    )
 }
 
 impl Actor for Sealer {
@@ -112,7 +210,7 @@ impl Actor for Sealer {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Seal once right away so a fresh node answers within its first interval.
-        self.seal(ctx);
+        self.seal(ctx, SystemTime::now());
         self.schedule(ctx);
     }
 }

@@ -25,6 +25,8 @@ pub struct SnapshotKeeper {
     /// Builds may finish out of order; only a newer one replaces what is served.
     build_seq: u64,
     installed_seq: u64,
+    /// The generation id served now, for queries waiting on a table to arrive.
+    installed: tokio::sync::watch::Sender<u64>,
 }
 
 impl SnapshotKeeper {
@@ -32,8 +34,10 @@ impl SnapshotKeeper {
         current: Arc<ArcSwapOption<Snapshot>>,
         pool: SqlPool,
         metrics: Arc<Metrics>,
+        installed: tokio::sync::watch::Sender<u64>,
     ) -> Self {
         SnapshotKeeper {
+            installed,
             current,
             pool,
             metrics,
@@ -66,7 +70,9 @@ impl SnapshotKeeper {
             Ok(snap) if seq > act.installed_seq => {
                 act.installed_seq = seq;
                 act.metrics.snapshots_built.fetch_add(1, Ordering::Relaxed);
+                let id = snap.generation.id;
                 act.current.store(Some(Arc::new(snap)));
+                act.installed.send_replace(id);
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "building a snapshot failed; the previous one stays"),

@@ -1,5 +1,6 @@
-//! Watches the static tables and `views.toml` for edits (by polling modification times,
-//! which works on every filesystem) and sends what changed to the snapshot keeper.
+//! Watches the static tables, `views.toml` and the prewarm list for edits (by polling
+//! modification times, which works on every filesystem) and sends what changed to the
+//! snapshot keeper (tables, views) or the request book (prewarm).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -14,6 +15,9 @@ use super::serving::SnapshotKeeper;
 use crate::metrics::Metrics;
 use crate::sql::{load_views, SqlPool};
 use crate::static_tables::StaticLoader;
+use crate::table::SchemaRegistry;
+use crate::tier::messages::SetPrewarm;
+use crate::tier::RequestBook;
 
 struct Files {
     statics: StaticLoader,
@@ -21,12 +25,22 @@ struct Files {
     /// (modified, length) of views.toml when last read; None if it was missing.
     views_stamp: Option<(SystemTime, u64)>,
     views_read: bool,
+    /// The prewarm file and its stamp when last read (it is read at start by the node).
+    prewarm: Option<(PathBuf, Option<(SystemTime, u64)>)>,
+    schemas: SchemaRegistry,
+}
+
+fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
 }
 
 pub struct FileWatcher {
     files: Arc<Mutex<Files>>,
     every: Duration,
     keeper: Addr<SnapshotKeeper>,
+    book: Addr<RequestBook>,
     pool: SqlPool,
     metrics: Arc<Metrics>,
     checking: bool,
@@ -35,7 +49,10 @@ pub struct FileWatcher {
 impl FileWatcher {
     pub fn new(
         paths: &PathsConfig,
+        prewarm: Option<PathBuf>,
+        schemas: SchemaRegistry,
         keeper: Addr<SnapshotKeeper>,
+        book: Addr<RequestBook>,
         pool: SqlPool,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -44,11 +61,17 @@ impl FileWatcher {
             views: paths.views.clone(),
             views_stamp: None,
             views_read: false,
+            prewarm: prewarm.map(|p| {
+                let s = stamp(&p);
+                (p, s)
+            }),
+            schemas,
         };
         FileWatcher {
             files: Arc::new(Mutex::new(files)),
             every: paths.reload_every,
             keeper,
+            book,
             pool,
             metrics,
             checking: false,
@@ -64,23 +87,39 @@ impl FileWatcher {
         let work = self.pool.spawn(async move {
             let mut f = files.lock().unwrap_or_else(|p| p.into_inner());
             let statics = f.statics.reload();
-            let stamp = std::fs::metadata(&f.views)
-                .ok()
-                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+            let views_stamp = stamp(&f.views);
             // Read at start and on every change (a file that vanishes is a change, reported
             // once rather than on every poll).
-            let views = (!f.views_read || stamp != f.views_stamp).then(|| {
+            let views = (!f.views_read || views_stamp != f.views_stamp).then(|| {
                 f.views_read = true;
-                f.views_stamp = stamp;
+                f.views_stamp = views_stamp;
                 load_views(&f.views)
                     .map(Arc::new)
                     .map_err(|e| e.to_string())
             });
-            (statics, views)
+            let schemas = f.schemas.clone();
+            let prewarm = f.prewarm.as_mut().and_then(|(path, last)| {
+                let now = stamp(path);
+                (now != *last).then(|| {
+                    *last = now;
+                    super::load_prewarm(path, &schemas).map_err(|e| e.to_string())
+                })
+            });
+            (statics, views, prewarm)
         });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|res, act, _| {
             act.checking = false;
-            let Ok((statics, views)) = res else { return };
+            let Ok((statics, views, prewarm)) = res else {
+                return;
+            };
+            match prewarm {
+                Some(Ok(tables)) => act.book.do_send(SetPrewarm(tables)),
+                Some(Err(e)) => {
+                    act.metrics.config_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "prewarm file rejected; the previous list stays");
+                }
+                None => {}
+            }
             if let Some(statics) = statics {
                 act.metrics.static_reloads.fetch_add(1, Ordering::Relaxed);
                 act.metrics

@@ -1,11 +1,18 @@
 //! A simulated fleet: N machines in C clusters publishing the shipped tables with plausible,
-//! changing values. `queryd demo` serves it; later the benchmarks drive real links with it.
+//! changing values. [`edges`] serves each simulated machine over the real link protocol;
+//! [`hierarchy`] assembles the one-process demo (simulated edges → proxies → TLA/SQL).
 //!
 //! Deterministic for a seed. Each generation a share (`churn`) of the machines changes its
 //! values; the rest republish what they had, as an idle machine would.
 
+pub mod edges;
+pub mod hierarchy;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use datafusion::arrow::array::StringArray;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -213,6 +220,53 @@ impl FleetSimulator {
         self.machines.len()
     }
 
+    /// Each machine's address and cluster, in fleet order (machines of a cluster together).
+    pub fn machine_list(&self) -> Vec<(String, String)> {
+        self.machines
+            .iter()
+            .map(|m| (m.ip.clone(), m.cluster.clone()))
+            .collect()
+    }
+
+    /// One round as every machine's own edge agent would publish it: per machine, each
+    /// table's rows as one part (slices of the fleet-wide batches, no copy).
+    pub fn collect_per_machine(&mut self, now: SystemTime) -> BTreeMap<String, Vec<Published>> {
+        let fleet = self.collect(now).tables;
+        let mut out: BTreeMap<String, Vec<Published>> = BTreeMap::new();
+        for p in fleet {
+            let stamps: HashMap<&str, SystemTime> = p
+                .part
+                .sources
+                .iter()
+                .map(|s| (s.source.as_str(), s.published_at))
+                .collect();
+            let batch = &p.part.batch;
+            let Some(ips) = batch.column(0).as_any().downcast_ref::<StringArray>() else {
+                continue;
+            };
+            // A machine's rows are contiguous: cut the batch at each change of machine_ip.
+            let mut start = 0;
+            for i in 1..=batch.num_rows() {
+                if i < batch.num_rows() && ips.value(i) == ips.value(start) {
+                    continue;
+                }
+                let ip = ips.value(start).to_string();
+                let published_at = stamps.get(ip.as_str()).copied().unwrap_or(now);
+                out.entry(ip.clone()).or_default().push(Published::new(
+                    &p.table,
+                    format!("{ip}/simulated"),
+                    batch.slice(start, i - start),
+                    vec![SourceStamp {
+                        source: ip,
+                        published_at,
+                    }],
+                ));
+                start = i;
+            }
+        }
+        out
+    }
+
     /// Moves the churned machines' values one step.
     fn step(&mut self, now: SystemTime) {
         let rng = &mut self.rng;
@@ -270,11 +324,12 @@ impl FleetSimulator {
                 published_at: m.published_at,
             });
         }
-        Some(Published {
-            table: name.to_string(),
-            batch: b.finish(),
+        Some(Published::new(
+            name,
+            "simulated-fleet".to_string(),
+            b.finish(),
             sources,
-        })
+        ))
     }
 }
 
@@ -422,13 +477,13 @@ mod tests {
         let first = sim.collect(SystemTime::now()).tables;
         assert_eq!(first.len(), 6);
         let sys = first.iter().find(|p| p.table == "sys").expect("sys");
-        assert_eq!(sys.batch.num_rows(), 40);
-        assert_eq!(sys.sources.len(), 40);
+        assert_eq!(sys.part.batch.num_rows(), 40);
+        assert_eq!(sys.part.sources.len(), 40);
         let second = sim.collect(SystemTime::now()).tables;
         let sys2 = second.iter().find(|p| p.table == "sys").expect("sys");
         assert_ne!(
-            sys.batch.column(9),
-            sys2.batch.column(9),
+            sys.part.batch.column(9),
+            sys2.part.batch.column(9),
             "memavailable changed with churn 1.0"
         );
     }

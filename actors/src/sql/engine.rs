@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
@@ -25,7 +26,7 @@ use crate::static_tables::StaticCatalog;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::optimizer::{Analyzer, AnalyzerRule};
 
-const SQL_DIALECT: Dialect = Dialect::PostgreSQL;
+pub(crate) const SQL_DIALECT: Dialect = Dialect::PostgreSQL;
 
 /// Where a table of a snapshot comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -74,6 +75,8 @@ pub struct Snapshot {
     pub generation: Arc<Generation>,
     pub statics: Arc<StaticCatalog>,
     views: BTreeMap<String, Arc<ViewProvider>>,
+    /// Every view's SQL (planned or not): what a query needs through a view.
+    view_sql: BTreeMap<String, String>,
     /// Views that could not be planned in this snapshot, with the reason.
     pub view_errors: BTreeMap<String, String>,
     /// Why the last edit of views.toml was rejected, if it was (the views before it stay).
@@ -108,7 +111,7 @@ impl Snapshot {
         let ctx = new_context(config);
         let mut taken = BTreeSet::new();
         for (name, table) in &generation.tables {
-            match partitioned(table.schema.clone(), &table.batches, partitions) {
+            match partitioned(table.schema.clone(), table.batches(), partitions) {
                 Ok(mem) => {
                     if ctx.register_table(name.as_str(), Arc::new(mem)).is_ok() {
                         taken.insert(name.clone());
@@ -186,11 +189,23 @@ impl Snapshot {
             }
         }
         for (name, err) in &view_errors {
-            tracing::warn!(view = %name, error = %err, generation = generation.id, "view unavailable in this generation");
+            // A view over a table this generation does not hold (not requested yet, or not
+            // collected at this tier) is expected; anything else is a broken view.
+            if err.contains("not found") {
+                tracing::debug!(view = %name, error = %err, generation = generation.id, "view unavailable in this generation");
+            } else {
+                tracing::warn!(view = %name, error = %err, generation = generation.id, "view unavailable in this generation");
+            }
         }
+        let view_sql = views
+            .view
+            .iter()
+            .map(|v| (v.name.clone(), v.sql.clone()))
+            .collect();
         Snapshot {
             generation,
             statics,
+            view_sql,
             views: providers,
             view_errors,
             views_file_error: None,
@@ -225,6 +240,11 @@ impl Snapshot {
         })
     }
 
+    /// The SQL of every view, by name.
+    pub fn view_sql(&self) -> BTreeMap<String, String> {
+        self.view_sql.clone()
+    }
+
     /// Every table a client can query, with its origin, size and sources.
     pub fn tables(&self) -> Vec<TableUse> {
         let mut out: Vec<TableUse> = self
@@ -235,7 +255,7 @@ impl Snapshot {
                 name: name.clone(),
                 origin: Origin::Published,
                 rows: Some(t.rows()),
-                sources: t.sources.len(),
+                sources: t.source_count(),
                 oldest_publish: t.oldest_publish(),
             })
             .collect();
@@ -358,16 +378,35 @@ fn scanned_tables(plan: &LogicalPlan) -> BTreeSet<String> {
     names
 }
 
-/// Spreads a table's batches over `partitions` so scans run on every core.
-fn partitioned(
+/// Spreads a table's batches over `partitions` so scans run on every core. A table made of
+/// many small parts (one per machine at a proxy or TLA) is coalesced into batches of about
+/// `COALESCE_ROWS`: executing thousands of tiny batches costs more than copying them once.
+fn partitioned<'a>(
     schema: SchemaRef,
-    batches: &[RecordBatch],
+    batches: impl Iterator<Item = &'a RecordBatch>,
     partitions: usize,
 ) -> datafusion::error::Result<MemTable> {
-    let n = partitions.clamp(1, batches.len().max(1));
-    let mut parts = vec![Vec::new(); n];
-    for (i, b) in batches.iter().enumerate() {
-        parts[i % n].push(b.clone());
+    const COALESCE_ROWS: usize = 8192;
+    let mut groups: Vec<Vec<&RecordBatch>> = Vec::new();
+    let mut open_rows = COALESCE_ROWS;
+    for b in batches.filter(|b| b.num_rows() > 0) {
+        if open_rows >= COALESCE_ROWS || b.num_rows() >= COALESCE_ROWS {
+            groups.push(Vec::new());
+            open_rows = 0;
+        }
+        open_rows += b.num_rows();
+        if let Some(g) = groups.last_mut() {
+            g.push(b);
+        }
+    }
+    let n = partitions.clamp(1, groups.len().max(1));
+    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
+    for (i, group) in groups.into_iter().enumerate() {
+        let batch = match group.as_slice() {
+            [one] => (*one).clone(),
+            many => concat_batches(&schema, many.iter().copied())?,
+        };
+        parts[i % n].push(batch);
     }
     MemTable::try_new(schema, parts)
 }

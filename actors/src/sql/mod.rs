@@ -4,10 +4,12 @@
 mod division;
 mod engine;
 mod pool;
+mod references;
 mod statement;
 mod views;
 
 pub use engine::{Origin, QueryLimits, QueryOutput, Snapshot, TableUse};
 pub use pool::SqlPool;
+pub use references::referenced_tables;
 pub use statement::check_read_only;
 pub use views::{load_views, ViewDef, ViewStats, ViewsFile};

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use query_actors::node::{start_node, NodeConfig};
+use query_actors::node::{start_node, NodeConfig, Role as NodeRole};
+use query_actors::simulate::hierarchy::start_demo;
 use query_actors::simulate::SimulateConfig;
 
 /// Embedded defaults: the example files, read as if they sat in `ops/` under the working
@@ -14,6 +15,9 @@ use query_actors::simulate::SimulateConfig;
 const DEMO_DEFAULT: &str = include_str!("../../../ops/demo.example.toml");
 const TLA_SQL_DEFAULT: &str = include_str!("../../../ops/tla-sql.example.toml");
 const EDGE_DEFAULT: &str = include_str!("../../../ops/edge.example.toml");
+const PROXY_DEFAULT: &str = include_str!("../../../ops/cluster-proxy.example.toml");
+const TLA_DEFAULT: &str = include_str!("../../../ops/tla.example.toml");
+const SQL_DEFAULT: &str = include_str!("../../../ops/sql.example.toml");
 
 #[derive(Parser)]
 #[command(
@@ -29,11 +33,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Role {
     /// An edge agent: collects tables from local publishers (socket, dropped files, this
-    /// host) and seals a generation of the wanted ones every interval.
+    /// host), seals a generation of the wanted ones every interval, serves its proxy.
     Edge(Common),
-    /// A TLA/SQL node: aggregates its inputs and answers SQL over HTTP.
+    /// A cluster proxy: merges the generations of its cluster's machines (and its own
+    /// rows), serves TLAs.
+    ClusterProxy(Common),
+    /// A top-level aggregator: merges all clusters, serves SQL nodes.
+    Tla(Common),
+    /// A SQL node: takes generations from a TLA and answers SQL over HTTP.
+    Sql(Common),
+    /// A TLA/SQL node: aggregates the clusters and answers SQL over HTTP.
     TlaSql(Common),
-    /// A TLA/SQL node fed by this machine and a simulated fleet (what `make run` starts).
+    /// The whole hierarchy in one process: simulated edges → cluster proxies → TLA/SQL
+    /// (what `make run` starts).
     Demo(DemoArgs),
     /// Parse and validate a node configuration file, then exit.
     CheckConfig {
@@ -65,9 +77,17 @@ struct DemoArgs {
     /// Simulated clusters.
     #[arg(long)]
     clusters: Option<usize>,
+    /// Cluster proxies between the simulated machines and the TLA/SQL node.
+    #[arg(long, default_value_t = 2)]
+    proxies: usize,
 }
 
-fn load(common: &Common, default: &str, origin: &str) -> Result<NodeConfig, String> {
+fn load(
+    common: &Common,
+    default: &str,
+    origin: &str,
+    role: NodeRole,
+) -> Result<NodeConfig, String> {
     let mut cfg = match &common.config {
         Some(path) => NodeConfig::load(path),
         None => NodeConfig::parse(default, origin, Path::new("ops")),
@@ -80,7 +100,9 @@ fn load(common: &Common, default: &str, origin: &str) -> Result<NodeConfig, Stri
         cfg.generation.interval = interval;
         cfg.generation.offset = cfg.generation.offset.min(interval / 10);
     }
+    cfg.role = role;
     cfg.validate().map_err(|e| e.to_string())?;
+    cfg.validate_role().map_err(|e| e.to_string())?;
     Ok(cfg)
 }
 
@@ -94,20 +116,37 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let cfg = match &cli.role {
-        Role::Edge(common) => load(common, EDGE_DEFAULT, "embedded edge default"),
-        Role::TlaSql(common) => load(common, TLA_SQL_DEFAULT, "embedded tla-sql default"),
-        Role::Demo(args) => {
-            load(&args.common, DEMO_DEFAULT, "embedded demo default").map(|mut cfg| {
-                let sim = cfg.simulate.get_or_insert_with(SimulateConfig::default);
-                if let Some(m) = args.machines {
-                    sim.machines = m;
-                }
-                if let Some(c) = args.clusters {
-                    sim.clusters = c;
-                }
-                cfg
-            })
-        }
+        Role::Edge(c) => load(c, EDGE_DEFAULT, "embedded edge default", NodeRole::Edge),
+        Role::ClusterProxy(c) => load(
+            c,
+            PROXY_DEFAULT,
+            "embedded cluster-proxy default",
+            NodeRole::ClusterProxy,
+        ),
+        Role::Tla(c) => load(c, TLA_DEFAULT, "embedded tla default", NodeRole::Tla),
+        Role::Sql(c) => load(c, SQL_DEFAULT, "embedded sql default", NodeRole::Sql),
+        Role::TlaSql(c) => load(
+            c,
+            TLA_SQL_DEFAULT,
+            "embedded tla-sql default",
+            NodeRole::TlaSql,
+        ),
+        Role::Demo(args) => load(
+            &args.common,
+            DEMO_DEFAULT,
+            "embedded demo default",
+            NodeRole::TlaSql,
+        )
+        .map(|mut cfg| {
+            let sim = cfg.simulate.get_or_insert_with(SimulateConfig::default);
+            if let Some(m) = args.machines {
+                sim.machines = m;
+            }
+            if let Some(c) = args.clusters {
+                sim.clusters = c;
+            }
+            cfg
+        }),
         Role::CheckConfig { config } => {
             return match NodeConfig::load(config) {
                 Ok(_) => {
@@ -128,8 +167,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let demo_proxies = match &cli.role {
+        Role::Demo(args) => Some(args.proxies),
+        _ => None,
+    };
     let result = actix_web::rt::System::new().block_on(async move {
-        let node = start_node(cfg).map_err(|e| e.to_string())?;
+        let node = match demo_proxies {
+            Some(proxies) => start_demo(cfg, proxies),
+            None => start_node(cfg),
+        }
+        .map_err(|e| e.to_string())?;
         query_http::serve(node).await.map_err(|e| e.to_string())
     });
     match result {

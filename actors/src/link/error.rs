@@ -1,0 +1,39 @@
+//! What can go wrong on a cluster link. Every variant is worded for an operator reading the
+//! log of a parent or child; most mean the link is dropped and dialled again, which starts
+//! over with a full frame.
+
+use datafusion::arrow::error::ArrowError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The connection failed or closed in the middle of a frame.
+    #[error("link connection error: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// A frame (or its decompressed payload) is larger than this side accepts.
+    #[error("link frame of {size} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge { size: u64, limit: u64 },
+
+    /// The bytes are not a valid frame: unknown codec, bad compression, bad serialization,
+    /// truncated data. The peer is broken or not a Query link.
+    #[error("corrupt link frame: {0}")]
+    Decode(String),
+
+    /// The frame is well formed but does not fit what this side holds: a diff naming a part
+    /// the parent does not have, an index out of range, a table without a known schema.
+    /// The sides are out of step; reconnecting starts over with a full frame.
+    #[error("link protocol violation: {0}")]
+    Protocol(String),
+
+    /// The peer speaks another version of the link protocol.
+    #[error("link protocol version mismatch: this node speaks version {ours}, the peer {theirs}")]
+    VersionMismatch { ours: u32, theirs: u32 },
+
+    /// The peer refused the link and said why.
+    #[error("link refused by peer: {0}")]
+    Refused(String),
+
+    /// Arrow could not encode or decode a table's rows or schema.
+    #[error("link Arrow data error: {0}")]
+    Arrow(#[from] ArrowError),
+}

@@ -1,0 +1,453 @@
+//! Frames on a link's byte stream, and the serialization and compression of what they carry.
+//!
+//! A frame is a `u32` big-endian length of the rest, one byte naming the [`Codec`], then the
+//! message serialized with postcard and compressed by that codec:
+//!
+//! ```text
+//! +----------------+-------+------------------------------------+
+//! | length (u32 BE)| codec | payload (postcard, then compressed) |
+//! +----------------+-------+------------------------------------+
+//!                  <---------------- length bytes --------------->
+//! ```
+//!
+//! Postcard: a compact serde binary format (varints, no field names) that builds in seconds
+//! and has no dependencies beyond serde. The Arrow IPC fields of [`super::wire`] serialize as
+//! byte strings, so they cost a memcpy, not one call per byte.
+//!
+//! Everything read here comes from a peer and is untrusted: sizes are checked before
+//! anything is allocated, decompression stops at the caller's limit, and garbage yields a
+//! [`LinkError`], never a panic.
+
+use std::io::Read;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::LinkError;
+
+/// The largest frame, and the largest decompressed payload, a node accepts by default. A
+/// full generation of 10,000 machines is about 20 MB uncompressed (see BENCHMARKS.md,
+/// `link-codec`), so this leaves room for large TLAs without letting a broken peer make a
+/// node allocate without bound.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 256 << 20;
+
+/// Bytes of the length prefix.
+const LEN_BYTES: usize = 4;
+
+/// zstd level for [`Codec::Zstd`]: level 1 is within a few percent of level 3 on link data
+/// and about twice as fast.
+const ZSTD_LEVEL: i32 = 1;
+
+/// Largest zstd window a received frame may ask for (2^23 = 8 MiB), so a hostile frame
+/// cannot make the decoder reserve the library's default of 128 MiB. Our encoder's windows
+/// at [`ZSTD_LEVEL`] are far smaller.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// LZ4 cannot expand data more than 255 times: a claimed size above that is a lie, refused
+/// before it is allocated.
+const LZ4_MAX_RATIO: usize = 255;
+
+/// How a frame's payload is compressed.
+///
+/// The default is [`Codec::Lz4`]: links send a generation every interval (often every
+/// second), so encode and decode CPU on the proxies and the TLA counts as much as bytes.
+/// Measured on the simulated fleet (BENCHMARKS.md, `link-codec`): LZ4 (lz4_flex, pure Rust)
+/// encodes and decodes at several hundred MB/s per core and shrinks diff frames several
+/// times; zstd level 1 makes frames a further 25-40% smaller at two to three times LZ4's
+/// CPU, which pays off on slow long-distance links only, so it is kept as an option;
+/// deflate (flate2/miniz_oxide) was both larger than zstd and slower than LZ4 and is not
+/// offered. Both codecs kept here were already built as arrow-ipc dependencies, so they add
+/// no compile time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// Uncompressed: for loopback links and tests.
+    None,
+    /// LZ4 block format, the uncompressed size first (u32 little-endian).
+    #[default]
+    Lz4,
+    /// zstd level 1, a standard zstd frame.
+    Zstd,
+}
+
+impl Codec {
+    /// The byte that names the codec in a frame.
+    pub fn id(self) -> u8 {
+        match self {
+            Codec::None => 0,
+            Codec::Lz4 => 1,
+            Codec::Zstd => 2,
+        }
+    }
+
+    pub fn from_id(id: u8) -> Option<Codec> {
+        match id {
+            0 => Some(Codec::None),
+            1 => Some(Codec::Lz4),
+            2 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+
+    /// Compresses a serialized message.
+    pub fn compress(self, data: &[u8]) -> Result<Vec<u8>, LinkError> {
+        match self {
+            Codec::None => Ok(data.to_vec()),
+            Codec::Lz4 => {
+                // The block format's prefix is a u32: refuse rather than wrap around.
+                if u32::try_from(data.len()).is_err() {
+                    return Err(too_large(data.len(), u32::MAX as usize));
+                }
+                Ok(lz4_flex::block::compress_prepend_size(data))
+            }
+            Codec::Zstd => zstd::bulk::compress(data, ZSTD_LEVEL).map_err(LinkError::Io),
+        }
+    }
+
+    /// Decompresses a payload, refusing one that would exceed `max_bytes` once
+    /// decompressed without allocating more than that.
+    pub fn decompress(self, payload: &[u8], max_bytes: usize) -> Result<Vec<u8>, LinkError> {
+        match self {
+            Codec::None => {
+                if payload.len() > max_bytes {
+                    return Err(too_large(payload.len(), max_bytes));
+                }
+                Ok(payload.to_vec())
+            }
+            Codec::Lz4 => {
+                let (size, block) = payload
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| LinkError::Decode("LZ4 payload shorter than its size".into()))?;
+                let size = u32::from_le_bytes(*size) as usize;
+                if size > max_bytes {
+                    return Err(too_large(size, max_bytes));
+                }
+                if size > block.len().saturating_mul(LZ4_MAX_RATIO).saturating_add(16) {
+                    return Err(LinkError::Decode(format!(
+                        "LZ4 payload of {} bytes claims {size} bytes decompressed, more than LZ4 can expand",
+                        block.len()
+                    )));
+                }
+                let out = lz4_flex::block::decompress(block, size)
+                    .map_err(|e| LinkError::Decode(format!("LZ4: {e}")))?;
+                if out.len() != size {
+                    return Err(LinkError::Decode(format!(
+                        "LZ4 payload decompressed to {} bytes, its header says {size}",
+                        out.len()
+                    )));
+                }
+                Ok(out)
+            }
+            Codec::Zstd => {
+                let mut dec = zstd::stream::read::Decoder::with_buffer(payload)
+                    .map_err(|e| LinkError::Decode(format!("zstd: {e}")))?;
+                dec.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                    .map_err(|e| LinkError::Decode(format!("zstd: {e}")))?;
+                // Reads at most one byte past the limit, growing as data arrives: a small
+                // frame that claims gigabytes costs nothing.
+                let mut out = Vec::new();
+                dec.take(max_bytes as u64 + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| LinkError::Decode(format!("zstd: {e}")))?;
+                if out.len() > max_bytes {
+                    return Err(LinkError::FrameTooLarge {
+                        size: out.len() as u64,
+                        limit: max_bytes as u64,
+                    });
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn too_large(size: usize, limit: usize) -> LinkError {
+    LinkError::FrameTooLarge {
+        size: size as u64,
+        limit: limit as u64,
+    }
+}
+
+/// Serializes and compresses `msg` into a whole frame, length prefix included.
+pub fn encode_frame<T: Serialize>(msg: &T, codec: Codec) -> Result<Vec<u8>, LinkError> {
+    let raw = postcard::to_stdvec(msg)
+        .map_err(|e| LinkError::Decode(format!("cannot serialize message: {e}")))?;
+    let payload = codec.compress(&raw)?;
+    let rest = payload.len() + 1;
+    let len = u32::try_from(rest).map_err(|_| too_large(rest, u32::MAX as usize))?;
+    let mut frame = Vec::with_capacity(LEN_BYTES + rest);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.push(codec.id());
+    frame.extend_from_slice(&payload);
+    Ok(frame)
+}
+
+/// Decodes a frame's body (what follows the length prefix, as [`read_frame`] returns it).
+/// A payload that decompresses to more than `max_bytes` is refused.
+pub fn decode_frame<T: DeserializeOwned>(body: &[u8], max_bytes: usize) -> Result<T, LinkError> {
+    let (&id, payload) = body
+        .split_first()
+        .ok_or_else(|| LinkError::Decode("empty frame".into()))?;
+    let codec =
+        Codec::from_id(id).ok_or_else(|| LinkError::Decode(format!("unknown codec id {id}")))?;
+    let raw = codec.decompress(payload, max_bytes)?;
+    let (msg, rest) = postcard::take_from_bytes::<T>(&raw)
+        .map_err(|e| LinkError::Decode(format!("cannot deserialize message: {e}")))?;
+    if !rest.is_empty() {
+        return Err(LinkError::Decode(format!(
+            "{} bytes left over after the message",
+            rest.len()
+        )));
+    }
+    Ok(msg)
+}
+
+/// Reads one frame's body. `Ok(None)` on a clean end of stream before a frame starts; a
+/// stream that ends inside a frame is an error. A length above `max_bytes` is refused
+/// before its bytes are read.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_bytes: usize,
+) -> Result<Option<Vec<u8>>, LinkError> {
+    let mut len = [0u8; LEN_BYTES];
+    let mut got = 0;
+    while got < LEN_BYTES {
+        let n = r.read(&mut len[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(LinkError::Decode(format!(
+                "stream ended after {got} bytes of a frame's length"
+            )));
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 {
+        return Err(LinkError::Decode(
+            "frame of length 0 (no codec byte)".into(),
+        ));
+    }
+    if len > max_bytes {
+        return Err(too_large(len, max_bytes));
+    }
+    // Grows as bytes arrive rather than trusting the length: a peer that announces a large
+    // frame and stalls holds no more memory than it has sent.
+    let mut body = Vec::with_capacity(len.min(64 << 10));
+    let read = r.take(len as u64).read_to_end(&mut body).await?;
+    if read < len {
+        return Err(LinkError::Decode(format!(
+            "stream ended after {read} of a frame's {len} bytes"
+        )));
+    }
+    Ok(Some(body))
+}
+
+/// Writes a whole frame (as [`encode_frame`] makes it) and flushes.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), LinkError> {
+    w.write_all(frame).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::wire::{GenerationFrame, PartFrame, PartRows, TableFrame, ToParent};
+    use rand::rngs::SmallRng;
+    use rand::{Rng, RngCore, SeedableRng};
+
+    const CODECS: [Codec; 3] = [Codec::None, Codec::Lz4, Codec::Zstd];
+
+    fn sample() -> ToParent {
+        ToParent::Generation(GenerationFrame {
+            id: 7,
+            round: 12,
+            sealed_at_ms: 1_700_000_000_123,
+            full: true,
+            tables: vec![TableFrame {
+                name: "sys".into(),
+                schema: Some(vec![1, 2, 3, 4]),
+                parts: vec![
+                    PartFrame {
+                        key: "10.0.0.1".into(),
+                        sources: vec![("10.0.0.1".into(), 1_700_000_000_000)],
+                        rows: PartRows::Full(vec![9; 300]),
+                    },
+                    PartFrame {
+                        key: "10.0.0.2".into(),
+                        sources: vec![],
+                        rows: PartRows::Diff {
+                            removed: vec![0, 5, 70_000],
+                            added: vec![1, 2, 3],
+                        },
+                    },
+                    PartFrame {
+                        key: "10.0.0.3".into(),
+                        sources: vec![],
+                        rows: PartRows::Unchanged,
+                    },
+                ],
+            }],
+            errors: vec![("p".into(), "bad row".into())],
+            machines: 3,
+            clusters: 0,
+        })
+    }
+
+    fn body(frame: &[u8]) -> &[u8] {
+        &frame[LEN_BYTES..]
+    }
+
+    #[test]
+    fn roundtrip_every_codec() {
+        let msg = sample();
+        for codec in CODECS {
+            let frame = encode_frame(&msg, codec).expect("encode");
+            let len = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+            assert_eq!(len, frame.len() - LEN_BYTES);
+            assert_eq!(frame[4], codec.id());
+            let back: ToParent =
+                decode_frame(body(&frame), DEFAULT_MAX_FRAME_BYTES).expect("decode");
+            assert_eq!(back, msg, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn byte_fields_are_byte_strings() {
+        // 300 bytes of 9s as a byte string: length varint + the bytes, not a sequence of
+        // one serialized element each (the same size in postcard, but checks the attribute
+        // keeps the layout a plain slice).
+        let raw = postcard::to_stdvec(&PartRows::Full(vec![9; 300])).expect("ser");
+        assert_eq!(raw.len(), 1 + 2 + 300);
+        assert!(raw.ends_with(&[9; 300]));
+    }
+
+    #[test]
+    fn decompressed_size_above_limit_is_refused() {
+        let msg = PartRows::Full(vec![0; 100_000]);
+        for codec in CODECS {
+            let frame = encode_frame(&msg, codec).expect("encode");
+            match decode_frame::<PartRows>(body(&frame), 10_000) {
+                Err(LinkError::FrameTooLarge { limit, .. }) => assert_eq!(limit, 10_000),
+                other => panic!("{codec:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn lz4_lying_size_is_refused_without_allocating() {
+        let mut body = vec![Codec::Lz4.id()];
+        body.extend_from_slice(&(200u32 << 20).to_le_bytes());
+        body.extend_from_slice(&[0x1f, 0, 0, 0]);
+        assert!(matches!(
+            decode_frame::<PartRows>(&body, DEFAULT_MAX_FRAME_BYTES),
+            Err(LinkError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_and_truncation_never_panic() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let frames: Vec<Vec<u8>> = CODECS
+            .iter()
+            .map(|&c| encode_frame(&sample(), c).expect("encode"))
+            .collect();
+        for _ in 0..3000 {
+            let len = rng.random_range(0..600);
+            let mut junk = vec![0u8; len];
+            rng.fill_bytes(&mut junk);
+            if let Some(b) = junk.first_mut() {
+                *b %= 4; // mostly valid codec ids, so the decompressors see the junk
+            }
+            let _ = decode_frame::<ToParent>(&junk, 1 << 20);
+        }
+        for frame in &frames {
+            let body = body(frame);
+            for cut in 0..body.len() {
+                assert!(decode_frame::<ToParent>(&body[..cut], 1 << 20).is_err());
+            }
+            // Flipped bytes: decoding may succeed with other values, but must not panic.
+            for _ in 0..500 {
+                let mut bad = body.to_vec();
+                let i = rng.random_range(1..bad.len());
+                bad[i] ^= 1 << rng.random_range(0..8);
+                let _ = decode_frame::<ToParent>(&bad, 1 << 20);
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_codec_and_trailing_bytes_are_errors() {
+        assert!(matches!(
+            decode_frame::<ToParent>(&[9, 1, 2], 1024),
+            Err(LinkError::Decode(m)) if m.contains("codec")
+        ));
+        let mut frame = encode_frame(&sample(), Codec::None).expect("encode");
+        frame.push(0);
+        assert!(matches!(
+            decode_frame::<ToParent>(body(&frame), 1 << 20),
+            Err(LinkError::Decode(m)) if m.contains("left over")
+        ));
+    }
+
+    #[tokio::test]
+    async fn read_write_over_a_stream() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let frames: Vec<Vec<u8>> = CODECS
+            .iter()
+            .map(|&c| encode_frame(&sample(), c).expect("encode"))
+            .collect();
+        let sent = frames.clone();
+        let writer = tokio::spawn(async move {
+            for f in &sent {
+                write_frame(&mut a, f).await.expect("write");
+            }
+        });
+        for f in &frames {
+            let body = read_frame(&mut b, 1 << 20)
+                .await
+                .expect("read")
+                .expect("frame");
+            assert_eq!(body, f[LEN_BYTES..]);
+            let msg: ToParent = decode_frame(&body, 1 << 20).expect("decode");
+            assert_eq!(msg, sample());
+        }
+        writer.await.expect("writer");
+        assert!(read_frame(&mut b, 1 << 20)
+            .await
+            .expect("clean EOF")
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn read_frame_errors() {
+        // Too large: refused from the length alone.
+        let mut r: &[u8] = &[0, 0, 1, 0, 0];
+        assert!(matches!(
+            read_frame(&mut r, 100).await,
+            Err(LinkError::FrameTooLarge {
+                size: 256,
+                limit: 100
+            })
+        ));
+        // Ends inside the length, inside the body; a zero length.
+        let mut r: &[u8] = &[0, 0];
+        assert!(matches!(
+            read_frame(&mut r, 100).await,
+            Err(LinkError::Decode(_))
+        ));
+        let mut r: &[u8] = &[0, 0, 0, 10, 0, 1, 2];
+        assert!(matches!(
+            read_frame(&mut r, 100).await,
+            Err(LinkError::Decode(_))
+        ));
+        let mut r: &[u8] = &[0, 0, 0, 0];
+        assert!(matches!(
+            read_frame(&mut r, 100).await,
+            Err(LinkError::Decode(_))
+        ));
+    }
+}

@@ -1,0 +1,91 @@
+//! The messages of a cluster link, as they travel. A parent (proxy, TLA, SQL node) dials a
+//! child (edge, proxy, TLA); the parent says which tables it wants, the child answers each
+//! of its generations with exactly those tables: in full on the first frame of a connection,
+//! then as diffs per part (see [`crate::generation::Part`]).
+//!
+//! Framing, serialization and compression are in [`super::frame`]; how a generation becomes
+//! a frame and back in [`super::diff`]. Arrow IPC fields serialize as byte strings
+//! (`serde_bytes`): one copy, not one serde call per byte.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change; a peer with another version is refused at hello.
+pub const LINK_VERSION: u32 = 1;
+
+/// Parent → child.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToChild {
+    /// The first message of a connection.
+    Hello { parent: String, version: u32 },
+    /// Every table the parent wants from now on (replaces the previous set).
+    Request { tables: Vec<String> },
+}
+
+/// Child → parent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToParent {
+    /// The first message of a connection.
+    Hello {
+        node: String,
+        role: String,
+        version: u32,
+    },
+    /// One of the child's generations, restricted to the requested tables.
+    Generation(GenerationFrame),
+    /// The child refuses the link (bad hello, wrong version) and closes it.
+    Refused { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationFrame {
+    pub id: u64,
+    pub round: u64,
+    pub sealed_at_ms: i64,
+    /// Every table is sent with full rows (first frame of a connection): the parent drops
+    /// what it held for this child.
+    pub full: bool,
+    /// The requested tables the child's generation holds. A table not listed is not in
+    /// that generation.
+    pub tables: Vec<TableFrame>,
+    /// Sources whose input was refused (source, why).
+    pub errors: Vec<(String, String)>,
+    /// What the child sees below it: machines (sources of its tables) and, for a TLA,
+    /// clusters.
+    pub machines: u64,
+    pub clusters: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableFrame {
+    pub name: String,
+    /// Arrow IPC encoded schema: present when the table is new on this link (or its schema
+    /// changed); otherwise the parent uses the one it has.
+    #[serde(with = "serde_bytes")]
+    pub schema: Option<Vec<u8>>,
+    /// Every part of the table in this generation, in order. A part the parent held that is
+    /// not listed is gone.
+    pub parts: Vec<PartFrame>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartFrame {
+    pub key: String,
+    /// (source, published at, unix ms).
+    pub sources: Vec<(String, i64)>,
+    pub rows: PartRows,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PartRows {
+    /// All rows, Arrow IPC encoded.
+    Full(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Same rows as the parent holds for this part.
+    Unchanged,
+    /// The parent removes these rows (indexes into the rows it holds, ascending) and appends
+    /// `added` (Arrow IPC encoded) after the rows that remain.
+    Diff {
+        removed: Vec<u32>,
+        #[serde(with = "serde_bytes")]
+        added: Vec<u8>,
+    },
+}

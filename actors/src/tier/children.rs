@@ -1,0 +1,254 @@
+//! What a parent holds of the tier below (machines at a cluster proxy, clusters at a TLA,
+//! the TLA at a SQL node), and where it merges their tables into its own generation.
+//!
+//! Each child link writes the child's latest generation here; the sealer calls
+//! [`Children::merge`] once per round. A table enters the parent's generation only when
+//! every live child has delivered its copy for the round ("complete"); otherwise the
+//! parent carries the table from its previous generation, so a query never sees a mix of
+//! one cluster's new rows and another's missing ones. A child silent for `drop_after` is
+//! dropped: its rows leave until it speaks again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::generation::GenTable;
+use crate::link::diff::ChildGeneration;
+
+/// One child as the parent sees it.
+#[derive(Debug, Default, Clone)]
+pub struct ChildState {
+    pub connected: bool,
+    pub latest: Option<Arc<ChildGeneration>>,
+    pub last_frame: Option<Instant>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub frames: u64,
+    /// Size of the last frame, and of the last full one: unchanged data should cost a
+    /// small fraction of a full copy.
+    pub last_frame_bytes: u64,
+    pub last_full_frame_bytes: u64,
+    /// Frames that carried every table in full (first of a connection).
+    pub full_frames: u64,
+    pub connects: u64,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+}
+
+/// The result of merging the children for one round.
+#[derive(Debug, Default)]
+pub struct Merged {
+    /// Tables every live child delivered for the round: their parts together.
+    pub complete: BTreeMap<String, GenTable>,
+    /// Wanted tables some live child has not delivered yet for the round.
+    pub incomplete: BTreeSet<String>,
+    /// Children that count (heard from within `drop_after`).
+    pub live: usize,
+    /// Children silent too long (or never heard).
+    pub dropped: Vec<String>,
+    /// Machines below, as the live children report them.
+    pub machines: u64,
+    /// Clusters below, as the live children report them.
+    pub clusters: u64,
+    /// Problems found while merging (schema disagreements), by child.
+    pub errors: Vec<(String, String)>,
+}
+
+pub struct Children {
+    slots: Mutex<BTreeMap<String, ChildState>>,
+    drop_after: Duration,
+}
+
+impl Children {
+    pub fn new(names: impl IntoIterator<Item = String>, drop_after: Duration) -> Arc<Self> {
+        Arc::new(Children {
+            slots: Mutex::new(
+                names
+                    .into_iter()
+                    .map(|n| (n, ChildState::default()))
+                    .collect(),
+            ),
+            drop_after,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ChildState>> {
+        // Every update below leaves a slot whole: a poisoned lock is still consistent.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `f` to a child's state (link actors report through this).
+    pub fn update(&self, child: &str, f: impl FnOnce(&mut ChildState)) {
+        let mut slots = self.lock();
+        f(slots.entry(child.to_string()).or_default());
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, ChildState> {
+        self.lock().clone()
+    }
+
+    pub fn drop_after(&self) -> Duration {
+        self.drop_after
+    }
+
+    /// Merges the children's latest generations for `round`, for the `wanted` tables.
+    pub fn merge(&self, round: u64, wanted: &BTreeSet<String>, now: Instant) -> Merged {
+        let slots = self.lock();
+        let mut out = Merged::default();
+        let mut live: Vec<(&String, &ChildGeneration)> = Vec::new();
+        for (name, s) in slots.iter() {
+            let heard = s
+                .last_frame
+                .is_some_and(|t| now.saturating_duration_since(t) <= self.drop_after);
+            match (&s.latest, heard) {
+                (Some(g), true) => live.push((name, g)),
+                _ => out.dropped.push(name.clone()),
+            }
+        }
+        out.live = live.len();
+        for (_, g) in &live {
+            out.machines += g.machines;
+            out.clusters += g.clusters;
+        }
+        if live.is_empty() {
+            // Nothing below counts: a wanted table has no rows anywhere, but it is not
+            // complete either (nobody answered for it).
+            out.incomplete = wanted.clone();
+            return out;
+        }
+        for table in wanted {
+            let delivered = live
+                .iter()
+                .all(|(_, g)| g.round >= round && g.tables.contains_key(table));
+            if !delivered {
+                out.incomplete.insert(table.clone());
+                continue;
+            }
+            let mut merged: Option<GenTable> = None;
+            for (name, g) in &live {
+                let Some(t) = g.tables.get(table) else {
+                    continue;
+                };
+                match &mut merged {
+                    None => merged = Some(t.clone()),
+                    Some(m) if m.schema == t.schema => m.parts.extend(t.parts.iter().cloned()),
+                    Some(_) => out.errors.push((
+                        (*name).clone(),
+                        format!("table '{table}' has a schema unlike the other children's; its rows are left out"),
+                    )),
+                }
+            }
+            if let Some(m) = merged {
+                out.complete.insert(table.clone(), m);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+
+    use super::*;
+    use crate::generation::{Part, SourceStamp};
+
+    fn gen(round: u64, machine: &str, tables: &[&str]) -> ChildGeneration {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("machine_ip", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![machine])),
+                Arc::new(Int64Array::from(vec![round as i64])),
+            ],
+        )
+        .expect("batch");
+        ChildGeneration {
+            id: round,
+            round,
+            sealed_at: UNIX_EPOCH,
+            tables: tables
+                .iter()
+                .map(|t| {
+                    (
+                        t.to_string(),
+                        GenTable {
+                            schema: schema.clone(),
+                            parts: vec![Part {
+                                key: machine.into(),
+                                batch: batch.clone(),
+                                sources: vec![SourceStamp {
+                                    source: machine.into(),
+                                    published_at: SystemTime::now(),
+                                }],
+                            }],
+                        },
+                    )
+                })
+                .collect(),
+            errors: Vec::new(),
+            machines: 1,
+            clusters: 1,
+        }
+    }
+
+    fn wanted(t: &[&str]) -> BTreeSet<String> {
+        t.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_table_is_complete_only_when_every_live_child_delivered_the_round() {
+        let now = Instant::now();
+        let c = Children::new(["a".into(), "b".into()], Duration::from_secs(10));
+        c.update("a", |s| {
+            s.latest = Some(Arc::new(gen(5, "a", &["sys", "load"])));
+            s.last_frame = Some(now);
+        });
+        c.update("b", |s| {
+            s.latest = Some(Arc::new(gen(4, "b", &["sys", "load"])));
+            s.last_frame = Some(now);
+        });
+        let m = c.merge(5, &wanted(&["sys"]), now);
+        assert!(m.complete.is_empty());
+        assert_eq!(m.incomplete, wanted(&["sys"]), "b has not sent round 5");
+
+        c.update("b", |s| s.latest = Some(Arc::new(gen(5, "b", &["sys"]))));
+        let m = c.merge(5, &wanted(&["sys", "load"]), now);
+        assert_eq!(m.complete["sys"].rows(), 2);
+        assert_eq!(m.complete["sys"].parts.len(), 2);
+        assert_eq!(m.incomplete, wanted(&["load"]), "b lacks load");
+        assert_eq!((m.live, m.machines), (2, 2));
+    }
+
+    #[test]
+    fn a_silent_child_is_dropped_and_no_longer_awaited() {
+        let now = Instant::now();
+        let c = Children::new(["a".into(), "b".into()], Duration::from_secs(10));
+        c.update("a", |s| {
+            s.latest = Some(Arc::new(gen(7, "a", &["sys"])));
+            s.last_frame = Some(now);
+        });
+        c.update("b", |s| {
+            s.latest = Some(Arc::new(gen(3, "b", &["sys"])));
+            s.last_frame = Some(now - Duration::from_secs(11));
+        });
+        let m = c.merge(7, &wanted(&["sys"]), now);
+        assert_eq!(m.dropped, vec!["b".to_string()]);
+        assert_eq!(m.complete["sys"].rows(), 1, "only a's rows");
+    }
+
+    #[test]
+    fn nothing_live_means_nothing_complete() {
+        let c = Children::new(["a".into()], Duration::from_secs(10));
+        let m = c.merge(1, &wanted(&["sys"]), Instant::now());
+        assert!(m.complete.is_empty());
+        assert_eq!(m.incomplete, wanted(&["sys"]));
+    }
+}

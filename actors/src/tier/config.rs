@@ -1,0 +1,132 @@
+//! Configuration of a node's place in the hierarchy: `[link]` (the children it dials, the
+//! address parents dial) and `[requests]` (how long requested tables stay, prewarm).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{ConfigError, ConfigResult};
+use crate::link::frame::{Codec, DEFAULT_MAX_FRAME_BYTES};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkConfig {
+    /// Where parents dial this node (edge, cluster proxy, TLA). None: no parent.
+    pub listen: Option<SocketAddr>,
+    /// The children this node dials, `host:port` (machines at a proxy, proxies at a TLA,
+    /// the TLA at a SQL node).
+    pub children: Vec<String>,
+    /// A child silent this long is dropped: its rows leave until it speaks again.
+    #[serde(with = "humantime_serde")]
+    pub drop_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Reconnect backoff: doubles from `backoff_min` up to `backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Largest frame accepted (decompressed); a larger one closes the link with an error.
+    pub max_frame_bytes: usize,
+    /// Compression of frames this node sends.
+    pub compression: Codec,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            listen: None,
+            children: Vec::new(),
+            drop_after: Duration::from_secs(180),
+            connect_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            compression: Codec::default(),
+        }
+    }
+}
+
+impl LinkConfig {
+    pub fn validate(&self) -> ConfigResult<()> {
+        let bad = |m: &str| {
+            Err(ConfigError::Invalid {
+                what: "[link]".into(),
+                message: m.into(),
+            })
+        };
+        if self.drop_after < Duration::from_millis(100) {
+            return bad("drop_after must be at least 100ms");
+        }
+        if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
+            return bad("backoff_min must be positive and at most backoff_max");
+        }
+        if self.max_frame_bytes < 1024 {
+            return bad("max_frame_bytes must be at least 1024");
+        }
+        for c in &self.children {
+            if !c.starts_with("mem:")
+                && c.rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return Err(ConfigError::Invalid {
+                    what: "[link] children".into(),
+                    message: format!("'{c}' is not host:port"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestsConfig {
+    /// A table a query used stays requested this long after its last use.
+    #[serde(with = "humantime_serde")]
+    pub request_ttl: Duration,
+    /// How long a query waits for a table it requested to arrive; then 503 naming it.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+    /// The prewarm list (`ops/prewarm.toml`): always requested; edits apply without restart.
+    pub prewarm: Option<PathBuf>,
+}
+
+impl Default for RequestsConfig {
+    fn default() -> Self {
+        RequestsConfig {
+            request_ttl: Duration::from_secs(600),
+            wait: Duration::from_secs(150),
+            prewarm: None,
+        }
+    }
+}
+
+impl RequestsConfig {
+    pub fn resolve(&mut self, base: &Path) {
+        if let Some(p) = &mut self.prewarm {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    pub fn validate(&self) -> ConfigResult<()> {
+        if self.request_ttl < Duration::from_millis(100) || self.wait.is_zero() {
+            return Err(ConfigError::Invalid {
+                what: "[requests]".into(),
+                message: "request_ttl must be at least 100ms and wait positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `ops/prewarm.toml`: the tables an aggregator set keeps requested at all times.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrewarmFile {
+    pub tables: Vec<String>,
+}

@@ -1,0 +1,23 @@
+//! The hierarchy: how a node takes generations from the tier below and gives its own to
+//! the tier above.
+//!
+//! - [`children`]: what a parent holds of each child, and the merge of a round
+//!   (completeness, dropping silent children).
+//! - [`child_link`]: the actor that dials one child and keeps its link (reconnect, backoff,
+//!   restart counting).
+//! - [`parent_links`]: serving parents: each gets this node's generations as diffs.
+//! - [`requests`]: which tables are wanted (prewarm, parents' requests, queries with ttl).
+//! - [`transport`]: TCP, or in-process pipes for the one-process demo hierarchy.
+//! - [`messages`], [`config`].
+
+pub mod child_link;
+pub mod children;
+pub mod config;
+pub mod messages;
+pub mod parent_links;
+pub mod requests;
+pub mod transport;
+
+pub use children::{ChildState, Children, Merged};
+pub use config::{LinkConfig, PrewarmFile, RequestsConfig};
+pub use requests::RequestBook;
