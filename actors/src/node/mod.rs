@@ -10,6 +10,7 @@ mod handle;
 pub mod messages;
 mod schedule;
 mod sealer;
+mod self_tables;
 mod serving;
 mod watcher;
 
@@ -51,6 +52,8 @@ pub struct NodeExtras {
     pub publishers: Vec<Box<dyn LocalPublisher>>,
     /// Tables always requested, beside the configured prewarm.
     pub prewarm: BTreeSet<String>,
+    /// The name the node goes by (default `role@listen address`).
+    pub name: Option<String>,
 }
 
 /// Starts the actors of a node on the current actix system and returns the handle queries
@@ -71,7 +74,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     };
     let metrics = Arc::new(Metrics::default());
     let current = Arc::new(ArcSwapOption::empty());
-    let name = node_name(&config);
+    let name = extras.name.unwrap_or_else(|| node_name(&config));
 
     // The request book: prewarm (file and edge list), parents' requests, queries' uses.
     let prewarm = match &config.requests.prewarm {
@@ -115,6 +118,8 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         local.push(Box::new(StoreCollector(store)));
     }
 
+    let local_machine = config.host.enabled || config.edge.is_some();
+
     // The tier below.
     let children = (!config.link.children.is_empty()).then(|| {
         let children = Children::new(config.link.children.iter().cloned(), config.link.drop_after);
@@ -136,6 +141,17 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     // The tier above.
     let (published, generations) = watch::channel(None);
     let sessions = Arc::new(ParentSessions::default());
+    local.push(Box::new(self_tables::SelfMonitor {
+        machine_ip: config.node.machine_ip.clone(),
+        node: name.clone(),
+        role: config.role.name(),
+        schemas: schemas.clone(),
+        metrics: metrics.clone(),
+        children: children.clone(),
+        parents: sessions.clone(),
+        generations: generations.clone(),
+        wanted: wanted.clone(),
+    }));
     let serve = ServeParents {
         node: name.clone(),
         role: config.role.name().to_string(),
@@ -175,7 +191,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         _ => ClusterCount::One,
     };
     let inputs = sealer::SealInputs {
-        local_machine: !local.is_empty(),
+        local_machine,
         publishers: std::sync::Mutex::new(local),
         children: children.clone(),
         wanted: Some(wanted.clone()),

@@ -81,10 +81,12 @@ pub fn start_demo(mut config: NodeConfig, proxies: usize) -> Result<NodeHandle, 
         // The proxy's parent dials it in process; validate_role wants a listen address for
         // a proxy, which the in-process listener stands in for.
         pc.link.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        pc.node.machine_ip = format!("127.0.1.{}", p + 1);
         start_node_with(
             pc,
             NodeExtras {
                 listener: Some(Listener::memory(&name)),
+                name: Some(format!("cluster-proxy@mem:{name}")),
                 pool: Some(pool.clone()),
                 ..NodeExtras::default()
             },

@@ -1,0 +1,132 @@
+//! Query about Query: the `query_nodes` and `query_links` tables every node publishes about
+//! itself, collected like any local table (so they flow up the hierarchy when requested).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::edge::{Collected, LocalPublisher, Published};
+use crate::generation::{Generation, SourceStamp};
+use crate::metrics::Metrics;
+use crate::table::{Cell, SchemaRegistry, TableBuilder};
+use crate::tier::parent_links::ParentSessions;
+use crate::tier::Children;
+
+pub struct SelfMonitor {
+    pub machine_ip: String,
+    pub node: String,
+    pub role: &'static str,
+    pub schemas: SchemaRegistry,
+    pub metrics: Arc<Metrics>,
+    pub children: Option<Arc<Children>>,
+    pub parents: Arc<ParentSessions>,
+    pub generations: watch::Receiver<Option<Arc<Generation>>>,
+    pub wanted: watch::Receiver<BTreeSet<String>>,
+}
+
+impl SelfMonitor {
+    fn table(&self, name: &str, rows: Vec<Vec<Cell>>, now: SystemTime) -> Option<Published> {
+        let def = self.schemas.get(name)?;
+        let mut b = TableBuilder::new(def.arrow_schema(true), def.full_columns(true));
+        for mut row in rows {
+            row.insert(0, Cell::Str(self.machine_ip.clone()));
+            row.insert(1, Cell::Str(self.node.clone()));
+            if let Err(e) = b.push_row(row) {
+                tracing::warn!(table = name, error = %e, "self-monitoring row does not fit the schema");
+            }
+        }
+        Some(Published::new(
+            name,
+            format!("{}/{}", self.machine_ip, self.node),
+            b.finish(),
+            vec![SourceStamp {
+                source: self.machine_ip.clone(),
+                published_at: now,
+            }],
+        ))
+    }
+}
+
+fn int(v: u64) -> Cell {
+    Cell::Int(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+impl LocalPublisher for SelfMonitor {
+    fn name(&self) -> &str {
+        "self-monitor"
+    }
+
+    fn collect(&mut self, now: SystemTime) -> Collected {
+        let previous = self.generations.borrow().clone();
+        let children = self
+            .children
+            .as_ref()
+            .map(|c| c.snapshot())
+            .unwrap_or_default();
+        let parents = self.parents.snapshot();
+        let drop_after = self.children.as_ref().map(|c| c.drop_after());
+        let instant = Instant::now();
+        let live = |s: &crate::tier::ChildState| {
+            s.latest.is_some()
+                && s.last_frame
+                    .zip(drop_after)
+                    .is_some_and(|(t, d)| instant.saturating_duration_since(t) <= d)
+        };
+        let node_row = vec![
+            Cell::Str(self.role.to_string()),
+            int(previous.as_ref().map_or(0, |g| g.id) + 1),
+            previous
+                .as_ref()
+                .map_or(Cell::Null, |g| int(g.age(now).as_millis() as u64)),
+            int(previous.as_ref().map_or(0, |g| g.clusters)),
+            int(previous.as_ref().map_or(0, |g| g.machines)),
+            int(previous.as_ref().map_or(0, |g| g.tables.len() as u64)),
+            int(self.wanted.borrow().len() as u64),
+            int(children.values().filter(|s| live(s)).count() as u64),
+            int(children.len() as u64),
+            int(parents.len() as u64),
+            int(children.values().map(|s| s.bytes_in).sum()),
+            int(parents.iter().map(|p| p.bytes_out).sum()),
+            int(self.metrics.actor_restarts.load(Ordering::Relaxed)),
+        ];
+        let mut links = Vec::new();
+        for (peer, s) in &children {
+            links.push(vec![
+                Cell::Str("child".into()),
+                Cell::Str(peer.clone()),
+                Cell::Bool(s.connected),
+                Cell::Bool(live(s)),
+                int(s.frames),
+                int(s.bytes_in),
+                int(s.last_frame_bytes),
+                int(s.last_full_frame_bytes),
+                int(s.connects),
+                int(s.restarts),
+                s.last_error.clone().map_or(Cell::Null, Cell::Str),
+            ]);
+        }
+        for p in &parents {
+            links.push(vec![
+                Cell::Str("parent".into()),
+                Cell::Str(format!("{} ({})", p.parent, p.peer)),
+                Cell::Bool(true),
+                Cell::Bool(true),
+                int(p.frames),
+                int(p.bytes_out),
+                int(p.last_frame_bytes),
+                int(p.last_full_frame_bytes),
+                int(1),
+                int(0),
+                Cell::Null,
+            ]);
+        }
+        let tables = [
+            self.table("query_nodes", vec![node_row], now),
+            self.table("query_links", links, now),
+        ];
+        tables.into_iter().flatten().collect::<Vec<_>>().into()
+    }
+}
