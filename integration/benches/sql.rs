@@ -81,11 +81,9 @@ fn fleet_generation(machines: usize) -> Arc<Generation> {
     let now = SystemTime::now();
     let mut builder = GenerationBuilder::default();
     for p in sim.collect(now).tables {
-        builder
-            .add(&p.table, p.batch, p.sources)
-            .expect("one batch per table");
+        builder.add(&p.table, p.part).expect("one batch per table");
     }
-    builder.seal(1, now)
+    builder.seal(1, 1, now)
 }
 
 /// A new snapshot, so that every run computes the views it uses (Query caches a view for
@@ -261,7 +259,7 @@ fn export(dir: &Path, gen: &Generation, statics: &StaticCatalog, views: &ViewsFi
     let mut tables: Vec<(&str, SchemaRef, Vec<&RecordBatch>)> = gen
         .tables
         .iter()
-        .map(|(n, t)| (n.as_str(), t.schema.clone(), t.batches.iter().collect()))
+        .map(|(n, t)| (n.as_str(), t.schema.clone(), t.batches().collect()))
         .collect();
     for (n, t) in &statics.tables {
         if !gen.tables.contains_key(n) {

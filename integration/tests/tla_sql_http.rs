@@ -331,7 +331,16 @@ fn health_tables_and_metrics() {
     let node = demo(&ws, "");
     let h = node.get_json("/health");
     assert_eq!(h["status"], "ok");
-    let t = node.get_json("/tables");
+    assert_eq!(h["role"], "tla-sql");
+    // The first generation may precede the fleet's first complete round.
+    let t = node.eventually(Duration::from_secs(30), "sys from the whole fleet", || {
+        let t = node.get_json("/tables");
+        t["tables"]
+            .as_array()?
+            .iter()
+            .any(|x| x["name"] == "sys" && x["sources"] == 201)
+            .then_some(t)
+    });
     let by_name = |n: &str| {
         t["tables"]
             .as_array()

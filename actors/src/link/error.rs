@@ -19,6 +19,10 @@ pub enum LinkError {
     #[error("corrupt link frame: {0}")]
     Decode(String),
 
+    /// This side could not serialize a message (a bug, not the peer's fault).
+    #[error("cannot encode link message: {0}")]
+    Encode(String),
+
     /// The frame is well formed but does not fit what this side holds: a diff naming a part
     /// the parent does not have, an index out of range, a table without a known schema.
     /// The sides are out of step; reconnecting starts over with a full frame.

@@ -101,7 +101,8 @@ impl Codec {
                 }
                 Ok(lz4_flex::block::compress_prepend_size(data))
             }
-            Codec::Zstd => zstd::bulk::compress(data, ZSTD_LEVEL).map_err(LinkError::Io),
+            Codec::Zstd => zstd::bulk::compress(data, ZSTD_LEVEL)
+                .map_err(|e| LinkError::Encode(format!("zstd: {e}"))),
         }
     }
 
@@ -171,8 +172,7 @@ fn too_large(size: usize, limit: usize) -> LinkError {
 
 /// Serializes and compresses `msg` into a whole frame, length prefix included.
 pub fn encode_frame<T: Serialize>(msg: &T, codec: Codec) -> Result<Vec<u8>, LinkError> {
-    let raw = postcard::to_stdvec(msg)
-        .map_err(|e| LinkError::Decode(format!("cannot serialize message: {e}")))?;
+    let raw = postcard::to_stdvec(msg).map_err(|e| LinkError::Encode(e.to_string()))?;
     let payload = codec.compress(&raw)?;
     let rest = payload.len() + 1;
     let len = u32::try_from(rest).map_err(|_| too_large(rest, u32::MAX as usize))?;

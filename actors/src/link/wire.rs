@@ -55,6 +55,17 @@ pub struct GenerationFrame {
     pub clusters: u64,
 }
 
+impl GenerationFrame {
+    /// Every part travels with all its rows (and there is at least one): the frame is a
+    /// full copy of what the link carries, the yardstick diffs are measured against. The
+    /// first frame of a connection may be empty when tables are requested later; their
+    /// first frame with rows is the full copy then.
+    pub fn is_full_copy(&self) -> bool {
+        let mut parts = self.tables.iter().flat_map(|t| t.parts.iter()).peekable();
+        parts.peek().is_some() && parts.all(|p| matches!(p.rows, PartRows::Full(_)))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableFrame {
     pub name: String,

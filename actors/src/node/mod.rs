@@ -192,6 +192,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     };
     let inputs = sealer::SealInputs {
         local_machine,
+        merge_grace: config.link.merge_grace.min(config.generation.interval / 2),
         publishers: std::sync::Mutex::new(local),
         children: children.clone(),
         wanted: Some(wanted.clone()),

@@ -36,6 +36,8 @@ pub struct SealInputs {
     pub clusters: ClusterCount,
     /// This node contributes rows of its own (counts as a machine).
     pub local_machine: bool,
+    /// How long a seal waits for children late with the round.
+    pub merge_grace: std::time::Duration,
 }
 
 /// Edges and proxies are one cluster; a TLA's children are clusters; a SQL node reports
@@ -106,7 +108,7 @@ impl Sealer {
         let previous = self.previous.clone();
         let work = self
             .pool
-            .spawn(async move { collect_and_seal(id, round, &inputs, previous.as_deref()) });
+            .spawn(async move { collect_and_seal(id, round, &inputs, previous.as_deref()).await });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|res, act, _| {
             act.sealing = false;
             match res {
@@ -124,7 +126,7 @@ impl Sealer {
     }
 }
 
-fn collect_and_seal(
+async fn collect_and_seal(
     id: u64,
     round: u64,
     inputs: &SealInputs,
@@ -166,7 +168,19 @@ fn collect_and_seal(
     let mut clusters = u64::from(inputs.clusters == ClusterCount::One);
     if let Some(children) = &inputs.children {
         let empty = BTreeSet::new();
-        let merged = children.merge(round, wanted.as_ref().unwrap_or(&empty), Instant::now());
+        let wanted = wanted.as_ref().unwrap_or(&empty);
+        // Children late with the round get until the grace runs out.
+        let deadline = Instant::now() + inputs.merge_grace;
+        let merged = loop {
+            let merged = children.merge(round, wanted, Instant::now());
+            if merged.incomplete.is_empty() || Instant::now() >= deadline {
+                break merged;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        if !merged.incomplete.is_empty() {
+            tracing::debug!(round, tables = ?merged.incomplete, "children late with the round; sealing without them");
+        }
         for (table, t) in merged.complete {
             for part in t.parts {
                 if let Err(e) = builder.add(&table, part) {
@@ -180,6 +194,8 @@ fn collect_and_seal(
         for table in &merged.incomplete {
             // Not every child has sent this round: carry the last complete copy, so a query
             // never sees some clusters' new rows beside others' missing ones.
+            // Without an earlier complete copy the table stays out: a query waits for it
+            // rather than reading some clusters and not others.
             match previous.and_then(|p| p.tables.get(table)) {
                 Some(t) => builder.put(table, t.clone()),
                 None => builder.remove(table),

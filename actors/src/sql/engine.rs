@@ -188,15 +188,17 @@ impl Snapshot {
                 break;
             }
         }
-        for (name, err) in &view_errors {
-            // A view over a table this generation does not hold (not requested yet, or not
-            // collected at this tier) is expected; anything else is a broken view.
-            if err.contains("not found") {
-                tracing::debug!(view = %name, error = %err, generation = generation.id, "view unavailable in this generation");
+        // A view over a table this generation does not hold (not requested yet, or not
+        // collected at this tier) is waiting, not broken: it is left out of the errors.
+        view_errors.retain(|name, err| {
+            let waiting = err.contains("not found");
+            if waiting {
+                tracing::debug!(view = %name, error = %err, generation = generation.id, "view waits for its tables");
             } else {
                 tracing::warn!(view = %name, error = %err, generation = generation.id, "view unavailable in this generation");
             }
-        }
+            !waiting
+        });
         let view_sql = views
             .view
             .iter()

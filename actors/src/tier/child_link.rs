@@ -101,7 +101,7 @@ impl Actor for ChildLink {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        tracing::info!(child = %self.child, "dialing child");
+        tracing::debug!(child = %self.child, "dialing child");
         self.connect(ctx);
     }
 }
@@ -172,6 +172,7 @@ impl Session {
             match decode_frame::<ToParent>(&body, max)? {
                 ToParent::Generation(frame) => {
                     let full = frame.full;
+                    let full_copy = frame.is_full_copy();
                     let generation = decoder.apply(frame)?;
                     tracing::debug!(child = %self.child, id = generation.id, round = generation.round, bytes, full, "generation from child");
                     let now = Instant::now();
@@ -183,6 +184,8 @@ impl Session {
                         s.last_frame_bytes = bytes;
                         if full {
                             s.full_frames += 1;
+                        }
+                        if full_copy {
                             s.last_full_frame_bytes = bytes;
                         }
                     });

@@ -21,6 +21,10 @@ pub struct LinkConfig {
     /// A child silent this long is dropped: its rows leave until it speaks again.
     #[serde(with = "humantime_serde")]
     pub drop_after: Duration,
+    /// At seal time, how long to keep waiting for children that have not delivered the
+    /// round yet (at most half the interval) before sealing without them.
+    #[serde(with = "humantime_serde")]
+    pub merge_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Reconnect backoff: doubles from `backoff_min` up to `backoff_max`.
@@ -40,6 +44,7 @@ impl Default for LinkConfig {
             listen: None,
             children: Vec::new(),
             drop_after: Duration::from_secs(180),
+            merge_grace: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),

@@ -150,7 +150,11 @@ async fn session(
     };
     write_frame(&mut wr, &encode_frame(&hello, Codec::None)?).await?;
     wr.flush().await.map_err(LinkError::from)?;
-    tracing::info!(peer, parent, "parent connected");
+    if peer.starts_with("mem-") {
+        tracing::debug!(peer, parent, "parent connected");
+    } else {
+        tracing::info!(peer, parent, "parent connected");
+    }
     serve.sessions.update(id, |s| {
         s.peer = peer.clone();
         s.parent = parent.clone();
@@ -170,7 +174,7 @@ async fn session(
         if let (Some(wanted), Some(g)) = (wanted, generation) {
             if last_sent != Some(g.id) {
                 let frame = encoder.encode(&g, &wanted, g.machines, g.clusters)?;
-                let full = frame.full;
+                let full = frame.is_full_copy();
                 let bytes = encode_frame(&ToParent::Generation(frame), serve.codec)?;
                 write_frame(&mut wr, &bytes).await?;
                 wr.flush().await.map_err(LinkError::from)?;
