@@ -120,7 +120,11 @@ impl Sealer {
                     act.keeper.do_send(InstallGeneration(generation.clone()));
                     act.published.send_replace(Some(generation));
                 }
-                Err(e) => tracing::error!(error = %e, "sealing a generation failed; the previous one stays"),
+                Err(e) => {
+                    // A panic in a publisher or the merge: counted; the next tick starts afresh.
+                    act.metrics.actor_restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "sealing a generation failed; the previous one stays");
+                }
             }
         }));
     }
