@@ -13,7 +13,8 @@ all: build
 build:
 	$(CARGO) build -p query-http -p query-client --bins
 
-## The demo: a TLA/SQL node fed by this machine and a simulated fleet. Prints the console URL.
+## The demo: the whole hierarchy in one process (simulated edges → 2 proxies → TLA/SQL, which
+## also publishes this machine). Prints the console URL.
 run: build
 	./target/debug/queryd demo --listen $(LISTEN) --machines $(MACHINES) --clusters $(CLUSTERS)
 

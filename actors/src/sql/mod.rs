@@ -9,6 +9,7 @@ mod statement;
 mod views;
 
 pub use engine::{Origin, QueryLimits, QueryOutput, Snapshot, TableUse};
+pub(crate) use pool::AbortOnDrop;
 pub use pool::SqlPool;
 pub use references::referenced_tables;
 pub use statement::check_read_only;

@@ -68,7 +68,8 @@ impl SqlPool {
     }
 }
 
-struct AbortOnDrop<T>(JoinHandle<T>);
+/// A task that is aborted when its handle is dropped: work that must not outlive its owner.
+pub(crate) struct AbortOnDrop<T>(pub(crate) JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {

@@ -21,7 +21,7 @@ use crate::link::frame::{decode_frame, encode_frame, read_frame, write_frame, Co
 use crate::link::wire::{ToChild, ToParent, LINK_VERSION};
 use crate::link::LinkError;
 use crate::metrics::Metrics;
-use crate::sql::SqlPool;
+use crate::sql::{AbortOnDrop, SqlPool};
 
 pub struct ChildLink {
     child: String,
@@ -213,13 +213,5 @@ async fn send_requests(
         if wanted.changed().await.is_err() {
             return Ok(());
         }
-    }
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

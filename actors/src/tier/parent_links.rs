@@ -22,7 +22,7 @@ use crate::link::frame::{decode_frame, encode_frame, read_frame, write_frame, Co
 use crate::link::wire::{ToChild, ToParent, LINK_VERSION};
 use crate::link::LinkError;
 use crate::metrics::Metrics;
-use crate::sql::SqlPool;
+use crate::sql::{AbortOnDrop, SqlPool};
 
 /// What this node tells parents about itself.
 #[derive(Clone)]
@@ -223,12 +223,4 @@ async fn read_requests(
         }
     }
     Ok(())
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
