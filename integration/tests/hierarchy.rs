@@ -753,11 +753,9 @@ fn unchanged_data_costs_a_fraction_of_a_full_copy_on_every_link() {
 /// `load_info` is requested down the links after they connect. Unchanged data must cost
 /// as little here, measured against the full copy of what each link carries.
 ///
-/// Fails today: `last_full_frame_bytes` is the size of the first frame of the connection
-/// (`frame.full`), sent before the parent requested `load_info` (or before the child had
-/// it), so it holds no tables (29 B) and is never updated when the tables then arrive in
-/// full inside later, non-`full` frames (`tier/parent_links.rs`, `tier/child_link.rs`).
-/// The diffs themselves are small (77-143 B, about 1% of a full copy, see the test above).
+/// Here the first frame of each connection holds no tables (sent before the request
+/// arrived); the yardstick is the frame in which the tables arrived with all their rows
+/// (`last_full_frame_bytes`: the last frame that sent every part in full).
 #[test]
 fn unchanged_data_is_cheap_when_tables_are_requested_after_connecting() {
     let fleet = Fleet::start(Options {

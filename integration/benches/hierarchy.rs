@@ -1,0 +1,744 @@
+//! The whole hierarchy as release `queryd` processes on loopback: E edges (each on its own
+//! 127.0.k.x address) in 2 clusters → 2 cluster proxies → a TLA → a SQL node, at a 1 s
+//! interval. A publisher on every edge's socket publishes `load_info` each interval: 1,000
+//! rows of which 50 (5%) change, plus one row carrying a sequence number and the wall-clock
+//! time of the publish. Measured, once per link compression (`none`, `lz4`, `zstd`):
+//!
+//! - publish → visible at the SQL node: a poller queries the SQL node every 25 ms and
+//!   notes when each edge's sequence number first appears;
+//! - bytes per generation on each link tier, from the senders' own counters in
+//!   `query_links`: the first frame of each link (a full copy: the fleet starts bottom-up)
+//!   and the mean of every later frame (diffs);
+//! - CPU and memory of every process, from /proc.
+//!
+//! `BENCH_SCALE` (default 1.0) scales the edges (20, at least 4); `BENCH_SECONDS`
+//! (default 30) is the measured time per compression.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use query_client::protocol::Row;
+use query_client::{ClientError, Publisher};
+use query_integration::{write_bench_section, Node, Workspace};
+use serde_json::json;
+
+const INTERVAL_MS: u64 = 1000;
+const CLUSTERS: usize = 2;
+/// `load_info` rows per edge, besides the sequence row.
+const ROWS: usize = 1000;
+/// Rows each publisher changes every interval (5%).
+const CHANGED: usize = 50;
+const POLL_MS: u64 = 25;
+/// The SQL node seals at 70% of the interval.
+const SQL_OFFSET_MS: i64 = 700;
+const WARM_UP: Duration = Duration::from_secs(5);
+/// How long any one expected state may take to appear while the fleet starts.
+const LIMIT: Duration = Duration::from_secs(120);
+const CODECS: [&str; 3] = ["none", "lz4", "zstd"];
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+/// Process CPU seconds (user + system) and resident memory in MiB.
+fn proc_usage(pid: u32) -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let cpu = (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu, rss / 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// A free TCP port on `ip` (bound, then released for the node to take).
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("\"{s}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// One `queryd` of the fleet.
+struct Member {
+    role: &'static str,
+    config: PathBuf,
+    node: Option<Node>,
+}
+
+impl Member {
+    fn start(&mut self) {
+        let config = self.config.to_str().expect("utf8 path");
+        self.node = Some(Node::start(&[
+            self.role,
+            "--config",
+            config,
+            "--listen",
+            "127.0.0.1:0",
+        ]));
+    }
+
+    fn node(&self) -> &Node {
+        self.node.as_ref().expect("node is running")
+    }
+}
+
+struct Fleet {
+    edges: Vec<Member>,
+    proxies: Vec<Member>,
+    tla: Member,
+    sql: Member,
+    /// Last: the processes are killed before their files go.
+    ws: Workspace,
+}
+
+impl Fleet {
+    /// Writes every config of a fleet of `edges` edges on 127.0.`block`.0/24 whose links
+    /// send with `codec`. Every tier prewarms `load_info`; nothing is started.
+    fn new(block: u8, edges: usize, codec: &str) -> Fleet {
+        let ws = Workspace::new();
+        let paths = "[paths]\nschemas = \"schemas\"\nstatic_tables = \"static-tables/index.toml\"\nviews = \"views.toml\"\nreload_every = \"1s\"\n";
+        let generation = |tenths: u64| {
+            format!(
+                "[generation]\ninterval = \"{INTERVAL_MS}ms\"\noffset = \"{}ms\"\n",
+                INTERVAL_MS * tenths / 10
+            )
+        };
+        let parent_link = "drop_after = \"10s\"\nconnect_timeout = \"1s\"\nbackoff_min = \"100ms\"\nbackoff_max = \"1s\"\n";
+        let write = |name: &str, text: String| {
+            let path = ws.path(name);
+            std::fs::write(&path, format!("{paths}\n{text}")).expect("write config");
+            path
+        };
+        let ip = |last: usize| format!("127.0.{block}.{last}");
+        std::fs::write(ws.path("prewarm.toml"), "tables = [\"load_info\"]\n")
+            .expect("write prewarm");
+
+        let mut edge_members = Vec::new();
+        let mut proxies = Vec::new();
+        let mut proxy_links = Vec::new();
+        for c in 0..CLUSTERS {
+            let mut children = Vec::new();
+            for n in (0..edges).filter(|n| n % CLUSTERS == c) {
+                let ip = ip(11 + n);
+                let link = format!("{ip}:{}", free_port(&ip));
+                let config = write(
+                    &format!("edge-{n}.toml"),
+                    format!(
+                        r#"[node]
+machine_ip = "{ip}"
+cluster = "cluster-{c}"
+georegion = {georegion}
+
+{generation}
+[host]
+enabled = false
+
+[edge]
+socket = "{socket}"
+prewarm = ["load_info"]
+
+[link]
+listen = "{link}"
+compression = "{codec}"
+"#,
+                        georegion = c + 1,
+                        generation = generation(1),
+                        socket = ws.path(&format!("edge-{n}.sock")).display(),
+                    ),
+                );
+                children.push(link);
+                edge_members.push((
+                    n,
+                    Member {
+                        role: "edge",
+                        config,
+                        node: None,
+                    },
+                ));
+            }
+            let ip = ip(1 + c);
+            let link = format!("{ip}:{}", free_port(&ip));
+            let config = write(
+                &format!("proxy-{c}.toml"),
+                format!(
+                    r#"[node]
+machine_ip = "{ip}"
+cluster = "cluster-{c}"
+
+{generation}
+[host]
+enabled = false
+
+[link]
+listen = "{link}"
+children = {children}
+compression = "{codec}"
+{parent_link}
+[requests]
+prewarm = "prewarm.toml"
+"#,
+                    generation = generation(3),
+                    children = toml_list(&children),
+                ),
+            );
+            proxy_links.push(link);
+            proxies.push(Member {
+                role: "cluster-proxy",
+                config,
+                node: None,
+            });
+        }
+        // Edge n is edges[n] (they were made cluster by cluster).
+        edge_members.sort_by_key(|(n, _)| *n);
+        let edges = edge_members.into_iter().map(|(_, m)| m).collect();
+
+        let tla_ip = ip(5);
+        let tla_link = format!("{tla_ip}:{}", free_port(&tla_ip));
+        let tla = Member {
+            role: "tla",
+            config: write(
+                "tla.toml",
+                format!(
+                    r#"[node]
+machine_ip = "{tla_ip}"
+cluster = "tla"
+
+{generation}
+[host]
+enabled = false
+
+[link]
+listen = "{tla_link}"
+children = {children}
+compression = "{codec}"
+{parent_link}
+[requests]
+prewarm = "prewarm.toml"
+"#,
+                    generation = generation(5),
+                    children = toml_list(&proxy_links),
+                ),
+            ),
+            node: None,
+        };
+        let sql = Member {
+            role: "sql",
+            config: write(
+                "sql.toml",
+                format!(
+                    r#"[node]
+machine_ip = "{sql_ip}"
+cluster = "sql"
+
+{generation}
+[host]
+enabled = false
+
+[link]
+children = ["{tla_link}"]
+{parent_link}
+[requests]
+wait = "60s"
+prewarm = "prewarm.toml"
+"#,
+                    sql_ip = ip(6),
+                    generation = generation(7),
+                ),
+            ),
+            node: None,
+        };
+        Fleet {
+            edges,
+            proxies,
+            tla,
+            sql,
+            ws,
+        }
+    }
+
+    fn socket(&self, n: usize) -> PathBuf {
+        self.ws.path(&format!("edge-{n}.sock"))
+    }
+
+    fn members(&self) -> impl Iterator<Item = &Member> {
+        self.edges
+            .iter()
+            .chain(self.proxies.iter())
+            .chain([&self.tla, &self.sql])
+    }
+}
+
+/// Starts `members` together, then waits until each serves `load_info` with every row of
+/// all `machines` behind it.
+fn start_tier(members: &mut [Member], machines: usize) {
+    std::thread::scope(|s| {
+        for m in members.iter_mut() {
+            s.spawn(move || m.start());
+        }
+    });
+    let expected = json!([[machines * (ROWS + 1), machines]]);
+    for m in members.iter() {
+        let node = m.node();
+        node.eventually(
+            LIMIT,
+            &format!("{} to serve load_info of {machines} machines", node.base),
+            || {
+                let (_, answer) =
+                    node.sql("SELECT COUNT(*), COUNT(DISTINCT machine_ip) FROM load_info");
+                (answer["rows"] == expected).then_some(())
+            },
+        );
+    }
+}
+
+fn load_row(georegion: usize, hits: u64, bytes: i64, errors: u64) -> Row {
+    let v = json!({"georegion": georegion, "hits": hits, "bytes": bytes, "errors": errors});
+    v.as_object().cloned().unwrap_or_default()
+}
+
+/// Values of row `g` of edge `n` after `version` changes: vary like real counters.
+fn load_values(n: usize, g: usize, version: u64) -> (u64, i64, u64) {
+    let mut x = 0x9E37_79B9_7F4A_7C15_u64 ^ ((n as u64) << 40) ^ ((g as u64) << 20) ^ version;
+    for _ in 0..3 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    let hits = x % 100_000;
+    (hits, (hits * (x % 1000 + 1)) as i64, (x >> 20) % 50)
+}
+
+/// One publisher per edge, publishing right after every interval boundary (staggered by
+/// a few ms per edge): row 0 carries (hits = sequence number, bytes = publish time in unix
+/// ms), rows 1..=1000 are load figures of which `CHANGED` change each time.
+struct Publishers {
+    stop: Arc<AtomicBool>,
+    refused: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Publishers {
+    fn start(fleet: &Fleet) -> Publishers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicU64::new(0));
+        let threads = (0..fleet.edges.len())
+            .map(|n| {
+                let mut p =
+                    Publisher::connect_unix(fleet.socket(n), &format!("bench-{n}"), &["load_info"])
+                        .expect("publisher hello");
+                let (stop, refused) = (stop.clone(), refused.clone());
+                std::thread::spawn(move || {
+                    let mut versions = vec![0u64; ROWS + 1];
+                    let mut rows: Vec<Row> = (0..=ROWS)
+                        .map(|g| {
+                            let (h, b, e) = load_values(n, g, 0);
+                            load_row(g, h, b, e)
+                        })
+                        .collect();
+                    let stagger = (n as u64 * 3) % 40;
+                    let mut seq = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let now = now_ms() as u64;
+                        std::thread::sleep(Duration::from_millis(
+                            INTERVAL_MS - now % INTERVAL_MS + stagger,
+                        ));
+                        seq += 1;
+                        let first = (seq as usize * CHANGED) % ROWS;
+                        for k in 0..CHANGED {
+                            let g = 1 + (first + k) % ROWS;
+                            versions[g] += 1;
+                            let (h, b, e) = load_values(n, g, versions[g]);
+                            rows[g] = load_row(g, h, b, e);
+                        }
+                        rows[0] = load_row(0, seq, now_ms(), 0);
+                        match p.publish("load_info", rows.clone()) {
+                            Ok(_) => {}
+                            Err(ClientError::Refused(_)) => {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Publishers {
+            stop,
+            refused,
+            threads,
+        }
+    }
+}
+
+impl Drop for Publishers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One link tier's frames, from the sending ends' counters.
+#[derive(Default, Clone)]
+struct Tier {
+    links: usize,
+    /// Mean size of each link's first frame (a full copy).
+    full: f64,
+    /// Mean size of each link's later frames.
+    diff: f64,
+    /// Frames per link, least.
+    frames: i64,
+}
+
+/// What one run (one compression) measured.
+struct Run {
+    codec: &'static str,
+    latencies: Vec<f64>,
+    /// Answer time less the SQL node's scheduled seal of the publish's round (ms).
+    past_seal: Vec<f64>,
+    /// Sequence numbers between the first and last seen of an edge that never appeared.
+    superseded: usize,
+    tiers: BTreeMap<&'static str, Tier>,
+    /// Per role: (processes, CPU cores per process over the window, largest RSS in MiB).
+    usage: BTreeMap<&'static str, (usize, f64, f64)>,
+    refused: u64,
+    elapsed: f64,
+}
+
+const TIERS: [(&str, &str); 3] = [
+    ("edge@", "edge → cluster proxy"),
+    ("cluster-proxy@", "cluster proxy → TLA"),
+    ("tla@", "TLA → SQL node"),
+];
+
+fn run(codec: &'static str, block: u8, edges: usize, seconds: f64) -> Run {
+    let mut fleet = Fleet::new(block, edges, codec);
+    let per_cluster = edges / CLUSTERS;
+    // Bottom-up: each tier starts once the one below serves every row, so the first frame
+    // of every link is a full copy of load_info.
+    std::thread::scope(|s| {
+        for m in fleet.edges.iter_mut() {
+            s.spawn(move || m.start());
+        }
+    });
+    let publishers = Publishers::start(&fleet);
+    for m in &fleet.edges {
+        let node = m.node();
+        node.eventually(LIMIT, "an edge to serve its publisher's rows", || {
+            let (_, answer) = node.sql("SELECT COUNT(*) FROM load_info");
+            (answer["rows"] == json!([[ROWS + 1]])).then_some(())
+        });
+    }
+    start_tier(&mut fleet.proxies, per_cluster);
+    start_tier(std::slice::from_mut(&mut fleet.tla), edges);
+    start_tier(std::slice::from_mut(&mut fleet.sql), edges);
+    std::thread::sleep(WARM_UP);
+
+    // Publish → visible at the SQL node.
+    let sql = fleet.sql.node();
+    let pids: Vec<(&'static str, u32)> =
+        fleet.members().map(|m| (m.role, m.node().pid())).collect();
+    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| proc_usage(*p).0).collect();
+    let started = Instant::now();
+    let window_start = now_ms();
+    let mut seen: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    let mut latencies = Vec::new();
+    let mut past_seal = Vec::new();
+    let q = "SELECT machine_ip, hits, bytes FROM load_info WHERE georegion = 0";
+    while started.elapsed().as_secs_f64() < seconds {
+        let sent = Instant::now();
+        let (status, answer) = sql.sql(q);
+        let at = now_ms();
+        if status == 200 {
+            for r in answer["rows"].as_array().into_iter().flatten() {
+                let (Some(ip), Some(seq), Some(published)) =
+                    (r[0].as_str(), r[1].as_i64(), r[2].as_i64())
+                else {
+                    continue;
+                };
+                if published >= window_start && seen.entry(ip.into()).or_default().insert(seq) {
+                    latencies.push((at - published) as f64);
+                    // The SQL node's scheduled seal of the round the publish belongs to.
+                    let seal = published - published.rem_euclid(INTERVAL_MS as i64) + SQL_OFFSET_MS;
+                    past_seal.push((at - seal) as f64);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(POLL_MS).saturating_sub(sent.elapsed()));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut usage: BTreeMap<&'static str, (usize, f64, f64)> = BTreeMap::new();
+    for ((role, pid), c0) in pids.iter().zip(cpu0) {
+        let (c1, rss) = proc_usage(*pid);
+        let u = usage.entry(role).or_default();
+        u.0 += 1;
+        u.1 += (c1 - c0) / elapsed;
+        u.2 = u.2.max(rss);
+    }
+    for u in usage.values_mut() {
+        u.1 /= u.0 as f64;
+    }
+    let superseded = seen
+        .values()
+        .map(|s| match (s.first(), s.last()) {
+            (Some(a), Some(b)) => (b - a + 1) as usize - s.len(),
+            _ => 0,
+        })
+        .sum();
+
+    // Bytes per link, from the parent (sending) end of each: queried once, at the end, as
+    // query_links itself travels the links once requested (see tests/hierarchy.rs).
+    let expected_links = edges + CLUSTERS + 1;
+    let rows = sql.eventually(LIMIT, "query_links of every link", || {
+        let (status, answer) = sql.sql(
+            "SELECT node, frames, bytes, last_full_frame_bytes FROM query_links \
+             WHERE direction = 'parent'",
+        );
+        let rows = answer["rows"].as_array().cloned().unwrap_or_default();
+        (status == 200 && rows.len() == expected_links).then_some(rows)
+    });
+    let mut tiers = BTreeMap::new();
+    for (prefix, name) in TIERS {
+        let mut t = Tier {
+            frames: i64::MAX,
+            ..Tier::default()
+        };
+        for r in rows
+            .iter()
+            .filter(|r| r[0].as_str().is_some_and(|n| n.starts_with(prefix)))
+        {
+            let frames = r[1].as_i64().unwrap_or(0);
+            let bytes = r[2].as_i64().unwrap_or(0) as f64;
+            let full = r[3].as_i64().unwrap_or(0) as f64;
+            t.links += 1;
+            t.full += full;
+            t.diff += (bytes - full) / (frames - 1).max(1) as f64;
+            t.frames = t.frames.min(frames);
+        }
+        if t.links > 0 {
+            t.full /= t.links as f64;
+            t.diff /= t.links as f64;
+        }
+        tiers.insert(name, t);
+    }
+    let refused = publishers.refused.load(Ordering::Relaxed);
+    drop(publishers);
+    // Anything the nodes found worth a warning, for whoever runs the benchmark.
+    for m in fleet.members() {
+        let log = std::fs::read_to_string(&m.node().stderr_log).unwrap_or_default();
+        let bad: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        if !bad.is_empty() {
+            eprintln!(
+                "hierarchy ({codec}): {} at {} logged {} warnings/errors, first: {}",
+                m.role,
+                m.node().base,
+                bad.len(),
+                bad[0]
+            );
+        }
+    }
+    drop(fleet);
+    latencies.sort_by(f64::total_cmp);
+    past_seal.sort_by(f64::total_cmp);
+    Run {
+        codec,
+        latencies,
+        past_seal,
+        superseded,
+        tiers,
+        usage,
+        refused,
+        elapsed,
+    }
+}
+
+fn size(b: f64) -> String {
+    if b >= 10_000.0 {
+        format!("{:.1} KB", b / 1000.0)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
+fn main() {
+    let scale = env_f64("BENCH_SCALE", 1.0).clamp(0.01, 1.0);
+    let seconds = env_f64("BENCH_SECONDS", 30.0).max(5.0);
+    // Even, so both clusters have as many edges.
+    let edges = ((20.0 * scale / 2.0).round() as usize).max(2) * CLUSTERS;
+    let per_cluster = edges / CLUSTERS;
+    let bench_started = Instant::now();
+
+    let runs: Vec<Run> = CODECS
+        .iter()
+        .zip(60u8..)
+        .map(|(codec, block)| {
+            eprintln!("hierarchy: {edges} edges, compression {codec}");
+            let r = run(codec, block, edges, seconds);
+            eprintln!(
+                "hierarchy: {codec} done after {:.0} s",
+                bench_started.elapsed().as_secs_f64()
+            );
+            r
+        })
+        .collect();
+
+    let mut latency = String::from(
+        "| compression | median | p99 | max | past the SQL node's seal, median / p99 | samples | superseded |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in &runs {
+        latency.push_str(&format!(
+            "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms / {:.0} ms | {} in {:.0} s | {} |\n",
+            r.codec,
+            percentile(&r.latencies, 0.5),
+            percentile(&r.latencies, 0.99),
+            r.latencies.last().copied().unwrap_or(f64::NAN),
+            percentile(&r.past_seal, 0.5),
+            percentile(&r.past_seal, 0.99),
+            r.latencies.len(),
+            r.elapsed,
+            r.superseded,
+        ));
+    }
+
+    let mut bytes = String::from("| link | links | frame |");
+    for r in &runs {
+        bytes.push_str(&format!(" {} |", r.codec));
+    }
+    bytes.push_str("\n|---|---:|---|");
+    bytes.push_str(&"---:|".repeat(runs.len()));
+    bytes.push('\n');
+    for (_, name) in TIERS {
+        let links = runs[0].tiers[name].links;
+        let machines = match name {
+            "edge → cluster proxy" => "1 machine".to_string(),
+            "cluster proxy → TLA" => format!("{per_cluster} machines"),
+            _ => format!("{edges} machines"),
+        };
+        bytes.push_str(&format!("| {name} ({machines}) | {links} | full copy |"));
+        for r in &runs {
+            bytes.push_str(&format!(" {} |", size(r.tiers[name].full)));
+        }
+        bytes.push_str("\n| | | diff, mean of later frames |");
+        for r in &runs {
+            let t = &r.tiers[name];
+            bytes.push_str(&format!(
+                " {} ({:.1}%) |",
+                size(t.diff),
+                100.0 * t.diff / t.full
+            ));
+        }
+        bytes.push('\n');
+    }
+    let min_frames = runs
+        .iter()
+        .flat_map(|r| r.tiers.values().map(|t| t.frames))
+        .min()
+        .unwrap_or(0);
+
+    let mut cpu = String::from("| role | processes |");
+    for r in &runs {
+        cpu.push_str(&format!(" CPU per process, {} |", r.codec));
+    }
+    cpu.push_str(" RSS per process, largest |\n|---|---:|");
+    cpu.push_str(&"---:|".repeat(runs.len() + 1));
+    cpu.push('\n');
+    for role in ["edge", "cluster-proxy", "tla", "sql"] {
+        let n = runs[0].usage.get(role).map_or(0, |u| u.0);
+        cpu.push_str(&format!("| {role} | {n} |"));
+        for r in &runs {
+            let u = r.usage.get(role).copied().unwrap_or_default();
+            cpu.push_str(&format!(" {:.3} cores |", u.1));
+        }
+        let rss = runs
+            .iter()
+            .filter_map(|r| r.usage.get(role).map(|u| u.2))
+            .fold(0.0, f64::max);
+        cpu.push_str(&format!(" {rss:.0} MiB |\n"));
+    }
+    let refused: u64 = runs.iter().map(|r| r.refused).sum();
+    let total = bench_started.elapsed().as_secs_f64();
+
+    let body = format!(
+        "## Hierarchy: {edges} edges in {CLUSTERS} clusters → {CLUSTERS} cluster proxies → TLA → SQL node, {INTERVAL_MS} ms interval\n\n\
+         Every node is a release `queryd` process on its own loopback address; generations are\n\
+         sealed at 100 ms (edges), 300 ms (proxies), 500 ms (TLA) and 700 ms (SQL node) past\n\
+         each second. The edges' host publisher is off: on every edge one publisher (the\n\
+         `query_client` library, over the socket) publishes `load_info` right after each\n\
+         second (staggered by up to 40 ms): {ROWS} rows of which {CHANGED} ({:.0}%) change each\n\
+         time, plus one row holding a sequence number and the wall-clock time of the publish.\n\
+         The fleet is run once per link compression (`[link] compression` of every sender);\n\
+         each run starts bottom-up (a tier starts once the one below serves every row), warms\n\
+         up {} s and measures {seconds:.0} s. Publisher, poller and all {} processes share the\n\
+         machine's cores.\n\n\
+         **Publish → visible at the SQL node.** The benchmark queries the SQL node every\n\
+         {POLL_MS} ms for the sequence rows and notes, per edge and sequence number, the first\n\
+         answer holding it (time of the answer less the publish time; resolution about\n\
+         {POLL_MS} ms plus the query's own time). The schedule alone makes this 700 ms less\n\
+         the publish's 0-40 ms past the second: the SQL node seals each round at 700 ms.\n\
+         *Past the SQL node's seal* is the answer time less that scheduled seal of the\n\
+         publish's round: what sealing, merging, links, the snapshot switch and the poll\n\
+         add. *Superseded*: sequence numbers never seen at the SQL node because a later\n\
+         publish replaced them first (a round missed somewhere).\n\n\
+         {latency}\n\
+         **Bytes per generation per link**, from the sending end of every link\n\
+         (`query_links`, `direction = 'parent'`, read once at the end of each run): *full\n\
+         copy* is the link's first frame (all of `load_info` behind the sender), *diff* is\n\
+         (bytes − first frame) / (frames − 1), i.e. the mean steady-state frame with 5% of\n\
+         the rows changing, as a share of the full copy with the same compression. Frames\n\
+         include the 4-byte length, codec byte and part headers; at least {min_frames}\n\
+         frames per link.\n\n\
+         {bytes}\n\
+         **CPU and memory** of the processes over the measured window (/proc; the SQL node's\n\
+         CPU includes answering the poller's {:.0} queries per second).\n\n\
+         {cpu}\n\
+         Publishes refused: {refused}. Whole benchmark: {total:.0} s.",
+        100.0 * CHANGED as f64 / ROWS as f64,
+        WARM_UP.as_secs(),
+        edges + CLUSTERS + 2,
+        1000.0 / POLL_MS as f64,
+    );
+    println!("{body}");
+    let command = format!("BENCH_SCALE={scale} BENCH_SECONDS={seconds} make bench");
+    if let Err(e) = write_bench_section("hierarchy", &command, &body) {
+        eprintln!("cannot write BENCHMARKS.md: {e}");
+        std::process::exit(1);
+    }
+}
