@@ -12,46 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use query_integration::{write_bench_section, Workspace};
+use query_integration::bench::{env_f64, percentile, proc_usage, write_bench_section};
+use query_integration::Workspace;
 use serde_json::{json, Value};
 
 const TABLES: usize = 20;
 const INTERVAL_MS: u64 = 1000;
 const OFFSET_MS: u64 = 500;
-
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Process CPU seconds (user + system) and resident memory (current, peak) in MiB.
-fn proc_usage(pid: u32) -> (f64, f64, f64) {
-    let ticks = 100.0; // USER_HZ on Linux
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let cpu = (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
-        / ticks;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (cpu, kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 fn main() {
     let scale = env_f64("BENCH_SCALE", 1.0).clamp(0.01, 1.0);
@@ -147,7 +114,7 @@ columns = [
 
     // Warm up, then measure: CPU and memory of the agent, and each generation's seal latency.
     std::thread::sleep(Duration::from_secs(5));
-    let (cpu0, _, _) = proc_usage(node.pid());
+    let cpu0 = proc_usage(node.pid()).cpu_s;
     let started = Instant::now();
     let mut latencies = Vec::new();
     let mut rows_seen = Vec::new();
@@ -175,7 +142,8 @@ columns = [
         std::thread::sleep(Duration::from_millis(50));
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let (cpu1, rss, hwm) = proc_usage(node.pid());
+    let end = proc_usage(node.pid());
+    let (cpu1, rss, hwm) = (end.cpu_s, end.rss_mib, end.peak_mib);
     stop.store(true, Ordering::Relaxed);
     drop(node);
     for t in threads {

@@ -15,15 +15,14 @@
 //! (default 30) is the measured time per compression.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use query_client::protocol::Row;
 use query_client::{ClientError, Publisher};
-use query_integration::{write_bench_section, Node, Workspace};
+use query_integration::bench::{env_f64, human_bytes, percentile, proc_usage, write_bench_section};
+use query_integration::fleet::{Fleet, FleetSpec};
 use serde_json::json;
 
 const INTERVAL_MS: u64 = 1000;
@@ -40,13 +39,6 @@ const WARM_UP: Duration = Duration::from_secs(5);
 const LIMIT: Duration = Duration::from_secs(120);
 const CODECS: [&str; 3] = ["none", "lz4", "zstd"];
 
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -54,275 +46,17 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// Process CPU seconds (user + system) and resident memory in MiB.
-fn proc_usage(pid: u32) -> (f64, f64) {
-    let ticks = 100.0; // USER_HZ on Linux
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let cpu = (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
-        / ticks;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    (cpu, rss / 1024.0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// A free TCP port on `ip` (bound, then released for the node to take).
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind a loopback port")
-        .port()
-}
-
-fn toml_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| format!("\"{s}\"")).collect();
-    format!("[{}]", quoted.join(", "))
-}
-
-/// One `queryd` of the fleet.
-struct Member {
-    role: &'static str,
-    config: PathBuf,
-    node: Option<Node>,
-}
-
-impl Member {
-    fn start(&mut self) {
-        let config = self.config.to_str().expect("utf8 path");
-        self.node = Some(Node::start(&[
-            self.role,
-            "--config",
-            config,
-            "--listen",
-            "127.0.0.1:0",
-        ]));
-    }
-
-    fn node(&self) -> &Node {
-        self.node.as_ref().expect("node is running")
-    }
-}
-
-struct Fleet {
-    edges: Vec<Member>,
-    proxies: Vec<Member>,
-    tla: Member,
-    sql: Member,
-    /// Last: the processes are killed before their files go.
-    ws: Workspace,
-}
-
-impl Fleet {
-    /// Writes every config of a fleet of `edges` edges on 127.0.`block`.0/24 whose links
-    /// send with `codec`. Every tier prewarms `load_info`; nothing is started.
-    fn new(block: u8, edges: usize, codec: &str) -> Fleet {
-        let ws = Workspace::new();
-        let paths = "[paths]\nschemas = \"schemas\"\nstatic_tables = \"static-tables/index.toml\"\nviews = \"views.toml\"\nreload_every = \"1s\"\n";
-        let generation = |tenths: u64| {
-            format!(
-                "[generation]\ninterval = \"{INTERVAL_MS}ms\"\noffset = \"{}ms\"\n",
-                INTERVAL_MS * tenths / 10
-            )
-        };
-        let parent_link = "drop_after = \"10s\"\nconnect_timeout = \"1s\"\nbackoff_min = \"100ms\"\nbackoff_max = \"1s\"\n";
-        let write = |name: &str, text: String| {
-            let path = ws.path(name);
-            std::fs::write(&path, format!("{paths}\n{text}")).expect("write config");
-            path
-        };
-        let ip = |last: usize| format!("127.0.{block}.{last}");
-        std::fs::write(ws.path("prewarm.toml"), "tables = [\"load_info\"]\n")
-            .expect("write prewarm");
-
-        let mut edge_members = Vec::new();
-        let mut proxies = Vec::new();
-        let mut proxy_links = Vec::new();
-        for c in 0..CLUSTERS {
-            let mut children = Vec::new();
-            for n in (0..edges).filter(|n| n % CLUSTERS == c) {
-                let ip = ip(11 + n);
-                let link = format!("{ip}:{}", free_port(&ip));
-                let config = write(
-                    &format!("edge-{n}.toml"),
-                    format!(
-                        r#"[node]
-machine_ip = "{ip}"
-cluster = "cluster-{c}"
-georegion = {georegion}
-
-{generation}
-[host]
-enabled = false
-
-[edge]
-socket = "{socket}"
-prewarm = ["load_info"]
-
-[link]
-listen = "{link}"
-compression = "{codec}"
-"#,
-                        georegion = c + 1,
-                        generation = generation(1),
-                        socket = ws.path(&format!("edge-{n}.sock")).display(),
-                    ),
-                );
-                children.push(link);
-                edge_members.push((
-                    n,
-                    Member {
-                        role: "edge",
-                        config,
-                        node: None,
-                    },
-                ));
-            }
-            let ip = ip(1 + c);
-            let link = format!("{ip}:{}", free_port(&ip));
-            let config = write(
-                &format!("proxy-{c}.toml"),
-                format!(
-                    r#"[node]
-machine_ip = "{ip}"
-cluster = "cluster-{c}"
-
-{generation}
-[host]
-enabled = false
-
-[link]
-listen = "{link}"
-children = {children}
-compression = "{codec}"
-{parent_link}
-[requests]
-prewarm = "prewarm.toml"
-"#,
-                    generation = generation(3),
-                    children = toml_list(&children),
-                ),
-            );
-            proxy_links.push(link);
-            proxies.push(Member {
-                role: "cluster-proxy",
-                config,
-                node: None,
-            });
-        }
-        // Edge n is edges[n] (they were made cluster by cluster).
-        edge_members.sort_by_key(|(n, _)| *n);
-        let edges = edge_members.into_iter().map(|(_, m)| m).collect();
-
-        let tla_ip = ip(5);
-        let tla_link = format!("{tla_ip}:{}", free_port(&tla_ip));
-        let tla = Member {
-            role: "tla",
-            config: write(
-                "tla.toml",
-                format!(
-                    r#"[node]
-machine_ip = "{tla_ip}"
-cluster = "tla"
-
-{generation}
-[host]
-enabled = false
-
-[link]
-listen = "{tla_link}"
-children = {children}
-compression = "{codec}"
-{parent_link}
-[requests]
-prewarm = "prewarm.toml"
-"#,
-                    generation = generation(5),
-                    children = toml_list(&proxy_links),
-                ),
-            ),
-            node: None,
-        };
-        let sql = Member {
-            role: "sql",
-            config: write(
-                "sql.toml",
-                format!(
-                    r#"[node]
-machine_ip = "{sql_ip}"
-cluster = "sql"
-
-{generation}
-[host]
-enabled = false
-
-[link]
-children = ["{tla_link}"]
-{parent_link}
-[requests]
-wait = "60s"
-prewarm = "prewarm.toml"
-"#,
-                    sql_ip = ip(6),
-                    generation = generation(7),
-                ),
-            ),
-            node: None,
-        };
-        Fleet {
-            edges,
-            proxies,
-            tla,
-            sql,
-            ws,
-        }
-    }
-
-    fn socket(&self, n: usize) -> PathBuf {
-        self.ws.path(&format!("edge-{n}.sock"))
-    }
-
-    fn members(&self) -> impl Iterator<Item = &Member> {
-        self.edges
-            .iter()
-            .chain(self.proxies.iter())
-            .chain([&self.tla, &self.sql])
-    }
-}
-
-/// Starts `members` together, then waits until each serves `load_info` with every row of
-/// all `machines` behind it.
-fn start_tier(members: &mut [Member], machines: usize) {
-    std::thread::scope(|s| {
-        for m in members.iter_mut() {
-            s.spawn(move || m.start());
-        }
-    });
-    let expected = json!([[machines * (ROWS + 1), machines]]);
-    for m in members.iter() {
-        let node = m.node();
-        node.eventually(
-            LIMIT,
-            &format!("{} to serve load_info of {machines} machines", node.base),
-            || {
-                let (_, answer) =
-                    node.sql("SELECT COUNT(*), COUNT(DISTINCT machine_ip) FROM load_info");
-                (answer["rows"] == expected).then_some(())
-            },
-        );
-    }
+/// A fleet of `edges` edges in 2 clusters on 127.0.`block`.0/24 whose links send with
+/// `codec`; every tier prewarms `load_info`. Nothing is started.
+fn fleet(block: u8, edges: usize, codec: &'static str) -> Fleet {
+    let mut spec = FleetSpec::new(block);
+    spec.clusters = CLUSTERS;
+    spec.edges_per_cluster = edges / CLUSTERS;
+    spec.interval = Duration::from_millis(INTERVAL_MS);
+    spec.compression = codec;
+    spec.prewarm = vec!["load_info".into()];
+    spec.prewarm_every_tier = true;
+    Fleet::new(spec)
 }
 
 fn load_row(georegion: usize, hits: u64, bytes: i64, errors: u64) -> Row {
@@ -447,33 +181,30 @@ const TIERS: [(&str, &str); 3] = [
 ];
 
 fn run(codec: &'static str, block: u8, edges: usize, seconds: f64) -> Run {
-    let mut fleet = Fleet::new(block, edges, codec);
-    let per_cluster = edges / CLUSTERS;
+    let mut fleet = fleet(block, edges, codec);
     // Bottom-up: each tier starts once the one below serves every row, so the first frame
     // of every link is a full copy of load_info.
-    std::thread::scope(|s| {
-        for m in fleet.edges.iter_mut() {
-            s.spawn(move || m.start());
-        }
-    });
+    fleet.start_edges(|_, _| {});
     let publishers = Publishers::start(&fleet);
-    for m in &fleet.edges {
-        let node = m.node();
-        node.eventually(LIMIT, "an edge to serve its publisher's rows", || {
-            let (_, answer) = node.sql("SELECT COUNT(*) FROM load_info");
-            (answer["rows"] == json!([[ROWS + 1]])).then_some(())
-        });
-    }
-    start_tier(&mut fleet.proxies, per_cluster);
-    start_tier(std::slice::from_mut(&mut fleet.tla), edges);
-    start_tier(std::slice::from_mut(&mut fleet.sql), edges);
+    fleet.start_upper_tiers(|node, machines| {
+        let expected = json!([[machines * (ROWS + 1), machines]]);
+        node.eventually(
+            LIMIT,
+            &format!("{} to serve load_info of {machines} machines", node.base),
+            || {
+                let (_, answer) =
+                    node.sql("SELECT COUNT(*), COUNT(DISTINCT machine_ip) FROM load_info");
+                (answer["rows"] == expected).then_some(())
+            },
+        );
+    });
     std::thread::sleep(WARM_UP);
 
     // Publish → visible at the SQL node.
     let sql = fleet.sql.node();
     let pids: Vec<(&'static str, u32)> =
         fleet.members().map(|m| (m.role, m.node().pid())).collect();
-    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| proc_usage(*p).0).collect();
+    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| proc_usage(*p).cpu_s).collect();
     let started = Instant::now();
     let window_start = now_ms();
     let mut seen: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
@@ -504,11 +235,11 @@ fn run(codec: &'static str, block: u8, edges: usize, seconds: f64) -> Run {
     let elapsed = started.elapsed().as_secs_f64();
     let mut usage: BTreeMap<&'static str, (usize, f64, f64)> = BTreeMap::new();
     for ((role, pid), c0) in pids.iter().zip(cpu0) {
-        let (c1, rss) = proc_usage(*pid);
+        let now = proc_usage(*pid);
         let u = usage.entry(role).or_default();
         u.0 += 1;
-        u.1 += (c1 - c0) / elapsed;
-        u.2 = u.2.max(rss);
+        u.1 += (now.cpu_s - c0) / elapsed;
+        u.2 = u.2.max(now.rss_mib);
     }
     for u in usage.values_mut() {
         u.1 /= u.0 as f64;
@@ -590,14 +321,6 @@ fn run(codec: &'static str, block: u8, edges: usize, seconds: f64) -> Run {
     }
 }
 
-fn size(b: f64) -> String {
-    if b >= 10_000.0 {
-        format!("{:.1} KB", b / 1000.0)
-    } else {
-        format!("{b:.0} B")
-    }
-}
-
 fn main() {
     let scale = env_f64("BENCH_SCALE", 1.0).clamp(0.01, 1.0);
     let seconds = env_f64("BENCH_SECONDS", 30.0).max(5.0);
@@ -654,14 +377,14 @@ fn main() {
         };
         bytes.push_str(&format!("| {name} ({machines}) | {links} | full copy |"));
         for r in &runs {
-            bytes.push_str(&format!(" {} |", size(r.tiers[name].full)));
+            bytes.push_str(&format!(" {} |", human_bytes(r.tiers[name].full)));
         }
         bytes.push_str("\n| | | diff, mean of later frames |");
         for r in &runs {
             let t = &r.tiers[name];
             bytes.push_str(&format!(
                 " {} ({:.1}%) |",
-                size(t.diff),
+                human_bytes(t.diff),
                 100.0 * t.diff / t.full
             ));
         }

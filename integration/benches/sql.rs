@@ -26,22 +26,14 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use query_actors::edge::LocalPublisher;
 use query_actors::generation::{Generation, GenerationBuilder};
-use query_actors::simulate::{FleetSimulator, SimulateConfig};
 use query_actors::sql::{load_views, QueryLimits, Snapshot, ViewsFile};
 use query_actors::static_tables::{StaticCatalog, StaticLoader};
-use query_actors::table::load_schema_dir;
-use query_integration::{repo, write_bench_section};
+use query_integration::bench::{env_f64, simulator, write_bench_section};
+use query_integration::repo;
 use serde_json::{json, Value};
 
 /// Relative tolerance when comparing floating-point answers.
 const FLOAT_TOLERANCE: f64 = 1e-6;
-
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// `(name, sql)` per `-- name: <name>` block of the queries file; `-- duckdb:` blocks are
 /// DuckDB's alternatives and are skipped here.
@@ -70,14 +62,7 @@ fn parse_queries(text: &str) -> Vec<(String, String)> {
 
 /// Seals one generation of a simulated fleet of `machines` machines, 50 per cluster.
 fn fleet_generation(machines: usize) -> Arc<Generation> {
-    let schemas = load_schema_dir(&repo().join("schemas")).expect("shipped schemas load");
-    let cfg = SimulateConfig {
-        machines,
-        clusters: (machines / 50).max(1),
-        ..Default::default()
-    };
-    cfg.validate().expect("valid fleet size");
-    let mut sim = FleetSimulator::new(&cfg, schemas);
+    let mut sim = simulator(machines);
     let now = SystemTime::now();
     let mut builder = GenerationBuilder::default();
     for p in sim.collect(now).tables {

@@ -3,6 +3,7 @@
 //! JavaScript and renders the results and the table list.
 
 use std::process::Command;
+use std::time::Duration;
 
 use query_integration::Workspace;
 
@@ -61,7 +62,26 @@ fn encode(sql: &str) -> String {
 #[test]
 fn console_runs_a_query_and_lists_tables_in_a_real_browser() {
     let ws = Workspace::new();
-    let node = ws.start("demo", "[generation]\ninterval = \"5s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 100\nclusters = 4\n");
+    let node = ws.start("demo", "[generation]\ninterval = \"2s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 100\nclusters = 4\n");
+
+    // Healthy means a generation is served; the demo hierarchy needs a round or two more
+    // before its published tables (and the views over them) reach the top node.
+    node.eventually(
+        Duration::from_secs(60),
+        "published tables at the top",
+        || {
+            let tables = node.get_json("/tables");
+            let names: Vec<&str> = tables["tables"]
+                .as_array()?
+                .iter()
+                .filter_map(|t| t["name"].as_str())
+                .collect();
+            ["sys", "region_data", "machine_memory"]
+                .iter()
+                .all(|n| names.contains(n))
+                .then_some(())
+        },
+    );
 
     let sql = "SELECT continent, continent_name FROM continent_data ORDER BY continent";
     let dom = dump_dom(&node.url(&format!("/#sql={}", encode(sql))), None);

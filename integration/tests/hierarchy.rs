@@ -9,7 +9,6 @@
 //! every process is killed when its test ends, passed or failed.
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +16,8 @@ use std::time::Duration;
 
 use query_client::protocol::Row;
 use query_client::{ClientError, Publisher};
-use query_integration::{Node, Workspace};
+use query_integration::fleet::{Fleet, FleetSpec};
+use query_integration::Node;
 use serde_json::{json, Value};
 
 /// How long any one expected state may take to appear. Generous: the machine is small and
@@ -25,9 +25,8 @@ use serde_json::{json, Value};
 const LIMIT: Duration = Duration::from_secs(60);
 
 const EDGES_PER_CLUSTER: usize = 3;
-const CLUSTERS: usize = 2;
 
-/// How a test's fleet is set up.
+/// How a test's fleet differs from the others.
 struct Options {
     /// The fleet lives on 127.0.`block`.0/24.
     block: u8,
@@ -35,8 +34,6 @@ struct Options {
     host: bool,
     /// The SQL node's prewarm list.
     prewarm: &'static [&'static str],
-    /// `[generation] interval` everywhere; tiers seal at 10%, 30%, 50%, 70% of it.
-    interval_ms: u64,
     /// `[link] drop_after` at every parent.
     drop_after: &'static str,
     /// Rows of `load_info.csv` dropped into every edge's file-drop directory (0: none).
@@ -48,352 +45,83 @@ struct Options {
     bottom_up: bool,
 }
 
-/// One `queryd` of the fleet: how to start it, and the process while it runs.
-struct Member {
-    role: &'static str,
-    config: PathBuf,
-    /// `[node] machine_ip`.
-    ip: String,
-    /// `[link] listen` (where its parent dials), for every node but the SQL node.
-    link: Option<String>,
-    node: Option<Node>,
-}
-
-impl Member {
-    fn start(&mut self) {
-        assert!(self.node.is_none(), "{} is running already", self.ip);
-        let config = self.config.to_str().expect("utf8 path");
-        self.node = Some(Node::start(&[
-            self.role,
-            "--config",
-            config,
-            "--listen",
-            "127.0.0.1:0",
-        ]));
-    }
-
-    /// Kills the process (SIGKILL, then waits for it).
-    fn kill(&mut self) {
-        assert!(self.node.take().is_some(), "{} is not running", self.ip);
-    }
-
-    fn node(&self) -> &Node {
-        self.node.as_ref().expect("node is running")
-    }
-}
-
-struct Fleet {
-    edges: Vec<Member>,
-    proxies: Vec<Member>,
-    tla: Member,
-    sql: Member,
-    /// Last: the processes are killed before their files go.
-    ws: Workspace,
-}
-
-/// A free TCP port on `ip` (bound, then released for the node to take).
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind a loopback port")
-        .port()
-}
-
-fn toml_list(items: &[String]) -> String {
-    let quoted: Vec<String> = items.iter().map(|s| format!("\"{s}\"")).collect();
-    format!("[{}]", quoted.join(", "))
-}
-
-impl Fleet {
-    fn start(o: Options) -> Fleet {
-        let ws = Workspace::new();
-        let paths = "[paths]\nschemas = \"schemas\"\nstatic_tables = \"static-tables/index.toml\"\nviews = \"views.toml\"\nreload_every = \"200ms\"\n";
-        let generation = |tenths: u64| {
-            format!(
-                "[generation]\ninterval = \"{}ms\"\noffset = \"{}ms\"\n",
-                o.interval_ms,
-                o.interval_ms * tenths / 10
+/// Starts a fleet of 2 clusters × 3 edges at a 1 s interval with a 3 s request ttl.
+fn start_fleet(o: Options) -> Fleet {
+    let mut spec = FleetSpec::new(o.block);
+    spec.edges_per_cluster = EDGES_PER_CLUSTER;
+    spec.reload_every = "200ms";
+    spec.drop_after = o.drop_after;
+    spec.compression = "lz4";
+    spec.request_ttl = "3s";
+    spec.sql_wait = "45s";
+    spec.host = o.host;
+    spec.prewarm = o.prewarm.iter().map(|t| t.to_string()).collect();
+    spec.prewarm_every_tier = o.bottom_up;
+    let mut fleet = Fleet::new(spec);
+    if o.dropped_load_rows > 0 {
+        for n in 0..fleet.edges.len() {
+            std::fs::write(
+                fleet.drop_dir(n).join("load_info.csv"),
+                load_csv(n, o.dropped_load_rows),
             )
-        };
-        let parent_link = format!(
-            "drop_after = \"{}\"\nconnect_timeout = \"1s\"\nbackoff_min = \"100ms\"\nbackoff_max = \"1s\"\n",
-            o.drop_after
-        );
-        let write = |name: &str, text: String| {
-            let path = ws.path(name);
-            std::fs::write(&path, format!("{paths}\n{text}")).expect("write config");
-            path
-        };
-        let ip = |last: usize| format!("127.0.{}.{last}", o.block);
-        let prewarm: Vec<String> = o.prewarm.iter().map(|t| t.to_string()).collect();
-        std::fs::write(
-            ws.path("prewarm.toml"),
-            format!("tables = {}\n", toml_list(&prewarm)),
-        )
-        .expect("write prewarm");
-        // Proxies and the TLA: the SQL node's prewarm file too, when bottom-up.
-        let tier_prewarm = if o.bottom_up {
-            "prewarm = \"prewarm.toml\"\n"
-        } else {
-            ""
-        };
-
-        let mut edges = Vec::new();
-        let mut proxies = Vec::new();
-        for c in 0..CLUSTERS {
-            let mut children = Vec::new();
-            for e in 0..EDGES_PER_CLUSTER {
-                let n = c * EDGES_PER_CLUSTER + e;
-                let ip = ip(11 + n);
-                let link = format!("{ip}:{}", free_port(&ip));
-                let drop_dir = ws.path(&format!("drop-{n}"));
-                std::fs::create_dir_all(&drop_dir).expect("mkdir");
-                if o.dropped_load_rows > 0 {
-                    std::fs::write(
-                        drop_dir.join("load_info.csv"),
-                        load_csv(n, o.dropped_load_rows),
-                    )
-                    .expect("write load_info.csv");
-                }
-                let config = write(
-                    &format!("edge-{n}.toml"),
-                    format!(
-                        r#"[node]
-machine_ip = "{ip}"
-cluster = "cluster-{c}"
-georegion = {georegion}
-
-{generation}
-[host]
-enabled = {host}
-roles = ["edge"]
-
-[edge]
-socket = "{socket}"
-file_drop = "{drop}"
-prewarm = {edge_prewarm}
-
-[link]
-listen = "{link}"
-compression = "lz4"
-
-[requests]
-request_ttl = "3s"
-"#,
-                        georegion = c + 1,
-                        generation = generation(1),
-                        host = o.host,
-                        socket = ws.path(&format!("edge-{n}.sock")).display(),
-                        drop = drop_dir.display(),
-                        edge_prewarm = if o.bottom_up {
-                            toml_list(&prewarm)
-                        } else {
-                            "[]".into()
-                        },
-                    ),
+            .expect("write load_info.csv");
+        }
+    }
+    if o.bottom_up {
+        fleet.start_bottom_up(|node, machines| {
+            for t in o.prewarm {
+                let q = format!("SELECT COUNT(DISTINCT machine_ip) FROM {t}");
+                node.eventually(
+                    LIMIT,
+                    &format!("{} to serve {t} of {machines} machines", node.url("")),
+                    || (node.sql(&q).1["rows"] == json!([[machines]])).then_some(()),
                 );
-                children.push(link.clone());
-                edges.push(Member {
-                    role: "edge",
-                    config,
-                    ip,
-                    link: Some(link),
-                    node: None,
-                });
             }
-            let ip = ip(1 + c);
-            let link = format!("{ip}:{}", free_port(&ip));
-            let config = write(
-                &format!("proxy-{c}.toml"),
-                format!(
-                    r#"[node]
-machine_ip = "{ip}"
-cluster = "cluster-{c}"
-
-{generation}
-[host]
-enabled = false
-
-[link]
-listen = "{link}"
-children = {children}
-{parent_link}
-[requests]
-request_ttl = "3s"
-{tier_prewarm}"#,
-                    generation = generation(3),
-                    children = toml_list(&children),
-                ),
-            );
-            proxies.push(Member {
-                role: "cluster-proxy",
-                config,
-                ip,
-                link: Some(link),
-                node: None,
-            });
-        }
-
-        let tla_ip = ip(5);
-        let tla_link = format!("{tla_ip}:{}", free_port(&tla_ip));
-        let proxy_links: Vec<String> = proxies.iter().filter_map(|p| p.link.clone()).collect();
-        let tla = Member {
-            role: "tla",
-            config: write(
-                "tla.toml",
-                format!(
-                    r#"[node]
-machine_ip = "{tla_ip}"
-cluster = "tla"
-
-{generation}
-[host]
-enabled = false
-
-[link]
-listen = "{tla_link}"
-children = {children}
-{parent_link}
-[requests]
-request_ttl = "3s"
-{tier_prewarm}"#,
-                    generation = generation(5),
-                    children = toml_list(&proxy_links),
-                ),
-            ),
-            ip: tla_ip,
-            link: Some(tla_link.clone()),
-            node: None,
-        };
-
-        let sql_ip = ip(6);
-        let sql = Member {
-            role: "sql",
-            config: write(
-                "sql.toml",
-                format!(
-                    r#"[node]
-machine_ip = "{sql_ip}"
-cluster = "sql"
-
-{generation}
-[host]
-enabled = false
-
-[link]
-children = ["{tla_link}"]
-{parent_link}
-[requests]
-request_ttl = "3s"
-wait = "45s"
-prewarm = "prewarm.toml"
-"#,
-                    generation = generation(7),
-                ),
-            ),
-            ip: sql_ip,
-            link: None,
-            node: None,
-        };
-
-        let mut fleet = Fleet {
-            edges,
-            proxies,
-            tla,
-            sql,
-            ws,
-        };
-        if o.bottom_up {
-            let tables = o.prewarm;
-            start_tier(&mut fleet.edges, 1, tables);
-            start_tier(&mut fleet.proxies, EDGES_PER_CLUSTER, tables);
-            start_tier(
-                std::slice::from_mut(&mut fleet.tla),
-                CLUSTERS * EDGES_PER_CLUSTER,
-                tables,
-            );
-            start_tier(
-                std::slice::from_mut(&mut fleet.sql),
-                CLUSTERS * EDGES_PER_CLUSTER,
-                tables,
-            );
-        } else {
-            // All at once: each link dials again (with backoff) until its child is up.
-            std::thread::scope(|s| {
-                for m in fleet.members_mut() {
-                    s.spawn(move || m.start());
-                }
-            });
-        }
-        fleet
-    }
-
-    fn members_mut(&mut self) -> impl Iterator<Item = &mut Member> {
-        self.edges
-            .iter_mut()
-            .chain(self.proxies.iter_mut())
-            .chain([&mut self.tla, &mut self.sql])
-    }
-
-    fn members(&self) -> impl Iterator<Item = &Member> {
-        self.edges
-            .iter()
-            .chain(self.proxies.iter())
-            .chain([&self.tla, &self.sql])
-    }
-
-    fn sql(&self) -> &Node {
-        self.sql.node()
-    }
-
-    /// Machine addresses of the edges `range` (cluster 0 is 0..3, cluster 1 is 3..6).
-    fn edge_ips(&self, range: std::ops::Range<usize>) -> Vec<String> {
-        self.edges[range].iter().map(|e| e.ip.clone()).collect()
-    }
-
-    fn all_edge_ips(&self) -> Vec<String> {
-        self.edge_ips(0..self.edges.len())
-    }
-
-    /// Waits until `SELECT machine_ip FROM sys` at the SQL node lists exactly `ips`.
-    #[track_caller]
-    fn until_sys_machines(&self, ips: &[String], what: &str) {
-        let sql = self.sql();
-        let mut last = Value::Null;
-        let q = "SELECT machine_ip FROM sys ORDER BY machine_ip";
-        let seen = sql.eventually(LIMIT, what, || {
-            let (status, answer) = sql.sql(q);
-            if status != 200 {
-                last = answer;
-                return None;
-            }
-            let got = first_column(&answer);
-            last = answer;
-            (got == ips).then_some(got)
         });
-        assert_eq!(seen, ips, "{what}: {last}");
+    } else {
+        fleet.start_all();
     }
+    fleet
 }
 
-/// Starts `members` together, then waits until each serves every one of `tables` with
-/// the rows of all `machines` behind it.
-fn start_tier(members: &mut [Member], machines: usize, tables: &[&str]) {
-    std::thread::scope(|s| {
-        for m in members.iter_mut() {
-            s.spawn(move || m.start());
-        }
+/// A fleet whose edges publish their host tables, the SQL node prewarming `sys`, started
+/// all at once; returns once every edge's `sys` row is at the SQL node, with the edges'
+/// addresses.
+fn sys_fleet(block: u8, drop_after: &'static str) -> (Fleet, Vec<String>) {
+    let fleet = start_fleet(Options {
+        block,
+        host: true,
+        prewarm: &["sys"],
+        drop_after,
+        dropped_load_rows: 0,
+        bottom_up: false,
     });
-    for m in members.iter() {
-        let node = m.node();
-        for t in tables {
-            let q = format!("SELECT COUNT(DISTINCT machine_ip) FROM {t}");
-            node.eventually(
-                LIMIT,
-                &format!("{} to serve {t} of {machines} machines", m.ip),
-                || (node.sql(&q).1["rows"] == json!([[machines]])).then_some(()),
-            );
+    let edges = all_edge_ips(&fleet);
+    until_sys_machines(&fleet, &edges, "every edge's sys row at the SQL node");
+    (fleet, edges)
+}
+
+fn all_edge_ips(fleet: &Fleet) -> Vec<String> {
+    fleet.edge_ips(0..fleet.edges.len())
+}
+
+/// Waits until `SELECT machine_ip FROM sys` at the SQL node lists exactly `ips`.
+#[track_caller]
+fn until_sys_machines(fleet: &Fleet, ips: &[String], what: &str) {
+    let sql = fleet.sql();
+    let mut last = Value::Null;
+    let q = "SELECT machine_ip FROM sys ORDER BY machine_ip";
+    let seen = sql.eventually(LIMIT, what, || {
+        let (status, answer) = sql.sql(q);
+        if status != 200 {
+            last = answer;
+            return None;
         }
-    }
+        let got = first_column(&answer);
+        last = answer;
+        (got == ips).then_some(got)
+    });
+    assert_eq!(seen, ips, "{what}: {last}");
 }
 
 /// `load_info.csv` for edge `n`: `rows` rows of varied values, the same on every read.
@@ -518,18 +246,8 @@ fn has(list: &[String], table: &str) -> bool {
 /// queried at the SQL node are requested through every tier and expire after the ttl.
 #[test]
 fn every_machine_arrives_and_queried_tables_come_and_go() {
-    let fleet = Fleet::start(Options {
-        block: 41,
-        host: true,
-        prewarm: &["sys"],
-        interval_ms: 1000,
-        drop_after: "5s",
-        dropped_load_rows: 0,
-        bottom_up: false,
-    });
+    let (fleet, edges) = sys_fleet(41, "5s");
     let sql = fleet.sql();
-    let edges = fleet.all_edge_ips();
-    fleet.until_sys_machines(&edges, "every edge's sys row at the SQL node");
 
     let tla = fleet.tla.node();
     tla.eventually(LIMIT, "the TLA to see 2 clusters and 6 machines", || {
@@ -588,7 +306,7 @@ fn every_machine_arrives_and_queried_tables_come_and_go() {
         {"georegion": 1, "hits": 100, "bytes": 1000, "errors": 1},
         {"georegion": 2, "hits": 200, "bytes": 2000, "errors": 2},
     ]));
-    let publisher = LoadPublisher::start(fleet.ws.path("edge-4.sock"), published);
+    let publisher = LoadPublisher::start(fleet.socket(4), published);
     let q = "SELECT machine_ip, georegion, hits, bytes, errors FROM load_info ORDER BY georegion";
     let (status, answer) = sql.sql(q);
     assert_eq!(status, 200, "first query of load_info: {answer}");
@@ -637,17 +355,7 @@ fn every_machine_arrives_and_queried_tables_come_and_go() {
 /// Test 3: a killed edge's rows vanish after `drop_after` and return when it restarts.
 #[test]
 fn a_killed_edge_drops_out_and_returns() {
-    let mut fleet = Fleet::start(Options {
-        block: 42,
-        host: true,
-        prewarm: &["sys"],
-        interval_ms: 1000,
-        drop_after: "2s",
-        dropped_load_rows: 0,
-        bottom_up: false,
-    });
-    let all = fleet.all_edge_ips();
-    fleet.until_sys_machines(&all, "every edge's sys row at the SQL node");
+    let (mut fleet, all) = sys_fleet(42, "2s");
 
     fleet.edges[1].kill();
     let rest: Vec<String> = all
@@ -655,7 +363,7 @@ fn a_killed_edge_drops_out_and_returns() {
         .filter(|ip| **ip != fleet.edges[1].ip)
         .cloned()
         .collect();
-    fleet.until_sys_machines(&rest, "the killed edge's rows to vanish");
+    until_sys_machines(&fleet, &rest, "the killed edge's rows to vanish");
     let proxy = fleet.proxies[0].node();
     proxy.eventually(LIMIT, "its proxy to count 2 machines", || {
         (health(proxy)["machines"] == 2).then_some(())
@@ -666,7 +374,7 @@ fn a_killed_edge_drops_out_and_returns() {
     });
 
     fleet.edges[1].start();
-    fleet.until_sys_machines(&all, "the restarted edge's rows to return");
+    until_sys_machines(&fleet, &all, "the restarted edge's rows to return");
     let proxy = fleet.proxies[0].node();
     proxy.eventually(LIMIT, "its proxy to count 3 machines again", || {
         (health(proxy)["machines"] == 3).then_some(())
@@ -677,17 +385,7 @@ fn a_killed_edge_drops_out_and_returns() {
 /// again and answers resume with all 6 machines.
 #[test]
 fn killed_proxy_and_tla_are_reconnected() {
-    let mut fleet = Fleet::start(Options {
-        block: 43,
-        host: true,
-        prewarm: &["sys"],
-        interval_ms: 1000,
-        drop_after: "2s",
-        dropped_load_rows: 0,
-        bottom_up: false,
-    });
-    let all = fleet.all_edge_ips();
-    fleet.until_sys_machines(&all, "every edge's sys row at the SQL node");
+    let (mut fleet, all) = sys_fleet(43, "2s");
 
     // The proxy of cluster 0.
     fleet.proxies[0].kill();
@@ -697,7 +395,7 @@ fn killed_proxy_and_tla_are_reconnected() {
         (h["clusters"] == 1 && h["children"]["connected"] == 1).then_some(())
     });
     let cluster1 = fleet.edge_ips(EDGES_PER_CLUSTER..2 * EDGES_PER_CLUSTER);
-    fleet.until_sys_machines(&cluster1, "only cluster 1's machines");
+    until_sys_machines(&fleet, &cluster1, "only cluster 1's machines");
 
     fleet.proxies[0].start();
     let tla = fleet.tla.node();
@@ -705,7 +403,7 @@ fn killed_proxy_and_tla_are_reconnected() {
         let h = health(tla);
         (h["clusters"] == 2 && h["children"]["connected"] == 2 && h["machines"] == 6).then_some(())
     });
-    fleet.until_sys_machines(&all, "all 6 machines after the proxy's restart");
+    until_sys_machines(&fleet, &all, "all 6 machines after the proxy's restart");
 
     // The TLA.
     fleet.tla.kill();
@@ -720,7 +418,7 @@ fn killed_proxy_and_tla_are_reconnected() {
         let h = health(sql);
         (h["clusters"] == 2 && h["machines"] == 6 && h["children"]["connected"] == 1).then_some(())
     });
-    fleet.until_sys_machines(&all, "all 6 machines after the TLA's restart");
+    until_sys_machines(&fleet, &all, "all 6 machines after the TLA's restart");
     let h = health(fleet.tla.node());
     assert_eq!(
         h["children"],
@@ -737,11 +435,10 @@ fn killed_proxy_and_tla_are_reconnected() {
 /// the first (full) frame of every link is a full copy of it.
 #[test]
 fn unchanged_data_costs_a_fraction_of_a_full_copy_on_every_link() {
-    let fleet = Fleet::start(Options {
+    let fleet = start_fleet(Options {
         block: 44,
         host: false,
         prewarm: &["load_info"],
-        interval_ms: 1000,
         drop_after: "10s",
         dropped_load_rows: LOAD_ROWS,
         bottom_up: true,
@@ -758,11 +455,10 @@ fn unchanged_data_costs_a_fraction_of_a_full_copy_on_every_link() {
 /// (`last_full_frame_bytes`: the last frame that sent every part in full).
 #[test]
 fn unchanged_data_is_cheap_when_tables_are_requested_after_connecting() {
-    let fleet = Fleet::start(Options {
+    let fleet = start_fleet(Options {
         block: 45,
         host: false,
         prewarm: &["load_info"],
-        interval_ms: 1000,
         drop_after: "10s",
         dropped_load_rows: LOAD_ROWS,
         bottom_up: false,
@@ -785,7 +481,7 @@ const LOAD_ROWS: usize = 300;
 /// up, so they measure a new table, not unchanged data.
 fn assert_unchanged_data_is_cheap(fleet: &Fleet) {
     let sql = fleet.sql();
-    let edges = fleet.all_edge_ips();
+    let edges = all_edge_ips(fleet);
     let q = "SELECT machine_ip, COUNT(*) FROM load_info GROUP BY machine_ip ORDER BY machine_ip";
     let expected: Vec<Value> = edges.iter().map(|ip| json!([ip, LOAD_ROWS])).collect();
     sql.eventually(

@@ -21,7 +21,7 @@
 use std::io::Read;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::LinkError;
@@ -35,8 +35,8 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 256 << 20;
 /// Bytes of the length prefix.
 const LEN_BYTES: usize = 4;
 
-/// zstd level for [`Codec::Zstd`]: level 1 is within a few percent of level 3 on link data
-/// and about twice as fast.
+/// zstd level for [`Codec::Zstd`]: on link frames level 3 is only about 5% smaller and
+/// 15-20% slower to compress (BENCHMARKS.md, `link-codec`).
 const ZSTD_LEVEL: i32 = 1;
 
 /// Largest zstd window a received frame may ask for (2^23 = 8 MiB), so a hostile frame
@@ -44,30 +44,39 @@ const ZSTD_LEVEL: i32 = 1;
 /// at [`ZSTD_LEVEL`] are far smaller.
 const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 
+/// A zstd frame declaring more than this many times its size is decompressed by streaming
+/// (growing as it goes) rather than into one buffer of the declared size. Link data
+/// compresses about 10 times.
+const ZSTD_TRUSTED_RATIO: u64 = 64;
+
 /// LZ4 cannot expand data more than 255 times: a claimed size above that is a lie, refused
 /// before it is allocated.
 const LZ4_MAX_RATIO: usize = 255;
 
 /// How a frame's payload is compressed.
 ///
-/// The default is [`Codec::Lz4`]: links send a generation every interval (often every
-/// second), so encode and decode CPU on the proxies and the TLA counts as much as bytes.
-/// Measured on the simulated fleet (BENCHMARKS.md, `link-codec`): LZ4 (lz4_flex, pure Rust)
-/// encodes and decodes at several hundred MB/s per core and shrinks diff frames several
-/// times; zstd level 1 makes frames a further 25-40% smaller at two to three times LZ4's
-/// CPU, which pays off on slow long-distance links only, so it is kept as an option;
-/// deflate (flate2/miniz_oxide) was both larger than zstd and slower than LZ4 and is not
-/// offered. Both codecs kept here were already built as arrow-ipc dependencies, so they add
-/// no compile time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+/// The default is [`Codec::Zstd`] at level 1, chosen by measurement (BENCHMARKS.md,
+/// `link-codec`: a simulated fleet, one part per machine, LZ4, zstd 1 and 3 and deflate 1
+/// and 6 compared on the same frames). Compression turned out to be a few percent of a
+/// link's CPU whichever codec: encoding and decoding the frame itself (diffs, Arrow IPC,
+/// postcard) costs ten to twenty times more. zstd level 1 compresses about as fast as LZ4,
+/// decompresses at well over 1 GB/s, and makes diff frames about a third smaller than LZ4's,
+/// so it wins for links sending every interval. Level 3 saves about 5% more for 15-20% more
+/// compression time. Deflate (flate2/miniz_oxide) is larger than zstd level 1 at level 1 and
+/// about 15 times slower at level 6: not offered. [`Codec::Lz4`] (lz4_flex, pure Rust) stays
+/// for links where decompression CPU is tighter than bandwidth. Both were already built as
+/// arrow-ipc dependencies, so neither adds compile time.
+///
+/// In configuration files: `"none"`, `"lz4"`, `"zstd"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Codec {
     /// Uncompressed: for loopback links and tests.
     None,
     /// LZ4 block format, the uncompressed size first (u32 little-endian).
-    #[default]
     Lz4,
-    /// zstd level 1, a standard zstd frame.
+    /// zstd level 1, a standard zstd frame that records its decompressed size.
+    #[default]
     Zstd,
 }
 
@@ -141,26 +150,60 @@ impl Codec {
                 Ok(out)
             }
             Codec::Zstd => {
-                let mut dec = zstd::stream::read::Decoder::with_buffer(payload)
-                    .map_err(|e| LinkError::Decode(format!("zstd: {e}")))?;
-                dec.window_log_max(ZSTD_WINDOW_LOG_MAX)
-                    .map_err(|e| LinkError::Decode(format!("zstd: {e}")))?;
-                // Reads at most one byte past the limit, growing as data arrives: a small
-                // frame that claims gigabytes costs nothing.
-                let mut out = Vec::new();
-                dec.take(max_bytes as u64 + 1)
-                    .read_to_end(&mut out)
-                    .map_err(|e| LinkError::Decode(format!("zstd: {e}")))?;
-                if out.len() > max_bytes {
-                    return Err(LinkError::FrameTooLarge {
-                        size: out.len() as u64,
+                let declared = zstd::zstd_safe::get_frame_content_size(payload)
+                    .map_err(|_| LinkError::Decode("zstd: bad frame header".into()))?;
+                match declared {
+                    Some(size) if size > max_bytes as u64 => Err(LinkError::FrameTooLarge {
+                        size,
                         limit: max_bytes as u64,
-                    });
+                    }),
+                    // The usual case (our encoder records the size): one allocation, one
+                    // pass, about three times faster than streaming. Only for plausible
+                    // ratios, so a tiny frame cannot reserve the whole limit.
+                    Some(size)
+                        if size <= (payload.len() as u64).saturating_mul(ZSTD_TRUSTED_RATIO) =>
+                    {
+                        zstd_bulk(payload, size as usize)
+                    }
+                    _ => zstd_stream(payload, max_bytes),
                 }
-                Ok(out)
             }
         }
     }
+}
+
+/// One-shot zstd decompression of a frame that declares `size` bytes; more is an error.
+fn zstd_bulk(payload: &[u8], size: usize) -> Result<Vec<u8>, LinkError> {
+    let zerr = |e: std::io::Error| LinkError::Decode(format!("zstd: {e}"));
+    let mut d = zstd::bulk::Decompressor::new().map_err(zerr)?;
+    d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+        ZSTD_WINDOW_LOG_MAX,
+    ))
+    .map_err(zerr)?;
+    let out = d.decompress(payload, size).map_err(zerr)?;
+    if out.len() != size {
+        return Err(LinkError::Decode(format!(
+            "zstd payload decompressed to {} bytes, its header says {size}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Streaming zstd decompression that stops one byte past `max_bytes`, growing its buffer as
+/// data arrives: a small frame that claims gigabytes costs nothing.
+fn zstd_stream(payload: &[u8], max_bytes: usize) -> Result<Vec<u8>, LinkError> {
+    let zerr = |e: std::io::Error| LinkError::Decode(format!("zstd: {e}"));
+    let mut dec = zstd::stream::read::Decoder::with_buffer(payload).map_err(zerr)?;
+    dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(zerr)?;
+    let mut out = Vec::new();
+    dec.take(max_bytes as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(zerr)?;
+    if out.len() > max_bytes {
+        return Err(too_large(out.len(), max_bytes));
+    }
+    Ok(out)
 }
 
 fn too_large(size: usize, limit: usize) -> LinkError {
@@ -335,6 +378,34 @@ mod tests {
                 other => panic!("{codec:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn highly_compressible_roundtrip() {
+        // Zeros compress past zstd's trusted ratio (the streaming path) and near LZ4's limit.
+        let msg = PartRows::Full(vec![0; 1 << 20]);
+        for codec in CODECS {
+            let frame = encode_frame(&msg, codec).expect("encode");
+            let back: PartRows = decode_frame(body(&frame), 2 << 20).expect("decode");
+            assert_eq!(back, msg, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn codec_names_in_config() {
+        #[derive(Deserialize)]
+        struct C {
+            c: Codec,
+        }
+        for (name, codec) in [
+            ("none", Codec::None),
+            ("lz4", Codec::Lz4),
+            ("zstd", Codec::Zstd),
+        ] {
+            let parsed: C = toml::from_str(&format!("c = \"{name}\"")).expect("parse");
+            assert_eq!(parsed.c, codec);
+        }
+        assert!(toml::from_str::<C>("c = \"gzip\"").is_err());
     }
 
     #[test]
