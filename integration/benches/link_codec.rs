@@ -225,7 +225,7 @@ struct FleetResult {
 }
 
 fn run_fleet(machines: usize) -> FleetResult {
-    let mut sim = simulator(machines);
+    let mut sim = simulator(machines, 50);
     let start = SystemTime::now();
     let mut link = (LinkEncoder::new(), LinkDecoder::new());
     // Full frames every generation: an encoder reset each time, a decoder that replaces all.

@@ -62,7 +62,7 @@ fn parse_queries(text: &str) -> Vec<(String, String)> {
 
 /// Seals one generation of a simulated fleet of `machines` machines, 50 per cluster.
 fn fleet_generation(machines: usize) -> Arc<Generation> {
-    let mut sim = simulator(machines);
+    let mut sim = simulator(machines, 50);
     let now = SystemTime::now();
     let mut builder = GenerationBuilder::default();
     for p in sim.collect(now).tables {

@@ -70,12 +70,13 @@ pub fn proc_usage(pid: u32) -> ProcUsage {
     }
 }
 
-/// The simulated fleet of `machines` machines, 50 per cluster, over the shipped schemas.
-pub fn simulator(machines: usize) -> FleetSimulator {
+/// The simulated fleet of `machines` machines, `per_cluster` to a cluster, over the
+/// shipped schemas.
+pub fn simulator(machines: usize, per_cluster: usize) -> FleetSimulator {
     let schemas = load_schema_dir(&repo().join("schemas")).expect("shipped schemas load");
     let cfg = SimulateConfig {
         machines,
-        clusters: (machines / 50).max(1),
+        clusters: machines.div_ceil(per_cluster.max(1)).max(1),
         ..Default::default()
     };
     cfg.validate().expect("valid fleet size");

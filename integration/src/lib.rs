@@ -96,6 +96,76 @@ impl Default for Workspace {
     }
 }
 
+/// A running `queryd simulate` (no HTTP): its children's link addresses; killed when
+/// dropped.
+pub struct Simulator {
+    child: Child,
+    /// What parents dial, in fleet order.
+    pub children: Vec<String>,
+    pub stderr_log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Simulator {
+    /// Starts `queryd simulate <args>` and waits until its children listen (it writes their
+    /// addresses to a file then).
+    pub fn start(args: &[&str]) -> Simulator {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stderr_log = dir.path().join("stderr.log");
+        let file = dir.path().join("children.toml");
+        let mut child = Command::new(queryd_bin())
+            .arg("simulate")
+            .args(args)
+            .arg("--children-file")
+            .arg(&file)
+            .current_dir(repo())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_log).expect("log file"))
+            .spawn()
+            .expect("start queryd simulate");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let text = loop {
+            if let Ok(t) = std::fs::read_to_string(&file) {
+                if t.trim_end().ends_with(']') {
+                    break t;
+                }
+            }
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "queryd simulate did not start: {}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let children = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix('"')?.split('"').next())
+            .map(String::from)
+            .collect();
+        Simulator {
+            child,
+            children,
+            stderr_log,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A running `queryd`; killed when dropped.
 pub struct Node {
     child: Child,

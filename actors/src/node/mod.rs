@@ -17,7 +17,7 @@ mod watcher;
 pub use config::{NodeConfig, Role};
 pub use handle::{Answer, NodeHandle};
 pub use schedule::{next_seal, round_of};
-pub use sealer::ClusterCount;
+pub use sealer::{add_merged, ClusterCount};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

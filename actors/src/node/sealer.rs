@@ -19,7 +19,7 @@ use crate::generation::{Generation, GenerationBuilder};
 use crate::metrics::Metrics;
 use crate::sql::SqlPool;
 use crate::table::SchemaRegistry;
-use crate::tier::Children;
+use crate::tier::{Children, Merged};
 
 /// Everything a seal reads. Shared with the pool task that does the work.
 pub struct SealInputs {
@@ -185,29 +185,6 @@ async fn collect_and_seal(
         if !merged.incomplete.is_empty() {
             tracing::debug!(round, tables = ?merged.incomplete, "children late with the round; sealing without them");
         }
-        for (table, t) in merged.complete {
-            for part in t.parts {
-                if let Err(e) = builder.add(&table, part) {
-                    builder.error(format!("child table {table}"), e);
-                }
-            }
-            if !builder.has(&table) {
-                builder.declare(&table, t.schema);
-            }
-        }
-        for table in &merged.incomplete {
-            // Not every child has sent this round: carry the last complete copy, so a query
-            // never sees some clusters' new rows beside others' missing ones.
-            // Without an earlier complete copy the table stays out: a query waits for it
-            // rather than reading some clusters and not others.
-            match previous.and_then(|p| p.tables.get(table)) {
-                Some(t) => builder.put(table, t.clone()),
-                None => builder.remove(table),
-            }
-        }
-        for (child, message) in merged.errors {
-            builder.error(child, message);
-        }
         if !merged.dropped.is_empty() {
             tracing::debug!(dropped = ?merged.dropped, "children not counted this round");
         }
@@ -217,12 +194,42 @@ async fn collect_and_seal(
             ClusterCount::Children => merged.live as u64,
             ClusterCount::FromChildren => merged.clusters,
         };
+        add_merged(&mut builder, merged, previous);
     }
     builder.counts(machines, clusters);
     (
         builder.seal(id, round, SystemTime::now()),
         started.elapsed(),
     )
+}
+
+/// Puts the children's merge for a round into `builder`: every complete table's parts;
+/// for a table some child has not sent yet, the copy in `previous` (or nothing); the
+/// children's publish errors. Where a proxy or TLA merges its children.
+pub fn add_merged(builder: &mut GenerationBuilder, merged: Merged, previous: Option<&Generation>) {
+    for (table, t) in merged.complete {
+        for part in t.parts {
+            if let Err(e) = builder.add(&table, part) {
+                builder.error(format!("child table {table}"), e);
+            }
+        }
+        if !builder.has(&table) {
+            builder.declare(&table, t.schema);
+        }
+    }
+    for table in &merged.incomplete {
+        // Not every child has sent this round: carry the last complete copy, so a query
+        // never sees some clusters' new rows beside others' missing ones. Without an
+        // earlier complete copy the table stays out: a query waits for it rather than
+        // reading some clusters and not others.
+        match previous.and_then(|p| p.tables.get(table)) {
+            Some(t) => builder.put(table, t.clone()),
+            None => builder.remove(table),
+        }
+    }
+    for (child, message) in merged.errors {
+        builder.error(child, message);
+    }
 }
 
 impl Actor for Sealer {

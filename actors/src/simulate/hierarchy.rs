@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use actix::Actor;
 
-use super::edges::{machine_addr, SimulatedEdges};
+use super::children::{ChildListen, Serve, SimulatedChildren};
 use super::FleetSimulator;
 use crate::error::ConfigError;
 use crate::node::config::Role;
@@ -28,7 +28,6 @@ pub fn start_demo(mut config: NodeConfig, proxies: usize) -> Result<NodeHandle, 
         what: "[sql] threads".into(),
         message: format!("cannot start the compute pool: {e}"),
     })?;
-    let schemas_all = schemas.clone();
     let fleet = FleetSimulator::new(&sim, schemas.clone());
     let machines = fleet.machine_list();
     tracing::info!(
@@ -42,14 +41,19 @@ pub fn start_demo(mut config: NodeConfig, proxies: usize) -> Result<NodeHandle, 
     let offset = config.generation.offset;
     let mut edge_gen = config.generation.clone();
     edge_gen.offset = std::time::Duration::ZERO;
-    SimulatedEdges::new(
+    let (edges, children) = SimulatedChildren::new(
         fleet,
-        schemas,
         edge_gen,
         config.link.compression,
         pool.clone(),
+        Serve::Machines,
+        ChildListen::Memory,
     )
-    .start();
+    .map_err(|e| ConfigError::Invalid {
+        what: "[simulate]".into(),
+        message: format!("cannot serve the simulated machines: {e}"),
+    })?;
+    edges.start();
 
     // Whole clusters per proxy, in fleet order.
     let clusters: Vec<String> = {
@@ -72,10 +76,10 @@ pub fn start_demo(mut config: NodeConfig, proxies: usize) -> Result<NodeHandle, 
         pc.requests.prewarm = None;
         pc.generation.offset = offset / 2;
         pc.link.listen = None;
-        pc.link.children = machines
+        pc.link.children = children
             .iter()
-            .filter(|(_, c)| group.contains(c))
-            .map(|(ip, _)| machine_addr(ip))
+            .filter(|c| group.contains(&c.cluster))
+            .map(|c| c.addr.clone())
             .collect();
         let name = format!("demo-proxy-{p}");
         // The proxy's parent dials it in process; validate_role wants a listen address for
@@ -97,7 +101,7 @@ pub fn start_demo(mut config: NodeConfig, proxies: usize) -> Result<NodeHandle, 
     // The demo shows everything from the first interval: without a prewarm file, every
     // shipped table is prewarmed.
     let prewarm = if config.requests.prewarm.is_none() {
-        schemas_all.iter().map(|d| d.name.clone()).collect()
+        schemas.iter().map(|d| d.name.clone()).collect()
     } else {
         BTreeSet::new()
     };

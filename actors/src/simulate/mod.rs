@@ -1,12 +1,13 @@
 //! A simulated fleet: N machines in C clusters publishing the shipped tables with plausible,
-//! changing values. [`edges`] serves each simulated machine over the real link protocol;
+//! changing values. [`children`] serves simulated machines or clusters over the real link protocol;
 //! [`hierarchy`] assembles the one-process demo (simulated edges → proxies → TLA/SQL).
 //!
 //! Deterministic for a seed. Each generation a share (`churn`) of the machines changes its
 //! values; the rest republish what they had, as an idle machine would.
 
-pub mod edges;
+pub mod children;
 pub mod hierarchy;
+pub mod standalone;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,8 +21,9 @@ use serde::Deserialize;
 
 use crate::edge::{Collected, LocalPublisher, Published};
 use crate::error::{ConfigError, ConfigResult};
-use crate::generation::SourceStamp;
+use crate::generation::{Generation, GenerationBuilder, SourceStamp};
 use crate::table::{unix_millis, Cell, SchemaRegistry, TableBuilder, TableDef};
+use children::Serve;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -175,7 +177,8 @@ impl FleetSimulator {
                     })
                     .collect();
                 let mut m = Machine {
-                    ip: format!("10.{}.{}.{}", c % 250, m / 250, m % 250 + 1),
+                    // Unique for any fleet: past 250 clusters the first octet moves on.
+                    ip: format!("{}.{}.{}.{}", 10 + c / 250, c % 250, m / 250, m % 250 + 1),
                     hostname: format!("c{c:04}-m{m:03}"),
                     cluster: format!("cluster-{c:04}"),
                     georegion,
@@ -265,6 +268,57 @@ impl FleetSimulator {
             }
         }
         out
+    }
+
+    /// One round cut into one generation per child, by child name: per machine
+    /// ([`Serve::Machines`], what an edge seals) or per cluster ([`Serve::Clusters`], what a
+    /// cluster proxy seals: a part per machine). Every shipped table is declared, so a
+    /// requested table with no rows is still present.
+    pub fn seal_round(
+        &mut self,
+        serve: Serve,
+        id: u64,
+        round: u64,
+        now: SystemTime,
+    ) -> BTreeMap<String, Arc<Generation>> {
+        let child_of: HashMap<String, String> = self
+            .machines
+            .iter()
+            .map(|m| {
+                let child = match serve {
+                    Serve::Machines => m.ip.clone(),
+                    Serve::Clusters => m.cluster.clone(),
+                };
+                (m.ip.clone(), child)
+            })
+            .collect();
+        let per_machine = self.collect_per_machine(now);
+        let mut builders: BTreeMap<&str, (GenerationBuilder, u64)> = BTreeMap::new();
+        for (ip, tables) in per_machine {
+            let Some(child) = child_of.get(&ip) else {
+                continue;
+            };
+            let (b, machines) = builders.entry(child.as_str()).or_insert_with(|| {
+                let mut b = GenerationBuilder::default();
+                for def in self.schemas.iter() {
+                    b.declare(&def.name, def.arrow_schema(true));
+                }
+                (b, 0)
+            });
+            *machines += 1;
+            for p in tables {
+                if let Err(e) = b.add(&p.table, p.part) {
+                    tracing::warn!(machine = ip, error = %e, "simulated rows refused");
+                }
+            }
+        }
+        builders
+            .into_iter()
+            .map(|(child, (mut b, machines))| {
+                b.counts(machines, 1);
+                (child.to_string(), b.seal(id, round, now))
+            })
+            .collect()
     }
 
     /// Moves the churned machines' values one step.

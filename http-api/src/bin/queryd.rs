@@ -5,9 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use query_actors::link::frame::Codec;
+use query_actors::node::config::GenerationConfig;
 use query_actors::node::{start_node, NodeConfig, Role as NodeRole};
+use query_actors::simulate::children::Serve;
 use query_actors::simulate::hierarchy::start_demo;
+use query_actors::simulate::standalone::{start_standalone, write_children_file, StandaloneConfig};
 use query_actors::simulate::SimulateConfig;
 
 /// Embedded defaults: the example files, read as if they sat in `ops/` under the working
@@ -47,6 +51,9 @@ enum Role {
     /// The whole hierarchy in one process: simulated edges → cluster proxies → TLA/SQL
     /// (what `make run` starts).
     Demo(DemoArgs),
+    /// A simulated fleet serving its machines (for cluster proxies) or whole clusters (for
+    /// TLAs) over TCP with the real link protocol: child i listens on --listen's port + i.
+    Simulate(SimulateArgs),
     /// Parse and validate a node configuration file, then exit.
     CheckConfig {
         #[arg(long)]
@@ -80,6 +87,114 @@ struct DemoArgs {
     /// Cluster proxies between the simulated machines and the TLA/SQL node.
     #[arg(long, default_value_t = 2)]
     proxies: usize,
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Simulated machines.
+    #[arg(long, default_value_t = 1000)]
+    machines: usize,
+    /// Simulated clusters (machines are shared out evenly).
+    #[arg(long, default_value_t = 20)]
+    clusters: usize,
+    /// Share of machines whose values change each generation.
+    #[arg(long, default_value_t = 0.2)]
+    churn: f64,
+    /// Seed of the simulation (the same seed, the same fleet).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// What each child is: a machine (parents are cluster proxies) or a whole cluster
+    /// (parents are TLAs).
+    #[arg(long, value_enum, default_value_t = ServeArg::Clusters)]
+    serve: ServeArg,
+    /// Address of the first child; child i listens on the same IP at port + i.
+    #[arg(long, default_value = "127.0.0.1:7600")]
+    listen: SocketAddr,
+    /// Generation interval: use the fleet's.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    interval: Duration,
+    /// Seal this long past each interval boundary (before the parents' offset).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    offset: Duration,
+    /// Link compression of the frames sent.
+    #[arg(long, value_enum, default_value_t = CodecArg::Zstd)]
+    compression: CodecArg,
+    /// The table schemas to publish.
+    #[arg(long, default_value = "schemas")]
+    schemas: PathBuf,
+    /// Compute threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Write the children's addresses here as `children = [...]` (TOML) for the parents.
+    #[arg(long)]
+    children_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ServeArg {
+    Machines,
+    Clusters,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CodecArg {
+    None,
+    Lz4,
+    Zstd,
+}
+
+/// Runs `queryd simulate` until the process is stopped.
+fn simulate(args: &SimulateArgs) -> ExitCode {
+    let cfg = StandaloneConfig {
+        fleet: SimulateConfig {
+            machines: args.machines,
+            clusters: args.clusters,
+            churn: args.churn,
+            seed: args.seed,
+            ..SimulateConfig::default()
+        },
+        serve: match args.serve {
+            ServeArg::Machines => Serve::Machines,
+            ServeArg::Clusters => Serve::Clusters,
+        },
+        listen: args.listen,
+        generation: GenerationConfig {
+            interval: args.interval,
+            offset: args.offset,
+        },
+        compression: match args.compression {
+            CodecArg::None => Codec::None,
+            CodecArg::Lz4 => Codec::Lz4,
+            CodecArg::Zstd => Codec::Zstd,
+        },
+        schemas: args.schemas.clone(),
+        threads: args.threads,
+    };
+    let children_file = args.children_file.clone();
+    let result = actix_web::rt::System::new().block_on(async move {
+        let children = start_standalone(&cfg).map_err(|e| (2, e.to_string()))?;
+        if let Some(path) = children_file {
+            write_children_file(&path, &children)
+                .map_err(|e| (1, format!("writing {}: {e}", path.display())))?;
+        }
+        println!(
+            "simulating {} machines as {} children on {} to {}",
+            children.iter().map(|c| c.machines).sum::<u64>(),
+            children.len(),
+            children.first().map(|c| c.addr.as_str()).unwrap_or("-"),
+            children.last().map(|c| c.addr.as_str()).unwrap_or("-"),
+        );
+        // Serves until the process is stopped.
+        std::future::pending::<()>().await;
+        Ok::<(), (u8, String)>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, e)) => {
+            eprintln!("queryd simulate: {e}");
+            ExitCode::from(code)
+        }
+    }
 }
 
 fn load(
@@ -147,6 +262,7 @@ fn main() -> ExitCode {
             }
             cfg
         }),
+        Role::Simulate(args) => return simulate(args),
         Role::CheckConfig { config } => {
             return match NodeConfig::load(config) {
                 Ok(_) => {
