@@ -40,6 +40,7 @@ bench: bench-venv
 	$(CARGO) bench -p query-integration --bench sql
 	$(CARGO) bench -p query-integration --bench link_codec
 	$(CARGO) bench -p query-integration --bench tla_merge
+	$(CARGO) bench -p query-integration --bench fleet
 	$(CARGO) bench -p query-integration --bench hierarchy
 
 ## DuckDB for the SQL benchmark's comparison, in a venv of its own (not needed otherwise).

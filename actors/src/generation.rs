@@ -61,6 +61,11 @@ impl GenTable {
     pub fn oldest_publish(&self) -> Option<SystemTime> {
         self.sources().map(|s| s.published_at).min()
     }
+
+    /// Publish time of the newest source: how fresh the freshest rows are.
+    pub fn newest_publish(&self) -> Option<SystemTime> {
+        self.sources().map(|s| s.published_at).max()
+    }
 }
 
 #[derive(Debug)]

@@ -28,39 +28,13 @@ use query_actors::edge::LocalPublisher;
 use query_actors::generation::{Generation, GenerationBuilder};
 use query_actors::sql::{load_views, QueryLimits, Snapshot, ViewsFile};
 use query_actors::static_tables::{StaticCatalog, StaticLoader};
-use query_integration::bench::{env_f64, simulator, write_bench_section};
+use query_integration::bench::{env_f64, parse_queries, simulator, write_bench_section};
 use query_integration::repo;
 use serde_json::{json, Value};
 
 /// Relative tolerance when comparing floating-point answers.
 const FLOAT_TOLERANCE: f64 = 1e-6;
 
-/// `(name, sql)` per `-- name: <name>` block of the queries file; `-- duckdb:` blocks are
-/// DuckDB's alternatives and are skipped here.
-fn parse_queries(text: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    let mut ours = false;
-    for line in text.lines() {
-        let t = line.trim();
-        if let Some(name) = t.strip_prefix("-- name:") {
-            out.push((name.trim().to_string(), String::new()));
-            ours = true;
-        } else if t.starts_with("-- duckdb:") {
-            ours = false;
-        } else if ours {
-            if let Some((_, sql)) = out.last_mut() {
-                sql.push_str(line);
-                sql.push('\n');
-            }
-        }
-    }
-    for (_, sql) in &mut out {
-        *sql = sql.trim().trim_end_matches(';').trim().to_string();
-    }
-    out
-}
-
-/// Seals one generation of a simulated fleet of `machines` machines, 50 per cluster.
 fn fleet_generation(machines: usize) -> Arc<Generation> {
     let mut sim = simulator(machines, 50);
     let now = SystemTime::now();

@@ -36,6 +36,32 @@ pub fn human_bytes(b: f64) -> String {
     }
 }
 
+/// `(name, sql)` per `-- name: <name>` block of the queries file; `-- duckdb:` blocks are
+/// DuckDB's alternatives and are skipped here.
+pub fn parse_queries(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut ours = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("-- name:") {
+            out.push((name.trim().to_string(), String::new()));
+            ours = true;
+        } else if t.starts_with("-- duckdb:") {
+            ours = false;
+        } else if ours {
+            if let Some((_, sql)) = out.last_mut() {
+                sql.push_str(line);
+                sql.push('\n');
+            }
+        }
+    }
+    for (_, sql) in &mut out {
+        *sql = sql.trim().trim_end_matches(';').trim().to_string();
+    }
+    out
+}
+
+/// Seals one generation of a simulated fleet of `machines` machines, 50 per cluster.
 /// A process's CPU time so far and its memory, from /proc (zeros if it is gone).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcUsage {

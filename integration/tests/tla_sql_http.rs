@@ -67,7 +67,14 @@ fn answers_sql_in_every_body_form_and_format() {
             (Some("sys"), Some("published"))
         );
         assert_eq!(sys["sources"], 201);
-        assert!(sys["oldest_source_age_ms"].is_u64());
+        let (oldest, newest) = (
+            sys["oldest_source_age_ms"].as_u64(),
+            sys["newest_source_age_ms"].as_u64(),
+        );
+        assert!(
+            matches!((oldest, newest), (Some(o), Some(n)) if n <= o),
+            "the newest source is no older than the oldest: {sys}"
+        );
     }
 
     let (status, csv) = node.post_text(

@@ -49,6 +49,9 @@ pub struct TableUse {
     /// Publish time of the oldest source, for published tables.
     #[serde(skip)]
     pub oldest_publish: Option<SystemTime>,
+    /// Publish time of the newest source, for published tables.
+    #[serde(skip)]
+    pub newest_publish: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone)]
@@ -259,6 +262,7 @@ impl Snapshot {
                 rows: Some(t.rows()),
                 sources: t.source_count(),
                 oldest_publish: t.oldest_publish(),
+                newest_publish: t.newest_publish(),
             })
             .collect();
         for (name, t) in &self.statics.tables {
@@ -269,6 +273,7 @@ impl Snapshot {
                     rows: Some(t.batch.num_rows()),
                     sources: 1,
                     oldest_publish: Some(t.loaded_at),
+                    newest_publish: Some(t.loaded_at),
                 });
             }
         }
@@ -279,6 +284,7 @@ impl Snapshot {
                 rows: v.cached_rows(),
                 sources: 0,
                 oldest_publish: None,
+                newest_publish: None,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

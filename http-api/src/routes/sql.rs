@@ -126,6 +126,7 @@ fn respond(answer: Answer, format: &str) -> Result<HttpResponse, ApiError> {
                         "rows": t.rows,
                         "sources": t.sources,
                         "oldest_source_age_ms": age_ms(t.oldest_publish, now),
+                        "newest_source_age_ms": age_ms(t.newest_publish, now),
                     })
                 })
                 .collect();

@@ -1,0 +1,391 @@
+//! The production path at fleet scale, as release processes on loopback: `queryd simulate`
+//! serving C simulated clusters of 70 machines (what C cluster proxies would send) over TCP
+//! → a `queryd tla` → a `queryd sql` node. For each fleet size (1,000, 10,000 and 70,000
+//! machines at `BENCH_SCALE` 1):
+//!
+//! - data latency: for each new generation at the SQL node (a poller asks every 50 ms),
+//!   the age of the newest source of `sys` in the first answer from it: the time from the
+//!   freshest publish to the answer showing it;
+//! - CPU and memory of the three processes over the measured generations, and the bytes per
+//!   generation on the TLA's links (`query_links`);
+//! - throughput: 16 concurrent HTTP clients running the SQL benchmark's queries
+//!   (`bench/queries.sql`) in turn against the SQL node: queries/s, p50/p99 latency.
+//!
+//! `BENCH_SCALE` (default 1.0) scales the fleets; `BENCH_SECONDS` (default 20) is the
+//! throughput run per fleet.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use query_integration::bench::{
+    env_f64, human_bytes, parse_queries, percentile, proc_usage, write_bench_section,
+};
+use query_integration::fleet::{free_port, toml_list};
+use query_integration::{repo, Node, Simulator, Workspace};
+use serde_json::Value;
+
+const PER_CLUSTER: usize = 70;
+const CLIENTS: usize = 16;
+/// New generations measured at the SQL node per fleet.
+const GENERATIONS: usize = 5;
+const POLL: Duration = Duration::from_millis(50);
+/// Tables the SQL node (and the TLA) prewarm: every simulated one.
+const TABLES: [&str; 6] = [
+    "sys",
+    "processes",
+    "filesystem",
+    "network_interfaces",
+    "machinerole",
+    "load_info",
+];
+
+/// The generation interval for a fleet: long enough for the simulator, the TLA and the
+/// SQL node, which share this machine's cores, to do a round's work.
+fn interval_for(machines: usize) -> Duration {
+    match machines {
+        0..=2_000 => Duration::from_secs(2),
+        2_001..=20_000 => Duration::from_secs(5),
+        _ => Duration::from_secs(20),
+    }
+}
+
+struct FleetRun {
+    machines: usize,
+    clusters: usize,
+    interval: Duration,
+    startup: f64,
+    /// Newest-source age at the first answer of each new generation, ms.
+    latencies: Vec<f64>,
+    /// (role, CPU cores over the window, RSS MiB).
+    usage: Vec<(&'static str, f64, f64)>,
+    /// Bytes of the TLA's links, summed over its clusters: the last full copy and the mean
+    /// of the other frames; to the SQL node: the last full copy and the last frame.
+    cluster_full: f64,
+    cluster_frame: f64,
+    sql_full: f64,
+    sql_frame: f64,
+    throughput: Throughput,
+}
+
+#[derive(Default)]
+struct Throughput {
+    queries: usize,
+    errors: usize,
+    seconds: f64,
+    /// Latency per query name, ms, sorted.
+    per_query: BTreeMap<String, Vec<f64>>,
+    all: Vec<f64>,
+}
+
+fn write(ws: &Workspace, name: &str, text: &str) -> String {
+    let path = ws.path(name);
+    std::fs::write(&path, text).expect("write config");
+    path.to_str().expect("utf8 path").to_string()
+}
+
+fn start(role: &str, config: &str) -> Node {
+    Node::start(&[role, "--config", config, "--listen", "127.0.0.1:0"])
+}
+
+fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, String)]) -> FleetRun {
+    let clusters = machines.div_ceil(PER_CLUSTER);
+    let interval = interval_for(machines);
+    let ms = interval.as_millis() as u64;
+    let started = Instant::now();
+    let sim = Simulator::start(&[
+        "--machines",
+        &machines.to_string(),
+        "--clusters",
+        &clusters.to_string(),
+        "--serve",
+        "clusters",
+        "--listen",
+        &format!("127.0.{block}.1:20000"),
+        "--interval",
+        &format!("{ms}ms"),
+        "--offset",
+        "0ms",
+    ]);
+    let ws = Workspace::new();
+    let paths = "[paths]\nschemas = \"schemas\"\nstatic_tables = \"static-tables/index.toml\"\nviews = \"views.toml\"\n";
+    std::fs::write(
+        ws.path("prewarm.toml"),
+        format!("tables = {}\n", toml_list(&TABLES.map(String::from))),
+    )
+    .expect("prewarm");
+    let tla_ip = format!("127.0.{block}.5");
+    let tla_link = format!("{tla_ip}:{}", free_port(&tla_ip));
+    let common = |ip: &str, tenths: u64| {
+        format!(
+            "{paths}\n[node]\nmachine_ip = \"{ip}\"\ncluster = \"top\"\n\n[generation]\ninterval = \"{ms}ms\"\noffset = \"{}ms\"\n\n[host]\nenabled = false\n",
+            ms * tenths / 10
+        )
+    };
+    let drop_after = format!("{}ms", ms * 4);
+    let tla_cfg = write(
+        &ws,
+        "tla.toml",
+        &format!(
+            "{}\n[link]\nlisten = \"{tla_link}\"\nchildren = {}\ndrop_after = \"{drop_after}\"\n\n[requests]\nprewarm = \"prewarm.toml\"\n",
+            common(&tla_ip, 3),
+            toml_list(&sim.children)
+        ),
+    );
+    let sql_cfg = write(
+        &ws,
+        "sql.toml",
+        &format!(
+            "{}\n[link]\nchildren = [\"{tla_link}\"]\ndrop_after = \"{drop_after}\"\n\n[requests]\nprewarm = \"prewarm.toml\"\nwait = \"600s\"\n",
+            common(&format!("127.0.{block}.6"), 6)
+        ),
+    );
+    let tla = start("tla", &tla_cfg);
+    let sql = start("sql", &sql_cfg);
+    sql.eventually(
+        Duration::from_secs(900),
+        "every machine at the SQL node",
+        || {
+            let h = sql.get_json("/health");
+            (h["machines"] == machines as u64).then_some(())
+        },
+    );
+    let startup = started.elapsed().as_secs_f64();
+    eprintln!("fleet: {machines} machines up after {startup:.0} s");
+
+    // Data latency over GENERATIONS new generations.
+    let pids = [
+        ("simulate", sim.pid()),
+        ("tla", tla.pid()),
+        ("sql", sql.pid()),
+    ];
+    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| proc_usage(*p).cpu_s).collect();
+    let window = Instant::now();
+    let mut latencies = Vec::new();
+    let mut last_id = None;
+    let deadline = Instant::now() + interval * (GENERATIONS as u32 + 3);
+    while latencies.len() < GENERATIONS && Instant::now() < deadline {
+        let (status, a) = sql.sql("SELECT COUNT(*) FROM sys");
+        if status == 200 {
+            let id = a["generation"]["id"].as_u64();
+            if last_id.is_some() && id != last_id {
+                if let Some(age) = a["tables"][0]["newest_source_age_ms"].as_f64() {
+                    latencies.push(age);
+                }
+            }
+            last_id = id;
+        }
+        std::thread::sleep(POLL);
+    }
+    let elapsed = window.elapsed().as_secs_f64();
+    let usage = pids
+        .iter()
+        .zip(cpu0)
+        .map(|((role, pid), c0)| {
+            let u = proc_usage(*pid);
+            (*role, (u.cpu_s - c0) / elapsed, u.rss_mib)
+        })
+        .collect();
+
+    // Link bytes, from the TLA's ends (queried once: query_links then travels the links).
+    let (status, links) = sql.sql(
+        "SELECT direction, SUM(last_full_frame_bytes), \
+         SUM(CASE WHEN frames > 1 THEN (bytes - last_full_frame_bytes) / (frames - 1) END), \
+         SUM(last_frame_bytes) \
+         FROM query_links WHERE node LIKE 'tla@%' GROUP BY direction",
+    );
+    let (mut cluster_full, mut cluster_frame, mut sql_full, mut sql_frame) = (0.0, 0.0, 0.0, 0.0);
+    if status == 200 {
+        for r in links["rows"].as_array().into_iter().flatten() {
+            let f = |i: usize| r[i].as_f64().unwrap_or(f64::NAN);
+            match r[0].as_str() {
+                Some("child") => (cluster_full, cluster_frame) = (f(1), f(2)),
+                Some("parent") => (sql_full, sql_frame) = (f(1), f(3)),
+                _ => {}
+            }
+        }
+    } else {
+        eprintln!("fleet: query_links: {links}");
+    }
+
+    let throughput = load(&sql, queries, seconds);
+    eprintln!(
+        "fleet: {machines} machines: {:.1} queries/s",
+        throughput.queries as f64 / throughput.seconds
+    );
+    latencies.sort_by(f64::total_cmp);
+    FleetRun {
+        machines,
+        clusters,
+        interval,
+        startup,
+        latencies,
+        usage,
+        cluster_full,
+        cluster_frame,
+        sql_full,
+        sql_frame,
+        throughput,
+    }
+}
+
+/// `CLIENTS` threads posting `queries` in turn (each thread starting at its own) for
+/// `seconds`.
+fn load(sql: &Node, queries: &[(String, String)], seconds: f64) -> Throughput {
+    let url = sql.url("/sql");
+    let stop = Arc::new(AtomicBool::new(false));
+    let results = Arc::new(Mutex::new(Throughput::default()));
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for c in 0..CLIENTS {
+            let (url, stop, results) = (&url, stop.clone(), results.clone());
+            s.spawn(move || {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(120))
+                    .build();
+                let mut i = c;
+                let mut mine: Vec<(usize, f64, bool)> = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let q = i % queries.len();
+                    let t = Instant::now();
+                    let ok = agent
+                        .post(url)
+                        .set("Content-Type", "text/plain")
+                        .send_string(&queries[q].1)
+                        .ok()
+                        .and_then(|r| r.into_json::<Value>().ok())
+                        .is_some();
+                    mine.push((q, t.elapsed().as_secs_f64() * 1000.0, ok));
+                    i += 1;
+                }
+                let mut r = results.lock().unwrap_or_else(|p| p.into_inner());
+                for (q, ms, ok) in mine {
+                    if ok {
+                        r.queries += 1;
+                        r.all.push(ms);
+                        r.per_query
+                            .entry(queries[q].0.clone())
+                            .or_default()
+                            .push(ms);
+                    } else {
+                        r.errors += 1;
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let mut r = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+    r.seconds = started.elapsed().as_secs_f64();
+    r.all.sort_by(f64::total_cmp);
+    for v in r.per_query.values_mut() {
+        v.sort_by(f64::total_cmp);
+    }
+    r
+}
+
+fn main() {
+    let scale = env_f64("BENCH_SCALE", 1.0).clamp(0.001, 1.0);
+    let seconds = env_f64("BENCH_SECONDS", 20.0).max(5.0);
+    let text = std::fs::read_to_string(repo().join("bench/queries.sql")).expect("queries");
+    let queries = parse_queries(&text);
+    let sizes: Vec<usize> = [1_000.0, 10_000.0, 70_000.0]
+        .iter()
+        .map(|m| ((m * scale) as usize).max(PER_CLUSTER))
+        .collect();
+    let bench_started = Instant::now();
+    let runs: Vec<FleetRun> = sizes
+        .iter()
+        .zip(80u8..)
+        .map(|(&m, block)| run_fleet(m, block, seconds, &queries))
+        .collect();
+
+    let mut body = format!(
+        "## Fleet: `queryd simulate` → TLA → SQL node, release processes on loopback\n\n\
+         `queryd simulate --serve clusters` serves the fleet as its cluster proxies would \
+         (70 machines per cluster, one part per machine, 20% of machines changing each \
+         generation, zstd) over TCP to a `queryd tla`, which serves a `queryd sql` node; both \
+         prewarm every simulated table. Seals at 0% (simulator), 30% (TLA) and 60% (SQL node) \
+         of the interval. All three processes, the poller and the clients share the \
+         machine's cores.\n\n\
+         *Data latency*: for {GENERATIONS} new generations at the SQL node, the age of the \
+         newest `sys` source in the first answer from it (a poller asks every {} ms): \
+         publish → visible. The schedule alone accounts for 60% of the interval. *Throughput*: \
+         {CLIENTS} concurrent HTTP clients run the {} queries of `bench/queries.sql` in turn \
+         for {seconds:.0} s.\n\n\
+         | machines | clusters | interval | up after | latency p50 | latency p99 | TLA CPU | SQL node CPU | simulator CPU | RSS TLA / SQL node | clusters → TLA per generation, full / later | TLA → SQL node, full / later | queries/s | query p50 | query p99 | failed |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        POLL.as_millis(),
+        queries.len()
+    );
+    for r in &runs {
+        let u = |role: &str| {
+            r.usage
+                .iter()
+                .find(|(n, _, _)| *n == role)
+                .map(|(_, c, m)| (*c, *m))
+                .unwrap_or_default()
+        };
+        let t = &r.throughput;
+        body.push_str(&format!(
+            "| {} | {} | {} s | {:.0} s | {:.0} ms | {:.0} ms | {:.2} cores | {:.2} cores | {:.2} cores | {:.0} / {:.0} MiB | {} / {} | {} / {} | {:.1} | {:.0} ms | {:.0} ms | {} |\n",
+            r.machines,
+            r.clusters,
+            r.interval.as_secs(),
+            r.startup,
+            percentile(&r.latencies, 0.5),
+            percentile(&r.latencies, 0.99),
+            u("tla").0,
+            u("sql").0,
+            u("simulate").0,
+            u("tla").1,
+            u("sql").1,
+            human_bytes(r.cluster_full),
+            human_bytes(r.cluster_frame),
+            human_bytes(r.sql_full),
+            human_bytes(r.sql_frame),
+            t.queries as f64 / t.seconds,
+            percentile(&t.all, 0.5),
+            percentile(&t.all, 0.99),
+            t.errors,
+        ));
+    }
+    body.push_str("\nMedian ms per query under that load:\n\n| query |");
+    for r in &runs {
+        body.push_str(&format!(" {} machines |", r.machines));
+    }
+    body.push_str("\n|---|");
+    for _ in &runs {
+        body.push_str("---:|");
+    }
+    body.push('\n');
+    for (name, _) in &queries {
+        body.push_str(&format!("| {name} |"));
+        for r in &runs {
+            let v = r
+                .throughput
+                .per_query
+                .get(name)
+                .map(|v| percentile(v, 0.5))
+                .unwrap_or(f64::NAN);
+            body.push_str(&format!(" {v:.0} |"));
+        }
+        body.push('\n');
+    }
+    body.push_str(&format!(
+        "\nWhole benchmark: {:.0} s.",
+        bench_started.elapsed().as_secs_f64()
+    ));
+    let command = if scale == 1.0 {
+        "make bench".to_string()
+    } else {
+        format!("BENCH_SCALE={scale} cargo bench -p query-integration --bench fleet")
+    };
+    if let Err(e) = write_bench_section("fleet", &command, &body) {
+        eprintln!("fleet: cannot write BENCHMARKS.md: {e}");
+        std::process::exit(1);
+    }
+    println!("{body}");
+}
