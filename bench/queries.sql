@@ -84,9 +84,8 @@ GROUP BY cluster
 HAVING MAX(mem_pct) >= 50
 
 -- name: view_memory_histogram
--- Machines per 10% band of memory use (a view, integer division as bucketing). The band
--- is computed in a subquery: `GROUP BY (mem_pct / 10) * 10` with the same expression in
--- the SELECT list fails planning in Query (the division-by-zero rewrite renames it).
+-- Machines per 10% band of memory use (a view, integer division as bucketing), the band
+-- computed in a subquery.
 SELECT band, COUNT(*) AS machines
 FROM (SELECT (mem_pct / 10) * 10 AS band FROM machine_memory) m
 GROUP BY band

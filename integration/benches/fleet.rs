@@ -31,6 +31,8 @@ const CLIENTS: usize = 16;
 /// New generations measured at the SQL node per fleet.
 const GENERATIONS: usize = 5;
 const POLL: Duration = Duration::from_millis(50);
+/// Timed runs per query with no other client (after one warm-up).
+const ALONE_RUNS: usize = 3;
 /// Tables the SQL node (and the TLA) prewarm: every simulated one.
 const TABLES: [&str; 6] = [
     "sys",
@@ -66,6 +68,8 @@ struct FleetRun {
     cluster_frame: f64,
     sql_full: f64,
     sql_frame: f64,
+    /// Median ms per query through HTTP with no other client.
+    alone: BTreeMap<String, f64>,
     throughput: Throughput,
 }
 
@@ -209,6 +213,22 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
         eprintln!("fleet: query_links: {links}");
     }
 
+    let alone = queries
+        .iter()
+        .map(|(name, q)| {
+            let mut times: Vec<f64> = (0..=ALONE_RUNS)
+                .map(|_| {
+                    let t = Instant::now();
+                    let (status, answer) = sql.sql(q);
+                    assert_eq!(status, 200, "{name}: {answer}");
+                    t.elapsed().as_secs_f64() * 1000.0
+                })
+                .skip(1)
+                .collect();
+            times.sort_by(f64::total_cmp);
+            (name.clone(), percentile(&times, 0.5))
+        })
+        .collect();
     let throughput = load(&sql, queries, seconds);
     eprintln!(
         "fleet: {machines} machines: {:.1} queries/s",
@@ -226,6 +246,7 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
         cluster_frame,
         sql_full,
         sql_frame,
+        alone,
         throughput,
     }
 }
@@ -352,7 +373,10 @@ fn main() {
             t.errors,
         ));
     }
-    body.push_str("\nMedian ms per query under that load:\n\n| query |");
+    body.push_str(&format!(
+        "\nMedian ms per query through HTTP, alone (one client, {ALONE_RUNS} runs after a warm-up) / \
+         under the {CLIENTS}-client load:\n\n| query |"
+    ));
     for r in &runs {
         body.push_str(&format!(" {} machines |", r.machines));
     }
@@ -364,13 +388,14 @@ fn main() {
     for (name, _) in &queries {
         body.push_str(&format!("| {name} |"));
         for r in &runs {
-            let v = r
+            let loaded = r
                 .throughput
                 .per_query
                 .get(name)
                 .map(|v| percentile(v, 0.5))
                 .unwrap_or(f64::NAN);
-            body.push_str(&format!(" {v:.0} |"));
+            let alone = r.alone.get(name).copied().unwrap_or(f64::NAN);
+            body.push_str(&format!(" {alone:.0} / {loaded:.0} |"));
         }
         body.push('\n');
     }
