@@ -6,7 +6,8 @@
 //! - [`child_link`]: the actor that dials one child and keeps its link (reconnect, backoff,
 //!   restart counting).
 //! - [`parent_links`]: serving parents: each gets this node's generations as diffs.
-//! - [`requests`]: which tables are wanted (prewarm, parents' requests, queries with ttl).
+//! - [`requests`]: which tables are wanted: the book of [`table_request`] actors, one per
+//!   table (prewarm, parents' requests, queries with ttl).
 //! - [`transport`]: TCP, or in-process pipes for the one-process demo hierarchy.
 //! - [`messages`], [`config`].
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod messages;
 pub mod parent_links;
 pub mod requests;
+pub mod table_request;
 pub mod transport;
 
 pub use children::{ChildState, Children, Merged};

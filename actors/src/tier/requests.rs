@@ -1,17 +1,27 @@
-//! The request book: which tables this node wants from below, and why. A table is wanted
-//! when it is prewarmed (configuration), requested by a parent over its link, or used by a
-//! query on this node; a use keeps it requested for `request_ttl` after the last use, and
-//! a parent's requests outlive its connection by the same time (a parent reconnecting does
-//! not start cold). The union goes out on a watch channel: child links send it down as
-//! their request, an edge tells its publishers `want`.
+//! The request book: which tables this node wants from below. Each table asked for has its
+//! own actor ([`TableRequest`]) owning why it is wanted — prewarmed (configuration),
+//! requested by a parent over its link, or used by a query on this node — and until when: a
+//! use keeps it requested for `request_ttl` after the last use, and a parent's requests
+//! outlive its connection by the same time (a parent reconnecting does not start cold).
+//! The book starts those actors, turns prewarm edits, parent requests and query uses into
+//! messages to them, and publishes the union of the wanted tables on a watch channel: child
+//! links send it down as their request, an edge tells its publishers `want`.
+//!
+//! A message to the book is answered once every table it names has taken it in, so the
+//! union is up to date when a sender's `send(..).await` returns.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::watch;
 
 use super::messages::{ParentGone, ParentRequest, SetPrewarm, UseTables};
+use super::table_request::{Expired, Reason, TableRequest, TableState};
+
+/// Distinct tables a node keeps request actors for; names past this (a confused or hostile
+/// parent) are refused with a warning.
+pub const MAX_TABLES: usize = 4096;
 
 pub struct RequestBook {
     ttl: Duration,
@@ -19,10 +29,11 @@ pub struct RequestBook {
     fixed: BTreeSet<String>,
     /// The prewarm file's list, replaced on each edit.
     prewarm: BTreeSet<String>,
-    /// Per parent session: its tables, and since when it is gone (None while connected).
-    parents: BTreeMap<u64, (BTreeSet<String>, Option<Instant>)>,
-    /// Tables queries on this node used, with the last use.
-    uses: BTreeMap<String, Instant>,
+    /// Per parent session: what it requests now.
+    parents: BTreeMap<u64, BTreeSet<String>>,
+    tables: BTreeMap<String, Addr<TableRequest>>,
+    /// Each table's last known state (newest version wins).
+    states: BTreeMap<String, TableState>,
     tx: watch::Sender<BTreeSet<String>>,
 }
 
@@ -32,37 +43,104 @@ impl RequestBook {
         fixed: BTreeSet<String>,
         prewarm: BTreeSet<String>,
     ) -> (Self, watch::Receiver<BTreeSet<String>>) {
-        let (tx, rx) = watch::channel(fixed.union(&prewarm).cloned().collect());
+        let initial: BTreeSet<String> = fixed.union(&prewarm).cloned().collect();
+        let (tx, rx) = watch::channel(initial.clone());
+        // Wanted from the start; their actors confirm it (version 1) once started.
+        let states = initial
+            .into_iter()
+            .map(|t| {
+                (
+                    t,
+                    TableState {
+                        wanted: true,
+                        version: 0,
+                    },
+                )
+            })
+            .collect();
         (
             RequestBook {
                 ttl,
                 fixed,
                 prewarm,
                 parents: BTreeMap::new(),
-                uses: BTreeMap::new(),
+                tables: BTreeMap::new(),
+                states,
                 tx,
             },
             rx,
         )
     }
 
-    /// Drops what has outlived the ttl and publishes the union if it changed.
-    fn refresh(&mut self, now: Instant) {
-        let ttl = self.ttl;
-        self.uses.retain(|table, last| {
-            let keep = now.saturating_duration_since(*last) < ttl;
-            if !keep {
-                tracing::info!(table, ?ttl, "table unused for its ttl; no longer requested");
-            }
-            keep
-        });
-        self.parents
-            .retain(|_, (_, gone)| gone.is_none_or(|g| now.saturating_duration_since(g) < ttl));
-        let mut wanted: BTreeSet<String> = self.fixed.union(&self.prewarm).cloned().collect();
-        wanted.extend(self.uses.keys().cloned());
-        for (tables, _) in self.parents.values() {
-            wanted.extend(tables.iter().cloned());
+    /// The actor of `table`, started on first mention (None past [`MAX_TABLES`]).
+    fn actor(&mut self, table: &str, ctx: &mut Context<Self>) -> Option<Addr<TableRequest>> {
+        if let Some(a) = self.tables.get(table) {
+            return Some(a.clone());
         }
+        if self.tables.len() >= MAX_TABLES {
+            tracing::warn!(
+                table,
+                limit = MAX_TABLES,
+                "too many distinct tables requested; ignoring this one"
+            );
+            return None;
+        }
+        let (name, ttl, book) = (table.to_string(), self.ttl, ctx.address().recipient());
+        let addr = Supervisor::start(move |_| TableRequest::new(name, ttl, book));
+        self.tables.insert(table.to_string(), addr.clone());
+        Some(addr)
+    }
+
+    /// Sends every reason to its table's actor; once all have answered, records their
+    /// states and publishes the union.
+    fn dispatch(
+        &mut self,
+        reasons: Vec<(String, Reason)>,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, ()> {
+        let sends: Vec<(String, Addr<TableRequest>, Reason)> = reasons
+            .into_iter()
+            .filter_map(|(t, r)| self.actor(&t, ctx).map(|a| (t, a, r)))
+            .collect();
+        let answers = async move {
+            let mut out = Vec::with_capacity(sends.len());
+            for (t, addr, r) in sends {
+                match addr.send(r).await {
+                    Ok(state) => out.push((t, state)),
+                    Err(e) => {
+                        tracing::error!(table = t, error = %e, "table request actor unreachable")
+                    }
+                }
+            }
+            out
+        };
+        Box::pin(
+            actix::fut::wrap_future::<_, Self>(answers).map(|answers, act, _| {
+                for (t, state) in answers {
+                    act.record(t, state);
+                }
+                act.publish();
+            }),
+        )
+    }
+
+    fn record(&mut self, table: String, state: TableState) {
+        match self.states.get(&table) {
+            Some(known) if known.version > state.version => {}
+            _ => {
+                self.states.insert(table, state);
+            }
+        }
+    }
+
+    /// Sends the union of the wanted tables if it changed.
+    fn publish(&mut self) {
+        let wanted: BTreeSet<String> = self
+            .states
+            .iter()
+            .filter(|(_, s)| s.wanted)
+            .map(|(t, _)| t.clone())
+            .collect();
         self.tx.send_if_modified(|w| {
             let changed = *w != wanted;
             if changed {
@@ -78,50 +156,102 @@ impl Actor for RequestBook {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Expiry needs no precision finer than a tenth of the ttl (at most a second).
-        let tick = (self.ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
-        ctx.run_interval(tick, |act, _| act.refresh(Instant::now()));
+        let mut reasons: Vec<(String, Reason)> = self
+            .fixed
+            .iter()
+            .map(|t| (t.clone(), Reason::Fixed))
+            .collect();
+        reasons.extend(
+            self.prewarm
+                .iter()
+                .map(|t| (t.clone(), Reason::Prewarm(true))),
+        );
+        // Before any other message: the configured tables' actors exist first.
+        let fut = self.dispatch(reasons, ctx);
+        ctx.wait(fut);
     }
 }
 
 impl Handler<UseTables> for RequestBook {
-    type Result = ();
-    fn handle(&mut self, msg: UseTables, _: &mut Context<Self>) {
-        let now = Instant::now();
-        for t in msg.0 {
-            self.uses.insert(t, now);
-        }
-        self.refresh(now);
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, msg: UseTables, ctx: &mut Context<Self>) -> Self::Result {
+        let reasons = msg.0.into_iter().map(|t| (t, Reason::Use)).collect();
+        self.dispatch(reasons, ctx)
     }
 }
 
 impl Handler<ParentRequest> for RequestBook {
-    type Result = ();
-    fn handle(&mut self, msg: ParentRequest, _: &mut Context<Self>) {
-        self.parents.insert(msg.session, (msg.tables, None));
-        self.refresh(Instant::now());
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, msg: ParentRequest, ctx: &mut Context<Self>) -> Self::Result {
+        let session = msg.session;
+        let old = self
+            .parents
+            .insert(session, msg.tables.clone())
+            .unwrap_or_default();
+        let mut reasons: Vec<(String, Reason)> = msg
+            .tables
+            .iter()
+            .map(|t| {
+                (
+                    t.clone(),
+                    Reason::Parent {
+                        session,
+                        wants: true,
+                    },
+                )
+            })
+            .collect();
+        reasons.extend(old.difference(&msg.tables).map(|t| {
+            (
+                t.clone(),
+                Reason::Parent {
+                    session,
+                    wants: false,
+                },
+            )
+        }));
+        self.dispatch(reasons, ctx)
     }
 }
 
 impl Handler<ParentGone> for RequestBook {
-    type Result = ();
-    fn handle(&mut self, msg: ParentGone, _: &mut Context<Self>) {
-        let now = Instant::now();
-        if let Some((_, gone)) = self.parents.get_mut(&msg.0) {
-            *gone = Some(now);
-        }
-        self.refresh(now);
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, msg: ParentGone, ctx: &mut Context<Self>) -> Self::Result {
+        let tables = self.parents.remove(&msg.0).unwrap_or_default();
+        let reasons = tables
+            .into_iter()
+            .map(|t| (t, Reason::ParentGone(msg.0)))
+            .collect();
+        self.dispatch(reasons, ctx)
     }
 }
 
 impl Handler<SetPrewarm> for RequestBook {
-    type Result = ();
-    fn handle(&mut self, msg: SetPrewarm, _: &mut Context<Self>) {
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, msg: SetPrewarm, ctx: &mut Context<Self>) -> Self::Result {
         if self.prewarm != msg.0 {
             tracing::info!(tables = ?msg.0, "prewarm list changed");
-            self.prewarm = msg.0;
         }
-        self.refresh(Instant::now());
+        let mut reasons: Vec<(String, Reason)> = msg
+            .0
+            .difference(&self.prewarm)
+            .map(|t| (t.clone(), Reason::Prewarm(true)))
+            .collect();
+        reasons.extend(
+            self.prewarm
+                .difference(&msg.0)
+                .map(|t| (t.clone(), Reason::Prewarm(false))),
+        );
+        self.prewarm = msg.0;
+        self.dispatch(reasons, ctx)
+    }
+}
+
+impl Handler<Expired> for RequestBook {
+    type Result = ();
+    fn handle(&mut self, msg: Expired, _: &mut Context<Self>) {
+        self.record(msg.table, msg.state);
+        self.publish();
     }
 }
 
@@ -179,6 +309,39 @@ mod tests {
             *rx.borrow(),
             set(&["sys"]),
             "an edit replaces the prewarm list"
+        );
+    }
+
+    #[actix::test]
+    async fn a_new_parent_request_replaces_the_old_and_fixed_tables_stay() {
+        let (book, rx) = RequestBook::new(
+            Duration::from_secs(60),
+            set(&["sys"]),
+            set(&["sys", "filesystem"]),
+        );
+        let addr = book.start();
+        let request = |tables: &[&str]| ParentRequest {
+            session: 7,
+            tables: set(tables),
+        };
+        addr.send(request(&["load_info", "processes"]))
+            .await
+            .expect("send");
+        assert_eq!(
+            *rx.borrow(),
+            set(&["sys", "filesystem", "load_info", "processes"])
+        );
+        addr.send(request(&["processes"])).await.expect("send");
+        assert_eq!(
+            *rx.borrow(),
+            set(&["sys", "filesystem", "processes"]),
+            "left out of the new request: no longer wanted by that parent"
+        );
+        addr.send(SetPrewarm(BTreeSet::new())).await.expect("send");
+        assert_eq!(
+            *rx.borrow(),
+            set(&["sys", "processes"]),
+            "sys is also in the node's own config"
         );
     }
 }
