@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use query_actors::simulate::TABLES;
 use query_integration::bench::{
     env_f64, human_bytes, parse_queries, percentile, proc_usage, write_bench_section,
 };
@@ -33,15 +34,6 @@ const GENERATIONS: usize = 5;
 const POLL: Duration = Duration::from_millis(50);
 /// Timed runs per query with no other client (after one warm-up).
 const ALONE_RUNS: usize = 3;
-/// Tables the SQL node (and the TLA) prewarm: every simulated one.
-const TABLES: [&str; 6] = [
-    "sys",
-    "processes",
-    "filesystem",
-    "network_interfaces",
-    "machinerole",
-    "load_info",
-];
 
 /// The generation interval for a fleet: long enough for the simulator, the TLA and the
 /// SQL node, which share this machine's cores, to do a round's work.
@@ -116,7 +108,10 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
     let paths = "[paths]\nschemas = \"schemas\"\nstatic_tables = \"static-tables/index.toml\"\nviews = \"views.toml\"\n";
     std::fs::write(
         ws.path("prewarm.toml"),
-        format!("tables = {}\n", toml_list(&TABLES.map(String::from))),
+        format!(
+            "tables = {}\n", // The SQL node and the TLA prewarm every simulated table.
+            toml_list(&TABLES.map(String::from))
+        ),
     )
     .expect("prewarm");
     let tla_ip = format!("127.0.{block}.5");

@@ -96,6 +96,20 @@ impl Default for Workspace {
     }
 }
 
+/// Starts `queryd <args>` from the repository root, its log in `dir/stderr.log`.
+fn spawn_queryd(args: &[&str], dir: &Path, stdout: Stdio) -> (Child, PathBuf) {
+    let stderr_log = dir.join("stderr.log");
+    let child = Command::new(queryd_bin())
+        .args(args)
+        .current_dir(repo())
+        .env("RUST_LOG", "info")
+        .stdout(stdout)
+        .stderr(std::fs::File::create(&stderr_log).expect("log file"))
+        .spawn()
+        .expect("start queryd");
+    (child, stderr_log)
+}
+
 /// A running `queryd simulate` (no HTTP): its children's link addresses; killed when
 /// dropped.
 pub struct Simulator {
@@ -111,19 +125,11 @@ impl Simulator {
     /// addresses to a file then).
     pub fn start(args: &[&str]) -> Simulator {
         let dir = tempfile::tempdir().expect("tempdir");
-        let stderr_log = dir.path().join("stderr.log");
         let file = dir.path().join("children.toml");
-        let mut child = Command::new(queryd_bin())
-            .arg("simulate")
-            .args(args)
-            .arg("--children-file")
-            .arg(&file)
-            .current_dir(repo())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_log).expect("log file"))
-            .spawn()
-            .expect("start queryd simulate");
+        let mut all = vec!["simulate"];
+        all.extend_from_slice(args);
+        all.extend(["--children-file", file.to_str().expect("utf8 path")]);
+        let (mut child, stderr_log) = spawn_queryd(&all, dir.path(), Stdio::null());
         let deadline = Instant::now() + Duration::from_secs(60);
         let text = loop {
             if let Ok(t) = std::fs::read_to_string(&file) {
@@ -178,15 +184,7 @@ impl Node {
     /// Starts `queryd <args>` and waits until it prints the address it listens on.
     pub fn start(args: &[&str]) -> Node {
         let logdir = tempfile::tempdir().expect("tempdir");
-        let stderr_log = logdir.path().join("stderr.log");
-        let mut child = Command::new(queryd_bin())
-            .args(args)
-            .current_dir(repo())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_log).expect("log file"))
-            .spawn()
-            .expect("start queryd");
+        let (mut child, stderr_log) = spawn_queryd(args, logdir.path(), Stdio::piped());
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

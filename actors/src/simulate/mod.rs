@@ -70,6 +70,16 @@ impl SimulateConfig {
     }
 }
 
+/// The tables a simulated machine publishes.
+pub const TABLES: [&str; 6] = [
+    "sys",
+    "processes",
+    "filesystem",
+    "network_interfaces",
+    "machinerole",
+    "load_info",
+];
+
 const PROCS: &[&str] = &[
     "systemd",
     "sshd",
