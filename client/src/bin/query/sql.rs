@@ -1,0 +1,282 @@
+//! Running SQL against a Query SQL node by name: every address of the name, in random
+//! order; the next address on a connection error or a 5xx; partition redirects followed
+//! (at most [`MAX_REDIRECTS`] hops).
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Partition redirects followed before giving up.
+pub const MAX_REDIRECTS: usize = 3;
+/// The SQL nodes' default HTTP port.
+pub const DEFAULT_PORT: u16 = 8080;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The node answered with a 4xx: the query is at fault (exit code 1).
+    #[error("{code}: {message}")]
+    Rejected { code: String, message: String },
+    /// No address of the name answered usefully (exit code 2).
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+impl SqlError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SqlError::Rejected { .. } => 1,
+            SqlError::Unreachable(_) => 2,
+        }
+    }
+}
+
+/// Where names are looked up: the system's resolver, or a given DNS server.
+pub struct Lookup {
+    dns: Option<SocketAddr>,
+}
+
+impl Lookup {
+    pub fn new(dns: Option<SocketAddr>) -> Self {
+        Lookup { dns }
+    }
+
+    /// Every address of `host` (`NAME`, `NAME:PORT`, `IP`, `IP:PORT`, `[V6]:PORT`).
+    pub fn resolve(&self, host: &str) -> Result<Vec<SocketAddr>, SqlError> {
+        let (name, port) = split_host(host)?;
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let ips: Vec<IpAddr> = match self.dns {
+            None => (name.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|e| SqlError::Unreachable(format!("cannot resolve {name}: {e}")))?
+                .map(|a| a.ip())
+                .collect(),
+            Some(server) => dns_lookup(&name, server)?,
+        };
+        if ips.is_empty() {
+            return Err(SqlError::Unreachable(format!("{name} has no addresses")));
+        }
+        Ok(ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect())
+    }
+}
+
+/// A/AAAA records of `name` from the DNS server at `server`.
+fn dns_lookup(name: &str, server: SocketAddr) -> Result<Vec<IpAddr>, SqlError> {
+    use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+    use hickory_resolver::name_server::TokioConnectionProvider;
+    use hickory_resolver::Resolver;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SqlError::Unreachable(format!("cannot start the resolver: {e}")))?;
+    let config = ResolverConfig::from_parts(
+        None,
+        vec![],
+        NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true),
+    );
+    let mut opts = ResolverOpts::default();
+    opts.timeout = Duration::from_secs(2);
+    opts.attempts = 2;
+    // A fully qualified name: no search domains.
+    let fqdn = if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    };
+    rt.block_on(async {
+        let resolver = Resolver::builder_with_config(config, TokioConnectionProvider::default())
+            .with_options(opts)
+            .build();
+        resolver
+            .lookup_ip(fqdn.as_str())
+            .await
+            .map(|l| l.iter().collect())
+            .map_err(|e| SqlError::Unreachable(format!("cannot resolve {name} at {server}: {e}")))
+    })
+}
+
+/// `host[:port]` → (host, port); brackets around an IPv6 address are removed.
+pub fn split_host(host: &str) -> Result<(String, u16), SqlError> {
+    let bad = || SqlError::Unreachable(format!("'{host}' is not HOST or HOST:PORT"));
+    if let Some(rest) = host.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if after.is_empty() => DEFAULT_PORT,
+            None => return Err(bad()),
+        };
+        return Ok((ip.to_string(), port));
+    }
+    match host.rsplit_once(':') {
+        // More than one colon and no brackets: a bare IPv6 address.
+        Some((h, _)) if h.contains(':') => Ok((host.to_string(), DEFAULT_PORT)),
+        Some((h, p)) => Ok((h.to_string(), p.parse().map_err(|_| bad())?)),
+        None if host.is_empty() => Err(bad()),
+        None => Ok((host.to_string(), DEFAULT_PORT)),
+    }
+}
+
+/// Shuffles `v` (Fisher-Yates) with randomness from the standard library's hasher keys:
+/// clients spread over a set's addresses without a random-number crate.
+fn shuffle<T>(v: &mut [T]) {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    for i in (1..v.len()).rev() {
+        h.write_usize(i);
+        let j = (h.finish() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
+
+/// A successful answer, and the address that gave it.
+pub struct Answered {
+    pub body: String,
+    pub from: SocketAddr,
+}
+
+pub struct SqlClient {
+    lookup: Lookup,
+    agent: ureq::Agent,
+}
+
+impl SqlClient {
+    pub fn new(lookup: Lookup, timeout: Duration) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(3))
+            .timeout(timeout)
+            .redirects(0)
+            .build();
+        SqlClient { lookup, agent }
+    }
+
+    /// Runs `sql` at `host`; `format` is the node's `?format=` (json, csv, ndjson).
+    pub fn run(&self, host: &str, sql: &str, format: &str) -> Result<Answered, SqlError> {
+        let mut host = host.to_string();
+        let mut failures = Vec::new();
+        for _hop in 0..=MAX_REDIRECTS {
+            let mut addrs = self.lookup.resolve(&host)?;
+            shuffle(&mut addrs);
+            let mut redirected = None;
+            for addr in addrs {
+                let url = format!("http://{addr}/sql?format={format}");
+                let r = self
+                    .agent
+                    .post(&url)
+                    .set("Content-Type", "text/plain")
+                    .send_string(sql);
+                match r {
+                    Ok(resp) => {
+                        let body = resp.into_string().map_err(|e| {
+                            SqlError::Unreachable(format!("{addr}: reading the answer: {e}"))
+                        })?;
+                        return Ok(Answered { body, from: addr });
+                    }
+                    Err(ureq::Error::Status(307, resp)) => {
+                        let location = resp.header("Location").map(str::to_string);
+                        let body: Value = resp.into_json().unwrap_or(Value::Null);
+                        let to = body["redirect"]["host"]
+                            .as_str()
+                            .map(str::to_string)
+                            .or(location.and_then(|l| host_of_url(&l)));
+                        match to {
+                            Some(to) => {
+                                redirected = Some(to);
+                                break;
+                            }
+                            None => failures.push(format!("{addr}: a redirect without a target")),
+                        }
+                    }
+                    Err(ureq::Error::Status(code, resp)) if code >= 500 => {
+                        let body: Value = resp.into_json().unwrap_or(Value::Null);
+                        failures.push(format!(
+                            "{addr}: {code} {}",
+                            body["error"]["message"].as_str().unwrap_or("")
+                        ));
+                    }
+                    Err(ureq::Error::Status(code, resp)) => {
+                        let body: Value = resp.into_json().unwrap_or(Value::Null);
+                        return Err(SqlError::Rejected {
+                            code: body["error"]["code"]
+                                .as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| code.to_string()),
+                            message: body["error"]["message"]
+                                .as_str()
+                                .unwrap_or("the node refused the query")
+                                .to_string(),
+                        });
+                    }
+                    Err(e) => failures.push(format!("{addr}: {e}")),
+                }
+            }
+            match redirected {
+                Some(to) => host = to,
+                None => {
+                    return Err(SqlError::Unreachable(format!(
+                        "no address of {host} answered: {}",
+                        failures.join("; ")
+                    )))
+                }
+            }
+        }
+        Err(SqlError::Unreachable(format!(
+            "more than {MAX_REDIRECTS} partition redirects, last to {host}"
+        )))
+    }
+}
+
+/// `http://host:port/path` → `host:port`.
+fn host_of_url(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let host = rest.split('/').next()?;
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_ports() {
+        assert_eq!(
+            split_host("sql.example").ok(),
+            Some(("sql.example".into(), 8080))
+        );
+        assert_eq!(
+            split_host("sql.example:9000").ok(),
+            Some(("sql.example".into(), 9000))
+        );
+        assert_eq!(split_host("[::1]:9000").ok(), Some(("::1".into(), 9000)));
+        assert_eq!(split_host("::1").ok(), Some(("::1".into(), 8080)));
+        assert!(split_host("sql.example:http").is_err());
+        assert!(split_host("").is_err());
+        assert_eq!(
+            host_of_url("http://b.example:8080/sql"),
+            Some("b.example:8080".into())
+        );
+    }
+
+    #[test]
+    fn shuffle_keeps_every_element() {
+        let mut v: Vec<u32> = (0..50).collect();
+        shuffle(&mut v);
+        let mut sorted = v.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn ips_resolve_without_dns() {
+        let l = Lookup::new(None);
+        assert_eq!(
+            l.resolve("127.0.0.9:81").ok(),
+            Some(vec!["127.0.0.9:81".parse().expect("addr")])
+        );
+    }
+}
