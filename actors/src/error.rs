@@ -53,6 +53,14 @@ pub enum QueryError {
         missing: Vec<String>,
         waited: Duration,
     },
+    /// The tables belong to another partition of this node's aggregator set: the client is
+    /// redirected there.
+    #[error("{} belong to partition '{partition}' of this aggregator set: ask {host}", tables.join(", "))]
+    OtherPartition {
+        partition: String,
+        host: String,
+        tables: Vec<String>,
+    },
     /// The node has no generation to answer from yet.
     #[error("no generation has been sealed yet; retry shortly")]
     NoGeneration,
@@ -74,6 +82,7 @@ impl QueryError {
             QueryError::Execution(_) => "execution_error",
             QueryError::Timeout(_) => "timeout",
             QueryError::NoGeneration => "no_generation",
+            QueryError::OtherPartition { .. } => "other_partition",
             QueryError::TablesNotReady { .. } => "tables_not_ready",
             QueryError::ResourcesExhausted(_) => "resources_exhausted",
             QueryError::Internal(_) => "internal",

@@ -11,6 +11,7 @@
 //! - [`tier`]: the hierarchy: child links, merging a round, serving parents, requests.
 //! - [`node`]: the actors of a node and the handle the HTTP layer uses.
 
+pub mod aggregator_sets;
 pub mod config;
 pub mod edge;
 pub mod error;

@@ -44,6 +44,8 @@ impl ResponseError for ApiError {
                 | QueryError::TablesNotReady { .. }
                 | QueryError::ResourcesExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
                 QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                // Not a failure: the answer is at another partition's nodes.
+                QueryError::OtherPartition { .. } => StatusCode::TEMPORARY_REDIRECT,
             },
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -57,9 +59,19 @@ impl ResponseError for ApiError {
         if status.is_server_error() {
             tracing::error!(code = self.code(), error = %self, "request failed");
         }
-        HttpResponse::build(status).json(serde_json::json!({
+        let mut body = serde_json::json!({
             "error": { "code": self.code(), "message": self.to_string() }
-        }))
+        });
+        let mut response = HttpResponse::build(status);
+        if let ApiError::Query(QueryError::OtherPartition {
+            partition, host, ..
+        }) = self
+        {
+            // 307 keeps the method and body: `curl -L` and `query` post the SQL again there.
+            response.insert_header(("Location", format!("http://{host}/sql")));
+            body["redirect"] = serde_json::json!({ "partition": partition, "host": host });
+        }
+        response.json(body)
     }
 }
 

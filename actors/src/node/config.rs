@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::aggregator_sets::AggregatorSetConfig;
 use crate::edge::config::EdgeConfig;
 use crate::error::{ConfigError, ConfigResult};
 use crate::simulate::SimulateConfig;
@@ -68,6 +69,8 @@ pub struct NodeConfig {
     pub link: LinkConfig,
     #[serde(default)]
     pub requests: RequestsConfig,
+    /// The aggregator set (and partition) this node serves, if any.
+    pub aggregator_set: Option<AggregatorSetConfig>,
     /// Set by the subcommand, not the file.
     #[serde(skip)]
     pub role: Role,
@@ -210,6 +213,9 @@ impl NodeConfig {
         if let Some(edge) = &mut self.edge {
             edge.resolve(base);
         }
+        if let Some(set) = &mut self.aggregator_set {
+            set.resolve(base);
+        }
     }
 
     pub fn validate(&self) -> ConfigResult<()> {
@@ -245,6 +251,9 @@ impl NodeConfig {
         }
         self.link.validate()?;
         self.requests.validate()?;
+        if let Some(set) = &self.aggregator_set {
+            set.load()?;
+        }
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
 use super::config::NodeConfig;
+use crate::aggregator_sets::Routing;
 use crate::error::QueryError;
 use crate::metrics::Metrics;
 use crate::sql::{referenced_tables, QueryLimits, QueryOutput, Snapshot, SqlPool};
@@ -38,6 +39,8 @@ pub struct NodeHandle {
     pub parents: Arc<ParentSessions>,
     /// How this node names itself (`role@address`).
     pub name: String,
+    /// Partition redirects, on a node of a partitioned aggregator set.
+    routing: Option<Routing>,
 }
 
 pub(super) struct Parts {
@@ -52,6 +55,7 @@ pub(super) struct Parts {
     pub children: Option<Arc<Children>>,
     pub parents: Arc<ParentSessions>,
     pub name: String,
+    pub routing: Option<Routing>,
 }
 
 /// A query's answer with the snapshot it was computed on.
@@ -75,6 +79,7 @@ impl NodeHandle {
             children: p.children,
             parents: p.parents,
             name: p.name,
+            routing: p.routing,
         }
     }
 
@@ -131,6 +136,10 @@ impl NodeHandle {
             .into_iter()
             .filter(|t| self.schemas.get(t).is_some())
             .collect();
+        if let Some(routing) = &self.routing {
+            // Another partition's tables are not fetched here: the client goes there.
+            routing.check(&needed)?;
+        }
         if needed.is_empty() {
             return snapshot.ok_or(QueryError::NoGeneration);
         }

@@ -26,6 +26,7 @@ use actix::Actor;
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
+use crate::aggregator_sets::Routing;
 use crate::edge::config::EdgeConfig;
 use crate::edge::file_drop::FileDropPublisher;
 use crate::edge::host::{HostIdentity, HostPublisher};
@@ -83,8 +84,28 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     };
     let mut fixed = extras.prewarm;
     if let Some(edge) = &config.edge {
-        fixed.extend(edge_prewarm(edge, &schemas)?);
+        fixed.extend(prewarm_list("[edge] prewarm", &edge.prewarm, &schemas)?);
     }
+    // An aggregator set's prewarm, and this node's partition's tables, always requested.
+    let routing = match &config.aggregator_set {
+        Some(a) => {
+            let (set, partition) = a.load()?;
+            fixed.extend(prewarm_list(
+                "aggregator set prewarm",
+                &set.prewarm,
+                &schemas,
+            )?);
+            if let Some(p) = &partition {
+                fixed.extend(prewarm_list(
+                    "aggregator set partition",
+                    &p.tables,
+                    &schemas,
+                )?);
+            }
+            Routing::new(&set, partition.as_ref())
+        }
+        None => None,
+    };
     let (book, wanted) = RequestBook::new(config.requests.request_ttl, fixed, prewarm);
     let book = book.start();
 
@@ -236,6 +257,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         children,
         parents: sessions,
         name,
+        routing,
     }))
 }
 
@@ -247,45 +269,36 @@ fn node_name(config: &NodeConfig) -> String {
     }
 }
 
-/// Reads `ops/prewarm.toml`. Every table must have a schema: a typo would otherwise be
-/// requested forever and never arrive.
+/// Reads `ops/prewarm.toml`.
 pub fn load_prewarm(
     path: &std::path::Path,
     schemas: &SchemaRegistry,
 ) -> Result<BTreeSet<String>, ConfigError> {
     let file: PrewarmFile = crate::config::read_toml(path)?;
+    prewarm_list(&path.display().to_string(), &file.tables, schemas)
+}
+
+/// A prewarm list checked against the schemas (`"*"`: every table). Every table must have
+/// a schema: a typo would otherwise be requested forever and never arrive.
+fn prewarm_list(
+    what: &str,
+    tables: &[String],
+    schemas: &SchemaRegistry,
+) -> Result<BTreeSet<String>, ConfigError> {
     let mut out = BTreeSet::new();
-    for t in file.tables {
+    for t in tables {
         if t == "*" {
             out.extend(schemas.iter().map(|d| d.name.clone()));
-        } else if schemas.get(&t).is_some() {
-            out.insert(t);
+        } else if schemas.get(t).is_some() {
+            out.insert(t.clone());
         } else {
             return Err(ConfigError::Invalid {
-                what: path.display().to_string(),
+                what: what.into(),
                 message: format!("prewarm table '{t}' has no schema"),
             });
         }
     }
     Ok(out)
-}
-
-fn edge_prewarm(
-    edge: &EdgeConfig,
-    schemas: &SchemaRegistry,
-) -> Result<BTreeSet<String>, ConfigError> {
-    if edge.prewarm.iter().any(|t| t == "*") {
-        return Ok(schemas.iter().map(|d| d.name.clone()).collect());
-    }
-    for t in &edge.prewarm {
-        if schemas.get(t).is_none() {
-            return Err(ConfigError::Invalid {
-                what: "[edge] prewarm".into(),
-                message: format!("no schema for '{t}'"),
-            });
-        }
-    }
-    Ok(edge.prewarm.iter().cloned().collect())
 }
 
 /// Opens the publish socket (and TCP listener) and returns the store publishers fill; the
