@@ -31,8 +31,7 @@ clusters = 4
         ),
     );
     node.eventually(Duration::from_secs(60), "all 200 machines", || {
-        (node.sql("SELECT COUNT(*) FROM sys").1["rows"] == serde_json::json!([[201]]))
-            .then_some(())
+        (node.sql("SELECT COUNT(*) FROM sys").1["rows"] == serde_json::json!([[201]])).then_some(())
     });
     node
 }

@@ -170,6 +170,11 @@ impl SqlClient {
                     .post(&url)
                     .set("Content-Type", "text/plain")
                     .send_string(sql);
+                // With redirects off, ureq hands 3xx answers back as Ok.
+                let r = match r {
+                    Ok(resp) if resp.status() == 307 => Err(ureq::Error::Status(307, resp)),
+                    other => other,
+                };
                 match r {
                     Ok(resp) => {
                         let body = resp.into_string().map_err(|e| {
