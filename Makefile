@@ -25,16 +25,21 @@ run-release:
 test: test-deps build
 	$(CARGO) test --workspace --no-fail-fast
 
-## Headless Chromium for the console test (Debian's package; no download of its own).
+## Headless Chromium for the console test, dnsmasq (a real DNS server on loopback) for the
+## aggregator-set test: Debian's packages, nothing downloaded on its own.
 test-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing chromium for the browser test"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	  || { echo "could not install chromium (run as root, or install it)"; exit 1; }; }
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v dnsmasq >/dev/null 2>&1 || test -x /usr/sbin/dnsmasq || missing="$$missing dnsmasq-base"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing for the tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	  || { echo "could not install$$missing (run as root, or install it)"; exit 1; }; \
+	fi
 
 ## Benchmarks (release build): figures go to BENCHMARKS.md with machine, date and commit.
 ## BENCH_SCALE=0.1 for a quick run.
-bench: bench-venv
+bench: bench-venv test-deps
 	$(CARGO) build --release -p query-http -p query-client --bins
 	$(CARGO) bench -p query-integration --bench edge_agent
 	$(CARGO) bench -p query-integration --bench sql
@@ -42,6 +47,7 @@ bench: bench-venv
 	$(CARGO) bench -p query-integration --bench tla_merge
 	$(CARGO) bench -p query-integration --bench fleet
 	$(CARGO) bench -p query-integration --bench hierarchy
+	$(CARGO) bench -p query-integration --bench failover
 
 ## DuckDB for the SQL benchmark's comparison, in a venv of its own (not needed otherwise).
 bench-venv:

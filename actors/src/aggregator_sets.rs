@@ -97,18 +97,11 @@ impl AggregatorSetConfig {
                         .join(", ")
                 ),
             })?;
-        let partition = match (&self.partition, set.partitions.is_empty()) {
-            (None, true) => None,
-            (None, false) => {
-                return Err(ConfigError::Invalid {
-                    what: "[aggregator_set] partition".into(),
-                    message: format!(
-                        "set '{}' is partitioned: name this node's partition",
-                        set.name
-                    ),
-                })
-            }
-            (Some(p), _) => Some(
+        // A TLA serves every partition and names none; a SQL node of a partitioned set
+        // must name its own (checked with the role, `NodeConfig::validate_role`).
+        let partition = match &self.partition {
+            None => None,
+            Some(p) => Some(
                 set.partitions
                     .iter()
                     .find(|x| &x.name == p)

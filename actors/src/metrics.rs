@@ -29,6 +29,8 @@ pub struct Metrics {
     pub config_errors: AtomicU64,
     /// Supervised actors (link sessions) restarted after a panic.
     pub actor_restarts: AtomicU64,
+    /// A SQL node's switches from one TLA to another.
+    pub tla_switches: AtomicU64,
     /// View computations since start, all generations.
     pub view_computations_total: Arc<AtomicU64>,
     /// HTTP responses by status code.
@@ -108,6 +110,12 @@ impl Metrics {
             "query_actor_restarts_total",
             "Supervised actors (link sessions) restarted after a panic.",
             load(&self.actor_restarts),
+        );
+        counter(
+            &mut out,
+            "query_tla_switches_total",
+            "Times this SQL node switched to another TLA.",
+            load(&self.tla_switches),
         );
         counter(
             &mut out,

@@ -2,6 +2,8 @@
 //! blocking client ([`Publisher`]) for processes that publish tables to their edge agent.
 //! Depends on serde only, so publishers stay light.
 
+#[cfg(feature = "dns")]
+pub mod dns;
 pub mod protocol;
 mod publisher;
 

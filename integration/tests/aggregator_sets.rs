@@ -106,3 +106,176 @@ fn another_partitions_table_is_a_redirect_the_client_follows() {
     let (status, body) = a.sql("SELECT COUNT(*) FROM network_interfaces");
     assert_eq!(status, 200, "{body}");
 }
+
+/// The whole set behind real DNS (dnsmasq): names re-resolved, 500 client queries while a
+/// SQL node is SIGKILLed, the TLA in use killed (answers go on, then the node switches),
+/// a TLA cut off from a cluster (its SQL nodes move to the TLA that sees more), a proxy
+/// killed (its TLAs use the cluster's other proxy), and a partition redirect.
+#[test]
+fn an_aggregator_set_rides_out_node_deaths_and_a_partition() {
+    use query_integration::set_fleet::{tla_link, SetFleet, MACHINES, SQL_PORT, TLAS};
+    use std::time::Instant;
+
+    let mut fleet = SetFleet::start();
+    let sql_name = format!("sql.main.test:{SQL_PORT}");
+    let count_sys = "SELECT COUNT(*) AS n FROM sys";
+
+    // Every SQL node found the only TLA the name had, and sees the whole fleet.
+    for s in 0..3 {
+        assert_eq!(
+            fleet.current_tla(s),
+            Some(tla_link(0)),
+            "{}",
+            fleet.health(s)
+        );
+    }
+
+    // Re-resolution: the second TLA joins the name; every SQL node learns it without a
+    // restart, and stays where it is (both see every cluster).
+    fleet.dns.set("tla.main.test", &TLAS);
+    for s in 0..3 {
+        let node = fleet.sql(s);
+        node.eventually(LIMIT, "the new TLA among the candidates", || {
+            let h = node.get_json("/health");
+            let c = h["tla"]["candidates"].as_array()?.clone();
+            (c.len() == 2 && c.iter().all(|c| c["clusters"] == 2)).then_some(())
+        });
+        assert_eq!(fleet.current_tla(s), Some(tla_link(0)));
+    }
+
+    // A table of the other partition: a node of `core` redirects, the client follows.
+    let (status, body) = fleet.sql(0).sql("SELECT COUNT(*) FROM processes");
+    assert_eq!(status, 307, "{body}");
+    assert_eq!(
+        body["redirect"]["host"],
+        format!("sql-procs.main.test:{SQL_PORT}"),
+        "{body}"
+    );
+    let (code, out, err) = fleet.query(
+        &sql_name,
+        "SELECT COUNT(DISTINCT machine_ip) AS machines FROM processes",
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), format!("machines\n{MACHINES}"), "{err}");
+
+    // 500 queries through the set's name while SQL node 1 is SIGKILLed: none fails.
+    let victim = fleet.sqls[0].take();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let t0 = Instant::now();
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..125 {
+                    let (code, out, err) = fleet.query(&sql_name, count_sys);
+                    if code != Some(0) || out.trim() != format!("n\n{MACHINES}") {
+                        failures
+                            .lock()
+                            .expect("lock")
+                            .push(format!("{code:?}: {out}{err}"));
+                    }
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+        while done.load(std::sync::atomic::Ordering::SeqCst) < 100 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(victim); // SIGKILL
+        eprintln!(
+            "SQL node 1 killed after {} of 500 queries",
+            done.load(std::sync::atomic::Ordering::SeqCst)
+        );
+    });
+    eprintln!("500 queries in {:?}", t0.elapsed());
+    let failures = failures.into_inner().expect("lock");
+    assert!(
+        failures.is_empty(),
+        "{} of 500 failed: {failures:?}",
+        failures.len()
+    );
+
+    // The TLA SQL node 2 uses is killed: it keeps answering from its last generation
+    // (older and older), then switches to the other TLA and is fresh again.
+    let killed = fleet.tlas.iter().position(|t| t.is_some()).expect("a TLA");
+    assert_eq!(fleet.current_tla(1), Some(tla_link(killed)));
+    let other = tla_link(1 - killed);
+    let t0 = Instant::now();
+    drop(fleet.tlas[killed].take());
+    let mut stale_answers = 0;
+    let switched = fleet
+        .sql(1)
+        .eventually(LIMIT, "the switch to the other TLA", || {
+            let (status, body) = fleet.sql(1).sql(count_sys);
+            assert_eq!(status, 200, "answers go on while the TLA is gone: {body}");
+            assert_eq!(body["rows"][0][0], MACHINES as u64, "{body}");
+            if body["generation"]["age_ms"]
+                .as_u64()
+                .is_some_and(|a| a > 1000)
+            {
+                stale_answers += 1;
+            }
+            (fleet.current_tla(1) == Some(other.clone())).then(|| t0.elapsed())
+        });
+    let h = fleet.health(1);
+    assert!(h["tla"]["switches"].as_u64() >= Some(1), "{h}");
+    fleet.until_all_machines(1, LIMIT);
+    eprintln!("TLA killed: switched after {switched:?} ({stale_answers} answers from the old generation meanwhile)");
+
+    // Bring the dead TLA back; SQL nodes stay where they are (equal clusters).
+    fleet.tlas[killed] = Some(fleet.start_tla(killed));
+    fleet
+        .sql(1)
+        .eventually(LIMIT, "the restarted TLA seen again", || {
+            let h = fleet.health(1);
+            let c = h["tla"]["candidates"].as_array()?.clone();
+            c.iter()
+                .all(|c| c["clusters"] == 2 && c["failed_probes"] == 0)
+                .then_some(())
+        });
+    assert_eq!(fleet.current_tla(1), Some(other.clone()));
+
+    // The TLA in use is cut off from cluster 2 (its relays to that cluster's proxies
+    // break): it advertises one cluster, and the SQL nodes move to the one that sees two.
+    let cut = 1 - killed;
+    let t0 = Instant::now();
+    for r in &fleet.relays[cut] {
+        r.cut();
+    }
+    for s in 1..3 {
+        let node = fleet.sql(s);
+        let took = node.eventually(LIMIT, "the move to the TLA seeing more clusters", || {
+            (fleet.current_tla(s) == Some(tla_link(killed))).then(|| t0.elapsed())
+        });
+        eprintln!("TLA cut off from a cluster: SQL node {s} switched after {took:?}");
+    }
+    let h = fleet.tla(cut).get_json("/health");
+    assert_eq!(
+        h["clusters"], 1,
+        "the cut-off TLA advertises what it sees: {h}"
+    );
+    fleet.until_all_machines(1, LIMIT);
+    for r in &fleet.relays[cut] {
+        r.restore();
+    }
+
+    // A cluster proxy dies: the TLAs that used it move to its cluster's other proxy, and
+    // no cluster is dropped.
+    drop(fleet.proxies[0].take());
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let h = fleet.tla(killed).get_json("/health");
+        assert_eq!(
+            h["clusters"], 2,
+            "cluster 1 still seen through its other proxy: {h}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    fleet.until_all_machines(1, LIMIT);
+    let (code, out, err) = fleet.query(&sql_name, count_sys);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), format!("n\n{MACHINES}").as_str()),
+        "{err}"
+    );
+}

@@ -37,6 +37,10 @@ pub enum LinkError {
     #[error("link refused by peer: {0}")]
     Refused(String),
 
+    /// The peer sent nothing for this long: it hangs, or the path to it does.
+    #[error("nothing heard from the peer for {0:?}")]
+    Silent(std::time::Duration),
+
     /// Arrow could not encode or decode a table's rows or schema.
     #[error("link Arrow data error: {0}")]
     Arrow(#[from] ArrowError),

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; a peer with another version is refused at hello.
-pub const LINK_VERSION: u32 = 1;
+pub const LINK_VERSION: u32 = 2;
 
 /// Parent → child.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,6 +19,9 @@ pub enum ToChild {
     Hello { parent: String, version: u32 },
     /// Every table the parent wants from now on (replaces the previous set).
     Request { tables: Vec<String> },
+    /// Instead of hello: "what do you see?" The child answers [`ToParent::Advert`] and
+    /// closes. SQL nodes probe their TLA candidates this way to choose one.
+    Probe { version: u32 },
 }
 
 /// Child → parent.
@@ -34,6 +37,21 @@ pub enum ToParent {
     Generation(GenerationFrame),
     /// The child refuses the link (bad hello, wrong version) and closes it.
     Refused { message: String },
+    /// The answer to a probe.
+    Advert(Advert),
+}
+
+/// What a node advertises to a probe: how much of the fleet its latest generation covers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Advert {
+    pub node: String,
+    pub role: String,
+    pub version: u32,
+    /// Clusters and machines behind its latest generation (0 before the first).
+    pub clusters: u64,
+    pub machines: u64,
+    /// That generation's round (0 before the first).
+    pub round: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

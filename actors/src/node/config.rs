@@ -11,6 +11,8 @@ use crate::aggregator_sets::AggregatorSetConfig;
 use crate::edge::config::EdgeConfig;
 use crate::error::{ConfigError, ConfigResult};
 use crate::simulate::SimulateConfig;
+use crate::tier::names::DnsConfig;
+use crate::tier::tla_selection::TlaSelectionConfig;
 use crate::tier::{LinkConfig, RequestsConfig};
 
 /// What a node does in the hierarchy; chosen by the `queryd` subcommand.
@@ -67,6 +69,12 @@ pub struct NodeConfig {
     pub edge: Option<EdgeConfig>,
     #[serde(default)]
     pub link: LinkConfig,
+    /// Where names of children (proxies, TLAs) are looked up, and how often.
+    #[serde(default)]
+    pub dns: DnsConfig,
+    /// How a SQL node chooses among its TLAs.
+    #[serde(default)]
+    pub tla_selection: TlaSelectionConfig,
     #[serde(default)]
     pub requests: RequestsConfig,
     /// The aggregator set (and partition) this node serves, if any.
@@ -250,6 +258,8 @@ impl NodeConfig {
             edge.validate()?;
         }
         self.link.validate()?;
+        self.dns.validate()?;
+        self.tla_selection.validate()?;
         self.requests.validate()?;
         if let Some(set) = &self.aggregator_set {
             set.load()?;
@@ -270,26 +280,60 @@ impl NodeConfig {
                 })
             }
         };
+        if let Some(a) = &self.aggregator_set {
+            let (set, partition) = a.load()?;
+            need(
+                !self.role.answers_sql() || set.partitions.is_empty() || partition.is_some(),
+                &format!(
+                    "aggregator set '{}' is partitioned: name this node's partition in [aggregator_set]",
+                    set.name
+                ),
+            )?;
+        }
         match self.role {
             Role::Edge => need(
-                self.link.children.is_empty(),
+                !self.link.has_children(),
                 "an edge has no children; remove [link] children",
             ),
             Role::ClusterProxy | Role::Tla => {
                 need(
-                    !self.link.children.is_empty(),
-                    "[link] children must list the nodes below",
+                    self.link.has_children(),
+                    "[link] children (or [[link.child]]) must list the nodes below",
                 )?;
                 need(
                     self.link.listen.is_some(),
                     "[link] listen is needed: parents dial it",
                 )
             }
-            Role::Sql => need(
-                !self.link.children.is_empty(),
-                "[link] children must name the TLA(s) to read from",
-            ),
+            Role::Sql => {
+                need(
+                    self.link.child_groups.is_empty(),
+                    "a SQL node reads from one TLA: list the candidates in [link] children",
+                )?;
+                need(
+                    !self.tla_candidates()?.is_empty(),
+                    "[link] children must name the TLA(s) to read from (or [aggregator_set] its set)",
+                )
+            }
             Role::TlaSql => Ok(()),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// A SQL node's candidate TLAs: `[link] children` (addresses or `NAME:PORT`), else the
+    /// TLA name of its aggregator set.
+    pub fn tla_candidates(&self) -> ConfigResult<Vec<String>> {
+        if !self.link.children.is_empty() {
+            return Ok(self.link.children.clone());
+        }
+        match &self.aggregator_set {
+            Some(a) => {
+                let (set, _) = a.load()?;
+                crate::tier::names::check_entry("aggregator set tla_name", &set.tla_name)?;
+                Ok(vec![set.tla_name])
+            }
+            None => Ok(Vec::new()),
         }
     }
 }

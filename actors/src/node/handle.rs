@@ -22,6 +22,7 @@ use crate::sql::{referenced_tables, QueryLimits, QueryOutput, Snapshot, SqlPool}
 use crate::table::SchemaRegistry;
 use crate::tier::messages::UseTables;
 use crate::tier::parent_links::ParentSessions;
+use crate::tier::tla_selection::SharedSelection;
 use crate::tier::{Children, RequestBook};
 
 #[derive(Clone)]
@@ -41,6 +42,8 @@ pub struct NodeHandle {
     pub name: String,
     /// Partition redirects, on a node of a partitioned aggregator set.
     routing: Option<Routing>,
+    /// A SQL node's choice of TLA.
+    pub selection: Option<SharedSelection>,
 }
 
 pub(super) struct Parts {
@@ -56,6 +59,7 @@ pub(super) struct Parts {
     pub parents: Arc<ParentSessions>,
     pub name: String,
     pub routing: Option<Routing>,
+    pub selection: Option<SharedSelection>,
 }
 
 /// A query's answer with the snapshot it was computed on.
@@ -80,6 +84,7 @@ impl NodeHandle {
             parents: p.parents,
             name: p.name,
             routing: p.routing,
+            selection: p.selection,
         }
     }
 

@@ -38,7 +38,9 @@ use crate::metrics::Metrics;
 use crate::sql::SqlPool;
 use crate::table::{load_schema_dir, SchemaRegistry};
 use crate::tier::child_link::ChildLink;
+use crate::tier::names::watch_addresses;
 use crate::tier::parent_links::{accept_parents, ParentSessions, ServeParents};
+use crate::tier::tla_selection::{SharedSelection, TlaSelector};
 use crate::tier::transport::Listener;
 use crate::tier::{Children, PrewarmFile, RequestBook};
 
@@ -95,7 +97,14 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 &set.prewarm,
                 &schemas,
             )?);
-            if let Some(p) = &partition {
+            // A SQL node keeps its partition's tables; a TLA, which serves every
+            // partition's SQL nodes, keeps them all.
+            let partitions = match &partition {
+                Some(p) => vec![p],
+                None if !config.role.answers_sql() => set.partitions.iter().collect(),
+                None => Vec::new(),
+            };
+            for p in partitions {
                 fixed.extend(prewarm_list(
                     "aggregator set partition",
                     &p.tables,
@@ -141,12 +150,41 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
 
     let local_machine = config.host.enabled || config.edge.is_some();
 
-    // The tier below.
-    let children = (!config.link.children.is_empty()).then(|| {
-        let children = Children::new(config.link.children.iter().cloned(), config.link.drop_after);
-        for child in &config.link.children {
+    // The tier below. A SQL node has one child, its TLA, at the address its selector
+    // chooses among the candidates; other roles dial each configured child at its
+    // addresses (names kept resolved).
+    let mut selection = None;
+    let specs: Vec<(String, watch::Receiver<Vec<String>>)> = if config.role == Role::Sql {
+        let candidates = watch_addresses(config.tla_candidates()?, &config.dns, &pool);
+        let (chosen, address) = watch::channel(Vec::new());
+        let shared = SharedSelection::default();
+        TlaSelector::new(
+            config.tla_selection.clone(),
+            candidates,
+            chosen,
+            config.link.connect_timeout,
+            config.link.max_frame_bytes,
+            pool.clone(),
+            shared.clone(),
+            metrics.clone(),
+        )
+        .start();
+        selection = Some(shared);
+        vec![("tla".to_string(), address)]
+    } else {
+        config
+            .link
+            .child_specs()
+            .into_iter()
+            .map(|c| (c.name, watch_addresses(c.addresses, &config.dns, &pool)))
+            .collect()
+    };
+    let children = (!specs.is_empty()).then(|| {
+        let children = Children::new(specs.iter().map(|(n, _)| n.clone()), config.link.drop_after);
+        for (child, addresses) in specs {
             ChildLink::new(
-                child.clone(),
+                child,
+                addresses,
                 name.clone(),
                 config.link.clone(),
                 children.clone(),
@@ -258,6 +296,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         parents: sessions,
         name,
         routing,
+        selection,
     }))
 }
 

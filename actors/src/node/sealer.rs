@@ -170,6 +170,7 @@ async fn collect_and_seal(
     }
     let mut machines = u64::from(inputs.local_machine);
     let mut clusters = u64::from(inputs.clusters == ClusterCount::One);
+    let mut sealed_at = None;
     if let Some(children) = &inputs.children {
         let empty = BTreeSet::new();
         let wanted = wanted.as_ref().unwrap_or(&empty);
@@ -194,11 +195,17 @@ async fn collect_and_seal(
             ClusterCount::Children => merged.live as u64,
             ClusterCount::FromChildren => merged.clusters,
         };
+        // A SQL node serves its TLA's generation: it is as old as the TLA's seal, and while
+        // the TLA is silent (dead, being switched from) it stays that old, so answers'
+        // `generation.age_ms` shows how stale they are.
+        if inputs.clusters == ClusterCount::FromChildren {
+            sealed_at = merged.delivered_sealed_at.or(previous.map(|p| p.sealed_at));
+        }
         add_merged(&mut builder, merged, previous);
     }
     builder.counts(machines, clusters);
     (
-        builder.seal(id, round, SystemTime::now()),
+        builder.seal(id, round, sealed_at.unwrap_or_else(SystemTime::now)),
         started.elapsed(),
     )
 }

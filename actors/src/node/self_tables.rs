@@ -97,6 +97,7 @@ impl LocalPublisher for SelfMonitor {
             links.push(vec![
                 Cell::Str("child".into()),
                 Cell::Str(peer.clone()),
+                s.address.clone().map_or(Cell::Null, Cell::Str),
                 Cell::Bool(s.connected),
                 Cell::Bool(live(s)),
                 int(s.frames),
@@ -111,7 +112,8 @@ impl LocalPublisher for SelfMonitor {
         for p in &parents {
             links.push(vec![
                 Cell::Str("parent".into()),
-                Cell::Str(format!("{} ({})", p.parent, p.peer)),
+                Cell::Str(p.parent.clone()),
+                Cell::Str(p.peer.clone()),
                 Cell::Bool(true),
                 Cell::Bool(true),
                 int(p.frames),

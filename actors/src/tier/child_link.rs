@@ -3,6 +3,11 @@
 //! to [`Children`]. The session (I/O, decompression, applying diffs) runs on the compute
 //! pool; the actor supervises it: when the session ends, fails or panics, it is started
 //! again after a backoff that doubles up to `backoff_max`; panics are counted as restarts.
+//!
+//! A child may be reachable at several addresses (a cluster's proxies; at a SQL node, the
+//! TLA its selector chose): the link uses one at a time and moves to the next when it
+//! fails, when the child falls silent for `drop_after`, or when the address leaves the
+//! list (a name re-resolved, another TLA chosen).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -24,7 +29,14 @@ use crate::metrics::Metrics;
 use crate::sql::{AbortOnDrop, SqlPool};
 
 pub struct ChildLink {
+    /// The child's name (its slot in [`Children`]).
     child: String,
+    /// Where it can be reached now, in order of preference.
+    addresses: watch::Receiver<Vec<String>>,
+    /// Which address to dial next (an index into `addresses`, wrapping).
+    cursor: usize,
+    /// Failed sessions in a row: the backoff grows once every address has failed.
+    failures: usize,
     me: String,
     config: LinkConfig,
     children: Arc<Children>,
@@ -35,8 +47,10 @@ pub struct ChildLink {
 }
 
 impl ChildLink {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         child: String,
+        addresses: watch::Receiver<Vec<String>>,
         me: String,
         config: LinkConfig,
         children: Arc<Children>,
@@ -47,6 +61,9 @@ impl ChildLink {
         let backoff = config.backoff_min;
         ChildLink {
             child,
+            addresses,
+            cursor: 0,
+            failures: 0,
             me,
             config,
             children,
@@ -58,40 +75,77 @@ impl ChildLink {
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
+        let addrs = self.addresses.borrow_and_update().clone();
+        if addrs.is_empty() {
+            // A name not resolved yet, or no TLA chosen yet: look again shortly.
+            self.children.update(&self.child, |s| s.address = None);
+            ctx.run_later(self.config.backoff_min, |act, ctx| act.connect(ctx));
+            return;
+        }
+        let address = addrs[self.cursor % addrs.len()].clone();
+        self.children
+            .update(&self.child, |s| s.address = Some(address.clone()));
         let session = Session {
             child: self.child.clone(),
+            address: address.clone(),
             me: self.me.clone(),
             config: self.config.clone(),
             children: self.children.clone(),
             wanted: self.wanted.clone(),
         };
-        let started = Instant::now();
-        let work = self.pool.spawn(session.run());
+        let work = self
+            .pool
+            .spawn(session.run_while_listed(self.addresses.clone()));
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(move |res, act, ctx| {
             let child = act.child.clone();
-            act.children.update(&child, |s| s.connected = false);
+            let mut linked = false;
+            act.children.update(&child, |s| {
+                linked = s.connected;
+                s.connected = false;
+            });
             match res {
-                Ok(Ok(())) => tracing::info!(child, "link closed by the child; reconnecting"),
+                Ok(Ok(Ended::Unlisted)) => {
+                    tracing::info!(child, address, "address no longer listed; dialing anew");
+                    act.cursor = 0;
+                    act.failures = 0;
+                    ctx.run_later(Duration::ZERO, |act, ctx| act.connect(ctx));
+                    return;
+                }
+                Ok(Ok(Ended::Closed)) => {
+                    tracing::info!(child, address, "link closed by the child; reconnecting")
+                }
                 Ok(Err(e)) => {
-                    tracing::warn!(child, error = %e, "link failed; reconnecting after backoff");
-                    act.children.update(&child, |s| s.last_error = Some(e.to_string()));
+                    tracing::warn!(child, address, error = %e, "link failed; trying again after backoff");
+                    act.children.update(&child, |s| s.last_error = Some(format!("{address}: {e}")));
                 }
                 Err(e) => {
                     // A panic in the session: count it, start a fresh one (fresh decoder).
                     act.metrics.actor_restarts.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(child, error = %e, "link session panicked; restarting it");
+                    tracing::error!(child, address, error = %e, "link session panicked; restarting it");
                     act.children.update(&child, |s| {
                         s.restarts += 1;
                         s.last_error = Some(format!("session panicked: {e}"));
                     });
                 }
             }
-            // A link that worked for a while starts over from the shortest backoff.
-            if started.elapsed() > act.config.backoff_max {
+            // A link that got as far as hello was good: its address stays first choice and
+            // the backoff starts over. Otherwise the next address is tried; only once every
+            // address has failed does the wait grow.
+            if linked {
+                act.failures = 0;
                 act.backoff = act.config.backoff_min;
+            } else {
+                act.failures += 1;
+                act.cursor = act.cursor.wrapping_add(1);
             }
-            let delay = act.backoff;
-            act.backoff = (act.backoff * 2).min(act.config.backoff_max);
+            let n = act.addresses.borrow().len().max(1);
+            let delay = if act.failures > 0 && act.failures % n != 0 {
+                act.config.backoff_min
+            } else {
+                let d = act.backoff;
+                act.backoff = (act.backoff * 2).min(act.config.backoff_max);
+                d
+            };
             ctx.run_later(delay, |act, ctx| act.connect(ctx));
         }));
     }
@@ -106,9 +160,18 @@ impl Actor for ChildLink {
     }
 }
 
+/// How a session ended without an error.
+enum Ended {
+    /// The child closed the connection.
+    Closed,
+    /// The address left the child's list (re-resolved name, another TLA chosen).
+    Unlisted,
+}
+
 /// One connection's worth of link: returns when the connection ends.
 struct Session {
     child: String,
+    address: String,
     me: String,
     config: LinkConfig,
     children: Arc<Children>,
@@ -116,8 +179,32 @@ struct Session {
 }
 
 impl Session {
+    /// Runs the link until it ends, or until its address leaves `addresses`.
+    async fn run_while_listed(
+        self,
+        mut addresses: watch::Receiver<Vec<String>>,
+    ) -> Result<Ended, LinkError> {
+        let address = self.address.clone();
+        let unlisted = async move {
+            loop {
+                if !addresses.borrow_and_update().contains(&address) {
+                    return;
+                }
+                if addresses.changed().await.is_err() {
+                    // Nobody changes the list any more: it stays as it is.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            r = self.run() => r.map(|()| Ended::Closed),
+            () = unlisted => Ok(Ended::Unlisted),
+        }
+    }
+
     async fn run(self) -> Result<(), LinkError> {
-        let stream = transport::dial(&self.child, self.config.connect_timeout).await?;
+        let timeout = self.config.connect_timeout;
+        let stream = transport::dial(&self.address, timeout).await?;
         let (mut rd, mut wr) = tokio::io::split(stream);
         let hello = ToChild::Hello {
             parent: self.me.clone(),
@@ -125,14 +212,18 @@ impl Session {
         };
         write_frame(&mut wr, &encode_frame(&hello, Codec::None)?).await?;
         let max = self.config.max_frame_bytes;
-        match read_frame(&mut rd, max).await? {
+        // A peer that accepts but never answers (a black hole) must not hold the link.
+        let answer = tokio::time::timeout(timeout, read_frame(&mut rd, max))
+            .await
+            .map_err(|_| LinkError::Silent(timeout))??;
+        match answer {
             Some(body) => match decode_frame::<ToParent>(&body, max)? {
                 ToParent::Hello {
                     version,
                     node,
                     role,
                 } if version == LINK_VERSION => {
-                    tracing::info!(child = %self.child, node, role, "link up");
+                    tracing::info!(child = %self.child, address = %self.address, node, role, "link up");
                 }
                 ToParent::Hello { version, .. } => {
                     return Err(LinkError::VersionMismatch {
@@ -141,8 +232,8 @@ impl Session {
                     })
                 }
                 ToParent::Refused { message } => return Err(LinkError::Refused(message)),
-                ToParent::Generation(_) => {
-                    return Err(LinkError::Protocol("a generation before hello".into()))
+                ToParent::Generation(_) | ToParent::Advert(_) => {
+                    return Err(LinkError::Protocol("expected hello".into()))
                 }
             },
             None => return Err(LinkError::Protocol("closed before hello".into())),
@@ -166,8 +257,14 @@ impl Session {
 
     async fn read_generations(&self, rd: &mut ReadHalf<BoxStream>) -> Result<(), LinkError> {
         let max = self.config.max_frame_bytes;
+        let silent = self.config.drop_after;
         let mut decoder = LinkDecoder::new();
-        while let Some(body) = read_frame(rd, max).await? {
+        // A child sends a frame every interval; one silent for `drop_after` is dropped
+        // anyway, so the link is closed and dialled again (at its next address, if any).
+        while let Some(body) = tokio::time::timeout(silent, read_frame(rd, max))
+            .await
+            .map_err(|_| LinkError::Silent(silent))??
+        {
             let bytes = body.len() as u64 + 4;
             match decode_frame::<ToParent>(&body, max)? {
                 ToParent::Generation(frame) => {
@@ -191,7 +288,9 @@ impl Session {
                     });
                 }
                 ToParent::Refused { message } => return Err(LinkError::Refused(message)),
-                ToParent::Hello { .. } => return Err(LinkError::Protocol("a second hello".into())),
+                ToParent::Hello { .. } | ToParent::Advert(_) => {
+                    return Err(LinkError::Protocol("a second hello".into()))
+                }
             }
         }
         Ok(())

@@ -18,6 +18,8 @@ use crate::link::diff::ChildGeneration;
 /// One child as the parent sees it.
 #[derive(Debug, Default, Clone)]
 pub struct ChildState {
+    /// The address the link uses now (of the child's alternatives).
+    pub address: Option<String>,
     pub connected: bool,
     pub latest: Option<Arc<ChildGeneration>>,
     pub last_frame: Option<Instant>,
@@ -52,6 +54,9 @@ pub struct Merged {
     pub clusters: u64,
     /// Problems found while merging (schema disagreements), by child.
     pub errors: Vec<(String, String)>,
+    /// When every live child has delivered the round: the oldest of their generations'
+    /// seal times (a SQL node serves its TLA's generation as of then).
+    pub delivered_sealed_at: Option<std::time::SystemTime>,
 }
 
 pub struct Children {
@@ -109,6 +114,9 @@ impl Children {
         for (_, g) in &live {
             out.machines += g.machines;
             out.clusters += g.clusters;
+        }
+        if live.iter().all(|(_, g)| g.round >= round) {
+            out.delivered_sealed_at = live.iter().map(|(_, g)| g.sealed_at).min();
         }
         if live.is_empty() {
             // Nothing below counts: a wanted table has no rows anywhere, but it is not

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::names::check_entry;
 use crate::error::{ConfigError, ConfigResult};
 use crate::link::frame::{Codec, DEFAULT_MAX_FRAME_BYTES};
 
@@ -15,9 +16,14 @@ use crate::link::frame::{Codec, DEFAULT_MAX_FRAME_BYTES};
 pub struct LinkConfig {
     /// Where parents dial this node (edge, cluster proxy, TLA). None: no parent.
     pub listen: Option<SocketAddr>,
-    /// The children this node dials, `host:port` (machines at a proxy, proxies at a TLA,
-    /// the TLA at a SQL node).
+    /// The children this node dials, one address each: `HOST:PORT` (machines at a proxy,
+    /// proxies at a TLA). A DNS name stands for every address it resolves to, as
+    /// alternatives of one child. At a SQL node: the TLAs it may choose from.
     pub children: Vec<String>,
+    /// Children reached through any of several addresses (a cluster's proxies): the link
+    /// uses one at a time and moves to the next when it fails or falls silent.
+    #[serde(rename = "child")]
+    pub child_groups: Vec<ChildGroup>,
     /// A child silent this long is dropped: its rows leave until it speaks again.
     #[serde(with = "humantime_serde")]
     pub drop_after: Duration,
@@ -43,6 +49,7 @@ impl Default for LinkConfig {
         LinkConfig {
             listen: None,
             children: Vec::new(),
+            child_groups: Vec::new(),
             drop_after: Duration::from_secs(180),
             merge_grace: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
@@ -71,15 +78,16 @@ impl LinkConfig {
         if self.max_frame_bytes < 1024 {
             return bad("max_frame_bytes must be at least 1024");
         }
-        for c in &self.children {
-            if !c.starts_with("mem:")
-                && c.rsplit_once(':')
-                    .is_none_or(|(_, p)| p.parse::<u16>().is_err())
-            {
-                return Err(ConfigError::Invalid {
-                    what: "[link] children".into(),
-                    message: format!("'{c}' is not host:port"),
-                });
+        let mut names = std::collections::BTreeSet::new();
+        for child in self.child_specs() {
+            if !names.insert(child.name.clone()) {
+                return bad(&format!("child '{}' is named twice", child.name));
+            }
+            if child.addresses.is_empty() {
+                return bad(&format!("child '{}' has no addresses", child.name));
+            }
+            for a in &child.addresses {
+                check_entry("[link] children", a)?;
             }
         }
         Ok(())
@@ -126,6 +134,36 @@ impl RequestsConfig {
             });
         }
         Ok(())
+    }
+}
+
+/// `[[link.child]]`: one child (a cluster) and the addresses it can be reached at.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChildGroup {
+    /// How the child is called in `/health`, `query_links` and logs.
+    pub name: String,
+    /// `HOST:PORT` each, tried in order; DNS names stand for all their addresses.
+    pub addresses: Vec<String>,
+}
+
+impl LinkConfig {
+    /// Every child this node dials, with its alternatives: each `children` entry is a child
+    /// named after itself, then the `[[link.child]]` groups.
+    pub fn child_specs(&self) -> Vec<ChildGroup> {
+        self.children
+            .iter()
+            .map(|c| ChildGroup {
+                name: c.clone(),
+                addresses: vec![c.clone()],
+            })
+            .chain(self.child_groups.iter().cloned())
+            .collect()
+    }
+
+    /// Whether any child is configured.
+    pub fn has_children(&self) -> bool {
+        !self.children.is_empty() || !self.child_groups.is_empty()
     }
 }
 

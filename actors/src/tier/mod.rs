@@ -9,15 +9,20 @@
 //! - [`requests`]: which tables are wanted: the book of [`table_request`] actors, one per
 //!   table (prewarm, parents' requests, queries with ttl).
 //! - [`transport`]: TCP, or in-process pipes for the one-process demo hierarchy.
+//! - [`names`]: children given as DNS names, kept resolved.
+//! - [`tla_selection`]: how a SQL node chooses its TLA (advertised clusters, margin,
+//!   bonuses, pin) and switches when it fails.
 //! - [`messages`], [`config`].
 
 pub mod child_link;
 pub mod children;
 pub mod config;
 pub mod messages;
+pub mod names;
 pub mod parent_links;
 pub mod requests;
 pub mod table_request;
+pub mod tla_selection;
 pub mod transport;
 
 pub use children::{ChildState, Children, Merged};

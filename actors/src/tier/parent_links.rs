@@ -19,7 +19,7 @@ use super::transport::{BoxStream, Listener};
 use crate::generation::Generation;
 use crate::link::diff::LinkEncoder;
 use crate::link::frame::{decode_frame, encode_frame, read_frame, write_frame, Codec};
-use crate::link::wire::{ToChild, ToParent, LINK_VERSION};
+use crate::link::wire::{Advert, ToChild, ToParent, LINK_VERSION};
 use crate::link::LinkError;
 use crate::metrics::Metrics;
 use crate::sql::{AbortOnDrop, SqlPool};
@@ -96,7 +96,8 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
                         book.do_send(ParentGone(id));
                     }
                     match outcome {
-                        Ok(Ok(())) => tracing::info!(peer, "parent disconnected"),
+                        Ok(Ok(Served::Probe)) => tracing::debug!(peer, "probe answered"),
+                        Ok(Ok(Served::Link)) => tracing::info!(peer, "parent disconnected"),
                         Ok(Err(e)) => tracing::warn!(peer, error = %e, "parent link ended"),
                         Err(e) => {
                             serve.metrics.actor_restarts.fetch_add(1, Ordering::Relaxed);
@@ -115,18 +116,44 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
     }
 }
 
+/// What a connection was.
+enum Served {
+    /// A parent's link, now closed.
+    Link,
+    /// A probe, answered.
+    Probe,
+}
+
 async fn session(
     stream: BoxStream,
     peer: String,
     id: u64,
     serve: ServeParents,
-) -> Result<(), LinkError> {
+) -> Result<Served, LinkError> {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let max = serve.max_frame_bytes;
     let parent = match read_frame(&mut rd, max).await? {
         Some(body) => match decode_frame::<ToChild>(&body, max)? {
             ToChild::Hello { parent, version } if version == LINK_VERSION => parent,
-            ToChild::Hello { version, .. } => {
+            ToChild::Probe { version } if version == LINK_VERSION => {
+                let latest = serve.generations.borrow().clone();
+                let advert = Advert {
+                    node: serve.node.clone(),
+                    role: serve.role.clone(),
+                    version: LINK_VERSION,
+                    clusters: latest.as_ref().map_or(0, |g| g.clusters),
+                    machines: latest.as_ref().map_or(0, |g| g.machines),
+                    round: latest.as_ref().map_or(0, |g| g.round),
+                };
+                write_frame(
+                    &mut wr,
+                    &encode_frame(&ToParent::Advert(advert), Codec::None)?,
+                )
+                .await?;
+                wr.flush().await.map_err(LinkError::from)?;
+                return Ok(Served::Probe);
+            }
+            ToChild::Hello { version, .. } | ToChild::Probe { version } => {
                 let message = format!(
                     "link version {version} is not supported; this node speaks {LINK_VERSION}"
                 );
@@ -141,7 +168,7 @@ async fn session(
                 return Err(LinkError::Protocol("a request before hello".into()))
             }
         },
-        None => return Ok(()),
+        None => return Ok(Served::Link),
     };
     let hello = ToParent::Hello {
         node: serve.node.clone(),
@@ -191,8 +218,8 @@ async fn session(
             }
         }
         tokio::select! {
-            r = generations.changed() => if r.is_err() { return Ok(()) },
-            r = requested.changed() => if r.is_err() { return Ok(()) },
+            r = generations.changed() => if r.is_err() { return Ok(Served::Link) },
+            r = requested.changed() => if r.is_err() { return Ok(Served::Link) },
         }
     }
 }
@@ -219,7 +246,9 @@ async fn read_requests(
                 // A table the request adds is sent from the next generation that holds it.
                 let _ = tx.send(Some(tables));
             }
-            ToChild::Hello { .. } => return Err(LinkError::Protocol("a second hello".into())),
+            ToChild::Hello { .. } | ToChild::Probe { .. } => {
+                return Err(LinkError::Protocol("a second hello".into()))
+            }
         }
     }
     Ok(())

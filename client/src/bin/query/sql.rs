@@ -2,9 +2,10 @@
 //! order; the next address on a connection error or a 5xx; partition redirects followed
 //! (at most [`MAX_REDIRECTS`] hops).
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use query_client::dns;
 use serde_json::Value;
 
 /// Partition redirects followed before giving up.
@@ -43,82 +44,17 @@ impl Lookup {
 
     /// Every address of `host` (`NAME`, `NAME:PORT`, `IP`, `IP:PORT`, `[V6]:PORT`).
     pub fn resolve(&self, host: &str) -> Result<Vec<SocketAddr>, SqlError> {
-        let (name, port) = split_host(host)?;
-        if let Ok(ip) = name.parse::<IpAddr>() {
-            return Ok(vec![SocketAddr::new(ip, port)]);
-        }
-        let ips: Vec<IpAddr> = match self.dns {
-            None => (name.as_str(), port)
-                .to_socket_addrs()
-                .map_err(|e| SqlError::Unreachable(format!("cannot resolve {name}: {e}")))?
-                .map(|a| a.ip())
-                .collect(),
-            Some(server) => dns_lookup(&name, server)?,
-        };
-        if ips.is_empty() {
-            return Err(SqlError::Unreachable(format!("{name} has no addresses")));
-        }
-        Ok(ips
-            .into_iter()
-            .map(|ip| SocketAddr::new(ip, port))
-            .collect())
-    }
-}
-
-/// A/AAAA records of `name` from the DNS server at `server`.
-fn dns_lookup(name: &str, server: SocketAddr) -> Result<Vec<IpAddr>, SqlError> {
-    use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
-    use hickory_resolver::name_server::TokioConnectionProvider;
-    use hickory_resolver::Resolver;
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| SqlError::Unreachable(format!("cannot start the resolver: {e}")))?;
-    let config = ResolverConfig::from_parts(
-        None,
-        vec![],
-        NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true),
-    );
-    let mut opts = ResolverOpts::default();
-    opts.timeout = Duration::from_secs(2);
-    opts.attempts = 2;
-    // A fully qualified name: no search domains.
-    let fqdn = if name.ends_with('.') {
-        name.to_string()
-    } else {
-        format!("{name}.")
-    };
-    rt.block_on(async {
-        let resolver = Resolver::builder_with_config(config, TokioConnectionProvider::default())
-            .with_options(opts)
-            .build();
-        resolver
-            .lookup_ip(fqdn.as_str())
-            .await
-            .map(|l| l.iter().collect())
-            .map_err(|e| SqlError::Unreachable(format!("cannot resolve {name} at {server}: {e}")))
-    })
-}
-
-/// `host[:port]` → (host, port); brackets around an IPv6 address are removed.
-pub fn split_host(host: &str) -> Result<(String, u16), SqlError> {
-    let bad = || SqlError::Unreachable(format!("'{host}' is not HOST or HOST:PORT"));
-    if let Some(rest) = host.strip_prefix('[') {
-        let (ip, after) = rest.split_once(']').ok_or_else(bad)?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| bad())?,
-            None if after.is_empty() => DEFAULT_PORT,
-            None => return Err(bad()),
-        };
-        return Ok((ip.to_string(), port));
-    }
-    match host.rsplit_once(':') {
-        // More than one colon and no brackets: a bare IPv6 address.
-        Some((h, _)) if h.contains(':') => Ok((host.to_string(), DEFAULT_PORT)),
-        Some((h, p)) => Ok((h.to_string(), p.parse().map_err(|_| bad())?)),
-        None if host.is_empty() => Err(bad()),
-        None => Ok((host.to_string(), DEFAULT_PORT)),
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SqlError::Unreachable(format!("cannot start the resolver: {e}")))?;
+        rt.block_on(dns::lookup_host(
+            host,
+            DEFAULT_PORT,
+            self.dns,
+            Duration::from_secs(2),
+        ))
+        .map_err(|e| SqlError::Unreachable(format!("cannot resolve {host}: {e}")))
     }
 }
 
@@ -248,19 +184,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hosts_and_ports() {
-        assert_eq!(
-            split_host("sql.example").ok(),
-            Some(("sql.example".into(), 8080))
-        );
-        assert_eq!(
-            split_host("sql.example:9000").ok(),
-            Some(("sql.example".into(), 9000))
-        );
-        assert_eq!(split_host("[::1]:9000").ok(), Some(("::1".into(), 9000)));
-        assert_eq!(split_host("::1").ok(), Some(("::1".into(), 8080)));
-        assert!(split_host("sql.example:http").is_err());
-        assert!(split_host("").is_err());
+    fn redirect_locations() {
         assert_eq!(
             host_of_url("http://b.example:8080/sql"),
             Some("b.example:8080".into())
