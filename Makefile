@@ -22,7 +22,10 @@ run-release:
 	$(CARGO) run --release -p query-http --bin queryd -- demo --listen $(LISTEN) --machines $(MACHINES) --clusters $(CLUSTERS)
 
 ## Everything: unit tests, the SQL suite (sqllogictest), multi-process and browser tests.
-test: test-deps build
+## The binaries the multi-process tests start are built in the same invocation as the tests,
+## so both get one feature set and DataFusion is compiled once.
+test: test-deps
+	$(CARGO) build --workspace --bins --tests
 	$(CARGO) test --workspace --no-fail-fast
 
 ## Headless Chromium for the console test, dnsmasq (a real DNS server on loopback) for the
@@ -39,15 +42,13 @@ test-deps:
 
 ## Benchmarks (release build): figures go to BENCHMARKS.md with machine, date and commit.
 ## BENCH_SCALE=0.1 for a quick run.
+## Binaries and benchmarks are built in one invocation (one feature set: one release build
+## of DataFusion), and every `cargo bench --workspace` below resolves the same features.
+BENCHES = edge_agent sql link_codec tla_merge fleet hierarchy failover
+
 bench: bench-venv test-deps
-	$(CARGO) build --release -p query-http -p query-client --bins
-	$(CARGO) bench -p query-integration --bench edge_agent
-	$(CARGO) bench -p query-integration --bench sql
-	$(CARGO) bench -p query-integration --bench link_codec
-	$(CARGO) bench -p query-integration --bench tla_merge
-	$(CARGO) bench -p query-integration --bench fleet
-	$(CARGO) bench -p query-integration --bench hierarchy
-	$(CARGO) bench -p query-integration --bench failover
+	$(CARGO) build --release --workspace --bins --benches
+	@set -e; for b in $(BENCHES); do $(CARGO) bench --workspace --bench $$b; done
 
 ## DuckDB for the SQL benchmark's comparison, in a venv of its own (not needed otherwise).
 bench-venv:
