@@ -93,6 +93,7 @@ impl ChildLink {
             children: self.children.clone(),
             wanted: self.wanted.clone(),
         };
+        let started = Instant::now();
         let work = self
             .pool
             .spawn(session.run_while_listed(self.addresses.clone()));
@@ -128,12 +129,15 @@ impl ChildLink {
                     });
                 }
             }
-            // A link that got as far as hello was good: its address stays first choice and
-            // the backoff starts over. Otherwise the next address is tried; only once every
-            // address has failed does the wait grow.
+            // A link that got as far as hello keeps its address as first choice, and one
+            // that worked for a while starts over from the shortest backoff. A failed dial
+            // moves to the next address; only once every address has failed does the wait
+            // grow.
             if linked {
                 act.failures = 0;
-                act.backoff = act.config.backoff_min;
+                if started.elapsed() > act.config.backoff_max {
+                    act.backoff = act.config.backoff_min;
+                }
             } else {
                 act.failures += 1;
                 act.cursor = act.cursor.wrapping_add(1);
