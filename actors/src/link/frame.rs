@@ -26,11 +26,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::LinkError;
 
-/// The largest frame, and the largest decompressed payload, a node accepts by default. A
-/// full generation of 10,000 machines is about 20 MB uncompressed (see BENCHMARKS.md,
-/// `link-codec`), so this leaves room for large TLAs without letting a broken peer make a
-/// node allocate without bound.
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 256 << 20;
+/// The largest frame, and the largest decompressed payload, a node accepts by default. The
+/// first frame from a TLA to a SQL node is a full copy of every requested table of the
+/// fleet: for 70,000 simulated machines' six tables, 442 MB uncompressed (BENCHMARKS.md,
+/// `tla-merge`). 1 GiB leaves room for that without letting a broken peer make a node
+/// allocate without bound.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 30;
 
 /// Bytes of the length prefix.
 const LEN_BYTES: usize = 4;
