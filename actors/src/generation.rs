@@ -3,7 +3,7 @@
 //! A generation is sealed once and never changed; the node swaps the whole generation when
 //! it installs the next one, so every query reads exactly one generation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -92,10 +92,27 @@ impl Generation {
     }
 }
 
+/// `table` in `tables`, created empty with `schema` if new.
+fn table_entry<'a>(
+    tables: &'a mut BTreeMap<String, GenTable>,
+    table: &str,
+    schema: &SchemaRef,
+) -> &'a mut GenTable {
+    tables
+        .entry(table.to_string())
+        .or_insert_with(|| GenTable {
+            schema: schema.clone(),
+            parts: Vec::new(),
+        })
+}
+
 /// Collects tables for the next generation; several sources may add rows to one table.
 #[derive(Default)]
 pub struct GenerationBuilder {
     tables: BTreeMap<String, GenTable>,
+    /// Per table, where each part key stands in its parts: a TLA adds 70,000 parts to a
+    /// table, so finding a key must not mean scanning them.
+    positions: HashMap<String, HashMap<String, usize>>,
     errors: BTreeMap<String, String>,
     machines: u64,
     clusters: u64,
@@ -107,37 +124,47 @@ impl GenerationBuilder {
     /// with the same key replaces the first.
     pub fn add(&mut self, table: &str, part: Part) -> Result<(), String> {
         let schema = part.batch.schema();
-        let t = self.declare(table, schema.clone());
-        if t.schema != schema {
+        let t = table_entry(&mut self.tables, table, &schema);
+        if !Arc::ptr_eq(&t.schema, &schema) && t.schema != schema {
             return Err(format!(
                 "table '{table}' arrived with a schema unlike the other sources'"
             ));
         }
-        match t.parts.iter_mut().find(|p| p.key == part.key) {
-            Some(old) => *old = part,
-            None => t.parts.push(part),
+        let positions = self
+            .positions
+            .entry(table.to_string())
+            .or_insert_with(|| {
+                t.parts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (p.key.clone(), i))
+                    .collect()
+            });
+        match positions.get(&part.key) {
+            Some(&i) => t.parts[i] = part,
+            None => {
+                positions.insert(part.key.clone(), t.parts.len());
+                t.parts.push(part);
+            }
         }
         Ok(())
     }
 
     /// Makes `table` present in the generation even if no part arrives (asked for, empty).
     pub fn declare(&mut self, table: &str, schema: SchemaRef) -> &mut GenTable {
-        self.tables
-            .entry(table.to_string())
-            .or_insert_with(|| GenTable {
-                schema,
-                parts: Vec::new(),
-            })
+        table_entry(&mut self.tables, table, &schema)
     }
 
     /// Puts a whole table as it stood elsewhere (a parent carrying a table from its last
     /// complete round).
     pub fn put(&mut self, table: &str, t: GenTable) {
+        self.positions.remove(table);
         self.tables.insert(table.to_string(), t);
     }
 
     /// Leaves `table` out of the generation.
     pub fn remove(&mut self, table: &str) {
+        self.positions.remove(table);
         self.tables.remove(table);
     }
 
