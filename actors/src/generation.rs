@@ -98,12 +98,10 @@ fn table_entry<'a>(
     table: &str,
     schema: &SchemaRef,
 ) -> &'a mut GenTable {
-    tables
-        .entry(table.to_string())
-        .or_insert_with(|| GenTable {
-            schema: schema.clone(),
-            parts: Vec::new(),
-        })
+    tables.entry(table.to_string()).or_insert_with(|| GenTable {
+        schema: schema.clone(),
+        parts: Vec::new(),
+    })
 }
 
 /// Collects tables for the next generation; several sources may add rows to one table.
@@ -130,16 +128,13 @@ impl GenerationBuilder {
                 "table '{table}' arrived with a schema unlike the other sources'"
             ));
         }
-        let positions = self
-            .positions
-            .entry(table.to_string())
-            .or_insert_with(|| {
-                t.parts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| (p.key.clone(), i))
-                    .collect()
-            });
+        let positions = self.positions.entry(table.to_string()).or_insert_with(|| {
+            t.parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.key.clone(), i))
+                .collect()
+        });
         match positions.get(&part.key) {
             Some(&i) => t.parts[i] = part,
             None => {
