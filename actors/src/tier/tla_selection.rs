@@ -139,6 +139,8 @@ pub struct TlaSelector {
     metrics: Arc<Metrics>,
     rng: SmallRng,
     probing: bool,
+    /// The warning last logged, while its condition lasts.
+    trouble: Option<&'static str>,
 }
 
 impl TlaSelector {
@@ -164,6 +166,7 @@ impl TlaSelector {
             metrics,
             rng: SmallRng::from_os_rng(),
             probing: false,
+            trouble: None,
         }
     }
 
@@ -250,11 +253,19 @@ impl TlaSelector {
             sel.since = Some(SystemTime::now());
             sel.last_reason = Some(reason);
             self.chosen.send_replace(vec![to]);
-        } else if sel.current.is_none() && !views.is_empty() {
-            tracing::warn!(candidates = views.len(), "no TLA answers; none chosen yet");
-        } else if views.is_empty() && !sel.candidates.is_empty() {
-            tracing::warn!(pin = ?self.config.pin, "no candidate TLA is allowed by the pin");
         }
+        // Said once when it starts, not at every probe.
+        let trouble = if sel.current.is_none() && !views.is_empty() {
+            Some("no TLA answers; none chosen yet")
+        } else if views.is_empty() && !sel.candidates.is_empty() {
+            Some("no candidate TLA is allowed by the pin")
+        } else {
+            None
+        };
+        if let Some(t) = trouble.filter(|t| self.trouble != Some(*t)) {
+            tracing::warn!(candidates = sel.candidates.len(), pin = ?self.config.pin, "{t}");
+        }
+        self.trouble = trouble;
         *self.lock() = sel;
     }
 }
