@@ -6,7 +6,7 @@ LISTEN ?= 127.0.0.1:8080
 MACHINES ?= 1000
 CLUSTERS ?= 20
 
-.PHONY: all build run run-release test test-deps bench bench-venv lint fmt check-fmt clippy clean
+.PHONY: all build run run-release test test-deps bench bench-deps bench-venv lint fmt check-fmt clippy clean
 
 all: build
 
@@ -29,26 +29,51 @@ test: test-deps
 	$(CARGO) test --workspace --no-fail-fast
 
 ## Headless Chromium for the console test, dnsmasq (a real DNS server on loopback) for the
-## aggregator-set test: Debian's packages, nothing downloaded on its own.
+## aggregator-set test and the failover benchmark: Debian's packages, nothing downloaded on
+## its own. Each entry is command:package.
+TEST_DEBS = chromium:chromium dnsmasq:dnsmasq-base
+BENCH_DEBS = dnsmasq:dnsmasq-base
+
 test-deps:
-	@missing=""; \
-	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
-	command -v dnsmasq >/dev/null 2>&1 || test -x /usr/sbin/dnsmasq || missing="$$missing dnsmasq-base"; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing$$missing for the tests"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
-	  || { echo "could not install$$missing (run as root, or install it)"; exit 1; }; \
-	fi
+	@$(call install_debs,$(TEST_DEBS))
+
+bench-deps:
+	@$(call install_debs,$(BENCH_DEBS))
+
+define install_debs
+missing=""; \
+for e in $(1); do \
+  c=$${e%%:*}; p=$${e#*:}; \
+  command -v $$c >/dev/null 2>&1 || test -x /usr/sbin/$$c || missing="$$missing $$p"; \
+done; \
+if [ -n "$$missing" ]; then \
+  echo "installing$$missing"; \
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+  || { echo "could not install$$missing (run as root, or install it)"; exit 1; }; \
+fi
+endef
 
 ## Benchmarks (release build): figures go to BENCHMARKS.md with machine, date and commit.
 ## BENCH_SCALE=0.1 for a quick run.
 ## Binaries and benchmarks are built in one invocation (one feature set: one release build
 ## of DataFusion), and every `cargo bench --workspace` below resolves the same features.
+## The tools (DuckDB's virtualenv, dnsmasq) install while cargo builds. Each step is timed;
+## the last one (`run_time`) writes the times to BENCHMARKS.md.
 BENCHES = edge_agent sql link_codec tla_merge fleet hierarchy failover
 
-bench: bench-venv test-deps
-	$(CARGO) build --release --workspace --bins --benches
-	@set -e; for b in $(BENCHES); do $(CARGO) bench --workspace --bench $$b; done
+bench:
+	@set -e; steps=""; \
+	build=warm; test -x $${CARGO_TARGET_DIR:-target}/release/queryd || build=cold; \
+	t=$$(date +%s); \
+	$(MAKE) --no-print-directory bench-venv bench-deps & tools=$$!; \
+	$(CARGO) build --release --workspace --bins --benches; \
+	wait $$tools || { echo "make bench: installing the tools failed"; exit 1; }; \
+	n=$$(date +%s); steps="tools+build=$$((n - t))"; t=$$n; \
+	for b in $(BENCHES); do \
+	  $(CARGO) bench --workspace --bench $$b; \
+	  n=$$(date +%s); steps="$$steps $$b=$$((n - t))"; t=$$n; \
+	done; \
+	BENCH_STEPS="$$steps" BENCH_BUILD=$$build $(CARGO) bench --workspace --bench run_time
 
 ## DuckDB for the SQL benchmark's comparison, in a venv of its own (not needed otherwise).
 bench-venv:

@@ -4,7 +4,7 @@
 //! them to BENCHMARKS.md.
 //!
 //! `BENCH_SCALE` (default 1.0) scales publishers and rows for quick runs;
-//! `BENCH_SECONDS` (default 30) is the measured time.
+//! `BENCH_SECONDS` (default 20) is the measured time.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -22,7 +22,7 @@ const OFFSET_MS: u64 = 500;
 
 fn main() {
     let scale = env_f64("BENCH_SCALE", 1.0).clamp(0.01, 1.0);
-    let seconds = env_f64("BENCH_SECONDS", 30.0).max(5.0);
+    let seconds = env_f64("BENCH_SECONDS", 20.0).max(5.0);
     let publishers = ((100.0 * scale).round() as usize).max(1);
     let rows_per_table = ((1000.0 * scale).round() as usize).max(1);
 

@@ -11,7 +11,7 @@
 //! - throughput: 16 concurrent HTTP clients running the SQL benchmark's queries
 //!   (`bench/queries.sql`) in turn against the SQL node: queries/s, p50/p99 latency.
 //!
-//! `BENCH_SCALE` (default 1.0) scales the fleets; `BENCH_SECONDS` (default 20) is the
+//! `BENCH_SCALE` (default 1.0) scales the fleets; `BENCH_SECONDS` (default 15) is the
 //! throughput run per fleet.
 
 use std::collections::BTreeMap;
@@ -30,7 +30,7 @@ use serde_json::Value;
 const PER_CLUSTER: usize = 70;
 const CLIENTS: usize = 16;
 /// New generations measured at the SQL node per fleet.
-const GENERATIONS: usize = 5;
+const GENERATIONS: usize = 4;
 const POLL: Duration = Duration::from_millis(50);
 /// Timed runs per query with no other client (after one warm-up).
 const ALONE_RUNS: usize = 3;
@@ -304,7 +304,7 @@ fn load(sql: &Node, queries: &[(String, String)], seconds: f64) -> Throughput {
 
 fn main() {
     let scale = env_f64("BENCH_SCALE", 1.0).clamp(0.001, 1.0);
-    let seconds = env_f64("BENCH_SECONDS", 20.0).max(5.0);
+    let seconds = env_f64("BENCH_SECONDS", 15.0).max(5.0);
     let text = std::fs::read_to_string(repo().join("bench/queries.sql")).expect("queries");
     let queries = parse_queries(&text);
     let sizes: Vec<usize> = [1_000.0, 10_000.0, 70_000.0]
@@ -323,12 +323,12 @@ fn main() {
          `queryd simulate --serve clusters` serves the fleet as its cluster proxies would \
          (70 machines per cluster, one part per machine, 20% of machines changing each \
          generation, zstd) over TCP to a `queryd tla`, which serves a `queryd sql` node; both \
-         prewarm every simulated table. Seals at 0% (simulator), 30% (TLA) and 60% (SQL node) \
-         of the interval. All three processes, the poller and the clients share the \
+         prewarm every simulated table. The simulator seals at 0% and the TLA at 30% of the \
+         interval; the SQL node seals when the TLA's generation arrives. All three processes, the poller and the clients share the \
          machine's cores.\n\n\
          *Data latency*: for {GENERATIONS} new generations at the SQL node, the age of the \
          newest `sys` source in the first answer from it (a poller asks every {} ms): \
-         publish → visible. The schedule alone accounts for 60% of the interval. *Throughput*: \
+         publish → visible. The schedule alone accounts for 30% of the interval. *Throughput*: \
          {CLIENTS} concurrent HTTP clients run the {} queries of `bench/queries.sql` in turn \
          for {seconds:.0} s.\n\n\
          | machines | clusters | interval | up after | latency p50 | latency p99 | TLA CPU | SQL node CPU | simulator CPU | RSS TLA / SQL node | clusters → TLA per generation, full / later | TLA → SQL node, full / later | queries/s | query p50 | query p99 | failed |\n\
@@ -410,7 +410,7 @@ fn main() {
                 .map(|n| n.get())
                 .unwrap_or(1),
             big.interval.as_secs(),
-            big.interval.as_millis() * 6 / 10,
+            big.interval.as_millis() * 3 / 10,
         ));
     }
     body.push_str(&format!(

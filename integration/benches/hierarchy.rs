@@ -12,7 +12,7 @@
 //! - CPU and memory of every process, from /proc.
 //!
 //! `BENCH_SCALE` (default 1.0) scales the edges (20, at least 4); `BENCH_SECONDS`
-//! (default 30) is the measured time per compression.
+//! (default 20) is the measured time per compression.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,8 +32,8 @@ const ROWS: usize = 1000;
 /// Rows each publisher changes every interval (5%).
 const CHANGED: usize = 50;
 const POLL_MS: u64 = 25;
-/// The SQL node seals at 70% of the interval.
-const SQL_OFFSET_MS: i64 = 700;
+/// The TLA seals at 50% of the interval; the SQL node as soon as the TLA's round arrives.
+const TLA_OFFSET_MS: i64 = 500;
 const WARM_UP: Duration = Duration::from_secs(5);
 /// How long any one expected state may take to appear while the fleet starts.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -163,7 +163,7 @@ struct Tier {
 struct Run {
     codec: &'static str,
     latencies: Vec<f64>,
-    /// Answer time less the SQL node's scheduled seal of the publish's round (ms).
+    /// Answer time less the TLA's scheduled seal of the publish's round (ms).
     past_seal: Vec<f64>,
     /// Sequence numbers between the first and last seen of an edge that never appeared.
     superseded: usize,
@@ -224,8 +224,8 @@ fn run(codec: &'static str, block: u8, edges: usize, seconds: f64) -> Run {
                 };
                 if published >= window_start && seen.entry(ip.into()).or_default().insert(seq) {
                     latencies.push((at - published) as f64);
-                    // The SQL node's scheduled seal of the round the publish belongs to.
-                    let seal = published - published.rem_euclid(INTERVAL_MS as i64) + SQL_OFFSET_MS;
+                    // The TLA's scheduled seal of the round the publish belongs to.
+                    let seal = published - published.rem_euclid(INTERVAL_MS as i64) + TLA_OFFSET_MS;
                     past_seal.push((at - seal) as f64);
                 }
             }
@@ -323,7 +323,7 @@ fn run(codec: &'static str, block: u8, edges: usize, seconds: f64) -> Run {
 
 fn main() {
     let scale = env_f64("BENCH_SCALE", 1.0).clamp(0.01, 1.0);
-    let seconds = env_f64("BENCH_SECONDS", 30.0).max(5.0);
+    let seconds = env_f64("BENCH_SECONDS", 20.0).max(5.0);
     // Even, so both clusters have as many edges.
     let edges = ((20.0 * scale / 2.0).round() as usize).max(2) * CLUSTERS;
     let per_cluster = edges / CLUSTERS;
@@ -344,7 +344,7 @@ fn main() {
         .collect();
 
     let mut latency = String::from(
-        "| compression | median | p99 | max | past the SQL node's seal, median / p99 | samples | superseded |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        "| compression | median | p99 | max | past the TLA's seal, median / p99 | samples | superseded |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &runs {
         latency.push_str(&format!(
@@ -422,8 +422,8 @@ fn main() {
     let body = format!(
         "## Hierarchy: {edges} edges in {CLUSTERS} clusters → {CLUSTERS} cluster proxies → TLA → SQL node, {INTERVAL_MS} ms interval\n\n\
          Every node is a release `queryd` process on its own loopback address; generations are\n\
-         sealed at 100 ms (edges), 300 ms (proxies), 500 ms (TLA) and 700 ms (SQL node) past\n\
-         each second. The edges' host publisher is off: on every edge one publisher (the\n\
+         sealed at 100 ms (edges), 300 ms (proxies) and 500 ms (TLA) past each second; the SQL\n\
+         node seals when the TLA's generation arrives. The edges' host publisher is off: on every edge one publisher (the\n\
          `query_client` library, over the socket) publishes `load_info` right after each\n\
          second (staggered by up to 40 ms): {ROWS} rows of which {CHANGED} ({:.0}%) change each\n\
          time, plus one row holding a sequence number and the wall-clock time of the publish.\n\
@@ -434,11 +434,11 @@ fn main() {
          **Publish → visible at the SQL node.** The benchmark queries the SQL node every\n\
          {POLL_MS} ms for the sequence rows and notes, per edge and sequence number, the first\n\
          answer holding it (time of the answer less the publish time; resolution about\n\
-         {POLL_MS} ms plus the query's own time). The schedule alone makes this 700 ms less\n\
-         the publish's 0-40 ms past the second: the SQL node seals each round at 700 ms.\n\
-         *Past the SQL node's seal* is the answer time less that scheduled seal of the\n\
-         publish's round: what sealing, merging, links, the snapshot switch and the poll\n\
-         add. *Superseded*: sequence numbers never seen at the SQL node because a later\n\
+         {POLL_MS} ms plus the query's own time). The schedule alone makes this 500 ms less\n\
+         the publish's 0-40 ms past the second: the TLA seals each round at 500 ms.\n\
+         *Past the TLA's seal* is the answer time less that scheduled seal of the publish's\n\
+         round: what the TLA's merge, the link to the SQL node, its seal, the snapshot switch\n\
+         and the poll add. *Superseded*: sequence numbers never seen at the SQL node because a later\n\
          publish replaced them first (a round missed somewhere).\n\n\
          {latency}\n\
          **Bytes per generation per link**, from the sending end of every link\n\

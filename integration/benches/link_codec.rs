@@ -26,7 +26,7 @@ use query_actors::simulate::FleetSimulator;
 use query_integration::bench::{env_f64, human_bytes, simulator, write_bench_section};
 
 /// Consecutive generations per fleet; the first is full on the diff link, the rest diffs.
-const GENERATIONS: usize = 10;
+const GENERATIONS: usize = 6;
 const INTERVAL: Duration = Duration::from_secs(10);
 
 /// A compressor under comparison: the link's own codecs through `Codec`, and the

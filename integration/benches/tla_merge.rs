@@ -27,7 +27,7 @@ use query_actors::tier::Children;
 use query_integration::bench::{env_f64, human_bytes, percentile, simulator, write_bench_section};
 
 const PER_CLUSTER: usize = 70;
-const GENERATIONS: u64 = 6;
+const GENERATIONS: u64 = 4;
 const INTERVAL: Duration = Duration::from_secs(60);
 /// Frames as large as a 70k-machine full copy pass.
 const MAX: usize = DEFAULT_MAX_FRAME_BYTES;

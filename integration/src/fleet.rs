@@ -1,7 +1,8 @@
 //! A whole hierarchy of `queryd` processes on one loopback block 127.0.`block`.0/24: edges
 //! (each its own address, `.11` up) in clusters → one cluster proxy per cluster (`.1` up) →
 //! a TLA (`.5`) → a SQL node (`.6`). Every tier seals later in the interval than the one
-//! below (10%, 30%, 50%, 70%), as an operator would set the offsets. Shared by the
+//! below (10%, 30%, 50%), as an operator would set the offsets; the SQL node seals when its
+//! TLA delivers (its 70% offset counts only while the TLA is silent). Shared by the
 //! hierarchy tests and the hierarchy benchmark; every process dies with its [`Fleet`].
 
 use std::net::TcpListener;

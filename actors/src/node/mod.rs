@@ -252,6 +252,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     let inputs = sealer::SealInputs {
         local_machine,
         merge_grace: config.link.merge_grace.min(config.generation.interval / 2),
+        follow_children: config.role == Role::Sql,
         publishers: std::sync::Mutex::new(local),
         children: children.clone(),
         wanted: Some(wanted.clone()),

@@ -1,6 +1,11 @@
 //! The generation actor: at each seal time it collects every local publisher's rows and
 //! merges what the children delivered for the round (on the compute pool), seals them into
 //! a generation, hands it to the snapshot keeper and offers it to parents.
+//!
+//! A SQL node *follows* its TLA instead: it seals as soon as the TLA delivers a
+//! generation, so an answer is one TLA round old, not one TLA round plus however long
+//! until the SQL node's own clock comes round. Its clock still seals when the TLA has been
+//! silent for an interval, so its own tables stay fresh and `generation.age_ms` grows.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -38,6 +43,9 @@ pub struct SealInputs {
     pub local_machine: bool,
     /// How long a seal waits for children late with the round.
     pub merge_grace: std::time::Duration,
+    /// Seal on every generation a child delivers, taking its latest whatever the round
+    /// (a SQL node and its one TLA).
+    pub follow_children: bool,
 }
 
 /// Edges and proxies are one cluster; a TLA's children are clusters; a SQL node reports
@@ -58,8 +66,15 @@ pub struct Sealer {
     metrics: Arc<Metrics>,
     next_id: u64,
     sealing: bool,
+    /// A child delivered while a seal ran: seal again when it ends.
+    pending: bool,
+    /// A child delivered since the last clock tick (following: the tick has nothing new).
+    delivered_since_tick: bool,
     previous: Option<Arc<Generation>>,
 }
+
+/// A child delivered a generation.
+struct Delivered;
 
 impl Sealer {
     pub fn new(
@@ -79,6 +94,8 @@ impl Sealer {
             metrics,
             next_id: 1,
             sealing: false,
+            pending: false,
+            delivered_since_tick: false,
             previous: None,
         }
     }
@@ -88,7 +105,11 @@ impl Sealer {
         let at = next_seal(now, self.config.interval, self.config.offset);
         let delay = at.duration_since(now).unwrap_or_default();
         ctx.run_later(delay, move |act, ctx| {
-            act.seal(ctx, at);
+            if act.inputs.follow_children && std::mem::take(&mut act.delivered_since_tick) {
+                // Following: this interval's generation was sealed when the child delivered.
+            } else {
+                act.seal(ctx, at);
+            }
             act.schedule(ctx);
         });
     }
@@ -109,8 +130,11 @@ impl Sealer {
         let work = self
             .pool
             .spawn(async move { collect_and_seal(id, round, &inputs, previous.as_deref()).await });
-        ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|res, act, _| {
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|res, act, ctx| {
             act.sealing = false;
+            if std::mem::take(&mut act.pending) {
+                act.seal(ctx, SystemTime::now());
+            }
             match res {
                 Ok((generation, took)) => {
                     act.metrics.generations_sealed.fetch_add(1, Ordering::Relaxed);
@@ -174,10 +198,15 @@ async fn collect_and_seal(
     if let Some(children) = &inputs.children {
         let empty = BTreeSet::new();
         let wanted = wanted.as_ref().unwrap_or(&empty);
-        // Children late with the round get until the grace runs out.
-        let deadline = Instant::now() + inputs.merge_grace;
+        // Children late with the round get until the grace runs out. A follower takes
+        // what its child delivered last: there is nothing to wait for.
+        let (round_due, grace) = match inputs.follow_children {
+            true => (0, std::time::Duration::ZERO),
+            false => (round, inputs.merge_grace),
+        };
+        let deadline = Instant::now() + grace;
         let merged = loop {
-            let merged = children.merge(round, wanted, Instant::now());
+            let merged = children.merge(round_due, wanted, Instant::now());
             if merged.incomplete.is_empty() || Instant::now() >= deadline {
                 break merged;
             }
@@ -246,5 +275,104 @@ impl Actor for Sealer {
         // Seal once right away so a fresh node answers within its first interval.
         self.seal(ctx, SystemTime::now());
         self.schedule(ctx);
+        if let (true, Some(children)) = (self.inputs.follow_children, &self.inputs.children) {
+            let deliveries = futures::stream::unfold(children.deliveries(), |mut rx| async move {
+                rx.changed().await.ok()?;
+                Some((Delivered, rx))
+            });
+            ctx.add_stream(deliveries);
+        }
+    }
+}
+
+impl StreamHandler<Delivered> for Sealer {
+    fn handle(&mut self, _: Delivered, ctx: &mut Context<Self>) {
+        self.delivered_since_tick = true;
+        if self.sealing {
+            self.pending = true;
+        } else {
+            self.seal(ctx, SystemTime::now());
+        }
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // The children are never dropped while the node runs; nothing to do if they are.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use arc_swap::ArcSwapOption;
+
+    use super::*;
+    use crate::tier::children::tests::gen;
+
+    /// A SQL node's sealer on a one-hour clock, wanting `sys` of its one child, the TLA.
+    fn follower(children: Arc<Children>) -> watch::Receiver<Option<Arc<Generation>>> {
+        let pool = SqlPool::new(1).expect("pool");
+        let metrics = Arc::new(Metrics::default());
+        let (installed, _) = watch::channel(0);
+        let keeper = SnapshotKeeper::new(
+            Arc::new(ArcSwapOption::empty()),
+            pool.clone(),
+            metrics.clone(),
+            installed,
+        )
+        .start();
+        let (_wanted_tx, wanted) = watch::channel(BTreeSet::from(["sys".to_string()]));
+        let inputs = SealInputs {
+            publishers: Mutex::new(Vec::new()),
+            children: Some(children),
+            wanted: Some(wanted),
+            declare_wanted: None,
+            clusters: ClusterCount::FromChildren,
+            local_machine: false,
+            merge_grace: Duration::from_secs(2),
+            follow_children: true,
+        };
+        let config = GenerationConfig {
+            interval: Duration::from_secs(3600),
+            offset: Duration::ZERO,
+        };
+        let (published, generations) = watch::channel(None);
+        Sealer::new(config, inputs, keeper, published, pool, metrics).start();
+        generations
+    }
+
+    async fn next(rx: &mut watch::Receiver<Option<Arc<Generation>>>) -> Arc<Generation> {
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .expect("a generation well before the clock's next seal")
+            .expect("sealer alive");
+        rx.borrow_and_update().clone().expect("a generation")
+    }
+
+    #[actix::test]
+    async fn a_follower_seals_when_its_child_delivers_not_on_its_clock() {
+        let children = Children::new(["tla".to_string()], Duration::from_secs(60));
+        let mut generations = follower(children.clone());
+        let first = next(&mut generations).await;
+        assert!(!first.tables.contains_key("sys"), "nothing delivered yet");
+
+        for round in [41, 42] {
+            let mut delivered = gen(round, "10.0.0.1", &["sys"]);
+            delivered.sealed_at = at(round);
+            children.deliver("tla", Arc::new(delivered), |s| {
+                s.last_frame = Some(Instant::now())
+            });
+            let g = next(&mut generations).await;
+            assert_eq!(g.tables["sys"].rows(), 1);
+            assert_eq!(
+                g.sealed_at,
+                at(round),
+                "the TLA's generation, as old as the TLA's seal"
+            );
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_secs(secs)
     }
 }

@@ -84,6 +84,9 @@ pub struct Snapshot {
     pub view_errors: BTreeMap<String, String>,
     /// Why the last edit of views.toml was rejected, if it was (the views before it stay).
     pub views_file_error: Option<String>,
+    /// Size and freshness of each published table, counted once: a table of a 70k-machine
+    /// generation has 70k parts, and every answer reports its tables.
+    published: Vec<TableUse>,
     ctx: SessionContext,
 }
 
@@ -207,6 +210,18 @@ impl Snapshot {
             .iter()
             .map(|v| (v.name.clone(), v.sql.clone()))
             .collect();
+        let published = generation
+            .tables
+            .iter()
+            .map(|(name, t)| TableUse {
+                name: name.clone(),
+                origin: Origin::Published,
+                rows: Some(t.rows()),
+                sources: t.source_count(),
+                oldest_publish: t.oldest_publish(),
+                newest_publish: t.newest_publish(),
+            })
+            .collect();
         Snapshot {
             generation,
             statics,
@@ -214,6 +229,7 @@ impl Snapshot {
             views: providers,
             view_errors,
             views_file_error: None,
+            published,
             ctx,
         }
     }
@@ -252,19 +268,7 @@ impl Snapshot {
 
     /// Every table a client can query, with its origin, size and sources.
     pub fn tables(&self) -> Vec<TableUse> {
-        let mut out: Vec<TableUse> = self
-            .generation
-            .tables
-            .iter()
-            .map(|(name, t)| TableUse {
-                name: name.clone(),
-                origin: Origin::Published,
-                rows: Some(t.rows()),
-                sources: t.source_count(),
-                oldest_publish: t.oldest_publish(),
-                newest_publish: t.newest_publish(),
-            })
-            .collect();
+        let mut out = self.published.clone();
         for (name, t) in &self.statics.tables {
             if !self.generation.tables.contains_key(name) {
                 out.push(TableUse {

@@ -277,19 +277,19 @@ impl Session {
                     let generation = decoder.apply(frame)?;
                     tracing::debug!(child = %self.child, id = generation.id, round = generation.round, bytes, full, "generation from child");
                     let now = Instant::now();
-                    self.children.update(&self.child, |s| {
-                        s.latest = Some(Arc::new(generation));
-                        s.last_frame = Some(now);
-                        s.bytes_in += bytes;
-                        s.frames += 1;
-                        s.last_frame_bytes = bytes;
-                        if full {
-                            s.full_frames += 1;
-                        }
-                        if full_copy {
-                            s.last_full_frame_bytes = bytes;
-                        }
-                    });
+                    self.children
+                        .deliver(&self.child, Arc::new(generation), |s| {
+                            s.last_frame = Some(now);
+                            s.bytes_in += bytes;
+                            s.frames += 1;
+                            s.last_frame_bytes = bytes;
+                            if full {
+                                s.full_frames += 1;
+                            }
+                            if full_copy {
+                                s.last_full_frame_bytes = bytes;
+                            }
+                        });
                 }
                 ToParent::Refused { message } => return Err(LinkError::Refused(message)),
                 ToParent::Hello { .. } | ToParent::Advert(_) => {

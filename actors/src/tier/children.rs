@@ -62,6 +62,8 @@ pub struct Merged {
 pub struct Children {
     slots: Mutex<BTreeMap<String, ChildState>>,
     drop_after: Duration,
+    /// Counts generations delivered by any child: a SQL node seals on each.
+    deliveries: tokio::sync::watch::Sender<u64>,
 }
 
 impl Children {
@@ -74,7 +76,28 @@ impl Children {
                     .collect(),
             ),
             drop_after,
+            deliveries: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Stores a generation a child delivered, with the link's bookkeeping, and tells
+    /// whoever watches [`Children::deliveries`].
+    pub fn deliver(
+        &self,
+        child: &str,
+        generation: Arc<ChildGeneration>,
+        bookkeeping: impl FnOnce(&mut ChildState),
+    ) {
+        self.update(child, |s| {
+            s.latest = Some(generation);
+            bookkeeping(s);
+        });
+        self.deliveries.send_modify(|n| *n += 1);
+    }
+
+    /// Changes each time a child delivers a generation.
+    pub fn deliveries(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.deliveries.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ChildState>> {
@@ -155,7 +178,7 @@ impl Children {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     use datafusion::arrow::array::{Int64Array, StringArray};
@@ -165,7 +188,8 @@ mod tests {
     use super::*;
     use crate::generation::{Part, SourceStamp};
 
-    fn gen(round: u64, machine: &str, tables: &[&str]) -> ChildGeneration {
+    /// A child's generation of `round`: one row of `machine` in each of `tables`.
+    pub(crate) fn gen(round: u64, machine: &str, tables: &[&str]) -> ChildGeneration {
         let schema = Arc::new(Schema::new(vec![
             Field::new("machine_ip", DataType::Utf8, false),
             Field::new("v", DataType::Int64, false),
