@@ -207,13 +207,21 @@ async fn collect_and_seal(
         let deadline = Instant::now() + grace;
         let merged = loop {
             let merged = children.merge(round_due, wanted, Instant::now());
-            if merged.incomplete.is_empty() || Instant::now() >= deadline {
+            let whole = merged.incomplete.is_empty() && merged.late.is_empty();
+            if whole || Instant::now() >= deadline {
                 break merged;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         };
+        if !merged.late.is_empty() {
+            tracing::debug!(
+                round,
+                late = merged.late.len(),
+                "children late with the round; their latest copies stand in"
+            );
+        }
         if !merged.incomplete.is_empty() {
-            tracing::debug!(round, tables = ?merged.incomplete, "children late with the round; sealing without them");
+            tracing::debug!(round, tables = ?merged.incomplete, "tables not collected by every child yet; carried from the previous generation");
         }
         if !merged.dropped.is_empty() {
             tracing::debug!(dropped = ?merged.dropped, "children not counted this round");
@@ -240,7 +248,7 @@ async fn collect_and_seal(
 }
 
 /// Puts the children's merge for a round into `builder`: every complete table's parts;
-/// for a table some child has not sent yet, the copy in `previous` (or nothing); the
+/// for a table some child does not hold yet, the copy in `previous` (or nothing); the
 /// children's publish errors. Where a proxy or TLA merges its children.
 pub fn add_merged(builder: &mut GenerationBuilder, merged: Merged, previous: Option<&Generation>) {
     for (table, t) in merged.complete {
@@ -254,7 +262,7 @@ pub fn add_merged(builder: &mut GenerationBuilder, merged: Merged, previous: Opt
         }
     }
     for table in &merged.incomplete {
-        // Not every child has sent this round: carry the last complete copy, so a query
+        // Some child does not hold the table yet: carry the last complete copy, so a query
         // never sees some clusters' new rows beside others' missing ones. Without an
         // earlier complete copy the table stays out: a query waits for it rather than
         // reading some clusters and not others.

@@ -2,11 +2,13 @@
 //! the TLA at a SQL node), and where it merges their tables into its own generation.
 //!
 //! Each child link writes the child's latest generation here; the sealer calls
-//! [`Children::merge`] once per round. A table enters the parent's generation only when
-//! every live child has delivered its copy for the round ("complete"); otherwise the
-//! parent carries the table from its previous generation, so a query never sees a mix of
-//! one cluster's new rows and another's missing ones. A child silent for `drop_after` is
-//! dropped: its rows leave until it speaks again.
+//! [`Children::merge`] once per round. A table enters the parent's generation when every
+//! live child holds a copy of it ("complete"); a child late with the round contributes its
+//! latest copy (its rows' publish times tell how old they are), so one slow cluster of a
+//! thousand neither holds back nor removes the others' rows. A table some live child does
+//! not hold at all (requested, not yet collected there) is carried from the parent's
+//! previous generation, so a query never sees one cluster's rows beside another's missing
+//! ones. A child silent for `drop_after` is dropped: its rows leave until it speaks again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -42,8 +44,10 @@ pub struct ChildState {
 pub struct Merged {
     /// Tables every live child delivered for the round: their parts together.
     pub complete: BTreeMap<String, GenTable>,
-    /// Wanted tables some live child has not delivered yet for the round.
+    /// Wanted tables some live child does not hold (not collected there yet).
     pub incomplete: BTreeSet<String>,
+    /// Live children that have not delivered the round yet: their latest copies count.
+    pub late: Vec<String>,
     /// Children that count (heard from within `drop_after`).
     pub live: usize,
     /// Children silent too long (or never heard).
@@ -138,7 +142,12 @@ impl Children {
             out.machines += g.machines;
             out.clusters += g.clusters;
         }
-        if live.iter().all(|(_, g)| g.round >= round) {
+        out.late = live
+            .iter()
+            .filter(|(_, g)| g.round < round)
+            .map(|(name, _)| (*name).clone())
+            .collect();
+        if out.late.is_empty() {
             out.delivered_sealed_at = live.iter().map(|(_, g)| g.sealed_at).min();
         }
         if live.is_empty() {
@@ -148,10 +157,8 @@ impl Children {
             return out;
         }
         for table in wanted {
-            let delivered = live
-                .iter()
-                .all(|(_, g)| g.round >= round && g.tables.contains_key(table));
-            if !delivered {
+            let held = live.iter().all(|(_, g)| g.tables.contains_key(table));
+            if !held {
                 out.incomplete.insert(table.clone());
                 continue;
             }
@@ -236,7 +243,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_table_is_complete_only_when_every_live_child_delivered_the_round() {
+    fn a_child_late_with_the_round_contributes_its_latest_copy() {
         let now = Instant::now();
         let c = Children::new(["a".into(), "b".into()], Duration::from_secs(10));
         c.update("a", |s| {
@@ -248,14 +255,17 @@ pub(crate) mod tests {
             s.last_frame = Some(now);
         });
         let m = c.merge(5, &wanted(&["sys"]), now);
-        assert!(m.complete.is_empty());
-        assert_eq!(m.incomplete, wanted(&["sys"]), "b has not sent round 5");
+        assert_eq!(m.late, vec!["b".to_string()], "b has not sent round 5");
+        assert_eq!(m.complete["sys"].rows(), 2, "b's round 4 stands in");
+        assert!(m.incomplete.is_empty());
+        assert!(m.delivered_sealed_at.is_none());
 
         c.update("b", |s| s.latest = Some(Arc::new(gen(5, "b", &["sys"]))));
         let m = c.merge(5, &wanted(&["sys", "load"]), now);
         assert_eq!(m.complete["sys"].rows(), 2);
         assert_eq!(m.complete["sys"].parts.len(), 2);
         assert_eq!(m.incomplete, wanted(&["load"]), "b lacks load");
+        assert!(m.late.is_empty());
         assert_eq!((m.live, m.machines), (2, 2));
     }
 
