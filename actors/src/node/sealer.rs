@@ -132,9 +132,6 @@ impl Sealer {
             .spawn(async move { collect_and_seal(id, round, &inputs, previous.as_deref()).await });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|res, act, ctx| {
             act.sealing = false;
-            if std::mem::take(&mut act.pending) {
-                act.seal(ctx, SystemTime::now());
-            }
             match res {
                 Ok((generation, took)) => {
                     act.metrics.generations_sealed.fetch_add(1, Ordering::Relaxed);
@@ -149,6 +146,10 @@ impl Sealer {
                     act.metrics.actor_restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, "sealing a generation failed; the previous one stays");
                 }
+            }
+            // After `previous` is set: the next seal builds on this one.
+            if std::mem::take(&mut act.pending) {
+                act.seal(ctx, SystemTime::now());
             }
         }));
     }
