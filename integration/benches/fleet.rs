@@ -28,6 +28,8 @@ use query_integration::{repo, Node, Simulator, Workspace};
 use serde_json::Value;
 
 const PER_CLUSTER: usize = 70;
+/// The TLA seals this many tenths of the interval past each boundary (the simulator at 0).
+const TLA_TENTHS: u64 = 3;
 const CLIENTS: usize = 16;
 /// New generations measured at the SQL node per fleet.
 const GENERATIONS: usize = 4;
@@ -128,7 +130,7 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
         "tla.toml",
         &format!(
             "{}\n[link]\nlisten = \"{tla_link}\"\nchildren = {}\ndrop_after = \"{drop_after}\"\n\n[requests]\nprewarm = \"prewarm.toml\"\n",
-            common(&tla_ip, 3),
+            common(&tla_ip, TLA_TENTHS),
             toml_list(&sim.children)
         ),
     );
@@ -410,7 +412,7 @@ fn main() {
                 .map(|n| n.get())
                 .unwrap_or(1),
             big.interval.as_secs(),
-            big.interval.as_millis() * 3 / 10,
+            big.interval.as_millis() * u128::from(TLA_TENTHS) / 10,
         ));
     }
     body.push_str(&format!(

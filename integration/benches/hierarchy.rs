@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use query_client::protocol::Row;
 use query_client::{ClientError, Publisher};
 use query_integration::bench::{env_f64, human_bytes, percentile, proc_usage, write_bench_section};
-use query_integration::fleet::{Fleet, FleetSpec};
+use query_integration::fleet::{Fleet, FleetSpec, TLA_TENTHS};
 use serde_json::json;
 
 const INTERVAL_MS: u64 = 1000;
@@ -32,8 +32,8 @@ const ROWS: usize = 1000;
 /// Rows each publisher changes every interval (5%).
 const CHANGED: usize = 50;
 const POLL_MS: u64 = 25;
-/// The TLA seals at 50% of the interval; the SQL node as soon as the TLA's round arrives.
-const TLA_OFFSET_MS: i64 = 500;
+/// The TLA's seal in the interval (the SQL node seals as soon as the TLA's round arrives).
+const TLA_OFFSET_MS: i64 = (INTERVAL_MS * TLA_TENTHS / 10) as i64;
 const WARM_UP: Duration = Duration::from_secs(5);
 /// How long any one expected state may take to appear while the fleet starts.
 const LIMIT: Duration = Duration::from_secs(120);

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use crate::{Node, Workspace};
 
+/// The TLA seals this many tenths of the interval past each boundary.
+pub const TLA_TENTHS: u64 = 5;
+
 /// The most clusters a fleet can have: proxies take `.1` to `.4`, below the TLA's `.5`.
 pub const MAX_CLUSTERS: usize = 4;
 /// The most edges: `.11` to `.250`.
@@ -255,7 +258,7 @@ impl Fleet {
                 format!(
                     "{node}\n{generation}\n{no_host}\n[link]\nlisten = \"{tla_link}\"\ncompression = \"{codec}\"\n{parents}\n{requests}{tier_prewarm}",
                     node = node(&tla_ip, "tla"),
-                    generation = generation(5),
+                    generation = generation(TLA_TENTHS),
                     codec = spec.compression,
                     parents = parent_link(&proxy_links),
                 ),

@@ -206,14 +206,10 @@ async fn collect_and_seal(
             false => (round, inputs.merge_grace),
         };
         let deadline = Instant::now() + grace;
-        let merged = loop {
-            let merged = children.merge(round_due, wanted, Instant::now());
-            let whole = merged.incomplete.is_empty() && merged.late.is_empty();
-            if whole || Instant::now() >= deadline {
-                break merged;
-            }
+        while Instant::now() < deadline && !children.ready(round_due, wanted, Instant::now()) {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        };
+        }
+        let merged = children.merge(round_due, wanted, Instant::now());
         if !merged.late.is_empty() {
             tracing::debug!(
                 round,

@@ -123,20 +123,46 @@ impl Children {
         self.drop_after
     }
 
-    /// Merges the children's latest generations for `round`, for the `wanted` tables.
-    pub fn merge(&self, round: u64, wanted: &BTreeSet<String>, now: Instant) -> Merged {
-        let slots = self.lock();
-        let mut out = Merged::default();
-        let mut live: Vec<(&String, &ChildGeneration)> = Vec::new();
+    /// The children heard from within `drop_after` with their latest generations, and the
+    /// names of the others.
+    fn split_live<'a>(
+        &self,
+        slots: &'a BTreeMap<String, ChildState>,
+        now: Instant,
+    ) -> (Vec<(&'a String, &'a ChildGeneration)>, Vec<String>) {
+        let mut live = Vec::new();
+        let mut dropped = Vec::new();
         for (name, s) in slots.iter() {
             let heard = s
                 .last_frame
                 .is_some_and(|t| now.saturating_duration_since(t) <= self.drop_after);
             match (&s.latest, heard) {
-                (Some(g), true) => live.push((name, g)),
-                _ => out.dropped.push(name.clone()),
+                (Some(g), true) => live.push((name, g.as_ref())),
+                _ => dropped.push(name.clone()),
             }
         }
+        (live, dropped)
+    }
+
+    /// Whether [`Children::merge`] for `round` would find no child late and no wanted
+    /// table missing: what a seal waits for, checked without merging (a merge of a 70k
+    /// fleet moves every part, too much to redo while waiting).
+    pub fn ready(&self, round: u64, wanted: &BTreeSet<String>, now: Instant) -> bool {
+        let slots = self.lock();
+        let (live, _) = self.split_live(&slots, now);
+        if live.is_empty() {
+            return wanted.is_empty();
+        }
+        live.iter()
+            .all(|(_, g)| g.round >= round && wanted.iter().all(|t| g.tables.contains_key(t)))
+    }
+
+    /// Merges the children's latest generations for `round`, for the `wanted` tables.
+    pub fn merge(&self, round: u64, wanted: &BTreeSet<String>, now: Instant) -> Merged {
+        let slots = self.lock();
+        let mut out = Merged::default();
+        let (live, dropped) = self.split_live(&slots, now);
+        out.dropped = dropped;
         out.live = live.len();
         for (_, g) in &live {
             out.machines += g.machines;
@@ -267,6 +293,26 @@ pub(crate) mod tests {
         assert_eq!(m.incomplete, wanted(&["load"]), "b lacks load");
         assert!(m.late.is_empty());
         assert_eq!((m.live, m.machines), (2, 2));
+    }
+
+    #[test]
+    fn ready_when_no_child_is_late_and_every_child_holds_the_tables() {
+        let now = Instant::now();
+        let c = Children::new(["a".into(), "b".into()], Duration::from_secs(10));
+        assert!(!c.ready(5, &wanted(&["sys"]), now), "nobody heard yet");
+        for (child, round) in [("a", 5), ("b", 4)] {
+            c.update(child, |s| {
+                s.latest = Some(Arc::new(gen(round, child, &["sys"])));
+                s.last_frame = Some(now);
+            });
+        }
+        assert!(!c.ready(5, &wanted(&["sys"]), now), "b is late");
+        c.update("b", |s| s.latest = Some(Arc::new(gen(5, "b", &["sys"]))));
+        assert!(c.ready(5, &wanted(&["sys"]), now));
+        assert!(
+            !c.ready(5, &wanted(&["sys", "load"]), now),
+            "nobody holds load"
+        );
     }
 
     #[test]
