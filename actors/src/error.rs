@@ -44,9 +44,25 @@ pub enum QueryError {
     /// Execution failed because of the data the query asked for (e.g. division by zero).
     #[error("{0}")]
     Execution(String),
+    /// The statement is larger or deeper than the node accepts (checked before planning).
+    #[error("the statement is too complex: {0}")]
+    TooComplex(String),
+    /// The answer grew past `[http] max_result_bytes` while it was read.
+    #[error("the answer exceeded {0} bytes ([http] max_result_bytes); select fewer rows or columns, or aggregate")]
+    AnswerTooLarge(usize),
     /// The query ran longer than the node allows.
-    #[error("query did not finish within {0:?}")]
+    #[error("query did not finish within {0:?} ([http] query_timeout)")]
     Timeout(Duration),
+    /// Admission control: too many queries running and queued, or too many of this client's.
+    #[error("the node is busy: {0}; retry shortly")]
+    Busy(String),
+    /// This query hit a limit too often and is refused for a while.
+    #[error("this query is quarantined until {until} after hitting the {limit} limit {strikes} times; change it (e.g. add a LIMIT or a WHERE) or ask an operator to lift it (POST /admin/quarantine/lift)")]
+    Quarantined {
+        until: String,
+        limit: String,
+        strikes: usize,
+    },
     /// Tables the query needs were requested below but have not arrived in time.
     #[error("tables not available yet: {} (requested from the tier below; waited {waited:?}); retry shortly", missing.join(", "))]
     TablesNotReady {
@@ -80,12 +96,29 @@ impl QueryError {
             QueryError::NotReadOnly(_) => "not_read_only",
             QueryError::Sql(_) => "sql_error",
             QueryError::Execution(_) => "execution_error",
+            QueryError::TooComplex(_) => "too_complex",
+            QueryError::AnswerTooLarge(_) => "answer_too_large",
             QueryError::Timeout(_) => "timeout",
+            QueryError::Busy(_) => "busy",
+            QueryError::Quarantined { .. } => "quarantined",
             QueryError::NoGeneration => "no_generation",
             QueryError::OtherPartition { .. } => "other_partition",
             QueryError::TablesNotReady { .. } => "tables_not_ready",
             QueryError::ResourcesExhausted(_) => "resources_exhausted",
             QueryError::Internal(_) => "internal",
+        }
+    }
+
+    /// The limit this error says the query hit, if it is one that counts towards
+    /// quarantine (the query's own doing, not the node's state).
+    pub fn limit_hit(&self) -> Option<&'static str> {
+        match self {
+            QueryError::TooComplex(_) => Some("complexity"),
+            QueryError::AnswerTooLarge(_) => Some("answer size"),
+            QueryError::Timeout(_) => Some("time"),
+            QueryError::ResourcesExhausted(_) => Some("memory"),
+            QueryError::Execution(m) if m.contains("max_result_bytes") => Some("answer size"),
+            _ => None,
         }
     }
 }

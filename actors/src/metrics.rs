@@ -31,6 +31,8 @@ pub struct Metrics {
     pub actor_restarts: AtomicU64,
     /// A SQL node's switches from one TLA to another.
     pub tla_switches: AtomicU64,
+    /// Queries put in quarantine since start.
+    pub queries_quarantined: AtomicU64,
     /// View computations since start, all generations.
     pub view_computations_total: Arc<AtomicU64>,
     /// HTTP responses by status code.

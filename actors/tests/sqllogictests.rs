@@ -14,7 +14,7 @@ use datafusion::arrow::array::Array;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use query_actors::generation::{GenerationBuilder, Part, SourceStamp};
-use query_actors::sql::{load_views, QueryLimits, Snapshot};
+use query_actors::sql::{load_views, QueryLimits, Snapshot, DEFAULT_MAX_RESULT_BYTES};
 use query_actors::static_tables::StaticLoader;
 use query_actors::table::{load_schema_dir, TableBuilder};
 use query_actors::QueryError;
@@ -85,7 +85,15 @@ async fn snapshot() -> Result<Snapshot, String> {
         return Err(format!("static tables: {:?}", statics.errors));
     }
     let views = load_views(&repo().join("ops/views.toml")).map_err(|e| e.to_string())?;
-    let snap = Snapshot::build(generation, statics, &views, 2, Arc::new(AtomicU64::new(0))).await;
+    let snap = Snapshot::build(
+        generation,
+        statics,
+        &views,
+        2,
+        DEFAULT_MAX_RESULT_BYTES,
+        Arc::new(AtomicU64::new(0)),
+    )
+    .await;
     if !snap.view_errors.is_empty() {
         return Err(format!("views: {:?}", snap.view_errors));
     }
@@ -100,7 +108,11 @@ impl AsyncDB for QueryDb {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, QueryError> {
-        let out = self.0.query(sql, &QueryLimits { max_rows: 10_000 }).await?;
+        let limits = QueryLimits {
+            max_rows: 10_000,
+            ..Default::default()
+        };
+        let out = self.0.query(sql, &limits).await?;
         let types = out
             .schema
             .fields()

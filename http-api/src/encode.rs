@@ -1,4 +1,5 @@
-//! Query results as JSON (columns + rows of arrays), CSV or newline-delimited JSON.
+//! Query results as JSON (columns + rows of arrays), CSV or newline-delimited JSON, encoded
+//! a batch at a time so an answer streams out instead of being built as one value.
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::csv::WriterBuilder;
@@ -110,49 +111,45 @@ fn batch_rows(b: &RecordBatch) -> impl Iterator<Item = Vec<Value>> {
     (0..b.num_rows()).map(move |r| cols.iter().map(|c| c[r].clone()).collect())
 }
 
-/// Rows as arrays of values, in column order.
-pub fn json_rows(batches: &[RecordBatch]) -> Vec<Value> {
-    batches
-        .iter()
-        .flat_map(batch_rows)
-        .map(Value::Array)
-        .collect()
-}
-
-/// One JSON object per line, keyed by column name.
-pub fn ndjson(batches: &[RecordBatch]) -> String {
-    let mut out = String::new();
-    for b in batches {
-        let schema = b.schema();
-        for row in batch_rows(b) {
-            let obj: Map<String, Value> = schema
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .zip(row)
-                .collect();
-            out.push_str(&Value::Object(obj).to_string());
-            out.push('\n');
+/// A batch's rows as JSON arrays, each preceded by a comma unless it is the answer's very
+/// first row (`first`).
+pub fn json_rows(b: &RecordBatch, mut first: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.num_rows() * 64);
+    for row in batch_rows(b) {
+        if !first {
+            out.push(b',');
         }
+        first = false;
+        // Writing a Value to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &Value::Array(row));
     }
     out
 }
 
-/// CSV with a header line (written even for an empty result).
-pub fn csv(
-    schema: &datafusion::arrow::datatypes::Schema,
-    batches: &[RecordBatch],
-) -> Result<Vec<u8>, String> {
+/// One JSON object per line, keyed by column name.
+pub fn ndjson(b: &RecordBatch) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.num_rows() * 96);
+    let schema = b.schema();
+    for row in batch_rows(b) {
+        let obj: Map<String, Value> = schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .zip(row)
+            .collect();
+        let _ = serde_json::to_writer(&mut out, &Value::Object(obj));
+        out.push(b'\n');
+    }
+    out
+}
+
+/// A batch as CSV lines, with the header line first when `header` (an empty batch with
+/// the header gives the header alone).
+pub fn csv(b: &RecordBatch, header: bool) -> Result<Vec<u8>, String> {
     let mut buf = Vec::new();
     {
-        let mut w = WriterBuilder::new().with_header(true).build(&mut buf);
-        if batches.is_empty() {
-            let empty = RecordBatch::new_empty(std::sync::Arc::new(schema.clone()));
-            w.write(&empty).map_err(|e| e.to_string())?;
-        }
-        for b in batches {
-            w.write(b).map_err(|e| e.to_string())?;
-        }
+        let mut w = WriterBuilder::new().with_header(header).build(&mut buf);
+        w.write(b).map_err(|e| e.to_string())?;
     }
     Ok(buf)
 }
@@ -180,14 +177,23 @@ mod tests {
             ],
         )
         .expect("batch");
-        let rows = json_rows(std::slice::from_ref(&b));
+        let rows = format!(
+            "[{}]",
+            String::from_utf8(json_rows(&b, true)).expect("utf8")
+        );
+        let rows: serde_json::Value = serde_json::from_str(&rows).expect("JSON");
         assert_eq!(rows[0], serde_json::json!([1, 0.5, "x,y"]));
         assert_eq!(rows[1], serde_json::json!([null, null, null]));
-        assert_eq!(
-            ndjson(std::slice::from_ref(&b)).lines().next(),
-            Some(r#"{"a":1,"b":0.5,"c":"x,y"}"#)
-        );
-        let csv = String::from_utf8(csv(&schema, &[b]).expect("csv")).expect("utf8");
+        assert!(json_rows(&b, false).starts_with(b",["));
+        let nd = String::from_utf8(ndjson(&b)).expect("utf8");
+        assert_eq!(nd.lines().next(), Some(r#"{"a":1,"b":0.5,"c":"x,y"}"#));
+        let csv = String::from_utf8(csv(&b, true).expect("csv")).expect("utf8");
         assert!(csv.starts_with("a,b,c\n1,0.5,\"x,y\"\n"), "{csv}");
+        let empty = RecordBatch::new_empty(schema);
+        assert_eq!(csv_header_only(&empty), "a,b,c\n");
+    }
+
+    fn csv_header_only(b: &RecordBatch) -> String {
+        String::from_utf8(csv(b, true).expect("csv")).expect("utf8")
     }
 }

@@ -13,6 +13,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("no such endpoint: {0}")]
     NotFound(String),
     #[error("method {0} is not allowed here")]
@@ -25,6 +27,7 @@ impl ApiError {
             ApiError::Query(e) => e.code(),
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
         }
@@ -38,8 +41,13 @@ impl ResponseError for ApiError {
                 QueryError::BadRequest(_)
                 | QueryError::NotReadOnly(_)
                 | QueryError::Sql(_)
+                | QueryError::TooComplex(_)
+                | QueryError::AnswerTooLarge(_)
                 | QueryError::Execution(_) => StatusCode::BAD_REQUEST,
+                // The client may retry later (Retry-After is set), unlike a 4xx.
+                QueryError::Quarantined { .. } => StatusCode::TOO_MANY_REQUESTS,
                 QueryError::Timeout(_)
+                | QueryError::Busy(_)
                 | QueryError::NoGeneration
                 | QueryError::TablesNotReady { .. }
                 | QueryError::ResourcesExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -49,6 +57,7 @@ impl ResponseError for ApiError {
             },
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -63,6 +72,15 @@ impl ResponseError for ApiError {
             "error": { "code": self.code(), "message": self.to_string() }
         });
         let mut response = HttpResponse::build(status);
+        match self {
+            ApiError::Query(QueryError::Busy(_)) => {
+                response.insert_header(("Retry-After", "1"));
+            }
+            ApiError::Query(QueryError::Quarantined { .. }) => {
+                response.insert_header(("Retry-After", "60"));
+            }
+            _ => {}
+        }
         if let ApiError::Query(QueryError::OtherPartition {
             partition, host, ..
         }) = self
@@ -95,6 +113,17 @@ mod tests {
             (ApiError::from(QueryError::NoGeneration), 503),
             (ApiError::from(QueryError::Internal("bug".into())), 500),
             (ApiError::PayloadTooLarge(10), 413),
+            (ApiError::from(QueryError::TooComplex("deep".into())), 400),
+            (ApiError::from(QueryError::AnswerTooLarge(10)), 400),
+            (ApiError::from(QueryError::Busy("full".into())), 503),
+            (
+                ApiError::from(QueryError::Quarantined {
+                    until: "later".into(),
+                    limit: "time".into(),
+                    strikes: 3,
+                }),
+                429,
+            ),
         ];
         for (e, status) in cases {
             assert_eq!(e.status_code().as_u16(), status, "{e}");

@@ -25,6 +25,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(routes::tables::get_tables))
             .default_service(web::to(method_not_allowed)),
     )
+    .service(
+        web::resource("/admin/quarantine/lift")
+            .route(web::post().to(routes::admin::lift_quarantine))
+            .default_service(web::to(method_not_allowed)),
+    )
     .route("/health", web::get().to(routes::health::get_health))
     .route("/metrics", web::get().to(routes::metrics::get_metrics))
     .route("/", web::get().to(routes::console::get_console))

@@ -26,7 +26,9 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use query_actors::edge::LocalPublisher;
 use query_actors::generation::{Generation, GenerationBuilder};
-use query_actors::sql::{load_views, QueryLimits, Snapshot, ViewsFile};
+use query_actors::sql::{
+    load_views, MemoryBudget, QueryLimits, Snapshot, ViewsFile, DEFAULT_MAX_RESULT_BYTES,
+};
 use query_actors::static_tables::{StaticCatalog, StaticLoader};
 use query_integration::bench::{env_f64, parse_queries, simulator, write_bench_section};
 use query_integration::repo;
@@ -60,6 +62,7 @@ async fn snapshot(
         statics.clone(),
         views,
         cores,
+        DEFAULT_MAX_RESULT_BYTES,
         Arc::new(AtomicU64::new(0)),
     )
     .await;
@@ -95,8 +98,12 @@ async fn run_query(
     runs: usize,
     uses_views: bool,
 ) -> Outcome {
+    // No answer or memory limit: the comparison with DuckDB measures the engine alone.
     let limits = QueryLimits {
         max_rows: usize::MAX,
+        max_result_bytes: usize::MAX,
+        memory: MemoryBudget::new(usize::MAX / 2, usize::MAX / 2),
+        ..Default::default()
     };
     let mut times = Vec::with_capacity(runs);
     let mut last = None;

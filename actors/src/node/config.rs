@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::quarantine::QuarantineConfig;
 use crate::aggregator_sets::AggregatorSetConfig;
 use crate::edge::config::EdgeConfig;
 use crate::error::{ConfigError, ConfigResult};
 use crate::simulate::SimulateConfig;
+use crate::sql::{ParseLimits, DEFAULT_MAX_RESULT_BYTES};
 use crate::tier::names::DnsConfig;
 use crate::tier::tla_selection::TlaSelectionConfig;
 use crate::tier::{LinkConfig, RequestsConfig};
@@ -112,6 +114,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Rows returned at most; an answer cut there says `"truncated": true`.
     pub max_result_rows: usize,
+    /// Bytes of one answer at most (its Arrow size as it is read, and the output of any
+    /// one function call); past it the query fails with `answer_too_large`.
+    pub max_result_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub query_timeout: Duration,
     /// HTTP worker threads; 0 = one per core.
@@ -124,6 +129,7 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1 << 20,
             max_result_rows: 100_000,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             query_timeout: Duration::from_secs(30),
             workers: 0,
         }
@@ -172,12 +178,107 @@ impl Default for GenerationConfig {
     }
 }
 
+/// `[sql]`: the pools, and the limits every query is held to (admission, statement size,
+/// memory), with the quarantine of queries that keep hitting them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[derive(Default)]
 pub struct SqlConfig {
-    /// Threads of the compute pool (queries, sealing); 0 = one per core.
+    /// Threads of the compute pool (sealing, merging, links); 0 = one per core.
     pub threads: usize,
+    /// Threads of the query pool, separate so sealing never waits behind queries; 0 = one
+    /// per core.
+    pub query_threads: usize,
+    /// Queries running at once; 0 = twice the query pool's threads (queries that run at
+    /// once share the threads between batches, so a light one is not stuck behind heavy
+    /// ones).
+    pub max_concurrent_queries: usize,
+    /// Queries waiting for a place at most; beyond, 503 `busy`.
+    pub max_queued_queries: usize,
+    /// Places (running or queued) one client address may hold.
+    pub max_queries_per_client: usize,
+    /// Queries one client may run at once; 0 = half of max_concurrent_queries (at least
+    /// one), so one client never holds every running place.
+    pub max_running_per_client: usize,
+    /// Longest wait in the queue before 503 `busy`.
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// Tokens in one statement at most (checked before parsing).
+    pub max_tokens: usize,
+    /// Depth of one expression at most, once AND/OR chains are balanced.
+    pub max_expr_depth: usize,
+    /// Memory one query's operators may reserve (sorts, joins, aggregates), MiB.
+    pub query_memory_limit_mb: usize,
+    /// Memory all queries together may reserve, MiB; 0 = half the machine's memory.
+    pub node_query_memory_mb: usize,
+    pub quarantine: QuarantineConfig,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        let parse = ParseLimits::default();
+        SqlConfig {
+            threads: 0,
+            query_threads: 0,
+            max_concurrent_queries: 0,
+            max_queued_queries: 64,
+            max_queries_per_client: 16,
+            max_running_per_client: 0,
+            queue_timeout: Duration::from_secs(5),
+            max_tokens: parse.max_tokens,
+            max_expr_depth: parse.max_depth,
+            query_memory_limit_mb: 1024,
+            node_query_memory_mb: 0,
+            quarantine: QuarantineConfig::default(),
+        }
+    }
+}
+
+impl SqlConfig {
+    pub fn parse_limits(&self) -> ParseLimits {
+        ParseLimits {
+            max_tokens: self.max_tokens,
+            max_depth: self.max_expr_depth,
+        }
+    }
+
+    /// Bytes all queries together may reserve.
+    pub fn node_query_memory_bytes(&self) -> usize {
+        if self.node_query_memory_mb > 0 {
+            return self.node_query_memory_mb << 20;
+        }
+        physical_memory().map_or(4 << 30, |m| m / 2)
+    }
+
+    fn validate(&self) -> ConfigResult<()> {
+        let bad = |m: &str| {
+            Err(ConfigError::Invalid {
+                what: "[sql]".into(),
+                message: m.into(),
+            })
+        };
+        if self.max_queries_per_client == 0 || self.query_memory_limit_mb == 0 {
+            return bad("max_queries_per_client and query_memory_limit_mb must be positive");
+        }
+        if self.max_tokens < 100 || self.max_expr_depth < 16 {
+            return bad("max_tokens must be at least 100 and max_expr_depth at least 16");
+        }
+        // The query threads' stacks are sized for what the front door admits.
+        if self.max_tokens > 1_000_000 || self.max_expr_depth > 4096 {
+            return bad("max_tokens is at most 1000000 and max_expr_depth at most 4096");
+        }
+        if self.queue_timeout.is_zero() {
+            return bad("queue_timeout must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// The machine's memory, from /proc/meminfo.
+fn physical_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -239,12 +340,16 @@ impl NodeConfig {
         if self.generation.offset >= self.generation.interval {
             return bad("[generation] offset", "must be shorter than the interval");
         }
-        if self.http.max_body_bytes == 0 || self.http.max_result_rows == 0 {
+        if self.http.max_body_bytes == 0
+            || self.http.max_result_rows == 0
+            || self.http.max_result_bytes < 1024
+        {
             return bad(
                 "[http]",
-                "max_body_bytes and max_result_rows must be positive",
+                "max_body_bytes and max_result_rows must be positive, max_result_bytes at least 1024",
             );
         }
+        self.sql.validate()?;
         if self.http.query_timeout.is_zero() {
             return bad("[http] query_timeout", "must be positive");
         }

@@ -1,5 +1,12 @@
-//! The handle through which the HTTP layer reads a node: the snapshot served now, queries
-//! (run on the compute pool with the node's time limit), the hierarchy's state, metrics.
+//! The handle through which the HTTP layer reads a node: the snapshot served now, queries,
+//! the hierarchy's state, metrics.
+//!
+//! A query's way: quarantine check, admission (a place among the running queries), the
+//! front door (parse and check, on the query pool: its threads have the stacks for it),
+//! the tables it needs, then execution on the query pool. The deadline is kept here, on
+//! the caller's runtime, not in the pool: a CPU-bound plan cannot delay its own timeout,
+//! and dropping the pool's task cancels it at its next yield. Limits hit count towards
+//! the query's quarantine.
 //!
 //! On a SQL node a query first names the published tables it reads (directly or through
 //! views): they are requested below (kept for the ttl), and if the served generation lacks
@@ -7,6 +14,7 @@
 //! `[requests] wait`.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,19 +22,73 @@ use actix::Addr;
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
+use super::admission::{Admission, AdmissionLimits};
 use super::config::NodeConfig;
+use super::quarantine::{normalise, Quarantine};
 use crate::aggregator_sets::Routing;
+use crate::error::ConfigError;
 use crate::error::QueryError;
 use crate::metrics::Metrics;
-use crate::sql::{referenced_tables, QueryLimits, QueryOutput, Snapshot, SqlPool};
+use crate::sql::{
+    parse_checked, referenced_tables_of, MemoryBudget, QueryLimits, QueryOutput, Snapshot, SqlPool,
+};
 use crate::table::SchemaRegistry;
 use crate::tier::messages::UseTables;
 use crate::tier::parent_links::ParentSessions;
 use crate::tier::tla_selection::SharedSelection;
 use crate::tier::{Children, RequestBook};
 
+/// What queries share: their pool, admission, limits and quarantine.
+#[derive(Clone)]
+pub struct Queries {
+    pub pool: SqlPool,
+    pub admission: Arc<Admission>,
+    pub quarantine: Arc<Quarantine>,
+    pub limits: QueryLimits,
+}
+
+impl Queries {
+    pub fn new(config: &NodeConfig) -> Result<Self, ConfigError> {
+        let sql = &config.sql;
+        let pool =
+            SqlPool::named(sql.query_threads, "query-sql").map_err(|e| ConfigError::Invalid {
+                what: "[sql] query_threads".into(),
+                message: format!("cannot start the query pool: {e}"),
+            })?;
+        let max_concurrent = match sql.max_concurrent_queries {
+            0 => 2 * pool.threads(),
+            n => n,
+        };
+        let running_per_client = match sql.max_running_per_client {
+            0 => (max_concurrent / 2).max(1),
+            n => n,
+        };
+        Ok(Queries {
+            admission: Admission::new(AdmissionLimits {
+                max_concurrent,
+                max_queued: sql.max_queued_queries,
+                per_client: sql.max_queries_per_client,
+                running_per_client,
+                queue_timeout: sql.queue_timeout,
+            }),
+            quarantine: Quarantine::new(sql.quarantine.clone()),
+            limits: QueryLimits {
+                max_rows: config.http.max_result_rows,
+                max_result_bytes: config.http.max_result_bytes,
+                parse: sql.parse_limits(),
+                memory: MemoryBudget::new(
+                    sql.node_query_memory_bytes(),
+                    sql.query_memory_limit_mb << 20,
+                ),
+            },
+            pool,
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct NodeHandle {
+    pub queries: Queries,
     current: Arc<ArcSwapOption<Snapshot>>,
     installed: watch::Receiver<u64>,
     pub metrics: Arc<Metrics>,
@@ -47,6 +109,7 @@ pub struct NodeHandle {
 }
 
 pub(super) struct Parts {
+    pub queries: Queries,
     pub current: Arc<ArcSwapOption<Snapshot>>,
     pub installed: watch::Receiver<u64>,
     pub metrics: Arc<Metrics>,
@@ -72,6 +135,7 @@ pub struct Answer {
 impl NodeHandle {
     pub(super) fn new(p: Parts) -> Self {
         NodeHandle {
+            queries: p.queries,
             current: p.current,
             installed: p.installed,
             metrics: p.metrics,
@@ -93,38 +157,64 @@ impl NodeHandle {
         self.current.load_full()
     }
 
-    /// Runs `sql` on the current snapshot. The snapshot is taken once, so the whole query
-    /// reads one generation even if the node switches meanwhile.
-    pub async fn query(&self, sql: String) -> Result<Answer, QueryError> {
+    /// Runs `sql` for `client` (its address) on the current snapshot. The snapshot is
+    /// taken once, so the whole query reads one generation even if the node switches
+    /// meanwhile.
+    pub async fn query(&self, sql: String, client: &str) -> Result<Answer, QueryError> {
         let started = Instant::now();
-        let result = self.query_inner(sql, started).await;
+        let key = normalise(&sql);
+        let result = match self.queries.quarantine.check(&key) {
+            Ok(()) => self.query_inner(sql.clone(), client, started).await,
+            Err(e) => Err(e),
+        };
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.code(),
         };
+        if let Err(e) = &result {
+            if let Some(limit) = e.limit_hit() {
+                if self.queries.quarantine.strike(&key, &sql, client, limit) {
+                    self.metrics
+                        .queries_quarantined
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
         self.metrics.record_query(outcome, started.elapsed());
         result
     }
 
-    async fn query_inner(&self, sql: String, started: Instant) -> Result<Answer, QueryError> {
+    async fn query_inner(
+        &self,
+        sql: String,
+        client: &str,
+        started: Instant,
+    ) -> Result<Answer, QueryError> {
+        let q = &self.queries;
+        let _place = q.admission.admit(client).await?;
+        let limits = q.limits.clone();
+        let parse = limits.parse;
+        let statement = q
+            .pool
+            .run(async move { parse_checked(&sql, &parse) })
+            .await??;
         let snapshot = if self.config.role.answers_sql() {
-            self.with_tables_of(&sql).await?
+            self.with_tables_of(referenced_tables_of(&statement, &self.view_sql()))
+                .await?
         } else {
             self.snapshot().ok_or(QueryError::NoGeneration)?
         };
-        let limits = QueryLimits {
-            max_rows: self.config.http.max_result_rows,
-        };
         let timeout = self.config.http.query_timeout;
         let snap = snapshot.clone();
-        let output = self
-            .pool
-            .run(async move {
-                tokio::time::timeout(timeout, snap.query(&sql, &limits))
-                    .await
-                    .map_err(|_| QueryError::Timeout(timeout))?
-            })
-            .await??;
+        // The timer runs here, outside the query pool; on expiry `run`'s future is dropped,
+        // which aborts the task there.
+        let output = tokio::time::timeout(
+            timeout,
+            q.pool
+                .run(async move { snap.query_statement(statement, &limits).await }),
+        )
+        .await
+        .map_err(|_| QueryError::Timeout(timeout))???;
         Ok(Answer {
             snapshot,
             output,
@@ -132,12 +222,15 @@ impl NodeHandle {
         })
     }
 
-    /// Requests the published tables `sql` reads and returns a snapshot that holds them
-    /// all, waiting for one if needed.
-    async fn with_tables_of(&self, sql: &str) -> Result<Arc<Snapshot>, QueryError> {
+    fn view_sql(&self) -> std::collections::BTreeMap<String, String> {
+        self.snapshot().map(|s| s.view_sql()).unwrap_or_default()
+    }
+
+    /// Requests the published ones of `tables` (what a query reads, views followed) and
+    /// returns a snapshot that holds them all, waiting for one if needed.
+    async fn with_tables_of(&self, tables: BTreeSet<String>) -> Result<Arc<Snapshot>, QueryError> {
         let snapshot = self.snapshot();
-        let views = snapshot.as_ref().map(|s| s.view_sql()).unwrap_or_default();
-        let needed: BTreeSet<String> = referenced_tables(sql, &views)
+        let needed: BTreeSet<String> = tables
             .into_iter()
             .filter(|t| self.schemas.get(t).is_some())
             .collect();

@@ -5,17 +5,21 @@
 //! Every role is assembled by [`start_node`] from the same pieces; the config's
 //! [`Role`] decides which are present.
 
+mod admission;
 pub mod config;
 mod handle;
 pub mod messages;
+pub mod quarantine;
 mod schedule;
 mod sealer;
 mod self_tables;
 mod serving;
 mod watcher;
 
+pub use admission::AdmissionLimits;
 pub use config::{NodeConfig, Role};
-pub use handle::{Answer, NodeHandle};
+pub use handle::{Answer, NodeHandle, Queries};
+use quarantine::QuarantineTable;
 pub use schedule::{next_seal, round_of};
 pub use sealer::{add_merged, ClusterCount};
 
@@ -260,10 +264,20 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         clusters,
     };
 
+    let queries = handle::Queries::new(&config)?;
     let (installed_tx, installed) = watch::channel(0u64);
-    let keeper =
-        serving::SnapshotKeeper::new(current.clone(), pool.clone(), metrics.clone(), installed_tx)
-            .start();
+    let keeper = serving::SnapshotKeeper::new(
+        current.clone(),
+        pool.clone(),
+        metrics.clone(),
+        installed_tx,
+        config.http.max_result_bytes,
+        vec![(
+            QuarantineTable::NAME,
+            Arc::new(QuarantineTable::new(queries.quarantine.clone())),
+        )],
+    )
+    .start();
     watcher::FileWatcher::new(
         &config.paths,
         config.requests.prewarm.clone(),
@@ -285,6 +299,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     .start();
 
     Ok(NodeHandle::new(handle::Parts {
+        queries,
         current,
         installed,
         metrics,

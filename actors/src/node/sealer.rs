@@ -324,6 +324,8 @@ mod tests {
             pool.clone(),
             metrics.clone(),
             installed,
+            crate::sql::DEFAULT_MAX_RESULT_BYTES,
+            Vec::new(),
         )
         .start();
         let (_wanted_tx, wanted) = watch::channel(BTreeSet::from(["sys".to_string()]));

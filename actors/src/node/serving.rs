@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use arc_swap::ArcSwapOption;
+use datafusion::catalog::TableProvider;
 
 use super::messages::{InstallGeneration, InstallStatics, InstallViews};
 use crate::generation::Generation;
@@ -27,6 +28,10 @@ pub struct SnapshotKeeper {
     installed_seq: u64,
     /// The generation id served now, for queries waiting on a table to arrive.
     installed: tokio::sync::watch::Sender<u64>,
+    /// The largest output of one guarded function call (`[http] max_result_bytes`).
+    max_value_bytes: usize,
+    /// Tables about this node, computed when read, added to every snapshot.
+    node_tables: Vec<(&'static str, Arc<dyn TableProvider>)>,
 }
 
 impl SnapshotKeeper {
@@ -35,9 +40,13 @@ impl SnapshotKeeper {
         pool: SqlPool,
         metrics: Arc<Metrics>,
         installed: tokio::sync::watch::Sender<u64>,
+        max_value_bytes: usize,
+        node_tables: Vec<(&'static str, Arc<dyn TableProvider>)>,
     ) -> Self {
         SnapshotKeeper {
             installed,
+            max_value_bytes,
+            node_tables,
             current,
             pool,
             metrics,
@@ -61,9 +70,22 @@ impl SnapshotKeeper {
         let views_error = self.views_error.clone();
         let total = self.metrics.view_computations_total.clone();
         let partitions = self.pool.threads();
+        let max_value_bytes = self.max_value_bytes;
+        let node_tables = self.node_tables.clone();
         let work = self.pool.spawn(async move {
-            let mut snap = Snapshot::build(generation, statics, &views, partitions, total).await;
+            let mut snap = Snapshot::build(
+                generation,
+                statics,
+                &views,
+                partitions,
+                max_value_bytes,
+                total,
+            )
+            .await;
             snap.views_file_error = views_error;
+            for (name, table) in node_tables {
+                snap.add_node_table(name, table);
+            }
             snap
         });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(move |res, act, _| match res {

@@ -10,15 +10,21 @@ use std::time::SystemTime;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::MemTable;
+use datafusion::catalog::{MemTable, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::config::Dialect;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::execute_stream;
+use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 
 use super::division::NullOnDivideByZero;
-use super::statement::check_read_only;
+use super::front_door::{parse_checked, ParseLimits};
+use super::guarded::guard_functions;
+use super::memory::MemoryBudget;
 use super::views::{ViewProvider, ViewsFile};
 use crate::error::QueryError;
 use crate::generation::Generation;
@@ -35,6 +41,8 @@ pub enum Origin {
     Published,
     Static,
     View,
+    /// About this node, computed when read (`query_quarantine`).
+    Node,
 }
 
 /// What a query used, or what `GET /tables` lists.
@@ -58,7 +66,27 @@ pub struct TableUse {
 pub struct QueryLimits {
     /// Rows returned at most; more are cut and the answer says it was truncated.
     pub max_rows: usize,
+    /// Bytes (Arrow memory) of the answer at most; past it the query fails.
+    pub max_result_bytes: usize,
+    /// Size and depth of the statement, checked before planning.
+    pub parse: ParseLimits,
+    /// Memory the query's operators may reserve, inside the node's budget.
+    pub memory: MemoryBudget,
 }
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            max_rows: 100_000,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+            parse: ParseLimits::default(),
+            memory: MemoryBudget::default(),
+        }
+    }
+}
+
+/// Default of `[http] max_result_bytes`, and the cap of the guarded functions' output.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 << 20;
 
 #[derive(Debug)]
 pub struct QueryOutput {
@@ -87,6 +115,8 @@ pub struct Snapshot {
     /// Size and freshness of each published table, counted once: a table of a 70k-machine
     /// generation has 70k parts, and every answer reports its tables.
     published: Vec<TableUse>,
+    /// Tables about this node (`add_node_table`).
+    node_tables: BTreeSet<String>,
     ctx: SessionContext,
 }
 
@@ -106,6 +136,7 @@ impl Snapshot {
         statics: Arc<StaticCatalog>,
         views: &ViewsFile,
         partitions: usize,
+        max_value_bytes: usize,
         view_computations_total: Arc<AtomicU64>,
     ) -> Snapshot {
         let mut config = SessionConfig::new()
@@ -115,6 +146,7 @@ impl Snapshot {
         // names (`cluster`), and clients will later speak the Postgres wire protocol.
         config.options_mut().sql_parser.dialect = SQL_DIALECT;
         let ctx = new_context(config);
+        guard_functions(&ctx, max_value_bytes);
         let mut taken = BTreeSet::new();
         for (name, table) in &generation.tables {
             match partitioned(table.schema.clone(), table.batches(), partitions) {
@@ -163,7 +195,7 @@ impl Snapshot {
             let mut progressed = false;
             let mut still = Vec::new();
             for v in pending {
-                match plan_read_only(&ctx, &v.sql).await {
+                match plan_read_only(&ctx, &v.sql, &ParseLimits::default()).await {
                     Ok(plan) => {
                         let depends_on = scanned_tables(&plan).into_iter().collect();
                         let provider = Arc::new(ViewProvider::new(
@@ -230,23 +262,46 @@ impl Snapshot {
             view_errors,
             views_file_error: None,
             published,
+            node_tables: BTreeSet::new(),
             ctx,
         }
     }
 
     /// Runs one read-only statement on this snapshot.
     pub async fn query(&self, sql: &str, limits: &QueryLimits) -> Result<QueryOutput, QueryError> {
-        let plan = plan_read_only(&self.ctx, sql).await?;
+        let statement = parse_checked(sql, &limits.parse)?;
+        self.query_statement(statement, limits).await
+    }
+
+    /// Runs a statement that passed the front door (`parse_checked`). Operators reserve
+    /// memory from a pool of the query's own inside the node's; the answer is read batch by
+    /// batch up to the row and byte limits, and dropping the stream cancels the rest.
+    pub async fn query_statement(
+        &self,
+        statement: DfStatement,
+        limits: &QueryLimits,
+    ) -> Result<QueryOutput, QueryError> {
+        let plan = plan_statement(&self.ctx, statement).await?;
         let tables = self.tables_used(&plan);
         let df = self.ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        // Read the result until one row past the limit; dropping the stream cancels the rest.
-        let mut stream = df.execute_stream().await?;
+        let physical = df.create_physical_plan().await?;
+        let state = self.ctx.state();
+        let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
+            .with_memory_pool(limits.memory.for_query())
+            .build_arc()?;
+        let task = Arc::new(TaskContext::from(&state).with_runtime(runtime));
+        let mut stream = execute_stream(physical, task)?;
         let mut batches = Vec::new();
         let mut rows = 0usize;
+        let mut bytes = 0usize;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             rows += batch.num_rows();
+            bytes += batch.get_array_memory_size();
+            if bytes > limits.max_result_bytes {
+                return Err(QueryError::AnswerTooLarge(limits.max_result_bytes));
+            }
             batches.push(batch);
             if rows > limits.max_rows {
                 break;
@@ -259,6 +314,13 @@ impl Snapshot {
             truncated,
             tables,
         })
+    }
+
+    /// Adds a table computed when read (about this node, not the generation).
+    pub fn add_node_table(&mut self, name: &str, provider: Arc<dyn TableProvider>) {
+        if self.ctx.register_table(name, provider).is_ok() {
+            self.node_tables.insert(name.to_string());
+        }
     }
 
     /// The SQL of every view, by name.
@@ -280,6 +342,16 @@ impl Snapshot {
                     newest_publish: Some(t.loaded_at),
                 });
             }
+        }
+        for name in &self.node_tables {
+            out.push(TableUse {
+                name: name.clone(),
+                origin: Origin::Node,
+                rows: None,
+                sources: 1,
+                oldest_publish: None,
+                newest_publish: None,
+            });
         }
         for (name, v) in &self.views {
             out.push(TableUse {
@@ -350,22 +422,21 @@ fn new_context(config: SessionConfig) -> SessionContext {
     SessionContext::new_with_state(state)
 }
 
-/// Parses, checks read-only and plans one statement.
-async fn plan_read_only(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
-    if sql.trim().is_empty() {
-        return Err(QueryError::BadRequest("no SQL statement given".into()));
-    }
-    let state = ctx.state();
-    let stmt = state.sql_to_statement(sql, &SQL_DIALECT).map_err(|e| {
-        let msg = e.message().to_string();
-        if msg.contains("only supports a single SQL statement") {
-            QueryError::BadRequest("send one statement per request".into())
-        } else {
-            QueryError::from(e)
-        }
-    })?;
-    check_read_only(&stmt)?;
-    let plan = state.statement_to_plan(stmt).await?;
+/// Parses, checks (`front_door`) and plans one statement.
+async fn plan_read_only(
+    ctx: &SessionContext,
+    sql: &str,
+    limits: &ParseLimits,
+) -> Result<LogicalPlan, QueryError> {
+    plan_statement(ctx, parse_checked(sql, limits)?).await
+}
+
+/// Plans a statement that passed the front door.
+async fn plan_statement(
+    ctx: &SessionContext,
+    statement: DfStatement,
+) -> Result<LogicalPlan, QueryError> {
+    let plan = ctx.state().statement_to_plan(statement).await?;
     // Defence in depth: the planner agrees that nothing here writes or changes state.
     SQLOptions::new()
         .with_allow_ddl(false)

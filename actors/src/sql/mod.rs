@@ -1,16 +1,22 @@
 //! SQL over one generation: the DataFusion context a snapshot answers from, the read-only
-//! statement check, views cached per generation, and the pool queries run on.
+//! statement check and the front door every statement passes, views cached per generation,
+//! memory limits and guarded functions, and the pools queries run on.
 
 mod division;
 mod engine;
+mod front_door;
+mod guarded;
+mod memory;
 mod pool;
 mod references;
 mod statement;
 mod views;
 
-pub use engine::{Origin, QueryLimits, QueryOutput, Snapshot, TableUse};
+pub use engine::{Origin, QueryLimits, QueryOutput, Snapshot, TableUse, DEFAULT_MAX_RESULT_BYTES};
+pub use front_door::{parse_checked, ParseLimits, STACK_BYTES};
+pub use memory::MemoryBudget;
 pub(crate) use pool::AbortOnDrop;
 pub use pool::SqlPool;
-pub use references::referenced_tables;
+pub use references::{referenced_tables, referenced_tables_of};
 pub use statement::check_read_only;
 pub use views::{load_views, ViewDef, ViewStats, ViewsFile};

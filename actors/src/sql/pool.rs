@@ -11,13 +11,40 @@ use crate::error::QueryError;
 
 #[derive(Clone)]
 pub struct SqlPool {
-    runtime: Arc<Runtime>,
+    runtime: Arc<PoolRuntime>,
     threads: usize,
+}
+
+/// The runtime, shut down without waiting when the last handle goes: a node's handle may
+/// be dropped inside another runtime (the demo drops its proxies' handles on the actix
+/// system), where a blocking shutdown would panic.
+struct PoolRuntime(Option<Runtime>);
+
+impl PoolRuntime {
+    fn get(&self) -> &Runtime {
+        // Only `drop` takes the runtime out.
+        self.0.as_ref().expect("the runtime lives until drop")
+    }
+}
+
+impl Drop for PoolRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl SqlPool {
     /// `threads == 0` sizes the pool to the machine's cores.
     pub fn new(threads: usize) -> std::io::Result<Self> {
+        Self::named(threads, "query-compute")
+    }
+
+    /// A pool whose threads are called `name` (queries run on a pool of their own, so
+    /// sealing and links never wait behind them). Threads get stacks sized for what the
+    /// SQL front door admits (`sql::STACK_BYTES`): views are planned here too.
+    pub fn named(threads: usize, name: &str) -> std::io::Result<Self> {
         let threads = if threads == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -27,11 +54,12 @@ impl SqlPool {
         };
         let runtime = Builder::new_multi_thread()
             .worker_threads(threads)
-            .thread_name("query-compute")
+            .thread_name(name)
+            .thread_stack_size(super::front_door::STACK_BYTES)
             .enable_all()
             .build()?;
         Ok(SqlPool {
-            runtime: Arc::new(runtime),
+            runtime: Arc::new(PoolRuntime(Some(runtime))),
             threads,
         })
     }
@@ -48,7 +76,7 @@ impl SqlPool {
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        let mut guard = AbortOnDrop(self.runtime.spawn(fut));
+        let mut guard = AbortOnDrop(self.runtime.get().spawn(fut));
         let result = (&mut guard.0).await;
         result.map_err(|e| {
             if e.is_panic() {
@@ -64,7 +92,7 @@ impl SqlPool {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.runtime.spawn(fut)
+        self.runtime.get().spawn(fut)
     }
 }
 

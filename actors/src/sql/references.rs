@@ -4,23 +4,35 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use datafusion::sql::parser::DFParser;
+use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::resolve::resolve_table_references;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 
 /// Table names `sql` reads, through `views` (name → SQL). SQL that does not parse names
 /// nothing: planning will report the error.
 pub fn referenced_tables(sql: &str, views: &BTreeMap<String, String>) -> BTreeSet<String> {
+    follow_views(direct_tables(sql), views)
+}
+
+/// Table names a checked statement reads, through `views`.
+pub fn referenced_tables_of(
+    statement: &Statement,
+    views: &BTreeMap<String, String>,
+) -> BTreeSet<String> {
+    follow_views(statement_tables(statement), views)
+}
+
+fn follow_views(direct: Vec<String>, views: &BTreeMap<String, String>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut seen_views = BTreeSet::new();
-    let mut todo = vec![sql.to_string()];
-    while let Some(text) = todo.pop() {
-        for name in direct_tables(&text) {
+    let mut todo = vec![direct];
+    while let Some(names) = todo.pop() {
+        for name in names {
             match views.get(&name) {
                 Some(view_sql) => {
                     // A view that (wrongly) uses itself is followed once.
                     if seen_views.insert(name) {
-                        todo.push(view_sql.clone());
+                        todo.push(direct_tables(view_sql));
                     }
                 }
                 None => {
@@ -36,13 +48,14 @@ fn direct_tables(sql: &str) -> Vec<String> {
     let Ok(statements) = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {}) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for statement in &statements {
-        if let Ok((tables, _ctes)) = resolve_table_references(statement, true) {
-            out.extend(tables.iter().map(|t| t.table().to_string()));
-        }
+    statements.iter().flat_map(statement_tables).collect()
+}
+
+fn statement_tables(statement: &Statement) -> Vec<String> {
+    match resolve_table_references(statement, true) {
+        Ok((tables, _ctes)) => tables.iter().map(|t| t.table().to_string()).collect(),
+        Err(_) => Vec::new(),
     }
-    out
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use actix_web::{web, HttpResponse};
 use query_actors::node::NodeHandle;
+use query_actors::sql::Snapshot;
 use serde_json::json;
 
 use super::{generation_json, rfc3339};
@@ -39,18 +40,27 @@ pub async fn get_health(node: web::Data<NodeHandle>) -> HttpResponse {
         })
     });
     match node.snapshot() {
-        Some(snap) => HttpResponse::Ok().json(json!({
-            "status": "ok",
-            "node": node.name,
-            "role": node.config.role.name(),
-            "generation": generation_json(&snap, now),
-            "clusters": snap.generation.clusters,
-            "machines": snap.generation.machines,
-            "children": children,
-            "tla": tla,
-            "parents": node.parents.snapshot().len(),
-            "requested_tables": node.wanted.borrow().iter().cloned().collect::<Vec<_>>(),
-        })),
+        Some(snap) => {
+            let degraded = degraded(&node, &snap, now);
+            HttpResponse::Ok().json(json!({
+                "status": if degraded.is_empty() { "ok" } else { "degraded" },
+                "degraded": degraded,
+                "queries": {
+                    "running": node.queries.admission.running(),
+                    "queued": node.queries.admission.queued(),
+                    "quarantined": node.queries.quarantine.quarantined(),
+                },
+                "node": node.name,
+                "role": node.config.role.name(),
+                "generation": generation_json(&snap, now),
+                "clusters": snap.generation.clusters,
+                "machines": snap.generation.machines,
+                "children": children,
+                "tla": tla,
+                "parents": node.parents.snapshot().len(),
+                "requested_tables": node.wanted.borrow().iter().cloned().collect::<Vec<_>>(),
+            }))
+        }
         None => HttpResponse::ServiceUnavailable().json(json!({
             "status": "starting",
             "node": node.name,
@@ -59,3 +69,25 @@ pub async fn get_health(node: web::Data<NodeHandle>) -> HttpResponse {
         })),
     }
 }
+
+/// Why the node serves worse than it should: a generation older than a few intervals
+/// (sealing or the tier below is behind), or every query place and the queue taken.
+fn degraded(node: &NodeHandle, snap: &Snapshot, now: SystemTime) -> Vec<String> {
+    let mut why = Vec::new();
+    let interval = node.config.generation.interval;
+    let age = snap.generation.age(now);
+    if age > interval * STALE_INTERVALS {
+        why.push(format!(
+            "the generation served is {}s old, more than {STALE_INTERVALS} intervals of {}s",
+            age.as_secs(),
+            interval.as_secs_f64()
+        ));
+    }
+    if node.queries.admission.saturated() {
+        why.push("every query place and the queue are taken: new queries get 503 busy".into());
+    }
+    why
+}
+
+/// A generation older than this many intervals makes the node `degraded`.
+const STALE_INTERVALS: u32 = 3;

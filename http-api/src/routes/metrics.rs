@@ -1,5 +1,7 @@
 //! `GET /metrics`: Prometheus text format.
 
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use actix_web::{web, HttpResponse};
@@ -7,7 +9,52 @@ use query_actors::node::NodeHandle;
 
 pub async fn get_metrics(node: web::Data<NodeHandle>) -> HttpResponse {
     let snap = node.snapshot();
-    let body = node.metrics.render(snap.as_deref(), SystemTime::now());
+    let mut body = node.metrics.render(snap.as_deref(), SystemTime::now());
+    let q = &node.queries;
+    let gauges: [(&str, &str, &str, u64); 6] = [
+        (
+            "query_queries_running",
+            "gauge",
+            "Queries executing now.",
+            q.admission.running() as u64,
+        ),
+        (
+            "query_queries_queued",
+            "gauge",
+            "Queries waiting for a place now.",
+            q.admission.queued() as u64,
+        ),
+        (
+            "query_queries_busy_total",
+            "counter",
+            "Queries refused as busy (admission control).",
+            q.admission.busy_total.load(Ordering::Relaxed),
+        ),
+        (
+            "query_queries_quarantined",
+            "gauge",
+            "Queries refused now for hitting limits too often.",
+            q.quarantine.quarantined() as u64,
+        ),
+        (
+            "query_queries_quarantined_total",
+            "counter",
+            "Queries put in quarantine since start.",
+            node.metrics.queries_quarantined.load(Ordering::Relaxed),
+        ),
+        (
+            "query_memory_reserved_bytes",
+            "gauge",
+            "Memory reserved by running queries' operators.",
+            q.limits.memory.reserved() as u64,
+        ),
+    ];
+    for (name, kind, help, v) in gauges {
+        let _ = writeln!(
+            body,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(body)

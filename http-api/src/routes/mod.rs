@@ -1,5 +1,7 @@
-//! The endpoints: `POST /sql`, `GET /tables`, `GET /health`, `GET /metrics`, `GET /` (console).
+//! The endpoints: `POST /sql`, `GET /tables`, `GET /health`, `GET /metrics`, `GET /` (console),
+//! `POST /admin/quarantine/lift`.
 
+pub mod admin;
 pub mod console;
 pub mod health;
 pub mod metrics;

@@ -6,9 +6,13 @@
 use std::time::SystemTime;
 
 use actix_web::http::header::{self, ContentType};
+use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
+use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use query_actors::node::{Answer, NodeHandle};
+use query_actors::sql::QueryOutput;
+use query_actors::QueryError;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -41,8 +45,16 @@ pub async fn post_sql(
     }
     let body = read_body(payload, node.config.http.max_body_bytes).await?;
     let sql = sql_from_body(&req, &body)?;
-    let answer = node.query(sql).await?;
+    let answer = node.query(sql, &client_of(&req)).await?;
     respond(answer, format)
+}
+
+/// Who a query is from, for admission fairness and quarantine: the peer's address (an
+/// authenticated identity once there is one).
+pub fn client_of(req: &HttpRequest) -> String {
+    req.peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
@@ -100,24 +112,43 @@ fn respond(answer: Answer, format: &str) -> Result<HttpResponse, ApiError> {
             g.age(now).as_millis().to_string(),
         ))
         .insert_header(("X-Query-Truncated", output.truncated.to_string()));
-    match format {
+    let QueryOutput {
+        schema,
+        batches,
+        truncated,
+        tables,
+    } = output;
+    let row_count: usize = batches.iter().map(|b| b.num_rows()).sum();
+    // Each batch is encoded when the response body asks for it.
+    let chunks: Box<dyn Iterator<Item = Result<Bytes, ApiError>>> = match format {
         "csv" => {
-            let body = encode::csv(&output.schema, &output.batches)
-                .map_err(|e| ApiError::Query(query_actors::QueryError::Internal(e)))?;
-            Ok(resp.content_type("text/csv; charset=utf-8").body(body))
+            let first = match batches.first() {
+                Some(_) => None,
+                None => Some(RecordBatch::new_empty(schema.clone())),
+            };
+            let encoded = first.into_iter().chain(batches).enumerate().map(|(i, b)| {
+                encode::csv(&b, i == 0)
+                    .map(Bytes::from)
+                    .map_err(|e| ApiError::Query(QueryError::Internal(e)))
+            });
+            resp.content_type("text/csv; charset=utf-8");
+            Box::new(encoded)
         }
-        "ndjson" => Ok(resp
-            .content_type("application/x-ndjson")
-            .body(encode::ndjson(&output.batches))),
+        "ndjson" => {
+            resp.content_type("application/x-ndjson");
+            Box::new(
+                batches
+                    .into_iter()
+                    .map(|b| Ok(Bytes::from(encode::ndjson(&b)))),
+            )
+        }
         _ => {
-            let columns: Vec<_> = output
-                .schema
+            let columns: Vec<_> = schema
                 .fields()
                 .iter()
                 .map(|f| json!({ "name": f.name(), "type": encode::type_name(f.data_type()) }))
                 .collect();
-            let tables: Vec<_> = output
-                .tables
+            let tables: Vec<_> = tables
                 .iter()
                 .map(|t| {
                     json!({
@@ -130,18 +161,29 @@ fn respond(answer: Answer, format: &str) -> Result<HttpResponse, ApiError> {
                     })
                 })
                 .collect();
-            let body = json!({
-                "columns": columns,
-                "rows": encode::json_rows(&output.batches),
-                "row_count": output.rows(),
-                "truncated": output.truncated,
-                "generation": generation_json(&snapshot, now),
-                "tables": tables,
-                "elapsed_ms": elapsed.as_secs_f64() * 1000.0,
-            });
-            Ok(resp
-                .insert_header(ContentType::json())
-                .body(body.to_string()))
+            let head = format!("{{\"columns\":{},\"rows\":[", json!(columns));
+            let tail = format!(
+                "],\"row_count\":{row_count},\"truncated\":{truncated},\"generation\":{},\"tables\":{},\"elapsed_ms\":{}}}",
+                generation_json(&snapshot, now),
+                json!(tables),
+                json!(elapsed.as_secs_f64() * 1000.0),
+            );
+            let mut first = true;
+            let rows = batches
+                .into_iter()
+                .filter(|b| b.num_rows() > 0)
+                .map(move |b| {
+                    let chunk = encode::json_rows(&b, first);
+                    first = false;
+                    Ok(Bytes::from(chunk))
+                });
+            resp.insert_header(ContentType::json());
+            Box::new(
+                std::iter::once(Ok(Bytes::from(head)))
+                    .chain(rows)
+                    .chain(std::iter::once(Ok(Bytes::from(tail)))),
+            )
         }
-    }
+    };
+    Ok(resp.streaming(futures::stream::iter(chunks)))
 }

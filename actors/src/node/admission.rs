@@ -1,0 +1,346 @@
+//! Admission control for queries: at most `max_concurrent` run at once and at most
+//! `max_queued` wait, each up to `queue_timeout`; beyond, 503 `busy`. One client (an
+//! address; later an authenticated identity) may hold at most `per_client` places
+//! (running or waiting) and run at most `running_per_client` at once, so a client sending
+//! 64 heavy queries gets `busy` for most of them and never takes every running place:
+//! another client's `SELECT 1` finds one free. A freed place goes to the waiting client
+//! with the fewest queries running (first come among equals), not simply to the oldest
+//! waiter, so one client's queue cannot hold everyone else back.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::error::QueryError;
+
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionLimits {
+    pub max_concurrent: usize,
+    pub max_queued: usize,
+    pub per_client: usize,
+    pub running_per_client: usize,
+    pub queue_timeout: Duration,
+}
+
+pub struct Admission {
+    limits: AdmissionLimits,
+    state: Mutex<State>,
+    /// Queries refused as busy since start.
+    pub busy_total: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    running: usize,
+    clients: HashMap<String, Client>,
+    waiters: VecDeque<Waiter>,
+    next_ticket: u64,
+}
+
+#[derive(Default)]
+struct Client {
+    running: usize,
+    queued: usize,
+}
+
+struct Waiter {
+    ticket: u64,
+    client: String,
+    grant: oneshot::Sender<()>,
+}
+
+/// A running query's place; freed when dropped.
+pub struct Admitted {
+    admission: Arc<Admission>,
+    client: String,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.admission.release(&self.client);
+    }
+}
+
+/// A waiting query's place in the queue; leaves it when dropped (timed out, or the client
+/// hung up), giving back a place granted meanwhile.
+struct Waiting {
+    admission: Arc<Admission>,
+    client: String,
+    ticket: u64,
+    grant: oneshot::Receiver<()>,
+    done: bool,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut st = self.admission.lock();
+        if let Some(i) = st.waiters.iter().position(|w| w.ticket == self.ticket) {
+            st.waiters.remove(i);
+            st.client(&self.client).queued -= 1;
+            st.forget_idle(&self.client);
+        } else if self.grant.try_recv().is_ok() {
+            // Granted just as we gave up: the place goes to the next one.
+            drop(st);
+            self.admission.release(&self.client);
+        }
+    }
+}
+
+impl State {
+    fn client(&mut self, name: &str) -> &mut Client {
+        self.clients.entry(name.to_string()).or_default()
+    }
+
+    fn forget_idle(&mut self, name: &str) {
+        if self
+            .clients
+            .get(name)
+            .is_some_and(|c| c.running == 0 && c.queued == 0)
+        {
+            self.clients.remove(name);
+        }
+    }
+}
+
+impl Admission {
+    pub fn new(limits: AdmissionLimits) -> Arc<Self> {
+        Arc::new(Admission {
+            limits,
+            state: Mutex::new(State::default()),
+            busy_total: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is counters and queues only: a poisoned lock still holds usable values.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn busy(&self, why: String) -> QueryError {
+        self.busy_total.fetch_add(1, Ordering::Relaxed);
+        QueryError::Busy(why)
+    }
+
+    /// Queries running now.
+    pub fn running(&self) -> usize {
+        self.lock().running
+    }
+
+    /// Queries waiting for a place now.
+    pub fn queued(&self) -> usize {
+        self.lock().waiters.len()
+    }
+
+    /// True when every place is taken and the queue is full: new queries are refused.
+    pub fn saturated(&self) -> bool {
+        let st = self.lock();
+        st.running >= self.limits.max_concurrent && st.waiters.len() >= self.limits.max_queued
+    }
+
+    /// Waits for a place for `client`'s query, or refuses it: at once when the client holds
+    /// its share or the queue is full, after `queue_timeout` in the queue otherwise.
+    pub async fn admit(self: &Arc<Self>, client: &str) -> Result<Admitted, QueryError> {
+        let mut waiting = {
+            let mut st = self.lock();
+            let (running, queued) = st
+                .clients
+                .get(client)
+                .map_or((0, 0), |c| (c.running, c.queued));
+            if running + queued >= self.limits.per_client {
+                drop(st);
+                return Err(self.busy(format!(
+                    "{client} has {} queries running or queued, the most one client may \
+                     ([sql] max_queries_per_client)",
+                    running + queued
+                )));
+            }
+            // Places are granted as soon as they free (`dispatch`), so a free place means
+            // no waiter may take it: it is this client's if it is under its share.
+            if st.running < self.limits.max_concurrent && running < self.limits.running_per_client {
+                st.running += 1;
+                st.client(client).running += 1;
+                return Ok(Admitted {
+                    admission: self.clone(),
+                    client: client.to_string(),
+                });
+            }
+            if st.waiters.len() >= self.limits.max_queued {
+                let (r, q) = (st.running, st.waiters.len());
+                drop(st);
+                return Err(self.busy(format!(
+                    "{r} queries running and {q} queued ([sql] max_concurrent_queries, \
+                     max_queued_queries)"
+                )));
+            }
+            let (tx, rx) = oneshot::channel();
+            let ticket = st.next_ticket;
+            st.next_ticket += 1;
+            st.client(client).queued += 1;
+            st.waiters.push_back(Waiter {
+                ticket,
+                client: client.to_string(),
+                grant: tx,
+            });
+            Waiting {
+                admission: self.clone(),
+                client: client.to_string(),
+                ticket,
+                grant: rx,
+                done: false,
+            }
+        };
+        match tokio::time::timeout(self.limits.queue_timeout, &mut waiting.grant).await {
+            Ok(Ok(())) => {
+                waiting.done = true;
+                Ok(Admitted {
+                    admission: self.clone(),
+                    client: client.to_string(),
+                })
+            }
+            Ok(Err(_)) => Err(QueryError::Internal("admission dropped a waiter".into())),
+            Err(_) => {
+                drop(waiting);
+                Err(self.busy(format!(
+                    "waited {:?} in the queue for one of {} places ([sql] queue_timeout)",
+                    self.limits.queue_timeout, self.limits.max_concurrent
+                )))
+            }
+        }
+    }
+
+    fn release(&self, client: &str) {
+        {
+            let mut st = self.lock();
+            st.running -= 1;
+            st.client(client).running -= 1;
+            st.forget_idle(client);
+        }
+        self.dispatch();
+    }
+
+    /// Grants free places to waiters: each to the waiting client with the fewest queries
+    /// running (and under its running share), oldest first among equals.
+    fn dispatch(&self) {
+        let mut st = self.lock();
+        while st.running < self.limits.max_concurrent {
+            let pick = st
+                .waiters
+                .iter()
+                .enumerate()
+                .filter_map(|(i, w)| {
+                    let running = st.clients.get(&w.client).map_or(0, |c| c.running);
+                    (running < self.limits.running_per_client).then_some((running, i))
+                })
+                .min();
+            let Some((_, i)) = pick else { break };
+            let Some(w) = st.waiters.remove(i) else { break };
+            let c = st.client(&w.client);
+            c.queued -= 1;
+            c.running += 1;
+            st.running += 1;
+            if w.grant.send(()).is_err() {
+                // The waiter is gone (its Drop could not find it in the queue any more).
+                st.running -= 1;
+                st.client(&w.client).running -= 1;
+                st.forget_idle(&w.client);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> AdmissionLimits {
+        AdmissionLimits {
+            max_concurrent: 2,
+            max_queued: 2,
+            per_client: 3,
+            running_per_client: 1,
+            queue_timeout: Duration::from_millis(300),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_client_cannot_take_every_place() {
+        let a = Admission::new(limits());
+        let first = a.admit("greedy").await.expect("first");
+        // The greedy client's second waits although a place is free: it already runs its
+        // share; a third is over its places.
+        let a2 = a.clone();
+        let second = tokio::spawn(async move { a2.admit("greedy").await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let a3 = a.clone();
+        let third = tokio::spawn(async move { a3.admit("greedy").await.map(|p| drop(p)) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match a.admit("greedy").await {
+            Err(QueryError::Busy(m)) => assert!(m.contains("max_queries_per_client"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // Another client gets the free place at once, ahead of the greedy one's queue.
+        let polite = a.admit("polite").await.expect("the free place");
+        assert_eq!((a.running(), a.queued()), (2, 2));
+        assert!(a.saturated());
+        assert!(matches!(a.admit("fourth").await, Err(QueryError::Busy(_))));
+        drop(first);
+        second
+            .await
+            .expect("joined")
+            .expect("admitted when the first ended");
+        drop(polite);
+        third.await.expect("joined").expect("admitted in turn");
+        assert_eq!(a.running(), 0);
+        assert!(a.lock().clients.is_empty(), "every count given back");
+    }
+
+    #[tokio::test]
+    async fn the_queue_wait_is_bounded_and_a_freed_place_goes_to_the_least_served() {
+        let a = Admission::new(AdmissionLimits {
+            running_per_client: 2,
+            ..limits()
+        });
+        let p1 = a.admit("a").await.expect("first");
+        let p2 = a.admit("a").await.expect("second");
+        match a.admit("c").await {
+            Err(QueryError::Busy(m)) => assert!(m.contains("queue_timeout"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert_eq!(a.queued(), 0, "the timed-out waiter left the queue");
+        // "a" queues first, then "d"; when one of a's queries ends, d (running none) gets
+        // the place before a (still running one).
+        let a1 = a.clone();
+        let again = tokio::spawn(async move { a1.admit("a").await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let a2 = a.clone();
+        let d = tokio::spawn(async move { a2.admit("d").await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(p1);
+        let d = d.await.expect("joined").expect("d admitted first");
+        assert_eq!(a.queued(), 1, "a still waits");
+        drop(p2);
+        again.await.expect("joined").expect("a admitted in turn");
+        drop(d);
+        assert_eq!(a.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_hangs_up_while_waiting_leaves_no_trace() {
+        let a = Admission::new(limits());
+        let _p1 = a.admit("a").await.expect("first");
+        let _p2 = a.admit("b").await.expect("second");
+        let a1 = a.clone();
+        let waiter = tokio::spawn(async move { a1.admit("c").await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(a.queued(), 0);
+        assert!(!a.lock().clients.contains_key("c"));
+    }
+}
