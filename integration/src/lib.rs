@@ -304,3 +304,85 @@ impl Drop for Node {
         let _ = self.child.wait();
     }
 }
+
+/// POSTs `body` to `path` at `node` (an `http://ADDR` base) from the loopback address
+/// `source` (e.g. "127.0.0.2"), so a test can act as several clients: nodes tell clients
+/// apart by address. Returns (status, body); status 0 with the error if no answer came.
+pub fn post_from(source: &str, node: &str, path: &str, body: &str) -> (u16, String) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return (0, e.to_string()),
+    };
+    rt.block_on(async {
+        match http_post_from(source, node, path, body).await {
+            Ok(r) => r,
+            Err(e) => (0, e.to_string()),
+        }
+    })
+}
+
+async fn http_post_from(
+    source: &str,
+    node: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bad = |m: &str| std::io::Error::other(m.to_string());
+    let addr: std::net::SocketAddr = node
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(|_| bad("node address"))?;
+    let src: std::net::IpAddr = source.parse().map_err(|_| bad("source address"))?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(src, 0))?;
+    let mut stream = socket.connect(addr).await?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    Ok((
+        status,
+        if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        },
+    ))
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
