@@ -263,8 +263,8 @@ impl SqlConfig {
             return bad("max_tokens must be at least 100 and max_expr_depth at least 16");
         }
         // The query threads' stacks are sized for what the front door admits.
-        if self.max_tokens > 1_000_000 || self.max_expr_depth > 4096 {
-            return bad("max_tokens is at most 1000000 and max_expr_depth at most 4096");
+        if self.max_tokens > MAX_TOKENS_FOR_STACK || self.max_expr_depth > 4096 {
+            return bad("max_tokens is at most 200000 and max_expr_depth at most 4096");
         }
         if self.queue_timeout.is_zero() {
             return bad("queue_timeout must be positive");
@@ -272,6 +272,10 @@ impl SqlConfig {
         Ok(())
     }
 }
+
+/// The most tokens the query threads' stacks (`sql::STACK_BYTES`) are sized for: a refused
+/// chain of this many tokens is dropped safely (`front_door` tests it).
+pub const MAX_TOKENS_FOR_STACK: usize = 200_000;
 
 /// The machine's memory, from /proc/meminfo.
 fn physical_memory() -> Option<usize> {

@@ -27,8 +27,8 @@ use super::statement::check_read_only;
 use crate::error::QueryError;
 
 /// Stack size of threads that parse, plan or run client SQL: room for dropping a refused
-/// tree of `max_tokens` levels (about 200 bytes a level in a debug build) and for the
-/// engine's own recursion on admitted ones (balanced, at most `max_depth` levels).
+/// tree as deep as the largest `[sql] max_tokens` allows (`MAX_TOKENS_FOR_STACK`, tested
+/// below in a debug build) and for the engine's own recursion on admitted ones.
 pub const STACK_BYTES: usize = 64 << 20;
 
 /// A chain of this many terms or more is rebuilt balanced; shorter ones keep their shape
@@ -287,6 +287,21 @@ mod tests {
                 Err(QueryError::TooComplex(m)) => assert!(m.contains("max_tokens"), "{m}"),
                 other => panic!("{op}: {other:?}"),
             }
+        }
+    }
+
+    /// The largest statement `[sql]` validation allows (`MAX_TOKENS_FOR_STACK`), one chain
+    /// of `+` as deep as it can be, is parsed, refused and dropped on the compute stack.
+    #[test]
+    fn the_largest_admissible_statement_is_refused_within_the_stack() {
+        let limits = ParseLimits {
+            max_tokens: crate::node::config::MAX_TOKENS_FOR_STACK,
+            max_depth: 4096,
+        };
+        let sql = format!("SELECT {}", chain("1", "+", limits.max_tokens / 2 - 1));
+        match on_compute_stack(move || parse_checked(&sql, &limits)) {
+            Err(QueryError::TooComplex(m)) => assert!(m.contains("max_expr_depth"), "{m}"),
+            other => panic!("{other:?}"),
         }
     }
 
