@@ -1,9 +1,9 @@
 //! The handle through which the HTTP layer reads a node: the snapshot served now, queries,
 //! the hierarchy's state, metrics.
 //!
-//! A query's way: quarantine check, admission (a place among the running queries), the
-//! front door (parse and check, on the query pool: its threads have the stacks for it),
-//! the tables it needs, then execution on the query pool. The deadline is kept here, on
+//! A query's way: quarantine check, the front door (parse and check, on the query pool:
+//! its threads have the stacks for it), the tables it needs, then execution on the query
+//! pool; parsing and execution each take a place from admission control. The deadline is kept here, on
 //! the caller's runtime, not in the pool: a CPU-bound plan cannot delay its own timeout,
 //! and dropping the pool's task cancels it at its next yield. Limits hit count towards
 //! the query's quarantine.
@@ -191,19 +191,23 @@ impl NodeHandle {
         started: Instant,
     ) -> Result<Answer, QueryError> {
         let q = &self.queries;
-        let _place = q.admission.admit(client).await?;
         let limits = q.limits.clone();
         let parse = limits.parse;
-        let statement = q
-            .pool
-            .run(async move { parse_checked(&sql, &parse) })
-            .await??;
+        // A place for parsing, another for running: a query waiting for its tables to
+        // arrive from below holds none.
+        let statement = {
+            let _place = q.admission.admit(client).await?;
+            q.pool
+                .run(async move { parse_checked(&sql, &parse) })
+                .await??
+        };
         let snapshot = if self.config.role.answers_sql() {
             self.with_tables_of(referenced_tables_of(&statement, &self.view_sql()))
                 .await?
         } else {
             self.snapshot().ok_or(QueryError::NoGeneration)?
         };
+        let _place = q.admission.admit(client).await?;
         let timeout = self.config.http.query_timeout;
         let snap = snapshot.clone();
         // The timer runs here, outside the query pool; on expiry `run`'s future is dropped,
