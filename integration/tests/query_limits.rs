@@ -194,8 +194,13 @@ fn a_query_that_keeps_hitting_limits_is_quarantined_until_lifted() {
         "[http]\nquery_timeout = \"1s\"\n\n[sql.quarantine]\nstrikes = 3\nwindow = \"1m\"\ncool_down = \"10m\"\n",
     );
     for i in 0..3 {
-        let (status, body, _) = sql_from(&node, "127.0.0.1", HEAVY);
+        let (status, body, took) = sql_from(&node, "127.0.0.1", HEAVY);
         assert_eq!((status, code(&body)), (503, "timeout"), "run {i}: {body}");
+        // On time: the deadline is not kept by the pool the query keeps busy.
+        assert!(
+            took < Duration::from_secs(3),
+            "the 1 s timeout came after {took:?}"
+        );
     }
     // Differently spaced, same query: refused at once.
     let respaced = HEAVY.replace(' ', "  ");
@@ -236,4 +241,38 @@ fn a_query_that_keeps_hitting_limits_is_quarantined_until_lifted() {
         (503, "timeout"),
         "runs again: {body}"
     );
+}
+
+#[test]
+fn health_says_degraded_while_every_query_place_is_taken() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let ws = Workspace::new();
+    let node = demo(
+        &ws,
+        "[http]\nquery_timeout = \"3s\"\n\n[sql]\nmax_concurrent_queries = 1\nmax_queued_queries = 1\n",
+    );
+    assert_eq!(node.get_json("/health")["status"], "ok");
+    let heavy: Vec<_> = ["127.0.0.3", "127.0.0.4"]
+        .into_iter()
+        .map(|from| {
+            let base = node.base.clone();
+            std::thread::spawn(move || post_from(from, &base, "/sql", HEAVY).0)
+        })
+        .collect();
+    let health = node.eventually(Duration::from_secs(3), "degraded", || {
+        let h = node.get_json("/health");
+        (h["status"] == "degraded").then_some(h)
+    });
+    assert!(
+        health["degraded"].to_string().contains("503 busy"),
+        "{health}"
+    );
+    let (status, body, _) = sql_from(&node, "127.0.0.2", "SELECT 1");
+    assert_eq!((status, code(&body)), (503, "busy"), "{}", short(&body));
+    for h in heavy {
+        assert_eq!(h.join().expect("client thread"), 503);
+    }
+    node.eventually(Duration::from_secs(5), "ok again", || {
+        (node.get_json("/health")["status"] == "ok").then_some(())
+    });
 }

@@ -256,8 +256,12 @@ impl SqlConfig {
                 message: m.into(),
             })
         };
-        if self.max_queries_per_client == 0 || self.query_memory_limit_mb == 0 {
-            return bad("max_queries_per_client and query_memory_limit_mb must be positive");
+        if self.max_queries_per_client == 0 {
+            return bad("max_queries_per_client must be positive");
+        }
+        // A sort keeps 10 MiB per partition (one per query thread) to merge what it spilled.
+        if self.query_memory_limit_mb < 64 {
+            return bad("query_memory_limit_mb must be at least 64 (sorts need room to spill)");
         }
         if self.max_tokens < 100 || self.max_expr_depth < 16 {
             return bad("max_tokens must be at least 100 and max_expr_depth at least 16");

@@ -73,7 +73,11 @@ impl fmt::Display for QueryPool {
 }
 
 fn mib(bytes: usize) -> String {
-    format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
+    if bytes < 1 << 20 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
+    }
 }
 
 impl MemoryPool for QueryPool {
@@ -151,5 +155,43 @@ mod tests {
         assert_eq!(budget.reserved(), 250);
         drop(ra);
         assert_eq!(budget.reserved(), 100);
+    }
+
+    /// A query under a small limit: a sort spills to disk and answers; a hash join, which
+    /// cannot spill, fails with the limit named.
+    #[tokio::test]
+    async fn operators_spill_or_fail_within_the_query_limit() {
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        use datafusion::prelude::{SessionConfig, SessionContext};
+        let budget = MemoryBudget::new(1 << 30, 16 << 20);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(budget.for_query())
+            .build_arc()
+            .expect("runtime");
+        let config = SessionConfig::new().with_target_partitions(1);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let rows = "SELECT value AS v, value * 7 % 1000 AS k FROM generate_series(1, 2000000)";
+        let sorted = ctx
+            .sql(&format!("SELECT v FROM ({rows}) ORDER BY k, v DESC"))
+            .await
+            .expect("plans")
+            .collect()
+            .await
+            .expect("the sort spills instead of failing");
+        assert_eq!(
+            sorted.iter().map(|b| b.num_rows()).sum::<usize>(),
+            2_000_000
+        );
+        let joined = ctx
+            .sql(&format!(
+                "SELECT COUNT(*) FROM ({rows}) a JOIN ({rows}) b ON a.v = b.v"
+            ))
+            .await
+            .expect("plans")
+            .collect()
+            .await;
+        let e = joined.expect_err("the join's build side is over the limit");
+        assert!(e.to_string().contains("query_memory_limit_mb"), "{e}");
+        assert_eq!(budget.reserved(), 0, "everything given back");
     }
 }
