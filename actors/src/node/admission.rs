@@ -278,7 +278,7 @@ mod tests {
         let second = tokio::spawn(async move { a2.admit("greedy").await.map(|_| ()) });
         tokio::time::sleep(Duration::from_millis(20)).await;
         let a3 = a.clone();
-        let third = tokio::spawn(async move { a3.admit("greedy").await.map(|p| drop(p)) });
+        let third = tokio::spawn(async move { a3.admit("greedy").await.map(drop) });
         tokio::time::sleep(Duration::from_millis(20)).await;
         match a.admit("greedy").await {
             Err(QueryError::Busy(m)) => assert!(m.contains("max_queries_per_client"), "{m}"),
