@@ -716,6 +716,52 @@ mod tests {
         assert_eq!(s.connections.len(), 4);
     }
 
+    /// A listener out of file descriptors for a while, then with one connection.
+    struct Flaky {
+        errors: std::sync::atomic::AtomicUsize,
+        conn: Mutex<Option<DuplexStream>>,
+    }
+
+    impl Accept for Flaky {
+        type R = tokio::io::ReadHalf<DuplexStream>;
+        type W = tokio::io::WriteHalf<DuplexStream>;
+        async fn accept_split(&self) -> std::io::Result<(Self::R, Self::W, Peer)> {
+            if self.errors.load(Ordering::Relaxed) > 0 {
+                self.errors.fetch_sub(1, Ordering::Relaxed);
+                return Err(std::io::Error::from_raw_os_error(24)); // EMFILE
+            }
+            let conn = self.conn.lock().expect("lock").take();
+            match conn {
+                Some(s) => {
+                    let (r, w) = tokio::io::split(s);
+                    Ok((r, w, tcp()))
+                }
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn accept_errors_never_end_the_accept_loop() {
+        let s = Arc::new(store(EdgeLimits::defaults()));
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let listener = Flaky {
+            errors: 5.into(),
+            conn: Mutex::new(Some(server)),
+        };
+        let _serving = AbortOnDrop(tokio::spawn(accept_loop(s.clone(), listener)));
+        let (cr, cw) = tokio::io::split(client);
+        let mut c = Client {
+            lines: BufReader::new(cr).lines(),
+            w: cw,
+        };
+        c.send(HELLO).await;
+        assert_eq!(
+            c.recv().await,
+            Some(serde_json::json!({"want": ["machinerole"]}))
+        );
+    }
+
     #[tokio::test]
     async fn unix_peers_are_known_by_uid() {
         let mut limits = EdgeLimits::defaults();
