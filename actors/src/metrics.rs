@@ -37,6 +37,8 @@ pub struct Metrics {
     pub view_computations_total: Arc<AtomicU64>,
     /// HTTP responses by status code.
     http: Mutex<BTreeMap<u16, u64>>,
+    /// Publish-socket connections and publishes refused or closed, by the `[edge]` limit.
+    publish_refusals: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -58,6 +60,12 @@ impl Metrics {
     pub fn record_http(&self, status: u16) {
         if let Ok(mut h) = self.http.lock() {
             *h.entry(status).or_default() += 1;
+        }
+    }
+
+    pub fn record_publish_refusal(&self, limit: &'static str) {
+        if let Ok(mut r) = self.publish_refusals.lock() {
+            *r.entry(limit).or_default() += 1;
         }
     }
 
@@ -157,6 +165,13 @@ impl Metrics {
         if let Ok(h) = self.http.lock() {
             for (status, n) in h.iter() {
                 let _ = writeln!(out, "query_http_responses_total{{status=\"{status}\"}} {n}");
+            }
+        }
+
+        let _ = writeln!(out, "# HELP query_publish_refusals_total Publish-socket connections and publishes refused or closed, by [edge] limit.\n# TYPE query_publish_refusals_total counter");
+        if let Ok(r) = self.publish_refusals.lock() {
+            for (limit, n) in r.iter() {
+                let _ = writeln!(out, "query_publish_refusals_total{{limit=\"{limit}\"}} {n}");
             }
         }
 

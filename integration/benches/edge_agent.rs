@@ -48,7 +48,7 @@ columns = [
         "edge",
         &format!(
             "[generation]\ninterval = \"{INTERVAL_MS}ms\"\noffset = \"{OFFSET_MS}ms\"\n\n[host]\nenabled = false\n\n\
-             [edge]\nsocket = \"{}\"\nprewarm = [\"*\"]\nmax_publishers = 1000\nmax_rows_per_publish = 100000\n",
+             [edge]\nsocket = \"{}\"\nprewarm = [\"*\"]\nmax_publishers = 1000\nmax_rows_per_publish = 100000\nmax_stored_bytes = 4294967296\n",
             socket.display()
         ),
     );

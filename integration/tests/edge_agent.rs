@@ -250,20 +250,47 @@ fn publishers_over_the_socket() {
     );
     assert_eq!(big.recv(), None, "then closed");
 
-    // Publisher limit: 6 connections at most (a, b, raw, early, unknown and one more).
+    // Connection limit: 6. Open now: a, b and raw (early, unknown and big were closed).
+    // A connection that never says hello makes room for a newcomer; when all six are
+    // publishers that spoke recently, the newcomer is refused.
     drop(big);
-    std::thread::sleep(Duration::from_millis(200));
-    let _sixth = Raw::connect(&edge.socket);
-    std::thread::sleep(Duration::from_millis(200));
-    let mut seventh = Raw::connect(&edge.socket);
-    let reply = seventh.recv().expect("error");
+    let hello = |name: &str| {
+        let mut c = Raw::connect(&edge.socket);
+        c.send(
+            format!(r#"{{"hello": {{"publisher": "{name}", "tables": ["machinerole"]}}}}"#)
+                .as_bytes(),
+        );
+        assert_eq!(c.recv(), Some(json!({"want": ["machinerole"]})));
+        c
+    };
+    let mut silent = Raw::connect(&edge.socket);
+    let _fifth = hello("fifth");
+    let _sixth = hello("sixth");
+    let _seventh = hello("seventh");
+    let reply = silent.recv().expect("told why");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("make room")),
+        "{reply}"
+    );
+    assert_eq!(silent.recv(), None);
+    // All six spoke within hello_timeout.
+    a.publish("load_info", rows(json!([load(1, 100), load(2, 50)])))
+        .expect("ok");
+    b.publish("load_info", rows(json!([load(3, 7)])))
+        .expect("ok");
+    raw.send(br#"{"publish": {"table": "machinerole", "rows": [{"role": "raw"}]}}"#);
+    assert!(raw.recv().is_some_and(|m| m.get("ok").is_some()));
+    let mut eighth = Raw::connect(&edge.socket);
+    let reply = eighth.recv().expect("error");
     assert!(
         reply["error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("too many publishers")),
         "{reply}"
     );
-    assert_eq!(seventh.recv(), None);
+    assert_eq!(eighth.recv(), None);
 
     // Everything else kept working; the node is alive.
     until_rows(
@@ -326,7 +353,13 @@ fn file_drop_host_cli_and_python_publishers() {
             .any(|e| e["kind"] == "publisher")
             .then_some(t)
     });
-    assert!(tables.to_string().contains("rolle"), "{tables}");
+    // The error names the file and line, and does not quote the file.
+    let text = tables.to_string();
+    assert!(
+        text.contains("machinerole.csv") && text.contains("line 1, field 1"),
+        "{tables}"
+    );
+    assert!(!text.contains("rolle"), "{tables}");
     assert_eq!(
         select(
             node,

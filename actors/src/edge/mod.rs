@@ -3,6 +3,7 @@
 //! directory ([`file_drop`]) and the host's own state ([`host`]) are built-in publishers.
 //! Only tables wanted upstream (or prewarmed) are collected.
 
+pub mod admission;
 pub mod config;
 pub mod file_drop;
 pub mod host;

@@ -140,13 +140,15 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
             &schemas,
             &pool,
             wanted.clone(),
+            &metrics,
         )?;
-        if let Some(dir) = &edge.file_drop {
-            std::fs::create_dir_all(dir).map_err(|e| ConfigError::io(dir, e))?;
-            local.push(Box::new(FileDropPublisher::new(
-                dir.clone(),
+        if let Some(drop) = edge.file_drop_config() {
+            std::fs::create_dir_all(&drop.dir).map_err(|e| ConfigError::io(&drop.dir, e))?;
+            local.push(Box::new(FileDropPublisher::start(
+                drop,
                 config.node.machine_ip.clone(),
                 schemas.clone(),
+                &pool,
             )));
         }
         local.push(Box::new(StoreCollector(store)));
@@ -365,13 +367,17 @@ fn start_edge(
     schemas: &SchemaRegistry,
     pool: &SqlPool,
     mut wanted: watch::Receiver<BTreeSet<String>>,
+    metrics: &Arc<Metrics>,
 ) -> Result<Arc<EdgeStore>, ConfigError> {
-    let store = Arc::new(EdgeStore::new(
-        machine_ip.to_string(),
-        schemas.clone(),
-        edge.limits(),
-        wanted.borrow_and_update().clone(),
-    ));
+    let store = Arc::new(
+        EdgeStore::new(
+            machine_ip.to_string(),
+            schemas.clone(),
+            edge.limits(),
+            wanted.borrow_and_update().clone(),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let listen_err = |what: String, e: std::io::Error| ConfigError::Invalid {
         what,
         message: e.to_string(),
