@@ -298,10 +298,10 @@ mod tests {
         drop(idle);
         assert_eq!(gate.open(), 3);
         newcomer.greeted();
-        let _late = gate.admit("10.0.0.5").expect("idle 2 makes room");
+        let late = gate.admit("10.0.0.5").expect("idle 2 makes room");
         assert_eq!(idle2.evicted.try_recv(), Ok(()));
         drop(idle2);
-        _late.greeted();
+        late.greeted();
         // Everyone said hello: now the newcomer is refused.
         let e = gate.admit("10.0.0.6").expect_err("full of parents");
         assert!(e.contains("max_parent_sessions"), "{e}");
