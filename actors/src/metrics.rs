@@ -33,6 +33,13 @@ pub struct Metrics {
     pub tla_switches: AtomicU64,
     /// Queries put in quarantine since start.
     pub queries_quarantined: AtomicU64,
+    /// Connections to `[link] listen` closed at once: past the session caps.
+    pub link_refused: AtomicU64,
+    /// Failed accepts at `[link] listen` (out of descriptors, ...).
+    pub link_accept_errors: AtomicU64,
+    /// Parent sessions closed for going past a listener limit (hello deadline, frame
+    /// size, compression ratio, request budget).
+    pub link_limit_errors: AtomicU64,
     /// View computations since start, all generations.
     pub view_computations_total: Arc<AtomicU64>,
     /// HTTP responses by status code.
@@ -126,6 +133,24 @@ impl Metrics {
             "query_tla_switches_total",
             "Times this SQL node switched to another TLA.",
             load(&self.tla_switches),
+        );
+        counter(
+            &mut out,
+            "query_link_connections_refused_total",
+            "Connections to [link] listen closed at once (max_parent_sessions, max_sessions_per_address).",
+            load(&self.link_refused),
+        );
+        counter(
+            &mut out,
+            "query_link_accept_errors_total",
+            "Failed accepts at [link] listen (out of descriptors, ...); the listener retries.",
+            load(&self.link_accept_errors),
+        );
+        counter(
+            &mut out,
+            "query_link_limit_errors_total",
+            "Parent sessions closed for a listener limit (hello_timeout, max_request_frame_bytes, ratio, budget).",
+            load(&self.link_limit_errors),
         );
         counter(
             &mut out,

@@ -97,10 +97,21 @@ impl Default for Workspace {
     }
 }
 
-/// Starts `queryd <args>` from the repository root, its log in `dir/stderr.log`.
-fn spawn_queryd(args: &[&str], dir: &Path, stdout: Stdio) -> (Child, PathBuf) {
+/// Starts `queryd <args>` from the repository root, its log in `dir/stderr.log`; with
+/// `nofile`, under that descriptor limit (`ulimit -n`).
+fn spawn_queryd(args: &[&str], dir: &Path, stdout: Stdio, nofile: Option<u32>) -> (Child, PathBuf) {
     let stderr_log = dir.join("stderr.log");
-    let child = Command::new(queryd_bin())
+    let mut cmd = match nofile {
+        None => Command::new(queryd_bin()),
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                .arg(queryd_bin());
+            c
+        }
+    };
+    let child = cmd
         .args(args)
         .current_dir(repo())
         .env("RUST_LOG", "info")
@@ -130,7 +141,7 @@ impl Simulator {
         let mut all = vec!["simulate"];
         all.extend_from_slice(args);
         all.extend(["--children-file", file.to_str().expect("utf8 path")]);
-        let (mut child, stderr_log) = spawn_queryd(&all, dir.path(), Stdio::null());
+        let (mut child, stderr_log) = spawn_queryd(&all, dir.path(), Stdio::null(), None);
         let deadline = Instant::now() + Duration::from_secs(60);
         let text = loop {
             if let Ok(t) = std::fs::read_to_string(&file) {
@@ -184,8 +195,13 @@ pub struct Node {
 impl Node {
     /// Starts `queryd <args>` and waits until it prints the address it listens on.
     pub fn start(args: &[&str]) -> Node {
+        Node::start_limited(args, None)
+    }
+
+    /// Like [`Node::start`], with the process's descriptor limit lowered to `nofile`.
+    pub fn start_limited(args: &[&str], nofile: Option<u32>) -> Node {
         let logdir = tempfile::tempdir().expect("tempdir");
-        let (mut child, stderr_log) = spawn_queryd(args, logdir.path(), Stdio::piped());
+        let (mut child, stderr_log) = spawn_queryd(args, logdir.path(), Stdio::piped(), nofile);
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

@@ -14,6 +14,19 @@ pub enum LinkError {
     #[error("link frame of {size} bytes exceeds the limit of {limit} bytes")]
     FrameTooLarge { size: u64, limit: u64 },
 
+    /// A small compressed payload inflates past the ratio its receiver allows: a
+    /// decompression bomb, refused before it is inflated.
+    #[error("link frame refused: a compressed payload of {compressed} bytes inflates to {size} bytes or more, more than {ratio} times its size ([link] max_request_compression_ratio)")]
+    Inflation {
+        compressed: u64,
+        size: u64,
+        ratio: u64,
+    },
+
+    /// The peer went past one of this side's limits; the message names it and its key.
+    #[error("link limit: {0}")]
+    Limit(String),
+
     /// The bytes are not a valid frame: unknown codec, bad compression, bad serialization,
     /// truncated data. The peer is broken or not a Query link.
     #[error("corrupt link frame: {0}")]

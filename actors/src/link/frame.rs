@@ -42,8 +42,17 @@ const ZSTD_LEVEL: i32 = 1;
 
 /// Largest zstd window a received frame may ask for (2^23 = 8 MiB), so a hostile frame
 /// cannot make the decoder reserve the library's default of 128 MiB. Our encoder's windows
-/// at [`ZSTD_LEVEL`] are far smaller.
+/// at [`ZSTD_LEVEL`] are far smaller. Smaller limits get smaller windows
+/// ([`zstd_window_log`]).
 const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// zstd's smallest window (1 KiB).
+const ZSTD_WINDOW_LOG_MIN: u32 = 10;
+
+/// Below this many bytes a payload may inflate without regard to the ratio cap of
+/// [`decode_small_frame`]: fixed headers make tiny payloads compress badly or expand, and
+/// a few KiB cost nothing.
+const INFLATION_FLOOR: u64 = 4096;
 
 /// A zstd frame declaring more than this many times its size is decompressed by streaming
 /// (growing as it goes) rather than into one buffer of the declared size. Link data
@@ -177,9 +186,9 @@ impl Codec {
 fn zstd_bulk(payload: &[u8], size: usize) -> Result<Vec<u8>, LinkError> {
     let zerr = |e: std::io::Error| LinkError::Decode(format!("zstd: {e}"));
     let mut d = zstd::bulk::Decompressor::new().map_err(zerr)?;
-    d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
-        ZSTD_WINDOW_LOG_MAX,
-    ))
+    d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(zstd_window_log(
+        size,
+    )))
     .map_err(zerr)?;
     let out = d.decompress(payload, size).map_err(zerr)?;
     if out.len() != size {
@@ -196,7 +205,8 @@ fn zstd_bulk(payload: &[u8], size: usize) -> Result<Vec<u8>, LinkError> {
 fn zstd_stream(payload: &[u8], max_bytes: usize) -> Result<Vec<u8>, LinkError> {
     let zerr = |e: std::io::Error| LinkError::Decode(format!("zstd: {e}"));
     let mut dec = zstd::stream::read::Decoder::with_buffer(payload).map_err(zerr)?;
-    dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(zerr)?;
+    dec.window_log_max(zstd_window_log(max_bytes))
+        .map_err(zerr)?;
     let mut out = Vec::new();
     dec.take(max_bytes as u64 + 1)
         .read_to_end(&mut out)
@@ -205,6 +215,14 @@ fn zstd_stream(payload: &[u8], max_bytes: usize) -> Result<Vec<u8>, LinkError> {
         return Err(too_large(out.len(), max_bytes));
     }
     Ok(out)
+}
+
+/// The window a frame of at most `max_bytes` needs: our encoder knows the size it
+/// compresses and never uses a window above it, so a frame asking for more is hostile and
+/// the decoder refuses it rather than reserving the window.
+fn zstd_window_log(max_bytes: usize) -> u32 {
+    let bits = usize::BITS - max_bytes.saturating_sub(1).leading_zeros();
+    bits.clamp(ZSTD_WINDOW_LOG_MIN, ZSTD_WINDOW_LOG_MAX)
 }
 
 fn too_large(size: usize, limit: usize) -> LinkError {
@@ -230,13 +248,50 @@ pub fn encode_frame<T: Serialize>(msg: &T, codec: Codec) -> Result<Vec<u8>, Link
 /// Decodes a frame's body (what follows the length prefix, as [`read_frame`] returns it).
 /// A payload that decompresses to more than `max_bytes` is refused.
 pub fn decode_frame<T: DeserializeOwned>(body: &[u8], max_bytes: usize) -> Result<T, LinkError> {
+    let (codec, payload) = split_codec(body)?;
+    deserialize(&codec.decompress(payload, max_bytes)?)
+}
+
+/// Decodes a frame whose messages are small (at the link listener: a parent's hello, probe
+/// and requests, before anything is known about the peer). Decompression stops at
+/// `max_bytes` and at `max_ratio` times the compressed payload (at least a few KiB), so a
+/// small bomb is refused before it inflates. Returns the message and its decompressed size
+/// (for the session's budget).
+pub fn decode_small_frame<T: DeserializeOwned>(
+    body: &[u8],
+    max_bytes: usize,
+    max_ratio: u64,
+) -> Result<(T, usize), LinkError> {
+    let (codec, payload) = split_codec(body)?;
+    let compressed = payload.len() as u64;
+    let by_ratio = compressed
+        .saturating_mul(max_ratio.max(1))
+        .max(INFLATION_FLOOR);
+    let limit = usize::try_from(by_ratio).map_or(max_bytes, |r| r.min(max_bytes));
+    let raw = match codec.decompress(payload, limit) {
+        Err(LinkError::FrameTooLarge { size, .. }) if limit < max_bytes => {
+            return Err(LinkError::Inflation {
+                compressed,
+                size,
+                ratio: max_ratio,
+            })
+        }
+        other => other?,
+    };
+    Ok((deserialize(&raw)?, raw.len()))
+}
+
+fn split_codec(body: &[u8]) -> Result<(Codec, &[u8]), LinkError> {
     let (&id, payload) = body
         .split_first()
         .ok_or_else(|| LinkError::Decode("empty frame".into()))?;
     let codec =
         Codec::from_id(id).ok_or_else(|| LinkError::Decode(format!("unknown codec id {id}")))?;
-    let raw = codec.decompress(payload, max_bytes)?;
-    let (msg, rest) = postcard::take_from_bytes::<T>(&raw)
+    Ok((codec, payload))
+}
+
+fn deserialize<T: DeserializeOwned>(raw: &[u8]) -> Result<T, LinkError> {
+    let (msg, rest) = postcard::take_from_bytes::<T>(raw)
         .map_err(|e| LinkError::Decode(format!("cannot deserialize message: {e}")))?;
     if !rest.is_empty() {
         return Err(LinkError::Decode(format!(
@@ -299,7 +354,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::link::wire::{GenerationFrame, PartFrame, PartRows, TableFrame, ToParent};
+    use crate::link::wire::{GenerationFrame, PartFrame, PartRows, TableFrame, ToChild, ToParent};
     use rand::rngs::SmallRng;
     use rand::{Rng, RngCore, SeedableRng};
 
@@ -463,6 +518,126 @@ mod tests {
             decode_frame::<ToParent>(body(&frame), 1 << 20),
             Err(LinkError::Decode(m)) if m.contains("left over")
         ));
+    }
+
+    /// A zstd bomb: 64 MiB of zeros in a few KiB.
+    fn zstd_bomb(pledged: bool) -> (Vec<u8>, usize) {
+        let inflated = 64 << 20;
+        let zeros = vec![0u8; inflated];
+        let payload = if pledged {
+            zstd::bulk::compress(&zeros, ZSTD_LEVEL).expect("compress")
+        } else {
+            // The streaming encoder does not record the size: the decoder cannot know it.
+            let mut enc = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).expect("enc");
+            std::io::Write::write_all(&mut enc, &zeros).expect("write");
+            enc.finish().expect("finish")
+        };
+        let mut body = vec![Codec::Zstd.id()];
+        body.extend_from_slice(&payload);
+        (body, inflated)
+    }
+
+    #[test]
+    fn zstd_bomb_is_refused_before_it_inflates() {
+        for pledged in [true, false] {
+            let (body, inflated) = zstd_bomb(pledged);
+            assert!(body.len() < 16 << 10, "{} bytes", body.len());
+            // At the link listener: the ratio cap binds long before the frame limit.
+            match decode_small_frame::<ToChild>(&body, DEFAULT_MAX_FRAME_BYTES, 32) {
+                Err(LinkError::Inflation {
+                    compressed, size, ..
+                }) => {
+                    assert_eq!(compressed as usize, body.len() - 1);
+                    if pledged {
+                        // Refused from the frame header: nothing was inflated.
+                        assert_eq!(size as usize, inflated);
+                    } else {
+                        // Streamed, and stopped one byte past the cap.
+                        let cap = (compressed * 32).max(INFLATION_FLOOR);
+                        assert_eq!(size, cap + 1, "stopped at the cap");
+                    }
+                }
+                // Without a declared size, the encoder's window (512 KiB at level 1) is
+                // larger than the cap allows: refused before any output.
+                Err(LinkError::Decode(m)) if !pledged => assert!(m.contains("zstd"), "{m}"),
+                other => panic!("pledged {pledged}: {other:?}"),
+            }
+            // Streamed under a cap the window fits: stopped one byte past it.
+            if !pledged {
+                let cap = 4 << 20;
+                assert!(matches!(
+                    decode_frame::<ToChild>(&body, cap),
+                    Err(LinkError::FrameTooLarge { size, limit }) if size == cap as u64 + 1 && limit == cap as u64
+                ));
+            }
+            // And the small frame limit, when it binds first (or the window it allows).
+            match decode_small_frame::<ToChild>(&body, 4096, 1 << 20) {
+                Err(LinkError::FrameTooLarge { limit: 4096, .. }) => {}
+                Err(LinkError::Decode(m)) if !pledged => assert!(m.contains("zstd"), "{m}"),
+                other => panic!("pledged {pledged}: {other:?}"),
+            }
+            // From a child, bounded by max_frame_bytes (here 1 MiB).
+            match decode_frame::<ToParent>(&body, 1 << 20) {
+                Err(LinkError::FrameTooLarge { size, limit }) => {
+                    assert_eq!(limit, 1 << 20);
+                    assert!(size <= (1 << 20) + 1 || size as usize == inflated, "{size}");
+                }
+                other => panic!("pledged {pledged}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn lz4_bomb_is_refused_by_the_ratio() {
+        let zeros = vec![0u8; 1 << 20];
+        let mut body = vec![Codec::Lz4.id()];
+        body.extend_from_slice(&lz4_flex::block::compress_prepend_size(&zeros));
+        assert!(matches!(
+            decode_small_frame::<ToChild>(&body, DEFAULT_MAX_FRAME_BYTES, 32),
+            Err(LinkError::Inflation { size, .. }) if size == 1 << 20
+        ));
+    }
+
+    #[test]
+    fn small_frames_decode_within_the_limits() {
+        let msg = ToChild::Request {
+            tables: (0..500).map(|i| format!("table_{i}")).collect(),
+        };
+        for codec in CODECS {
+            let frame = encode_frame(&msg, codec).expect("encode");
+            let (back, raw) =
+                decode_small_frame::<ToChild>(body(&frame), 64 << 10, 32).expect("decode");
+            assert_eq!(back, msg, "{codec:?}");
+            assert!(raw > 4000, "{raw}");
+        }
+        assert_eq!(zstd_window_log(64 << 10), 16);
+        assert_eq!(zstd_window_log(1), ZSTD_WINDOW_LOG_MIN);
+        assert_eq!(
+            zstd_window_log(DEFAULT_MAX_FRAME_BYTES),
+            ZSTD_WINDOW_LOG_MAX
+        );
+    }
+
+    /// A peer announces 900 MiB, sends a few KiB and stalls: refused from the length,
+    /// without waiting for the rest and without reserving it.
+    #[tokio::test]
+    async fn announced_huge_frame_is_refused_without_waiting() {
+        let (mut peer, mut ours) = tokio::io::duplex(64 << 10);
+        let mut start = (900u32 << 20).to_be_bytes().to_vec();
+        start.push(Codec::None.id());
+        start.extend_from_slice(&[7; 4096]);
+        peer.write_all(&start).await.expect("write");
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            read_frame(&mut ours, 64 << 10),
+        )
+        .await
+        .expect("answered at once, the peer still connected");
+        assert!(matches!(
+            read,
+            Err(LinkError::FrameTooLarge { size, limit: 65536 }) if size == 900 << 20
+        ));
+        drop(peer);
     }
 
     #[tokio::test]

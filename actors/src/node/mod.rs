@@ -41,6 +41,7 @@ use crate::error::ConfigError;
 use crate::metrics::Metrics;
 use crate::sql::SqlPool;
 use crate::table::{load_schema_dir, SchemaRegistry};
+use crate::tier::admission::ListenLimits;
 use crate::tier::child_link::ChildLink;
 use crate::tier::names::watch_addresses;
 use crate::tier::parent_links::{accept_parents, ParentSessions, ServeParents};
@@ -169,7 +170,8 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
             candidates,
             chosen,
             config.link.connect_timeout,
-            config.link.max_frame_bytes,
+            // An advert is a few names and numbers.
+            config.link.max_request_frame_bytes,
             pool.clone(),
             shared.clone(),
             metrics.clone(),
@@ -221,7 +223,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         node: name.clone(),
         role: config.role.name().to_string(),
         codec: config.link.compression,
-        max_frame_bytes: config.link.max_frame_bytes,
+        limits: ListenLimits::from(&config.link),
         generations,
         book: Some(book.clone()),
         metrics: metrics.clone(),

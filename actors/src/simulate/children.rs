@@ -135,7 +135,7 @@ impl SimulatedChildren {
                 },
                 role: format!("simulated ({})", child.cluster),
                 codec,
-                max_frame_bytes: crate::link::frame::DEFAULT_MAX_FRAME_BYTES,
+                limits: crate::tier::admission::ListenLimits::default(),
                 generations: rx,
                 book: None,
                 metrics: metrics.clone(),

@@ -215,7 +215,9 @@ impl Session {
             version: LINK_VERSION,
         };
         write_frame(&mut wr, &encode_frame(&hello, Codec::None)?).await?;
-        let max = self.config.max_frame_bytes;
+        // The answer is a hello or a refusal: a few names, so a small limit (the one
+        // children apply to parents' hellos).
+        let max = self.config.max_request_frame_bytes;
         // A peer that accepts but never answers (a black hole) must not hold the link.
         let answer = tokio::time::timeout(timeout, read_frame(&mut rd, max))
             .await

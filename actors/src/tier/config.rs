@@ -38,8 +38,26 @@ pub struct LinkConfig {
     pub backoff_min: Duration,
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
-    /// Largest frame accepted (decompressed); a larger one closes the link with an error.
+    /// Largest frame accepted from a child (decompressed): generations, which may be large;
+    /// a larger one closes the link with an error.
     pub max_frame_bytes: usize,
+    /// At `listen`: largest hello, probe or request frame a parent may send (compressed or
+    /// decompressed). Checked from the length prefix, before the body is read.
+    pub max_request_frame_bytes: usize,
+    /// At `listen`: a connection that has not sent a complete hello (or probe) this long
+    /// after it was accepted is closed.
+    #[serde(with = "humantime_serde")]
+    pub hello_timeout: Duration,
+    /// At `listen`: sessions served at once (parents, probes, connections still before
+    /// hello); connections past it are closed at once.
+    pub max_parent_sessions: usize,
+    /// At `listen`: sessions at once from one peer address.
+    pub max_sessions_per_address: usize,
+    /// At `listen`: a compressed hello or request may inflate to at most this many times
+    /// its size (past a few KiB), so a small decompression bomb is refused unopened.
+    pub max_request_compression_ratio: u64,
+    /// At `listen`: decompressed request bytes one session may send per minute.
+    pub max_request_bytes_per_minute: u64,
     /// Compression of frames this node sends.
     pub compression: Codec,
 }
@@ -56,6 +74,12 @@ impl Default for LinkConfig {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_request_frame_bytes: 64 << 10,
+            hello_timeout: Duration::from_secs(5),
+            max_parent_sessions: 64,
+            max_sessions_per_address: 8,
+            max_request_compression_ratio: 32,
+            max_request_bytes_per_minute: 4 << 20,
             compression: Codec::default(),
         }
     }
@@ -77,6 +101,25 @@ impl LinkConfig {
         }
         if self.max_frame_bytes < 1024 {
             return bad("max_frame_bytes must be at least 1024");
+        }
+        if !(1024..=self.max_frame_bytes).contains(&self.max_request_frame_bytes) {
+            return bad(
+                "max_request_frame_bytes must be at least 1024 and at most max_frame_bytes",
+            );
+        }
+        if self.hello_timeout < Duration::from_millis(100) {
+            return bad("hello_timeout must be at least 100ms");
+        }
+        if self.max_parent_sessions == 0
+            || !(1..=self.max_parent_sessions).contains(&self.max_sessions_per_address)
+        {
+            return bad("max_parent_sessions and max_sessions_per_address must be positive, the latter at most the former");
+        }
+        if self.max_request_compression_ratio == 0 {
+            return bad("max_request_compression_ratio must be positive");
+        }
+        if self.max_request_bytes_per_minute < self.max_request_frame_bytes as u64 {
+            return bad("max_request_bytes_per_minute must be at least max_request_frame_bytes");
         }
         let mut names = std::collections::BTreeSet::new();
         for child in self.child_specs() {

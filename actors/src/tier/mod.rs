@@ -6,6 +6,8 @@
 //! - [`child_link`]: the actor that dials one child and keeps its link (reconnect, backoff,
 //!   restart counting).
 //! - [`parent_links`]: serving parents: each gets this node's generations as diffs.
+//! - [`admission`]: what the listener lets in before hello (session caps, hello deadline,
+//!   request frame and decompression limits).
 //! - [`requests`]: which tables are wanted: the book of [`table_request`] actors, one per
 //!   table (prewarm, parents' requests, queries with ttl).
 //! - [`transport`]: TCP, or in-process pipes for the one-process demo hierarchy.
@@ -14,6 +16,7 @@
 //!   bonuses, pin) and switches when it fails.
 //! - [`messages`], [`config`].
 
+pub mod admission;
 pub mod child_link;
 pub mod children;
 pub mod config;

@@ -3,22 +3,25 @@
 //! [`RequestBook`]), then every generation this node seals, restricted to the requested
 //! tables, as a full copy first and diffs after (one encoder per session: each parent's
 //! mirror is its own). Sessions run on the compute pool; a panicking one is counted and
-//! closed, and the parent reconnects.
+//! closed, and the parent reconnects. Before hello nothing is known about a peer: what
+//! the listener lets in (session caps, hello deadline, small frames) is [`super::admission`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::io::{AsyncWriteExt, ReadHalf};
 use tokio::sync::watch;
 
+use super::admission::{Gate, ListenLimits, LogLimiter, Permit, RequestBudget};
 use super::messages::{ParentGone, ParentRequest};
 use super::requests::RequestBook;
 use super::transport::{BoxStream, Listener};
 use crate::generation::Generation;
 use crate::link::diff::LinkEncoder;
-use crate::link::frame::{decode_frame, encode_frame, read_frame, write_frame, Codec};
+use crate::link::frame::{decode_small_frame, encode_frame, read_frame, write_frame, Codec};
 use crate::link::wire::{Advert, ToChild, ToParent, LINK_VERSION};
 use crate::link::LinkError;
 use crate::metrics::Metrics;
@@ -30,7 +33,8 @@ pub struct ServeParents {
     pub node: String,
     pub role: String,
     pub codec: Codec,
-    pub max_frame_bytes: usize,
+    /// What the listener lets in (`[link]` keys).
+    pub limits: ListenLimits,
     pub generations: watch::Receiver<Option<Arc<Generation>>>,
     /// Where parents' requests go; None for a simulated machine, which has every table.
     pub book: Option<Addr<RequestBook>>,
@@ -79,16 +83,48 @@ impl ParentSessions {
     }
 }
 
-/// Accepts parents until the listener fails; then the error is logged and the node keeps
-/// serving SQL (a parent-less node is degraded, not dead).
+/// How often a repeated listener event (a refused connection, a failed accept) is logged.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The pause after a failed accept (out of descriptors, say): long enough not to spin, short
+/// enough that parents get in again soon after descriptors free up.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Accepts parents until an in-process listener's registry entry is gone. A failed accept
+/// (EMFILE, ENFILE, ...) is counted, logged at most every [`LOG_EVERY`] and retried after
+/// [`ACCEPT_RETRY`]: it never ends the loop. Connections past `max_parent_sessions` or
+/// `max_sessions_per_address` are told why and closed at once.
 pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: SqlPool) {
+    let gate = Gate::new(&serve.limits);
+    let mut refused_log = LogLimiter::new(LOG_EVERY);
+    let mut error_log = LogLimiter::new(LOG_EVERY);
+    // Sessions ending in an error: a flood of idle or garbage connections must not flood
+    // the log.
+    let error_sessions = Arc::new(Mutex::new(LogLimiter::new(LOG_EVERY)));
     loop {
         match listener.accept().await {
-            Ok(Some((stream, peer))) => {
+            Ok(Some(conn)) => {
+                let permit = match gate.admit(&conn.host) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        serve.metrics.link_refused.fetch_add(1, Ordering::Relaxed);
+                        if let Some(suppressed) = refused_log.allow(Instant::now()) {
+                            tracing::warn!(
+                                peer = conn.peer,
+                                suppressed,
+                                "parent connection refused: {why}"
+                            );
+                        }
+                        refuse(conn.stream, why).await;
+                        continue;
+                    }
+                };
+                let peer = conn.peer;
                 let id = serve.sessions.next.fetch_add(1, Ordering::Relaxed) + 1;
                 let s = serve.clone();
-                let handle = pool.spawn(session(stream, peer.clone(), id, s));
+                let handle = pool.spawn(session(conn.stream, peer.clone(), id, s, permit));
                 let serve = serve.clone();
+                let error_sessions = error_sessions.clone();
                 pool.spawn(async move {
                     let outcome = handle.await;
                     serve.sessions.remove(id);
@@ -98,7 +134,18 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
                     match outcome {
                         Ok(Ok(Served::Probe)) => tracing::debug!(peer, "probe answered"),
                         Ok(Ok(Served::Link)) => tracing::info!(peer, "parent disconnected"),
-                        Ok(Err(e)) => tracing::warn!(peer, error = %e, "parent link ended"),
+                        Ok(Err(e)) => {
+                            if matches!(e, LinkError::Limit(_) | LinkError::Inflation { .. }) {
+                                serve.metrics.link_limit_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                            let allow = error_sessions
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .allow(Instant::now());
+                            if let Some(suppressed) = allow {
+                                tracing::warn!(peer, suppressed, error = %e, "parent link ended");
+                            }
+                        }
                         Err(e) => {
                             serve.metrics.actor_restarts.fetch_add(1, Ordering::Relaxed);
                             tracing::error!(peer, error = %e, "parent session panicked; the parent will reconnect");
@@ -108,13 +155,30 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
             }
             Ok(None) => return,
             Err(e) => {
-                // Out of descriptors and the like: wait rather than spin.
-                tracing::error!(error = %e, "accepting a parent failed");
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                serve
+                    .metrics
+                    .link_accept_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = error_log.allow(Instant::now()) {
+                    tracing::error!(error = %e, suppressed, "accepting a parent failed; retrying (HTTP and the publish socket are separate listeners)");
+                }
+                tokio::time::sleep(ACCEPT_RETRY).await;
             }
         }
     }
 }
+
+/// Tells a connection past the caps why (a real parent logs it and backs off) and closes
+/// it. A fresh socket's send buffer takes the small frame at once; the timeout only guards
+/// against the unexpected, since this runs in the accept loop.
+async fn refuse(mut stream: BoxStream, message: String) {
+    if let Ok(frame) = encode_frame(&ToParent::Refused { message }, Codec::None) {
+        let _ = tokio::time::timeout(REFUSE_WRITE, write_frame(&mut stream, &frame)).await;
+    }
+}
+
+/// How long the accept loop spends telling a refused connection why.
+const REFUSE_WRITE: Duration = Duration::from_millis(20);
 
 /// What a connection was.
 enum Served {
@@ -129,11 +193,34 @@ async fn session(
     peer: String,
     id: u64,
     serve: ServeParents,
+    mut permit: Permit,
 ) -> Result<Served, LinkError> {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let max = serve.max_frame_bytes;
-    let parent = match read_frame(&mut rd, max).await? {
-        Some(body) => match decode_frame::<ToChild>(&body, max)? {
+    let limits = &serve.limits;
+    // The whole hello, however slowly it trickles in, within the deadline; and small.
+    let first = async {
+        match read_frame(&mut rd, limits.max_request_frame_bytes).await {
+            Ok(Some(body)) => decode_request(&body, limits).map(|(m, _)| Some(m)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(limits.explain(e)),
+        }
+    };
+    let first = tokio::select! {
+        r = tokio::time::timeout(limits.hello_timeout, first) => r.map_err(|_| {
+            LinkError::Limit(format!(
+                "no hello within {:?} of connecting ([link] hello_timeout)",
+                limits.hello_timeout
+            ))
+        })??,
+        Ok(()) = &mut permit.evicted => {
+            return Err(LinkError::Limit(
+                "closed before hello to make room for a newer connection ([link] max_parent_sessions)".into(),
+            ))
+        }
+    };
+    permit.greeted();
+    let parent = match first {
+        Some(message) => match message {
             ToChild::Hello { parent, version } if version == LINK_VERSION => parent,
             ToChild::Probe { version } if version == LINK_VERSION => {
                 let latest = serve.generations.borrow().clone();
@@ -189,7 +276,7 @@ async fn session(
 
     // The parent's requests arrive on their own task (a frame read is never interrupted).
     let (req_tx, mut requested) = watch::channel::<Option<BTreeSet<String>>>(None);
-    let reader = tokio::spawn(read_requests(rd, max, id, serve.clone(), req_tx));
+    let reader = tokio::spawn(read_requests(rd, id, serve.clone(), req_tx));
     let _reader = AbortOnDrop(reader);
 
     let mut generations = serve.generations.clone();
@@ -227,13 +314,19 @@ async fn session(
 /// Reads the parent's requests until it closes; the request book learns each one.
 async fn read_requests(
     mut rd: ReadHalf<BoxStream>,
-    max: usize,
     id: u64,
     serve: ServeParents,
     tx: watch::Sender<Option<BTreeSet<String>>>,
 ) -> Result<(), LinkError> {
-    while let Some(body) = read_frame(&mut rd, max).await? {
-        match decode_frame::<ToChild>(&body, max)? {
+    let limits = &serve.limits;
+    let mut budget = RequestBudget::new(limits.max_request_bytes_per_minute, Instant::now());
+    while let Some(body) = read_frame(&mut rd, limits.max_request_frame_bytes)
+        .await
+        .map_err(|e| limits.explain(e))?
+    {
+        let (message, bytes) = decode_request(&body, limits)?;
+        budget.spend(bytes, Instant::now())?;
+        match message {
             ToChild::Request { tables } => {
                 let tables: BTreeSet<String> = tables.into_iter().collect();
                 serve.sessions.update(id, |s| s.tables = tables.clone());
@@ -253,3 +346,16 @@ async fn read_requests(
     }
     Ok(())
 }
+
+/// A parent's frame: small, and inflating at most `max_request_compression_ratio` times.
+fn decode_request(body: &[u8], limits: &ListenLimits) -> Result<(ToChild, usize), LinkError> {
+    decode_small_frame(
+        body,
+        limits.max_request_frame_bytes,
+        limits.max_request_compression_ratio,
+    )
+    .map_err(|e| limits.explain(e))
+}
+
+#[cfg(test)]
+mod tests;

@@ -133,7 +133,8 @@ pub struct TlaSelector {
     candidates: watch::Receiver<Vec<String>>,
     chosen: watch::Sender<Vec<String>>,
     connect_timeout: Duration,
-    max_frame_bytes: usize,
+    /// Largest probe answer accepted (`[link] max_request_frame_bytes`: an advert is small).
+    max_answer_bytes: usize,
     pool: SqlPool,
     shared: SharedSelection,
     metrics: Arc<Metrics>,
@@ -150,7 +151,7 @@ impl TlaSelector {
         candidates: watch::Receiver<Vec<String>>,
         chosen: watch::Sender<Vec<String>>,
         connect_timeout: Duration,
-        max_frame_bytes: usize,
+        max_answer_bytes: usize,
         pool: SqlPool,
         shared: SharedSelection,
         metrics: Arc<Metrics>,
@@ -160,7 +161,7 @@ impl TlaSelector {
             candidates,
             chosen,
             connect_timeout,
-            max_frame_bytes,
+            max_answer_bytes,
             pool,
             shared,
             metrics,
@@ -180,7 +181,7 @@ impl TlaSelector {
         }
         let addresses = self.candidates.borrow().clone();
         self.probing = true;
-        let (timeout, max) = (self.connect_timeout, self.max_frame_bytes);
+        let (timeout, max) = (self.connect_timeout, self.max_answer_bytes);
         let work = self.pool.spawn(async move {
             let probes = addresses.iter().map(|a| probe(a, timeout, max));
             let answers = futures::future::join_all(probes).await;

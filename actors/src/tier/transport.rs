@@ -79,19 +79,40 @@ impl Listener {
     }
 
     /// The next parent; None when an in-process listener's registry entry is gone.
-    pub async fn accept(&mut self) -> std::io::Result<Option<(BoxStream, String)>> {
+    pub async fn accept(&mut self) -> std::io::Result<Option<Accepted>> {
         match self {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
-                s.set_nodelay(true)?;
-                Ok(Some((Box::pin(s), peer.to_string())))
+                // Frames are written whole; failing to say so only adds latency, and must
+                // not count as a failed accept.
+                if let Err(e) = s.set_nodelay(true) {
+                    tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+                }
+                Ok(Some(Accepted {
+                    stream: Box::pin(s),
+                    peer: peer.to_string(),
+                    host: peer.ip().to_string(),
+                }))
             }
-            Listener::Memory(name, rx) => Ok(rx
-                .recv()
-                .await
-                .map(|s| (Box::pin(s) as BoxStream, format!("mem-parent-of:{name}")))),
+            Listener::Memory(name, rx) => Ok(rx.recv().await.map(|s| {
+                let peer = format!("mem-parent-of:{name}");
+                Accepted {
+                    stream: Box::pin(s) as BoxStream,
+                    host: peer.clone(),
+                    peer,
+                }
+            })),
         }
     }
+}
+
+/// A connection a [`Listener`] accepted.
+pub struct Accepted {
+    pub stream: BoxStream,
+    /// The peer as logs name it (`ip:port`).
+    pub peer: String,
+    /// The peer's address without the port: sessions are counted per host.
+    pub host: String,
 }
 
 impl Drop for Listener {
