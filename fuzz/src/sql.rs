@@ -313,6 +313,9 @@ impl<'a> Gen<'a, '_> {
     }
 
     fn statement(&mut self) -> String {
+        if self.lim.deep && self.chance(0.5) {
+            return self.deep_statement();
+        }
         match self.rng.random_range(0..100) {
             0..78 => self.query(0),
             78..84 => {
@@ -345,7 +348,6 @@ impl<'a> Gen<'a, '_> {
                 ];
                 refused[self.rng.random_range(0..refused.len())].clone()
             }
-            _ if self.lim.deep => self.deep_statement(),
             _ => self.query(0),
         }
     }
