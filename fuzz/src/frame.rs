@@ -222,7 +222,7 @@ impl Target for FrameTarget {
     }
 
     fn generate(&self, rng: &mut SmallRng) -> Vec<u8> {
-        let pick = |rng: &mut SmallRng, v: &Vec<Vec<u8>>| v[rng.random_range(0..v.len())].clone();
+        let pick = |rng: &mut SmallRng, v: &[Vec<u8>]| v[rng.random_range(0..v.len())].clone();
         let (flags, stream) = match rng.random_range(0..100) {
             0..4 => (VALID, pick(rng, &self.to_parent_streams)),
             4..6 => (VALID | TO_CHILD, pick(rng, &self.to_child_streams)),

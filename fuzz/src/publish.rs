@@ -22,7 +22,7 @@ use rand::Rng;
 use serde_json::{json, Map, Value};
 
 use crate::mutate::mutate;
-use crate::runner::{show_bytes, Outcome, Target};
+use crate::runner::{Outcome, Target};
 
 /// Any line; any answer is fine as long as there is one.
 const LINE: u8 = b'L';
@@ -194,10 +194,6 @@ impl Target for PublishTarget {
             [_, line @ ..] => self.validate_line(line),
             [] => Outcome::Refused,
         }
-    }
-
-    fn show(&self, input: &[u8]) -> String {
-        show_bytes(input)
     }
 }
 
@@ -455,7 +451,12 @@ mod tests {
             let def = t.def(&mut rng).clone();
             let mut input = vec![VALID_LINE];
             input.extend(valid_publish(&mut rng, &def));
-            assert_eq!(t.run(&input), Outcome::Accepted, "{}", show_bytes(&input));
+            assert_eq!(
+                t.run(&input),
+                Outcome::Accepted,
+                "{}",
+                crate::runner::show_bytes(&input)
+            );
         }
     }
 

@@ -354,7 +354,7 @@ pub fn run(
                 r.findings.push(f);
             }
         }
-        if r.inputs % cfg.rss_every.max(1) == 0 {
+        if r.inputs.is_multiple_of(cfg.rss_every.max(1)) {
             let now = rss_now();
             if r.rss_warm == 0 {
                 r.rss_warm = now;

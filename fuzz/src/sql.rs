@@ -741,6 +741,8 @@ impl<'a> Gen<'a, '_> {
                     "lpad('x', 2000000000, 'y')",
                     "length(repeat('x', 200000000))",
                     "count(*) FROM generate_series(1, 10000000000)",
+                    // TopK aggregation sizes its table by LIMIT (FUZZING.md).
+                    "georegion, max(cpus) FROM sys GROUP BY georegion ORDER BY georegion DESC LIMIT 100000000",
                 ])
             ),
             _ => {
