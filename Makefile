@@ -6,7 +6,7 @@ LISTEN ?= 127.0.0.1:8080
 MACHINES ?= 1000
 CLUSTERS ?= 20
 
-.PHONY: all build run run-release test test-deps bench bench-deps bench-venv lint fmt check-fmt clippy clean
+.PHONY: all build run run-release test test-deps bench bench-deps bench-venv fuzz lint fmt check-fmt clippy clean
 
 all: build
 
@@ -78,6 +78,19 @@ bench:
 ## DuckDB for the SQL benchmark's comparison, in a venv of its own (not needed otherwise).
 bench-venv:
 	@test -x .bench-venv/bin/python || { python3 -m venv .bench-venv && .bench-venv/bin/pip install -q duckdb; }
+
+## Fuzzing (release build, FUZZING.md): FUZZ_INPUTS inputs per target (publish lines, link
+## frames, SQL), each target stopping after FUZZ_SECONDS at most (SQL runs far fewer inputs
+## per second). FUZZ_ARGS passes more, e.g. `--deep` for the SQL deep mode. `make test`
+## runs a short budget of the same targets.
+FUZZ_INPUTS ?= 1000000
+FUZZ_SEED ?= 1
+FUZZ_SECONDS ?= 900
+
+fuzz:
+	$(CARGO) build --release --workspace --bin queryfuzz
+	$${CARGO_TARGET_DIR:-target}/release/queryfuzz --target all --inputs $(FUZZ_INPUTS) \
+	  --seed $(FUZZ_SEED) --max-seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 lint: check-fmt clippy
 
