@@ -24,7 +24,9 @@ use std::time::{Duration, SystemTime};
 
 use datafusion::arrow::datatypes::DataType;
 use query_actors::generation::{GenerationBuilder, Part, SourceStamp};
-use query_actors::sql::{load_views, QueryLimits, Snapshot, SqlPool};
+use query_actors::sql::{
+    load_views, MemoryBudget, QueryLimits, Snapshot, SqlPool, DEFAULT_MAX_RESULT_BYTES,
+};
 use query_actors::static_tables::StaticLoader;
 use query_actors::table::{load_schema_dir, TableBuilder};
 use rand::rngs::SmallRng;
@@ -139,9 +141,13 @@ impl SqlTarget {
         }
         let snap = self.snapshot.clone();
         let fut = self.pool.run(async move {
-            snap.query(&sql, &QueryLimits { max_rows: MAX_ROWS })
-                .await
-                .map(|out| out.rows())
+            // The node's limits, with memory sized for a fuzzing machine.
+            let limits = QueryLimits {
+                max_rows: MAX_ROWS,
+                memory: MemoryBudget::new(1 << 30, 256 << 20),
+                ..Default::default()
+            };
+            snap.query(&sql, &limits).await.map(|out| out.rows())
         });
         match self
             .rt
@@ -251,7 +257,15 @@ async fn snapshot() -> Result<Snapshot, String> {
         .reload()
         .ok_or("no static tables")?;
     let views = load_views(&repo.join("ops/views.toml")).map_err(|e| e.to_string())?;
-    Ok(Snapshot::build(generation, statics, &views, 2, Arc::new(AtomicU64::new(0))).await)
+    Ok(Snapshot::build(
+        generation,
+        statics,
+        &views,
+        2,
+        DEFAULT_MAX_RESULT_BYTES,
+        Arc::new(AtomicU64::new(0)),
+    )
+    .await)
 }
 
 const SQL_TOKENS: &[&[u8]] = &[

@@ -31,3 +31,22 @@ fn link_frames() {
 fn sql_front_door() {
     fuzz("sql", 300, 2048);
 }
+
+/// Issue 11's shapes (chains of 5,000+ terms, 100,000-term IN lists, 10,000-deep nesting,
+/// allocating functions, the TopK LIMIT) against the SQL front door: refused or answered,
+/// never a crash.
+#[test]
+fn sql_front_door_deep() {
+    let settings = SqlSettings {
+        gen: query_fuzz::sql::GenLimits::deep(),
+        ..Default::default()
+    };
+    let mut t = make_target("sql", &settings).expect("target");
+    let mut cfg = RunConfig::new(1, 60);
+    cfg.rss_every = 10;
+    cfg.max_rss_bytes = 3 << 30;
+    let r = run(t.as_mut(), &cfg, None, &mut |_| {});
+    println!("{}", r.summary());
+    assert_eq!(r.crash_count(), 0, "{}", r.summary());
+    assert!(r.refused > 0, "{}", r.summary());
+}
