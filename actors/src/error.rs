@@ -60,6 +60,7 @@ pub enum QueryError {
     #[error("this query is quarantined until {until} after hitting the {limit} limit {strikes} times; change it (e.g. add a LIMIT or a WHERE) or ask an operator to lift it (POST /admin/quarantine/lift)")]
     Quarantined {
         until: String,
+        retry_after_secs: u64,
         limit: String,
         strikes: usize,
     },
@@ -116,6 +117,9 @@ impl QueryError {
             QueryError::TooComplex(_) => Some("complexity"),
             QueryError::AnswerTooLarge(_) => Some("answer size"),
             QueryError::Timeout(_) => Some("time"),
+            // The node's queries together at their limit is the node's state, not this
+            // query's doing.
+            QueryError::ResourcesExhausted(m) if m.contains("node_query_memory_mb") => None,
             QueryError::ResourcesExhausted(_) => Some("memory"),
             QueryError::Execution(m) if m.contains("max_result_bytes") => Some("answer size"),
             _ => None,

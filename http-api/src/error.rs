@@ -76,8 +76,10 @@ impl ResponseError for ApiError {
             ApiError::Query(QueryError::Busy(_)) => {
                 response.insert_header(("Retry-After", "1"));
             }
-            ApiError::Query(QueryError::Quarantined { .. }) => {
-                response.insert_header(("Retry-After", "60"));
+            ApiError::Query(QueryError::Quarantined {
+                retry_after_secs, ..
+            }) => {
+                response.insert_header(("Retry-After", retry_after_secs.to_string()));
             }
             _ => {}
         }
@@ -119,6 +121,7 @@ mod tests {
             (
                 ApiError::from(QueryError::Quarantined {
                     until: "later".into(),
+                    retry_after_secs: 60,
                     limit: "time".into(),
                     strikes: 3,
                 }),

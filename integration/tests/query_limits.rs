@@ -171,9 +171,8 @@ fn heavy_queries_cannot_starve_light_ones_or_sealing() {
         assert_eq!(status, 503, "{text}");
         match code(&body) {
             "busy" => busy += 1,
-            // Admitted ones end at their deadline, give or take the wait for a place
-            // (queue_timeout, 5 s by default) and a scheduling margin.
-            "timeout" => assert!(took < timeout + Duration::from_secs(5 + 3), "{took:?}"),
+            // It may wait twice (a place to parse, one to run), then runs to its deadline.
+            "timeout" => assert!(took < timeout + Duration::from_secs(2 * 5 + 3), "{took:?}"),
             other => panic!("unexpected {other}: {text}"),
         }
     }

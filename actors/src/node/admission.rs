@@ -89,6 +89,7 @@ impl Drop for Waiting {
             drop(st);
             self.admission.release(&self.client);
         }
+        // Otherwise dispatch saw the receiver gone and took its place back itself.
     }
 }
 
@@ -215,19 +216,18 @@ impl Admission {
     }
 
     fn release(&self, client: &str) {
-        {
-            let mut st = self.lock();
-            st.running -= 1;
-            st.client(client).running -= 1;
-            st.forget_idle(client);
-        }
-        self.dispatch();
+        // Under one lock with the dispatch, so that a newcomer cannot take the freed
+        // place ahead of the waiters.
+        let mut st = self.lock();
+        st.running -= 1;
+        st.client(client).running -= 1;
+        st.forget_idle(client);
+        self.dispatch(&mut st);
     }
 
     /// Grants free places to waiters: each to the waiting client with the fewest queries
     /// running (and under its running share), oldest first among equals.
-    fn dispatch(&self) {
-        let mut st = self.lock();
+    fn dispatch(&self, st: &mut State) {
         while st.running < self.limits.max_concurrent {
             let pick = st
                 .waiters

@@ -22,7 +22,7 @@ use actix::Addr;
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
-use super::admission::{Admission, AdmissionLimits};
+use super::admission::{Admission, AdmissionLimits, Admitted};
 use super::config::NodeConfig;
 use super::quarantine::{normalise, Quarantine};
 use crate::aggregator_sets::Routing;
@@ -130,6 +130,9 @@ pub struct Answer {
     pub snapshot: Arc<Snapshot>,
     pub output: QueryOutput,
     pub elapsed: Duration,
+    /// The query's place among the running ones, held until the answer has been sent (a
+    /// client that does not read its answer keeps its place, not a free one).
+    pub place: Admitted,
 }
 
 impl NodeHandle {
@@ -195,11 +198,17 @@ impl NodeHandle {
         let parse = limits.parse;
         // A place for parsing, another for running: a query waiting for its tables to
         // arrive from below holds none.
+        let timeout = self.config.http.query_timeout;
+        let late = |_| QueryError::Timeout(timeout);
+        // Each place moves into the task it admits, so it is given back when the work
+        // stops (an aborted task stops at its next yield), not when the client is answered.
         let statement = {
-            let _place = q.admission.admit(client).await?;
-            q.pool
-                .run(async move { parse_checked(&sql, &parse) })
-                .await??
+            let place = q.admission.admit(client).await?;
+            let parsed = q.pool.run(async move {
+                let _place = place;
+                parse_checked(&sql, &parse)
+            });
+            tokio::time::timeout(timeout, parsed).await.map_err(late)???
         };
         let snapshot = if self.config.role.answers_sql() {
             self.with_tables_of(referenced_tables_of(&statement, &self.view_sql()))
@@ -207,22 +216,20 @@ impl NodeHandle {
         } else {
             self.snapshot().ok_or(QueryError::NoGeneration)?
         };
-        let _place = q.admission.admit(client).await?;
-        let timeout = self.config.http.query_timeout;
+        let place = q.admission.admit(client).await?;
         let snap = snapshot.clone();
         // The timer runs here, outside the query pool; on expiry `run`'s future is dropped,
         // which aborts the task there.
-        let output = tokio::time::timeout(
-            timeout,
-            q.pool
-                .run(async move { snap.query_statement(statement, &limits).await }),
-        )
-        .await
-        .map_err(|_| QueryError::Timeout(timeout))???;
+        let run = q.pool.run(async move {
+            let output = snap.query_statement(statement, &limits).await;
+            output.map(|o| (o, place))
+        });
+        let (output, place) = tokio::time::timeout(timeout, run).await.map_err(late)???;
         Ok(Answer {
             snapshot,
             output,
             elapsed: started.elapsed(),
+            place,
         })
     }
 

@@ -16,7 +16,7 @@ mod self_tables;
 mod serving;
 mod watcher;
 
-pub use admission::AdmissionLimits;
+pub use admission::{AdmissionLimits, Admitted};
 pub use config::{NodeConfig, Role};
 pub use handle::{Answer, NodeHandle, Queries};
 use quarantine::QuarantineTable;

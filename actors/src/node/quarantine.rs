@@ -98,7 +98,16 @@ pub struct Offender {
 
 pub struct Quarantine {
     config: QuarantineConfig,
-    entries: Mutex<HashMap<String, Entry>>,
+    /// By a hash of the normalised text: a tracked 1 MiB statement costs its entry, not
+    /// its text (only `SHOWN_CHARS` of it are kept, for display).
+    entries: Mutex<HashMap<u64, Entry>>,
+}
+
+fn hash_of(normalised: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    normalised.hash(&mut h);
+    h.finish()
 }
 
 const SHOWN_CHARS: usize = 300;
@@ -111,7 +120,7 @@ impl Quarantine {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -119,11 +128,12 @@ impl Quarantine {
     pub fn check(&self, key: &str) -> Result<(), QueryError> {
         let now = Instant::now();
         let mut entries = self.lock();
-        let Some(e) = entries.get_mut(key) else {
+        let Some(e) = entries.get_mut(&hash_of(key)) else {
             return Ok(());
         };
         match e.until {
             Some((until, wall)) if until > now => Err(QueryError::Quarantined {
+                retry_after_secs: until.duration_since(now).as_secs().max(1),
                 until: humantime::format_rfc3339_seconds(wall).to_string(),
                 limit: e.limit.to_string(),
                 strikes: e.hits.len(),
@@ -144,13 +154,14 @@ impl Quarantine {
             return false;
         }
         let now = Instant::now();
+        let key = hash_of(key);
         let mut entries = self.lock();
-        if !entries.contains_key(key) && entries.len() >= self.config.max_tracked {
+        if !entries.contains_key(&key) && entries.len() >= self.config.max_tracked {
             let oldest = entries
                 .iter()
-                .filter(|(_, e)| e.until.is_none())
+                .filter(|(_, e)| e.until.is_none_or(|(u, _)| u <= now))
                 .min_by_key(|(_, e)| e.last_hit)
-                .map(|(k, _)| k.clone());
+                .map(|(k, _)| *k);
             match oldest {
                 Some(k) => {
                     entries.remove(&k);
@@ -158,7 +169,7 @@ impl Quarantine {
                 None => return false,
             }
         }
-        let e = entries.entry(key.to_string()).or_insert_with(|| Entry {
+        let e = entries.entry(key).or_insert_with(|| Entry {
             text: sql.chars().take(SHOWN_CHARS).collect(),
             client: String::new(),
             limit,
@@ -195,8 +206,8 @@ impl Quarantine {
         let before = entries.len();
         match sql {
             Some(s) => {
-                let key = normalise(s);
-                entries.retain(|k, e| !(k == &key && e.until.is_some()));
+                let key = hash_of(&normalise(s));
+                entries.retain(|k, e| !(*k == key && e.until.is_some()));
             }
             None => entries.retain(|_, e| e.until.is_none()),
         }

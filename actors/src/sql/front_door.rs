@@ -19,7 +19,10 @@
 use std::ops::ControlFlow;
 
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
-use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, Value, VisitMut, VisitorMut};
+use datafusion::sql::sqlparser::ast::{
+    BinaryOperator, Expr, Query, SetExpr, Value, VisitMut, VisitorMut,
+};
+use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
@@ -70,7 +73,17 @@ pub fn parse_checked(sql: &str, limits: &ParseLimits) -> Result<DfStatement, Que
         .iter()
         .filter(|t| !matches!(t, Token::Whitespace(_)))
         .count();
+    // The parser reads `EXPLAIN EXPLAIN ...` by recursion with no limit of its own.
+    let explains = tokens
+        .iter()
+        .filter(|t| matches!(t, Token::Word(w) if w.keyword == Keyword::EXPLAIN))
+        .count();
     drop(tokens);
+    if explains > 1 {
+        return Err(QueryError::BadRequest(
+            "EXPLAIN may appear once in a statement".into(),
+        ));
+    }
     if count > limits.max_tokens {
         return Err(QueryError::TooComplex(format!(
             "the statement has {count} tokens; the limit is {} ([sql] max_tokens)",
@@ -134,6 +147,24 @@ struct Shaper {
 
 impl VisitorMut for Shaper {
     type Break = QueryError;
+
+    /// `SELECT ... UNION SELECT ... UNION ...` is a chain the parser builds in a loop, one
+    /// level per operator: counted here, before the walk descends into it.
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<QueryError> {
+        let mut depth = 0usize;
+        let mut body: &SetExpr = &query.body;
+        while let SetExpr::SetOperation { left, .. } = body {
+            depth += 1;
+            if depth > self.max_depth {
+                return ControlFlow::Break(QueryError::TooComplex(format!(
+                    "more than {} UNION, INTERSECT or EXCEPT in a row ([sql] max_expr_depth)",
+                    self.max_depth
+                )));
+            }
+            body = left;
+        }
+        ControlFlow::Continue(())
+    }
 
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<QueryError> {
         if let Expr::BinaryOp {
@@ -303,6 +334,23 @@ mod tests {
             Err(QueryError::TooComplex(m)) => assert!(m.contains("max_expr_depth"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn nested_explains_and_long_unions_are_refused() {
+        let sql = format!("{}SELECT 1", "EXPLAIN ".repeat(90_000));
+        assert!(matches!(
+            on_compute_stack(move || parse_checked(&sql, &ParseLimits::default())),
+            Err(QueryError::BadRequest(_))
+        ));
+        let sql = chain("SELECT 1", " UNION ALL ", 25_000);
+        match on_compute_stack(move || parse_checked(&sql, &ParseLimits::default())) {
+            Err(QueryError::TooComplex(m)) => assert!(m.contains("UNION"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let sql = chain("SELECT 1", " UNION ALL ", 100);
+        assert!(parse_checked(&sql, &ParseLimits::default()).is_ok());
+        assert!(parse_checked("EXPLAIN SELECT 1", &ParseLimits::default()).is_ok());
     }
 
     #[test]

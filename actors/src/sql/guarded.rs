@@ -28,9 +28,10 @@ enum Bound {
     Pad,
     /// replace(s, from, to), regexp_replace(s, p, to [, flags]): `to` at every position.
     Replace,
-    /// concat(a, b, ...), concat_ws(sep, a, b, ...): the sum of the arguments, twice for
-    /// concat_ws's separators.
+    /// concat(a, b, ...): the sum of the arguments.
     Concat,
+    /// concat_ws(sep, a, b, ...): the arguments, and the separator between each two.
+    ConcatWs,
     /// range/generate_series(start, stop [, step]) on integers: 8 bytes a value.
     Series,
 }
@@ -43,7 +44,7 @@ const GUARDED: &[(&str, Bound)] = &[
     ("replace", Bound::Replace),
     ("regexp_replace", Bound::Replace),
     ("concat", Bound::Concat),
-    ("concat_ws", Bound::Concat),
+    ("concat_ws", Bound::ConcatWs),
     ("range", Bound::Series),
     ("generate_series", Bound::Series),
 ];
@@ -142,7 +143,13 @@ impl Guarded {
                 (Some(s), Some(to)) => (max_len(s) + 1) * (max_len(to) + 1),
                 _ => 0,
             },
-            Bound::Concat => args.iter().map(max_len).sum::<u128>() * 2,
+            Bound::Concat => args.iter().map(max_len).sum::<u128>(),
+            Bound::ConcatWs => match args.split_first() {
+                Some((sep, rest)) => {
+                    rest.iter().map(max_len).sum::<u128>() + max_len(sep) * rest.len() as u128
+                }
+                None => 0,
+            },
             Bound::Series => {
                 let span: u128 = args.iter().take(2).map(max_abs).sum();
                 (span + 1) * 8
@@ -226,6 +233,7 @@ mod tests {
             "SELECT rpad('x', 2000000000)",
             "SELECT replace(repeat('a', 1000), 'a', repeat('b', 10000))",
             "SELECT length(repeat(s, 100000)) FROM (VALUES ('abcdefghij'), ('x')) t(s)",
+            format!("SELECT concat_ws(repeat('x', 100000){})", ", ''".repeat(100)).as_str(),
         ] {
             let e = run(&ctx, sql).await.expect_err(sql).to_string();
             assert!(e.contains("max_result_bytes"), "{sql}: {e}");

@@ -102,6 +102,7 @@ fn respond(answer: Answer, format: &str) -> Result<HttpResponse, ApiError> {
         snapshot,
         output,
         elapsed,
+        place,
     } = answer;
     let now = SystemTime::now();
     let g = &snapshot.generation;
@@ -118,6 +119,16 @@ fn respond(answer: Answer, format: &str) -> Result<HttpResponse, ApiError> {
         truncated,
         tables,
     } = output;
+    if format == "csv" {
+        if let Some(f) = schema.fields().iter().find(|f| f.data_type().is_nested()) {
+            // Checked before the 200 goes out: the CSV writer fails on these mid-answer.
+            return Err(ApiError::BadRequest(format!(
+                "column '{}' is a {}, which CSV cannot hold: use format=json or ndjson",
+                f.name(),
+                encode::type_name(f.data_type())
+            )));
+        }
+    }
     let row_count: usize = batches.iter().map(|b| b.num_rows()).sum();
     // Each batch is encoded when the response body asks for it.
     let chunks: Box<dyn Iterator<Item = Result<Bytes, ApiError>>> = match format {
@@ -185,5 +196,11 @@ fn respond(answer: Answer, format: &str) -> Result<HttpResponse, ApiError> {
             )
         }
     };
+    // The place goes with the body: released when the last chunk is sent or the client
+    // goes away.
+    let chunks = chunks.chain(std::iter::from_fn(move || {
+        let _ = &place;
+        None
+    }));
     Ok(resp.streaming(futures::stream::iter(chunks)))
 }
