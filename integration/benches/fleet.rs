@@ -19,33 +19,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use query_actors::simulate::TABLES;
 use query_integration::bench::{
     env_f64, human_bytes, parse_queries, percentile, proc_usage, write_bench_section,
+    SimulatedFleet,
 };
-use query_integration::fleet::{free_port, toml_list};
-use query_integration::{repo, Node, Simulator, Workspace};
+use query_integration::{repo, Node};
 use serde_json::Value;
 
-const PER_CLUSTER: usize = 70;
-/// The TLA seals this many tenths of the interval past each boundary (the simulator at 0).
-const TLA_TENTHS: u64 = 3;
 const CLIENTS: usize = 16;
 /// New generations measured at the SQL node per fleet.
 const GENERATIONS: usize = 4;
 const POLL: Duration = Duration::from_millis(50);
 /// Timed runs per query with no other client (after one warm-up).
 const ALONE_RUNS: usize = 3;
-
-/// The generation interval for a fleet: long enough for the simulator, the TLA and the
-/// SQL node, which share this machine's cores, to do a round's work.
-fn interval_for(machines: usize) -> Duration {
-    match machines {
-        0..=2_000 => Duration::from_secs(2),
-        2_001..=20_000 => Duration::from_secs(5),
-        _ => Duration::from_secs(20),
-    }
-}
 
 struct FleetRun {
     machines: usize,
@@ -77,82 +63,11 @@ struct Throughput {
     all: Vec<f64>,
 }
 
-fn write(ws: &Workspace, name: &str, text: &str) -> String {
-    let path = ws.path(name);
-    std::fs::write(&path, text).expect("write config");
-    path.to_str().expect("utf8 path").to_string()
-}
-
-fn start(role: &str, config: &str) -> Node {
-    Node::start(&[role, "--config", config, "--listen", "127.0.0.1:0"])
-}
-
 fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, String)]) -> FleetRun {
-    let clusters = machines.div_ceil(PER_CLUSTER);
-    let interval = interval_for(machines);
-    let ms = interval.as_millis() as u64;
-    let started = Instant::now();
-    let sim = Simulator::start(&[
-        "--machines",
-        &machines.to_string(),
-        "--clusters",
-        &clusters.to_string(),
-        "--serve",
-        "clusters",
-        "--listen",
-        &format!("127.0.{block}.1:20000"),
-        "--interval",
-        &format!("{ms}ms"),
-        "--offset",
-        "0ms",
-    ]);
-    let ws = Workspace::new();
-    let paths = "[paths]\nschemas = \"schemas\"\nstatic_tables = \"static-tables/index.toml\"\nviews = \"views.toml\"\n";
-    std::fs::write(
-        ws.path("prewarm.toml"),
-        format!(
-            "tables = {}\n", // The SQL node and the TLA prewarm every simulated table.
-            toml_list(&TABLES.map(String::from))
-        ),
-    )
-    .expect("prewarm");
-    let tla_ip = format!("127.0.{block}.5");
-    let tla_link = format!("{tla_ip}:{}", free_port(&tla_ip));
-    let common = |ip: &str, tenths: u64| {
-        format!(
-            "{paths}\n[node]\nmachine_ip = \"{ip}\"\ncluster = \"top\"\n\n[generation]\ninterval = \"{ms}ms\"\noffset = \"{}ms\"\n\n[host]\nenabled = false\n",
-            ms * tenths / 10
-        )
-    };
-    let drop_after = format!("{}ms", ms * 4);
-    let tla_cfg = write(
-        &ws,
-        "tla.toml",
-        &format!(
-            "{}\n[link]\nlisten = \"{tla_link}\"\nchildren = {}\ndrop_after = \"{drop_after}\"\n\n[requests]\nprewarm = \"prewarm.toml\"\n",
-            common(&tla_ip, TLA_TENTHS),
-            toml_list(&sim.children)
-        ),
-    );
-    let sql_cfg = write(
-        &ws,
-        "sql.toml",
-        &format!(
-            "{}\n[link]\nchildren = [\"{tla_link}\"]\ndrop_after = \"{drop_after}\"\n\n[requests]\nprewarm = \"prewarm.toml\"\nwait = \"600s\"\n",
-            common(&format!("127.0.{block}.6"), 6)
-        ),
-    );
-    let tla = start("tla", &tla_cfg);
-    let sql = start("sql", &sql_cfg);
-    sql.eventually(
-        Duration::from_secs(900),
-        "every machine at the SQL node",
-        || {
-            let h = sql.get_json("/health");
-            (h["machines"] == machines as u64).then_some(())
-        },
-    );
-    let startup = started.elapsed().as_secs_f64();
+    let fleet = SimulatedFleet::start(machines, block, "");
+    let (sim, tla, sql) = (&fleet.sim, &fleet.tla, &fleet.sql);
+    let (clusters, interval) = (fleet.clusters, fleet.interval);
+    let startup = fleet.startup;
     eprintln!("fleet: {machines} machines up after {startup:.0} s");
 
     // Data latency over GENERATIONS new generations.
@@ -226,7 +141,7 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
             (name.clone(), percentile(&times, 0.5))
         })
         .collect();
-    let throughput = load(&sql, queries, seconds);
+    let throughput = load(sql, queries, seconds);
     eprintln!(
         "fleet: {machines} machines: {:.1} queries/s",
         throughput.queries as f64 / throughput.seconds
@@ -311,7 +226,7 @@ fn main() {
     let queries = parse_queries(&text);
     let sizes: Vec<usize> = [1_000.0, 10_000.0, 70_000.0]
         .iter()
-        .map(|m| ((m * scale) as usize).max(PER_CLUSTER))
+        .map(|m| ((m * scale) as usize).max(SimulatedFleet::PER_CLUSTER))
         .collect();
     let bench_started = Instant::now();
     let runs: Vec<FleetRun> = sizes
@@ -412,7 +327,7 @@ fn main() {
                 .map(|n| n.get())
                 .unwrap_or(1),
             big.interval.as_secs(),
-            big.interval.as_millis() * u128::from(TLA_TENTHS) / 10,
+            big.interval.as_millis() * u128::from(SimulatedFleet::TLA_TENTHS) / 10,
         ));
     }
     body.push_str(&format!(

@@ -1,13 +1,16 @@
 //! What the benchmarks (`integration/benches/`, `make bench`) share: their knobs from the
-//! environment, percentiles, a process's CPU and memory from /proc, a simulated fleet, and
-//! writing a section of BENCHMARKS.md.
+//! environment, percentiles, a process's CPU and memory from /proc, a simulated fleet (in
+//! process, or as `queryd simulate` → TLA → SQL node processes), and writing a section of
+//! BENCHMARKS.md.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use query_actors::simulate::{FleetSimulator, SimulateConfig};
+use query_actors::simulate::{FleetSimulator, SimulateConfig, TABLES};
 use query_actors::table::load_schema_dir;
 
-use crate::repo;
+use crate::fleet::{free_port, toml_list};
+use crate::{repo, Node, Simulator, Workspace};
 
 /// `$name` as a number, or `default` when unset or not a number.
 pub fn env_f64(name: &str, default: f64) -> f64 {
@@ -107,6 +110,127 @@ pub fn simulator(machines: usize, per_cluster: usize) -> FleetSimulator {
     };
     cfg.validate().expect("valid fleet size");
     FleetSimulator::new(&cfg, schemas)
+}
+
+/// The production path at fleet scale as release processes on loopback block
+/// 127.0.`block`.0/24: `queryd simulate` serving the fleet as its cluster proxies would
+/// (`PER_CLUSTER` machines each, over TCP) → a `queryd tla` → a `queryd sql` node, both
+/// prewarming every simulated table. Used by the fleet and overload benchmarks; every
+/// process dies with it.
+pub struct SimulatedFleet {
+    pub machines: usize,
+    pub clusters: usize,
+    pub interval: Duration,
+    /// Seconds from the start until the SQL node counted every machine.
+    pub startup: f64,
+    pub sim: Simulator,
+    pub tla: Node,
+    pub sql: Node,
+    /// Last: the processes are killed before their files go.
+    pub ws: Workspace,
+}
+
+impl SimulatedFleet {
+    pub const PER_CLUSTER: usize = 70;
+    /// The TLA seals this many tenths of the interval past each boundary (the simulator
+    /// at 0).
+    pub const TLA_TENTHS: u64 = 3;
+    /// The SQL node's offset, in tenths of the interval: it seals when the TLA delivers,
+    /// and on this schedule only when the TLA delivered nothing in the interval.
+    pub const SQL_TENTHS: u64 = 6;
+
+    /// The generation interval for a fleet: long enough for the simulator, the TLA and the
+    /// SQL node, which share this machine's cores, to do a round's work.
+    pub fn interval_for(machines: usize) -> Duration {
+        match machines {
+            0..=2_000 => Duration::from_secs(2),
+            2_001..=20_000 => Duration::from_secs(5),
+            _ => Duration::from_secs(20),
+        }
+    }
+
+    /// Starts the three processes and waits until the SQL node counts every machine.
+    /// `sql_extra` is appended to the SQL node's config (whole TOML sections, e.g.
+    /// `[http]`).
+    pub fn start(machines: usize, block: u8, sql_extra: &str) -> SimulatedFleet {
+        let clusters = machines.div_ceil(Self::PER_CLUSTER);
+        let interval = Self::interval_for(machines);
+        let ms = interval.as_millis() as u64;
+        let started = Instant::now();
+        let sim = Simulator::start(&[
+            "--machines",
+            &machines.to_string(),
+            "--clusters",
+            &clusters.to_string(),
+            "--serve",
+            "clusters",
+            "--listen",
+            &format!("127.0.{block}.1:20000"),
+            "--interval",
+            &format!("{ms}ms"),
+            "--offset",
+            "0ms",
+        ]);
+        let ws = Workspace::new();
+        let paths = "[paths]\nschemas = \"schemas\"\nstatic_tables = \"static-tables/index.toml\"\nviews = \"views.toml\"\n";
+        std::fs::write(
+            ws.path("prewarm.toml"),
+            format!("tables = {}\n", toml_list(&TABLES.map(String::from))),
+        )
+        .expect("prewarm");
+        let tla_ip = format!("127.0.{block}.5");
+        let tla_link = format!("{tla_ip}:{}", free_port(&tla_ip));
+        let common = |ip: &str, tenths: u64| {
+            format!(
+                "{paths}\n[node]\nmachine_ip = \"{ip}\"\ncluster = \"top\"\n\n[generation]\ninterval = \"{ms}ms\"\noffset = \"{}ms\"\n\n[host]\nenabled = false\n",
+                ms * tenths / 10
+            )
+        };
+        let drop_after = format!("{}ms", ms * 4);
+        let write = |name: &str, text: String| {
+            let path = ws.path(name);
+            std::fs::write(&path, text).expect("write config");
+            path.to_str().expect("utf8 path").to_string()
+        };
+        let tla_cfg = write(
+            "tla.toml",
+            format!(
+                "{}\n[link]\nlisten = \"{tla_link}\"\nchildren = {}\ndrop_after = \"{drop_after}\"\n\n[requests]\nprewarm = \"prewarm.toml\"\n",
+                common(&tla_ip, Self::TLA_TENTHS),
+                toml_list(&sim.children)
+            ),
+        );
+        let sql_cfg = write(
+            "sql.toml",
+            format!(
+                "{}\n[link]\nchildren = [\"{tla_link}\"]\ndrop_after = \"{drop_after}\"\n\n[requests]\nprewarm = \"prewarm.toml\"\nwait = \"600s\"\n\n{sql_extra}\n",
+                common(&format!("127.0.{block}.6"), Self::SQL_TENTHS)
+            ),
+        );
+        let start = |role: &str, config: &str| {
+            Node::start(&[role, "--config", config, "--listen", "127.0.0.1:0"])
+        };
+        let tla = start("tla", &tla_cfg);
+        let sql = start("sql", &sql_cfg);
+        sql.eventually(
+            Duration::from_secs(900),
+            "every machine at the SQL node",
+            || {
+                let h = sql.get_json("/health");
+                (h["machines"] == machines as u64).then_some(())
+            },
+        );
+        SimulatedFleet {
+            machines,
+            clusters,
+            interval,
+            startup: started.elapsed().as_secs_f64(),
+            sim,
+            tla,
+            sql,
+            ws,
+        }
+    }
 }
 
 /// Replaces (or appends) the section `name` of BENCHMARKS.md, between HTML comment markers,
