@@ -4,13 +4,14 @@
 //! (running or waiting) and run at most `running_per_client` at once, so a client sending
 //! 64 heavy queries gets `busy` for most of them and never takes every running place:
 //! another client's `SELECT 1` finds one free. A freed place goes to the waiting client
-//! with the fewest queries running (first come among equals), not simply to the oldest
-//! waiter, so one client's queue cannot hold everyone else back.
+//! with the fewest queries running, then to the one whose recent queries cost least (first
+//! come among equals), not simply to the oldest waiter, so neither one client's queue nor
+//! many clients' heavy queries hold light ones back.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -38,7 +39,14 @@ struct State {
     clients: HashMap<String, Client>,
     waiters: VecDeque<Waiter>,
     next_ticket: u64,
+    /// Each client's recent cost: seconds its places were held, a decaying maximum (halved
+    /// at each new query, raised to the new one's time). Kept after a client goes idle, so a
+    /// client of heavy queries that waits between them is still known as heavy.
+    costs: HashMap<String, (f64, Instant)>,
 }
+
+/// Clients whose recent cost is remembered at most (the longest unseen are forgotten).
+const MAX_COSTS: usize = 4096;
 
 #[derive(Default)]
 struct Client {
@@ -56,11 +64,15 @@ struct Waiter {
 pub struct Admitted {
     admission: Arc<Admission>,
     client: String,
+    since: Instant,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.admission.release(&self.client);
+        let held = self.since.elapsed().as_secs_f64();
+        let mut st = self.admission.lock();
+        st.record_cost(&self.client, held);
+        self.admission.release_locked(&mut st, &self.client);
     }
 }
 
@@ -86,8 +98,7 @@ impl Drop for Waiting {
             st.forget_idle(&self.client);
         } else if self.grant.try_recv().is_ok() {
             // Granted just as we gave up: the place goes to the next one.
-            drop(st);
-            self.admission.release(&self.client);
+            self.admission.release_locked(&mut st, &self.client);
         }
         // Otherwise dispatch saw the receiver gone and took its place back itself.
     }
@@ -96,6 +107,26 @@ impl Drop for Waiting {
 impl State {
     fn client(&mut self, name: &str) -> &mut Client {
         self.clients.entry(name.to_string()).or_default()
+    }
+
+    fn record_cost(&mut self, name: &str, seconds: f64) {
+        let now = Instant::now();
+        if !self.costs.contains_key(name) && self.costs.len() >= MAX_COSTS {
+            if let Some(oldest) = self
+                .costs
+                .iter()
+                .min_by_key(|(_, (_, seen))| *seen)
+                .map(|(k, _)| k.clone())
+            {
+                self.costs.remove(&oldest);
+            }
+        }
+        let c = self.costs.entry(name.to_string()).or_insert((0.0, now));
+        *c = ((c.0 / 2.0).max(seconds), now);
+    }
+
+    fn cost(&self, name: &str) -> f64 {
+        self.costs.get(name).map_or(0.0, |c| c.0)
     }
 
     fn forget_idle(&mut self, name: &str) {
@@ -169,6 +200,7 @@ impl Admission {
                 return Ok(Admitted {
                     admission: self.clone(),
                     client: client.to_string(),
+                    since: Instant::now(),
                 });
             }
             if st.waiters.len() >= self.limits.max_queued {
@@ -202,6 +234,7 @@ impl Admission {
                 Ok(Admitted {
                     admission: self.clone(),
                     client: client.to_string(),
+                    since: Instant::now(),
                 })
             }
             Ok(Err(_)) => Err(QueryError::Internal("admission dropped a waiter".into())),
@@ -215,18 +248,18 @@ impl Admission {
         }
     }
 
-    fn release(&self, client: &str) {
-        // Under one lock with the dispatch, so that a newcomer cannot take the freed
-        // place ahead of the waiters.
-        let mut st = self.lock();
+    /// Gives a place back and grants it, under one lock, so that a newcomer cannot take
+    /// the freed place ahead of the waiters.
+    fn release_locked(&self, st: &mut State, client: &str) {
         st.running -= 1;
         st.client(client).running -= 1;
         st.forget_idle(client);
-        self.dispatch(&mut st);
+        self.dispatch(st);
     }
 
     /// Grants free places to waiters: each to the waiting client with the fewest queries
-    /// running (and under its running share), oldest first among equals.
+    /// running (and under its running share), then the cheapest recently (a light query
+    /// waits for the next free place, not behind every heavy one), oldest first.
     fn dispatch(&self, st: &mut State) {
         while st.running < self.limits.max_concurrent {
             let pick = st
@@ -235,10 +268,14 @@ impl Admission {
                 .enumerate()
                 .filter_map(|(i, w)| {
                     let running = st.clients.get(&w.client).map_or(0, |c| c.running);
-                    (running < self.limits.running_per_client).then_some((running, i))
+                    (running < self.limits.running_per_client).then_some((
+                        running,
+                        st.cost(&w.client),
+                        i,
+                    ))
                 })
-                .min();
-            let Some((_, i)) = pick else { break };
+                .min_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+            let Some((_, _, i)) = pick else { break };
             let Some(w) = st.waiters.remove(i) else { break };
             let c = st.client(&w.client);
             c.queued -= 1;
@@ -328,6 +365,32 @@ mod tests {
         again.await.expect("joined").expect("a admitted in turn");
         drop(d);
         assert_eq!(a.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_light_client_goes_before_heavy_ones_waiting_longer() {
+        let a = Admission::new(AdmissionLimits {
+            max_concurrent: 1,
+            max_queued: 8,
+            ..limits()
+        });
+        // "heavy" held its place 200 ms last time; "light" a moment.
+        drop(a.admit("light").await.expect("light"));
+        let p = a.admit("heavy").await.expect("heavy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(p);
+        let running = a.admit("other").await.expect("the place");
+        let a1 = a.clone();
+        let heavy = tokio::spawn(async move { a1.admit("heavy").await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let a2 = a.clone();
+        let light = tokio::spawn(async move { a2.admit("light").await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(running);
+        let light = light.await.expect("joined").expect("light first");
+        assert_eq!(a.queued(), 1, "heavy still waits");
+        drop(light);
+        heavy.await.expect("joined").expect("heavy next");
     }
 
     #[tokio::test]

@@ -208,7 +208,9 @@ impl NodeHandle {
                 let _place = place;
                 parse_checked(&sql, &parse)
             });
-            tokio::time::timeout(timeout, parsed).await.map_err(late)???
+            tokio::time::timeout(timeout, parsed)
+                .await
+                .map_err(late)???
         };
         let snapshot = if self.config.role.answers_sql() {
             self.with_tables_of(referenced_tables_of(&statement, &self.view_sql()))

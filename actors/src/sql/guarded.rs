@@ -233,7 +233,11 @@ mod tests {
             "SELECT rpad('x', 2000000000)",
             "SELECT replace(repeat('a', 1000), 'a', repeat('b', 10000))",
             "SELECT length(repeat(s, 100000)) FROM (VALUES ('abcdefghij'), ('x')) t(s)",
-            format!("SELECT concat_ws(repeat('x', 100000){})", ", ''".repeat(100)).as_str(),
+            format!(
+                "SELECT concat_ws(repeat('x', 100000){})",
+                ", ''".repeat(100)
+            )
+            .as_str(),
         ] {
             let e = run(&ctx, sql).await.expect_err(sql).to_string();
             assert!(e.contains("max_result_bytes"), "{sql}: {e}");
