@@ -3,7 +3,9 @@
 //! address; later an authenticated identity) may hold at most `per_client` places
 //! (running or waiting) and run at most `running_per_client` at once, so a client sending
 //! 64 heavy queries gets `busy` for most of them and never takes every running place:
-//! another client's `SELECT 1` finds one free. A freed place goes to the waiting client
+//! another client's `SELECT 1` finds one free. Clients whose recent queries held their
+//! place `heavy_after` or longer hold at most `max_heavy` places together, so heavy
+//! queries never keep every query thread busy. A freed place goes to the waiting client
 //! with the fewest queries running, then to the one whose recent queries cost least (first
 //! come among equals), not simply to the oldest waiter, so neither one client's queue nor
 //! many clients' heavy queries hold light ones back.
@@ -24,6 +26,10 @@ pub struct AdmissionLimits {
     pub per_client: usize,
     pub running_per_client: usize,
     pub queue_timeout: Duration,
+    /// Places that clients of heavy queries (recent cost at least `heavy_after`) may hold
+    /// together: the rest of the query threads stay free for light queries.
+    pub max_heavy: usize,
+    pub heavy_after: Duration,
 }
 
 pub struct Admission {
@@ -43,6 +49,8 @@ struct State {
     /// at each new query, raised to the new one's time). Kept after a client goes idle, so a
     /// client of heavy queries that waits between them is still known as heavy.
     costs: HashMap<String, (f64, Instant)>,
+    /// Places held now by clients that were heavy when admitted.
+    heavy_running: usize,
 }
 
 /// Clients whose recent cost is remembered at most (the longest unseen are forgotten).
@@ -57,7 +65,8 @@ struct Client {
 struct Waiter {
     ticket: u64,
     client: String,
-    grant: oneshot::Sender<()>,
+    /// Carries whether the place was granted as a heavy one.
+    grant: oneshot::Sender<bool>,
 }
 
 /// A running query's place; freed when dropped.
@@ -65,6 +74,7 @@ pub struct Admitted {
     admission: Arc<Admission>,
     client: String,
     since: Instant,
+    heavy: bool,
 }
 
 impl Drop for Admitted {
@@ -72,6 +82,9 @@ impl Drop for Admitted {
         let held = self.since.elapsed().as_secs_f64();
         let mut st = self.admission.lock();
         st.record_cost(&self.client, held);
+        if self.heavy {
+            st.heavy_running -= 1;
+        }
         self.admission.release_locked(&mut st, &self.client);
     }
 }
@@ -82,7 +95,7 @@ struct Waiting {
     admission: Arc<Admission>,
     client: String,
     ticket: u64,
-    grant: oneshot::Receiver<()>,
+    grant: oneshot::Receiver<bool>,
     done: bool,
 }
 
@@ -96,8 +109,11 @@ impl Drop for Waiting {
             st.waiters.remove(i);
             st.client(&self.client).queued -= 1;
             st.forget_idle(&self.client);
-        } else if self.grant.try_recv().is_ok() {
+        } else if let Ok(heavy) = self.grant.try_recv() {
             // Granted just as we gave up: the place goes to the next one.
+            if heavy {
+                st.heavy_running -= 1;
+            }
             self.admission.release_locked(&mut st, &self.client);
         }
         // Otherwise dispatch saw the receiver gone and took its place back itself.
@@ -127,6 +143,12 @@ impl State {
 
     fn cost(&self, name: &str) -> f64 {
         self.costs.get(name).map_or(0.0, |c| c.0)
+    }
+
+    /// (is `name` a client of heavy queries, may it not take another place now).
+    fn heavy_held_back(&self, name: &str, limits: &AdmissionLimits) -> (bool, bool) {
+        let heavy = self.cost(name) >= limits.heavy_after.as_secs_f64();
+        (heavy, heavy && self.heavy_running >= limits.max_heavy)
     }
 
     fn forget_idle(&mut self, name: &str) {
@@ -194,13 +216,19 @@ impl Admission {
             }
             // Places are granted as soon as they free (`dispatch`), so a free place means
             // no waiter may take it: it is this client's if it is under its share.
-            if st.running < self.limits.max_concurrent && running < self.limits.running_per_client {
+            let (heavy, held_back) = st.heavy_held_back(client, &self.limits);
+            if st.running < self.limits.max_concurrent
+                && running < self.limits.running_per_client
+                && !held_back
+            {
                 st.running += 1;
                 st.client(client).running += 1;
+                st.heavy_running += usize::from(heavy);
                 return Ok(Admitted {
                     admission: self.clone(),
                     client: client.to_string(),
                     since: Instant::now(),
+                    heavy,
                 });
             }
             if st.waiters.len() >= self.limits.max_queued {
@@ -229,12 +257,13 @@ impl Admission {
             }
         };
         match tokio::time::timeout(self.limits.queue_timeout, &mut waiting.grant).await {
-            Ok(Ok(())) => {
+            Ok(Ok(heavy)) => {
                 waiting.done = true;
                 Ok(Admitted {
                     admission: self.clone(),
                     client: client.to_string(),
                     since: Instant::now(),
+                    heavy,
                 })
             }
             Ok(Err(_)) => Err(QueryError::Internal("admission dropped a waiter".into())),
@@ -268,7 +297,8 @@ impl Admission {
                 .enumerate()
                 .filter_map(|(i, w)| {
                     let running = st.clients.get(&w.client).map_or(0, |c| c.running);
-                    (running < self.limits.running_per_client).then_some((
+                    let (_, held_back) = st.heavy_held_back(&w.client, &self.limits);
+                    (running < self.limits.running_per_client && !held_back).then_some((
                         running,
                         st.cost(&w.client),
                         i,
@@ -277,13 +307,16 @@ impl Admission {
                 .min_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
             let Some((_, _, i)) = pick else { break };
             let Some(w) = st.waiters.remove(i) else { break };
+            let (heavy, _) = st.heavy_held_back(&w.client, &self.limits);
             let c = st.client(&w.client);
             c.queued -= 1;
             c.running += 1;
             st.running += 1;
-            if w.grant.send(()).is_err() {
+            st.heavy_running += usize::from(heavy);
+            if w.grant.send(heavy).is_err() {
                 // The waiter is gone (its Drop could not find it in the queue any more).
                 st.running -= 1;
+                st.heavy_running -= usize::from(heavy);
                 st.client(&w.client).running -= 1;
                 st.forget_idle(&w.client);
             }
@@ -302,6 +335,8 @@ mod tests {
             per_client: 3,
             running_per_client: 1,
             queue_timeout: Duration::from_millis(300),
+            max_heavy: 2,
+            heavy_after: Duration::from_secs(1),
         }
     }
 
@@ -391,6 +426,38 @@ mod tests {
         assert_eq!(a.queued(), 1, "heavy still waits");
         drop(light);
         heavy.await.expect("joined").expect("heavy next");
+    }
+
+    #[tokio::test]
+    async fn heavy_clients_together_leave_places_for_light_ones() {
+        let a = Admission::new(AdmissionLimits {
+            max_concurrent: 3,
+            max_queued: 8,
+            max_heavy: 1,
+            heavy_after: Duration::from_millis(100),
+            ..limits()
+        });
+        for client in ["h1", "h2"] {
+            let p = a.admit(client).await.expect("first query");
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            drop(p);
+        }
+        let heavy = a.admit("h1").await.expect("one heavy place");
+        let a1 = a.clone();
+        let second = tokio::spawn(async move { a1.admit("h2").await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(a.queued(), 1, "h2 waits although places are free");
+        let light = a
+            .admit("light")
+            .await
+            .expect("light gets a free place at once");
+        drop(heavy);
+        second
+            .await
+            .expect("joined")
+            .expect("h2 takes the heavy place in turn");
+        drop(light);
+        assert_eq!((a.running(), a.lock().heavy_running), (0, 0));
     }
 
     #[tokio::test]

@@ -199,6 +199,12 @@ pub struct SqlConfig {
     /// Queries one client may run at once; 0 = half of max_concurrent_queries (at least
     /// one), so one client never holds every running place.
     pub max_running_per_client: usize,
+    /// Places clients of heavy queries may hold together; 0 = half the query threads (at
+    /// least one), so light queries always find a thread.
+    pub max_heavy_queries: usize,
+    /// A client whose recent queries held their place this long is a client of heavy ones.
+    #[serde(with = "humantime_serde")]
+    pub heavy_query_after: Duration,
     /// Longest wait in the queue before 503 `busy`.
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
@@ -223,6 +229,8 @@ impl Default for SqlConfig {
             max_queued_queries: 64,
             max_queries_per_client: 16,
             max_running_per_client: 0,
+            max_heavy_queries: 0,
+            heavy_query_after: Duration::from_millis(500),
             queue_timeout: Duration::from_secs(5),
             max_tokens: parse.max_tokens,
             max_expr_depth: parse.max_depth,

@@ -69,6 +69,11 @@ impl Queries {
                 max_queued: sql.max_queued_queries,
                 per_client: sql.max_queries_per_client,
                 running_per_client,
+                max_heavy: match sql.max_heavy_queries {
+                    0 => (pool.threads() / 2).max(1),
+                    n => n,
+                },
+                heavy_after: sql.heavy_query_after,
                 queue_timeout: sql.queue_timeout,
             }),
             quarantine: Quarantine::new(sql.quarantine.clone()),
