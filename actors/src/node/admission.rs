@@ -77,13 +77,6 @@ pub struct Admitted {
     heavy: bool,
 }
 
-impl Admitted {
-    /// Whether the place was granted to a client of heavy queries.
-    pub fn heavy(&self) -> bool {
-        self.heavy
-    }
-}
-
 impl Drop for Admitted {
     fn drop(&mut self) {
         let held = self.since.elapsed().as_secs_f64();

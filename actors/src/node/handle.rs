@@ -42,10 +42,6 @@ use crate::tier::{Children, RequestBook};
 #[derive(Clone)]
 pub struct Queries {
     pub pool: SqlPool,
-    /// Where clients of heavy queries run: threads of their own, so the OS shares the cores
-    /// between them and light queries preemptively (a query's task yields only between
-    /// batches, which for a heavy join can be seconds).
-    pub heavy_pool: SqlPool,
     pub admission: Arc<Admission>,
     pub quarantine: Arc<Quarantine>,
     pub limits: QueryLimits,
@@ -54,14 +50,11 @@ pub struct Queries {
 impl Queries {
     pub fn new(config: &NodeConfig) -> Result<Self, ConfigError> {
         let sql = &config.sql;
-        let start = |name: &str| {
-            SqlPool::named(sql.query_threads, name).map_err(|e| ConfigError::Invalid {
+        let pool =
+            SqlPool::named(sql.query_threads, "query-sql").map_err(|e| ConfigError::Invalid {
                 what: "[sql] query_threads".into(),
                 message: format!("cannot start the query pool: {e}"),
-            })
-        };
-        let pool = start("query-sql")?;
-        let heavy_pool = start("query-sql-heavy")?;
+            })?;
         let max_concurrent = match sql.max_concurrent_queries {
             0 => 2 * pool.threads(),
             n => n,
@@ -94,7 +87,6 @@ impl Queries {
                 ),
             },
             pool,
-            heavy_pool,
         })
     }
 }
@@ -232,15 +224,10 @@ impl NodeHandle {
             self.snapshot().ok_or(QueryError::NoGeneration)?
         };
         let place = q.admission.admit(client).await?;
-        let pool = if place.heavy() {
-            &q.heavy_pool
-        } else {
-            &q.pool
-        };
         let snap = snapshot.clone();
         // The timer runs here, outside the query pool; on expiry `run`'s future is dropped,
         // which aborts the task there.
-        let run = pool.run(async move {
+        let run = q.pool.run(async move {
             let output = snap.query_statement(statement, &limits).await;
             output.map(|o| (o, place))
         });
