@@ -8,7 +8,8 @@
 //! queries never keep every query thread busy. A freed place goes to the waiting client
 //! with the fewest queries running, then to the one whose recent queries cost least (first
 //! come among equals), not simply to the oldest waiter, so neither one client's queue nor
-//! many clients' heavy queries hold light ones back.
+//! many clients' heavy queries hold light ones back. When the queue is full, a newcomer
+//! takes the slot of the waiter whose client costs most, if that costs more than its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,8 +66,16 @@ struct Client {
 struct Waiter {
     ticket: u64,
     client: String,
-    /// Carries whether the place was granted as a heavy one.
-    grant: oneshot::Sender<bool>,
+    grant: oneshot::Sender<Grant>,
+}
+
+/// What a waiter receives.
+enum Grant {
+    /// A place, granted as a heavy one or not.
+    Place { heavy: bool },
+    /// Refused: the queue was full and a query of a client with cheaper recent queries
+    /// took this one's slot.
+    Evicted,
 }
 
 /// A running query's place; freed when dropped.
@@ -95,7 +104,7 @@ struct Waiting {
     admission: Arc<Admission>,
     client: String,
     ticket: u64,
-    grant: oneshot::Receiver<bool>,
+    grant: oneshot::Receiver<Grant>,
     done: bool,
 }
 
@@ -109,7 +118,7 @@ impl Drop for Waiting {
             st.waiters.remove(i);
             st.client(&self.client).queued -= 1;
             st.forget_idle(&self.client);
-        } else if let Ok(heavy) = self.grant.try_recv() {
+        } else if let Ok(Grant::Place { heavy }) = self.grant.try_recv() {
             // Granted just as we gave up: the place goes to the next one.
             if heavy {
                 st.heavy_running -= 1;
@@ -149,6 +158,29 @@ impl State {
     fn heavy_held_back(&self, name: &str, limits: &AdmissionLimits) -> (bool, bool) {
         let heavy = self.cost(name) >= limits.heavy_after.as_secs_f64();
         (heavy, heavy && self.heavy_running >= limits.max_heavy)
+    }
+
+    /// Makes room in a full queue for `newcomer` by refusing the waiter whose client's
+    /// recent queries cost the most, if that is more than the newcomer's: many clients of
+    /// heavy queries cannot fill the queue against light ones. False when none costs more.
+    fn evict_costlier(&mut self, newcomer: &str) -> bool {
+        let mine = self.cost(newcomer);
+        let costliest = self
+            .waiters
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (self.cost(&w.client), i))
+            .filter(|(cost, _)| *cost > mine)
+            // The costliest; among equals the newest, which has waited least.
+            .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let Some(w) = costliest.and_then(|(_, i)| self.waiters.remove(i)) else {
+            return false;
+        };
+        self.client(&w.client).queued -= 1;
+        self.forget_idle(&w.client);
+        // A waiter that already gave up has nothing to tell.
+        let _ = w.grant.send(Grant::Evicted);
+        true
     }
 
     fn forget_idle(&mut self, name: &str) {
@@ -231,7 +263,7 @@ impl Admission {
                     heavy,
                 });
             }
-            if st.waiters.len() >= self.limits.max_queued {
+            if st.waiters.len() >= self.limits.max_queued && !st.evict_costlier(client) {
                 let (r, q) = (st.running, st.waiters.len());
                 drop(st);
                 return Err(self.busy(format!(
@@ -257,7 +289,15 @@ impl Admission {
             }
         };
         match tokio::time::timeout(self.limits.queue_timeout, &mut waiting.grant).await {
-            Ok(Ok(heavy)) => {
+            Ok(Ok(Grant::Evicted)) => {
+                waiting.done = true;
+                Err(self.busy(
+                    "the queue was full and a client with cheaper recent queries took this \
+                     query's place in it ([sql] max_queued_queries)"
+                        .into(),
+                ))
+            }
+            Ok(Ok(Grant::Place { heavy })) => {
                 waiting.done = true;
                 Ok(Admitted {
                     admission: self.clone(),
@@ -313,7 +353,7 @@ impl Admission {
             c.running += 1;
             st.running += 1;
             st.heavy_running += usize::from(heavy);
-            if w.grant.send(heavy).is_err() {
+            if w.grant.send(Grant::Place { heavy }).is_err() {
                 // The waiter is gone (its Drop could not find it in the queue any more).
                 st.running -= 1;
                 st.heavy_running -= usize::from(heavy);
@@ -458,6 +498,49 @@ mod tests {
             .expect("h2 takes the heavy place in turn");
         drop(light);
         assert_eq!((a.running(), a.lock().heavy_running), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_light_client_takes_a_full_queues_slot_from_a_heavy_one() {
+        let a = Admission::new(AdmissionLimits {
+            max_concurrent: 1,
+            max_queued: 2,
+            queue_timeout: Duration::from_secs(5),
+            ..limits()
+        });
+        // Recent costs: h1 50 ms, h2 80 ms, h3 120 ms.
+        for (client, ms) in [("h1", 50), ("h2", 80), ("h3", 120)] {
+            let p = a.admit(client).await.expect("first query");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            drop(p);
+        }
+        let running = a.admit("other").await.expect("the place");
+        let a1 = a.clone();
+        let h1 = tokio::spawn(async move { a1.admit("h1").await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let a2 = a.clone();
+        let h2 = tokio::spawn(async move { a2.admit("h2").await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(a.queued(), 2, "the queue is full");
+        // A newcomer costlier than every waiter is refused; a light one evicts the
+        // costliest waiter.
+        match a.admit("h3").await {
+            Err(QueryError::Busy(m)) => assert!(m.contains("max_queued_queries"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        let a3 = a.clone();
+        let light = tokio::spawn(async move { a3.admit("light").await });
+        match h2.await.expect("joined") {
+            Err(QueryError::Busy(m)) => assert!(m.contains("cheaper recent queries"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.queued(), 2, "light waits in h2's slot");
+        drop(running);
+        let light = light.await.expect("joined").expect("light goes first");
+        drop(light);
+        h1.await.expect("joined").expect("h1 in turn");
+        assert_eq!(a.running(), 0);
+        assert!(a.lock().clients.is_empty(), "every count given back");
     }
 
     #[tokio::test]

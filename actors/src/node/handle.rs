@@ -3,10 +3,11 @@
 //!
 //! A query's way: quarantine check, the front door (parse and check, on the query pool:
 //! its threads have the stacks for it), the tables it needs, then execution on the query
-//! pool; parsing and execution each take a place from admission control. The deadline is kept here, on
-//! the caller's runtime, not in the pool: a CPU-bound plan cannot delay its own timeout,
-//! and dropping the pool's task cancels it at its next yield. Limits hit count towards
-//! the query's quarantine.
+//! pool, all in one place from admission control (given back while the query waits for
+//! tables). The deadline is kept here, on the caller's runtime, not in the pool: a
+//! CPU-bound plan cannot delay its own timeout, and dropping the pool's task cancels it
+//! at its next yield (plans are time-sliced, so within milliseconds). Limits hit count
+//! towards the query's quarantine.
 //!
 //! On a SQL node a query first names the published tables it reads (directly or through
 //! views): they are requested below (kept for the ttl), and if the served generation lacks
@@ -201,37 +202,47 @@ impl NodeHandle {
         let q = &self.queries;
         let limits = q.limits.clone();
         let parse = limits.parse;
-        // A place for parsing, another for running: a query waiting for its tables to
-        // arrive from below holds none.
+        // One deadline for the query's work, kept here on the caller's runtime (a wait for
+        // tables from below has its own, `[requests] wait`, and restarts it).
         let timeout = self.config.http.query_timeout;
+        let mut deadline = tokio::time::Instant::now() + timeout;
         let late = |_| QueryError::Timeout(timeout);
-        // Each place moves into the task it admits, so it is given back when the work
-        // stops (an aborted task stops at its next yield), not when the client is answered.
-        let statement = {
-            let place = q.admission.admit(client).await?;
-            let parsed = q.pool.run(async move {
-                let _place = place;
-                parse_checked(&sql, &parse)
-            });
-            tokio::time::timeout(timeout, parsed)
-                .await
-                .map_err(late)???
-        };
-        let snapshot = if self.config.role.answers_sql() {
-            self.with_tables_of(referenced_tables_of(&statement, &self.view_sql()))
-                .await?
-        } else {
-            self.snapshot().ok_or(QueryError::NoGeneration)?
-        };
+        // One place for parsing and running; a query that must wait for its tables to
+        // arrive from below gives it back meanwhile. The place moves into each task it
+        // admits, so it is given back when the work stops (an aborted task stops at its
+        // next yield), not when the client is answered.
         let place = q.admission.admit(client).await?;
+        let parsed = q
+            .pool
+            .run(async move { parse_checked(&sql, &parse).map(|statement| (statement, place)) });
+        let (statement, place) = tokio::time::timeout_at(deadline, parsed)
+            .await
+            .map_err(late)???;
+        let (snapshot, place) = if self.config.role.answers_sql() {
+            let needed = self.request_tables(referenced_tables_of(&statement, &self.view_sql()))?;
+            match self.snapshot_holding(&needed) {
+                Some(snapshot) => (snapshot, place),
+                None if needed.is_empty() => return Err(QueryError::NoGeneration),
+                None => {
+                    drop(place);
+                    let snapshot = self.wait_for_tables(needed).await?;
+                    deadline = tokio::time::Instant::now() + timeout;
+                    (snapshot, q.admission.admit(client).await?)
+                }
+            }
+        } else {
+            (self.snapshot().ok_or(QueryError::NoGeneration)?, place)
+        };
         let snap = snapshot.clone();
-        // The timer runs here, outside the query pool; on expiry `run`'s future is dropped,
-        // which aborts the task there.
+        // On expiry `run`'s future is dropped, which aborts the task there; its plan is
+        // time-sliced, so it stops within a slice.
         let run = q.pool.run(async move {
             let output = snap.query_statement(statement, &limits).await;
             output.map(|o| (o, place))
         });
-        let (output, place) = tokio::time::timeout(timeout, run).await.map_err(late)???;
+        let (output, place) = tokio::time::timeout_at(deadline, run)
+            .await
+            .map_err(late)???;
         Ok(Answer {
             snapshot,
             output,
@@ -244,10 +255,9 @@ impl NodeHandle {
         self.snapshot().map(|s| s.view_sql()).unwrap_or_default()
     }
 
-    /// Requests the published ones of `tables` (what a query reads, views followed) and
-    /// returns a snapshot that holds them all, waiting for one if needed.
-    async fn with_tables_of(&self, tables: BTreeSet<String>) -> Result<Arc<Snapshot>, QueryError> {
-        let snapshot = self.snapshot();
+    /// The published ones of `tables` (what a query reads, views followed), requested
+    /// below so that they are collected (and kept for the ttl).
+    fn request_tables(&self, tables: BTreeSet<String>) -> Result<BTreeSet<String>, QueryError> {
         let needed: BTreeSet<String> = tables
             .into_iter()
             .filter(|t| self.schemas.get(t).is_some())
@@ -256,36 +266,43 @@ impl NodeHandle {
             // Another partition's tables are not fetched here: the client goes there.
             routing.check(&needed)?;
         }
-        if needed.is_empty() {
-            return snapshot.ok_or(QueryError::NoGeneration);
+        if !needed.is_empty() {
+            self.book.do_send(UseTables(needed.clone()));
         }
-        self.book.do_send(UseTables(needed.clone()));
+        Ok(needed)
+    }
+
+    /// The snapshot served now if it holds every one of `needed`.
+    fn snapshot_holding(&self, needed: &BTreeSet<String>) -> Option<Arc<Snapshot>> {
+        self.snapshot()
+            .filter(|s| needed.iter().all(|t| s.generation.tables.contains_key(t)))
+    }
+
+    /// Waits, up to `[requests] wait`, for a snapshot that holds every one of `needed`.
+    async fn wait_for_tables(&self, needed: BTreeSet<String>) -> Result<Arc<Snapshot>, QueryError> {
         let wait = self.config.requests.wait;
         let deadline = Instant::now() + wait;
         let mut installed = self.installed.clone();
         loop {
-            let missing: Vec<String> = match self.snapshot() {
-                Some(s) => {
-                    let missing: Vec<String> = needed
+            installed.borrow_and_update();
+            if let Some(s) = self.snapshot_holding(&needed) {
+                return Ok(s);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let missing = match self.snapshot() {
+                    Some(s) => needed
                         .iter()
                         .filter(|t| !s.generation.tables.contains_key(*t))
                         .cloned()
-                        .collect();
-                    if missing.is_empty() {
-                        return Ok(s);
-                    }
-                    missing
-                }
-                None => needed.iter().cloned().collect(),
-            };
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+                        .collect(),
+                    None => needed.into_iter().collect(),
+                };
                 return Err(QueryError::TablesNotReady {
                     missing,
                     waited: wait,
                 });
             }
-            installed.borrow_and_update();
             // Woken by each new snapshot; the timeout ends the wait at the deadline.
             let _ = tokio::time::timeout(left, installed.changed()).await;
         }

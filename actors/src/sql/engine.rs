@@ -25,6 +25,7 @@ use super::division::NullOnDivideByZero;
 use super::front_door::{parse_checked, ParseLimits};
 use super::guarded::guard_functions;
 use super::memory::MemoryBudget;
+use super::time_slice::time_sliced;
 use super::views::{ViewProvider, ViewsFile};
 use crate::error::QueryError;
 use crate::generation::Generation;
@@ -289,7 +290,9 @@ impl Snapshot {
         let tables = self.tables_used(&plan);
         let df = self.ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let physical = df.create_physical_plan().await?;
+        // Time-sliced: a plan that never waits for input still gives its thread to other
+        // queries and stops soon after its deadline aborts it.
+        let physical = time_sliced(df.create_physical_plan().await?)?;
         let state = self.ctx.state();
         let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
             .with_memory_pool(limits.memory.for_query())

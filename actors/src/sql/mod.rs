@@ -10,6 +10,7 @@ mod memory;
 mod pool;
 mod references;
 mod statement;
+mod time_slice;
 mod views;
 
 pub use engine::{Origin, QueryLimits, QueryOutput, Snapshot, TableUse, DEFAULT_MAX_RESULT_BYTES};
