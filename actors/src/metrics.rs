@@ -33,6 +33,9 @@ pub struct Metrics {
     pub tla_switches: AtomicU64,
     /// Queries put in quarantine since start.
     pub queries_quarantined: AtomicU64,
+    /// Queries stopped on the light pool after `heavy_query_after` and run again on the
+    /// heavy one (their client was not yet known as heavy).
+    pub queries_moved_to_heavy: AtomicU64,
     /// Connections to `[link] listen` closed at once: past the session caps.
     pub link_refused: AtomicU64,
     /// Failed accepts at `[link] listen` (out of descriptors, ...).

@@ -88,6 +88,9 @@ struct Sample {
     ms: f64,
     /// `ok`, the error body's code, `http <status>` or `no answer`.
     code: String,
+    /// For an answer: the node's own time for it (`elapsed_ms`: admission, planning and
+    /// running, not the HTTP exchange).
+    node_ms: Option<(f64, f64)>,
 }
 
 fn outcome(status: u16, text: &str) -> String {
@@ -123,11 +126,19 @@ fn client(
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let code = outcome(status, &text);
         let refused = code == "busy" || code == "quarantined";
+        let node_ms = if light && status == 200 {
+            serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| Some((v["elapsed_ms"].as_f64()?, v["queued_ms"].as_f64()?)))
+        } else {
+            None
+        };
         out.push(Sample {
             light,
             query,
             ms,
             code,
+            node_ms,
         });
         i += 1;
         if light {
@@ -381,10 +392,15 @@ fn main() {
     // queries, and a runaway one is stopped before it costs a whole round of CPU.
     let timeout = interval / 2;
     let bench_started = Instant::now();
+    // OVERLOAD_SQL_CONFIG: more of the SQL node's `[sql]` section, to try settings.
+    let sql_extra = std::env::var("OVERLOAD_SQL_CONFIG").unwrap_or_default();
     let fleet = SimulatedFleet::start(
         machines,
         BLOCK,
-        &format!("[http]\nquery_timeout = \"{}ms\"\n", timeout.as_millis()),
+        &format!(
+            "[http]\nquery_timeout = \"{}ms\"\n[sql]\n{sql_extra}\n",
+            timeout.as_millis()
+        ),
     );
     eprintln!(
         "overload: {machines} machines up after {:.0} s",
@@ -411,6 +427,27 @@ fn main() {
         p
     });
 
+    for p in &phases {
+        let sorted = |f: fn(&(f64, f64)) -> f64| {
+            let mut v: Vec<f64> = p
+                .samples
+                .iter()
+                .filter_map(|s| s.node_ms.as_ref().map(f))
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        let (node, queued) = (sorted(|t| t.0), sorted(|t| t.1));
+        eprintln!(
+            "overload: {} phase: light answers' time in the node p50 {:.0} ms, p99 {:.0} ms; \
+             waiting for a place p50 {:.0} ms, p99 {:.0} ms",
+            if p.heavy { "mixed" } else { "light" },
+            percentile(&node, 0.5),
+            percentile(&node, 0.99),
+            percentile(&queued, 0.5),
+            percentile(&queued, 0.99)
+        );
+    }
     let interval_ms = interval.as_secs_f64() * 1000.0;
     let offset_ms = interval_ms * SimulatedFleet::SQL_TENTHS as f64 / 10.0;
     let cores = std::thread::available_parallelism()

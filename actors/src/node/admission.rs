@@ -1,15 +1,18 @@
-//! Admission control for queries: at most `max_concurrent` run at once and at most
-//! `max_queued` wait, each up to `queue_timeout`; beyond, 503 `busy`. One client (an
-//! address; later an authenticated identity) may hold at most `per_client` places
-//! (running or waiting) and run at most `running_per_client` at once, so a client sending
-//! 64 heavy queries gets `busy` for most of them and never takes every running place:
-//! another client's `SELECT 1` finds one free. Clients whose recent queries held their
-//! place `heavy_after` or longer hold at most `max_heavy` places together, so heavy
-//! queries never keep every query thread busy. A freed place goes to the waiting client
-//! with the fewest queries running, then to the one whose recent queries cost least (first
-//! come among equals), not simply to the oldest waiter, so neither one client's queue nor
-//! many clients' heavy queries hold light ones back. When the queue is full, a newcomer
-//! takes the slot of the waiter whose client costs most, if that costs more than its own.
+//! Admission control for queries. Clients (an address; later an authenticated identity)
+//! are in one of three classes by their recent cost (how long their places were held, a
+//! maximum fading with a 30 s half-life), each with places of its own, so no class can
+//! take another's: **light** clients run at most `max_concurrent` queries at once, clients
+//! of **heavy** queries (recent cost at least `heavy_after`) at most `max_heavy` together,
+//! and **new** clients (no recent cost) at most `max_heavy` together. Queries of heavy and
+//! new clients run on a pool of lower priority (see `handle.rs`). Beyond its class's
+//! places a query waits, at most `max_queued` in all, each up to `queue_timeout`; beyond,
+//! 503 `busy`. One client may hold at most `per_client` places (running or waiting) and
+//! run at most `running_per_client` at once, so a client sending 64 queries gets `busy`
+//! for most of them and never takes every place of its class. A freed place goes to the
+//! waiting client with the fewest queries running, then to the one whose recent queries
+//! cost least (first come among equals), not simply to the oldest waiter. When the queue
+//! is full, a newcomer takes the slot of the waiter whose client costs most, if that costs
+//! more than its own: clients of heavy queries cannot fill the queue against light ones.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +31,8 @@ pub struct AdmissionLimits {
     pub running_per_client: usize,
     pub queue_timeout: Duration,
     /// Places that clients of heavy queries (recent cost at least `heavy_after`) may hold
-    /// together: the rest of the query threads stay free for light queries.
+    /// together: the rest of the query threads stay free for light queries. Clients not
+    /// known yet hold as many places together, apart from those.
     pub max_heavy: usize,
     pub heavy_after: Duration,
 }
@@ -46,16 +50,45 @@ struct State {
     clients: HashMap<String, Client>,
     waiters: VecDeque<Waiter>,
     next_ticket: u64,
-    /// Each client's recent cost: seconds its places were held, a decaying maximum (halved
-    /// at each new query, raised to the new one's time). Kept after a client goes idle, so a
-    /// client of heavy queries that waits between them is still known as heavy.
+    /// Each client's recent cost: seconds its places were held, a maximum that halves every
+    /// `COST_HALF_LIFE` (raised to each query's time as it ends). Kept after a client goes
+    /// idle, so a client of heavy queries that waits between them, or sends a light one
+    /// now and then, is still known as heavy.
     costs: HashMap<String, (f64, Instant)>,
+    /// Places held now by clients that were light when admitted.
+    light_running: usize,
     /// Places held now by clients that were heavy when admitted.
     heavy_running: usize,
+    /// Places held now by clients that were not known when admitted.
+    new_running: usize,
+}
+
+/// What admission knows of a client, which decides where its query runs and from which
+/// share of the places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Its recent queries were light: the light pool, any free place.
+    Light,
+    /// No history: a share of its own (`max_heavy` places), on the heavy pool, so a burst
+    /// of new clients cannot take the places or threads of known light ones.
+    New,
+    /// Its recent queries held their place `heavy_after` or longer: at most `max_heavy`
+    /// places together, on the heavy pool.
+    Heavy,
 }
 
 /// Clients whose recent cost is remembered at most (the longest unseen are forgotten).
 const MAX_COSTS: usize = 4096;
+
+/// How fast a client's recent cost fades: a client of 2.5 s queries is known as heavy
+/// (500 ms) for about 70 s after its last one.
+const COST_HALF_LIFE: Duration = Duration::from_secs(30);
+
+/// A recorded cost `(seconds, when)`, faded to `now`.
+fn decayed((cost, at): (f64, Instant), now: Instant) -> f64 {
+    let halvings = now.saturating_duration_since(at).as_secs_f64() / COST_HALF_LIFE.as_secs_f64();
+    cost * 0.5f64.powf(halvings)
+}
 
 #[derive(Default)]
 struct Client {
@@ -71,8 +104,8 @@ struct Waiter {
 
 /// What a waiter receives.
 enum Grant {
-    /// A place, granted as a heavy one or not.
-    Place { heavy: bool },
+    /// A place, granted in the client's class then.
+    Place { class: Class },
     /// Refused: the queue was full and a query of a client with cheaper recent queries
     /// took this one's slot.
     Evicted,
@@ -83,7 +116,14 @@ pub struct Admitted {
     admission: Arc<Admission>,
     client: String,
     since: Instant,
-    heavy: bool,
+    class: Class,
+}
+
+impl Admitted {
+    /// The client's class when the place was granted.
+    pub fn class(&self) -> Class {
+        self.class
+    }
 }
 
 impl Drop for Admitted {
@@ -91,9 +131,7 @@ impl Drop for Admitted {
         let held = self.since.elapsed().as_secs_f64();
         let mut st = self.admission.lock();
         st.record_cost(&self.client, held);
-        if self.heavy {
-            st.heavy_running -= 1;
-        }
+        st.uncount(self.class);
         self.admission.release_locked(&mut st, &self.client);
     }
 }
@@ -118,11 +156,9 @@ impl Drop for Waiting {
             st.waiters.remove(i);
             st.client(&self.client).queued -= 1;
             st.forget_idle(&self.client);
-        } else if let Ok(Grant::Place { heavy }) = self.grant.try_recv() {
+        } else if let Ok(Grant::Place { class }) = self.grant.try_recv() {
             // Granted just as we gave up: the place goes to the next one.
-            if heavy {
-                st.heavy_running -= 1;
-            }
+            st.uncount(class);
             self.admission.release_locked(&mut st, &self.client);
         }
         // Otherwise dispatch saw the receiver gone and took its place back itself.
@@ -147,17 +183,41 @@ impl State {
             }
         }
         let c = self.costs.entry(name.to_string()).or_insert((0.0, now));
-        *c = ((c.0 / 2.0).max(seconds), now);
+        *c = (decayed(*c, now).max(seconds), now);
     }
 
+    /// `name`'s recent cost now (0 for a client not known).
     fn cost(&self, name: &str) -> f64 {
-        self.costs.get(name).map_or(0.0, |c| c.0)
+        self.costs
+            .get(name)
+            .map_or(0.0, |c| decayed(*c, Instant::now()))
     }
 
-    /// (is `name` a client of heavy queries, may it not take another place now).
-    fn heavy_held_back(&self, name: &str, limits: &AdmissionLimits) -> (bool, bool) {
-        let heavy = self.cost(name) >= limits.heavy_after.as_secs_f64();
-        (heavy, heavy && self.heavy_running >= limits.max_heavy)
+    /// (`name`'s class, may it not take another place now: its class's share is full).
+    fn class_held_back(&self, name: &str, limits: &AdmissionLimits) -> (Class, bool) {
+        if !self.costs.contains_key(name) {
+            return (Class::New, self.new_running >= limits.max_heavy);
+        }
+        if self.cost(name) >= limits.heavy_after.as_secs_f64() {
+            return (Class::Heavy, self.heavy_running >= limits.max_heavy);
+        }
+        (Class::Light, self.light_running >= limits.max_concurrent)
+    }
+
+    fn count(&mut self, class: Class) {
+        match class {
+            Class::Light => self.light_running += 1,
+            Class::New => self.new_running += 1,
+            Class::Heavy => self.heavy_running += 1,
+        }
+    }
+
+    fn uncount(&mut self, class: Class) {
+        match class {
+            Class::Light => self.light_running -= 1,
+            Class::New => self.new_running -= 1,
+            Class::Heavy => self.heavy_running -= 1,
+        }
     }
 
     /// Makes room in a full queue for `newcomer` by refusing the waiter whose client's
@@ -226,7 +286,7 @@ impl Admission {
     /// True when every place is taken and the queue is full: new queries are refused.
     pub fn saturated(&self) -> bool {
         let st = self.lock();
-        st.running >= self.limits.max_concurrent && st.waiters.len() >= self.limits.max_queued
+        st.light_running >= self.limits.max_concurrent && st.waiters.len() >= self.limits.max_queued
     }
 
     /// Waits for a place for `client`'s query, or refuses it: at once when the client holds
@@ -248,19 +308,16 @@ impl Admission {
             }
             // Places are granted as soon as they free (`dispatch`), so a free place means
             // no waiter may take it: it is this client's if it is under its share.
-            let (heavy, held_back) = st.heavy_held_back(client, &self.limits);
-            if st.running < self.limits.max_concurrent
-                && running < self.limits.running_per_client
-                && !held_back
-            {
+            let (class, held_back) = st.class_held_back(client, &self.limits);
+            if running < self.limits.running_per_client && !held_back {
                 st.running += 1;
                 st.client(client).running += 1;
-                st.heavy_running += usize::from(heavy);
+                st.count(class);
                 return Ok(Admitted {
                     admission: self.clone(),
                     client: client.to_string(),
                     since: Instant::now(),
-                    heavy,
+                    class,
                 });
             }
             if st.waiters.len() >= self.limits.max_queued && !st.evict_costlier(client) {
@@ -297,13 +354,13 @@ impl Admission {
                         .into(),
                 ))
             }
-            Ok(Ok(Grant::Place { heavy })) => {
+            Ok(Ok(Grant::Place { class })) => {
                 waiting.done = true;
                 Ok(Admitted {
                     admission: self.clone(),
                     client: client.to_string(),
                     since: Instant::now(),
-                    heavy,
+                    class,
                 })
             }
             Ok(Err(_)) => Err(QueryError::Internal("admission dropped a waiter".into())),
@@ -330,14 +387,14 @@ impl Admission {
     /// running (and under its running share), then the cheapest recently (a light query
     /// waits for the next free place, not behind every heavy one), oldest first.
     fn dispatch(&self, st: &mut State) {
-        while st.running < self.limits.max_concurrent {
+        loop {
             let pick = st
                 .waiters
                 .iter()
                 .enumerate()
                 .filter_map(|(i, w)| {
                     let running = st.clients.get(&w.client).map_or(0, |c| c.running);
-                    let (_, held_back) = st.heavy_held_back(&w.client, &self.limits);
+                    let (_, held_back) = st.class_held_back(&w.client, &self.limits);
                     (running < self.limits.running_per_client && !held_back).then_some((
                         running,
                         st.cost(&w.client),
@@ -347,16 +404,16 @@ impl Admission {
                 .min_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
             let Some((_, _, i)) = pick else { break };
             let Some(w) = st.waiters.remove(i) else { break };
-            let (heavy, _) = st.heavy_held_back(&w.client, &self.limits);
+            let (class, _) = st.class_held_back(&w.client, &self.limits);
             let c = st.client(&w.client);
             c.queued -= 1;
             c.running += 1;
             st.running += 1;
-            st.heavy_running += usize::from(heavy);
-            if w.grant.send(Grant::Place { heavy }).is_err() {
+            st.count(class);
+            if w.grant.send(Grant::Place { class }).is_err() {
                 // The waiter is gone (its Drop could not find it in the queue any more).
                 st.running -= 1;
-                st.heavy_running -= usize::from(heavy);
+                st.uncount(class);
                 st.client(&w.client).running -= 1;
                 st.forget_idle(&w.client);
             }
@@ -380,9 +437,21 @@ mod tests {
         }
     }
 
+    /// Makes `clients` known as light: each ran a query that held its place a moment.
+    async fn known(a: &Arc<Admission>, clients: &[&str]) {
+        for c in clients {
+            drop(a.admit(c).await.expect("a first query"));
+        }
+    }
+
     #[tokio::test]
     async fn one_client_cannot_take_every_place() {
         let a = Admission::new(limits());
+        known(&a, &["greedy", "polite"]).await;
+        // "fourth" costs more than the waiters, so it cannot take a slot from them.
+        let p = a.admit("fourth").await.expect("fourth's first query");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(p);
         let first = a.admit("greedy").await.expect("first");
         // The greedy client's second waits although a place is free: it already runs its
         // share; a third is over its places.
@@ -418,6 +487,7 @@ mod tests {
             running_per_client: 2,
             ..limits()
         });
+        known(&a, &["a", "c", "d"]).await;
         let p1 = a.admit("a").await.expect("first");
         let p2 = a.admit("a").await.expect("second");
         match a.admit("c").await {
@@ -449,8 +519,9 @@ mod tests {
             max_queued: 8,
             ..limits()
         });
-        // "heavy" held its place 200 ms last time; "light" a moment.
-        drop(a.admit("light").await.expect("light"));
+        // "heavy" held its place 200 ms last time (still a light client: under 1 s);
+        // "light" and "other" a moment.
+        known(&a, &["light", "other"]).await;
         let p = a.admit("heavy").await.expect("heavy");
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(p);
@@ -497,7 +568,16 @@ mod tests {
             .expect("joined")
             .expect("h2 takes the heavy place in turn");
         drop(light);
-        assert_eq!((a.running(), a.lock().heavy_running), (0, 0));
+        let st = a.lock();
+        assert_eq!(
+            (
+                st.running,
+                st.light_running,
+                st.heavy_running,
+                st.new_running
+            ),
+            (0, 0, 0, 0)
+        );
     }
 
     #[tokio::test]
@@ -508,7 +588,9 @@ mod tests {
             queue_timeout: Duration::from_secs(5),
             ..limits()
         });
-        // Recent costs: h1 50 ms, h2 80 ms, h3 120 ms.
+        // Recent costs: h1 50 ms, h2 80 ms, h3 120 ms (all light clients: under 1 s);
+        // "light" and "other" a moment.
+        known(&a, &["light", "other"]).await;
         for (client, ms) in [("h1", 50), ("h2", 80), ("h3", 120)] {
             let p = a.admit(client).await.expect("first query");
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -541,6 +623,33 @@ mod tests {
         h1.await.expect("joined").expect("h1 in turn");
         assert_eq!(a.running(), 0);
         assert!(a.lock().clients.is_empty(), "every count given back");
+    }
+
+    #[tokio::test]
+    async fn new_clients_have_places_of_their_own() {
+        let a = Admission::new(AdmissionLimits {
+            max_concurrent: 1,
+            max_queued: 8,
+            max_heavy: 1,
+            ..limits()
+        });
+        known(&a, &["light"]).await;
+        // A new client takes the new clients' one place; another waits for it, while the
+        // known light client still finds its class's place free.
+        let first = a.admit("new1").await.expect("new place");
+        assert_eq!(first.class(), Class::New);
+        let a1 = a.clone();
+        let second = tokio::spawn(async move { a1.admit("new2").await.map(|p| p.class()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(a.queued(), 1, "new2 waits for the new clients' place");
+        let light = a.admit("light").await.expect("light place at once");
+        assert_eq!(light.class(), Class::Light);
+        drop(first);
+        let class = second.await.expect("joined").expect("new2 in turn");
+        assert_eq!(class, Class::New);
+        // new1 is known now, as light (its query held its place a moment).
+        drop(light);
+        assert_eq!(a.admit("new1").await.expect("place").class(), Class::Light);
     }
 
     #[tokio::test]

@@ -205,6 +205,10 @@ pub struct SqlConfig {
     /// A client whose recent queries held their place this long is a client of heavy ones.
     #[serde(with = "humantime_serde")]
     pub heavy_query_after: Duration,
+    /// Clients of heavy queries run on a pool of their own whose threads have this nice
+    /// level (0-19): the kernel gives light queries' threads the cores first, so heavy
+    /// queries cannot slow them whatever their operators do between yields.
+    pub heavy_query_nice: i32,
     /// Longest wait in the queue before 503 `busy`.
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
@@ -231,6 +235,7 @@ impl Default for SqlConfig {
             max_running_per_client: 0,
             max_heavy_queries: 0,
             heavy_query_after: Duration::from_millis(500),
+            heavy_query_nice: 10,
             queue_timeout: Duration::from_secs(5),
             max_tokens: parse.max_tokens,
             max_expr_depth: parse.max_depth,
@@ -280,6 +285,9 @@ impl SqlConfig {
         }
         if self.queue_timeout.is_zero() {
             return bad("queue_timeout must be positive");
+        }
+        if !(0..=19).contains(&self.heavy_query_nice) {
+            return bad("heavy_query_nice must be between 0 and 19");
         }
         Ok(())
     }

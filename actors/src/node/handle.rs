@@ -23,7 +23,7 @@ use actix::Addr;
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
-use super::admission::{Admission, AdmissionLimits, Admitted};
+use super::admission::{Admission, AdmissionLimits, Admitted, Class};
 use super::config::NodeConfig;
 use super::quarantine::{normalise, Quarantine};
 use crate::aggregator_sets::Routing;
@@ -38,24 +38,39 @@ use crate::tier::messages::UseTables;
 use crate::tier::parent_links::ParentSessions;
 use crate::tier::tla_selection::SharedSelection;
 use crate::tier::{Children, RequestBook};
+use datafusion::sql::parser::Statement as DfStatement;
 
 /// What queries share: their pool, admission, limits and quarantine.
 #[derive(Clone)]
 pub struct Queries {
     pub pool: SqlPool,
+    /// Where clients of heavy queries run: threads of their own at a lower priority
+    /// (`heavy_query_nice`), so the kernel gives the cores to light queries first.
+    pub heavy_pool: SqlPool,
     pub admission: Arc<Admission>,
     pub quarantine: Arc<Quarantine>,
     pub limits: QueryLimits,
 }
 
 impl Queries {
+    /// Where a query of a client of this class runs.
+    fn pool_for(&self, class: Class) -> &SqlPool {
+        match class {
+            Class::Light => &self.pool,
+            Class::New | Class::Heavy => &self.heavy_pool,
+        }
+    }
+
     pub fn new(config: &NodeConfig) -> Result<Self, ConfigError> {
         let sql = &config.sql;
-        let pool =
-            SqlPool::named(sql.query_threads, "query-sql").map_err(|e| ConfigError::Invalid {
+        let start = |name: &str, nice: i32| {
+            SqlPool::niced(sql.query_threads, name, nice).map_err(|e| ConfigError::Invalid {
                 what: "[sql] query_threads".into(),
                 message: format!("cannot start the query pool: {e}"),
-            })?;
+            })
+        };
+        let pool = start("query-sql", 0)?;
+        let heavy_pool = start("query-heavy", sql.heavy_query_nice)?;
         let max_concurrent = match sql.max_concurrent_queries {
             0 => 2 * pool.threads(),
             n => n,
@@ -88,6 +103,7 @@ impl Queries {
                 ),
             },
             pool,
+            heavy_pool,
         })
     }
 }
@@ -139,6 +155,10 @@ pub struct Answer {
     /// The query's place among the running ones, held until the answer has been sent (a
     /// client that does not read its answer keeps its place, not a free one).
     pub place: Admitted,
+    /// The pool the query ran on: the answer is encoded there too, off the HTTP workers.
+    pub pool: SqlPool,
+    /// How long the query waited for a place to run.
+    pub queued: Duration,
 }
 
 impl NodeHandle {
@@ -211,7 +231,8 @@ impl NodeHandle {
         // arrive from below gives it back meanwhile. The place moves into each task it
         // admits, so it is given back when the work stops (an aborted task stops at its
         // next yield), not when the client is answered.
-        let place = q.admission.admit(client).await?;
+        let mut queued = Duration::ZERO;
+        let place = self.place(client, deadline, &mut queued).await?;
         let parsed = q
             .pool
             .run(async move { parse_checked(&sql, &parse).map(|statement| (statement, place)) });
@@ -227,28 +248,73 @@ impl NodeHandle {
                     drop(place);
                     let snapshot = self.wait_for_tables(needed).await?;
                     deadline = tokio::time::Instant::now() + timeout;
-                    (snapshot, q.admission.admit(client).await?)
+                    let place = self.place(client, deadline, &mut queued).await?;
+                    (snapshot, place)
                 }
             }
         } else {
             (self.snapshot().ok_or(QueryError::NoGeneration)?, place)
         };
-        let snap = snapshot.clone();
-        // On expiry `run`'s future is dropped, which aborts the task there; its plan is
-        // time-sliced, so it stops within a slice.
-        let run = q.pool.run(async move {
-            let output = snap.query_statement(statement, &limits).await;
-            output.map(|o| (o, place))
-        });
-        let (output, place) = tokio::time::timeout_at(deadline, run)
+        // Known light clients run on the light pool, others on the heavy one. A query of a
+        // client not known as heavy (a new one, or one whose queries changed) runs for
+        // `heavy_query_after` at most in its place; past that it is stopped and starts
+        // again in a heavy place, so it neither keeps a light or new client's place nor
+        // shares the light pool's threads for long.
+        let pool = q.pool_for(place.class());
+        let until = match place.class() {
+            Class::Heavy => deadline,
+            _ => deadline.min(tokio::time::Instant::now() + self.config.sql.heavy_query_after),
+        };
+        let (output, place, pool) = match run_on(pool, &snapshot, &statement, &limits, place, until)
             .await
-            .map_err(late)???;
+        {
+            Ok(done) => {
+                let (output, place) = done?;
+                (output, place, pool.clone())
+            }
+            Err(_) if until < deadline => {
+                // The stopped run's place, given back as its task stops, recorded this
+                // client's cost as heavy: the new place is a heavy one.
+                self.metrics
+                    .queries_moved_to_heavy
+                    .fetch_add(1, Ordering::Relaxed);
+                let place = self.place(client, deadline, &mut queued).await?;
+                let pool = q.pool_for(place.class());
+                let (output, place) = run_on(pool, &snapshot, &statement, &limits, place, deadline)
+                    .await
+                    .map_err(late)??;
+                (output, place, pool.clone())
+            }
+            Err(e) => return Err(late(e)),
+        };
         Ok(Answer {
             snapshot,
             output,
             elapsed: started.elapsed(),
             place,
+            pool,
+            queued,
         })
+    }
+
+    /// A place for `client`'s query, waited for until `deadline` at most (then 503 `busy`:
+    /// the query never ran, so it is no strike towards its quarantine); the wait is added
+    /// to `queued`.
+    async fn place(
+        &self,
+        client: &str,
+        deadline: tokio::time::Instant,
+        queued: &mut Duration,
+    ) -> Result<Admitted, QueryError> {
+        let since = Instant::now();
+        let place = tokio::time::timeout_at(deadline, self.queries.admission.admit(client)).await;
+        *queued += since.elapsed();
+        place.map_err(|_| {
+            QueryError::Busy(format!(
+                "no place to run in {:?} ([http] query_timeout; [sql] max_concurrent_queries)",
+                self.config.http.query_timeout
+            ))
+        })?
     }
 
     fn view_sql(&self) -> std::collections::BTreeMap<String, String> {
@@ -307,4 +373,25 @@ impl NodeHandle {
             let _ = tokio::time::timeout(left, installed.changed()).await;
         }
     }
+}
+
+/// Runs `statement` on `snapshot` in `pool`, holding `place`, until `until`: on expiry the
+/// task is aborted (its plan is time-sliced, so it stops within a slice) and the place is
+/// given back as it stops.
+async fn run_on(
+    pool: &SqlPool,
+    snapshot: &Arc<Snapshot>,
+    statement: &DfStatement,
+    limits: &QueryLimits,
+    place: Admitted,
+    until: tokio::time::Instant,
+) -> Result<Result<(QueryOutput, Admitted), QueryError>, tokio::time::error::Elapsed> {
+    let (snap, statement, limits) = (snapshot.clone(), statement.clone(), limits.clone());
+    let run = pool.run(async move {
+        let output = snap.query_statement(statement, &limits).await;
+        output.map(|o| (o, place))
+    });
+    tokio::time::timeout_at(until, run)
+        .await
+        .map(|r| r.and_then(|r| r))
 }

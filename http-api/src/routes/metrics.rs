@@ -11,7 +11,7 @@ pub async fn get_metrics(node: web::Data<NodeHandle>) -> HttpResponse {
     let snap = node.snapshot();
     let mut body = node.metrics.render(snap.as_deref(), SystemTime::now());
     let q = &node.queries;
-    let gauges: [(&str, &str, &str, u64); 6] = [
+    let gauges: [(&str, &str, &str, u64); 7] = [
         (
             "query_queries_running",
             "gauge",
@@ -41,6 +41,12 @@ pub async fn get_metrics(node: web::Data<NodeHandle>) -> HttpResponse {
             "counter",
             "Queries put in quarantine since start.",
             node.metrics.queries_quarantined.load(Ordering::Relaxed),
+        ),
+        (
+            "query_queries_moved_to_heavy_total",
+            "counter",
+            "Queries stopped on the light pool after heavy_query_after and run on the heavy one.",
+            node.metrics.queries_moved_to_heavy.load(Ordering::Relaxed),
         ),
         (
             "query_memory_reserved_bytes",

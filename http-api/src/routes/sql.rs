@@ -11,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use query_actors::node::{Answer, NodeHandle};
-use query_actors::sql::QueryOutput;
+use query_actors::sql::{QueryOutput, SqlPool};
 use query_actors::QueryError;
 use serde::Deserialize;
 use serde_json::json;
@@ -103,6 +103,8 @@ fn respond(answer: Answer, format: &str) -> Result<HttpResponse, ApiError> {
         output,
         elapsed,
         place,
+        pool,
+        queued,
     } = answer;
     let now = SystemTime::now();
     let g = &snapshot.generation;
@@ -112,7 +114,8 @@ fn respond(answer: Answer, format: &str) -> Result<HttpResponse, ApiError> {
             "X-Query-Generation-Age-Ms",
             g.age(now).as_millis().to_string(),
         ))
-        .insert_header(("X-Query-Truncated", output.truncated.to_string()));
+        .insert_header(("X-Query-Truncated", output.truncated.to_string()))
+        .insert_header(("X-Query-Queued-Ms", queued.as_millis().to_string()));
     let QueryOutput {
         schema,
         batches,
@@ -131,7 +134,7 @@ fn respond(answer: Answer, format: &str) -> Result<HttpResponse, ApiError> {
     }
     let row_count: usize = batches.iter().map(|b| b.num_rows()).sum();
     // Each batch is encoded when the response body asks for it.
-    let chunks: Box<dyn Iterator<Item = Result<Bytes, ApiError>>> = match format {
+    let chunks: Box<dyn Iterator<Item = Result<Bytes, ApiError>> + Send> = match format {
         "csv" => {
             let first = match batches.first() {
                 Some(_) => None,
@@ -174,10 +177,11 @@ fn respond(answer: Answer, format: &str) -> Result<HttpResponse, ApiError> {
                 .collect();
             let head = format!("{{\"columns\":{},\"rows\":[", json!(columns));
             let tail = format!(
-                "],\"row_count\":{row_count},\"truncated\":{truncated},\"generation\":{},\"tables\":{},\"elapsed_ms\":{}}}",
+                "],\"row_count\":{row_count},\"truncated\":{truncated},\"generation\":{},\"tables\":{},\"elapsed_ms\":{},\"queued_ms\":{}}}",
                 generation_json(&snapshot, now),
                 json!(tables),
                 json!(elapsed.as_secs_f64() * 1000.0),
+                json!(queued.as_secs_f64() * 1000.0),
             );
             let mut first = true;
             let rows = batches
@@ -202,5 +206,25 @@ fn respond(answer: Answer, format: &str) -> Result<HttpResponse, ApiError> {
         let _ = &place;
         None
     }));
-    Ok(resp.streaming(futures::stream::iter(chunks)))
+    Ok(resp.streaming(encoded_on(pool, chunks)))
+}
+
+/// Streams `chunks`, each computed on `pool` (where the query ran: encoding 100,000 rows
+/// is CPU work that would hold an HTTP worker, and every connection on it, meanwhile).
+fn encoded_on<I>(pool: SqlPool, chunks: I) -> impl futures::Stream<Item = Result<Bytes, ApiError>>
+where
+    I: Iterator<Item = Result<Bytes, ApiError>> + Send + 'static,
+{
+    futures::stream::unfold(Some(chunks), move |chunks| {
+        let pool = pool.clone();
+        async move {
+            let mut chunks = chunks?;
+            match pool.run(async move { (chunks.next(), chunks) }).await {
+                Ok((Some(chunk), chunks)) => Some((chunk, Some(chunks))),
+                Ok((None, _)) => None,
+                // The encoding task was lost (a panic): end the body with the error.
+                Err(e) => Some((Err(ApiError::Query(e)), None)),
+            }
+        }
+    })
 }
