@@ -273,6 +273,18 @@ impl Admission {
         QueryError::Busy(why)
     }
 
+    /// Counts a query refused as busy elsewhere (its deadline passed while it waited).
+    pub fn count_busy(&self) {
+        self.busy_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records that `client`'s query has held a place `held` so far (a query stopped to
+    /// move to the heavy pool: its place is given back only once its task stops, and the
+    /// next admission must already know the client as heavy).
+    pub fn record(&self, client: &str, held: Duration) {
+        self.lock().record_cost(client, held.as_secs_f64());
+    }
+
     /// Queries running now.
     pub fn running(&self) -> usize {
         self.lock().running

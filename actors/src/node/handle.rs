@@ -261,6 +261,7 @@ impl NodeHandle {
         // again in a heavy place, so it neither keeps a light or new client's place nor
         // shares the light pool's threads for long.
         let pool = q.pool_for(place.class());
+        let run_started = Instant::now();
         let until = match place.class() {
             Class::Heavy => deadline,
             _ => deadline.min(tokio::time::Instant::now() + self.config.sql.heavy_query_after),
@@ -273,8 +274,12 @@ impl NodeHandle {
                 (output, place, pool.clone())
             }
             Err(_) if until < deadline => {
-                // The stopped run's place, given back as its task stops, recorded this
-                // client's cost as heavy: the new place is a heavy one.
+                // The client is heavy now, and costed as if this query ran to its deadline
+                // (it may, and a client whose heavy queries are refused would otherwise
+                // fade back to light at once): the new place is a heavy one. Its stopped
+                // run's place records its real time as the task stops, maybe only later.
+                q.admission
+                    .record(client, timeout.max(run_started.elapsed()));
                 self.metrics
                     .queries_moved_to_heavy
                     .fetch_add(1, Ordering::Relaxed);
@@ -310,6 +315,7 @@ impl NodeHandle {
         let place = tokio::time::timeout_at(deadline, self.queries.admission.admit(client)).await;
         *queued += since.elapsed();
         place.map_err(|_| {
+            self.queries.admission.count_busy();
             QueryError::Busy(format!(
                 "no place to run in {:?} ([http] query_timeout; [sql] max_concurrent_queries)",
                 self.config.http.query_timeout
