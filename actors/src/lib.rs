@@ -10,6 +10,8 @@
 //! - [`simulate`]: a simulated fleet for the demo and benchmarks.
 //! - [`tier`]: the hierarchy: child links, merging a round, serving parents, requests.
 //! - [`node`]: the actors of a node and the handle the HTTP layer uses.
+//! - [`tls`]: certificates, keys and rustls configurations (mutual TLS between tiers), and
+//!   a small CA for tests and the demo.
 
 pub mod aggregator_sets;
 pub mod config;
@@ -24,5 +26,6 @@ pub mod sql;
 pub mod static_tables;
 pub mod table;
 pub mod tier;
+pub mod tls;
 
 pub use error::{ConfigError, QueryError};

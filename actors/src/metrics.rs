@@ -49,6 +49,8 @@ pub struct Metrics {
     http: Mutex<BTreeMap<u16, u64>>,
     /// Publish-socket connections and publishes refused or closed, by the `[edge]` limit.
     publish_refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Failed TLS handshakes at `[link] listen`, by reason.
+    link_tls_refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -76,6 +78,12 @@ impl Metrics {
     pub fn record_publish_refusal(&self, limit: &'static str) {
         if let Ok(mut r) = self.publish_refusals.lock() {
             *r.entry(limit).or_default() += 1;
+        }
+    }
+
+    pub fn record_link_tls_refused(&self, reason: &'static str) {
+        if let Ok(mut r) = self.link_tls_refused.lock() {
+            *r.entry(reason).or_default() += 1;
         }
     }
 
@@ -193,6 +201,16 @@ impl Metrics {
         if let Ok(h) = self.http.lock() {
             for (status, n) in h.iter() {
                 let _ = writeln!(out, "query_http_responses_total{{status=\"{status}\"}} {n}");
+            }
+        }
+
+        let _ = writeln!(out, "# HELP query_link_tls_refused_total Failed TLS handshakes at [link] listen, by reason.\n# TYPE query_link_tls_refused_total counter");
+        if let Ok(r) = self.link_tls_refused.lock() {
+            for (reason, n) in r.iter() {
+                let _ = writeln!(
+                    out,
+                    "query_link_tls_refused_total{{reason=\"{reason}\"}} {n}"
+                );
             }
         }
 

@@ -46,6 +46,9 @@ pub struct FleetSpec {
     /// Edges, proxies and the TLA prewarm the same tables, so the first frame of every link
     /// carries them; otherwise they flow down as requests once the links are up.
     pub prewarm_every_tier: bool,
+    /// Mutual TLS on every link: each node's `[link.tls]` is `DIR/<its ip>.pem` and `.key`
+    /// and `DIR/ca.pem` (the test issues them, e.g. with `queryd ca`).
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl FleetSpec {
@@ -65,6 +68,7 @@ impl FleetSpec {
             host: false,
             prewarm: Vec::new(),
             prewarm_every_tier: false,
+            tls_dir: None,
         }
     }
 
@@ -285,6 +289,17 @@ impl Fleet {
             link: None,
             node: None,
         };
+        if let Some(dir) = &spec.tls_dir {
+            for m in edges.iter().chain(&proxies).chain([&tla, &sql]) {
+                let d = dir.display();
+                let tls = format!(
+                    "\n[link.tls]\ncert = \"{d}/{ip}.pem\"\nkey = \"{d}/{ip}.key\"\nca = \"{d}/ca.pem\"\n",
+                    ip = m.ip
+                );
+                let text = std::fs::read_to_string(&m.config).expect("read config");
+                std::fs::write(&m.config, text + &tls).expect("write config");
+            }
+        }
         Fleet {
             spec,
             edges,

@@ -50,6 +50,14 @@ pub enum LinkError {
     #[error("link refused by peer: {0}")]
     Refused(String),
 
+    /// The TLS handshake failed (`[link.tls]`): no, an untrusted, expired or misnamed
+    /// certificate, or a peer without TLS. Nothing else was exchanged.
+    #[error("TLS handshake failed: {message}")]
+    Handshake {
+        kind: crate::tls::HandshakeFailure,
+        message: String,
+    },
+
     /// The peer sent nothing for this long: it hangs, or the path to it does.
     #[error("nothing heard from the peer for {0:?}")]
     Silent(std::time::Duration),

@@ -343,6 +343,7 @@ impl NodeConfig {
     fn resolve(&mut self, base: &Path) {
         self.paths.resolve(base);
         self.requests.resolve(base);
+        self.link.resolve(base);
         if let Some(edge) = &mut self.edge {
             edge.resolve(base);
         }
@@ -511,10 +512,43 @@ mod tests {
                     cfg.paths.schemas.join("sys.toml").exists(),
                     "{name}: schemas path resolves"
                 );
+                check_commented_tls(&path, role);
                 n += 1;
             }
         }
         assert!(n >= 6, "an example per role and the demo");
+    }
+
+    /// The production TLS block of an example, uncommented, is valid and non-loopback
+    /// listen addresses then pass (the files are read at start, not here).
+    fn check_commented_tls(path: &Path, role: &str) {
+        let text = std::fs::read_to_string(path).expect("read");
+        if role == "demo" {
+            assert!(!text.contains("[link.tls]"), "the demo stays plain");
+            return;
+        }
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        let start = lines
+            .iter()
+            .position(|l| l == "# [link.tls]")
+            .unwrap_or_else(|| panic!("{}: no commented [link.tls] block", path.display()));
+        for l in &mut lines[start..] {
+            let Some(rest) = l.strip_prefix("# ") else {
+                break;
+            };
+            if !(rest.starts_with("[link.tls]") || rest.contains(" = ")) {
+                break;
+            }
+            *l = rest.to_string();
+        }
+        let text = lines
+            .join("\n")
+            // Link ports are 7xxx (HTTP's 80xx stay as they are).
+            .replace("listen = \"127.0.0.1:7", "listen = \"10.1.0.2:7");
+        let cfg = NodeConfig::parse(&text, "uncommented", path.parent().expect("dir"))
+            .unwrap_or_else(|e| panic!("{} with [link.tls]: {e}", path.display()));
+        let tls = cfg.link.tls.expect("tls block parsed");
+        assert!(tls.cert.starts_with("/etc/query/tls"), "{tls:?}");
     }
 
     #[test]

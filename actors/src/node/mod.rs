@@ -46,8 +46,9 @@ use crate::tier::child_link::ChildLink;
 use crate::tier::names::watch_addresses;
 use crate::tier::parent_links::{accept_parents, ParentSessions, ServeParents};
 use crate::tier::tla_selection::{SharedSelection, TlaSelector};
-use crate::tier::transport::Listener;
+use crate::tier::transport::{Dialer, Listener};
 use crate::tier::{Children, PrewarmFile, RequestBook};
+use crate::tls::MutualTls;
 
 /// What an embedding process (the one-process demo) adds to a node.
 #[derive(Default)]
@@ -157,6 +158,16 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
 
     let local_machine = config.host.enabled || config.edge.is_some();
 
+    // Mutual TLS on links: read and checked now, so a bad file stops the start naming it.
+    let link_tls = match &config.link.tls {
+        Some(t) => Some(MutualTls::load(t).map_err(|e| ConfigError::Invalid {
+            what: "[link.tls]".into(),
+            message: e.to_string(),
+        })?),
+        None => None,
+    };
+    let dialer = Dialer::new(link_tls.as_ref());
+
     // The tier below. A SQL node has one child, its TLA, at the address its selector
     // chooses among the candidates; other roles dial each configured child at its
     // addresses (names kept resolved).
@@ -175,6 +186,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
             pool.clone(),
             shared.clone(),
             metrics.clone(),
+            dialer.clone(),
         )
         .start();
         selection = Some(shared);
@@ -199,6 +211,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 wanted.clone(),
                 pool.clone(),
                 metrics.clone(),
+                dialer.clone(),
             )
             .start();
         }
@@ -219,7 +232,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         generations: generations.clone(),
         wanted: wanted.clone(),
     }));
-    let serve = ServeParents {
+    let mut serve = ServeParents {
         node: name.clone(),
         role: config.role.name().to_string(),
         codec: config.link.compression,
@@ -228,12 +241,14 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         book: Some(book.clone()),
         metrics: metrics.clone(),
         sessions: sessions.clone(),
+        tls: None,
     };
     match (extras.listener, config.link.listen) {
         (Some(listener), _) => {
             pool.spawn(accept_parents(listener, serve, pool.clone()));
         }
         (None, Some(addr)) => {
+            serve.tls = link_tls.as_ref().map(|t| t.server.clone());
             let std_listener = std::net::TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|_| l))
                 .map_err(|e| ConfigError::Invalid {
@@ -241,13 +256,14 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                     message: e.to_string(),
                 })?;
             let p = pool.clone();
+            let serve_tls = serve.tls.is_some();
             pool.spawn(async move {
                 match tokio::net::TcpListener::from_std(std_listener) {
                     Ok(l) => accept_parents(Listener::Tcp(l), serve, p).await,
                     Err(e) => tracing::error!(error = %e, "cannot serve parents"),
                 }
             });
-            tracing::info!(%addr, "serving parents");
+            tracing::info!(%addr, tls = serve_tls, "serving parents");
         }
         (None, None) => {}
     }

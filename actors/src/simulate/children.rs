@@ -140,6 +140,7 @@ impl SimulatedChildren {
                 book: None,
                 metrics: metrics.clone(),
                 sessions: Arc::new(ParentSessions::default()),
+                tls: None,
             };
             let p = pool.clone();
             let addr = child.addr.clone();

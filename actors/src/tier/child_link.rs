@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use super::children::Children;
 use super::config::LinkConfig;
-use super::transport::{self, BoxStream};
+use super::transport::{explain_tls, BoxStream, Dialer};
 use crate::link::diff::LinkDecoder;
 use crate::link::frame::{decode_frame, encode_frame, read_frame, write_frame, Codec};
 use crate::link::wire::{ToChild, ToParent, LINK_VERSION};
@@ -44,6 +44,8 @@ pub struct ChildLink {
     pool: SqlPool,
     metrics: Arc<Metrics>,
     backoff: Duration,
+    /// Plain, or mutual TLS (`[link.tls]`).
+    dialer: Dialer,
 }
 
 impl ChildLink {
@@ -57,6 +59,7 @@ impl ChildLink {
         wanted: watch::Receiver<BTreeSet<String>>,
         pool: SqlPool,
         metrics: Arc<Metrics>,
+        dialer: Dialer,
     ) -> Self {
         let backoff = config.backoff_min;
         ChildLink {
@@ -71,6 +74,7 @@ impl ChildLink {
             pool,
             metrics,
             backoff,
+            dialer,
         }
     }
 
@@ -92,6 +96,7 @@ impl ChildLink {
             config: self.config.clone(),
             children: self.children.clone(),
             wanted: self.wanted.clone(),
+            dialer: self.dialer.clone(),
         };
         let started = Instant::now();
         let work = self
@@ -180,6 +185,7 @@ struct Session {
     config: LinkConfig,
     children: Arc<Children>,
     wanted: watch::Receiver<BTreeSet<String>>,
+    dialer: Dialer,
 }
 
 impl Session {
@@ -208,7 +214,7 @@ impl Session {
 
     async fn run(self) -> Result<(), LinkError> {
         let timeout = self.config.connect_timeout;
-        let stream = transport::dial(&self.address, timeout).await?;
+        let stream = self.dialer.dial(&self.address, timeout).await?;
         let (mut rd, mut wr) = tokio::io::split(stream);
         let hello = ToChild::Hello {
             parent: self.me.clone(),
@@ -221,7 +227,8 @@ impl Session {
         // A peer that accepts but never answers (a black hole) must not hold the link.
         let answer = tokio::time::timeout(timeout, read_frame(&mut rd, max))
             .await
-            .map_err(|_| LinkError::Silent(timeout))??;
+            .map_err(|_| LinkError::Silent(timeout))?
+            .map_err(explain_tls)?;
         match answer {
             Some(body) => match decode_frame::<ToParent>(&body, max)? {
                 ToParent::Hello {

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::names::check_entry;
 use crate::error::{ConfigError, ConfigResult};
 use crate::link::frame::{Codec, DEFAULT_MAX_FRAME_BYTES};
+use crate::tls::TlsConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -60,6 +61,12 @@ pub struct LinkConfig {
     pub max_request_bytes_per_minute: u64,
     /// Compression of frames this node sends.
     pub compression: Codec,
+    /// `[link.tls]`: mutual TLS on every TCP link, listened and dialed (certificate, key,
+    /// CA bundle peers are checked against). In-process `mem:` links stay plain.
+    pub tls: Option<TlsConfig>,
+    /// Lets `listen` be a non-loopback address without `[link.tls]`: anyone reaching it can
+    /// then read every table, so it must be said explicitly.
+    pub allow_plaintext: bool,
 }
 
 impl Default for LinkConfig {
@@ -81,11 +88,20 @@ impl Default for LinkConfig {
             max_request_compression_ratio: 32,
             max_request_bytes_per_minute: 4 << 20,
             compression: Codec::default(),
+            tls: None,
+            allow_plaintext: false,
         }
     }
 }
 
 impl LinkConfig {
+    /// Relative paths of `[link.tls]` are relative to the config file's directory.
+    pub fn resolve(&mut self, base: &Path) {
+        if let Some(t) = &mut self.tls {
+            t.resolve(base);
+        }
+    }
+
     pub fn validate(&self) -> ConfigResult<()> {
         let bad = |m: &str| {
             Err(ConfigError::Invalid {
@@ -120,6 +136,22 @@ impl LinkConfig {
         }
         if self.max_request_bytes_per_minute < self.max_request_frame_bytes as u64 {
             return bad("max_request_bytes_per_minute must be at least max_request_frame_bytes");
+        }
+        if let Some(t) = &self.tls {
+            t.validate("[link.tls]")?;
+            if t.ca.is_none() {
+                return Err(ConfigError::Invalid {
+                    what: "[link.tls]".into(),
+                    message: "ca is required: links use mutual TLS, and each side checks the other's certificate against this CA bundle".into(),
+                });
+            }
+        }
+        if let Some(addr) = self.listen {
+            if !addr.ip().is_loopback() && self.tls.is_none() && !self.allow_plaintext {
+                return bad(&format!(
+                    "listen = \"{addr}\" is not a loopback address and [link.tls] is not set: anyone who reaches it could read every table. Set [link.tls] (cert, key, ca; `queryd ca` makes a small CA), or allow_plaintext = true to accept plaintext links explicitly"
+                ));
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for child in self.child_specs() {
@@ -215,4 +247,35 @@ impl LinkConfig {
 #[serde(deny_unknown_fields)]
 pub struct PrewarmFile {
     pub tables: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(text: &str) -> ConfigResult<LinkConfig> {
+        let cfg: LinkConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            what: "test".into(),
+            message: e.to_string(),
+        })?;
+        cfg.validate().map(|()| cfg)
+    }
+
+    #[test]
+    fn a_public_listener_needs_tls_or_an_explicit_plaintext() {
+        link("listen = \"127.0.0.2:7400\"").expect("loopback stays plain");
+        let e = link("listen = \"0.0.0.0:7400\"").expect_err("every interface, plain");
+        let e = e.to_string();
+        assert!(
+            e.contains("not a loopback address")
+                && e.contains("[link.tls]")
+                && e.contains("allow_plaintext = true"),
+            "{e}"
+        );
+        link("listen = \"10.1.0.2:7400\"\nallow_plaintext = true").expect("said explicitly");
+        let tls = "listen = \"10.1.0.2:7400\"\n[tls]\ncert = \"n.pem\"\nkey = \"n.key\"\n";
+        let e = link(tls).expect_err("no ca").to_string();
+        assert!(e.contains("ca is required"), "{e}");
+        link(&format!("{tls}ca = \"ca.pem\"\n")).expect("mutual TLS");
+    }
 }

@@ -5,8 +5,10 @@
 //! mirror is its own). Sessions run on the compute pool; a panicking one is counted and
 //! closed, and the parent reconnects. Before hello nothing is known about a peer: what
 //! the listener lets in (session caps, hello deadline, small frames) is [`super::admission`].
+//! With `[link.tls]` a session starts with the TLS handshake, within the hello deadline: a
+//! peer without a certificate a CA of `ca` signed never gets to send a frame.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ use crate::link::wire::{Advert, ToChild, ToParent, LINK_VERSION};
 use crate::link::LinkError;
 use crate::metrics::Metrics;
 use crate::sql::{AbortOnDrop, SqlPool};
+use crate::tls::{describe_handshake, HandshakeFailure};
 
 /// What this node tells parents about itself.
 #[derive(Clone)]
@@ -40,6 +43,8 @@ pub struct ServeParents {
     pub book: Option<Addr<RequestBook>>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<ParentSessions>,
+    /// `[link.tls]`: parents must complete a mutual TLS handshake first (TCP only).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// One parent as this node sees it (for `query_links` and `/metrics`).
@@ -101,6 +106,9 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
     // Sessions ending in an error: a flood of idle or garbage connections must not flood
     // the log.
     let error_sessions = Arc::new(Mutex::new(LogLimiter::new(LOG_EVERY)));
+    // Failed handshakes, one limiter per reason: each kind of refusal is logged (with the
+    // peer) at least every LOG_EVERY, and a flood of one kind does not hide another.
+    let handshake_log: Arc<Mutex<HashMap<HandshakeFailure, LogLimiter>>> = Arc::default();
     loop {
         match listener.accept().await {
             Ok(Some(conn)) => {
@@ -125,6 +133,7 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
                 let handle = pool.spawn(session(conn.stream, peer.clone(), id, s, permit));
                 let serve = serve.clone();
                 let error_sessions = error_sessions.clone();
+                let handshake_log = handshake_log.clone();
                 pool.spawn(async move {
                     let outcome = handle.await;
                     serve.sessions.remove(id);
@@ -134,6 +143,18 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
                     match outcome {
                         Ok(Ok(Served::Probe)) => tracing::debug!(peer, "probe answered"),
                         Ok(Ok(Served::Link)) => tracing::info!(peer, "parent disconnected"),
+                        Ok(Err(LinkError::Handshake { kind, message })) => {
+                            serve.metrics.record_link_tls_refused(kind.label());
+                            let allow = handshake_log
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .entry(kind)
+                                .or_insert_with(|| LogLimiter::new(LOG_EVERY))
+                                .allow(Instant::now());
+                            if let Some(suppressed) = allow {
+                                tracing::warn!(peer, reason = kind.label(), suppressed, "TLS handshake refused: {message}");
+                            }
+                        }
                         Ok(Err(e)) => {
                             if matches!(e, LinkError::Limit(_) | LinkError::Inflation { .. }) {
                                 serve.metrics.link_limit_errors.fetch_add(1, Ordering::Relaxed);
@@ -195,8 +216,43 @@ async fn session(
     serve: ServeParents,
     mut permit: Permit,
 ) -> Result<Served, LinkError> {
-    let (mut rd, mut wr) = tokio::io::split(stream);
     let limits = &serve.limits;
+    // The handshake and the hello together within `hello_timeout` of connecting.
+    let deadline = tokio::time::Instant::now() + limits.hello_timeout;
+    let evicted = || {
+        LinkError::Limit(
+            "closed before hello to make room for a newer connection ([link] max_parent_sessions)"
+                .into(),
+        )
+    };
+    let stream = match &serve.tls {
+        None => stream,
+        Some(config) => {
+            let accept = tokio_rustls::TlsAcceptor::from(config.clone()).accept(stream);
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, accept) => match r {
+                    Ok(Ok(s)) => {
+                        let who = s.get_ref().1.peer_certificates().and_then(crate::tls::peer_name);
+                        tracing::debug!(peer, client = who.as_deref().unwrap_or("?"), "TLS handshake done");
+                        Box::pin(s) as BoxStream
+                    }
+                    Ok(Err(e)) => {
+                        let (kind, message) = describe_handshake(&e);
+                        return Err(LinkError::Handshake { kind, message });
+                    }
+                    Err(_) => return Err(LinkError::Handshake {
+                        kind: HandshakeFailure::Timeout,
+                        message: format!(
+                            "no TLS handshake within {:?} of connecting ([link] hello_timeout)",
+                            limits.hello_timeout
+                        ),
+                    }),
+                },
+                Ok(()) = &mut permit.evicted => return Err(evicted()),
+            }
+        }
+    };
+    let (mut rd, mut wr) = tokio::io::split(stream);
     // The whole hello, however slowly it trickles in, within the deadline; and small.
     let first = async {
         match read_frame(&mut rd, limits.max_request_frame_bytes).await {
@@ -206,17 +262,13 @@ async fn session(
         }
     };
     let first = tokio::select! {
-        r = tokio::time::timeout(limits.hello_timeout, first) => r.map_err(|_| {
+        r = tokio::time::timeout_at(deadline, first) => r.map_err(|_| {
             LinkError::Limit(format!(
                 "no hello within {:?} of connecting ([link] hello_timeout)",
                 limits.hello_timeout
             ))
         })??,
-        Ok(()) = &mut permit.evicted => {
-            return Err(LinkError::Limit(
-                "closed before hello to make room for a newer connection ([link] max_parent_sessions)".into(),
-            ))
-        }
+        Ok(()) = &mut permit.evicted => return Err(evicted()),
     };
     permit.greeted();
     let parent = match first {

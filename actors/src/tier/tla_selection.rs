@@ -23,7 +23,7 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use super::transport;
+use super::transport::{explain_tls, Dialer};
 use crate::error::{ConfigError, ConfigResult};
 use crate::link::frame::{decode_frame, encode_frame, read_frame, write_frame, Codec};
 use crate::link::wire::{Advert, ToChild, ToParent, LINK_VERSION};
@@ -138,6 +138,8 @@ pub struct TlaSelector {
     pool: SqlPool,
     shared: SharedSelection,
     metrics: Arc<Metrics>,
+    /// Plain, or mutual TLS (`[link.tls]`).
+    dialer: Dialer,
     rng: SmallRng,
     probing: bool,
     /// The warning last logged, while its condition lasts.
@@ -155,6 +157,7 @@ impl TlaSelector {
         pool: SqlPool,
         shared: SharedSelection,
         metrics: Arc<Metrics>,
+        dialer: Dialer,
     ) -> Self {
         TlaSelector {
             config,
@@ -165,6 +168,7 @@ impl TlaSelector {
             pool,
             shared,
             metrics,
+            dialer,
             rng: SmallRng::from_os_rng(),
             probing: false,
             trouble: None,
@@ -182,8 +186,9 @@ impl TlaSelector {
         let addresses = self.candidates.borrow().clone();
         self.probing = true;
         let (timeout, max) = (self.connect_timeout, self.max_answer_bytes);
+        let dialer = self.dialer.clone();
         let work = self.pool.spawn(async move {
-            let probes = addresses.iter().map(|a| probe(a, timeout, max));
+            let probes = addresses.iter().map(|a| probe(a, timeout, max, &dialer));
             let answers = futures::future::join_all(probes).await;
             addresses.into_iter().zip(answers).collect::<Vec<_>>()
         });
@@ -281,16 +286,21 @@ impl Actor for TlaSelector {
 }
 
 /// Asks the node at `address` what it sees: a probe instead of hello, one answer.
-pub async fn probe(address: &str, timeout: Duration, max: usize) -> Result<Advert, LinkError> {
+pub async fn probe(
+    address: &str,
+    timeout: Duration,
+    max: usize,
+    dialer: &Dialer,
+) -> Result<Advert, LinkError> {
     let exchange = async {
-        let stream = transport::dial(address, timeout).await?;
+        let stream = dialer.dial(address, timeout).await?;
         let (mut rd, mut wr) = tokio::io::split(stream);
         let probe = ToChild::Probe {
             version: LINK_VERSION,
         };
         write_frame(&mut wr, &encode_frame(&probe, Codec::None)?).await?;
         wr.flush().await?;
-        match read_frame(&mut rd, max).await? {
+        match read_frame(&mut rd, max).await.map_err(explain_tls)? {
             Some(body) => match decode_frame::<ToParent>(&body, max)? {
                 ToParent::Advert(a) => Ok(a),
                 ToParent::Refused { message } => Err(LinkError::Refused(message)),

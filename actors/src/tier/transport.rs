@@ -1,14 +1,21 @@
-//! Byte streams between tiers: TCP between processes, or in-process pipes (`mem:NAME`) so
-//! the demo runs a whole hierarchy in one process over the same protocol code.
+//! Byte streams between tiers: TCP between processes (mutual TLS over it with `[link.tls]`:
+//! [`Dialer`] here, the listener's side in `parent_links`), or in-process pipes
+//! (`mem:NAME`, always plain) so the demo runs a whole hierarchy in one process over the
+//! same protocol code.
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
+
+use crate::link::LinkError;
+use crate::tls::{describe_handshake, MutualTls};
 
 /// One end of a link.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -59,6 +66,87 @@ pub async fn dial(addr: &str, timeout: Duration) -> std::io::Result<BoxStream> {
     // Frames are written whole; waiting to coalesce them only adds latency.
     stream.set_nodelay(true)?;
     Ok(Box::pin(stream))
+}
+
+/// How this node dials its children: plain, or mutual TLS on TCP (`[link.tls]`). In-process
+/// `mem:` pipes are always plain.
+#[derive(Clone, Default)]
+pub struct Dialer {
+    tls: Option<(Arc<ClientConfig>, Option<ServerName<'static>>)>,
+}
+
+impl Dialer {
+    /// Plain TCP (or TLS with `tls`).
+    pub fn new(tls: Option<&MutualTls>) -> Dialer {
+        Dialer {
+            tls: tls.map(|t| (t.client.clone(), t.server_name.clone())),
+        }
+    }
+
+    /// Connects to `addr` and, with TLS, completes the handshake, all within `timeout`.
+    /// The child's certificate must carry `[link.tls] server_name` if set, else the host
+    /// of `addr`.
+    pub async fn dial(&self, addr: &str, timeout: Duration) -> std::io::Result<BoxStream> {
+        let Some((config, name)) = self.tls.as_ref().filter(|_| !addr.starts_with("mem:")) else {
+            return dial(addr, timeout).await;
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let name = match name {
+            Some(n) => n.clone(),
+            None => server_name_of(addr)?,
+        };
+        let tcp = dial(addr, timeout).await?;
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
+        match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
+            Ok(Ok(s)) => Ok(Box::pin(s)),
+            Ok(Err(e)) => {
+                let (_, why) = describe_handshake(&e);
+                Err(std::io::Error::new(
+                    e.kind(),
+                    format!("TLS handshake with {addr} failed: {why}"),
+                ))
+            }
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("TLS handshake with {addr} timed out after {timeout:?}"),
+            )),
+        }
+    }
+}
+
+/// The host of `HOST:PORT` (or `[V6]:PORT`) as the name a server's certificate must carry.
+fn server_name_of(addr: &str) -> std::io::Result<ServerName<'static>> {
+    let host = match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) => return Ok(ServerName::IpAddress(a.ip().into())),
+        Err(_) => addr.rsplit_once(':').map_or(addr, |(h, _)| h),
+    };
+    ServerName::try_from(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
+    .map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("'{addr}' has no host a certificate can name"),
+        )
+    })
+}
+
+/// With TLS 1.3 a client learns that the server refused its certificate only at its first
+/// read: an I/O error carrying the server's alert becomes a handshake error saying why.
+pub fn explain_tls(e: LinkError) -> LinkError {
+    match e {
+        LinkError::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|i| i.is::<tokio_rustls::rustls::Error>()) =>
+        {
+            let (kind, message) = describe_handshake(&io);
+            LinkError::Handshake { kind, message }
+        }
+        other => other,
+    }
 }
 
 /// Where parents connect to this node.

@@ -1,6 +1,6 @@
 //! `queryd`: one binary, a subcommand per role.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use query_actors::simulate::children::Serve;
 use query_actors::simulate::hierarchy::start_demo;
 use query_actors::simulate::standalone::{start_standalone, write_children_file, StandaloneConfig};
 use query_actors::simulate::SimulateConfig;
+use query_actors::tls::ca::{self, CertSpec};
 
 /// Embedded defaults: the example files, read as if they sat in `ops/` under the working
 /// directory (the repository root, for `make run`).
@@ -54,11 +55,89 @@ enum Role {
     /// A simulated fleet serving its machines (for cluster proxies) or whole clusters (for
     /// TLAs) over TCP with the real link protocol: child i listens on --listen's port + i.
     Simulate(SimulateArgs),
+    /// A small CA for tests and the demo: `ca init` makes one, `ca issue` a node certificate
+    /// signed by it, for `[link.tls]` (README.md, "TLS between tiers").
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Parse and validate a node configuration file, then exit.
     CheckConfig {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Makes DIR/ca.pem (every node's `ca`) and DIR/ca.key (keep it on this machine); never
+    /// replaces an existing CA.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CA's name (its certificate's common name).
+        #[arg(long, default_value = "Query fleet CA")]
+        name: String,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Makes DIR/NAME.pem and DIR/NAME.key, signed by the CA in DIR: a node certificate, both
+    /// server and client certificate. Issuing a name again replaces its files (rotation:
+    /// restart the node to use them).
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node's name: the files' names and the certificate's common name.
+        #[arg(long)]
+        name: String,
+        /// An address the node is dialed at (repeat for several); parents check it.
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+        /// A DNS name the certificate carries (repeat for several; `[link.tls] server_name`).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+/// Runs `queryd ca ...`.
+fn run_ca(cmd: &CaCommand) -> ExitCode {
+    let result = match cmd {
+        CaCommand::Init { dir, name, days } => ca::init_dir(dir, &CertSpec::for_days(name, *days))
+            .map(|cert| {
+                println!(
+                    "CA made: {} (give it to every node as [link.tls] ca), key {} (keep it here)",
+                    cert.display(),
+                    dir.join("ca.key").display()
+                );
+            }),
+        CaCommand::Issue {
+            dir,
+            name,
+            ip,
+            dns,
+            days,
+        } => {
+            let mut spec = CertSpec::for_days(name, *days);
+            spec.ips = ip.clone();
+            spec.dns = dns.clone();
+            ca::issue_in_dir(dir, &spec).map(|cert| {
+                println!(
+                    "issued {} and {} for {name}, valid {days} days",
+                    cert.display(),
+                    dir.join(format!("{name}.key")).display()
+                );
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("queryd ca: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Args)]
@@ -263,6 +342,7 @@ fn main() -> ExitCode {
             cfg
         }),
         Role::Simulate(args) => return simulate(args),
+        Role::Ca(cmd) => return run_ca(cmd),
         Role::CheckConfig { config } => {
             return match NodeConfig::load(config) {
                 Ok(_) => {

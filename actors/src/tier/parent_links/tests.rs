@@ -39,6 +39,7 @@ fn serve(limits: ListenLimits) -> Child {
         book: None,
         metrics: metrics.clone(),
         sessions: Arc::default(),
+        tls: None,
     };
     let p = pool.clone();
     pool.spawn(async move {
