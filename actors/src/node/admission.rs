@@ -100,6 +100,9 @@ struct Waiter {
     ticket: u64,
     client: String,
     grant: oneshot::Sender<Grant>,
+    /// A query moving to the heavy pool: its client's earlier place is still held by the
+    /// stopping run, so the client's own caps do not apply to it.
+    moving: bool,
 }
 
 /// What a waiter receives.
@@ -295,22 +298,38 @@ impl Admission {
         self.lock().waiters.len()
     }
 
-    /// True when every place is taken and the queue is full: new queries are refused.
+    /// True when the queue is full (nobody waits while a place of its class is free, so
+    /// the places its waiters need are all taken): a query that finds no free place in
+    /// its class is refused.
     pub fn saturated(&self) -> bool {
-        let st = self.lock();
-        st.light_running >= self.limits.max_concurrent && st.waiters.len() >= self.limits.max_queued
+        self.lock().waiters.len() >= self.limits.max_queued
     }
 
     /// Waits for a place for `client`'s query, or refuses it: at once when the client holds
     /// its share or the queue is full, after `queue_timeout` in the queue otherwise.
     pub async fn admit(self: &Arc<Self>, client: &str) -> Result<Admitted, QueryError> {
+        self.admit_inner(client, false).await
+    }
+
+    /// A new place for a query stopped in its place to move to the heavy pool: like
+    /// `admit`, but its client's caps on places do not count the place it is leaving
+    /// (held until the stopped run's task ends).
+    pub async fn admit_moving(self: &Arc<Self>, client: &str) -> Result<Admitted, QueryError> {
+        self.admit_inner(client, true).await
+    }
+
+    async fn admit_inner(
+        self: &Arc<Self>,
+        client: &str,
+        moving: bool,
+    ) -> Result<Admitted, QueryError> {
         let mut waiting = {
             let mut st = self.lock();
             let (running, queued) = st
                 .clients
                 .get(client)
                 .map_or((0, 0), |c| (c.running, c.queued));
-            if running + queued >= self.limits.per_client {
+            if !moving && running + queued >= self.limits.per_client {
                 drop(st);
                 return Err(self.busy(format!(
                     "{client} has {} queries running or queued, the most one client may \
@@ -321,7 +340,7 @@ impl Admission {
             // Places are granted as soon as they free (`dispatch`), so a free place means
             // no waiter may take it: it is this client's if it is under its share.
             let (class, held_back) = st.class_held_back(client, &self.limits);
-            if running < self.limits.running_per_client && !held_back {
+            if (moving || running < self.limits.running_per_client) && !held_back {
                 st.running += 1;
                 st.client(client).running += 1;
                 st.count(class);
@@ -348,6 +367,7 @@ impl Admission {
                 ticket,
                 client: client.to_string(),
                 grant: tx,
+                moving,
             });
             Waiting {
                 admission: self.clone(),
@@ -407,11 +427,8 @@ impl Admission {
                 .filter_map(|(i, w)| {
                     let running = st.clients.get(&w.client).map_or(0, |c| c.running);
                     let (_, held_back) = st.class_held_back(&w.client, &self.limits);
-                    (running < self.limits.running_per_client && !held_back).then_some((
-                        running,
-                        st.cost(&w.client),
-                        i,
-                    ))
+                    ((w.moving || running < self.limits.running_per_client) && !held_back)
+                        .then_some((running, st.cost(&w.client), i))
                 })
                 .min_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
             let Some((_, _, i)) = pick else { break };

@@ -232,7 +232,7 @@ impl NodeHandle {
         // admits, so it is given back when the work stops (an aborted task stops at its
         // next yield), not when the client is answered.
         let mut queued = Duration::ZERO;
-        let place = self.place(client, deadline, &mut queued).await?;
+        let place = self.place(client, false, deadline, &mut queued).await?;
         let parsed = q
             .pool
             .run(async move { parse_checked(&sql, &parse).map(|statement| (statement, place)) });
@@ -248,7 +248,7 @@ impl NodeHandle {
                     drop(place);
                     let snapshot = self.wait_for_tables(needed).await?;
                     deadline = tokio::time::Instant::now() + timeout;
-                    let place = self.place(client, deadline, &mut queued).await?;
+                    let place = self.place(client, false, deadline, &mut queued).await?;
                     (snapshot, place)
                 }
             }
@@ -283,7 +283,7 @@ impl NodeHandle {
                 self.metrics
                     .queries_moved_to_heavy
                     .fetch_add(1, Ordering::Relaxed);
-                let place = self.place(client, deadline, &mut queued).await?;
+                let place = self.place(client, true, deadline, &mut queued).await?;
                 let pool = q.pool_for(place.class());
                 let (output, place) = run_on(pool, &snapshot, &statement, &limits, place, deadline)
                     .await
@@ -302,17 +302,27 @@ impl NodeHandle {
         })
     }
 
-    /// A place for `client`'s query, waited for until `deadline` at most (then 503 `busy`:
+    /// A place for `client`'s query (`moving` to the heavy pool, see
+    /// `Admission::admit_moving`), waited for until `deadline` at most (then 503 `busy`:
     /// the query never ran, so it is no strike towards its quarantine); the wait is added
     /// to `queued`.
     async fn place(
         &self,
         client: &str,
+        moving: bool,
         deadline: tokio::time::Instant,
         queued: &mut Duration,
     ) -> Result<Admitted, QueryError> {
         let since = Instant::now();
-        let place = tokio::time::timeout_at(deadline, self.queries.admission.admit(client)).await;
+        let admission = &self.queries.admission;
+        let admit = async {
+            if moving {
+                admission.admit_moving(client).await
+            } else {
+                admission.admit(client).await
+            }
+        };
+        let place = tokio::time::timeout_at(deadline, admit).await;
         *queued += since.elapsed();
         place.map_err(|_| {
             self.queries.admission.count_busy();

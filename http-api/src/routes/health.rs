@@ -71,7 +71,7 @@ pub async fn get_health(node: web::Data<NodeHandle>) -> HttpResponse {
 }
 
 /// Why the node serves worse than it should: a generation older than a few intervals
-/// (sealing or the tier below is behind), or every query place and the queue taken.
+/// (sealing or the tier below is behind), or the query queue full.
 fn degraded(node: &NodeHandle, snap: &Snapshot, now: SystemTime) -> Vec<String> {
     let mut why = Vec::new();
     let interval = node.config.generation.interval;
@@ -84,7 +84,7 @@ fn degraded(node: &NodeHandle, snap: &Snapshot, now: SystemTime) -> Vec<String> 
         ));
     }
     if node.queries.admission.saturated() {
-        why.push("every query place and the queue are taken: new queries get 503 busy".into());
+        why.push("the query queue is full: queries that find no free place get 503 busy".into());
     }
     why
 }
