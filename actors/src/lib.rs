@@ -10,8 +10,10 @@
 //! - [`simulate`]: a simulated fleet for the demo and benchmarks.
 //! - [`tier`]: the hierarchy: child links, merging a round, serving parents, requests.
 //! - [`node`]: the actors of a node and the handle the HTTP layer uses.
+//! - [`auth`]: tokens, domains and tables a client may use; Host and Origin rules.
 
 pub mod aggregator_sets;
+pub mod auth;
 pub mod config;
 pub mod edge;
 pub mod error;
