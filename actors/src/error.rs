@@ -78,6 +78,9 @@ pub enum QueryError {
         host: String,
         tables: Vec<String>,
     },
+    /// The client's token may not read a table the query reads.
+    #[error("{0}")]
+    Forbidden(String),
     /// The node has no generation to answer from yet.
     #[error("no generation has been sealed yet; retry shortly")]
     NoGeneration,
@@ -103,6 +106,7 @@ impl QueryError {
             QueryError::Busy(_) => "busy",
             QueryError::Quarantined { .. } => "quarantined",
             QueryError::NoGeneration => "no_generation",
+            QueryError::Forbidden(_) => "forbidden",
             QueryError::OtherPartition { .. } => "other_partition",
             QueryError::TablesNotReady { .. } => "tables_not_ready",
             QueryError::ResourcesExhausted(_) => "resources_exhausted",

@@ -12,8 +12,10 @@
 //! - [`node`]: the actors of a node and the handle the HTTP layer uses.
 //! - [`tls`]: certificates, keys and rustls configurations (mutual TLS between tiers), and
 //!   a small CA for tests and the demo.
+//! - [`auth`]: tokens, domains and tables a client may use; Host and Origin rules.
 
 pub mod aggregator_sets;
+pub mod auth;
 pub mod config;
 pub mod edge;
 pub mod error;

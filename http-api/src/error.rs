@@ -3,6 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use query_actors::auth::Refusal;
 use query_actors::QueryError;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
+    /// Refused before the endpoint: no or unknown token, another domain, a foreign Host or
+    /// Origin.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 }
 
 impl ApiError {
@@ -30,6 +35,12 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Refused(r) => match r {
+                Refusal::Unauthenticated(_) => "unauthenticated",
+                Refusal::Forbidden(_) => "forbidden",
+                Refusal::Misdirected(_) => "unknown_host",
+                Refusal::CrossOrigin(_) => "cross_origin",
+            },
         }
     }
 }
@@ -52,6 +63,7 @@ impl ResponseError for ApiError {
                 | QueryError::TablesNotReady { .. }
                 | QueryError::ResourcesExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
                 QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                QueryError::Forbidden(_) => StatusCode::FORBIDDEN,
                 // Not a failure: the answer is at another partition's nodes.
                 QueryError::OtherPartition { .. } => StatusCode::TEMPORARY_REDIRECT,
             },
@@ -60,6 +72,12 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Refused(r) => match r {
+                Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+                Refusal::Forbidden(_) | Refusal::CrossOrigin(_) => StatusCode::FORBIDDEN,
+                // The request reached a server that does not answer for that name.
+                Refusal::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
+            },
         }
     }
 
@@ -80,6 +98,9 @@ impl ResponseError for ApiError {
                 retry_after_secs, ..
             }) => {
                 response.insert_header(("Retry-After", retry_after_secs.to_string()));
+            }
+            ApiError::Refused(Refusal::Unauthenticated(_)) => {
+                response.insert_header(("WWW-Authenticate", "Bearer realm=\"query\""));
             }
             _ => {}
         }
@@ -119,6 +140,14 @@ mod tests {
             (ApiError::from(QueryError::AnswerTooLarge(10)), 400),
             (ApiError::from(QueryError::Busy("full".into())), 503),
             (
+                ApiError::from(QueryError::Forbidden("processes".into())),
+                403,
+            ),
+            (ApiError::from(Refusal::Unauthenticated("no".into())), 401),
+            (ApiError::from(Refusal::Forbidden("domain".into())), 403),
+            (ApiError::from(Refusal::CrossOrigin("o".into())), 403),
+            (ApiError::from(Refusal::Misdirected("h".into())), 421),
+            (
                 ApiError::from(QueryError::Quarantined {
                     until: "later".into(),
                     retry_after_secs: 60,
@@ -131,5 +160,13 @@ mod tests {
         for (e, status) in cases {
             assert_eq!(e.status_code().as_u16(), status, "{e}");
         }
+    }
+
+    #[test]
+    fn a_401_asks_for_a_bearer_token() {
+        let r = ApiError::from(Refusal::Unauthenticated("no token".into())).error_response();
+        assert_eq!(r.status().as_u16(), 401);
+        let h = r.headers().get("WWW-Authenticate").expect("header");
+        assert!(h.to_str().unwrap_or_default().starts_with("Bearer"));
     }
 }

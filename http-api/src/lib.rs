@@ -3,6 +3,7 @@
 
 pub mod encode;
 pub mod error;
+pub mod guard;
 pub mod routes;
 
 use actix_web::body::MessageBody;
@@ -72,6 +73,8 @@ pub async fn serve(node: NodeHandle) -> std::io::Result<()> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            // Host, Origin and token first; refusals are counted by status like the rest.
+            .wrap(middleware::from_fn(guard::guard))
             .wrap(middleware::from_fn(count_status))
             .wrap(middleware::Compress::default())
             .configure(configure)

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use query_integration::Workspace;
+use query_integration::{queryd_bin, Workspace};
 
 fn chromium() -> String {
     for c in ["chromium", "/usr/bin/chromium", "chromium-browser"] {
@@ -120,4 +120,56 @@ fn console_runs_a_query_and_lists_tables_in_a_real_browser() {
         Some(&shot),
     );
     assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000));
+}
+
+/// With tokens, the page asks for one, uses one given to it (kept in the tab's
+/// sessionStorage, sent as Bearer), and never runs a query from a link by itself.
+#[test]
+fn console_asks_for_a_token_and_never_runs_a_linked_query_by_itself() {
+    let out = Command::new(queryd_bin())
+        .args(["token", "--name", "console", "--domain", "*"])
+        .output()
+        .expect("queryd token");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let secret = text
+        .lines()
+        .find(|l| l.starts_with("qt_"))
+        .expect("secret")
+        .to_string();
+    let entry = text
+        .split_once("[[token]]")
+        .map(|(_, e)| format!("[[token]]{e}"))
+        .expect("entry");
+    let ws = Workspace::new();
+    std::fs::write(ws.path("tokens.toml"), entry).expect("tokens file");
+    let node = ws.start(
+        "demo",
+        "[generation]\ninterval = \"2s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 20\nclusters = 2\n\n[auth]\ntokens_file = \"tokens.toml\"\n",
+    );
+
+    // No token: the page loads (it is static) and asks for one; nothing is listed.
+    let dom = dump_dom(&node.url("/"), None);
+    assert!(dom.contains("data-auth=\"needed\""), "{dom}");
+    assert!(dom.contains("this node needs a token"), "{dom}");
+    assert!(!dom.contains("<span>continent_data</span>"), "{dom}");
+
+    // With the token: the tables are listed; the linked query waits for a click.
+    let sql = "SELECT continent, continent_name FROM continent_data ORDER BY continent";
+    let dom = dump_dom(
+        &node.url(&format!("/#token={secret}&sql={}", encode(sql))),
+        None,
+    );
+    assert!(
+        dom.contains("<span>continent_data</span>"),
+        "tables listed: {dom}"
+    );
+    assert!(dom.contains("press Run to run it"), "{dom}");
+    assert!(
+        !dom.contains("class=\"results\""),
+        "not run without a click: {dom}"
+    );
+    assert!(
+        !dom.contains(&secret),
+        "the token is not shown in the page: {dom}"
+    );
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::quarantine::QuarantineConfig;
 use crate::aggregator_sets::AggregatorSetConfig;
+use crate::auth::AuthConfig;
 use crate::edge::config::EdgeConfig;
 use crate::error::{ConfigError, ConfigResult};
 use crate::simulate::SimulateConfig;
@@ -81,6 +82,9 @@ pub struct NodeConfig {
     pub requests: RequestsConfig,
     /// The aggregator set (and partition) this node serves, if any.
     pub aggregator_set: Option<AggregatorSetConfig>,
+    /// Who may use the HTTP API (`crate::auth`).
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// Set by the subcommand, not the file.
     #[serde(skip)]
     pub role: Role,
@@ -121,6 +125,14 @@ pub struct HttpConfig {
     pub query_timeout: Duration,
     /// HTTP worker threads; 0 = one per core.
     pub workers: usize,
+    /// Names clients may use in `Host` besides the listen address (and, on a loopback
+    /// listener, `localhost`; the aggregator set's `sql_name` and partition hostname are
+    /// added too). Other `Host`s get 421: a page on another site cannot reach the node
+    /// through DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://grafana.example`) whose pages may call the API besides the node's
+    /// own; their answers carry `Access-Control-Allow-Origin`. Others get 403.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -132,6 +144,8 @@ impl Default for HttpConfig {
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             query_timeout: Duration::from_secs(30),
             workers: 0,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -344,6 +358,7 @@ impl NodeConfig {
         self.paths.resolve(base);
         self.requests.resolve(base);
         self.link.resolve(base);
+        self.auth.resolve(base);
         if let Some(edge) = &mut self.edge {
             edge.resolve(base);
         }
@@ -394,6 +409,7 @@ impl NodeConfig {
         if let Some(set) = &self.aggregator_set {
             set.load()?;
         }
+        self.auth.validate(self.http.listen)?;
         Ok(())
     }
 

@@ -27,6 +27,7 @@ use super::admission::{Admission, AdmissionLimits, Admitted, Class};
 use super::config::NodeConfig;
 use super::quarantine::{normalise, Quarantine};
 use crate::aggregator_sets::Routing;
+use crate::auth::{Auth, Principal};
 use crate::error::ConfigError;
 use crate::error::QueryError;
 use crate::metrics::Metrics;
@@ -128,6 +129,8 @@ pub struct NodeHandle {
     routing: Option<Routing>,
     /// A SQL node's choice of TLA.
     pub selection: Option<SharedSelection>,
+    /// Who may use the HTTP API.
+    pub auth: Arc<Auth>,
 }
 
 pub(super) struct Parts {
@@ -145,6 +148,7 @@ pub(super) struct Parts {
     pub name: String,
     pub routing: Option<Routing>,
     pub selection: Option<SharedSelection>,
+    pub auth: Arc<Auth>,
 }
 
 /// A query's answer with the snapshot it was computed on.
@@ -178,6 +182,7 @@ impl NodeHandle {
             name: p.name,
             routing: p.routing,
             selection: p.selection,
+            auth: p.auth,
         }
     }
 
@@ -186,14 +191,15 @@ impl NodeHandle {
         self.current.load_full()
     }
 
-    /// Runs `sql` for `client` (its address) on the current snapshot. The snapshot is
-    /// taken once, so the whole query reads one generation even if the node switches
-    /// meanwhile.
-    pub async fn query(&self, sql: String, client: &str) -> Result<Answer, QueryError> {
+    /// Runs `sql` for `who` on the current snapshot, if `who` may read every table it
+    /// reads. The snapshot is taken once, so the whole query reads one generation even if
+    /// the node switches meanwhile.
+    pub async fn query(&self, sql: String, who: &Principal) -> Result<Answer, QueryError> {
+        let client = who.name.as_str();
         let started = Instant::now();
         let key = normalise(&sql);
         let result = match self.queries.quarantine.check(&key) {
-            Ok(()) => self.query_inner(sql.clone(), client, started).await,
+            Ok(()) => self.query_inner(sql.clone(), who, started).await,
             Err(e) => Err(e),
         };
         let outcome = match &result {
@@ -216,9 +222,10 @@ impl NodeHandle {
     async fn query_inner(
         &self,
         sql: String,
-        client: &str,
+        who: &Principal,
         started: Instant,
     ) -> Result<Answer, QueryError> {
+        let client = who.name.as_str();
         let q = &self.queries;
         let limits = q.limits.clone();
         let parse = limits.parse;
@@ -239,8 +246,12 @@ impl NodeHandle {
         let (statement, place) = tokio::time::timeout_at(deadline, parsed)
             .await
             .map_err(late)???;
+        // What it reads, views followed: the token's tables are checked before anything is
+        // requested below or planned.
+        let reads = referenced_tables_of(&statement, &self.view_sql());
+        who.check_tables(&reads)?;
         let (snapshot, place) = if self.config.role.answers_sql() {
-            let needed = self.request_tables(referenced_tables_of(&statement, &self.view_sql()))?;
+            let needed = self.request_tables(reads)?;
             match self.snapshot_holding(&needed) {
                 Some(snapshot) => (snapshot, place),
                 None if needed.is_empty() => return Err(QueryError::NoGeneration),

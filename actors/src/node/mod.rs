@@ -121,6 +121,13 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         }
         None => None,
     };
+    // Who may use the HTTP API: the tokens file, the set's domains and names.
+    let set = config
+        .aggregator_set
+        .as_ref()
+        .map(|a| a.load())
+        .transpose()?;
+    let auth = Arc::new(crate::auth::Auth::new(&config, set.as_ref())?);
     let (book, wanted) = RequestBook::new(config.requests.request_ttl, fixed, prewarm);
     let book = book.start();
 
@@ -307,6 +314,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         pool.clone(),
         metrics.clone(),
     )
+    .with_tokens(auth.clone())
     .start();
     sealer::Sealer::new(
         config.generation.clone(),
@@ -333,6 +341,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         name,
         routing,
         selection,
+        auth,
     }))
 }
 

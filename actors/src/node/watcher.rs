@@ -1,6 +1,7 @@
-//! Watches the static tables, `views.toml` and the prewarm list for edits (by polling
-//! modification times, which works on every filesystem) and sends what changed to the
-//! snapshot keeper (tables, views) or the request book (prewarm).
+//! Watches the static tables, `views.toml`, the prewarm list and the tokens file for edits
+//! (by polling modification times, which works on every filesystem) and sends what changed
+//! to the snapshot keeper (tables, views) or the request book (prewarm); tokens are swapped
+//! in place (`crate::auth`).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -44,6 +45,7 @@ pub struct FileWatcher {
     pool: SqlPool,
     metrics: Arc<Metrics>,
     checking: bool,
+    auth: Option<Arc<crate::auth::Auth>>,
 }
 
 impl FileWatcher {
@@ -75,7 +77,14 @@ impl FileWatcher {
             pool,
             metrics,
             checking: false,
+            auth: None,
         }
+    }
+
+    /// Also reloads the tokens file of `auth` when it changes.
+    pub fn with_tokens(mut self, auth: Arc<crate::auth::Auth>) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     fn check(&mut self, ctx: &mut Context<Self>) {
@@ -84,7 +93,9 @@ impl FileWatcher {
         }
         self.checking = true;
         let files = self.files.clone();
+        let auth = self.auth.clone();
         let work = self.pool.spawn(async move {
+            let tokens_rejected = auth.is_some_and(|a| a.reload_tokens());
             let mut f = files.lock().unwrap_or_else(|p| p.into_inner());
             let statics = f.statics.reload();
             let views_stamp = stamp(&f.views);
@@ -105,13 +116,16 @@ impl FileWatcher {
                     super::load_prewarm(path, &schemas).map_err(|e| e.to_string())
                 })
             });
-            (statics, views, prewarm)
+            (statics, views, prewarm, tokens_rejected)
         });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|res, act, _| {
             act.checking = false;
-            let Ok((statics, views, prewarm)) = res else {
+            let Ok((statics, views, prewarm, tokens_rejected)) = res else {
                 return;
             };
+            if tokens_rejected {
+                act.metrics.config_errors.fetch_add(1, Ordering::Relaxed);
+            }
             match prewarm {
                 Some(Ok(tables)) => act.book.do_send(SetPrewarm(tables)),
                 Some(Err(e)) => {

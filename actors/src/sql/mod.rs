@@ -18,6 +18,6 @@ pub use front_door::{parse_checked, ParseLimits, STACK_BYTES};
 pub use memory::MemoryBudget;
 pub(crate) use pool::AbortOnDrop;
 pub use pool::SqlPool;
-pub use references::{referenced_tables, referenced_tables_of};
+pub use references::{referenced_tables, referenced_tables_of, tables_behind};
 pub use statement::check_read_only;
 pub use views::{load_views, ViewDef, ViewStats, ViewsFile};

@@ -22,6 +22,11 @@ pub fn referenced_tables_of(
     follow_views(statement_tables(statement), views)
 }
 
+/// The tables behind `name`: itself, or those the view of that name reads.
+pub fn tables_behind(name: &str, views: &BTreeMap<String, String>) -> BTreeSet<String> {
+    follow_views(vec![name.to_string()], views)
+}
+
 fn follow_views(direct: Vec<String>, views: &BTreeMap<String, String>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut seen_views = BTreeSet::new();
@@ -53,7 +58,17 @@ fn direct_tables(sql: &str) -> Vec<String> {
 
 fn statement_tables(statement: &Statement) -> Vec<String> {
     match resolve_table_references(statement, true) {
-        Ok((tables, _ctes)) => tables.iter().map(|t| t.table().to_string()).collect(),
+        // `information_schema` tables keep their schema: they are metadata, not tables
+        // of the node (a token's table list does not apply to them).
+        Ok((tables, _ctes)) => tables
+            .iter()
+            .map(|t| match t.schema() {
+                Some(s) if s.eq_ignore_ascii_case("information_schema") => {
+                    format!("information_schema.{}", t.table())
+                }
+                _ => t.table().to_string(),
+            })
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -91,5 +106,14 @@ mod tests {
             names(&["processes", "filesystem"])
         );
         assert!(referenced_tables("SELEC nonsense", &views).is_empty());
+        let show = referenced_tables("SHOW TABLES", &views);
+        assert!(show.contains("information_schema.tables"), "{show:?}");
+        assert!(referenced_tables("SHOW TABLES", &views)
+            .iter()
+            .all(|t| t.starts_with("information_schema.")));
+        assert_eq!(
+            referenced_tables("DESCRIBE processes", &views),
+            names(&["processes"])
+        );
     }
 }

@@ -64,6 +64,42 @@ enum Role {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Make an HTTP token: prints a new random secret (once: it is not stored anywhere) and
+    /// the `[[token]]` entry to add to the node's `[auth] tokens_file`.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The identity (admission fairness, quarantine and logs name the client by it).
+    #[arg(long)]
+    name: String,
+    /// An aggregator-set domain the token is for (repeat for several; "*": all).
+    #[arg(long = "domain", required = true)]
+    domains: Vec<String>,
+    /// A table it may read (repeat for several); none given: every table of its domains.
+    #[arg(long = "table")]
+    tables: Vec<String>,
+    /// May call admin endpoints (POST /admin/...).
+    #[arg(long)]
+    admin: bool,
+}
+
+fn make_token(args: &TokenArgs) -> ExitCode {
+    let tables = (!args.tables.is_empty()).then_some(args.tables.as_slice());
+    match query_actors::auth::tokens::generate(&args.name, &args.domains, tables, args.admin) {
+        Ok((secret, entry)) => {
+            println!(
+                "secret (shown once; send it as `Authorization: Bearer <secret>`):\n{secret}\n"
+            );
+            println!("add to the tokens file ([auth] tokens_file):\n\n{entry}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("queryd token: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -343,6 +379,7 @@ fn main() -> ExitCode {
         }),
         Role::Simulate(args) => return simulate(args),
         Role::Ca(cmd) => return run_ca(cmd),
+        Role::Token(args) => return make_token(args),
         Role::CheckConfig { config } => {
             return match NodeConfig::load(config) {
                 Ok(_) => {

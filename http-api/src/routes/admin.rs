@@ -1,22 +1,31 @@
 //! `POST /admin/quarantine/lift`: an operator lifts the quarantine of one query (its SQL as
-//! the body) or of every query (empty body). Until the authentication issue gives admin
-//! endpoints their own permission, only loopback peers may call it.
+//! the body) or of every query (empty body). It needs a token with `admin = true`; on a
+//! node without tokens, a loopback peer (`Principal::anonymous`).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use query_actors::node::NodeHandle;
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::guard::principal_of;
 
 pub async fn lift_quarantine(
     req: HttpRequest,
     body: web::Bytes,
     node: web::Data<NodeHandle>,
 ) -> Result<HttpResponse, ApiError> {
-    if !req.peer_addr().is_some_and(|a| a.ip().is_loopback()) {
-        return Err(ApiError::Forbidden(
-            "admin endpoints answer loopback clients only".into(),
-        ));
+    let who = principal_of(&req);
+    if !who.admin {
+        let m = if who.token {
+            format!(
+                "token '{}' may not call admin endpoints (admin = false)",
+                who.name
+            )
+        } else {
+            "admin endpoints answer loopback clients only on a node without tokens".into()
+        };
+        node.auth.refused("forbidden", &m, &who.name);
+        return Err(ApiError::Forbidden(m));
     }
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("the request body is not UTF-8".into()))?

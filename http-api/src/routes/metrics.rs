@@ -61,6 +61,20 @@ pub async fn get_metrics(node: web::Data<NodeHandle>) -> HttpResponse {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    let _ = writeln!(
+        body,
+        "# HELP query_http_refusals_total HTTP requests refused before their endpoint (token, domain, Host, Origin) or for a table the token may not read.\n# TYPE query_http_refusals_total counter"
+    );
+    for (reason, n) in node.auth.refusals() {
+        let _ = writeln!(body, "query_http_refusals_total{{reason=\"{reason}\"}} {n}");
+    }
+    if let Some(store) = &node.auth.tokens {
+        let _ = writeln!(
+            body,
+            "# HELP query_auth_tokens Tokens in force (the last good copy of the tokens file).\n# TYPE query_auth_tokens gauge\nquery_auth_tokens {}",
+            store.tokens().len()
+        );
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(body)

@@ -19,6 +19,7 @@ use serde_json::json;
 use super::{age_ms, generation_json};
 use crate::encode;
 use crate::error::ApiError;
+use crate::guard::principal_of;
 
 #[derive(Debug, Deserialize)]
 pub struct SqlParams {
@@ -45,16 +46,21 @@ pub async fn post_sql(
     }
     let body = read_body(payload, node.config.http.max_body_bytes).await?;
     let sql = sql_from_body(&req, &body)?;
-    let answer = node.query(sql, &client_of(&req)).await?;
+    let who = principal_of(&req);
+    let answer = match node.query(sql, &who).await {
+        Err(QueryError::Forbidden(m)) => {
+            node.auth.refused("table", &m, &who.name);
+            return Err(QueryError::Forbidden(m).into());
+        }
+        other => other?,
+    };
     respond(answer, format)
 }
 
-/// Who a query is from, for admission fairness and quarantine: the peer's address (an
-/// authenticated identity once there is one).
+/// Who a query is from, for admission fairness and quarantine: the token's name, or the
+/// peer's address on a node without tokens.
 pub fn client_of(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    principal_of(req).name
 }
 
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {

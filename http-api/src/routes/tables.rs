@@ -1,22 +1,33 @@
 //! `GET /tables`: every table a query can use, where it comes from, how big and how old,
-//! and the static-table and view files that are currently rejected.
+//! and the static-table and view files that are currently rejected. A token with a table
+//! list sees the tables (and views over them) it may read, and no file errors.
 
 use std::time::SystemTime;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use query_actors::node::NodeHandle;
+use query_actors::sql::tables_behind;
 use query_actors::QueryError;
 use serde_json::json;
 
 use super::{age_ms, generation_json};
 use crate::encode::type_name;
 use crate::error::ApiError;
+use crate::guard::principal_of;
 
-pub async fn get_tables(node: web::Data<NodeHandle>) -> Result<HttpResponse, ApiError> {
+pub async fn get_tables(
+    req: HttpRequest,
+    node: web::Data<NodeHandle>,
+) -> Result<HttpResponse, ApiError> {
     let snap = node.snapshot().ok_or(QueryError::NoGeneration)?;
+    let who = principal_of(&req);
+    let views = snap.view_sql();
     let now = SystemTime::now();
     let mut tables = Vec::new();
     for t in snap.tables() {
+        if !who.may_read(&tables_behind(&t.name, &views)) {
+            continue;
+        }
         let columns: Vec<_> = match snap.columns(&t.name).await {
             Some(schema) => schema
                 .fields()
@@ -50,6 +61,10 @@ pub async fn get_tables(node: web::Data<NodeHandle>) -> Result<HttpResponse, Api
     ));
     if let Some(message) = &snap.views_file_error {
         errors.push(json!({ "kind": "views_file", "message": message }));
+    }
+    if who.tables.is_some() {
+        // They name other tables' files, views and publishers.
+        errors.clear();
     }
     Ok(HttpResponse::Ok().json(json!({
         "generation": generation_json(&snap, now),

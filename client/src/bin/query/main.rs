@@ -89,7 +89,9 @@ fn main() -> ExitCode {
             publisher,
         }) => publish(table, socket, tcp, publisher),
         None => {
-            let client = SqlClient::new(Lookup::new(cli.dns), cli.timeout);
+            // From the environment only: a command line is visible to every user (`ps`).
+            let token = std::env::var("QUERY_TOKEN").ok().filter(|t| !t.is_empty());
+            let client = SqlClient::new(Lookup::new(cli.dns), cli.timeout).with_token(token);
             match &cli.sql {
                 Some(sql) => run_one(&client, &cli, sql),
                 None => interactive(&client, &cli),

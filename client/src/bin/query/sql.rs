@@ -79,6 +79,8 @@ pub struct Answered {
 pub struct SqlClient {
     lookup: Lookup,
     agent: ureq::Agent,
+    /// Sent as `Authorization: Bearer` (`QUERY_TOKEN`).
+    token: Option<String>,
 }
 
 impl SqlClient {
@@ -88,7 +90,16 @@ impl SqlClient {
             .timeout(timeout)
             .redirects(0)
             .build();
-        SqlClient { lookup, agent }
+        SqlClient {
+            lookup,
+            agent,
+            token: None,
+        }
+    }
+
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// Runs `sql` at `host`; `format` is the node's `?format=` (json, csv, ndjson).
@@ -101,11 +112,11 @@ impl SqlClient {
             let mut redirected = None;
             for addr in addrs {
                 let url = format!("http://{addr}/sql?format={format}");
-                let r = self
-                    .agent
-                    .post(&url)
-                    .set("Content-Type", "text/plain")
-                    .send_string(sql);
+                let mut req = self.agent.post(&url).set("Content-Type", "text/plain");
+                if let Some(t) = &self.token {
+                    req = req.set("Authorization", &format!("Bearer {t}"));
+                }
+                let r = req.send_string(sql);
                 // With redirects off, ureq hands 3xx answers back as Ok.
                 let r = match r {
                     Ok(resp) if resp.status() == 307 => Err(ureq::Error::Status(307, resp)),
