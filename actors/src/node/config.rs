@@ -248,7 +248,7 @@ impl Default for SqlConfig {
             max_queries_per_client: 16,
             max_running_per_client: 0,
             max_heavy_queries: 0,
-            heavy_query_after: Duration::from_millis(250),
+            heavy_query_after: Duration::from_millis(100),
             heavy_query_nice: 10,
             queue_timeout: Duration::from_secs(5),
             max_tokens: parse.max_tokens,
