@@ -457,8 +457,10 @@ fn main() {
         "## Overload: light and heavy queries against one SQL node\n\n\
          The fleet benchmark's processes (`queryd simulate` → TLA → SQL node) at {machines} \
          machines, {} s interval; the SQL node has `query_timeout = \"{}ms\"` (half the \
-         interval) and the default admission control ({cores} query threads here: at most \
-         {} queries running, 2 per client). Clients post from their own loopback addresses. \
+         interval) and the default admission control ({cores} query threads a pool here: \
+         {} places for light clients, {} for heavy ones and {} for new ones, whose queries \
+         run on the lower-priority pool; a client becomes heavy once a query of its holds a \
+         place 100 ms). Clients post from their own loopback addresses. \
          Two phases of {seconds:.0} s: **light**: {LIGHT_CLIENTS} clients looping over a \
          count, a GROUP BY of `sys` by cluster and a point lookup by `machine_ip`, pausing \
          {} ms between queries; **mixed**: the same plus {HEAVY_CLIENTS} heavy clients \
@@ -475,6 +477,8 @@ fn main() {
         interval.as_secs(),
         timeout.as_millis(),
         2 * cores,
+        (cores / 2).max(1),
+        (cores / 2).max(1),
         LIGHT_PAUSE.as_millis(),
         REFUSED_PAUSE.as_millis(),
         POLL.as_millis(),
