@@ -1,9 +1,10 @@
 //! TLS for the whole node: what a `[... tls]` section names (certificate chain, key, the
 //! CA bundle peers are checked against), loading and checking those files with errors that
 //! name the file and the problem, and the rustls configurations built from them: a server
-//! that requires (links) or does not ask for (HTTP, later) client certificates, and a client
-//! that presents this node's certificate. Also how a failed handshake is described in logs
-//! and `/metrics`, and a small CA for tests and the demo ([`ca`]).
+//! that requires (links, HTTPS with a `ca`) or does not ask for (HTTPS) client
+//! certificates, and a client that presents this node's certificate. Also how a failed
+//! handshake is described in logs and `/metrics`, and a small CA for tests and the demo
+//! ([`ca`]).
 //!
 //! rustls with the `ring` provider only, TLS 1.3 only: every peer is a Query node built
 //! from the same source, so there is nothing older to talk to.
@@ -243,6 +244,10 @@ pub enum ClientCerts {
     Required,
     /// Clients are not asked (a server whose users authenticate otherwise).
     NotAsked,
+    /// Every client presents a certificate signed by a CA of `ca`, which need not have
+    /// signed ours (HTTPS: users' certificates come from their own CA, the node's from
+    /// whichever CA its clients trust).
+    RequiredOtherCa,
 }
 
 fn setup(what: &'static str) -> impl Fn(rustls::Error) -> TlsError {
@@ -281,6 +286,9 @@ pub fn server_config(cfg: &TlsConfig, clients: ClientCerts) -> Result<Arc<Server
             let verifier = client_verifier(ca)?;
             check_trusted(&*verifier, &id, cfg, ca)?;
             builder.with_client_cert_verifier(verifier)
+        }
+        ClientCerts::RequiredOtherCa => {
+            builder.with_client_cert_verifier(client_verifier(ca_path(cfg)?)?)
         }
         ClientCerts::NotAsked => builder.with_no_client_auth(),
     };

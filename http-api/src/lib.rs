@@ -10,7 +10,9 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{middleware, web, App, HttpRequest, HttpResponse, HttpServer};
+use query_actors::node::config::HttpConfig;
 use query_actors::node::NodeHandle;
+use query_actors::tls::{server_config, ClientCerts, TlsError};
 
 use crate::error::ApiError;
 
@@ -58,10 +60,30 @@ async fn count_status(
     Ok(resp)
 }
 
-/// Binds the node's HTTP listener and runs until the system stops. Prints the bound
-/// address (useful with port 0) and the console URL.
+/// The rustls server of `[http.tls]` (`None`: plain HTTP). With `ca`, clients must present
+/// a certificate signed by it; only the handshake checks it for now. (The certificate's
+/// common name could become the client's identity, as a token's name is, later.)
+pub fn tls_server_config(http: &HttpConfig) -> Result<Option<rustls::ServerConfig>, TlsError> {
+    let Some(cfg) = &http.tls else {
+        return Ok(None);
+    };
+    let clients = if cfg.ca.is_some() {
+        ClientCerts::RequiredOtherCa
+    } else {
+        ClientCerts::NotAsked
+    };
+    Ok(Some(std::sync::Arc::unwrap_or_clone(server_config(
+        cfg, clients,
+    )?)))
+}
+
+/// Binds the node's HTTP listener (HTTPS with `[http.tls]`) and runs until the system
+/// stops. Prints the bound address (useful with port 0) and the console URL.
 pub async fn serve(node: NodeHandle) -> std::io::Result<()> {
     let http = node.config.http.clone();
+    // Read before binding: a missing or bad file stops the start, naming it.
+    let tls =
+        tls_server_config(&http).map_err(|e| std::io::Error::other(format!("[http.tls]: {e}")))?;
     let workers = if http.workers == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -79,13 +101,17 @@ pub async fn serve(node: NodeHandle) -> std::io::Result<()> {
             .wrap(middleware::Compress::default())
             .configure(configure)
     })
-    .workers(workers)
-    .bind(http.listen)
+    .workers(workers);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = match tls {
+        Some(tls) => server.bind_rustls_0_23(http.listen, tls),
+        None => server.bind(http.listen),
+    }
     .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", http.listen)))?;
     for addr in server.addrs() {
-        // Scripts and tests read this line to learn the port.
-        println!("listening on http://{addr}/");
-        tracing::info!(%addr, "Query console at http://{addr}/");
+        // Scripts and tests read this line to learn the port (and the scheme).
+        println!("listening on {scheme}://{addr}/");
+        tracing::info!(%addr, "Query console at {scheme}://{addr}/");
     }
     server.run().await
 }

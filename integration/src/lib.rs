@@ -200,6 +200,14 @@ impl Node {
 
     /// Like [`Node::start`], with the process's descriptor limit lowered to `nofile`.
     pub fn start_limited(args: &[&str], nofile: Option<u32>) -> Node {
+        let node = Node::start_listening(args, nofile);
+        node.wait_ready(Duration::from_secs(60));
+        node
+    }
+
+    /// Starts `queryd <args>` and returns once it prints the address it listens on, without
+    /// waiting for /health (a caller speaking HTTPS checks it itself).
+    pub fn start_listening(args: &[&str], nofile: Option<u32>) -> Node {
         let logdir = tempfile::tempdir().expect("tempdir");
         let (mut child, stderr_log) = spawn_queryd(args, logdir.path(), Stdio::piped(), nofile);
         let stdout = child.stdout.take().expect("stdout");
@@ -221,14 +229,12 @@ impl Node {
                 );
             }
         };
-        let node = Node {
+        Node {
             child,
             base,
             stderr_log,
             _logdir: logdir,
-        };
-        node.wait_ready(Duration::from_secs(60));
-        node
+        }
     }
 
     /// Waits until /health answers 200 (the first generation is served).

@@ -17,6 +17,7 @@ use crate::sql::{ParseLimits, DEFAULT_MAX_RESULT_BYTES};
 use crate::tier::names::DnsConfig;
 use crate::tier::tla_selection::TlaSelectionConfig;
 use crate::tier::{LinkConfig, RequestsConfig};
+use crate::tls::TlsConfig;
 
 /// What a node does in the hierarchy; chosen by the `queryd` subcommand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -133,6 +134,9 @@ pub struct HttpConfig {
     /// Origins (`https://grafana.example`) whose pages may call the API besides the node's
     /// own; their answers carry `Access-Control-Allow-Origin`. Others get 403.
     pub allowed_origins: Vec<String>,
+    /// `[http.tls]`: HTTPS with this certificate and key (the same section as `[link.tls]`);
+    /// with `ca`, clients must present a certificate signed by it (mutual TLS).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for HttpConfig {
@@ -146,7 +150,22 @@ impl Default for HttpConfig {
             workers: 0,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            tls: None,
         }
+    }
+}
+
+impl HttpConfig {
+    fn validate(&self) -> ConfigResult<()> {
+        let Some(tls) = &self.tls else { return Ok(()) };
+        tls.validate("[http.tls]")?;
+        if tls.server_name.is_some() {
+            return Err(ConfigError::Invalid {
+                what: "[http.tls]".into(),
+                message: "server_name is for dialing links; an HTTP listener dials nothing".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -358,6 +377,9 @@ impl NodeConfig {
         self.paths.resolve(base);
         self.requests.resolve(base);
         self.link.resolve(base);
+        if let Some(t) = &mut self.http.tls {
+            t.resolve(base);
+        }
         self.auth.resolve(base);
         if let Some(edge) = &mut self.edge {
             edge.resolve(base);
@@ -389,6 +411,7 @@ impl NodeConfig {
                 "max_body_bytes and max_result_rows must be positive, max_result_bytes at least 1024",
             );
         }
+        self.http.validate()?;
         self.sql.validate()?;
         if self.http.query_timeout.is_zero() {
             return bad("[http] query_timeout", "must be positive");
@@ -544,19 +567,19 @@ mod tests {
             return;
         }
         let mut lines: Vec<String> = text.lines().map(String::from).collect();
-        let start = lines
-            .iter()
-            .position(|l| l == "# [link.tls]")
-            .unwrap_or_else(|| panic!("{}: no commented [link.tls] block", path.display()));
-        for l in &mut lines[start..] {
-            let Some(rest) = l.strip_prefix("# ") else {
-                break;
-            };
-            if !(rest.starts_with("[link.tls]") || rest.contains(" = ")) {
-                break;
-            }
-            *l = rest.to_string();
-        }
+        assert!(
+            uncomment(&mut lines, "[link.tls]"),
+            "{}: no commented [link.tls] block",
+            path.display()
+        );
+        // The roles answering SQL show HTTPS too.
+        let https = uncomment(&mut lines, "[http.tls]");
+        assert_eq!(
+            https,
+            matches!(role, "sql" | "tla-sql"),
+            "{}",
+            path.display()
+        );
         let text = lines
             .join("\n")
             // Link ports are 7xxx (HTTP's 80xx stay as they are).
@@ -565,6 +588,49 @@ mod tests {
             .unwrap_or_else(|e| panic!("{} with [link.tls]: {e}", path.display()));
         let tls = cfg.link.tls.expect("tls block parsed");
         assert!(tls.cert.starts_with("/etc/query/tls"), "{tls:?}");
+        if let Some(http) = cfg.http.tls {
+            assert!(
+                http.cert.starts_with("/etc/query/tls") && http.ca.is_some(),
+                "{http:?}"
+            );
+        }
+    }
+
+    /// Uncomments the block `# <header>` and its `# key = value` lines; false if absent.
+    fn uncomment(lines: &mut [String], header: &str) -> bool {
+        let Some(start) = lines.iter().position(|l| *l == format!("# {header}")) else {
+            return false;
+        };
+        for l in &mut lines[start..] {
+            let Some(rest) = l.strip_prefix("# ") else {
+                break;
+            };
+            if !(rest.starts_with(header) || rest.contains(" = ")) {
+                break;
+            }
+            *l = rest.to_string();
+        }
+        true
+    }
+
+    #[test]
+    fn http_tls_resolves_paths_and_refuses_server_name() {
+        let cfg = NodeConfig::parse(
+            "[http.tls]\ncert = \"tls/http.pem\"\nkey = \"/k.pem\"\n",
+            "t",
+            Path::new("/etc/query"),
+        )
+        .expect("parses");
+        let tls = cfg.http.tls.expect("tls");
+        assert_eq!(tls.cert, Path::new("/etc/query/tls/http.pem"));
+        assert_eq!((tls.key.as_path(), tls.ca), (Path::new("/k.pem"), None));
+        let err = NodeConfig::parse(
+            "[http.tls]\ncert = \"c\"\nkey = \"k\"\nserver_name = \"a.example\"\n",
+            "t",
+            Path::new("."),
+        )
+        .expect_err("server_name refused");
+        assert!(err.to_string().contains("[http.tls]"), "{err}");
     }
 
     #[test]

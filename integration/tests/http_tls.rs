@@ -1,0 +1,380 @@
+//! HTTPS (issue 12) with a real `queryd` and certificates made by `queryd ca`: with
+//! `[http.tls]` a node answers SQL over TLS to a client trusting the test CA and accepts its
+//! own `https://` origin, while plain HTTP and clients trusting another CA get no answer;
+//! with `ca`, only clients presenting a certificate of that CA are answered; a missing
+//! certificate file stops the node at start, naming the file.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use query_actors::tls::{client_config, load_roots, TlsConfig};
+use query_integration::{queryd_bin, repo, Node, Workspace};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Runs `queryd ca ARGS`; panics with its output if it fails.
+fn queryd_ca(args: &[&str]) {
+    let out = Command::new(queryd_bin())
+        .arg("ca")
+        .args(args)
+        .output()
+        .expect("run queryd ca");
+    assert!(
+        out.status.success(),
+        "queryd ca {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA in `dir` and a certificate `name` for 127.0.0.1 signed by it.
+fn ca_with(dir: &Path, name: &str) {
+    let d = dir.to_str().expect("utf8");
+    if !dir.join("ca.pem").exists() {
+        queryd_ca(&["init", "--dir", d]);
+    }
+    queryd_ca(&[
+        "issue",
+        "--dir",
+        d,
+        "--name",
+        name,
+        "--ip",
+        "127.0.0.1",
+        "--days",
+        "2",
+    ]);
+}
+
+fn path(dir: &Path, file: &str) -> String {
+    dir.join(file).to_str().expect("utf8").to_string()
+}
+
+/// A client trusting the CA of `dir`, without a certificate of its own.
+fn trusting(dir: &Path) -> Arc<ClientConfig> {
+    let roots = load_roots(&dir.join("ca.pem")).expect("test CA");
+    Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// A client trusting the CA of `server_ca` and presenting `name` of `client_ca`.
+fn presenting(server_ca: &Path, client_ca: &Path, name: &str) -> Arc<ClientConfig> {
+    // client_config trusts the servers its `ca` signed: give it the server's CA.
+    client_config(&TlsConfig {
+        cert: client_ca.join(format!("{name}.pem")),
+        key: client_ca.join(format!("{name}.key")),
+        ca: Some(server_ca.join("ca.pem")),
+        server_name: None,
+    })
+    .expect("client certificate")
+}
+
+/// One HTTP/1.1 request to `addr`, over TLS with `tls`, plain otherwise. The raw answer,
+/// or why there was none (a refused handshake, a closed connection).
+fn request(
+    addr: SocketAddr,
+    tls: Option<Arc<ClientConfig>>,
+    method: &str,
+    target: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> Result<String, String> {
+    let mut req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let exchange = async move {
+            let mut tcp = TcpStream::connect(addr).await?;
+            let mut out = Vec::new();
+            let read = match tls {
+                Some(cfg) => {
+                    let name = ServerName::IpAddress(addr.ip().into());
+                    let mut s = tokio_rustls::TlsConnector::from(cfg)
+                        .connect(name, tcp)
+                        .await?;
+                    s.write_all(req.as_bytes()).await?;
+                    s.read_to_end(&mut out).await
+                }
+                None => {
+                    tcp.write_all(req.as_bytes()).await?;
+                    tcp.read_to_end(&mut out).await
+                }
+            };
+            match read {
+                // A server closing without close_notify after its answer is still an answer.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+                r => {
+                    r?;
+                }
+            }
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&out).into_owned())
+        };
+        match tokio::time::timeout(LIMIT, exchange).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer in time".into()),
+        }
+    })
+}
+
+/// The status and JSON body of an HTTP answer; status 0 when there was no HTTP answer.
+fn parse(answer: &Result<String, String>) -> (u16, Value) {
+    let Ok(text) = answer else {
+        return (0, Value::Null);
+    };
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        unchunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// A chunked body (answers are streamed) put together.
+fn unchunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
+    }
+    out
+}
+
+/// Starts a TLA/SQL node with `[http.tls]` = `tls` (TOML keys); its HTTPS address once it
+/// prints it (the node's own https:// URL).
+fn start(ws: &Workspace, tls: &str) -> (Node, SocketAddr) {
+    let cfg = ws.config(&format!(
+        "[generation]\ninterval = \"1s\"\noffset = \"100ms\"\n\n[http.tls]\n{tls}\n"
+    ));
+    let node = Node::start_listening(
+        &[
+            "tla-sql",
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        None,
+    );
+    let addr = node
+        .base
+        .strip_prefix("https://")
+        .unwrap_or_else(|| panic!("an HTTPS listener prints an https:// URL: {}", node.base))
+        .parse()
+        .expect("address");
+    (node, addr)
+}
+
+/// Waits until /health answers 200 over TLS with `client`.
+fn wait_healthy(node: &Node, addr: SocketAddr, client: &Arc<ClientConfig>) {
+    node.eventually(Duration::from_secs(60), "/health 200 over HTTPS", || {
+        let r = request(addr, Some(client.clone()), "GET", "/health", &[], "");
+        (parse(&r).0 == 200).then_some(())
+    });
+}
+
+fn no_http_answer(r: &Result<String, String>) -> bool {
+    !matches!(r, Ok(text) if text.starts_with("HTTP/"))
+}
+
+#[test]
+fn https_answers_sql_and_plain_http_gets_nothing() {
+    let ws = Workspace::new();
+    let pki = tempfile::tempdir().expect("tempdir");
+    ca_with(pki.path(), "http");
+    let (node, addr) = start(
+        &ws,
+        &format!(
+            "cert = \"{}\"\nkey = \"{}\"\n",
+            path(pki.path(), "http.pem"),
+            path(pki.path(), "http.key")
+        ),
+    );
+    let client = trusting(pki.path());
+    wait_healthy(&node, addr, &client);
+
+    let answer = request(addr, Some(client.clone()), "POST", "/sql", &[], "SELECT 1");
+    let (status, body) = parse(&answer);
+    assert_eq!(status, 200, "{answer:?}");
+    assert_eq!(body["rows"], json!([[1]]), "{answer:?}");
+
+    // The console's own page on https:// is the same origin; another site's is not.
+    let own = [("Origin", format!("https://{addr}"))];
+    assert_eq!(
+        parse(&request(
+            addr,
+            Some(client.clone()),
+            "POST",
+            "/sql",
+            &own,
+            "SELECT 1"
+        ))
+        .0,
+        200
+    );
+    let foreign = [("Origin", "https://attacker.example".to_string())];
+    let (status, body) = parse(&request(
+        addr,
+        Some(client.clone()),
+        "POST",
+        "/sql",
+        &foreign,
+        "SELECT 1",
+    ));
+    assert_eq!(status, 403, "{body}");
+
+    // Plain HTTP to the TLS port: no HTTP answer, and the node keeps serving.
+    let plain = request(addr, None, "POST", "/sql", &[], "SELECT 1");
+    assert!(no_http_answer(&plain), "plain HTTP answered: {plain:?}");
+    // A client that does not trust the node's CA refuses the handshake.
+    let other = tempfile::tempdir().expect("tempdir");
+    ca_with(other.path(), "someone");
+    let untrusted = request(
+        addr,
+        Some(trusting(other.path())),
+        "GET",
+        "/health",
+        &[],
+        "",
+    );
+    assert!(no_http_answer(&untrusted), "{untrusted:?}");
+    assert!(
+        // Both test CAs carry the same name: the signature tells them apart.
+        untrusted
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.contains("invalid peer certificate")),
+        "{untrusted:?}"
+    );
+    assert_eq!(
+        parse(&request(
+            addr,
+            Some(client),
+            "POST",
+            "/sql",
+            &[],
+            "SELECT 1"
+        ))
+        .0,
+        200
+    );
+}
+
+#[test]
+fn with_a_ca_only_clients_with_its_certificates_are_answered() {
+    let ws = Workspace::new();
+    // The node's certificate and its users' come from different CAs.
+    let pki = tempfile::tempdir().expect("tempdir");
+    ca_with(pki.path(), "http");
+    let users = tempfile::tempdir().expect("tempdir");
+    ca_with(users.path(), "alice");
+    let (node, addr) = start(
+        &ws,
+        &format!(
+            "cert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            path(pki.path(), "http.pem"),
+            path(pki.path(), "http.key"),
+            path(users.path(), "ca.pem")
+        ),
+    );
+    let alice = presenting(pki.path(), users.path(), "alice");
+    wait_healthy(&node, addr, &alice);
+    let (status, body) = parse(&request(addr, Some(alice), "POST", "/sql", &[], "SELECT 1"));
+    assert_eq!((status, &body["rows"]), (200, &json!([[1]])), "{body}");
+
+    // No certificate, or one of another CA (the node's own): refused, no answer.
+    let anonymous = request(
+        addr,
+        Some(trusting(pki.path())),
+        "POST",
+        "/sql",
+        &[],
+        "SELECT 1",
+    );
+    assert!(no_http_answer(&anonymous), "{anonymous:?}");
+    let stranger = presenting(pki.path(), pki.path(), "http");
+    let other_ca = request(addr, Some(stranger), "POST", "/sql", &[], "SELECT 1");
+    assert!(no_http_answer(&other_ca), "{other_ca:?}");
+}
+
+#[test]
+fn a_missing_certificate_stops_the_node_naming_the_file() {
+    let ws = Workspace::new();
+    let cfg = ws.config(
+        "[generation]\ninterval = \"1s\"\noffset = \"100ms\"\n\n[http.tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"\n",
+    );
+    let mut child = Command::new(queryd_bin())
+        .args([
+            "tla-sql",
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start queryd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("queryd started without its [http.tls] certificate");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(!status.success(), "{err}");
+    assert!(!out.contains("listening on"), "{out}");
+    let file = ws.path("missing.pem");
+    assert!(
+        err.contains("[http.tls]") && err.contains(&*file.to_string_lossy()),
+        "{err}"
+    );
+}
