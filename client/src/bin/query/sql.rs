@@ -123,12 +123,12 @@ impl SqlClient {
                     other => other,
                 };
                 match r {
-                    Ok(resp) => {
-                        let body = resp.into_string().map_err(|e| {
-                            SqlError::Unreachable(format!("{addr}: reading the answer: {e}"))
-                        })?;
-                        return Ok(Answered { body, from: addr });
-                    }
+                    // An answer cut off (the node died while streaming it) is that
+                    // address failing: the query is read-only, so the next one is asked.
+                    Ok(resp) => match resp.into_string() {
+                        Ok(body) => return Ok(Answered { body, from: addr }),
+                        Err(e) => failures.push(format!("{addr}: reading the answer: {e}")),
+                    },
                     Err(ureq::Error::Status(307, resp)) => {
                         let location = resp.header("Location").map(str::to_string);
                         let body: Value = resp.into_json().unwrap_or(Value::Null);
