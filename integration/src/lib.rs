@@ -408,3 +408,52 @@ fn dechunk(mut rest: &str) -> String {
     }
     out
 }
+
+/// Runs `queryd ca ARGS` (making a test CA or certificate); panics with its output if it
+/// fails.
+pub fn queryd_ca(args: &[&str]) {
+    let out = Command::new(queryd_bin())
+        .arg("ca")
+        .args(args)
+        .output()
+        .expect("run queryd ca");
+    assert!(
+        out.status.success(),
+        "queryd ca {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `queryd ARGS`, which must exit by itself (a configuration it refuses) within 30 s:
+/// its exit status, standard output and standard error. Panics, saying `what` started,
+/// if it keeps running.
+pub fn queryd_exits(args: &[&str], what: &str) -> (std::process::ExitStatus, String, String) {
+    use std::io::Read;
+    let mut child = Command::new(queryd_bin())
+        .args(args)
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start queryd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("queryd started: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status, out, err)
+}

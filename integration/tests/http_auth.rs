@@ -8,9 +8,9 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use query_integration::{queryd_bin, repo, Node, Workspace};
+use query_integration::{queryd_bin, queryd_exits, Node, Workspace};
 use serde_json::Value;
 
 /// Runs `queryd token <args>`: (secret, `[[token]]` entry).
@@ -379,35 +379,16 @@ fn a_public_listener_without_tokens_does_not_start() {
     let ws = Workspace::new();
     let cfg = ws.config("[generation]\ninterval = \"1s\"\noffset = \"100ms\"\n");
     // The check runs on the configuration, before anything binds.
-    let mut child = Command::new(queryd_bin())
-        .args([
+    let (status, _, err) = queryd_exits(
+        &[
             "tla-sql",
             "--config",
             cfg.to_str().expect("utf8"),
             "--listen",
             "0.0.0.0:0",
-        ])
-        .current_dir(repo())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start queryd");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("queryd started on 0.0.0.0 without tokens");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
+        ],
+        "on 0.0.0.0 without tokens",
+    );
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(
         err.contains("not a loopback address") && err.contains("allow_unauthenticated = true"),

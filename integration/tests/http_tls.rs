@@ -4,15 +4,13 @@
 //! with `ca`, only clients presenting a certificate of that CA are answered; a missing
 //! certificate file stops the node at start, naming the file.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use query_actors::tls::{client_config, load_roots, TlsConfig};
-use query_integration::{queryd_bin, repo, Node, Workspace};
+use query_integration::{queryd_ca, queryd_exits, Node, Workspace};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde_json::{json, Value};
@@ -20,20 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// Runs `queryd ca ARGS`; panics with its output if it fails.
-fn queryd_ca(args: &[&str]) {
-    let out = Command::new(queryd_bin())
-        .arg("ca")
-        .args(args)
-        .output()
-        .expect("run queryd ca");
-    assert!(
-        out.status.success(),
-        "queryd ca {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA in `dir` and a certificate `name` for 127.0.0.1 signed by it.
 fn ca_with(dir: &Path, name: &str) {
@@ -338,38 +322,16 @@ fn a_missing_certificate_stops_the_node_naming_the_file() {
     let cfg = ws.config(
         "[generation]\ninterval = \"1s\"\noffset = \"100ms\"\n\n[http.tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"\n",
     );
-    let mut child = Command::new(queryd_bin())
-        .args([
+    let (status, out, err) = queryd_exits(
+        &[
             "tla-sql",
             "--config",
             cfg.to_str().expect("utf8"),
             "--listen",
             "127.0.0.1:0",
-        ])
-        .current_dir(repo())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start queryd");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("queryd started without its [http.tls] certificate");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_string(&mut out);
-    }
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
+        ],
+        "without its [http.tls] certificate",
+    );
     assert!(!status.success(), "{err}");
     assert!(!out.contains("listening on"), "{out}");
     let file = ws.path("missing.pem");

@@ -17,7 +17,7 @@ use query_actors::tier::transport::Dialer;
 use query_actors::tls::ca::{self, CertSpec};
 use query_actors::tls::{MutualTls, TlsConfig};
 use query_integration::fleet::{free_port, Fleet, FleetSpec};
-use query_integration::{queryd_bin, Node, Workspace};
+use query_integration::{queryd_bin, queryd_ca, Node, Workspace};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
@@ -45,20 +45,6 @@ fn log_of(node: &Node) -> String {
         }
     }
     out
-}
-
-/// Runs `queryd ca ARGS`; panics with its output if it fails.
-fn queryd_ca(args: &[&str]) {
-    let out = Command::new(queryd_bin())
-        .arg("ca")
-        .args(args)
-        .output()
-        .expect("run queryd ca");
-    assert!(
-        out.status.success(),
-        "queryd ca {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn ca_init(dir: &Path) {
