@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +16,7 @@ use query_actors::tier::transport::Dialer;
 use query_actors::tls::ca::{self, CertSpec};
 use query_actors::tls::{MutualTls, TlsConfig};
 use query_integration::fleet::{free_port, Fleet, FleetSpec};
-use query_integration::{queryd_bin, queryd_ca, Node, Workspace};
+use query_integration::{queryd_ca, queryd_exits, Node, Workspace};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
@@ -429,28 +428,7 @@ fn a_public_link_listener_without_tls_does_not_start() {
 
 /// Runs `queryd ARGS`, expecting it to exit at once with an error; returns its stderr.
 fn refused_start(args: &[&str]) -> String {
-    let mut child = Command::new(queryd_bin())
-        .args(args)
-        .current_dir(query_integration::repo())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start queryd");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            assert!(!status.success(), "queryd {args:?} should not start");
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            return err;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("queryd {args:?} kept running");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (status, _, err) = queryd_exits(args, &format!("{args:?} should not start"));
+    assert!(!status.success(), "queryd {args:?} should not start");
+    err
 }
