@@ -277,13 +277,9 @@ impl NodeHandle {
             Class::Heavy => deadline,
             _ => deadline.min(tokio::time::Instant::now() + self.config.sql.heavy_query_after),
         };
-        let (output, place, pool) = match run_on(pool, &snapshot, &statement, &limits, place, until)
-            .await
+        let (output, place) = match run_on(pool, &snapshot, &statement, &limits, place, until).await
         {
-            Ok(done) => {
-                let (output, place) = done?;
-                (output, place, pool.clone())
-            }
+            Ok(done) => done?,
             Err(_) if until < deadline => {
                 // The client is heavy now, and costed as if this query ran to its deadline
                 // (it may, and a client whose heavy queries are refused would otherwise
@@ -296,13 +292,14 @@ impl NodeHandle {
                     .fetch_add(1, Ordering::Relaxed);
                 let place = self.place(client, true, deadline, &mut queued).await?;
                 let pool = q.pool_for(place.class());
-                let (output, place) = run_on(pool, &snapshot, &statement, &limits, place, deadline)
+                run_on(pool, &snapshot, &statement, &limits, place, deadline)
                     .await
-                    .map_err(late)??;
-                (output, place, pool.clone())
+                    .map_err(late)??
             }
             Err(e) => return Err(late(e)),
         };
+        // The answer is encoded where the query ran.
+        let pool = q.pool_for(place.class()).clone();
         Ok(Answer {
             snapshot,
             output,
