@@ -15,7 +15,7 @@
 //! more than its own: clients of heavy queries cannot fill the queue against light ones.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -120,12 +120,27 @@ pub struct Admitted {
     client: String,
     since: Instant,
     class: Class,
+    /// Set (under the admission lock) once the place's share of its class is given back
+    /// ahead of the place itself: see [`ClassShare`].
+    share_back: Arc<AtomicBool>,
 }
 
 impl Admitted {
     /// The client's class when the place was granted.
     pub fn class(&self) -> Class {
         self.class
+    }
+
+    /// A handle that gives this place's share of its class back while the place itself
+    /// is still held: a query stopped to move to the heavy pool keeps its place (it is
+    /// still running) until its task stops, which for a long operator step may take a
+    /// while; its class's share is free for others at once.
+    pub fn share(&self) -> ClassShare {
+        ClassShare {
+            admission: self.admission.clone(),
+            class: self.class,
+            back: self.share_back.clone(),
+        }
     }
 }
 
@@ -134,8 +149,28 @@ impl Drop for Admitted {
         let held = self.since.elapsed().as_secs_f64();
         let mut st = self.admission.lock();
         st.record_cost(&self.client, held);
-        st.uncount(self.class);
+        if !self.share_back.load(Ordering::Relaxed) {
+            st.uncount(self.class);
+        }
         self.admission.release_locked(&mut st, &self.client);
+    }
+}
+
+/// See [`Admitted::share`].
+pub struct ClassShare {
+    admission: Arc<Admission>,
+    class: Class,
+    back: Arc<AtomicBool>,
+}
+
+impl ClassShare {
+    /// Gives the share back (once; the place, when dropped, then leaves it alone).
+    pub fn give_back(&self) {
+        let mut st = self.admission.lock();
+        if !self.back.swap(true, Ordering::Relaxed) {
+            st.uncount(self.class);
+            self.admission.dispatch(&mut st);
+        }
     }
 }
 
@@ -349,6 +384,7 @@ impl Admission {
                     client: client.to_string(),
                     since: Instant::now(),
                     class,
+                    share_back: Arc::default(),
                 });
             }
             if st.waiters.len() >= self.limits.max_queued && !st.evict_costlier(client) {
@@ -393,6 +429,7 @@ impl Admission {
                     client: client.to_string(),
                     since: Instant::now(),
                     class,
+                    share_back: Arc::default(),
                 })
             }
             Ok(Err(_)) => Err(QueryError::Internal("admission dropped a waiter".into())),
@@ -679,6 +716,27 @@ mod tests {
         // new1 is known now, as light (its query held its place a moment).
         drop(light);
         assert_eq!(a.admit("new1").await.expect("place").class(), Class::Light);
+    }
+
+    #[tokio::test]
+    async fn a_stopping_query_gives_its_class_share_back_before_its_place() {
+        let a = Admission::new(AdmissionLimits {
+            max_heavy: 1,
+            max_queued: 8,
+            ..limits()
+        });
+        let stopping = a.admit("new1").await.expect("the new clients' place");
+        let a1 = a.clone();
+        let waiting = tokio::spawn(async move { a1.admit("new2").await.map(|p| p.class()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(a.queued(), 1, "new2 waits for the share");
+        stopping.share().give_back();
+        let class = waiting.await.expect("joined").expect("new2 admitted");
+        assert_eq!(class, Class::New);
+        assert_eq!(a.running(), 1, "new1's place is held until it stops");
+        drop(stopping);
+        let st = a.lock();
+        assert_eq!((st.running, st.new_running), (0, 0), "counted once");
     }
 
     #[tokio::test]

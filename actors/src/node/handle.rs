@@ -272,6 +272,7 @@ impl NodeHandle {
         // again in a heavy place, so it neither keeps a light or new client's place nor
         // shares the light pool's threads for long.
         let pool = q.pool_for(place.class());
+        let share = place.share();
         let run_started = Instant::now();
         let until = match place.class() {
             Class::Heavy => deadline,
@@ -287,6 +288,9 @@ impl NodeHandle {
                 // run's place records its real time as the task stops, maybe only later.
                 q.admission
                     .record(client, timeout.max(run_started.elapsed()));
+                // The stopped run holds its place until its task stops (a long operator
+                // step may delay that); its class's share is free for others now.
+                share.give_back();
                 self.metrics
                     .queries_moved_to_heavy
                     .fetch_add(1, Ordering::Relaxed);
