@@ -12,9 +12,12 @@
 //! - [`node`]: the actors of a node and the handle the HTTP layer uses.
 //! - [`tls`]: certificates, keys and rustls configurations (mutual TLS between tiers), and
 //!   a small CA for tests and the demo.
+//! - [`alerts`]: alert definitions, their evaluation on every generation, state and
+//!   notifications.
 //! - [`auth`]: tokens, domains and tables a client may use; Host and Origin rules.
 
 pub mod aggregator_sets;
+pub mod alerts;
 pub mod auth;
 pub mod config;
 pub mod edge;
