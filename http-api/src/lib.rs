@@ -29,6 +29,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/alerts")
+            .route(web::get().to(routes::alerts::get_alerts))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/alerts/test")
+            .route(web::post().to(routes::alerts::test))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/admin/quarantine/lift")
             .route(web::post().to(routes::admin::lift_quarantine))
             .default_service(web::to(method_not_allowed)),

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::quarantine::QuarantineConfig;
 use crate::aggregator_sets::AggregatorSetConfig;
+use crate::alerts::AlertsConfig;
 use crate::auth::AuthConfig;
 use crate::edge::config::EdgeConfig;
 use crate::error::{ConfigError, ConfigResult};
@@ -86,6 +87,8 @@ pub struct NodeConfig {
     /// Who may use the HTTP API (`crate::auth`).
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Alerts this node evaluates on every generation (a node that answers SQL).
+    pub alerts: Option<AlertsConfig>,
     /// Set by the subcommand, not the file.
     #[serde(skip)]
     pub role: Role,
@@ -381,6 +384,9 @@ impl NodeConfig {
             t.resolve(base);
         }
         self.auth.resolve(base);
+        if let Some(a) = &mut self.alerts {
+            a.resolve(base);
+        }
         if let Some(edge) = &mut self.edge {
             edge.resolve(base);
         }
@@ -433,6 +439,9 @@ impl NodeConfig {
             set.load()?;
         }
         self.auth.validate(self.http.listen)?;
+        if let Some(a) = &self.alerts {
+            a.validate()?;
+        }
         Ok(())
     }
 
@@ -459,6 +468,10 @@ impl NodeConfig {
                 ),
             )?;
         }
+        need(
+            self.alerts.is_none() || self.role.answers_sql(),
+            "[alerts] is evaluated by nodes that answer SQL (sql, tla-sql); remove it",
+        )?;
         match self.role {
             Role::Edge => need(
                 !self.link.has_children(),

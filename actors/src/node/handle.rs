@@ -27,6 +27,7 @@ use super::admission::{Admission, AdmissionLimits, Admitted, Class};
 use super::config::NodeConfig;
 use super::quarantine::{normalise, Quarantine};
 use crate::aggregator_sets::Routing;
+use crate::alerts::AlertsShared;
 use crate::auth::{Auth, Principal};
 use crate::error::ConfigError;
 use crate::error::QueryError;
@@ -131,6 +132,8 @@ pub struct NodeHandle {
     pub selection: Option<SharedSelection>,
     /// Who may use the HTTP API.
     pub auth: Arc<Auth>,
+    /// The alerts this node evaluates (`[alerts]`).
+    pub alerts: Option<Arc<AlertsShared>>,
 }
 
 pub(super) struct Parts {
@@ -149,6 +152,7 @@ pub(super) struct Parts {
     pub routing: Option<Routing>,
     pub selection: Option<SharedSelection>,
     pub auth: Arc<Auth>,
+    pub alerts: Option<Arc<AlertsShared>>,
 }
 
 /// A query's answer with the snapshot it was computed on.
@@ -183,6 +187,7 @@ impl NodeHandle {
             routing: p.routing,
             selection: p.selection,
             auth: p.auth,
+            alerts: p.alerts,
         }
     }
 
@@ -195,11 +200,38 @@ impl NodeHandle {
     /// reads. The snapshot is taken once, so the whole query reads one generation even if
     /// the node switches meanwhile.
     pub async fn query(&self, sql: String, who: &Principal) -> Result<Answer, QueryError> {
+        self.query_pinned(sql, who, None).await
+    }
+
+    /// Runs `sql` for `who` on `snapshot` (an alert evaluates the generation it was due
+    /// on, not whichever is served when its turn comes). Its tables are requested below
+    /// like any query's; a table the snapshot lacks is `TablesNotReady` at once, not
+    /// waited for.
+    pub async fn query_on(
+        &self,
+        sql: String,
+        who: &Principal,
+        snapshot: Arc<Snapshot>,
+    ) -> Result<Answer, QueryError> {
+        self.query_pinned(sql, who, Some(snapshot)).await
+    }
+
+    /// Every new snapshot's generation id, as it is installed.
+    pub fn installed(&self) -> watch::Receiver<u64> {
+        self.installed.clone()
+    }
+
+    async fn query_pinned(
+        &self,
+        sql: String,
+        who: &Principal,
+        pinned: Option<Arc<Snapshot>>,
+    ) -> Result<Answer, QueryError> {
         let client = who.name.as_str();
         let started = Instant::now();
         let key = normalise(&sql);
         let result = match self.queries.quarantine.check(&key) {
-            Ok(()) => self.query_inner(sql.clone(), who, started).await,
+            Ok(()) => self.query_inner(sql.clone(), who, started, pinned).await,
             Err(e) => Err(e),
         };
         let outcome = match &result {
@@ -224,6 +256,7 @@ impl NodeHandle {
         sql: String,
         who: &Principal,
         started: Instant,
+        pinned: Option<Arc<Snapshot>>,
     ) -> Result<Answer, QueryError> {
         let client = who.name.as_str();
         let q = &self.queries;
@@ -250,7 +283,20 @@ impl NodeHandle {
         // requested below or planned.
         let reads = referenced_tables_of(&statement, &self.view_sql());
         who.check_tables(&reads)?;
-        let (snapshot, place) = if self.config.role.answers_sql() {
+        let (snapshot, place) = if let Some(snapshot) = pinned {
+            let needed = self.request_tables(reads)?;
+            let missing: Vec<String> = needed
+                .into_iter()
+                .filter(|t| !snapshot.generation.tables.contains_key(t))
+                .collect();
+            if !missing.is_empty() {
+                return Err(QueryError::TablesNotReady {
+                    missing,
+                    waited: Duration::ZERO,
+                });
+            }
+            (snapshot, place)
+        } else if self.config.role.answers_sql() {
             let needed = self.request_tables(reads)?;
             match self.snapshot_holding(&needed) {
                 Some(snapshot) => (snapshot, place),

@@ -31,6 +31,8 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
 use crate::aggregator_sets::Routing;
+use crate::alerts::tables::{AlertEventsTable, AlertsTable};
+use crate::alerts::{AlertEvaluator, AlertsShared};
 use crate::edge::config::EdgeConfig;
 use crate::edge::file_drop::FileDropPublisher;
 use crate::edge::host::{HostIdentity, HostPublisher};
@@ -293,16 +295,29 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
 
     let queries = handle::Queries::new(&config)?;
     let (installed_tx, installed) = watch::channel(0u64);
+    let mut node_tables: Vec<(&'static str, Arc<dyn datafusion::catalog::TableProvider>)> = vec![(
+        QuarantineTable::NAME,
+        Arc::new(QuarantineTable::new(queries.quarantine.clone())),
+    )];
+    let alerts = config.alerts.as_ref().map(|a| {
+        let shared = AlertsShared::new(a.definitions.clone());
+        node_tables.push((
+            AlertsTable::NAME,
+            Arc::new(AlertsTable::new(shared.clone())),
+        ));
+        node_tables.push((
+            AlertEventsTable::NAME,
+            Arc::new(AlertEventsTable::new(a.state.clone())),
+        ));
+        shared
+    });
     let keeper = serving::SnapshotKeeper::new(
         current.clone(),
         pool.clone(),
         metrics.clone(),
         installed_tx,
         config.http.max_result_bytes,
-        vec![(
-            QuarantineTable::NAME,
-            Arc::new(QuarantineTable::new(queries.quarantine.clone())),
-        )],
+        node_tables,
     )
     .start();
     watcher::FileWatcher::new(
@@ -326,7 +341,9 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     )
     .start();
 
-    Ok(NodeHandle::new(handle::Parts {
+    let reload_every = config.paths.reload_every;
+    let alerts_config = config.alerts.clone();
+    let node = NodeHandle::new(handle::Parts {
         queries,
         current,
         installed,
@@ -342,7 +359,12 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         routing,
         selection,
         auth,
-    }))
+        alerts: alerts.clone(),
+    });
+    if let (Some(cfg), Some(shared)) = (alerts_config, alerts) {
+        AlertEvaluator::new(node.clone(), cfg, shared, reload_every)?.start();
+    }
+    Ok(node)
 }
 
 /// How this node names itself to parents and in `query_nodes`.

@@ -1,7 +1,8 @@
 //! The endpoints: `POST /sql`, `GET /tables`, `GET /health`, `GET /metrics`, `GET /` (console),
-//! `POST /admin/quarantine/lift`.
+//! `GET /alerts`, `POST /alerts/test`, `POST /admin/quarantine/lift`.
 
 pub mod admin;
+pub mod alerts;
 pub mod console;
 pub mod health;
 pub mod metrics;
