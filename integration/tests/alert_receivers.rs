@@ -9,12 +9,49 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::Addr;
-use query_actors::alerts::notify::dispatch::{Dispatcher, Firing, Nudge};
+use query_actors::alerts::notify::dispatch::{Dispatcher, Firing, Nudge, SetReceivers};
 use query_actors::alerts::notify::{outbox, AlertState, Notification, ReceiverConfig};
 use query_actors::metrics::{AlertReceiverStats, Metrics};
 use query_integration::receivers::{free_port, wait_for, Alertmanager, SmtpSink, WebhookSink};
 
 const LIMIT: Duration = Duration::from_secs(30);
+
+/// Every log line of this test process (all tests: filter by receiver name).
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut l) = LOG.lock() {
+            l.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| LogWriter)
+        .with_ansi(false)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+        .try_init();
+}
+
+/// Log lines containing every one of `parts`.
+fn log_lines(parts: &[&str]) -> Vec<String> {
+    let text = LOG
+        .lock()
+        .map(|l| String::from_utf8_lossy(&l).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .map(String::from)
+        .collect()
+}
 
 /// The dispatcher on a system of its own thread, stopped (and its workers with it) on drop.
 struct Running {
@@ -274,12 +311,13 @@ fn alertmanager_gets_the_firing_set_again_every_resend_interval() {
 
 #[test]
 fn a_receiver_down_for_a_while_gets_everything_up_to_the_bound() {
+    capture_logs();
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = db_path(&dir);
     let url = format!("http://127.0.0.1:{port}/hook");
     let receivers = BTreeMap::from([(
-        "hook".to_string(),
+        "hook-down".to_string(),
         fast(&format!(
             "kind = \"webhook\"\nurl = \"{url}\"\noutbox_max_items = 5"
         )),
@@ -288,24 +326,24 @@ fn a_receiver_down_for_a_while_gets_everything_up_to_the_bound() {
     // Down: attempts fail and are counted, the receiver is reported down.
     enqueue(
         &db,
-        "hook",
+        "hook-down",
         &[note("k0", "10.0.0.1", AlertState::Firing)],
         5,
     );
     running.addr.do_send(Nudge);
     wait_for(LIMIT, "failed attempts", || {
-        let s = running.stats("hook");
+        let s = running.stats("hook-down");
         (s.retry >= 2 && s.down).then_some(())
     });
     // 8 items for a bound of 5 while down: the 3 oldest are dropped.
     let more: Vec<Notification> = (1..8)
         .map(|i| note(&format!("k{i}"), &format!("10.0.0.{i}"), AlertState::Firing))
         .collect();
-    let done = enqueue(&db, "hook", &more, 5);
+    let done = enqueue(&db, "hook-down", &more, 5);
     assert_eq!(done.iter().map(|e| e.dropped).sum::<usize>(), 3);
     running.addr.do_send(Nudge);
     wait_for(LIMIT, "depth and drops in metrics", || {
-        let s = running.stats("hook");
+        let s = running.stats("hook-down");
         (s.depth == 5 && s.dropped == 3).then_some(())
     });
     // Up: everything kept arrives, in order, once.
@@ -316,12 +354,18 @@ fn a_receiver_down_for_a_while_gets_everything_up_to_the_bound() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(keys(&hook.bodies()), ["k3", "k4", "k5", "k6", "k7"]);
     wait_for(LIMIT, "receiver up in metrics", || {
-        let s = running.stats("hook");
+        let s = running.stats("hook-down");
         (s.ok == 5 && s.depth == 0 && !s.down && s.dropped == 3).then_some(())
     });
+    // One WARN when it went down (not one per retry), one INFO when it came back.
+    let down = log_lines(&["WARN", "alert receiver is down", "receiver=hook-down"]);
+    assert_eq!(down.len(), 1, "{down:?}");
+    assert!(down[0].contains(&url), "{down:?}");
+    let back = log_lines(&["INFO", "alert receiver is back", "receiver=hook-down"]);
+    assert_eq!(back.len(), 1, "{back:?}");
     let text = running.metrics.render(None, SystemTime::now());
     assert!(
-        text.contains("query_alert_deliveries_total{receiver=\"hook\",outcome=\"dropped\"} 3"),
+        text.contains("query_alert_deliveries_total{receiver=\"hook-down\",outcome=\"dropped\"} 3"),
         "{text}"
     );
 }
@@ -392,4 +436,38 @@ fn delivered_notifications_are_not_sent_again_after_a_restart() {
     });
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(keys(&hook.bodies()), ["t1", "t2", "t3"]);
+}
+
+#[test]
+fn a_backlog_is_delivered_in_order_and_a_reload_redirects_the_receiver() {
+    let hook = WebhookSink::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = db_path(&dir);
+    // First pointed at a port where nothing listens, with a long backoff.
+    let wrong = receiver(&format!(
+        "kind = \"webhook\"\nurl = \"http://127.0.0.1:{}/\"\ninitial_backoff = \"1h\"\nmax_backoff = \"1h\"",
+        free_port()
+    ));
+    let notes: Vec<Notification> = (0..200)
+        .map(|i| note(&format!("b{i:03}"), "10.0.0.1", AlertState::Firing))
+        .collect();
+    enqueue(&db, "hook", &notes, 1000);
+    let running = Running::start(&db, BTreeMap::from([("hook".to_string(), wrong)]));
+    wait_for(LIMIT, "the receiver down", || {
+        running.stats("hook").down.then_some(())
+    });
+    // Live reload with the right URL: tried at once, not after the hour of backoff.
+    running.addr.do_send(SetReceivers(BTreeMap::from([(
+        "hook".to_string(),
+        fast(&format!("kind = \"webhook\"\nurl = \"{}\"", hook.url())),
+    )])));
+    wait_for(LIMIT, "the 200 notifications", || {
+        (hook.bodies().len() >= 200).then_some(())
+    });
+    let expected: Vec<String> = (0..200).map(|i| format!("b{i:03}")).collect();
+    assert_eq!(keys(&hook.bodies()), expected);
+    wait_for(LIMIT, "depth 0", || {
+        let s = running.stats("hook");
+        (s.depth == 0 && s.ok == 200 && !s.down).then_some(())
+    });
 }

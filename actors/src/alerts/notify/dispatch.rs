@@ -208,9 +208,10 @@ impl Worker {
     fn run(mut self) {
         self.metrics.update_alert_receiver(&self.name, |_| {});
         loop {
-            self.work();
+            let more = self.work();
             let now = Instant::now();
-            let mut wake = now + POLL;
+            // A backlog left after a full pass: look at the messages, then go on at once.
+            let mut wake = if more { now } else { now + POLL };
             if self.failures > 0 {
                 wake = wake.min(self.next_attempt.max(now));
             }
@@ -292,23 +293,26 @@ impl Worker {
         self.conn = None;
     }
 
-    /// Delivers what is due: outbox batches, then the Alertmanager re-send.
-    fn work(&mut self) {
+    /// Delivers what is due: outbox batches, then the Alertmanager re-send. True if items
+    /// are left after a full pass (the receiver is up and there is a backlog).
+    fn work(&mut self) -> bool {
         let now = Instant::now();
         if now < self.next_attempt {
-            return;
+            return false;
         }
+        let mut more = true;
         for _ in 0..BATCHES_PER_PASS {
             let limit = self.batch_size();
             let Some(items) = self.db("read", |c, name| outbox::pending(c, name, limit)) else {
-                return;
+                return false;
             };
             if items.is_empty() {
+                more = false;
                 break;
             }
             if !self.deliver_items(&items) {
                 self.update_metrics();
-                return;
+                return false;
             }
         }
         if self.config.kind == ReceiverKind::Alertmanager
@@ -331,7 +335,7 @@ impl Worker {
                 Err(Failure::Retry(why)) => {
                     self.down(&why);
                     self.update_metrics();
-                    return;
+                    return false;
                 }
             }
             self.next_resend = now + self.config.resend_every;
@@ -341,6 +345,7 @@ impl Worker {
             self.next_purge = now + PURGE_EVERY;
         }
         self.update_metrics();
+        more
     }
 
     /// One attempt at one batch; false if the receiver is down (stop for now).

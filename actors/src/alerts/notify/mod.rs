@@ -229,6 +229,29 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn example_receivers_parse_and_validate() {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            receivers: BTreeMap<String, ReceiverConfig>,
+        }
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../ops/alerts.example-receivers.toml"
+        );
+        let text = std::fs::read_to_string(path).expect("example file");
+        let file: File = toml::from_str(&text).expect("parses");
+        assert_eq!(file.receivers.len(), 3);
+        for (name, r) in &file.receivers {
+            r.validate(name).expect("valid");
+        }
+        assert_eq!(
+            file.receivers["alertmanager"].kind,
+            ReceiverKind::Alertmanager
+        );
+    }
+
+    #[test]
     fn receiver_configs_validate() {
         let c = parse("kind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"").expect("webhook");
         assert_eq!(c.outbox_max_items, 10_000);
