@@ -171,10 +171,10 @@ impl ReceiverConfig {
                     return Err(bad("email needs smtp, from and at least one to".into()));
                 }
                 for a in self.from.iter().chain(&self.to) {
-                    email::check_address(a).map_err(|m| bad(m))?;
+                    email::check_address(a).map_err(&bad)?;
                 }
                 if let Some(relay) = &self.smtp {
-                    email::check_relay(relay).map_err(|m| bad(m))?;
+                    email::check_relay(relay).map_err(&bad)?;
                 }
             }
         }
