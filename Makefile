@@ -6,7 +6,7 @@ LISTEN ?= 127.0.0.1:8080
 MACHINES ?= 1000
 CLUSTERS ?= 20
 
-.PHONY: all build run run-release test test-deps bench bench-deps bench-venv fuzz lint fmt check-fmt clippy clean
+.PHONY: all build run run-release test test-deps test-venv bench bench-deps bench-venv fuzz lint fmt check-fmt clippy clean
 
 all: build
 
@@ -29,13 +29,17 @@ test: test-deps
 	$(CARGO) test --workspace --no-fail-fast
 
 ## Headless Chromium for the console test, dnsmasq (a real DNS server on loopback) for the
-## aggregator-set test and the failover benchmark: Debian's packages, nothing downloaded on
-## its own. Each entry is command:package.
-TEST_DEBS = chromium:chromium dnsmasq:dnsmasq-base
+## aggregator-set test and the failover benchmark, Alertmanager for the alert receivers
+## test: Debian's packages, nothing downloaded on its own. Each entry is command:package.
+TEST_DEBS = chromium:chromium dnsmasq:dnsmasq-base prometheus-alertmanager:prometheus-alertmanager
 BENCH_DEBS = dnsmasq:dnsmasq-base
 
-test-deps:
+test-deps: test-venv
 	@$(call install_debs,$(TEST_DEBS))
+
+## A real SMTP server for the alert e-mail test (aiosmtpd, run by integration/tools/smtp_sink.py).
+test-venv:
+	@.test-venv/bin/python -c 'import aiosmtpd' 2>/dev/null || { python3 -m venv .test-venv && .test-venv/bin/pip install -q aiosmtpd; }
 
 bench-deps:
 	@$(call install_debs,$(BENCH_DEBS))

@@ -51,6 +51,22 @@ pub struct Metrics {
     publish_refusals: Mutex<BTreeMap<&'static str, u64>>,
     /// Failed TLS handshakes at `[link] listen`, by reason.
     link_tls_refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Alert receivers, by name (kept by the notification dispatcher).
+    alert_receivers: Mutex<BTreeMap<String, AlertReceiverStats>>,
+}
+
+/// One alert receiver's figures in /metrics.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct AlertReceiverStats {
+    /// Undelivered notifications in the outbox.
+    pub depth: u64,
+    /// False from a failed attempt until the next success.
+    pub down: bool,
+    /// Notifications delivered, attempts failed (per notification), and notifications
+    /// dropped (outbox bound or refused by the receiver; since the database was created).
+    pub ok: u64,
+    pub retry: u64,
+    pub dropped: u64,
 }
 
 impl Metrics {
@@ -85,6 +101,24 @@ impl Metrics {
         if let Ok(mut r) = self.link_tls_refused.lock() {
             *r.entry(reason).or_default() += 1;
         }
+    }
+
+    /// Changes one alert receiver's figures (creating them).
+    pub fn update_alert_receiver(&self, name: &str, f: impl FnOnce(&mut AlertReceiverStats)) {
+        if let Ok(mut r) = self.alert_receivers.lock() {
+            f(r.entry(name.to_string()).or_default());
+        }
+    }
+
+    /// A receiver removed from the configuration.
+    pub fn forget_alert_receiver(&self, name: &str) {
+        if let Ok(mut r) = self.alert_receivers.lock() {
+            r.remove(name);
+        }
+    }
+
+    pub fn alert_receiver(&self, name: &str) -> Option<AlertReceiverStats> {
+        self.alert_receivers.lock().ok()?.get(name).cloned()
     }
 
     /// Prometheus text exposition, with gauges describing the snapshot now served.
@@ -221,6 +255,37 @@ impl Metrics {
             }
         }
 
+        if let Ok(r) = self.alert_receivers.lock() {
+            let _ = writeln!(out, "# HELP query_alert_outbox_depth Undelivered alert notifications, by receiver.\n# TYPE query_alert_outbox_depth gauge");
+            for (name, s) in r.iter() {
+                let _ = writeln!(
+                    out,
+                    "query_alert_outbox_depth{{receiver=\"{}\"}} {}",
+                    label(name),
+                    s.depth
+                );
+            }
+            let _ = writeln!(out, "# HELP query_alert_receiver_up 1 unless the receiver's last attempt failed.\n# TYPE query_alert_receiver_up gauge");
+            for (name, s) in r.iter() {
+                let _ = writeln!(
+                    out,
+                    "query_alert_receiver_up{{receiver=\"{}\"}} {}",
+                    label(name),
+                    u8::from(!s.down)
+                );
+            }
+            let _ = writeln!(out, "# HELP query_alert_deliveries_total Alert notifications by receiver and outcome (retry: failed attempts; dropped: outbox_max_items or refused).\n# TYPE query_alert_deliveries_total counter");
+            for (name, s) in r.iter() {
+                for (outcome, n) in [("ok", s.ok), ("retry", s.retry), ("dropped", s.dropped)] {
+                    let _ = writeln!(
+                        out,
+                        "query_alert_deliveries_total{{receiver=\"{}\",outcome=\"{outcome}\"}} {n}",
+                        label(name)
+                    );
+                }
+            }
+        }
+
         let Some(s) = snapshot else { return out };
         let g = &s.generation;
         let _ = writeln!(out, "# HELP query_generation_id Id of the generation served.\n# TYPE query_generation_id gauge\nquery_generation_id {}", g.id);
@@ -251,4 +316,11 @@ impl Metrics {
         let _ = writeln!(out, "# HELP query_static_table_errors Static table files currently rejected.\n# TYPE query_static_table_errors gauge\nquery_static_table_errors {}", s.statics.errors.len());
         out
     }
+}
+
+/// A label value in the text format: backslash, quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

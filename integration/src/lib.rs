@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub mod bench;
 pub mod fleet;
+pub mod receivers;
 pub mod set_fleet;
 
 /// The repository root.

@@ -1,5 +1,18 @@
 //! Notifications: one transition of one alert instance, the receivers it goes to, and
 //! their configuration (`[receivers.NAME]` in `alerts.toml`).
+//!
+//! - [`outbox`]: the durable queue in the alert database (enqueued in the evaluator's
+//!   transaction).
+//! - [`dispatch`]: the actor delivering it, one worker thread per receiver, with retries,
+//!   backoff and Alertmanager's re-sends.
+//! - `webhook`, `alertmanager`, `email`: one receiver kind each (the wire format and the
+//!   one attempt).
+
+pub mod alertmanager;
+pub mod dispatch;
+pub mod email;
+pub mod outbox;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -108,6 +121,14 @@ pub struct ReceiverConfig {
     pub initial_backoff: Duration,
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Undelivered notifications kept for this receiver; past it the oldest is dropped
+    /// (counted in `query_alert_deliveries_total{outcome="dropped"}`).
+    #[serde(default = "default_outbox_max_items")]
+    pub outbox_max_items: usize,
+}
+
+fn default_outbox_max_items() -> usize {
+    10_000
 }
 
 fn default_resend() -> Duration {
@@ -131,12 +152,15 @@ impl ReceiverConfig {
         };
         match self.kind {
             ReceiverKind::Webhook | ReceiverKind::Alertmanager => match &self.url {
-                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {}
-                Some(url) => {
+                Some(url) if url.starts_with("http://") => {}
+                // The HTTP client is built without TLS (it would rebuild rustls with other
+                // features): say so now rather than retry forever.
+                Some(url) if url.starts_with("https://") => {
                     return Err(bad(format!(
-                        "url {url:?} must start with http:// or https://"
+                        "url {url:?}: https is not supported yet, use http:// (e.g. a local relay)"
                     )))
                 }
+                Some(url) => return Err(bad(format!("url {url:?} must start with http://"))),
                 None => return Err(bad("needs url".into())),
             },
             ReceiverKind::Email => {
@@ -146,6 +170,12 @@ impl ReceiverConfig {
                 {
                     return Err(bad("email needs smtp, from and at least one to".into()));
                 }
+                for a in self.from.iter().chain(&self.to) {
+                    email::check_address(a).map_err(&bad)?;
+                }
+                if let Some(relay) = &self.smtp {
+                    email::check_relay(relay).map_err(&bad)?;
+                }
             }
         }
         if self.timeout.is_zero() || self.initial_backoff.is_zero() || self.resend_every.is_zero() {
@@ -153,9 +183,86 @@ impl ReceiverConfig {
                 "timeout, initial_backoff and resend_every must be above zero".into(),
             ));
         }
+        if self.outbox_max_items == 0 {
+            return Err(bad("outbox_max_items must be above zero".into()));
+        }
         if self.max_backoff < self.initial_backoff {
             return Err(bad("max_backoff must be at least initial_backoff".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A firing notification of `disk_full` on one machine, dedup key `key`.
+    pub(crate) fn sample(key: &str) -> Notification {
+        Notification {
+            dedup_key: key.to_string(),
+            alert: "disk_full".into(),
+            key: BTreeMap::from([
+                ("machine_ip".to_string(), "10.0.0.1".to_string()),
+                ("mountp".to_string(), "/var".to_string()),
+            ]),
+            key_text: "machine_ip=10.0.0.1 mountp=/var".into(),
+            state: AlertState::Firing,
+            since: "2026-11-28T10:00:00Z".into(),
+            ended: None,
+            priority: "page".into(),
+            owner: "ops".into(),
+            description: "filesystem under 3% free".into(),
+            runbook: "https://runbooks.invalid/disk".into(),
+            labels: BTreeMap::from([("team".to_string(), "storage".to_string())]),
+            generation: 42,
+            generation_time: "2026-11-28T10:00:00Z".into(),
+            values: BTreeMap::from([("free_pct".to_string(), "2.5".to_string())]),
+            error: None,
+        }
+    }
+
+    fn parse(text: &str) -> Result<ReceiverConfig, String> {
+        let c: ReceiverConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate("r").map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn example_receivers_parse_and_validate() {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            receivers: BTreeMap<String, ReceiverConfig>,
+        }
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../ops/alerts.example-receivers.toml"
+        );
+        let text = std::fs::read_to_string(path).expect("example file");
+        let file: File = toml::from_str(&text).expect("parses");
+        assert_eq!(file.receivers.len(), 3);
+        for (name, r) in &file.receivers {
+            r.validate(name).expect("valid");
+        }
+        assert_eq!(
+            file.receivers["alertmanager"].kind,
+            ReceiverKind::Alertmanager
+        );
+    }
+
+    #[test]
+    fn receiver_configs_validate() {
+        let c = parse("kind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"").expect("webhook");
+        assert_eq!(c.outbox_max_items, 10_000);
+        assert!(parse("kind = \"webhook\"").is_err());
+        assert!(parse("kind = \"webhook\"\nurl = \"ftp://x\"").is_err());
+        assert!(parse("kind = \"webhook\"\nurl = \"http://x\"\nbogus = 1").is_err());
+        assert!(parse("kind = \"webhook\"\nurl = \"http://x\"\noutbox_max_items = 0").is_err());
+        let mail = "kind = \"email\"\nsmtp = \"127.0.0.1:25\"\nfrom = \"query@example.org\"\nto = [\"ops@example.org\"]";
+        parse(mail).expect("email");
+        assert!(parse(&mail.replace("ops@example.org", "ops\\r\\nRCPT TO:<x@y>")).is_err());
+        assert!(parse(&mail.replace("127.0.0.1:25", "127.0.0.1")).is_err());
+        assert!(parse("kind = \"alertmanager\"\nurl = \"http://x\"\ninitial_backoff = \"10s\"\nmax_backoff = \"1s\"").is_err());
     }
 }
