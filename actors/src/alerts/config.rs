@@ -24,10 +24,6 @@ pub struct AlertsConfig {
     /// How long a resolved instance stays in `query_alerts` before it is forgotten.
     #[serde(default = "default_keep_resolved", with = "humantime_serde")]
     pub keep_resolved: Duration,
-    /// Undelivered notifications kept per receiver; past it the oldest is dropped (and
-    /// counted in `/metrics`).
-    #[serde(default = "default_outbox_max")]
-    pub outbox_max: usize,
     /// Alerts evaluated at once (0: one per query thread).
     #[serde(default)]
     pub concurrency: usize,
@@ -38,9 +34,6 @@ fn default_keep_events() -> Duration {
 }
 fn default_keep_resolved() -> Duration {
     Duration::from_secs(3600)
-}
-fn default_outbox_max() -> usize {
-    10_000
 }
 
 impl AlertsConfig {
@@ -53,10 +46,10 @@ impl AlertsConfig {
     }
 
     pub fn validate(&self) -> ConfigResult<()> {
-        if self.outbox_max == 0 {
+        if self.keep_resolved.is_zero() {
             return Err(ConfigError::Invalid {
-                what: "[alerts] outbox_max".into(),
-                message: "must be at least 1".into(),
+                what: "[alerts] keep_resolved".into(),
+                message: "must be above zero".into(),
             });
         }
         Ok(())

@@ -26,14 +26,15 @@ impl<'a> GenerationCoverage<'a> {
         }
     }
 
-    /// Every source of every table: the machines that published into this generation.
+    /// Every source of every table: the machines that published into this generation (a
+    /// source is a machine's address, or `address/publisher`).
     fn machines(&self) -> &HashSet<String> {
         self.machines.get_or_init(|| {
             self.generation
                 .tables
                 .values()
                 .flat_map(|t| t.sources())
-                .map(|s| s.source.clone())
+                .map(|s| machine_of(&s.source).to_string())
                 .collect()
         })
     }
@@ -66,6 +67,10 @@ impl<'a> GenerationCoverage<'a> {
             })
             .as_ref()
     }
+}
+
+fn machine_of(source: &str) -> &str {
+    source.split_once('/').map_or(source, |(m, _)| m)
 }
 
 impl Coverage for GenerationCoverage<'_> {

@@ -76,7 +76,6 @@ impl AlertEvaluator {
             message: e.to_string(),
         };
         let conn = store::open(&config.state).map_err(bad)?;
-        outbox::init_schema(&conn).map_err(bad)?;
         let loaded = store::load(&conn).map_err(bad)?;
         {
             let mut s = shared.lock();
@@ -189,7 +188,6 @@ impl AlertEvaluator {
                 n => n,
             },
             keep_resolved: self.config.keep_resolved,
-            outbox_max: self.config.outbox_max,
         };
         let work = self.node.pool.spawn(pass.run());
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|res, act, ctx| {
@@ -253,13 +251,12 @@ struct Pass {
     snapshot: Arc<Snapshot>,
     concurrency: usize,
     keep_resolved: Duration,
-    outbox_max: usize,
 }
 
 struct PassDone {
     rounds: Vec<(String, u64)>,
     /// What receivers should hear is firing now (Alertmanager is re-sent these).
-    active: Vec<(Notification, Vec<String>)>,
+    active: BTreeMap<String, Vec<Notification>>,
 }
 
 /// One alert's evaluation, before its instances are stepped.
@@ -354,15 +351,23 @@ impl Pass {
                     .collect(),
             })
             .collect();
-        let max = self.outbox_max;
         {
+            let receivers = &self.defs.receivers;
             let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
             store::write_pass(&mut conn, &pass, |tx, receiver, n| {
-                outbox::enqueue(tx, receiver, n, max).map(|_| ())
+                // Alerts naming an undefined receiver are in error and notify nobody.
+                let Some(r) = receivers.get(receiver) else {
+                    return Ok(());
+                };
+                let e = outbox::enqueue(tx, receiver, n, r.outbox_max_items)?;
+                if e.dropped > 0 {
+                    tracing::warn!(receiver, dropped = e.dropped, bound = r.outbox_max_items, "outbox full: the oldest undelivered notifications were dropped (outbox_max_items)");
+                }
+                Ok(())
             })?;
         }
         let written = SystemTime::now();
-        let mut active = Vec::new();
+        let mut active: BTreeMap<String, Vec<Notification>> = BTreeMap::new();
         {
             let mut s = self.shared.lock();
             for d in self.defs.alert.iter().filter(|d| !d.notify.is_empty()) {
@@ -371,10 +376,10 @@ impl Pass {
                         AlertState::Error => AlertState::Error,
                         _ => AlertState::Firing,
                     };
-                    active.push((
-                        notification(d, i, state, generation.id, at),
-                        d.notify.clone(),
-                    ));
+                    let n = notification(d, i, state, generation.id, at);
+                    for r in &d.notify {
+                        active.entry(r.clone()).or_default().push(n.clone());
+                    }
                 }
             }
             s.passes += 1;

@@ -52,14 +52,6 @@ impl Row {
     pub fn key_text(&self) -> String {
         key_text(&self.key)
     }
-
-    /// A column of the row, key or value.
-    fn get(&self, column: &str) -> Option<&str> {
-        self.key
-            .get(column)
-            .or_else(|| self.values.get(column))
-            .map(String::as_str)
-    }
 }
 
 pub fn key_text(key: &BTreeMap<String, String>) -> String {
@@ -432,7 +424,7 @@ mod tests {
     fn a_flapping_row_with_for_3_never_fires() {
         let d = def(3, 2);
         let mut i = Instances::default();
-        let rounds: Vec<(u64, &[&str], bool)> = (1..=20)
+        let rounds: Vec<(u64, &[&str], bool)> = (1..=21)
             .map(|r| (r, if r % 2 == 0 { &["a"][..] } else { &[][..] }, true))
             .collect();
         assert_eq!(run(&d, &mut i, &rounds), vec![]);

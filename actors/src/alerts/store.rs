@@ -49,19 +49,15 @@ CREATE TABLE IF NOT EXISTS alert_events (
 CREATE INDEX IF NOT EXISTS alert_events_at ON alert_events (at_ms);
 ";
 
-/// Opens (creating) the state file: WAL, so readers (the events table, the dispatcher)
-/// never wait for a pass's write, and `synchronous = NORMAL`, durable at each checkpoint
-/// and never corrupt.
+/// Opens (creating) the state file, with the outbox's tables and settings (WAL, so
+/// readers never wait for a pass's write).
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             let _ = std::fs::create_dir_all(dir);
         }
     }
-    let conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    let conn = super::notify::outbox::open(path)?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }

@@ -16,7 +16,7 @@ use crate::guard::principal_of;
 
 fn alerts_of(node: &NodeHandle) -> Result<&std::sync::Arc<AlertsShared>, ApiError> {
     node.alerts.as_ref().ok_or_else(|| {
-        ApiError::NotFound(
+        ApiError::Missing(
             "/alerts: this node evaluates no alerts (no [alerts] in its config)".into(),
         )
     })
@@ -43,12 +43,13 @@ pub async fn get_alerts(
     Ok(HttpResponse::Ok().json(report))
 }
 
-/// An alert by name, or one given whole (`sql`, `key`, and any other field of an alert).
+/// An alert given whole (`name`, `sql`, `key`, and any other field of an alert), or the
+/// name of one defined. The whole form is tried first: a bare name does not parse as one.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum TestRequest {
-    Named { name: String },
     Given(AlertDef),
+    Named { name: String },
 }
 
 pub async fn test(
@@ -67,7 +68,7 @@ pub async fn test(
             .iter()
             .find(|a| a.name == name)
             .cloned()
-            .ok_or_else(|| ApiError::NotFound(format!("no alert named '{name}'")))?,
+            .ok_or_else(|| ApiError::Missing(format!("no alert named '{name}'")))?,
     };
     let report = test_alert(&node, shared, &def, &who).await?;
     Ok(HttpResponse::Ok().json(report))
