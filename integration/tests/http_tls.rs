@@ -1,8 +1,9 @@
 //! HTTPS (issue 12) with a real `queryd` and certificates made by `queryd ca`: with
 //! `[http.tls]` a node answers SQL over TLS to a client trusting the test CA and accepts its
 //! own `https://` origin, while plain HTTP and clients trusting another CA get no answer;
-//! with `ca`, only clients presenting a certificate of that CA are answered; a missing
-//! certificate file stops the node at start, naming the file.
+//! with `ca`, only clients presenting a certificate of that CA are answered, and beside a
+//! tokens file such a certificate's common name is the client's identity, granted by a
+//! `[[client]]` entry; a missing certificate file stops the node at start, naming the file.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -162,8 +163,13 @@ fn unchunk(mut rest: &str) -> String {
 /// Starts a TLA/SQL node with `[http.tls]` = `tls` (TOML keys); its HTTPS address once it
 /// prints it (the node's own https:// URL).
 fn start(ws: &Workspace, tls: &str) -> (Node, SocketAddr) {
+    start_with(ws, tls, "")
+}
+
+/// [`start`] with `extra` sections after `[http.tls]`.
+fn start_with(ws: &Workspace, tls: &str, extra: &str) -> (Node, SocketAddr) {
     let cfg = ws.config(&format!(
-        "[generation]\ninterval = \"1s\"\noffset = \"100ms\"\n\n[http.tls]\n{tls}\n"
+        "[generation]\ninterval = \"1s\"\noffset = \"100ms\"\n\n[http.tls]\n{tls}\n\n{extra}\n"
     ));
     let node = Node::start_listening(
         &[
@@ -339,4 +345,87 @@ fn a_missing_certificate_stops_the_node_naming_the_file() {
         err.contains("[http.tls]") && err.contains(&*file.to_string_lossy()),
         "{err}"
     );
+}
+
+#[test]
+fn client_certificates_are_identities_granted_in_the_tokens_file() {
+    let ws = Workspace::new();
+    let pki = tempfile::tempdir().expect("tempdir");
+    ca_with(pki.path(), "http");
+    // Users' certificates: alice is granted a table, bob is trusted but granted nothing; a
+    // third CA's "alice" is not trusted at all.
+    let users = tempfile::tempdir().expect("tempdir");
+    ca_with(users.path(), "alice");
+    ca_with(users.path(), "bob");
+    let strangers = tempfile::tempdir().expect("tempdir");
+    ca_with(strangers.path(), "alice");
+    let (secret, entry) =
+        query_actors::auth::tokens::generate("carol", &["*".into()], None, false).expect("token");
+    let tokens = ws.path("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "{entry}\n[[client]]\nname = \"alice\"\ndomains = [\"*\"]\ntables = [\"continent_data\"]\n"
+        ),
+    )
+    .expect("write tokens");
+    let (node, addr) = start_with(
+        &ws,
+        &format!(
+            "cert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            path(pki.path(), "http.pem"),
+            path(pki.path(), "http.key"),
+            path(users.path(), "ca.pem")
+        ),
+        &format!("[auth]\ntokens_file = \"{}\"\n", tokens.display()),
+    );
+    let alice = presenting(pki.path(), users.path(), "alice");
+    wait_healthy(&node, addr, &alice);
+    let sql = |client: Arc<ClientConfig>, headers: &[(&str, String)], q: &str| {
+        parse(&request(addr, Some(client), "POST", "/sql", headers, q))
+    };
+    let message = |body: &Value| {
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // Alice's certificate is her identity: her grant's table, and only it.
+    let (status, body) = sql(alice.clone(), &[], "SELECT COUNT(*) FROM continent_data");
+    assert_eq!((status, &body["rows"]), (200, &json!([[7]])), "{body}");
+    let (status, body) = sql(alice.clone(), &[], "SELECT * FROM sys");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        message(&body).contains("client certificate 'alice' may not read table sys"),
+        "{body}"
+    );
+
+    // Bob's certificate is trusted (the handshake passes) but grants nothing.
+    let bob = presenting(pki.path(), users.path(), "bob");
+    let (status, body) = sql(bob.clone(), &[], "SELECT 1");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        message(&body).contains("client certificate 'bob' is trusted but has no grant"),
+        "{body}"
+    );
+
+    // Tokens still work beside certificates, with or without one; none at all: 401.
+    let bearer = [("Authorization", format!("Bearer {secret}"))];
+    let (status, body) = sql(trusting(pki.path()), &bearer, "SELECT 1");
+    assert_eq!((status, &body["rows"]), (200, &json!([[1]])), "{body}");
+    assert_eq!(sql(bob, &bearer, "SELECT 1").0, 200, "the token decides");
+    let (status, body) = sql(trusting(pki.path()), &[], "SELECT 1");
+    assert_eq!(status, 401, "{body}");
+
+    // A certificate of a CA the node does not trust never gets an HTTP answer.
+    let stranger = request(
+        addr,
+        Some(presenting(pki.path(), strangers.path(), "alice")),
+        "POST",
+        "/sql",
+        &[],
+        "SELECT 1",
+    );
+    assert!(no_http_answer(&stranger), "{stranger:?}");
 }
