@@ -429,3 +429,44 @@ fn client_certificates_are_identities_granted_in_the_tokens_file() {
     );
     assert!(no_http_answer(&stranger), "{stranger:?}");
 }
+
+#[test]
+fn a_partition_redirect_from_an_https_node_says_https() {
+    let ws = Workspace::new();
+    let pki = tempfile::tempdir().expect("tempdir");
+    ca_with(pki.path(), "http");
+    std::fs::write(
+        ws.path("sets.toml"),
+        "[[set]]\nname = \"main\"\nsql_name = \"sql.main.test\"\ntla_name = \"tla.main.test\"\n\n\
+         [[set.partition]]\nname = \"core\"\nhostname = \"core.main.test:8443\"\ntables = [\"sys\"]\n\n\
+         [[set.partition]]\nname = \"procs\"\nhostname = \"procs.main.test:8443\"\ntables = [\"processes\"]\n",
+    )
+    .expect("write sets");
+    let (node, addr) = start_with(
+        &ws,
+        &format!(
+            "cert = \"{}\"\nkey = \"{}\"\n",
+            path(pki.path(), "http.pem"),
+            path(pki.path(), "http.key")
+        ),
+        "[aggregator_set]\nfile = \"sets.toml\"\nname = \"main\"\npartition = \"core\"\n",
+    );
+    let client = trusting(pki.path());
+    wait_healthy(&node, addr, &client);
+    let answer = request(
+        addr,
+        Some(client),
+        "POST",
+        "/sql",
+        &[],
+        "SELECT COUNT(*) FROM processes",
+    );
+    let (status, body) = parse(&answer);
+    assert_eq!(status, 307, "{answer:?}");
+    assert_eq!(body["redirect"]["host"], "procs.main.test:8443", "{body}");
+    let text = answer.as_deref().unwrap_or_default().to_ascii_lowercase();
+    assert!(
+        text.contains("\r\nlocation: https://procs.main.test:8443/sql\r\n"),
+        "{answer:?}"
+    );
+}
