@@ -4,6 +4,7 @@
 //! with `ca`, only clients presenting a certificate of that CA are answered, and beside a
 //! tokens file such a certificate's common name is the client's identity, granted by a
 //! `[[client]]` entry; a missing certificate file stops the node at start, naming the file.
+//! The `query` client speaks HTTPS with `--ca` (and `--cert`/`--key`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use query_actors::tls::{client_config, load_roots, TlsConfig};
-use query_integration::{queryd_ca, queryd_exits, Node, Workspace};
+use query_integration::{queryd_bin, queryd_ca, queryd_exits, Node, Workspace};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde_json::{json, Value};
@@ -469,4 +470,81 @@ fn a_partition_redirect_from_an_https_node_says_https() {
         text.contains("\r\nlocation: https://procs.main.test:8443/sql\r\n"),
         "{answer:?}"
     );
+}
+
+/// Runs the `query` client with `args` (no token from the environment): exit code, stdout,
+/// stderr.
+fn query_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(queryd_bin().with_file_name("query"))
+        .args(args)
+        .env_remove("QUERY_TOKEN")
+        .env_remove("QUERY_HOST")
+        .output()
+        .expect("run query");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_query_client_speaks_https_with_the_test_ca() {
+    let ws = Workspace::new();
+    let pki = tempfile::tempdir().expect("tempdir");
+    ca_with(pki.path(), "http");
+    let users = tempfile::tempdir().expect("tempdir");
+    ca_with(users.path(), "alice");
+    let tokens = ws.path("tokens.toml");
+    std::fs::write(
+        &tokens,
+        "[[client]]\nname = \"alice\"\ndomains = [\"*\"]\ntables = [\"continent_data\"]\n",
+    )
+    .expect("write tokens");
+    let (node, addr) = start_with(
+        &ws,
+        &format!(
+            "cert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            path(pki.path(), "http.pem"),
+            path(pki.path(), "http.key"),
+            path(users.path(), "ca.pem")
+        ),
+        &format!("[auth]\ntokens_file = \"{}\"\n", tokens.display()),
+    );
+    wait_healthy(&node, addr, &trusting(pki.path()));
+    let url = format!("https://{addr}");
+    let ca = path(pki.path(), "ca.pem");
+    let sql = "SELECT COUNT(*) AS n FROM continent_data";
+
+    // With the node's CA and alice's certificate: answered.
+    let (code, out, err) = query_cli(&[
+        "-H",
+        &url,
+        "--ca",
+        &ca,
+        "--cert",
+        &path(users.path(), "alice.pem"),
+        "--key",
+        &path(users.path(), "alice.key"),
+        "--format",
+        "csv",
+        sql,
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), "n\n7", "{out}");
+
+    // Without a certificate the node wants a token: refused (exit 1), saying so.
+    let (code, _, err) = query_cli(&["-H", &url, "--ca", &ca, sql]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("unauthenticated"), "{err}");
+
+    // Trusting another CA: the node's certificate is refused; https:// without --ca says
+    // what is missing. Neither reaches the node (exit 2).
+    let other = tempfile::tempdir().expect("tempdir");
+    ca_with(other.path(), "x");
+    let (code, _, err) = query_cli(&["-H", &url, "--ca", &path(other.path(), "ca.pem"), sql]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = query_cli(&["-H", &url, sql]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("needs --ca"), "{err}");
 }
