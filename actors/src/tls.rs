@@ -248,6 +248,10 @@ pub enum ClientCerts {
     /// signed ours (HTTPS: users' certificates come from their own CA, the node's from
     /// whichever CA its clients trust).
     RequiredOtherCa,
+    /// As `RequiredOtherCa` for a client that presents a certificate (an untrusted one
+    /// fails the handshake), but a client may present none (HTTPS beside tokens: it then
+    /// authenticates with a token).
+    OptionalOtherCa,
 }
 
 fn setup(what: &'static str) -> impl Fn(rustls::Error) -> TlsError {
@@ -264,13 +268,18 @@ fn ca_path(cfg: &TlsConfig) -> Result<&Path, TlsError> {
     })
 }
 
-fn client_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-    WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(ca)?), provider())
-        .build()
-        .map_err(|e| TlsError::Setup {
-            what: "client certificate verifier",
-            message: e.to_string(),
-        })
+fn client_verifier(ca: &Path, optional: bool) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(ca)?), provider());
+    let builder = if optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    builder.build().map_err(|e| TlsError::Setup {
+        what: "client certificate verifier",
+        message: e.to_string(),
+    })
 }
 
 /// A TLS server: this node's identity; with [`ClientCerts::Required`], only clients whose
@@ -283,12 +292,15 @@ pub fn server_config(cfg: &TlsConfig, clients: ClientCerts) -> Result<Arc<Server
     let builder = match clients {
         ClientCerts::Required => {
             let ca = ca_path(cfg)?;
-            let verifier = client_verifier(ca)?;
+            let verifier = client_verifier(ca, false)?;
             check_trusted(&*verifier, &id, cfg, ca)?;
             builder.with_client_cert_verifier(verifier)
         }
         ClientCerts::RequiredOtherCa => {
-            builder.with_client_cert_verifier(client_verifier(ca_path(cfg)?)?)
+            builder.with_client_cert_verifier(client_verifier(ca_path(cfg)?, false)?)
+        }
+        ClientCerts::OptionalOtherCa => {
+            builder.with_client_cert_verifier(client_verifier(ca_path(cfg)?, true)?)
         }
         ClientCerts::NotAsked => builder.with_no_client_auth(),
     };
@@ -331,7 +343,7 @@ fn check_trusted(
         })
 }
 
-/// The common name of a peer's certificate (for logs).
+/// The common name of a peer's certificate (logs; an HTTPS client's identity).
 pub fn peer_name(certs: &[CertificateDer<'_>]) -> Option<String> {
     der::subject_common_name(certs.first()?).ok().flatten()
 }

@@ -28,12 +28,19 @@ pub enum ApiError {
     /// Origin.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// `QueryError::OtherPartition` from a node reached over `scheme` (http or https): the
+    /// Location says the same scheme, since a set's nodes are configured alike.
+    #[error("{error}")]
+    Redirect {
+        scheme: &'static str,
+        error: QueryError,
+    },
 }
 
 impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::Query(e) => e.code(),
+            ApiError::Query(e) | ApiError::Redirect { error: e, .. } => e.code(),
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Forbidden(_) => "forbidden",
@@ -52,6 +59,7 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
+            ApiError::Redirect { .. } => StatusCode::TEMPORARY_REDIRECT,
             ApiError::Query(e) => match e {
                 QueryError::BadRequest(_)
                 | QueryError::NotReadOnly(_)
@@ -108,12 +116,17 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        if let ApiError::Query(QueryError::OtherPartition {
+        let (scheme, partition) = match self {
+            ApiError::Redirect { scheme, error } => (*scheme, Some(error)),
+            ApiError::Query(e) => ("http", Some(e)),
+            _ => ("http", None),
+        };
+        if let Some(QueryError::OtherPartition {
             partition, host, ..
-        }) = self
+        }) = partition
         {
             // 307 keeps the method and body: `curl -L` and `query` post the SQL again there.
-            response.insert_header(("Location", format!("http://{host}/sql")));
+            response.insert_header(("Location", format!("{scheme}://{host}/sql")));
             body["redirect"] = serde_json::json!({ "partition": partition, "host": host });
         }
         response.json(body)
@@ -163,6 +176,31 @@ mod tests {
         ];
         for (e, status) in cases {
             assert_eq!(e.status_code().as_u16(), status, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_partition_redirect_keeps_the_scheme() {
+        let other = || QueryError::OtherPartition {
+            partition: "procs".into(),
+            host: "procs.example:8080".into(),
+            tables: vec!["processes".into()],
+        };
+        for (e, location) in [
+            (ApiError::from(other()), "http://procs.example:8080/sql"),
+            (
+                ApiError::Redirect {
+                    scheme: "https",
+                    error: other(),
+                },
+                "https://procs.example:8080/sql",
+            ),
+        ] {
+            assert_eq!(e.code(), "other_partition");
+            let r = e.error_response();
+            assert_eq!(r.status().as_u16(), 307);
+            let h = r.headers().get("Location").expect("Location");
+            assert_eq!(h.to_str().unwrap_or_default(), location);
         }
     }
 

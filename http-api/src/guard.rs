@@ -1,7 +1,8 @@
 //! The gate every request passes before its endpoint, in this order: its `Host` must name
 //! this node (421 otherwise: DNS rebinding), its `Origin`, if any, must be the node's own
 //! or an allowed one (403: cross-origin posts), and, when the node has tokens, it must
-//! carry a known one for the node's domains (401, 403). The rules are
+//! carry a known one for the node's domains, or come over a connection whose client
+//! certificate a `[[client]]` entry grants (401, 403). The rules are
 //! `query_actors::auth`'s; the [`Principal`] found goes into the request's extensions for
 //! the endpoints (the client's identity, its tables, admin).
 //!
@@ -101,7 +102,10 @@ pub async fn guard<B: MessageBody>(
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        match auth.authenticate(authorization, peer) {
+        let cert = req
+            .conn_data::<crate::ClientCertName>()
+            .map(|c| c.0.as_str());
+        match auth.authenticate(authorization, peer, cert) {
             Ok(p) => {
                 req.extensions_mut().insert(p);
             }

@@ -70,21 +70,51 @@ async fn count_status(
     Ok(resp)
 }
 
-/// The rustls server of `[http.tls]` (`None`: plain HTTP). With `ca`, clients must present
-/// a certificate signed by it; only the handshake checks it for now. (The certificate's
-/// common name could become the client's identity, as a token's name is, later.)
-pub fn tls_server_config(http: &HttpConfig) -> Result<Option<rustls::ServerConfig>, TlsError> {
+/// How `[http.tls]` asks clients for certificates: not without `ca`; with `ca`, required
+/// on a node without tokens (the handshake is then the only check), optional beside a
+/// tokens file (a client presents a certificate its `[[client]]` entry grants, or a token).
+pub fn client_certs(http: &HttpConfig, tokens: bool) -> ClientCerts {
+    match http.tls.as_ref().and_then(|t| t.ca.as_ref()) {
+        None => ClientCerts::NotAsked,
+        Some(_) if tokens => ClientCerts::OptionalOtherCa,
+        Some(_) => ClientCerts::RequiredOtherCa,
+    }
+}
+
+/// The rustls server of `[http.tls]` (`None`: plain HTTP); `tokens`: the node has a tokens
+/// file ([`client_certs`]).
+pub fn tls_server_config(
+    http: &HttpConfig,
+    tokens: bool,
+) -> Result<Option<rustls::ServerConfig>, TlsError> {
     let Some(cfg) = &http.tls else {
         return Ok(None);
     };
-    let clients = if cfg.ca.is_some() {
-        ClientCerts::RequiredOtherCa
-    } else {
-        ClientCerts::NotAsked
-    };
     Ok(Some(std::sync::Arc::unwrap_or_clone(server_config(
-        cfg, clients,
+        cfg,
+        client_certs(http, tokens),
     )?)))
+}
+
+/// The common name of the certificate an HTTPS client presented (trusted: the handshake
+/// checked it against `[http.tls] ca`), kept with the connection for the guard.
+#[derive(Debug, Clone)]
+pub struct ClientCertName(pub String);
+
+/// Called by actix-web for each new connection: records the client certificate's name.
+/// A certificate without a common name names no one (the client then needs a token).
+fn on_connect(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    let Some(tls) = conn.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>() else {
+        return;
+    };
+    let (_, session) = tls.get_ref();
+    if let Some(name) = session
+        .peer_certificates()
+        .and_then(query_actors::tls::peer_name)
+    {
+        data.insert(ClientCertName(name));
+    }
 }
 
 /// Binds the node's HTTP listener (HTTPS with `[http.tls]`) and runs until the system
@@ -92,8 +122,8 @@ pub fn tls_server_config(http: &HttpConfig) -> Result<Option<rustls::ServerConfi
 pub async fn serve(node: NodeHandle) -> std::io::Result<()> {
     let http = node.config.http.clone();
     // Read before binding: a missing or bad file stops the start, naming it.
-    let tls =
-        tls_server_config(&http).map_err(|e| std::io::Error::other(format!("[http.tls]: {e}")))?;
+    let tls = tls_server_config(&http, node.auth.enabled())
+        .map_err(|e| std::io::Error::other(format!("[http.tls]: {e}")))?;
     let workers = if http.workers == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -111,6 +141,7 @@ pub async fn serve(node: NodeHandle) -> std::io::Result<()> {
             .wrap(middleware::Compress::default())
             .configure(configure)
     })
+    .on_connect(on_connect)
     .workers(workers);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let server = match tls {

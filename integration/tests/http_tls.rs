@@ -1,8 +1,10 @@
 //! HTTPS (issue 12) with a real `queryd` and certificates made by `queryd ca`: with
 //! `[http.tls]` a node answers SQL over TLS to a client trusting the test CA and accepts its
 //! own `https://` origin, while plain HTTP and clients trusting another CA get no answer;
-//! with `ca`, only clients presenting a certificate of that CA are answered; a missing
-//! certificate file stops the node at start, naming the file.
+//! with `ca`, only clients presenting a certificate of that CA are answered, and beside a
+//! tokens file such a certificate's common name is the client's identity, granted by a
+//! `[[client]]` entry; a missing certificate file stops the node at start, naming the file.
+//! The `query` client speaks HTTPS with `--ca` (and `--cert`/`--key`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use query_actors::tls::{client_config, load_roots, TlsConfig};
-use query_integration::{queryd_ca, queryd_exits, Node, Workspace};
+use query_integration::{queryd_bin, queryd_ca, queryd_exits, Node, Workspace};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde_json::{json, Value};
@@ -162,8 +164,13 @@ fn unchunk(mut rest: &str) -> String {
 /// Starts a TLA/SQL node with `[http.tls]` = `tls` (TOML keys); its HTTPS address once it
 /// prints it (the node's own https:// URL).
 fn start(ws: &Workspace, tls: &str) -> (Node, SocketAddr) {
+    start_with(ws, tls, "")
+}
+
+/// [`start`] with `extra` sections after `[http.tls]`.
+fn start_with(ws: &Workspace, tls: &str, extra: &str) -> (Node, SocketAddr) {
     let cfg = ws.config(&format!(
-        "[generation]\ninterval = \"1s\"\noffset = \"100ms\"\n\n[http.tls]\n{tls}\n"
+        "[generation]\ninterval = \"1s\"\noffset = \"100ms\"\n\n[http.tls]\n{tls}\n\n{extra}\n"
     ));
     let node = Node::start_listening(
         &[
@@ -339,4 +346,205 @@ fn a_missing_certificate_stops_the_node_naming_the_file() {
         err.contains("[http.tls]") && err.contains(&*file.to_string_lossy()),
         "{err}"
     );
+}
+
+#[test]
+fn client_certificates_are_identities_granted_in_the_tokens_file() {
+    let ws = Workspace::new();
+    let pki = tempfile::tempdir().expect("tempdir");
+    ca_with(pki.path(), "http");
+    // Users' certificates: alice is granted a table, bob is trusted but granted nothing; a
+    // third CA's "alice" is not trusted at all.
+    let users = tempfile::tempdir().expect("tempdir");
+    ca_with(users.path(), "alice");
+    ca_with(users.path(), "bob");
+    let strangers = tempfile::tempdir().expect("tempdir");
+    ca_with(strangers.path(), "alice");
+    let (secret, entry) =
+        query_actors::auth::tokens::generate("carol", &["*".into()], None, false).expect("token");
+    let tokens = ws.path("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "{entry}\n[[client]]\nname = \"alice\"\ndomains = [\"*\"]\ntables = [\"continent_data\"]\n"
+        ),
+    )
+    .expect("write tokens");
+    let (node, addr) = start_with(
+        &ws,
+        &format!(
+            "cert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            path(pki.path(), "http.pem"),
+            path(pki.path(), "http.key"),
+            path(users.path(), "ca.pem")
+        ),
+        &format!("[auth]\ntokens_file = \"{}\"\n", tokens.display()),
+    );
+    let alice = presenting(pki.path(), users.path(), "alice");
+    wait_healthy(&node, addr, &alice);
+    let sql = |client: Arc<ClientConfig>, headers: &[(&str, String)], q: &str| {
+        parse(&request(addr, Some(client), "POST", "/sql", headers, q))
+    };
+    let message = |body: &Value| {
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // Alice's certificate is her identity: her grant's table, and only it.
+    let (status, body) = sql(alice.clone(), &[], "SELECT COUNT(*) FROM continent_data");
+    assert_eq!((status, &body["rows"]), (200, &json!([[7]])), "{body}");
+    let (status, body) = sql(alice.clone(), &[], "SELECT * FROM sys");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        message(&body).contains("client certificate 'alice' may not read table sys"),
+        "{body}"
+    );
+
+    // Bob's certificate is trusted (the handshake passes) but grants nothing.
+    let bob = presenting(pki.path(), users.path(), "bob");
+    let (status, body) = sql(bob.clone(), &[], "SELECT 1");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        message(&body).contains("client certificate 'bob' is trusted but has no grant"),
+        "{body}"
+    );
+
+    // Tokens still work beside certificates, with or without one; none at all: 401.
+    let bearer = [("Authorization", format!("Bearer {secret}"))];
+    let (status, body) = sql(trusting(pki.path()), &bearer, "SELECT 1");
+    assert_eq!((status, &body["rows"]), (200, &json!([[1]])), "{body}");
+    assert_eq!(sql(bob, &bearer, "SELECT 1").0, 200, "the token decides");
+    let (status, body) = sql(trusting(pki.path()), &[], "SELECT 1");
+    assert_eq!(status, 401, "{body}");
+
+    // A certificate of a CA the node does not trust never gets an HTTP answer.
+    let stranger = request(
+        addr,
+        Some(presenting(pki.path(), strangers.path(), "alice")),
+        "POST",
+        "/sql",
+        &[],
+        "SELECT 1",
+    );
+    assert!(no_http_answer(&stranger), "{stranger:?}");
+}
+
+#[test]
+fn a_partition_redirect_from_an_https_node_says_https() {
+    let ws = Workspace::new();
+    let pki = tempfile::tempdir().expect("tempdir");
+    ca_with(pki.path(), "http");
+    std::fs::write(
+        ws.path("sets.toml"),
+        "[[set]]\nname = \"main\"\nsql_name = \"sql.main.test\"\ntla_name = \"tla.main.test\"\n\n\
+         [[set.partition]]\nname = \"core\"\nhostname = \"core.main.test:8443\"\ntables = [\"sys\"]\n\n\
+         [[set.partition]]\nname = \"procs\"\nhostname = \"procs.main.test:8443\"\ntables = [\"processes\"]\n",
+    )
+    .expect("write sets");
+    let (node, addr) = start_with(
+        &ws,
+        &format!(
+            "cert = \"{}\"\nkey = \"{}\"\n",
+            path(pki.path(), "http.pem"),
+            path(pki.path(), "http.key")
+        ),
+        "[aggregator_set]\nfile = \"sets.toml\"\nname = \"main\"\npartition = \"core\"\n",
+    );
+    let client = trusting(pki.path());
+    wait_healthy(&node, addr, &client);
+    let answer = request(
+        addr,
+        Some(client),
+        "POST",
+        "/sql",
+        &[],
+        "SELECT COUNT(*) FROM processes",
+    );
+    let (status, body) = parse(&answer);
+    assert_eq!(status, 307, "{answer:?}");
+    assert_eq!(body["redirect"]["host"], "procs.main.test:8443", "{body}");
+    let text = answer.as_deref().unwrap_or_default().to_ascii_lowercase();
+    assert!(
+        text.contains("\r\nlocation: https://procs.main.test:8443/sql\r\n"),
+        "{answer:?}"
+    );
+}
+
+/// Runs the `query` client with `args` (no token from the environment): exit code, stdout,
+/// stderr.
+fn query_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(queryd_bin().with_file_name("query"))
+        .args(args)
+        .env_remove("QUERY_TOKEN")
+        .env_remove("QUERY_HOST")
+        .output()
+        .expect("run query");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_query_client_speaks_https_with_the_test_ca() {
+    let ws = Workspace::new();
+    let pki = tempfile::tempdir().expect("tempdir");
+    ca_with(pki.path(), "http");
+    let users = tempfile::tempdir().expect("tempdir");
+    ca_with(users.path(), "alice");
+    let tokens = ws.path("tokens.toml");
+    std::fs::write(
+        &tokens,
+        "[[client]]\nname = \"alice\"\ndomains = [\"*\"]\ntables = [\"continent_data\"]\n",
+    )
+    .expect("write tokens");
+    let (node, addr) = start_with(
+        &ws,
+        &format!(
+            "cert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            path(pki.path(), "http.pem"),
+            path(pki.path(), "http.key"),
+            path(users.path(), "ca.pem")
+        ),
+        &format!("[auth]\ntokens_file = \"{}\"\n", tokens.display()),
+    );
+    wait_healthy(&node, addr, &trusting(pki.path()));
+    let url = format!("https://{addr}");
+    let ca = path(pki.path(), "ca.pem");
+    let sql = "SELECT COUNT(*) AS n FROM continent_data";
+
+    // With the node's CA and alice's certificate: answered.
+    let (code, out, err) = query_cli(&[
+        "-H",
+        &url,
+        "--ca",
+        &ca,
+        "--cert",
+        &path(users.path(), "alice.pem"),
+        "--key",
+        &path(users.path(), "alice.key"),
+        "--format",
+        "csv",
+        sql,
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), "n\n7", "{out}");
+
+    // Without a certificate the node wants a token: refused (exit 1), saying so.
+    let (code, _, err) = query_cli(&["-H", &url, "--ca", &ca, sql]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("unauthenticated"), "{err}");
+
+    // Trusting another CA: the node's certificate is refused; https:// without --ca says
+    // what is missing. Neither reaches the node (exit 2).
+    let other = tempfile::tempdir().expect("tempdir");
+    ca_with(other.path(), "x");
+    let (code, _, err) = query_cli(&["-H", &url, "--ca", &path(other.path(), "ca.pem"), sql]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = query_cli(&["-H", &url, sql]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("needs --ca"), "{err}");
 }

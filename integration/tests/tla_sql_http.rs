@@ -377,7 +377,7 @@ fn health_tables_and_metrics() {
 
 #[test]
 fn tla_sql_role_serves_this_machine_and_static_tables() {
-    let example = query_integration::repo().join("ops/tla-sql.example.toml");
+    let example = query_integration::repo().join("ops/defaults/tla-sql.toml");
     let node = Node::start(&[
         "tla-sql",
         "--config",

@@ -1,8 +1,10 @@
 //! Who may use a node's HTTP API, and for what.
 //!
 //! - **Authentication**: `Authorization: Bearer <secret>`, checked against the tokens file
-//!   ([`tokens`]: SHA-256 of each secret, reloaded on change). Without `[auth] tokens_file`
-//!   a node answers everyone, which it accepts only on a loopback listener or with
+//!   ([`tokens`]: SHA-256 of each secret, reloaded on change), or a client certificate
+//!   (HTTPS with `[http.tls] ca`): its common name, granted by a `[[client]]` entry of the
+//!   same file. A bearer token, when sent, decides. Without `[auth] tokens_file` a node
+//!   answers everyone, which it accepts only on a loopback listener or with
 //!   `[auth] allow_unauthenticated = true`.
 //! - **Authorisation**: a token is for some aggregator-set domains; a node serves its set's
 //!   domains, and a token for none of them is refused. A token may name the tables it may
@@ -27,7 +29,7 @@ use serde::Deserialize;
 use crate::aggregator_sets::{AggregatorSet, Partition};
 use crate::error::{ConfigError, ConfigResult, QueryError};
 pub use hosts::HostRules;
-pub use tokens::{Reload, Token, TokenStore, Tokens};
+pub use tokens::{Grant, Reload, Token, TokenStore, Tokens};
 
 /// `[auth]` of a node's config.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -81,8 +83,19 @@ pub struct Principal {
     /// Tables it may read; None: every table.
     pub tables: Option<BTreeSet<String>>,
     pub admin: bool,
-    /// Authenticated by a token (not the anonymous client of a node without tokens).
-    pub token: bool,
+    /// How it proved who it is.
+    pub credential: Credential,
+}
+
+/// How a client was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// Not at all: a node without tokens.
+    Anonymous,
+    /// A bearer token of the tokens file.
+    Token,
+    /// A client certificate granted by a `[[client]]` entry.
+    Certificate,
 }
 
 impl Principal {
@@ -93,16 +106,25 @@ impl Principal {
             name: peer.map_or_else(|| "unknown".into(), |a| a.ip().to_string()),
             tables: None,
             admin: peer.is_some_and(|a| a.ip().is_loopback()),
-            token: false,
+            credential: Credential::Anonymous,
         }
     }
 
-    fn of(token: &Token) -> Principal {
+    fn of(grant: &Grant, credential: Credential) -> Principal {
         Principal {
-            name: token.name.clone(),
-            tables: token.tables.clone(),
-            admin: token.admin,
-            token: true,
+            name: grant.name.clone(),
+            tables: grant.tables.clone(),
+            admin: grant.admin,
+            credential,
+        }
+    }
+
+    /// "token 'x'" or "client certificate 'x'", for messages.
+    pub fn describe(&self) -> String {
+        match self.credential {
+            Credential::Certificate => format!("client certificate '{}'", self.name),
+            Credential::Token => format!("token '{}'", self.name),
+            Credential::Anonymous => format!("client {}", self.name),
         }
     }
 
@@ -120,8 +142,8 @@ impl Principal {
         }
         let allowed = self.tables.as_ref().map(tokens::list_names);
         Err(QueryError::Forbidden(format!(
-            "token '{}' may not read table{} {} (its tables: {}; views count as the tables they read)",
-            self.name,
+            "{} may not read table{} {} (its tables: {}; views count as the tables they read)",
+            self.describe(),
             if denied.len() == 1 { "" } else { "s" },
             denied.join(", "),
             allowed.unwrap_or_default(),
@@ -224,19 +246,33 @@ impl Auth {
         self.tokens.is_some()
     }
 
-    /// Who sends `authorization` (the header's value, if any) from `peer`.
+    /// Who sends `authorization` (the header's value, if any) from `peer`, over a TLS
+    /// connection whose client presented a trusted certificate named `certificate` (its
+    /// common name), if any. A bearer token, when sent, decides; otherwise the certificate
+    /// needs a `[[client]]` grant.
     pub fn authenticate(
         &self,
         authorization: Option<&str>,
         peer: Option<SocketAddr>,
+        certificate: Option<&str>,
     ) -> Result<Principal, Refusal> {
         let Some(store) = &self.tokens else {
             return Ok(Principal::anonymous(peer));
         };
+        let tokens = store.tokens();
         let Some(value) = authorization else {
-            return Err(Refusal::Unauthenticated(
-                "this node needs a token: send `Authorization: Bearer <secret>`".into(),
-            ));
+            let Some(cn) = certificate else {
+                return Err(Refusal::Unauthenticated(
+                    "this node needs a token: send `Authorization: Bearer <secret>` (or, over HTTPS with [http.tls] ca, a client certificate granted in the tokens file)".into(),
+                ));
+            };
+            let grant = tokens.client(cn).ok_or_else(|| {
+                Refusal::Forbidden(format!(
+                    "client certificate '{cn}' is trusted but has no grant on this node: add a [[client]] entry with name = \"{cn}\" to the tokens file ([auth] tokens_file), or send a token"
+                ))
+            })?;
+            self.check_domain(grant, "client certificate")?;
+            return Ok(Principal::of(grant, Credential::Certificate));
         };
         let secret = match value.split_once(' ') {
             Some((scheme, s)) if scheme.eq_ignore_ascii_case("bearer") => s.trim(),
@@ -246,26 +282,25 @@ impl Auth {
                 ))
             }
         };
-        let tokens = store.tokens();
         let token = tokens
             .find(secret)
             .ok_or_else(|| Refusal::Unauthenticated("unknown token".into()))?;
-        self.check_domain(token)?;
-        Ok(Principal::of(token))
+        self.check_domain(&token.grant, "token")?;
+        Ok(Principal::of(&token.grant, Credential::Token))
     }
 
-    fn check_domain(&self, token: &Token) -> Result<(), Refusal> {
+    fn check_domain(&self, grant: &Grant, kind: &str) -> Result<(), Refusal> {
         let all = |s: &BTreeSet<String>| s.contains("*");
-        if all(&token.domains) || all(&self.domains) || !token.domains.is_disjoint(&self.domains) {
+        if all(&grant.domains) || all(&self.domains) || !grant.domains.is_disjoint(&self.domains) {
             return Ok(());
         }
         Err(Refusal::Forbidden(format!(
-            "token '{}' is not for domain{} {} of aggregator set '{}' (it is for {})",
-            token.name,
+            "{kind} '{}' is not for domain{} {} of aggregator set '{}' (it is for {})",
+            grant.name,
             if self.domains.len() == 1 { "" } else { "s" },
             tokens::list_names(&self.domains),
             self.set,
-            tokens::list_names(&token.domains),
+            tokens::list_names(&grant.domains),
         )))
     }
 
@@ -357,12 +392,14 @@ mod tests {
 
         let (ops, _d) = node_with(&file, &["noc"]);
         assert_eq!(
-            ops.authenticate(Some(bearer(&noc).as_str()), None)
+            ops.authenticate(Some(bearer(&noc).as_str()), None, None)
                 .map(|p| p.name),
             Ok("noc-user".to_string())
         );
-        assert!(ops.authenticate(Some(bearer(&any).as_str()), None).is_ok());
-        match ops.authenticate(Some(bearer(&web).as_str()), None) {
+        assert!(ops
+            .authenticate(Some(bearer(&any).as_str()), None, None)
+            .is_ok());
+        match ops.authenticate(Some(bearer(&web).as_str()), None, None) {
             Err(Refusal::Forbidden(m)) => assert!(
                 m.contains("'web-user' is not for domain noc of aggregator set 'ops'"),
                 "{m}"
@@ -371,7 +408,7 @@ mod tests {
         }
         let (everyone, _d) = node_with(&file, &["*"]);
         assert!(everyone
-            .authenticate(Some(bearer(&web).as_str()), None)
+            .authenticate(Some(bearer(&web).as_str()), None, None)
             .is_ok());
 
         for missing in [
@@ -382,7 +419,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    ops.authenticate(missing, None),
+                    ops.authenticate(missing, None, None),
                     Err(Refusal::Unauthenticated(_))
                 ),
                 "{missing:?}"
@@ -391,12 +428,62 @@ mod tests {
     }
 
     #[test]
+    fn client_certificates_are_granted_in_the_tokens_file() {
+        let (secret, entry) = tokens::generate("alice", &["*".into()], None, false).expect("gen");
+        let file = format!(
+            "{entry}\n[[client]]\nname = \"noc dash\"\ndomains = [\"noc\"]\ntables = [\"sys\"]\n\n\
+             [[client]]\nname = \"web-dash\"\ndomains = [\"web\"]\n"
+        );
+        let (ops, _d) = node_with(&file, &["noc"]);
+        let p = ops
+            .authenticate(None, None, Some("noc dash"))
+            .expect("granted");
+        assert_eq!(p.credential, Credential::Certificate);
+        assert_eq!(p.tables, Some(["sys".to_string()].into()));
+        match p.check_tables(&["processes".to_string()].into()) {
+            Err(QueryError::Forbidden(m)) => assert!(
+                m.contains("client certificate 'noc dash' may not read table processes"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match ops.authenticate(None, None, Some("stranger")) {
+            Err(Refusal::Forbidden(m)) => assert!(
+                m.contains("'stranger' is trusted but has no grant")
+                    && m.contains("name = \"stranger\""),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match ops.authenticate(None, None, Some("web-dash")) {
+            Err(Refusal::Forbidden(m)) => assert!(
+                m.contains("client certificate 'web-dash' is not for domain noc"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A token, when sent, decides: a certificate without a grant does not stop it.
+        let bearer = format!("Bearer {secret}");
+        let p = ops
+            .authenticate(Some(&bearer), None, Some("stranger"))
+            .expect("the token");
+        assert_eq!(
+            (p.name.as_str(), p.credential),
+            ("alice", Credential::Token)
+        );
+        assert!(matches!(
+            ops.authenticate(None, None, None),
+            Err(Refusal::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
     fn table_lists_refuse_other_tables_by_name() {
         let p = Principal {
             name: "sys-only".into(),
             tables: Some(["sys".to_string()].into()),
             admin: false,
-            token: true,
+            credential: Credential::Token,
         };
         let reads = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
         assert!(p.check_tables(&reads(&["sys"])).is_ok());

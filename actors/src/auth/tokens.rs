@@ -1,5 +1,7 @@
-//! The tokens file (`[auth] tokens_file`): who may call a node's HTTP API. Each entry names
-//! an identity and holds the SHA-256 of its secret (never the secret), the aggregator-set
+//! The tokens file (`[auth] tokens_file`): who may call a node's HTTP API. Each
+//! `[[token]]` names an identity and holds the SHA-256 of its secret (never the secret);
+//! each `[[client]]` names the common name of a client certificate (HTTPS with `[http.tls]
+//! ca`: the handshake proved the name). Both carry the same [`Grant`]: the aggregator-set
 //! domains it is for, optionally the tables it may read, and whether it may call admin
 //! endpoints. The file is reloaded when it changes; a copy that fails to parse or validate
 //! leaves the last good one in force.
@@ -21,6 +23,21 @@ use crate::error::{ConfigError, ConfigResult};
 pub struct TokensFile {
     #[serde(rename = "token", default)]
     pub tokens: Vec<TokenEntry>,
+    #[serde(rename = "client", default)]
+    pub clients: Vec<ClientEntry>,
+}
+
+/// One `[[client]]`: what a client presenting a trusted certificate with this common name
+/// may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientEntry {
+    /// The certificate's subject common name, exactly; also the client's identity.
+    pub name: String,
+    pub domains: Vec<String>,
+    pub tables: Option<Vec<String>>,
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// One `[[token]]`.
@@ -40,20 +57,30 @@ pub struct TokenEntry {
     pub admin: bool,
 }
 
-/// A checked token.
+/// What a token or a client certificate is allowed, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Token {
+pub struct Grant {
+    /// The identity: admission fairness, quarantine and logs name the client by it.
     pub name: String,
-    digest: [u8; 32],
     pub domains: BTreeSet<String>,
+    /// Tables it may read; None: every table.
     pub tables: Option<BTreeSet<String>>,
     pub admin: bool,
 }
 
-/// Every token of one good copy of the file.
+/// A checked token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub grant: Grant,
+    digest: [u8; 32],
+}
+
+/// Every token and client-certificate grant of one good copy of the file.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
     tokens: Vec<Token>,
+    /// By certificate common name.
+    clients: std::collections::BTreeMap<String, Grant>,
 }
 
 /// Longest token name: it appears in logs, the quarantine table and metrics.
@@ -69,56 +96,38 @@ impl Tokens {
     }
 
     pub fn from_file(file: TokensFile) -> Result<Tokens, String> {
+        // Token and client names share one space: they name clients in admission,
+        // quarantine and logs.
         let mut names = BTreeSet::new();
         let mut digests = BTreeSet::new();
         let mut tokens = Vec::new();
         for t in file.tokens {
-            let name_ok = !t.name.is_empty()
-                && t.name.len() <= MAX_NAME
-                && t.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
-            if !name_ok {
-                return Err(format!(
-                    "token name '{}' must be 1 to {MAX_NAME} letters, digits or . _ @ -",
-                    t.name
-                ));
-            }
-            if !names.insert(t.name.clone()) {
-                return Err(format!("token name '{}' appears twice", t.name));
-            }
+            let grant = check_grant("token", &mut names, t.name, t.domains, t.tables, t.admin)?;
             let digest = decode_hex32(&t.sha256).ok_or_else(|| {
                 format!(
                     "token '{}': sha256 must be 64 hex digits (the SHA-256 of the secret, as `queryd token` prints it)",
-                    t.name
+                    grant.name
                 )
             })?;
             if !digests.insert(digest) {
                 return Err(format!(
                     "token '{}' has the same secret as another token",
-                    t.name
+                    grant.name
                 ));
             }
-            if t.domains.is_empty() || t.domains.iter().any(|d| d.is_empty()) {
-                return Err(format!(
-                    "token '{}': domains must list at least one domain (\"*\": all)",
-                    t.name
-                ));
-            }
-            if let Some(tables) = &t.tables {
-                if tables.iter().any(|x| x.is_empty()) {
-                    return Err(format!("token '{}': a table name is empty", t.name));
-                }
-            }
-            tokens.push(Token {
-                name: t.name,
-                digest,
-                domains: t.domains.into_iter().collect(),
-                tables: t.tables.map(|v| v.into_iter().collect()),
-                admin: t.admin,
-            });
+            tokens.push(Token { grant, digest });
         }
-        Ok(Tokens { tokens })
+        let mut clients = std::collections::BTreeMap::new();
+        for c in file.clients {
+            let grant = check_grant("client", &mut names, c.name, c.domains, c.tables, c.admin)?;
+            clients.insert(grant.name.clone(), grant);
+        }
+        Ok(Tokens { tokens, clients })
+    }
+
+    /// What a client whose trusted certificate has this common name may do, if anything.
+    pub fn client(&self, common_name: &str) -> Option<&Grant> {
+        self.clients.get(common_name)
     }
 
     /// The token whose secret this is. Every token's digest is compared in constant time,
@@ -134,13 +143,66 @@ impl Tokens {
         found
     }
 
+    /// Tokens and client grants.
     pub fn len(&self) -> usize {
-        self.tokens.len()
+        self.tokens.len() + self.clients.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
+        self.len() == 0
     }
+}
+
+/// Checks one entry's name (unique among tokens and clients), domains and tables.
+fn check_grant(
+    kind: &str,
+    names: &mut BTreeSet<String>,
+    name: String,
+    domains: Vec<String>,
+    tables: Option<Vec<String>>,
+    admin: bool,
+) -> Result<Grant, String> {
+    // A certificate's common name may hold spaces ("Alice Smith"); a token's name not.
+    let extra = if kind == "client" { "._@- " } else { "._@-" };
+    let name_ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with(' ')
+        && !name.ends_with(' ')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c));
+    if !name_ok {
+        return Err(format!(
+            "{kind} name '{name}' must be 1 to {MAX_NAME} letters, digits or {}",
+            if kind == "client" {
+                ". _ @ - and inner spaces"
+            } else {
+                ". _ @ -"
+            }
+        ));
+    }
+    if !names.insert(name.clone()) {
+        return Err(format!(
+            "{kind} name '{name}' appears twice (token and client names name clients, so they are unique together)"
+        ));
+    }
+    if domains.is_empty() || domains.iter().any(|d| d.is_empty()) {
+        return Err(format!(
+            "{kind} '{name}': domains must list at least one domain (\"*\": all)"
+        ));
+    }
+    if tables
+        .as_ref()
+        .is_some_and(|v| v.iter().any(|x| x.is_empty()))
+    {
+        return Err(format!("{kind} '{name}': a table name is empty"));
+    }
+    Ok(Grant {
+        name,
+        domains: domains.into_iter().collect(),
+        tables: tables.map(|v| v.into_iter().collect()),
+        admin,
+    })
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -310,7 +372,7 @@ mod tests {
         assert!(secret.starts_with("qt_") && secret.len() == 67, "{secret}");
         assert!(!entry.contains(&secret), "the entry never holds the secret");
         let tokens = file(&entry).expect("the printed entry parses");
-        let t = tokens.find(&secret).expect("found");
+        let t = &tokens.find(&secret).expect("found").grant;
         assert_eq!(t.name, "alice");
         assert_eq!(t.tables, Some(["sys".to_string()].into()));
         assert!(!t.admin);
@@ -364,7 +426,7 @@ mod tests {
         ))
         .expect("upper-case hex and an empty table list are fine");
         assert_eq!(
-            ok.find("x").and_then(|t| t.tables.clone()),
+            ok.find("x").and_then(|t| t.grant.tables.clone()),
             Some(BTreeSet::new())
         );
     }
@@ -373,7 +435,45 @@ mod tests {
     fn shipped_example_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples/tokens.toml");
         let tokens = Tokens::load(&path).expect("ops/examples/tokens.toml is valid");
-        assert_eq!(tokens.len(), 3);
+        assert_eq!(tokens.len(), 4, "three tokens and a client certificate");
+        assert!(tokens.client("grafana.example.com").is_some());
+    }
+
+    #[test]
+    fn client_certificates_are_granted_by_common_name() {
+        let h = hex(&sha256(b"x"));
+        let tokens = file(&format!(
+            "[[token]]\nname = \"alice\"\nsha256 = \"{h}\"\ndomains = [\"*\"]\n\n\
+             [[client]]\nname = \"Alice Smith\"\ndomains = [\"noc\"]\ntables = [\"sys\"]\n\n\
+             [[client]]\nname = \"ops-robot\"\ndomains = [\"*\"]\nadmin = true\n"
+        ))
+        .expect("parses");
+        let alice = tokens.client("Alice Smith").expect("granted");
+        assert_eq!(alice.tables, Some(["sys".to_string()].into()));
+        assert!(!alice.admin && tokens.client("ops-robot").is_some_and(|g| g.admin));
+        assert!(
+            tokens.client("alice").is_none(),
+            "a token's name grants no certificate"
+        );
+        assert!(
+            tokens.client("Alice smith").is_none(),
+            "names match exactly"
+        );
+        for (text, why) in [
+            (
+                format!("[[token]]\nname = \"a\"\nsha256 = \"{h}\"\ndomains = [\"*\"]\n[[client]]\nname = \"a\"\ndomains = [\"*\"]\n"),
+                "appears twice",
+            ),
+            ("[[client]]\nname = \"b\"\ndomains = []\n".to_string(), "at least one domain"),
+            ("[[client]]\nname = \" b\"\ndomains = [\"*\"]\n".to_string(), "inner spaces"),
+            (
+                "[[client]]\nname = \"b\"\nsha256 = \"{h}\"\ndomains = [\"*\"]\n".to_string(),
+                "unknown field",
+            ),
+        ] {
+            let e = file(&text).expect_err(why);
+            assert!(e.contains(why), "{why}: {e}");
+        }
     }
 
     #[test]

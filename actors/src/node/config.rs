@@ -534,96 +534,160 @@ impl PathsConfig {
 mod tests {
     use super::*;
 
-    #[test]
-    fn example_configs_parse() {
-        let ops = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops");
-        let mut n = 0;
-        for entry in std::fs::read_dir(&ops).expect("ops/") {
+    fn role_of(name: &str) -> Role {
+        match name {
+            "edge" => Role::Edge,
+            "cluster-proxy" => Role::ClusterProxy,
+            "tla" => Role::Tla,
+            "sql" => Role::Sql,
+            "tla-sql" | "demo" => Role::TlaSql,
+            other => panic!("{name}: no role '{other}'"),
+        }
+    }
+
+    /// The files of `dir` ending in `suffix`, with the rest of their names.
+    fn files(dir: &Path, suffix: &str) -> Vec<(PathBuf, String)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("read_dir") {
             let path = entry.expect("entry").path();
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-            if let Some(role) = name.strip_suffix(".example.toml") {
-                let mut cfg = NodeConfig::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-                cfg.role = match role {
-                    "edge" => Role::Edge,
-                    "cluster-proxy" => Role::ClusterProxy,
-                    "tla" => Role::Tla,
-                    "sql" => Role::Sql,
-                    "tla-sql" | "demo" => Role::TlaSql,
-                    other => panic!("{name}: no role '{other}'"),
-                };
-                cfg.validate_role()
-                    .unwrap_or_else(|e| panic!("{name}: {e}"));
-                if let Some(p) = &cfg.requests.prewarm {
-                    assert!(p.exists(), "{name}: prewarm file resolves");
-                }
-                assert!(
-                    cfg.paths.schemas.join("sys.toml").exists(),
-                    "{name}: schemas path resolves"
-                );
-                check_commented_tls(&path, role);
-                n += 1;
+                .unwrap_or_default();
+            if let Some(stem) = name.strip_suffix(suffix) {
+                let stem = stem.to_string();
+                out.push((path, stem));
             }
         }
-        assert!(n >= 6, "an example per role and the demo");
+        out
     }
 
-    /// The production TLS block of an example, uncommented, is valid and non-loopback
-    /// listen addresses then pass (the files are read at start, not here).
-    fn check_commented_tls(path: &Path, role: &str) {
-        let text = std::fs::read_to_string(path).expect("read");
-        if role == "demo" {
-            assert!(!text.contains("[link.tls]"), "the demo stays plain");
-            return;
+    fn check_paths(name: &str, cfg: &NodeConfig) {
+        if let Some(p) = &cfg.requests.prewarm {
+            assert!(p.exists(), "{name}: prewarm file resolves");
         }
-        let mut lines: Vec<String> = text.lines().map(String::from).collect();
         assert!(
-            uncomment(&mut lines, "[link.tls]"),
-            "{}: no commented [link.tls] block",
-            path.display()
+            cfg.paths.schemas.join("sys.toml").exists(),
+            "{name}: schemas path resolves"
         );
-        // The roles answering SQL show HTTPS too.
-        let https = uncomment(&mut lines, "[http.tls]");
-        assert_eq!(
-            https,
-            matches!(role, "sql" | "tla-sql"),
-            "{}",
-            path.display()
-        );
-        let text = lines
-            .join("\n")
-            // Link ports are 7xxx (HTTP's 80xx stay as they are).
-            .replace("listen = \"127.0.0.1:7", "listen = \"10.1.0.2:7");
-        let cfg = NodeConfig::parse(&text, "uncommented", path.parent().expect("dir"))
-            .unwrap_or_else(|e| panic!("{} with [link.tls]: {e}", path.display()));
-        let tls = cfg.link.tls.expect("tls block parsed");
-        assert!(tls.cert.starts_with("/etc/query/tls"), "{tls:?}");
-        if let Some(http) = cfg.http.tls {
+        assert!(cfg.paths.views.exists(), "{name}: views path resolves");
+    }
+
+    /// What `queryd <role>` runs without --config: loopback only, plaintext, no tokens,
+    /// and the files it names exist (relative to `ops/defaults/`, as queryd reads them).
+    #[test]
+    fn builtin_defaults_are_loopback_only() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/defaults");
+        let defaults = files(&dir, ".toml");
+        assert_eq!(defaults.len(), 5, "a default per role but the demo");
+        for (path, role) in defaults {
+            let mut cfg = NodeConfig::load(&path).unwrap_or_else(|e| panic!("{role}: {e}"));
+            cfg.role = role_of(&role);
+            cfg.validate_role()
+                .unwrap_or_else(|e| panic!("{role}: {e}"));
+            check_paths(&role, &cfg);
+            assert!(cfg.http.listen.ip().is_loopback(), "{role}");
             assert!(
-                http.cert.starts_with("/etc/query/tls") && http.ca.is_some(),
-                "{http:?}"
+                cfg.link.listen.is_none_or(|a| a.ip().is_loopback()),
+                "{role}"
             );
+            assert!(cfg.link.tls.is_none() && cfg.http.tls.is_none(), "{role}");
+            assert!(cfg.auth.tokens_file.is_none(), "{role}");
         }
     }
 
-    /// Uncomments the block `# <header>` and its `# key = value` lines; false if absent.
-    fn uncomment(lines: &mut [String], header: &str) -> bool {
-        let Some(start) = lines.iter().position(|l| *l == format!("# {header}")) else {
-            return false;
-        };
-        for l in &mut lines[start..] {
-            let Some(rest) = l.strip_prefix("# ") else {
-                break;
-            };
-            if !(rest.starts_with(header) || rest.contains(" = ")) {
-                break;
-            }
-            *l = rest.to_string();
+    /// A stand-in for /etc/query/ holding what the production examples name: real
+    /// certificates made by `tls::ca` (a fleet CA, `tls/node.*` and `tls/http.*` signed by
+    /// it, a users' CA as `tls/users-ca.pem`) and the shipped tokens example as
+    /// `tokens.toml`.
+    fn fake_etc_query() -> tempfile::TempDir {
+        use crate::tls::ca::{self, CertSpec};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = dir.path().join("tls");
+        ca::init_dir(&tls, &CertSpec::for_days("fleet CA", 30)).expect("fleet CA");
+        for name in ["node", "http"] {
+            let mut spec = CertSpec::for_days(name, 30);
+            spec.ips = vec!["10.0.0.20".parse().expect("ip")];
+            ca::issue_in_dir(&tls, &spec).expect("issue");
         }
-        true
+        let users = dir.path().join("users");
+        let users_ca = ca::init_dir(&users, &CertSpec::for_days("users CA", 30)).expect("users CA");
+        std::fs::copy(users_ca, tls.join("users-ca.pem")).expect("copy");
+        let tokens = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/examples/tokens.toml");
+        std::fs::copy(tokens, dir.path().join("tokens.toml")).expect("copy");
+        dir
+    }
+
+    /// Every example parses and validates for real: its /etc/query/ files are made in a
+    /// temporary directory (the tokens file is read by validation, the certificates and
+    /// keys are loaded as the node loads them at start). Production examples listen
+    /// beyond loopback only with mutual TLS on links, and HTTP beyond loopback only with
+    /// tokens and HTTPS; the demo stays the plain loopback one.
+    #[test]
+    fn example_configs_parse() {
+        use crate::tls::{server_config, ClientCerts, MutualTls};
+        let ops = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops");
+        let etc = fake_etc_query();
+        let etc_prefix = format!("{}/", etc.path().display());
+        let mut n = 0;
+        for (path, role) in files(&ops, ".example.toml") {
+            let name = format!("{role}.example.toml");
+            n += 1;
+            if role == "demo" {
+                let cfg = NodeConfig::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+                check_paths(&name, &cfg);
+                assert!(
+                    cfg.link.tls.is_none() && cfg.http.tls.is_none(),
+                    "demo stays plain"
+                );
+                assert!(cfg.http.listen.ip().is_loopback() && cfg.auth.tokens_file.is_none());
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            assert!(text.contains("/etc/query/"), "{name}: production files");
+            let text = text.replace("/etc/query/", &etc_prefix);
+            let mut cfg =
+                NodeConfig::parse(&text, &name, &ops).unwrap_or_else(|e| panic!("{name}: {e}"));
+            cfg.role = role_of(&role);
+            cfg.validate_role()
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            check_paths(&name, &cfg);
+
+            let link = cfg
+                .link
+                .tls
+                .as_ref()
+                .unwrap_or_else(|| panic!("{name}: [link.tls]"));
+            MutualTls::load(link).unwrap_or_else(|e| panic!("{name}: [link.tls]: {e}"));
+            if let Some(listen) = cfg.link.listen {
+                assert!(
+                    !listen.ip().is_loopback(),
+                    "{name}: links listen on the network"
+                );
+            }
+            assert!(!cfg.link.allow_plaintext, "{name}");
+            if cfg.http.listen.ip().is_loopback() {
+                assert_eq!(role, "edge", "{name}: only the edge keeps HTTP on loopback");
+                continue;
+            }
+            assert!(
+                cfg.auth.tokens_file.is_some(),
+                "{name}: HTTP beyond loopback needs tokens"
+            );
+            let http = cfg
+                .http
+                .tls
+                .as_ref()
+                .unwrap_or_else(|| panic!("{name}: [http.tls]"));
+            // With a tokens file a client certificate is optional (as query_http serves it).
+            let clients = if http.ca.is_some() {
+                ClientCerts::OptionalOtherCa
+            } else {
+                ClientCerts::NotAsked
+            };
+            server_config(http, clients).unwrap_or_else(|e| panic!("{name}: [http.tls]: {e}"));
+        }
+        assert_eq!(n, 6, "an example per role and the demo");
     }
 
     #[test]

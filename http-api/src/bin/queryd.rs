@@ -15,14 +15,41 @@ use query_actors::simulate::standalone::{start_standalone, write_children_file, 
 use query_actors::simulate::SimulateConfig;
 use query_actors::tls::ca::{self, CertSpec};
 
-/// Embedded defaults: the example files, read as if they sat in `ops/` under the working
-/// directory (the repository root, for `make run`).
-const DEMO_DEFAULT: &str = include_str!("../../../ops/demo.example.toml");
-const TLA_SQL_DEFAULT: &str = include_str!("../../../ops/tla-sql.example.toml");
-const EDGE_DEFAULT: &str = include_str!("../../../ops/edge.example.toml");
-const PROXY_DEFAULT: &str = include_str!("../../../ops/cluster-proxy.example.toml");
-const TLA_DEFAULT: &str = include_str!("../../../ops/tla.example.toml");
-const SQL_DEFAULT: &str = include_str!("../../../ops/sql.example.toml");
+/// A built-in configuration: its text, and the directory its relative paths start from
+/// (where its file sits, under the working directory: the repository root for `make run`).
+struct Builtin {
+    text: &'static str,
+    base: &'static str,
+}
+
+/// The demo: `ops/demo.example.toml` is both the example and what `queryd demo` runs.
+const DEMO_DEFAULT: Builtin = Builtin {
+    text: include_str!("../../../ops/demo.example.toml"),
+    base: "ops",
+};
+/// The other roles without --config: loopback only, plaintext, no tokens. The production
+/// examples, `ops/<role>.example.toml`, name files under /etc/query/ and so cannot be
+/// defaults.
+const TLA_SQL_DEFAULT: Builtin = Builtin {
+    text: include_str!("../../../ops/defaults/tla-sql.toml"),
+    base: "ops/defaults",
+};
+const EDGE_DEFAULT: Builtin = Builtin {
+    text: include_str!("../../../ops/defaults/edge.toml"),
+    base: "ops/defaults",
+};
+const PROXY_DEFAULT: Builtin = Builtin {
+    text: include_str!("../../../ops/defaults/cluster-proxy.toml"),
+    base: "ops/defaults",
+};
+const TLA_DEFAULT: Builtin = Builtin {
+    text: include_str!("../../../ops/defaults/tla.toml"),
+    base: "ops/defaults",
+};
+const SQL_DEFAULT: Builtin = Builtin {
+    text: include_str!("../../../ops/defaults/sql.toml"),
+    base: "ops/defaults",
+};
 
 #[derive(Parser)]
 #[command(
@@ -178,7 +205,8 @@ fn run_ca(cmd: &CaCommand) -> ExitCode {
 
 #[derive(Args)]
 struct Common {
-    /// Node configuration (see ops/<role>.example.toml). Without it, the example's defaults.
+    /// Node configuration (see ops/<role>.example.toml). Without it, the built-in loopback
+    /// default (ops/defaults/<role>.toml; the demo's is ops/demo.example.toml).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Overrides [http] listen, e.g. 127.0.0.1:0 for any free port.
@@ -314,13 +342,13 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
 
 fn load(
     common: &Common,
-    default: &str,
+    default: &Builtin,
     origin: &str,
     role: NodeRole,
 ) -> Result<NodeConfig, String> {
     let mut cfg = match &common.config {
         Some(path) => NodeConfig::load(path),
-        None => NodeConfig::parse(default, origin, Path::new("ops")),
+        None => NodeConfig::parse(default.text, origin, Path::new(default.base)),
     }
     .map_err(|e| e.to_string())?;
     if let Some(listen) = common.listen {
@@ -346,24 +374,24 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let cfg = match &cli.role {
-        Role::Edge(c) => load(c, EDGE_DEFAULT, "embedded edge default", NodeRole::Edge),
+        Role::Edge(c) => load(c, &EDGE_DEFAULT, "embedded edge default", NodeRole::Edge),
         Role::ClusterProxy(c) => load(
             c,
-            PROXY_DEFAULT,
+            &PROXY_DEFAULT,
             "embedded cluster-proxy default",
             NodeRole::ClusterProxy,
         ),
-        Role::Tla(c) => load(c, TLA_DEFAULT, "embedded tla default", NodeRole::Tla),
-        Role::Sql(c) => load(c, SQL_DEFAULT, "embedded sql default", NodeRole::Sql),
+        Role::Tla(c) => load(c, &TLA_DEFAULT, "embedded tla default", NodeRole::Tla),
+        Role::Sql(c) => load(c, &SQL_DEFAULT, "embedded sql default", NodeRole::Sql),
         Role::TlaSql(c) => load(
             c,
-            TLA_SQL_DEFAULT,
+            &TLA_SQL_DEFAULT,
             "embedded tla-sql default",
             NodeRole::TlaSql,
         ),
         Role::Demo(args) => load(
             &args.common,
-            DEMO_DEFAULT,
+            &DEMO_DEFAULT,
             "embedded demo default",
             NodeRole::TlaSql,
         )

@@ -1,8 +1,9 @@
 //! `POST /admin/quarantine/lift`: an operator lifts the quarantine of one query (its SQL as
-//! the body) or of every query (empty body). It needs a token with `admin = true`; on a
-//! node without tokens, a loopback peer (`Principal::anonymous`).
+//! the body) or of every query (empty body). It needs a token (or client certificate) with
+//! `admin = true`; on a node without tokens, a loopback peer (`Principal::anonymous`).
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use query_actors::auth::Credential;
 use query_actors::node::NodeHandle;
 use serde_json::json;
 
@@ -16,10 +17,10 @@ pub async fn lift_quarantine(
 ) -> Result<HttpResponse, ApiError> {
     let who = principal_of(&req);
     if !who.admin {
-        let m = if who.token {
+        let m = if who.credential != Credential::Anonymous {
             format!(
-                "token '{}' may not call admin endpoints (admin = false)",
-                who.name
+                "{} may not call admin endpoints (admin = false)",
+                who.describe()
             )
         } else {
             "admin endpoints answer loopback clients only on a node without tokens".into()

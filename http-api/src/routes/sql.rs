@@ -52,6 +52,14 @@ pub async fn post_sql(
             node.auth.refused("table", &m, &who.name);
             return Err(QueryError::Forbidden(m).into());
         }
+        Err(error @ QueryError::OtherPartition { .. }) => {
+            let scheme = if node.config.http.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            return Err(ApiError::Redirect { scheme, error });
+        }
         other => other?,
     };
     respond(answer, format)

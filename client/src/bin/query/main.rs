@@ -3,13 +3,14 @@
 //! - `query -H NAME "SQL"` runs SQL at the SQL nodes behind NAME: every address of the name
 //!   in random order, the next one on a connection error or a 5xx, partition redirects
 //!   followed; prints an aligned table (or `--format json|csv|ndjson`). Without SQL it reads
-//!   statements interactively (ended by `;`, with history). Exit codes: 0 ok, 1 the query
-//!   was refused, 2 no node could be reached.
+//!   statements interactively (ended by `;`, with history). `-H https://NAME` with `--ca`
+//!   speaks HTTPS. Exit codes: 0 ok, 1 the query was refused, 2 no node could be reached.
 //! - `query publish TABLE < rows.jsonl` publishes rows from a shell script to the local
 //!   edge agent.
 
 mod render;
 mod sql;
+mod tls;
 
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
@@ -31,7 +32,8 @@ use sql::{Lookup, SqlClient, SqlError};
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
-    /// The SQL nodes: a DNS name (every address is tried), NAME:PORT, or an address.
+    /// The SQL nodes: a DNS name (every address is tried), NAME:PORT, or an address;
+    /// `https://` before it for HTTPS (with --ca).
     #[arg(
         short = 'H',
         long,
@@ -48,6 +50,18 @@ struct Cli {
     /// How long one node may take to answer.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     timeout: Duration,
+    /// HTTPS: the PEM bundle of CAs a node's certificate must be signed by (it must carry
+    /// the name or address given to -H).
+    #[arg(long, env = "QUERY_CA")]
+    ca: Option<PathBuf>,
+    /// HTTPS: present this client certificate (PEM; with --key), for nodes whose
+    /// `[http.tls] ca` signed it. Tokens are read from `QUERY_TOKEN` only: a command line
+    /// is visible to every user (`ps`).
+    #[arg(long, env = "QUERY_CERT", requires = "key", requires = "ca")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, env = "QUERY_KEY", requires = "cert")]
+    key: Option<PathBuf>,
     /// The statement; without it, statements are read interactively (or from standard input).
     sql: Option<String>,
     #[command(subcommand)]
@@ -91,7 +105,20 @@ fn main() -> ExitCode {
         None => {
             // From the environment only: a command line is visible to every user (`ps`).
             let token = std::env::var("QUERY_TOKEN").ok().filter(|t| !t.is_empty());
-            let client = SqlClient::new(Lookup::new(cli.dns), cli.timeout).with_token(token);
+            let https = match &cli.ca {
+                None => None,
+                Some(ca) => {
+                    let identity = cli.cert.as_deref().zip(cli.key.as_deref());
+                    match tls::Https::load(ca, identity) {
+                        Ok(h) => Some(h),
+                        Err(e) => {
+                            eprintln!("query: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+            };
+            let client = SqlClient::new(Lookup::new(cli.dns), cli.timeout, https).with_token(token);
             match &cli.sql {
                 Some(sql) => run_one(&client, &cli, sql),
                 None => interactive(&client, &cli),

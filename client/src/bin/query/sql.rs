@@ -1,12 +1,17 @@
 //! Running SQL against a Query SQL node by name: every address of the name, in random
 //! order; the next address on a connection error or a 5xx; partition redirects followed
-//! (at most [`MAX_REDIRECTS`] hops).
+//! (at most [`MAX_REDIRECTS`] hops, in the scheme their Location says). `https://NAME`
+//! speaks HTTPS ([`crate::tls`]), checking the node's certificate for NAME.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use query_client::dns;
 use serde_json::Value;
+
+use crate::tls::Https;
 
 /// Partition redirects followed before giving up.
 pub const MAX_REDIRECTS: usize = 3;
@@ -81,19 +86,25 @@ pub struct SqlClient {
     agent: ureq::Agent,
     /// Sent as `Authorization: Bearer` (`QUERY_TOKEN`).
     token: Option<String>,
+    /// HTTPS (`--ca`); None: https:// URLs are refused.
+    https: Option<Arc<Https>>,
 }
 
 impl SqlClient {
-    pub fn new(lookup: Lookup, timeout: Duration) -> Self {
-        let agent = ureq::AgentBuilder::new()
+    pub fn new(lookup: Lookup, timeout: Duration, https: Option<Https>) -> Self {
+        let https = https.map(Arc::new);
+        let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(3))
             .timeout(timeout)
-            .redirects(0)
-            .build();
+            .redirects(0);
+        if let Some(h) = &https {
+            agent = agent.tls_connector(h.clone());
+        }
         SqlClient {
             lookup,
-            agent,
+            agent: agent.build(),
             token: None,
+            https,
         }
     }
 
@@ -103,15 +114,25 @@ impl SqlClient {
     }
 
     /// Runs `sql` at `host`; `format` is the node's `?format=` (json, csv, ndjson).
+    /// `host` may start with `http://` or `https://` (plain HTTP without).
     pub fn run(&self, host: &str, sql: &str, format: &str) -> Result<Answered, SqlError> {
+        let (mut scheme, host) = split_scheme(host);
         let mut host = host.to_string();
         let mut failures = Vec::new();
         for _hop in 0..=MAX_REDIRECTS {
+            if scheme == "https" {
+                let https = self.https.as_ref().ok_or_else(|| {
+                    SqlError::Unreachable(format!(
+                        "https://{host} needs --ca FILE: the CA bundle the node's certificate is checked against"
+                    ))
+                })?;
+                https.expect_name(&host).map_err(SqlError::Unreachable)?;
+            }
             let mut addrs = self.lookup.resolve(&host)?;
             shuffle(&mut addrs);
             let mut redirected = None;
             for addr in addrs {
-                let url = format!("http://{addr}/sql?format={format}");
+                let url = format!("{scheme}://{addr}/sql?format={format}");
                 let mut req = self.agent.post(&url).set("Content-Type", "text/plain");
                 if let Some(t) = &self.token {
                     req = req.set("Authorization", &format!("Bearer {t}"));
@@ -135,9 +156,13 @@ impl SqlClient {
                         let to = body["redirect"]["host"]
                             .as_str()
                             .map(str::to_string)
-                            .or(location.and_then(|l| host_of_url(&l)));
+                            .or(location.as_deref().and_then(host_of_url));
                         match to {
                             Some(to) => {
+                                // The Location's scheme (an HTTPS node says https://).
+                                if let Some(l) = &location {
+                                    scheme = split_scheme(l).0;
+                                }
                                 redirected = Some(to);
                                 break;
                             }
@@ -183,6 +208,16 @@ impl SqlClient {
     }
 }
 
+/// `https://rest` → ("https", rest); `http://rest` or a bare `rest` → ("http", rest).
+/// A path after the host is dropped.
+fn split_scheme(url: &str) -> (&'static str, &str) {
+    let (scheme, rest) = match url.strip_prefix("https://") {
+        Some(rest) => ("https", rest),
+        None => ("http", url.strip_prefix("http://").unwrap_or(url)),
+    };
+    (scheme, rest.split('/').next().unwrap_or(rest))
+}
+
 /// `http://host:port/path` → `host:port`.
 fn host_of_url(url: &str) -> Option<String> {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
@@ -199,6 +234,23 @@ mod tests {
         assert_eq!(
             host_of_url("http://b.example:8080/sql"),
             Some("b.example:8080".into())
+        );
+    }
+
+    #[test]
+    fn schemes() {
+        assert_eq!(
+            split_scheme("https://sql.example:8443/"),
+            ("https", "sql.example:8443")
+        );
+        assert_eq!(
+            split_scheme("http://10.0.0.1:8080"),
+            ("http", "10.0.0.1:8080")
+        );
+        assert_eq!(split_scheme("sql.example"), ("http", "sql.example"));
+        assert_eq!(
+            split_scheme("https://b.example:8443/sql"),
+            ("https", "b.example:8443")
         );
     }
 
