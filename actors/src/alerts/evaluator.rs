@@ -26,7 +26,7 @@ use super::notify::dispatch::{Dispatcher, Firing, Nudge, SetReceivers};
 use super::notify::{outbox, AlertState, Notification};
 use super::status::{AlertsShared, PassStats};
 use super::store::{self, Evaluated};
-use crate::auth::Principal;
+use crate::auth::{Credential, Principal};
 use crate::error::{ConfigError, QueryError};
 use crate::node::{Answer, NodeHandle};
 use crate::sql::{Origin, Snapshot};
@@ -39,7 +39,7 @@ fn principal() -> Principal {
         name: CLIENT.into(),
         tables: None,
         admin: false,
-        token: true,
+        credential: Credential::Internal,
     }
 }
 

@@ -96,6 +96,8 @@ pub enum Credential {
     Token,
     /// A client certificate granted by a `[[client]]` entry.
     Certificate,
+    /// The node itself: its alert evaluator.
+    Internal,
 }
 
 impl Principal {
@@ -125,6 +127,7 @@ impl Principal {
             Credential::Certificate => format!("client certificate '{}'", self.name),
             Credential::Token => format!("token '{}'", self.name),
             Credential::Anonymous => format!("client {}", self.name),
+            Credential::Internal => format!("this node's {}", self.name),
         }
     }
 
