@@ -12,7 +12,7 @@ use std::time::Duration;
 use query_client::protocol::Row;
 use query_client::Publisher;
 use query_integration::fleet::{Fleet, FleetSpec};
-use query_integration::receivers::{free_port, WebhookSink};
+use query_integration::receivers::{free_port, Alertmanager, WebhookSink};
 use query_integration::{repo, Node, Workspace};
 use serde_json::{json, Value};
 
@@ -162,8 +162,15 @@ fn connect(socket: &Path) -> Publisher {
 #[test]
 fn fires_after_for_resolves_after_clear_after_and_is_data() {
     let sink = WebhookSink::start();
+    let am = Alertmanager::start();
     let ws = Workspace::new();
-    std::fs::write(ws.path("alerts.toml"), alerts_toml(&sink.url(), "")).expect("write");
+    let to_am = format!(
+        "[receivers.am]\nkind = \"alertmanager\"\nurl = \"{}\"\nresend_every = \"1s\"\n",
+        am.url
+    );
+    let text = alerts_toml(&sink.url(), &to_am)
+        .replace("notify = [\"hook\"]", "notify = [\"hook\", \"am\"]");
+    std::fs::write(ws.path("alerts.toml"), text).expect("write");
     let node = start_node(&ws);
     let mut p = connect(&ws.path("publish.sock"));
     publish(&mut p, vec![fs("/data", 1), fs("/ok", 50)]);
@@ -181,6 +188,19 @@ fn fires_after_for_resolves_after_clear_after_and_is_data() {
     assert_eq!(n["since"], firing["since"]);
     assert_eq!(n["values"]["pct"], "1");
     assert_eq!(state(&node, "low", "mountp=/ok"), None, "/ok never matched");
+    // The same instance in a real Alertmanager, labelled by alert and key.
+    node.eventually(LIMIT, "the alert in Alertmanager", || {
+        am.alerts()
+            .iter()
+            .any(|a| {
+                a["labels"]["alertname"] == "low"
+                    && a["labels"]["mountp"] == "/data"
+                    && a["labels"]["machine_ip"] == "127.0.0.1"
+                    && a["labels"]["priority"] == "page"
+                    && a["status"]["state"] == "active"
+            })
+            .then_some(())
+    });
 
     // `for = 2`: a pending evaluation came first, one generation before firing.
     let (status, events) = node.sql(
@@ -205,6 +225,12 @@ fn fires_after_for_resolves_after_clear_after_and_is_data() {
     wait_state(&node, "low", "mountp=/data", "resolved");
     node.eventually(LIMIT, "the resolved notification", || {
         (heard(&sink, "low", "resolved").len() == 1).then_some(())
+    });
+    node.eventually(LIMIT, "the alert resolved in Alertmanager", || {
+        (!am.alerts()
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "low"))
+        .then_some(())
     });
     let resolved = &heard(&sink, "low", "resolved")[0];
     assert!(resolved["ended"].is_string(), "{resolved}");
