@@ -5,21 +5,17 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMillisecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{MemTable, Session, TableProvider};
-use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 
 use super::instance::millis;
 use super::status::AlertsShared;
 use super::store;
+use crate::sql::Computed;
 
 /// Events read at most (the newest), whatever `keep_events` holds.
 const MAX_EVENTS: usize = 100_000;
@@ -38,19 +34,6 @@ fn timestamps(v: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
 
 fn strings<'a>(v: impl IntoIterator<Item = Option<&'a str>>) -> ArrayRef {
     Arc::new(StringArray::from_iter(v))
-}
-
-async fn scan_batch(
-    schema: &SchemaRef,
-    batch: RecordBatch,
-    state: &dyn Session,
-    projection: Option<&Vec<usize>>,
-    filters: &[Expr],
-    limit: Option<usize>,
-) -> DfResult<Arc<dyn ExecutionPlan>> {
-    MemTable::try_new(schema.clone(), vec![vec![batch]])?
-        .scan(state, projection, filters, limit)
-        .await
 }
 
 #[derive(Debug)]
@@ -77,6 +60,12 @@ impl AlertsTable {
             Field::new("error", DataType::Utf8, true),
         ]));
         AlertsTable { shared, schema }
+    }
+}
+
+impl Computed for AlertsTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
     fn batch(&self) -> DfResult<RecordBatch> {
@@ -116,35 +105,6 @@ impl AlertsTable {
     }
 }
 
-#[async_trait]
-impl TableProvider for AlertsTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        scan_batch(
-            &self.schema,
-            self.batch()?,
-            state,
-            projection,
-            filters,
-            limit,
-        )
-        .await
-    }
-}
-
 #[derive(Debug)]
 pub struct AlertEventsTable {
     state_file: PathBuf,
@@ -166,6 +126,12 @@ impl AlertEventsTable {
             Field::new("detail", DataType::Utf8, true),
         ]));
         AlertEventsTable { state_file, schema }
+    }
+}
+
+impl Computed for AlertEventsTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
     fn batch(&self) -> DfResult<RecordBatch> {
@@ -192,34 +158,5 @@ impl AlertEventsTable {
             strings(ev.iter().map(|e| e.detail.as_deref())),
         ];
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
-    }
-}
-
-#[async_trait]
-impl TableProvider for AlertEventsTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        scan_batch(
-            &self.schema,
-            self.batch()?,
-            state,
-            projection,
-            filters,
-            limit,
-        )
-        .await
     }
 }

@@ -41,7 +41,7 @@ use crate::edge::store::{EdgeStore, StoreCollector};
 use crate::edge::LocalPublisher;
 use crate::error::ConfigError;
 use crate::metrics::Metrics;
-use crate::sql::SqlPool;
+use crate::sql::{ComputedTable, SqlPool};
 use crate::table::{load_schema_dir, SchemaRegistry};
 use crate::tier::admission::ListenLimits;
 use crate::tier::child_link::ChildLink;
@@ -297,17 +297,17 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     let (installed_tx, installed) = watch::channel(0u64);
     let mut node_tables: Vec<(&'static str, Arc<dyn datafusion::catalog::TableProvider>)> = vec![(
         QuarantineTable::NAME,
-        Arc::new(QuarantineTable::new(queries.quarantine.clone())),
+        ComputedTable::provider(QuarantineTable::new(queries.quarantine.clone())),
     )];
     let alerts = config.alerts.as_ref().map(|a| {
         let shared = AlertsShared::new(a.definitions.clone());
         node_tables.push((
             AlertsTable::NAME,
-            Arc::new(AlertsTable::new(shared.clone())),
+            ComputedTable::provider(AlertsTable::new(shared.clone())),
         ));
         node_tables.push((
             AlertEventsTable::NAME,
-            Arc::new(AlertEventsTable::new(a.state.clone())),
+            ComputedTable::provider(AlertEventsTable::new(a.state.clone())),
         ));
         shared
     });

@@ -8,18 +8,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{MemTable, Session, TableProvider};
-use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 use serde::Deserialize;
 
 use crate::error::QueryError;
+use crate::sql::Computed;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -280,6 +276,12 @@ impl QuarantineTable {
         ]));
         QuarantineTable { quarantine, schema }
     }
+}
+
+impl Computed for QuarantineTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
 
     fn batch(&self) -> DfResult<RecordBatch> {
         let rows = self.quarantine.offenders();
@@ -303,28 +305,6 @@ impl QuarantineTable {
             ),
         ];
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
-    }
-}
-
-#[async_trait]
-impl TableProvider for QuarantineTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let table = MemTable::try_new(self.schema.clone(), vec![vec![self.batch()?]])?;
-        table.scan(state, projection, filters, limit).await
     }
 }
 

@@ -2,6 +2,7 @@
 //! statement check and the front door every statement passes, views cached per generation,
 //! memory limits and guarded functions, and the pools queries run on.
 
+pub mod computed;
 mod division;
 mod engine;
 mod front_door;
@@ -13,6 +14,7 @@ mod statement;
 mod time_slice;
 mod views;
 
+pub use computed::{Computed, ComputedTable};
 pub use engine::{Origin, QueryLimits, QueryOutput, Snapshot, TableUse, DEFAULT_MAX_RESULT_BYTES};
 pub use front_door::{parse_checked, ParseLimits, STACK_BYTES};
 pub use memory::MemoryBudget;
