@@ -1,8 +1,9 @@
 //! The cost of mutual TLS on links (issue 12): the fleet benchmark's production path
 //! (`queryd simulate` serving 10,000 machines as clusters of 70 → a `queryd tla` → a
-//! `queryd sql` node, release processes on loopback) run twice with the same seed, without
-//! and then with mutual TLS on both links. For each run, over the same number of new
-//! generations at the SQL node:
+//! `queryd sql` node, release processes on loopback) run with the same seed without and
+//! with mutual TLS on both links, alternately (`ROUNDS` times each, so a machine getting
+//! busier or quieter does not favour one). For each, over the same number of new
+//! generations at the SQL node per run:
 //!
 //! - CPU seconds per generation of the simulator, the TLA and the SQL node (/proc);
 //! - bytes per generation on the TLA's links: frames (`query_links`, compressed, before
@@ -20,10 +21,13 @@ use query_integration::bench::{
 
 /// New generations measured per run.
 const GENERATIONS: usize = 6;
+/// Runs of each kind, alternating: plain, TLS, plain, TLS.
+const ROUNDS: usize = 2;
 const POLL: Duration = Duration::from_millis(50);
 const MACHINES: f64 = 10_000.0;
-/// Loopback blocks 127.0.`b`.0/24 of the two runs (other benchmarks use 60s, 80-82, 90).
-const BLOCKS: [u8; 2] = [86, 87];
+/// Loopback blocks 127.0.`b`.0/24 of the runs, one per run (other benchmarks use 60s,
+/// 80-82, 90).
+const FIRST_BLOCK: u8 = 86;
 const ROLES: [(&str, &str); 3] = [
     ("simulate", "simulator"),
     ("tla", "TLA"),
@@ -55,6 +59,13 @@ fn run(machines: usize, block: u8, tls: bool) -> Run {
     }
 }
 
+/// `bytes` (over the window) per generation of `r`'s window; NaN if unknown.
+fn per_gen(r: &Run, bytes: Option<u64>) -> f64 {
+    bytes
+        .map(|b| b as f64 / r.window.generations.max(1) as f64)
+        .unwrap_or(f64::NAN)
+}
+
 /// `+3.1 %`: how much more `with` is than `without`.
 fn change(without: f64, with: f64) -> String {
     if without.is_finite() && with.is_finite() && without > 0.0 {
@@ -82,7 +93,19 @@ fn main() {
     let interval = SimulatedFleet::interval_for(machines);
     let started = std::time::Instant::now();
     // One after the other (each fleet stops before the next starts): they share the cores.
-    let [plain, tls] = [false, true].map(|tls| run(machines, BLOCKS[usize::from(tls)], tls));
+    let [mut plain, mut tls] = [false, true].map(|_| Run {
+        startup: 0.0,
+        window: GenerationWindow::default(),
+        links: LinkBytes::default(),
+    });
+    for (i, block) in (0..2 * ROUNDS).zip(FIRST_BLOCK..) {
+        let on = i % 2 == 1;
+        let r = run(machines, block, on);
+        let into = if on { &mut tls } else { &mut plain };
+        into.startup += r.startup / ROUNDS as f64;
+        into.window.merge(r.window);
+        into.links = r.links;
+    }
 
     let mut rows: Vec<(String, f64, f64, String)> = Vec::new();
     let mut total = (0.0, 0.0);
@@ -100,10 +123,6 @@ fn main() {
         total.1,
         "s".into(),
     ));
-    let per_gen = |r: &Run, b: Option<u64>| {
-        b.map(|b| b as f64 / r.window.generations.max(1) as f64)
-            .unwrap_or(f64::NAN)
-    };
     let bytes: [(&str, fn(&Run) -> f64); 4] = [
         ("clusters → TLA, frames per generation", |r| {
             r.links.cluster_frame
@@ -130,15 +149,15 @@ fn main() {
         ));
     }
     rows.push((
-        "up after (start → every machine at the SQL node)".into(),
+        "up after (start → every machine at the SQL node), mean".into(),
         plain.startup,
         tls.startup,
-        "s0".into(),
+        "s1".into(),
     ));
 
     let cell = |v: f64, unit: &str| match unit {
         "s" => format!("{v:.3} s"),
-        "s0" => format!("{v:.0} s"),
+        "s1" => format!("{v:.1} s"),
         "ms" => format!("{v:.0} ms"),
         _ => human_bytes(v),
     };
@@ -146,8 +165,9 @@ fn main() {
         "## Link TLS: the cost of mutual TLS between tiers\n\n\
          The fleet benchmark's path (`queryd simulate --serve clusters`, {machines} machines in \
          clusters of {} → `queryd tla` → `queryd sql`, release processes on loopback, a {} s \
-         interval) run twice with the same seed: plain TCP, then mutual TLS on both links \
-         (`queryd simulate --tls-*` and `[link.tls]`, certificates from `queryd ca`). Each run \
+         interval) run with the same seed over plain TCP and with mutual TLS on both links \
+         (`queryd simulate --tls-*` and `[link.tls]`, certificates from `queryd ca`), \
+         alternately, {ROUNDS} runs of each (fresh processes every run). Each run \
          is measured over {GENERATIONS} new generations at the SQL node, from the moment it \
          shows one to the moment it shows the last: CPU seconds of each process (/proc), \
          bytes on the TLA's links and data latency (the newest `sys` source's age in the \
@@ -162,7 +182,7 @@ fn main() {
          X25519 key exchange, ECDSA P-256 certificates; this CPU {} AES-NI. Connections are \
          long-lived, so the handshakes (one per link at start) cost nothing per generation; \
          the cost is encrypting and decrypting each generation's frames.\n\n\
-         | per run | plain TCP | mutual TLS | difference |\n|---|---:|---:|---:|\n",
+         | figure | plain TCP | mutual TLS | difference |\n|---|---:|---:|---:|\n",
         SimulatedFleet::PER_CLUSTER,
         interval.as_secs(),
         POLL.as_millis(),
@@ -177,7 +197,8 @@ fn main() {
         ));
     }
     body.push_str(&format!(
-        "\nGenerations measured: {} plain, {} TLS, over {:.1} s and {:.1} s. The three \
+        "\nGenerations measured (all runs): {} plain, {} TLS, over {:.1} s and {:.1} s; \
+         frames are the last run's. The three \
          processes, the poller and anything else on the machine share its cores, so CPU \
          per generation is the steadier figure; latency moves with the schedule (the TLA \
          seals {}% into the interval). Whole benchmark: {:.0} s.",

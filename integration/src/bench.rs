@@ -313,6 +313,27 @@ impl GenerationWindow {
             .unwrap_or_default()
     }
 
+    /// Adds `other` (another window of the same processes' roles) to this one: a mean over
+    /// both when divided per generation.
+    pub fn merge(&mut self, other: GenerationWindow) {
+        if self.cpu.is_empty() {
+            *self = other;
+            return;
+        }
+        self.generations += other.generations;
+        self.seconds += other.seconds;
+        for (role, cpu, rss) in &mut self.cpu {
+            let (c, m) = other.usage(role);
+            *cpu += c;
+            *rss = rss.max(m);
+        }
+        self.latencies.extend(other.latencies);
+        self.latencies.sort_by(f64::total_cmp);
+        let add = |a: Option<u64>, b: Option<u64>| Some(a? + b?);
+        self.wire_clusters = add(self.wire_clusters, other.wire_clusters);
+        self.wire_sql = add(self.wire_sql, other.wire_sql);
+    }
+
     /// CPU cores `role` used on average.
     pub fn cores(&self, role: &str) -> f64 {
         self.usage(role).0 / self.seconds.max(f64::MIN_POSITIVE)
