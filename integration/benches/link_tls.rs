@@ -123,22 +123,22 @@ fn main() {
         total.1,
         "s".into(),
     ));
-    let bytes: [(&str, fn(&Run) -> f64); 4] = [
-        ("clusters → TLA, frames per generation", |r| {
-            r.links.cluster_frame
-        }),
-        ("TLA → SQL node, frames per generation", |r| {
-            r.links.sql_frame
-        }),
-        ("clusters → TLA, TCP bytes per generation", |r| {
-            per_gen(r, r.window.wire_clusters)
-        }),
-        ("TLA → SQL node, TCP bytes per generation", |r| {
-            per_gen(r, r.window.wire_sql)
-        }),
+    let bytes = |r: &Run| {
+        [
+            r.links.cluster_frame,
+            r.links.sql_frame,
+            per_gen(r, r.window.wire_clusters),
+            per_gen(r, r.window.wire_sql),
+        ]
+    };
+    let names = [
+        "clusters → TLA, frames per generation",
+        "TLA → SQL node, frames per generation",
+        "clusters → TLA, TCP bytes per generation",
+        "TLA → SQL node, TCP bytes per generation",
     ];
-    for (name, f) in bytes {
-        rows.push((name.into(), f(&plain), f(&tls), "B".into()));
+    for ((name, a), b) in names.iter().zip(bytes(&plain)).zip(bytes(&tls)) {
+        rows.push((name.to_string(), a, b, "B".into()));
     }
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
         rows.push((
