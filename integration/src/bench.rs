@@ -289,9 +289,13 @@ impl SimulatedFleet {
 /// moment the SQL node showed one new generation to the moment it showed the last.
 #[derive(Debug, Clone, Default)]
 pub struct GenerationWindow {
-    /// New generations in the window (each one's data latency is in `latencies`).
+    /// New generations in the window (each one's data latency is in `latencies`). More
+    /// than the intervals it spans when the SQL node seals on its own schedule because the
+    /// TLA was late (an overloaded machine).
     pub generations: usize,
     pub seconds: f64,
+    /// The fleet's generation interval: the simulator makes one generation per interval.
+    pub interval: Duration,
     /// Per new generation, the newest `sys` source's age in the first answer from it, ms,
     /// sorted: publish → visible.
     pub latencies: Vec<f64>,
@@ -339,12 +343,18 @@ impl GenerationWindow {
         self.usage(role).0 / self.seconds.max(f64::MIN_POSITIVE)
     }
 
-    /// CPU seconds of `role` per generation (NaN if none was seen).
-    pub fn cpu_per_generation(&self, role: &str) -> f64 {
-        if self.generations == 0 {
+    /// `total` over the window per generation interval (the fleet's rate of generations,
+    /// whatever the SQL node sealed); NaN for an empty window.
+    pub fn per_interval(&self, total: f64) -> f64 {
+        if self.seconds <= 0.0 {
             return f64::NAN;
         }
-        self.usage(role).0 / self.generations as f64
+        total / self.seconds * self.interval.as_secs_f64()
+    }
+
+    /// CPU seconds of `role` per generation interval.
+    pub fn cpu_per_interval(&self, role: &str) -> f64 {
+        self.per_interval(self.usage(role).0)
     }
 }
 
@@ -428,6 +438,7 @@ impl SimulatedFleet {
         GenerationWindow {
             generations: latencies.len(),
             seconds: (t1 - t0).as_secs_f64(),
+            interval: self.interval,
             latencies,
             cpu: pids
                 .iter()
