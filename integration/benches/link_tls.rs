@@ -22,12 +22,12 @@ use query_integration::bench::{
 
 /// New generations measured per run.
 const GENERATIONS: usize = 6;
-/// Runs of each kind, alternating: plain, TLS, plain, TLS.
-const ROUNDS: usize = 2;
+/// Runs of each kind, alternating: plain, TLS, plain, TLS, ...
+const ROUNDS: usize = 3;
 const POLL: Duration = Duration::from_millis(50);
 const MACHINES: f64 = 10_000.0;
-/// Loopback blocks 127.0.`b`.0/24 of the runs, one per run (other benchmarks use 60s,
-/// 80-82, 90).
+/// Loopback blocks 127.0.`b`.0/24 of the runs, one per run: 86 up to 86 + 2 `ROUNDS` - 1
+/// (other benchmarks use 60s, 80-82, 90).
 const FIRST_BLOCK: u8 = 86;
 const ROLES: [(&str, &str); 3] = [
     ("simulate", "simulator"),
@@ -49,6 +49,14 @@ fn run(machines: usize, block: u8, tls: bool) -> Run {
         fleet.startup
     );
     let window = fleet.measure(GENERATIONS, POLL);
+    // Each run's figures, to see the spread between runs of a kind.
+    eprintln!(
+        "link_tls: {what}: {} generations in {:.1} s, CPU s per generation {:?}, data latency ms {:?}",
+        window.generations,
+        window.seconds,
+        ROLES.map(|(role, _)| (window.cpu_per_interval(role) * 1000.0).round() / 1000.0),
+        window.latencies.iter().map(|l| l.round()).collect::<Vec<_>>()
+    );
     assert!(
         window.generations > 0,
         "link_tls: no new generation at the SQL node over {what}"
