@@ -472,6 +472,27 @@ fn a_tls_simulator_serves_only_parents_with_certificates() {
         "{err}"
     );
 
+    // A file that cannot be read: refused at start, naming it.
+    let (status, _, err) = queryd_exits(
+        &[
+            "simulate",
+            "--listen",
+            "127.0.75.1:7600",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-ca",
+            "/nonexistent/ca.pem",
+        ],
+        "simulate with a missing CA file",
+    );
+    assert!(!status.success());
+    assert!(
+        err.contains("--tls-*") && err.contains("cannot read ca /nonexistent/ca.pem"),
+        "{err}"
+    );
+
     let sim = Simulator::start(&[
         "--machines",
         "140",
