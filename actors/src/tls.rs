@@ -169,8 +169,15 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// The ring provider: the only one built (aws-lc-rs needs cmake and minutes of build).
+/// AES-128-GCM first (ring's default puts AES-256-GCM first): with AES-NI it is the
+/// cheapest suite, and links carry whole tables each interval. The client's order decides,
+/// and both ends are Query nodes, so this is the suite links use; the others stay for peers
+/// that offer nothing else.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(p)
 }
 
 /// This node's certificate chain and key, checked: the certificate is valid now and the key

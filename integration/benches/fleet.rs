@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use query_integration::bench::{
-    env_f64, human_bytes, parse_queries, percentile, proc_usage, write_bench_section,
-    SimulatedFleet,
+    env_f64, human_bytes, parse_queries, percentile, write_bench_section, LinkBytes, SimulatedFleet,
 };
 use query_integration::{repo, Node};
 use serde_json::Value;
@@ -65,65 +64,23 @@ struct Throughput {
 
 fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, String)]) -> FleetRun {
     let fleet = SimulatedFleet::start(machines, block, "");
-    let (sim, tla, sql) = (&fleet.sim, &fleet.tla, &fleet.sql);
+    let sql = &fleet.sql;
     let (clusters, interval) = (fleet.clusters, fleet.interval);
     let startup = fleet.startup;
     eprintln!("fleet: {machines} machines up after {startup:.0} s");
 
-    // Data latency over GENERATIONS new generations.
-    let pids = [
-        ("simulate", sim.pid()),
-        ("tla", tla.pid()),
-        ("sql", sql.pid()),
-    ];
-    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| proc_usage(*p).cpu_s).collect();
-    let window = Instant::now();
-    let mut latencies = Vec::new();
-    let mut last_id = None;
-    let deadline = Instant::now() + interval * (GENERATIONS as u32 + 3);
-    while latencies.len() < GENERATIONS && Instant::now() < deadline {
-        let (status, a) = sql.sql("SELECT COUNT(*) FROM sys");
-        if status == 200 {
-            let id = a["generation"]["id"].as_u64();
-            if last_id.is_some() && id != last_id {
-                if let Some(age) = a["tables"][0]["newest_source_age_ms"].as_f64() {
-                    latencies.push(age);
-                }
-            }
-            last_id = id;
-        }
-        std::thread::sleep(POLL);
-    }
-    let elapsed = window.elapsed().as_secs_f64();
-    let usage = pids
-        .iter()
-        .zip(cpu0)
-        .map(|((role, pid), c0)| {
-            let u = proc_usage(*pid);
-            (*role, (u.cpu_s - c0) / elapsed, u.rss_mib)
-        })
-        .collect();
-
-    // Link bytes, from the TLA's ends (queried once: query_links then travels the links).
-    let (status, links) = sql.sql(
-        "SELECT direction, SUM(last_full_frame_bytes), \
-         SUM(CASE WHEN frames > 1 THEN (bytes - last_full_frame_bytes) / (frames - 1) END), \
-         SUM(last_frame_bytes) \
-         FROM query_links WHERE node LIKE 'tla@%' GROUP BY direction",
-    );
-    let (mut cluster_full, mut cluster_frame, mut sql_full, mut sql_frame) = (0.0, 0.0, 0.0, 0.0);
-    if status == 200 {
-        for r in links["rows"].as_array().into_iter().flatten() {
-            let f = |i: usize| r[i].as_f64().unwrap_or(f64::NAN);
-            match r[0].as_str() {
-                Some("child") => (cluster_full, cluster_frame) = (f(1), f(2)),
-                Some("parent") => (sql_full, sql_frame) = (f(1), f(3)),
-                _ => {}
-            }
-        }
-    } else {
-        eprintln!("fleet: query_links: {links}");
-    }
+    // Data latency, CPU and link bytes over GENERATIONS new generations.
+    let window = fleet.measure(GENERATIONS, POLL);
+    let usage = ["simulate", "tla", "sql"]
+        .map(|role| (role, window.cores(role), window.usage(role).1))
+        .to_vec();
+    let latencies = window.latencies;
+    let LinkBytes {
+        cluster_full,
+        cluster_frame,
+        sql_full,
+        sql_frame,
+    } = fleet.link_bytes();
 
     let alone = queries
         .iter()
@@ -146,7 +103,6 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
         "fleet: {machines} machines: {:.1} queries/s",
         throughput.queries as f64 / throughput.seconds
     );
-    latencies.sort_by(f64::total_cmp);
     FleetRun {
         machines,
         clusters,

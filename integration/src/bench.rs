@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use query_actors::simulate::{FleetSimulator, SimulateConfig, TABLES};
 use query_actors::table::load_schema_dir;
+use query_actors::tls::ca::{self, CertSpec};
 
 use crate::fleet::{free_port, toml_list};
 use crate::{repo, Node, Simulator, Workspace};
@@ -115,12 +116,18 @@ pub fn simulator(machines: usize, per_cluster: usize) -> FleetSimulator {
 /// The production path at fleet scale as release processes on loopback block
 /// 127.0.`block`.0/24: `queryd simulate` serving the fleet as its cluster proxies would
 /// (`PER_CLUSTER` machines each, over TCP) → a `queryd tla` → a `queryd sql` node, both
-/// prewarming every simulated table. Used by the fleet and overload benchmarks; every
-/// process dies with it.
+/// prewarming every simulated table; optionally with mutual TLS on both links. Used by the
+/// fleet, overload and link TLS benchmarks; every process dies with it.
 pub struct SimulatedFleet {
     pub machines: usize,
     pub clusters: usize,
     pub interval: Duration,
+    /// Both links run mutual TLS (certificates from a CA in the workspace).
+    pub tls: bool,
+    /// The simulator's children listen on 127.0.`block`.1.
+    pub block: u8,
+    /// The TLA's link address (the SQL node dials it).
+    pub tla_link: String,
     /// Seconds from the start until the SQL node counted every machine.
     pub startup: f64,
     pub sim: Simulator,
@@ -153,11 +160,38 @@ impl SimulatedFleet {
     /// `sql_extra` is appended to the SQL node's config (whole TOML sections, e.g.
     /// `[http]`).
     pub fn start(machines: usize, block: u8, sql_extra: &str) -> SimulatedFleet {
+        Self::start_with(machines, block, sql_extra, false)
+    }
+
+    /// [`SimulatedFleet::start`], with `tls`: a CA made in the workspace gives the
+    /// simulator, the TLA and the SQL node certificates (for their addresses), and both
+    /// links (simulated clusters → TLA, TLA → SQL node) run mutual TLS.
+    pub fn start_with(machines: usize, block: u8, sql_extra: &str, tls: bool) -> SimulatedFleet {
         let clusters = machines.div_ceil(Self::PER_CLUSTER);
         let interval = Self::interval_for(machines);
         let ms = interval.as_millis() as u64;
         let started = Instant::now();
-        let sim = Simulator::start(&[
+        let ws = Workspace::new();
+        let sim_ip = format!("127.0.{block}.1");
+        let tla_ip = format!("127.0.{block}.5");
+        let sql_ip = format!("127.0.{block}.6");
+        // Per role: `[link.tls]` paths (certificate, key, CA bundle).
+        let pki = ws.path("pki");
+        let certs = |name: &str, ip: &str| -> [String; 3] {
+            let mut spec = CertSpec::for_days(name, 2);
+            spec.ips = vec![ip.parse().expect("ip")];
+            ca::issue_in_dir(&pki, &spec).expect("issue a certificate");
+            [
+                format!("{name}.pem"),
+                format!("{name}.key"),
+                "ca.pem".into(),
+            ]
+            .map(|f| pki.join(f).to_str().expect("utf8 path").to_string())
+        };
+        if tls {
+            ca::init_dir(&pki, &CertSpec::for_days("bench CA", 2)).expect("make a CA");
+        }
+        let mut sim_args: Vec<String> = [
             "--machines",
             &machines.to_string(),
             "--clusters",
@@ -165,20 +199,33 @@ impl SimulatedFleet {
             "--serve",
             "clusters",
             "--listen",
-            &format!("127.0.{block}.1:20000"),
+            &format!("{sim_ip}:20000"),
             "--interval",
             &format!("{ms}ms"),
             "--offset",
             "0ms",
-        ]);
-        let ws = Workspace::new();
+        ]
+        .map(String::from)
+        .to_vec();
+        let link_tls = |name: &str, ip: &str| {
+            if !tls {
+                return String::new();
+            }
+            let [cert, key, ca] = certs(name, ip);
+            format!("\n[link.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nca = \"{ca}\"\n")
+        };
+        if tls {
+            let [cert, key, ca] = certs("simulate", &sim_ip);
+            sim_args.extend(["--tls-cert".into(), cert, "--tls-key".into(), key]);
+            sim_args.extend(["--tls-ca".into(), ca]);
+        }
+        let sim = Simulator::start(&sim_args.iter().map(String::as_str).collect::<Vec<_>>());
         let paths = "[paths]\nschemas = \"schemas\"\nstatic_tables = \"static-tables/index.toml\"\nviews = \"views.toml\"\n";
         std::fs::write(
             ws.path("prewarm.toml"),
             format!("tables = {}\n", toml_list(&TABLES.map(String::from))),
         )
         .expect("prewarm");
-        let tla_ip = format!("127.0.{block}.5");
         let tla_link = format!("{tla_ip}:{}", free_port(&tla_ip));
         let common = |ip: &str, tenths: u64| {
             format!(
@@ -195,16 +242,18 @@ impl SimulatedFleet {
         let tla_cfg = write(
             "tla.toml",
             format!(
-                "{}\n[link]\nlisten = \"{tla_link}\"\nchildren = {}\ndrop_after = \"{drop_after}\"\n\n[requests]\nprewarm = \"prewarm.toml\"\n",
+                "{}\n[link]\nlisten = \"{tla_link}\"\nchildren = {}\ndrop_after = \"{drop_after}\"\n\n[requests]\nprewarm = \"prewarm.toml\"\n{}",
                 common(&tla_ip, Self::TLA_TENTHS),
-                toml_list(&sim.children)
+                toml_list(&sim.children),
+                link_tls("tla", &tla_ip),
             ),
         );
         let sql_cfg = write(
             "sql.toml",
             format!(
-                "{}\n[link]\nchildren = [\"{tla_link}\"]\ndrop_after = \"{drop_after}\"\n\n[requests]\nprewarm = \"prewarm.toml\"\nwait = \"600s\"\n\n{sql_extra}\n",
-                common(&format!("127.0.{block}.6"), Self::SQL_TENTHS)
+                "{}\n[link]\nchildren = [\"{tla_link}\"]\ndrop_after = \"{drop_after}\"\n\n[requests]\nprewarm = \"prewarm.toml\"\nwait = \"600s\"\n\n{sql_extra}\n{}",
+                common(&sql_ip, Self::SQL_TENTHS),
+                link_tls("sql", &sql_ip),
             ),
         );
         let start = |role: &str, config: &str| {
@@ -224,12 +273,211 @@ impl SimulatedFleet {
             machines,
             clusters,
             interval,
+            tls,
+            block,
+            tla_link,
             startup: started.elapsed().as_secs_f64(),
             sim,
             tla,
             sql,
             ws,
         }
+    }
+}
+
+/// What the three processes of a [`SimulatedFleet`] did over whole generations, from the
+/// moment the SQL node showed one new generation to the moment it showed the last.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationWindow {
+    /// New generations in the window (each one's data latency is in `latencies`). More
+    /// than the intervals it spans when the SQL node seals on its own schedule because the
+    /// TLA was late (an overloaded machine).
+    pub generations: usize,
+    pub seconds: f64,
+    /// The fleet's generation interval: the simulator makes one generation per interval.
+    pub interval: Duration,
+    /// Per new generation, the newest `sys` source's age in the first answer from it, ms,
+    /// sorted: publish → visible.
+    pub latencies: Vec<f64>,
+    /// (role: "simulate", "tla", "sql"; CPU seconds in the window; RSS MiB at its end).
+    pub cpu: Vec<(&'static str, f64, f64)>,
+    /// TCP payload bytes (TLS records and all) the simulator's children sent to the TLA,
+    /// and the TLA to the SQL node, in the window; None where `ss` could not tell.
+    pub wire_clusters: Option<u64>,
+    pub wire_sql: Option<u64>,
+}
+
+impl GenerationWindow {
+    /// (CPU seconds, RSS MiB) of `role` over the window.
+    pub fn usage(&self, role: &str) -> (f64, f64) {
+        self.cpu
+            .iter()
+            .find(|(r, _, _)| *r == role)
+            .map(|(_, c, m)| (*c, *m))
+            .unwrap_or_default()
+    }
+
+    /// Adds `other` (another window of the same processes' roles) to this one: a mean over
+    /// both when divided per generation.
+    pub fn merge(&mut self, other: GenerationWindow) {
+        if self.cpu.is_empty() {
+            *self = other;
+            return;
+        }
+        self.generations += other.generations;
+        self.seconds += other.seconds;
+        for (role, cpu, rss) in &mut self.cpu {
+            let (c, m) = other.usage(role);
+            *cpu += c;
+            *rss = rss.max(m);
+        }
+        self.latencies.extend(other.latencies);
+        self.latencies.sort_by(f64::total_cmp);
+        let add = |a: Option<u64>, b: Option<u64>| Some(a? + b?);
+        self.wire_clusters = add(self.wire_clusters, other.wire_clusters);
+        self.wire_sql = add(self.wire_sql, other.wire_sql);
+    }
+
+    /// CPU cores `role` used on average.
+    pub fn cores(&self, role: &str) -> f64 {
+        self.usage(role).0 / self.seconds.max(f64::MIN_POSITIVE)
+    }
+
+    /// `total` over the window per generation interval (the fleet's rate of generations,
+    /// whatever the SQL node sealed); NaN for an empty window.
+    pub fn per_interval(&self, total: f64) -> f64 {
+        if self.seconds <= 0.0 {
+            return f64::NAN;
+        }
+        total / self.seconds * self.interval.as_secs_f64()
+    }
+
+    /// CPU seconds of `role` per generation interval.
+    pub fn cpu_per_interval(&self, role: &str) -> f64 {
+        self.per_interval(self.usage(role).0)
+    }
+}
+
+/// Bytes of the TLA's links, as frames (compressed, before any TLS), from `query_links`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinkBytes {
+    /// Simulated clusters → TLA, summed over the clusters: the last full copy, and the mean
+    /// of the later frames (one per generation).
+    pub cluster_full: f64,
+    pub cluster_frame: f64,
+    /// TLA → SQL node: the last full copy and the last frame.
+    pub sql_full: f64,
+    pub sql_frame: f64,
+}
+
+/// The TCP payload bytes sent so far by the established connections `ss` selects with
+/// `filter` (e.g. `src 127.0.80.1`); None if `ss` is missing or says nothing.
+pub fn tcp_bytes_sent(filter: &str) -> Option<u64> {
+    let out = Command::new("ss")
+        .args(["-tinH", "state", "established"])
+        .args(filter.split_whitespace())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let counts: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("bytes_sent:")?.parse().ok())
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
+}
+
+impl SimulatedFleet {
+    /// Measures `generations` new generations at the SQL node (polling it every `poll`):
+    /// CPU of the three processes, data latency, and bytes on the TLA's links' sockets.
+    /// Gives up after `generations + 3` intervals (fewer generations in the window then).
+    pub fn measure(&self, generations: usize, poll: Duration) -> GenerationWindow {
+        let pids = [
+            ("simulate", self.sim.pid()),
+            ("tla", self.tla.pid()),
+            ("sql", self.sql.pid()),
+        ];
+        let wire = || {
+            (
+                tcp_bytes_sent(&format!("src 127.0.{}.1", self.block)),
+                tcp_bytes_sent(&format!("src {}", self.tla_link)),
+            )
+        };
+        let snapshot = || {
+            (
+                Instant::now(),
+                pids.map(|(_, p)| proc_usage(p).cpu_s),
+                wire(),
+            )
+        };
+        let deadline = Instant::now() + self.interval * (generations as u32 + 3);
+        let mut start = None;
+        let mut latencies = Vec::new();
+        let mut last_id = None;
+        while latencies.len() < generations && Instant::now() < deadline {
+            let (status, a) = self.sql.sql("SELECT COUNT(*) FROM sys");
+            if status == 200 {
+                let id = a["generation"]["id"].as_u64();
+                if last_id.is_some() && id != last_id {
+                    if start.is_none() {
+                        start = Some(snapshot());
+                    } else if let Some(age) = a["tables"][0]["newest_source_age_ms"].as_f64() {
+                        latencies.push(age);
+                    }
+                }
+                last_id = id;
+            }
+            std::thread::sleep(poll);
+        }
+        let Some((t0, cpu0, (clusters0, sql0))) = start else {
+            return GenerationWindow::default();
+        };
+        let (t1, cpu1, (clusters1, sql1)) = snapshot();
+        latencies.sort_by(f64::total_cmp);
+        let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+        GenerationWindow {
+            generations: latencies.len(),
+            seconds: (t1 - t0).as_secs_f64(),
+            interval: self.interval,
+            latencies,
+            cpu: pids
+                .iter()
+                .zip(cpu0.iter().zip(cpu1))
+                .map(|((role, pid), (c0, c1))| (*role, c1 - c0, proc_usage(*pid).rss_mib))
+                .collect(),
+            wire_clusters: delta(clusters0, clusters1),
+            wire_sql: delta(sql0, sql1),
+        }
+    }
+
+    /// The TLA's link bytes from `query_links` (queried once: the answer travels the links);
+    /// NaN where the SQL node could not answer.
+    pub fn link_bytes(&self) -> LinkBytes {
+        let (status, links) = self.sql.sql(
+            "SELECT direction, SUM(last_full_frame_bytes), \
+             SUM(CASE WHEN frames > 1 THEN (bytes - last_full_frame_bytes) / (frames - 1) END), \
+             SUM(last_frame_bytes) \
+             FROM query_links WHERE node LIKE 'tla@%' GROUP BY direction",
+        );
+        let mut b = LinkBytes {
+            cluster_full: f64::NAN,
+            cluster_frame: f64::NAN,
+            sql_full: f64::NAN,
+            sql_frame: f64::NAN,
+        };
+        if status != 200 {
+            eprintln!("bench: query_links: {links}");
+            return b;
+        }
+        for r in links["rows"].as_array().into_iter().flatten() {
+            let f = |i: usize| r[i].as_f64().unwrap_or(f64::NAN);
+            match r[0].as_str() {
+                Some("child") => (b.cluster_full, b.cluster_frame) = (f(1), f(2)),
+                Some("parent") => (b.sql_full, b.sql_frame) = (f(1), f(3)),
+                _ => {}
+            }
+        }
+        b
     }
 }
 

@@ -3,7 +3,8 @@
 //! node) answers SQL over mTLS; peers without a certificate, with one of another CA, with
 //! an expired one, or without TLS at all are refused at the handshake and receive no table
 //! data, while the node keeps serving real parents; a node with an expired certificate, or
-//! listening beyond loopback without TLS, does not start and says why.
+//! listening beyond loopback without TLS, does not start and says why. `queryd simulate
+//! --tls-*` serves its simulated clusters only to parents with a certificate.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,8 +16,8 @@ use query_actors::link::wire::{ToChild, ToParent, LINK_VERSION};
 use query_actors::tier::transport::Dialer;
 use query_actors::tls::ca::{self, CertSpec};
 use query_actors::tls::{MutualTls, TlsConfig};
-use query_integration::fleet::{free_port, Fleet, FleetSpec};
-use query_integration::{queryd_ca, queryd_exits, Node, Workspace};
+use query_integration::fleet::{free_port, toml_list, Fleet, FleetSpec};
+use query_integration::{queryd_ca, queryd_exits, Node, Simulator, Workspace};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
@@ -28,7 +29,12 @@ const MAX: usize = 64 << 20;
 
 /// A node's log without the terminal colours tracing adds.
 fn log_of(node: &Node) -> String {
-    let raw = std::fs::read_to_string(&node.stderr_log).unwrap_or_default();
+    log_file(&node.stderr_log)
+}
+
+/// A log file without the terminal colours tracing adds.
+fn log_file(path: &Path) -> String {
+    let raw = std::fs::read_to_string(path).unwrap_or_default();
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars();
     while let Some(c) = chars.next() {
@@ -431,4 +437,132 @@ fn refused_start(args: &[&str]) -> String {
     let (status, _, err) = queryd_exits(args, &format!("{args:?} should not start"));
     assert!(!status.success(), "queryd {args:?} should not start");
     err
+}
+
+#[test]
+fn a_tls_simulator_serves_only_parents_with_certificates() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    ca_init(pki.path());
+    ca_issue(pki.path(), "simulate", "127.0.75.1");
+    ca_issue(pki.path(), "tla", "127.0.75.5");
+    let sim_tls = tls_config(pki.path(), "simulate");
+    let path = |p: &Path| p.to_str().expect("utf8").to_string();
+    let (cert, key, ca) = (
+        path(&sim_tls.cert),
+        path(&sim_tls.key),
+        path(&pki.path().join("ca.pem")),
+    );
+
+    // Part of the TLS flags: refused, naming what is missing.
+    let (status, _, err) = queryd_exits(
+        &[
+            "simulate",
+            "--listen",
+            "127.0.75.1:7600",
+            "--tls-cert",
+            &cert,
+        ],
+        "simulate with --tls-cert alone",
+    );
+    assert!(!status.success());
+    assert!(
+        err.contains("--tls-key")
+            && err.contains("--tls-ca")
+            && !err.contains("missing --tls-cert"),
+        "{err}"
+    );
+
+    // A file that cannot be read: refused at start, naming it.
+    let (status, _, err) = queryd_exits(
+        &[
+            "simulate",
+            "--listen",
+            "127.0.75.1:7600",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-ca",
+            "/nonexistent/ca.pem",
+        ],
+        "simulate with a missing CA file",
+    );
+    assert!(!status.success());
+    assert!(
+        err.contains("--tls-*") && err.contains("cannot read ca /nonexistent/ca.pem"),
+        "{err}"
+    );
+
+    let sim = Simulator::start(&[
+        "--machines",
+        "140",
+        "--clusters",
+        "2",
+        "--serve",
+        "clusters",
+        "--listen",
+        "127.0.75.1:7600",
+        "--interval",
+        "1s",
+        "--offset",
+        "100ms",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-ca",
+        &ca,
+    ]);
+    let tla = tls_config(pki.path(), "tla");
+    let section = |ip: &str| {
+        format!(
+            "[node]\nmachine_ip = \"{ip}\"\ncluster = \"top\"\n\n[generation]\ninterval = \"1s\"\noffset = \"500ms\"\n\n[host]\nenabled = false\n\n[requests]\nwait = \"30s\"\n\n[link]\nchildren = {}\nbackoff_min = \"100ms\"\nbackoff_max = \"1s\"\n",
+            toml_list(&sim.children)
+        )
+    };
+    // A TLA with a certificate of the fleet's CA receives every simulated machine.
+    let ws = Workspace::new();
+    let with_cert = ws.start(
+        "tla-sql",
+        &format!(
+            "{}\n[link.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{ca}\"\n",
+            section("127.0.75.5"),
+            tla.cert.display(),
+            tla.key.display(),
+        ),
+    );
+    with_cert.eventually(LIMIT, "140 machines over mTLS", || {
+        let (status, a) = with_cert.sql("SELECT COUNT(DISTINCT machine_ip) FROM sys");
+        (status == 200 && a["rows"] == json!([[140]])).then_some(())
+    });
+
+    // A TLA without `[link.tls]` (plain TCP) is refused at the handshake and sees nothing.
+    let ws2 = Workspace::new();
+    let plain = ws2.start("tla-sql", &section("127.0.75.6"));
+    with_cert.eventually(LIMIT, "the simulator refuses the plain TLA", || {
+        let log = log_file(&sim.stderr_log);
+        (log.contains("TLS handshake refused") && log.contains("does not speak TLS")).then_some(())
+    });
+    // A TLS client without a certificate gets no frames either.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let link: SocketAddr = sim.children[0].parse().expect("addr");
+    let (frames, ended) = rt.block_on(tls_intruder(client(&pki.path().join("ca.pem"), None), link));
+    assert!(
+        frames.is_empty(),
+        "no certificate, yet {} frames ({ended})",
+        frames.len()
+    );
+    assert_ne!(ended, "still open");
+    let (status, a) = plain.sql("SELECT COUNT(*) FROM sys");
+    assert!(
+        status != 200 || a["rows"] == json!([[0]]),
+        "the plain TLA got rows: {a}"
+    );
+    assert_eq!(plain.get_json("/health")["machines"], 0);
+    // The TLA with a certificate keeps receiving.
+    let (status, a) = with_cert.sql("SELECT COUNT(DISTINCT machine_ip) FROM sys");
+    assert_eq!((status, &a["rows"]), (200, &json!([[140]])), "{a}");
 }

@@ -39,12 +39,18 @@ pub enum Serve {
 }
 
 /// Where the simulated children listen.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum ChildListen {
     /// In process: `mem:sim/<machine ip or cluster name>`.
     Memory,
-    /// TCP: child `i` (in fleet order) on `ip`, port `first_port + i`.
-    Tcp { ip: IpAddr, first_port: u16 },
+    /// TCP: child `i` (in fleet order) on `ip`, port `first_port + i`. With `tls`, every
+    /// child requires parents to complete a mutual TLS handshake first, as a node with
+    /// `[link.tls]` does (one configuration shared by all children).
+    Tcp {
+        ip: IpAddr,
+        first_port: u16,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    },
 }
 
 /// One simulated child, as a parent would configure it.
@@ -100,12 +106,12 @@ impl SimulatedChildren {
         let metrics = Arc::new(Metrics::default());
         let mut senders = BTreeMap::new();
         for (i, child) in children.iter_mut().enumerate() {
-            let listener = match listen {
+            let listener = match &listen {
                 ChildListen::Memory => {
                     child.addr = format!("mem:sim/{}", child.name);
                     Pending::Ready(Listener::memory(&format!("sim/{}", child.name)))
                 }
-                ChildListen::Tcp { ip, first_port } => {
+                ChildListen::Tcp { ip, first_port, .. } => {
                     let port = u16::try_from(i)
                         .ok()
                         .and_then(|i| first_port.checked_add(i))
@@ -118,7 +124,7 @@ impl SimulatedChildren {
                                 ),
                             )
                         })?;
-                    let addr = SocketAddr::new(ip, port);
+                    let addr = SocketAddr::new(*ip, port);
                     let l = std::net::TcpListener::bind(addr).map_err(|e| {
                         std::io::Error::new(e.kind(), format!("binding {addr}: {e}"))
                     })?;
@@ -140,7 +146,10 @@ impl SimulatedChildren {
                 book: None,
                 metrics: metrics.clone(),
                 sessions: Arc::new(ParentSessions::default()),
-                tls: None,
+                tls: match &listen {
+                    ChildListen::Tcp { tls, .. } => tls.clone(),
+                    ChildListen::Memory => None,
+                },
             };
             let p = pool.clone();
             let addr = child.addr.clone();
@@ -291,6 +300,7 @@ mod tests {
             ChildListen::Tcp {
                 ip: "127.0.0.1".parse().expect("ip"),
                 first_port,
+                tls: None,
             },
         )
         .expect("listen");

@@ -1,6 +1,7 @@
 //! `queryd simulate`: a simulated fleet on its own, serving its machines (for real cluster
 //! proxies) or its clusters (for real TLAs) over TCP, so benchmarks and tests measure the
-//! production path from the first link up.
+//! production path from the first link up. With TLS (`--tls-cert/--tls-key/--tls-ca`)
+//! every child requires its parents' client certificates, as a node's `[link.tls]` does.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use crate::link::frame::Codec;
 use crate::node::config::GenerationConfig;
 use crate::sql::SqlPool;
 use crate::table::load_schema_dir;
+use crate::tls::{server_config, ClientCerts, TlsConfig};
 
 /// Everything `queryd simulate` is told.
 #[derive(Debug, Clone)]
@@ -27,6 +29,9 @@ pub struct StandaloneConfig {
     pub schemas: PathBuf,
     /// Compute threads (0: one per core).
     pub threads: usize,
+    /// Mutual TLS for every child (`ca` required): parents must present a certificate a
+    /// CA of `ca` signed. None: plain TCP.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Starts the fleet inside the running actix system; returns its children in fleet order.
@@ -38,6 +43,19 @@ pub fn start_standalone(cfg: &StandaloneConfig) -> Result<Vec<SimChild>, ConfigE
             message: "must be less than the interval".into(),
         });
     }
+    // Loaded once, before any port is bound: a bad file stops the start naming it.
+    let tls = match &cfg.tls {
+        Some(t) => {
+            t.validate("--tls-*")?;
+            Some(
+                server_config(t, ClientCerts::Required).map_err(|e| ConfigError::Invalid {
+                    what: "--tls-*".into(),
+                    message: e.to_string(),
+                })?,
+            )
+        }
+        None => None,
+    };
     let schemas = load_schema_dir(&cfg.schemas)?;
     let pool = SqlPool::new(cfg.threads).map_err(|e| ConfigError::Invalid {
         what: "--threads".into(),
@@ -53,6 +71,7 @@ pub fn start_standalone(cfg: &StandaloneConfig) -> Result<Vec<SimChild>, ConfigE
         ChildListen::Tcp {
             ip: cfg.listen.ip(),
             first_port: cfg.listen.port(),
+            tls,
         },
     )
     .map_err(|e| ConfigError::Invalid {
@@ -65,6 +84,7 @@ pub fn start_standalone(cfg: &StandaloneConfig) -> Result<Vec<SimChild>, ConfigE
         clusters = cfg.fleet.clusters,
         children = children.len(),
         serve = ?cfg.serve,
+        tls = cfg.tls.is_some(),
         first = children.first().map(|c| c.addr.as_str()).unwrap_or(""),
         last = children.last().map(|c| c.addr.as_str()).unwrap_or(""),
         "simulated fleet serving"

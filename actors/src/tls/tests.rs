@@ -293,3 +293,32 @@ fn plain_bytes_are_not_tls() {
     );
     assert_eq!(describe_handshake(&e).0, HandshakeFailure::NotTls);
 }
+
+/// Links use the cheapest suite with AES-NI (the link TLS benchmark states it).
+#[tokio::test]
+async fn links_negotiate_tls13_aes_128_gcm() {
+    let pki = Pki::new();
+    let server = MutualTls::load(&pki.issue(&Pki::spec("server"))).expect("server");
+    let client = MutualTls::load(&pki.issue(&Pki::spec("client"))).expect("client");
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let name = ServerName::try_from("127.0.0.1".to_string()).expect("name");
+    let (s, c) = tokio::join!(
+        tokio_rustls::TlsAcceptor::from(server.server.clone()).accept(a),
+        tokio_rustls::TlsConnector::from(client.client.clone()).connect(name, b),
+    );
+    let want = Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    let c = c.expect("client side");
+    assert_eq!(
+        c.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+        want
+    );
+    let s = s.expect("server side");
+    assert_eq!(
+        s.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+        want
+    );
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+}

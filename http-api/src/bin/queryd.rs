@@ -14,6 +14,7 @@ use query_actors::simulate::hierarchy::start_demo;
 use query_actors::simulate::standalone::{start_standalone, write_children_file, StandaloneConfig};
 use query_actors::simulate::SimulateConfig;
 use query_actors::tls::ca::{self, CertSpec};
+use query_actors::tls::TlsConfig;
 
 /// A built-in configuration: its text, and the directory its relative paths start from
 /// (where its file sits, under the working directory: the repository root for `make run`).
@@ -271,6 +272,44 @@ struct SimulateArgs {
     /// Write the children's addresses here as `children = [...]` (TOML) for the parents.
     #[arg(long)]
     children_file: Option<PathBuf>,
+    /// Mutual TLS on every child, as a node's `[link.tls]`: this certificate (PEM chain;
+    /// issue it for the --listen IP), with --tls-key and --tls-ca (all three or none).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// The CA bundle parents' client certificates must be signed by (PEM).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+}
+
+/// `[link.tls]` for the simulated children from `--tls-cert/--tls-key/--tls-ca`: all three
+/// or none.
+fn simulate_tls(args: &SimulateArgs) -> Result<Option<TlsConfig>, String> {
+    match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: Some(ca.clone()),
+            server_name: None,
+        })),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [
+                ("--tls-cert", cert.is_none()),
+                ("--tls-key", key.is_none()),
+                ("--tls-ca", ca.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(flag, missing)| missing.then_some(flag))
+            .collect();
+            Err(format!(
+                "TLS needs --tls-cert, --tls-key and --tls-ca together; missing {}",
+                missing.join(", ")
+            ))
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -288,6 +327,13 @@ enum CodecArg {
 
 /// Runs `queryd simulate` until the process is stopped.
 fn simulate(args: &SimulateArgs) -> ExitCode {
+    let tls = match simulate_tls(args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("queryd simulate: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = StandaloneConfig {
         fleet: SimulateConfig {
             machines: args.machines,
@@ -312,6 +358,7 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
         },
         schemas: args.schemas.clone(),
         threads: args.threads,
+        tls,
     };
     let children_file = args.children_file.clone();
     let result = actix_web::rt::System::new().block_on(async move {
