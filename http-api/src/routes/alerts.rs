@@ -48,7 +48,7 @@ pub async fn get_alerts(
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum TestRequest {
-    Given(AlertDef),
+    Given(Box<AlertDef>),
     Named { name: String },
 }
 
@@ -60,7 +60,7 @@ pub async fn test(
     let shared = alerts_of(&node)?;
     let who = principal_of(&req);
     let def = match body.into_inner() {
-        TestRequest::Given(def) => def,
+        TestRequest::Given(def) => *def,
         TestRequest::Named { name } => shared
             .lock()
             .defs
