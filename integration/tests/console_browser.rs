@@ -1,11 +1,15 @@
 //! The web console in a real browser: headless Chromium (Debian's package, installed by
 //! `make test`) loads the page from a running node, runs a query through the page's own
-//! JavaScript and renders the results and the table list.
+//! JavaScript and renders the results and the table list; its Alerts view lists what fires,
+//! and a click (a real mouse event, over Chromium's DevTools protocol) runs an alert's SQL.
 
-use std::process::Command;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use query_integration::{queryd_bin, Workspace};
+use query_integration::{queryd_bin, repo, Workspace};
+use serde_json::{json, Value};
 
 fn chromium() -> String {
     for c in ["chromium", "/usr/bin/chromium", "chromium-browser"] {
@@ -110,6 +114,14 @@ fn console_runs_a_query_and_lists_tables_in_a_real_browser() {
         "{dom}"
     );
 
+    // A node without [alerts] says so in the Alerts view, not with an error.
+    let dom = dump_dom(&node.url("/#alerts"), None);
+    assert!(
+        dom.contains("This node evaluates no alerts (its config has no [alerts] section)."),
+        "{dom}"
+    );
+    assert!(dom.contains("data-alerts=\"none\""), "{dom}");
+
     // A screenshot for people to look at (not asserted beyond being written).
     let shot = std::env::temp_dir().join("query-console.png");
     dump_dom(
@@ -172,4 +184,336 @@ fn console_asks_for_a_token_and_never_runs_a_linked_query_by_itself() {
         !dom.contains(&secret),
         "the token is not shown in the page: {dom}"
     );
+}
+
+/// Headless Chromium driven over its DevTools protocol on a pipe (`--remote-debugging-pipe`:
+/// commands on its fd 3, answers on its fd 4, each a JSON text ended by NUL), so a test can
+/// click like a user; no WebSocket client needed. Killed when dropped.
+struct Browser {
+    child: Child,
+    commands: ChildStdin,
+    answers: mpsc::Receiver<Value>,
+    next_id: u64,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+const BROWSER_LIMIT: Duration = Duration::from_secs(60);
+
+impl Browser {
+    /// Opens `url` in a new page of a new headless Chromium.
+    fn open(url: &str) -> Browser {
+        let profile = tempfile::tempdir().expect("profile dir");
+        // The shell moves the pipes Rust gives it as stdin/stdout to fds 3 and 4.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"exec "$0" "$@" 3<&0 4>&1 </dev/null >/dev/null"#)
+            .arg(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1280,800",
+                "--remote-debugging-pipe",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromium");
+        let commands = child.stdin.take().expect("stdin");
+        let mut out = child.stdout.take().expect("stdout");
+        let (tx, answers) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut pending = Vec::new();
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(end) = pending.iter().position(|&b| b == 0) {
+                    let msg: Vec<u8> = pending.drain(..=end).collect();
+                    let Ok(v) = serde_json::from_slice::<Value>(&msg[..end]) else {
+                        continue;
+                    };
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut b = Browser {
+            child,
+            commands,
+            answers,
+            next_id: 0,
+            session: String::new(),
+            _profile: profile,
+        };
+        let target = b.send(None, "Target.createTarget", json!({ "url": url }));
+        let target = target["targetId"].as_str().expect("targetId").to_string();
+        let attached = b.send(
+            None,
+            "Target.attachToTarget",
+            json!({ "targetId": target, "flatten": true }),
+        );
+        b.session = attached["sessionId"]
+            .as_str()
+            .expect("sessionId")
+            .to_string();
+        b
+    }
+
+    /// One command (to the browser, or to the page's session); its result, or its error
+    /// as `{"error": ...}`.
+    fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({ "id": id, "method": method, "params": params });
+        if let Some(s) = session {
+            msg["sessionId"] = json!(s);
+        }
+        let mut bytes = serde_json::to_vec(&msg).expect("json");
+        bytes.push(0);
+        self.commands.write_all(&bytes).expect("write to chromium");
+        let deadline = Instant::now() + BROWSER_LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let answer = self
+                .answers
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no answer from chromium to {method}: {e}"));
+            if answer["id"].as_u64() == Some(id) {
+                return match answer.get("error") {
+                    Some(e) => json!({ "error": e }),
+                    None => answer["result"].clone(),
+                };
+            }
+        }
+    }
+
+    /// The value of a JavaScript expression in the page, or None if it threw (e.g. while
+    /// the page is still loading).
+    fn eval(&mut self, expression: &str) -> Option<Value> {
+        let session = self.session.clone();
+        let r = self.send(
+            Some(&session),
+            "Runtime.evaluate",
+            json!({ "expression": expression, "returnByValue": true }),
+        );
+        if r.get("error").is_some() || r.get("exceptionDetails").is_some() {
+            return None;
+        }
+        Some(r["result"]["value"].clone())
+    }
+
+    /// Polls `expression` until it is truthy (bounded); returns its value.
+    fn wait_for(&mut self, what: &str, expression: &str) -> Value {
+        let deadline = Instant::now() + BROWSER_LIMIT;
+        loop {
+            match self.eval(expression) {
+                Some(v) if !v.is_null() && v != json!(false) && v != json!("") => return v,
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A left click in the middle of the element `selector`, as mouse events from the
+    /// browser (trusted, as a user's), after scrolling it into view.
+    fn click(&mut self, selector: &str) {
+        let sel = serde_json::to_string(selector).expect("json");
+        let rect = self.wait_for(
+            &format!("{selector} on screen"),
+            &format!(
+                "(() => {{ const e = document.querySelector({sel}); if (!e) return null; \
+                 e.scrollIntoView({{ block: 'center' }}); const r = e.getBoundingClientRect(); \
+                 return {{ x: r.x + r.width / 2, y: r.y + r.height / 2 }}; }})()"
+            ),
+        );
+        let session = self.session.clone();
+        for kind in ["mousePressed", "mouseReleased"] {
+            let r = self.send(
+                Some(&session),
+                "Input.dispatchMouseEvent",
+                json!({ "type": kind, "x": rect["x"], "y": rect["y"], "button": "left", "clickCount": 1 }),
+            );
+            assert!(r.get("error").is_none(), "{kind}: {r}");
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Alerts view lists firing instances first with their priority, description and
+/// runbook link; a click on "Run its SQL" puts the alert's SQL in the query box and runs
+/// it; opening the view runs nothing by itself.
+#[test]
+fn console_alerts_view_lists_firing_instances_and_a_click_runs_the_sql() {
+    let ws = Workspace::new();
+    let mut alerts =
+        std::fs::read_to_string(repo().join("ops/alerts.toml")).expect("read ops/alerts.toml");
+    // Text that must stay text: markup in a description, a runbook that is not http(s).
+    alerts.push_str(
+        "\n[[alert]]\nname = \"odd_text\"\nsql = \"SELECT 1 AS one\"\npriority = \"email\"\n\
+         description = \"<b id=injected>not markup</b>\"\nrunbook = \"javascript:alert(1)\"\n",
+    );
+    std::fs::write(ws.path("alerts.toml"), alerts).expect("write alerts.toml");
+    let node = ws.start(
+        "demo",
+        "[generation]\ninterval = \"2s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 200\nclusters = 4\n\n\
+         [alerts]\ndefinitions = \"alerts.toml\"\nstate = \"alerts.db\"\n",
+    );
+    // The demo's 4 clusters are not the 20 that the shipped static table expects.
+    let (sql, firing_key) = node.eventually(
+        Duration::from_secs(90),
+        "a firing instance of machines_missing",
+        || {
+            let report = node.get_json("/alerts");
+            let a = report["alerts"]
+                .as_array()?
+                .iter()
+                .find(|a| a["name"] == "machines_missing")?
+                .clone();
+            let key = a["instances"]
+                .as_array()?
+                .iter()
+                .find(|i| i["state"] == "firing")?["key_text"]
+                .as_str()?
+                .to_string();
+            Some((a["sql"].as_str()?.to_string(), key))
+        },
+    );
+
+    let mut browser = Browser::open(&node.url("/#alerts"));
+    // Every row of the instance list: its cells' text and its links.
+    let rows = browser.wait_for(
+        "the instance list",
+        "(() => { if (document.body.dataset.alerts !== 'loaded') return null; \
+         const rows = [...document.querySelectorAll('#alert-instances tbody tr')]; \
+         return rows.length ? rows.map((tr) => ({ cells: [...tr.cells].map((c) => c.textContent), \
+         links: [...tr.querySelectorAll('a')].map((a) => a.href) })) : null; })()",
+    );
+    let rows = rows.as_array().expect("rows");
+    let row = rows
+        .iter()
+        .find(|r| r["cells"][1] == "machines_missing" && r["cells"][2] == firing_key.as_str())
+        .unwrap_or_else(|| panic!("{firing_key} listed: {rows:?}"));
+    let cells: Vec<&str> = row["cells"]
+        .as_array()
+        .expect("cells")
+        .iter()
+        .map(|c| c.as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(cells[0], "firing", "{row}");
+    assert!(cells[3].contains("reporting="), "values: {row}");
+    assert!(cells[5].contains(" ago)"), "since: {row}");
+    assert_eq!(cells[6], "page", "priority: {row}");
+    assert_eq!(cells[7], "query", "owner: {row}");
+    assert!(cells[9].starts_with("A cluster with under 90%"), "{row}");
+    assert_eq!(
+        row["links"],
+        json!(["https://wiki.example.org/runbooks/machines-missing"]),
+        "runbook link: {row}"
+    );
+    // Firing first: no row in another state comes before a firing one.
+    let states: Vec<&str> = rows.iter().filter_map(|r| r["cells"][0].as_str()).collect();
+    let first_other = states.iter().position(|s| *s != "firing");
+    assert!(
+        first_other.is_none_or(|i| states[i..].iter().all(|s| *s != "firing")),
+        "{states:?}"
+    );
+    // The count is in the tab; markup and a javascript: runbook stay text.
+    let tab = browser.eval("document.getElementById('tab-alerts').textContent");
+    let tab = tab.as_ref().and_then(Value::as_str).unwrap_or("");
+    assert!(
+        tab.starts_with("Alerts (") && tab.contains(" firing"),
+        "{tab}"
+    );
+    let odd = rows
+        .iter()
+        .find(|r| r["cells"][1] == "odd_text")
+        .unwrap_or_else(|| panic!("odd_text listed: {rows:?}"));
+    assert_eq!(odd["cells"][9], "<b id=injected>not markup</b>", "{odd}");
+    assert_eq!(odd["cells"][8], "javascript:alert(1)", "{odd}");
+    assert_eq!(odd["links"], json!([]), "not a link: {odd}");
+    assert_eq!(
+        browser.eval("document.getElementById('injected') === null && document.querySelectorAll('a[href^=\"javascript\"]').length === 0"),
+        Some(json!(true))
+    );
+    // The per-alert list shows the last evaluation.
+    let evaluated = browser.wait_for(
+        "machines_missing's last evaluation",
+        "(() => { const b = document.querySelector('#alert-defs button[data-alert=\"machines_missing\"]'); \
+         return b && [...b.closest('tr').cells].map((c) => c.textContent); })()",
+    );
+    assert!(
+        evaluated[4].as_str().is_some_and(|t| t.contains(" ago)")),
+        "{evaluated}"
+    );
+    assert!(
+        evaluated[5].as_str().is_some_and(|t| t.ends_with(" ms")),
+        "{evaluated}"
+    );
+    // Opening the view ran no query.
+    assert_eq!(
+        browser.eval("document.body.dataset.state === undefined && document.getElementById('results').childElementCount === 0"),
+        Some(json!(true))
+    );
+
+    // A click on "Run its SQL": the query view, the alert's SQL in the box, its rows.
+    browser.click("#alert-defs button[data-alert=\"machines_missing\"]");
+    browser.wait_for("the query to run", "document.body.dataset.state === 'done'");
+    let page = browser
+        .eval(
+            "({ view: document.body.dataset.view, sql: document.getElementById('sql').value, \
+             hidden: document.getElementById('alerts-view').hidden, \
+             heads: [...document.querySelectorAll('#results th')].map((th) => th.textContent), \
+             rows: [...document.querySelectorAll('#results tbody tr')].map((tr) => tr.cells[0].textContent), \
+             status: document.getElementById('status').textContent, \
+             error: document.getElementById('error').textContent })",
+        )
+        .expect("page state");
+    assert_eq!(page["view"], "query", "{page}");
+    assert_eq!(page["hidden"], true, "{page}");
+    assert_eq!(page["sql"], sql.trim(), "{page}");
+    assert_eq!(page["error"], "", "{page}");
+    assert_eq!(
+        page["heads"],
+        json!(["cluster", "expected", "reporting"]),
+        "{page}"
+    );
+    let cluster = firing_key.trim_start_matches("cluster=");
+    assert!(
+        page["rows"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|c| c == cluster)),
+        "{cluster} in the rows: {page}"
+    );
+    assert!(
+        page["status"]
+            .as_str()
+            .is_some_and(|s| s.contains(" rows in ")),
+        "{page}"
+    );
+    drop(browser);
+
+    // A screenshot of the view for people to look at (not asserted beyond being written).
+    let shot = std::env::temp_dir().join("alerts-console.png");
+    dump_dom(&node.url("/#alerts"), Some(&shot));
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000));
 }
