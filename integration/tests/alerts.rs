@@ -382,6 +382,11 @@ notify = ["hook"]
         (round(&node) > r + 3).then_some(())
     });
     assert_eq!(heard(&sink, "broken", "error").len(), 1, "notified once");
+    let (_, metrics) = node.get("/metrics");
+    assert!(
+        !metrics.contains("query_alert_evaluation_failures_total{alert=\"broken\"} 0"),
+        "{metrics}"
+    );
     assert_eq!(
         state(&node, "low", "mountp=/data").as_deref(),
         Some("firing")

@@ -155,11 +155,17 @@ impl AlertsShared {
                 states.get(st).copied().unwrap_or(0)
             );
         }
-        let failures: u64 = s.last.values().map(|l| l.failures).sum();
         let _ = writeln!(
             out,
-            "# HELP query_alert_evaluation_failures_total Alert evaluations whose SQL failed.\n# TYPE query_alert_evaluation_failures_total counter\nquery_alert_evaluation_failures_total {failures}"
+            "# HELP query_alert_evaluation_failures_total Evaluations of each alert that failed (its SQL, or its definition).\n# TYPE query_alert_evaluation_failures_total counter"
         );
+        for (name, l) in &s.last {
+            let _ = writeln!(
+                out,
+                "query_alert_evaluation_failures_total{{alert=\"{name}\"}} {}",
+                l.failures
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP query_alerts_file_errors_total Edits of the alert definitions refused (the previous ones stay).\n# TYPE query_alerts_file_errors_total counter\nquery_alerts_file_errors_total {}",
