@@ -240,6 +240,10 @@ fn fires_after_for_resolves_after_clear_after_and_is_data() {
     let report = node.get_json("/alerts");
     let low = alert(&report, "low");
     assert!(low["last_evaluation_ms"].as_f64().is_some(), "{low}");
+    assert_eq!(low["counts"], json!({"resolved": 1}), "{low}");
+    let none = node.get_json("/alerts?instances=0");
+    assert_eq!(alert(&none, "low")["instances"], json!([]));
+    assert_eq!(alert(&none, "low")["counts"], json!({"resolved": 1}));
     assert!(low["evaluations"].as_u64().unwrap_or(0) >= 4, "{low}");
     let (_, metrics) = node.get("/metrics");
     assert!(

@@ -73,8 +73,9 @@ impl AlertsShared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `GET /alerts`: firing, error and unknown instances first.
-    pub fn report(&self) -> AlertsReport {
+    /// `GET /alerts`: firing, error and unknown instances first, at most `limit` per alert
+    /// (an alert over a big fleet may hold tens of thousands; `counts` has them all).
+    pub fn report(&self, limit: usize) -> AlertsReport {
         let s = self.lock();
         let mut alerts: Vec<AlertReport> = s
             .defs
@@ -88,7 +89,12 @@ impl AlertsShared {
                     .map(|i| i.by_key.values().map(InstanceReport::of).collect())
                     .unwrap_or_default();
                 instances.sort_by_key(|i| (rank(i.state), i.key_text.clone()));
-                AlertReport::of(d, &s.defs, &last, instances)
+                let mut counts: BTreeMap<AlertState, usize> = BTreeMap::new();
+                for i in &instances {
+                    *counts.entry(i.state).or_default() += 1;
+                }
+                instances.truncate(limit);
+                AlertReport::of(d, &s.defs, &last, instances, counts)
             })
             .collect();
         alerts.sort_by_key(|a| {
@@ -263,6 +269,9 @@ pub struct AlertReport {
     pub last_problem: Option<String>,
     pub evaluations: u64,
     pub failures: u64,
+    /// Instances per state, all of them.
+    pub counts: BTreeMap<AlertState, usize>,
+    /// The first `limit` instances, most urgent first.
     pub instances: Vec<InstanceReport>,
 }
 
@@ -272,6 +281,7 @@ impl AlertReport {
         file: &AlertsFile,
         last: &LastEvaluation,
         instances: Vec<InstanceReport>,
+        counts: BTreeMap<AlertState, usize>,
     ) -> Self {
         AlertReport {
             name: d.name.clone(),
@@ -295,6 +305,7 @@ impl AlertReport {
             last_problem: last.problem.clone(),
             evaluations: last.evaluations,
             failures: last.failures,
+            counts,
             instances,
         }
     }

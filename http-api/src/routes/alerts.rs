@@ -16,19 +16,32 @@ use crate::guard::principal_of;
 
 fn alerts_of(node: &NodeHandle) -> Result<&std::sync::Arc<AlertsShared>, ApiError> {
     node.alerts.as_ref().ok_or_else(|| {
-        ApiError::Missing(
-            "/alerts: this node evaluates no alerts (no [alerts] in its config)".into(),
-        )
+        ApiError::Missing("this node evaluates no alerts (no [alerts] in its config)".into())
     })
 }
 
+/// `?instances=N`: instances listed per alert (default 500, at most 100,000); the counts
+/// per state are always complete.
+#[derive(Debug, Deserialize)]
+pub struct ReportQuery {
+    instances: Option<usize>,
+}
+
+const DEFAULT_INSTANCES: usize = 500;
+const MAX_INSTANCES: usize = 100_000;
+
 pub async fn get_alerts(
     req: HttpRequest,
+    query: web::Query<ReportQuery>,
     node: web::Data<NodeHandle>,
 ) -> Result<HttpResponse, ApiError> {
     let shared = alerts_of(&node)?;
     let who = principal_of(&req);
-    let mut report = shared.report();
+    let limit = query
+        .instances
+        .unwrap_or(DEFAULT_INSTANCES)
+        .min(MAX_INSTANCES);
+    let mut report = shared.report(limit);
     if who.tables.is_some() {
         // Alert SQL is the operator's, not the client's: parsed here, not on the query pool.
         let views = node.snapshot().map(|s| s.view_sql()).unwrap_or_default();
