@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use query_actors::simulate::PROCS;
 use query_integration::bench::{
     env_f64, percentile, proc_usage, write_bench_section, SimulatedFleet,
 };
@@ -27,25 +28,7 @@ use query_integration::{Node, Workspace};
 /// Passes before measuring: the first sees the new definitions' tables requested.
 const WARMUP: usize = 2;
 const ALERT_COUNTS: [usize; 2] = [100, 1_000];
-/// The simulator's process names (`actors/src/simulate`): a dns alert watches one.
-const PROCS: [&str; 16] = [
-    "systemd",
-    "sshd",
-    "cron",
-    "rsyslogd",
-    "ntpd",
-    "queryd",
-    "httpd",
-    "cache-mgr",
-    "dnsd",
-    "logshipper",
-    "monitor",
-    "storaged",
-    "mediad",
-    "configd",
-    "health-check",
-    "kworker",
-];
+/// The simulator's mount points (`actors/src/simulate`), in the order alerts take them.
 const MOUNTS: [&str; 4] = ["/", "/data", "/boot", "/var"];
 
 /// `n` alerts: the five shipped ones in turn, the `j`th of each family with its own

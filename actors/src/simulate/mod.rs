@@ -80,7 +80,8 @@ pub const TABLES: [&str; 6] = [
     "load_info",
 ];
 
-const PROCS: &[&str] = &[
+/// The process names simulated machines run (benchmarks write alerts about them).
+pub const PROCS: &[&str] = &[
     "systemd",
     "sshd",
     "cron",
