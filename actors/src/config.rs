@@ -17,3 +17,17 @@ pub fn parse_toml<T: DeserializeOwned>(text: &str, origin: &str) -> ConfigResult
         message: e.to_string().trim_end().to_string(),
     })
 }
+
+/// What tells an edited file from the one read before (modification time, length): every
+/// file that is reloaded on change (views, static tables, tokens, alerts) is polled with it.
+pub type FileStamp = (std::time::SystemTime, u64);
+
+/// The stamp of `path` now; None if it cannot be read.
+pub fn file_stamp(path: &Path) -> Option<FileStamp> {
+    std::fs::metadata(path).ok().map(|m| {
+        (
+            m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+            m.len(),
+        )
+    })
+}

@@ -202,9 +202,7 @@ impl StaticLoader {
 
     /// Records the file's stamp; true if it differs from the last one seen.
     fn stamp_changed(&mut self, path: &Path) -> bool {
-        let stamp = std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        let stamp = crate::config::file_stamp(path);
         match stamp {
             Some(s) => self.seen.insert(path.to_path_buf(), s) != Some(s),
             // A file that vanished is a change once; one never seen is loaded (and its error

@@ -24,23 +24,27 @@ fn chromium() -> String {
     panic!("headless Chromium is needed for the console test: `make test-deps` installs it");
 }
 
+/// Headless, no sandbox (root), and none of Chromium's own connections out (this machine's
+/// network refuses them); a fresh `--user-data-dir` is added by each caller.
+const CHROMIUM_FLAGS: [&str; 9] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,800",
+];
+
 /// Loads `url` in headless Chromium and returns the DOM after scripts ran.
 fn dump_dom(url: &str, screenshot: Option<&std::path::Path>) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
     let mut cmd = Command::new(chromium());
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,800",
-        "--virtual-time-budget=15000",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().display()));
+    cmd.args(CHROMIUM_FLAGS)
+        .arg("--virtual-time-budget=15000")
+        .arg(format!("--user-data-dir={}", profile.path().display()));
     match screenshot {
         Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
         None => cmd.arg("--dump-dom"),
@@ -209,18 +213,8 @@ impl Browser {
             .arg("-c")
             .arg(r#"exec "$0" "$@" 3<&0 4>&1 </dev/null >/dev/null"#)
             .arg(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--window-size=1280,800",
-                "--remote-debugging-pipe",
-            ])
+            .args(CHROMIUM_FLAGS)
+            .arg("--remote-debugging-pipe")
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::piped())

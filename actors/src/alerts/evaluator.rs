@@ -27,6 +27,7 @@ use super::notify::{outbox, AlertState, Notification};
 use super::status::{AlertsShared, PassStats};
 use super::store::{self, Evaluated};
 use crate::auth::{Credential, Principal};
+use crate::config::file_stamp as stamp;
 use crate::error::{ConfigError, QueryError};
 use crate::node::{Answer, NodeHandle};
 use crate::sql::{Origin, Snapshot};
@@ -54,12 +55,6 @@ pub struct AlertEvaluator {
     rounds: BTreeMap<String, u64>,
     busy: bool,
     again: bool,
-}
-
-fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
 }
 
 impl AlertEvaluator {

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use ring::digest;
 use serde::Deserialize;
 
+use crate::config::file_stamp as stamp;
 use crate::error::{ConfigError, ConfigResult};
 
 /// The file as written.
@@ -327,12 +328,6 @@ impl TokenStore {
             Err(e) => Reload::Rejected(e),
         }
     }
-}
-
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
 }
 
 /// Names of the tables a token may read, for messages.

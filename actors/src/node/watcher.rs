@@ -13,6 +13,7 @@ use actix::prelude::*;
 use super::config::PathsConfig;
 use super::messages::{InstallStatics, InstallViews};
 use super::serving::SnapshotKeeper;
+use crate::config::file_stamp as stamp;
 use crate::metrics::Metrics;
 use crate::sql::{load_views, SqlPool};
 use crate::static_tables::StaticLoader;
@@ -29,12 +30,6 @@ struct Files {
     /// The prewarm file and its stamp when last read (it is read at start by the node).
     prewarm: Option<(PathBuf, Option<(SystemTime, u64)>)>,
     schemas: SchemaRegistry,
-}
-
-fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
 }
 
 pub struct FileWatcher {

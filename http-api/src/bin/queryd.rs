@@ -28,29 +28,17 @@ const DEMO_DEFAULT: Builtin = Builtin {
     text: include_str!("../../../ops/demo.example.toml"),
     base: "ops",
 };
-/// The other roles without --config: loopback only, plaintext, no tokens. The production
-/// examples, `ops/<role>.example.toml`, name files under /etc/query/ and so cannot be
-/// defaults.
-const TLA_SQL_DEFAULT: Builtin = Builtin {
-    text: include_str!("../../../ops/defaults/tla-sql.toml"),
-    base: "ops/defaults",
-};
-const EDGE_DEFAULT: Builtin = Builtin {
-    text: include_str!("../../../ops/defaults/edge.toml"),
-    base: "ops/defaults",
-};
-const PROXY_DEFAULT: Builtin = Builtin {
-    text: include_str!("../../../ops/defaults/cluster-proxy.toml"),
-    base: "ops/defaults",
-};
-const TLA_DEFAULT: Builtin = Builtin {
-    text: include_str!("../../../ops/defaults/tla.toml"),
-    base: "ops/defaults",
-};
-const SQL_DEFAULT: Builtin = Builtin {
-    text: include_str!("../../../ops/defaults/sql.toml"),
-    base: "ops/defaults",
-};
+/// The other roles without --config: `ops/defaults/<role>.toml`, compiled in: loopback only,
+/// plaintext, no tokens. The production examples, `ops/<role>.example.toml`, name files
+/// under /etc/query/ and so cannot be defaults.
+macro_rules! role_default {
+    ($role:literal) => {
+        Builtin {
+            text: include_str!(concat!("../../../ops/defaults/", $role, ".toml")),
+            base: "ops/defaults",
+        }
+    };
+}
 
 #[derive(Parser)]
 #[command(
@@ -421,18 +409,33 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let cfg = match &cli.role {
-        Role::Edge(c) => load(c, &EDGE_DEFAULT, "embedded edge default", NodeRole::Edge),
+        Role::Edge(c) => load(
+            c,
+            &role_default!("edge"),
+            "embedded edge default",
+            NodeRole::Edge,
+        ),
         Role::ClusterProxy(c) => load(
             c,
-            &PROXY_DEFAULT,
+            &role_default!("cluster-proxy"),
             "embedded cluster-proxy default",
             NodeRole::ClusterProxy,
         ),
-        Role::Tla(c) => load(c, &TLA_DEFAULT, "embedded tla default", NodeRole::Tla),
-        Role::Sql(c) => load(c, &SQL_DEFAULT, "embedded sql default", NodeRole::Sql),
+        Role::Tla(c) => load(
+            c,
+            &role_default!("tla"),
+            "embedded tla default",
+            NodeRole::Tla,
+        ),
+        Role::Sql(c) => load(
+            c,
+            &role_default!("sql"),
+            "embedded sql default",
+            NodeRole::Sql,
+        ),
         Role::TlaSql(c) => load(
             c,
-            &TLA_SQL_DEFAULT,
+            &role_default!("tla-sql"),
             "embedded tla-sql default",
             NodeRole::TlaSql,
         ),
