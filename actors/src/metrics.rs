@@ -319,7 +319,7 @@ impl Metrics {
 }
 
 /// A label value in the text format: backslash, quote and newline escaped.
-fn label(v: &str) -> String {
+pub(crate) fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

@@ -16,12 +16,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Forbidden(String),
-    #[error("no such endpoint: {0}")]
-    NotFound(String),
-    /// An endpoint exists but what it was asked for does not (an alert's name), or is not
-    /// on this node (alerts on a node without `[alerts]`).
+    /// No such endpoint, or what an endpoint was asked for does not exist here (an
+    /// alert's name; alerts on a node without `[alerts]`).
     #[error("{0}")]
-    Missing(String),
+    NotFound(String),
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
     /// Refused before the endpoint: no or unknown token, another domain, a foreign Host or
@@ -44,7 +42,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) | ApiError::Missing(_) => "not_found",
+            ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Refused(r) => match r {
                 Refusal::Unauthenticated(_) => "unauthenticated",
@@ -82,7 +80,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) | ApiError::Missing(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Refused(r) => match r {
                 Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,

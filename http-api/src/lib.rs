@@ -50,7 +50,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(req.path().to_string()))
+    Err(ApiError::NotFound(format!(
+        "no such endpoint: {}",
+        req.path()
+    )))
 }
 
 async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -122,8 +122,6 @@ pub struct SimulatedFleet {
     pub machines: usize,
     pub clusters: usize,
     pub interval: Duration,
-    /// Both links run mutual TLS (certificates from a CA in the workspace).
-    pub tls: bool,
     /// The simulator's children listen on 127.0.`block`.1.
     pub block: u8,
     /// The TLA's link address (the SQL node dials it).
@@ -273,7 +271,6 @@ impl SimulatedFleet {
             machines,
             clusters,
             interval,
-            tls,
             block,
             tla_link,
             startup: started.elapsed().as_secs_f64(),

@@ -12,6 +12,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::fleet::free_port;
 use crate::repo;
 
 /// Polls `check` every 50 ms until it returns Some, or panics naming `what` after `limit`.
@@ -24,14 +25,6 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Optio
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// A loopback port free a moment ago (for a receiver started later at a known address).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// A webhook receiver: answers every POST with `status` (200 unless changed) and records
@@ -175,7 +168,7 @@ impl Alertmanager {
         // The port is chosen here (Alertmanager does not print one it picked): retried if
         // someone took it meanwhile.
         for _ in 0..5 {
-            let port = free_port();
+            let port = free_port("127.0.0.1");
             let url = format!("http://127.0.0.1:{port}");
             let mut child = Command::new(ALERTMANAGER_BIN)
                 .arg(format!("--config.file={}", config.display()))

@@ -12,7 +12,8 @@ use actix::Addr;
 use query_actors::alerts::notify::dispatch::{Dispatcher, Firing, Nudge, SetReceivers};
 use query_actors::alerts::notify::{outbox, AlertState, Notification, ReceiverConfig};
 use query_actors::metrics::{AlertReceiverStats, Metrics};
-use query_integration::receivers::{free_port, wait_for, Alertmanager, SmtpSink, WebhookSink};
+use query_integration::fleet::free_port;
+use query_integration::receivers::{wait_for, Alertmanager, SmtpSink, WebhookSink};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -312,7 +313,7 @@ fn alertmanager_gets_the_firing_set_again_every_resend_interval() {
 #[test]
 fn a_receiver_down_for_a_while_gets_everything_up_to_the_bound() {
     capture_logs();
-    let port = free_port();
+    let port = free_port("127.0.0.1");
     let dir = tempfile::tempdir().expect("tempdir");
     let db = db_path(&dir);
     let url = format!("http://127.0.0.1:{port}/hook");
@@ -446,7 +447,7 @@ fn a_backlog_is_delivered_in_order_and_a_reload_redirects_the_receiver() {
     // First pointed at a port where nothing listens, with a long backoff.
     let wrong = receiver(&format!(
         "kind = \"webhook\"\nurl = \"http://127.0.0.1:{}/\"\ninitial_backoff = \"1h\"\nmax_backoff = \"1h\"",
-        free_port()
+        free_port("127.0.0.1")
     ));
     let notes: Vec<Notification> = (0..200)
         .map(|i| note(&format!("b{i:03}"), "10.0.0.1", AlertState::Firing))

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use query_client::protocol::Row;
 use query_client::Publisher;
+use query_integration::fleet::free_port;
 use query_integration::fleet::{Fleet, FleetSpec};
-use query_integration::receivers::{free_port, Alertmanager, WebhookSink};
+use query_integration::receivers::{Alertmanager, WebhookSink};
 use query_integration::{repo, Node, Workspace};
 use serde_json::{json, Value};
 
@@ -256,24 +257,28 @@ fn fires_after_for_resolves_after_clear_after_and_is_data() {
         "{metrics}"
     );
 
-    // A dry run of an alert that is not defined: what would fire, nothing notified.
+    // A dry run of an alert that is not defined, naming a receiver: what would fire, and
+    // nothing notified or written.
     let (status, test) = node.post(
         "/alerts/test",
         "application/json",
-        &json!({"name": "ok_too", "sql": "SELECT machine_ip, mountp FROM filesystem WHERE bavail > 45", "key": ["mountp"]})
+        &json!({"name": "ok_too", "sql": "SELECT machine_ip, mountp FROM filesystem WHERE bavail > 45", "key": ["mountp"], "notify": ["hook"]})
             .to_string(),
     );
     assert_eq!(status, 200, "{test}");
     assert_eq!(test["would"][0]["key_text"], "mountp=/ok", "{test}");
     assert_eq!(test["would"][0]["to"], "firing", "{test}");
+    assert_eq!(test["would"][0]["notify"], true, "{test}");
     std::thread::sleep(Duration::from_secs(1));
     assert!(heard(&sink, "ok_too", "firing").is_empty());
+    let (_, events) = node.sql("SELECT count(*) FROM query_alert_events WHERE alert = 'ok_too'");
+    assert_eq!(events["rows"], json!([[0]]), "{events}");
 }
 
 #[test]
 fn kill_9_keeps_state_and_delivers_the_pending_notification_once() {
     // The receiver is down (nothing listens on its port) while the alert fires.
-    let port = free_port();
+    let port = free_port("127.0.0.1");
     let url = format!("http://127.0.0.1:{port}/hook");
     let ws = Workspace::new();
     std::fs::write(ws.path("alerts.toml"), alerts_toml(&url, "")).expect("write");

@@ -23,11 +23,11 @@ use super::config::{load_alerts, AlertDef, AlertsConfig, AlertsFile};
 use super::coverage::GenerationCoverage;
 use super::instance::{notification, Instances, Outcome, Row, Transition};
 use super::notify::dispatch::{Dispatcher, Firing, Nudge, SetReceivers};
-use super::notify::{outbox, AlertState, Notification};
+use super::notify::{outbox, AlertState, Notification, ReceiverKind};
 use super::status::{AlertsShared, PassStats};
 use super::store::{self, Evaluated};
 use crate::auth::{Credential, Principal};
-use crate::config::file_stamp as stamp;
+use crate::config::{file_stamp as stamp, FileStamp};
 use crate::error::{ConfigError, QueryError};
 use crate::node::{Answer, NodeHandle};
 use crate::sql::{Origin, Snapshot};
@@ -51,7 +51,9 @@ pub struct AlertEvaluator {
     conn: Arc<Mutex<Connection>>,
     dispatcher: Addr<Dispatcher>,
     reload_every: Duration,
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<FileStamp>,
+    /// The definitions file was read (or found missing) at least once.
+    read: bool,
     rounds: BTreeMap<String, u64>,
     busy: bool,
     again: bool,
@@ -85,6 +87,7 @@ impl AlertEvaluator {
             dispatcher,
             reload_every,
             stamp: None,
+            read: false,
             rounds: loaded.rounds,
             busy: false,
             again: false,
@@ -96,9 +99,12 @@ impl AlertEvaluator {
     fn reload(&mut self) {
         let path = self.config.definitions.clone();
         let now = stamp(&path);
-        if now == self.stamp && self.stamp.is_some() {
+        // A file unchanged since it was last read (or still missing) is not read again: a
+        // missing file is one error, not one per poll.
+        if self.read && now == self.stamp {
             return;
         }
+        self.read = true;
         self.stamp = now;
         match load_alerts(&path) {
             Ok(file) => {
@@ -365,15 +371,26 @@ impl Pass {
         let mut active: BTreeMap<String, Vec<Notification>> = BTreeMap::new();
         {
             let mut s = self.shared.lock();
-            for d in self.defs.alert.iter().filter(|d| !d.notify.is_empty()) {
+            // Only Alertmanager receivers are re-sent what is firing.
+            let resent = |r: &String| {
+                self.defs
+                    .receivers
+                    .get(r)
+                    .is_some_and(|c| c.kind == ReceiverKind::Alertmanager)
+            };
+            for d in &self.defs.alert {
+                let to: Vec<&String> = d.notify.iter().filter(|r| resent(r)).collect();
+                if to.is_empty() {
+                    continue;
+                }
                 for i in s.instances.get(&d.name).iter().flat_map(|i| i.active()) {
                     let state = match i.state {
                         AlertState::Error => AlertState::Error,
                         _ => AlertState::Firing,
                     };
                     let n = notification(d, i, state, generation.id, at);
-                    for r in &d.notify {
-                        active.entry(r.clone()).or_default().push(n.clone());
+                    for r in &to {
+                        active.entry((*r).clone()).or_default().push(n.clone());
                     }
                 }
             }

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use super::config::AlertDef;
 use super::notify::{AlertState, Notification};
+use crate::table::unix_millis;
 
 /// The key of an alert's `error` instance (real keys are `col=value` pairs).
 pub const ERROR_KEY: &str = "(error)";
@@ -298,12 +299,6 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-pub fn millis(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// The notification of `inst` in state `state` (firing, resolved or error), made by the
 /// evaluation of generation `generation` sealed at `at`. Its dedup key names the alert,
 /// the instance, the episode (`since`) and the state: stable across restarts and retries.
@@ -319,7 +314,7 @@ pub fn notification(
             "{}|{}|{}|{}",
             def.name,
             inst.key_text,
-            millis(inst.since),
+            unix_millis(inst.since),
             state.as_str()
         ),
         alert: def.name.clone(),

@@ -144,7 +144,7 @@ impl AlertsShared {
                 out,
                 "query_alerts_firing{{alert=\"{}\",priority=\"{}\"}} {firing}",
                 d.name,
-                escape(&d.priority)
+                crate::metrics::label(&d.priority)
             );
             for i in inst.iter().flat_map(|i| i.by_key.values()) {
                 *states.entry(i.state.as_str()).or_default() += 1;
@@ -206,12 +206,6 @@ impl AlertsShared {
             );
         }
     }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Sort order: what needs a human first.

@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{params, Connection, Transaction};
 
-use super::instance::{millis, Instance, Instances, Transition};
+use super::instance::{Instance, Instances, Transition};
 use super::notify::{AlertState, Notification};
+use crate::table::unix_millis;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS alert_instances (
@@ -182,8 +183,8 @@ where
                     i.state.as_str(),
                     i.seen,
                     i.absent,
-                    millis(i.since),
-                    millis(i.changed),
+                    unix_millis(i.since),
+                    unix_millis(i.changed),
                     i.fired as i64,
                     i64::try_from(i.last_seen_round).unwrap_or(i64::MAX),
                     i.error,
@@ -192,7 +193,7 @@ where
             round.execute(params![e.alert, i64::try_from(e.round).unwrap_or(i64::MAX)])?;
             for t in e.transitions {
                 event.execute(params![
-                    millis(e.at),
+                    unix_millis(e.at),
                     e.alert,
                     t.instance.key_text,
                     t.from.map(AlertState::as_str),
@@ -222,7 +223,7 @@ pub fn prune(
     keep: Duration,
     now: SystemTime,
 ) -> rusqlite::Result<()> {
-    let cutoff = millis(now) - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+    let cutoff = unix_millis(now) - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
     conn.execute("DELETE FROM alert_events WHERE at_ms < ?1", [cutoff])?;
     let mut stmt = conn.prepare("SELECT DISTINCT alert FROM alert_rounds")?;
     let known: Vec<String> = stmt

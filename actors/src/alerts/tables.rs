@@ -12,10 +12,10 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::{DataFusionError, Result as DfResult};
 
-use super::instance::millis;
 use super::status::AlertsShared;
 use super::store;
 use crate::sql::Computed;
+use crate::table::unix_millis;
 
 /// Events read at most (the newest), whatever `keep_events` holds.
 const MAX_EVENTS: usize = 100_000;
@@ -91,8 +91,8 @@ impl Computed for AlertsTable {
             strings(rows.iter().map(|(_, i)| Some(i.key_text.as_str()))),
             strings(keys.iter().map(|k| Some(k.as_str()))),
             strings(rows.iter().map(|(_, i)| Some(i.state.as_str()))),
-            timestamps(rows.iter().map(|(_, i)| Some(millis(i.since)))),
-            timestamps(rows.iter().map(|(_, i)| Some(millis(i.changed)))),
+            timestamps(rows.iter().map(|(_, i)| Some(unix_millis(i.since)))),
+            timestamps(rows.iter().map(|(_, i)| Some(unix_millis(i.changed)))),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, i)| {
                 i64::try_from(i.last_seen_round).unwrap_or(i64::MAX)
             }))),
@@ -145,7 +145,7 @@ impl Computed for AlertEventsTable {
         };
         let ev = read().map_err(|e| DataFusionError::External(Box::new(e)))?;
         let cols: Vec<ArrayRef> = vec![
-            timestamps(ev.iter().map(|e| Some(millis(e.at)))),
+            timestamps(ev.iter().map(|e| Some(unix_millis(e.at)))),
             strings(ev.iter().map(|e| Some(e.alert.as_str()))),
             strings(ev.iter().map(|e| Some(e.key_text.as_str()))),
             strings(ev.iter().map(|e| e.from.as_deref())),

@@ -319,7 +319,6 @@ impl NodeHandle {
         // shares the light pool's threads for long.
         let pool = q.pool_for(place.class());
         let share = place.share();
-        let run_started = Instant::now();
         let until = match place.class() {
             Class::Heavy => deadline,
             _ => deadline.min(tokio::time::Instant::now() + self.config.sql.heavy_query_after),
@@ -332,8 +331,7 @@ impl NodeHandle {
                 // (it may, and a client whose heavy queries are refused would otherwise
                 // fade back to light at once): the new place is a heavy one. Its stopped
                 // run's place records its real time as the task stops, maybe only later.
-                q.admission
-                    .record(client, timeout.max(run_started.elapsed()));
+                q.admission.record(client, timeout);
                 // The stopped run holds its place until its task stops (a long operator
                 // step may delay that); its class's share is free for others now.
                 share.give_back();

@@ -16,7 +16,7 @@ use crate::guard::principal_of;
 
 fn alerts_of(node: &NodeHandle) -> Result<&std::sync::Arc<AlertsShared>, ApiError> {
     node.alerts.as_ref().ok_or_else(|| {
-        ApiError::Missing("this node evaluates no alerts (no [alerts] in its config)".into())
+        ApiError::NotFound("this node evaluates no alerts (no [alerts] in its config)".into())
     })
 }
 
@@ -81,7 +81,7 @@ pub async fn test(
             .iter()
             .find(|a| a.name == name)
             .cloned()
-            .ok_or_else(|| ApiError::Missing(format!("no alert named '{name}'")))?,
+            .ok_or_else(|| ApiError::NotFound(format!("no alert named '{name}'")))?,
     };
     let report = test_alert(&node, shared, &def, &who).await?;
     Ok(HttpResponse::Ok().json(report))

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::dispatch::Failure;
 use super::{AlertState, Notification};
+use crate::alerts::instance::rfc3339;
 
 /// A firing alert's endsAt: this many `resend_every` after the send.
 pub const ENDS_AFTER_RESENDS: u32 = 4;
@@ -132,10 +133,6 @@ fn label_name(name: &str) -> String {
 
 fn parse_time(text: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(text).ok()
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //!   in between delivers it again after restart, with the same dedup key (at least once).
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -253,10 +253,7 @@ pub fn purge(conn: &Connection, receiver: &str, keep: Duration) -> rusqlite::Res
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::table::unix_millis(SystemTime::now())
 }
 
 #[cfg(test)]
