@@ -114,23 +114,17 @@ impl Dialer {
     }
 }
 
-/// The host of `HOST:PORT` (or `[V6]:PORT`) as the name a server's certificate must carry.
+/// The host of `HOST:PORT` (or `[V6]:PORT`) as the name a server's certificate must carry
+/// (an IP literal is an IP name).
 fn server_name_of(addr: &str) -> std::io::Result<ServerName<'static>> {
-    let host = match addr.parse::<std::net::SocketAddr>() {
-        Ok(a) => return Ok(ServerName::IpAddress(a.ip().into())),
-        Err(_) => addr.rsplit_once(':').map_or(addr, |(h, _)| h),
-    };
-    ServerName::try_from(
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-    )
-    .map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("'{addr}' has no host a certificate can name"),
-        )
-    })
+    query_client::dns::split_host(addr, 0)
+        .and_then(|(host, _)| ServerName::try_from(host).ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("'{addr}' has no host a certificate can name"),
+            )
+        })
 }
 
 /// With TLS 1.3 a client learns that the server refused its certificate only at its first

@@ -74,19 +74,10 @@ impl Https {
     }
 }
 
-/// The name part of `host[:port]`, as rustls checks it.
+/// The name part of `host[:port]`, as rustls checks it (an IP literal is an IP name).
 fn server_name(host: &str) -> Result<ServerName<'static>, String> {
-    let name = match host.parse::<std::net::SocketAddr>() {
-        Ok(addr) => addr.ip().to_string(),
-        Err(_) => match host.rsplit_once(':') {
-            Some((n, port)) if port.parse::<u16>().is_ok() => n.to_string(),
-            _ => host.to_string(),
-        },
-    };
-    let name = name
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
+    let (name, _) = query_client::dns::split_host(host, 0)
+        .ok_or_else(|| format!("'{host}' is not of the form host[:port]"))?;
     ServerName::try_from(name).map_err(|e| format!("'{host}' is not a name TLS can check: {e}"))
 }
 
