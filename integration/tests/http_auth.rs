@@ -364,7 +364,18 @@ fn a_token_removed_from_the_file_stops_working_and_a_broken_file_changes_nothing
         format!("{alice_entry}\n[[token]]\nname = 5\n"),
     )
     .expect("write");
-    std::thread::sleep(Duration::from_millis(800));
+    // Read and refused (counted), not merely not read yet.
+    node.eventually(
+        Duration::from_secs(10),
+        "the broken tokens file refused",
+        || {
+            let (_, m) = get(&node, &alice, "/metrics");
+            m.lines()
+                .find_map(|l| l.strip_prefix("query_config_errors_total "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .filter(|n| *n > 0)
+        },
+    );
     assert_eq!(sql(&node, &bob, "SELECT 1").0, 200, "last good copy");
     // Bob removed.
     std::fs::write(ws.path("tokens.toml"), &alice_entry).expect("write");
