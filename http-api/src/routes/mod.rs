@@ -1,11 +1,12 @@
 //! The endpoints: `POST /sql`, `GET /tables`, `GET /health`, `GET /metrics`, `GET /` (console),
-//! `GET /alerts`, `POST /alerts/test`, `POST /admin/quarantine/lift`.
+//! `GET /alerts`, `POST /alerts/test`, `GET /reports`, `POST /admin/quarantine/lift`.
 
 pub mod admin;
 pub mod alerts;
 pub mod console;
 pub mod health;
 pub mod metrics;
+pub mod reports;
 pub mod sql;
 pub mod tables;
 
