@@ -466,8 +466,11 @@ fn run_duckdb(
     runs: usize,
 ) -> Result<(String, DuckResults), String> {
     let file = scratch.join("duckdb_queries.json");
-    std::fs::write(&file, serde_json::to_string(queries).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
+    std::fs::write(
+        &file,
+        serde_json::to_string(queries).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
     let out = Command::new(python)
         .arg(repo().join("bench/duckdb_history.py"))
         .arg("--queries")
@@ -486,7 +489,10 @@ fn run_duckdb(
         return Err(format!("{} exited with {}", python.display(), out.status));
     }
     let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("its output: {e}"))?;
-    let version = v["duckdb_version"].as_str().unwrap_or("unknown").to_string();
+    let version = v["duckdb_version"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string();
     let mut results = BTreeMap::new();
     for (name, q) in v["queries"].as_object().into_iter().flatten() {
         let rows = q["rows"]
@@ -552,7 +558,12 @@ fn plain_median(
 }
 
 /// `EXPLAIN ANALYZE` of `sql` through the snapshot, as text.
-fn explain(rt: &tokio::runtime::Runtime, pool: &SqlPool, snap: &Arc<Snapshot>, sql: &str) -> String {
+fn explain(
+    rt: &tokio::runtime::Runtime,
+    pool: &SqlPool,
+    snap: &Arc<Snapshot>,
+    sql: &str,
+) -> String {
     match timed(rt, pool, snap, &format!("EXPLAIN ANALYZE {sql}")) {
         Ok((batches, _)) => {
             let mut out = String::new();
@@ -590,7 +601,8 @@ struct QueryFigure {
 fn main() {
     let scale = env_f64("BENCH_SCALE", 1.0).clamp(0.001, 1.0);
     let runs = (env_f64("BENCH_RUNS", 5.0) as usize).max(1);
-    let minutes = (env_f64("BENCH_HISTORY_MINUTES", DAY_MINUTES as f64) as u64).clamp(61, DAY_MINUTES);
+    let minutes =
+        (env_f64("BENCH_HISTORY_MINUTES", DAY_MINUTES as f64) as u64).clamp(61, DAY_MINUTES);
     let python = std::env::var_os("BENCH_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(".bench-venv/bin/python"));
@@ -659,7 +671,10 @@ fn main() {
         ),
     ];
     let mut snap = rt.block_on(snapshot(&live, pool.threads()));
-    snap.add_node_schema("history", Arc::new(HistorySchema::new("history", index.clone())));
+    snap.add_node_schema(
+        "history",
+        Arc::new(HistorySchema::new("history", index.clone())),
+    );
     let snap = Arc::new(snap);
     let sys_glob = dir.path().join("history.sys").join("*.parquet");
     let duck_queries: BTreeMap<String, String> = queries
@@ -689,7 +704,10 @@ fn main() {
             }
             rows = numbers(&b);
         }
-        explains.push_str(&format!("## {name}\n{sql}\n\n{}\n", explain(&rt, &pool, &snap, sql)));
+        explains.push_str(&format!(
+            "## {name}\n{sql}\n\n{}\n",
+            explain(&rt, &pool, &snap, sql)
+        ));
         figures.push(QueryFigure {
             name,
             goal_ms: *goal_ms,
@@ -832,7 +850,11 @@ fn main() {
             f.rows,
             f.goal_ms,
             f.ours_ms,
-            if f.ours_ms < f.goal_ms { "yes" } else { "**no**" },
+            if f.ours_ms < f.goal_ms {
+                "yes"
+            } else {
+                "**no**"
+            },
             f.duck_ms.map_or("—".to_string(), |d| format!("{d:.1}")),
             f.verdict,
         ));

@@ -101,26 +101,45 @@ fn history_is_kept_queried_joined_compacted_and_expired() {
         );
         (!r.is_empty()).then_some(r)
     });
-    assert_eq!(kept, live, "history holds exactly the live rows of generation {generation}");
+    assert_eq!(
+        kept, live,
+        "history holds exactly the live rows of generation {generation}"
+    );
 
     // A few generations kept: sys every generation, processes every second one.
     let times = node.eventually(LIMIT, "six generations of sys", || {
-        let t = rows(&node, "SELECT DISTINCT generation_time FROM history.sys ORDER BY 1");
+        let t = rows(
+            &node,
+            "SELECT DISTINCT generation_time FROM history.sys ORDER BY 1",
+        );
         (t.len() >= 6).then_some(t)
     });
     let machines = live.len() as i64;
-    for r in rows(&node, "SELECT generation, count(*), count(DISTINCT machine_ip) FROM history.sys GROUP BY 1") {
+    for r in rows(
+        &node,
+        "SELECT generation, count(*), count(DISTINCT machine_ip) FROM history.sys GROUP BY 1",
+    ) {
         let (n, distinct) = (int(&r[1]), int(&r[2]));
-        assert!(n == distinct && n <= machines, "generation {} kept once", r[0]);
+        assert!(
+            n == distinct && n <= machines,
+            "generation {} kept once",
+            r[0]
+        );
     }
     let first = times[0][0].as_str().expect("time").to_string();
-    let last = times[times.len() - 1][0].as_str().expect("time").to_string();
+    let last = times[times.len() - 1][0]
+        .as_str()
+        .expect("time")
+        .to_string();
     let span = rows(
         &node,
         &format!("SELECT count(DISTINCT s.generation_time), count(DISTINCT p.generation_time) FROM history.sys s LEFT JOIN history.processes p ON p.generation_time = s.generation_time WHERE s.generation_time BETWEEN '{first}' AND '{last}'"),
     );
     let (s, p) = (int(&span[0][0]), int(&span[0][1]));
-    assert!(s >= 6 && p >= 1 && p <= s / 2 + 1, "processes every 2nd generation: {p} of {s}");
+    assert!(
+        s >= 6 && p >= 1 && p <= s / 2 + 1,
+        "processes every 2nd generation: {p} of {s}"
+    );
 
     // Time predicates: only the generations asked for.
     let since = times[2][0].as_str().expect("time");
@@ -146,13 +165,23 @@ fn history_is_kept_queried_joined_compacted_and_expired() {
     node.eventually(LIMIT, "a compaction", || {
         (metric(&node, "query_history_compactions_total") >= 2.0).then_some(())
     });
-    let files = rows(&node, "SELECT files FROM query_history WHERE name = 'history.sys'");
-    let kept_generations = rows(&node, "SELECT count(DISTINCT generation_time) FROM history.sys");
+    let files = rows(
+        &node,
+        "SELECT files FROM query_history WHERE name = 'history.sys'",
+    );
+    let kept_generations = rows(
+        &node,
+        "SELECT count(DISTINCT generation_time) FROM history.sys",
+    );
     assert!(
         int(&files[0][0]) < int(&kept_generations[0][0]),
         "fewer files than generations after compaction"
     );
-    assert_eq!(rows(&node, &before_sql), before, "compaction changed an answer");
+    assert_eq!(
+        rows(&node, &before_sql),
+        before,
+        "compaction changed an answer"
+    );
 
     // Retention (6 s for processes): the oldest files go, from the index and the disk.
     let first_p = rows(&node, "SELECT min(generation_time) FROM history.processes")[0][0].clone();
@@ -164,16 +193,26 @@ fn history_is_kept_queried_joined_compacted_and_expired() {
         &node,
         "SELECT count(*) FROM history.processes WHERE generation_time < now() - INTERVAL '20 seconds'",
     );
-    assert_eq!(int(&oldest[0][0]), 0, "nothing older than retention + a window is served");
+    assert_eq!(
+        int(&oldest[0][0]),
+        0,
+        "nothing older than retention + a window is served"
+    );
     node.eventually(LIMIT, "expired files deleted from disk", || {
         let on_disk = parquet_files(&ws.path("history/history.processes"));
-        let indexed = int(&rows(&node, "SELECT files FROM query_history WHERE name = 'history.processes'")[0][0]);
+        let indexed = int(&rows(
+            &node,
+            "SELECT files FROM query_history WHERE name = 'history.processes'",
+        )[0][0]);
         (on_disk as i64 == indexed).then_some(())
     });
 
     // Reports: kept every period; the broken one reported, the good one unaffected.
     node.eventually(LIMIT, "three runs of the report kept", || {
-        let r = rows(&node, "SELECT count(*), count(DISTINCT generation_time) FROM report.fleet_memory");
+        let r = rows(
+            &node,
+            "SELECT count(*), count(DISTINCT generation_time) FROM report.fleet_memory",
+        );
         (int(&r[0][1]) >= 3 && r[0][0] == r[0][1]).then_some(())
     });
     let reports = node.get_json("/reports");
@@ -187,13 +226,25 @@ fn history_is_kept_queried_joined_compacted_and_expired() {
             .unwrap_or_else(|| panic!("report {n} listed: {reports}"))
     };
     let broken = by_name("broken");
-    assert!(broken["last_error"].as_str().unwrap_or("").contains("no_such_column"), "{broken}");
+    assert!(
+        broken["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no_such_column"),
+        "{broken}"
+    );
     assert!(int(&broken["failures"]) >= 1);
     let good = by_name("fleet_memory");
-    assert!(good["last_error"].is_null() && int(&good["runs"]) >= 3, "{good}");
+    assert!(
+        good["last_error"].is_null() && int(&good["runs"]) >= 3,
+        "{good}"
+    );
     let (status, body) = node.sql("SELECT * FROM report.broken");
     assert_eq!(status, 400, "a report that never ran has no table: {body}");
-    let errors = rows(&node, "SELECT name, error FROM query_history WHERE kind = 'report' AND error IS NOT NULL");
+    let errors = rows(
+        &node,
+        "SELECT name, error FROM query_history WHERE kind = 'report' AND error IS NOT NULL",
+    );
     assert_eq!(errors.len(), 1, "{errors:?}");
 
     // GET /tables lists history with its range and size.
@@ -206,8 +257,15 @@ fn history_is_kept_queried_joined_compacted_and_expired() {
         .cloned()
         .expect("history.sys listed");
     assert_eq!(sys["origin"], "history");
-    assert!(int(&sys["bytes"]) > 0 && sys["from"].is_string() && sys["to"].is_string(), "{sys}");
-    assert!(sys["columns"].as_array().expect("columns").iter().any(|c| c["name"] == "generation_time"));
+    assert!(
+        int(&sys["bytes"]) > 0 && sys["from"].is_string() && sys["to"].is_string(),
+        "{sys}"
+    );
+    assert!(sys["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .any(|c| c["name"] == "generation_time"));
 }
 
 #[test]
@@ -215,7 +273,11 @@ fn a_killed_node_serves_every_kept_generation_whole_once_and_sets_damaged_files_
     let ws = Workspace::new();
     // Killed at different moments of its write cycle (generations every second).
     for (i, run_for) in [1300u64, 2100, 2700, 1900].iter().enumerate() {
-        let node = start(&ws, "compact_window = \"3s\"\nmaintain_every = \"300ms\"\n", "");
+        let node = start(
+            &ws,
+            "compact_window = \"3s\"\nmaintain_every = \"300ms\"\n",
+            "",
+        );
         if i == 0 {
             node.eventually(LIMIT, "a first kept generation", || {
                 let (s, b) = node.sql("SELECT count(*) FROM history.sys");
@@ -227,17 +289,37 @@ fn a_killed_node_serves_every_kept_generation_whole_once_and_sets_damaged_files_
     }
     // What a crash can leave: a half-written temporary file, and a file damaged on disk.
     let folder = ws.path("history/history.sys");
-    std::fs::write(folder.join(".0000000000001-0000000000001.parquet.tmp"), b"PAR1 half").expect("tmp");
-    std::fs::write(folder.join("0000000000002-0000000000002.parquet"), b"PAR1 not a parquet file")
-        .expect("damaged");
+    std::fs::write(
+        folder.join(".0000000000001-0000000000001.parquet.tmp"),
+        b"PAR1 half",
+    )
+    .expect("tmp");
+    std::fs::write(
+        folder.join("0000000000002-0000000000002.parquet"),
+        b"PAR1 not a parquet file",
+    )
+    .expect("damaged");
 
     let node = start(&ws, "", "");
     let health = node.get_json("/health");
-    let damaged = health["history"]["damaged"].as_array().expect("damaged listed").clone();
+    let damaged = health["history"]["damaged"]
+        .as_array()
+        .expect("damaged listed")
+        .clone();
     assert_eq!(damaged.len(), 1, "{health}");
-    assert!(damaged[0]["file"].as_str().unwrap_or("").contains("damaged"), "{damaged:?}");
-    assert!(ws.path("history/damaged/history.sys-0000000000002-0000000000002.parquet").exists());
-    assert!(!folder.join(".0000000000001-0000000000001.parquet.tmp").exists());
+    assert!(
+        damaged[0]["file"]
+            .as_str()
+            .unwrap_or("")
+            .contains("damaged"),
+        "{damaged:?}"
+    );
+    assert!(ws
+        .path("history/damaged/history.sys-0000000000002-0000000000002.parquet")
+        .exists());
+    assert!(!folder
+        .join(".0000000000001-0000000000001.parquet.tmp")
+        .exists());
     assert_eq!(metric(&node, "query_history_damaged_files"), 1.0);
 
     // 40 simulated machines and this one. A generation sealed as the node starts may hold
@@ -247,14 +329,33 @@ fn a_killed_node_serves_every_kept_generation_whole_once_and_sets_damaged_files_
         &node,
         "SELECT generation_time, count(*), count(DISTINCT machine_ip) FROM history.sys GROUP BY 1 ORDER BY 1",
     );
-    assert!(per_generation.len() >= 4, "generations of several runs kept: {per_generation:?}");
+    assert!(
+        per_generation.len() >= 4,
+        "generations of several runs kept: {per_generation:?}"
+    );
     for r in &per_generation {
         let (n, distinct) = (int(&r[1]), int(&r[2]));
-        assert!(n == distinct && n <= machines, "generation {} served once: {n} rows, {distinct} machines", r[0]);
+        assert!(
+            n == distinct && n <= machines,
+            "generation {} served once: {n} rows, {distinct} machines",
+            r[0]
+        );
     }
-    let whole = per_generation.iter().filter(|r| int(&r[1]) == machines).count();
-    assert!(whole * 2 >= per_generation.len(), "most generations hold the whole fleet: {per_generation:?}");
-    assert!(per_generation[0][0].as_str().unwrap_or("").starts_with("20"), "the damaged file is not served");
+    let whole = per_generation
+        .iter()
+        .filter(|r| int(&r[1]) == machines)
+        .count();
+    assert!(
+        whole * 2 >= per_generation.len(),
+        "most generations hold the whole fleet: {per_generation:?}"
+    );
+    assert!(
+        per_generation[0][0]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("20"),
+        "the damaged file is not served"
+    );
 }
 
 #[test]
@@ -272,11 +373,17 @@ fn a_full_disk_pauses_history_and_alerts_while_generations_and_queries_go_on() {
         (h["history"]["state"] == "paused").then_some(h)
     });
     assert_eq!(health["status"], "degraded", "{health}");
-    assert!(health["degraded"].to_string().contains("max_disk_bytes"), "{health}");
+    assert!(
+        health["degraded"].to_string().contains("max_disk_bytes"),
+        "{health}"
+    );
     assert_eq!(metric(&node, "query_history_paused"), 1.0);
     let first = int(&health["generation"]["id"]);
     node.eventually(LIMIT, "the history_paused alert firing", || {
-        let r = rows(&node, "SELECT state FROM query_alerts WHERE alert = 'history_paused'");
+        let r = rows(
+            &node,
+            "SELECT state FROM query_alerts WHERE alert = 'history_paused'",
+        );
         (r.first().and_then(|r| r[0].as_str()) == Some("firing")).then_some(())
     });
     let skipped = metric(&node, "query_history_skipped_total");
@@ -286,11 +393,20 @@ fn a_full_disk_pauses_history_and_alerts_while_generations_and_queries_go_on() {
         (int(&node.get_json("/health")["generation"]["id"]) > first + 1).then_some(())
     });
     assert_eq!(node.sql("SELECT count(*) FROM sys").0, 200);
-    let kept = rows(&node, "SELECT count(DISTINCT generation_time) FROM history.sys");
-    assert!(int(&kept[0][0]) <= 1, "nothing written past the cap: {kept:?}");
+    let kept = rows(
+        &node,
+        "SELECT count(DISTINCT generation_time) FROM history.sys",
+    );
+    assert!(
+        int(&kept[0][0]) <= 1,
+        "nothing written past the cap: {kept:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(metric(&node, "query_history_skipped_total") > skipped, "later generations skipped, not queued");
+    assert!(
+        metric(&node, "query_history_skipped_total") > skipped,
+        "later generations skipped, not queued"
+    );
 }

@@ -92,7 +92,9 @@ impl HistoryKeeper {
                                 .get(&t.name)
                                 .map(|d| stamped_schema(&d.arrow_schema(true)));
                             if let Some(Ok(schema)) = stamped {
-                                self.shared.index.declare(&format!("history.{}", t.name), schema);
+                                self.shared
+                                    .index
+                                    .declare(&format!("history.{}", t.name), schema);
                             }
                         }
                         s.kept = Arc::new(f);
