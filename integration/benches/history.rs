@@ -709,7 +709,7 @@ fn main() {
             explain(&rt, &pool, &snap, sql)
         ));
         figures.push(QueryFigure {
-            name,
+            name: *name,
             goal_ms: *goal_ms,
             rows: rows.len(),
             answer: rows,

@@ -178,32 +178,52 @@ pub fn write_file(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<FileEntry, StoreError> {
+    let (path, bytes) = atomically(dir, table, from_ms, to_ms, |tmp| write_tmp(tmp, batch))?;
+    Ok(FileEntry {
+        path,
+        from_ms,
+        to_ms,
+        rows: batch.num_rows() as u64,
+        bytes,
+    })
+}
+
+/// Runs `write` on a temporary file of `table`, then gives it its name (`from_ms-to_ms`):
+/// synced, renamed, the folder synced. The temporary file is removed on failure.
+fn atomically<T>(
+    dir: &Path,
+    table: &str,
+    from_ms: i64,
+    to_ms: i64,
+    write: impl FnOnce(&Path) -> Result<T, StoreError>,
+) -> Result<(PathBuf, T), StoreError> {
     let folder = dir.join(table);
     std::fs::create_dir_all(&folder).map_err(|e| StoreError::io(&folder, e))?;
     let name = file_name(from_ms, to_ms);
     let path = folder.join(&name);
     let tmp = folder.join(format!(".{name}.tmp"));
-    let result = write_tmp(&tmp, batch).and_then(|bytes| {
+    let result = write(&tmp).and_then(|out| {
         std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
         // The rename itself is durable once the folder is synced.
         if let Ok(d) = File::open(&folder) {
             let _ = d.sync_all();
         }
-        Ok(bytes)
+        Ok(out)
     });
     match result {
-        Ok(bytes) => Ok(FileEntry {
-            path,
-            from_ms,
-            to_ms,
-            rows: batch.num_rows() as u64,
-            bytes,
-        }),
+        Ok(out) => Ok((path, out)),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             Err(e)
         }
     }
+}
+
+/// Closes `writer`, syncs the file and returns its size.
+fn finish(tmp: &Path, writer: ArrowWriter<File>) -> Result<u64, StoreError> {
+    let file = writer.into_inner().map_err(|e| parquet_error(tmp, e))?;
+    file.sync_all().map_err(|e| StoreError::io(tmp, e))?;
+    Ok(file.metadata().map_err(|e| StoreError::io(tmp, e))?.len())
 }
 
 fn write_tmp(tmp: &Path, batch: &RecordBatch) -> Result<u64, StoreError> {
@@ -212,10 +232,7 @@ fn write_tmp(tmp: &Path, batch: &RecordBatch) -> Result<u64, StoreError> {
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties()))
         .map_err(|e| StoreError::data(tmp, e))?;
     writer.write(&batch).map_err(|e| parquet_error(tmp, e))?;
-    let file = writer.into_inner().map_err(|e| parquet_error(tmp, e))?;
-    file.sync_all().map_err(|e| StoreError::io(tmp, e))?;
-    let bytes = file.metadata().map_err(|e| StoreError::io(tmp, e))?.len();
-    Ok(bytes)
+    finish(tmp, writer)
 }
 
 /// An I/O failure inside the Parquet writer (a full disk) stays an I/O error.
@@ -255,36 +272,96 @@ fn inspect(path: &Path) -> Result<(SchemaRef, u64), StoreError> {
     Ok((builder.schema().clone(), u64::try_from(rows).unwrap_or(0)))
 }
 
-/// Merges `files` (of one table, one schema) into one file covering their whole range.
+/// Windows of up to this many rows are merged sorted (by machine, then time), in memory;
+/// larger ones are streamed file by file in time order, each generation's rows still
+/// sorted by machine (page statistics keep pruning), so compaction's memory stays bounded.
+const SORT_IN_MEMORY_ROWS: u64 = 2_000_000;
+
+/// Merges `files` (of one table, one schema, oldest first) into one file covering their
+/// whole range.
 pub fn compact(dir: &Path, table: &str, files: &[FileEntry]) -> Result<FileEntry, StoreError> {
     let (Some(first), Some(last)) = (files.first(), files.last()) else {
         return Err(StoreError::data(dir, "nothing to compact"));
     };
-    let mut schema: Option<SchemaRef> = None;
-    let mut batches = Vec::new();
-    for f in files {
-        let (s, b) = read_file(&f.path)?;
-        match &schema {
-            Some(have) if have != &s => {
-                return Err(StoreError::data(
-                    &f.path,
-                    "schema differs from the files before it",
-                ))
-            }
-            Some(_) => {}
-            None => schema = Some(s),
-        }
-        batches.extend(b);
-    }
-    let schema = schema.ok_or_else(|| StoreError::data(dir, "nothing to compact"))?;
-    let batch = concat_batches(&schema, &batches).map_err(|e| StoreError::data(dir, e))?;
     let from = files
         .iter()
         .map(|f| f.from_ms)
         .min()
         .unwrap_or(first.from_ms);
     let to = files.iter().map(|f| f.to_ms).max().unwrap_or(last.to_ms);
+    let rows: u64 = files.iter().map(|f| f.rows).sum();
+    if rows > SORT_IN_MEMORY_ROWS {
+        return compact_streaming(dir, table, files, from, to);
+    }
+    let mut schema: Option<SchemaRef> = None;
+    let mut batches = Vec::new();
+    for f in files {
+        let (s, b) = read_file(&f.path)?;
+        same_schema(&mut schema, s, &f.path)?;
+        batches.extend(b);
+    }
+    let schema = schema.ok_or_else(|| StoreError::data(dir, "nothing to compact"))?;
+    let batch = concat_batches(&schema, &batches).map_err(|e| StoreError::data(dir, e))?;
     write_file(dir, table, &batch, from, to)
+}
+
+fn same_schema(
+    have: &mut Option<SchemaRef>,
+    next: SchemaRef,
+    path: &Path,
+) -> Result<(), StoreError> {
+    match have {
+        Some(s) if *s != next => Err(StoreError::data(
+            path,
+            "schema differs from the files before it",
+        )),
+        Some(_) => Ok(()),
+        None => {
+            *have = Some(next);
+            Ok(())
+        }
+    }
+}
+
+/// [`compact`] for large windows: one source file in memory at a time.
+fn compact_streaming(
+    dir: &Path,
+    table: &str,
+    files: &[FileEntry],
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<FileEntry, StoreError> {
+    let (path, (rows, bytes)) = atomically(dir, table, from_ms, to_ms, |tmp| {
+        let mut schema: Option<SchemaRef> = None;
+        let mut writer: Option<ArrowWriter<File>> = None;
+        let mut rows = 0u64;
+        for f in files {
+            let (s, batches) = read_file(&f.path)?;
+            same_schema(&mut schema, s.clone(), &f.path)?;
+            if writer.is_none() {
+                let file = File::create(tmp).map_err(|e| StoreError::io(tmp, e))?;
+                writer = Some(
+                    ArrowWriter::try_new(file, s, Some(writer_properties()))
+                        .map_err(|e| StoreError::data(tmp, e))?,
+                );
+            }
+            if let Some(w) = writer.as_mut() {
+                for b in &batches {
+                    rows += b.num_rows() as u64;
+                    w.write(b).map_err(|e| parquet_error(tmp, e))?;
+                }
+            }
+        }
+        let w = writer.ok_or_else(|| StoreError::data(dir, "nothing to compact"))?;
+        Ok((rows, finish(tmp, w)?))
+    })?;
+    Ok(FileEntry {
+        path,
+        from_ms,
+        to_ms,
+        rows,
+        bytes,
+    })
 }
 
 /// What [`open_dir`] found.
@@ -471,6 +548,26 @@ mod tests {
             .path()
             .join("damaged/history.sys-0000000300000-0000000300000.parquet")
             .exists());
+    }
+
+    #[test]
+    fn large_windows_are_compacted_streaming_with_every_row() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (schema, b) = live(&["10.0.0.2", "10.0.0.1"], 1.0);
+        let files: Vec<FileEntry> = (1..=3)
+            .map(|i| {
+                let stamped = stamp(&schema, &[b.clone()], i * 1000, i as u64).expect("stamp");
+                write_file(dir.path(), "history.sys", &stamped, i * 1000, i * 1000).expect("write")
+            })
+            .collect();
+        let merged =
+            compact_streaming(dir.path(), "history.sys", &files, 1000, 3000).expect("compact");
+        assert_eq!((merged.rows, merged.from_ms, merged.to_ms), (6, 1000, 3000));
+        let (_, batches) = read_file(&merged.path).expect("read");
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 6);
+        let opened = open_dir(dir.path()).expect("open");
+        assert_eq!(opened.tables["history.sys"].files, vec![merged]);
+        assert_eq!(opened.superseded, 3);
     }
 
     #[test]
