@@ -14,6 +14,8 @@
 //!   a small CA for tests and the demo.
 //! - [`alerts`]: alert definitions, their evaluation on every generation, state and
 //!   notifications.
+//! - [`history`]: old generations and reports' answers kept as Parquet, queried as
+//!   `history.<table>` and `report.<name>`.
 //! - [`auth`]: tokens, domains and tables a client may use; Host and Origin rules.
 
 pub mod aggregator_sets;
@@ -23,6 +25,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod generation;
+pub mod history;
 pub mod link;
 pub mod metrics;
 pub mod node;

@@ -39,6 +39,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/reports")
+            .route(web::get().to(routes::reports::get_reports))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/admin/quarantine/lift")
             .route(web::post().to(routes::admin::lift_quarantine))
             .default_service(web::to(method_not_allowed)),

@@ -13,6 +13,7 @@ use crate::alerts::AlertsConfig;
 use crate::auth::AuthConfig;
 use crate::edge::config::EdgeConfig;
 use crate::error::{ConfigError, ConfigResult};
+use crate::history::HistoryConfig;
 use crate::simulate::SimulateConfig;
 use crate::sql::{ParseLimits, DEFAULT_MAX_RESULT_BYTES};
 use crate::tier::names::DnsConfig;
@@ -89,6 +90,8 @@ pub struct NodeConfig {
     pub auth: AuthConfig,
     /// Alerts this node evaluates on every generation (a node that answers SQL).
     pub alerts: Option<AlertsConfig>,
+    /// History and reports this node keeps on disk (a node that answers SQL).
+    pub history: Option<HistoryConfig>,
     /// Set by the subcommand, not the file.
     #[serde(skip)]
     pub role: Role,
@@ -387,6 +390,9 @@ impl NodeConfig {
         if let Some(a) = &mut self.alerts {
             a.resolve(base);
         }
+        if let Some(h) = &mut self.history {
+            h.resolve(base);
+        }
         if let Some(edge) = &mut self.edge {
             edge.resolve(base);
         }
@@ -442,6 +448,9 @@ impl NodeConfig {
         if let Some(a) = &self.alerts {
             a.validate()?;
         }
+        if let Some(h) = &self.history {
+            h.validate()?;
+        }
         Ok(())
     }
 
@@ -471,6 +480,10 @@ impl NodeConfig {
         need(
             self.alerts.is_none() || self.role.answers_sql(),
             "[alerts] is evaluated by nodes that answer SQL (sql, tla-sql); remove it",
+        )?;
+        need(
+            self.history.is_none() || self.role.answers_sql(),
+            "[history] is kept by nodes that answer SQL (sql, tla-sql); remove it",
         )?;
         match self.role {
             Role::Edge => need(

@@ -31,6 +31,7 @@ use crate::alerts::AlertsShared;
 use crate::auth::{Auth, Principal};
 use crate::error::ConfigError;
 use crate::error::QueryError;
+use crate::history::HistoryShared;
 use crate::metrics::Metrics;
 use crate::sql::{
     parse_checked, referenced_tables_of, MemoryBudget, QueryLimits, QueryOutput, Snapshot, SqlPool,
@@ -134,6 +135,8 @@ pub struct NodeHandle {
     pub auth: Arc<Auth>,
     /// The alerts this node evaluates (`[alerts]`).
     pub alerts: Option<Arc<AlertsShared>>,
+    /// The history and reports this node keeps (`[history]`).
+    pub history: Option<Arc<HistoryShared>>,
 }
 
 pub(super) struct Parts {
@@ -153,6 +156,7 @@ pub(super) struct Parts {
     pub selection: Option<SharedSelection>,
     pub auth: Arc<Auth>,
     pub alerts: Option<Arc<AlertsShared>>,
+    pub history: Option<Arc<HistoryShared>>,
 }
 
 /// A query's answer with the snapshot it was computed on.
@@ -188,6 +192,19 @@ impl NodeHandle {
             selection: p.selection,
             auth: p.auth,
             alerts: p.alerts,
+            history: p.history,
+        }
+    }
+
+    /// The schemas of the published tables.
+    pub fn schemas(&self) -> &SchemaRegistry {
+        &self.schemas
+    }
+
+    /// Keeps `tables` requested from below (for their ttl), as a query using them would.
+    pub fn keep_requested(&self, tables: BTreeSet<String>) {
+        if !tables.is_empty() {
+            self.book.do_send(UseTables(tables));
         }
     }
 

@@ -40,6 +40,7 @@ use crate::edge::socket;
 use crate::edge::store::{EdgeStore, StoreCollector};
 use crate::edge::LocalPublisher;
 use crate::error::ConfigError;
+use crate::history::{self, HistoryKeeper, HistorySchema, HistoryShared};
 use crate::metrics::Metrics;
 use crate::sql::{ComputedTable, SqlPool};
 use crate::table::{load_schema_dir, SchemaRegistry};
@@ -311,6 +312,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         ));
         shared
     });
+    let (history, node_schemas) = open_history(&config, &mut node_tables)?;
     let keeper = serving::SnapshotKeeper::new(
         current.clone(),
         pool.clone(),
@@ -318,6 +320,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         installed_tx,
         config.http.max_result_bytes,
         node_tables,
+        node_schemas,
     )
     .start();
     watcher::FileWatcher::new(
@@ -360,11 +363,48 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         selection,
         auth,
         alerts: alerts.clone(),
+        history: history.as_ref().map(|(shared, _)| shared.clone()),
     });
     if let (Some(cfg), Some(shared)) = (alerts_config, alerts) {
         AlertEvaluator::new(node.clone(), cfg, shared, reload_every)?.start();
     }
+    if let Some((shared, writer)) = history {
+        HistoryKeeper::new(node.clone(), shared, writer, reload_every).start();
+    }
     Ok(node)
+}
+
+/// The node's history, if it keeps one: opened (damaged files set aside), its writer
+/// started, `query_history` added to the node tables, and the `history` and `report`
+/// schemas every snapshot gets.
+#[allow(clippy::type_complexity)]
+fn open_history(
+    config: &NodeConfig,
+    node_tables: &mut Vec<(&'static str, Arc<dyn datafusion::catalog::TableProvider>)>,
+) -> Result<
+    (
+        Option<(Arc<HistoryShared>, history::Writer)>,
+        Vec<(&'static str, Arc<dyn datafusion::catalog::SchemaProvider>)>,
+    ),
+    ConfigError,
+> {
+    let Some(cfg) = &config.history else {
+        return Ok((None, Vec::new()));
+    };
+    let (shared, writer) = history::open(cfg.clone())?;
+    node_tables.push((
+        history::tables::HistoryTable::NAME,
+        ComputedTable::provider(history::tables::HistoryTable::new(shared.clone())),
+    ));
+    let schemas = history::SCHEMAS
+        .iter()
+        .map(|kind| {
+            let provider: Arc<dyn datafusion::catalog::SchemaProvider> =
+                Arc::new(HistorySchema::new(kind, shared.index.clone()));
+            (*kind, provider)
+        })
+        .collect();
+    Ok((Some((shared, writer)), schemas))
 }
 
 /// How this node names itself to parents and in `query_nodes`.

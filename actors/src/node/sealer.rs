@@ -326,6 +326,7 @@ mod tests {
             installed,
             crate::sql::DEFAULT_MAX_RESULT_BYTES,
             Vec::new(),
+            Vec::new(),
         )
         .start();
         let (_wanted_tx, wanted) = watch::channel(BTreeSet::from(["sys".to_string()]));

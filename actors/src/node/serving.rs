@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use arc_swap::ArcSwapOption;
-use datafusion::catalog::TableProvider;
+use datafusion::catalog::{SchemaProvider, TableProvider};
 
 use super::messages::{InstallGeneration, InstallStatics, InstallViews};
 use crate::generation::Generation;
@@ -32,6 +32,8 @@ pub struct SnapshotKeeper {
     max_value_bytes: usize,
     /// Tables about this node, computed when read, added to every snapshot.
     node_tables: Vec<(&'static str, Arc<dyn TableProvider>)>,
+    /// Schemas about this node (`history`, `report`), added to every snapshot.
+    node_schemas: Vec<(&'static str, Arc<dyn SchemaProvider>)>,
 }
 
 impl SnapshotKeeper {
@@ -42,8 +44,10 @@ impl SnapshotKeeper {
         installed: tokio::sync::watch::Sender<u64>,
         max_value_bytes: usize,
         node_tables: Vec<(&'static str, Arc<dyn TableProvider>)>,
+        node_schemas: Vec<(&'static str, Arc<dyn SchemaProvider>)>,
     ) -> Self {
         SnapshotKeeper {
+            node_schemas,
             installed,
             max_value_bytes,
             node_tables,
@@ -72,6 +76,7 @@ impl SnapshotKeeper {
         let partitions = self.pool.threads();
         let max_value_bytes = self.max_value_bytes;
         let node_tables = self.node_tables.clone();
+        let node_schemas = self.node_schemas.clone();
         let work = self.pool.spawn(async move {
             let mut snap = Snapshot::build(
                 generation,
@@ -85,6 +90,9 @@ impl SnapshotKeeper {
             snap.views_file_error = views_error;
             for (name, table) in node_tables {
                 snap.add_node_table(name, table);
+            }
+            for (name, schema) in node_schemas {
+                snap.add_node_schema(name, schema);
             }
             snap
         });

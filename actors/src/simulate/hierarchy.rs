@@ -75,6 +75,7 @@ pub fn start_demo(mut config: NodeConfig, proxies: usize) -> Result<NodeHandle, 
         pc.simulate = None;
         pc.requests.prewarm = None;
         pc.alerts = None;
+        pc.history = None;
         pc.generation.offset = offset / 2;
         pc.link.listen = None;
         pc.link.children = children

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{MemTable, TableProvider};
+use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::config::Dialect;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
@@ -330,6 +330,21 @@ impl Snapshot {
         }
     }
 
+    /// Adds a schema of tables about this node (`history`, `report`): its tables are looked
+    /// up when a query names them.
+    pub fn add_node_schema(&mut self, name: &str, provider: Arc<dyn SchemaProvider>) {
+        let state = self.ctx.state();
+        let catalog = state.config_options().catalog.default_catalog.clone();
+        match self.ctx.catalog(&catalog) {
+            Some(c) => {
+                if let Err(e) = c.register_schema(name, provider) {
+                    tracing::error!(schema = name, error = %e, "cannot register a schema");
+                }
+            }
+            None => tracing::error!(schema = name, "no default catalog to register a schema in"),
+        }
+    }
+
     /// The SQL of every view, by name.
     pub fn view_sql(&self) -> BTreeMap<String, String> {
         self.view_sql.clone()
@@ -454,13 +469,20 @@ async fn plan_statement(
     Ok(plan)
 }
 
-/// Names of the tables a plan scans (subqueries included), information_schema excluded.
+/// Names of the tables a plan scans (subqueries included), information_schema excluded;
+/// tables of the history schemas keep their schema (`history.sys` is not `sys`).
 fn scanned_tables(plan: &LogicalPlan) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
-            if scan.table_name.schema() != Some("information_schema") {
-                names.insert(scan.table_name.table().to_string());
+            match scan.table_name.schema() {
+                Some("information_schema") => {}
+                Some(s) if crate::history::SCHEMAS.contains(&s) => {
+                    names.insert(format!("{s}.{}", scan.table_name.table()));
+                }
+                _ => {
+                    names.insert(scan.table_name.table().to_string());
+                }
             }
         }
         Ok(TreeNodeRecursion::Continue)

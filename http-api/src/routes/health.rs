@@ -59,6 +59,7 @@ pub async fn get_health(node: web::Data<NodeHandle>) -> HttpResponse {
                 "tla": tla,
                 "parents": node.parents.snapshot().len(),
                 "requested_tables": node.wanted.borrow().iter().cloned().collect::<Vec<_>>(),
+                "history": history_json(&node),
             }))
         }
         None => HttpResponse::ServiceUnavailable().json(json!({
@@ -86,7 +87,28 @@ fn degraded(node: &NodeHandle, snap: &Snapshot, now: SystemTime) -> Vec<String> 
     if node.queries.admission.saturated() {
         why.push("the query queue is full: queries that find no free place get 503 busy".into());
     }
+    if let Some(paused) = node.history.as_ref().and_then(|h| h.lock().paused.clone()) {
+        why.push(format!("history is paused: {paused}"));
+    }
     why
+}
+
+/// What history does: paused or writing, bytes kept, damaged files found at start.
+fn history_json(node: &NodeHandle) -> serde_json::Value {
+    let Some(h) = &node.history else {
+        return serde_json::Value::Null;
+    };
+    let bytes = h.index.bytes();
+    let s = h.lock();
+    json!({
+        "state": if s.paused.is_some() { "paused" } else { "writing" },
+        "paused": s.paused,
+        "bytes": bytes,
+        "skipped": s.skipped,
+        "damaged": s.damaged.iter().map(|(file, why)| json!({ "file": file, "error": why })).collect::<Vec<_>>(),
+        "definitions_error": s.kept_error,
+        "reports_error": s.reports_error,
+    })
 }
 
 /// A generation older than this many intervals makes the node `degraded`.

@@ -78,6 +78,9 @@ pub async fn get_metrics(node: web::Data<NodeHandle>) -> HttpResponse {
     if let Some(alerts) = &node.alerts {
         alerts.render_metrics(&mut body);
     }
+    if let Some(history) = &node.history {
+        history.render_metrics(&mut body);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(body)

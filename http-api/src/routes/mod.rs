@@ -1,11 +1,13 @@
 //! The endpoints: `POST /sql`, `GET /tables`, `GET /health`, `GET /metrics`, `GET /` (console
-//! and its assets), `GET /alerts`, `POST /alerts/test`, `POST /admin/quarantine/lift`.
+//! and its assets), `GET /alerts`, `POST /alerts/test`, `GET /reports`,
+//! `POST /admin/quarantine/lift`.
 
 pub mod admin;
 pub mod alerts;
 pub mod console;
 pub mod health;
 pub mod metrics;
+pub mod reports;
 pub mod sql;
 pub mod tables;
 

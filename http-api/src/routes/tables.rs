@@ -10,7 +10,13 @@ use query_actors::sql::tables_behind;
 use query_actors::QueryError;
 use serde_json::json;
 
-use super::{age_ms, generation_json};
+use super::{age_ms, generation_json, rfc3339};
+
+fn ms_rfc3339(ms: i64) -> String {
+    rfc3339(
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+    )
+}
 use crate::encode::type_name;
 use crate::error::ApiError;
 use crate::guard::principal_of;
@@ -44,6 +50,30 @@ pub async fn get_tables(
             "age_ms": age_ms(t.oldest_publish, now),
             "columns": columns,
         }));
+    }
+    if let Some(history) = &node.history {
+        for (name, kept) in history.index.all() {
+            if !who.may_read(&std::collections::BTreeSet::from([name.clone()])) {
+                continue;
+            }
+            let range = kept.range();
+            let columns: Vec<_> = kept
+                .schema
+                .fields()
+                .iter()
+                .map(|f| json!({ "name": f.name(), "type": type_name(f.data_type()) }))
+                .collect();
+            tables.push(json!({
+                "name": name,
+                "origin": "history",
+                "rows": kept.rows(),
+                "files": kept.files.len(),
+                "bytes": kept.bytes(),
+                "from": range.map(|r| ms_rfc3339(r.0)),
+                "to": range.map(|r| ms_rfc3339(r.1)),
+                "columns": columns,
+            }));
+        }
     }
     let mut errors: Vec<_> = snap
         .statics
