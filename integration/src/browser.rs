@@ -202,24 +202,41 @@ impl Browser {
     /// A left click in the middle of the element `selector`, as mouse events from the
     /// browser (trusted, as a user's), after scrolling it into view.
     pub fn click(&mut self, selector: &str) {
+        let at = self.middle_of(selector);
+        for kind in ["mousePressed", "mouseReleased"] {
+            self.mouse(kind, &at);
+        }
+    }
+
+    /// The mouse moved to the middle of the element `selector` (hover), as a user's.
+    pub fn hover(&mut self, selector: &str) {
+        let at = self.middle_of(selector);
+        self.mouse("mouseMoved", &at);
+    }
+
+    /// The middle of the element `selector` in the viewport, once it exists, scrolled
+    /// into view.
+    fn middle_of(&mut self, selector: &str) -> Value {
         let sel = serde_json::to_string(selector).expect("json");
-        let rect = self.wait_for(
+        self.wait_for(
             &format!("{selector} on screen"),
             &format!(
                 "(() => {{ const e = document.querySelector({sel}); if (!e) return null; \
                  e.scrollIntoView({{ block: 'center' }}); const r = e.getBoundingClientRect(); \
                  return {{ x: r.x + r.width / 2, y: r.y + r.height / 2 }}; }})()"
             ),
-        );
+        )
+    }
+
+    fn mouse(&mut self, kind: &str, at: &Value) {
         let session = self.session.clone();
-        for kind in ["mousePressed", "mouseReleased"] {
-            let r = self.send(
-                Some(&session),
-                "Input.dispatchMouseEvent",
-                json!({ "type": kind, "x": rect["x"], "y": rect["y"], "button": "left", "clickCount": 1 }),
-            );
-            assert!(r.get("error").is_none(), "{kind}: {r}");
-        }
+        let button = if kind == "mouseMoved" { "none" } else { "left" };
+        let r = self.send(
+            Some(&session),
+            "Input.dispatchMouseEvent",
+            json!({ "type": kind, "x": at["x"], "y": at["y"], "button": button, "clickCount": 1 }),
+        );
+        assert!(r.get("error").is_none(), "{kind}: {r}");
     }
 }
 
