@@ -257,3 +257,55 @@ fn graphs_page_draws_report_rows_and_a_query_answer_in_a_real_browser() {
     let drawn_names: BTreeSet<String> = names(&drawn["series"]).into_iter().collect();
     assert_eq!(drawn_names, clusters.iter().cloned().collect(), "{drawn}");
 }
+
+/// With tokens, the page asks for one and lists nothing; with a token that may read only
+/// report.fleet_memory, it shows that report alone and draws it (GET /reports and /sql both
+/// with the tab's token).
+#[test]
+fn graphs_page_uses_the_tabs_token_and_shows_only_readable_reports() {
+    let tables = ["report.fleet_memory".to_string()];
+    let (secret, entry) =
+        query_actors::auth::tokens::generate("grapher", &["*".into()], Some(&tables), false)
+            .expect("token");
+    let ws = Workspace::new();
+    std::fs::write(ws.path("tokens.toml"), entry).expect("tokens file");
+    std::fs::write(ws.path("reports.toml"), REPORTS).expect("write reports.toml");
+    let node = ws.start(
+        "demo",
+        "[generation]\ninterval = \"1s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 20\nclusters = 2\n\n\
+         [history]\ndir = \"history\"\nreports = \"reports.toml\"\n\n[auth]\ntokens_file = \"tokens.toml\"\n",
+    );
+
+    // No token: the page asks for one; no report is listed.
+    let dom = dump_dom(&node.url("/#graphs"), None);
+    assert!(dom.contains("data-auth=\"needed\""), "{dom}");
+    assert!(dom.contains("this node needs a token"), "{dom}");
+    assert!(!dom.contains("data-report="), "{dom}");
+
+    // The token from a link: fleet_memory drawn once it holds rows, broken not listed.
+    let mut browser = Browser::open(&node.url(&format!("/#token={secret}&graphs")));
+    let chart = browser.wait_for(
+        "fleet_memory drawn with the token",
+        &format!(
+            "(() => {{ const c = {}; return c && c.points >= 1 ? c : null; }})()",
+            chart_of("fleet_memory")
+        ),
+    );
+    assert!(
+        chart["status"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("1 report, range 1h")),
+        "{chart}"
+    );
+    assert_eq!(
+        browser.eval("[...document.querySelectorAll('.report')].map((r) => r.dataset.report)"),
+        Some(json!(["fleet_memory"]))
+    );
+    assert_eq!(
+        browser.eval(&format!(
+            "document.documentElement.outerHTML.includes('{secret}') || location.href.includes('{secret}')"
+        )),
+        Some(json!(false)),
+        "the token is not shown in the page"
+    );
+}
