@@ -36,6 +36,9 @@ pub struct HistoryConfig {
     /// kept (counted, and history reports itself paused) instead of delaying anything.
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// How often retention and compaction run.
+    #[serde(default = "default_maintain_every", with = "humantime_serde")]
+    pub maintain_every: Duration,
     /// Files replaced by compaction or past retention are deleted this long after, so
     /// queries planned on them finish first.
     #[serde(default = "default_delete_grace", with = "humantime_serde")]
@@ -53,6 +56,9 @@ fn default_min_free_bytes() -> u64 {
 }
 fn default_queue() -> usize {
     4
+}
+fn default_maintain_every() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_delete_grace() -> Duration {
     Duration::from_secs(120)
@@ -79,6 +85,9 @@ impl HistoryConfig {
         };
         if self.compact_window < Duration::from_secs(1) {
             return Err(bad("compact_window", "must be at least 1s"));
+        }
+        if self.maintain_every < Duration::from_millis(100) {
+            return Err(bad("maintain_every", "must be at least 100ms"));
         }
         if self.queue == 0 {
             return Err(bad("queue", "must be at least 1"));

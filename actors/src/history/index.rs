@@ -79,14 +79,20 @@ impl HistoryIndex {
         }
     }
 
-    /// Forgets files (past retention); a table left without files is forgotten too.
+    /// A kept table with no files yet: queries find it (empty) from the start.
+    pub fn declare(&self, table: &str, schema: SchemaRef) {
+        self.write()
+            .entry(table.to_string())
+            .or_insert_with(|| TableFiles {
+                schema,
+                files: Vec::new(),
+            });
+    }
+
+    /// Forgets files (past retention); the table stays, maybe empty.
     pub fn remove(&self, table: &str, gone: &[PathBuf]) {
-        let mut tables = self.write();
-        if let Some(t) = tables.get_mut(table) {
+        if let Some(t) = self.write().get_mut(table) {
             t.files.retain(|f| !gone.contains(&f.path));
-            if t.files.is_empty() {
-                tables.remove(table);
-            }
         }
     }
 }

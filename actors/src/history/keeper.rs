@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 
 use super::config::{load_history_file, load_reports_file, ReportDef};
+use super::files::stamped_schema;
 use super::status::HistoryShared;
 use super::writer::{Job, Writer};
 use crate::auth::{Credential, Principal};
@@ -22,9 +23,6 @@ use crate::sql::Snapshot;
 
 /// The client reports run as (admission fairness, quarantine, logs).
 pub const CLIENT: &str = "reports";
-
-/// How often retention and compaction run.
-const MAINTAIN_EVERY: Duration = Duration::from_secs(10);
 
 pub struct HistoryKeeper {
     node: NodeHandle,
@@ -89,6 +87,16 @@ impl HistoryKeeper {
                 match loaded {
                     Ok(f) => {
                         tracing::info!(file = %path.display(), tables = f.table.len(), "history definitions loaded");
+                        for t in &f.table {
+                            let stamped = schemas
+                                .get(&t.name)
+                                .map(|d| stamped_schema(&d.arrow_schema(true)));
+                            if let Some(Ok(schema)) = stamped {
+                                self.shared
+                                    .index
+                                    .declare(&format!("history.{}", t.name), schema);
+                            }
+                        }
                         s.kept = Arc::new(f);
                         s.kept_error = None;
                     }
@@ -200,10 +208,13 @@ impl HistoryKeeper {
                         false => Ok(rows),
                     }
                 }
-                Ok(Err(QueryError::TablesNotReady { missing, .. })) => Err((
-                    0,
-                    format!("not in this generation yet: {}", missing.join(", ")),
-                )),
+                Ok(Err(QueryError::TablesNotReady { missing, .. })) => {
+                    // Requested just now (a node that started, a new report): run again on
+                    // the next generation rather than count a failure.
+                    tracing::debug!(report = %def.name, missing = ?missing, "report waits for its tables");
+                    act.periods.remove(&def.name);
+                    return;
+                }
                 Ok(Err(e)) => Err((0, e.to_string())),
                 Err(e) => Err((0, format!("the run stopped: {e}"))),
             };
@@ -256,7 +267,7 @@ impl Actor for HistoryKeeper {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.reload();
         ctx.run_interval(self.reload_every, |act, _| act.reload());
-        ctx.run_interval(MAINTAIN_EVERY, |act, _| act.maintain());
+        ctx.run_interval(self.shared.config.maintain_every, |act, _| act.maintain());
         let mut installed = self.node.installed();
         let me = ctx.address();
         actix::spawn(async move {

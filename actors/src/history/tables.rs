@@ -1,6 +1,7 @@
 //! `query_history`: one row per kept table and per report, with its files, time range,
 //! whether history is paused and why, and a report's last error, computed when read. Alerts
-//! (`history_paused`, `report_failing` in ops/alerts.toml) are written over it.
+//! (`history_paused`, `report_failing` in ops/alerts.toml) are written over it. A node
+//! without `[history]` has the table too, empty, so the same alerts run everywhere.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,14 +19,14 @@ use crate::sql::Computed;
 
 #[derive(Debug)]
 pub struct HistoryTable {
-    shared: Arc<HistoryShared>,
+    shared: Option<Arc<HistoryShared>>,
     schema: SchemaRef,
 }
 
 impl HistoryTable {
     pub const NAME: &'static str = "query_history";
 
-    pub fn new(shared: Arc<HistoryShared>) -> Self {
+    pub fn new(shared: Option<Arc<HistoryShared>>) -> Self {
         let ts = |name: &str| {
             Field::new(
                 name,
@@ -61,8 +62,11 @@ impl Computed for HistoryTable {
     }
 
     fn batch(&self) -> DfResult<RecordBatch> {
-        let files = self.shared.index.all();
-        let s = self.shared.lock();
+        let Some(shared) = &self.shared else {
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        };
+        let files = shared.index.all();
+        let s = shared.lock();
         let mut names: BTreeSet<String> = files.keys().cloned().collect();
         names.extend(s.kept.table.iter().map(|t| format!("history.{}", t.name)));
         names.extend(

@@ -286,3 +286,38 @@ mod tests {
         assert!(closed_window(&[f(10, 10), f(20, 20)], 100).is_none());
     }
 }
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+    use crate::history::{HistoryConfig, HistoryIndex};
+
+    #[test]
+    fn a_writer_behind_skips_generations_and_pauses_history_instead_of_waiting() {
+        let config: HistoryConfig =
+            toml::from_str("dir = \"/nonexistent\"\nqueue = 1\n").expect("config");
+        let shared = HistoryShared::new(config, Arc::new(HistoryIndex::default()));
+        // A writer that takes nothing from its queue: the disk hangs.
+        let (tx, _rx) = sync_channel(1);
+        let writer = Writer {
+            tx,
+            shared: shared.clone(),
+        };
+        let job = || Job::Write {
+            table: "history.sys".into(),
+            schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+            batches: Vec::new(),
+            at_ms: 0,
+            generation: 1,
+        };
+        assert!(writer.submit(job()));
+        assert!(!writer.submit(job()), "the second one finds the queue full");
+        let s = shared.lock();
+        assert_eq!(s.skipped, 1);
+        assert!(
+            s.paused.as_deref().unwrap_or("").contains("behind"),
+            "{:?}",
+            s.paused
+        );
+    }
+}

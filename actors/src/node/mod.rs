@@ -375,8 +375,8 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
 }
 
 /// The node's history, if it keeps one: opened (damaged files set aside), its writer
-/// started, `query_history` added to the node tables, and the `history` and `report`
-/// schemas every snapshot gets.
+/// started, and the `history` and `report` schemas every snapshot gets. `query_history` is
+/// added to the node tables either way (empty without history).
 #[allow(clippy::type_complexity)]
 fn open_history(
     config: &NodeConfig,
@@ -388,14 +388,16 @@ fn open_history(
     ),
     ConfigError,
 > {
-    let Some(cfg) = &config.history else {
-        return Ok((None, Vec::new()));
-    };
-    let (shared, writer) = history::open(cfg.clone())?;
+    let opened = config.history.clone().map(history::open).transpose()?;
     node_tables.push((
         history::tables::HistoryTable::NAME,
-        ComputedTable::provider(history::tables::HistoryTable::new(shared.clone())),
+        ComputedTable::provider(history::tables::HistoryTable::new(
+            opened.as_ref().map(|(shared, _)| shared.clone()),
+        )),
     ));
+    let Some((shared, writer)) = opened else {
+        return Ok((None, Vec::new()));
+    };
     let schemas = history::SCHEMAS
         .iter()
         .map(|kind| {
