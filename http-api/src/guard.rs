@@ -6,8 +6,9 @@
 //! `query_actors::auth`'s; the [`Principal`] found goes into the request's extensions for
 //! the endpoints (the client's identity, its tables, admin).
 //!
-//! `GET /health` (load balancers, no data) and `GET /` (the console page: static, it asks
-//! for a token itself) need no token; `/metrics` does (it names tables and views, and shows
+//! `GET /health` (load balancers, no data), `GET /` (the console page: static, it asks
+//! for a token itself) and the page's static assets (`/console/uplot.js`, `.css`: a
+//! `<script>` tag sends no token) need no token; `/metrics` does (it names tables and views, and shows
 //! the node's load).
 
 use actix_web::body::{EitherBody, MessageBody};
@@ -23,7 +24,11 @@ use crate::error::ApiError;
 
 /// Paths answered without a token.
 fn open_path(req: &ServiceRequest) -> bool {
-    req.method() == Method::GET && matches!(req.path(), "/health" | "/")
+    req.method() == Method::GET
+        && matches!(
+            req.path(),
+            "/health" | "/" | "/console/uplot.js" | "/console/uplot.css"
+        )
 }
 
 pub async fn guard<B: MessageBody>(

@@ -51,6 +51,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/health", web::get().to(routes::health::get_health))
     .route("/metrics", web::get().to(routes::metrics::get_metrics))
     .route("/", web::get().to(routes::console::get_console))
+    .route(
+        "/console/uplot.js",
+        web::get().to(routes::console::get_uplot_js),
+    )
+    .route(
+        "/console/uplot.css",
+        web::get().to(routes::console::get_uplot_css),
+    )
     .default_service(web::to(not_found));
 }
 

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod bench;
+pub mod browser;
 pub mod fleet;
 pub mod receivers;
 pub mod set_fleet;

@@ -160,6 +160,19 @@ fn tokens_domains_tables_admin_host_and_origin() {
         200,
         "the console page itself is open"
     );
+    // So are its static assets (a <script> tag sends no token), under the same Host rule.
+    for (asset, kind) in [
+        ("/console/uplot.js", "text/javascript"),
+        ("/console/uplot.css", "text/css"),
+    ] {
+        let (status, text) = raw(&node, "GET", asset, &[], "");
+        assert_eq!(status, 200, "{asset} is open like the page");
+        let text = text.to_ascii_lowercase();
+        assert!(text.contains(&format!("content-type: {kind}")), "{asset}");
+        assert!(text.contains("uplot"), "{asset}");
+        let foreign = [("Host", "attacker.example")];
+        assert_eq!(raw(&node, "GET", asset, &foreign, "").0, 421, "{asset}");
+    }
 
     // Another domain's token.
     let (status, body) = sql(&node, &web, "SELECT 1");

@@ -1,5 +1,6 @@
-//! The endpoints: `POST /sql`, `GET /tables`, `GET /health`, `GET /metrics`, `GET /` (console),
-//! `GET /alerts`, `POST /alerts/test`, `GET /reports`, `POST /admin/quarantine/lift`.
+//! The endpoints: `POST /sql`, `GET /tables`, `GET /health`, `GET /metrics`, `GET /` (console
+//! and its assets), `GET /alerts`, `POST /alerts/test`, `GET /reports`,
+//! `POST /admin/quarantine/lift`.
 
 pub mod admin;
 pub mod alerts;
