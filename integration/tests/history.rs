@@ -248,19 +248,33 @@ fn history_is_kept_queried_joined_compacted_and_expired() {
     assert_eq!(errors.len(), 1, "{errors:?}");
 
     // A broken edit of either file keeps the last good definitions, and says why.
-    std::fs::write(ws.path("history.toml"), "[[table]]\nname = \"sys\"\nevery = 0\nretention = \"1h\"\n")
-        .expect("edit");
+    std::fs::write(
+        ws.path("history.toml"),
+        "[[table]]\nname = \"sys\"\nevery = 0\nretention = \"1h\"\n",
+    )
+    .expect("edit");
     std::fs::write(ws.path("reports.toml"), "[[report]\nname = ").expect("edit");
     let health = node.eventually(LIMIT, "the broken edits reported", || {
         let h = node.get_json("/health");
         (h["history"]["definitions_error"].is_string() && h["history"]["reports_error"].is_string())
             .then_some(h)
     });
-    assert!(health["history"]["definitions_error"].to_string().contains("every"), "{health}");
-    let kept_before = int(&rows(&node, "SELECT count(DISTINCT generation_time) FROM history.sys")[0][0]);
+    assert!(
+        health["history"]["definitions_error"]
+            .to_string()
+            .contains("every"),
+        "{health}"
+    );
+    let kept_before = int(&rows(
+        &node,
+        "SELECT count(DISTINCT generation_time) FROM history.sys",
+    )[0][0]);
     let runs_before = int(&rows(&node, "SELECT count(*) FROM report.fleet_memory")[0][0]);
     node.eventually(LIMIT, "sys and the report still kept", || {
-        let kept = int(&rows(&node, "SELECT count(DISTINCT generation_time) FROM history.sys")[0][0]);
+        let kept = int(&rows(
+            &node,
+            "SELECT count(DISTINCT generation_time) FROM history.sys",
+        )[0][0]);
         let runs = int(&rows(&node, "SELECT count(*) FROM report.fleet_memory")[0][0]);
         (kept > kept_before + 1 && runs > runs_before + 1).then_some(())
     });
