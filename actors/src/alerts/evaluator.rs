@@ -29,6 +29,7 @@ use super::store::{self, Evaluated};
 use crate::auth::{Credential, Principal};
 use crate::config::{file_stamp as stamp, FileStamp};
 use crate::error::{ConfigError, QueryError};
+use crate::node::messages::GenerationInstalled;
 use crate::node::{Answer, NodeHandle};
 use crate::sql::{Origin, Snapshot};
 
@@ -219,25 +220,13 @@ impl Actor for AlertEvaluator {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.reload();
         ctx.run_interval(self.reload_every, |act, _| act.reload());
-        let mut installed = self.node.installed();
-        let me = ctx.address();
-        actix::spawn(async move {
-            while installed.changed().await.is_ok() {
-                me.do_send(NewGeneration);
-            }
-        });
-        // A generation may already be served.
-        ctx.address().do_send(NewGeneration);
+        self.node.follow_generations(ctx.address());
     }
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-struct NewGeneration;
-
-impl Handler<NewGeneration> for AlertEvaluator {
+impl Handler<GenerationInstalled> for AlertEvaluator {
     type Result = ();
-    fn handle(&mut self, _: NewGeneration, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: GenerationInstalled, ctx: &mut Context<Self>) {
         self.kick(ctx);
     }
 }

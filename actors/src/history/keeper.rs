@@ -18,6 +18,7 @@ use super::writer::{Job, Writer};
 use crate::auth::{Credential, Principal};
 use crate::config::{file_stamp, FileStamp};
 use crate::error::QueryError;
+use crate::node::messages::GenerationInstalled;
 use crate::node::NodeHandle;
 use crate::sql::Snapshot;
 
@@ -268,24 +269,13 @@ impl Actor for HistoryKeeper {
         self.reload();
         ctx.run_interval(self.reload_every, |act, _| act.reload());
         ctx.run_interval(self.shared.config.maintain_every, |act, _| act.maintain());
-        let mut installed = self.node.installed();
-        let me = ctx.address();
-        actix::spawn(async move {
-            while installed.changed().await.is_ok() {
-                me.do_send(NewGeneration);
-            }
-        });
-        ctx.address().do_send(NewGeneration);
+        self.node.follow_generations(ctx.address());
     }
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-struct NewGeneration;
-
-impl Handler<NewGeneration> for HistoryKeeper {
+impl Handler<GenerationInstalled> for HistoryKeeper {
     type Result = ();
-    fn handle(&mut self, _: NewGeneration, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: GenerationInstalled, ctx: &mut Context<Self>) {
         self.on_generation(ctx);
     }
 }

@@ -246,7 +246,7 @@ impl Worker {
 
 /// The oldest window (of `window` ms) that is over (a file starts after it) and has more
 /// than one file, all of whose files lie inside it.
-fn closed_window(files: &[FileEntry], window: i64) -> Option<Vec<FileEntry>> {
+pub fn closed_window(files: &[FileEntry], window: i64) -> Option<Vec<FileEntry>> {
     let latest = files.iter().map(|f| f.from_ms).max()?;
     let mut by_window: BTreeMap<i64, Vec<FileEntry>> = BTreeMap::new();
     for f in files {

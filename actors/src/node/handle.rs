@@ -19,7 +19,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Addr;
+use actix::dev::ToEnvelope;
+use actix::{Actor, Addr, Handler};
+
+use super::messages::GenerationInstalled;
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
@@ -231,6 +234,23 @@ impl NodeHandle {
         snapshot: Arc<Snapshot>,
     ) -> Result<Answer, QueryError> {
         self.query_pinned(sql, who, Some(snapshot)).await
+    }
+
+    /// Sends [`GenerationInstalled`] to `actor` now (a generation may be served already)
+    /// and after every new snapshot, for as long as both live.
+    pub fn follow_generations<A>(&self, actor: Addr<A>)
+    where
+        A: Actor + Handler<GenerationInstalled>,
+        A::Context: ToEnvelope<A, GenerationInstalled>,
+    {
+        let mut installed = self.installed();
+        let me = actor.clone();
+        actix::spawn(async move {
+            while installed.changed().await.is_ok() {
+                me.do_send(GenerationInstalled);
+            }
+        });
+        actor.do_send(GenerationInstalled);
     }
 
     /// Every new snapshot's generation id, as it is installed.

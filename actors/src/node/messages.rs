@@ -23,3 +23,9 @@ pub struct InstallStatics(pub Arc<StaticCatalog>);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct InstallViews(pub Result<Arc<ViewsFile>, String>);
+
+/// A new snapshot is served (`NodeHandle::follow_generations`): what works on every
+/// generation (alerts, history) looks at it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GenerationInstalled;
