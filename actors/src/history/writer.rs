@@ -73,7 +73,12 @@ impl Writer {
     }
 }
 
+/// The writer's nice level: under load, queries and sealing get the cores first, and
+/// history falls behind (and skips) rather than slowing them.
+const NICE: i32 = 10;
+
 fn run(rx: Receiver<Job>, shared: Arc<HistoryShared>) {
+    crate::sql::lower_priority(NICE);
     let mut worker = Worker {
         shared,
         doomed: Vec::new(),

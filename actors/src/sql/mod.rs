@@ -18,7 +18,7 @@ pub use computed::{Computed, ComputedTable};
 pub use engine::{Origin, QueryLimits, QueryOutput, Snapshot, TableUse, DEFAULT_MAX_RESULT_BYTES};
 pub use front_door::{parse_checked, ParseLimits, STACK_BYTES};
 pub use memory::MemoryBudget;
-pub(crate) use pool::AbortOnDrop;
+pub(crate) use pool::{lower_priority, AbortOnDrop};
 pub use pool::SqlPool;
 pub use references::{referenced_tables, referenced_tables_of, tables_behind};
 pub use statement::check_read_only;

@@ -110,7 +110,7 @@ impl SqlPool {
 /// keeps its priority still works, only without the preference. The one `unsafe` call of
 /// the workspace: the safe wrappers (rustix's `process` feature) would rebuild DataFusion.
 #[allow(unsafe_code)]
-fn lower_priority(nice: i32) {
+pub(crate) fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: setpriority only reads its integer arguments; on Linux, PRIO_PROCESS
@@ -120,7 +120,7 @@ fn lower_priority(nice: i32) {
             tracing::warn!(
                 nice,
                 error = %std::io::Error::last_os_error(),
-                "cannot lower a query thread's priority"
+                "cannot lower a thread's priority"
             );
         }
     }
