@@ -33,6 +33,13 @@ sql = "SELECT no_such_column FROM sys"
 every = "1s"
 retention = "1h"
 values = ["no_such_column"]
+
+[[report]]
+name = "clash"
+sql = "SELECT now() AS generation_time, 1 AS x"
+every = "1s"
+retention = "1h"
+values = ["x"]
 "#
 }
 
@@ -243,9 +250,19 @@ fn history_is_kept_queried_joined_compacted_and_expired() {
     assert_eq!(status, 400, "a report that never ran has no table: {body}");
     let errors = rows(
         &node,
-        "SELECT name, error FROM query_history WHERE kind = 'report' AND error IS NOT NULL",
+        "SELECT name, error FROM query_history WHERE kind = 'report' AND error IS NOT NULL ORDER BY name",
     );
-    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    // Rows that cannot be kept are that report's problem: history goes on.
+    assert_eq!(errors[1][0], "report.clash");
+    assert!(
+        errors[1][1]
+            .as_str()
+            .unwrap_or("")
+            .contains("generation_time"),
+        "{errors:?}"
+    );
+    assert_eq!(node.get_json("/health")["history"]["state"], "writing");
 
     // A broken edit of either file keeps the last good definitions, and says why.
     std::fs::write(

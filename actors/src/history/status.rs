@@ -42,6 +42,8 @@ pub struct HistoryStatus {
     pub reports: Arc<ReportsFile>,
     pub reports_error: Option<String>,
     pub report_status: BTreeMap<String, ReportStatus>,
+    /// Kept tables (`history.sys`, `report.x`) whose last rows could not be written, and why.
+    pub table_errors: BTreeMap<String, String>,
 }
 
 #[derive(Debug)]

@@ -99,7 +99,11 @@ impl Computed for HistoryTable {
             oldest.push(f.and_then(|f| f.range()).map(|r| r.0));
             newest.push(f.and_then(|f| f.range()).map(|r| r.1));
             last_run.push(report.and_then(|r| r.last_run).map(ms_since_epoch));
-            error.push(report.and_then(|r| r.last_error.clone()));
+            error.push(
+                report
+                    .and_then(|r| r.last_error.clone())
+                    .or_else(|| s.table_errors.get(t).cloned()),
+            );
         }
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(name)),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use super::files::{compact, stamp, write_file, FileEntry};
+use super::files::{compact, stamp, write_file, FileEntry, StoreError};
 use super::status::HistoryShared;
 
 /// Work for the writer.
@@ -123,10 +123,12 @@ impl Worker {
         }
         let started = Instant::now();
         let result = stamp(schema, batches, at_ms, generation)
-            .map_err(|e| format!("{table}: {e}"))
+            .map_err(|e| StoreError::Data {
+                path: table.to_string(),
+                message: e,
+            })
             .and_then(|batch| {
-                let file = write_file(&shared.config.dir, table, &batch, at_ms, at_ms)
-                    .map_err(|e| e.to_string())?;
+                let file = write_file(&shared.config.dir, table, &batch, at_ms, at_ms)?;
                 Ok((batch.schema(), file))
             });
         let took = started.elapsed().as_secs_f64();
@@ -144,16 +146,29 @@ impl Worker {
                     let mut s = shared.lock();
                     s.writes += 1;
                     s.write_seconds += took;
+                    s.table_errors.remove(table);
                 }
                 shared.resume();
             }
-            Err(e) => {
+            // The disk failed: nothing can be kept until it recovers.
+            Err(e @ StoreError::Io { .. }) => {
                 {
                     let mut s = shared.lock();
                     s.write_failures += 1;
                     s.skipped += 1;
                 }
                 shared.pause(format!("writing history failed: {e}"));
+            }
+            // These rows cannot be kept (a column history adds itself, a type Parquet
+            // cannot hold): that table's problem, not history's.
+            Err(e) => {
+                let mut s = shared.lock();
+                s.write_failures += 1;
+                s.skipped += 1;
+                if s.table_errors.get(table) != Some(&e.to_string()) {
+                    tracing::warn!(table, error = %e, "rows not kept in history");
+                }
+                s.table_errors.insert(table.to_string(), e.to_string());
             }
         }
     }

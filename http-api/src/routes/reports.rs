@@ -44,7 +44,7 @@ pub async fn get_reports(
             "runs": status.runs,
             "failures": status.failures,
             "last_run": status.last_run.map(rfc3339),
-            "last_error": status.last_error,
+            "last_error": status.last_error.or_else(|| s.table_errors.get(&table).cloned()),
             "rows": status.rows,
             "kept_rows": kept.map(|t| t.rows()).unwrap_or(0),
             "oldest_ms": range.map(|r| r.0),
