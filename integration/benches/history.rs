@@ -208,7 +208,7 @@ fn generate(dir: &Path, machines: usize, minutes: u64, base_ms: i64) -> Day {
         let gen = generation(&mut sim, at, minute + 1);
         simulator_s += t.elapsed().as_secs_f64();
         for (table, every) in KEPT {
-            if minute % every != 0 {
+            if !minute.is_multiple_of(every) {
                 continue;
             }
             let t = gen.tables.get(table).expect("the simulator publishes it");
@@ -380,7 +380,7 @@ fn interference(
                 let mut k = 0u64;
                 while !s.load(Ordering::Relaxed) {
                     for (table, every) in KEPT {
-                        if k % every != 0 {
+                        if !k.is_multiple_of(every) {
                             continue;
                         }
                         let t = g.tables.get(table).expect("published");
@@ -749,7 +749,7 @@ fn main() {
             explain(&rt, &pool, &snap, sql)
         ));
         figures.push(QueryFigure {
-            name: *name,
+            name,
             goal_ms: *goal_ms,
             rows: rows.len(),
             answer: rows,
