@@ -26,6 +26,7 @@ use super::front_door::{parse_checked, ParseLimits};
 use super::guarded::guard_functions;
 use super::memory::MemoryBudget;
 use super::time_slice::time_sliced;
+use super::utc_date_trunc::UtcDateTrunc;
 use super::views::{ViewProvider, ViewsFile};
 use crate::error::QueryError;
 use crate::generation::Generation;
@@ -432,14 +433,16 @@ impl Snapshot {
 }
 
 /// A context whose analyzer first makes division by zero NULL (see `division`), then runs
-/// DataFusion's own rules.
-fn new_context(config: SessionConfig) -> SessionContext {
+/// DataFusion's own rules, and whose optimizer truncates UTC timestamps fast
+/// (`utc_date_trunc`).
+pub(crate) fn new_context(config: SessionConfig) -> SessionContext {
     let mut rules: Vec<Arc<dyn AnalyzerRule + Send + Sync>> = vec![Arc::new(NullOnDivideByZero)];
     rules.extend(Analyzer::new().rules);
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
         .with_analyzer_rules(rules)
+        .with_optimizer_rule(Arc::new(UtcDateTrunc))
         .build();
     SessionContext::new_with_state(state)
 }

@@ -12,6 +12,7 @@ mod pool;
 mod references;
 mod statement;
 mod time_slice;
+mod utc_date_trunc;
 mod views;
 
 pub use computed::{Computed, ComputedTable};
