@@ -960,9 +960,11 @@ fn main() {
     }
     body.push_str(&format!(
         "\nWhere the fleet query's CPU goes (`EXPLAIN ANALYZE`, summed over the pool's threads): \
-         {fleet_parts}. DataFusion's `date_trunc` truncates a timestamp *with* a time zone \
+         {fleet_parts}. DataFusion's own `date_trunc` truncates a timestamp *with* a time zone \
          (`generation_time` is `Timestamp(ms, \"UTC\")`) row by row through chrono, and one \
-         without a zone by arithmetic. The same query with `generation_time` cast to a \
+         without a zone by arithmetic; the served path's optimizer rule `utc_date_trunc` \
+         (actors/src/sql/utc_date_trunc.rs) truncates UTC timestamps as zone-less ones (before \
+         it, commit 1e1cf82: 1,301 ms, group keys 2.27 s of CPU). The same query with `generation_time` cast to a \
          timestamp without time zone (`arrow_cast(generation_time, 'Timestamp(Millisecond, \
          None)')`), served path: **{naive_ms:.1} ms** (same answer: {}); {naive_parts}.\n",
         if naive_same { "yes" } else { "**no**" },
