@@ -101,7 +101,8 @@ fn graphs_page_draws_report_rows_and_a_query_answer_in_a_real_browser() {
     let chart = browser.wait_for(
         "fleet_memory drawn with 3 points or more",
         &format!(
-            "(() => {{ const c = {}; return c && c.points >= 3 ? c : null; }})()",
+            // Drawn, and not between two loads (the page reloads the list every 10 s).
+            "(() => {{ const c = {}; return c && c.points >= 3 && !c.status.startsWith('loading') ? c : null; }})()",
             chart_of("fleet_memory")
         ),
     );
