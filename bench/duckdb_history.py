@@ -7,31 +7,16 @@ median of N) and prints JSON:
 {"duckdb_version": ..., "queries": {name: {"median_ms", "rows"} or {"error"}}}.
 Timestamps are printed as epoch milliseconds.
 
-Standard library and duckdb only.
+Standard library and duckdb only; the timing is duckdb_sql.py's.
 """
 
 import argparse
-import datetime
-import decimal
 import json
-import statistics
-import sys
-import time
 
 import duckdb
 
-EPOCH = datetime.datetime(1970, 1, 1)
-
-
-def cell(v):
-    """A JSON value comparable with the Rust side's: timestamps as epoch milliseconds."""
-    if isinstance(v, datetime.datetime):
-        if v.tzinfo is not None:
-            v = v.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-        return (v - EPOCH) // datetime.timedelta(milliseconds=1)
-    if isinstance(v, decimal.Decimal):
-        return float(v)
-    return v
+# The same timing and cells as the SQL benchmark's side (this script's folder is on the path).
+from duckdb_sql import print_timed
 
 
 def main():
@@ -45,22 +30,7 @@ def main():
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    results = {}
-    for name, sql in queries.items():
-        try:
-            rows = con.execute(sql).fetchall()
-            times = []
-            for _ in range(max(args.runs, 1)):
-                start = time.perf_counter()
-                rows = con.execute(sql).fetchall()
-                times.append((time.perf_counter() - start) * 1000.0)
-            results[name] = {
-                "median_ms": statistics.median(times),
-                "rows": [[cell(v) for v in r] for r in rows],
-            }
-        except duckdb.Error as e:
-            results[name] = {"error": str(e)}
-    json.dump({"duckdb_version": duckdb.__version__, "queries": results}, sys.stdout)
+    print_timed(con, queries, args.runs)
 
 
 if __name__ == "__main__":

@@ -84,12 +84,18 @@ def main():
     for view in views:
         con.execute(f'CREATE VIEW "{view["name"]}" AS {view["sql"]}')
 
+    print_timed(con, parse_queries(args.queries), args.runs)
+
+
+def print_timed(con, queries, runs):
+    """Times every query ({name: sql}) as the Rust side does (one warm-up run, then the
+    median of `runs`) and prints the JSON both benchmarks read."""
     results = {}
-    for name, sql in parse_queries(args.queries).items():
+    for name, sql in queries.items():
         try:
             rows = con.execute(sql).fetchall()
             times = []
-            for _ in range(max(args.runs, 1)):
+            for _ in range(max(runs, 1)):
                 start = time.perf_counter()
                 rows = con.execute(sql).fetchall()
                 times.append((time.perf_counter() - start) * 1000.0)

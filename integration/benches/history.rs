@@ -43,9 +43,10 @@ use query_actors::sql::{
     MemoryBudget, QueryLimits, Snapshot, SqlPool, ViewsFile, DEFAULT_MAX_RESULT_BYTES,
 };
 use query_actors::static_tables::StaticCatalog;
-use query_integration::bench::{env_f64, human_bytes, percentile, simulator, write_bench_section};
+use query_integration::bench::{
+    env_f64, human_bytes, percentile, run_duckdb_script, simulator, write_bench_section,
+};
 use query_integration::repo;
-use serde_json::Value;
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MINUTES: u64 = 1_440;
@@ -496,30 +497,18 @@ fn run_duckdb(
         serde_json::to_string(queries).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
-    let out = Command::new(python)
-        .arg(repo().join("bench/duckdb_history.py"))
-        .arg("--queries")
-        .arg(&file)
-        .arg("--runs")
-        .arg(runs.to_string())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| {
-            format!(
-                "cannot run {} ({e}); `make bench-venv` creates it",
-                python.display()
-            )
-        })?;
-    if !out.status.success() {
-        return Err(format!("{} exited with {}", python.display(), out.status));
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("its output: {e}"))?;
-    let version = v["duckdb_version"]
-        .as_str()
-        .unwrap_or("unknown")
-        .to_string();
+    let (version, queries) = run_duckdb_script(
+        python,
+        "duckdb_history.py",
+        &[
+            "--queries".as_ref(),
+            file.as_os_str(),
+            "--runs".as_ref(),
+            runs.to_string().as_ref(),
+        ],
+    )?;
     let mut results = BTreeMap::new();
-    for (name, q) in v["queries"].as_object().into_iter().flatten() {
+    for (name, q) in &queries {
         let rows = q["rows"]
             .as_array()
             .into_iter()

@@ -11,7 +11,6 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -30,7 +29,9 @@ use query_actors::sql::{
     load_views, MemoryBudget, QueryLimits, Snapshot, ViewsFile, DEFAULT_MAX_RESULT_BYTES,
 };
 use query_actors::static_tables::{StaticCatalog, StaticLoader};
-use query_integration::bench::{env_f64, parse_queries, simulator, write_bench_section};
+use query_integration::bench::{
+    env_f64, parse_queries, run_duckdb_script, simulator, write_bench_section,
+};
 use query_integration::repo;
 use serde_json::{json, Value};
 
@@ -291,32 +292,21 @@ fn run_duckdb(
     dir: &Path,
     runs: usize,
 ) -> Result<(String, BTreeMap<String, Outcome>), String> {
-    let out = Command::new(python)
-        .arg(repo().join("bench/duckdb_sql.py"))
-        .arg("--data")
-        .arg(dir)
-        .arg("--queries")
-        .arg(repo().join("bench/queries.sql"))
-        .arg("--runs")
-        .arg(runs.to_string())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| {
-            format!(
-                "cannot run {} ({e}); `make bench-venv` creates it",
-                python.display()
-            )
-        })?;
-    if !out.status.success() {
-        return Err(format!("{} exited with {}", python.display(), out.status));
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("its output: {e}"))?;
-    let version = v["duckdb_version"]
-        .as_str()
-        .unwrap_or("unknown")
-        .to_string();
+    let queries_file = repo().join("bench/queries.sql");
+    let (version, queries) = run_duckdb_script(
+        python,
+        "duckdb_sql.py",
+        &[
+            "--data".as_ref(),
+            dir.as_os_str(),
+            "--queries".as_ref(),
+            queries_file.as_os_str(),
+            "--runs".as_ref(),
+            runs.to_string().as_ref(),
+        ],
+    )?;
     let mut results = BTreeMap::new();
-    for (name, q) in v["queries"].as_object().into_iter().flatten() {
+    for (name, q) in &queries {
         let rows = q["rows"]
             .as_array()
             .map(|rows| {

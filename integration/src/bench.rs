@@ -532,3 +532,38 @@ pub fn write_bench_section(name: &str, command: &str, body: &str) -> std::io::Re
     };
     std::fs::write(path, new)
 }
+
+/// Runs the DuckDB side of a benchmark, `bench/<script>` with `args`, in the bench venv's
+/// `python`, and returns DuckDB's version and its `queries` object (each query's
+/// `median_ms`, `rows`, or `error`); `Err` says why it could not run.
+pub fn run_duckdb_script(
+    python: &std::path::Path,
+    script: &str,
+    args: &[&std::ffi::OsStr],
+) -> Result<(String, serde_json::Map<String, serde_json::Value>), String> {
+    let out = Command::new(python)
+        .arg(repo().join("bench").join(script))
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run {} ({e}); `make bench-venv` creates it",
+                python.display()
+            )
+        })?;
+    if !out.status.success() {
+        return Err(format!("{} exited with {}", python.display(), out.status));
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("its output: {e}"))?;
+    let version = v["duckdb_version"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string();
+    let queries = match v["queries"].take() {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    Ok((version, queries))
+}
