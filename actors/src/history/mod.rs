@@ -62,6 +62,16 @@ pub fn open(config: HistoryConfig) -> Result<(Arc<HistoryShared>, Writer), Confi
     Ok((shared, writer))
 }
 
+/// The name a table of the history schemas goes by (`history.sys`, `report.hits`): kept
+/// history is not the live table (nothing is requested below for it, and it is listed
+/// apart). None for a table of any other schema.
+pub fn qualified_name(schema: Option<&str>, table: &str) -> Option<String> {
+    let schema = schema?.to_ascii_lowercase();
+    SCHEMAS
+        .contains(&schema.as_str())
+        .then(|| format!("{schema}.{table}"))
+}
+
 /// `history.sys` → `sys` (a token that may read a table may read its history); None for
 /// other names.
 pub fn live_table_of(name: &str) -> Option<&str> {

@@ -478,14 +478,12 @@ fn scanned_tables(plan: &LogicalPlan) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
-            match scan.table_name.schema() {
-                Some("information_schema") => {}
-                Some(s) if crate::history::SCHEMAS.contains(&s) => {
-                    names.insert(format!("{s}.{}", scan.table_name.table()));
-                }
-                _ => {
-                    names.insert(scan.table_name.table().to_string());
-                }
+            let (schema, table) = (scan.table_name.schema(), scan.table_name.table());
+            if schema != Some("information_schema") {
+                names.insert(
+                    crate::history::qualified_name(schema, table)
+                        .unwrap_or_else(|| table.to_string()),
+                );
             }
         }
         Ok(TreeNodeRecursion::Continue)

@@ -66,11 +66,8 @@ fn statement_tables(statement: &Statement) -> Vec<String> {
                 Some(s) if s.eq_ignore_ascii_case("information_schema") => {
                     format!("information_schema.{}", t.table())
                 }
-                // Kept history is not the live table: nothing is requested below for it.
-                Some(s) if crate::history::SCHEMAS.contains(&s.to_ascii_lowercase().as_str()) => {
-                    format!("{}.{}", s.to_ascii_lowercase(), t.table())
-                }
-                _ => t.table().to_string(),
+                s => crate::history::qualified_name(s, t.table())
+                    .unwrap_or_else(|| t.table().to_string()),
             })
             .collect(),
         Err(_) => Vec::new(),

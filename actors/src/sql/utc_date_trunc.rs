@@ -4,7 +4,7 @@
 //! history's `generation_time`). DataFusion 55's `date_trunc` truncates a zone-less
 //! timestamp with integer arithmetic but sends every zoned value through chrono's time-zone
 //! path, even for UTC: the history benchmark's fleet-wide hourly average over a day of
-//! 14.4M rows spent 2.3 of its 2.4 CPU-seconds there (BENCHMARKS.md, `history`). For UTC
+//! 14.4M rows spent 2.3 of its 2.5 CPU-seconds there (BENCHMARKS.md, `history`). For UTC
 //! both give the same instant, so the value is cast to zone-less, truncated, and labelled
 //! UTC again (through its integer, which costs nothing); names are kept.
 
