@@ -107,6 +107,17 @@ impl LocalPublisher for SelfMonitor {
                 int(s.connects),
                 int(s.restarts),
                 s.last_error.clone().map_or(Cell::Null, Cell::Str),
+                match (live(s), drop_after) {
+                    (true, Some(d)) => {
+                        let t = s.tables_dropped(instant, d);
+                        if t.is_empty() {
+                            Cell::Null
+                        } else {
+                            Cell::Str(t.join(","))
+                        }
+                    }
+                    _ => Cell::Null,
+                },
             ]);
         }
         for p in &parents {
@@ -122,6 +133,7 @@ impl LocalPublisher for SelfMonitor {
                 int(p.last_full_frame_bytes),
                 int(1),
                 int(0),
+                Cell::Null,
                 Cell::Null,
             ]);
         }
