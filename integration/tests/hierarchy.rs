@@ -370,7 +370,8 @@ fn every_machine_arrives_and_queried_tables_come_and_go() {
     assert_eq!(status, 200, "{answer}");
 }
 
-/// Test 3: a killed edge's rows vanish after `drop_after` and return when it restarts.
+/// Test 3: a killed edge's rows vanish after `drop_after` (listed in `query_departed` with
+/// its last `sys` row meanwhile) and return when it restarts.
 #[test]
 fn a_killed_edge_drops_out_and_returns() {
     let (mut fleet, all) = sys_fleet(42, "2s");
@@ -391,8 +392,20 @@ fn a_killed_edge_drops_out_and_returns() {
         (health(sql)["machines"] == 5).then_some(())
     });
 
+    // Its last known state: one query at the SQL node (OSR 2.3's departed machines).
+    let departed = "SELECT kind, machine, last_sys LIKE '%\"machine_ip\"%' AS has_sys, \
+                    dropped_at >= last_heard AS ordered FROM query_departed";
+    let gone = json!([["machine", fleet.edges[1].ip, true, true]]);
+    sql.eventually(LIMIT, "the killed edge in query_departed", || {
+        (sql.sql(departed).1["rows"] == gone).then_some(())
+    });
+
     fleet.edges[1].start();
     until_sys_machines(&fleet, &all, "the restarted edge's rows to return");
+    let sql = fleet.sql();
+    sql.eventually(LIMIT, "the returned edge to leave query_departed", || {
+        (sql.sql(departed).1["rows"] == json!([])).then_some(())
+    });
     let proxy = fleet.proxies[0].node();
     proxy.eventually(LIMIT, "its proxy to count 3 machines again", || {
         (health(proxy)["machines"] == 3).then_some(())

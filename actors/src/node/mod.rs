@@ -7,6 +7,7 @@
 
 mod admission;
 pub mod config;
+mod departed;
 mod handle;
 pub mod messages;
 pub mod quarantine;
@@ -241,6 +242,8 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         parents: sessions.clone(),
         generations: generations.clone(),
         wanted: wanted.clone(),
+        departures: Default::default(),
+        departed_keep: config.link.departed_keep,
     }));
     let mut serve = ServeParents {
         node: name.clone(),
