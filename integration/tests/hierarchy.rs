@@ -451,6 +451,50 @@ fn a_child_that_never_provides_a_table_is_dropped_for_it_alone() {
     });
 }
 
+/// An aggregator set's span: the TLA of a set spanning cluster 0 only dials cluster 0's
+/// proxy; the SQL node sees that cluster's machines and the TLA counts one cluster.
+#[test]
+fn a_tla_aggregates_the_clusters_of_its_sets_span_only() {
+    let mut spec = FleetSpec::new(47);
+    spec.edges_per_cluster = EDGES_PER_CLUSTER;
+    spec.reload_every = "200ms";
+    spec.drop_after = "5s";
+    spec.sql_wait = "45s";
+    spec.host = true;
+    spec.prewarm = vec!["sys".to_string()];
+    let mut fleet = Fleet::new(spec);
+    let cluster0 = fleet.proxies[0].link.clone().expect("proxy link");
+    std::fs::write(
+        fleet.ws.path("sets.toml"),
+        format!(
+            "[[set]]\nname = \"eu\"\nspan = [\"{cluster0}\"]\nsql_name = \"sql.eu.test\"\ntla_name = \"tla.eu.test:7500\"\n"
+        ),
+    )
+    .expect("write sets");
+    let config = fleet.ws.path("tla.toml");
+    let text = std::fs::read_to_string(&config).expect("tla.toml");
+    std::fs::write(
+        &config,
+        text + "\n[aggregator_set]\nfile = \"sets.toml\"\nname = \"eu\"\n",
+    )
+    .expect("write tla.toml");
+    fleet.start_all();
+
+    let cluster0_machines = fleet.edge_ips(0..EDGES_PER_CLUSTER);
+    until_sys_machines(&fleet, &cluster0_machines, "cluster 0's machines only");
+    let tla = fleet.tla.node();
+    let h = health(tla);
+    assert_eq!(h["clusters"], 1, "{h}");
+    assert_eq!(h["children"]["configured"], 1, "{h}");
+    // Cluster 1's machines never arrive.
+    std::thread::sleep(Duration::from_secs(2));
+    until_sys_machines(
+        &fleet,
+        &cluster0_machines,
+        "still cluster 0's machines only",
+    );
+}
+
 /// Test 4: a killed and restarted proxy, then a killed and restarted TLA, are dialled
 /// again and answers resume with all 6 machines.
 #[test]

@@ -476,6 +476,18 @@ impl NodeConfig {
                     set.name
                 ),
             )?;
+            let children = self.link.child_specs();
+            need(
+                self.role == Role::Sql
+                    || children.is_empty()
+                    || children.iter().any(|c| set.spans(&c.name)),
+                &format!(
+                    "the span of aggregator set '{}' ({}) names none of this node's children ({}): name clusters as in [[link.child]] name, or their addresses",
+                    set.name,
+                    set.span.join(", "),
+                    children.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            )?;
         }
         need(
             self.alerts.is_none() || self.role.answers_sql(),

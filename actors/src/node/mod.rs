@@ -203,9 +203,13 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         selection = Some(shared);
         vec![("tla".to_string(), address)]
     } else {
-        config
-            .link
-            .child_specs()
+        let specs = config.link.child_specs();
+        // A TLA of an aggregator set dials the clusters of its span only.
+        let specs = match &set {
+            Some((set, _)) => set.children_in_span(specs),
+            None => specs,
+        };
+        specs
             .into_iter()
             .map(|c| (c.name, watch_addresses(c.addresses, &config.dns, &pool)))
             .collect()
