@@ -126,6 +126,26 @@ fn another_partitions_table_is_a_redirect_the_client_follows() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = a.sql("SELECT COUNT(*) FROM network_interfaces");
     assert_eq!(status, 200, "{body}");
+
+    // Live reconfiguration: processes moves to A's partition in the sets file; A answers
+    // it itself from then on, without a restart (and B now redirects to A).
+    let sets = ws.path("sets.toml");
+    let text = std::fs::read_to_string(&sets).expect("read sets");
+    std::fs::write(
+        &sets,
+        text.replace("\"filesystem\"]", "\"filesystem\", \"processes\"]")
+            .replace("tables = [\"processes\"]", "tables = [\"load_info\"]"),
+    )
+    .expect("write sets");
+    a.eventually(LIMIT, "A to answer processes itself", || {
+        (a.sql("SELECT COUNT(*) FROM processes").0 == 200).then_some(())
+    });
+    // A broken edit keeps the running set.
+    std::fs::write(&sets, "[[set]]\nname = ").expect("write sets");
+    std::thread::sleep(Duration::from_secs(1));
+    let (status, body) = a.sql("SELECT COUNT(*) FROM processes");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(a.sql("SELECT COUNT(*) FROM load_info").0, 307);
 }
 
 /// The whole set behind real DNS (dnsmasq): names re-resolved, 500 client queries while a
@@ -309,4 +329,27 @@ fn an_aggregator_set_rides_out_node_deaths_and_a_partition() {
         (Some(0), format!("n\n{MACHINES}").as_str()),
         "{err}"
     );
+
+    // Live reconfiguration of TLA selection: SQL node 2 is pinned to the TLA it does not
+    // use by an edit of its config file, and moves there without a restart.
+    let using = fleet.current_tla(1).expect("a TLA in use");
+    let other = if using == tla_link(0) {
+        tla_link(1)
+    } else {
+        tla_link(0)
+    };
+    let config = fleet.ws.path("sql1.toml");
+    let text = std::fs::read_to_string(&config).expect("read sql1.toml");
+    std::fs::write(
+        &config,
+        text.replace(
+            "fail_after = 2\n",
+            &format!("fail_after = 2\npin = [\"{other}\"]\n"),
+        ),
+    )
+    .expect("write sql1.toml");
+    fleet.sql(1).eventually(LIMIT, "the pinned TLA", || {
+        (fleet.current_tla(1) == Some(other.clone())).then_some(())
+    });
+    fleet.until_all_machines(1, LIMIT);
 }

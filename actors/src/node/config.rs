@@ -95,6 +95,10 @@ pub struct NodeConfig {
     /// Set by the subcommand, not the file.
     #[serde(skip)]
     pub role: Role,
+    /// The file this config was read from (None: an embedded default), watched for edits
+    /// of the sections that apply live (`[tla_selection]`).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -368,6 +372,7 @@ impl NodeConfig {
         let mut cfg: NodeConfig = crate::config::read_toml(path)?;
         cfg.resolve(path.parent().unwrap_or(Path::new(".")));
         cfg.validate()?;
+        cfg.source = Some(path.to_path_buf());
         Ok(cfg)
     }
 
