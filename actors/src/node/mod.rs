@@ -6,6 +6,7 @@
 //! [`Role`] decides which are present.
 
 mod admission;
+mod completeness;
 pub mod config;
 mod departed;
 mod handle;
@@ -18,6 +19,7 @@ mod serving;
 mod watcher;
 
 pub use admission::{AdmissionLimits, Admitted};
+pub use completeness::{Completeness, MinCompleteness};
 pub use config::{NodeConfig, Role};
 pub use handle::{Answer, NodeHandle, Queries};
 use quarantine::QuarantineTable;
@@ -324,6 +326,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         config.http.max_result_bytes,
         node_tables,
         node_schemas,
+        schemas.clone(),
     )
     .start();
     watcher::FileWatcher::new(

@@ -234,6 +234,8 @@ async fn collect_and_seal(
         // `generation.age_ms` shows how stale they are.
         if inputs.clusters == ClusterCount::FromChildren {
             sealed_at = merged.delivered_sealed_at.or(previous.map(|p| p.sealed_at));
+            // Answers state the TLA's round, so two SQL nodes of one TLA can be compared.
+            builder.tla_round(merged.delivered_round.or(previous.map(|p| p.tla_round)));
         }
         add_merged(&mut builder, merged, previous);
     }
@@ -327,6 +329,7 @@ mod tests {
             crate::sql::DEFAULT_MAX_RESULT_BYTES,
             Vec::new(),
             Vec::new(),
+            crate::table::SchemaRegistry::default(),
         )
         .start();
         let (_wanted_tx, wanted) = watch::channel(BTreeSet::from(["sys".to_string()]));
@@ -363,6 +366,7 @@ mod tests {
         let mut generations = follower(children.clone());
         let first = next(&mut generations).await;
         assert!(!first.tables.contains_key("sys"), "nothing delivered yet");
+        assert_eq!(first.tla_round, first.round, "no TLA round yet: its own");
 
         for round in [41, 42] {
             let mut delivered = gen(round, "10.0.0.1", &["sys"]);
@@ -377,6 +381,9 @@ mod tests {
                 at(round),
                 "the TLA's generation, as old as the TLA's seal"
             );
+            // Its own round follows its clock (hour-long here); answers state the TLA's.
+            assert_eq!(g.tla_round, round, "the TLA's round");
+            assert_ne!(g.round, round);
         }
     }
 
