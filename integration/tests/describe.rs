@@ -326,3 +326,125 @@ fn two_sql_nodes_of_one_tla_state_the_same_round() {
         },
     );
 }
+
+/// A token limited to `sys`: the catalog (SHOW TABLES, query_columns, information_schema:
+/// names, types and descriptions, never rows) is open to it, as documented; `GET /tables`
+/// lists only what it may read; another table's rows stay refused.
+#[test]
+fn a_token_limited_to_some_tables_sees_the_catalog_but_not_other_rows() {
+    let ws = Workspace::new();
+    let out = std::process::Command::new(query_integration::queryd_bin())
+        .args([
+            "token",
+            "--name",
+            "sys-reader",
+            "--domain",
+            "noc",
+            "--table",
+            "sys",
+        ])
+        .output()
+        .expect("queryd token");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let secret = text
+        .lines()
+        .find(|l| l.starts_with("qt_"))
+        .expect("secret")
+        .to_string();
+    let entry = text.split_once("[[token]]").expect("entry").1;
+    std::fs::write(ws.path("tokens.toml"), format!("[[token]]{entry}")).expect("tokens");
+    let node = ws.start(
+        "demo",
+        "[generation]\ninterval = \"2s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 20\nclusters = 2\n\n[auth]\ntokens_file = \"tokens.toml\"\n",
+    );
+    let bearer = format!("Bearer {secret}");
+    let auth = [("Authorization", bearer.as_str())];
+    let (status, _, body) = post(&node, "/sql", "SELECT COUNT(*) FROM processes", &auth, &[]);
+    assert_eq!(status, 403, "{body}");
+    for sql in [
+        "SHOW TABLES",
+        "SELECT DISTINCT table_name FROM query_columns WHERE table_name = 'processes'",
+    ] {
+        let answer = node.eventually(LIMIT, "processes in the catalog", || {
+            let (status, _, body) = post(&node, "/sql", sql, &auth, &[]);
+            assert_eq!(status, 200, "{sql}: {body}");
+            body.contains("\"processes\"").then_some(body)
+        });
+        assert!(answer.contains("\"processes\""), "{answer}");
+    }
+    let resp = ureq::get(&node.url("/tables"))
+        .set("Authorization", &bearer)
+        .call()
+        .expect("GET /tables");
+    let t: Value = serde_json::from_str(&resp.into_string().expect("body")).expect("JSON");
+    let names: Vec<&str> = t["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .filter_map(|x| x["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"sys") && names.contains(&"query_columns"),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"processes"), "{names:?}");
+}
+
+/// History and report tables are described too: a kept table by its live table's
+/// descriptions plus the two columns history adds, a report by its name.
+#[test]
+fn history_and_report_tables_are_described() {
+    let ws = Workspace::new();
+    std::fs::write(
+        ws.path("history.toml"),
+        "[[table]]\nname = \"sys\"\nevery = 1\nretention = \"1h\"\n",
+    )
+    .expect("history.toml");
+    std::fs::write(
+        ws.path("reports.toml"),
+        "[[report]]\nname = \"fleet_memory\"\nsql = \"SELECT SUM(memtotal) AS total FROM sys\"\nevery = \"1s\"\nretention = \"1h\"\nvalues = [\"total\"]\n",
+    )
+    .expect("reports.toml");
+    let node = ws.start(
+        "demo",
+        "[generation]\ninterval = \"1s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 10\nclusters = 2\n\n\
+         [history]\ndir = \"history\"\ntables = \"history.toml\"\nreports = \"reports.toml\"\n",
+    );
+    let sql = "SELECT table_name, column_name, description, origin FROM query_columns \
+               WHERE (table_name = 'history.sys' AND column_name IN ('hostname', 'generation_time')) \
+                  OR table_name = 'report.fleet_memory' ORDER BY table_name, position";
+    let expected = json!([
+        ["history.sys", "hostname", "Host name", "history"],
+        [
+            "history.sys",
+            "generation_time",
+            "When the kept generation was sealed (UTC)",
+            "history"
+        ],
+        ["report.fleet_memory", "total", "", "report"],
+        [
+            "report.fleet_memory",
+            "generation_time",
+            "When the kept generation was sealed (UTC)",
+            "report"
+        ],
+        [
+            "report.fleet_memory",
+            "generation",
+            "Id of the kept generation at this node",
+            "report"
+        ],
+    ]);
+    node.eventually(LIMIT, "history and report tables in query_columns", || {
+        let (status, answer) = node.sql(sql);
+        assert_eq!(status, 200, "{answer}");
+        (answer["rows"] == expected).then_some(())
+    });
+    let (_, d) = node.sql(
+        "SELECT DISTINCT table_description FROM query_columns WHERE table_name = 'history.sys'",
+    );
+    assert_eq!(
+        d["rows"],
+        json!([["Kept generations of sys: Machine identity, memory, CPU load and uptime; one row per machine"]])
+    );
+}
