@@ -326,8 +326,8 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         config.http.max_result_bytes,
         node_tables,
         node_schemas,
-        schemas.clone(),
     )
+    .with_schemas(schemas.clone())
     .start();
     watcher::FileWatcher::new(
         &config.paths,

@@ -329,7 +329,6 @@ mod tests {
             crate::sql::DEFAULT_MAX_RESULT_BYTES,
             Vec::new(),
             Vec::new(),
-            crate::table::SchemaRegistry::default(),
         )
         .start();
         let (_wanted_tx, wanted) = watch::channel(BTreeSet::from(["sys".to_string()]));

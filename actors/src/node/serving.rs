@@ -48,10 +48,9 @@ impl SnapshotKeeper {
         max_value_bytes: usize,
         node_tables: Vec<(&'static str, Arc<dyn TableProvider>)>,
         node_schemas: Vec<(&'static str, Arc<dyn SchemaProvider>)>,
-        schemas: SchemaRegistry,
     ) -> Self {
         SnapshotKeeper {
-            schemas,
+            schemas: SchemaRegistry::default(),
             node_schemas,
             installed,
             max_value_bytes,
@@ -66,6 +65,12 @@ impl SnapshotKeeper {
             build_seq: 0,
             installed_seq: 0,
         }
+    }
+
+    /// The published tables' definitions whose descriptions `query_columns` serves.
+    pub fn with_schemas(mut self, schemas: SchemaRegistry) -> Self {
+        self.schemas = schemas;
+        self
     }
 
     fn rebuild(&mut self, ctx: &mut Context<Self>) {

@@ -121,8 +121,15 @@ fn columns_schema() -> SchemaRef {
     ]))
 }
 
+/// A table of the node's own: name, description, (column, description) in order.
+type SelfTable = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 /// Descriptions of the node's own tables (computed when read), column by column.
-const SELF_TABLES: &[(&str, &str, &[(&str, &str)])] = &[
+const SELF_TABLES: &[SelfTable] = &[
     (
         COLUMNS_TABLE,
         "Every column of every table a query can name here, with its type and description (one row per column)",
