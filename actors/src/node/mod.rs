@@ -6,6 +6,7 @@
 //! [`Role`] decides which are present.
 
 mod admission;
+mod completeness;
 pub mod config;
 mod departed;
 mod handle;
@@ -19,6 +20,7 @@ mod serving;
 mod watcher;
 
 pub use admission::{AdmissionLimits, Admitted};
+pub use completeness::{Completeness, MinCompleteness};
 pub use config::{NodeConfig, Role};
 pub use handle::{Answer, NodeHandle, Queries};
 use quarantine::QuarantineTable;
@@ -319,6 +321,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         node_tables,
         node_schemas,
     )
+    .with_schemas(schemas.clone())
     .start();
     let watcher = watcher::FileWatcher::new(
         &config.paths,

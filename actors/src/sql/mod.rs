@@ -3,6 +3,7 @@
 //! memory limits and guarded functions, and the pools queries run on.
 
 pub mod computed;
+pub mod describe;
 mod division;
 mod engine;
 mod front_door;

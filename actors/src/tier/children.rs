@@ -91,6 +91,9 @@ pub struct Merged {
     /// When every live child has delivered the round: the oldest of their generations'
     /// seal times (a SQL node serves its TLA's generation as of then).
     pub delivered_sealed_at: Option<std::time::SystemTime>,
+    /// The oldest round among the live children's latest generations (a SQL node's one
+    /// child: the TLA round it serves).
+    pub delivered_round: Option<u64>,
 }
 
 pub struct Children {
@@ -249,6 +252,7 @@ impl Children {
             .filter(|(_, g)| g.round < round)
             .map(|(name, _)| (*name).clone())
             .collect();
+        out.delivered_round = live.iter().map(|(_, g)| g.round).min();
         if out.late.is_empty() {
             out.delivered_sealed_at = live.iter().map(|(_, g)| g.sealed_at).min();
         }
