@@ -173,7 +173,7 @@ fn run_fleet(machines: usize, threads: usize) -> FleetRun {
         assert!(merged.incomplete.is_empty(), "every cluster sent the round");
         let mut b = GenerationBuilder::default();
         let (m, c) = (merged.machines, merged.clusters);
-        add_merged(&mut b, merged, previous.as_deref());
+        add_merged(&mut b, merged, previous.as_deref(), &Default::default());
         b.counts(m, c);
         let tla = b.seal(id, id, now);
         step.merge = t.elapsed().as_secs_f64();

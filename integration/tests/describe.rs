@@ -13,6 +13,15 @@ use serde_json::{json, Value};
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// A demo node of 100 simulated machines in 4 clusters, once every machine is in.
+/// The shipped `cluster_expected` describes the `make run` fleet (20 clusters); tests of
+/// the expectations a node derives itself make it an ordinary table.
+fn not_sourced(ws: &Workspace) {
+    let path = ws.path("static-tables/cluster_expected.toml");
+    let text = std::fs::read_to_string(&path).expect("cluster_expected.toml");
+    assert!(text.contains("sourced = true\n"), "shipped as sourced");
+    std::fs::write(&path, text.replace("sourced = true\n", "")).expect("write");
+}
+
 fn demo(ws: &Workspace) -> Node {
     let node = ws.start(
         "demo",
@@ -168,6 +177,7 @@ const FACTS: [&str; 6] = [
 #[test]
 fn answers_state_their_completeness_and_refuse_less_than_asked() {
     let ws = Workspace::new();
+    not_sourced(&ws);
     let node = demo(&ws);
     // A generation's facts: read them until JSON and both header formats were computed on
     // one generation (a switch between the requests is possible, not likely twice).
@@ -290,6 +300,7 @@ fn two_sql_nodes_of_one_tla_state_the_same_round() {
     // The SQL nodes' own clocks run at another interval: their own round numbers differ
     // from the TLA's, so equal rounds in answers are the TLA's.
     let sql_ws: Vec<Workspace> = (0..2).map(|_| Workspace::new()).collect();
+    sql_ws.iter().for_each(not_sourced);
     let sql: Vec<Node> = sql_ws
         .iter()
         .enumerate()
@@ -447,4 +458,36 @@ fn history_and_report_tables_are_described() {
         d["rows"],
         json!([["Kept generations of sys: Machine identity, memory, CPU load and uptime; one row per machine"]])
     );
+}
+
+/// A sourced table (OSR 2.3: the fleet's configuration) sets what answers are expected to
+/// cover: here it lists a fifth cluster the simulated fleet does not have, so answers say
+/// 4 of 5 clusters and 100 of 130 machines (plus the node itself), and a query asking for
+/// every configured cluster gets a 503 rather than a partial answer.
+#[test]
+fn a_sourced_table_sets_the_expected_clusters_and_machines() {
+    let ws = Workspace::new();
+    let names: Vec<String> = (0..5)
+        .map(|c| format!("[\"cluster-{c:04}\", {}]", if c < 4 { 25 } else { 30 }))
+        .collect();
+    std::fs::write(
+        ws.path("static-tables/cluster_expected.toml"),
+        format!(
+            "name = \"cluster_expected\"\nsourced = true\nkey = [\"cluster\"]\n\
+             columns = [{{ name = \"cluster\", type = \"string\" }}, {{ name = \"machines\", type = \"int64\" }}]\n\
+             rows = [{}]\n",
+            names.join(", ")
+        ),
+    )
+    .expect("write cluster_expected");
+    let node = demo(&ws);
+    let (status, answer) = node.sql("SELECT COUNT(*) FROM sys");
+    assert_eq!(status, 200, "{answer}");
+    let c = &answer["completeness"];
+    assert_eq!(c["clusters"]["expected"], 5, "{answer}");
+    assert_eq!(c["machines"]["expected"], 130, "{answer}");
+    assert_eq!(c["machines"]["seen"], 101, "{answer}");
+    let (status, _, body) = post(&node, "/sql?min_clusters=5", "SELECT 1", &[], &[]);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("expected 5 clusters"), "{body}");
 }

@@ -2,8 +2,11 @@
 //! against those expected, so a user can trust a number (or compare two SQL nodes' answers)
 //! and a query can ask for a minimum instead of a partial answer.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Int64Type};
 use serde::Serialize;
 
 use super::config::Role;
@@ -72,9 +75,13 @@ impl NodeHandle {
     /// - a cluster proxy: one cluster, and its configured children (plus itself) as machines;
     /// - an edge: itself.
     ///
+    /// A sourced table (`sourced = true`, OSR 2.3: the fleet's configuration) overrides
+    /// these where it says: see [`SourcedExpectation`].
+    ///
     /// Expected is never below seen.
     pub fn completeness(&self, snap: &Snapshot) -> Completeness {
         let g = &snap.generation;
+        let sourced = self.sourced_expectation(snap);
         let (clusters, machines) = match (&self.selection, &self.children) {
             (Some(selection), _) => {
                 let s = selection.lock().unwrap_or_else(|p| p.into_inner());
@@ -101,6 +108,8 @@ impl NodeHandle {
             }
             (None, None) => (Some(g.clusters), Some(g.machines)),
         };
+        let clusters = sourced.clusters.or(clusters);
+        let machines = sourced.machines.or(machines);
         Completeness {
             round: g.tla_round,
             clusters_seen: g.clusters,
@@ -108,6 +117,44 @@ impl NodeHandle {
             machines_seen: g.machines,
             machines_expected: machines.map(|e| e.max(g.machines)),
         }
+    }
+
+    /// The expectation of `snap`'s sourced tables, computed once per generation.
+    fn sourced_expectation(&self, snap: &Snapshot) -> SourcedExpectation {
+        let id = snap.generation.id;
+        let mut cached = self
+            .sourced_expectation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = cached.filter(|e| e.generation == id) {
+            return e;
+        }
+        let mut e = SourcedExpectation {
+            generation: id,
+            ..Default::default()
+        };
+        let published = self.schemas().iter().filter(|d| d.sourced).filter_map(|d| {
+            let t = snap.generation.tables.get(&d.name)?;
+            Some((
+                d.name.clone(),
+                t.parts.iter().map(|p| p.batch.clone()).collect(),
+            ))
+        });
+        let statics = snap
+            .statics
+            .tables
+            .values()
+            .filter(|t| t.def.sourced)
+            .map(|t| (t.def.name.clone(), vec![t.batch.clone()]));
+        let mut tables: Vec<(String, Vec<RecordBatch>)> = published.chain(statics).collect();
+        tables.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, batches) in &tables {
+            let (clusters, machines) = expectation_of(batches);
+            e.clusters = e.clusters.or(clusters);
+            e.machines = e.machines.or(machines);
+        }
+        *cached = Some(e);
+        e
     }
 
     /// Counts an answer refused for coverage below what its query asked.
@@ -118,9 +165,99 @@ impl NodeHandle {
     }
 }
 
+/// What the sourced tables of one generation say should be seen. Conventions (a sourced
+/// table may follow any of them; the first table by name that does, wins):
+/// - clusters: the distinct values of a string column `cluster`;
+/// - machines: the sum of an int64 column `machines` (machines per row, e.g. per
+///   cluster), else the distinct values of a string column `machine` (a row per machine).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SourcedExpectation {
+    generation: u64,
+    clusters: Option<u64>,
+    machines: Option<u64>,
+}
+
+/// (distinct `cluster` values, sum of `machines` or distinct `machine` values) of a table.
+fn expectation_of(batches: &[RecordBatch]) -> (Option<u64>, Option<u64>) {
+    let Some(schema) = batches.first().map(|b| b.schema()) else {
+        return (None, None);
+    };
+    let distinct = |name: &str| -> Option<u64> {
+        let (i, f) = schema.column_with_name(name)?;
+        if f.data_type() != &DataType::Utf8 {
+            return None;
+        }
+        let mut seen = BTreeSet::new();
+        for b in batches {
+            let col = b.column(i).as_string::<i32>();
+            seen.extend(col.iter().flatten().map(str::to_string));
+        }
+        Some(seen.len() as u64)
+    };
+    let sum = |name: &str| -> Option<u64> {
+        let (i, f) = schema.column_with_name(name)?;
+        if f.data_type() != &DataType::Int64 {
+            return None;
+        }
+        let total: i64 = batches
+            .iter()
+            .map(|b| b.column(i).as_primitive::<Int64Type>())
+            .flat_map(|c| c.iter().flatten())
+            .map(|v| v.max(0))
+            .sum();
+        Some(total as u64)
+    };
+    (
+        distinct("cluster"),
+        sum("machines").or_else(|| distinct("machine")),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sourced_tables_count_clusters_and_machines_by_convention() {
+        use datafusion::arrow::array::{Int64Array, StringArray};
+        use datafusion::arrow::datatypes::{Field, Schema};
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("cluster", DataType::Utf8, false),
+            Field::new("machines", DataType::Int64, false),
+        ]));
+        let batch = |c: Vec<&str>, m: Vec<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(c)),
+                    Arc::new(Int64Array::from(m)),
+                ],
+            )
+            .expect("batch")
+        };
+        let parts = [
+            batch(vec!["a", "b"], vec![50, 40]),
+            batch(vec!["b"], vec![10]),
+        ];
+        assert_eq!(expectation_of(&parts), (Some(2), Some(100)));
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "machine",
+            DataType::Utf8,
+            true,
+        )]));
+        let machines = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(vec![
+                Some("10.0.0.1"),
+                None,
+                Some("10.0.0.2"),
+            ]))],
+        )
+        .expect("batch");
+        assert_eq!(expectation_of(&[machines]), (None, Some(2)));
+        assert_eq!(expectation_of(&[]), (None, None));
+    }
 
     #[test]
     fn refuses_below_the_minimum_naming_seen_and_asked() {

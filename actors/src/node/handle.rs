@@ -141,6 +141,10 @@ pub struct NodeHandle {
     pub alerts: Option<Arc<AlertsShared>>,
     /// The history and reports this node keeps (`[history]`).
     pub history: Option<Arc<HistoryShared>>,
+    /// What the sourced tables of the last generation asked about expect (computed once
+    /// per generation, not per answer).
+    pub(super) sourced_expectation:
+        Arc<std::sync::Mutex<Option<super::completeness::SourcedExpectation>>>,
 }
 
 pub(super) struct Parts {
@@ -197,6 +201,7 @@ impl NodeHandle {
             auth: p.auth,
             alerts: p.alerts,
             history: p.history,
+            sourced_expectation: Default::default(),
         }
     }
 

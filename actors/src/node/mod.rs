@@ -283,6 +283,11 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         _ => ClusterCount::One,
     };
     let inputs = sealer::SealInputs {
+        sourced: schemas
+            .iter()
+            .filter(|d| d.sourced)
+            .map(|d| d.name.clone())
+            .collect(),
         local_machine,
         merge_grace: config.link.merge_grace.min(config.generation.interval / 2),
         follow_children: config.role == Role::Sql,

@@ -46,6 +46,8 @@ pub struct SealInputs {
     /// Seal on every generation a child delivers, taking its latest whatever the round
     /// (a SQL node and its one TLA).
     pub follow_children: bool,
+    /// Sourced tables (`sourced = true` in their schema): served only whole.
+    pub sourced: BTreeSet<String>,
 }
 
 /// Edges and proxies are one cluster; a TLA's children are clusters; a SQL node reports
@@ -237,7 +239,7 @@ async fn collect_and_seal(
             // Answers state the TLA's round, so two SQL nodes of one TLA can be compared.
             builder.tla_round(merged.delivered_round.or(previous.map(|p| p.tla_round)));
         }
-        add_merged(&mut builder, merged, previous);
+        add_merged(&mut builder, merged, previous, &inputs.sourced);
     }
     builder.counts(machines, clusters);
     (
@@ -248,8 +250,29 @@ async fn collect_and_seal(
 
 /// Puts the children's merge for a round into `builder`: every complete table's parts;
 /// for a table some child does not hold yet, the copy in `previous` (or nothing); the
-/// children's publish errors. Where a proxy or TLA merges its children.
-pub fn add_merged(builder: &mut GenerationBuilder, merged: Merged, previous: Option<&Generation>) {
+/// children's publish errors. Where a proxy or TLA merges its children. A `sourced` table
+/// missing a source (a part key) its previous copy had is not served diminished: the
+/// previous copy stays whole.
+pub fn add_merged(
+    builder: &mut GenerationBuilder,
+    mut merged: Merged,
+    previous: Option<&Generation>,
+    sourced: &BTreeSet<String>,
+) {
+    for table in sourced {
+        let (Some(new), Some(old)) = (
+            merged.complete.get(table),
+            previous.and_then(|p| p.tables.get(table)),
+        ) else {
+            continue;
+        };
+        let keys: BTreeSet<&str> = new.parts.iter().map(|p| p.key.as_str()).collect();
+        if let Some(lost) = old.parts.iter().find(|p| !keys.contains(p.key.as_str())) {
+            tracing::warn!(table = %table, source = %lost.key, "a source of a sourced table is missing; its last whole copy is kept");
+            merged.complete.remove(table);
+            merged.incomplete.insert(table.clone());
+        }
+    }
     for (table, t) in merged.complete {
         for part in t.parts {
             if let Err(e) = builder.add(&table, part) {
@@ -316,6 +339,49 @@ mod tests {
     use super::*;
     use crate::tier::children::tests::gen;
 
+    #[test]
+    fn a_sourced_table_missing_a_source_keeps_its_last_whole_copy() {
+        let now = std::time::Instant::now();
+        let children = Children::new(["a".into(), "b".into()], Duration::from_secs(10));
+        for child in ["a", "b"] {
+            children.update(child, |s| {
+                s.latest = Some(Arc::new(gen(1, child, &["sys", "hosts"])));
+                s.last_frame = Some(now);
+            });
+        }
+        let wanted: BTreeSet<String> = ["sys", "hosts"].iter().map(|t| t.to_string()).collect();
+        let sourced: BTreeSet<String> = ["hosts".to_string()].into();
+        let mut b = GenerationBuilder::default();
+        add_merged(&mut b, children.merge(1, &wanted, now), None, &sourced);
+        let first = b.seal(1, 1, SystemTime::now());
+        assert_eq!(first.tables["hosts"].rows(), 2);
+
+        // b falls silent: its sys rows leave, but hosts (sourced) stays whole.
+        let later = now + Duration::from_secs(11);
+        children.update("a", |s| {
+            s.latest = Some(Arc::new(gen(2, "a", &["sys", "hosts"])));
+            s.last_frame = Some(later);
+        });
+        let mut b = GenerationBuilder::default();
+        add_merged(
+            &mut b,
+            children.merge(2, &wanted, later),
+            Some(&first),
+            &sourced,
+        );
+        let second = b.seal(2, 2, SystemTime::now());
+        assert_eq!(
+            second.tables["sys"].rows(),
+            1,
+            "a silent child's rows leave"
+        );
+        assert_eq!(
+            second.tables["hosts"].rows(),
+            2,
+            "a sourced table only whole"
+        );
+    }
+
     /// A SQL node's sealer on a one-hour clock, wanting `sys` of its one child, the TLA.
     fn follower(children: Arc<Children>) -> watch::Receiver<Option<Arc<Generation>>> {
         let pool = SqlPool::new(1).expect("pool");
@@ -333,6 +399,7 @@ mod tests {
         .start();
         let (_wanted_tx, wanted) = watch::channel(BTreeSet::from(["sys".to_string()]));
         let inputs = SealInputs {
+            sourced: BTreeSet::new(),
             publishers: Mutex::new(Vec::new()),
             children: Some(children),
             wanted: Some(wanted),

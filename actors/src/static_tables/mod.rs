@@ -45,7 +45,7 @@ struct StaticFile {
     format: Option<String>,
 }
 
-const KEYS: &str = "name, description, key, columns, rows, data, format";
+const KEYS: &str = "name, description, key, columns, sourced, rows, data, format";
 
 #[derive(Debug)]
 pub struct StaticTable {

@@ -70,6 +70,12 @@ pub struct TableDef {
     #[serde(default)]
     pub key: Vec<String>,
     pub columns: Vec<ColumnDef>,
+    /// A table enumerating the fleet's configuration (which clusters and machines exist;
+    /// OSR 2.3): served only whole (never with a source's rows dropped), and the source of
+    /// the clusters and machines answers are expected to cover (see
+    /// `node::completeness`).
+    #[serde(default)]
+    pub sourced: bool,
 }
 
 impl TableDef {
