@@ -1,0 +1,500 @@
+//! Correlated scalar subqueries that DataFusion cannot decorrelate: an aggregate over rows
+//! chosen by a correlation that is not an equality,
+//! `(SELECT count(*) FROM t1 AS x WHERE x.c > t1.c)`. DataFusion pulls a correlation above
+//! an aggregate only when it is `inner = outer` (then the aggregate groups by the inner
+//! column); anything else reached the physical planner as a `ScalarSubquery` and failed.
+//!
+//! This analyzer rule (run after DataFusion's own, so types are coerced) rewrites such a
+//! subquery in a projection, filter or sort into a join plus aggregate:
+//!
+//! ```text
+//! outer + row_number() AS rn  LEFT JOIN  (subquery input, true AS marker) ON correlation
+//!   → GROUP BY every outer column (rn makes duplicate outer rows distinct)
+//!     aggregates of the subquery, each FILTER (WHERE marker IS NOT NULL)
+//! ```
+//!
+//! The filter keeps the empty group's answers SQL's: an outer row that matches nothing
+//! gets `count(*) = 0` and NULL from the other aggregates, as the subquery would. What the
+//! subquery computes from its aggregates (`count(*) + 1`, `coalesce(sum(x), 0)`) is
+//! evaluated on the aggregate's row. Equality correlations are left to DataFusion (same
+//! plans as before); shapes this rule does not recognise are left unchanged (and fail as
+//! before, with DataFusion's error).
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchemaRef, Result};
+use datafusion::config::ConfigOptions;
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::expr::{AggregateFunction, Exists, InSubquery};
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::{
+    lit, Aggregate, BinaryExpr, Cast, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
+    Subquery,
+};
+use datafusion::optimizer::AnalyzerRule;
+
+/// Prefix of the names this rule gives to what it adds (row numbers, aliases, values).
+const PREFIX: &str = "__query_sq";
+
+#[derive(Debug, Default)]
+pub struct DecorrelateScalarAggregates;
+
+impl AnalyzerRule for DecorrelateScalarAggregates {
+    fn analyze(&self, plan: LogicalPlan, _: &ConfigOptions) -> Result<LogicalPlan> {
+        let mut next = 0usize;
+        plan.transform_up_with_subqueries(|node| rewrite_node(node, &mut next))
+            .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "decorrelate_scalar_aggregates"
+    }
+}
+
+/// A subquery this rule decorrelates: `value` over `aggregate`'s output, the aggregate's
+/// input being `Filter(predicate, input)`.
+struct Candidate {
+    subquery: Subquery,
+    /// The subquery's single output, in terms of the aggregate's output columns.
+    value: Expr,
+    aggregate: Aggregate,
+    predicate: Expr,
+    input: Arc<LogicalPlan>,
+}
+
+fn rewrite_node(node: LogicalPlan, next: &mut usize) -> Result<Transformed<LogicalPlan>> {
+    let node = not_in_to_not_exists(node)?;
+    if node.transformed {
+        return Ok(node);
+    }
+    let node = node.data;
+    if !matches!(
+        node,
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::Sort(_)
+    ) {
+        return Ok(Transformed::no(node));
+    }
+    let mut candidates = Vec::new();
+    for e in node.expressions() {
+        e.apply(|x| {
+            if let Expr::ScalarSubquery(sq) = x {
+                if let Some(c) = candidate(sq) {
+                    candidates.push(c);
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+    }
+    if candidates.is_empty() {
+        return Ok(Transformed::no(node));
+    }
+    let inputs = node.inputs();
+    let [outer] = inputs.as_slice() else {
+        return Ok(Transformed::no(node));
+    };
+    let original_schema = node.schema().clone();
+    let mut input = (*outer).clone();
+    // ORDER BY (subquery over t1.c) when the select list lacks t1.c: DataFusion adds the
+    // columns ORDER BY needs to the projection below the sort, but not those a subquery
+    // needs; add them here (the projection restoring the sort's columns drops them).
+    if let (LogicalPlan::Sort(_), LogicalPlan::Projection(p)) = (&node, &input) {
+        let mut missing: Vec<Expr> = Vec::new();
+        for c in &candidates {
+            for r in &c.subquery.outer_ref_columns {
+                if let Expr::OuterReferenceColumn(_, col) = r {
+                    let e = Expr::Column(col.clone());
+                    if p.schema.index_of_column(col).is_err()
+                        && p.input.schema().index_of_column(col).is_ok()
+                        && !missing.contains(&e)
+                    {
+                        missing.push(e);
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let mut exprs = p.expr.clone();
+            exprs.extend(missing);
+            input = LogicalPlanBuilder::from(p.input.as_ref().clone())
+                .project(exprs)?
+                .build()?;
+        }
+    }
+    let mut replacements: Vec<(Subquery, Expr)> = Vec::new();
+    for c in candidates {
+        match decorrelate(input.clone(), &c, next)? {
+            Some((plan, value)) => {
+                input = plan;
+                replacements.push((c.subquery, value));
+            }
+            None => return Ok(Transformed::no(node)),
+        }
+    }
+    let preserver = NamePreserver::new(&node);
+    let exprs = node
+        .expressions()
+        .into_iter()
+        .map(|e| {
+            let saved = preserver.save(&e);
+            let new = e
+                .transform(|x| {
+                    if let Expr::ScalarSubquery(sq) = &x {
+                        if let Some((_, v)) = replacements.iter().find(|(s, _)| s == sq) {
+                            return Ok(Transformed::yes(v.clone()));
+                        }
+                    }
+                    Ok(Transformed::no(x))
+                })
+                .map(|t| t.data)?;
+            Ok(saved.restore(new))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rebuilt = node.with_new_exprs(exprs, vec![input])?;
+    if matches!(rebuilt, LogicalPlan::Projection(_)) {
+        return Ok(Transformed::yes(rebuilt));
+    }
+    // A filter or sort passes its input's columns on: keep only the original ones.
+    let columns: Vec<Expr> = original_schema
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    let plan = LogicalPlanBuilder::from(rebuilt)
+        .project(columns)?
+        .build()?;
+    Ok(Transformed::yes(plan))
+}
+
+/// Recognises `[Projection]* → Aggregate (no GROUP BY) → Filter → input` whose filter holds
+/// a correlation DataFusion cannot pull over the aggregate, and no outer reference below.
+fn candidate(sq: &Subquery) -> Option<Candidate> {
+    let mut plan = sq.subquery.as_ref();
+    let mut value: Option<Expr> = None;
+    loop {
+        match plan {
+            LogicalPlan::Projection(p) => {
+                value = Some(match value {
+                    None => {
+                        let [e] = p.expr.as_slice() else { return None };
+                        e.clone().unalias()
+                    }
+                    Some(v) => substitute(v, |c| {
+                        let i = p.schema.index_of_column(c).ok()?;
+                        Some(p.expr.get(i)?.clone().unalias())
+                    })?,
+                });
+                plan = p.input.as_ref();
+            }
+            LogicalPlan::Aggregate(a) => {
+                if !a.group_expr.is_empty() {
+                    return None;
+                }
+                let value = match value {
+                    None => {
+                        let [_] = a.aggr_expr.as_slice() else {
+                            return None;
+                        };
+                        Expr::Column(agg_column(0))
+                    }
+                    Some(v) => substitute(v, |c| {
+                        let i = a.schema.index_of_column(c).ok()?;
+                        Some(Expr::Column(agg_column(i)))
+                    })?,
+                };
+                let LogicalPlan::Filter(f) = a.input.as_ref() else {
+                    return None;
+                };
+                let correlated: Vec<&Expr> = split_conjunction(&f.predicate)
+                    .into_iter()
+                    .filter(|e| e.contains_outer())
+                    .collect();
+                if correlated.is_empty() || correlated.iter().all(|e| datafusion_pulls_up(e)) {
+                    return None;
+                }
+                if has_outer_reference(&f.input) {
+                    return None;
+                }
+                return Some(Candidate {
+                    subquery: sq.clone(),
+                    value,
+                    aggregate: a.clone(),
+                    predicate: f.predicate.clone(),
+                    input: f.input.clone(),
+                });
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The placeholder for the aggregate's `i`th output inside a candidate's value.
+fn agg_column(i: usize) -> Column {
+    Column::from_name(format!("{PREFIX}_agg{i}"))
+}
+
+/// Replaces every column of `e` by `f(column)`; None if one cannot be replaced.
+fn substitute(e: Expr, f: impl Fn(&Column) -> Option<Expr>) -> Option<Expr> {
+    let mut ok = true;
+    let out = e
+        .transform(|x| match &x {
+            Expr::Column(c) => match f(c) {
+                Some(r) => Ok(Transformed::yes(r)),
+                None => {
+                    ok = false;
+                    Ok(Transformed::no(x))
+                }
+            },
+            _ => Ok(Transformed::no(x)),
+        })
+        .ok()?
+        .data;
+    ok.then_some(out)
+}
+
+/// DataFusion's own test (`decorrelate.rs`, `can_pullup_over_aggregation`): an equality
+/// of an inner column with an expression of outer columns only.
+fn datafusion_pulls_up(e: &Expr) -> bool {
+    let Expr::BinaryExpr(BinaryExpr {
+        left,
+        op: Operator::Eq,
+        right,
+    }) = e
+    else {
+        return false;
+    };
+    let is_col = |x: &Expr| match x {
+        Expr::Column(_) => true,
+        Expr::Cast(Cast { expr, .. }) => matches!(expr.deref(), Expr::Column(_)),
+        _ => false,
+    };
+    (is_col(left) && !right.any_column_refs()) || (is_col(right) && !left.any_column_refs())
+}
+
+fn has_outer_reference(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|p| {
+        if p.contains_outer_reference() {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Joins `outer` with the candidate's input and aggregates per outer row; returns the new
+/// input (outer's columns plus the value's column) and the expression replacing the
+/// subquery. None if the shape cannot be built (names that clash).
+fn decorrelate(
+    outer: LogicalPlan,
+    c: &Candidate,
+    next: &mut usize,
+) -> Result<Option<(LogicalPlan, Expr)>> {
+    *next += 1;
+    let n = *next;
+    let alias = format!("{PREFIX}{n}");
+    let rn = format!("{PREFIX}{n}_row");
+    let marker = format!("{PREFIX}{n}_matched");
+
+    // The inner side under a name of its own, so that a table used inside and outside
+    // (`FROM t1 ... (SELECT ... FROM t1 ...)`) does not clash.
+    let inner_schema = c.input.schema().clone();
+    let mut inner_cols: Vec<Expr> = inner_schema
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    inner_cols.push(lit(true).alias(&marker));
+    let inner = match LogicalPlanBuilder::from(c.input.as_ref().clone())
+        .project(inner_cols)
+        .and_then(|b| b.alias(alias.as_str()))
+        .and_then(|b| b.build())
+    {
+        Ok(p) => p,
+        Err(_) => return Ok(None),
+    };
+    // Inner columns → the aliased side; outer references → plain columns of `outer`.
+    let requalify = |e: Expr| -> Result<Expr> {
+        e.transform(|x| match &x {
+            Expr::Column(col) => match inner_schema.index_of_column(col) {
+                Ok(_) => Ok(Transformed::yes(Expr::Column(Column::new(
+                    Some(alias.as_str()),
+                    col.name.clone(),
+                )))),
+                Err(_) => Ok(Transformed::no(x)),
+            },
+            Expr::OuterReferenceColumn(_, col) => Ok(Transformed::yes(Expr::Column(col.clone()))),
+            _ => Ok(Transformed::no(x)),
+        })
+        .map(|t| t.data)
+    };
+
+    let numbered = LogicalPlanBuilder::from(outer)
+        .window(vec![row_number().alias(&rn)])?
+        .build()?;
+    let group: Vec<Expr> = numbered
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    let on = requalify(c.predicate.clone())?;
+    let joined = match LogicalPlanBuilder::from(numbered)
+        .join_on(inner, JoinType::Left, vec![on])
+        .and_then(|b| b.build())
+    {
+        Ok(p) => p,
+        Err(_) => return Ok(None),
+    };
+    let matched = Expr::Column(Column::new(Some(alias.as_str()), marker.clone())).is_not_null();
+    let mut aggs = Vec::new();
+    let mut names = HashMap::new();
+    for (i, e) in c.aggregate.aggr_expr.iter().enumerate() {
+        let e = requalify(e.clone().unalias())?;
+        let filtered = e
+            .transform(|x| match x {
+                Expr::AggregateFunction(mut f) => {
+                    f.params.filter = Some(Box::new(match f.params.filter.take() {
+                        Some(old) => old.and(matched.clone()),
+                        None => matched.clone(),
+                    }));
+                    Ok(Transformed::new(
+                        Expr::AggregateFunction(AggregateFunction { ..f }),
+                        true,
+                        TreeNodeRecursion::Jump,
+                    ))
+                }
+                other => Ok(Transformed::no(other)),
+            })?
+            .data;
+        let name = format!("{PREFIX}{n}_v{i}");
+        names.insert(agg_column(i), name.clone());
+        aggs.push(filtered.alias(name));
+    }
+    let plan = match LogicalPlanBuilder::from(joined)
+        .aggregate(group, aggs)
+        .and_then(|b| b.build())
+    {
+        Ok(p) => p,
+        Err(_) => return Ok(None),
+    };
+    // The subquery's value over the aggregate's row; outer references are outer columns.
+    let value = c
+        .value
+        .clone()
+        .transform(|x| match &x {
+            Expr::Column(col) => match names.get(col) {
+                Some(name) => Ok(Transformed::yes(col_named(name))),
+                None => Ok(Transformed::no(x)),
+            },
+            Expr::OuterReferenceColumn(_, col) => Ok(Transformed::yes(Expr::Column(col.clone()))),
+            _ => Ok(Transformed::no(x)),
+        })?
+        .data;
+    // The row number served its purpose; drop it so it does not reach the answer.
+    let keep: Vec<Expr> = plan
+        .schema()
+        .columns()
+        .into_iter()
+        .filter(|c| c.name != rn)
+        .map(Expr::Column)
+        .collect();
+    let plan = LogicalPlanBuilder::from(plan).project(keep)?.build()?;
+    Ok(Some((plan, value)))
+}
+
+fn col_named(name: &str) -> Expr {
+    Expr::Column(Column::from_name(name))
+}
+
+/// `x NOT IN (correlated subquery)` in a filter, as
+/// `NOT EXISTS (subquery WHERE (x = column) IS NOT FALSE)`. DataFusion's null-aware anti
+/// join drops a row whose `x` is NULL even when its correlated set is empty, where SQL
+/// says `NULL NOT IN (empty)` is true. In a filter only true keeps a row, and
+/// `x NOT IN s` is true exactly when no row of `s` makes `x = column` true or unknown.
+fn not_in_to_not_exists(node: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+    let LogicalPlan::Filter(f) = &node else {
+        return Ok(Transformed::no(node));
+    };
+    let outer_schema = f.input.schema().clone();
+    let mut changed = false;
+    let mut conjuncts = Vec::new();
+    for e in split_conjunction(&f.predicate) {
+        match e {
+            Expr::InSubquery(InSubquery {
+                expr,
+                subquery,
+                negated: true,
+            }) if !subquery.outer_ref_columns.is_empty() => {
+                match not_exists(expr, subquery, &outer_schema)? {
+                    Some(rewritten) => {
+                        conjuncts.push(rewritten);
+                        changed = true;
+                    }
+                    None => conjuncts.push(e.clone()),
+                }
+            }
+            other => conjuncts.push(other.clone()),
+        }
+    }
+    if !changed {
+        return Ok(Transformed::no(node));
+    }
+    let Some(predicate) = conjunction(conjuncts) else {
+        return Ok(Transformed::no(node));
+    };
+    let plan = LogicalPlanBuilder::from(f.input.as_ref().clone())
+        .filter(predicate)?
+        .build()?;
+    Ok(Transformed::yes(plan))
+}
+
+fn not_exists(expr: &Expr, subquery: &Subquery, outer: &DFSchemaRef) -> Result<Option<Expr>> {
+    let plan = subquery.subquery.as_ref();
+    if plan.schema().fields().len() != 1 {
+        return Ok(None);
+    }
+    let (qualifier, field) = plan.schema().qualified_field(0);
+    let column = Expr::Column(Column::new(qualifier.cloned(), field.name()));
+    // The compared expression's columns become references to the outer row.
+    let mut refs = subquery.outer_ref_columns.clone();
+    let mut ok = true;
+    let outer_expr = expr
+        .clone()
+        .transform(|x| match &x {
+            Expr::Column(c) => match outer.qualified_field_from_column(c) {
+                Ok((_, f)) => {
+                    let r = Expr::OuterReferenceColumn(f.clone(), c.clone());
+                    if !refs.contains(&r) {
+                        refs.push(r.clone());
+                    }
+                    Ok(Transformed::yes(r))
+                }
+                Err(_) => {
+                    ok = false;
+                    Ok(Transformed::no(x))
+                }
+            },
+            _ => Ok(Transformed::no(x)),
+        })?
+        .data;
+    if !ok {
+        return Ok(None);
+    }
+    let matches = Expr::IsNotFalse(Box::new(outer_expr.eq(column)));
+    let filtered = LogicalPlanBuilder::from(plan.clone())
+        .filter(matches)?
+        .build()?;
+    Ok(Some(Expr::Exists(Exists {
+        subquery: Subquery {
+            subquery: Arc::new(filtered),
+            outer_ref_columns: refs,
+            spans: subquery.spans.clone(),
+        },
+        negated: true,
+    })))
+}
