@@ -11,6 +11,7 @@ mod memory;
 mod names;
 mod pool;
 mod references;
+mod single_row;
 mod statement;
 mod subquery;
 mod time_slice;

@@ -25,14 +25,17 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DFSchemaRef, Result};
+use datafusion::common::{Column, DFSchemaRef, Result, ScalarValue};
+
+use super::single_row::single_row;
 use datafusion::config::ConfigOptions;
+use datafusion::functions_aggregate::expr_fn::{count, first_value};
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::expr::{AggregateFunction, Exists, InSubquery};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{
-    lit, Aggregate, BinaryExpr, Cast, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
+    lit, when, BinaryExpr, Cast, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
     Subquery,
 };
 use datafusion::optimizer::AnalyzerRule;
@@ -55,13 +58,17 @@ impl AnalyzerRule for DecorrelateScalarAggregates {
     }
 }
 
-/// A subquery this rule decorrelates: `value` over `aggregate`'s output, the aggregate's
-/// input being `Filter(predicate, input)`.
+/// A subquery this rule decorrelates: `target` (the subquery expression) becomes `value`,
+/// computed from `aggs` over the rows of `input` that `predicate` joins to each outer row.
 struct Candidate {
-    subquery: Subquery,
-    /// The subquery's single output, in terms of the aggregate's output columns.
+    target: Expr,
+    /// The subquery's references to the outer row.
+    outer_refs: Vec<Expr>,
+    /// Aggregates over `input`'s columns and outer references, each filtered to the rows
+    /// that matched.
+    aggs: Vec<Expr>,
+    /// In terms of `agg_column(i)` placeholders and outer references.
     value: Expr,
-    aggregate: Aggregate,
     predicate: Expr,
     input: Arc<LogicalPlan>,
 }
@@ -74,28 +81,54 @@ fn rewrite_node(node: LogicalPlan, next: &mut usize) -> Result<Transformed<Logic
     let node = node.data;
     if !matches!(
         node,
-        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::Sort(_)
+        LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::Sort(_)
+            | LogicalPlan::Aggregate(_)
     ) {
-        return Ok(Transformed::no(node));
-    }
-    let mut candidates = Vec::new();
-    for e in node.expressions() {
-        e.apply(|x| {
-            if let Expr::ScalarSubquery(sq) = x {
-                if let Some(c) = candidate(sq) {
-                    candidates.push(c);
-                }
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })?;
-    }
-    if candidates.is_empty() {
         return Ok(Transformed::no(node));
     }
     let inputs = node.inputs();
     let [outer] = inputs.as_slice() else {
         return Ok(Transformed::no(node));
     };
+    // EXISTS and IN that are conjuncts of a filter are DataFusion's (semi and anti joins);
+    // elsewhere (a select list, under OR) it cannot run them.
+    let joined_by_datafusion: Vec<&Expr> = match &node {
+        LogicalPlan::Filter(f) => split_conjunction(&f.predicate)
+            .into_iter()
+            .map(|e| match e {
+                Expr::Not(inner) => inner.as_ref(),
+                e => e,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut candidates = Vec::new();
+    for e in node.expressions() {
+        e.apply(|x| {
+            let found = match x {
+                Expr::ScalarSubquery(sq) => scalar_candidate(x, sq),
+                Expr::Exists(ex) if !joined_by_datafusion.contains(&x) => {
+                    exists_candidate(x, &ex.subquery, ex.negated)
+                }
+                Expr::InSubquery(i) if !joined_by_datafusion.contains(&x) => {
+                    in_candidate(x, i, outer.schema())
+                }
+                _ => None,
+            };
+            match found {
+                Some(c) => {
+                    candidates.push(c);
+                    Ok(TreeNodeRecursion::Jump)
+                }
+                None => Ok(TreeNodeRecursion::Continue),
+            }
+        })?;
+    }
+    if candidates.is_empty() {
+        return Ok(Transformed::no(node));
+    }
     let original_schema = node.schema().clone();
     let mut input = (*outer).clone();
     // ORDER BY (subquery over t1.c) when the select list lacks t1.c: DataFusion adds the
@@ -104,7 +137,7 @@ fn rewrite_node(node: LogicalPlan, next: &mut usize) -> Result<Transformed<Logic
     if let (LogicalPlan::Sort(_), LogicalPlan::Projection(p)) = (&node, &input) {
         let mut missing: Vec<Expr> = Vec::new();
         for c in &candidates {
-            for r in &c.subquery.outer_ref_columns {
+            for r in &c.outer_refs {
                 if let Expr::OuterReferenceColumn(_, col) = r {
                     let e = Expr::Column(col.clone());
                     if p.schema.index_of_column(col).is_err()
@@ -124,12 +157,12 @@ fn rewrite_node(node: LogicalPlan, next: &mut usize) -> Result<Transformed<Logic
                 .build()?;
         }
     }
-    let mut replacements: Vec<(Subquery, Expr)> = Vec::new();
+    let mut replacements: Vec<(Expr, Expr)> = Vec::new();
     for c in candidates {
         match decorrelate(input.clone(), &c, next)? {
             Some((plan, value)) => {
                 input = plan;
-                replacements.push((c.subquery, value));
+                replacements.push((c.target, value));
             }
             None => return Ok(Transformed::no(node)),
         }
@@ -141,20 +174,22 @@ fn rewrite_node(node: LogicalPlan, next: &mut usize) -> Result<Transformed<Logic
         .map(|e| {
             let saved = preserver.save(&e);
             let new = e
-                .transform(|x| {
-                    if let Expr::ScalarSubquery(sq) = &x {
-                        if let Some((_, v)) = replacements.iter().find(|(s, _)| s == sq) {
-                            return Ok(Transformed::yes(v.clone()));
-                        }
+                .transform_down(|x| {
+                    match replacements.iter().find(|(t, _)| *t == x) {
+                        Some((_, v)) => Ok(Transformed::new(
+                            v.clone(),
+                            true,
+                            TreeNodeRecursion::Jump,
+                        )),
+                        None => Ok(Transformed::no(x)),
                     }
-                    Ok(Transformed::no(x))
                 })
                 .map(|t| t.data)?;
             Ok(saved.restore(new))
         })
         .collect::<Result<Vec<_>>>()?;
     let rebuilt = node.with_new_exprs(exprs, vec![input])?;
-    if matches!(rebuilt, LogicalPlan::Projection(_)) {
+    if matches!(rebuilt, LogicalPlan::Projection(_) | LogicalPlan::Aggregate(_)) {
         return Ok(Transformed::yes(rebuilt));
     }
     // A filter or sort passes its input's columns on: keep only the original ones.
@@ -169,9 +204,16 @@ fn rewrite_node(node: LogicalPlan, next: &mut usize) -> Result<Transformed<Logic
     Ok(Transformed::yes(plan))
 }
 
-/// Recognises `[Projection]* → Aggregate (no GROUP BY) → Filter → input` whose filter holds
-/// a correlation DataFusion cannot pull over the aggregate, and no outer reference below.
-fn candidate(sq: &Subquery) -> Option<Candidate> {
+/// A scalar subquery: an aggregate whose correlation DataFusion cannot pull up
+/// (`aggregate_candidate`), or a correlated one without aggregate, which must give at most
+/// one row per outer row (checked when run, as Postgres does).
+fn scalar_candidate(target: &Expr, sq: &Subquery) -> Option<Candidate> {
+    aggregate_candidate(target, sq).or_else(|| single_row_candidate(target, sq))
+}
+
+/// `[Projection]* → Aggregate (no GROUP BY) → Filter → input` whose filter holds a
+/// correlation DataFusion cannot pull over the aggregate, and no outer reference below.
+fn aggregate_candidate(target: &Expr, sq: &Subquery) -> Option<Candidate> {
     let mut plan = sq.subquery.as_ref();
     let mut value: Option<Expr> = None;
     loop {
@@ -195,9 +237,7 @@ fn candidate(sq: &Subquery) -> Option<Candidate> {
                 }
                 let value = match value {
                     None => {
-                        let [_] = a.aggr_expr.as_slice() else {
-                            return None;
-                        };
+                        let [_] = a.aggr_expr.as_slice() else { return None };
                         Expr::Column(agg_column(0))
                     }
                     Some(v) => substitute(v, |c| {
@@ -205,7 +245,16 @@ fn candidate(sq: &Subquery) -> Option<Candidate> {
                         Some(Expr::Column(agg_column(i)))
                     })?,
                 };
-                let LogicalPlan::Filter(f) = a.input.as_ref() else {
+                // Projections of plain columns (what this rule leaves after decorrelating a
+                // subquery nested in this one) only drop columns.
+                let mut below = a.input.as_ref();
+                while let LogicalPlan::Projection(p) = below {
+                    if !p.expr.iter().all(|e| matches!(e, Expr::Column(_))) {
+                        return None;
+                    }
+                    below = p.input.as_ref();
+                }
+                let LogicalPlan::Filter(f) = below else {
                     return None;
                 };
                 let correlated: Vec<&Expr> = split_conjunction(&f.predicate)
@@ -219,9 +268,10 @@ fn candidate(sq: &Subquery) -> Option<Candidate> {
                     return None;
                 }
                 return Some(Candidate {
-                    subquery: sq.clone(),
+                    target: target.clone(),
+                    outer_refs: sq.outer_ref_columns.clone(),
+                    aggs: a.aggr_expr.iter().map(|e| e.clone().unalias()).collect(),
                     value,
-                    aggregate: a.clone(),
                     predicate: f.predicate.clone(),
                     input: f.input.clone(),
                 });
@@ -229,6 +279,129 @@ fn candidate(sq: &Subquery) -> Option<Candidate> {
             _ => return None,
         }
     }
+}
+
+/// `Projection(e) → Filter (correlated) → input`: the value is `e` of the one matching
+/// row, NULL if none; more than one is an error when run.
+fn single_row_candidate(target: &Expr, sq: &Subquery) -> Option<Candidate> {
+    let LogicalPlan::Projection(p) = sq.subquery.as_ref() else {
+        return None;
+    };
+    let [e] = p.expr.as_slice() else { return None };
+    let (predicate, input) = filtered(&p.input);
+    if !predicate.contains_outer() || has_outer_reference(&input) {
+        return None;
+    }
+    Some(Candidate {
+        target: target.clone(),
+        outer_refs: sq.outer_ref_columns.clone(),
+        aggs: vec![count(lit(1)), first_value(e.clone().unalias(), vec![])],
+        value: single_row(Expr::Column(agg_column(0)), Expr::Column(agg_column(1))),
+        predicate,
+        input,
+    })
+}
+
+/// `[NOT] EXISTS (subquery)`: whether any row matched.
+fn exists_candidate(target: &Expr, sq: &Subquery, negated: bool) -> Option<Candidate> {
+    let below = match sq.subquery.as_ref() {
+        LogicalPlan::Projection(p) => p.input.clone(),
+        other => Arc::new(other.clone()),
+    };
+    let (predicate, input) = filtered(&below);
+    if has_outer_reference(&input) {
+        return None;
+    }
+    let matched = Expr::Column(agg_column(0));
+    Some(Candidate {
+        target: target.clone(),
+        outer_refs: sq.outer_ref_columns.clone(),
+        aggs: vec![count(lit(1))],
+        value: if negated {
+            matched.eq(lit(0i64))
+        } else {
+            matched.gt(lit(0i64))
+        },
+        predicate,
+        input,
+    })
+}
+
+/// `x [NOT] IN (subquery)` as a value: true if a row equals `x`, else NULL if a comparison
+/// was unknown (a NULL on either side), else false.
+fn in_candidate(target: &Expr, i: &InSubquery, outer: &DFSchemaRef) -> Option<Candidate> {
+    let (column, below) = match i.subquery.subquery.as_ref() {
+        LogicalPlan::Projection(p) => match p.expr.as_slice() {
+            [e] => (e.clone().unalias(), p.input.clone()),
+            _ => return None,
+        },
+        other if other.schema().fields().len() == 1 => {
+            let (q, f) = other.schema().qualified_field(0);
+            (
+                Expr::Column(Column::new(q.cloned(), f.name())),
+                Arc::new(other.clone()),
+            )
+        }
+        _ => return None,
+    };
+    let (predicate, input) = filtered(&below);
+    if has_outer_reference(&input) {
+        return None;
+    }
+    let x = outer_references(&i.expr, outer)?;
+    let equal = x.clone().eq(column);
+    let mut outer_refs = i.subquery.outer_ref_columns.clone();
+    x.apply(|e| {
+        if matches!(e, Expr::OuterReferenceColumn(..)) && !outer_refs.contains(e) {
+            outer_refs.push(e.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .ok()?;
+    let count_if = |cond: Expr| {
+        count(lit(1)).transform(|e| match e {
+            Expr::AggregateFunction(mut f) => {
+                f.params.filter = Some(Box::new(cond.clone()));
+                Ok(Transformed::yes(Expr::AggregateFunction(f)))
+            }
+            other => Ok(Transformed::no(other)),
+        })
+    };
+    let aggs = vec![
+        count_if(equal.clone()).ok()?.data,
+        count_if(equal.is_null()).ok()?.data,
+    ];
+    let found = when(Expr::Column(agg_column(0)).gt(lit(0i64)), lit(true))
+        .when(
+            Expr::Column(agg_column(1)).gt(lit(0i64)),
+            lit(ScalarValue::Boolean(None)),
+        )
+        .otherwise(lit(false))
+        .ok()?;
+    Some(Candidate {
+        target: target.clone(),
+        outer_refs,
+        aggs,
+        value: if i.negated { !found } else { found },
+        predicate,
+        input,
+    })
+}
+
+/// A filter's predicate and input, or `true` and the plan itself.
+fn filtered(plan: &Arc<LogicalPlan>) -> (Expr, Arc<LogicalPlan>) {
+    match plan.as_ref() {
+        LogicalPlan::Filter(f) => (f.predicate.clone(), f.input.clone()),
+        _ => (lit(true), plan.clone()),
+    }
+}
+
+/// `e` with its columns (of the outer plan) as outer references.
+fn outer_references(e: &Expr, outer: &DFSchemaRef) -> Option<Expr> {
+    substitute(e.clone(), |c| {
+        let (_, f) = outer.qualified_field_from_column(c).ok()?;
+        Some(Expr::OuterReferenceColumn(f.clone(), c.clone()))
+    })
 }
 
 /// The placeholder for the aggregate's `i`th output inside a candidate's value.
@@ -294,6 +467,15 @@ fn decorrelate(
     c: &Candidate,
     next: &mut usize,
 ) -> Result<Option<(LogicalPlan, Expr)>> {
+    // A reference to a query further out (a subquery nested in a subquery) is not a
+    // column of `outer`: left to DataFusion.
+    let reaches_further = c.outer_refs.iter().any(|r| match r {
+        Expr::OuterReferenceColumn(_, col) => outer.schema().index_of_column(col).is_err(),
+        _ => false,
+    });
+    if reaches_further {
+        return Ok(None);
+    }
     *next += 1;
     let n = *next;
     let alias = format!("{PREFIX}{n}");
@@ -353,8 +535,8 @@ fn decorrelate(
     let matched = Expr::Column(Column::new(Some(alias.as_str()), marker.clone())).is_not_null();
     let mut aggs = Vec::new();
     let mut names = HashMap::new();
-    for (i, e) in c.aggregate.aggr_expr.iter().enumerate() {
-        let e = requalify(e.clone().unalias())?;
+    for (i, e) in c.aggs.iter().enumerate() {
+        let e = requalify(e.clone())?;
         let filtered = e
             .transform(|x| match x {
                 Expr::AggregateFunction(mut f) => {
