@@ -244,4 +244,64 @@ mod tests {
         let mut none = parse_checked("SELECT 1 AS a, 2 AS b", &ParseLimits::default()).unwrap();
         assert!(!rename_clashes(&mut none));
     }
+
+    /// The answer's column names, as a client sees them.
+    async fn answer_names(sql: &str) -> Result<Vec<String>, String> {
+        use crate::generation::GenerationBuilder;
+        use crate::sql::{QueryLimits, Snapshot, ViewsFile};
+        use std::sync::atomic::AtomicU64;
+        let generation = GenerationBuilder::default().seal(1, 1, std::time::SystemTime::now());
+        let snap = Snapshot::build(
+            generation,
+            Arc::default(),
+            &ViewsFile::default(),
+            1,
+            1 << 20,
+            Arc::new(AtomicU64::new(0)),
+        )
+        .await;
+        let out = snap
+            .query(sql, &QueryLimits::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        for b in &out.batches {
+            assert_eq!(b.schema(), out.schema, "batches carry the names shown");
+        }
+        Ok(out
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect())
+    }
+
+    #[tokio::test]
+    async fn answers_keep_the_names_written() {
+        let cases: &[(&str, &[&str])] = &[
+            ("SELECT 1 AS col0, 2 AS col0", &["col0", "col0"]),
+            (
+                "WITH tab0(col2) AS (VALUES (1), (2)) SELECT col2, - col2 AS col2 FROM tab0",
+                &["col2", "col2"],
+            ),
+            (
+                "WITH t1(b, c) AS (VALUES (1, 2)) SELECT (SELECT count(*) FROM t1 AS x \
+                 WHERE x.b < t1.b), (SELECT count(*) FROM t1 AS x WHERE x.c > t1.c) FROM t1",
+                &["count", "count"],
+            ),
+            // Postgres names only where names clash; elsewhere DataFusion's, as before.
+            ("SELECT count(*), 1 AS a, 2 AS a", &["count(*)", "a", "a"]),
+            ("SELECT 1 AS x, 2 AS y ORDER BY x", &["x", "y"]),
+            (
+                "SELECT 1 AS a, 2 AS a UNION ALL SELECT 3, 4 ORDER BY 1",
+                &["a", "a"],
+            ),
+        ];
+        for (sql, want) in cases {
+            let got = answer_names(sql).await;
+            let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+            assert_eq!(got, Ok(want), "{sql}");
+        }
+        // ORDER BY a name that is not unique stays an error, as in Postgres.
+        assert!(answer_names("SELECT 1 AS a, 2 AS a ORDER BY a").await.is_err());
+    }
 }
