@@ -21,6 +21,7 @@ use datafusion::physical_plan::execute_stream;
 use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 
+use super::casts::RoundFloatToInteger;
 use super::division::NullOnDivideByZero;
 use super::front_door::{parse_checked, ParseLimits};
 use super::guarded::guard_functions;
@@ -462,6 +463,7 @@ pub(crate) fn new_context(config: SessionConfig) -> SessionContext {
     // After DataFusion's rules: it sees coerced types, and runs before the optimizer's own
     // decorrelation, which leaves equality correlations alone.
     rules.push(Arc::new(DecorrelateScalarAggregates));
+    rules.push(Arc::new(RoundFloatToInteger));
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()

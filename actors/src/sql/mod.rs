@@ -2,6 +2,7 @@
 //! statement check and the front door every statement passes, views cached per generation,
 //! memory limits and guarded functions, and the pools queries run on.
 
+mod casts;
 pub mod computed;
 mod division;
 mod engine;
