@@ -346,6 +346,22 @@ impl Snapshot {
         })
     }
 
+    /// A snapshot of an empty generation, no static tables and no views (unit tests).
+    #[cfg(test)]
+    pub(crate) async fn empty_for_tests() -> Snapshot {
+        let generation =
+            crate::generation::GenerationBuilder::default().seal(1, 1, SystemTime::now());
+        Snapshot::build(
+            generation,
+            Arc::default(),
+            &ViewsFile::default(),
+            1,
+            DEFAULT_MAX_RESULT_BYTES,
+            Arc::new(AtomicU64::new(0)),
+        )
+        .await
+    }
+
     /// Adds a table computed when read (about this node, not the generation).
     pub fn add_node_table(&mut self, name: &str, provider: Arc<dyn TableProvider>) {
         if self.ctx.register_table(name, provider).is_ok() {

@@ -247,19 +247,8 @@ mod tests {
 
     /// The answer's column names, as a client sees them.
     async fn answer_names(sql: &str) -> Result<Vec<String>, String> {
-        use crate::generation::GenerationBuilder;
-        use crate::sql::{QueryLimits, Snapshot, ViewsFile};
-        use std::sync::atomic::AtomicU64;
-        let generation = GenerationBuilder::default().seal(1, 1, std::time::SystemTime::now());
-        let snap = Snapshot::build(
-            generation,
-            Arc::default(),
-            &ViewsFile::default(),
-            1,
-            1 << 20,
-            Arc::new(AtomicU64::new(0)),
-        )
-        .await;
+        use crate::sql::{QueryLimits, Snapshot};
+        let snap = Snapshot::empty_for_tests().await;
         let out = snap
             .query(sql, &QueryLimits::default())
             .await
@@ -302,6 +291,8 @@ mod tests {
             assert_eq!(got, Ok(want), "{sql}");
         }
         // ORDER BY a name that is not unique stays an error, as in Postgres.
-        assert!(answer_names("SELECT 1 AS a, 2 AS a ORDER BY a").await.is_err());
+        assert!(answer_names("SELECT 1 AS a, 2 AS a ORDER BY a")
+            .await
+            .is_err());
     }
 }

@@ -174,22 +174,19 @@ fn rewrite_node(node: LogicalPlan, next: &mut usize) -> Result<Transformed<Logic
         .map(|e| {
             let saved = preserver.save(&e);
             let new = e
-                .transform_down(|x| {
-                    match replacements.iter().find(|(t, _)| *t == x) {
-                        Some((_, v)) => Ok(Transformed::new(
-                            v.clone(),
-                            true,
-                            TreeNodeRecursion::Jump,
-                        )),
-                        None => Ok(Transformed::no(x)),
-                    }
+                .transform_down(|x| match replacements.iter().find(|(t, _)| *t == x) {
+                    Some((_, v)) => Ok(Transformed::new(v.clone(), true, TreeNodeRecursion::Jump)),
+                    None => Ok(Transformed::no(x)),
                 })
                 .map(|t| t.data)?;
             Ok(saved.restore(new))
         })
         .collect::<Result<Vec<_>>>()?;
     let rebuilt = node.with_new_exprs(exprs, vec![input])?;
-    if matches!(rebuilt, LogicalPlan::Projection(_) | LogicalPlan::Aggregate(_)) {
+    if matches!(
+        rebuilt,
+        LogicalPlan::Projection(_) | LogicalPlan::Aggregate(_)
+    ) {
         return Ok(Transformed::yes(rebuilt));
     }
     // A filter or sort passes its input's columns on: keep only the original ones.
@@ -237,7 +234,9 @@ fn aggregate_candidate(target: &Expr, sq: &Subquery) -> Option<Candidate> {
                 }
                 let value = match value {
                     None => {
-                        let [_] = a.aggr_expr.as_slice() else { return None };
+                        let [_] = a.aggr_expr.as_slice() else {
+                            return None;
+                        };
                         Expr::Column(agg_column(0))
                     }
                     Some(v) => substitute(v, |c| {
@@ -679,4 +678,53 @@ fn not_exists(expr: &Expr, subquery: &Subquery, outer: &DFSchemaRef) -> Result<O
         },
         negated: true,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PREFIX;
+    use crate::sql::{QueryLimits, Snapshot};
+    use datafusion::arrow::array::AsArray;
+
+    async fn plan(sql: &str) -> String {
+        let snap = Snapshot::empty_for_tests().await;
+        let out = snap
+            .query(&format!("EXPLAIN {sql}"), &QueryLimits::default())
+            .await
+            .unwrap();
+        let mut text = String::new();
+        for b in &out.batches {
+            for col in b.columns() {
+                for v in col.as_string::<i32>().iter().flatten() {
+                    text.push_str(v);
+                    text.push('\n');
+                }
+            }
+        }
+        text
+    }
+
+    const T: &str = "WITH t(a, b) AS (VALUES (1, 2), (3, 4))";
+
+    #[tokio::test]
+    async fn only_what_datafusion_cannot_run_is_rewritten() {
+        // DataFusion's own: equality correlations, EXISTS / IN conjuncts of WHERE.
+        for sql in [
+            "SELECT a, (SELECT count(*) FROM t AS x WHERE x.a = t.a) FROM t",
+            "SELECT a FROM t WHERE EXISTS (SELECT 1 FROM t AS x WHERE x.a > t.a)",
+            "SELECT a FROM t WHERE b IN (SELECT x.b FROM t AS x WHERE x.a > t.a)",
+        ] {
+            let p = plan(&format!("{T} {sql}")).await;
+            assert!(!p.contains(PREFIX), "{sql}:\n{p}");
+        }
+        // This rule's: correlations that are not equalities, EXISTS as a value.
+        for sql in [
+            "SELECT a, (SELECT count(*) FROM t AS x WHERE x.a > t.a) FROM t",
+            "SELECT a, EXISTS (SELECT 1 FROM t AS x WHERE x.a > t.a) FROM t",
+        ] {
+            let p = plan(&format!("{T} {sql}")).await;
+            assert!(p.contains(PREFIX), "{sql}:\n{p}");
+            assert!(!p.contains("Subquery:"), "decorrelated: {sql}:\n{p}");
+        }
+    }
 }
