@@ -205,7 +205,7 @@ mod tests {
     use datafusion::sql::sqlparser::ast::Statement;
 
     fn names(sql: &str) -> Vec<Option<String>> {
-        let s = parse_checked(sql, &ParseLimits::default()).unwrap();
+        let s = parse_checked(sql, &ParseLimits::default()).expect("parses");
         let DfStatement::Statement(s) = s else {
             panic!()
         };
@@ -234,14 +234,15 @@ mod tests {
 
     #[test]
     fn only_clashing_items_are_renamed() {
-        let mut s =
-            parse_checked("SELECT 1 AS a, 2 AS a, 3 AS b", &ParseLimits::default()).unwrap();
+        let mut s = parse_checked("SELECT 1 AS a, 2 AS a, 3 AS b", &ParseLimits::default())
+            .expect("parses");
         assert!(rename_clashes(&mut s));
         let text = s.to_string();
         assert!(text.contains(&format!("\"a{MARKER}0\"")), "{text}");
         assert!(text.contains(&format!("\"a{MARKER}1\"")), "{text}");
         assert!(text.contains("3 AS b"), "{text}");
-        let mut none = parse_checked("SELECT 1 AS a, 2 AS b", &ParseLimits::default()).unwrap();
+        let mut none =
+            parse_checked("SELECT 1 AS a, 2 AS b", &ParseLimits::default()).expect("parses");
         assert!(!rename_clashes(&mut none));
     }
 

@@ -691,7 +691,7 @@ mod tests {
         let out = snap
             .query(&format!("EXPLAIN {sql}"), &QueryLimits::default())
             .await
-            .unwrap();
+            .expect("EXPLAIN answers");
         let mut text = String::new();
         for b in &out.batches {
             for col in b.columns() {
