@@ -35,8 +35,8 @@ use datafusion::logical_expr::expr::{AggregateFunction, Exists, InSubquery};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{
-    lit, when, BinaryExpr, Cast, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
-    Subquery,
+    lit, when, BinaryExpr, Cast, Expr, FetchType, JoinType, LogicalPlan, LogicalPlanBuilder,
+    Operator, SkipType, SortExpr, Subquery,
 };
 use datafusion::optimizer::AnalyzerRule;
 
@@ -283,19 +283,75 @@ fn aggregate_candidate(target: &Expr, sq: &Subquery) -> Option<Candidate> {
 /// `Projection(e) → Filter (correlated) → input`: the value is `e` of the one matching
 /// row, NULL if none; more than one is an error when run.
 fn single_row_candidate(target: &Expr, sq: &Subquery) -> Option<Candidate> {
-    let LogicalPlan::Projection(p) = sq.subquery.as_ref() else {
-        return None;
-    };
-    let [e] = p.expr.as_slice() else { return None };
-    let (predicate, input) = filtered(&p.input);
+    // Peel `[Limit 1] → Projection(e) → [Sort → Projection]` down to the filter,
+    // carrying `e` and the sort order through the projections. With `LIMIT 1` the value
+    // is the first row in that order (`... ORDER BY time DESC LIMIT 1`, the latest).
+    let mut plan = sq.subquery.clone();
+    let mut value: Option<Expr> = None;
+    let mut first = false;
+    let mut order: Vec<SortExpr> = Vec::new();
+    loop {
+        match plan.as_ref() {
+            LogicalPlan::Limit(l) if !first && order.is_empty() => {
+                first = matches!(l.get_skip_type(), Ok(SkipType::Literal(0)))
+                    && matches!(l.get_fetch_type(), Ok(FetchType::Literal(Some(1))));
+                if !first {
+                    return None;
+                }
+                plan = l.input.clone();
+            }
+            LogicalPlan::Projection(p) => {
+                match value {
+                    None => {
+                        let [e] = p.expr.as_slice() else { return None };
+                        value = Some(e.clone().unalias());
+                    }
+                    Some(v) => {
+                        let through = |c: &Column| {
+                            let i = p.schema.index_of_column(c).ok()?;
+                            Some(p.expr.get(i)?.clone().unalias())
+                        };
+                        value = Some(substitute(v, through)?);
+                        order = order
+                            .into_iter()
+                            .map(|mut s| {
+                                s.expr = substitute(s.expr, through)?;
+                                Some(s)
+                            })
+                            .collect::<Option<_>>()?;
+                    }
+                }
+                plan = p.input.clone();
+            }
+            LogicalPlan::Sort(sort) if value.is_some() && order.is_empty() => {
+                first |= sort.fetch == Some(1);
+                if first {
+                    order = sort.expr.clone();
+                }
+                plan = sort.input.clone();
+            }
+            _ => break,
+        }
+    }
+    let e = value?;
+    let below = plan;
+    let first_of = first.then_some(order);
+    let (predicate, input) = filtered(&below);
     if !predicate.contains_outer() || has_outer_reference(&input) {
         return None;
     }
+    let (aggs, value) = match first_of {
+        Some(order) => (vec![first_value(e, order)], Expr::Column(agg_column(0))),
+        None => (
+            vec![count(lit(1)), first_value(e, vec![])],
+            single_row(Expr::Column(agg_column(0)), Expr::Column(agg_column(1))),
+        ),
+    };
     Some(Candidate {
         target: target.clone(),
         outer_refs: sq.outer_ref_columns.clone(),
-        aggs: vec![count(lit(1)), first_value(e.clone().unalias(), vec![])],
-        value: single_row(Expr::Column(agg_column(0)), Expr::Column(agg_column(1))),
+        aggs,
+        value,
         predicate,
         input,
     })
@@ -484,10 +540,14 @@ fn decorrelate(
     // The inner side under a name of its own, so that a table used inside and outside
     // (`FROM t1 ... (SELECT ... FROM t1 ...)`) does not clash.
     let inner_schema = c.input.schema().clone();
+    // Each column under a name of its own: the input may be a join of two tables whose
+    // columns share a name (`FROM u AS y, u AS z`).
+    let inner_name = |i: usize| format!("{PREFIX}{n}_c{i}");
     let mut inner_cols: Vec<Expr> = inner_schema
         .columns()
         .into_iter()
-        .map(Expr::Column)
+        .enumerate()
+        .map(|(i, c)| Expr::Column(c).alias(inner_name(i)))
         .collect();
     inner_cols.push(lit(true).alias(&marker));
     let inner = match LogicalPlanBuilder::from(c.input.as_ref().clone())
@@ -502,9 +562,9 @@ fn decorrelate(
     let requalify = |e: Expr| -> Result<Expr> {
         e.transform(|x| match &x {
             Expr::Column(col) => match inner_schema.index_of_column(col) {
-                Ok(_) => Ok(Transformed::yes(Expr::Column(Column::new(
+                Ok(i) => Ok(Transformed::yes(Expr::Column(Column::new(
                     Some(alias.as_str()),
-                    col.name.clone(),
+                    inner_name(i),
                 )))),
                 Err(_) => Ok(Transformed::no(x)),
             },
