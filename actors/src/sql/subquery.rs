@@ -244,17 +244,41 @@ fn aggregate_candidate(target: &Expr, sq: &Subquery) -> Option<Candidate> {
                         Some(Expr::Column(agg_column(i)))
                     })?,
                 };
-                // Projections of plain columns (what this rule leaves after decorrelating a
-                // subquery nested in this one) only drop columns.
+                // Down to the filter through projections and aliases (a derived table,
+                // `FROM (SELECT ... WHERE x.c > t1.c) AS d`, or what this rule left of a
+                // subquery nested in this one), the aggregates carried along.
+                let mut aggs: Vec<Expr> = a.aggr_expr.iter().map(|e| e.clone().unalias()).collect();
                 let mut below = a.input.as_ref();
-                while let LogicalPlan::Projection(p) = below {
-                    if !p.expr.iter().all(|e| matches!(e, Expr::Column(_))) {
-                        return None;
+                let f = loop {
+                    match below {
+                        LogicalPlan::Projection(p) => {
+                            aggs = aggs
+                                .into_iter()
+                                .map(|e| {
+                                    substitute(e, |c| {
+                                        let i = p.schema.index_of_column(c).ok()?;
+                                        Some(p.expr.get(i)?.clone().unalias())
+                                    })
+                                })
+                                .collect::<Option<_>>()?;
+                            below = p.input.as_ref();
+                        }
+                        LogicalPlan::SubqueryAlias(sa) => {
+                            aggs = aggs
+                                .into_iter()
+                                .map(|e| {
+                                    substitute(e, |c| {
+                                        let i = sa.schema.index_of_column(c).ok()?;
+                                        let (q, f) = sa.input.schema().qualified_field(i);
+                                        Some(Expr::Column(Column::new(q.cloned(), f.name())))
+                                    })
+                                })
+                                .collect::<Option<_>>()?;
+                            below = sa.input.as_ref();
+                        }
+                        LogicalPlan::Filter(f) => break f,
+                        _ => return None,
                     }
-                    below = p.input.as_ref();
-                }
-                let LogicalPlan::Filter(f) = below else {
-                    return None;
                 };
                 let correlated: Vec<&Expr> = split_conjunction(&f.predicate)
                     .into_iter()
@@ -269,7 +293,7 @@ fn aggregate_candidate(target: &Expr, sq: &Subquery) -> Option<Candidate> {
                 return Some(Candidate {
                     target: target.clone(),
                     outer_refs: sq.outer_ref_columns.clone(),
-                    aggs: a.aggr_expr.iter().map(|e| e.clone().unalias()).collect(),
+                    aggs,
                     value,
                     predicate: f.predicate.clone(),
                     input: f.input.clone(),
