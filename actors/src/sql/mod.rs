@@ -10,6 +10,7 @@ mod front_door;
 mod guarded;
 mod memory;
 mod names;
+mod not_in;
 mod pool;
 mod references;
 mod single_row;

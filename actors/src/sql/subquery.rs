@@ -1,24 +1,25 @@
-//! Correlated scalar subqueries that DataFusion cannot decorrelate: an aggregate over rows
-//! chosen by a correlation that is not an equality,
-//! `(SELECT count(*) FROM t1 AS x WHERE x.c > t1.c)`. DataFusion pulls a correlation above
-//! an aggregate only when it is `inner = outer` (then the aggregate groups by the inner
-//! column); anything else reached the physical planner as a `ScalarSubquery` and failed.
+//! Correlated subqueries that DataFusion cannot run, decorrelated by an analyzer rule (run
+//! after DataFusion's own, so types are coerced). DataFusion pulls a correlation above an
+//! aggregate only when it is `inner = outer`; `(SELECT count(*) FROM t1 AS x WHERE x.c >
+//! t1.c)` reached the physical planner as a `ScalarSubquery` and failed. So did correlated
+//! subqueries without aggregate, and `EXISTS` / `IN` used as values.
 //!
-//! This analyzer rule (run after DataFusion's own, so types are coerced) rewrites such a
-//! subquery in a projection, filter or sort into a join plus aggregate:
+//! In a projection, filter, sort or aggregate, such a subquery becomes
 //!
 //! ```text
 //! outer + row_number() AS rn  LEFT JOIN  (subquery input, true AS marker) ON correlation
 //!   → GROUP BY every outer column (rn makes duplicate outer rows distinct)
-//!     aggregates of the subquery, each FILTER (WHERE marker IS NOT NULL)
+//!     aggregates, each FILTER (WHERE marker IS NOT NULL)
 //! ```
 //!
-//! The filter keeps the empty group's answers SQL's: an outer row that matches nothing
-//! gets `count(*) = 0` and NULL from the other aggregates, as the subquery would. What the
-//! subquery computes from its aggregates (`count(*) + 1`, `coalesce(sum(x), 0)`) is
-//! evaluated on the aggregate's row. Equality correlations are left to DataFusion (same
-//! plans as before); shapes this rule does not recognise are left unchanged (and fail as
-//! before, with DataFusion's error).
+//! and its value an expression over that row. The aggregates are the subquery's own (the
+//! filter keeps the empty group's answers SQL's: `count(*) = 0`, NULL from the others);
+//! `first_value` of the one row a subquery without aggregate may match, checked by
+//! `single_row` (more than one is Postgres's error), or the first in its `ORDER BY ...
+//! LIMIT 1`; counts for `EXISTS` and `IN`. Equality correlations of aggregates and
+//! `EXISTS` / `IN` conjuncts of a filter stay DataFusion's (same plans as before); shapes
+//! this rule does not recognise are left unchanged (and fail as before, with DataFusion's
+//! error). `x NOT IN (correlated)` in a filter is `not_in`'s.
 
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -27,13 +28,14 @@ use std::sync::Arc;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchemaRef, Result, ScalarValue};
 
+use super::not_in::not_in_to_not_exists;
 use super::single_row::single_row;
 use datafusion::config::ConfigOptions;
 use datafusion::functions_aggregate::expr_fn::{count, first_value};
 use datafusion::functions_window::expr_fn::row_number;
-use datafusion::logical_expr::expr::{AggregateFunction, Exists, InSubquery};
+use datafusion::logical_expr::expr::{AggregateFunction, InSubquery};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
-use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
     lit, when, BinaryExpr, Cast, Expr, FetchType, JoinType, LogicalPlan, LogicalPlanBuilder,
     Operator, SkipType, SortExpr, Subquery,
@@ -674,94 +676,6 @@ fn decorrelate(
 
 fn col_named(name: &str) -> Expr {
     Expr::Column(Column::from_name(name))
-}
-
-/// `x NOT IN (correlated subquery)` in a filter, as
-/// `NOT EXISTS (subquery WHERE (x = column) IS NOT FALSE)`. DataFusion's null-aware anti
-/// join drops a row whose `x` is NULL even when its correlated set is empty, where SQL
-/// says `NULL NOT IN (empty)` is true. In a filter only true keeps a row, and
-/// `x NOT IN s` is true exactly when no row of `s` makes `x = column` true or unknown.
-fn not_in_to_not_exists(node: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
-    let LogicalPlan::Filter(f) = &node else {
-        return Ok(Transformed::no(node));
-    };
-    let outer_schema = f.input.schema().clone();
-    let mut changed = false;
-    let mut conjuncts = Vec::new();
-    for e in split_conjunction(&f.predicate) {
-        match e {
-            Expr::InSubquery(InSubquery {
-                expr,
-                subquery,
-                negated: true,
-            }) if !subquery.outer_ref_columns.is_empty() => {
-                match not_exists(expr, subquery, &outer_schema)? {
-                    Some(rewritten) => {
-                        conjuncts.push(rewritten);
-                        changed = true;
-                    }
-                    None => conjuncts.push(e.clone()),
-                }
-            }
-            other => conjuncts.push(other.clone()),
-        }
-    }
-    if !changed {
-        return Ok(Transformed::no(node));
-    }
-    let Some(predicate) = conjunction(conjuncts) else {
-        return Ok(Transformed::no(node));
-    };
-    let plan = LogicalPlanBuilder::from(f.input.as_ref().clone())
-        .filter(predicate)?
-        .build()?;
-    Ok(Transformed::yes(plan))
-}
-
-fn not_exists(expr: &Expr, subquery: &Subquery, outer: &DFSchemaRef) -> Result<Option<Expr>> {
-    let plan = subquery.subquery.as_ref();
-    if plan.schema().fields().len() != 1 {
-        return Ok(None);
-    }
-    let (qualifier, field) = plan.schema().qualified_field(0);
-    let column = Expr::Column(Column::new(qualifier.cloned(), field.name()));
-    // The compared expression's columns become references to the outer row.
-    let mut refs = subquery.outer_ref_columns.clone();
-    let mut ok = true;
-    let outer_expr = expr
-        .clone()
-        .transform(|x| match &x {
-            Expr::Column(c) => match outer.qualified_field_from_column(c) {
-                Ok((_, f)) => {
-                    let r = Expr::OuterReferenceColumn(f.clone(), c.clone());
-                    if !refs.contains(&r) {
-                        refs.push(r.clone());
-                    }
-                    Ok(Transformed::yes(r))
-                }
-                Err(_) => {
-                    ok = false;
-                    Ok(Transformed::no(x))
-                }
-            },
-            _ => Ok(Transformed::no(x)),
-        })?
-        .data;
-    if !ok {
-        return Ok(None);
-    }
-    let matches = Expr::IsNotFalse(Box::new(outer_expr.eq(column)));
-    let filtered = LogicalPlanBuilder::from(plan.clone())
-        .filter(matches)?
-        .build()?;
-    Ok(Some(Expr::Exists(Exists {
-        subquery: Subquery {
-            subquery: Arc::new(filtered),
-            outer_ref_columns: refs,
-            spans: subquery.spans.clone(),
-        },
-        negated: true,
-    })))
 }
 
 #[cfg(test)]
