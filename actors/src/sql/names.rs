@@ -33,8 +33,13 @@ pub fn is_name_clash(message: &str) -> bool {
 /// Renames the clashing items of the statement's top-level select lists; false if there
 /// was nothing to rename (the clash is elsewhere, e.g. in a subquery).
 pub fn rename_clashes(statement: &mut DfStatement) -> bool {
-    let DfStatement::Statement(s) = statement else {
-        return false;
+    let s = match statement {
+        DfStatement::Statement(s) => s,
+        DfStatement::Explain(e) => match e.statement.as_mut() {
+            DfStatement::Statement(s) => s,
+            _ => return false,
+        },
+        _ => return false,
     };
     let Statement::Query(q) = s.as_mut() else {
         return false;
@@ -291,6 +296,8 @@ mod tests {
             let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
             assert_eq!(got, Ok(want), "{sql}");
         }
+        // EXPLAIN of such a statement plans it the same way.
+        assert!(answer_names("EXPLAIN SELECT 1 AS a, 2 AS a").await.is_ok());
         // ORDER BY a name that is not unique stays an error, as in Postgres.
         assert!(answer_names("SELECT 1 AS a, 2 AS a ORDER BY a")
             .await
