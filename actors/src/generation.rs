@@ -76,6 +76,10 @@ pub struct Generation {
     /// the same number at every tier for the same round, so a parent knows whether a child
     /// has delivered this round yet.
     pub round: u64,
+    /// The TLA's round this generation serves, what answers state: a SQL node's is the
+    /// round of the TLA generation it merged (its own `round` follows its clock, which
+    /// need not match when the TLA is late); every other node's is its own `round`.
+    pub tla_round: u64,
     pub sealed_at: SystemTime,
     pub tables: BTreeMap<String, GenTable>,
     /// Sources whose input was refused for this generation (source → why); their last good
@@ -114,6 +118,7 @@ pub struct GenerationBuilder {
     errors: BTreeMap<String, String>,
     machines: u64,
     clusters: u64,
+    tla_round: Option<u64>,
 }
 
 impl GenerationBuilder {
@@ -173,6 +178,12 @@ impl GenerationBuilder {
         self.clusters = clusters;
     }
 
+    /// The TLA round served (a SQL node: its TLA's generation's); without it, the round
+    /// the generation is sealed with.
+    pub fn tla_round(&mut self, round: Option<u64>) {
+        self.tla_round = round;
+    }
+
     /// Records that a source's input was refused this round.
     pub fn error(&mut self, source: String, message: String) {
         self.errors.insert(source, message);
@@ -183,6 +194,7 @@ impl GenerationBuilder {
         Arc::new(Generation {
             id,
             round,
+            tla_round: self.tla_round.unwrap_or(round),
             sealed_at,
             tables: self.tables,
             errors: self.errors,

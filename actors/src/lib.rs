@@ -5,7 +5,7 @@
 //! - [`generation`]: immutable snapshots of published tables.
 //! - [`link`]: the cluster link protocol between tiers (frames, diffs, compression).
 //! - [`sql`]: one generation + static tables + views as a DataFusion context.
-//! - [`static_tables`]: TOML static tables, reloaded on change, last good copy kept.
+//! - [`static_tables`]: static tables (TOML rows or CSV/TSV/JSONL/Parquet data files), reloaded on change, last good copy kept.
 //! - [`edge`]: publishers (the host's own tables).
 //! - [`simulate`]: a simulated fleet for the demo and benchmarks.
 //! - [`tier`]: the hierarchy: child links, merging a round, serving parents, requests.

@@ -36,6 +36,8 @@ pub struct Metrics {
     /// Queries stopped on the light pool after `heavy_query_after` and run again on the
     /// heavy one (their client was not yet known as heavy).
     pub queries_moved_to_heavy: AtomicU64,
+    /// Answers refused for covering fewer clusters or machines than their query asked.
+    pub queries_incomplete: AtomicU64,
     /// Connections to `[link] listen` closed at once: past the session caps.
     pub link_refused: AtomicU64,
     /// Failed accepts at `[link] listen` (out of descriptors, ...).

@@ -502,6 +502,7 @@ fn corpus_generations() -> Vec<Generation> {
             Generation {
                 id: i as u64 + 1,
                 round: i as u64 + 100,
+                tla_round: i as u64 + 100,
                 sealed_at: t0 + Duration::from_secs(i as u64),
                 tables,
                 errors: BTreeMap::new(),

@@ -1,8 +1,8 @@
 //! Target `publish`: a line from a local publisher, as the edge agent handles it —
 //! `query_client::protocol::decode_line`, then, for a publish of a table with a schema, the
-//! row limit and validation against `schemas/<table>.toml` (`edge::rows::json_rows_to_batch`).
+//! row limit and validation against `schemas/<table>.toml` (`table::rows::json_rows_to_batch`).
 //! A fraction of inputs are text rows (a dropped CSV/TSV file's header and fields) for
-//! `edge::rows::text_rows_to_batch`.
+//! `table::rows::text_rows_to_batch`.
 //!
 //! Inputs: valid hello and publish lines for the real schemas (every column type, extremes
 //! of each), then mutated; random JSON values; nesting up to 200,000 deep; huge and
@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use query_actors::edge::rows::{json_rows_to_batch, text_rows_to_batch};
+use query_actors::table::rows::{json_rows_to_batch, text_rows_to_batch};
 use query_actors::table::{load_schema_dir, ColumnType, TableDef};
 use query_client::protocol::{decode_line, FromPublisher};
 use rand::rngs::SmallRng;
@@ -92,7 +92,7 @@ impl PublishTarget {
         if p.rows.len() > MAX_ROWS_PER_PUBLISH {
             return Outcome::Refused;
         }
-        match json_rows_to_batch(def, MACHINE, &p.rows) {
+        match json_rows_to_batch(def, Some(MACHINE), &p.rows) {
             Ok(b) if b.num_rows() == p.rows.len() => Outcome::Accepted,
             Ok(b) => Outcome::Violation(format!(
                 "{} rows published, {} in the batch",
@@ -116,7 +116,7 @@ impl PublishTarget {
         let rows: Vec<Vec<String>> = lines
             .map(|l| l.split('\t').map(str::to_string).collect())
             .collect();
-        match text_rows_to_batch(def, MACHINE, &header, &rows) {
+        match text_rows_to_batch(def, Some(MACHINE), &header, &rows) {
             Ok(b) if b.num_rows() == rows.len() => Outcome::Accepted,
             Ok(b) => Outcome::Violation(format!(
                 "{} text rows, {} in the batch",

@@ -13,15 +13,7 @@ use serde_json::{Map, Number, Value};
 
 /// The type name shown to clients: the table model's names where they apply.
 pub fn type_name(dt: &DataType) -> String {
-    match dt {
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => "int64".into(),
-        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => "uint64".into(),
-        DataType::Float16 | DataType::Float32 | DataType::Float64 => "float64".into(),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string".into(),
-        DataType::Boolean => "bool".into(),
-        DataType::Timestamp(..) => "timestamp".into(),
-        other => other.to_string().to_lowercase(),
-    }
+    query_actors::sql::describe::type_label(dt)
 }
 
 /// Column `col` of `batch` as JSON values, one per row.

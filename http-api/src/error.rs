@@ -20,6 +20,10 @@ pub enum ApiError {
     /// alert's name; alerts on a node without `[alerts]`).
     #[error("{0}")]
     NotFound(String),
+    /// The generation served covers fewer clusters or machines than the query asked for
+    /// (`min_clusters`, `min_machines`): no partial answer.
+    #[error("{0}")]
+    Incomplete(String),
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
     /// Refused before the endpoint: no or unknown token, another domain, a foreign Host or
@@ -43,6 +47,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Incomplete(_) => "incomplete",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Refused(r) => match r {
                 Refusal::Unauthenticated(_) => "unauthenticated",
@@ -81,6 +86,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Incomplete(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Refused(r) => match r {
                 Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -151,6 +157,7 @@ mod tests {
             (ApiError::from(QueryError::NoGeneration), 503),
             (ApiError::from(QueryError::Internal("bug".into())), 500),
             (ApiError::PayloadTooLarge(10), 413),
+            (ApiError::Incomplete("2 clusters seen".into()), 503),
             (ApiError::from(QueryError::TooComplex("deep".into())), 400),
             (ApiError::from(QueryError::AnswerTooLarge(10)), 400),
             (ApiError::from(QueryError::Busy("full".into())), 503),

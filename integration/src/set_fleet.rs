@@ -293,7 +293,7 @@ pub struct SetFleet {
     pub relays: Vec<[Relay; 2]>,
     pub tlas: Vec<Option<Node>>,
     pub sqls: Vec<Option<Node>>,
-    ws: Workspace,
+    pub ws: Workspace,
 }
 
 /// What every node shares: paths, 1 s generations sealed tier by tier, DNS, no host rows

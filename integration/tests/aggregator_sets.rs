@@ -1,11 +1,14 @@
 //! A partitioned aggregator set: two TLA/SQL nodes on their own loopback addresses, one per
 //! partition. A node asked for the other partition's table redirects (307, Location, a JSON
 //! body naming the partition's host) instead of fetching it; the `query` client follows the
-//! redirect and prints the answer; a query over both partitions' tables is refused.
+//! redirect and prints the answer; a query over both partitions' tables is refused. The
+//! `query` command and the library it is built on (`query_client::sql::SqlClient`) are
+//! both run.
 
 use std::process::Command;
 use std::time::Duration;
 
+use query_client::sql::{Lookup, SqlClient, SqlError};
 use query_integration::{queryd_bin, Node, Workspace};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -81,6 +84,17 @@ fn another_partitions_table_is_a_redirect_the_client_follows() {
         stdout.contains("127.0.61.2,true"),
         "answered by B: {stdout}"
     );
+    // The library does the same.
+    let client = SqlClient::new(Lookup::system(), LIMIT, None);
+    let answer = client
+        .query(
+            a_http,
+            "SELECT machine_ip FROM processes GROUP BY machine_ip",
+        )
+        .expect("the library follows the redirect");
+    assert_eq!(answer.from.to_string(), b_http, "answered by B");
+    assert_eq!(answer.columns, ["machine_ip"]);
+    assert_eq!(answer.rows, [[serde_json::json!("127.0.61.2")]]);
 
     // Tables of both partitions together: no node holds them, a clear 400.
     let (status, body) =
@@ -99,12 +113,39 @@ fn another_partitions_table_is_a_redirect_the_client_follows() {
         .output()
         .expect("run query");
     assert_eq!(out.status.code(), Some(1));
+    match client.query(
+        a_http,
+        "SELECT COUNT(*) FROM sys, processes WHERE sys.machine_ip = processes.machine_ip",
+    ) {
+        Err(e @ SqlError::Rejected { .. }) => assert_eq!(e.exit_code(), 1, "{e}"),
+        other => panic!("the query's fault, not the node's: {other:?}"),
+    }
 
     // Its own tables, and tables of no partition, A answers itself.
     let (status, body) = a.sql("SELECT COUNT(*) FROM sys");
     assert_eq!(status, 200, "{body}");
     let (status, body) = a.sql("SELECT COUNT(*) FROM network_interfaces");
     assert_eq!(status, 200, "{body}");
+
+    // Live reconfiguration: processes moves to A's partition in the sets file; A answers
+    // it itself from then on, without a restart (and B now redirects to A).
+    let sets = ws.path("sets.toml");
+    let text = std::fs::read_to_string(&sets).expect("read sets");
+    std::fs::write(
+        &sets,
+        text.replace("\"filesystem\"]", "\"filesystem\", \"processes\"]")
+            .replace("tables = [\"processes\"]", "tables = [\"load_info\"]"),
+    )
+    .expect("write sets");
+    a.eventually(LIMIT, "A to answer processes itself", || {
+        (a.sql("SELECT COUNT(*) FROM processes").0 == 200).then_some(())
+    });
+    // A broken edit keeps the running set.
+    std::fs::write(&sets, "[[set]]\nname = ").expect("write sets");
+    std::thread::sleep(Duration::from_secs(1));
+    let (status, body) = a.sql("SELECT COUNT(*) FROM processes");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(a.sql("SELECT COUNT(*) FROM load_info").0, 307);
 }
 
 /// The whole set behind real DNS (dnsmasq): names re-resolved, 500 client queries while a
@@ -158,21 +199,31 @@ fn an_aggregator_set_rides_out_node_deaths_and_a_partition() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(out.trim(), format!("machines\n{MACHINES}"), "{err}");
 
-    // 500 queries through the set's name while SQL node 1 is SIGKILLed: none fails.
+    // 500 queries through the set's name while SQL node 1 is SIGKILLed: none fails. Two
+    // threads run the `query` command, two share one library client.
+    let client = SqlClient::new(Lookup::new(Some(fleet.dns.server)), LIMIT, None);
     let victim = fleet.sqls[0].take();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let t0 = Instant::now();
     let failures = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {
-        for _ in 0..4 {
-            scope.spawn(|| {
+        for thread in 0..4 {
+            let (fleet, client, sql_name, failures, done) =
+                (&fleet, &client, &sql_name, &failures, &done);
+            scope.spawn(move || {
                 for _ in 0..125 {
-                    let (code, out, err) = fleet.query(&sql_name, count_sys);
-                    if code != Some(0) || out.trim() != format!("n\n{MACHINES}") {
-                        failures
-                            .lock()
-                            .expect("lock")
-                            .push(format!("{code:?}: {out}{err}"));
+                    let failed = if thread < 2 {
+                        let (code, out, err) = fleet.query(sql_name, count_sys);
+                        (code != Some(0) || out.trim() != format!("n\n{MACHINES}"))
+                            .then(|| format!("query {code:?}: {out}{err}"))
+                    } else {
+                        match client.query(sql_name, count_sys) {
+                            Ok(a) if a.rows == [[serde_json::json!(MACHINES)]] => None,
+                            other => Some(format!("library: {other:?}")),
+                        }
+                    };
+                    if let Some(f) = failed {
+                        failures.lock().expect("lock").push(f);
                     }
                     done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
@@ -278,4 +329,27 @@ fn an_aggregator_set_rides_out_node_deaths_and_a_partition() {
         (Some(0), format!("n\n{MACHINES}").as_str()),
         "{err}"
     );
+
+    // Live reconfiguration of TLA selection: SQL node 2 is pinned to the TLA it does not
+    // use by an edit of its config file, and moves there without a restart.
+    let using = fleet.current_tla(1).expect("a TLA in use");
+    let other = if using == tla_link(0) {
+        tla_link(1)
+    } else {
+        tla_link(0)
+    };
+    let config = fleet.ws.path("sql1.toml");
+    let text = std::fs::read_to_string(&config).expect("read sql1.toml");
+    std::fs::write(
+        &config,
+        text.replace(
+            "fail_after = 2\n",
+            &format!("fail_after = 2\npin = [\"{other}\"]\n"),
+        ),
+    )
+    .expect("write sql1.toml");
+    fleet.sql(1).eventually(LIMIT, "the pinned TLA", || {
+        (fleet.current_tla(1) == Some(other.clone())).then_some(())
+    });
+    fleet.until_all_machines(1, LIMIT);
 }

@@ -50,6 +50,17 @@ fn console_runs_a_query_and_lists_tables_in_a_real_browser() {
     assert!(dom.contains("<span>sys</span>"), "{dom}");
     assert!(dom.contains("<span>region_data</span>"), "{dom}");
     assert!(dom.contains("<span>machine_memory</span>"), "{dom}");
+    // Hovering a table shows its description and each column's (the title attribute).
+    for hover in [
+        "title=\"Machine identity, memory, CPU load and uptime; one row per machine\n",
+        "\nhostname string: Host name\n",
+        "title=\"Geographic regions\nid int64: Region id\n",
+        "title=\"Memory use per machine, percent of total\n",
+        "\nhostname string: Host name (from sys.hostname)\n",
+        "title=\"Every column of every table a query can name here",
+    ] {
+        assert!(dom.contains(hover), "hover text {hover:?} in {dom}");
+    }
 
     // Errors show in the page, not as a broken page.
     let dom = dump_dom(

@@ -43,6 +43,8 @@ struct Options {
     /// frame of every link then carries them (a full copy). Otherwise every node starts at
     /// once and only the SQL node prewarms (tables flow down as requests after connecting).
     bottom_up: bool,
+    /// A table edge 0 has no schema for (an older agent): it never provides it.
+    edge0_lacks: Option<&'static str>,
 }
 
 /// Starts a fleet of 2 clusters × 3 edges at a 1 s interval with a 3 s request ttl.
@@ -58,6 +60,21 @@ fn start_fleet(o: Options) -> Fleet {
     spec.prewarm = o.prewarm.iter().map(|t| t.to_string()).collect();
     spec.prewarm_every_tier = o.bottom_up;
     let mut fleet = Fleet::new(spec);
+    if let Some(table) = o.edge0_lacks {
+        let own = fleet.ws.path("schemas-edge-0");
+        std::fs::create_dir_all(&own).expect("mkdir");
+        for e in std::fs::read_dir(fleet.ws.path("schemas")).expect("schemas") {
+            let e = e.expect("entry");
+            if e.file_name() != *format!("{table}.toml") {
+                std::fs::copy(e.path(), own.join(e.file_name())).expect("copy");
+            }
+        }
+        let config = fleet.ws.path("edge-0.toml");
+        let text = std::fs::read_to_string(&config).expect("edge-0.toml");
+        let changed = text.replace("schemas = \"schemas\"", "schemas = \"schemas-edge-0\"");
+        assert_ne!(text, changed, "edge-0.toml names its schemas");
+        std::fs::write(&config, changed).expect("write");
+    }
     if o.dropped_load_rows > 0 {
         for n in 0..fleet.edges.len() {
             std::fs::write(
@@ -95,6 +112,7 @@ fn sys_fleet(block: u8, drop_after: &'static str) -> (Fleet, Vec<String>) {
         drop_after,
         dropped_load_rows: 0,
         bottom_up: false,
+        edge0_lacks: None,
     });
     let edges = all_edge_ips(&fleet);
     until_sys_machines(&fleet, &edges, "every edge's sys row at the SQL node");
@@ -352,7 +370,8 @@ fn every_machine_arrives_and_queried_tables_come_and_go() {
     assert_eq!(status, 200, "{answer}");
 }
 
-/// Test 3: a killed edge's rows vanish after `drop_after` and return when it restarts.
+/// Test 3: a killed edge's rows vanish after `drop_after` (listed in `query_departed` with
+/// its last `sys` row meanwhile) and return when it restarts.
 #[test]
 fn a_killed_edge_drops_out_and_returns() {
     let (mut fleet, all) = sys_fleet(42, "2s");
@@ -373,12 +392,107 @@ fn a_killed_edge_drops_out_and_returns() {
         (health(sql)["machines"] == 5).then_some(())
     });
 
+    // Its last known state: one query at the SQL node (OSR 2.3's departed machines).
+    let departed = "SELECT kind, machine, last_sys LIKE '%\"machine_ip\"%' AS has_sys, \
+                    dropped_at >= last_heard AS ordered FROM query_departed";
+    let gone = json!([["machine", fleet.edges[1].ip, true, true]]);
+    sql.eventually(LIMIT, "the killed edge in query_departed", || {
+        (sql.sql(departed).1["rows"] == gone).then_some(())
+    });
+
     fleet.edges[1].start();
     until_sys_machines(&fleet, &all, "the restarted edge's rows to return");
+    let sql = fleet.sql();
+    sql.eventually(LIMIT, "the returned edge to leave query_departed", || {
+        (sql.sql(departed).1["rows"] == json!([])).then_some(())
+    });
     let proxy = fleet.proxies[0].node();
     proxy.eventually(LIMIT, "its proxy to count 3 machines again", || {
         (health(proxy)["machines"] == 3).then_some(())
     });
+}
+
+/// Per-table drop (OSR 2.3): edge 0 is alive and sends `sys` every interval but never
+/// provides `load_info` (its agent has no schema for it). Its proxy holds the table back
+/// (carried, so no answer mixes fresh and missing rows) only for `drop_after`; then edge 0
+/// stops counting for that table alone: every other machine's `load_info` flows to the SQL
+/// node, edge 0's `sys` row stays, and `query_links` names the dropped table.
+#[test]
+fn a_child_that_never_provides_a_table_is_dropped_for_it_alone() {
+    let fleet = start_fleet(Options {
+        block: 46,
+        host: true,
+        prewarm: &["sys", "load_info"],
+        drop_after: "2s",
+        dropped_load_rows: 3,
+        bottom_up: false,
+        edge0_lacks: Some("load_info"),
+    });
+    let sql = fleet.sql();
+    let others = fleet.edge_ips(1..fleet.edges.len());
+    let q = "SELECT DISTINCT machine_ip FROM load_info ORDER BY machine_ip";
+    sql.eventually(LIMIT, "load_info of the five other machines", || {
+        let (status, answer) = sql.sql(q);
+        (status == 200 && first_column(&answer) == others).then_some(())
+    });
+    until_sys_machines(&fleet, &all_edge_ips(&fleet), "edge 0 still counts for sys");
+    let q = "SELECT peer, live, tables_dropped FROM query_links \
+             WHERE direction = 'child' AND tables_dropped IS NOT NULL";
+    let edge0 = format!("{}:", fleet.edges[0].ip);
+    sql.eventually(LIMIT, "query_links naming edge 0's dropped table", || {
+        let (status, answer) = sql.sql(q);
+        let rows = answer["rows"].as_array()?.clone();
+        (status == 200
+            && rows.len() == 1
+            && rows[0][0].as_str().is_some_and(|p| p.starts_with(&edge0))
+            && rows[0][1] == true
+            && rows[0][2] == "load_info")
+            .then_some(())
+    });
+}
+
+/// An aggregator set's span: the TLA of a set spanning cluster 0 only dials cluster 0's
+/// proxy; the SQL node sees that cluster's machines and the TLA counts one cluster.
+#[test]
+fn a_tla_aggregates_the_clusters_of_its_sets_span_only() {
+    let mut spec = FleetSpec::new(47);
+    spec.edges_per_cluster = EDGES_PER_CLUSTER;
+    spec.reload_every = "200ms";
+    spec.drop_after = "5s";
+    spec.sql_wait = "45s";
+    spec.host = true;
+    spec.prewarm = vec!["sys".to_string()];
+    let mut fleet = Fleet::new(spec);
+    let cluster0 = fleet.proxies[0].link.clone().expect("proxy link");
+    std::fs::write(
+        fleet.ws.path("sets.toml"),
+        format!(
+            "[[set]]\nname = \"eu\"\nspan = [\"{cluster0}\"]\nsql_name = \"sql.eu.test\"\ntla_name = \"tla.eu.test:7500\"\n"
+        ),
+    )
+    .expect("write sets");
+    let config = fleet.ws.path("tla.toml");
+    let text = std::fs::read_to_string(&config).expect("tla.toml");
+    std::fs::write(
+        &config,
+        text + "\n[aggregator_set]\nfile = \"sets.toml\"\nname = \"eu\"\n",
+    )
+    .expect("write tla.toml");
+    fleet.start_all();
+
+    let cluster0_machines = fleet.edge_ips(0..EDGES_PER_CLUSTER);
+    until_sys_machines(&fleet, &cluster0_machines, "cluster 0's machines only");
+    let tla = fleet.tla.node();
+    let h = health(tla);
+    assert_eq!(h["clusters"], 1, "{h}");
+    assert_eq!(h["children"]["configured"], 1, "{h}");
+    // Cluster 1's machines never arrive.
+    std::thread::sleep(Duration::from_secs(2));
+    until_sys_machines(
+        &fleet,
+        &cluster0_machines,
+        "still cluster 0's machines only",
+    );
 }
 
 /// Test 4: a killed and restarted proxy, then a killed and restarted TLA, are dialled
@@ -442,6 +556,7 @@ fn unchanged_data_costs_a_fraction_of_a_full_copy_on_every_link() {
         drop_after: "10s",
         dropped_load_rows: LOAD_ROWS,
         bottom_up: true,
+        edge0_lacks: None,
     });
     assert_unchanged_data_is_cheap(&fleet);
 }
@@ -462,6 +577,7 @@ fn unchanged_data_is_cheap_when_tables_are_requested_after_connecting() {
         drop_after: "10s",
         dropped_load_rows: LOAD_ROWS,
         bottom_up: false,
+        edge0_lacks: None,
     });
     assert_unchanged_data_is_cheap(&fleet);
 }

@@ -546,5 +546,8 @@ fn the_query_client_speaks_https_with_the_test_ca() {
     assert_eq!(code, Some(2), "{err}");
     let (code, _, err) = query_cli(&["-H", &url, sql]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("needs --ca"), "{err}");
+    assert!(
+        err.contains("needs a CA bundle (`query --ca FILE`)"),
+        "{err}"
+    );
 }

@@ -276,6 +276,72 @@ fn broken_static_table_keeps_the_last_good_copy() {
     assert_eq!(t["errors"].as_array().map(|e| e.len()), Some(0), "{t}");
 }
 
+/// A static table whose rows are a CSV file beside its TOML schema: listed in the index
+/// live, NULLs served, an edit to the CSV alone reloaded, a broken CSV refused whole with
+/// its last good copy kept.
+#[test]
+fn a_static_table_from_a_csv_file_holds_nulls_and_reloads() {
+    let ws = Workspace::new();
+    let node = demo(&ws, "");
+    let dir = ws.path("static-tables");
+    std::fs::write(
+        dir.join("racks.toml"),
+        "name = \"racks\"\ndescription = \"Rack of each machine\"\nkey = [\"machine_ip\"]\n\
+         columns = [\n  { name = \"machine_ip\", type = \"string\" },\n  { name = \"rack\", type = \"int64\", nullable = true },\n]\n\
+         data = \"racks.csv\"\n",
+    )
+    .expect("write");
+    let csv = dir.join("racks.csv");
+    std::fs::write(&csv, "machine_ip,rack\n10.0.0.1,7\n\"10.0.0.2\",\n").expect("write");
+    let index = dir.join("index.toml");
+    let listed = std::fs::read_to_string(&index).expect("index");
+    std::fs::write(
+        &index,
+        listed.replace("tables = [", "tables = [\n  \"racks.toml\","),
+    )
+    .expect("write");
+
+    let q = "SELECT machine_ip, rack FROM racks ORDER BY machine_ip";
+    node.eventually(Duration::from_secs(15), "the CSV table", || {
+        let (status, body) = node.sql(q);
+        (status == 200).then_some(())?;
+        (body["rows"] == serde_json::json!([["10.0.0.1", 7], ["10.0.0.2", null]])).then_some(())
+    });
+
+    // A bad field: refused whole, named by file, line and column; the last copy stays.
+    std::fs::write(
+        &csv,
+        "machine_ip,rack\n10.0.0.1,7\n10.0.0.2,eight\n10.0.0.3,9\n",
+    )
+    .expect("write");
+    let tables = node.eventually(Duration::from_secs(15), "the error in /tables", || {
+        let t = node.get_json("/tables");
+        t["errors"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+            .then_some(t)
+    });
+    let msg = tables["errors"][0]["message"].as_str().expect("message");
+    assert!(
+        msg.contains("racks.csv") && msg.contains("line 3") && msg.contains("'rack'"),
+        "{msg}"
+    );
+    assert_eq!(
+        node.sql(q).1["rows"].as_array().map(Vec::len),
+        Some(2),
+        "last good copy"
+    );
+
+    // Fixed: the new rows, the error gone.
+    std::fs::write(&csv, "machine_ip,rack\n10.0.0.1,7\n10.0.0.2,8\n10.0.0.3,\n").expect("write");
+    node.eventually(Duration::from_secs(15), "the fixed CSV", || {
+        let t = node.get_json("/tables");
+        (node.sql(q).1["rows"].as_array().map(Vec::len) == Some(3)
+            && t["errors"].as_array().is_some_and(|e| e.is_empty()))
+        .then_some(())
+    });
+}
+
 #[test]
 fn views_are_computed_once_per_generation_and_reload_without_restart() {
     let ws = Workspace::new();

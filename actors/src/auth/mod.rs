@@ -137,7 +137,8 @@ impl Principal {
     }
 
     /// Refuses a statement reading tables (views already followed) outside its list.
-    /// `information_schema` (table and column names, no rows) is open to every token.
+    /// `information_schema` and `query_columns` (table and column names, types and
+    /// descriptions; no rows) are open to every token.
     pub fn check_tables(&self, reads: &BTreeSet<String>) -> Result<(), QueryError> {
         let denied = self.denied(reads);
         if denied.is_empty() {
@@ -162,7 +163,9 @@ impl Principal {
             .filter(|t| {
                 // A table's kept history is readable by whoever may read the table.
                 let table = crate::history::live_table_of(t).unwrap_or(t);
-                !allowed.contains(table) && !t.starts_with("information_schema.")
+                !allowed.contains(table)
+                    && !t.starts_with("information_schema.")
+                    && t.as_str() != crate::sql::describe::COLUMNS_TABLE
             })
             .cloned()
             .collect()
@@ -496,6 +499,9 @@ mod tests {
         assert!(p.check_tables(&reads(&["sys"])).is_ok());
         assert!(p
             .check_tables(&reads(&["sys", "information_schema.tables"]))
+            .is_ok());
+        assert!(p
+            .check_tables(&reads(&["query_columns", "information_schema.columns"]))
             .is_ok());
         match p.check_tables(&reads(&["sys", "processes"])) {
             Err(QueryError::Forbidden(m)) => {

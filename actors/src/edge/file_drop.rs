@@ -20,14 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use datafusion::arrow::record_batch::RecordBatch;
-use query_client::protocol::{PublishError, Row};
 use tokio::task::JoinHandle;
 
-use super::rows::{json_rows_to_batch, text_rows_to_batch};
 use super::{Collected, LocalPublisher, Published};
 use crate::generation::SourceStamp;
 use crate::sql::SqlPool;
-use crate::table::{SchemaRegistry, TableDef, MACHINE_IP};
+use crate::table::{parse_text_table, SchemaRegistry};
 
 /// `[edge] file_drop*`.
 #[derive(Debug, Clone)]
@@ -274,7 +272,8 @@ impl Scanner {
                 let (path, ext, ip) = (e.path.clone(), e.ext.clone(), self.machine_ip.clone());
                 let (owners, max) = (self.owners.clone(), self.cfg.max_bytes);
                 let mut handle = tokio::task::spawn_blocking(move || {
-                    read_file(&path, &owners, max).and_then(|bytes| parse(&bytes, &def, &ext, &ip))
+                    read_file(&path, &owners, max)
+                        .and_then(|bytes| parse_text_table(&bytes, &def, &ext, Some(&ip)))
                 });
                 match tokio::time::timeout(self.cfg.read_timeout, &mut handle).await {
                     Ok(Ok(r)) => r,
@@ -335,125 +334,6 @@ fn read_file(path: &Path, owners: &BTreeSet<u32>, max: u64) -> Result<Vec<u8>, S
     Ok(bytes)
 }
 
-/// Parses a whole file into a batch; errors name line and column, never the content.
-fn parse(bytes: &[u8], def: &TableDef, ext: &str, machine_ip: &str) -> Result<RecordBatch, String> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        let line = bytes[..e.valid_up_to()]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1;
-        format!("line {line}: not UTF-8")
-    })?;
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l))
-        .filter(|(_, l)| !l.trim().is_empty());
-    let mut numbers = Vec::new();
-    if ext == "jsonl" {
-        let mut rows: Vec<Row> = Vec::new();
-        for (n, line) in lines {
-            let row = serde_json::from_str(line)
-                .map_err(|e| format!("line {n}, column {}: not a JSON object", e.column()))?;
-            rows.push(row);
-            numbers.push(n);
-        }
-        return json_rows_to_batch(def, machine_ip, &rows)
-            .map_err(|e| scrub(&e, def, None, &numbers));
-    }
-    let sep = if ext == "tsv" { '\t' } else { ',' };
-    let Some((header_line, h)) = lines.next() else {
-        return Err("empty file: a header line is required".into());
-    };
-    let header: Vec<String> = split_fields(h, sep)
-        .into_iter()
-        .map(|f| f.trim().to_string())
-        .collect();
-    let mut rows = Vec::new();
-    for (n, line) in lines {
-        rows.push(split_fields(line, sep));
-        numbers.push(n);
-    }
-    text_rows_to_batch(def, machine_ip, &header, &rows)
-        .map_err(|e| scrub(&e, def, Some((header_line, &header)), &numbers))
-}
-
-/// A refusal of `rows.rs` told without the file's content: the line, the schema's column
-/// and what kind of fault, never a value or an unknown field's name (the file could be
-/// anything, and errors are shown over HTTP).
-fn scrub(
-    e: &PublishError,
-    def: &TableDef,
-    header: Option<(usize, &[String])>,
-    lines: &[usize],
-) -> String {
-    let m = e.message.as_str();
-    let col = e.column.as_deref().unwrap_or_default();
-    let known = def
-        .columns
-        .iter()
-        .find(|c| c.name == col)
-        .map(|c| (c.name.as_str(), c.ty.name()));
-    if let Some((line, fields)) = header.filter(|_| m.ends_with("in the header")) {
-        return match known {
-            Some((name, _)) if m.starts_with("missing") => {
-                format!("line {line}: the header lacks column '{name}', which is required")
-            }
-            _ => {
-                let field = fields.iter().position(|f| f == col).map_or(0, |i| i + 1);
-                format!(
-                    "line {line}, field {field}: not a column of table {}",
-                    def.name
-                )
-            }
-        };
-    }
-    let at = match e.row.and_then(|r| lines.get(r)) {
-        Some(l) => format!("line {l}"),
-        None => "the file".to_string(),
-    };
-    let what = if m.starts_with("has ") && m.contains(" fields, the header has ") {
-        // Counts only.
-        m.to_string()
-    } else if col == MACHINE_IP {
-        "column 'machine_ip' is set by the agent; do not send it".to_string()
-    } else {
-        match known {
-            Some((name, _)) if m.starts_with("missing") => {
-                format!("column '{name}' is missing, and it is required")
-            }
-            Some((name, ty)) => format!("column '{name}': not a valid {ty}"),
-            None => format!("a field that is not a column of table {}", def.name),
-        }
-    };
-    format!("{at}: {what}")
-}
-
-/// Splits a CSV line (double quotes, `""` inside quotes) or a TSV line (no quoting).
-fn split_fields(line: &str, sep: char) -> Vec<String> {
-    if sep == '\t' {
-        return line.split('\t').map(String::from).collect();
-    }
-    let mut fields = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (c, false) if c == sep => fields.push(std::mem::take(&mut cur)),
-            (c, _) => cur.push(c),
-        }
-    }
-    fields.push(cur);
-    fields
-}
-
 impl LocalPublisher for FileDropPublisher {
     fn name(&self) -> &str {
         "file-drop"
@@ -491,15 +371,6 @@ impl LocalPublisher for FileDropPublisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn csv_quotes() {
-        assert_eq!(
-            split_fields(r#"a,"b,c","d""e",f"#, ','),
-            ["a", "b,c", "d\"e", "f"]
-        );
-        assert_eq!(split_fields("a\tb\t", '\t'), ["a", "b", ""]);
-    }
 
     fn setup(max_bytes: u64) -> (tempfile::TempDir, FileDropPublisher, Scanner) {
         let dir = tempfile::tempdir().expect("tempdir");

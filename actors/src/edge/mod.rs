@@ -7,7 +7,6 @@ pub mod admission;
 pub mod config;
 pub mod file_drop;
 pub mod host;
-pub mod rows;
 pub mod socket;
 pub mod store;
 

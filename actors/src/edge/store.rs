@@ -12,10 +12,10 @@ use query_client::protocol::{Publish, PublishError};
 use tokio::sync::watch;
 
 use super::admission::Connections;
-use super::rows::json_rows_to_batch;
 use super::{Collected, LocalPublisher, Published};
 use crate::generation::SourceStamp;
 use crate::metrics::Metrics;
+use crate::table::rows::json_rows_to_batch;
 use crate::table::SchemaRegistry;
 
 #[derive(Debug, Clone)]
@@ -253,7 +253,7 @@ impl EdgeStore {
             ))
             .table(&p.table));
         }
-        json_rows_to_batch(def, &self.machine_ip, &p.rows)
+        json_rows_to_batch(def, Some(&self.machine_ip), &p.rows)
     }
 
     /// Every wanted table's copies not older than `publisher_stale_after`; older ones leave.

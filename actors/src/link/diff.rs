@@ -851,6 +851,7 @@ mod tests {
         Generation {
             id,
             round: id + 100,
+            tla_round: id + 100,
             sealed_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + id),
             tables: tables
                 .into_iter()
@@ -996,6 +997,7 @@ mod tests {
         let g3 = Generation {
             id: 3,
             round: 3,
+            tla_round: 3,
             sealed_at: g2.sealed_at,
             tables: g2.tables.clone(),
             errors: BTreeMap::new(),

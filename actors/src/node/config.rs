@@ -95,6 +95,10 @@ pub struct NodeConfig {
     /// Set by the subcommand, not the file.
     #[serde(skip)]
     pub role: Role,
+    /// The file this config was read from (None: an embedded default), watched for edits
+    /// of the sections that apply live (`[tla_selection]`).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -368,6 +372,7 @@ impl NodeConfig {
         let mut cfg: NodeConfig = crate::config::read_toml(path)?;
         cfg.resolve(path.parent().unwrap_or(Path::new(".")));
         cfg.validate()?;
+        cfg.source = Some(path.to_path_buf());
         Ok(cfg)
     }
 
@@ -474,6 +479,18 @@ impl NodeConfig {
                 &format!(
                     "aggregator set '{}' is partitioned: name this node's partition in [aggregator_set]",
                     set.name
+                ),
+            )?;
+            let children = self.link.child_specs();
+            need(
+                self.role == Role::Sql
+                    || children.is_empty()
+                    || children.iter().any(|c| set.spans(&c.name)),
+                &format!(
+                    "the span of aggregator set '{}' ({}) names none of this node's children ({}): name clusters as in [[link.child]] name, or their addresses",
+                    set.name,
+                    set.span.join(", "),
+                    children.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
                 ),
             )?;
         }

@@ -130,8 +130,9 @@ pub struct NodeHandle {
     pub parents: Arc<ParentSessions>,
     /// How this node names itself (`role@address`).
     pub name: String,
-    /// Partition redirects, on a node of a partitioned aggregator set.
-    routing: Option<Routing>,
+    /// Partition redirects, on a node of a partitioned aggregator set (swapped when the
+    /// sets file is edited).
+    routing: Arc<ArcSwapOption<Routing>>,
     /// A SQL node's choice of TLA.
     pub selection: Option<SharedSelection>,
     /// Who may use the HTTP API.
@@ -155,7 +156,7 @@ pub(super) struct Parts {
     pub children: Option<Arc<Children>>,
     pub parents: Arc<ParentSessions>,
     pub name: String,
-    pub routing: Option<Routing>,
+    pub routing: Arc<ArcSwapOption<Routing>>,
     pub selection: Option<SharedSelection>,
     pub auth: Arc<Auth>,
     pub alerts: Option<Arc<AlertsShared>>,
@@ -437,7 +438,7 @@ impl NodeHandle {
             .into_iter()
             .filter(|t| self.schemas.get(t).is_some())
             .collect();
-        if let Some(routing) = &self.routing {
+        if let Some(routing) = self.routing.load().as_deref() {
             // Another partition's tables are not fetched here: the client goes there.
             routing.check(&needed)?;
         }

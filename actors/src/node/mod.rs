@@ -6,10 +6,13 @@
 //! [`Role`] decides which are present.
 
 mod admission;
+mod completeness;
 pub mod config;
+mod departed;
 mod handle;
 pub mod messages;
 pub mod quarantine;
+mod reconfigure;
 mod schedule;
 mod sealer;
 mod self_tables;
@@ -17,6 +20,7 @@ mod serving;
 mod watcher;
 
 pub use admission::{AdmissionLimits, Admitted};
+pub use completeness::{Completeness, MinCompleteness};
 pub use config::{NodeConfig, Role};
 pub use handle::{Answer, NodeHandle, Queries};
 use quarantine::QuarantineTable;
@@ -97,33 +101,19 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     if let Some(edge) = &config.edge {
         fixed.extend(prewarm_list("[edge] prewarm", &edge.prewarm, &schemas)?);
     }
-    // An aggregator set's prewarm, and this node's partition's tables, always requested.
-    let routing = match &config.aggregator_set {
+    // An aggregator set's prewarm, and this node's partition's tables, always requested
+    // (replaced when the sets file is edited).
+    let (set_tables, routing) = match &config.aggregator_set {
         Some(a) => {
             let (set, partition) = a.load()?;
-            fixed.extend(prewarm_list(
-                "aggregator set prewarm",
-                &set.prewarm,
-                &schemas,
-            )?);
-            // A SQL node keeps its partition's tables; a TLA, which serves every
-            // partition's SQL nodes, keeps them all.
-            let partitions = match &partition {
-                Some(p) => vec![p],
-                None if !config.role.answers_sql() => set.partitions.iter().collect(),
-                None => Vec::new(),
-            };
-            for p in partitions {
-                fixed.extend(prewarm_list(
-                    "aggregator set partition",
-                    &p.tables,
-                    &schemas,
-                )?);
-            }
-            Routing::new(&set, partition.as_ref())
+            (
+                set_tables(&set, partition.as_ref(), config.role, &schemas)?,
+                Routing::new(&set, partition.as_ref()),
+            )
         }
-        None => None,
+        None => (BTreeSet::new(), None),
     };
+    let routing = Arc::new(ArcSwapOption::from(routing.map(Arc::new)));
     // Who may use the HTTP API: the tokens file, the set's domains and names.
     let set = config
         .aggregator_set
@@ -131,7 +121,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         .map(|a| a.load())
         .transpose()?;
     let auth = Arc::new(crate::auth::Auth::new(&config, set.as_ref())?);
-    let (book, wanted) = RequestBook::new(config.requests.request_ttl, fixed, prewarm);
+    let (book, wanted) = RequestBook::new(config.requests.request_ttl, fixed, prewarm, set_tables);
     let book = book.start();
 
     // This machine's own rows: the host, the publish socket, dropped files.
@@ -182,29 +172,36 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     // chooses among the candidates; other roles dial each configured child at its
     // addresses (names kept resolved).
     let mut selection = None;
+    let mut selector = None;
     let specs: Vec<(String, watch::Receiver<Vec<String>>)> = if config.role == Role::Sql {
         let candidates = watch_addresses(config.tla_candidates()?, &config.dns, &pool);
         let (chosen, address) = watch::channel(Vec::new());
         let shared = SharedSelection::default();
-        TlaSelector::new(
-            config.tla_selection.clone(),
-            candidates,
-            chosen,
-            config.link.connect_timeout,
-            // An advert is a few names and numbers.
-            config.link.max_request_frame_bytes,
-            pool.clone(),
-            shared.clone(),
-            metrics.clone(),
-            dialer.clone(),
-        )
-        .start();
+        selector = Some(
+            TlaSelector::new(
+                config.tla_selection.clone(),
+                candidates,
+                chosen,
+                config.link.connect_timeout,
+                // An advert is a few names and numbers.
+                config.link.max_request_frame_bytes,
+                pool.clone(),
+                shared.clone(),
+                metrics.clone(),
+                dialer.clone(),
+            )
+            .start(),
+        );
         selection = Some(shared);
         vec![("tla".to_string(), address)]
     } else {
-        config
-            .link
-            .child_specs()
+        let specs = config.link.child_specs();
+        // A TLA of an aggregator set dials the clusters of its span only.
+        let specs = match &set {
+            Some((set, _)) => set.children_in_span(specs),
+            None => specs,
+        };
+        specs
             .into_iter()
             .map(|c| (c.name, watch_addresses(c.addresses, &config.dns, &pool)))
             .collect()
@@ -241,6 +238,8 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         parents: sessions.clone(),
         generations: generations.clone(),
         wanted: wanted.clone(),
+        departures: Default::default(),
+        departed_keep: config.link.departed_keep,
     }));
     let mut serve = ServeParents {
         node: name.clone(),
@@ -322,8 +321,9 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         node_tables,
         node_schemas,
     )
+    .with_schemas(schemas.clone())
     .start();
-    watcher::FileWatcher::new(
+    let watcher = watcher::FileWatcher::new(
         &config.paths,
         config.requests.prewarm.clone(),
         schemas.clone(),
@@ -332,8 +332,18 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         pool.clone(),
         metrics.clone(),
     )
-    .with_tokens(auth.clone())
-    .start();
+    .with_tokens(auth.clone());
+    let watcher = match reconfigure::Reconfigure::new(&config, schemas.clone()) {
+        Some(r) => watcher.with_reconfigure(
+            r,
+            watcher::Reconfigured {
+                routing: routing.clone(),
+                selector,
+            },
+        ),
+        None => watcher,
+    };
+    watcher.start();
     sealer::Sealer::new(
         config.generation.clone(),
         inputs,
@@ -428,6 +438,30 @@ pub fn load_prewarm(
 
 /// A prewarm list checked against the schemas (`"*"`: every table). Every table must have
 /// a schema: a typo would otherwise be requested forever and never arrive.
+/// The tables a node of `set` keeps requested: the set's prewarm, and its partition's
+/// tables (a SQL node's own partition; a TLA, serving every partition, all of them).
+pub(super) fn set_tables(
+    set: &crate::aggregator_sets::AggregatorSet,
+    partition: Option<&crate::aggregator_sets::Partition>,
+    role: Role,
+    schemas: &SchemaRegistry,
+) -> Result<BTreeSet<String>, ConfigError> {
+    let mut out = prewarm_list("aggregator set prewarm", &set.prewarm, schemas)?;
+    let partitions = match partition {
+        Some(p) => vec![p],
+        None if !role.answers_sql() => set.partitions.iter().collect(),
+        None => Vec::new(),
+    };
+    for p in partitions {
+        out.extend(prewarm_list(
+            "aggregator set partition",
+            &p.tables,
+            schemas,
+        )?);
+    }
+    Ok(out)
+}
+
 fn prewarm_list(
     what: &str,
     tables: &[String],

@@ -234,6 +234,8 @@ async fn collect_and_seal(
         // `generation.age_ms` shows how stale they are.
         if inputs.clusters == ClusterCount::FromChildren {
             sealed_at = merged.delivered_sealed_at.or(previous.map(|p| p.sealed_at));
+            // Answers state the TLA's round, so two SQL nodes of one TLA can be compared.
+            builder.tla_round(merged.delivered_round.or(previous.map(|p| p.tla_round)));
         }
         add_merged(&mut builder, merged, previous);
     }
@@ -363,6 +365,7 @@ mod tests {
         let mut generations = follower(children.clone());
         let first = next(&mut generations).await;
         assert!(!first.tables.contains_key("sys"), "nothing delivered yet");
+        assert_eq!(first.tla_round, first.round, "no TLA round yet: its own");
 
         for round in [41, 42] {
             let mut delivered = gen(round, "10.0.0.1", &["sys"]);
@@ -377,6 +380,9 @@ mod tests {
                 at(round),
                 "the TLA's generation, as old as the TLA's seal"
             );
+            // Its own round follows its clock (hour-long here); answers state the TLA's.
+            assert_eq!(g.tla_round, round, "the TLA's round");
+            assert_ne!(g.round, round);
         }
     }
 

@@ -1,5 +1,6 @@
-//! Query about Query: the `query_nodes` and `query_links` tables every node publishes about
-//! itself, collected like any local table (so they flow up the hierarchy when requested).
+//! Query about Query: the `query_nodes`, `query_links` and `query_departed` tables every node
+//! publishes about itself, collected like any local table (so they flow up the hierarchy
+//! when requested).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -25,6 +26,8 @@ pub struct SelfMonitor {
     pub parents: Arc<ParentSessions>,
     pub generations: watch::Receiver<Option<Arc<Generation>>>,
     pub wanted: watch::Receiver<BTreeSet<String>>,
+    pub departures: super::departed::Departures,
+    pub departed_keep: std::time::Duration,
 }
 
 impl SelfMonitor {
@@ -107,6 +110,17 @@ impl LocalPublisher for SelfMonitor {
                 int(s.connects),
                 int(s.restarts),
                 s.last_error.clone().map_or(Cell::Null, Cell::Str),
+                match (live(s), drop_after) {
+                    (true, Some(d)) => {
+                        let t = s.tables_dropped(instant, d);
+                        if t.is_empty() {
+                            Cell::Null
+                        } else {
+                            Cell::Str(t.join(","))
+                        }
+                    }
+                    _ => Cell::Null,
+                },
             ]);
         }
         for p in &parents {
@@ -123,11 +137,22 @@ impl LocalPublisher for SelfMonitor {
                 int(1),
                 int(0),
                 Cell::Null,
+                Cell::Null,
             ]);
         }
+        let kind = match self.role {
+            "cluster-proxy" => "machine",
+            "sql" => "tla",
+            _ => "cluster",
+        };
+        let keep = self.departed_keep;
+        let departed = self
+            .departures
+            .observe(&children, live, kind, keep, now, instant);
         let tables = [
             self.table("query_nodes", vec![node_row], now),
             self.table("query_links", links, now),
+            self.table("query_departed", departed, now),
         ];
         tables.into_iter().flatten().collect::<Vec<_>>().into()
     }

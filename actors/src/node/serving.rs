@@ -12,8 +12,9 @@ use datafusion::catalog::{SchemaProvider, TableProvider};
 use super::messages::{InstallGeneration, InstallStatics, InstallViews};
 use crate::generation::Generation;
 use crate::metrics::Metrics;
-use crate::sql::{Snapshot, SqlPool, ViewsFile};
+use crate::sql::{describe, Snapshot, SqlPool, ViewsFile};
 use crate::static_tables::StaticCatalog;
+use crate::table::SchemaRegistry;
 
 pub struct SnapshotKeeper {
     current: Arc<ArcSwapOption<Snapshot>>,
@@ -34,6 +35,8 @@ pub struct SnapshotKeeper {
     node_tables: Vec<(&'static str, Arc<dyn TableProvider>)>,
     /// Schemas about this node (`history`, `report`), added to every snapshot.
     node_schemas: Vec<(&'static str, Arc<dyn SchemaProvider>)>,
+    /// Published tables' definitions, for their descriptions (`query_columns`).
+    schemas: SchemaRegistry,
 }
 
 impl SnapshotKeeper {
@@ -47,6 +50,7 @@ impl SnapshotKeeper {
         node_schemas: Vec<(&'static str, Arc<dyn SchemaProvider>)>,
     ) -> Self {
         SnapshotKeeper {
+            schemas: SchemaRegistry::default(),
             node_schemas,
             installed,
             max_value_bytes,
@@ -63,6 +67,12 @@ impl SnapshotKeeper {
         }
     }
 
+    /// The published tables' definitions whose descriptions `query_columns` serves.
+    pub fn with_schemas(mut self, schemas: SchemaRegistry) -> Self {
+        self.schemas = schemas;
+        self
+    }
+
     fn rebuild(&mut self, ctx: &mut Context<Self>) {
         let Some(generation) = self.generation.clone() else {
             return;
@@ -77,6 +87,7 @@ impl SnapshotKeeper {
         let max_value_bytes = self.max_value_bytes;
         let node_tables = self.node_tables.clone();
         let node_schemas = self.node_schemas.clone();
+        let schemas = self.schemas.clone();
         let work = self.pool.spawn(async move {
             let mut snap = Snapshot::build(
                 generation,
@@ -94,6 +105,7 @@ impl SnapshotKeeper {
             for (name, schema) in node_schemas {
                 snap.add_node_schema(name, schema);
             }
+            describe::install(&mut snap, &schemas, &views).await;
             snap
         });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(move |res, act, _| match res {

@@ -1,7 +1,9 @@
-//! Watches the static tables, `views.toml`, the prewarm list and the tokens file for edits
-//! (by polling modification times, which works on every filesystem) and sends what changed
-//! to the snapshot keeper (tables, views) or the request book (prewarm); tokens are swapped
-//! in place (`crate::auth`).
+//! Watches the static tables, `views.toml`, the prewarm list, the tokens file, the
+//! aggregator-sets file and the node's own config file for edits (by polling modification
+//! times, which works on every filesystem) and sends what changed to the snapshot keeper
+//! (tables, views), the request book (prewarm, the set's tables) or the TLA selector
+//! (`[tla_selection]`); tokens and partition routing are swapped in place
+//! (`crate::auth`, [`super::reconfigure`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -10,15 +12,21 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 
+use arc_swap::ArcSwapOption;
+
 use super::config::PathsConfig;
 use super::messages::{InstallStatics, InstallViews};
+use super::reconfigure::{Changes, Reconfigure};
 use super::serving::SnapshotKeeper;
+use crate::aggregator_sets::Routing;
 use crate::config::file_stamp as stamp;
 use crate::metrics::Metrics;
 use crate::sql::{load_views, SqlPool};
 use crate::static_tables::StaticLoader;
 use crate::table::SchemaRegistry;
 use crate::tier::messages::SetPrewarm;
+use crate::tier::messages::SetSetTables;
+use crate::tier::tla_selection::{SetSelectionConfig, TlaSelector};
 use crate::tier::RequestBook;
 
 struct Files {
@@ -30,6 +38,13 @@ struct Files {
     /// The prewarm file and its stamp when last read (it is read at start by the node).
     prewarm: Option<(PathBuf, Option<(SystemTime, u64)>)>,
     schemas: SchemaRegistry,
+    reconfigure: Option<Reconfigure>,
+}
+
+/// Where live reconfiguration is applied.
+pub struct Reconfigured {
+    pub routing: Arc<ArcSwapOption<Routing>>,
+    pub selector: Option<Addr<TlaSelector>>,
 }
 
 pub struct FileWatcher {
@@ -41,6 +56,7 @@ pub struct FileWatcher {
     metrics: Arc<Metrics>,
     checking: bool,
     auth: Option<Arc<crate::auth::Auth>>,
+    reconfigured: Option<Reconfigured>,
 }
 
 impl FileWatcher {
@@ -63,6 +79,7 @@ impl FileWatcher {
                 (p, s)
             }),
             schemas,
+            reconfigure: None,
         };
         FileWatcher {
             files: Arc::new(Mutex::new(files)),
@@ -73,7 +90,18 @@ impl FileWatcher {
             metrics,
             checking: false,
             auth: None,
+            reconfigured: None,
         }
+    }
+
+    /// Also applies edits of the node's config file and aggregator-sets file.
+    pub fn with_reconfigure(mut self, reconfigure: Reconfigure, at: Reconfigured) -> Self {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reconfigure = Some(reconfigure);
+        self.reconfigured = Some(at);
+        self
     }
 
     /// Also reloads the tokens file of `auth` when it changes.
@@ -111,15 +139,19 @@ impl FileWatcher {
                     super::load_prewarm(path, &schemas).map_err(|e| e.to_string())
                 })
             });
-            (statics, views, prewarm, tokens_rejected)
+            let changes = f.reconfigure.as_mut().map(Reconfigure::check);
+            (statics, views, prewarm, tokens_rejected, changes)
         });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|res, act, _| {
             act.checking = false;
-            let Ok((statics, views, prewarm, tokens_rejected)) = res else {
+            let Ok((statics, views, prewarm, tokens_rejected, changes)) = res else {
                 return;
             };
             if tokens_rejected {
                 act.metrics.config_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(changes) = changes {
+                act.apply(changes);
             }
             match prewarm {
                 Some(Ok(tables)) => act.book.do_send(SetPrewarm(tables)),
@@ -148,6 +180,24 @@ impl FileWatcher {
                 act.keeper.do_send(InstallViews(views));
             }
         }));
+    }
+}
+
+impl FileWatcher {
+    fn apply(&self, changes: Changes) {
+        if changes.rejected {
+            self.metrics.config_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(at) = &self.reconfigured else {
+            return;
+        };
+        if let Some((tables, routing)) = changes.set {
+            at.routing.store(routing.map(Arc::new));
+            self.book.do_send(SetSetTables(tables));
+        }
+        if let (Some(selection), Some(selector)) = (changes.selection, &at.selector) {
+            selector.do_send(SetSelectionConfig(selection));
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 
 use super::casts::RoundFloatToInteger;
+use super::describe::Descriptions;
 use super::division::NullOnDivideByZero;
 use super::front_door::{parse_checked, ParseLimits};
 use super::guarded::guard_functions;
@@ -47,6 +48,7 @@ pub enum Origin {
     Static,
     View,
     /// About this node, computed when read (`query_quarantine`).
+    #[serde(rename = "self")]
     Node,
 }
 
@@ -122,6 +124,8 @@ pub struct Snapshot {
     published: Vec<TableUse>,
     /// Tables about this node (`add_node_table`).
     node_tables: BTreeSet<String>,
+    /// Every table's columns and descriptions (`describe::install`).
+    pub descriptions: Arc<Descriptions>,
     ctx: SessionContext,
 }
 
@@ -272,6 +276,7 @@ impl Snapshot {
             views_file_error: None,
             published,
             node_tables: BTreeSet::new(),
+            descriptions: Arc::default(),
             ctx,
         }
     }
@@ -382,6 +387,22 @@ impl Snapshot {
             }
             None => tracing::error!(schema = name, "no default catalog to register a schema in"),
         }
+    }
+
+    /// The tables of the node schema `schema` (`history`, `report`) and their columns.
+    pub async fn schema_tables(&self, schema: &str) -> Vec<(String, SchemaRef)> {
+        let state = self.ctx.state();
+        let catalog = &state.config_options().catalog.default_catalog;
+        let Some(provider) = self.ctx.catalog(catalog).and_then(|c| c.schema(schema)) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for name in provider.table_names() {
+            if let Ok(Some(t)) = provider.table(&name).await {
+                out.push((name, t.schema()));
+            }
+        }
+        out
     }
 
     /// The SQL of every view, by name.

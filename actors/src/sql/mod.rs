@@ -4,6 +4,7 @@
 
 mod casts;
 pub mod computed;
+pub mod describe;
 mod division;
 mod engine;
 mod front_door;

@@ -9,6 +9,10 @@
 //! not hold at all (requested, not yet collected there) is carried from the parent's
 //! previous generation, so a query never sees one cluster's rows beside another's missing
 //! ones. A child silent for `drop_after` is dropped: its rows leave until it speaks again.
+//! A child whose link is alive but which has not provided a wanted table for `drop_after`
+//! (OSR 2.3: per-table drop) stops counting for that table only: the table is merged from
+//! the children that hold it, instead of staying frozen at its last copy, until the child
+//! provides it again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -37,6 +41,29 @@ pub struct ChildState {
     pub connects: u64,
     pub restarts: u64,
     pub last_error: Option<String>,
+    /// Wanted tables the child's latest generation lacks (as seen by the merges); past
+    /// `drop_after` the child no longer counts for them.
+    pub missing: BTreeMap<String, Missing>,
+}
+
+/// A wanted table a child's generations lack.
+#[derive(Debug, Clone, Copy)]
+pub struct Missing {
+    /// The first merge that found it missing.
+    pub since: Instant,
+    /// Past `drop_after`: the child's rows of the table are left out (logged once).
+    pub dropped: bool,
+}
+
+impl ChildState {
+    /// The wanted tables this child is dropped for (missing past `drop_after`).
+    pub fn tables_dropped(&self, now: Instant, drop_after: Duration) -> Vec<String> {
+        self.missing
+            .iter()
+            .filter(|(_, m)| now.saturating_duration_since(m.since) > drop_after)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
 }
 
 /// The result of merging the children for one round.
@@ -52,6 +79,9 @@ pub struct Merged {
     pub live: usize,
     /// Children silent too long (or never heard).
     pub dropped: Vec<String>,
+    /// (child, table): live children left out of a table they have not provided for
+    /// `drop_after`.
+    pub tables_dropped: Vec<(String, String)>,
     /// Machines below, as the live children report them.
     pub machines: u64,
     /// Clusters below, as the live children report them.
@@ -61,6 +91,9 @@ pub struct Merged {
     /// When every live child has delivered the round: the oldest of their generations'
     /// seal times (a SQL node serves its TLA's generation as of then).
     pub delivered_sealed_at: Option<std::time::SystemTime>,
+    /// The oldest round among the live children's latest generations (a SQL node's one
+    /// child: the TLA round it serves).
+    pub delivered_round: Option<u64>,
 }
 
 pub struct Children {
@@ -153,14 +186,60 @@ impl Children {
         if live.is_empty() {
             return wanted.is_empty();
         }
-        live.iter()
-            .all(|(_, g)| g.round >= round && wanted.iter().all(|t| g.tables.contains_key(t)))
+        live.iter().all(|(name, g)| {
+            let dropped = slots
+                .get(*name)
+                .map(|s| s.tables_dropped(now, self.drop_after))
+                .unwrap_or_default();
+            g.round >= round
+                && wanted
+                    .iter()
+                    .all(|t| g.tables.contains_key(t) || dropped.contains(t))
+        })
+    }
+
+    /// Records, for every child heard from, since when it lacks each wanted table
+    /// (forgetting tables it holds again or no longer wanted); returns the (child, table)
+    /// pairs past `drop_after`, logging each once.
+    fn track_missing(
+        &self,
+        slots: &mut BTreeMap<String, ChildState>,
+        wanted: &BTreeSet<String>,
+        now: Instant,
+    ) -> BTreeSet<(String, String)> {
+        let mut dropped = BTreeSet::new();
+        for (name, s) in slots.iter_mut() {
+            let Some(g) = &s.latest else { continue };
+            let held = |t: &String| g.tables.contains_key(t);
+            s.missing.retain(|t, m| {
+                let keep = wanted.contains(t) && !held(t);
+                if !keep && m.dropped {
+                    tracing::info!(child = %name, table = %t, "child provides the table again (or it is no longer wanted); it counts again");
+                }
+                keep
+            });
+            for t in wanted.iter().filter(|t| !held(t)) {
+                let m = s.missing.entry(t.clone()).or_insert(Missing {
+                    since: now,
+                    dropped: false,
+                });
+                if now.saturating_duration_since(m.since) > self.drop_after {
+                    if !m.dropped {
+                        m.dropped = true;
+                        tracing::warn!(child = %name, table = %t, drop_after = ?self.drop_after, "child has not provided a wanted table for drop_after; its rows of the table are dropped while its other tables flow");
+                    }
+                    dropped.insert((name.clone(), t.clone()));
+                }
+            }
+        }
+        dropped
     }
 
     /// Merges the children's latest generations for `round`, for the `wanted` tables.
     pub fn merge(&self, round: u64, wanted: &BTreeSet<String>, now: Instant) -> Merged {
-        let slots = self.lock();
+        let mut slots = self.lock();
         let mut out = Merged::default();
+        let tables_dropped = self.track_missing(&mut slots, wanted, now);
         let (live, dropped) = self.split_live(&slots, now);
         out.dropped = dropped;
         out.live = live.len();
@@ -173,6 +252,7 @@ impl Children {
             .filter(|(_, g)| g.round < round)
             .map(|(name, _)| (*name).clone())
             .collect();
+        out.delivered_round = live.iter().map(|(_, g)| g.round).min();
         if out.late.is_empty() {
             out.delivered_sealed_at = live.iter().map(|(_, g)| g.sealed_at).min();
         }
@@ -182,9 +262,25 @@ impl Children {
             out.incomplete = wanted.clone();
             return out;
         }
+        let counted = |name: &String, table: &String| {
+            !tables_dropped.contains(&(name.clone(), table.clone()))
+        };
+        out.tables_dropped = tables_dropped
+            .iter()
+            .filter(|(name, _)| live.iter().any(|(n, _)| *n == name))
+            .cloned()
+            .collect();
         for table in wanted {
-            let held = live.iter().all(|(_, g)| g.tables.contains_key(table));
-            if !held {
+            // Complete when every live child still counted for the table holds it, and
+            // at least one does (a table nobody provides stays carried).
+            let holders = live
+                .iter()
+                .filter(|(_, g)| g.tables.contains_key(table))
+                .count();
+            let held = live
+                .iter()
+                .all(|(name, g)| g.tables.contains_key(table) || !counted(name, table));
+            if !held || holders == 0 {
                 out.incomplete.insert(table.clone());
                 continue;
             }
@@ -330,6 +426,56 @@ pub(crate) mod tests {
         let m = c.merge(7, &wanted(&["sys"]), now);
         assert_eq!(m.dropped, vec!["b".to_string()]);
         assert_eq!(m.complete["sys"].rows(), 1, "only a's rows");
+    }
+
+    #[test]
+    fn a_live_child_without_a_table_past_drop_after_is_dropped_for_that_table_only() {
+        let t0 = Instant::now();
+        let c = Children::new(["a".into(), "b".into()], Duration::from_secs(10));
+        let deliver = |round: u64, b_tables: &[&str], at: Instant| {
+            c.update("a", |s| {
+                s.latest = Some(Arc::new(gen(round, "a", &["sys", "load"])));
+                s.last_frame = Some(at);
+            });
+            c.update("b", |s| {
+                s.latest = Some(Arc::new(gen(round, "b", b_tables)));
+                s.last_frame = Some(at);
+            });
+        };
+        let both = wanted(&["sys", "load"]);
+        deliver(1, &["sys"], t0);
+        let m = c.merge(1, &both, t0);
+        assert_eq!(
+            m.incomplete,
+            wanted(&["load"]),
+            "within drop_after: carried"
+        );
+        assert!(m.tables_dropped.is_empty());
+        assert!(!c.ready(1, &both, t0), "b's load is awaited");
+
+        // 11 s on, b's link alive and sys flowing, still no load from b.
+        let t1 = t0 + Duration::from_secs(11);
+        deliver(2, &["sys"], t1);
+        assert!(c.ready(2, &both, t1), "b's load is no longer awaited");
+        let m = c.merge(2, &both, t1);
+        assert!(m.incomplete.is_empty(), "{:?}", m.incomplete);
+        assert_eq!(m.complete["load"].rows(), 1, "a's rows only");
+        assert_eq!(m.complete["sys"].rows(), 2, "b counts for sys");
+        assert_eq!(
+            m.tables_dropped,
+            vec![("b".to_string(), "load".to_string())]
+        );
+        assert_eq!(
+            c.snapshot()["b"].tables_dropped(t1, c.drop_after()),
+            ["load"]
+        );
+
+        // b provides load again: it counts again at once.
+        deliver(3, &["sys", "load"], t1);
+        let m = c.merge(3, &both, t1);
+        assert_eq!(m.complete["load"].rows(), 2);
+        assert!(m.tables_dropped.is_empty());
+        assert!(c.snapshot()["b"].missing.is_empty());
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct LinkConfig {
     /// A child silent this long is dropped: its rows leave until it speaks again.
     #[serde(with = "humantime_serde")]
     pub drop_after: Duration,
+    /// How long a dropped child stays listed in `query_departed` (unless it returns).
+    #[serde(with = "humantime_serde")]
+    pub departed_keep: Duration,
     /// At seal time, how long to keep waiting for children that have not delivered the
     /// round yet (at most half the interval) before sealing without them.
     #[serde(with = "humantime_serde")]
@@ -76,6 +79,7 @@ impl Default for LinkConfig {
             children: Vec::new(),
             child_groups: Vec::new(),
             drop_after: Duration::from_secs(180),
+            departed_keep: Duration::from_secs(24 * 3600),
             merge_grace: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(200),
@@ -111,6 +115,9 @@ impl LinkConfig {
         };
         if self.drop_after < Duration::from_millis(100) {
             return bad("drop_after must be at least 100ms");
+        }
+        if self.departed_keep.is_zero() {
+            return bad("departed_keep must be positive");
         }
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return bad("backoff_min must be positive and at most backoff_max");

@@ -26,3 +26,8 @@ pub struct ParentGone(pub u64);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetPrewarm(pub BTreeSet<String>);
+
+/// The aggregator set's prewarm and partition tables (re)loaded from the sets file.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetSetTables(pub BTreeSet<String>);

@@ -16,7 +16,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use super::messages::{ParentGone, ParentRequest, SetPrewarm, UseTables};
+use super::messages::{ParentGone, ParentRequest, SetPrewarm, SetSetTables, UseTables};
 use super::table_request::{Expired, Reason, TableRequest, TableState};
 
 /// Distinct tables a node keeps request actors for; names past this (a confused or hostile
@@ -29,6 +29,9 @@ pub struct RequestBook {
     fixed: BTreeSet<String>,
     /// The prewarm file's list, replaced on each edit.
     prewarm: BTreeSet<String>,
+    /// The aggregator set's prewarm and partition tables, replaced when the sets file is
+    /// edited. Prewarmed like the file's list (a table in either stays requested).
+    set: BTreeSet<String>,
     /// Per parent session: what it requests now.
     parents: BTreeMap<u64, BTreeSet<String>>,
     tables: BTreeMap<String, Addr<TableRequest>>,
@@ -42,8 +45,9 @@ impl RequestBook {
         ttl: Duration,
         fixed: BTreeSet<String>,
         prewarm: BTreeSet<String>,
+        set: BTreeSet<String>,
     ) -> (Self, watch::Receiver<BTreeSet<String>>) {
-        let initial: BTreeSet<String> = fixed.union(&prewarm).cloned().collect();
+        let initial: BTreeSet<String> = fixed.iter().chain(&prewarm).chain(&set).cloned().collect();
         let (tx, rx) = watch::channel(initial.clone());
         // Wanted from the start; their actors confirm it (version 1) once started.
         let states = initial
@@ -63,6 +67,7 @@ impl RequestBook {
                 ttl,
                 fixed,
                 prewarm,
+                set,
                 parents: BTreeMap::new(),
                 tables: BTreeMap::new(),
                 states,
@@ -162,9 +167,9 @@ impl Actor for RequestBook {
             .map(|t| (t.clone(), Reason::Fixed))
             .collect();
         reasons.extend(
-            self.prewarm
-                .iter()
-                .map(|t| (t.clone(), Reason::Prewarm(true))),
+            self.prewarmed()
+                .into_iter()
+                .map(|t| (t, Reason::Prewarm(true))),
         );
         // Before any other message: the configured tables' actors exist first.
         let fut = self.dispatch(reasons, ctx);
@@ -226,24 +231,58 @@ impl Handler<ParentGone> for RequestBook {
     }
 }
 
-impl Handler<SetPrewarm> for RequestBook {
-    type Result = ResponseActFuture<Self, ()>;
-    fn handle(&mut self, msg: SetPrewarm, ctx: &mut Context<Self>) -> Self::Result {
-        if self.prewarm != msg.0 {
-            tracing::info!(tables = ?msg.0, "prewarm list changed");
+impl RequestBook {
+    /// Tables prewarmed by the prewarm file or the aggregator set.
+    fn prewarmed(&self) -> BTreeSet<String> {
+        self.prewarm.union(&self.set).cloned().collect()
+    }
+
+    /// Replaces the prewarm file's list or the set's tables, and requests (or lets go of)
+    /// the tables that changed between the two unions.
+    fn reprewarm(
+        &mut self,
+        prewarm: Option<BTreeSet<String>>,
+        set: Option<BTreeSet<String>>,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, ()> {
+        let before = self.prewarmed();
+        if let Some(p) = prewarm {
+            if p != self.prewarm {
+                tracing::info!(tables = ?p, "prewarm list changed");
+            }
+            self.prewarm = p;
         }
-        let mut reasons: Vec<(String, Reason)> = msg
-            .0
-            .difference(&self.prewarm)
+        if let Some(s) = set {
+            if s != self.set {
+                tracing::info!(tables = ?s, "aggregator set's tables changed");
+            }
+            self.set = s;
+        }
+        let after = self.prewarmed();
+        let mut reasons: Vec<(String, Reason)> = after
+            .difference(&before)
             .map(|t| (t.clone(), Reason::Prewarm(true)))
             .collect();
         reasons.extend(
-            self.prewarm
-                .difference(&msg.0)
+            before
+                .difference(&after)
                 .map(|t| (t.clone(), Reason::Prewarm(false))),
         );
-        self.prewarm = msg.0;
         self.dispatch(reasons, ctx)
+    }
+}
+
+impl Handler<SetPrewarm> for RequestBook {
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, msg: SetPrewarm, ctx: &mut Context<Self>) -> Self::Result {
+        self.reprewarm(Some(msg.0), None, ctx)
+    }
+}
+
+impl Handler<SetSetTables> for RequestBook {
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, msg: SetSetTables, ctx: &mut Context<Self>) -> Self::Result {
+        self.reprewarm(None, Some(msg.0), ctx)
     }
 }
 
@@ -265,8 +304,12 @@ mod tests {
 
     #[actix::test]
     async fn uses_expire_after_the_ttl_and_each_use_resets_it() {
-        let (book, rx) =
-            RequestBook::new(Duration::from_millis(400), set(&["sys"]), BTreeSet::new());
+        let (book, rx) = RequestBook::new(
+            Duration::from_millis(400),
+            set(&["sys"]),
+            BTreeSet::new(),
+            BTreeSet::new(),
+        );
         let addr = book.start();
         addr.send(UseTables(set(&["processes"])))
             .await
@@ -292,6 +335,7 @@ mod tests {
             Duration::from_millis(300),
             BTreeSet::new(),
             set(&["filesystem"]),
+            BTreeSet::new(),
         );
         let addr = book.start();
         addr.send(ParentRequest {
@@ -318,6 +362,7 @@ mod tests {
             Duration::from_secs(60),
             set(&["sys"]),
             set(&["sys", "filesystem"]),
+            BTreeSet::new(),
         );
         let addr = book.start();
         let request = |tables: &[&str]| ParentRequest {
@@ -343,5 +388,27 @@ mod tests {
             set(&["sys", "processes"]),
             "sys is also in the node's own config"
         );
+    }
+
+    #[actix::test]
+    async fn the_sets_tables_and_the_prewarm_file_are_prewarmed_together() {
+        let (book, rx) = RequestBook::new(
+            Duration::from_secs(60),
+            BTreeSet::new(),
+            set(&["sys"]),
+            set(&["sys", "load_info"]),
+        );
+        let addr = book.start();
+        assert_eq!(*rx.borrow(), set(&["sys", "load_info"]));
+        addr.send(SetSetTables(set(&["processes"])))
+            .await
+            .expect("send");
+        assert_eq!(
+            *rx.borrow(),
+            set(&["sys", "processes"]),
+            "load_info left the set; sys stays for the prewarm file"
+        );
+        addr.send(SetPrewarm(BTreeSet::new())).await.expect("send");
+        assert_eq!(*rx.borrow(), set(&["processes"]));
     }
 }

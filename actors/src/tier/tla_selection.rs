@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::sql::SqlPool;
 
 /// `[tla_selection]` of a SQL node.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlaSelectionConfig {
     /// Switch when another TLA sees at least this share more clusters (0.05: 5%).
@@ -144,6 +144,8 @@ pub struct TlaSelector {
     probing: bool,
     /// The warning last logged, while its condition lasts.
     trouble: Option<&'static str>,
+    /// The probe timer (replaced when `probe_every` is edited).
+    timer: Option<SpawnHandle>,
 }
 
 impl TlaSelector {
@@ -172,6 +174,7 @@ impl TlaSelector {
             rng: SmallRng::from_os_rng(),
             probing: false,
             trouble: None,
+            timer: None,
         }
     }
 
@@ -281,7 +284,33 @@ impl Actor for TlaSelector {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.probe_all(ctx);
-        ctx.run_interval(self.config.probe_every, |act, ctx| act.probe_all(ctx));
+        self.timer = Some(ctx.run_interval(self.config.probe_every, |act, ctx| act.probe_all(ctx)));
+    }
+}
+
+/// `[tla_selection]` edited in the node's config file: applied from the next probe on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetSelectionConfig(pub TlaSelectionConfig);
+
+impl Handler<SetSelectionConfig> for TlaSelector {
+    type Result = ();
+    fn handle(&mut self, msg: SetSelectionConfig, ctx: &mut Context<Self>) {
+        if msg.0 == self.config {
+            return;
+        }
+        tracing::info!(pin = ?msg.0.pin, bonus = ?msg.0.bonus, switch_margin = msg.0.switch_margin, probe_every = ?msg.0.probe_every, "TLA selection reconfigured");
+        let every = msg.0.probe_every;
+        let timer_changed = every != self.config.probe_every;
+        self.config = msg.0;
+        if timer_changed {
+            if let Some(t) = self.timer.take() {
+                ctx.cancel_future(t);
+            }
+            self.timer = Some(ctx.run_interval(every, |act, ctx| act.probe_all(ctx)));
+        }
+        // Pins and bonuses take effect at once.
+        self.probe_all(ctx);
     }
 }
 

@@ -55,6 +55,7 @@ pub async fn get_health(node: web::Data<NodeHandle>) -> HttpResponse {
                 "generation": generation_json(&snap, now),
                 "clusters": snap.generation.clusters,
                 "machines": snap.generation.machines,
+                "completeness": super::completeness::json(&node.completeness(&snap)),
                 "children": children,
                 "tla": tla,
                 "parents": node.parents.snapshot().len(),

@@ -11,7 +11,7 @@ pub async fn get_metrics(node: web::Data<NodeHandle>) -> HttpResponse {
     let snap = node.snapshot();
     let mut body = node.metrics.render(snap.as_deref(), SystemTime::now());
     let q = &node.queries;
-    let gauges: [(&str, &str, &str, u64); 7] = [
+    let gauges: [(&str, &str, &str, u64); 8] = [
         (
             "query_queries_running",
             "gauge",
@@ -47,6 +47,12 @@ pub async fn get_metrics(node: web::Data<NodeHandle>) -> HttpResponse {
             "counter",
             "Queries stopped on the light pool after heavy_query_after and run on the heavy one.",
             node.metrics.queries_moved_to_heavy.load(Ordering::Relaxed),
+        ),
+        (
+            "query_queries_incomplete_total",
+            "counter",
+            "Answers refused (503 incomplete) for fewer clusters or machines than min_clusters or min_machines asked.",
+            node.metrics.queries_incomplete.load(Ordering::Relaxed),
         ),
         (
             "query_memory_reserved_bytes",

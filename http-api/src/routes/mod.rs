@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod completeness;
 pub mod console;
 pub mod health;
 pub mod metrics;
@@ -21,6 +22,7 @@ pub fn generation_json(snap: &Snapshot, now: SystemTime) -> Value {
     let g = &snap.generation;
     json!({
         "id": g.id,
+        "round": g.tla_round,
         "sealed_at": rfc3339(g.sealed_at),
         "age_ms": g.age(now).as_millis() as u64,
     })

@@ -10,13 +10,13 @@ use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
-use query_actors::node::{Answer, NodeHandle};
+use query_actors::node::{Answer, Completeness, NodeHandle};
 use query_actors::sql::{QueryOutput, SqlPool};
 use query_actors::QueryError;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{age_ms, generation_json};
+use super::{age_ms, completeness, generation_json};
 use crate::encode;
 use crate::error::ApiError;
 use crate::guard::principal_of;
@@ -25,6 +25,11 @@ use crate::guard::principal_of;
 pub struct SqlParams {
     #[serde(default)]
     format: Option<String>,
+    /// The least coverage accepted (else 503 `incomplete`): see `completeness.rs`.
+    #[serde(default)]
+    min_clusters: Option<String>,
+    #[serde(default)]
+    min_machines: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +49,11 @@ pub async fn post_sql(
             "unknown format '{format}': use json, csv or ndjson"
         )));
     }
+    let min = completeness::asked(
+        &req,
+        params.min_clusters.as_deref(),
+        params.min_machines.as_deref(),
+    )?;
     let body = read_body(payload, node.config.http.max_body_bytes).await?;
     let sql = sql_from_body(&req, &body)?;
     let who = principal_of(&req);
@@ -62,7 +72,14 @@ pub async fn post_sql(
         }
         other => other?,
     };
-    respond(answer, format)
+    // Judged on the generation the answer was computed on, not the one served now.
+    let coverage = node.completeness(&answer.snapshot);
+    if let Err(message) = coverage.check(&min) {
+        node.count_incomplete();
+        tracing::info!(client = %who.name, %message, "answer refused as incomplete");
+        return Err(ApiError::Incomplete(message));
+    }
+    respond(answer, format, &coverage)
 }
 
 /// Who a query is from, for admission fairness and quarantine: the token's name, or the
@@ -111,7 +128,11 @@ fn sql_from_body(req: &HttpRequest, body: &[u8]) -> Result<String, ApiError> {
     Ok(text.to_string())
 }
 
-fn respond(answer: Answer, format: &str) -> Result<HttpResponse, ApiError> {
+fn respond(
+    answer: Answer,
+    format: &str,
+    coverage: &Completeness,
+) -> Result<HttpResponse, ApiError> {
     let Answer {
         snapshot,
         output,
@@ -130,6 +151,9 @@ fn respond(answer: Answer, format: &str) -> Result<HttpResponse, ApiError> {
         ))
         .insert_header(("X-Query-Truncated", output.truncated.to_string()))
         .insert_header(("X-Query-Queued-Ms", queued.as_millis().to_string()));
+    for header in completeness::headers(coverage) {
+        resp.insert_header(header);
+    }
     let QueryOutput {
         schema,
         batches,
@@ -191,8 +215,9 @@ fn respond(answer: Answer, format: &str) -> Result<HttpResponse, ApiError> {
                 .collect();
             let head = format!("{{\"columns\":{},\"rows\":[", json!(columns));
             let tail = format!(
-                "],\"row_count\":{row_count},\"truncated\":{truncated},\"generation\":{},\"tables\":{},\"elapsed_ms\":{},\"queued_ms\":{}}}",
+                "],\"row_count\":{row_count},\"truncated\":{truncated},\"generation\":{},\"completeness\":{},\"tables\":{},\"elapsed_ms\":{},\"queued_ms\":{}}}",
                 generation_json(&snapshot, now),
+                completeness::json(coverage),
                 json!(tables),
                 json!(elapsed.as_secs_f64() * 1000.0),
                 json!(queued.as_secs_f64() * 1000.0),

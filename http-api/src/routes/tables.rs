@@ -1,11 +1,13 @@
 //! `GET /tables`: every table a query can use, where it comes from, how big and how old,
 //! and the static-table and view files that are currently rejected. A token with a table
-//! list sees the tables (and views over them) it may read, and no file errors.
+//! list sees the tables (and views over them) it may read, and no file errors. Tables and
+//! columns carry their descriptions (those of `query_columns`).
 
 use std::time::SystemTime;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use query_actors::node::NodeHandle;
+use query_actors::sql::describe::Descriptions;
 use query_actors::sql::tables_behind;
 use query_actors::QueryError;
 use serde_json::json;
@@ -21,6 +23,14 @@ use crate::encode::type_name;
 use crate::error::ApiError;
 use crate::guard::principal_of;
 
+/// A column's description from the snapshot's `query_columns` ("" if none).
+fn column_description<'a>(described: &'a Descriptions, table: &str, column: &str) -> &'a str {
+    described
+        .table(table)
+        .and_then(|t| t.columns.iter().find(|c| c.name == column))
+        .map_or("", |c| c.description.as_str())
+}
+
 pub async fn get_tables(
     req: HttpRequest,
     node: web::Data<NodeHandle>,
@@ -30,6 +40,7 @@ pub async fn get_tables(
     let views = snap.view_sql();
     let now = SystemTime::now();
     let mut tables = Vec::new();
+    let described = &snap.descriptions;
     for t in snap.tables() {
         if !who.may_read(&tables_behind(&t.name, &views)) {
             continue;
@@ -38,13 +49,21 @@ pub async fn get_tables(
             Some(schema) => schema
                 .fields()
                 .iter()
-                .map(|f| json!({ "name": f.name(), "type": type_name(f.data_type()) }))
+                .map(|f| {
+                    json!({
+                        "name": f.name(),
+                        "type": type_name(f.data_type()),
+                        "nullable": f.is_nullable(),
+                        "description": column_description(described, &t.name, f.name()),
+                    })
+                })
                 .collect(),
             None => Vec::new(),
         };
         tables.push(json!({
             "name": t.name,
             "origin": t.origin,
+            "description": described.table(&t.name).map_or("", |d| d.description.as_str()),
             "rows": t.rows,
             "sources": t.sources,
             "age_ms": age_ms(t.oldest_publish, now),
@@ -61,11 +80,19 @@ pub async fn get_tables(
                 .schema
                 .fields()
                 .iter()
-                .map(|f| json!({ "name": f.name(), "type": type_name(f.data_type()) }))
+                .map(|f| {
+                    json!({
+                        "name": f.name(),
+                        "type": type_name(f.data_type()),
+                        "nullable": f.is_nullable(),
+                        "description": column_description(described, &name, f.name()),
+                    })
+                })
                 .collect();
             tables.push(json!({
                 "name": name,
                 "origin": "history",
+                "description": described.table(&name).map_or("", |d| d.description.as_str()),
                 "rows": kept.rows(),
                 "files": kept.files.len(),
                 "bytes": kept.bytes(),

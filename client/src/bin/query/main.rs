@@ -9,8 +9,6 @@
 //!   edge agent.
 
 mod render;
-mod sql;
-mod tls;
 
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
@@ -20,9 +18,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use query_client::protocol::Row;
+use query_client::sql::{self, Https, Lookup, SqlClient, SqlError};
 use query_client::{ClientError, Publisher};
-
-use sql::{Lookup, SqlClient, SqlError};
 
 #[derive(Parser)]
 #[command(
@@ -109,7 +106,7 @@ fn main() -> ExitCode {
                 None => None,
                 Some(ca) => {
                     let identity = cli.cert.as_deref().zip(cli.key.as_deref());
-                    match tls::Https::load(ca, identity) {
+                    match Https::load(ca, identity) {
                         Ok(h) => Some(h),
                         Err(e) => {
                             eprintln!("query: {e}");
@@ -140,20 +137,15 @@ fn run_one(client: &SqlClient, cli: &Cli, sql: &str) -> ExitCode {
 
 fn execute(client: &SqlClient, cli: &Cli, sql: &str) -> Result<(), SqlError> {
     let format = match cli.format {
-        Format::Table | Format::Json => "json",
-        Format::Csv => "csv",
-        Format::Ndjson => "ndjson",
-    };
-    let answer = client.run(&cli.host, sql, format)?;
-    match cli.format {
         Format::Table => {
-            let v: serde_json::Value = serde_json::from_str(&answer.body).map_err(|e| {
-                SqlError::Unreachable(format!("{}: not a JSON answer: {e}", answer.from))
-            })?;
-            println!("{}", render::table(&v));
+            println!("{}", render::table(&client.query(&cli.host, sql)?.json));
+            return Ok(());
         }
-        _ => print!("{}", answer.body),
-    }
+        Format::Json => sql::Format::Json,
+        Format::Csv => sql::Format::Csv,
+        Format::Ndjson => sql::Format::Ndjson,
+    };
+    print!("{}", client.run(&cli.host, sql, format)?.body);
     Ok(())
 }
 

@@ -1,11 +1,12 @@
-//! Rows from publishers (JSON objects keyed by column, or text fields of a dropped file)
-//! checked against `schemas/<table>.toml` and turned into a batch stamped with
-//! `machine_ip`. A publish is accepted whole or refused with the row and column at fault.
+//! Rows keyed by column name (JSON objects, or text fields under a header line) checked
+//! against a table definition and turned into a batch: publishers' rows (`schemas/<table>.toml`,
+//! stamped with `machine_ip`) and static tables' data files alike. Rows are accepted whole
+//! or refused with the row and column at fault.
 
 use datafusion::arrow::record_batch::RecordBatch;
 use query_client::protocol::{PublishError, Row};
 
-use crate::table::{Cell, TableBuilder, TableDef, MACHINE_IP};
+use super::{Cell, TableBuilder, TableDef, MACHINE_IP};
 
 fn refuse(table: &str, row: usize, column: &str, message: impl Into<String>) -> PublishError {
     PublishError {
@@ -17,16 +18,18 @@ fn refuse(table: &str, row: usize, column: &str, message: impl Into<String>) -> 
 }
 
 /// JSON rows → batch. Unknown columns, missing non-nullable columns and wrong types are
-/// refused; `machine_ip` may not be sent (the agent sets it).
+/// refused. `machine_ip`: Some for a published table (the column the agent sets first,
+/// which rows may not send); None for a static table.
 pub fn json_rows_to_batch(
     def: &TableDef,
-    machine_ip: &str,
+    machine_ip: Option<&str>,
     rows: &[Row],
 ) -> Result<RecordBatch, PublishError> {
-    let mut b = TableBuilder::new(def.arrow_schema(true), def.full_columns(true));
+    let published = machine_ip.is_some();
+    let mut b = TableBuilder::new(def.arrow_schema(published), def.full_columns(published));
     for (i, row) in rows.iter().enumerate() {
         for key in row.keys() {
-            if key == MACHINE_IP {
+            if published && key == MACHINE_IP {
                 return Err(refuse(
                     &def.name,
                     i,
@@ -39,7 +42,7 @@ pub fn json_rows_to_batch(
             }
         }
         let mut cells = Vec::with_capacity(def.columns.len() + 1);
-        cells.push(Cell::Str(machine_ip.to_string()));
+        cells.extend(machine_ip.map(|ip| Cell::Str(ip.to_string())));
         for col in &def.columns {
             let cell = match row.get(&col.name) {
                 None if col.nullable => Cell::Null,
@@ -59,7 +62,7 @@ pub fn json_rows_to_batch(
 /// Text rows (a header naming columns, then fields) → batch, with the same checks.
 pub fn text_rows_to_batch(
     def: &TableDef,
-    machine_ip: &str,
+    machine_ip: Option<&str>,
     header: &[String],
     rows: &[Vec<String>],
 ) -> Result<RecordBatch, PublishError> {
@@ -81,7 +84,8 @@ pub fn text_rows_to_batch(
         }
         index.push(pos);
     }
-    let mut b = TableBuilder::new(def.arrow_schema(true), def.full_columns(true));
+    let published = machine_ip.is_some();
+    let mut b = TableBuilder::new(def.arrow_schema(published), def.full_columns(published));
     for (i, fields) in rows.iter().enumerate() {
         if fields.len() != header.len() {
             return Err(refuse(
@@ -96,7 +100,7 @@ pub fn text_rows_to_batch(
             ));
         }
         let mut cells = Vec::with_capacity(def.columns.len() + 1);
-        cells.push(Cell::Str(machine_ip.to_string()));
+        cells.extend(machine_ip.map(|ip| Cell::Str(ip.to_string())));
         for (col, pos) in def.columns.iter().zip(&index) {
             let cell = match pos {
                 None => Cell::Null,
@@ -132,7 +136,7 @@ columns = [{ name = "a", type = "int64" }, { name = "b", type = "string", nullab
         let d = def();
         let ok = json_rows_to_batch(
             &d,
-            "10.0.0.1",
+            Some("10.0.0.1"),
             &[row(r#"{"a": 1}"#), row(r#"{"a": 2, "b": "x"}"#)],
         )
         .expect("ok");
@@ -147,7 +151,7 @@ columns = [{ name = "a", type = "int64" }, { name = "b", type = "string", nullab
                 "machine_ip",
             ),
         ] {
-            let e = json_rows_to_batch(&d, "10.0.0.1", &rows).expect_err("refused");
+            let e = json_rows_to_batch(&d, Some("10.0.0.1"), &rows).expect_err("refused");
             assert_eq!((e.row, e.column.as_deref()), (Some(r), Some(c)), "{e}");
         }
     }
@@ -158,17 +162,17 @@ columns = [{ name = "a", type = "int64" }, { name = "b", type = "string", nullab
         let header = vec!["b".to_string(), "a".to_string()];
         let b = text_rows_to_batch(
             &d,
-            "ip",
+            Some("ip"),
             &header,
             &[vec!["x".into(), "1".into()], vec!["".into(), "2".into()]],
         )
         .expect("ok");
         assert_eq!(b.num_rows(), 2);
-        let e = text_rows_to_batch(&d, "ip", &header, &[vec!["x".into(), "one".into()]])
+        let e = text_rows_to_batch(&d, Some("ip"), &header, &[vec!["x".into(), "one".into()]])
             .expect_err("bad int");
         assert_eq!(e.column.as_deref(), Some("a"));
         assert!(
-            text_rows_to_batch(&d, "ip", &["b".to_string()], &[]).is_err(),
+            text_rows_to_batch(&d, Some("ip"), &["b".to_string()], &[]).is_err(),
             "a is required"
         );
     }

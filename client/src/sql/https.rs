@@ -1,26 +1,32 @@
-//! HTTPS for `query`: rustls (ring provider, TLS 1.3, as the nodes) trusting the CAs of
+//! HTTPS for [`super::SqlClient`] (and so `query`): rustls (ring provider, TLS 1.3, as the nodes) trusting the CAs of
 //! `--ca`, presenting `--cert`/`--key` if given, plugged into ureq as its TLS connector.
 //! ureq's own `tls` feature is not used: it would add webpki-roots and turn on rustls's
 //! TLS 1.2 and logging for the whole workspace, and a fleet's nodes carry certificates of
 //! its own CA anyway.
 //!
 //! The client dials addresses it resolved itself, so the name a node's certificate must
-//! carry is set per request ([`Https::expect_name`]): the host asked for (`-H NAME`, or a
+//! carry is set per request (`Https::expect_name`, kept per thread: ureq connects on the
+//! calling thread, and one client may serve several threads): the host asked for (`-H NAME`, or a
 //! redirect's host), not the address dialed.
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
+/// The trust (and identity) HTTPS connections use: load it with [`Https::load`].
 pub struct Https {
     config: Arc<ClientConfig>,
-    /// The name the next connection's certificate must carry.
-    name: Mutex<Option<ServerName<'static>>>,
+}
+
+thread_local! {
+    /// The name the next connection made on this thread must present a certificate for.
+    static EXPECTED: RefCell<Option<ServerName<'static>>> = const { RefCell::new(None) };
 }
 
 fn certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -36,7 +42,11 @@ fn certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String
 impl Https {
     /// Trusts the CAs of the PEM bundle `ca`; with `identity` (certificate chain, key),
     /// presents that client certificate.
-    pub fn load(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Https, String> {
+    pub fn load(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Https, super::SqlError> {
+        Self::configure(ca, identity).map_err(super::SqlError::Setup)
+    }
+
+    fn configure(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Https, String> {
         let mut roots = RootCertStore::empty();
         for c in certs("--ca", ca)? {
             roots
@@ -61,22 +71,21 @@ impl Https {
         };
         Ok(Https {
             config: Arc::new(config),
-            name: Mutex::new(None),
         })
     }
 
     /// The name (`host`, `host:port`, `[v6]:port`) whose certificate the next connection
     /// must present.
-    pub fn expect_name(&self, host: &str) -> Result<(), String> {
+    pub(super) fn expect_name(&self, host: &str) -> Result<(), String> {
         let name = server_name(host)?;
-        *self.name.lock().unwrap_or_else(|p| p.into_inner()) = Some(name);
+        EXPECTED.with(|e| *e.borrow_mut() = Some(name));
         Ok(())
     }
 }
 
 /// The name part of `host[:port]`, as rustls checks it (an IP literal is an IP name).
 fn server_name(host: &str) -> Result<ServerName<'static>, String> {
-    let (name, _) = query_client::dns::split_host(host, 0)
+    let (name, _) = crate::dns::split_host(host, 0)
         .ok_or_else(|| format!("'{host}' is not of the form host[:port]"))?;
     ServerName::try_from(name).map_err(|e| format!("'{host}' is not a name TLS can check: {e}"))
 }
@@ -113,7 +122,7 @@ impl ureq::TlsConnector for Https {
         mut io: Box<dyn ureq::ReadWrite>,
     ) -> Result<Box<dyn ureq::ReadWrite>, ureq::Error> {
         let io_err = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
-        let expected = self.name.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let expected = EXPECTED.with(|e| e.borrow().clone());
         let name = match expected {
             Some(n) => n,
             None => server_name(dns_name).map_err(io_err)?,

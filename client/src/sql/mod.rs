@@ -1,17 +1,30 @@
-//! Running SQL against a Query SQL node by name: every address of the name, in random
-//! order; the next address on a connection error or a 5xx; partition redirects followed
-//! (at most [`MAX_REDIRECTS`] hops, in the scheme their Location says). `https://NAME`
-//! speaks HTTPS ([`crate::tls`]), checking the node's certificate for NAME.
+//! Running SQL at the SQL nodes behind a name (an aggregator set's `sql_name`, a node's
+//! address): every address of the name, in random order; the next address on a connection
+//! error, a 5xx or an answer cut off (queries are read-only, so asking again is safe);
+//! partition redirects followed (at most [`MAX_REDIRECTS`] hops, in the scheme their
+//! Location says). `https://NAME` speaks HTTPS ([`Https`]), checking the node's certificate
+//! for NAME. Blocking (ureq): a program with a runtime calls it from a blocking task.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use query_client::sql::{Lookup, SqlClient};
+//!
+//! let client = SqlClient::new(Lookup::system(), Duration::from_secs(60), None);
+//! let answer = client.query("sql.example:8080", "SELECT COUNT(*) AS n FROM sys")?;
+//! println!("{} machines, generation {}", answer.rows[0][0], answer.json["generation"]["id"]);
+//! # Ok::<(), query_client::sql::SqlError>(())
+//! ```
+
+mod https;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
-use query_client::dns;
 use serde_json::Value;
 
-use crate::tls::Https;
+use crate::dns;
+pub use https::Https;
 
 /// Partition redirects followed before giving up.
 pub const MAX_REDIRECTS: usize = 3;
@@ -20,19 +33,42 @@ pub const DEFAULT_PORT: u16 = 8080;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
-    /// The node answered with a 4xx: the query is at fault (exit code 1).
+    /// The node answered with a 4xx: the query is at fault (`query` exits with 1).
     #[error("{code}: {message}")]
     Rejected { code: String, message: String },
-    /// No address of the name answered usefully (exit code 2).
+    /// No address of the name answered usefully (`query` exits with 2).
     #[error("{0}")]
     Unreachable(String),
+    /// The client's own set-up is wrong: a CA, certificate or key file (`query` exits with 2).
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl SqlError {
+    /// The `query` command's exit code for this error: 1 the query was refused, 2 no node
+    /// could be reached (or the client could not start).
     pub fn exit_code(&self) -> u8 {
         match self {
             SqlError::Rejected { .. } => 1,
-            SqlError::Unreachable(_) => 2,
+            SqlError::Unreachable(_) | SqlError::Setup(_) => 2,
+        }
+    }
+}
+
+/// The answer formats of `POST /sql?format=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Csv,
+    Ndjson,
+}
+
+impl Format {
+    fn as_param(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+            Format::Ndjson => "ndjson",
         }
     }
 }
@@ -43,8 +79,14 @@ pub struct Lookup {
 }
 
 impl Lookup {
+    /// `dns`: the DNS server to ask (IP:PORT); None: the system's resolver.
     pub fn new(dns: Option<SocketAddr>) -> Self {
         Lookup { dns }
+    }
+
+    /// The system's resolver.
+    pub fn system() -> Self {
+        Lookup { dns: None }
     }
 
     /// Every address of `host` (`NAME`, `NAME:PORT`, `IP`, `IP:PORT`, `[V6]:PORT`).
@@ -75,12 +117,56 @@ fn shuffle<T>(v: &mut [T]) {
     }
 }
 
-/// A successful answer, and the address that gave it.
+/// A successful answer as the node sent it, and the address that gave it.
+#[derive(Debug)]
 pub struct Answered {
     pub body: String,
     pub from: SocketAddr,
 }
 
+/// A JSON answer, read.
+#[derive(Debug)]
+pub struct Answer {
+    /// Column names, in order; a name may repeat, as SQL allows.
+    pub columns: Vec<String>,
+    /// Rows as arrays, one value per column; NULL is `Value::Null`.
+    pub rows: Vec<Vec<Value>>,
+    /// The whole answer: `generation`, `tables` (sources), `columns` with types, ...
+    pub json: Value,
+    /// The address that answered.
+    pub from: SocketAddr,
+}
+
+impl Answer {
+    fn read(a: Answered) -> Result<Answer, SqlError> {
+        let json: Value = serde_json::from_str(&a.body)
+            .map_err(|e| SqlError::Unreachable(format!("{}: not a JSON answer: {e}", a.from)))?;
+        let columns = json["columns"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rows = json["rows"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .map(|r| r.as_array().cloned().unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Answer {
+            columns,
+            rows,
+            json,
+            from: a.from,
+        })
+    }
+}
+
+/// Runs SQL at the nodes behind a name; one client serves many queries (and threads).
 pub struct SqlClient {
     lookup: Lookup,
     agent: ureq::Agent,
@@ -91,6 +177,8 @@ pub struct SqlClient {
 }
 
 impl SqlClient {
+    /// `timeout`: how long one node may take to answer; `https`: the CAs (and client
+    /// certificate) for `https://` names, None to refuse them.
     pub fn new(lookup: Lookup, timeout: Duration, https: Option<Https>) -> Self {
         let https = https.map(Arc::new);
         let mut agent = ureq::AgentBuilder::new()
@@ -108,14 +196,21 @@ impl SqlClient {
         }
     }
 
+    /// Sends `token` as `Authorization: Bearer` (the node's `[auth] tokens_file`).
     pub fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token;
         self
     }
 
-    /// Runs `sql` at `host`; `format` is the node's `?format=` (json, csv, ndjson).
-    /// `host` may start with `http://` or `https://` (plain HTTP without).
-    pub fn run(&self, host: &str, sql: &str, format: &str) -> Result<Answered, SqlError> {
+    /// Runs `sql` at `host` and reads the JSON answer.
+    pub fn query(&self, host: &str, sql: &str) -> Result<Answer, SqlError> {
+        Answer::read(self.run(host, sql, Format::Json)?)
+    }
+
+    /// Runs `sql` at `host` (`NAME`, `NAME:PORT`, an address; `http://` or `https://`
+    /// before it, plain HTTP without) and returns the answer's text in `format`.
+    pub fn run(&self, host: &str, sql: &str, format: Format) -> Result<Answered, SqlError> {
+        let format = format.as_param();
         let (mut scheme, host) = split_scheme(host);
         let mut host = host.to_string();
         let mut failures = Vec::new();
@@ -123,7 +218,7 @@ impl SqlClient {
             if scheme == "https" {
                 let https = self.https.as_ref().ok_or_else(|| {
                     SqlError::Unreachable(format!(
-                        "https://{host} needs --ca FILE: the CA bundle the node's certificate is checked against"
+                        "https://{host} needs a CA bundle (`query --ca FILE`) to check the node's certificate against"
                     ))
                 })?;
                 https.expect_name(&host).map_err(SqlError::Unreachable)?;

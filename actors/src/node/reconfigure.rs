@@ -1,0 +1,179 @@
+//! Live reconfiguration (OSR 3.6: "SQL parsers can be rapidly reconfigured"): edits to the
+//! aggregator-sets file (the set's prewarm and partitions) and to the node's own config file
+//! (`[tla_selection]`: pin, bonus, switch margin, probe interval) apply without a restart.
+//! Checked by the file watcher, off the actors' event loops. An edit that does not load
+//! keeps what runs and is logged; an edit of a section that only applies at start (the
+//! set's span, any other section of the node's file) is logged as needing a restart.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use super::config::{NodeConfig, Role};
+use crate::aggregator_sets::{AggregatorSetConfig, Routing};
+use crate::config::{file_stamp, FileStamp};
+use crate::table::SchemaRegistry;
+use crate::tier::tla_selection::TlaSelectionConfig;
+
+/// What an edit changed, to be applied by the watcher.
+#[derive(Default)]
+pub struct Changes {
+    /// `[tla_selection]` as now configured (a SQL node's).
+    pub selection: Option<TlaSelectionConfig>,
+    /// The set's tables and partition routing as now configured.
+    pub set: Option<(BTreeSet<String>, Option<Routing>)>,
+    /// Whether an edit was refused (counted as a config error).
+    pub rejected: bool,
+}
+
+struct Watched<T> {
+    path: PathBuf,
+    stamp: Option<FileStamp>,
+    last_good: T,
+}
+
+impl<T> Watched<T> {
+    /// Records the file's stamp now.
+    fn changed(&mut self) {
+        self.stamp = file_stamp(&self.path);
+    }
+}
+
+pub struct Reconfigure {
+    role: Role,
+    schemas: SchemaRegistry,
+    /// The node's config file, and its last good content.
+    config: Option<Watched<toml::Table>>,
+    /// The aggregator-sets file, and the set's span as started (a span edit needs a restart).
+    sets: Option<(AggregatorSetConfig, Watched<Vec<String>>)>,
+}
+
+impl Reconfigure {
+    /// None when the node has neither a config file nor an aggregator set to watch.
+    pub fn new(config: &NodeConfig, schemas: SchemaRegistry) -> Option<Reconfigure> {
+        let file = config.source.as_ref().map(|p| Watched {
+            path: p.clone(),
+            stamp: file_stamp(p),
+            last_good: crate::config::read_toml::<toml::Table>(p).unwrap_or_default(),
+        });
+        let sets = config.aggregator_set.as_ref().map(|a| {
+            let span = a.load().map(|(s, _)| s.span).unwrap_or_default();
+            let watched = Watched {
+                path: a.file.clone(),
+                stamp: file_stamp(&a.file),
+                last_good: span,
+            };
+            (a.clone(), watched)
+        });
+        (file.is_some() || sets.is_some()).then_some(Reconfigure {
+            role: config.role,
+            schemas,
+            config: file,
+            sets,
+        })
+    }
+
+    /// Reads whatever changed since the last check.
+    pub fn check(&mut self) -> Changes {
+        let mut out = Changes::default();
+        if let Some(w) = self
+            .config
+            .as_mut()
+            .filter(|w| w.stamp != file_stamp(&w.path))
+        {
+            w.changed();
+            match reload_config(w, self.role) {
+                Ok(selection) => out.selection = selection,
+                Err(e) => {
+                    tracing::error!(file = %w.path.display(), error = %e, "config file edit rejected; the running configuration stays");
+                    out.rejected = true;
+                }
+            }
+        }
+        if let Some((a, w)) = self
+            .sets
+            .as_mut()
+            .filter(|(_, w)| w.stamp != file_stamp(&w.path))
+        {
+            w.changed();
+            let loaded = a.load().and_then(|(set, partition)| {
+                let tables = super::set_tables(&set, partition.as_ref(), self.role, &self.schemas)?;
+                let routing = Routing::new(&set, partition.as_ref());
+                Ok((set, tables, routing))
+            });
+            match loaded {
+                Ok((set, tables, routing)) => {
+                    if set.span != w.last_good {
+                        tracing::warn!(file = %w.path.display(), span = ?set.span, running = ?w.last_good, "the set's span changed: it applies at the next restart");
+                    }
+                    tracing::info!(file = %w.path.display(), set = %set.name, "aggregator set reloaded: prewarm and partitions applied");
+                    out.set = Some((tables, routing));
+                }
+                Err(e) => {
+                    tracing::error!(file = %w.path.display(), error = %e, "aggregator-sets file edit rejected; the running set stays");
+                    out.rejected = true;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Loads and validates the edited node config; returns its `[tla_selection]` (a SQL
+/// node's), and logs the other sections that changed (they apply at the next restart).
+fn reload_config(
+    w: &mut Watched<toml::Table>,
+    role: Role,
+) -> Result<Option<TlaSelectionConfig>, String> {
+    let raw: toml::Table = crate::config::read_toml(&w.path).map_err(|e| e.to_string())?;
+    let mut config = NodeConfig::load(&w.path).map_err(|e| e.to_string())?;
+    config.role = role;
+    config.validate_role().map_err(|e| e.to_string())?;
+    let restart: Vec<&String> = raw
+        .keys()
+        .chain(w.last_good.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| k.as_str() != "tla_selection" && raw.get(*k) != w.last_good.get(*k))
+        .collect();
+    if !restart.is_empty() {
+        tracing::warn!(file = %w.path.display(), sections = ?restart, "config sections changed that apply at the next restart");
+    }
+    let selection_changed = raw.get("tla_selection") != w.last_good.get("tla_selection");
+    w.last_good = raw;
+    Ok((role == Role::Sql && selection_changed).then_some(config.tla_selection))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_edit_yields_the_new_selection_and_a_bad_edit_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sql.toml");
+        let base = "[link]\nchildren = [\"127.0.0.1:7500\"]\n";
+        std::fs::write(&path, base).expect("write");
+        let mut config = NodeConfig::load(&path).expect("loads");
+        config.role = Role::Sql;
+        let schemas = SchemaRegistry::default();
+        let mut r = Reconfigure::new(&config, schemas).expect("watches the file");
+        assert!(r.check().selection.is_none(), "nothing changed");
+
+        let edited =
+            format!("{base}\n[tla_selection]\npin = [\"127.0.0.1:7500\"]\nswitch_margin = 0.2\n");
+        // Another length: the stamp differs even within the same second.
+        std::fs::write(&path, &edited).expect("write");
+        let c = r.check();
+        let s = c.selection.expect("the new selection");
+        assert_eq!(s.pin, ["127.0.0.1:7500"]);
+        assert_eq!(s.switch_margin, 0.2);
+
+        std::fs::write(
+            &path,
+            format!("{edited}\n[tla_selection.bonus]\nx = \"not a number\"\n"),
+        )
+        .expect("write");
+        let c = r.check();
+        assert!(c.rejected && c.selection.is_none());
+    }
+}
