@@ -102,6 +102,16 @@ fn answers_sql_in_every_body_form_and_format() {
     assert_eq!(status, 200);
     assert_eq!(nd, "{\"continent\":\"AF\"}\n{\"continent\":\"AN\"}\n");
 
+    // Output names may repeat (issue 15): the answer keeps the names written.
+    let (status, answer) = node.post("/sql", "text/plain", "SELECT 1 AS n, 2 AS n");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["columns"][0]["name"], "n");
+    assert_eq!(answer["columns"][1]["name"], "n");
+    assert_eq!(answer["rows"][0], serde_json::json!([1, 2]));
+    let (status, csv) = node.post_text("/sql?format=csv", "text/plain", "SELECT 1 AS n, 2 AS n");
+    assert_eq!(status, 200);
+    assert_eq!(csv.lines().next(), Some("n,n"));
+
     let (status, err) = node.post("/sql?format=xml", "text/plain", "SELECT 1");
     assert_eq!(
         (status, err["error"]["code"].as_str()),

@@ -193,6 +193,11 @@ impl HistoryKeeper {
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(move |res, act, _| {
             act.running.remove(&def.name);
             let outcome = match res {
+                Ok(Ok(answer)) if repeated_name(&answer.output.schema).is_some() => {
+                    // SQL allows repeated output names; a stored table does not.
+                    let name = repeated_name(&answer.output.schema).unwrap_or_default();
+                    Err((0, format!("the column name `{name}` repeats; a report's columns need names of their own (AS)")))
+                }
                 Ok(Ok(answer)) => {
                     let generation = &answer.snapshot.generation;
                     let rows = answer.output.rows();
@@ -277,5 +282,36 @@ impl Handler<GenerationInstalled> for HistoryKeeper {
     type Result = ();
     fn handle(&mut self, _: GenerationInstalled, ctx: &mut Context<Self>) {
         self.on_generation(ctx);
+    }
+}
+
+/// A column name that occurs twice in `schema`, if one does.
+fn repeated_name(schema: &datafusion::arrow::datatypes::Schema) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .find(|n| !seen.insert(n.as_str()))
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repeated_name;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn a_repeated_column_name_is_found() {
+        let schema = |names: &[&str]| {
+            Schema::new(
+                names
+                    .iter()
+                    .map(|n| Field::new(*n, DataType::Int64, true))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(repeated_name(&schema(&["a", "b", "a"])), Some("a".into()));
+        assert_eq!(repeated_name(&schema(&["a", "b"])), None);
     }
 }

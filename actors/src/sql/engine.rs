@@ -21,11 +21,14 @@ use datafusion::physical_plan::execute_stream;
 use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 
+use super::casts::RoundFloatToInteger;
 use super::describe::Descriptions;
 use super::division::NullOnDivideByZero;
 use super::front_door::{parse_checked, ParseLimits};
 use super::guarded::guard_functions;
 use super::memory::MemoryBudget;
+use super::names;
+use super::subquery::DecorrelateScalarAggregates;
 use super::time_slice::time_sliced;
 use super::utc_date_trunc::UtcDateTrunc;
 use super::views::{ViewProvider, ViewsFile};
@@ -292,10 +295,18 @@ impl Snapshot {
         statement: DfStatement,
         limits: &QueryLimits,
     ) -> Result<QueryOutput, QueryError> {
-        let plan = plan_statement(&self.ctx, statement).await?;
+        // Kept for a second planning with renamed columns if the output names clash.
+        let mut retry = statement.clone();
+        let plan = match plan_statement(&self.ctx, statement).await {
+            Err(e) if names::is_name_clash(&e.to_string()) && names::rename_clashes(&mut retry) => {
+                plan_statement(&self.ctx, retry).await?
+            }
+            other => other?,
+        };
         let tables = self.tables_used(&plan);
         let df = self.ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let shown = names::user_schema(&schema);
         // Time-sliced: a plan that never waits for input still gives its thread to other
         // queries and stops soon after its deadline aborts it.
         let physical = time_sliced(df.create_physical_plan().await?)?;
@@ -321,12 +332,39 @@ impl Snapshot {
             }
         }
         let truncated = truncate(&mut batches, limits.max_rows);
+        // The names the user wrote, repeated if they repeat (see `names`).
+        let schema = match shown {
+            Some(shown) => {
+                batches = batches
+                    .into_iter()
+                    .map(|b| names::renamed(b, &shown))
+                    .collect();
+                shown
+            }
+            None => schema,
+        };
         Ok(QueryOutput {
             schema,
             batches,
             truncated,
             tables,
         })
+    }
+
+    /// A snapshot of an empty generation, no static tables and no views (unit tests).
+    #[cfg(test)]
+    pub(crate) async fn empty_for_tests() -> Snapshot {
+        let generation =
+            crate::generation::GenerationBuilder::default().seal(1, 1, SystemTime::now());
+        Snapshot::build(
+            generation,
+            Arc::default(),
+            &ViewsFile::default(),
+            1,
+            DEFAULT_MAX_RESULT_BYTES,
+            Arc::new(AtomicU64::new(0)),
+        )
+        .await
     }
 
     /// Adds a table computed when read (about this node, not the generation).
@@ -459,6 +497,10 @@ impl Snapshot {
 pub(crate) fn new_context(config: SessionConfig) -> SessionContext {
     let mut rules: Vec<Arc<dyn AnalyzerRule + Send + Sync>> = vec![Arc::new(NullOnDivideByZero)];
     rules.extend(Analyzer::new().rules);
+    // After DataFusion's rules: it sees coerced types, and runs before the optimizer's own
+    // decorrelation, which leaves equality correlations alone.
+    rules.push(Arc::new(DecorrelateScalarAggregates));
+    rules.push(Arc::new(RoundFloatToInteger));
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()

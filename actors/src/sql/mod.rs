@@ -2,6 +2,7 @@
 //! statement check and the front door every statement passes, views cached per generation,
 //! memory limits and guarded functions, and the pools queries run on.
 
+mod casts;
 pub mod computed;
 pub mod describe;
 mod division;
@@ -9,9 +10,13 @@ mod engine;
 mod front_door;
 mod guarded;
 mod memory;
+mod names;
+mod not_in;
 mod pool;
 mod references;
+mod single_row;
 mod statement;
+mod subquery;
 mod time_slice;
 mod utc_date_trunc;
 mod views;
