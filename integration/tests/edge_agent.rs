@@ -328,10 +328,16 @@ fn file_drop_host_cli_and_python_publishers() {
     let node = &edge.node;
 
     // The host publisher: this machine's sys, with the agent's machine_ip; processes is not
-    // wanted, so it is not collected at all.
+    // wanted, so it is not collected until a query at the agent requests it.
     until_rows(node, "SELECT machine_ip FROM sys", json!([["127.0.0.9"]]));
-    let (status, err) = node.sql("SELECT * FROM processes");
-    assert_eq!(status, 400, "{err}");
+    let listed = node.get_json("/tables");
+    assert!(
+        !listed.to_string().contains("\"processes\""),
+        "not collected before a query: {listed}"
+    );
+    let (status, answer) = node.sql("SELECT COUNT(*) > 0 FROM processes");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["rows"], json!([[true]]), "the host's processes");
 
     // Dropped files: CSV and JSONL published; a broken one reported, last good copy kept.
     std::fs::write(
@@ -459,4 +465,38 @@ fn python_example_publishes_into_the_demo_deployment() {
     );
     let (_, answer) = node.sql("SELECT COUNT(DISTINCT machine_ip) FROM load_info");
     assert_eq!(answer["rows"], json!([[51]]), "{answer}");
+}
+
+/// An edge agent with an empty prewarm: a query at its own HTTP endpoint requests the table
+/// from its local publishers, as a query at an aggregator requests it from below; the
+/// publisher (refused while nobody wanted the table) is told, publishes, and the rows come.
+#[test]
+fn a_query_at_the_edge_requests_the_table_from_its_publishers() {
+    let ws = Workspace::new();
+    let socket = ws.path("publish.sock");
+    let node = ws.start(
+        "edge",
+        &format!(
+            "[node]\nmachine_ip = \"127.0.0.19\"\n\n[generation]\ninterval = \"300ms\"\noffset = \"50ms\"\n\n\
+             [host]\nenabled = false\n\n[edge]\nsocket = \"{}\"\nprewarm = []\n",
+            socket.display()
+        ),
+    );
+    let mut p = Publisher::connect_unix(&socket, "edge-query-test", &["load_info"]).expect("hello");
+    match p.publish("load_info", rows(json!([load(7, 70)]))) {
+        Err(ClientError::Refused(e)) => assert!(e.to_string().contains("not requested"), "{e}"),
+        other => panic!("nobody wants load_info yet: {other:?}"),
+    }
+    // The first query requests it; the publisher learns so from its next reply.
+    let (status, answer) = node.sql("SELECT georegion, hits FROM load_info");
+    assert_eq!(status, 200, "{answer}");
+    node.eventually(
+        Duration::from_secs(20),
+        "the publisher's rows at the edge",
+        || {
+            let _ = p.publish("load_info", rows(json!([load(7, 70)])));
+            (node.sql("SELECT georegion, hits FROM load_info").1["rows"] == json!([[7, 70]]))
+                .then_some(())
+        },
+    );
 }

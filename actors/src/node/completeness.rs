@@ -75,13 +75,18 @@ impl NodeHandle {
     /// - a cluster proxy: one cluster, and its configured children (plus itself) as machines;
     /// - an edge: itself.
     ///
-    /// A sourced table (`sourced = true`, OSR 2.3: the fleet's configuration) overrides
-    /// these where it says: see [`SourcedExpectation`].
+    /// At a TLA or SQL node, a sourced table (`sourced = true`, OSR 2.3: the fleet's
+    /// configuration) overrides these where it says: see [`SourcedExpectation`].
     ///
     /// Expected is never below seen.
     pub fn completeness(&self, snap: &Snapshot) -> Completeness {
         let g = &snap.generation;
-        let sourced = self.sourced_expectation(snap);
+        // Sourced tables describe the fleet: they say what a TLA or SQL node should see,
+        // not an edge or a cluster proxy (one machine, one cluster).
+        let sourced = match self.config.role {
+            Role::Tla | Role::TlaSql | Role::Sql => self.sourced_expectation(snap),
+            Role::Edge | Role::ClusterProxy => SourcedExpectation::default(),
+        };
         let (clusters, machines) = match (&self.selection, &self.children) {
             (Some(selection), _) => {
                 let s = selection.lock().unwrap_or_else(|p| p.into_inner());

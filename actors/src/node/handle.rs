@@ -339,7 +339,9 @@ impl NodeHandle {
                 });
             }
             (snapshot, place)
-        } else if self.config.role.answers_sql() {
+        } else {
+            // Every role requests what a query reads, an edge agent from its own publishers
+            // too (with an empty prewarm it would otherwise never collect the table).
             let needed = self.request_tables(reads)?;
             match self.snapshot_holding(&needed) {
                 Some(snapshot) => (snapshot, place),
@@ -352,8 +354,6 @@ impl NodeHandle {
                     (snapshot, place)
                 }
             }
-        } else {
-            (self.snapshot().ok_or(QueryError::NoGeneration)?, place)
         };
         // Known light clients run on the light pool, others on the heavy one. A query of a
         // client not known as heavy (a new one, or one whose queries changed) runs for

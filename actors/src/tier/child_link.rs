@@ -104,11 +104,7 @@ impl ChildLink {
             .spawn(session.run_while_listed(self.addresses.clone()));
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(move |res, act, ctx| {
             let child = act.child.clone();
-            let mut linked = false;
-            act.children.update(&child, |s| {
-                linked = s.connected;
-                s.connected = false;
-            });
+            let linked = act.children.link_down(&child);
             match res {
                 Ok(Ok(Ended::Unlisted)) => {
                     tracing::info!(child, address, "address no longer listed; dialing anew");
@@ -117,8 +113,11 @@ impl ChildLink {
                     ctx.run_later(Duration::ZERO, |act, ctx| act.connect(ctx));
                     return;
                 }
-                Ok(Ok(Ended::Closed)) => {
+                Ok(Ok(Ended::Closed)) if act.children.link_events_at_info() => {
                     tracing::info!(child, address, "link closed by the child; reconnecting")
+                }
+                Ok(Ok(Ended::Closed)) => {
+                    tracing::debug!(child, address, "link closed by the child; reconnecting")
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(child, address, error = %e, "link failed; trying again after backoff");
@@ -236,7 +235,8 @@ impl Session {
                     node,
                     role,
                 } if version == LINK_VERSION => {
-                    tracing::info!(child = %self.child, address = %self.address, node, role, "link up");
+                    self.children
+                        .link_up(&self.child, &self.address, &node, &role);
                 }
                 ToParent::Hello { version, .. } => {
                     return Err(LinkError::VersionMismatch {
@@ -251,11 +251,6 @@ impl Session {
             },
             None => return Err(LinkError::Protocol("closed before hello".into())),
         }
-        self.children.update(&self.child, |s| {
-            s.connected = true;
-            s.connects += 1;
-            s.last_error = None;
-        });
         // Requests go out from their own task: reading a frame must never be interrupted
         // halfway, so the read loop below waits on nothing else.
         let writer = tokio::spawn(send_requests(

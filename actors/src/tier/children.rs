@@ -98,6 +98,8 @@ pub struct Merged {
 
 pub struct Children {
     slots: Mutex<BTreeMap<String, ChildState>>,
+    /// "All N children connected" was logged and no link has gone down since.
+    all_up_logged: std::sync::atomic::AtomicBool,
     drop_after: Duration,
     /// Counts generations delivered by any child: a SQL node seals on each.
     deliveries: tokio::sync::watch::Sender<u64>,
@@ -112,9 +114,56 @@ impl Children {
                     .map(|n| (n, ChildState::default()))
                     .collect(),
             ),
+            all_up_logged: std::sync::atomic::AtomicBool::new(false),
             drop_after,
             deliveries: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Per-link events are logged at INFO only for a few children: a proxy of a thousand
+    /// machines would bury everything else at start. Above this, DEBUG and one summary.
+    const LINK_EVENTS_AT_INFO: usize = 16;
+
+    /// Records a link up (after the child's hello) and logs it: per child at INFO for a
+    /// few children, at DEBUG for many; "all N children connected" at INFO whenever every
+    /// child is connected again.
+    pub fn link_up(&self, child: &str, address: &str, node: &str, role: &str) {
+        let (connected, total) = {
+            let mut slots = self.lock();
+            let s = slots.entry(child.to_string()).or_default();
+            s.connected = true;
+            s.connects += 1;
+            s.last_error = None;
+            (slots.values().filter(|s| s.connected).count(), slots.len())
+        };
+        if total <= Self::LINK_EVENTS_AT_INFO {
+            tracing::info!(child, address, node, role, "link up");
+        } else {
+            tracing::debug!(child, address, node, role, "link up");
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        if connected == total && !self.all_up_logged.swap(true, Relaxed) {
+            tracing::info!(children = total, "all {total} children connected");
+        }
+    }
+
+    /// Records a link down; the next time all are up is logged again.
+    pub fn link_down(&self, child: &str) -> bool {
+        let mut was = false;
+        self.update(child, |s| {
+            was = s.connected;
+            s.connected = false;
+        });
+        if was {
+            self.all_up_logged
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        was
+    }
+
+    /// Whether per-link events of this node go to INFO (see [`Self::link_up`]).
+    pub fn link_events_at_info(&self) -> bool {
+        self.lock().len() <= Self::LINK_EVENTS_AT_INFO
     }
 
     /// Stores a generation a child delivered, with the link's bookkeeping, and tells
