@@ -99,7 +99,7 @@ fn psql_and_psycopg_against_a_demo_node() {
     // Small limits, so a cross join hits them in the test's time.
     let node = demo(
         &ws,
-        "\n[http]\nquery_timeout = \"3s\"\nmax_result_bytes = 1048576\n",
+        "\n[http]\nquery_timeout = \"3s\"\nmax_result_bytes = 1048576\nmax_result_rows = 1000\n",
         None,
     );
 
@@ -148,10 +148,10 @@ fn psql_and_psycopg_against_a_demo_node() {
     assert!(!ok && err.contains("25006"), "{err}");
 
     // psycopg: types, parameters, prepared statements, session commands, errors, a
-    // cancel, Grafana's queries.
+    // cancel, Grafana's queries, the warning of a cut answer.
     psycopg(
         &node,
-        "readme,types,params,session,errors,cancel,grafana",
+        "readme,types,params,session,errors,cancel,grafana,truncated",
         None,
     );
 

@@ -127,12 +127,25 @@ def errors_(conn):
     expect_error(conn, "CREATE TABLE t (a INT)", "25006")
     expect_error(conn, "INSERT INTO sys (cpus) VALUES (1)", "25006")
     # The answer byte limit ([http] max_result_bytes of the test's node): a resource limit.
-    expect_error(conn, "SELECT * FROM processes a, processes b", "53400")
+    expect_error(
+        conn,
+        "SELECT a.machine_ip || b.machine_ip || repeat('x', 1000) AS x FROM processes a, processes b",
+        "53400",
+    )
     # The statement timeout ([http] query_timeout).
     expect_error(conn, HEAVY, "57014")
     # The connection is still usable after each error.
     (n,) = conn.execute("SELECT 1").fetchone()
     assert n == 1
+
+
+def truncated(conn):
+    # The test's node cuts answers at 1000 rows ([http] max_result_rows): a warning says so.
+    notices = []
+    conn.add_notice_handler(lambda d: notices.append((d.severity, d.message_primary)))
+    rows = conn.execute("SELECT machine_ip, pid FROM processes").fetchall()
+    assert len(rows) == 1000, len(rows)
+    assert any("max_result_rows" in m for _, m in notices), notices
 
 
 def cancel(conn):
@@ -251,6 +264,7 @@ CHECKS_BY_NAME = {
     "session": session,
     "errors": errors_,
     "cancel": cancel,
+    "truncated": truncated,
     "grafana": grafana,
     "auth_refused": auth_refused,
     "forbidden": forbidden,

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use futures::{stream, Sink};
+use futures::{stream, Sink, SinkExt};
 use pgwire::api::auth::driver::{AuthDriver, AuthOutcome};
 use pgwire::api::auth::mechanism::{AuthMechanism, AuthState};
 use pgwire::api::auth::{
@@ -24,7 +24,8 @@ use pgwire::api::store::PortalStore;
 use pgwire::api::{
     ClientInfo, ClientPortalStore, ConnectionHandle, ConnectionManager, Type, METADATA_USER,
 };
-use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::response::NoticeResponse;
 use pgwire::messages::startup::{Authentication, PasswordMessageFamily};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use query_actors::auth::{Principal, Refusal};
@@ -338,6 +339,37 @@ impl StartupHandler for Handler {
     }
 }
 
+/// A warning before the rows of an answer cut at `[http] max_result_rows` (HTTP says
+/// `"truncated": true`).
+async fn warn_if_truncated<C>(
+    client: &mut C,
+    outcome: &Outcome,
+    max_rows: usize,
+) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    if let Outcome::Rows {
+        truncated: true, ..
+    } = outcome
+    {
+        let notice = ErrorInfo::new(
+            "WARNING".to_owned(),
+            "01000".to_owned(),
+            format!(
+                "the answer was cut at {max_rows} rows ([http] max_result_rows); add a LIMIT or aggregate"
+            ),
+        );
+        client
+            .send(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(
+                notice,
+            )))
+            .await?;
+    }
+    Ok(())
+}
+
 /// The protocol response of `outcome`, its columns in `format`.
 async fn response(outcome: Outcome, format: &Format) -> PgWireResult<Response> {
     Ok(match outcome {
@@ -350,6 +382,7 @@ async fn response(outcome: Outcome, format: &Format) -> PgWireResult<Response> {
             batches,
             pool,
             place,
+            ..
         } => {
             let fields = Arc::new(encode::fields(&schema, format));
             let f = fields.clone();
@@ -384,6 +417,7 @@ impl SimpleQueryHandler for Handler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let outcome = self.run(client, query, false).await?;
+        warn_if_truncated(client, &outcome, self.node.config.http.max_result_rows).await?;
         Ok(vec![response(outcome, &Format::UnifiedText).await?])
     }
 }
@@ -466,6 +500,7 @@ impl ExtendedQueryHandler for Handler {
     {
         let sql = self.bound_sql(portal)?;
         let outcome = self.described_or_run(client, &sql).await?;
+        warn_if_truncated(client, &outcome, self.node.config.http.max_result_rows).await?;
         response(outcome, &portal.result_column_format).await
     }
 }

@@ -54,6 +54,8 @@ pub enum Outcome {
         pool: Option<SqlPool>,
         /// The query's place among the running ones, held until its rows are encoded.
         place: Option<Admitted>,
+        /// Cut at `[http] max_result_rows` (said in a warning before the rows).
+        truncated: bool,
     },
     Command(String),
     Begin,
@@ -68,6 +70,7 @@ impl Outcome {
             batches: vec![batch],
             pool: None,
             place: None,
+            truncated: false,
         }
     }
 }
@@ -106,6 +109,7 @@ async fn execute(
     let answer = answer?;
     Ok(Outcome::Rows {
         schema: answer.output.schema.clone(),
+        truncated: answer.output.truncated,
         batches: answer.output.batches,
         pool: Some(answer.pool),
         place: Some(answer.place),
