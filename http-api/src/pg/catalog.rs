@@ -33,16 +33,10 @@ pub async fn answer(
     sql: &str,
 ) -> Result<Option<Outcome>, PgError> {
     let lower = sql.to_ascii_lowercase();
-    let catalog = lower.contains("pg_catalog.")
-        || lower.contains("pg_class")
-        || lower.contains("pg_namespace")
-        || lower.contains("pg_attribute")
-        || lower.contains("pg_type");
-    let grafana =
-        lower.contains("information_schema.") && lower.contains("current_setting('search_path')");
-    if !catalog && !grafana {
+    if !is_lookup(&lower) {
         return Ok(None);
     }
+    let grafana = lower.contains("current_setting('search_path')");
     if grafana && lower.contains("information_schema.tables") {
         let rows = relations(node, who)
             .await?
@@ -202,6 +196,31 @@ pub async fn answer(
     Ok(Some(Outcome::rows(text_batch(&[], vec![]))))
 }
 
+/// Whether `lower` (a statement, lower-cased) is a catalog look-up: it names a
+/// `pg_catalog` relation, or is one of Grafana's `information_schema` queries (which read
+/// the search path). Names inside string literals do not count: a user's
+/// `WHERE x = 'pg_class'` goes to the node.
+fn is_lookup(lower: &str) -> bool {
+    let mut code = String::with_capacity(lower.len());
+    let mut quoted = false;
+    for c in lower.chars() {
+        if c == '\'' {
+            quoted = !quoted;
+        }
+        code.push(if quoted { ' ' } else { c });
+    }
+    let names = [
+        "pg_catalog.",
+        "pg_class",
+        "pg_namespace",
+        "pg_attribute",
+        "pg_type",
+    ];
+    names.iter().any(|n| code.contains(n))
+        || (code.contains("information_schema.")
+            && lower.contains("current_setting('search_path')"))
+}
+
 /// `sch.name`, or `name` for the default schema.
 fn qualified(r: &Relation) -> String {
     if r.schema == "public" {
@@ -356,4 +375,26 @@ async fn strings(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_are_told_from_user_queries() {
+        assert!(is_lookup("select c.oid from pg_catalog.pg_class c"));
+        assert!(is_lookup(
+            "select table_name from information_schema.tables \
+             where x in (select current_setting('search_path'))"
+        ));
+        assert!(!is_lookup("select * from sys where hostname = 'pg_class'"));
+        assert!(!is_lookup("select * from information_schema.tables"));
+        assert!(!is_lookup("select count(*) from sys"));
+        let sql = "WHERE c.relname OPERATOR(pg_catalog.~) '^(sys)$' COLLATE pg_catalog.default";
+        assert_eq!(
+            pattern(sql, "c.relname OPERATOR(pg_catalog.~) '"),
+            Some("sys".to_string())
+        );
+    }
 }
