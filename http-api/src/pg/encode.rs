@@ -44,34 +44,40 @@ pub fn pg_type(dt: &DataType) -> Type {
     }
 }
 
-/// Whether values of `t` can be sent in the binary format (the others go as text, and the
-/// row description says so).
-fn binary_ok(t: &Type) -> bool {
-    [
-        Type::BOOL,
-        Type::INT2,
-        Type::INT4,
-        Type::INT8,
-        Type::FLOAT4,
-        Type::FLOAT8,
-        Type::TEXT,
-        Type::TIMESTAMP,
-        Type::TIMESTAMPTZ,
-        Type::DATE,
-        Type::BYTEA,
-    ]
-    .contains(t)
+/// Whether values of Arrow type `dt` are sent in the binary format when asked (the others
+/// go as text, and the row description says so).
+fn binary_ok(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Boolean
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::Float16
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Timestamp(..)
+            | DataType::Date32
+            | DataType::Binary
+    )
 }
 
 /// The format of result column `i`: what the client asked for in Bind, when possible. A
 /// Bind with fewer codes than columns is the client's error; such columns go as text.
-fn format_of(format: &Format, i: usize, t: &Type) -> FieldFormat {
+fn format_of(format: &Format, i: usize, dt: &DataType) -> FieldFormat {
     let asked = match format {
         Format::UnifiedText => FieldFormat::Text,
         Format::UnifiedBinary => FieldFormat::Binary,
         Format::Individual(codes) => FieldFormat::from(codes.get(i).copied().unwrap_or(0)),
     };
-    if asked == FieldFormat::Binary && binary_ok(t) {
+    if asked == FieldFormat::Binary && binary_ok(dt) {
         FieldFormat::Binary
     } else {
         FieldFormat::Text
@@ -86,7 +92,7 @@ pub fn fields(schema: &Schema, format: &Format) -> Vec<FieldInfo> {
         .enumerate()
         .map(|(i, f)| {
             let t = pg_type(f.data_type());
-            let fmt = format_of(format, i, &t);
+            let fmt = format_of(format, i, f.data_type());
             FieldInfo::new(f.name().clone(), None, None, t, fmt)
         })
         .collect()
@@ -208,10 +214,24 @@ fn column(array: &dyn Array, field: &FieldInfo) -> Result<Vec<Option<Vec<u8>>>, 
         DataType::Date32 if binary => {
             prim!(Date32Type, |d| (d - PG_EPOCH_DAYS).to_be_bytes().to_vec())
         }
-        DataType::Binary if binary => array
+        DataType::Binary => array
             .as_binary::<i32>()
             .iter()
-            .map(|v| v.map(|b| b.to_vec()))
+            .map(|v| {
+                v.map(|b| {
+                    if binary {
+                        b.to_vec()
+                    } else {
+                        // bytea's text form: \x and hex digits.
+                        let mut s = String::with_capacity(2 + 2 * b.len());
+                        s.push_str("\\x");
+                        for byte in b {
+                            s.push_str(&format!("{byte:02x}"));
+                        }
+                        s.into_bytes()
+                    }
+                })
+            })
             .collect(),
         _ => displayed(array)?,
     };
@@ -372,5 +392,29 @@ mod tests {
             &rows[0].data[..12],
             &[0, 0, 0, 8, 255, 255, 255, 255, 255, 255, 255, 251]
         );
+    }
+
+    #[test]
+    fn bytea_text_and_types_without_a_binary_encoder() {
+        use datafusion::arrow::array::{BinaryArray, LargeBinaryArray};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("b", DataType::Binary, true),
+            Field::new("l", DataType::LargeBinary, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(BinaryArray::from(vec![Some(&[10u8, 255][..])])),
+                Arc::new(LargeBinaryArray::from(vec![Some(&[1u8][..])])),
+            ],
+        )
+        .expect("batch");
+        let f = fields(&schema, &Format::UnifiedText);
+        let row = &rows(&batch, &f).expect("rows")[0];
+        assert!(String::from_utf8_lossy(&row.data).contains("\\x0aff"));
+        // Asked for binary: what has no binary encoder here says it is text.
+        let f = fields(&schema, &Format::UnifiedBinary);
+        assert_eq!(f[0].format(), FieldFormat::Binary);
+        assert_eq!(f[1].format(), FieldFormat::Text);
     }
 }
