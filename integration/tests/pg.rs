@@ -130,6 +130,10 @@ fn psql_and_psycopg_against_a_demo_node() {
     assert!(out.contains("load1|double precision"), "{out}");
     assert!(out.contains("machine_ip|text"), "{out}");
     assert!(out.contains("boot_time|timestamp"), "{out}");
+    let (ok, out, err) = psql(&node, &["\\dn"], None);
+    assert!(ok && out.trim() == "public|query", "{out}{err}");
+    let (ok, _, err) = psql(&node, &["\\d no_such_table"], None);
+    assert!(!ok && err.contains("Did not find any relation"), "{err}");
     // Table-name completion (psql 15's query for `SELECT * FROM proc<TAB>`).
     let (ok, out, err) = psql(
         &node,

@@ -94,8 +94,9 @@ pub async fn answer(
             .await?
             .into_iter()
             .filter(|r| {
+                // Without a schema, what the search path sees: public.
                 name.as_deref().is_none_or(|n| n == r.name)
-                    && schema.as_deref().is_none_or(|s| s == r.schema)
+                    && schema.as_deref().unwrap_or("public") == r.schema
             })
             .map(|r| vec![Some(r.oid.to_string()), Some(r.schema), Some(r.name)])
             .collect();
@@ -103,6 +104,20 @@ pub async fn answer(
             &["oid", "nspname", "relname"],
             rows,
         ))));
+    }
+    // psql \dn: the schemas.
+    if lower.contains("from pg_catalog.pg_namespace n") && lower.contains("as \"name\"") {
+        let mut schemas: Vec<String> = relations(node, who)
+            .await?
+            .into_iter()
+            .map(|r| r.schema)
+            .collect();
+        schemas.dedup();
+        let rows = schemas
+            .into_iter()
+            .map(|s| vec![Some(s), Some("query".into())])
+            .collect();
+        return Ok(Some(Outcome::rows(text_batch(&["Name", "Owner"], rows))));
     }
     // Step 2: the relation's properties (psql 15's columns, in its order).
     if lower.contains("c.relchecks") {
