@@ -30,16 +30,18 @@ test: test-deps
 
 ## Headless Chromium for the console test, dnsmasq (a real DNS server on loopback) for the
 ## aggregator-set test and the failover benchmark, Alertmanager for the alert receivers
-## test: Debian's packages, nothing downloaded on its own. Each entry is command:package.
-TEST_DEBS = chromium:chromium dnsmasq:dnsmasq-base prometheus-alertmanager:prometheus-alertmanager
+## test, psql for the Postgres protocol test: Debian's packages, nothing downloaded on its
+## own. Each entry is command:package.
+TEST_DEBS = chromium:chromium dnsmasq:dnsmasq-base prometheus-alertmanager:prometheus-alertmanager psql:postgresql-client
 BENCH_DEBS = dnsmasq:dnsmasq-base
 
 test-deps: test-venv
 	@$(call install_debs,$(TEST_DEBS))
 
-## A real SMTP server for the alert e-mail test (aiosmtpd, run by integration/tools/smtp_sink.py).
+## A real SMTP server for the alert e-mail test (aiosmtpd, run by integration/tools/smtp_sink.py)
+## and a Postgres driver for the pg test (psycopg, run by integration/tools/pg_client.py).
 test-venv:
-	@.test-venv/bin/python -c 'import aiosmtpd' 2>/dev/null || { python3 -m venv .test-venv && .test-venv/bin/pip install -q aiosmtpd; }
+	@.test-venv/bin/python -c 'import aiosmtpd, psycopg' 2>/dev/null || { python3 -m venv .test-venv && .test-venv/bin/pip install -q aiosmtpd 'psycopg[binary]'; }
 
 bench-deps:
 	@$(call install_debs,$(BENCH_DEBS))

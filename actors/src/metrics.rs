@@ -55,6 +55,12 @@ pub struct Metrics {
     link_tls_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Alert receivers, by name (kept by the notification dispatcher).
     alert_receivers: Mutex<BTreeMap<String, AlertReceiverStats>>,
+    /// Postgres protocol (`[pg]`): connections open now, refused at `max_connections`,
+    /// statements run, and errors sent by SQLSTATE.
+    pub pg_connections: AtomicU64,
+    pub pg_refused: AtomicU64,
+    pub pg_statements: AtomicU64,
+    pg_errors: Mutex<BTreeMap<String, u64>>,
 }
 
 /// One alert receiver's figures in /metrics.
@@ -96,6 +102,15 @@ impl Metrics {
     pub fn record_publish_refusal(&self, limit: &'static str) {
         if let Ok(mut r) = self.publish_refusals.lock() {
             *r.entry(limit).or_default() += 1;
+        }
+    }
+
+    pub fn record_pg_error(&self, sqlstate: &str) {
+        if let Ok(mut e) = self.pg_errors.lock() {
+            // SQLSTATEs are five characters; anything else would be a label of our making.
+            if e.len() < 64 || e.contains_key(sqlstate) {
+                *e.entry(sqlstate.to_string()).or_default() += 1;
+            }
         }
     }
 
@@ -246,6 +261,30 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "query_link_tls_refused_total{{reason=\"{reason}\"}} {n}"
+                );
+            }
+        }
+
+        let _ = writeln!(out, "# HELP query_pg_connections Postgres protocol connections open.\n# TYPE query_pg_connections gauge\nquery_pg_connections {}", load(&self.pg_connections));
+        counter(
+            &mut out,
+            "query_pg_refused_total",
+            "Postgres protocol connections refused at [pg] max_connections.",
+            load(&self.pg_refused),
+        );
+        counter(
+            &mut out,
+            "query_pg_statements_total",
+            "Statements received over the Postgres protocol.",
+            load(&self.pg_statements),
+        );
+        let _ = writeln!(out, "# HELP query_pg_errors_total Errors sent over the Postgres protocol, by SQLSTATE.\n# TYPE query_pg_errors_total counter");
+        if let Ok(e) = self.pg_errors.lock() {
+            for (code, n) in e.iter() {
+                let _ = writeln!(
+                    out,
+                    "query_pg_errors_total{{sqlstate=\"{}\"}} {n}",
+                    label(code)
                 );
             }
         }

@@ -4,6 +4,7 @@
 pub mod encode;
 pub mod error;
 pub mod guard;
+pub mod pg;
 pub mod routes;
 
 use actix_web::body::MessageBody;
@@ -147,6 +148,8 @@ pub async fn serve(node: NodeHandle) -> std::io::Result<()> {
     } else {
         http.workers
     };
+    // The Postgres listener first: a port taken stops the start like HTTP's would.
+    pg::serve(node.clone()).await?;
     let data = web::Data::new(node);
     let server = HttpServer::new(move || {
         App::new()

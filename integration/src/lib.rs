@@ -190,6 +190,8 @@ impl Drop for Simulator {
 pub struct Node {
     child: Child,
     pub base: String,
+    /// `host:port` of its Postgres listener (`[pg] listen`), once printed.
+    pg: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     pub stderr_log: PathBuf,
     _logdir: tempfile::TempDir,
 }
@@ -214,10 +216,16 @@ impl Node {
         let (mut child, stderr_log) = spawn_queryd(args, logdir.path(), Stdio::piped(), nofile);
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
+        let pg = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let pg_seen = pg.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("listening on ") {
                     let _ = tx.send(addr.trim_end_matches('/').to_string());
+                } else if let Some(addr) = line.strip_prefix("postgres listening on ") {
+                    if let Ok(mut p) = pg_seen.lock() {
+                        *p = Some(addr.trim().to_string());
+                    }
                 }
             }
         });
@@ -234,6 +242,7 @@ impl Node {
         Node {
             child,
             base,
+            pg,
             stderr_log,
             _logdir: logdir,
         }
@@ -251,6 +260,15 @@ impl Node {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("node at {} never became healthy", self.base);
+    }
+
+    /// `host:port` of the node's Postgres listener (printed before the HTTP one).
+    pub fn pg_addr(&self) -> String {
+        self.pg
+            .lock()
+            .ok()
+            .and_then(|p| p.clone())
+            .expect("the node printed no `postgres listening on` line: is [pg] listen set?")
     }
 
     pub fn url(&self, path: &str) -> String {

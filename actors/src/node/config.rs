@@ -92,6 +92,9 @@ pub struct NodeConfig {
     pub alerts: Option<AlertsConfig>,
     /// History and reports this node keeps on disk (a node that answers SQL).
     pub history: Option<HistoryConfig>,
+    /// The Postgres wire protocol (a node that answers SQL).
+    #[serde(default)]
+    pub pg: PgConfig,
     /// Set by the subcommand, not the file.
     #[serde(skip)]
     pub role: Role,
@@ -161,6 +164,56 @@ impl Default for HttpConfig {
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             tls: None,
+        }
+    }
+}
+
+/// `[pg]`: the Postgres wire protocol (psql, drivers, Grafana), beside HTTP. Statements
+/// go through the same query path as `POST /sql`, with the same limits and tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PgConfig {
+    /// Where to listen; None (the default): no Postgres listener.
+    pub listen: Option<SocketAddr>,
+    /// Connections open at once at most; more are refused with SQLSTATE 53300.
+    pub max_connections: usize,
+    /// A connection with no message for this long is closed (57P05).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        PgConfig {
+            listen: None,
+            max_connections: 64,
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl PgConfig {
+    fn validate(&self, auth: &AuthConfig) -> ConfigResult<()> {
+        let bad = |m: String| {
+            Err(ConfigError::Invalid {
+                what: "[pg]".into(),
+                message: m,
+            })
+        };
+        if self.max_connections == 0 || self.idle_timeout.is_zero() {
+            return bad("max_connections and idle_timeout must be positive".into());
+        }
+        match self.listen {
+            Some(listen)
+                if !listen.ip().is_loopback()
+                    && auth.tokens_file.is_none()
+                    && !auth.allow_unauthenticated =>
+            {
+                bad(format!(
+                    "Postgres listens on {listen}, which is not a loopback address, and no [auth] tokens_file is set: anyone who reaches it could query every table. Set [auth] tokens_file (the password is the token), listen on 127.0.0.1, or set [auth] allow_unauthenticated = true to accept that"
+                ))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -450,6 +503,7 @@ impl NodeConfig {
             set.load()?;
         }
         self.auth.validate(self.http.listen)?;
+        self.pg.validate(&self.auth)?;
         if let Some(a) = &self.alerts {
             a.validate()?;
         }
@@ -501,6 +555,10 @@ impl NodeConfig {
         need(
             self.history.is_none() || self.role.answers_sql(),
             "[history] is kept by nodes that answer SQL (sql, tla-sql); remove it",
+        )?;
+        need(
+            self.pg.listen.is_none() || self.role.answers_sql(),
+            "[pg] listen is for nodes that answer SQL (sql, tla-sql); remove it",
         )?;
         match self.role {
             Role::Edge => need(
@@ -623,7 +681,17 @@ mod tests {
             );
             assert!(cfg.link.tls.is_none() && cfg.http.tls.is_none(), "{role}");
             assert!(cfg.auth.tokens_file.is_none(), "{role}");
+            assert!(
+                cfg.pg.listen.is_none(),
+                "{role}: Postgres is off by default"
+            );
         }
+        // The demo speaks Postgres on loopback (README: `psql -h 127.0.0.1 -p 5433`).
+        let demo = NodeConfig::load(&dir.join("../demo.example.toml")).expect("demo");
+        assert_eq!(
+            demo.pg.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 5433)))
+        );
     }
 
     /// A stand-in for /etc/query/ holding what the production examples name: real

@@ -76,6 +76,7 @@ pub fn start_demo(mut config: NodeConfig, proxies: usize) -> Result<NodeHandle, 
         pc.requests.prewarm = None;
         pc.alerts = None;
         pc.history = None;
+        pc.pg.listen = None;
         pc.generation.offset = offset / 2;
         pc.link.listen = None;
         pc.link.children = children
