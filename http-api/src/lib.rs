@@ -150,6 +150,7 @@ pub async fn serve(node: NodeHandle) -> std::io::Result<()> {
     };
     // The Postgres listener first: a port taken stops the start like HTTP's would.
     pg::serve(node.clone()).await?;
+    let mut installed = node.installed();
     let data = web::Data::new(node);
     let server = HttpServer::new(move || {
         App::new()
@@ -168,10 +169,19 @@ pub async fn serve(node: NodeHandle) -> std::io::Result<()> {
         None => server.bind(http.listen),
     }
     .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", http.listen)))?;
+    let mut urls = Vec::new();
     for addr in server.addrs() {
         // Scripts and tests read this line to learn the port (and the scheme).
         println!("listening on {scheme}://{addr}/");
-        tracing::info!(%addr, "Query console at {scheme}://{addr}/");
+        urls.push(format!("{scheme}://{addr}/"));
     }
+    // The console's address is the last line of the start: logged once the first
+    // generation is served (the start's own lines, of every in-process node, come before).
+    actix_web::rt::spawn(async move {
+        let _ = installed.changed().await;
+        for url in urls {
+            tracing::info!(%url, "Query console at {url} (the first generation is served)");
+        }
+    });
     server.run().await
 }

@@ -477,3 +477,33 @@ pub fn queryd_exits(args: &[&str], what: &str) -> (std::process::ExitStatus, Str
     }
     (status, out, err)
 }
+
+/// Runs `queryd token <args>` (a real token, as an operator makes one): (the secret, the
+/// `[[token]]` entry for a tokens file, which holds the secret's hash only).
+pub fn make_token(args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new(queryd_bin())
+        .arg("token")
+        .args(args)
+        .output()
+        .expect("run queryd token");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "queryd token: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = text
+        .lines()
+        .find(|l| l.starts_with("qt_"))
+        .expect("the secret is printed")
+        .to_string();
+    let entry = text
+        .split_once("[[token]]")
+        .map(|(_, e)| format!("[[token]]{e}"))
+        .expect("the entry is printed");
+    assert!(
+        !entry.contains(&secret),
+        "the entry holds the hash, not the secret"
+    );
+    (secret, entry)
+}

@@ -3,11 +3,10 @@
 //! JavaScript and renders the results and the table list; its Alerts view lists what fires,
 //! and a click (a real mouse event, over Chromium's DevTools protocol) runs an alert's SQL.
 
-use std::process::Command;
 use std::time::Duration;
 
 use query_integration::browser::{dump_dom, encode, Browser};
-use query_integration::{queryd_bin, repo, Workspace};
+use query_integration::{repo, Workspace};
 use serde_json::{json, Value};
 
 #[test]
@@ -96,20 +95,7 @@ fn console_runs_a_query_and_lists_tables_in_a_real_browser() {
 /// sessionStorage, sent as Bearer), and never runs a query from a link by itself.
 #[test]
 fn console_asks_for_a_token_and_never_runs_a_linked_query_by_itself() {
-    let out = Command::new(queryd_bin())
-        .args(["token", "--name", "console", "--domain", "*"])
-        .output()
-        .expect("queryd token");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let secret = text
-        .lines()
-        .find(|l| l.starts_with("qt_"))
-        .expect("secret")
-        .to_string();
-    let entry = text
-        .split_once("[[token]]")
-        .map(|(_, e)| format!("[[token]]{e}"))
-        .expect("entry");
+    let (secret, entry) = query_integration::make_token(&["--name", "console", "--domain", "*"]);
     let ws = Workspace::new();
     std::fs::write(ws.path("tokens.toml"), entry).expect("tokens file");
     let node = ws.start(

@@ -344,26 +344,15 @@ fn two_sql_nodes_of_one_tla_state_the_same_round() {
 #[test]
 fn a_token_limited_to_some_tables_sees_the_catalog_but_not_other_rows() {
     let ws = Workspace::new();
-    let out = std::process::Command::new(query_integration::queryd_bin())
-        .args([
-            "token",
-            "--name",
-            "sys-reader",
-            "--domain",
-            "noc",
-            "--table",
-            "sys",
-        ])
-        .output()
-        .expect("queryd token");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let secret = text
-        .lines()
-        .find(|l| l.starts_with("qt_"))
-        .expect("secret")
-        .to_string();
-    let entry = text.split_once("[[token]]").expect("entry").1;
-    std::fs::write(ws.path("tokens.toml"), format!("[[token]]{entry}")).expect("tokens");
+    let (secret, entry) = query_integration::make_token(&[
+        "--name",
+        "sys-reader",
+        "--domain",
+        "noc",
+        "--table",
+        "sys",
+    ]);
+    std::fs::write(ws.path("tokens.toml"), entry).expect("tokens");
     let node = ws.start(
         "demo",
         "[generation]\ninterval = \"2s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 20\nclusters = 2\n\n[auth]\ntokens_file = \"tokens.toml\"\n",

@@ -10,37 +10,8 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use query_integration::{queryd_bin, queryd_exits, Node, Workspace};
+use query_integration::{make_token, queryd_bin, queryd_exits, Node, Workspace};
 use serde_json::Value;
-
-/// Runs `queryd token <args>`: (secret, `[[token]]` entry).
-fn make_token(args: &[&str]) -> (String, String) {
-    let out = Command::new(queryd_bin())
-        .arg("token")
-        .args(args)
-        .output()
-        .expect("run queryd token");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "queryd token: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let secret = text
-        .lines()
-        .find(|l| l.starts_with("qt_"))
-        .expect("the secret is printed")
-        .to_string();
-    let entry = text
-        .split_once("[[token]]")
-        .map(|(_, e)| format!("[[token]]{e}"))
-        .expect("the entry is printed");
-    assert!(
-        !entry.contains(&secret),
-        "the entry holds the hash, not the secret"
-    );
-    (secret, entry)
-}
 
 /// One request with the given headers (a `Host` of our choice too): (status, whole
 /// response text).

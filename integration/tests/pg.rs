@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use query_integration::{queryd_bin, queryd_exits, repo, Node, Workspace};
+use query_integration::{make_token, queryd_exits, repo, Node, Workspace};
 
 /// A demo node of 200 machines with `[pg]` on any free port, once its generation holds
 /// every machine (asked over HTTP with `token`, if the node needs one).
@@ -155,7 +155,7 @@ fn psql_and_psycopg_against_a_demo_node() {
     // cancel, Grafana's queries, the warning of a cut answer.
     psycopg(
         &node,
-        "readme,types,params,session,errors,cancel,grafana,truncated",
+        "readme,types,params,session,errors,cancel,grafana,truncated,describe",
         None,
     );
 
@@ -175,27 +175,6 @@ fn psql_and_psycopg_against_a_demo_node() {
         .and_then(|v| v.trim().parse().ok())
         .expect("query_pg_statements_total");
     assert!(statements > 20, "{statements}");
-}
-
-/// Runs `queryd token <args>`: (secret, `[[token]]` entry).
-fn make_token(args: &[&str]) -> (String, String) {
-    let out = Command::new(queryd_bin())
-        .arg("token")
-        .args(args)
-        .output()
-        .expect("run queryd token");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "queryd token: {text}");
-    let secret = text
-        .lines()
-        .find(|l| l.starts_with("qt_"))
-        .expect("the secret is printed")
-        .to_string();
-    let entry = text
-        .split_once("[[token]]")
-        .map(|(_, e)| format!("[[token]]{e}"))
-        .expect("the entry is printed");
-    (secret, entry)
 }
 
 #[test]

@@ -195,6 +195,18 @@ def auth_refused(_conn):
         raise AssertionError("a wrong token was accepted")
 
 
+def describe(conn):
+    # SHOW TABLES, DESCRIBE and the descriptions of query_columns answer as over HTTP.
+    names = {r[2] for r in conn.execute("SHOW TABLES").fetchall()}
+    assert {"sys", "continent_data", "query_columns"} <= names, names
+    cols = conn.execute("DESCRIBE sys").fetchall()
+    assert cols and cols[0][0] == "machine_ip", cols
+    (desc,) = conn.execute(
+        "SELECT description FROM query_columns WHERE table_name = 'sys' AND column_name = 'machine_ip'"
+    ).fetchone()
+    assert desc, desc
+
+
 def forbidden(conn):
     expect_error(conn, "SELECT * FROM processes", "42501")
     (n,) = conn.execute("SELECT COUNT(*) FROM sys").fetchone()
@@ -268,6 +280,7 @@ CHECKS_BY_NAME = {
     "grafana": grafana,
     "auth_refused": auth_refused,
     "forbidden": forbidden,
+    "describe": describe,
 }
 
 if __name__ == "__main__":

@@ -5,11 +5,10 @@
 //! tie to even (`2.5::float8::int` is 2), a difference ARCHITECTURE.md lists.
 
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::Transformed;
 use datafusion::common::DFSchema;
 use datafusion::error::Result;
 use datafusion::logical_expr::expr::{Cast, TryCast};
-use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan};
 use datafusion::optimizer::AnalyzerRule;
 
@@ -34,17 +33,7 @@ fn round_node(node: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
         [input] => input.schema().as_ref().clone(),
         _ => return Ok(Transformed::no(node)),
     };
-    let names = NamePreserver::new(&node);
-    let rewritten = node.map_expressions(|e| {
-        let name = names.save(&e);
-        e.transform_up(|x| round_cast(x, &schema))
-            .map(|t| t.update_data(|e| name.restore(e)))
-    })?;
-    if rewritten.transformed {
-        rewritten.map_data(|plan| plan.recompute_schema())
-    } else {
-        Ok(rewritten)
-    }
+    super::division::rewrite_node_expressions(node, |x| round_cast(x, &schema))
 }
 
 fn round_cast(e: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {

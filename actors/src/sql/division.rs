@@ -29,13 +29,23 @@ impl AnalyzerRule for NullOnDivideByZero {
     }
 }
 
-/// Rewrites the divisions of one plan node. Names are kept as they were (as DataFusion's
-/// own type coercion does): a parent refers to `(x / 10) * 10` of a GROUP BY by that name.
+/// Rewrites the divisions of one plan node.
 fn guard_node(node: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+    rewrite_node_expressions(node, rewrite)
+}
+
+/// Rewrites every expression of one plan node bottom up with `f`, shared by the project's
+/// expression rules. Names are kept as they were (as DataFusion's own type coercion does):
+/// a parent refers to `(x / 10) * 10` of a GROUP BY by that name. The node's schema is
+/// recomputed when anything changed (a rewrite may change a type).
+pub(super) fn rewrite_node_expressions(
+    node: LogicalPlan,
+    mut f: impl FnMut(Expr) -> Result<Transformed<Expr>>,
+) -> Result<Transformed<LogicalPlan>> {
     let names = NamePreserver::new(&node);
     let rewritten = node.map_expressions(|e| {
         let name = names.save(&e);
-        e.transform_up(rewrite)
+        e.transform_up(&mut f)
             .map(|t| t.update_data(|e| name.restore(e)))
     })?;
     if rewritten.transformed {

@@ -216,9 +216,10 @@ struct DemoArgs {
     /// Simulated clusters.
     #[arg(long)]
     clusters: Option<usize>,
-    /// Cluster proxies between the simulated machines and the TLA/SQL node.
-    #[arg(long, default_value_t = 2)]
-    proxies: usize,
+    /// Cluster proxies between the simulated machines and the TLA/SQL node (whole
+    /// clusters each); default: one per cluster, as in a real fleet.
+    #[arg(long)]
+    proxies: Option<usize>,
 }
 
 #[derive(Args)]
@@ -484,7 +485,7 @@ fn main() -> ExitCode {
     };
     let result = actix_web::rt::System::new().block_on(async move {
         let node = match demo_proxies {
-            Some(proxies) => start_demo(cfg, proxies),
+            Some(proxies) => start_demo(cfg, proxies.unwrap_or(usize::MAX)),
             None => start_node(cfg),
         }
         .map_err(|e| e.to_string())?;
