@@ -5,7 +5,7 @@
 //! tie to even (`2.5::float8::int` is 2), a difference ARCHITECTURE.md lists.
 
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::Transformed;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::DFSchema;
 use datafusion::error::Result;
 use datafusion::logical_expr::expr::{Cast, TryCast};
@@ -27,6 +27,18 @@ impl AnalyzerRule for RoundFloatToInteger {
 }
 
 fn round_node(node: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+    // Most nodes cast nothing to an integer: leave them without copying their schema.
+    let casts_to_integer =
+        node.expressions().iter().any(|e| {
+            e.exists(|x| {
+            Ok(matches!(x, Expr::Cast(Cast { field, .. }) | Expr::TryCast(TryCast { field, .. })
+                if field.data_type().is_integer()))
+        })
+        .unwrap_or(true)
+        });
+    if !casts_to_integer {
+        return Ok(Transformed::no(node));
+    }
     // The schema the node's expressions read: its one input's (casts in joins' conditions
     // and in nodes without input are left as DataFusion makes them).
     let schema: DFSchema = match node.inputs().as_slice() {

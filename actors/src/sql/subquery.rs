@@ -50,6 +50,10 @@ pub struct DecorrelateScalarAggregates;
 
 impl AnalyzerRule for DecorrelateScalarAggregates {
     fn analyze(&self, plan: LogicalPlan, _: &ConfigOptions) -> Result<LogicalPlan> {
+        // Most statements have no subquery: leave them without rebuilding any node.
+        if !has_subquery(&plan)? {
+            return Ok(plan);
+        }
         let mut next = 0usize;
         plan.transform_up_with_subqueries(|node| rewrite_node(node, &mut next))
             .map(|t| t.data)
@@ -58,6 +62,28 @@ impl AnalyzerRule for DecorrelateScalarAggregates {
     fn name(&self) -> &str {
         "decorrelate_scalar_aggregates"
     }
+}
+
+/// Whether any expression of `plan` (views included) holds a subquery.
+fn has_subquery(plan: &LogicalPlan) -> Result<bool> {
+    let mut found = false;
+    plan.apply_with_subqueries(|node| {
+        found = node.expressions().iter().any(|e| {
+            e.exists(|x| {
+                Ok(matches!(
+                    x,
+                    Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_)
+                ))
+            })
+            .unwrap_or(true)
+        });
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    Ok(found)
 }
 
 /// A subquery this rule decorrelates: `target` (the subquery expression) becomes `value`,
