@@ -32,9 +32,11 @@ struct Watched<T> {
 }
 
 impl<T> Watched<T> {
-    /// Records the file's stamp now.
-    fn changed(&mut self) {
-        self.stamp = file_stamp(&self.path);
+    /// True once per change of the file's stamp (recorded before the file is read, so an
+    /// edit during the read is seen at the next check).
+    fn take_change(&mut self) -> bool {
+        let now = file_stamp(&self.path);
+        std::mem::replace(&mut self.stamp, now) != now
     }
 }
 
@@ -78,9 +80,8 @@ impl Reconfigure {
         if let Some(w) = self
             .config
             .as_mut()
-            .filter(|w| w.stamp != file_stamp(&w.path))
+            .and_then(|w| w.take_change().then_some(w))
         {
-            w.changed();
             match reload_config(w, self.role) {
                 Ok(selection) => out.selection = selection,
                 Err(e) => {
@@ -92,9 +93,8 @@ impl Reconfigure {
         if let Some((a, w)) = self
             .sets
             .as_mut()
-            .filter(|(_, w)| w.stamp != file_stamp(&w.path))
+            .and_then(|(a, w)| w.take_change().then_some((a, w)))
         {
-            w.changed();
             let loaded = a.load().and_then(|(set, partition)| {
                 let tables = super::set_tables(&set, partition.as_ref(), self.role, &self.schemas)?;
                 let routing = Routing::new(&set, partition.as_ref());

@@ -18,10 +18,13 @@ use crate::sql::SqlPool;
 use crate::table::load_schema_dir;
 use crate::tier::transport::Listener;
 
-/// Starts the simulated fleet, `proxies` cluster proxies (at most one per cluster; more
-/// asks for one per cluster) and the TLA/SQL node described by `config` (whose
-/// `[simulate]` section sizes the fleet); returns the TLA/SQL node.
-pub fn start_demo(mut config: NodeConfig, proxies: usize) -> Result<NodeHandle, ConfigError> {
+/// Starts the simulated fleet, `proxies` cluster proxies (at most one per cluster; None:
+/// one per cluster) and the TLA/SQL node described by `config` (whose `[simulate]`
+/// section sizes the fleet); returns the TLA/SQL node.
+pub fn start_demo(
+    mut config: NodeConfig,
+    proxies: Option<usize>,
+) -> Result<NodeHandle, ConfigError> {
     let sim = config.simulate.clone().unwrap_or_default();
     sim.validate()?;
     let schemas = load_schema_dir(&config.paths.schemas)?;
@@ -31,7 +34,9 @@ pub fn start_demo(mut config: NodeConfig, proxies: usize) -> Result<NodeHandle, 
     })?;
     let fleet = FleetSimulator::new(&sim, schemas.clone());
     let machines = fleet.machine_list();
-    let proxies = proxies.clamp(1, sim.clusters.max(1));
+    let proxies = proxies
+        .unwrap_or(sim.clusters)
+        .clamp(1, sim.clusters.max(1));
     tracing::info!(
         machines = machines.len(),
         clusters = sim.clusters,

@@ -59,10 +59,17 @@ impl ChildState {
     /// The wanted tables this child is dropped for (missing past `drop_after`).
     pub fn tables_dropped(&self, now: Instant, drop_after: Duration) -> Vec<String> {
         self.missing
-            .iter()
-            .filter(|(_, m)| now.saturating_duration_since(m.since) > drop_after)
-            .map(|(t, _)| t.clone())
+            .keys()
+            .filter(|t| self.dropped_for(t, now, drop_after))
+            .cloned()
             .collect()
+    }
+
+    /// Whether this child is dropped for `table` (missing past `drop_after`).
+    fn dropped_for(&self, table: &str, now: Instant, drop_after: Duration) -> bool {
+        self.missing
+            .get(table)
+            .is_some_and(|m| now.saturating_duration_since(m.since) > drop_after)
     }
 }
 
@@ -235,15 +242,14 @@ impl Children {
         if live.is_empty() {
             return wanted.is_empty();
         }
+        // Polled every few milliseconds while a seal waits: no allocation per child.
         live.iter().all(|(name, g)| {
-            let dropped = slots
-                .get(*name)
-                .map(|s| s.tables_dropped(now, self.drop_after))
-                .unwrap_or_default();
+            let state = slots.get(*name);
             g.round >= round
-                && wanted
-                    .iter()
-                    .all(|t| g.tables.contains_key(t) || dropped.contains(t))
+                && wanted.iter().all(|t| {
+                    g.tables.contains_key(t)
+                        || state.is_some_and(|s| s.dropped_for(t, now, self.drop_after))
+                })
         })
     }
 

@@ -485,7 +485,7 @@ fn main() -> ExitCode {
     };
     let result = actix_web::rt::System::new().block_on(async move {
         let node = match demo_proxies {
-            Some(proxies) => start_demo(cfg, proxies.unwrap_or(usize::MAX)),
+            Some(proxies) => start_demo(cfg, proxies),
             None => start_node(cfg),
         }
         .map_err(|e| e.to_string())?;
