@@ -49,6 +49,8 @@ pub struct Metrics {
     pub view_computations_total: Arc<AtomicU64>,
     /// HTTP responses by status code.
     http: Mutex<BTreeMap<u16, u64>>,
+    /// Publish-socket connections accepted since start (Unix socket and TCP).
+    pub publish_connections: AtomicU64,
     /// Publish-socket connections and publishes refused or closed, by the `[edge]` limit.
     publish_refusals: Mutex<BTreeMap<&'static str, u64>>,
     /// Failed TLS handshakes at `[link] listen`, by reason.
@@ -289,6 +291,7 @@ impl Metrics {
             }
         }
 
+        let _ = writeln!(out, "# HELP query_publish_connections_total Publish-socket connections accepted (Unix socket and TCP).\n# TYPE query_publish_connections_total counter\nquery_publish_connections_total {}", load(&self.publish_connections));
         let _ = writeln!(out, "# HELP query_publish_refusals_total Publish-socket connections and publishes refused or closed, by [edge] limit.\n# TYPE query_publish_refusals_total counter");
         if let Ok(r) = self.publish_refusals.lock() {
             for (limit, n) in r.iter() {

@@ -273,6 +273,10 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    store
+        .metrics
+        .publish_connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let allowed = &store.limits.allowed_uids;
     if let Peer::Unix { uid, .. } = &peer {
         if !allowed.is_empty() && !uid.is_some_and(|u| allowed.contains(&u)) {
