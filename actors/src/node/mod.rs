@@ -228,6 +228,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     // The tier above.
     let (published, generations) = watch::channel(None);
     let sessions = Arc::new(ParentSessions::default());
+    let started = Arc::new(std::sync::OnceLock::new());
     local.push(Box::new(self_tables::SelfMonitor {
         machine_ip: config.node.machine_ip.clone(),
         node: name.clone(),
@@ -240,6 +241,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         wanted: wanted.clone(),
         departures: Default::default(),
         departed_keep: config.link.departed_keep,
+        handle: started.clone(),
     }));
     let mut serve = ServeParents {
         node: name.clone(),
@@ -380,6 +382,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         alerts: alerts.clone(),
         history: history.as_ref().map(|(shared, _)| shared.clone()),
     });
+    let _ = started.set(node.clone());
     if let (Some(cfg), Some(shared)) = (alerts_config, alerts) {
         AlertEvaluator::new(node.clone(), cfg, shared, reload_every)?.start();
     }
