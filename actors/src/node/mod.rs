@@ -52,6 +52,7 @@ use crate::tier::admission::ListenLimits;
 use crate::tier::child_link::ChildLink;
 use crate::tier::names::watch_addresses;
 use crate::tier::parent_links::{accept_parents, ParentSessions, ServeParents};
+use crate::tier::span::Span;
 use crate::tier::tla_selection::{SharedSelection, TlaSelector};
 use crate::tier::transport::{Dialer, Listener};
 use crate::tier::{Children, PrewarmFile, RequestBook};
@@ -195,20 +196,29 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         selection = Some(shared);
         vec![("tla".to_string(), address)]
     } else {
-        let specs = config.link.child_specs();
-        // A TLA of an aggregator set dials the clusters of its span only.
-        let specs = match &set {
-            Some((set, _)) => set.children_in_span(specs),
-            None => specs,
-        };
-        specs
+        config
+            .link
+            .child_specs()
             .into_iter()
             .map(|c| (c.name, watch_addresses(c.addresses, &config.dns, &pool)))
             .collect()
     };
+    let mut span = None;
     let children = (!specs.is_empty()).then(|| {
         let children = Children::new(specs.iter().map(|(n, _)| n.clone()), config.link.drop_after);
+        // A TLA of an aggregator set dials the clusters of its span only (edits apply live).
+        let in_span = match (&set, selection.is_none()) {
+            (Some((set, _)), true) => {
+                let s = span.insert(Span::new(children.clone()));
+                Some((set, s.clone()))
+            }
+            _ => None,
+        };
         for (child, addresses) in specs {
+            let addresses = match &in_span {
+                Some((set, span)) => span.gate(&child, set.spans(&child), addresses, &pool),
+                None => addresses,
+            };
             ChildLink::new(
                 child,
                 addresses,
@@ -221,6 +231,9 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 dialer.clone(),
             )
             .start();
+        }
+        if let Some((set, span)) = &in_span {
+            span.apply(set);
         }
         children
     });
@@ -346,6 +359,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
             watcher::Reconfigured {
                 routing: routing.clone(),
                 selector,
+                span,
             },
         ),
         None => watcher,
