@@ -8,13 +8,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::quarantine::QuarantineConfig;
+use super::simulate_config::SimulateConfig;
 use crate::aggregator_sets::AggregatorSetConfig;
 use crate::alerts::AlertsConfig;
 use crate::auth::AuthConfig;
 use crate::edge::config::EdgeConfig;
 use crate::error::{ConfigError, ConfigResult};
 use crate::history::HistoryConfig;
-use crate::simulate::SimulateConfig;
 use crate::sql::{ParseLimits, DEFAULT_MAX_RESULT_BYTES};
 use crate::tier::names::DnsConfig;
 use crate::tier::tla_selection::TlaSelectionConfig;

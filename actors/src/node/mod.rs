@@ -17,6 +17,7 @@ mod schedule;
 mod sealer;
 mod self_tables;
 mod serving;
+pub mod simulate_config;
 mod watcher;
 
 pub use admission::{AdmissionLimits, Admitted};
