@@ -17,6 +17,7 @@ mod schedule;
 mod sealer;
 mod self_tables;
 mod serving;
+pub mod supervisor;
 mod watcher;
 
 pub use admission::{AdmissionLimits, Admitted};
@@ -50,7 +51,7 @@ use crate::sql::{ComputedTable, SqlPool};
 use crate::table::{load_schema_dir, SchemaRegistry};
 use crate::tier::admission::ListenLimits;
 use crate::tier::child_link::ChildLink;
-use crate::tier::names::watch_addresses;
+use crate::tier::names::watch_addresses_supervised;
 use crate::tier::parent_links::{accept_parents, ParentSessions, ServeParents};
 use crate::tier::tla_selection::{SharedSelection, TlaSelector};
 use crate::tier::transport::{Dialer, Listener};
@@ -89,6 +90,8 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         })?,
     };
     let metrics = Arc::new(Metrics::default());
+    // Every long-lived part below is started under it (restarted when it ends or panics).
+    let supervisor = supervisor::Supervisor::new(config.role.name(), metrics.clone());
     let current = Arc::new(ArcSwapOption::empty());
     let name = extras.name.unwrap_or_else(|| node_name(&config));
 
@@ -122,7 +125,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         .transpose()?;
     let auth = Arc::new(crate::auth::Auth::new(&config, set.as_ref())?);
     let (book, wanted) = RequestBook::new(config.requests.request_ttl, fixed, prewarm, set_tables);
-    let book = book.start();
+    let book = supervisor.start_actor("request_book", book);
 
     // This machine's own rows: the host, the publish socket, dropped files.
     let mut local: Vec<Box<dyn LocalPublisher>> = extras.publishers;
@@ -143,6 +146,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
             &pool,
             wanted.clone(),
             &metrics,
+            &supervisor,
         )?;
         if let Some(drop) = edge.file_drop_config() {
             std::fs::create_dir_all(&drop.dir).map_err(|e| ConfigError::io(&drop.dir, e))?;
@@ -174,10 +178,17 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     let mut selection = None;
     let mut selector = None;
     let specs: Vec<(String, watch::Receiver<Vec<String>>)> = if config.role == Role::Sql {
-        let candidates = watch_addresses(config.tla_candidates()?, &config.dns, &pool);
+        let candidates = watch_addresses_supervised(
+            config.tla_candidates()?,
+            &config.dns,
+            &pool,
+            &supervisor,
+            "dns:tla_selection",
+        );
         let (chosen, address) = watch::channel(Vec::new());
         let shared = SharedSelection::default();
-        selector = Some(
+        selector = Some(supervisor.start_actor(
+            "tla_selector",
             TlaSelector::new(
                 config.tla_selection.clone(),
                 candidates,
@@ -189,9 +200,8 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 shared.clone(),
                 metrics.clone(),
                 dialer.clone(),
-            )
-            .start(),
-        );
+            ),
+        ));
         selection = Some(shared);
         vec![("tla".to_string(), address)]
     } else {
@@ -203,7 +213,12 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         };
         specs
             .into_iter()
-            .map(|c| (c.name, watch_addresses(c.addresses, &config.dns, &pool)))
+            .map(|c| {
+                let dns = format!("dns:child:{}", c.name);
+                let addresses =
+                    watch_addresses_supervised(c.addresses, &config.dns, &pool, &supervisor, &dns);
+                (c.name, addresses)
+            })
             .collect()
     };
     let children = (!specs.is_empty()).then(|| {
@@ -220,6 +235,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 metrics.clone(),
                 dialer.clone(),
             )
+            .supervised(&supervisor)
             .start();
         }
         children
@@ -228,6 +244,9 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     // The tier above.
     let (published, generations) = watch::channel(None);
     let sessions = Arc::new(ParentSessions::default());
+    if extras.listener.is_some() || config.link.listen.is_some() {
+        sessions.supervised(&supervisor);
+    }
     local.push(Box::new(self_tables::SelfMonitor {
         machine_ip: config.node.machine_ip.clone(),
         node: name.clone(),
@@ -240,6 +259,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         wanted: wanted.clone(),
         departures: Default::default(),
         departed_keep: config.link.departed_keep,
+        supervisor: supervisor.clone(),
     }));
     let mut serve = ServeParents {
         node: name.clone(),
@@ -254,7 +274,22 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     };
     match (extras.listener, config.link.listen) {
         (Some(listener), _) => {
-            pool.spawn(accept_parents(listener, serve, pool.clone()));
+            // In-process: a restart listens again under the same name.
+            let again = match &listener {
+                Listener::Memory(name, _) => Some(name.clone()),
+                Listener::Tcp(_) => None,
+            };
+            let (mut first, p) = (Some(listener), pool.clone());
+            supervisor.spawn_task("link_listener", &pool, move || {
+                let listener = first.take().or_else(|| again.as_deref().map(Listener::memory));
+                let (serve, p) = (serve.clone(), p.clone());
+                async move {
+                    match listener {
+                        Some(l) => accept_parents(l, serve, p).await,
+                        None => tracing::error!("an embedder's TCP listener cannot listen again"),
+                    }
+                }
+            });
         }
         (None, Some(addr)) => {
             serve.tls = link_tls.as_ref().map(|t| t.server.clone());
@@ -266,10 +301,15 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 })?;
             let p = pool.clone();
             let serve_tls = serve.tls.is_some();
-            pool.spawn(async move {
-                match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(l) => accept_parents(Listener::Tcp(l), serve, p).await,
-                    Err(e) => tracing::error!(error = %e, "cannot serve parents"),
+            // The bound socket outlives the accept loop: a restart accepts on a copy of it.
+            supervisor.spawn_task("link_listener", &pool, move || {
+                let (serve, p) = (serve.clone(), p.clone());
+                let listener = std_listener.try_clone();
+                async move {
+                    match listener.and_then(tokio::net::TcpListener::from_std) {
+                        Ok(l) => accept_parents(Listener::Tcp(l), serve, p).await,
+                        Err(e) => tracing::error!(error = %e, "cannot serve parents"),
+                    }
                 }
             });
             tracing::info!(%addr, tls = serve_tls, "serving parents");
@@ -326,8 +366,8 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         node_tables,
         node_schemas,
     )
-    .with_schemas(schemas.clone())
-    .start();
+    .with_schemas(schemas.clone());
+    let keeper = supervisor.start_actor("snapshot_keeper", keeper);
     let watcher = watcher::FileWatcher::new(
         &config.paths,
         config.requests.prewarm.clone(),
@@ -348,16 +388,16 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         ),
         None => watcher,
     };
-    watcher.start();
-    sealer::Sealer::new(
+    supervisor.start_actor("file_watcher", watcher);
+    let sealer = sealer::Sealer::new(
         config.generation.clone(),
         inputs,
         keeper,
         published,
         pool.clone(),
         metrics.clone(),
-    )
-    .start();
+    );
+    supervisor.start_actor("sealer", sealer);
 
     let reload_every = config.paths.reload_every;
     let alerts_config = config.alerts.clone();
@@ -379,12 +419,15 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         auth,
         alerts: alerts.clone(),
         history: history.as_ref().map(|(shared, _)| shared.clone()),
+        supervisor: supervisor.clone(),
     });
     if let (Some(cfg), Some(shared)) = (alerts_config, alerts) {
-        AlertEvaluator::new(node.clone(), cfg, shared, reload_every)?.start();
+        let evaluator = AlertEvaluator::new(node.clone(), cfg, shared, reload_every)?;
+        supervisor.start_actor("alert_evaluator", evaluator);
     }
     if let Some((shared, writer)) = history {
-        HistoryKeeper::new(node.clone(), shared, writer, reload_every).start();
+        let keeper = HistoryKeeper::new(node.clone(), shared, writer, reload_every);
+        supervisor.start_actor("history_keeper", keeper);
     }
     Ok(node)
 }
@@ -498,6 +541,7 @@ fn start_edge(
     pool: &SqlPool,
     mut wanted: watch::Receiver<BTreeSet<String>>,
     metrics: &Arc<Metrics>,
+    supervisor: &supervisor::Supervisor,
 ) -> Result<Arc<EdgeStore>, ConfigError> {
     let store = Arc::new(
         EdgeStore::new(
@@ -514,17 +558,41 @@ fn start_edge(
     };
     let unix = socket::bind_unix(&edge.socket, edge.socket_mode)
         .map_err(|e| listen_err(format!("[edge] socket {}", edge.socket.display()), e))?;
-    pool.spawn(socket::serve_unix(store.clone(), unix));
+    // The bound sockets outlive the accept loops: a restart accepts on a copy of them.
+    let s = store.clone();
+    supervisor.spawn_task("publish_socket.unix", pool, move || {
+        let (s, unix) = (s.clone(), unix.try_clone());
+        async move {
+            match unix {
+                Ok(l) => socket::serve_unix(s, l).await,
+                Err(e) => tracing::error!(error = %e, "publish socket unusable"),
+            }
+        }
+    });
     if let Some(addr) = edge.tcp {
         let tcp = std::net::TcpListener::bind(addr)
             .map_err(|e| listen_err(format!("[edge] tcp {addr}"), e))?;
-        pool.spawn(socket::serve_tcp(store.clone(), tcp));
+        let s = store.clone();
+        supervisor.spawn_task("publish_socket.tcp", pool, move || {
+            let (s, tcp) = (s.clone(), tcp.try_clone());
+            async move {
+                match tcp {
+                    Ok(l) => socket::serve_tcp(s, l).await,
+                    Err(e) => tracing::error!(error = %e, "publish TCP listener unusable"),
+                }
+            }
+        });
     }
     let s = store.clone();
-    pool.spawn(async move {
-        while wanted.changed().await.is_ok() {
-            let tables = wanted.borrow_and_update().clone();
-            s.set_wanted(tables);
+    supervisor.spawn_task("publish_socket.wanted", pool, move || {
+        let (s, mut wanted) = (s.clone(), wanted.clone());
+        async move {
+            // A restart hands the store the current list first.
+            wanted.mark_changed();
+            while wanted.changed().await.is_ok() {
+                let tables = wanted.borrow_and_update().clone();
+                s.set_wanted(tables);
+            }
         }
     });
     Ok(store)

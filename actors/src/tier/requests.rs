@@ -157,6 +157,10 @@ impl RequestBook {
     }
 }
 
+/// Restarted in place: the requests (and the tables' actors) are kept; `started` sends the
+/// configured tables to their actors again, which changes nothing they already hold.
+impl actix::Supervised for RequestBook {}
+
 impl Actor for RequestBook {
     type Context = Context<Self>;
 
