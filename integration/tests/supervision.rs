@@ -206,6 +206,21 @@ fn every_supervised_kind_comes_back_after_a_panic() {
         "the static table edit after the file watcher restarted",
     );
 
+    // The file-drop scanner: a file dropped after its restart is published.
+    inject(edge, "file_drop");
+    until_restarted(edge, "edge", "file_drop", 1);
+    std::fs::write(
+        fleet.drop_dir(0).join("load_info.csv"),
+        "georegion,hits,bytes,errors\n9,555,1,0\n",
+    )
+    .expect("drop a file");
+    until_rows(
+        sql,
+        "SELECT hits FROM load_info WHERE georegion = 9",
+        json!([[555]]),
+        "a file dropped after the scanner restarted, at the SQL node",
+    );
+
     // The request book (at the proxy): a table first queried after its restart is
     // requested through it down to the edge and arrives at the SQL node.
     inject(proxy, "request_book");

@@ -155,6 +155,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 config.node.machine_ip.clone(),
                 schemas.clone(),
                 &pool,
+                &supervisor,
             )));
         }
         local.push(Box::new(StoreCollector(store)));

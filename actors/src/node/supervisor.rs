@@ -369,9 +369,19 @@ where
                 }
                 this.wait = None;
                 // The same mailbox; `restarting` then `started` run on the same value.
-                if !this.fut.restart() {
-                    this.supervisor.set_stopped(&this.name);
-                    return Poll::Ready(());
+                let fut = &mut this.fut;
+                match std::panic::catch_unwind(AssertUnwindSafe(|| fut.restart())) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        this.supervisor.set_stopped(&this.name);
+                        return Poll::Ready(());
+                    }
+                    Err(payload) => {
+                        // `restarting` itself panicked: try again after a longer wait.
+                        let cause = format!("panicked restarting: {}", panic_message(&*payload));
+                        this.schedule_restart(&cause);
+                        continue;
+                    }
                 }
                 this.supervisor.set_running(&this.name);
                 this.started = Instant::now();
@@ -393,16 +403,22 @@ where
                 Ok(Poll::Ready(())) => "stopped".to_string(),
                 Err(payload) => format!("panicked: {}", panic_message(&*payload)),
             };
-            let (min, max) = this.supervisor.0.backoff;
-            if this.started.elapsed() >= RESET_AFTER {
-                this.backoff = min;
-            }
-            let wait = this.backoff;
-            this.backoff = (this.backoff * 2).min(max);
-            this.supervisor
-                .record_restart(&this.name, &cause, State::Restarting, wait);
-            this.wait = Some(Box::pin(tokio::time::sleep(wait)));
+            this.schedule_restart(&cause);
         }
+    }
+}
+
+impl<A: Actor<Context = Context<A>>> ActorSupervisor<A> {
+    fn schedule_restart(&mut self, cause: &str) {
+        let (min, max) = self.supervisor.0.backoff;
+        if self.started.elapsed() >= RESET_AFTER {
+            self.backoff = min;
+        }
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(max);
+        self.supervisor
+            .record_restart(&self.name, cause, State::Restarting, wait);
+        self.wait = Some(Box::pin(tokio::time::sleep(wait)));
     }
 }
 

@@ -233,4 +233,44 @@ mod tests {
             rx.borrow()
         );
     }
+
+    #[test]
+    fn a_supervised_watcher_restarts_after_a_panic_keeping_its_addresses() {
+        let pool = SqlPool::new(1).expect("pool");
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+        let sup = Supervisor::with_backoff(
+            "test",
+            metrics,
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+        );
+        let dns = DnsConfig {
+            resolve_every: Duration::from_millis(50),
+            ..DnsConfig::default()
+        };
+        let mut rx =
+            watch_addresses_supervised(vec!["localhost:9".into()], &dns, &pool, &sup, "dns:x");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| !v.is_empty()))
+                .await
+                .expect("resolved in time")
+                .map(|_| ())
+                .expect("sender alive");
+            assert!(sup.inject_panic("dns:x"));
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while sup.status_of("dns:x").map(|s| s.restarts) != Some(1) {
+                assert!(std::time::Instant::now() < deadline, "restarted in time");
+                // What was found stays while the watcher restarts.
+                assert!(!rx.borrow().is_empty());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let st = sup.status_of("dns:x").expect("registered");
+        assert_eq!(st.last_error.as_deref(), Some("panicked: fault injected into dns:x"));
+        assert!(!rx.borrow().is_empty());
+    }
 }
