@@ -476,11 +476,12 @@ mod tests {
         eventually(|| sup.status_of("t").is_some_and(|s| s.state == State::Running)).await;
         let v = starts.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let gaps: Vec<Duration> = v.windows(2).map(|w| w[1] - w[0]).collect();
-        // 40, 80, 160, 160 (capped): each wait at least its backoff.
+        // 40, 80, 160, 160 (capped): each wait at least its backoff, so it doubled (a
+        // fixed backoff would give gaps under 80 ms; upper bounds are not checked: a
+        // panic's backtrace can take a while).
         for (gap, min) in gaps.iter().zip([40u64, 80, 160, 160]) {
             assert!(*gap >= Duration::from_millis(min), "{gaps:?}");
         }
-        assert!(gaps[2] > gaps[0], "the backoff grows: {gaps:?}");
         assert_eq!(sup.0.metrics.actor_restarts.load(Ordering::Relaxed), 4);
     }
 
