@@ -232,6 +232,19 @@ fn every_supervised_kind_comes_back_after_a_panic() {
         "a table requested after the request book restarted",
     );
 
+    // A table's request actor (at the proxy): the table stays requested and flows.
+    inject(proxy, "table_request:load_info");
+    until_restarted(proxy, "cluster-proxy", "table_request:load_info", 1);
+    publisher
+        .publish("load_info", vec![load_row(7, 4300)])
+        .expect("publish");
+    until_rows(
+        sql,
+        "SELECT hits FROM load_info WHERE georegion = 7",
+        json!([[4300]]),
+        "load_info still requested after its request actor restarted",
+    );
+
     // The edge's link listener, then the proxy's link session: the proxy dials again and
     // the restarted listener accepts it; data flows again.
     inject(edge, "link_listener");

@@ -125,7 +125,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         .transpose()?;
     let auth = Arc::new(crate::auth::Auth::new(&config, set.as_ref())?);
     let (book, wanted) = RequestBook::new(config.requests.request_ttl, fixed, prewarm, set_tables);
-    let book = supervisor.start_actor("request_book", book);
+    let book = supervisor.start_actor("request_book", book.supervised(&supervisor));
 
     // This machine's own rows: the host, the publish socket, dropped files.
     let mut local: Vec<Box<dyn LocalPublisher>> = extras.publishers;
