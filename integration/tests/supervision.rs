@@ -32,7 +32,10 @@ fn until_rows(node: &Node, sql: &str, want: Value, what: &str) {
         last = answer;
         ok.then_some(())
     });
-    assert!(found.is_some(), "{what}: {sql} never gave {want}; last {last}");
+    assert!(
+        found.is_some(),
+        "{what}: {sql} never gave {want}; last {last}"
+    );
 }
 
 /// The generation a node answers from now.
@@ -72,8 +75,7 @@ fn answers(node: &Node) {
 }
 
 trait Quiet {
-    fn eventually_quiet<T>(&self, limit: Duration, check: impl FnMut() -> Option<T>)
-        -> Option<T>;
+    fn eventually_quiet<T>(&self, limit: Duration, check: impl FnMut() -> Option<T>) -> Option<T>;
 }
 
 impl Quiet for Node {
@@ -132,7 +134,12 @@ fn every_supervised_kind_comes_back_after_a_panic() {
         fleet.sql(),
     );
     let sys = format!("SELECT machine_ip FROM sys WHERE machine_ip = '{edge_ip}'");
-    until_rows(sql, &sys, json!([[edge_ip]]), "the edge's sys row at the SQL node");
+    until_rows(
+        sql,
+        &sys,
+        json!([[edge_ip]]),
+        "the edge's sys row at the SQL node",
+    );
 
     // Every role lists its parts, all running, none restarted.
     for (node, role, part) in [
@@ -189,14 +196,20 @@ fn every_supervised_kind_comes_back_after_a_panic() {
     inject(edge, "sealer");
     until_restarted(edge, "edge", "sealer", 1);
     let found = edge.eventually_quiet(LIMIT, || (generation(edge) > before + 1).then_some(()));
-    assert!(found.is_some(), "new generations sealed after the sealer restarted");
+    assert!(
+        found.is_some(),
+        "new generations sealed after the sealer restarted"
+    );
 
     // The file watcher: a static table edit made after its restart is applied.
     inject(edge, "file_watcher");
     until_restarted(edge, "edge", "file_watcher", 1);
     let continents = fleet.ws.path("static-tables/continent_data.toml");
     let text = std::fs::read_to_string(&continents).expect("continent_data");
-    let edited = text.replace("[\"AN\", \"Antarctica\"],", "[\"AN\", \"Antarctica\"],\n  [\"ZZ\", \"Zealandia\"],");
+    let edited = text.replace(
+        "[\"AN\", \"Antarctica\"],",
+        "[\"AN\", \"Antarctica\"],\n  [\"ZZ\", \"Zealandia\"],",
+    );
     assert_ne!(text, edited);
     std::fs::write(&continents, edited).expect("write");
     until_rows(
@@ -249,7 +262,8 @@ fn every_supervised_kind_comes_back_after_a_panic() {
     // the restarted listener accepts it; data flows again.
     inject(edge, "link_listener");
     until_restarted(edge, "edge", "link_listener", 1);
-    let links = "SELECT actor FROM query_actors WHERE role = 'cluster-proxy' AND actor LIKE 'child_link:%'";
+    let links =
+        "SELECT actor FROM query_actors WHERE role = 'cluster-proxy' AND actor LIKE 'child_link:%'";
     let child = proxy
         .eventually_quiet(LIMIT, || {
             let (status, answer) = proxy.sql(links);
@@ -304,7 +318,10 @@ fn every_supervised_kind_comes_back_after_a_panic() {
     let found = proxy.eventually_quiet(LIMIT, || {
         (connects(proxy).unwrap_or(0) > connected).then_some(())
     });
-    assert!(found.is_some(), "the proxy's link to the edge connects again");
+    assert!(
+        found.is_some(),
+        "the proxy's link to the edge connects again"
+    );
     answers(edge);
 
     // The snapshot keeper (at the TLA): new generations are still installed and served.
@@ -312,7 +329,10 @@ fn every_supervised_kind_comes_back_after_a_panic() {
     inject(tla, "snapshot_keeper");
     until_restarted(tla, "tla", "snapshot_keeper", 1);
     let found = tla.eventually_quiet(LIMIT, || (generation(tla) > before + 1).then_some(()));
-    assert!(found.is_some(), "snapshots installed after the keeper restarted");
+    assert!(
+        found.is_some(),
+        "snapshots installed after the keeper restarted"
+    );
 
     // The SQL node's TLA selector and Postgres listener.
     inject(sql, "tla_selector");

@@ -282,7 +282,9 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
             };
             let (mut first, p) = (Some(listener), pool.clone());
             supervisor.spawn_task("link_listener", &pool, move || {
-                let listener = first.take().or_else(|| again.as_deref().map(Listener::memory));
+                let listener = first
+                    .take()
+                    .or_else(|| again.as_deref().map(Listener::memory));
                 let (serve, p) = (serve.clone(), p.clone());
                 async move {
                     match listener {

@@ -189,7 +189,10 @@ impl Supervisor {
     /// `name` ended (`cause`) and `state` follows: counted, logged (one line, at most every
     /// [`LOG_EVERY`] per part), shown in `query_actors`.
     pub fn record_restart(&self, name: &str, cause: &str, state: State, wait: Duration) {
-        self.0.metrics.actor_restarts.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .metrics
+            .actor_restarts
+            .fetch_add(1, Ordering::Relaxed);
         self.0.metrics.record_actor_restart(name);
         let mut parts = self.parts();
         let Some(e) = parts.get_mut(name) else {
@@ -203,7 +206,9 @@ impl Supervisor {
             e.status.since = SystemTime::now();
         }
         let now = Instant::now();
-        if e.last_log.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
+        if e.last_log
+            .is_some_and(|t| now.duration_since(t) < LOG_EVERY)
+        {
             e.held_lines += 1;
             return;
         }
@@ -320,7 +325,11 @@ async fn notified(n: Arc<Notify>) {
 }
 
 /// `fut`, or a panic with `name` when the fault hook fires first.
-pub(crate) async fn with_fault<F: Future<Output = T>, T>(name: String, fault: Arc<Notify>, fut: F) -> T {
+pub(crate) async fn with_fault<F: Future<Output = T>, T>(
+    name: String,
+    fault: Arc<Notify>,
+    fut: F,
+) -> T {
     tokio::select! {
         out = fut => out,
         _ = fault.notified() => panic!("fault injected into {name}"),
@@ -473,7 +482,11 @@ mod tests {
         assert_eq!(st.restarts, 4);
         assert_eq!(st.last_error.as_deref(), Some("panicked: boom 4"));
         assert_eq!(st.kind, Kind::Task);
-        eventually(|| sup.status_of("t").is_some_and(|s| s.state == State::Running)).await;
+        eventually(|| {
+            sup.status_of("t")
+                .is_some_and(|s| s.state == State::Running)
+        })
+        .await;
         let v = starts.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let gaps: Vec<Duration> = v.windows(2).map(|w| w[1] - w[0]).collect();
         // 40, 80, 160, 160 (capped): each wait at least its backoff, so it doubled (a
@@ -503,13 +516,19 @@ mod tests {
             }))
         }));
         eventually(|| runs.load(Ordering::SeqCst) == 2).await;
-        assert_eq!(sup.status_of("loop").map(|s| s.last_error), Some(Some("ended".into())));
+        assert_eq!(
+            sup.status_of("loop").map(|s| s.last_error),
+            Some(Some("ended".into()))
+        );
         assert!(sup.inject_panic("loop"));
         assert!(!sup.inject_panic("nobody"));
         eventually(|| runs.load(Ordering::SeqCst) == 3).await;
         let st = sup.status_of("loop").expect("registered");
         assert_eq!(st.restarts, 2);
-        assert_eq!(st.last_error.as_deref(), Some("panicked: fault injected into loop"));
+        assert_eq!(
+            st.last_error.as_deref(),
+            Some("panicked: fault injected into loop")
+        );
     }
 
     /// Counts its starts and restarts; `Boom` panics in its handler.
@@ -565,7 +584,10 @@ mod tests {
         assert_eq!(restarting.load(Ordering::SeqCst), 1);
         assert_eq!(started.load(Ordering::SeqCst), 2);
         let st = sup.status_of("counter").expect("registered");
-        assert_eq!((st.kind, st.state, st.restarts), (Kind::Actor, State::Running, 1));
+        assert_eq!(
+            (st.kind, st.state, st.restarts),
+            (Kind::Actor, State::Running, 1)
+        );
         assert_eq!(st.last_error.as_deref(), Some("panicked: handler blew up"));
 
         // The fault hook panics it on its own event loop.
@@ -574,7 +596,10 @@ mod tests {
         assert_eq!(addr.send(Add).await.ok(), Some(3));
         let st = sup.status_of("counter").expect("registered");
         assert_eq!(st.restarts, 2);
-        assert_eq!(st.last_error.as_deref(), Some("panicked: fault injected into counter"));
+        assert_eq!(
+            st.last_error.as_deref(),
+            Some("panicked: fault injected into counter")
+        );
         assert_eq!(sup.0.metrics.actor_restarts.load(Ordering::Relaxed), 2);
     }
 
@@ -582,7 +607,12 @@ mod tests {
     async fn an_owner_reports_restarts_it_does_itself() {
         let sup = supervisor(10, 20);
         sup.register("child_link:c1", Kind::Link);
-        sup.record_restart("child_link:c1", "session panicked: x", State::Running, Duration::ZERO);
+        sup.record_restart(
+            "child_link:c1",
+            "session panicked: x",
+            State::Running,
+            Duration::ZERO,
+        );
         let st = sup.status_of("child_link:c1").expect("registered");
         assert_eq!((st.state, st.restarts), (State::Running, 1));
         assert_eq!(st.last_error.as_deref(), Some("session panicked: x"));

@@ -270,7 +270,10 @@ mod tests {
             }
         });
         let st = sup.status_of("dns:x").expect("registered");
-        assert_eq!(st.last_error.as_deref(), Some("panicked: fault injected into dns:x"));
+        assert_eq!(
+            st.last_error.as_deref(),
+            Some("panicked: fault injected into dns:x")
+        );
         assert!(!rx.borrow().is_empty());
     }
 }

@@ -66,7 +66,10 @@ pub struct ParentSessions {
     live: Mutex<BTreeMap<u64, ParentState>>,
     /// The node's supervisor, told of session panics (`parent_sessions` in `query_actors`),
     /// and its fault hook (makes one session panic).
-    supervision: std::sync::OnceLock<(crate::node::supervisor::Supervisor, Arc<tokio::sync::Notify>)>,
+    supervision: std::sync::OnceLock<(
+        crate::node::supervisor::Supervisor,
+        Arc<tokio::sync::Notify>,
+    )>,
 }
 
 /// The part name parent sessions report under.
@@ -174,12 +177,20 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
                                 .or_insert_with(|| LogLimiter::new(LOG_EVERY))
                                 .allow(Instant::now());
                             if let Some(suppressed) = allow {
-                                tracing::warn!(peer, reason = kind.label(), suppressed, "TLS handshake refused: {message}");
+                                tracing::warn!(
+                                    peer,
+                                    reason = kind.label(),
+                                    suppressed,
+                                    "TLS handshake refused: {message}"
+                                );
                             }
                         }
                         Ok(Err(e)) => {
                             if matches!(e, LinkError::Limit(_) | LinkError::Inflation { .. }) {
-                                serve.metrics.link_limit_errors.fetch_add(1, Ordering::Relaxed);
+                                serve
+                                    .metrics
+                                    .link_limit_errors
+                                    .fetch_add(1, Ordering::Relaxed);
                             }
                             let allow = error_sessions
                                 .lock()
@@ -203,7 +214,11 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
                                 ),
                                 None => {
                                     serve.metrics.actor_restarts.fetch_add(1, Ordering::Relaxed);
-                                    tracing::error!(peer, error = why, "parent session ended; the parent will reconnect");
+                                    tracing::error!(
+                                        peer,
+                                        error = why,
+                                        "parent session ended; the parent will reconnect"
+                                    );
                                 }
                             }
                         }
