@@ -7,12 +7,14 @@
 //! after the file watcher restarted, a new table requested after the request book
 //! restarted, a link re-dialed and accepted after the child link and the link listener
 //! restarted, ...), and `query_actors` shows one restart with the panic as its last error.
+//! First, a demo node started without the variable has no hook (404) and lists its nodes'
+//! parts in `query_actors`.
 
 use std::time::Duration;
 
 use query_client::Publisher;
 use query_integration::fleet::{free_port, Fleet, FleetSpec};
-use query_integration::Node;
+use query_integration::{Node, Workspace};
 use serde_json::{json, Value};
 
 /// How long any one expected state may take. Generous: the machine is small and shared.
@@ -107,7 +109,23 @@ fn load_row(georegion: i64, hits: i64) -> query_client::protocol::Row {
 
 #[test]
 fn every_supervised_kind_comes_back_after_a_panic() {
-    // Only this test runs in this binary: the children inherit the variable.
+    // Without the variable there is no fault hook; the demo's nodes list their parts too.
+    let ws = Workspace::new();
+    let demo = ws.start(
+        "demo",
+        "[generation]\ninterval = \"1s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 20\nclusters = 2\n",
+    );
+    let (status, answer) = demo.post("/debug/panic?actor=sealer", "text/plain", "");
+    assert_eq!(status, 404, "no fault hook without the variable: {answer}");
+    until_rows(
+        &demo,
+        "SELECT COUNT(DISTINCT role) >= 2, MIN(restarts) FROM query_actors WHERE actor = 'sealer' AND state = 'running'",
+        json!([[true, 0]]),
+        "the demo's nodes in query_actors",
+    );
+    drop(demo);
+
+    // Only this test runs in this binary: the children started from here on inherit it.
     std::env::set_var("QUERYD_FAULT_INJECTION", "1");
     let mut spec = FleetSpec::new(48);
     spec.clusters = 1;
