@@ -8,13 +8,13 @@
 //! restarted, a link re-dialed and accepted after the child link and the link listener
 //! restarted, ...), and `query_actors` shows one restart with the panic as its last error.
 //! First, a demo node started without the variable has no hook (404) and lists its nodes'
-//! parts in `query_actors`.
+//! parts in `query_actors`; last, with tokens on, the hook answers admin tokens only.
 
 use std::time::Duration;
 
 use query_client::Publisher;
 use query_integration::fleet::{free_port, Fleet, FleetSpec};
-use query_integration::{Node, Workspace};
+use query_integration::{make_token, Node, Workspace};
 use serde_json::{json, Value};
 
 /// How long any one expected state may take. Generous: the machine is small and shared.
@@ -384,4 +384,40 @@ fn every_supervised_kind_comes_back_after_a_panic() {
         json!([[1]]),
         "the edge's query_actors at the SQL node",
     );
+    drop(fleet);
+
+    // With tokens on, the hook is for admin tokens only.
+    let (admin, admin_entry) = make_token(&["--name", "noc-admin", "--domain", "noc", "--admin"]);
+    let (reader, reader_entry) =
+        make_token(&["--name", "reader", "--domain", "noc", "--table", "sys"]);
+    std::fs::write(
+        ws.path("tokens.toml"),
+        format!("{admin_entry}\n{reader_entry}"),
+    )
+    .expect("tokens file");
+    std::fs::write(
+        ws.path("sets.toml"),
+        "[[set]]\nname = \"operations\"\ndomain = [\"noc\"]\nsql_name = \"sql.ops.test\"\ntla_name = \"tla.ops.test:7500\"\n",
+    )
+    .expect("sets file");
+    let guarded = ws.start(
+        "demo",
+        "[generation]\ninterval = \"1s\"\noffset = \"100ms\"\n\n[simulate]\nmachines = 20\nclusters = 2\n\n\
+         [aggregator_set]\nfile = \"sets.toml\"\nname = \"operations\"\n\n\
+         [auth]\ntokens_file = \"tokens.toml\"\n",
+    );
+    let post = |token: &str| -> u16 {
+        let mut r = ureq::post(&guarded.url("/debug/panic?actor=sealer"));
+        if !token.is_empty() {
+            r = r.set("Authorization", &format!("Bearer {token}"));
+        }
+        match r.send_string("") {
+            Ok(resp) => resp.status(),
+            Err(ureq::Error::Status(c, _)) => c,
+            Err(e) => panic!("POST /debug/panic: {e}"),
+        }
+    };
+    assert_eq!(post(""), 401, "no token");
+    assert_eq!(post(&reader), 403, "a token without admin");
+    assert_eq!(post(&admin), 200, "an admin token");
 }
