@@ -64,25 +64,6 @@ impl AggregatorSet {
     pub fn spans(&self, name: &str) -> bool {
         self.span.iter().any(|s| s == "*" || s == name)
     }
-
-    /// The children a TLA of this set dials: those in its span. The others are logged once
-    /// and left alone (another set's TLAs aggregate them).
-    pub fn children_in_span(
-        &self,
-        children: Vec<crate::tier::config::ChildGroup>,
-    ) -> Vec<crate::tier::config::ChildGroup> {
-        let (kept, left): (Vec<_>, Vec<_>) =
-            children.into_iter().partition(|c| self.spans(&c.name));
-        for c in &left {
-            tracing::info!(child = %c.name, set = %self.name, span = ?self.span, "child not in the span of this node's aggregator set: not dialed");
-        }
-        for s in self.span.iter().filter(|s| *s != "*") {
-            if !kept.iter().any(|c| &c.name == s) {
-                tracing::warn!(set = %self.name, cluster = %s, "the set's span names a cluster this node has no [[link.child]] for");
-            }
-        }
-        kept
-    }
 }
 
 /// `[aggregator_set]` of a node's config: which set (and partition) it belongs to.
@@ -282,23 +263,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_span_selects_the_children_a_tla_dials() {
-        use crate::tier::config::ChildGroup;
+    fn a_span_names_the_children_a_tla_dials() {
         let set: AggregatorSet = toml::from_str(
             "name = \"eu\"\nspan = [\"cluster-eu\", \"10.0.0.5:7400\"]\nsql_name = \"s\"\ntla_name = \"t\"\n",
         )
         .expect("set");
-        let child = |name: &str| ChildGroup {
-            name: name.into(),
-            addresses: vec![format!("{name}.example:7400")],
-        };
-        let kept = set.children_in_span(vec![
-            child("cluster-eu"),
-            child("cluster-us"),
-            child("10.0.0.5:7400"),
-        ]);
-        let names: Vec<_> = kept.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["cluster-eu", "10.0.0.5:7400"]);
+        assert!(set.spans("cluster-eu") && set.spans("10.0.0.5:7400"));
+        assert!(!set.spans("cluster-us"));
         let all: AggregatorSet =
             toml::from_str("name = \"all\"\nsql_name = \"s\"\ntla_name = \"t\"\n").expect("set");
         assert!(all.spans("anything"), "the default span is every cluster");

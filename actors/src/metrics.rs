@@ -40,6 +40,8 @@ pub struct Metrics {
     pub queries_moved_to_heavy: AtomicU64,
     /// Answers refused for covering fewer clusters or machines than their query asked.
     pub queries_incomplete: AtomicU64,
+    /// Answers served from the answer cache (the same statement on the same snapshot).
+    pub answer_cache_hits: AtomicU64,
     /// Connections to `[link] listen` closed at once: past the session caps.
     pub link_refused: AtomicU64,
     /// Failed accepts at `[link] listen` (out of descriptors, ...).

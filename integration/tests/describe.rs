@@ -254,6 +254,16 @@ fn answers_state_their_completeness_and_refuse_less_than_asked() {
     let h = node.get_json("/health");
     assert_eq!(h["completeness"]["machines"]["seen"], 101, "{h}");
     assert!(h["generation"]["round"].is_u64(), "{h}");
+    // And so does the node's query_nodes row, of the generation before its own.
+    node.eventually(LIMIT, "query_nodes with expected counts", || {
+        let (status, a) = node.sql(
+            "SELECT machines, machines_expected, clusters, clusters_expected FROM query_nodes \
+             WHERE role = 'tla-sql'",
+        );
+        assert_eq!(status, 200, "{a}");
+        let seen = Value::from(seen);
+        (a["rows"] == serde_json::json!([[101, 101, seen, seen]])).then_some(())
+    });
 }
 
 fn node_section(ip: &str, interval: &str, offset_ms: u64) -> String {
@@ -479,4 +489,13 @@ fn a_sourced_table_sets_the_expected_clusters_and_machines() {
     let (status, _, body) = post(&node, "/sql?min_clusters=5", "SELECT 1", &[], &[]);
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("expected 5 clusters"), "{body}");
+    // query_nodes reports seen against the sourced expectation too.
+    node.eventually(LIMIT, "query_nodes with the sourced expectation", || {
+        let (status, a) = node.sql(
+            "SELECT machines, machines_expected, clusters_expected FROM query_nodes \
+             WHERE role = 'tla-sql'",
+        );
+        assert_eq!(status, 200, "{a}");
+        (a["rows"] == json!([[101, 130, 5]])).then_some(())
+    });
 }

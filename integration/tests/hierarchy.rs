@@ -493,6 +493,32 @@ fn a_tla_aggregates_the_clusters_of_its_sets_span_only() {
         &cluster0_machines,
         "still cluster 0's machines only",
     );
+
+    // The span edited live: cluster 1 instead of cluster 0, then every cluster.
+    let cluster1 = fleet.proxies[1].link.clone().expect("proxy link");
+    let sets = |span: &str| {
+        std::fs::write(
+            fleet.ws.path("sets.toml"),
+            format!(
+                "[[set]]\nname = \"eu\"\nspan = {span}\nsql_name = \"sql.eu.test\"\ntla_name = \"tla.eu.test:7500\"\n"
+            ),
+        )
+        .expect("write sets");
+    };
+    sets(&format!("[\"{cluster1}\"]"));
+    let cluster1_machines = fleet.edge_ips(EDGES_PER_CLUSTER..2 * EDGES_PER_CLUSTER);
+    until_sys_machines(
+        &fleet,
+        &cluster1_machines,
+        "cluster 1's machines after the edit",
+    );
+    let h = health(fleet.tla.node());
+    assert_eq!(h["children"]["configured"], 1, "{h}");
+    sets("[\"*\"]");
+    let all = fleet.edge_ips(0..2 * EDGES_PER_CLUSTER);
+    until_sys_machines(&fleet, &all, "every cluster's machines");
+    let h = health(fleet.tla.node());
+    assert_eq!(h["clusters"], 2, "{h}");
 }
 
 /// Test 4: a killed and restarted proxy, then a killed and restarted TLA, are dialled

@@ -473,3 +473,55 @@ fn tla_sql_role_serves_this_machine_and_static_tables() {
         7
     );
 }
+
+fn cache_hits(node: &Node) -> u64 {
+    let (_, m) = node.get("/metrics");
+    m.lines()
+        .find_map(|l| l.strip_prefix("query_answer_cache_hits_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("query_answer_cache_hits_total")
+}
+
+/// The same statement twice on one generation: the second answer is the first, served from
+/// the answer cache (whitespace and case of keywords do not matter); a statement calling
+/// now() or reading the node's own tables is run each time.
+#[test]
+fn the_same_statement_on_one_generation_is_answered_once() {
+    let ws = Workspace::new();
+    let node = demo(&ws, "");
+    let again = CONTINENTS.replace('\n', "  ").replace("SELECT", "select");
+    let (first, second) = node.eventually(
+        Duration::from_secs(30),
+        "two answers of one generation",
+        || {
+            let before = cache_hits(&node);
+            let (s1, a1) = node.sql(CONTINENTS);
+            let (s2, a2) = node.sql(&again);
+            assert_eq!((s1, s2), (200, 200), "{a1} {a2}");
+            let after = cache_hits(&node);
+            (a1["generation"]["id"] == a2["generation"]["id"]).then(|| {
+                assert_eq!(after - before, 1, "the second answer came from the cache");
+                (a1, a2)
+            })
+        },
+    );
+    assert_eq!(first["rows"], second["rows"]);
+    assert_eq!(first["columns"], second["columns"]);
+    assert!(
+        first["rows"].as_array().is_some_and(|r| r.len() == 7),
+        "{first}"
+    );
+
+    for sql in [
+        "SELECT COUNT(*), now() FROM sys",
+        "SELECT COUNT(*) FROM sys WHERE random() >= 0",
+        "SELECT COUNT(*) FROM query_quarantine",
+    ] {
+        let before = cache_hits(&node);
+        for _ in 0..3 {
+            let (status, answer) = node.sql(sql);
+            assert_eq!(status, 200, "{sql}: {answer}");
+        }
+        assert_eq!(cache_hits(&node), before, "{sql} is run each time");
+    }
+}

@@ -209,7 +209,8 @@ pub struct Auth {
     pub tokens: Option<Arc<TokenStore>>,
     /// The node's aggregator set (for messages) and the domains it serves (`*`: all).
     set: String,
-    domains: BTreeSet<String>,
+    /// Swapped when the aggregator-sets file is edited.
+    domains: arc_swap::ArcSwap<BTreeSet<String>>,
     pub hosts: HostRules,
     refusals: [AtomicU64; REASONS.len()],
     /// When each reason was last logged (ms since `started`), so a flood logs once per
@@ -241,10 +242,10 @@ impl Auth {
         Ok(Auth {
             tokens,
             set: set.map_or_else(String::new, |(s, _)| s.name.clone()),
-            domains: set.map_or_else(
+            domains: arc_swap::ArcSwap::from_pointee(set.map_or_else(
                 || ["*".to_string()].into(),
                 |(s, _)| s.domain.iter().cloned().collect(),
-            ),
+            )),
             hosts: HostRules::new(config.http.listen, names, &config.http.allowed_origins),
             refusals: Default::default(),
             logged: Default::default(),
@@ -299,16 +300,26 @@ impl Auth {
         Ok(Principal::of(&token.grant, Credential::Token))
     }
 
+    /// The set's domains as edited in the aggregator-sets file (applied live).
+    pub fn set_domains(&self, domains: &[String]) {
+        let domains: BTreeSet<String> = domains.iter().cloned().collect();
+        if **self.domains.load() != domains {
+            tracing::info!(set = %self.set, domains = ?domains, "aggregator set's domains changed: tokens are checked against them now");
+            self.domains.store(Arc::new(domains));
+        }
+    }
+
     fn check_domain(&self, grant: &Grant, kind: &str) -> Result<(), Refusal> {
         let all = |s: &BTreeSet<String>| s.contains("*");
-        if all(&grant.domains) || all(&self.domains) || !grant.domains.is_disjoint(&self.domains) {
+        let domains = self.domains.load();
+        if all(&grant.domains) || all(&domains) || !grant.domains.is_disjoint(&domains) {
             return Ok(());
         }
         Err(Refusal::Forbidden(format!(
             "{kind} '{}' is not for domain{} {} of aggregator set '{}' (it is for {})",
             grant.name,
-            if self.domains.len() == 1 { "" } else { "s" },
-            tokens::list_names(&self.domains),
+            if domains.len() == 1 { "" } else { "s" },
+            tokens::list_names(&domains),
             self.set,
             tokens::list_names(&grant.domains),
         )))
@@ -420,6 +431,16 @@ mod tests {
         assert!(everyone
             .authenticate(Some(bearer(&web).as_str()), None, None)
             .is_ok());
+        // The sets file edited: the set now serves domain cdn (not noc) without a restart.
+        ops.set_domains(&["cdn".to_string()]);
+        assert!(ops
+            .authenticate(Some(bearer(&web).as_str()), None, None)
+            .is_ok());
+        assert!(matches!(
+            ops.authenticate(Some(bearer(&noc).as_str()), None, None),
+            Err(Refusal::Forbidden(_))
+        ));
+        ops.set_domains(&["noc".to_string()]);
 
         for missing in [
             None,

@@ -316,6 +316,9 @@ pub struct SqlConfig {
     pub query_memory_limit_mb: usize,
     /// Memory all queries together may reserve, MiB; 0 = half the machine's memory.
     pub node_query_memory_mb: usize,
+    /// Answers kept for the snapshot served, MiB (the same statement in the same
+    /// generation is answered from them); 0 = off.
+    pub answer_cache_mb: usize,
     pub quarantine: QuarantineConfig,
 }
 
@@ -337,6 +340,7 @@ impl Default for SqlConfig {
             max_expr_depth: parse.max_depth,
             query_memory_limit_mb: 1024,
             node_query_memory_mb: 0,
+            answer_cache_mb: 64,
             quarantine: QuarantineConfig::default(),
         }
     }
@@ -384,6 +388,9 @@ impl SqlConfig {
         }
         if !(0..=19).contains(&self.heavy_query_nice) {
             return bad("heavy_query_nice must be between 0 and 19");
+        }
+        if self.answer_cache_mb > 1 << 20 {
+            return bad("answer_cache_mb is at most 1048576 (1 TiB)");
         }
         Ok(())
     }

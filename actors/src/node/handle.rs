@@ -37,7 +37,8 @@ use crate::error::QueryError;
 use crate::history::HistoryShared;
 use crate::metrics::Metrics;
 use crate::sql::{
-    parse_checked, referenced_tables_of, MemoryBudget, QueryLimits, QueryOutput, Snapshot, SqlPool,
+    parse_checked, referenced_tables_of, AnswerCache, AnswerKey, MemoryBudget, QueryLimits,
+    QueryOutput, Snapshot, SqlPool,
 };
 use crate::table::SchemaRegistry;
 use crate::tier::messages::UseTables;
@@ -56,6 +57,8 @@ pub struct Queries {
     pub admission: Arc<Admission>,
     pub quarantine: Arc<Quarantine>,
     pub limits: QueryLimits,
+    /// Answers kept for the snapshot served (`[sql] answer_cache_mb`).
+    pub answers: Arc<AnswerCache>,
 }
 
 impl Queries {
@@ -108,6 +111,7 @@ impl Queries {
                     sql.query_memory_limit_mb << 20,
                 ),
             },
+            answers: Arc::new(AnswerCache::new(sql.answer_cache_mb << 20)),
             pool,
             heavy_pool,
         })
@@ -364,6 +368,21 @@ impl NodeHandle {
         // `heavy_query_after` at most in its place; past that it is stopped and starts
         // again in a heavy place, so it neither keeps a light or new client's place nor
         // shares the light pool's threads for long.
+        // The same statement answered on this snapshot already: the same answer.
+        let key = AnswerKey::new(&statement, &limits);
+        if let Some(output) = q.answers.get(&snapshot, &key) {
+            self.metrics
+                .answer_cache_hits
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(Answer {
+                snapshot,
+                output,
+                elapsed: started.elapsed(),
+                pool: q.pool_for(place.class()).clone(),
+                place,
+                queued,
+            });
+        }
         let pool = q.pool_for(place.class());
         let share = place.share();
         let until = match place.class() {
@@ -393,6 +412,7 @@ impl NodeHandle {
             }
             Err(e) => return Err(late(e)),
         };
+        q.answers.put(&snapshot, key, &output);
         // The answer is encoded where the query ran.
         let pool = q.pool_for(place.class()).clone();
         Ok(Answer {

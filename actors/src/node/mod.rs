@@ -53,6 +53,7 @@ use crate::tier::admission::ListenLimits;
 use crate::tier::child_link::ChildLink;
 use crate::tier::names::watch_addresses_supervised;
 use crate::tier::parent_links::{accept_parents, ParentSessions, ServeParents};
+use crate::tier::span::Span;
 use crate::tier::tla_selection::{SharedSelection, TlaSelector};
 use crate::tier::transport::{Dialer, Listener};
 use crate::tier::{Children, PrewarmFile, RequestBook};
@@ -206,13 +207,9 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         selection = Some(shared);
         vec![("tla".to_string(), address)]
     } else {
-        let specs = config.link.child_specs();
-        // A TLA of an aggregator set dials the clusters of its span only.
-        let specs = match &set {
-            Some((set, _)) => set.children_in_span(specs),
-            None => specs,
-        };
-        specs
+        config
+            .link
+            .child_specs()
             .into_iter()
             .map(|c| {
                 let dns = format!("dns:child:{}", c.name);
@@ -222,9 +219,22 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
             })
             .collect()
     };
+    let mut span = None;
     let children = (!specs.is_empty()).then(|| {
         let children = Children::new(specs.iter().map(|(n, _)| n.clone()), config.link.drop_after);
+        // A TLA of an aggregator set dials the clusters of its span only (edits apply live).
+        let in_span = match (&set, selection.is_none()) {
+            (Some((set, _)), true) => {
+                let s = span.insert(Span::new(children.clone()));
+                Some((set, s.clone()))
+            }
+            _ => None,
+        };
         for (child, addresses) in specs {
+            let addresses = match &in_span {
+                Some((set, span)) => span.gate(&child, set.spans(&child), addresses, &pool),
+                None => addresses,
+            };
             ChildLink::new(
                 child,
                 addresses,
@@ -239,6 +249,9 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
             .supervised(&supervisor)
             .start();
         }
+        if let Some((set, span)) = &in_span {
+            span.apply(set);
+        }
         children
     });
 
@@ -248,6 +261,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     if extras.listener.is_some() || config.link.listen.is_some() {
         sessions.supervised(&supervisor);
     }
+    let started = Arc::new(std::sync::OnceLock::new());
     local.push(Box::new(self_tables::SelfMonitor {
         machine_ip: config.node.machine_ip.clone(),
         node: name.clone(),
@@ -261,6 +275,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         departures: Default::default(),
         departed_keep: config.link.departed_keep,
         supervisor: supervisor.clone(),
+        handle: started.clone(),
     }));
     let mut serve = ServeParents {
         node: name.clone(),
@@ -387,6 +402,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
             watcher::Reconfigured {
                 routing: routing.clone(),
                 selector,
+                span,
             },
         ),
         None => watcher,
@@ -424,6 +440,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         history: history.as_ref().map(|(shared, _)| shared.clone()),
         supervisor: supervisor.clone(),
     });
+    let _ = started.set(node.clone());
     if let (Some(cfg), Some(shared)) = (alerts_config, alerts) {
         let evaluator = AlertEvaluator::new(node.clone(), cfg, shared, reload_every)?;
         supervisor.start_actor("alert_evaluator", evaluator);

@@ -2,14 +2,15 @@
 //! aggregator-sets file (the set's prewarm and partitions) and to the node's own config file
 //! (`[tla_selection]`: pin, bonus, switch margin, probe interval) apply without a restart.
 //! Checked by the file watcher, off the actors' event loops. An edit that does not load
-//! keeps what runs and is logged; an edit of a section that only applies at start (the
-//! set's span, any other section of the node's file) is logged as needing a restart.
+//! keeps what runs and is logged; an edit of a section that only applies at start (any
+//! other section of the node's file) is logged as needing a restart. A TLA applies its
+//! set's span too (`tier/span.rs`).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use super::config::{NodeConfig, Role};
-use crate::aggregator_sets::{AggregatorSetConfig, Routing};
+use crate::aggregator_sets::{AggregatorSet, AggregatorSetConfig, Routing};
 use crate::config::{file_stamp, FileStamp};
 use crate::table::SchemaRegistry;
 use crate::tier::tla_selection::TlaSelectionConfig;
@@ -19,8 +20,8 @@ use crate::tier::tla_selection::TlaSelectionConfig;
 pub struct Changes {
     /// `[tla_selection]` as now configured (a SQL node's).
     pub selection: Option<TlaSelectionConfig>,
-    /// The set's tables and partition routing as now configured.
-    pub set: Option<(BTreeSet<String>, Option<Routing>)>,
+    /// The set as now configured, its tables and partition routing.
+    pub set: Option<(AggregatorSet, BTreeSet<String>, Option<Routing>)>,
     /// Whether an edit was refused (counted as a config error).
     pub rejected: bool,
 }
@@ -42,10 +43,12 @@ impl<T> Watched<T> {
 
 pub struct Reconfigure {
     role: Role,
+    /// The node's configured children (a span edit must keep one of them).
+    children: Vec<String>,
     schemas: SchemaRegistry,
     /// The node's config file, and its last good content.
     config: Option<Watched<toml::Table>>,
-    /// The aggregator-sets file, and the set's span as started (a span edit needs a restart).
+    /// The aggregator-sets file, and the set's span as last loaded.
     sets: Option<(AggregatorSetConfig, Watched<Vec<String>>)>,
 }
 
@@ -68,6 +71,12 @@ impl Reconfigure {
         });
         (file.is_some() || sets.is_some()).then_some(Reconfigure {
             role: config.role,
+            children: config
+                .link
+                .child_specs()
+                .into_iter()
+                .map(|c| c.name)
+                .collect(),
             schemas,
             config: file,
             sets,
@@ -95,7 +104,22 @@ impl Reconfigure {
             .as_mut()
             .and_then(|(a, w)| w.take_change().then_some((a, w)))
         {
+            let children = &self.children;
+            let role = self.role;
             let loaded = a.load().and_then(|(set, partition)| {
+                if role != Role::Sql
+                    && !children.is_empty()
+                    && !children.iter().any(|c| set.spans(c))
+                {
+                    return Err(crate::error::ConfigError::Invalid {
+                        what: "[aggregator_set]".into(),
+                        message: format!(
+                            "the span of aggregator set '{}' ({}) names none of this node's children",
+                            set.name,
+                            set.span.join(", ")
+                        ),
+                    });
+                }
                 let tables = super::set_tables(&set, partition.as_ref(), self.role, &self.schemas)?;
                 let routing = Routing::new(&set, partition.as_ref());
                 Ok((set, tables, routing))
@@ -103,10 +127,11 @@ impl Reconfigure {
             match loaded {
                 Ok((set, tables, routing)) => {
                     if set.span != w.last_good {
-                        tracing::warn!(file = %w.path.display(), span = ?set.span, running = ?w.last_good, "the set's span changed: it applies at the next restart");
+                        tracing::info!(file = %w.path.display(), span = ?set.span, was = ?w.last_good, "the set's span changed");
+                        w.last_good = set.span.clone();
                     }
-                    tracing::info!(file = %w.path.display(), set = %set.name, "aggregator set reloaded: prewarm and partitions applied");
-                    out.set = Some((tables, routing));
+                    tracing::info!(file = %w.path.display(), set = %set.name, "aggregator set reloaded: span, prewarm and partitions applied");
+                    out.set = Some((set, tables, routing));
                 }
                 Err(e) => {
                     tracing::error!(file = %w.path.display(), error = %e, "aggregator-sets file edit rejected; the running set stays");

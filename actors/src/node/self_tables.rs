@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
@@ -29,6 +29,9 @@ pub struct SelfMonitor {
     pub departures: super::departed::Departures,
     pub departed_keep: std::time::Duration,
     pub supervisor: super::supervisor::Supervisor,
+    /// The node, once started: what its served generation was expected to cover (the same
+    /// figures answers carry).
+    pub handle: Arc<OnceLock<super::NodeHandle>>,
 }
 
 impl SelfMonitor {
@@ -73,6 +76,13 @@ impl LocalPublisher for SelfMonitor {
         let parents = self.parents.snapshot();
         let drop_after = self.children.as_ref().map(|c| c.drop_after());
         let instant = Instant::now();
+        let coverage = self
+            .handle
+            .get()
+            .and_then(|n| Some(n.completeness(n.snapshot()?.as_ref())));
+        let expected = |f: fn(&super::Completeness) -> Option<u64>| {
+            coverage.as_ref().and_then(f).map_or(Cell::Null, int)
+        };
         let live = |s: &crate::tier::ChildState| {
             s.latest.is_some()
                 && s.last_frame
@@ -86,7 +96,9 @@ impl LocalPublisher for SelfMonitor {
                 .as_ref()
                 .map_or(Cell::Null, |g| int(g.age(now).as_millis() as u64)),
             int(previous.as_ref().map_or(0, |g| g.clusters)),
+            expected(|c| c.clusters_expected),
             int(previous.as_ref().map_or(0, |g| g.machines)),
+            expected(|c| c.machines_expected),
             int(previous.as_ref().map_or(0, |g| g.tables.len() as u64)),
             int(self.wanted.borrow().len() as u64),
             int(children.values().filter(|s| live(s)).count() as u64),

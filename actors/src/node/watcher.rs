@@ -45,6 +45,8 @@ struct Files {
 pub struct Reconfigured {
     pub routing: Arc<ArcSwapOption<Routing>>,
     pub selector: Option<Addr<TlaSelector>>,
+    /// A TLA's children in its set's span.
+    pub span: Option<Arc<crate::tier::span::Span>>,
 }
 
 pub struct FileWatcher {
@@ -191,9 +193,15 @@ impl FileWatcher {
         let Some(at) = &self.reconfigured else {
             return;
         };
-        if let Some((tables, routing)) = changes.set {
+        if let Some((set, tables, routing)) = changes.set {
             at.routing.store(routing.map(Arc::new));
             self.book.do_send(SetSetTables(tables));
+            if let Some(span) = &at.span {
+                span.apply(&set);
+            }
+            if let Some(auth) = &self.auth {
+                auth.set_domains(&set.domain);
+            }
         }
         if let (Some(selection), Some(selector)) = (changes.selection, &at.selector) {
             selector.do_send(SetSelectionConfig(selection));

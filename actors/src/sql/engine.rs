@@ -95,12 +95,14 @@ impl Default for QueryLimits {
 /// Default of `[http] max_result_bytes`, and the cap of the guarded functions' output.
 pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 << 20;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct QueryOutput {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     pub truncated: bool,
     pub tables: Vec<TableUse>,
+    /// The same statement on the same snapshot gives this answer again (`answers`).
+    pub cacheable: bool,
 }
 
 impl QueryOutput {
@@ -304,6 +306,7 @@ impl Snapshot {
             other => other?,
         };
         let tables = self.tables_used(&plan);
+        let cacheable = self.reads_only_the_snapshot(&plan) && super::answers::immutable(&plan);
         let df = self.ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let shown = names::user_schema(&schema);
@@ -348,6 +351,7 @@ impl Snapshot {
             batches,
             truncated,
             tables,
+            cacheable,
         })
     }
 
@@ -471,6 +475,16 @@ impl Snapshot {
                 )
             })
             .collect()
+    }
+
+    /// Whether every table `plan` scans is the generation's, static or a view (not one
+    /// computed when read: the node's own tables, history).
+    fn reads_only_the_snapshot(&self, plan: &LogicalPlan) -> bool {
+        scanned_tables(plan).iter().all(|t| {
+            self.generation.tables.contains_key(t)
+                || self.statics.tables.contains_key(t)
+                || self.views.contains_key(t)
+        })
     }
 
     /// The tables a plan reads, views expanded to what they read, each once.

@@ -2,6 +2,7 @@
 //! statement check and the front door every statement passes, views cached per generation,
 //! memory limits and guarded functions, and the pools queries run on.
 
+mod answers;
 mod casts;
 pub mod computed;
 pub mod describe;
@@ -21,6 +22,7 @@ mod time_slice;
 mod utc_date_trunc;
 mod views;
 
+pub use answers::{AnswerCache, AnswerKey};
 pub use computed::{Computed, ComputedTable};
 pub use engine::{Origin, QueryLimits, QueryOutput, Snapshot, TableUse, DEFAULT_MAX_RESULT_BYTES};
 pub use front_door::{parse_checked, ParseLimits, STACK_BYTES};

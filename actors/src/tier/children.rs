@@ -105,6 +105,9 @@ pub struct Merged {
 
 pub struct Children {
     slots: Mutex<BTreeMap<String, ChildState>>,
+    /// Configured children outside the node's aggregator-set span (`Children::park`): not
+    /// dialed, not merged, not counted. Lock order: `slots` first.
+    parked: Mutex<BTreeMap<String, ChildState>>,
     /// "All N children connected" was logged and no link has gone down since.
     all_up_logged: std::sync::atomic::AtomicBool,
     drop_after: Duration,
@@ -121,6 +124,7 @@ impl Children {
                     .map(|n| (n, ChildState::default()))
                     .collect(),
             ),
+            parked: Mutex::default(),
             all_up_logged: std::sync::atomic::AtomicBool::new(false),
             drop_after,
             deliveries: tokio::sync::watch::Sender::new(0),
@@ -137,10 +141,11 @@ impl Children {
     pub fn link_up(&self, child: &str, address: &str, node: &str, role: &str) {
         let (connected, total) = {
             let mut slots = self.lock();
-            let s = slots.entry(child.to_string()).or_default();
-            s.connected = true;
-            s.connects += 1;
-            s.last_error = None;
+            Self::slot(&mut slots, &self.parked, child, |s| {
+                s.connected = true;
+                s.connects += 1;
+                s.last_error = None;
+            });
             (slots.values().filter(|s| s.connected).count(), slots.len())
         };
         if total <= Self::LINK_EVENTS_AT_INFO {
@@ -200,8 +205,62 @@ impl Children {
 
     /// Applies `f` to a child's state (link actors report through this).
     pub fn update(&self, child: &str, f: impl FnOnce(&mut ChildState)) {
-        let mut slots = self.lock();
+        Self::slot(&mut self.lock(), &self.parked, child, f);
+    }
+
+    /// Applies `f` to a child's slot: a parked child's stays parked (its link may still be
+    /// winding down).
+    fn slot(
+        slots: &mut BTreeMap<String, ChildState>,
+        parked: &Mutex<BTreeMap<String, ChildState>>,
+        child: &str,
+        f: impl FnOnce(&mut ChildState),
+    ) {
+        if !slots.contains_key(child) {
+            let mut parked = parked.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = parked.get_mut(child) {
+                return f(s);
+            }
+        }
         f(slots.entry(child.to_string()).or_default());
+    }
+
+    /// Takes a child out (its aggregator set's span no longer includes it): its rows leave
+    /// at the next merge, and it no longer counts as configured, live or dropped. Its
+    /// traffic counters are kept for when it returns. True if it was in.
+    pub fn park(&self, child: &str) -> bool {
+        let mut slots = self.lock();
+        let Some(mut s) = slots.remove(child) else {
+            return false;
+        };
+        s.latest = None;
+        s.last_frame = None;
+        s.missing.clear();
+        self.parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(child.to_string(), s);
+        true
+    }
+
+    /// Brings a parked child back (it counts again from its first generation). True if it
+    /// was parked.
+    pub fn unpark(&self, child: &str) -> bool {
+        let mut slots = self.lock();
+        let s = self
+            .parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(child);
+        match s {
+            Some(s) => {
+                slots.insert(child.to_string(), s);
+                self.all_up_logged
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, ChildState> {

@@ -24,6 +24,7 @@ pub mod messages;
 pub mod names;
 pub mod parent_links;
 pub mod requests;
+pub mod span;
 pub mod table_request;
 pub mod tla_selection;
 pub mod transport;

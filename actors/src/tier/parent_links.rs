@@ -126,6 +126,9 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
     // Failed handshakes, one limiter per reason: each kind of refusal is logged (with the
     // peer) at least every LOG_EVERY, and a flood of one kind does not hide another.
     let handshake_log: Arc<Mutex<HashMap<HandshakeFailure, LogLimiter>>> = Arc::default();
+    // Parents leaving: when a whole tier stops (a shutdown, a partition) hundreds leave at
+    // once, and one line with a count says it.
+    let departures = Arc::new(Mutex::new(LogLimiter::new(LOG_EVERY)));
     loop {
         match listener.accept().await {
             Ok(Some(conn)) => {
@@ -159,6 +162,7 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
                 let serve = serve.clone();
                 let error_sessions = error_sessions.clone();
                 let handshake_log = handshake_log.clone();
+                let departures = departures.clone();
                 pool.spawn(async move {
                     let outcome = handle.await;
                     serve.sessions.remove(id);
@@ -167,7 +171,23 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
                     }
                     match outcome {
                         Ok(Ok(Served::Probe)) => tracing::debug!(peer, "probe answered"),
-                        Ok(Ok(Served::Link)) => tracing::info!(peer, "parent disconnected"),
+                        Ok(Ok(Served::Link)) if peer.starts_with("mem-") => {
+                            tracing::debug!(peer, "parent disconnected")
+                        }
+                        Ok(Ok(Served::Link)) => {
+                            let allow = departures
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .allow(Instant::now());
+                            match allow {
+                                Some(suppressed) => tracing::info!(
+                                    peer,
+                                    similar_since_last = suppressed,
+                                    "parent disconnected"
+                                ),
+                                None => tracing::debug!(peer, "parent disconnected"),
+                            }
+                        }
                         Ok(Err(LinkError::Handshake { kind, message })) => {
                             serve.metrics.record_link_tls_refused(kind.label());
                             let allow = handshake_log

@@ -11,7 +11,7 @@ pub async fn get_metrics(node: web::Data<NodeHandle>) -> HttpResponse {
     let snap = node.snapshot();
     let mut body = node.metrics.render(snap.as_deref(), SystemTime::now());
     let q = &node.queries;
-    let gauges: [(&str, &str, &str, u64); 8] = [
+    let gauges: [(&str, &str, &str, u64); 9] = [
         (
             "query_queries_running",
             "gauge",
@@ -53,6 +53,12 @@ pub async fn get_metrics(node: web::Data<NodeHandle>) -> HttpResponse {
             "counter",
             "Answers refused (503 incomplete) for fewer clusters or machines than min_clusters or min_machines asked.",
             node.metrics.queries_incomplete.load(Ordering::Relaxed),
+        ),
+        (
+            "query_answer_cache_hits_total",
+            "counter",
+            "Answers served again from the answer cache (the same statement on the same snapshot; [sql] answer_cache_mb).",
+            node.metrics.answer_cache_hits.load(Ordering::Relaxed),
         ),
         (
             "query_memory_reserved_bytes",

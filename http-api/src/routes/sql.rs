@@ -159,6 +159,7 @@ fn respond(
         batches,
         truncated,
         tables,
+        ..
     } = output;
     if format == "csv" {
         if let Some(f) = schema.fields().iter().find(|f| f.data_type().is_nested()) {
