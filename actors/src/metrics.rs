@@ -27,8 +27,10 @@ pub struct Metrics {
     pub static_reloads: AtomicU64,
     pub view_reloads: AtomicU64,
     pub config_errors: AtomicU64,
-    /// Supervised actors (link sessions) restarted after a panic.
+    /// Supervised parts (actors, accept loops, DNS watchers, link sessions) restarted
+    /// after they ended or panicked; by part in `actor_restarts_by`.
     pub actor_restarts: AtomicU64,
+    actor_restarts_by: Mutex<BTreeMap<String, u64>>,
     /// A SQL node's switches from one TLA to another.
     pub tla_switches: AtomicU64,
     /// Queries put in quarantine since start.
@@ -100,6 +102,12 @@ impl Metrics {
     pub fn record_http(&self, status: u16) {
         if let Ok(mut h) = self.http.lock() {
             *h.entry(status).or_default() += 1;
+        }
+    }
+
+    pub fn record_actor_restart(&self, actor: &str) {
+        if let Ok(mut r) = self.actor_restarts_by.lock() {
+            *r.entry(actor.to_string()).or_default() += 1;
         }
     }
 
@@ -191,9 +199,19 @@ impl Metrics {
         counter(
             &mut out,
             "query_actor_restarts_total",
-            "Supervised actors (link sessions) restarted after a panic.",
+            "Supervised parts (actors, accept loops, DNS watchers, link sessions) restarted after they ended or panicked.",
             load(&self.actor_restarts),
         );
+        let _ = writeln!(out, "# HELP query_actor_restarts_by_actor_total Restarts of each supervised part (query_actors).\n# TYPE query_actor_restarts_by_actor_total counter");
+        if let Ok(r) = self.actor_restarts_by.lock() {
+            for (actor, n) in r.iter() {
+                let _ = writeln!(
+                    out,
+                    "query_actor_restarts_by_actor_total{{actor=\"{}\"}} {n}",
+                    label(actor)
+                );
+            }
+        }
         counter(
             &mut out,
             "query_tla_switches_total",

@@ -19,6 +19,13 @@ use crate::error::ApiError;
 
 /// Registers every endpoint; shared by the server and the tests.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    if routes::debug::enabled() {
+        cfg.service(
+            web::resource("/debug/panic")
+                .route(web::post().to(routes::debug::inject_panic))
+                .default_service(web::to(method_not_allowed)),
+        );
+    }
     cfg.service(
         web::resource("/sql")
             .route(web::post().to(routes::sql::post_sql))

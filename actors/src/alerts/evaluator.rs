@@ -58,6 +58,8 @@ pub struct AlertEvaluator {
     rounds: BTreeMap<String, u64>,
     busy: bool,
     again: bool,
+    /// Generations followed (once: a restart keeps the follower, it sends to the address).
+    following: bool,
 }
 
 impl AlertEvaluator {
@@ -92,6 +94,7 @@ impl AlertEvaluator {
             rounds: loaded.rounds,
             busy: false,
             again: false,
+            following: false,
             config,
         })
     }
@@ -220,7 +223,17 @@ impl Actor for AlertEvaluator {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.reload();
         ctx.run_interval(self.reload_every, |act, _| act.reload());
-        self.node.follow_generations(ctx.address());
+        if !std::mem::replace(&mut self.following, true) {
+            self.node.follow_generations(ctx.address());
+        }
+    }
+}
+
+/// Restarted in place by the node's supervisor: instances and rounds are kept (and in the
+/// state file); the pass lost with the panic runs again at the next generation.
+impl Supervised for AlertEvaluator {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.busy = false;
     }
 }
 

@@ -67,18 +67,25 @@ pub struct FileDropPublisher {
 }
 
 impl FileDropPublisher {
-    /// Starts the directory's scanner on the pool and returns its publisher.
+    /// Starts the directory's scanner on the pool, under the node's supervisor as
+    /// `file_drop` (what it has seen survives a restart), and returns its publisher.
     pub fn start(
         cfg: FileDropConfig,
         machine_ip: String,
         schemas: SchemaRegistry,
         pool: &SqlPool,
+        supervisor: &crate::node::supervisor::Supervisor,
     ) -> Self {
-        let (publisher, mut scanner) = Self::new(cfg, machine_ip, schemas);
-        pool.spawn(async move {
-            loop {
-                scanner.scan().await;
-                tokio::time::sleep(scanner.cfg.poll).await;
+        let (publisher, scanner) = Self::new(cfg, machine_ip, schemas);
+        let scanner = Arc::new(tokio::sync::Mutex::new(scanner));
+        supervisor.spawn_task("file_drop", pool, move || {
+            let scanner = scanner.clone();
+            async move {
+                let mut scanner = scanner.lock().await;
+                loop {
+                    scanner.scan().await;
+                    tokio::time::sleep(scanner.cfg.poll).await;
+                }
             }
         });
         publisher

@@ -37,6 +37,8 @@ pub struct HistoryKeeper {
     /// Per report, the last period (generation time / every) it ran for.
     periods: BTreeMap<String, i64>,
     running: BTreeSet<String>,
+    /// Generations followed (once: a restart keeps the follower, it sends to the address).
+    following: bool,
 }
 
 pub fn ms_since_epoch(t: SystemTime) -> i64 {
@@ -62,6 +64,7 @@ impl HistoryKeeper {
             rounds: BTreeMap::new(),
             periods: BTreeMap::new(),
             running: BTreeSet::new(),
+            following: false,
         }
     }
 
@@ -274,7 +277,17 @@ impl Actor for HistoryKeeper {
         self.reload();
         ctx.run_interval(self.reload_every, |act, _| act.reload());
         ctx.run_interval(self.shared.config.maintain_every, |act, _| act.maintain());
-        self.node.follow_generations(ctx.address());
+        if !std::mem::replace(&mut self.following, true) {
+            self.node.follow_generations(ctx.address());
+        }
+    }
+}
+
+/// Restarted in place by the node's supervisor: rounds and periods are kept; reports that
+/// were running when it panicked may run again.
+impl Supervised for HistoryKeeper {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.running.clear();
     }
 }
 

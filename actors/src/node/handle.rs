@@ -147,6 +147,8 @@ pub struct NodeHandle {
     pub history: Option<Arc<HistoryShared>>,
     /// What the sourced tables of the last generation asked about expect (computed once
     /// per generation, not per answer).
+    /// The node's supervised parts (`query_actors`, the test-only fault hook).
+    pub supervisor: super::supervisor::Supervisor,
     pub(super) sourced_expectation:
         Arc<std::sync::Mutex<Option<super::completeness::SourcedExpectation>>>,
 }
@@ -169,6 +171,7 @@ pub(super) struct Parts {
     pub auth: Arc<Auth>,
     pub alerts: Option<Arc<AlertsShared>>,
     pub history: Option<Arc<HistoryShared>>,
+    pub supervisor: super::supervisor::Supervisor,
 }
 
 /// A query's answer with the snapshot it was computed on.
@@ -205,6 +208,7 @@ impl NodeHandle {
             auth: p.auth,
             alerts: p.alerts,
             history: p.history,
+            supervisor: p.supervisor,
             sourced_expectation: Default::default(),
         }
     }

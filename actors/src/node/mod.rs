@@ -18,6 +18,7 @@ mod sealer;
 mod self_tables;
 mod serving;
 pub mod simulate_config;
+pub mod supervisor;
 mod watcher;
 
 pub use admission::{AdmissionLimits, Admitted};
@@ -51,7 +52,7 @@ use crate::sql::{ComputedTable, SqlPool};
 use crate::table::{load_schema_dir, SchemaRegistry};
 use crate::tier::admission::ListenLimits;
 use crate::tier::child_link::ChildLink;
-use crate::tier::names::watch_addresses;
+use crate::tier::names::watch_addresses_supervised;
 use crate::tier::parent_links::{accept_parents, ParentSessions, ServeParents};
 use crate::tier::span::Span;
 use crate::tier::tla_selection::{SharedSelection, TlaSelector};
@@ -91,6 +92,8 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         })?,
     };
     let metrics = Arc::new(Metrics::default());
+    // Every long-lived part below is started under it (restarted when it ends or panics).
+    let supervisor = supervisor::Supervisor::new(config.role.name(), metrics.clone());
     let current = Arc::new(ArcSwapOption::empty());
     let name = extras.name.unwrap_or_else(|| node_name(&config));
 
@@ -124,7 +127,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         .transpose()?;
     let auth = Arc::new(crate::auth::Auth::new(&config, set.as_ref())?);
     let (book, wanted) = RequestBook::new(config.requests.request_ttl, fixed, prewarm, set_tables);
-    let book = book.start();
+    let book = supervisor.start_actor("request_book", book.supervised(&supervisor));
 
     // This machine's own rows: the host, the publish socket, dropped files.
     let mut local: Vec<Box<dyn LocalPublisher>> = extras.publishers;
@@ -145,6 +148,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
             &pool,
             wanted.clone(),
             &metrics,
+            &supervisor,
         )?;
         if let Some(drop) = edge.file_drop_config() {
             std::fs::create_dir_all(&drop.dir).map_err(|e| ConfigError::io(&drop.dir, e))?;
@@ -153,6 +157,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 config.node.machine_ip.clone(),
                 schemas.clone(),
                 &pool,
+                &supervisor,
             )));
         }
         local.push(Box::new(StoreCollector(store)));
@@ -176,10 +181,17 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     let mut selection = None;
     let mut selector = None;
     let specs: Vec<(String, watch::Receiver<Vec<String>>)> = if config.role == Role::Sql {
-        let candidates = watch_addresses(config.tla_candidates()?, &config.dns, &pool);
+        let candidates = watch_addresses_supervised(
+            config.tla_candidates()?,
+            &config.dns,
+            &pool,
+            &supervisor,
+            "dns:tla_selection",
+        );
         let (chosen, address) = watch::channel(Vec::new());
         let shared = SharedSelection::default();
-        selector = Some(
+        selector = Some(supervisor.start_actor(
+            "tla_selector",
             TlaSelector::new(
                 config.tla_selection.clone(),
                 candidates,
@@ -191,9 +203,8 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 shared.clone(),
                 metrics.clone(),
                 dialer.clone(),
-            )
-            .start(),
-        );
+            ),
+        ));
         selection = Some(shared);
         vec![("tla".to_string(), address)]
     } else {
@@ -201,7 +212,12 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
             .link
             .child_specs()
             .into_iter()
-            .map(|c| (c.name, watch_addresses(c.addresses, &config.dns, &pool)))
+            .map(|c| {
+                let dns = format!("dns:child:{}", c.name);
+                let addresses =
+                    watch_addresses_supervised(c.addresses, &config.dns, &pool, &supervisor, &dns);
+                (c.name, addresses)
+            })
             .collect()
     };
     let mut span = None;
@@ -231,6 +247,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 metrics.clone(),
                 dialer.clone(),
             )
+            .supervised(&supervisor)
             .start();
         }
         if let Some((set, span)) = &in_span {
@@ -242,6 +259,9 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     // The tier above.
     let (published, generations) = watch::channel(None);
     let sessions = Arc::new(ParentSessions::default());
+    if extras.listener.is_some() || config.link.listen.is_some() {
+        sessions.supervised(&supervisor);
+    }
     let started = Arc::new(std::sync::OnceLock::new());
     local.push(Box::new(self_tables::SelfMonitor {
         machine_ip: config.node.machine_ip.clone(),
@@ -255,6 +275,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         wanted: wanted.clone(),
         departures: Default::default(),
         departed_keep: config.link.departed_keep,
+        supervisor: supervisor.clone(),
         handle: started.clone(),
     }));
     let mut serve = ServeParents {
@@ -270,7 +291,24 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     };
     match (extras.listener, config.link.listen) {
         (Some(listener), _) => {
-            pool.spawn(accept_parents(listener, serve, pool.clone()));
+            // In-process: a restart listens again under the same name.
+            let again = match &listener {
+                Listener::Memory(name, _) => Some(name.clone()),
+                Listener::Tcp(_) => None,
+            };
+            let (mut first, p) = (Some(listener), pool.clone());
+            supervisor.spawn_task("link_listener", &pool, move || {
+                let listener = first
+                    .take()
+                    .or_else(|| again.as_deref().map(Listener::memory));
+                let (serve, p) = (serve.clone(), p.clone());
+                async move {
+                    match listener {
+                        Some(l) => accept_parents(l, serve, p).await,
+                        None => tracing::error!("an embedder's TCP listener cannot listen again"),
+                    }
+                }
+            });
         }
         (None, Some(addr)) => {
             serve.tls = link_tls.as_ref().map(|t| t.server.clone());
@@ -282,10 +320,15 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 })?;
             let p = pool.clone();
             let serve_tls = serve.tls.is_some();
-            pool.spawn(async move {
-                match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(l) => accept_parents(Listener::Tcp(l), serve, p).await,
-                    Err(e) => tracing::error!(error = %e, "cannot serve parents"),
+            // The bound socket outlives the accept loop: a restart accepts on a copy of it.
+            supervisor.spawn_task("link_listener", &pool, move || {
+                let (serve, p) = (serve.clone(), p.clone());
+                let listener = std_listener.try_clone();
+                async move {
+                    match listener.and_then(tokio::net::TcpListener::from_std) {
+                        Ok(l) => accept_parents(Listener::Tcp(l), serve, p).await,
+                        Err(e) => tracing::error!(error = %e, "cannot serve parents"),
+                    }
                 }
             });
             tracing::info!(%addr, tls = serve_tls, "serving parents");
@@ -342,8 +385,8 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         node_tables,
         node_schemas,
     )
-    .with_schemas(schemas.clone())
-    .start();
+    .with_schemas(schemas.clone());
+    let keeper = supervisor.start_actor("snapshot_keeper", keeper);
     let watcher = watcher::FileWatcher::new(
         &config.paths,
         config.requests.prewarm.clone(),
@@ -365,16 +408,16 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         ),
         None => watcher,
     };
-    watcher.start();
-    sealer::Sealer::new(
+    supervisor.start_actor("file_watcher", watcher);
+    let sealer = sealer::Sealer::new(
         config.generation.clone(),
         inputs,
         keeper,
         published,
         pool.clone(),
         metrics.clone(),
-    )
-    .start();
+    );
+    supervisor.start_actor("sealer", sealer);
 
     let reload_every = config.paths.reload_every;
     let alerts_config = config.alerts.clone();
@@ -396,13 +439,16 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         auth,
         alerts: alerts.clone(),
         history: history.as_ref().map(|(shared, _)| shared.clone()),
+        supervisor: supervisor.clone(),
     });
     let _ = started.set(node.clone());
     if let (Some(cfg), Some(shared)) = (alerts_config, alerts) {
-        AlertEvaluator::new(node.clone(), cfg, shared, reload_every)?.start();
+        let evaluator = AlertEvaluator::new(node.clone(), cfg, shared, reload_every)?;
+        supervisor.start_actor("alert_evaluator", evaluator);
     }
     if let Some((shared, writer)) = history {
-        HistoryKeeper::new(node.clone(), shared, writer, reload_every).start();
+        let keeper = HistoryKeeper::new(node.clone(), shared, writer, reload_every);
+        supervisor.start_actor("history_keeper", keeper);
     }
     Ok(node)
 }
@@ -516,6 +562,7 @@ fn start_edge(
     pool: &SqlPool,
     mut wanted: watch::Receiver<BTreeSet<String>>,
     metrics: &Arc<Metrics>,
+    supervisor: &supervisor::Supervisor,
 ) -> Result<Arc<EdgeStore>, ConfigError> {
     let store = Arc::new(
         EdgeStore::new(
@@ -532,17 +579,41 @@ fn start_edge(
     };
     let unix = socket::bind_unix(&edge.socket, edge.socket_mode)
         .map_err(|e| listen_err(format!("[edge] socket {}", edge.socket.display()), e))?;
-    pool.spawn(socket::serve_unix(store.clone(), unix));
+    // The bound sockets outlive the accept loops: a restart accepts on a copy of them.
+    let s = store.clone();
+    supervisor.spawn_task("publish_socket.unix", pool, move || {
+        let (s, unix) = (s.clone(), unix.try_clone());
+        async move {
+            match unix {
+                Ok(l) => socket::serve_unix(s, l).await,
+                Err(e) => tracing::error!(error = %e, "publish socket unusable"),
+            }
+        }
+    });
     if let Some(addr) = edge.tcp {
         let tcp = std::net::TcpListener::bind(addr)
             .map_err(|e| listen_err(format!("[edge] tcp {addr}"), e))?;
-        pool.spawn(socket::serve_tcp(store.clone(), tcp));
+        let s = store.clone();
+        supervisor.spawn_task("publish_socket.tcp", pool, move || {
+            let (s, tcp) = (s.clone(), tcp.try_clone());
+            async move {
+                match tcp {
+                    Ok(l) => socket::serve_tcp(s, l).await,
+                    Err(e) => tracing::error!(error = %e, "publish TCP listener unusable"),
+                }
+            }
+        });
     }
     let s = store.clone();
-    pool.spawn(async move {
-        while wanted.changed().await.is_ok() {
-            let tables = wanted.borrow_and_update().clone();
-            s.set_wanted(tables);
+    supervisor.spawn_task("publish_socket.wanted", pool, move || {
+        let (s, mut wanted) = (s.clone(), wanted.clone());
+        async move {
+            // A restart hands the store the current list first.
+            wanted.mark_changed();
+            while wanted.changed().await.is_ok() {
+                let tables = wanted.borrow_and_update().clone();
+                s.set_wanted(tables);
+            }
         }
     });
     Ok(store)

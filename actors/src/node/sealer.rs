@@ -315,6 +315,15 @@ impl Actor for Sealer {
     }
 }
 
+/// Restarted in place by the node's supervisor: the generation ids and the previous
+/// generation are kept; the seal that was running is gone with the panic.
+impl Supervised for Sealer {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.sealing = false;
+        self.pending = false;
+    }
+}
+
 impl StreamHandler<Delivered> for Sealer {
     fn handle(&mut self, _: Delivered, ctx: &mut Context<Self>) {
         self.delivered_since_tick = true;

@@ -28,6 +28,7 @@ pub struct SelfMonitor {
     pub wanted: watch::Receiver<BTreeSet<String>>,
     pub departures: super::departed::Departures,
     pub departed_keep: std::time::Duration,
+    pub supervisor: super::supervisor::Supervisor,
     /// The node, once started: what its served generation was expected to cover (the same
     /// figures answers carry).
     pub handle: Arc<OnceLock<super::NodeHandle>>,
@@ -161,8 +162,25 @@ impl LocalPublisher for SelfMonitor {
         let departed = self
             .departures
             .observe(&children, live, kind, keep, now, instant);
+        let actors = self
+            .supervisor
+            .status()
+            .into_iter()
+            .map(|p| {
+                vec![
+                    Cell::Str(self.role.to_string()),
+                    Cell::Str(p.name),
+                    Cell::Str(p.kind.as_str().to_string()),
+                    Cell::Str(p.state.as_str().to_string()),
+                    int(p.restarts),
+                    p.last_error.map_or(Cell::Null, Cell::Str),
+                    Cell::Ts(crate::table::unix_millis(p.since)),
+                ]
+            })
+            .collect();
         let tables = [
             self.table("query_nodes", vec![node_row], now),
+            self.table("query_actors", actors, now),
             self.table("query_links", links, now),
             self.table("query_departed", departed, now),
         ];

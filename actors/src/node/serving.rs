@@ -126,6 +126,16 @@ impl Actor for SnapshotKeeper {
     type Context = Context<Self>;
 }
 
+/// Restarted in place: what it serves stays installed; a build lost with the panic is
+/// made again.
+impl Supervised for SnapshotKeeper {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        if self.installed_seq < self.build_seq {
+            self.rebuild(ctx);
+        }
+    }
+}
+
 impl Handler<InstallGeneration> for SnapshotKeeper {
     type Result = ();
     fn handle(&mut self, msg: InstallGeneration, ctx: &mut Context<Self>) {

@@ -209,6 +209,14 @@ impl FileWatcher {
     }
 }
 
+/// Restarted in place: what it last read is kept; a check lost with the panic runs again
+/// at the next tick.
+impl Supervised for FileWatcher {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.checking = false;
+    }
+}
+
 impl Actor for FileWatcher {
     type Context = Context<Self>;
 

@@ -26,7 +26,9 @@ use crate::link::frame::{decode_frame, encode_frame, read_frame, write_frame, Co
 use crate::link::wire::{ToChild, ToParent, LINK_VERSION};
 use crate::link::LinkError;
 use crate::metrics::Metrics;
+use crate::node::supervisor::{panic_message, with_fault, Kind, State, Supervisor};
 use crate::sql::{AbortOnDrop, SqlPool};
+use tokio::sync::Notify;
 
 pub struct ChildLink {
     /// The child's name (its slot in [`Children`]).
@@ -46,6 +48,9 @@ pub struct ChildLink {
     backoff: Duration,
     /// Plain, or mutual TLS (`[link.tls]`).
     dialer: Dialer,
+    /// The node's supervisor, told of session panics (`child_link:NAME` in
+    /// `query_actors`), and the fault hook that makes a session panic.
+    supervision: Option<(Supervisor, Arc<Notify>)>,
 }
 
 impl ChildLink {
@@ -75,7 +80,19 @@ impl ChildLink {
             metrics,
             backoff,
             dialer,
+            supervision: None,
         }
+    }
+
+    /// Reports session restarts to the node's supervisor as `child_link:NAME`.
+    pub fn supervised(mut self, supervisor: &Supervisor) -> Self {
+        let fault = supervisor.register(&self.part_name(), Kind::Link);
+        self.supervision = Some((supervisor.clone(), fault));
+        self
+    }
+
+    fn part_name(&self) -> String {
+        format!("child_link:{}", self.child)
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
@@ -99,9 +116,13 @@ impl ChildLink {
             dialer: self.dialer.clone(),
         };
         let started = Instant::now();
-        let work = self
-            .pool
-            .spawn(session.run_while_listed(self.addresses.clone()));
+        let run = session.run_while_listed(self.addresses.clone());
+        let work = match &self.supervision {
+            Some((_, fault)) => self
+                .pool
+                .spawn(with_fault(self.part_name(), fault.clone(), run)),
+            None => self.pool.spawn(run),
+        };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(move |res, act, ctx| {
             let child = act.child.clone();
             let linked = act.children.link_down(&child);
@@ -125,11 +146,24 @@ impl ChildLink {
                 }
                 Err(e) => {
                     // A panic in the session: count it, start a fresh one (fresh decoder).
-                    act.metrics.actor_restarts.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(child, address, error = %e, "link session panicked; restarting it");
+                    let why = if e.is_panic() {
+                        format!("session panicked: {}", panic_message(&*e.into_panic()))
+                    } else {
+                        format!("session cancelled: {e}")
+                    };
+                    match &act.supervision {
+                        Some((sup, _)) => {
+                            let name = act.part_name();
+                            sup.record_restart(&name, &why, State::Running, act.backoff);
+                        }
+                        None => {
+                            act.metrics.actor_restarts.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(child, address, error = why, "link session restarting");
+                        }
+                    }
                     act.children.update(&child, |s| {
                         s.restarts += 1;
-                        s.last_error = Some(format!("session panicked: {e}"));
+                        s.last_error = Some(why);
                     });
                 }
             }

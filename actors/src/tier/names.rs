@@ -5,12 +5,14 @@
 //! away. A failed look-up keeps the name's last good addresses.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::error::{ConfigError, ConfigResult};
+use crate::node::supervisor::Supervisor;
 use crate::sql::SqlPool;
 
 /// `[dns]`: where and how often names are looked up.
@@ -78,7 +80,41 @@ pub fn watch_addresses(
     dns: &DnsConfig,
     pool: &SqlPool,
 ) -> watch::Receiver<Vec<String>> {
-    let mut known: Vec<Vec<String>> = entries
+    let (rx, resolver) = resolver(entries, dns);
+    if let Some(mut start) = resolver {
+        pool.spawn(start());
+    }
+    rx
+}
+
+/// [`watch_addresses`] with the look-up loop under the node's supervisor, as `name`; the
+/// addresses found survive a restart of the loop.
+pub fn watch_addresses_supervised(
+    entries: Vec<String>,
+    dns: &DnsConfig,
+    pool: &SqlPool,
+    supervisor: &Supervisor,
+    name: &str,
+) -> watch::Receiver<Vec<String>> {
+    let (rx, resolver) = resolver(entries, dns);
+    if let Some(start) = resolver {
+        supervisor.spawn_task(name, pool, start);
+    }
+    rx
+}
+
+type Known = Arc<Mutex<Vec<Vec<String>>>>;
+
+/// The receiver, and what starts the look-up loop (None if every entry is literal).
+#[allow(clippy::type_complexity)]
+fn resolver(
+    entries: Vec<String>,
+    dns: &DnsConfig,
+) -> (
+    watch::Receiver<Vec<String>>,
+    Option<impl FnMut() -> futures::future::BoxFuture<'static, ()> + Send + 'static>,
+) {
+    let known: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
             if literal(e) {
@@ -90,42 +126,59 @@ pub fn watch_addresses(
         .collect();
     let (tx, rx) = watch::channel(flatten(&known));
     if entries.iter().all(|e| literal(e)) {
-        return rx;
+        return (rx, None);
     }
-    let dns = dns.clone();
-    pool.spawn(async move {
-        loop {
-            for (entry, addrs) in entries.iter().zip(known.iter_mut()) {
-                if literal(entry) {
-                    continue;
-                }
-                match query_client::dns::lookup_host(entry, 0, dns.nameserver, dns.timeout).await
-                {
-                    Ok(found) => {
-                        let found: Vec<String> = found.iter().map(|a| a.to_string()).collect();
-                        if found != *addrs {
-                            tracing::info!(name = %entry, addresses = ?found, "name resolved");
-                            *addrs = found;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(name = %entry, error = %e, kept = ?addrs, "name look-up failed; keeping its last addresses")
-                    }
-                }
+    let (dns, tx, known) = (dns.clone(), Arc::new(tx), Known::new(Mutex::new(known)));
+    let entries = Arc::new(entries);
+    let start = move || -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(resolve_loop(
+            entries.clone(),
+            dns.clone(),
+            known.clone(),
+            tx.clone(),
+        ))
+    };
+    (rx, Some(start))
+}
+
+async fn resolve_loop(
+    entries: Arc<Vec<String>>,
+    dns: DnsConfig,
+    known: Known,
+    tx: Arc<watch::Sender<Vec<String>>>,
+) {
+    loop {
+        let mut now = known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (entry, addrs) in entries.iter().zip(now.iter_mut()) {
+            if literal(entry) {
+                continue;
             }
-            let now = flatten(&known);
-            tx.send_if_modified(|v| {
-                let changed = *v != now;
-                *v = now;
-                changed
-            });
-            tokio::select! {
-                _ = tokio::time::sleep(dns.resolve_every) => {}
-                _ = tx.closed() => return,
+            match query_client::dns::lookup_host(entry, 0, dns.nameserver, dns.timeout).await {
+                Ok(found) => {
+                    let found: Vec<String> = found.iter().map(|a| a.to_string()).collect();
+                    if found != *addrs {
+                        tracing::info!(name = %entry, addresses = ?found, "name resolved");
+                        *addrs = found;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(name = %entry, error = %e, kept = ?addrs, "name look-up failed; keeping its last addresses")
+                }
             }
         }
-    });
-    rx
+        let flat = flatten(&now);
+        *known.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        tx.send_if_modified(|v| {
+            let changed = *v != flat;
+            *v = flat;
+            changed
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(dns.resolve_every) => {}
+            // Nobody follows these names any more (the node is going away).
+            _ = tx.closed() => std::future::pending::<()>().await,
+        }
+    }
 }
 
 fn flatten(known: &[Vec<String>]) -> Vec<String> {
@@ -179,5 +232,48 @@ mod tests {
             "{:?}",
             rx.borrow()
         );
+    }
+
+    #[test]
+    fn a_supervised_watcher_restarts_after_a_panic_keeping_its_addresses() {
+        let pool = SqlPool::new(1).expect("pool");
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+        let sup = Supervisor::with_backoff(
+            "test",
+            metrics,
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+        );
+        let dns = DnsConfig {
+            resolve_every: Duration::from_millis(50),
+            ..DnsConfig::default()
+        };
+        let mut rx =
+            watch_addresses_supervised(vec!["localhost:9".into()], &dns, &pool, &sup, "dns:x");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| !v.is_empty()))
+                .await
+                .expect("resolved in time")
+                .map(|_| ())
+                .expect("sender alive");
+            assert!(sup.inject_panic("dns:x"));
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while sup.status_of("dns:x").map(|s| s.restarts) != Some(1) {
+                assert!(std::time::Instant::now() < deadline, "restarted in time");
+                // What was found stays while the watcher restarts.
+                assert!(!rx.borrow().is_empty());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let st = sup.status_of("dns:x").expect("registered");
+        assert_eq!(
+            st.last_error.as_deref(),
+            Some("panicked: fault injected into dns:x")
+        );
+        assert!(!rx.borrow().is_empty());
     }
 }

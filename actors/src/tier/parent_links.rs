@@ -27,6 +27,7 @@ use crate::link::frame::{decode_small_frame, encode_frame, read_frame, write_fra
 use crate::link::wire::{Advert, ToChild, ToParent, LINK_VERSION};
 use crate::link::LinkError;
 use crate::metrics::Metrics;
+use crate::node::supervisor::{panic_message, State};
 use crate::sql::{AbortOnDrop, SqlPool};
 use crate::tls::{describe_handshake, HandshakeFailure};
 
@@ -63,9 +64,25 @@ pub struct ParentState {
 pub struct ParentSessions {
     next: AtomicU64,
     live: Mutex<BTreeMap<u64, ParentState>>,
+    /// The node's supervisor, told of session panics (`parent_sessions` in `query_actors`),
+    /// and its fault hook (makes one session panic).
+    supervision: std::sync::OnceLock<(
+        crate::node::supervisor::Supervisor,
+        Arc<tokio::sync::Notify>,
+    )>,
 }
 
+/// The part name parent sessions report under.
+pub const PARENT_SESSIONS: &str = "parent_sessions";
+
 impl ParentSessions {
+    /// Reports session panics to `supervisor` (each session ends alone; its parent dials
+    /// again).
+    pub fn supervised(&self, supervisor: &crate::node::supervisor::Supervisor) {
+        let fault = supervisor.register(PARENT_SESSIONS, crate::node::supervisor::Kind::Session);
+        let _ = self.supervision.set((supervisor.clone(), fault));
+    }
+
     fn update(&self, id: u64, f: impl FnOnce(&mut ParentState)) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         f(live.entry(id).or_default());
@@ -133,7 +150,15 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
                 let peer = conn.peer;
                 let id = serve.sessions.next.fetch_add(1, Ordering::Relaxed) + 1;
                 let s = serve.clone();
-                let handle = pool.spawn(session(conn.stream, peer.clone(), id, s, permit));
+                let run = session(conn.stream, peer.clone(), id, s, permit);
+                let handle = match serve.sessions.supervision.get() {
+                    Some((_, fault)) => pool.spawn(crate::node::supervisor::with_fault(
+                        PARENT_SESSIONS.to_string(),
+                        fault.clone(),
+                        run,
+                    )),
+                    None => pool.spawn(run),
+                };
                 let serve = serve.clone();
                 let error_sessions = error_sessions.clone();
                 let handshake_log = handshake_log.clone();
@@ -172,12 +197,20 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
                                 .or_insert_with(|| LogLimiter::new(LOG_EVERY))
                                 .allow(Instant::now());
                             if let Some(suppressed) = allow {
-                                tracing::warn!(peer, reason = kind.label(), suppressed, "TLS handshake refused: {message}");
+                                tracing::warn!(
+                                    peer,
+                                    reason = kind.label(),
+                                    suppressed,
+                                    "TLS handshake refused: {message}"
+                                );
                             }
                         }
                         Ok(Err(e)) => {
                             if matches!(e, LinkError::Limit(_) | LinkError::Inflation { .. }) {
-                                serve.metrics.link_limit_errors.fetch_add(1, Ordering::Relaxed);
+                                serve
+                                    .metrics
+                                    .link_limit_errors
+                                    .fetch_add(1, Ordering::Relaxed);
                             }
                             let allow = error_sessions
                                 .lock()
@@ -188,8 +221,26 @@ pub async fn accept_parents(mut listener: Listener, serve: ServeParents, pool: S
                             }
                         }
                         Err(e) => {
-                            serve.metrics.actor_restarts.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(peer, error = %e, "parent session panicked; the parent will reconnect");
+                            let why = match e.try_into_panic() {
+                                Ok(p) => format!("panicked: {}", panic_message(&*p)),
+                                Err(e) => format!("cancelled: {e}"),
+                            };
+                            match serve.sessions.supervision.get() {
+                                Some((sup, _)) => sup.record_restart(
+                                    PARENT_SESSIONS,
+                                    &format!("{why} (parent {peer}; it reconnects)"),
+                                    State::Running,
+                                    Duration::ZERO,
+                                ),
+                                None => {
+                                    serve.metrics.actor_restarts.fetch_add(1, Ordering::Relaxed);
+                                    tracing::error!(
+                                        peer,
+                                        error = why,
+                                        "parent session ended; the parent will reconnect"
+                                    );
+                                }
+                            }
                         }
                     }
                 });

@@ -38,6 +38,8 @@ pub struct RequestBook {
     /// Each table's last known state (newest version wins).
     states: BTreeMap<String, TableState>,
     tx: watch::Sender<BTreeSet<String>>,
+    /// The node's supervisor, which table actors are started under (else actix's).
+    supervisor: Option<crate::node::supervisor::Supervisor>,
 }
 
 impl RequestBook {
@@ -72,9 +74,16 @@ impl RequestBook {
                 tables: BTreeMap::new(),
                 states,
                 tx,
+                supervisor: None,
             },
             rx,
         )
+    }
+
+    /// Starts table actors under the node's supervisor (`table_request:NAME`).
+    pub fn supervised(mut self, supervisor: &crate::node::supervisor::Supervisor) -> Self {
+        self.supervisor = Some(supervisor.clone());
+        self
     }
 
     /// The actor of `table`, started on first mention (None past [`MAX_TABLES`]).
@@ -91,7 +100,11 @@ impl RequestBook {
             return None;
         }
         let (name, ttl, book) = (table.to_string(), self.ttl, ctx.address().recipient());
-        let addr = Supervisor::start(move |_| TableRequest::new(name, ttl, book));
+        let actor = TableRequest::new(name, ttl, book);
+        let addr = match &self.supervisor {
+            Some(s) => s.start_actor(&format!("table_request:{table}"), actor),
+            None => Supervisor::start(move |_| actor),
+        };
         self.tables.insert(table.to_string(), addr.clone());
         Some(addr)
     }
@@ -156,6 +169,10 @@ impl RequestBook {
         });
     }
 }
+
+/// Restarted in place: the requests (and the tables' actors) are kept; `started` sends the
+/// configured tables to their actors again, which changes nothing they already hold.
+impl actix::Supervised for RequestBook {}
 
 impl Actor for RequestBook {
     type Context = Context<Self>;

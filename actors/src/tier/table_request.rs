@@ -111,21 +111,24 @@ impl TableRequest {
         }
         if let Some(at) = self.next_expiry() {
             let after = at.saturating_duration_since(now) + Duration::from_millis(1);
-            self.timer = Some(ctx.run_later(after, |act, ctx| {
-                act.timer = None;
-                let was = act.wanted;
-                let state = act.settle(ctx);
-                if was && !state.wanted {
-                    act.book.do_send(Expired {
-                        table: act.table.clone(),
-                        state,
-                    });
-                }
-            }));
+            self.timer = Some(ctx.run_later(after, |act, ctx| act.expire(ctx)));
         }
         TableState {
             wanted: self.wanted,
             version: self.version,
+        }
+    }
+
+    /// The expiry timer: settles, and tells the book if the table is no longer wanted.
+    fn expire(&mut self, ctx: &mut Context<Self>) {
+        self.timer = None;
+        let was = self.wanted;
+        let state = self.settle(ctx);
+        if was && !state.wanted {
+            self.book.do_send(Expired {
+                table: self.table.clone(),
+                state,
+            });
         }
     }
 }
@@ -134,11 +137,12 @@ impl Actor for TableRequest {
     type Context = Context<Self>;
 }
 
-/// Restarted in place (its reasons kept) if it ever stops.
+/// Restarted in place by the node's supervisor (`table_request:NAME`), its reasons kept;
+/// the expiry timer went with the restart, so it looks again at once.
 impl Supervised for TableRequest {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        tracing::warn!(table = self.table, "table request actor restarting");
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
         self.timer = None;
+        ctx.run_later(Duration::ZERO, |act, ctx| act.expire(ctx));
     }
 }
 

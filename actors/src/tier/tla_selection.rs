@@ -279,6 +279,14 @@ impl TlaSelector {
     }
 }
 
+/// Restarted in place: the choice is kept; `started` probes again and sets a new timer.
+impl Supervised for TlaSelector {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.probing = false;
+        self.timer = None;
+    }
+}
+
 impl Actor for TlaSelector {
     type Context = Context<Self>;
 

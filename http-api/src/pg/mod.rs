@@ -131,7 +131,19 @@ pub async fn serve(node: NodeHandle) -> io::Result<()> {
     let addr = listener.local_addr()?;
     println!("postgres listening on {addr}");
     tracing::info!(%addr, "Postgres protocol: psql -h {} -p {}", addr.ip(), addr.port());
-    actix_rt::spawn(accept_loop(node, listener));
+    // Supervised: the bound socket outlives the accept loop, a restart accepts on a copy.
+    let listener = listener.into_std()?;
+    let supervisor = node.supervisor.clone();
+    supervisor.spawn_local_task("pg_listener", move || {
+        let node = node.clone();
+        let listener = listener.try_clone().and_then(TcpListener::from_std);
+        async move {
+            match listener {
+                Ok(l) => accept_loop(node, l).await,
+                Err(e) => tracing::error!(error = %e, "[pg] listener unusable"),
+            }
+        }
+    });
     Ok(())
 }
 

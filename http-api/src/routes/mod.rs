@@ -1,11 +1,13 @@
 //! The endpoints: `POST /sql`, `GET /tables`, `GET /health`, `GET /metrics`, `GET /` (console
 //! and its assets), `GET /alerts`, `POST /alerts/test`, `GET /reports`,
-//! `POST /admin/quarantine/lift`.
+//! `POST /admin/quarantine/lift`; for tests only, `POST /debug/panic` (with
+//! `QUERYD_FAULT_INJECTION=1`).
 
 pub mod admin;
 pub mod alerts;
 pub mod completeness;
 pub mod console;
+pub mod debug;
 pub mod health;
 pub mod metrics;
 pub mod reports;
