@@ -1,6 +1,7 @@
 //! Live reconfiguration (OSR 3.6: "SQL parsers can be rapidly reconfigured"): edits to the
 //! aggregator-sets file (the set's prewarm and partitions) and to the node's own config file
-//! (`[tla_selection]`: pin, bonus, switch margin, probe interval) apply without a restart.
+//! (`[tla_selection]`: pin, bonus, switch margin, probe interval; a TLA's `[tla_children]`)
+//! apply without a restart.
 //! Checked by the file watcher, off the actors' event loops. An edit that does not load
 //! keeps what runs and is logged; an edit of a section that only applies at start (the
 //! set's span, any other section of the node's file) is logged as needing a restart.
@@ -12,6 +13,7 @@ use super::config::{NodeConfig, Role};
 use crate::aggregator_sets::{AggregatorSetConfig, Routing};
 use crate::config::{file_stamp, FileStamp};
 use crate::table::SchemaRegistry;
+use crate::tier::tla_children::TlaChildrenConfig;
 use crate::tier::tla_selection::TlaSelectionConfig;
 
 /// What an edit changed, to be applied by the watcher.
@@ -19,6 +21,8 @@ use crate::tier::tla_selection::TlaSelectionConfig;
 pub struct Changes {
     /// `[tla_selection]` as now configured (a SQL node's).
     pub selection: Option<TlaSelectionConfig>,
+    /// `[tla_children]` as now configured (a TLA's).
+    pub tla_children: Option<TlaChildrenConfig>,
     /// The set's tables and partition routing as now configured.
     pub set: Option<(BTreeSet<String>, Option<Routing>)>,
     /// Whether an edit was refused (counted as a config error).
@@ -83,7 +87,10 @@ impl Reconfigure {
             .and_then(|w| w.take_change().then_some(w))
         {
             match reload_config(w, self.role) {
-                Ok(selection) => out.selection = selection,
+                Ok((selection, children)) => {
+                    out.selection = selection;
+                    out.tla_children = children;
+                }
                 Err(e) => {
                     tracing::error!(file = %w.path.display(), error = %e, "config file edit rejected; the running configuration stays");
                     out.rejected = true;
@@ -119,11 +126,13 @@ impl Reconfigure {
 }
 
 /// Loads and validates the edited node config; returns its `[tla_selection]` (a SQL
-/// node's), and logs the other sections that changed (they apply at the next restart).
+/// node's) and `[tla_children]` (a TLA's) when they changed, and logs the other sections
+/// that changed (they apply at the next restart).
+#[allow(clippy::type_complexity)]
 fn reload_config(
     w: &mut Watched<toml::Table>,
     role: Role,
-) -> Result<Option<TlaSelectionConfig>, String> {
+) -> Result<(Option<TlaSelectionConfig>, Option<TlaChildrenConfig>), String> {
     let raw: toml::Table = crate::config::read_toml(&w.path).map_err(|e| e.to_string())?;
     let mut config = NodeConfig::load(&w.path).map_err(|e| e.to_string())?;
     config.role = role;
@@ -133,14 +142,22 @@ fn reload_config(
         .chain(w.last_good.keys())
         .collect::<BTreeSet<_>>()
         .into_iter()
-        .filter(|k| k.as_str() != "tla_selection" && raw.get(*k) != w.last_good.get(*k))
+        .filter(|k| {
+            !matches!(k.as_str(), "tla_selection" | "tla_children")
+                && raw.get(*k) != w.last_good.get(*k)
+        })
         .collect();
     if !restart.is_empty() {
         tracing::warn!(file = %w.path.display(), sections = ?restart, "config sections changed that apply at the next restart");
     }
     let selection_changed = raw.get("tla_selection") != w.last_good.get("tla_selection");
+    let children_changed = raw.get("tla_children") != w.last_good.get("tla_children");
     w.last_good = raw;
-    Ok((role == Role::Sql && selection_changed).then_some(config.tla_selection))
+    let tla = matches!(role, Role::Tla | Role::TlaSql);
+    Ok((
+        (role == Role::Sql && selection_changed).then_some(config.tla_selection),
+        (tla && children_changed).then_some(config.tla_children),
+    ))
 }
 
 #[cfg(test)]
