@@ -193,4 +193,33 @@ mod tests {
         let c = r.check();
         assert!(c.rejected && c.selection.is_none());
     }
+
+    #[test]
+    fn a_tla_config_edit_yields_its_tla_children() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tla.toml");
+        let base = "[link]\nlisten = \"127.0.0.1:7500\"\nchildren = [\"127.0.0.1:7400\"]\n";
+        std::fs::write(&path, base).expect("write");
+        let mut config = NodeConfig::load(&path).expect("loads");
+        config.role = Role::Tla;
+        let mut r = Reconfigure::new(&config, SchemaRegistry::default()).expect("watches");
+        let edited = format!(
+            "{base}\n[tla_children]\nchildren = [\"127.0.0.1:7510\"]\ntables = [\"sys\"]\n"
+        );
+        std::fs::write(&path, &edited).expect("write");
+        let c = r.check();
+        let children = c.tla_children.expect("the new [tla_children]");
+        assert_eq!(children.children, ["127.0.0.1:7510"]);
+        assert!(c.selection.is_none(), "a TLA has no selection");
+        // Children without tables: refused, the running deferral stays.
+        std::fs::write(
+            &path,
+            format!(
+                "{base}\n[tla_children]\nchildren = [\"127.0.0.1:7510\", \"127.0.0.1:7511\"]\n"
+            ),
+        )
+        .expect("write");
+        let c = r.check();
+        assert!(c.rejected && c.tla_children.is_none());
+    }
 }

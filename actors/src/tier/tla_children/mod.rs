@@ -128,7 +128,15 @@ struct Slot {
     /// Ends the link's session (a child late with a merge is dropped).
     kill: Option<oneshot::Sender<String>>,
     pending: HashMap<u64, oneshot::Sender<ChildGeneration>>,
+    /// Seals in a row it answered late (its tables carried each time).
+    late: u32,
 }
+
+/// Seals in a row a child may answer late (its tables carried from the previous
+/// generation each time) before the TLA takes its share: taking it costs every cluster a
+/// full copy, and a child that is late once (its start, a full copy of its own) would
+/// otherwise be dropped in a loop.
+pub const LATE_IN_A_ROW: u32 = 3;
 
 /// Which child merges each deferred table, as fixed when a cluster link started.
 #[derive(Clone, Default)]
@@ -182,14 +190,38 @@ impl Assignment {
                 machines: frame.machines,
                 clusters: frame.clusters,
             };
-            let _ = tx
-                .send(ToChild::Defer {
-                    cluster: cluster.to_string(),
-                    session,
-                    frame: part,
-                })
-                .await;
+            let msg = ToChild::Defer {
+                cluster: cluster.to_string(),
+                session,
+                frame: part,
+            };
+            match tx.try_send(msg) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Full(msg)) => {
+                    queue_full_logged();
+                    let _ = tx.send(msg).await;
+                }
+            }
         }
+    }
+}
+
+/// A child reads more slowly than the clusters send: logged at most every 10 s (the
+/// cluster links wait for room meanwhile).
+fn queue_full_logged() {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            "a TLA child's queue is full ([tla_children] queue): cluster links wait for it to read"
+        );
     }
 }
 
@@ -265,6 +297,7 @@ impl Deferral {
                     outbox: None,
                     kill: None,
                     pending: HashMap::new(),
+                    late: 0,
                 }
             });
             slot.view.share = share;
@@ -340,6 +373,7 @@ impl Deferral {
             slot.view.down_since = None;
             slot.outbox = Some(outbox);
             slot.kill = Some(kill);
+            slot.late = 0;
             slot.view.share.clone()
         };
         tracing::info!(child = address, node, tables = ?share, "TLA child up: it merges its tables from the clusters' next full copies");
@@ -441,16 +475,16 @@ impl Deferral {
                 let result = tokio::time::timeout(timeout, async {
                     tx.send(seal)
                         .await
-                        .map_err(|_| "its link is gone".to_string())?;
+                        .map_err(|_| Err("its link is gone".to_string()))?;
                     answer
                         .await
-                        .map_err(|_| "its link ended before it answered".to_string())
+                        .map_err(|_| Err("its link ended before it answered".to_string()))
                 })
                 .await
                 .unwrap_or_else(|_| {
-                    Err(format!(
+                    Err(Ok(format!(
                         "no merged tables within {timeout:?} ([tla_children] timeout)"
-                    ))
+                    )))
                 });
                 (address, tables, result)
             }
@@ -458,6 +492,9 @@ impl Deferral {
         for (address, tables, result) in futures::future::join_all(asks).await {
             match result {
                 Ok(g) => {
+                    if let Some(slot) = self.lock().slots.get_mut(&address) {
+                        slot.late = 0;
+                    }
                     for t in tables {
                         match g.tables.get(&t) {
                             Some(merged) => {
@@ -469,7 +506,26 @@ impl Deferral {
                         }
                     }
                 }
-                Err(reason) => {
+                // Late: its tables are carried this round; late too often, the TLA
+                // takes them (the answer, when it comes, is still applied to the link).
+                Err(Ok(reason)) => {
+                    let late = {
+                        let mut st = self.lock();
+                        st.slots.get_mut(&address).map_or(LATE_IN_A_ROW, |s| {
+                            s.pending.remove(&id);
+                            s.late += 1;
+                            s.view.last_error = Some(reason.clone());
+                            s.late
+                        })
+                    };
+                    if late >= LATE_IN_A_ROW {
+                        self.link_down(&address, &format!("{reason}, {late} seals in a row"));
+                    } else {
+                        tracing::warn!(child = %address, reason, late, round, "TLA child late: its tables are carried from the previous generation this round");
+                    }
+                    out.incomplete.extend(tables);
+                }
+                Err(Err(reason)) => {
                     self.link_down(&address, &reason);
                     out.incomplete.extend(tables);
                 }
