@@ -47,8 +47,11 @@ pub struct Reconfigured {
     pub routing: Arc<ArcSwapOption<Routing>>,
     pub selector: Option<Addr<TlaSelector>>,
     /// A TLA's deferral, and how to start a link to a newly listed TLA child.
-    pub tla_children: Option<(Arc<Deferral>, Box<dyn Fn(String)>)>,
+    pub tla_children: Option<(Arc<Deferral>, StartTlaChild)>,
 }
+
+/// Starts the link to a TLA child newly listed in `[tla_children]`.
+pub type StartTlaChild = Box<dyn Fn(String)>;
 
 pub struct FileWatcher {
     files: Arc<Mutex<Files>>,

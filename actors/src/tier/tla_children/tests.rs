@@ -204,15 +204,25 @@ async fn a_child_that_does_not_answer_in_time_is_replaced_in_the_same_seal() {
     assert!(matches!(ra.try_recv(), Ok(ToChild::Seal { id: 42, .. })));
     assert_eq!(merged.complete.keys().collect::<Vec<_>>(), ["sys"]);
     assert_eq!(merged.incomplete, set(&["load"]), "a's table is carried");
-    assert_eq!(d.assignment().deferred(), set(&["load", "sys"]), "late once: a keeps load");
+    assert_eq!(
+        d.assignment().deferred(),
+        set(&["load", "sys"]),
+        "late once: a keeps load"
+    );
     // Late LATE_IN_A_ROW seals in a row: the TLA takes a's table (b is not asked: its
     // table is not wanted).
     let only_load = set(&["load"]);
     for id in 43..42 + u64::from(LATE_IN_A_ROW) {
-        let merged = d.merge(&assignment, id, 7, &only_load, &strings(&["c1"])).await;
+        let merged = d
+            .merge(&assignment, id, 7, &only_load, &strings(&["c1"]))
+            .await;
         assert_eq!(merged.incomplete, only_load);
     }
-    assert_eq!(d.assignment().deferred(), set(&["sys"]), "the TLA merges load from now on");
+    assert_eq!(
+        d.assignment().deferred(),
+        set(&["sys"]),
+        "the TLA merges load from now on"
+    );
     let a = d
         .views()
         .into_iter()
