@@ -65,7 +65,7 @@ endef
 ## of DataFusion), and every `cargo bench --workspace` below resolves the same features.
 ## The tools (DuckDB's virtualenv, dnsmasq) install while cargo builds. Each step is timed;
 ## the last one (`run_time`) writes the times to BENCHMARKS.md.
-BENCHES = edge_agent sql link_codec tla_merge fleet link_tls overload alerts history hierarchy failover
+BENCHES = edge_agent sql link_codec tla_merge tla_children fleet link_tls overload alerts history hierarchy failover
 
 bench:
 	@set -e; steps=""; \

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub generations_sealed: AtomicU64,
     pub seals_skipped: AtomicU64,
     pub last_seal_micros: AtomicU64,
+    /// Of the last seal: from every child's round being in (or the grace running out) to
+    /// the generation sealed: a TLA's critical path.
+    pub last_seal_critical_micros: AtomicU64,
     pub snapshots_built: AtomicU64,
     pub static_reloads: AtomicU64,
     pub view_reloads: AtomicU64,
@@ -33,6 +36,8 @@ pub struct Metrics {
     actor_restarts_by: Mutex<BTreeMap<String, u64>>,
     /// A SQL node's switches from one TLA to another.
     pub tla_switches: AtomicU64,
+    /// A TLA's children failing (link lost, merge late or refused): the TLA took their share.
+    pub tla_child_failures: AtomicU64,
     /// Queries put in quarantine since start.
     pub queries_quarantined: AtomicU64,
     /// Queries stopped on the light pool after `heavy_query_after` and run again on the
@@ -214,6 +219,12 @@ impl Metrics {
         }
         counter(
             &mut out,
+            "query_tla_child_failures_total",
+            "Times a TLA child failed and this TLA merged its deferred tables itself.",
+            load(&self.tla_child_failures),
+        );
+        counter(
+            &mut out,
             "query_tla_switches_total",
             "Times this SQL node switched to another TLA.",
             load(&self.tla_switches),
@@ -243,6 +254,7 @@ impl Metrics {
             load(&self.view_computations_total),
         );
         let _ = writeln!(out, "# HELP query_last_seal_seconds Time to seal the last generation.\n# TYPE query_last_seal_seconds gauge\nquery_last_seal_seconds {}", load(&self.last_seal_micros) as f64 / 1e6);
+        let _ = writeln!(out, "# HELP query_last_seal_critical_seconds Of the last seal, from the children's round being in to the generation sealed.\n# TYPE query_last_seal_critical_seconds gauge\nquery_last_seal_critical_seconds {}", load(&self.last_seal_critical_micros) as f64 / 1e6);
 
         let _ = writeln!(out, "# HELP query_queries_total SQL queries by outcome.\n# TYPE query_queries_total counter");
         if let Ok(q) = self.queries.lock() {

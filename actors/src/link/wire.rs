@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; a peer with another version is refused at hello.
-pub const LINK_VERSION: u32 = 2;
+pub const LINK_VERSION: u32 = 3;
 
 /// Parent → child.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +22,23 @@ pub enum ToChild {
     /// Instead of hello: "what do you see?" The child answers [`ToParent::Advert`] and
     /// closes. SQL nodes probe their TLA candidates this way to choose one.
     Probe { version: u32 },
+    /// TLA → TLA child (OSR 3.5, deferring): one cluster's deferred tables of one of its
+    /// generations, as they arrived from the cluster (parts still encoded; diffs against
+    /// what that cluster's earlier frames of the same `session` gave). A new `session`
+    /// starts with a full frame.
+    Defer {
+        cluster: String,
+        session: u64,
+        frame: GenerationFrame,
+    },
+    /// TLA → TLA child: merge `tables` of the `clusters` that count this round (each
+    /// cluster's latest copy) and answer with [`ToParent::Generation`] of id `id`.
+    Seal {
+        id: u64,
+        round: u64,
+        tables: Vec<String>,
+        clusters: Vec<String>,
+    },
 }
 
 /// Child → parent.

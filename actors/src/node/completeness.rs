@@ -85,7 +85,7 @@ impl NodeHandle {
         // not an edge or a cluster proxy (one machine, one cluster).
         let sourced = match self.config.role {
             Role::Tla | Role::TlaSql | Role::Sql => self.sourced_expectation(snap),
-            Role::Edge | Role::ClusterProxy => SourcedExpectation::default(),
+            Role::Edge | Role::ClusterProxy | Role::TlaChild => SourcedExpectation::default(),
         };
         let (clusters, machines) = match (&self.selection, &self.children) {
             (Some(selection), _) => {

@@ -17,6 +17,7 @@ use crate::error::{ConfigError, ConfigResult};
 use crate::history::HistoryConfig;
 use crate::sql::{ParseLimits, DEFAULT_MAX_RESULT_BYTES};
 use crate::tier::names::DnsConfig;
+use crate::tier::tla_children::TlaChildrenConfig;
 use crate::tier::tla_selection::TlaSelectionConfig;
 use crate::tier::{LinkConfig, RequestsConfig};
 use crate::tls::TlsConfig;
@@ -35,6 +36,8 @@ pub enum Role {
     /// A TLA that answers SQL itself.
     #[default]
     TlaSql,
+    /// Merges the tables a TLA defers to it (OSR 3.5) and sends them back merged.
+    TlaChild,
 }
 
 impl Role {
@@ -45,6 +48,7 @@ impl Role {
             Role::Tla => "tla",
             Role::Sql => "sql",
             Role::TlaSql => "tla-sql",
+            Role::TlaChild => "tla-child",
         }
     }
 
@@ -81,6 +85,9 @@ pub struct NodeConfig {
     /// How a SQL node chooses among its TLAs.
     #[serde(default)]
     pub tla_selection: TlaSelectionConfig,
+    /// Tables a TLA defers to TLA children (applies live).
+    #[serde(default)]
+    pub tla_children: TlaChildrenConfig,
     #[serde(default)]
     pub requests: RequestsConfig,
     /// The aggregator set (and partition) this node serves, if any.
@@ -505,6 +512,7 @@ impl NodeConfig {
         self.link.validate()?;
         self.dns.validate()?;
         self.tla_selection.validate()?;
+        self.tla_children.validate()?;
         self.requests.validate()?;
         if let Some(set) = &self.aggregator_set {
             set.load()?;
@@ -567,7 +575,21 @@ impl NodeConfig {
             self.pg.listen.is_none() || self.role.answers_sql(),
             "[pg] listen is for nodes that answer SQL (sql, tla-sql); remove it",
         )?;
+        need(
+            self.tla_children.children.is_empty() || matches!(self.role, Role::Tla | Role::TlaSql),
+            "[tla_children] is for a TLA (tla, tla-sql); remove it",
+        )?;
         match self.role {
+            Role::TlaChild => {
+                need(
+                    !self.link.has_children(),
+                    "a TLA child dials nothing (its TLA dials it); remove [link] children",
+                )?;
+                need(
+                    self.link.listen.is_some(),
+                    "[link] listen is needed: the TLA dials it",
+                )
+            }
             Role::Edge => need(
                 !self.link.has_children(),
                 "an edge has no children; remove [link] children",
@@ -636,6 +658,7 @@ mod tests {
             "tla" => Role::Tla,
             "sql" => Role::Sql,
             "tla-sql" | "demo" => Role::TlaSql,
+            "tla-child" => Role::TlaChild,
             other => panic!("{name}: no role '{other}'"),
         }
     }
@@ -674,7 +697,7 @@ mod tests {
     fn builtin_defaults_are_loopback_only() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/defaults");
         let defaults = files(&dir, ".toml");
-        assert_eq!(defaults.len(), 5, "a default per role but the demo");
+        assert_eq!(defaults.len(), 6, "a default per role but the demo");
         for (path, role) in defaults {
             let mut cfg = NodeConfig::load(&path).unwrap_or_else(|e| panic!("{role}: {e}"));
             cfg.role = role_of(&role);
@@ -792,7 +815,7 @@ mod tests {
             };
             server_config(http, clients).unwrap_or_else(|e| panic!("{name}: [http.tls]: {e}"));
         }
-        assert_eq!(n, 6, "an example per role and the demo");
+        assert_eq!(n, 7, "an example per role and the demo");
     }
 
     #[test]

@@ -55,6 +55,9 @@ use crate::tier::child_link::ChildLink;
 use crate::tier::names::watch_addresses_supervised;
 use crate::tier::parent_links::{accept_parents, ParentSessions, ServeParents};
 use crate::tier::span::Span;
+use crate::tier::tla_children::link::TlaChildLink;
+use crate::tier::tla_children::serve::{accept_tlas, ServeTla};
+use crate::tier::tla_children::Deferral;
 use crate::tier::tla_selection::{SharedSelection, TlaSelector};
 use crate::tier::transport::{Dialer, Listener};
 use crate::tier::{Children, PrewarmFile, RequestBook};
@@ -220,6 +223,34 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
             })
             .collect()
     };
+    // A TLA's TLA children (`[tla_children]`, applied live): its cluster links forward
+    // the deferred tables to them.
+    let deferral = (matches!(config.role, Role::Tla | Role::TlaSql) && !specs.is_empty())
+        .then(|| Deferral::new(config.tla_children.clone(), name.clone(), metrics.clone()));
+    let start_tla_child = deferral.clone().map(|d| {
+        let (me, link, pool, dialer) = (
+            name.clone(),
+            config.link.clone(),
+            pool.clone(),
+            dialer.clone(),
+        );
+        Box::new(move |address: String| {
+            TlaChildLink::new(
+                address,
+                me.clone(),
+                d.clone(),
+                link.clone(),
+                pool.clone(),
+                dialer.clone(),
+            )
+            .start();
+        }) as Box<dyn Fn(String)>
+    });
+    if let Some(start) = &start_tla_child {
+        for address in &config.tla_children.children {
+            start(address.clone());
+        }
+    }
     let mut span = None;
     let children = (!specs.is_empty()).then(|| {
         let children = Children::new(specs.iter().map(|(n, _)| n.clone()), config.link.drop_after);
@@ -248,6 +279,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 dialer.clone(),
             )
             .supervised(&supervisor)
+            .with_deferral(deferral.clone())
             .start();
         }
         if let Some((set, span)) = &in_span {
@@ -270,6 +302,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         schemas: schemas.clone(),
         metrics: metrics.clone(),
         children: children.clone(),
+        tla_children: deferral.clone(),
         parents: sessions.clone(),
         generations: generations.clone(),
         wanted: wanted.clone(),
@@ -290,6 +323,30 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         tls: None,
     };
     match (extras.listener, config.link.listen) {
+        (None, Some(addr)) if config.role == Role::TlaChild => {
+            let serve = ServeTla {
+                node: name.clone(),
+                codec: config.link.compression,
+                limits: ListenLimits::from(&config.link),
+                max_frame_bytes: config.link.max_frame_bytes,
+                drop_after: config.link.drop_after,
+                tls: link_tls.as_ref().map(|t| t.server.clone()),
+            };
+            let std_listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                .map_err(|e| ConfigError::Invalid {
+                    what: format!("[link] listen {addr}"),
+                    message: e.to_string(),
+                })?;
+            let p = pool.clone();
+            pool.spawn(async move {
+                match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => accept_tlas(Listener::Tcp(l), serve, p).await,
+                    Err(e) => tracing::error!(error = %e, "cannot serve the TLA"),
+                }
+            });
+            tracing::info!(%addr, "serving a TLA as its TLA child");
+        }
         (Some(listener), _) => {
             // In-process: a restart listens again under the same name.
             let again = match &listener {
@@ -355,6 +412,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         wanted: Some(wanted.clone()),
         declare_wanted: Some(schemas.clone()),
         clusters,
+        deferral: deferral.clone(),
     };
 
     let queries = handle::Queries::new(&config)?;
@@ -404,6 +462,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 routing: routing.clone(),
                 selector,
                 span,
+                tla_children: deferral.clone().zip(start_tla_child),
             },
         ),
         None => watcher,

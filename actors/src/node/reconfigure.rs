@@ -1,6 +1,7 @@
 //! Live reconfiguration (OSR 3.6: "SQL parsers can be rapidly reconfigured"): edits to the
 //! aggregator-sets file (the set's prewarm and partitions) and to the node's own config file
-//! (`[tla_selection]`: pin, bonus, switch margin, probe interval) apply without a restart.
+//! (`[tla_selection]`: pin, bonus, switch margin, probe interval; a TLA's `[tla_children]`)
+//! apply without a restart.
 //! Checked by the file watcher, off the actors' event loops. An edit that does not load
 //! keeps what runs and is logged; an edit of a section that only applies at start (any
 //! other section of the node's file) is logged as needing a restart. A TLA applies its
@@ -13,6 +14,7 @@ use super::config::{NodeConfig, Role};
 use crate::aggregator_sets::{AggregatorSet, AggregatorSetConfig, Routing};
 use crate::config::{file_stamp, FileStamp};
 use crate::table::SchemaRegistry;
+use crate::tier::tla_children::TlaChildrenConfig;
 use crate::tier::tla_selection::TlaSelectionConfig;
 
 /// What an edit changed, to be applied by the watcher.
@@ -20,6 +22,8 @@ use crate::tier::tla_selection::TlaSelectionConfig;
 pub struct Changes {
     /// `[tla_selection]` as now configured (a SQL node's).
     pub selection: Option<TlaSelectionConfig>,
+    /// `[tla_children]` as now configured (a TLA's).
+    pub tla_children: Option<TlaChildrenConfig>,
     /// The set as now configured, its tables and partition routing.
     pub set: Option<(AggregatorSet, BTreeSet<String>, Option<Routing>)>,
     /// Whether an edit was refused (counted as a config error).
@@ -92,7 +96,10 @@ impl Reconfigure {
             .and_then(|w| w.take_change().then_some(w))
         {
             match reload_config(w, self.role) {
-                Ok(selection) => out.selection = selection,
+                Ok((selection, children)) => {
+                    out.selection = selection;
+                    out.tla_children = children;
+                }
                 Err(e) => {
                     tracing::error!(file = %w.path.display(), error = %e, "config file edit rejected; the running configuration stays");
                     out.rejected = true;
@@ -144,11 +151,13 @@ impl Reconfigure {
 }
 
 /// Loads and validates the edited node config; returns its `[tla_selection]` (a SQL
-/// node's), and logs the other sections that changed (they apply at the next restart).
+/// node's) and `[tla_children]` (a TLA's) when they changed, and logs the other sections
+/// that changed (they apply at the next restart).
+#[allow(clippy::type_complexity)]
 fn reload_config(
     w: &mut Watched<toml::Table>,
     role: Role,
-) -> Result<Option<TlaSelectionConfig>, String> {
+) -> Result<(Option<TlaSelectionConfig>, Option<TlaChildrenConfig>), String> {
     let raw: toml::Table = crate::config::read_toml(&w.path).map_err(|e| e.to_string())?;
     let mut config = NodeConfig::load(&w.path).map_err(|e| e.to_string())?;
     config.role = role;
@@ -158,14 +167,22 @@ fn reload_config(
         .chain(w.last_good.keys())
         .collect::<BTreeSet<_>>()
         .into_iter()
-        .filter(|k| k.as_str() != "tla_selection" && raw.get(*k) != w.last_good.get(*k))
+        .filter(|k| {
+            !matches!(k.as_str(), "tla_selection" | "tla_children")
+                && raw.get(*k) != w.last_good.get(*k)
+        })
         .collect();
     if !restart.is_empty() {
         tracing::warn!(file = %w.path.display(), sections = ?restart, "config sections changed that apply at the next restart");
     }
     let selection_changed = raw.get("tla_selection") != w.last_good.get("tla_selection");
+    let children_changed = raw.get("tla_children") != w.last_good.get("tla_children");
     w.last_good = raw;
-    Ok((role == Role::Sql && selection_changed).then_some(config.tla_selection))
+    let tla = matches!(role, Role::Tla | Role::TlaSql);
+    Ok((
+        (role == Role::Sql && selection_changed).then_some(config.tla_selection),
+        (tla && children_changed).then_some(config.tla_children),
+    ))
 }
 
 #[cfg(test)]
@@ -200,5 +217,34 @@ mod tests {
         .expect("write");
         let c = r.check();
         assert!(c.rejected && c.selection.is_none());
+    }
+
+    #[test]
+    fn a_tla_config_edit_yields_its_tla_children() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tla.toml");
+        let base = "[link]\nlisten = \"127.0.0.1:7500\"\nchildren = [\"127.0.0.1:7400\"]\n";
+        std::fs::write(&path, base).expect("write");
+        let mut config = NodeConfig::load(&path).expect("loads");
+        config.role = Role::Tla;
+        let mut r = Reconfigure::new(&config, SchemaRegistry::default()).expect("watches");
+        let edited = format!(
+            "{base}\n[tla_children]\nchildren = [\"127.0.0.1:7510\"]\ntables = [\"sys\"]\n"
+        );
+        std::fs::write(&path, &edited).expect("write");
+        let c = r.check();
+        let children = c.tla_children.expect("the new [tla_children]");
+        assert_eq!(children.children, ["127.0.0.1:7510"]);
+        assert!(c.selection.is_none(), "a TLA has no selection");
+        // Children without tables: refused, the running deferral stays.
+        std::fs::write(
+            &path,
+            format!(
+                "{base}\n[tla_children]\nchildren = [\"127.0.0.1:7510\", \"127.0.0.1:7511\"]\n"
+            ),
+        )
+        .expect("write");
+        let c = r.check();
+        assert!(c.rejected && c.tla_children.is_none());
     }
 }

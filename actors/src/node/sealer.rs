@@ -48,6 +48,8 @@ pub struct SealInputs {
     pub follow_children: bool,
     /// Sourced tables (`sourced = true` in their schema): served only whole.
     pub sourced: BTreeSet<String>,
+    /// A TLA's deferral to TLA children (`[tla_children]`): tables they merge.
+    pub deferral: Option<Arc<crate::tier::tla_children::Deferral>>,
 }
 
 /// Edges and proxies are one cluster; a TLA's children are clusters; a SQL node reports
@@ -135,9 +137,10 @@ impl Sealer {
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|res, act, ctx| {
             act.sealing = false;
             match res {
-                Ok((generation, took)) => {
+                Ok((generation, took, critical)) => {
                     act.metrics.generations_sealed.fetch_add(1, Ordering::Relaxed);
                     act.metrics.last_seal_micros.store(took.as_micros() as u64, Ordering::Relaxed);
+                    act.metrics.last_seal_critical_micros.store(critical.as_micros() as u64, Ordering::Relaxed);
                     tracing::debug!(id = generation.id, round = generation.round, tables = generation.tables.len(), ?took, "generation sealed");
                     act.previous = Some(generation.clone());
                     act.keeper.do_send(InstallGeneration(generation.clone()));
@@ -162,8 +165,9 @@ async fn collect_and_seal(
     round: u64,
     inputs: &SealInputs,
     previous: Option<&Generation>,
-) -> (Arc<Generation>, std::time::Duration) {
+) -> (Arc<Generation>, std::time::Duration, std::time::Duration) {
     let started = Instant::now();
+    let mut ready_at = started;
     let now = SystemTime::now();
     let wanted = inputs.wanted.as_ref().map(|w| w.borrow().clone());
     let mut builder = GenerationBuilder::default();
@@ -200,7 +204,20 @@ async fn collect_and_seal(
     let mut sealed_at = None;
     if let Some(children) = &inputs.children {
         let empty = BTreeSet::new();
-        let wanted = wanted.as_ref().unwrap_or(&empty);
+        let all_wanted = wanted.as_ref().unwrap_or(&empty);
+        // Tables a TLA child merges now are not the TLA's to wait for or merge.
+        let assignment = inputs
+            .deferral
+            .as_ref()
+            .map(|d| d.assignment())
+            .unwrap_or_default();
+        let deferred: BTreeSet<String> = assignment
+            .deferred()
+            .intersection(all_wanted)
+            .cloned()
+            .collect();
+        let own: BTreeSet<String> = all_wanted.difference(&deferred).cloned().collect();
+        let wanted = &own;
         // Children late with the round get until the grace runs out. A follower takes
         // what its child delivered last: there is nothing to wait for.
         let (round_due, grace) = match inputs.follow_children {
@@ -211,7 +228,18 @@ async fn collect_and_seal(
         while Instant::now() < deadline && !children.ready(round_due, wanted, Instant::now()) {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let merged = children.merge(round_due, wanted, Instant::now());
+        ready_at = Instant::now();
+        let mut merged = children.merge(round_due, wanted, ready_at);
+        if let (Some(d), false) = (&inputs.deferral, deferred.is_empty()) {
+            // Same round: the children's merged tables join the TLA's own; a child that
+            // fails here has its tables carried from the previous generation.
+            let theirs = d
+                .merge(&assignment, id, round, &deferred, &merged.live_names)
+                .await;
+            tracing::debug!(round, complete = theirs.complete.len(), carried = ?theirs.incomplete, took = ?ready_at.elapsed(), "TLA children's merged tables");
+            merged.complete.extend(theirs.complete);
+            merged.incomplete.extend(theirs.incomplete);
+        }
         if !merged.late.is_empty() {
             tracing::debug!(
                 round,
@@ -242,10 +270,8 @@ async fn collect_and_seal(
         add_merged(&mut builder, merged, previous, &inputs.sourced);
     }
     builder.counts(machines, clusters);
-    (
-        builder.seal(id, round, sealed_at.unwrap_or_else(SystemTime::now)),
-        started.elapsed(),
-    )
+    let generation = builder.seal(id, round, sealed_at.unwrap_or_else(SystemTime::now));
+    (generation, started.elapsed(), ready_at.elapsed())
 }
 
 /// Puts the children's merge for a round into `builder`: every complete table's parts;
@@ -417,6 +443,7 @@ mod tests {
             local_machine: false,
             merge_grace: Duration::from_secs(2),
             follow_children: true,
+            deferral: None,
         };
         let config = GenerationConfig {
             interval: Duration::from_secs(3600),

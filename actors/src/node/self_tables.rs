@@ -23,6 +23,8 @@ pub struct SelfMonitor {
     pub schemas: SchemaRegistry,
     pub metrics: Arc<Metrics>,
     pub children: Option<Arc<Children>>,
+    /// A TLA's TLA children (`[tla_children]`): a `query_links` row each.
+    pub tla_children: Option<Arc<crate::tier::tla_children::Deferral>>,
     pub parents: Arc<ParentSessions>,
     pub generations: watch::Receiver<Option<Arc<Generation>>>,
     pub wanted: watch::Receiver<BTreeSet<String>>,
@@ -134,6 +136,8 @@ impl LocalPublisher for SelfMonitor {
                     }
                     _ => Cell::Null,
                 },
+                Cell::Null,
+                Cell::Null,
             ]);
         }
         for p in &parents {
@@ -151,7 +155,35 @@ impl LocalPublisher for SelfMonitor {
                 int(0),
                 Cell::Null,
                 Cell::Null,
+                Cell::Null,
+                Cell::Null,
             ]);
+        }
+        if let Some(d) = &self.tla_children {
+            for v in d.views() {
+                // Who merges its tables now: the child, or (while it is down) this TLA.
+                let merged_by = match v.up {
+                    true => v.node.clone().unwrap_or_else(|| v.address.clone()),
+                    false => d.node.clone(),
+                };
+                links.push(vec![
+                    Cell::Str("tla-child".into()),
+                    Cell::Str(v.node.clone().unwrap_or_else(|| v.address.clone())),
+                    Cell::Str(v.address.clone()),
+                    Cell::Bool(v.up),
+                    Cell::Bool(v.up),
+                    int(v.frames_in),
+                    int(v.bytes_in),
+                    int(v.last_frame_bytes),
+                    int(0),
+                    int(v.connects),
+                    int(v.failures),
+                    v.last_error.clone().map_or(Cell::Null, Cell::Str),
+                    Cell::Null,
+                    Cell::Str(v.share.iter().cloned().collect::<Vec<_>>().join(",")),
+                    Cell::Str(merged_by),
+                ]);
+            }
         }
         let kind = match self.role {
             "cluster-proxy" => "machine",

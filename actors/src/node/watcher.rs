@@ -26,6 +26,7 @@ use crate::static_tables::StaticLoader;
 use crate::table::SchemaRegistry;
 use crate::tier::messages::SetPrewarm;
 use crate::tier::messages::SetSetTables;
+use crate::tier::tla_children::Deferral;
 use crate::tier::tla_selection::{SetSelectionConfig, TlaSelector};
 use crate::tier::RequestBook;
 
@@ -47,7 +48,12 @@ pub struct Reconfigured {
     pub selector: Option<Addr<TlaSelector>>,
     /// A TLA's children in its set's span.
     pub span: Option<Arc<crate::tier::span::Span>>,
+    /// A TLA's deferral, and how to start a link to a newly listed TLA child.
+    pub tla_children: Option<(Arc<Deferral>, StartTlaChild)>,
 }
+
+/// Starts the link to a TLA child newly listed in `[tla_children]`.
+pub type StartTlaChild = Box<dyn Fn(String)>;
 
 pub struct FileWatcher {
     files: Arc<Mutex<Files>>,
@@ -205,6 +211,11 @@ impl FileWatcher {
         }
         if let (Some(selection), Some(selector)) = (changes.selection, &at.selector) {
             selector.do_send(SetSelectionConfig(selection));
+        }
+        if let (Some(config), Some((deferral, start))) = (changes.tla_children, &at.tla_children) {
+            for address in deferral.reconfigure(config) {
+                start(address);
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use super::children::Children;
 use super::config::LinkConfig;
+use super::tla_children::{Assignment, Deferral};
 use super::transport::{explain_tls, BoxStream, Dialer};
 use crate::link::diff::LinkDecoder;
 use crate::link::frame::{decode_frame, encode_frame, read_frame, write_frame, Codec};
@@ -51,9 +52,17 @@ pub struct ChildLink {
     /// The node's supervisor, told of session panics (`child_link:NAME` in
     /// `query_actors`), and the fault hook that makes a session panic.
     supervision: Option<(Supervisor, Arc<Notify>)>,
+    /// At a TLA with `[tla_children]`: the tables this link forwards to TLA children.
+    deferral: Option<Arc<Deferral>>,
 }
 
 impl ChildLink {
+    /// A TLA's cluster link forwards the deferred tables to its TLA children.
+    pub fn with_deferral(mut self, deferral: Option<Arc<Deferral>>) -> Self {
+        self.deferral = deferral;
+        self
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         child: String,
@@ -81,6 +90,7 @@ impl ChildLink {
             backoff,
             dialer,
             supervision: None,
+            deferral: None,
         }
     }
 
@@ -114,6 +124,7 @@ impl ChildLink {
             children: self.children.clone(),
             wanted: self.wanted.clone(),
             dialer: self.dialer.clone(),
+            deferral: self.deferral.clone(),
         };
         let started = Instant::now();
         let run = session.run_while_listed(self.addresses.clone());
@@ -127,6 +138,13 @@ impl ChildLink {
             let child = act.child.clone();
             let linked = act.children.link_down(&child);
             match res {
+                Ok(Ok(Ended::Redeal)) => {
+                    // Who merges the deferred tables changed: start over at once with a
+                    // full copy for the new owner.
+                    tracing::debug!(child, address, "deferred tables reassigned; dialing anew");
+                    ctx.run_later(Duration::ZERO, |act, ctx| act.connect(ctx));
+                    return;
+                }
                 Ok(Ok(Ended::Unlisted)) => {
                     tracing::info!(child, address, "address no longer listed; dialing anew");
                     act.cursor = 0;
@@ -208,6 +226,9 @@ enum Ended {
     Closed,
     /// The address left the child's list (re-resolved name, another TLA chosen).
     Unlisted,
+    /// A TLA's deferred tables changed owner (a TLA child down or back, `[tla_children]`
+    /// edited): the new owner needs a full copy.
+    Redeal,
 }
 
 /// One connection's worth of link: returns when the connection ends.
@@ -219,6 +240,7 @@ struct Session {
     children: Arc<Children>,
     wanted: watch::Receiver<BTreeSet<String>>,
     dialer: Dialer,
+    deferral: Option<Arc<Deferral>>,
 }
 
 impl Session {
@@ -239,13 +261,32 @@ impl Session {
                 }
             }
         };
+        // Fixed for the session: a change of owner ends it (the new owner needs a full copy).
+        let mut epoch = self.deferral.as_ref().map(|d| d.epoch());
+        let assignment = match (&self.deferral, &mut epoch) {
+            (Some(d), Some(e)) => {
+                e.borrow_and_update();
+                Some((d.assignment(), d.next_session()))
+            }
+            _ => None,
+        };
+        let redeal = async move {
+            let changed = match &mut epoch {
+                Some(e) => e.changed().await.is_ok(),
+                None => false,
+            };
+            if !changed {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
-            r = self.run() => r.map(|()| Ended::Closed),
+            r = self.run(assignment) => r.map(|()| Ended::Closed),
             () = unlisted => Ok(Ended::Unlisted),
+            () = redeal => Ok(Ended::Redeal),
         }
     }
 
-    async fn run(self) -> Result<(), LinkError> {
+    async fn run(self, assignment: Option<(Assignment, u64)>) -> Result<(), LinkError> {
         let timeout = self.config.connect_timeout;
         let stream = self.dialer.dial(&self.address, timeout).await?;
         let (mut rd, mut wr) = tokio::io::split(stream);
@@ -294,10 +335,14 @@ impl Session {
             self.child.clone(),
         ));
         let _writer = AbortOnDrop(writer);
-        self.read_generations(&mut rd).await
+        self.read_generations(&mut rd, assignment).await
     }
 
-    async fn read_generations(&self, rd: &mut ReadHalf<BoxStream>) -> Result<(), LinkError> {
+    async fn read_generations(
+        &self,
+        rd: &mut ReadHalf<BoxStream>,
+        assignment: Option<(Assignment, u64)>,
+    ) -> Result<(), LinkError> {
         let max = self.config.max_frame_bytes;
         let silent = self.config.drop_after;
         let mut decoder = LinkDecoder::new();
@@ -309,7 +354,12 @@ impl Session {
         {
             let bytes = body.len() as u64 + 4;
             match decode_frame::<ToParent>(&body, max)? {
-                ToParent::Generation(frame) => {
+                ToParent::Generation(mut frame) => {
+                    if let Some((a, session)) = &assignment {
+                        // Before the delivery: a seal that sees this round here finds the
+                        // children's share already queued for them.
+                        a.forward(&self.child, *session, &mut frame).await;
+                    }
                     let full = frame.full;
                     let full_copy = frame.is_full_copy();
                     let generation = decoder.apply(frame)?;

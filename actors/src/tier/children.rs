@@ -84,6 +84,8 @@ pub struct Merged {
     pub late: Vec<String>,
     /// Children that count (heard from within `drop_after`).
     pub live: usize,
+    /// Their names (a TLA's children merge the same clusters).
+    pub live_names: Vec<String>,
     /// Children silent too long (or never heard).
     pub dropped: Vec<String>,
     /// (child, table): live children left out of a table they have not provided for
@@ -357,6 +359,7 @@ impl Children {
         let (live, dropped) = self.split_live(&slots, now);
         out.dropped = dropped;
         out.live = live.len();
+        out.live_names = live.iter().map(|(n, _)| (*n).clone()).collect();
         for (_, g) in &live {
             out.machines += g.machines;
             out.clusters += g.clusters;

@@ -14,6 +14,8 @@
 //! - [`names`]: children given as DNS names, kept resolved.
 //! - [`tla_selection`]: how a SQL node chooses its TLA (advertised clusters, margin,
 //!   bonuses, pin) and switches when it fails.
+//! - [`tla_children`]: a TLA deferring tables to TLA children (OSR 3.5): the split, the
+//!   links, the fallback; and the child's side.
 //! - [`messages`], [`config`].
 
 pub mod admission;
@@ -26,6 +28,7 @@ pub mod parent_links;
 pub mod requests;
 pub mod span;
 pub mod table_request;
+pub mod tla_children;
 pub mod tla_selection;
 pub mod transport;
 

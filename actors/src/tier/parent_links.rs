@@ -377,6 +377,11 @@ async fn session(
             ToChild::Request { .. } => {
                 return Err(LinkError::Protocol("a request before hello".into()))
             }
+            ToChild::Defer { .. } | ToChild::Seal { .. } => {
+                return Err(LinkError::Protocol(
+                    "deferred tables are for a TLA child (queryd tla-child), not this node".into(),
+                ))
+            }
         },
         None => return Ok(Served::Link),
     };
@@ -464,6 +469,11 @@ async fn read_requests(
             }
             ToChild::Hello { .. } | ToChild::Probe { .. } => {
                 return Err(LinkError::Protocol("a second hello".into()))
+            }
+            ToChild::Defer { .. } | ToChild::Seal { .. } => {
+                return Err(LinkError::Protocol(
+                    "deferred tables are for a TLA child (queryd tla-child), not this node".into(),
+                ))
             }
         }
     }

@@ -65,6 +65,9 @@ enum Role {
     Sql(Common),
     /// A TLA/SQL node: aggregates the clusters and answers SQL over HTTP.
     TlaSql(Common),
+    /// A TLA child: merges the tables a TLA defers to it (`[tla_children]` of the TLA)
+    /// and sends them back merged.
+    TlaChild(Common),
     /// The whole hierarchy in one process: simulated edges → cluster proxies → TLA/SQL
     /// (what `make run` starts).
     Demo(DemoArgs),
@@ -439,6 +442,12 @@ fn main() -> ExitCode {
             &role_default!("tla-sql"),
             "embedded tla-sql default",
             NodeRole::TlaSql,
+        ),
+        Role::TlaChild(c) => load(
+            c,
+            &role_default!("tla-child"),
+            "embedded tla-child default",
+            NodeRole::TlaChild,
         ),
         Role::Demo(args) => load(
             &args.common,
