@@ -78,6 +78,7 @@ impl FrameTarget {
                 PartRows::Full(_) => "full",
                 PartRows::Unchanged => "unchanged",
                 PartRows::Diff { .. } => "diff",
+                PartRows::Patch { .. } => "patch",
             })
             .collect();
         if kinds.len() != 3 {
@@ -302,7 +303,9 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
             .iter()
             .flat_map(|t| t.parts.iter())
             .filter_map(|p| match &p.rows {
-                PartRows::Full(b) | PartRows::Diff { added: b, .. } => Some(b),
+                PartRows::Full(b)
+                | PartRows::Diff { added: b, .. }
+                | PartRows::Patch { values: b, .. } => Some(b),
                 PartRows::Unchanged => None,
             })
             .chain(g.tables.iter().filter_map(|t| t.schema.as_ref()))
@@ -356,9 +359,16 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
                 if rng.random_bool(0.7) {
                     mutate(rng, &mut bytes, 4, &[]);
                 }
-                part.rows = match rng.random_range(0..3) {
+                part.rows = match rng.random_range(0..4) {
                     0 => PartRows::Full(bytes),
                     1 => PartRows::Unchanged,
+                    2 => PartRows::Patch {
+                        rows: vec![rng.random_range(0..4); rng.random_range(0..3)],
+                        columns: vec![(rng.random_range(0..4), rng.random_bool(0.5))],
+                        values: bytes,
+                        removed: vec![],
+                        added: vec![],
+                    },
                     _ => PartRows::Diff {
                         removed: vec![],
                         added: bytes,
@@ -376,7 +386,9 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
                     _ => (0..rng.random_range(0..50_000)).collect(),
                 };
                 let added = match &part.rows {
-                    PartRows::Diff { added, .. } | PartRows::Full(added) => added.clone(),
+                    PartRows::Diff { added, .. }
+                    | PartRows::Full(added)
+                    | PartRows::Patch { added, .. } => added.clone(),
                     PartRows::Unchanged => any_bytes(rng),
                 };
                 part.rows = PartRows::Diff { removed, added };

@@ -10,7 +10,7 @@
 //!
 //! `BENCH_SCALE` (default 1.0) scales the fleets: 1,000 and 10,000 machines at 1.0.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,7 +21,7 @@ use query_actors::edge::LocalPublisher;
 use query_actors::generation::{Generation, GenerationBuilder, Part, SourceStamp};
 use query_actors::link::diff::{LinkDecoder, LinkEncoder};
 use query_actors::link::frame::{decode_frame, encode_frame, Codec, DEFAULT_MAX_FRAME_BYTES};
-use query_actors::link::wire::{PartRows, ToParent};
+use query_actors::link::wire::{GenerationFrame, PartRows, ToParent};
 use query_actors::simulate::FleetSimulator;
 use query_integration::bench::{env_f64, human_bytes, simulator, write_bench_section};
 
@@ -139,6 +139,8 @@ struct Totals {
     decode: f64,
     /// Per candidate: compressed bytes, compress and decompress seconds.
     packed: Vec<(usize, f64, f64)>,
+    /// Per table: bytes of a frame holding that table only, zstd level 1.
+    per_table: BTreeMap<String, usize>,
 }
 
 impl Totals {
@@ -157,7 +159,7 @@ impl Totals {
         g: &Generation,
         wanted: &BTreeSet<String>,
         reset: bool,
-    ) -> [usize; 3] {
+    ) -> [usize; 4] {
         let t = Instant::now();
         if reset {
             // Timed: forgetting the previous generation is part of sending a full one.
@@ -172,13 +174,24 @@ impl Totals {
         let ToParent::Generation(frame) = &msg else {
             unreachable!()
         };
-        let mut kinds = [0usize; 3];
+        let mut kinds = [0usize; 4];
         for p in frame.tables.iter().flat_map(|t| &t.parts) {
             kinds[match p.rows {
                 PartRows::Full(_) => 0,
                 PartRows::Unchanged => 1,
                 PartRows::Diff { .. } => 2,
+                PartRows::Patch { .. } => 3,
             }] += 1;
+        }
+        // Per table: the frame with that table only, zstd level 1 (not timed).
+        for t in &frame.tables {
+            let one = ToParent::Generation(GenerationFrame {
+                tables: vec![t.clone()],
+                errors: vec![],
+                ..frame.clone()
+            });
+            let bytes = encode_frame(&one, Codec::Zstd).expect("serialize");
+            *self.per_table.entry(t.name.clone()).or_default() += bytes.len();
         }
         drop(msg);
 
@@ -221,17 +234,19 @@ struct FleetResult {
     rows: usize,
     full: Totals,
     diff: Totals,
-    kinds: [usize; 3],
+    kinds: [usize; 4],
 }
 
 fn run_fleet(machines: usize) -> FleetResult {
     let mut sim = simulator(machines, 50);
     let start = SystemTime::now();
-    let mut link = (LinkEncoder::new(), LinkDecoder::new());
+    // As a cluster proxy's encoder: tables with a key send changed parts as patches.
+    let keys = sim.table_keys();
+    let mut link = (LinkEncoder::with_keys(keys.clone()), LinkDecoder::new());
     // Full frames every generation: an encoder reset each time, a decoder that replaces all.
-    let mut full_link = (LinkEncoder::new(), LinkDecoder::new());
+    let mut full_link = (LinkEncoder::with_keys(keys), LinkDecoder::new());
     let (mut full, mut diff) = (Totals::new(), Totals::new());
-    let mut kinds = [0usize; 3];
+    let mut kinds = [0usize; 4];
     let (mut parts, mut rows) = (0, 0);
     for i in 0..GENERATIONS {
         let g = per_machine(&mut sim, start + INTERVAL * i as u32, i as u64 + 1);
@@ -295,15 +310,31 @@ fn table(r: &FleetResult) -> String {
         }
     }
     let total: usize = r.kinds.iter().sum();
+    let pct = |n: usize| 100.0 * n as f64 / total.max(1) as f64;
+    let z1 = |t: &Totals| t.packed[1].0 as f64;
     out.push_str(&format!(
-        "\nParts in diff frames: {:.1}% unchanged, {:.1}% full, {:.1}% diff. \
-         Link CPU per generation, encode and decode: {:.0} and {:.0} MB/s of uncompressed frame.\n",
-        100.0 * r.kinds[1] as f64 / total.max(1) as f64,
-        100.0 * r.kinds[0] as f64 / total.max(1) as f64,
-        100.0 * r.kinds[2] as f64 / total.max(1) as f64,
+        "\nDiff + zstd frames are **{:.1}% of the compressed full copy**. \
+         Parts in diff frames: {:.1}% unchanged, {:.1}% full, {:.1}% diff, {:.1}% patch. \
+         Link CPU per generation, encode and decode: {:.0} and {:.0} MB/s of uncompressed frame.\n\n\
+         | table | full + zstd | diff + zstd | % of full |\n|---|---:|---:|---:|\n",
+        100.0 * z1(&r.diff) / z1(&r.full).max(1.0),
+        pct(r.kinds[1]),
+        pct(r.kinds[0]),
+        pct(r.kinds[2]),
+        pct(r.kinds[3]),
         r.diff.raw_bytes as f64 / r.diff.encode / 1e6,
         r.diff.raw_bytes as f64 / r.diff.decode / 1e6,
     ));
+    let n = r.diff.frames.max(1) as f64;
+    for (name, &full) in &r.full.per_table {
+        let diff = r.diff.per_table.get(name).copied().unwrap_or(0);
+        out.push_str(&format!(
+            "| {name} | {} | {} | {:.1}% |\n",
+            human_bytes(full as f64 / n),
+            human_bytes(diff as f64 / n),
+            100.0 * diff as f64 / full.max(1) as f64
+        ));
+    }
     out
 }
 
@@ -358,7 +389,9 @@ fn main() {
          A simulated fleet (`FleetSimulator`, 20% of machines change each generation, 6 tables) split into one \
          part per machine, as a cluster proxy holds it, through `LinkEncoder` → `encode_frame` → \
          `decode_frame` → `LinkDecoder` on one thread, {GENERATIONS} consecutive generations. A diff frame sends \
-         unchanged parts as a key and their sources only; a full frame sends every part's rows (Arrow IPC).\n\n"
+         unchanged parts as a key and their sources only, changed parts of tables with a key as patches \
+         (changed columns of the rows matched by key, counters as deltas), others as multiset diffs or whole; \
+         a full frame sends every part's rows (Arrow IPC). Per-table rows: a frame holding that table only.\n\n"
     );
     for r in &results {
         body.push_str(&table(r));

@@ -87,12 +87,16 @@ fn run_fleet(machines: usize, threads: usize) -> FleetRun {
         .flat_map(|g| g.tables.keys().cloned())
         .collect();
     let children = Children::new(names.iter().cloned(), Duration::from_secs(3600));
-    let mut proxies: Vec<LinkEncoder> = names.iter().map(|_| LinkEncoder::new()).collect();
+    let keys = sim.table_keys();
+    let mut proxies: Vec<LinkEncoder> = names
+        .iter()
+        .map(|_| LinkEncoder::with_keys(keys.clone()))
+        .collect();
     let decoders: Vec<Mutex<LinkDecoder>> = names
         .iter()
         .map(|_| Mutex::new(LinkDecoder::new()))
         .collect();
-    let mut to_sql = LinkEncoder::new();
+    let mut to_sql = LinkEncoder::with_keys(keys);
     let mut sql = LinkDecoder::new();
     let mut previous: Option<Arc<Generation>> = None;
     let mut steps = Vec::new();

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; a peer with another version is refused at hello.
-pub const LINK_VERSION: u32 = 3;
+pub const LINK_VERSION: u32 = 4;
 
 /// Parent → child.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +130,25 @@ pub enum PartRows {
     /// The parent removes these rows (indexes into the rows it holds, ascending) and appends
     /// `added` (Arrow IPC encoded) after the rows that remain.
     Diff {
+        removed: Vec<u32>,
+        #[serde(with = "serde_bytes")]
+        added: Vec<u8>,
+    },
+    /// Rows matched by the table's key (tables with a key only). The parent sets `columns`
+    /// of the held rows `rows`, removes `removed` (indexes into the rows it holds,
+    /// ascending) and appends `added` (Arrow IPC; empty bytes for none) after the rows that
+    /// remain. See `super::diff` for the exact order.
+    Patch {
+        /// The held rows whose values change, ascending, each as its distance from the
+        /// previous one minus one (the first: its index), so "every row" is all zeros.
+        rows: Vec<u32>,
+        /// The changed columns, ascending: (column index, sent as a delta).
+        columns: Vec<(u32, bool)>,
+        /// One column per entry of `columns`, one row per patched row (Arrow IPC; empty
+        /// bytes when no column): the new values, or for a delta column the new value's bits
+        /// minus the old one's, as a wrapping signed integer of the same width.
+        #[serde(with = "serde_bytes")]
+        values: Vec<u8>,
         removed: Vec<u32>,
         #[serde(with = "serde_bytes")]
         added: Vec<u8>,

@@ -321,6 +321,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         metrics: metrics.clone(),
         sessions: sessions.clone(),
         tls: None,
+        keys: crate::link::diff::table_keys(&schemas),
     };
     match (extras.listener, config.link.listen) {
         (None, Some(addr)) if config.role == Role::TlaChild => {

@@ -104,6 +104,7 @@ impl SimulatedChildren {
             }
         }
         let metrics = Arc::new(Metrics::default());
+        let keys = fleet.table_keys();
         let mut senders = BTreeMap::new();
         for (i, child) in children.iter_mut().enumerate() {
             let listener = match &listen {
@@ -150,6 +151,7 @@ impl SimulatedChildren {
                     ChildListen::Tcp { tls, .. } => tls.clone(),
                     ChildListen::Memory => None,
                 },
+                keys: keys.clone(),
             };
             let p = pool.clone();
             let addr = child.addr.clone();

@@ -189,6 +189,11 @@ impl FleetSimulator {
         self.machines.len()
     }
 
+    /// The simulated tables' keys (for link encoders: changed parts travel as patches).
+    pub fn table_keys(&self) -> crate::link::diff::TableKeys {
+        crate::link::diff::table_keys(&self.schemas)
+    }
+
     /// Each machine's address and cluster, in fleet order (machines of a cluster together).
     pub fn machine_list(&self) -> Vec<(String, String)> {
         self.machines

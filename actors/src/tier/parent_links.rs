@@ -22,7 +22,7 @@ use super::messages::{ParentGone, ParentRequest};
 use super::requests::RequestBook;
 use super::transport::{BoxStream, Listener};
 use crate::generation::Generation;
-use crate::link::diff::LinkEncoder;
+use crate::link::diff::{LinkEncoder, TableKeys};
 use crate::link::frame::{decode_small_frame, encode_frame, read_frame, write_frame, Codec};
 use crate::link::wire::{Advert, ToChild, ToParent, LINK_VERSION};
 use crate::link::LinkError;
@@ -46,6 +46,8 @@ pub struct ServeParents {
     pub sessions: Arc<ParentSessions>,
     /// `[link.tls]`: parents must complete a mutual TLS handshake first (TCP only).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Tables' keys, so changed parts travel as patches by key.
+    pub keys: TableKeys,
 }
 
 /// One parent as this node sees it (for `query_links` and `/metrics`).
@@ -408,7 +410,7 @@ async fn session(
     let _reader = AbortOnDrop(reader);
 
     let mut generations = serve.generations.clone();
-    let mut encoder = LinkEncoder::new();
+    let mut encoder = LinkEncoder::with_keys(serve.keys.clone());
     let mut last_sent: Option<u64> = None;
     loop {
         let wanted = requested.borrow_and_update().clone();

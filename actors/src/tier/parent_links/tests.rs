@@ -40,6 +40,7 @@ fn serve(limits: ListenLimits) -> Child {
         metrics: metrics.clone(),
         sessions: Arc::default(),
         tls: None,
+        keys: Default::default(),
     };
     let p = pool.clone();
     pool.spawn(async move {

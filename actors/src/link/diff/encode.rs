@@ -1,0 +1,461 @@
+//! The child side: a [`LinkEncoder`] turns generations into frames for one parent, keeping a
+//! mirror of what that parent holds.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::UInt32Array;
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+
+use super::ipc::IpcWriter;
+use super::patch::{self, KeyMatcher};
+use super::TableKeys;
+use crate::generation::{Generation, Part};
+use crate::link::wire::{GenerationFrame, PartFrame, PartRows, TableFrame};
+use crate::link::LinkError;
+use crate::table::unix_millis;
+
+/// Turns a child's generations into frames for one parent (one encoder per connection).
+pub struct LinkEncoder {
+    /// The next frame is full: a new connection, or after [`LinkEncoder::reset`] or an error.
+    full_next: bool,
+    /// What the parent holds, per table, as of the last frame encoded.
+    tables: HashMap<String, TableMirror>,
+    ipc: IpcWriter,
+    /// Tables' keys: their parts travel as patches.
+    keys: TableKeys,
+    /// The table being encoded (to look up its key).
+    table: String,
+}
+
+struct TableMirror {
+    schema: SchemaRef,
+    /// Row-format converter for multiset diffs: made on the first diff; `None` inside when
+    /// the schema has a type the row format cannot compare (such tables are sent `Full`).
+    converter: Option<Option<RowConverter>>,
+    /// The table's key: found on the first change; `None` inside for a table without one
+    /// (or whose key does not fit its schema), which travels as multiset diffs.
+    key: Option<Option<KeyMatcher>>,
+    parts: HashMap<String, PartMirror>,
+}
+
+struct PartMirror {
+    /// The child's rows as last encoded: unchanged parts are found by comparing with this.
+    last: RecordBatch,
+    /// The parent's rows, when they are not exactly `last`.
+    held: Held,
+}
+
+/// The parent's rows of a part, in the parent's order.
+enum Held {
+    /// Exactly `last` (so parts that never change cost nothing more).
+    Last,
+    /// In row format (multiset diffs, tables without a key).
+    Rows(Rows),
+    /// As rows (patches, tables with a key).
+    Batch(RecordBatch),
+}
+
+impl Default for LinkEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LinkEncoder {
+    /// An encoder that sends every table's changed parts as multiset diffs.
+    pub fn new() -> Self {
+        Self::with_keys(TableKeys::default())
+    }
+
+    /// An encoder that sends changed parts of the tables in `keys` as patches by key.
+    pub fn with_keys(keys: TableKeys) -> Self {
+        LinkEncoder {
+            full_next: true,
+            tables: HashMap::new(),
+            ipc: IpcWriter::new(),
+            keys,
+            table: String::new(),
+        }
+    }
+
+    /// Forgets what the parent holds: the next frame is full (a reconnection, or a parent
+    /// that lost its copy).
+    pub fn reset(&mut self) {
+        self.full_next = true;
+        self.tables.clear();
+    }
+
+    /// The frame for `g`: the tables in both `wanted` and `g`, each part as full rows, unchanged,
+    /// or a diff against what this encoder's previous frames gave the parent. `machines` and
+    /// `clusters` are what the child sees below it. On error the encoder resets (the frame was
+    /// not produced, so the parent's copy is unknown).
+    pub fn encode(
+        &mut self,
+        g: &Generation,
+        wanted: &BTreeSet<String>,
+        machines: u64,
+        clusters: u64,
+    ) -> Result<GenerationFrame, LinkError> {
+        let full = self.full_next;
+        if full {
+            self.tables.clear();
+        }
+        match self.encode_tables(g, wanted) {
+            Ok(tables) => {
+                self.full_next = false;
+                Ok(GenerationFrame {
+                    id: g.id,
+                    round: g.round,
+                    sealed_at_ms: unix_millis(g.sealed_at),
+                    full,
+                    tables,
+                    errors: g
+                        .errors
+                        .iter()
+                        .map(|(s, m)| (s.clone(), m.clone()))
+                        .collect(),
+                    machines,
+                    clusters,
+                })
+            }
+            Err(e) => {
+                self.reset();
+                Err(e)
+            }
+        }
+    }
+
+    fn encode_tables(
+        &mut self,
+        g: &Generation,
+        wanted: &BTreeSet<String>,
+    ) -> Result<Vec<TableFrame>, LinkError> {
+        let mut frames = Vec::new();
+        let mut next = HashMap::new();
+        for (name, table) in g.tables.iter().filter(|(n, _)| wanted.contains(*n)) {
+            let (mut mirror, schema) = match self.tables.remove(name) {
+                Some(m) if m.schema == table.schema => (m, None),
+                // New on this link, or its schema changed: the parent's rows of the old
+                // schema are of no use, every part goes in full.
+                _ => (
+                    TableMirror {
+                        schema: table.schema.clone(),
+                        converter: None,
+                        key: None,
+                        parts: HashMap::new(),
+                    },
+                    Some(self.ipc.schema(&table.schema)?),
+                ),
+            };
+            self.table.clone_from(name);
+            let mut parts = Vec::with_capacity(table.parts.len());
+            let mut next_parts = HashMap::with_capacity(table.parts.len());
+            for p in &table.parts {
+                if !Arc::ptr_eq(p.batch.schema_ref(), &table.schema)
+                    && p.batch.schema_ref() != &table.schema
+                {
+                    return Err(LinkError::Protocol(format!(
+                        "part '{}' of table '{name}' has a schema unlike the table's",
+                        p.key
+                    )));
+                }
+                let held = mirror.parts.remove(&p.key);
+                let (rows, part_mirror) = self.encode_part(&mut mirror, held, p)?;
+                if next_parts.insert(p.key.clone(), part_mirror).is_some() {
+                    return Err(LinkError::Protocol(format!(
+                        "table '{name}' has two parts with the key '{}'",
+                        p.key
+                    )));
+                }
+                parts.push(PartFrame {
+                    key: p.key.clone(),
+                    sources: p
+                        .sources
+                        .iter()
+                        .map(|s| (s.source.clone(), unix_millis(s.published_at)))
+                        .collect(),
+                    rows,
+                });
+            }
+            mirror.parts = next_parts;
+            next.insert(name.clone(), mirror);
+            frames.push(TableFrame {
+                name: name.clone(),
+                schema,
+                parts,
+            });
+        }
+        // Tables not sent are gone for the parent too.
+        self.tables = next;
+        Ok(frames)
+    }
+
+    fn encode_part(
+        &mut self,
+        table: &mut TableMirror,
+        held: Option<PartMirror>,
+        p: &Part,
+    ) -> Result<(PartRows, PartMirror), LinkError> {
+        let Some(old) = held else {
+            return self.full(p);
+        };
+        if same_buffers(&old.last, &p.batch) || old.last == p.batch {
+            return Ok((
+                PartRows::Unchanged,
+                PartMirror {
+                    last: p.batch.clone(),
+                    held: old.held,
+                },
+            ));
+        }
+        if p.batch.num_columns() == 0 || p.batch.num_rows() == 0 || old.last.num_rows() == 0 {
+            return self.full(p);
+        }
+        let schema = &table.schema;
+        let key = table.key.get_or_insert_with(|| {
+            self.keys
+                .get(&self.table)
+                .and_then(|k| KeyMatcher::new(schema, k))
+        });
+        match (key.as_ref(), old.held) {
+            (Some(key), Held::Last) => self.patch_part(key, old.last, p),
+            (Some(key), Held::Batch(b)) => self.patch_part(key, b, p),
+            (None, Held::Last) => self.diff_part(&mut table.converter, schema, None, &old.last, p),
+            (None, Held::Rows(r)) => {
+                self.diff_part(&mut table.converter, schema, Some(r), &old.last, p)
+            }
+            // A mirror of the other kind (cannot happen: a table's key is fixed with its
+            // schema): start the part over.
+            _ => self.full(p),
+        }
+    }
+
+    fn full(&mut self, p: &Part) -> Result<(PartRows, PartMirror), LinkError> {
+        Ok((
+            PartRows::Full(self.ipc.batch(&p.batch)?),
+            PartMirror {
+                last: p.batch.clone(),
+                held: Held::Last,
+            },
+        ))
+    }
+
+    /// A keyed part as a patch against the parent's rows `held`, or in full when that is
+    /// no smaller.
+    fn patch_part(
+        &mut self,
+        key: &KeyMatcher,
+        held: RecordBatch,
+        p: &Part,
+    ) -> Result<(PartRows, PartMirror), LinkError> {
+        let Some(plan) = patch::plan(key, &held, &p.batch)? else {
+            return self.full(p);
+        };
+        // The parent's rows after this part, as the decoder will have them.
+        let next = |plan: &patch::Plan| -> Result<Held, LinkError> {
+            Ok(if plan.in_order() {
+                Held::Last
+            } else {
+                Held::Batch(take_record_batch(
+                    &p.batch,
+                    &UInt32Array::from(plan.order.clone()),
+                )?)
+            })
+        };
+        if plan.is_empty() {
+            // Same rows, maybe in another order: the parent keeps its order.
+            let held = if plan.in_order() {
+                Held::Last
+            } else {
+                Held::Batch(held)
+            };
+            return Ok((
+                PartRows::Unchanged,
+                PartMirror {
+                    last: p.batch.clone(),
+                    held,
+                },
+            ));
+        }
+        if plan.added.len() == p.batch.num_rows() {
+            return self.full(p);
+        }
+        let values = match &plan.values {
+            Some(v) => self.ipc.batch(v)?,
+            None => Vec::new(),
+        };
+        let added = if plan.added.is_empty() {
+            Vec::new()
+        } else {
+            let rows = take_record_batch(&p.batch, &UInt32Array::from(plan.added.clone()))?;
+            self.ipc.batch(&rows)?
+        };
+        // When most rows changed a patch may be no smaller than the part: compare (row
+        // indexes cost about a byte each once compressed, removed ones up to 3).
+        let touched = plan.rows.len() + plan.added.len() + plan.removed.len();
+        if touched * 2 >= p.batch.num_rows() {
+            let whole = self.ipc.batch(&p.batch)?;
+            let size = values.len() + added.len() + plan.rows.len() + 3 * plan.removed.len();
+            if whole.len() <= size {
+                return Ok((
+                    PartRows::Full(whole),
+                    PartMirror {
+                        last: p.batch.clone(),
+                        held: Held::Last,
+                    },
+                ));
+            }
+        }
+        let held = next(&plan)?;
+        Ok((
+            PartRows::Patch {
+                rows: plan.row_gaps(),
+                columns: plan.columns,
+                values,
+                removed: plan.removed,
+                added,
+            },
+            PartMirror {
+                last: p.batch.clone(),
+                held,
+            },
+        ))
+    }
+
+    /// A part of a table without a key as a multiset diff against the parent's rows
+    /// (`held` in row format, or `last` when the parent holds exactly that).
+    fn diff_part(
+        &mut self,
+        converter: &mut Option<Option<RowConverter>>,
+        schema: &SchemaRef,
+        held: Option<Rows>,
+        last: &RecordBatch,
+        p: &Part,
+    ) -> Result<(PartRows, PartMirror), LinkError> {
+        let converter = converter.get_or_insert_with(|| {
+            let fields = schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect();
+            RowConverter::new(fields).ok()
+        });
+        let Some(conv) = converter.as_ref() else {
+            return self.full(p);
+        };
+        // A one-row part that changed (a machine's `sys` row) cannot diff smaller than its
+        // full rows: skip the row conversion.
+        if p.batch.num_rows() <= 1 {
+            return self.full(p);
+        }
+        let held_rows = match held {
+            Some(rows) => rows,
+            None => conv.convert_columns(last.columns())?,
+        };
+        let new_rows = conv.convert_columns(p.batch.columns())?;
+        let m = match_rows(&held_rows, &new_rows);
+        if m.removed.is_empty() && m.added.is_empty() {
+            // Same rows in another order: the parent keeps its order.
+            return Ok((
+                PartRows::Unchanged,
+                PartMirror {
+                    last: p.batch.clone(),
+                    held: Held::Rows(held_rows),
+                },
+            ));
+        }
+        if m.added.len() == new_rows.num_rows() {
+            return self.full(p);
+        }
+        let added_batch = take_record_batch(&p.batch, &UInt32Array::from(m.added.clone()))?;
+        let added = self.ipc.batch(&added_batch)?;
+        // When most rows changed a diff may be no smaller than the part: compare.
+        if m.added.len() * 2 >= new_rows.num_rows() {
+            let whole = self.ipc.batch(&p.batch)?;
+            // Each removed index costs up to 3 bytes as a varint for parts below 2M rows.
+            if whole.len() <= added.len() + 3 * m.removed.len() {
+                return Ok((
+                    PartRows::Full(whole),
+                    PartMirror {
+                        last: p.batch.clone(),
+                        held: Held::Last,
+                    },
+                ));
+            }
+        }
+        let mut next_held = conv.empty_rows(
+            held_rows.num_rows() - m.removed.len() + m.added.len(),
+            held_rows.size(),
+        );
+        let mut removed = m.removed.iter().peekable();
+        for (i, row) in held_rows.iter().enumerate() {
+            if removed.peek().is_some_and(|&&r| r as usize == i) {
+                removed.next();
+            } else {
+                next_held.push(row);
+            }
+        }
+        for &i in &m.added {
+            next_held.push(new_rows.row(i as usize));
+        }
+        Ok((
+            PartRows::Diff {
+                removed: m.removed,
+                added,
+            },
+            PartMirror {
+                last: p.batch.clone(),
+                held: Held::Rows(next_held),
+            },
+        ))
+    }
+}
+
+/// Both batches are views of the same Arrow arrays (a republished, untouched copy).
+fn same_buffers(a: &RecordBatch, b: &RecordBatch) -> bool {
+    a.num_rows() == b.num_rows()
+        && a.num_columns() == b.num_columns()
+        && a.columns()
+            .iter()
+            .zip(b.columns())
+            .all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
+struct RowMatch {
+    /// Indexes of held rows with no equal new row, ascending.
+    removed: Vec<u32>,
+    /// Indexes of new rows with no equal held row, ascending.
+    added: Vec<u32>,
+}
+
+/// Pairs equal rows of `held` and `new` one to one (a multiset match: two equal held rows
+/// pair with two equal new rows); what is left over is removed or added.
+fn match_rows(held: &Rows, new: &Rows) -> RowMatch {
+    let mut unmatched: HashMap<&[u8], Vec<u32>> = HashMap::with_capacity(held.num_rows());
+    // Pushed in reverse so that pop() pairs the first equal held row first.
+    for i in (0..held.num_rows()).rev() {
+        unmatched
+            .entry(held.row(i).data())
+            .or_default()
+            .push(i as u32);
+    }
+    let mut kept = vec![false; held.num_rows()];
+    let mut added = Vec::new();
+    for (i, row) in new.iter().enumerate() {
+        match unmatched.get_mut(row.data()).and_then(Vec::pop) {
+            Some(h) => kept[h as usize] = true,
+            None => added.push(i as u32),
+        }
+    }
+    let removed = kept
+        .iter()
+        .enumerate()
+        .filter(|(_, &k)| !k)
+        .map(|(i, _)| i as u32)
+        .collect();
+    RowMatch { removed, added }
+}

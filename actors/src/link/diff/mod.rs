@@ -1,0 +1,59 @@
+//! A generation to a [`GenerationFrame`](super::wire::GenerationFrame) against what the
+//! parent already holds, and back.
+//!
+//! The child keeps one [`LinkEncoder`] per connected parent, the parent one [`LinkDecoder`]
+//! per child link. The encoder keeps a mirror of what the parent holds per (table, part key),
+//! updated exactly as the decoder updates its copy, so each part is sent as:
+//!
+//! - `Full`: the first time on the link (or after [`LinkEncoder::reset`], a schema change, or
+//!   when nothing else would be smaller);
+//! - `Unchanged`: the rows equal what the parent holds (same Arrow buffers, equal content,
+//!   or the same rows in another order);
+//! - `Patch { rows, columns, values, removed, added }` (tables with a key, [`TableKeys`]):
+//!   rows matched with the held ones by key; matched rows that changed get only their
+//!   changed columns, integer-like columns as deltas where that is smaller ([`patch`]);
+//! - `Diff { removed, added }` (tables without a key): rows compared in Arrow's row format as
+//!   a multiset (duplicate rows are legal).
+//!
+//! **The parent's order after a patch or diff**: its old rows (patched in place) without the
+//! removed indexes, in their order, followed by the added rows. So the parent may hold a
+//! part's rows in another order than the child; as a multiset they are equal.
+//!
+//! Parts and tables that disappear are simply not listed. Rows and schemas travel as Arrow
+//! IPC messages ([`ipc`]).
+//!
+//! After any error the two sides are out of step: the encoder resets itself (its next frame
+//! is full); a decoder refuses anything but a full frame until it gets one, so the caller
+//! should drop the link (and its decoder) and dial again, which starts with a full frame.
+
+mod decode;
+mod encode;
+mod ipc;
+mod patch;
+#[cfg(test)]
+mod patch_tests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use decode::{ChildGeneration, LinkDecoder};
+pub use encode::LinkEncoder;
+
+use crate::table::SchemaRegistry;
+
+/// Each table's key columns (schemas' `key`), by table name. Parts of a table listed here
+/// travel as patches; others as multiset diffs.
+pub type TableKeys = Arc<HashMap<String, Vec<String>>>;
+
+/// The keys of every table of `schemas` that declares one.
+pub fn table_keys(schemas: &SchemaRegistry) -> TableKeys {
+    Arc::new(
+        schemas
+            .iter()
+            .filter(|d| !d.key.is_empty())
+            .map(|d| (d.name.clone(), d.key.clone()))
+            .collect(),
+    )
+}

@@ -1,0 +1,408 @@
+//! The `Patch` part kind, for tables with a key: a part's new rows are matched with the rows
+//! the parent holds by key, and only what changed travels. Matched rows that differ are
+//! patched in place, only in the columns that differ; held rows without a match are removed,
+//! new rows without one are added (after the rest, as in a multiset diff).
+//!
+//! A changed column of a fixed-width numeric type (integers, floats, timestamps, dates,
+//! durations) without NULLs travels as a **delta**: the new value's bits minus the old one's,
+//! a wrapping integer of the same width. Counters (`uptime`, `cpu_seconds`, packets) then
+//! send small numbers that compress to little; the delta is exact for floats too (it is on
+//! the bits). A column goes as a delta only when its deltas need fewer significant bytes than
+//! its values, so gauges that jump around go as values.
+//!
+//! The key only guides the matching: any one-to-one pairing gives a correct patch (the
+//! patched columns cover every difference), so keys that repeat pair in order and NULL keys
+//! pair with NULL keys.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    make_array, Array, ArrayData, ArrayRef, Int32Array, Int64Array, UInt32Array,
+};
+use datafusion::arrow::buffer::Buffer;
+use datafusion::arrow::compute::kernels::cmp::not_distinct;
+use datafusion::arrow::compute::{interleave, take};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+
+use super::ipc::{decode_batch, has_dictionary};
+use crate::link::LinkError;
+
+/// A table's key columns and a row-format converter for them.
+pub(super) struct KeyMatcher {
+    columns: Vec<usize>,
+    converter: RowConverter,
+}
+
+impl KeyMatcher {
+    /// None when `key` is empty, names a column `schema` lacks, or has a type the row format
+    /// cannot hold (the table then travels as multiset diffs).
+    pub(super) fn new(schema: &Schema, key: &[String]) -> Option<KeyMatcher> {
+        if key.is_empty() {
+            return None;
+        }
+        let columns = key
+            .iter()
+            .map(|k| schema.index_of(k).ok())
+            .collect::<Option<Vec<_>>>()?;
+        let fields = columns
+            .iter()
+            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+            .collect();
+        let converter = RowConverter::new(fields).ok()?;
+        Some(KeyMatcher { columns, converter })
+    }
+
+    fn keys(&self, batch: &RecordBatch) -> Result<Rows, LinkError> {
+        let cols: Vec<ArrayRef> = self
+            .columns
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        Ok(self.converter.convert_columns(&cols)?)
+    }
+}
+
+/// A patch before it is encoded.
+pub(super) struct Plan {
+    /// Held rows whose values change, ascending.
+    pub rows: Vec<u32>,
+    /// (column index, sent as a delta), ascending.
+    pub columns: Vec<(u32, bool)>,
+    /// One column per entry of `columns`, one row per entry of `rows` ([`patch_schema`]).
+    pub values: Option<RecordBatch>,
+    /// Held rows without a match, ascending.
+    pub removed: Vec<u32>,
+    /// New rows without a match, ascending.
+    pub added: Vec<u32>,
+    /// The parent's rows after the patch, as indexes into the new rows.
+    pub order: Vec<u32>,
+}
+
+impl Plan {
+    /// The parent's rows already equal the new ones (maybe in another order).
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.removed.is_empty() && self.added.is_empty()
+    }
+
+    /// After the patch the parent holds the new rows in their own order.
+    pub fn in_order(&self) -> bool {
+        self.order.iter().enumerate().all(|(i, &n)| i as u32 == n)
+    }
+
+    /// `rows` as the wire carries them: each index's distance from the previous one, minus
+    /// one (so patching every row is a run of zeros, which compresses to nothing).
+    pub fn row_gaps(&self) -> Vec<u32> {
+        let mut next = 0;
+        self.rows
+            .iter()
+            .map(|&r| {
+                let gap = r - next;
+                next = r + 1;
+                gap
+            })
+            .collect()
+    }
+}
+
+/// Matches `new` with `held` by key and lists what changed. `None` when a changed column
+/// cannot be patched (a dictionary, or a type Arrow cannot compare): send the part in full.
+pub(super) fn plan(
+    key: &KeyMatcher,
+    held: &RecordBatch,
+    new: &RecordBatch,
+) -> Result<Option<Plan>, LinkError> {
+    let held_keys = key.keys(held)?;
+    let new_keys = key.keys(new)?;
+    // Pushed in reverse so that pop() pairs equal keys in order.
+    let mut unmatched: HashMap<&[u8], Vec<u32>> = HashMap::with_capacity(held.num_rows());
+    for i in (0..held.num_rows()).rev() {
+        unmatched
+            .entry(held_keys.row(i).data())
+            .or_default()
+            .push(i as u32);
+    }
+    let mut new_of_held: Vec<Option<u32>> = vec![None; held.num_rows()];
+    let mut added = Vec::new();
+    for (i, k) in new_keys.iter().enumerate() {
+        match unmatched.get_mut(k.data()).and_then(Vec::pop) {
+            Some(h) => new_of_held[h as usize] = Some(i as u32),
+            None => added.push(i as u32),
+        }
+    }
+    // Matched pairs in held order: held row hs[j] becomes new row ns[j].
+    let mut removed = Vec::new();
+    let (mut hs, mut ns) = (Vec::new(), Vec::new());
+    for (h, n) in new_of_held.iter().enumerate() {
+        match n {
+            Some(n) => {
+                hs.push(h as u32);
+                ns.push(*n);
+            }
+            None => removed.push(h as u32),
+        }
+    }
+
+    // Compare the pairs column by column (no copy when a side is already in pair order).
+    let identity =
+        |v: &[u32], len: usize| v.len() == len && v.iter().enumerate().all(|(i, &x)| i as u32 == x);
+    let hs_take = (!identity(&hs, held.num_rows())).then(|| UInt32Array::from(hs.clone()));
+    let ns_take = (!identity(&ns, new.num_rows())).then(|| UInt32Array::from(ns.clone()));
+    let aligned = |col: &ArrayRef, idx: &Option<UInt32Array>| -> Result<ArrayRef, LinkError> {
+        Ok(match idx {
+            Some(i) => take(col.as_ref(), i, None)?,
+            None => col.clone(),
+        })
+    };
+    let mut changed = Vec::new();
+    let mut row_changed = vec![false; hs.len()];
+    for c in 0..new.num_columns() {
+        let old = aligned(held.column(c), &hs_take)?;
+        let now = aligned(new.column(c), &ns_take)?;
+        let Ok(eq) = not_distinct(&old, &now) else {
+            return Ok(None);
+        };
+        if eq.true_count() == eq.len() {
+            continue;
+        }
+        if has_dictionary(old.data_type()) {
+            return Ok(None);
+        }
+        for (slot, same) in row_changed.iter_mut().zip(eq.values().iter()) {
+            *slot |= !same;
+        }
+        changed.push((c, old, now));
+    }
+
+    let patched: Vec<u32> = (0..hs.len() as u32)
+        .filter(|&j| row_changed[j as usize])
+        .collect();
+    let rows = patched.iter().map(|&j| hs[j as usize]).collect();
+    let pick = UInt32Array::from(patched);
+    let mut columns = Vec::with_capacity(changed.len());
+    let mut arrays = Vec::with_capacity(changed.len());
+    for (c, old, now) in changed {
+        let old = take(old.as_ref(), &pick, None)?;
+        let now = take(now.as_ref(), &pick, None)?;
+        match delta_of(&old, &now) {
+            Some(d) => {
+                columns.push((c as u32, true));
+                arrays.push(d);
+            }
+            None => {
+                columns.push((c as u32, false));
+                arrays.push(now);
+            }
+        }
+    }
+    let values = if columns.is_empty() {
+        None
+    } else {
+        let schema = patch_schema(held.schema_ref(), &columns)?;
+        Some(RecordBatch::try_new(schema, arrays)?)
+    };
+    let mut order = ns;
+    order.extend_from_slice(&added);
+    Ok(Some(Plan {
+        rows,
+        columns,
+        values,
+        removed,
+        added,
+        order,
+    }))
+}
+
+/// The width in bytes of a type that can travel as a delta.
+fn delta_width(t: &DataType) -> Option<usize> {
+    match t {
+        DataType::Int32
+        | DataType::UInt32
+        | DataType::Float32
+        | DataType::Date32
+        | DataType::Time32(_) => Some(4),
+        DataType::Int64
+        | DataType::UInt64
+        | DataType::Float64
+        | DataType::Date64
+        | DataType::Time64(_)
+        | DataType::Timestamp(..)
+        | DataType::Duration(_) => Some(8),
+        _ => None,
+    }
+}
+
+/// Bytes a value needs once zigzag-encoded: what a compressor roughly pays for it.
+fn significant(x: i64) -> u32 {
+    let z = ((x << 1) ^ (x >> 63)) as u64;
+    (64 - z.leading_zeros()).div_ceil(8)
+}
+
+/// `now - old` on the values' bits, when the column can take a delta and it is smaller.
+fn delta_of(old: &ArrayRef, now: &ArrayRef) -> Option<ArrayRef> {
+    let width = delta_width(old.data_type())?;
+    if old.null_count() > 0 || now.null_count() > 0 {
+        return None;
+    }
+    let (o, n, len) = (old.to_data(), now.to_data(), old.len());
+    if width == 8 {
+        let (o, n) = (&o.buffer::<i64>(0)[..len], &n.buffer::<i64>(0)[..len]);
+        let d: Vec<i64> = n.iter().zip(o).map(|(n, o)| n.wrapping_sub(*o)).collect();
+        let cost = |v: &[i64]| v.iter().map(|&x| significant(x)).sum::<u32>();
+        (cost(&d) < cost(n)).then(|| Arc::new(Int64Array::from(d)) as ArrayRef)
+    } else {
+        let (o, n) = (&o.buffer::<i32>(0)[..len], &n.buffer::<i32>(0)[..len]);
+        let d: Vec<i32> = n.iter().zip(o).map(|(n, o)| n.wrapping_sub(*o)).collect();
+        let cost = |v: &[i32]| v.iter().map(|&x| significant(x as i64)).sum::<u32>();
+        (cost(&d) < cost(n)).then(|| Arc::new(Int32Array::from(d)) as ArrayRef)
+    }
+}
+
+/// The schema of a patch's values: per column its table type (nullable), or for a delta the
+/// signed integer of its width. Checks the columns against the table.
+pub(super) fn patch_schema(
+    table: &Schema,
+    columns: &[(u32, bool)],
+) -> Result<SchemaRef, LinkError> {
+    let mut prev: Option<u32> = None;
+    let mut fields = Vec::with_capacity(columns.len());
+    for &(c, delta) in columns {
+        if prev.is_some_and(|p| c <= p) {
+            return Err(LinkError::Protocol(format!(
+                "patched columns are not strictly ascending ({} then {c})",
+                prev.unwrap_or_default()
+            )));
+        }
+        prev = Some(c);
+        let f = table.fields().get(c as usize).ok_or_else(|| {
+            LinkError::Protocol(format!(
+                "patched column {c} is out of range (the table has {} columns)",
+                table.fields().len()
+            ))
+        })?;
+        fields.push(if delta {
+            let t = match delta_width(f.data_type()) {
+                Some(8) => DataType::Int64,
+                Some(4) => DataType::Int32,
+                _ => {
+                    return Err(LinkError::Protocol(format!(
+                        "column '{}' of type {} cannot take a delta",
+                        f.name(),
+                        f.data_type()
+                    )))
+                }
+            };
+            Field::new(c.to_string(), t, false)
+        } else {
+            Field::new(c.to_string(), f.data_type().clone(), true)
+        });
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The parent's side: `old` with the patched values (row gaps as on the wire). Removing and
+/// adding rows is the diff's job afterwards.
+pub(super) fn apply(
+    old: &RecordBatch,
+    rows: &[u32],
+    columns: &[(u32, bool)],
+    values: &[u8],
+) -> Result<RecordBatch, LinkError> {
+    if columns.is_empty() {
+        if !rows.is_empty() || !values.is_empty() {
+            return Err(LinkError::Protocol(
+                "a patch lists rows or values but no columns".into(),
+            ));
+        }
+        return Ok(old.clone());
+    }
+    let n = old.num_rows();
+    let mut idx = Vec::with_capacity(rows.len());
+    let mut next: u64 = 0;
+    for &gap in rows {
+        let i = next + u64::from(gap);
+        if i >= n as u64 {
+            return Err(LinkError::Protocol(format!(
+                "patched row {i} is out of range (the part holds {n} rows)"
+            )));
+        }
+        idx.push(i as u32);
+        next = i + 1;
+    }
+    let schema = patch_schema(old.schema_ref(), columns)?;
+    let values = decode_batch(values, &schema)?;
+    if values.num_rows() != idx.len() {
+        return Err(LinkError::Protocol(format!(
+            "a patch of {} rows carries {} rows of values",
+            idx.len(),
+            values.num_rows()
+        )));
+    }
+    // Where each row's value comes from: (0, row) the held column, (1, j) the patch.
+    let mut from: Vec<(usize, usize)> = (0..n).map(|i| (0, i)).collect();
+    for (j, &i) in idx.iter().enumerate() {
+        from[i as usize] = (1, j);
+    }
+    let pick = UInt32Array::from(idx);
+    let mut cols = old.columns().to_vec();
+    for (&(c, delta), v) in columns.iter().zip(values.columns()) {
+        let c = c as usize;
+        let new = if delta {
+            add_delta(&take(cols[c].as_ref(), &pick, None)?, v)?
+        } else {
+            v.clone()
+        };
+        cols[c] = interleave(&[cols[c].as_ref(), new.as_ref()], &from)?;
+    }
+    // Refuses a NULL sent for a column that takes none.
+    Ok(RecordBatch::try_new(old.schema(), cols)?)
+}
+
+/// `old + delta` on the values' bits, in `old`'s type.
+fn add_delta(old: &ArrayRef, delta: &ArrayRef) -> Result<ArrayRef, LinkError> {
+    if old.null_count() > 0 || delta.null_count() > 0 {
+        return Err(LinkError::Protocol(
+            "a delta for a NULL value, or a NULL delta".into(),
+        ));
+    }
+    let len = old.len();
+    let o = old.to_data();
+    let bits = match delta_width(old.data_type()) {
+        Some(8) => {
+            let d = delta
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| LinkError::Protocol("a 64-bit delta is not Int64".into()))?;
+            let o = &o.buffer::<i64>(0)[..len];
+            Buffer::from_vec(
+                o.iter()
+                    .zip(d.values())
+                    .map(|(o, d)| o.wrapping_add(*d))
+                    .collect::<Vec<i64>>(),
+            )
+        }
+        Some(4) => {
+            let d = delta
+                .as_any()
+                .downcast_ref::<Int32Array>()
+                .ok_or_else(|| LinkError::Protocol("a 32-bit delta is not Int32".into()))?;
+            let o = &o.buffer::<i32>(0)[..len];
+            Buffer::from_vec(
+                o.iter()
+                    .zip(d.values())
+                    .map(|(o, d)| o.wrapping_add(*d))
+                    .collect::<Vec<i32>>(),
+            )
+        }
+        _ => {
+            return Err(LinkError::Protocol(format!(
+                "type {} cannot take a delta",
+                old.data_type()
+            )))
+        }
+    };
+    let data = ArrayData::try_new(old.data_type().clone(), len, None, 0, vec![bits], vec![])?;
+    Ok(make_array(data))
+}

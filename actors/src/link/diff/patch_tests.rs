@@ -1,0 +1,481 @@
+//! The `Patch` part kind end to end: encoder, wire, decoder.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::ipc::{decode_batch, IpcWriter};
+use super::patch::patch_schema;
+use super::tests::{assert_same, batch_of, generation, kinds, part, schema, send, Row};
+use super::{LinkDecoder, LinkEncoder, TableKeys};
+use crate::generation::{GenTable, Part};
+use crate::link::frame::{encode_frame, Codec};
+use crate::link::wire::{GenerationFrame, PartFrame, PartRows, TableFrame};
+use crate::link::LinkError;
+
+fn keyed(key: &[&str]) -> LinkEncoder {
+    let keys: TableKeys = Arc::new(HashMap::from([(
+        "sys".to_string(),
+        key.iter().map(|k| k.to_string()).collect(),
+    )]));
+    LinkEncoder::with_keys(keys)
+}
+
+fn sys_only() -> BTreeSet<String> {
+    ["sys".to_string()].into()
+}
+
+fn names(n: usize) -> Vec<&'static str> {
+    // Leaked once per test: rows hold &'static str.
+    (0..n)
+        .map(|i| &*Box::leak(format!("p{i}").into_boxed_str()))
+        .collect()
+}
+
+/// Sends `rows` as generation `id` and returns the frame's only part and the parent's rows.
+fn step(
+    enc: &mut LinkEncoder,
+    dec: &mut LinkDecoder,
+    id: u64,
+    rows: &[Row],
+) -> (PartRows, RecordBatch, usize) {
+    let s = schema();
+    let g = generation(id, vec![("sys", vec![part(&s, "m", rows)])]);
+    let f = enc.encode(&g, &sys_only(), 1, 0).expect("encode");
+    let size = encode_frame(&f, Codec::Zstd).expect("zstd").len();
+    let (f, _) = send(&f);
+    let rows_sent = f.tables[0].parts[0].rows.clone();
+    let c = dec.apply(f).expect("apply");
+    assert_same(&c, &g, &sys_only());
+    (rows_sent, c.tables["sys"].parts[0].batch.clone(), size)
+}
+
+#[test]
+fn counters_travel_as_deltas_of_the_changed_columns_only() {
+    let n = 200;
+    let ns = names(n);
+    let rows: Vec<Row> = (0..n)
+        .map(|i| (ns[i], 1_000_000 + i as i64 * 7919, Some(i as f64 * 1.25)))
+        .collect();
+    let (mut enc, mut dec) = (keyed(&["name"]), LinkDecoder::new());
+    let (_, _, full_size) = step(&mut enc, &mut dec, 1, &rows);
+
+    // Every counter advances by about 10; one gauge changes.
+    let mut next = rows.clone();
+    for (i, r) in next.iter_mut().enumerate() {
+        r.1 += 10 + (i % 3) as i64;
+    }
+    next[5].2 = Some(-3.0);
+    let (sent, held, size) = step(&mut enc, &mut dec, 2, &next);
+    match &sent {
+        PartRows::Patch {
+            rows,
+            columns,
+            removed,
+            added,
+            ..
+        } => {
+            assert_eq!(rows.len(), n);
+            assert!(rows.iter().all(|&g| g == 0), "every row: all gaps zero");
+            // The gauge changed in one row only: its deltas are mostly zero, smaller than values.
+            assert_eq!(columns, &vec![(1, true), (2, true)]);
+            assert!(removed.is_empty() && added.is_empty());
+        }
+        other => panic!("expected a patch, got {other:?}"),
+    }
+    // In place: the parent's rows are exactly the child's, in order.
+    assert_eq!(held, batch_of(&schema(), &next));
+    assert!(
+        size * 2 < full_size,
+        "patch {size} bytes vs full {full_size}"
+    );
+
+    // Only one row changes: one patched row, named by its index.
+    let mut third = next.clone();
+    third[42].1 += 1;
+    let (sent, held, _) = step(&mut enc, &mut dec, 3, &third);
+    match &sent {
+        PartRows::Patch { rows, columns, .. } => {
+            assert_eq!(rows, &vec![42]);
+            assert_eq!(columns.len(), 1);
+        }
+        other => panic!("expected a patch, got {other:?}"),
+    }
+    assert_eq!(held, batch_of(&schema(), &third));
+}
+
+#[test]
+fn rows_come_and_go_in_the_documented_order() {
+    let ns = names(30);
+    let rows: Vec<Row> = (0..30).map(|i| (ns[i], i as i64, None)).collect();
+    let (mut enc, mut dec) = (keyed(&["name"]), LinkDecoder::new());
+    step(&mut enc, &mut dec, 1, &rows);
+
+    // p3 leaves, p40 arrives in the middle, p7 changes, and the child reorders a few.
+    let new40 = &*Box::leak("p40".to_string().into_boxed_str());
+    let mut next: Vec<Row> = rows.clone();
+    next.remove(3);
+    next.insert(10, (new40, 40, Some(4.0)));
+    next[6].1 = 700; // p7
+    next.swap(0, 1);
+    let (sent, held, _) = step(&mut enc, &mut dec, 2, &next);
+    assert!(matches!(sent, PartRows::Patch { .. }), "{sent:?}");
+    // Held rows patched in place, without p3, then p40.
+    let mut want: Vec<Row> = rows.clone();
+    want[7].1 = 700;
+    want.remove(3);
+    want.push((new40, 40, Some(4.0)));
+    assert_eq!(held, batch_of(&schema(), &want));
+
+    // The encoder mirrors the parent's order: the next patch's indexes refer to it.
+    let mut third = next.clone();
+    third.retain(|r| r.0 != "p0");
+    let (sent, held, _) = step(&mut enc, &mut dec, 3, &third);
+    match &sent {
+        PartRows::Patch {
+            removed, columns, ..
+        } => {
+            assert_eq!(removed, &vec![0]);
+            assert!(columns.is_empty());
+        }
+        other => panic!("expected a patch, got {other:?}"),
+    }
+    want.remove(0);
+    assert_eq!(held, batch_of(&schema(), &want));
+
+    // Same rows in another order: unchanged, the parent keeps its order.
+    let mut fourth = third.clone();
+    fourth.reverse();
+    let (sent, held, _) = step(&mut enc, &mut dec, 4, &fourth);
+    assert_eq!(sent, PartRows::Unchanged);
+    assert_eq!(held, batch_of(&schema(), &want));
+}
+
+/// Random edits with keys that repeat (`name` from 4 values) or are NULL (`x`): the
+/// parent always holds the child's rows, every part kind shows up.
+#[test]
+fn random_churn_with_repeated_and_null_keys_stays_in_step() {
+    for key in [&["name"][..], &["x"][..], &["name", "x"][..]] {
+        let s = schema();
+        let pool = ["a", "b", "c", "d"];
+        let mut rng = SmallRng::seed_from_u64(7);
+        let row = |rng: &mut SmallRng| -> Row {
+            (
+                pool[rng.random_range(0..4)],
+                rng.random_range(0..1000),
+                rng.random_bool(0.5).then(|| rng.random_range(0..3) as f64),
+            )
+        };
+        let mut parts: Vec<Vec<Row>> = (0..6)
+            .map(|_| {
+                (0..rng.random_range(0..20))
+                    .map(|_| row(&mut rng))
+                    .collect()
+            })
+            .collect();
+        let mut enc = keyed(key);
+        let mut dec = LinkDecoder::new();
+        let mut seen = BTreeSet::new();
+        for id in 1..200 {
+            for rows in parts.iter_mut() {
+                if rng.random_bool(0.4) {
+                    continue;
+                }
+                for _ in 0..rng.random_range(0..5) {
+                    match rng.random_range(0..5) {
+                        0 if !rows.is_empty() => {
+                            let i = rng.random_range(0..rows.len());
+                            rows.remove(i);
+                        }
+                        1 | 2 if !rows.is_empty() => {
+                            // A counter moves: same key, another value.
+                            let i = rng.random_range(0..rows.len());
+                            rows[i].1 += rng.random_range(1..20);
+                        }
+                        3 if rows.len() > 1 => rows.swap(0, 1),
+                        _ => rows.push(row(&mut rng)),
+                    }
+                }
+            }
+            let present: Vec<Part> = parts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| (id + i) % 9 != 0)
+                .map(|(i, rows)| part(&s, &format!("m{i}"), rows))
+                .collect();
+            let g = generation(id as u64, vec![("sys", present)]);
+            let f = enc.encode(&g, &sys_only(), 6, 0).expect("encode");
+            seen.extend(kinds(&f).into_iter().map(|k| k.2));
+            let c = dec.apply(send(&f).0).expect("apply");
+            assert_same(&c, &g, &sys_only());
+        }
+        for k in ["full", "unchanged", "patch"] {
+            assert!(seen.contains(k), "key {key:?}: no {k} part in {seen:?}");
+        }
+        assert!(!seen.contains("diff"), "a keyed table never diffs");
+    }
+}
+
+#[test]
+fn a_key_the_schema_lacks_falls_back_to_multiset_diffs() {
+    let ns = names(20);
+    let rows: Vec<Row> = (0..20).map(|i| (ns[i], i as i64, None)).collect();
+    let (mut enc, mut dec) = (keyed(&["nope"]), LinkDecoder::new());
+    step(&mut enc, &mut dec, 1, &rows);
+    let mut next = rows.clone();
+    next[3].1 = 99;
+    let (sent, _, _) = step(&mut enc, &mut dec, 2, &next);
+    assert!(matches!(sent, PartRows::Diff { .. }), "{sent:?}");
+}
+
+#[test]
+fn schema_change_sends_full_then_patches_again() {
+    let wanted = sys_only();
+    let mut enc = keyed(&["name"]);
+    let mut dec = LinkDecoder::new();
+    let ns = names(10);
+    let rows: Vec<Row> = (0..10).map(|i| (ns[i], i as i64, None)).collect();
+    step(&mut enc, &mut dec, 1, &rows);
+
+    // The table gains a column (a timestamp: deltas of another type).
+    let s2: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("value", DataType::Int64, false),
+        Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]));
+    let batch = |at: i64| {
+        RecordBatch::try_new(
+            s2.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(ns.iter().copied())) as ArrayRef,
+                Arc::new(Int64Array::from_iter_values(0..10)),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    (0..10).map(|i| 1_700_000_000_000 + i * 1000 + at),
+                )),
+            ],
+        )
+        .expect("batch")
+    };
+    let gen = |id: u64, b: RecordBatch| {
+        let mut g = generation(id, vec![]);
+        g.tables.insert(
+            "sys".into(),
+            GenTable {
+                schema: s2.clone(),
+                parts: vec![Part {
+                    key: "m".into(),
+                    batch: b,
+                    sources: vec![],
+                }],
+            },
+        );
+        g
+    };
+    let f2 = enc
+        .encode(&gen(2, batch(0)), &wanted, 1, 0)
+        .expect("encode");
+    assert!(f2.tables[0].schema.is_some());
+    assert_eq!(kinds(&f2)[0].2, "full");
+    dec.apply(send(&f2).0).expect("apply");
+    let f3 = enc
+        .encode(&gen(3, batch(10_000)), &wanted, 1, 0)
+        .expect("encode");
+    match &f3.tables[0].parts[0].rows {
+        PartRows::Patch { columns, .. } => assert_eq!(columns, &vec![(2, true)]),
+        other => panic!("expected a patch, got {other:?}"),
+    }
+    let c3 = dec.apply(send(&f3).0).expect("apply");
+    assert_eq!(c3.tables["sys"].parts[0].batch, batch(10_000));
+}
+
+#[test]
+fn deltas_are_exact_for_floats_and_wrap_for_integers() {
+    let s = schema();
+    let (mut enc, mut dec) = (keyed(&["name"]), LinkDecoder::new());
+    let ns = names(8);
+    let first: Vec<Row> = vec![
+        (ns[0], i64::MAX, Some(0.1)),
+        (ns[1], i64::MIN, Some(1e300)),
+        (ns[2], 0, Some(-0.0)),
+        (ns[3], 5, Some(f64::NAN)),
+        (ns[4], 6, Some(1.0)),
+        (ns[5], 7, Some(2.0)),
+        (ns[6], 8, Some(3.0)),
+        (ns[7], 9, Some(4.0)),
+    ];
+    step(&mut enc, &mut dec, 1, &first);
+    let second: Vec<Row> = vec![
+        (ns[0], i64::MIN, Some(0.1 + 0.2)),
+        (ns[1], i64::MAX, Some(1e300 * 1.0000001)),
+        (ns[2], 1, Some(0.0)),
+        (ns[3], 6, Some(f64::INFINITY)),
+        (ns[4], 7, Some(1.0000000001)),
+        (ns[5], 8, Some(2.0000000001)),
+        (ns[6], 9, Some(3.0000000001)),
+        (ns[7], 10, Some(4.0000000001)),
+    ];
+    let (sent, held, _) = step(&mut enc, &mut dec, 2, &second);
+    assert!(matches!(sent, PartRows::Patch { .. }), "{sent:?}");
+    let want = batch_of(&s, &second);
+    let bits = |b: &RecordBatch| -> Vec<u64> {
+        let x = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .expect("f64");
+        x.values().iter().map(|v| v.to_bits()).collect()
+    };
+    assert_eq!(bits(&held), bits(&want));
+    assert_eq!(held.column(1), want.column(1));
+}
+
+#[test]
+fn decoder_refuses_inconsistent_patches() {
+    let s = schema();
+    let ns = names(4);
+    let rows: Vec<Row> = (0..4).map(|i| (ns[i], i as i64, Some(1.0))).collect();
+    let mut enc = keyed(&["name"]);
+    let g1 = generation(1, vec![("sys", vec![part(&s, "m", &rows)])]);
+    let full = enc.encode(&g1, &sys_only(), 1, 0).expect("encode");
+    let ready = || {
+        let mut d = LinkDecoder::new();
+        d.apply(full.clone()).expect("full frame");
+        d
+    };
+    let frame = |key: &str, rows: PartRows| GenerationFrame {
+        id: 2,
+        round: 2,
+        sealed_at_ms: 0,
+        full: false,
+        tables: vec![TableFrame {
+            name: "sys".into(),
+            schema: None,
+            parts: vec![PartFrame {
+                key: key.into(),
+                sources: vec![],
+                rows,
+            }],
+        }],
+        errors: vec![],
+        machines: 1,
+        clusters: 0,
+    };
+    let values = |columns: &[(u32, bool)], arrays: Vec<ArrayRef>| -> Vec<u8> {
+        let schema = patch_schema(&s, columns).expect("schema");
+        IpcWriter::new()
+            .batch(&RecordBatch::try_new(schema, arrays).expect("batch"))
+            .expect("ipc")
+    };
+    let i64s = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
+    let delta1 = values(&[(1, true)], vec![i64s(vec![1])]);
+    let patch = |rows: Vec<u32>, columns: Vec<(u32, bool)>, values: Vec<u8>| PartRows::Patch {
+        rows,
+        columns,
+        values,
+        removed: vec![],
+        added: vec![],
+    };
+    // A good one first, so the cases below fail for their own reason.
+    let mut d = ready();
+    let c = d
+        .apply(frame("m", patch(vec![2], vec![(1, true)], delta1.clone())))
+        .expect("a good patch");
+    let got = c.tables["sys"].parts[0].batch.column(1).clone();
+    assert_eq!(&got, &i64s(vec![0, 1, 3, 3]));
+
+    let null_name = values(
+        &[(0, false)],
+        vec![Arc::new(StringArray::from(vec![None::<&str>]))],
+    );
+    let two_rows = values(&[(1, true)], vec![i64s(vec![1, 2])]);
+    let cases: Vec<(&str, GenerationFrame)> = vec![
+        (
+            "part not held",
+            frame("zz", patch(vec![0], vec![(1, true)], delta1.clone())),
+        ),
+        (
+            "row out of range",
+            frame("m", patch(vec![4], vec![(1, true)], delta1.clone())),
+        ),
+        (
+            "gaps past the end",
+            frame("m", patch(vec![1, 2], vec![(1, true)], two_rows.clone())),
+        ),
+        (
+            "rows but no columns",
+            frame("m", patch(vec![0], vec![], vec![])),
+        ),
+        (
+            "column out of range",
+            frame("m", patch(vec![0], vec![(3, true)], delta1.clone())),
+        ),
+        (
+            "columns not ascending",
+            frame(
+                "m",
+                patch(vec![0], vec![(2, false), (1, true)], delta1.clone()),
+            ),
+        ),
+        (
+            "delta on a string column",
+            frame("m", patch(vec![0], vec![(0, true)], delta1.clone())),
+        ),
+        (
+            "fewer values than rows",
+            frame("m", patch(vec![0, 0], vec![(1, true)], delta1.clone())),
+        ),
+        (
+            "values of another type",
+            frame("m", patch(vec![0], vec![(0, false)], delta1.clone())),
+        ),
+        (
+            "NULL for a column without NULLs",
+            frame("m", patch(vec![0], vec![(0, false)], null_name)),
+        ),
+        (
+            "garbage values",
+            frame("m", patch(vec![0], vec![(1, true)], vec![1, 2, 3, 4, 5])),
+        ),
+        (
+            "removed out of range",
+            frame(
+                "m",
+                PartRows::Patch {
+                    rows: vec![],
+                    columns: vec![],
+                    values: vec![],
+                    removed: vec![9],
+                    added: vec![],
+                },
+            ),
+        ),
+    ];
+    for (what, f) in cases {
+        let mut d = ready();
+        match d.apply(f) {
+            Err(LinkError::Protocol(_) | LinkError::Decode(_) | LinkError::Arrow(_)) => {}
+            other => panic!("{what}: expected an error, got {other:?}"),
+        }
+        assert!(d.needs_full(), "{what}");
+    }
+    // The decoded values of a well-formed patch really are what was sent.
+    let schema = patch_schema(&s, &[(1, true)]).expect("schema");
+    assert_eq!(
+        decode_batch(&delta1, &schema)
+            .expect("values")
+            .column(0)
+            .len(),
+        1
+    );
+}
