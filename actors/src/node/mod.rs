@@ -333,17 +333,17 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 drop_after: config.link.drop_after,
                 tls: link_tls.as_ref().map(|t| t.server.clone()),
             };
-            let std_listener = std::net::TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|_| l))
-                .map_err(|e| ConfigError::Invalid {
-                    what: format!("[link] listen {addr}"),
-                    message: e.to_string(),
-                })?;
+            let std_listener = bind_link(addr)?;
             let p = pool.clone();
-            pool.spawn(async move {
-                match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(l) => accept_tlas(Listener::Tcp(l), serve, p).await,
-                    Err(e) => tracing::error!(error = %e, "cannot serve the TLA"),
+            // The bound socket outlives the accept loop: a restart accepts on a copy of it.
+            supervisor.spawn_task("tla_listener", &pool, move || {
+                let (serve, p) = (serve.clone(), p.clone());
+                let listener = std_listener.try_clone();
+                async move {
+                    match listener.and_then(tokio::net::TcpListener::from_std) {
+                        Ok(l) => accept_tlas(Listener::Tcp(l), serve, p).await,
+                        Err(e) => tracing::error!(error = %e, "cannot serve the TLA"),
+                    }
                 }
             });
             tracing::info!(%addr, "serving a TLA as its TLA child");
@@ -370,12 +370,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         }
         (None, Some(addr)) => {
             serve.tls = link_tls.as_ref().map(|t| t.server.clone());
-            let std_listener = std::net::TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|_| l))
-                .map_err(|e| ConfigError::Invalid {
-                    what: format!("[link] listen {addr}"),
-                    message: e.to_string(),
-                })?;
+            let std_listener = bind_link(addr)?;
             let p = pool.clone();
             let serve_tls = serve.tls.is_some();
             // The bound socket outlives the accept loop: a restart accepts on a copy of it.
@@ -546,6 +541,16 @@ fn open_history(
         })
         .collect();
     Ok((Some((shared, writer)), schemas))
+}
+
+/// Binds `[link] listen` (non-blocking, for Tokio); a failure stops the start naming it.
+fn bind_link(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, ConfigError> {
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|_| l))
+        .map_err(|e| ConfigError::Invalid {
+            what: format!("[link] listen {addr}"),
+            message: e.to_string(),
+        })
 }
 
 /// How this node names itself to parents and in `query_nodes`.

@@ -15,19 +15,7 @@ pub async fn lift_quarantine(
     body: web::Bytes,
     node: web::Data<NodeHandle>,
 ) -> Result<HttpResponse, ApiError> {
-    let who = principal_of(&req);
-    if !who.admin {
-        let m = if who.credential != Credential::Anonymous {
-            format!(
-                "{} may not call admin endpoints (admin = false)",
-                who.describe()
-            )
-        } else {
-            "admin endpoints answer loopback clients only on a node without tokens".into()
-        };
-        node.auth.refused("forbidden", &m, &who.name);
-        return Err(ApiError::Forbidden(m));
-    }
+    require_admin(&req, &node, "admin")?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("the request body is not UTF-8".into()))?
         .trim();
@@ -36,4 +24,23 @@ pub async fn lift_quarantine(
         .quarantine
         .lift((!text.is_empty()).then_some(text));
     Ok(HttpResponse::Ok().json(json!({ "lifted": lifted })))
+}
+
+/// Refuses a client without `admin = true` (on a node without tokens: a non-loopback one),
+/// counted and logged like any refusal; `kind` names the endpoints in the message.
+pub fn require_admin(req: &HttpRequest, node: &NodeHandle, kind: &str) -> Result<(), ApiError> {
+    let who = principal_of(req);
+    if who.admin {
+        return Ok(());
+    }
+    let m = if who.credential != Credential::Anonymous {
+        format!(
+            "{} may not call {kind} endpoints (admin = false)",
+            who.describe()
+        )
+    } else {
+        format!("{kind} endpoints answer loopback clients only on a node without tokens")
+    };
+    node.auth.refused("forbidden", &m, &who.name);
+    Err(ApiError::Forbidden(m))
 }

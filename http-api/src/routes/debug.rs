@@ -4,13 +4,11 @@
 //! back; without it the endpoint does not exist (404). Admin only (as the admin endpoints).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use query_actors::auth::Credential;
 use query_actors::node::NodeHandle;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::guard::principal_of;
 
 /// The variable that turns the hook on (tests only; never in production).
 pub const FAULT_INJECTION_ENV: &str = "QUERYD_FAULT_INJECTION";
@@ -29,19 +27,7 @@ pub async fn inject_panic(
     target: web::Query<Target>,
     node: web::Data<NodeHandle>,
 ) -> Result<HttpResponse, ApiError> {
-    let who = principal_of(&req);
-    if !who.admin {
-        let m = if who.credential != Credential::Anonymous {
-            format!(
-                "{} may not call debug endpoints (admin = false)",
-                who.describe()
-            )
-        } else {
-            "debug endpoints answer loopback clients only on a node without tokens".into()
-        };
-        node.auth.refused("forbidden", &m, &who.name);
-        return Err(ApiError::Forbidden(m));
-    }
+    super::admin::require_admin(&req, &node, "debug")?;
     if !node.supervisor.inject_panic(&target.actor) {
         return Err(ApiError::NotFound(format!(
             "no supervised part named '{}' (see query_actors)",

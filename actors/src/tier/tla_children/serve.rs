@@ -44,13 +44,20 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 pub async fn accept_tlas(mut listener: Listener, serve: ServeTla, pool: SqlPool) {
     let gate = Gate::new(&serve.limits);
     let mut errors = LogLimiter::new(LOG_EVERY);
+    let mut refusals = LogLimiter::new(LOG_EVERY);
     loop {
         match listener.accept().await {
             Ok(Some(conn)) => {
                 let permit = match gate.admit(&conn.host) {
                     Ok(p) => p,
                     Err(why) => {
-                        tracing::warn!(peer = conn.peer, "TLA connection refused: {why}");
+                        if let Some(suppressed) = refusals.allow(Instant::now()) {
+                            tracing::warn!(
+                                peer = conn.peer,
+                                suppressed,
+                                "TLA connection refused: {why}"
+                            );
+                        }
                         continue;
                     }
                 };
