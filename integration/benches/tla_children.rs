@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use query_actors::simulate::TABLES;
-use query_integration::bench::{env_f64, percentile, proc_usage, write_bench_section};
+use query_integration::bench::{
+    env_f64, percentile, proc_usage, whole_clusters_args, write_bench_section, SimulatedFleet,
+};
 use query_integration::fleet::{free_port, toml_list};
 use query_integration::{repo, Node, Simulator, Workspace};
 
@@ -50,28 +52,12 @@ fn metric(node: &Node, name: &str) -> Option<f64> {
 fn run(children: usize, machines: usize) -> Run {
     let started = Instant::now();
     let clusters = machines.div_ceil(PER_CLUSTER);
-    let interval = match machines {
-        0..=2_000 => Duration::from_secs(2),
-        2_001..=20_000 => Duration::from_secs(5),
-        _ => Duration::from_secs(20),
-    };
+    let interval = SimulatedFleet::interval_for(machines);
     let ms = interval.as_millis() as u64;
     let block = 90 + children as u8;
     let sim_ip = format!("127.0.{block}.1");
-    let sim = Simulator::start(&[
-        "--machines",
-        &machines.to_string(),
-        "--clusters",
-        &clusters.to_string(),
-        "--serve",
-        "clusters",
-        "--listen",
-        &format!("{sim_ip}:20000"),
-        "--interval",
-        &format!("{ms}ms"),
-        "--offset",
-        "0ms",
-    ]);
+    let args = whole_clusters_args(machines, clusters, &sim_ip, ms);
+    let sim = Simulator::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let ws = Workspace::new();
     std::fs::write(
         ws.path("prewarm.toml"),

@@ -102,6 +102,32 @@ pub fn proc_usage(pid: u32) -> ProcUsage {
 
 /// The simulated fleet of `machines` machines, `per_cluster` to a cluster, over the
 /// shipped schemas.
+/// `queryd simulate` serving whole clusters from `ip` (port 20000 on), sealing every
+/// `interval_ms` at offset 0.
+pub fn whole_clusters_args(
+    machines: usize,
+    clusters: usize,
+    ip: &str,
+    interval_ms: u64,
+) -> Vec<String> {
+    [
+        "--machines",
+        &machines.to_string(),
+        "--clusters",
+        &clusters.to_string(),
+        "--serve",
+        "clusters",
+        "--listen",
+        &format!("{ip}:20000"),
+        "--interval",
+        &format!("{interval_ms}ms"),
+        "--offset",
+        "0ms",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 pub fn simulator(machines: usize, per_cluster: usize) -> FleetSimulator {
     let schemas = load_schema_dir(&repo().join("schemas")).expect("shipped schemas load");
     let cfg = SimulateConfig {
@@ -189,22 +215,7 @@ impl SimulatedFleet {
         if tls {
             ca::init_dir(&pki, &CertSpec::for_days("bench CA", 2)).expect("make a CA");
         }
-        let mut sim_args: Vec<String> = [
-            "--machines",
-            &machines.to_string(),
-            "--clusters",
-            &clusters.to_string(),
-            "--serve",
-            "clusters",
-            "--listen",
-            &format!("{sim_ip}:20000"),
-            "--interval",
-            &format!("{ms}ms"),
-            "--offset",
-            "0ms",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut sim_args = whole_clusters_args(machines, clusters, &sim_ip, ms);
         let link_tls = |name: &str, ip: &str| {
             if !tls {
                 return String::new();
