@@ -369,8 +369,11 @@ impl NodeHandle {
         // again in a heavy place, so it neither keeps a light or new client's place nor
         // shares the light pool's threads for long.
         // The same statement answered on this snapshot already: the same answer.
-        let key = AnswerKey::new(&statement, &limits);
-        if let Some(output) = q.answers.get(&snapshot, &key) {
+        let key = q
+            .answers
+            .enabled()
+            .then(|| AnswerKey::new(&statement, &limits));
+        if let Some(output) = key.as_ref().and_then(|k| q.answers.get(&snapshot, k)) {
             self.metrics
                 .answer_cache_hits
                 .fetch_add(1, Ordering::Relaxed);
@@ -412,7 +415,9 @@ impl NodeHandle {
             }
             Err(e) => return Err(late(e)),
         };
-        q.answers.put(&snapshot, key, &output);
+        if let Some(key) = key {
+            q.answers.put(&snapshot, key, &output);
+        }
         // The answer is encoded where the query ran.
         let pool = q.pool_for(place.class()).clone();
         Ok(Answer {

@@ -69,6 +69,11 @@ impl AnswerCache {
         inner
     }
 
+    /// Whether answers are kept at all (`answer_cache_mb` > 0): when not, no key is made.
+    pub fn enabled(&self) -> bool {
+        self.budget > 0
+    }
+
     /// The answer kept for `key` on `snapshot`, if any.
     pub fn get(&self, snapshot: &Arc<Snapshot>, key: &AnswerKey) -> Option<QueryOutput> {
         if self.budget == 0 {

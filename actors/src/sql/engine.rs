@@ -305,8 +305,9 @@ impl Snapshot {
             }
             other => other?,
         };
-        let tables = self.tables_used(&plan);
-        let cacheable = self.reads_only_the_snapshot(&plan) && super::answers::immutable(&plan);
+        let scanned = scanned_tables(&plan);
+        let cacheable = self.reads_only_the_snapshot(&scanned) && super::answers::immutable(&plan);
+        let tables = self.tables_used(scanned);
         let df = self.ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let shown = names::user_schema(&schema);
@@ -477,20 +478,20 @@ impl Snapshot {
             .collect()
     }
 
-    /// Whether every table `plan` scans is the generation's, static or a view (not one
+    /// Whether every table a plan scans (`scanned`) is the generation's, static or a view (not one
     /// computed when read: the node's own tables, history).
-    fn reads_only_the_snapshot(&self, plan: &LogicalPlan) -> bool {
-        scanned_tables(plan).iter().all(|t| {
+    fn reads_only_the_snapshot(&self, scanned: &BTreeSet<String>) -> bool {
+        scanned.iter().all(|t| {
             self.generation.tables.contains_key(t)
                 || self.statics.tables.contains_key(t)
                 || self.views.contains_key(t)
         })
     }
 
-    /// The tables a plan reads, views expanded to what they read, each once.
-    fn tables_used(&self, plan: &LogicalPlan) -> Vec<TableUse> {
+    /// The tables a plan reads (`scanned`), views expanded to what they read, each once.
+    fn tables_used(&self, scanned: BTreeSet<String>) -> Vec<TableUse> {
         let mut names = BTreeSet::new();
-        let mut stack: Vec<String> = scanned_tables(plan).into_iter().collect();
+        let mut stack: Vec<String> = scanned.into_iter().collect();
         while let Some(name) = stack.pop() {
             if names.insert(name.clone()) {
                 if let Some(v) = self.views.get(&name) {
