@@ -528,7 +528,7 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// Checks that the file suits the role it is started as.
+    /// Checks that the file suits the role it is started as (see also [`span_check`]).
     pub fn validate_role(&self) -> ConfigResult<()> {
         let role = self.role.name();
         let need = |ok: bool, message: &str| {
@@ -550,18 +550,15 @@ impl NodeConfig {
                     set.name
                 ),
             )?;
-            let children = self.link.child_specs();
-            need(
-                self.role == Role::Sql
-                    || children.is_empty()
-                    || children.iter().any(|c| set.spans(&c.name)),
-                &format!(
-                    "the span of aggregator set '{}' ({}) names none of this node's children ({}): name clusters as in [[link.child]] name, or their addresses",
-                    set.name,
-                    set.span.join(", "),
-                    children.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            )?;
+            let children: Vec<String> = self
+                .link
+                .child_specs()
+                .into_iter()
+                .map(|c| c.name)
+                .collect();
+            if let Err(message) = span_check(self.role, &children, &set) {
+                need(false, &message)?;
+            }
         }
         need(
             self.alerts.is_none() || self.role.answers_sql(),
@@ -645,6 +642,24 @@ impl PathsConfig {
             }
         }
     }
+}
+
+/// A node that dials children (not a SQL node) must have at least one of them in its
+/// aggregator set's span; checked at start and on every edit of the sets file.
+pub(super) fn span_check(
+    role: Role,
+    children: &[String],
+    set: &crate::aggregator_sets::AggregatorSet,
+) -> Result<(), String> {
+    if role == Role::Sql || children.is_empty() || children.iter().any(|c| set.spans(c)) {
+        return Ok(());
+    }
+    Err(format!(
+        "the span of aggregator set '{}' ({}) names none of this node's children ({}): name clusters as in [[link.child]] name, or their addresses",
+        set.name,
+        set.span.join(", "),
+        children.join(", ")
+    ))
 }
 
 #[cfg(test)]

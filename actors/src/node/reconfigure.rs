@@ -114,19 +114,12 @@ impl Reconfigure {
             let children = &self.children;
             let role = self.role;
             let loaded = a.load().and_then(|(set, partition)| {
-                if role != Role::Sql
-                    && !children.is_empty()
-                    && !children.iter().any(|c| set.spans(c))
-                {
-                    return Err(crate::error::ConfigError::Invalid {
+                super::config::span_check(role, children, &set).map_err(|message| {
+                    crate::error::ConfigError::Invalid {
                         what: "[aggregator_set]".into(),
-                        message: format!(
-                            "the span of aggregator set '{}' ({}) names none of this node's children",
-                            set.name,
-                            set.span.join(", ")
-                        ),
-                    });
-                }
+                        message,
+                    }
+                })?;
                 let tables = super::set_tables(&set, partition.as_ref(), self.role, &self.schemas)?;
                 let routing = Routing::new(&set, partition.as_ref());
                 Ok((set, tables, routing))

@@ -75,6 +75,7 @@ fn literal(entry: &str) -> bool {
 /// Keeps `entries` (addresses or `NAME:PORT`) resolved: the receiver holds every address
 /// they name now, in entry order, without repeats. Literal addresses are there at once;
 /// names once their first look-up answers.
+#[cfg(test)]
 pub fn watch_addresses(
     entries: Vec<String>,
     dns: &DnsConfig,
@@ -87,8 +88,9 @@ pub fn watch_addresses(
     rx
 }
 
-/// [`watch_addresses`] with the look-up loop under the node's supervisor, as `name`; the
-/// addresses found survive a restart of the loop.
+/// Keeps `entries` resolved (as `watch_addresses`, which tests use alone) with the look-up
+/// loop under the node's supervisor, as `name`; the addresses found survive a restart of
+/// the loop.
 pub fn watch_addresses_supervised(
     entries: Vec<String>,
     dns: &DnsConfig,
