@@ -6,7 +6,7 @@ LISTEN ?= 127.0.0.1:8080
 MACHINES ?= 1000
 CLUSTERS ?= 20
 
-.PHONY: all build run run-release test test-deps test-venv bench bench-deps bench-venv fuzz lint fmt check-fmt clippy clean
+.PHONY: all build run run-release test test-deps test-venv bench bench-full bench-run bench-deps bench-venv fuzz lint fmt check-fmt clippy clean
 
 all: build
 
@@ -65,21 +65,35 @@ endef
 ## of DataFusion), and every `cargo bench --workspace` below resolves the same features.
 ## The tools (DuckDB's virtualenv, dnsmasq) install while cargo builds. Each step is timed;
 ## the last one (`run_time`) writes the times to BENCHMARKS.md.
-BENCHES = edge_agent sql link_codec tla_merge tla_children fleet link_tls overload alerts history hierarchy failover
+## `make bench` (under 30 minutes from a fresh clone) runs BENCHES; `make bench-full` runs
+## the longer ones (BENCHES_FULL) and the largest fleet (BENCH_FLEET_BIG machines).
+BENCHES = edge_agent sql link_codec tla_merge fleet overload hierarchy failover
+BENCHES_FULL = tla_children link_tls alerts history fleet-big
+BENCH_FLEET_BIG ?= 250000
 
 bench:
+	@$(MAKE) --no-print-directory bench-run BENCH_RUN=bench BENCH_LIST="$(BENCHES)"
+
+bench-full:
+	@$(MAKE) --no-print-directory bench-run BENCH_RUN=bench-full BENCH_LIST="$(BENCHES_FULL)"
+
+bench-run:
 	@set -e; steps=""; \
 	build=warm; test -x $${CARGO_TARGET_DIR:-target}/release/queryd || build=cold; \
 	t=$$(date +%s); \
 	$(MAKE) --no-print-directory bench-venv bench-deps & tools=$$!; \
 	$(CARGO) build --release --workspace --bins --benches; \
-	wait $$tools || { echo "make bench: installing the tools failed"; exit 1; }; \
+	wait $$tools || { echo "make $(BENCH_RUN): installing the tools failed"; exit 1; }; \
 	n=$$(date +%s); steps="tools+build=$$((n - t))"; t=$$n; \
-	for b in $(BENCHES); do \
-	  $(CARGO) bench --workspace --bench $$b; \
+	for b in $(BENCH_LIST); do \
+	  if [ "$$b" = fleet-big ]; then \
+	    BENCH_FLEETS=$(BENCH_FLEET_BIG) $(CARGO) bench --workspace --bench fleet; \
+	  else \
+	    $(CARGO) bench --workspace --bench $$b; \
+	  fi; \
 	  n=$$(date +%s); steps="$$steps $$b=$$((n - t))"; t=$$n; \
 	done; \
-	BENCH_STEPS="$$steps" BENCH_BUILD=$$build $(CARGO) bench --workspace --bench run_time
+	BENCH_RUN=$(BENCH_RUN) BENCH_STEPS="$$steps" BENCH_BUILD=$$build $(CARGO) bench --workspace --bench run_time
 
 ## DuckDB for the SQL benchmark's comparison, in a venv of its own (not needed otherwise).
 bench-venv:

@@ -169,6 +169,10 @@ pub async fn serve(node: NodeHandle) -> std::io::Result<()> {
             .configure(configure)
     })
     .on_connect(on_connect)
+    // Answers leave in several writes (headers, chunks, the last chunk); with Nagle's
+    // algorithm on, the last one waits for the client's delayed ACK: 40 ms per answer on
+    // a kept-alive connection (measured: 41 answers/s from one client, 2,000+ without).
+    .tcp_nodelay(true)
     .workers(workers);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let server = match tls {

@@ -176,7 +176,10 @@ impl SimulatedFleet {
         match machines {
             0..=2_000 => Duration::from_secs(2),
             2_001..=20_000 => Duration::from_secs(5),
-            _ => Duration::from_secs(20),
+            20_001..=100_000 => Duration::from_secs(20),
+            // `make bench-full`'s largest fleet: a full copy takes the TLA about 3.5 times
+            // as long as at 70,000 machines.
+            _ => Duration::from_secs(60),
         }
     }
 
@@ -577,4 +580,136 @@ pub fn run_duckdb_script(
         _ => serde_json::Map::new(),
     };
     Ok((version, queries))
+}
+
+/// An HTTP/1.1 client with a connection of its own from a loopback address of its own, so
+/// that a node without tokens, which tells clients apart by address (admission, fairness,
+/// quarantine), sees each load client as a separate client, as it would see a fleet of
+/// users. Keeps its connection alive and reconnects when the node closes it.
+pub struct LoopbackClient {
+    from: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    conn: Option<std::io::BufReader<std::net::TcpStream>>,
+    timeout: Duration,
+}
+
+impl LoopbackClient {
+    /// A client at `from` (any 127.0.0.0/8 address) for the node at `base`
+    /// (`http://host:port`).
+    pub fn new(from: std::net::IpAddr, base: &str, timeout: Duration) -> LoopbackClient {
+        let to = base
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("the node's address is host:port");
+        LoopbackClient {
+            from,
+            to,
+            conn: None,
+            timeout,
+        }
+    }
+
+    fn connect(&self) -> std::io::Result<std::io::BufReader<std::net::TcpStream>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let stream = rt.block_on(async {
+            let socket = match self.to {
+                std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.bind(std::net::SocketAddr::new(self.from, 0))?;
+            socket.connect(self.to).await?.into_std()
+        })?;
+        stream.set_nonblocking(false)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        Ok(std::io::BufReader::new(stream))
+    }
+
+    /// POSTs `sql` to `/sql` as text/plain: (status, body). A connection the node closed
+    /// between requests is opened again once.
+    pub fn sql(&mut self, sql: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        match self.exchange(sql) {
+            Ok(answer) => Ok(answer),
+            Err(_) => {
+                self.conn = None;
+                self.exchange(sql)
+            }
+        }
+    }
+
+    fn exchange(&mut self, sql: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        use std::io::{BufRead, Read, Write};
+        if self.conn.is_none() {
+            self.conn = Some(self.connect()?);
+        }
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        let conn = self.conn.as_mut().ok_or_else(|| bad("no connection"))?;
+        let head = format!(
+            "POST /sql HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            self.to,
+            sql.len()
+        );
+        let stream = conn.get_mut();
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(sql.as_bytes())?;
+        let mut line = String::new();
+        conn.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no status line"))?;
+        let (mut length, mut chunked, mut close) = (None, false, false);
+        loop {
+            line.clear();
+            if conn.read_line(&mut line)? == 0 {
+                return Err(bad("headers cut short"));
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let Some((name, value)) = header.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.parse::<usize>().ok(),
+                "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+                "connection" => close = value.eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                conn.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(|_| bad("bad chunk size"))?;
+                let start = body.len();
+                body.resize(start + size, 0);
+                conn.read_exact(&mut body[start..])?;
+                line.clear();
+                conn.read_line(&mut line)?;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            conn.read_exact(&mut body)?;
+        } else {
+            conn.read_to_end(&mut body)?;
+            close = true;
+        }
+        if close {
+            self.conn = None;
+        }
+        Ok((status, body))
+    }
 }
