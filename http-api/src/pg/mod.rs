@@ -165,6 +165,11 @@ async fn accept_loop(node: NodeHandle, listener: TcpListener) {
                 continue;
             }
         };
+        // As PostgreSQL does: replies leave in several writes, and Nagle's algorithm would hold
+        // the last one for the client's delayed ACK (see http-api/src/lib.rs).
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "[pg] cannot set TCP_NODELAY");
+        }
         let (handler, cancel, idle) = (handler.clone(), cancel.clone(), pg.idle_timeout);
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
