@@ -34,11 +34,19 @@ pub struct LinkDecoder {
     needs_full: bool,
     /// Record the patches applied, for this node's encoders to forward ([`super::forward`]).
     forwarding: bool,
+    /// The patches recorded from the last frame, forgotten when the next one arrives.
+    recorded: Vec<forward::Recorded>,
 }
 
 struct HeldTable {
     schema: SchemaRef,
     parts: HashMap<String, RecordBatch>,
+}
+
+impl Drop for LinkDecoder {
+    fn drop(&mut self) {
+        forward::forget(&mut self.recorded);
+    }
 }
 
 impl Default for LinkDecoder {
@@ -53,6 +61,7 @@ impl LinkDecoder {
             tables: HashMap::new(),
             needs_full: true,
             forwarding: false,
+            recorded: Vec::new(),
         }
     }
 
@@ -61,10 +70,9 @@ impl LinkDecoder {
     /// [`LinkEncoder`](super::LinkEncoder) can forward them rather than match the parts
     /// again.
     pub fn forwarding() -> Self {
-        LinkDecoder {
-            forwarding: true,
-            ..Self::new()
-        }
+        let mut d = Self::new();
+        d.forwarding = true;
+        d
     }
 
     /// Whether the next frame must be full (at start, and after an error).
@@ -96,6 +104,7 @@ impl LinkDecoder {
             ));
         }
         let forwarding = self.forwarding;
+        forward::forget(&mut self.recorded);
         let mut old = std::mem::take(&mut self.tables);
         if frame.full {
             old.clear();
@@ -184,7 +193,7 @@ impl LinkDecoder {
                                 removed,
                                 added: added_bytes,
                             };
-                            forward::record(&old, &patched, rows);
+                            self.recorded.extend(forward::record(&old, &patched, rows));
                         }
                         patched
                     }

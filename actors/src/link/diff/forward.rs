@@ -56,11 +56,12 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
     APPLIED.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// An entry made by [`record`], for [`forget`].
+pub(super) struct Recorded(usize, Weak<dyn Array>);
+
 /// Records that `rows` (a patch) turned `base` into `result`.
-pub(super) fn record(base: &RecordBatch, result: &RecordBatch, rows: PartRows) {
-    let Some(first) = result.columns().first() else {
-        return;
-    };
+pub(super) fn record(base: &RecordBatch, result: &RecordBatch, rows: PartRows) -> Option<Recorded> {
+    let first = result.columns().first()?;
     let entry = Entry {
         base: base.columns().iter().map(Arc::downgrade).collect(),
         result: result.columns().iter().map(Arc::downgrade).collect(),
@@ -73,6 +74,28 @@ pub(super) fn record(base: &RecordBatch, result: &RecordBatch, rows: PartRows) {
         r.prune_at = (r.entries.len() * 2).max(1024);
     }
     r.entries.insert(address(first), entry);
+    Some(Recorded(address(first), Arc::downgrade(first)))
+}
+
+/// Drops the entries `recorded` made (still there and not replaced since). A decoder forgets
+/// a frame's patches when the next frame arrives: its node has encoded the generation they
+/// belong to by then (and if not, its encoder plans the part itself), so the patches' bytes
+/// are not kept for parts that then stay unchanged for many generations.
+pub(super) fn forget(recorded: &mut Vec<Recorded>) {
+    if recorded.is_empty() {
+        return;
+    }
+    let mut r = registry();
+    for Recorded(at, weak) in recorded.drain(..) {
+        let ours = r
+            .entries
+            .get(&at)
+            .and_then(|e| e.result.first())
+            .is_some_and(|w| Weak::ptr_eq(w, &weak));
+        if ours {
+            r.entries.remove(&at);
+        }
+    }
 }
 
 /// The patch that turned exactly `base` into exactly `result`, if one was recorded.
