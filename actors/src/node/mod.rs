@@ -252,6 +252,8 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         }
     }
     let mut span = None;
+    // A node with parents forwards the patches its children send (link/diff/forward.rs).
+    let serves_parents = extras.listener.is_some() || config.link.listen.is_some();
     let children = (!specs.is_empty()).then(|| {
         let children = Children::new(specs.iter().map(|(n, _)| n.clone()), config.link.drop_after);
         // A TLA of an aggregator set dials the clusters of its span only (edits apply live).
@@ -280,6 +282,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
             )
             .supervised(&supervisor)
             .with_deferral(deferral.clone())
+            .forwarding(serves_parents)
             .start();
         }
         if let Some((set, span)) = &in_span {

@@ -54,12 +54,21 @@ pub struct ChildLink {
     supervision: Option<(Supervisor, Arc<Notify>)>,
     /// At a TLA with `[tla_children]`: the tables this link forwards to TLA children.
     deferral: Option<Arc<Deferral>>,
+    /// The node serves parents: keep the patches applied for its encoders to forward
+    /// ([`LinkDecoder::forwarding`]).
+    forwarding: bool,
 }
 
 impl ChildLink {
     /// A TLA's cluster link forwards the deferred tables to its TLA children.
     pub fn with_deferral(mut self, deferral: Option<Arc<Deferral>>) -> Self {
         self.deferral = deferral;
+        self
+    }
+
+    /// The node sends what it merges on to parents (a TLA serving SQL nodes).
+    pub fn forwarding(mut self, forwarding: bool) -> Self {
+        self.forwarding = forwarding;
         self
     }
 
@@ -91,6 +100,7 @@ impl ChildLink {
             dialer,
             supervision: None,
             deferral: None,
+            forwarding: false,
         }
     }
 
@@ -125,6 +135,7 @@ impl ChildLink {
             wanted: self.wanted.clone(),
             dialer: self.dialer.clone(),
             deferral: self.deferral.clone(),
+            forwarding: self.forwarding,
         };
         let started = Instant::now();
         let run = session.run_while_listed(self.addresses.clone());
@@ -241,6 +252,7 @@ struct Session {
     wanted: watch::Receiver<BTreeSet<String>>,
     dialer: Dialer,
     deferral: Option<Arc<Deferral>>,
+    forwarding: bool,
 }
 
 impl Session {
@@ -345,7 +357,11 @@ impl Session {
     ) -> Result<(), LinkError> {
         let max = self.config.max_frame_bytes;
         let silent = self.config.drop_after;
-        let mut decoder = LinkDecoder::new();
+        let mut decoder = if self.forwarding {
+            LinkDecoder::forwarding()
+        } else {
+            LinkDecoder::new()
+        };
         // A child sends a frame every interval; one silent for `drop_after` is dropped
         // anyway, so the link is closed and dialled again (at its next address, if any).
         while let Some(body) = tokio::time::timeout(silent, read_frame(rd, max))

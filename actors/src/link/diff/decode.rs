@@ -9,7 +9,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use super::ipc::{decode_batch, decode_schema};
-use super::patch;
+use super::{forward, patch};
 use crate::generation::{GenTable, Part, SourceStamp};
 use crate::link::wire::{GenerationFrame, PartRows};
 use crate::link::LinkError;
@@ -32,11 +32,21 @@ pub struct LinkDecoder {
     tables: HashMap<String, HeldTable>,
     /// Only a full frame can be applied: at start and after an error.
     needs_full: bool,
+    /// Record the patches applied, for this node's encoders to forward ([`super::forward`]).
+    forwarding: bool,
+    /// The patches recorded from the last frame, forgotten when the next one arrives.
+    recorded: Vec<forward::Recorded>,
 }
 
 struct HeldTable {
     schema: SchemaRef,
     parts: HashMap<String, RecordBatch>,
+}
+
+impl Drop for LinkDecoder {
+    fn drop(&mut self) {
+        forward::forget(&mut self.recorded);
+    }
 }
 
 impl Default for LinkDecoder {
@@ -50,7 +60,19 @@ impl LinkDecoder {
         LinkDecoder {
             tables: HashMap::new(),
             needs_full: true,
+            forwarding: false,
+            recorded: Vec::new(),
         }
+    }
+
+    /// A decoder on a node that sends what it merges on to a parent (a TLA): the patches it
+    /// applies are kept (weakly, with the rows they gave) so that the node's
+    /// [`LinkEncoder`](super::LinkEncoder) can forward them rather than match the parts
+    /// again.
+    pub fn forwarding() -> Self {
+        let mut d = Self::new();
+        d.forwarding = true;
+        d
     }
 
     /// Whether the next frame must be full (at start, and after an error).
@@ -81,6 +103,8 @@ impl LinkDecoder {
                     .into(),
             ));
         }
+        let forwarding = self.forwarding;
+        forward::forget(&mut self.recorded);
         let mut old = std::mem::take(&mut self.tables);
         if frame.full {
             old.clear();
@@ -149,16 +173,29 @@ impl LinkDecoder {
                                 "part '{key}' of table '{name}' is sent as a patch but is not held"
                             ))
                         })?;
-                        let patched = patch::apply(&old, &rows, &columns, &values)
-                            .map_err(|e| in_table(&name, &format!("part '{key}'"), e))?;
-                        let added = if added.is_empty() {
-                            RecordBatch::new_empty(schema.clone())
+                        let added_bytes = added;
+                        let added = if added_bytes.is_empty() {
+                            None
                         } else {
-                            decode_batch(&added, &schema)
-                                .map_err(|e| in_table(&name, &format!("part '{key}'"), e))?
+                            Some(
+                                decode_batch(&added_bytes, &schema)
+                                    .map_err(|e| in_table(&name, &format!("part '{key}'"), e))?,
+                            )
                         };
-                        apply_diff(&patched, &removed, &added)
-                            .map_err(|e| in_table(&name, &format!("part '{key}'"), e))?
+                        let patched =
+                            patch::apply(&old, &rows, &columns, &values, &removed, added.as_ref())
+                                .map_err(|e| in_table(&name, &format!("part '{key}'"), e))?;
+                        if forwarding {
+                            let rows = PartRows::Patch {
+                                rows,
+                                columns,
+                                values,
+                                removed,
+                                added: added_bytes,
+                            };
+                            self.recorded.extend(forward::record(&old, &patched, rows));
+                        }
+                        patched
                     }
                 };
                 let sources = pf

@@ -10,6 +10,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
+use super::forward;
 use super::ipc::IpcWriter;
 use super::patch::{self, KeyMatcher};
 use super::TableKeys;
@@ -47,6 +48,9 @@ struct PartMirror {
     last: RecordBatch,
     /// The parent's rows, when they are not exactly `last`.
     held: Held,
+    /// The key rows of the parent's rows (keyed tables), kept from the last patch plan so
+    /// that a part changing again is not converted again.
+    keys: Option<Rows>,
 }
 
 /// The parent's rows of a part, in the parent's order.
@@ -203,12 +207,37 @@ impl LinkEncoder {
         let Some(old) = held else {
             return self.full(p);
         };
-        if same_buffers(&old.last, &p.batch) || old.last == p.batch {
+        if same_buffers(&old.last, &p.batch) {
             return Ok((
                 PartRows::Unchanged,
                 PartMirror {
                     last: p.batch.clone(),
                     held: old.held,
+                    keys: old.keys,
+                },
+            ));
+        }
+        // A part this node received as a patch against exactly the rows its parent holds:
+        // the same patch brings the parent to the same rows.
+        if matches!(old.held, Held::Last) {
+            if let Some(rows) = forward::find(&old.last, &p.batch) {
+                return Ok((
+                    rows,
+                    PartMirror {
+                        last: p.batch.clone(),
+                        held: Held::Last,
+                        keys: None,
+                    },
+                ));
+            }
+        }
+        if old.last == p.batch {
+            return Ok((
+                PartRows::Unchanged,
+                PartMirror {
+                    last: p.batch.clone(),
+                    held: old.held,
+                    keys: old.keys,
                 },
             ));
         }
@@ -222,8 +251,8 @@ impl LinkEncoder {
                 .and_then(|k| KeyMatcher::new(schema, k))
         });
         match (key.as_ref(), old.held) {
-            (Some(key), Held::Last) => self.patch_part(key, old.last, p),
-            (Some(key), Held::Batch(b)) => self.patch_part(key, b, p),
+            (Some(key), Held::Last) => self.patch_part(key, old.last, old.keys, p),
+            (Some(key), Held::Batch(b)) => self.patch_part(key, b, old.keys, p),
             (None, Held::Last) => self.diff_part(&mut table.converter, schema, None, &old.last, p),
             (None, Held::Rows(r)) => {
                 self.diff_part(&mut table.converter, schema, Some(r), &old.last, p)
@@ -240,6 +269,7 @@ impl LinkEncoder {
             PartMirror {
                 last: p.batch.clone(),
                 held: Held::Last,
+                keys: None,
             },
         ))
     }
@@ -250,9 +280,10 @@ impl LinkEncoder {
         &mut self,
         key: &KeyMatcher,
         held: RecordBatch,
+        held_keys: Option<Rows>,
         p: &Part,
     ) -> Result<(PartRows, PartMirror), LinkError> {
-        let Some(plan) = patch::plan(key, &held, &p.batch)? else {
+        let Some(plan) = patch::plan(key, &held, held_keys, &p.batch)? else {
             return self.full(p);
         };
         // The parent's rows after this part, as the decoder will have them.
@@ -278,6 +309,7 @@ impl LinkEncoder {
                 PartMirror {
                     last: p.batch.clone(),
                     held,
+                    keys: Some(plan.held_keys),
                 },
             ));
         }
@@ -306,14 +338,19 @@ impl LinkEncoder {
                     PartMirror {
                         last: p.batch.clone(),
                         held: Held::Last,
+                        keys: Some(plan.new_keys),
                     },
                 ));
             }
         }
         let held = next(&plan)?;
+        // In order, the parent's key rows are the new rows' (otherwise made again).
+        let in_order = plan.in_order();
+        let rows = plan.row_gaps();
+        let keys = in_order.then_some(plan.new_keys);
         Ok((
             PartRows::Patch {
-                rows: plan.row_gaps(),
+                rows,
                 columns: plan.columns,
                 values,
                 removed: plan.removed,
@@ -322,6 +359,7 @@ impl LinkEncoder {
             PartMirror {
                 last: p.batch.clone(),
                 held,
+                keys,
             },
         ))
     }
@@ -365,6 +403,7 @@ impl LinkEncoder {
                 PartMirror {
                     last: p.batch.clone(),
                     held: Held::Rows(held_rows),
+                    keys: None,
                 },
             ));
         }
@@ -383,6 +422,7 @@ impl LinkEncoder {
                     PartMirror {
                         last: p.batch.clone(),
                         held: Held::Last,
+                        keys: None,
                     },
                 ));
             }
@@ -410,6 +450,7 @@ impl LinkEncoder {
             PartMirror {
                 last: p.batch.clone(),
                 held: Held::Rows(next_held),
+                keys: None,
             },
         ))
     }

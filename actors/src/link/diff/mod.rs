@@ -28,6 +28,7 @@
 
 mod decode;
 mod encode;
+mod forward;
 mod ipc;
 mod patch;
 #[cfg(test)]

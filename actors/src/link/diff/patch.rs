@@ -24,7 +24,7 @@ use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::compute::kernels::cmp::not_distinct;
 use datafusion::arrow::compute::{interleave, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
 use super::ipc::{decode_batch, has_dictionary};
@@ -79,6 +79,9 @@ pub(super) struct Plan {
     pub added: Vec<u32>,
     /// The parent's rows after the patch, as indexes into the new rows.
     pub order: Vec<u32>,
+    /// The key rows of the held and of the new rows, kept by the encoder for the next frame.
+    pub held_keys: Rows,
+    pub new_keys: Rows,
 }
 
 impl Plan {
@@ -109,12 +112,18 @@ impl Plan {
 
 /// Matches `new` with `held` by key and lists what changed. `None` when a changed column
 /// cannot be patched (a dictionary, or a type Arrow cannot compare): send the part in full.
+///
+/// `held_keys` are `held`'s key rows when the caller kept them from an earlier plan.
 pub(super) fn plan(
     key: &KeyMatcher,
     held: &RecordBatch,
+    held_keys: Option<Rows>,
     new: &RecordBatch,
 ) -> Result<Option<Plan>, LinkError> {
-    let held_keys = key.keys(held)?;
+    let held_keys = match held_keys {
+        Some(k) if k.num_rows() == held.num_rows() => k,
+        _ => key.keys(held)?,
+    };
     let new_keys = key.keys(new)?;
     // Pushed in reverse so that pop() pairs equal keys in order.
     let mut unmatched: HashMap<&[u8], Vec<u32>> = HashMap::with_capacity(held.num_rows());
@@ -212,6 +221,8 @@ pub(super) fn plan(
         removed,
         added,
         order,
+        held_keys,
+        new_keys,
     }))
 }
 
@@ -302,23 +313,25 @@ pub(super) fn patch_schema(
     Ok(Arc::new(Schema::new(fields)))
 }
 
-/// The parent's side: `old` with the patched values (row gaps as on the wire). Removing and
-/// adding rows is the diff's job afterwards.
+/// The parent's side: `old` with the patched values (row gaps as on the wire), without the
+/// `removed` rows (strictly ascending), followed by the `added` rows. Each column is built in
+/// one pass (one `interleave` from the held column, its patched values and the added rows);
+/// a column the patch leaves alone, in a part that neither loses nor gains rows, stays the
+/// same Arrow array.
 pub(super) fn apply(
     old: &RecordBatch,
     rows: &[u32],
     columns: &[(u32, bool)],
     values: &[u8],
+    removed: &[u32],
+    added: Option<&RecordBatch>,
 ) -> Result<RecordBatch, LinkError> {
-    if columns.is_empty() {
-        if !rows.is_empty() || !values.is_empty() {
-            return Err(LinkError::Protocol(
-                "a patch lists rows or values but no columns".into(),
-            ));
-        }
-        return Ok(old.clone());
-    }
     let n = old.num_rows();
+    if columns.is_empty() && (!rows.is_empty() || !values.is_empty()) {
+        return Err(LinkError::Protocol(
+            "a patch lists rows or values but no columns".into(),
+        ));
+    }
     let mut idx = Vec::with_capacity(rows.len());
     let mut next: u64 = 0;
     for &gap in rows {
@@ -331,33 +344,99 @@ pub(super) fn apply(
         idx.push(i as u32);
         next = i + 1;
     }
-    let schema = patch_schema(old.schema_ref(), columns)?;
-    let values = decode_batch(values, &schema)?;
-    if values.num_rows() != idx.len() {
-        return Err(LinkError::Protocol(format!(
-            "a patch of {} rows carries {} rows of values",
-            idx.len(),
-            values.num_rows()
-        )));
+    let mut keep = vec![true; n];
+    let mut prev: Option<u32> = None;
+    for &r in removed {
+        if prev.is_some_and(|p| r <= p) {
+            return Err(LinkError::Protocol(format!(
+                "removed indexes are not strictly ascending ({} then {r})",
+                prev.unwrap_or_default()
+            )));
+        }
+        let slot = keep.get_mut(r as usize).ok_or_else(|| {
+            LinkError::Protocol(format!(
+                "removed index {r} is out of range (the part holds {n} rows)"
+            ))
+        })?;
+        *slot = false;
+        prev = Some(r);
     }
-    // Where each row's value comes from: (0, row) the held column, (1, j) the patch.
-    let mut from: Vec<(usize, usize)> = (0..n).map(|i| (0, i)).collect();
-    for (j, &i) in idx.iter().enumerate() {
-        from[i as usize] = (1, j);
+    let values = if columns.is_empty() {
+        None
+    } else {
+        let schema = patch_schema(old.schema_ref(), columns)?;
+        let values = decode_batch(values, &schema)?;
+        if values.num_rows() != idx.len() {
+            return Err(LinkError::Protocol(format!(
+                "a patch of {} rows carries {} rows of values",
+                idx.len(),
+                values.num_rows()
+            )));
+        }
+        Some(values)
+    };
+    let added = added.filter(|a| a.num_rows() > 0);
+    let reshaped = !removed.is_empty() || added.is_some();
+
+    // Where each output row comes from: (0, i) held row i, (1, k) added row k, (2, j) the
+    // patch's value j. `base` for the columns the patch leaves alone, `patched` for the rest.
+    let mut patched: Vec<(usize, usize)> =
+        Vec::with_capacity(n + added.map_or(0, |a| a.num_rows()));
+    let mut base: Vec<(usize, usize)> = Vec::new();
+    let mut j = 0;
+    for (i, &kept) in keep.iter().enumerate() {
+        let from_patch = idx.get(j).is_some_and(|&x| x as usize == i);
+        if kept {
+            patched.push(if from_patch { (2, j) } else { (0, i) });
+            if reshaped {
+                base.push((0, i));
+            }
+        }
+        if from_patch {
+            j += 1;
+        }
+    }
+    if let Some(a) = added {
+        for k in 0..a.num_rows() {
+            patched.push((1, k));
+            base.push((1, k));
+        }
     }
     let pick = UInt32Array::from(idx);
     let mut cols = old.columns().to_vec();
-    for (&(c, delta), v) in columns.iter().zip(values.columns()) {
-        let c = c as usize;
-        let new = if delta {
-            add_delta(&take(cols[c].as_ref(), &pick, None)?, v)?
-        } else {
-            v.clone()
-        };
-        cols[c] = interleave(&[cols[c].as_ref(), new.as_ref()], &from)?;
+    let mut patch_of: Vec<Option<ArrayRef>> = vec![None; cols.len()];
+    if let Some(values) = &values {
+        for (&(c, delta), v) in columns.iter().zip(values.columns()) {
+            let c = c as usize;
+            patch_of[c] = Some(if delta {
+                add_delta(&take(cols[c].as_ref(), &pick, None)?, v)?
+            } else {
+                v.clone()
+            });
+        }
+    }
+    for (c, col) in cols.iter_mut().enumerate() {
+        let add = added.map(|a| a.column(c));
+        match (&patch_of[c], add) {
+            (None, _) if !reshaped => {}
+            (None, None) => *col = interleave(&[col.as_ref()], &base)?,
+            (None, Some(a)) => *col = interleave(&[col.as_ref(), a.as_ref()], &base)?,
+            (Some(v), Some(a)) => {
+                *col = interleave(&[col.as_ref(), a.as_ref(), v.as_ref()], &patched)?
+            }
+            // No added rows: index 1 is never used, the held column stands in for it.
+            (Some(v), None) => {
+                *col = interleave(&[col.as_ref(), col.as_ref(), v.as_ref()], &patched)?
+            }
+        }
     }
     // Refuses a NULL sent for a column that takes none.
-    Ok(RecordBatch::try_new(old.schema(), cols)?)
+    let options = RecordBatchOptions::new().with_row_count(Some(patched.len()));
+    Ok(RecordBatch::try_new_with_options(
+        old.schema(),
+        cols,
+        &options,
+    )?)
 }
 
 /// `old + delta` on the values' bits, in `old`'s type.

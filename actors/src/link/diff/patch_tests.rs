@@ -479,3 +479,116 @@ fn decoder_refuses_inconsistent_patches() {
         1
     );
 }
+
+/// A TLA in the middle (a forwarding decoder, then its own encoder): with random churn, its
+/// parent always holds the child's rows, and the TLA forwards the child's patches as they
+/// came rather than matching the parts again; after a reset it starts over in full.
+#[test]
+fn a_forwarding_node_passes_patches_on_and_its_parent_stays_in_step() {
+    use crate::generation::Generation;
+    let s = schema();
+    let ns = names(40);
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut parts: Vec<Vec<Row>> = (0..8)
+        .map(|p| {
+            (0..rng.random_range(1..30))
+                .map(|i| (ns[(p * 5 + i) % 40], rng.random_range(0..1000), None))
+                .collect()
+        })
+        .collect();
+    let mut child = keyed(&["name"]);
+    let mut tla_in = LinkDecoder::forwarding();
+    let mut tla_out = keyed(&["name"]);
+    let mut sql = LinkDecoder::new();
+    let (mut forwarded, mut patches) = (0, 0);
+    for id in 1..120u64 {
+        for rows in parts.iter_mut() {
+            if rng.random_bool(0.5) {
+                continue;
+            }
+            match rng.random_range(0..6) {
+                0 if rows.len() > 1 => {
+                    let i = rng.random_range(0..rows.len());
+                    rows.remove(i);
+                }
+                1 => rows.push((ns[rng.random_range(0..40)], 0, Some(1.0))),
+                _ => {
+                    for r in rows.iter_mut() {
+                        if rng.random_bool(0.3) {
+                            r.1 += rng.random_range(1..50);
+                        }
+                    }
+                }
+            }
+        }
+        if id % 37 == 0 {
+            // A parent that reconnects: the TLA's next frame is full, then patches again.
+            tla_out.reset();
+            sql = LinkDecoder::new();
+        }
+        let present = parts
+            .iter()
+            .enumerate()
+            .map(|(i, rows)| part(&s, &format!("m{i}"), rows))
+            .collect();
+        let g = generation(id, vec![("sys", present)]);
+        let f = child.encode(&g, &sys_only(), 8, 0).expect("child encode");
+        let from_child: HashMap<String, PartRows> = f.tables[0]
+            .parts
+            .iter()
+            .map(|p| (p.key.clone(), p.rows.clone()))
+            .collect();
+        let c = tla_in.apply(send(&f).0).expect("tla apply");
+        assert_same(&c, &g, &sys_only());
+        let at_tla = Generation {
+            id: c.id,
+            round: c.round,
+            tla_round: c.round,
+            sealed_at: c.sealed_at,
+            tables: c.tables,
+            errors: Default::default(),
+            machines: c.machines,
+            clusters: c.clusters,
+        };
+        let f = tla_out
+            .encode(&at_tla, &sys_only(), 8, 0)
+            .expect("tla encode");
+        for p in &f.tables[0].parts {
+            if matches!(p.rows, PartRows::Patch { .. }) {
+                patches += 1;
+                forwarded += usize::from(from_child.get(&p.key) == Some(&p.rows));
+            }
+        }
+        let at_sql = sql.apply(send(&f).0).expect("sql apply");
+        assert_same(&at_sql, &g, &sys_only());
+    }
+    assert!(patches > 50, "{patches} patches");
+    assert!(
+        forwarded * 10 >= patches * 9,
+        "{forwarded} of {patches} patches forwarded"
+    );
+}
+
+/// The record of applied patches holds the arrays weakly and forgets them once they are gone.
+#[test]
+fn forwarded_patches_are_forgotten_with_their_rows() {
+    let s = schema();
+    let ns = names(10);
+    let rows: Vec<Row> = (0..10).map(|i| (ns[i], i as i64, None)).collect();
+    let mut enc = keyed(&["name"]);
+    let mut dec = LinkDecoder::forwarding();
+    let mut next = rows.clone();
+    let before = super::forward::recorded();
+    for id in 1..3000u64 {
+        next[(id % 10) as usize].1 += 1;
+        let g = generation(id, vec![("sys", vec![part(&s, "m", &next)])]);
+        let f = enc.encode(&g, &sys_only(), 1, 0).expect("encode");
+        dec.apply(f).expect("apply");
+    }
+    // Other tests record concurrently; this one alone would leave one live entry.
+    assert!(
+        super::forward::recorded() < before + 2100,
+        "{} entries kept",
+        super::forward::recorded()
+    );
+}
