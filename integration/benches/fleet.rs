@@ -50,6 +50,18 @@ struct FleetRun {
     /// Median ms per query through HTTP with no other client.
     alone: BTreeMap<String, f64>,
     throughput: Throughput,
+    /// Arrow MiB of the generation held by the TLA and the SQL node (goal 4: RSS at most
+    /// 3x this).
+    arrow_mib: (f64, f64),
+}
+
+/// `query_generation_arrow_bytes` of a node, MiB (NaN if absent).
+fn arrow_mib(node: &Node) -> f64 {
+    let (_, text) = node.get("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix("query_generation_arrow_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |b| b / (1024.0 * 1024.0))
 }
 
 #[derive(Default)]
@@ -75,6 +87,11 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
         .map(|role| (role, window.cores(role), window.usage(role).1))
         .to_vec();
     let latencies = window.latencies;
+    let arrow_mib = (arrow_mib(&fleet.tla), arrow_mib(sql));
+    eprintln!(
+        "fleet: {machines} machines: Arrow TLA / SQL node {:.0} / {:.0} MiB",
+        arrow_mib.0, arrow_mib.1
+    );
     let LinkBytes {
         cluster_full,
         cluster_frame,
@@ -116,6 +133,7 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
         sql_frame,
         alone,
         throughput,
+        arrow_mib,
     }
 }
 
@@ -204,8 +222,8 @@ fn main() {
          publish → visible. The schedule alone accounts for 30% of the interval. *Throughput*: \
          {CLIENTS} concurrent HTTP clients run the {} queries of `bench/queries.sql` in turn \
          for {seconds:.0} s.\n\n\
-         | machines | clusters | interval | up after | latency p50 | latency p99 | TLA CPU | SQL node CPU | simulator CPU | RSS TLA / SQL node | clusters → TLA per generation, full / later | TLA → SQL node, full / later | queries/s | query p50 | query p99 | failed |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | machines | clusters | interval | up after | latency p50 | latency p99 | TLA CPU | SQL node CPU | simulator CPU | RSS TLA / SQL node | Arrow TLA / SQL node (RSS ×) | clusters → TLA per generation, full / later | TLA → SQL node, full / later | queries/s | query p50 | query p99 | failed |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         POLL.as_millis(),
         queries.len()
     );
@@ -219,7 +237,7 @@ fn main() {
         };
         let t = &r.throughput;
         body.push_str(&format!(
-            "| {} | {} | {} s | {:.0} s | {:.0} ms | {:.0} ms | {:.2} cores | {:.2} cores | {:.2} cores | {:.0} / {:.0} MiB | {} / {} | {} / {} | {:.1} | {:.0} ms | {:.0} ms | {} |\n",
+            "| {} | {} | {} s | {:.0} s | {:.0} ms | {:.0} ms | {:.2} cores | {:.2} cores | {:.2} cores | {:.0} / {:.0} MiB | {:.0} / {:.0} MiB ({:.1} / {:.1}) | {} / {} | {} / {} | {:.1} | {:.0} ms | {:.0} ms | {} |\n",
             r.machines,
             r.clusters,
             r.interval.as_secs(),
@@ -231,6 +249,10 @@ fn main() {
             u("simulate").0,
             u("tla").1,
             u("sql").1,
+            r.arrow_mib.0,
+            r.arrow_mib.1,
+            u("tla").1 / r.arrow_mib.0,
+            u("sql").1 / r.arrow_mib.1,
             human_bytes(r.cluster_full),
             human_bytes(r.cluster_frame),
             human_bytes(r.sql_full),
