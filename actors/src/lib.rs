@@ -3,6 +3,7 @@
 //!
 //! - [`table`]: column types, schemas from `schemas/*.toml`, rows to Arrow.
 //! - [`generation`]: immutable snapshots of published tables.
+//! - [`heap`]: freed memory back to the system; resident size.
 //! - [`link`]: the cluster link protocol between tiers (frames, diffs, compression).
 //! - [`sql`]: one generation + static tables + views as a DataFusion context.
 //! - [`static_tables`]: static tables (TOML rows or CSV/TSV/JSONL/Parquet data files), reloaded on change, last good copy kept.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod generation;
+pub mod heap;
 pub mod history;
 pub mod link;
 pub mod metrics;

@@ -26,6 +26,9 @@ pub struct Metrics {
     /// Of the last seal: from every child's round being in (or the grace running out) to
     /// the generation sealed: a TLA's critical path.
     pub last_seal_critical_micros: AtomicU64,
+    /// Arrow memory of the last generation sealed (buffers shared within a part counted
+    /// once): what `query_resident_bytes` is compared with.
+    pub generation_arrow_bytes: AtomicU64,
     pub snapshots_built: AtomicU64,
     pub static_reloads: AtomicU64,
     pub view_reloads: AtomicU64,
@@ -254,6 +257,10 @@ impl Metrics {
             load(&self.view_computations_total),
         );
         let _ = writeln!(out, "# HELP query_last_seal_seconds Time to seal the last generation.\n# TYPE query_last_seal_seconds gauge\nquery_last_seal_seconds {}", load(&self.last_seal_micros) as f64 / 1e6);
+        let _ = writeln!(out, "# HELP query_generation_arrow_bytes Arrow memory of the last generation sealed (its parts' buffers; coalesced copies for queries not counted).\n# TYPE query_generation_arrow_bytes gauge\nquery_generation_arrow_bytes {}", load(&self.generation_arrow_bytes));
+        if let Some(rss) = crate::heap::resident_bytes() {
+            let _ = writeln!(out, "# HELP query_resident_bytes Resident memory of this process.\n# TYPE query_resident_bytes gauge\nquery_resident_bytes {rss}");
+        }
         let _ = writeln!(out, "# HELP query_last_seal_critical_seconds Of the last seal, from the children's round being in to the generation sealed.\n# TYPE query_last_seal_critical_seconds gauge\nquery_last_seal_critical_seconds {}", load(&self.last_seal_critical_micros) as f64 / 1e6);
 
         let _ = writeln!(out, "# HELP query_queries_total SQL queries by outcome.\n# TYPE query_queries_total counter");

@@ -59,6 +59,18 @@ struct FleetRun {
     /// The varied mix (the goal) and the repeated one (answer cache allowed).
     throughput: Throughput,
     repeated: Throughput,
+    /// Arrow MiB of the generation held by the TLA and the SQL node (goal 4: RSS at most
+    /// 3x this).
+    arrow_mib: (f64, f64),
+}
+
+/// `query_generation_arrow_bytes` of a node, MiB (NaN if absent).
+fn arrow_mib(node: &Node) -> f64 {
+    let (_, text) = node.get("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix("query_generation_arrow_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |b| b / (1024.0 * 1024.0))
 }
 
 #[derive(Default)]
@@ -87,6 +99,11 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
         .map(|role| (role, window.cores(role), window.usage(role).1))
         .to_vec();
     let latencies = window.latencies.clone();
+    let arrow_mib = (arrow_mib(&fleet.tla), arrow_mib(sql));
+    eprintln!(
+        "fleet: {machines} machines: Arrow TLA / SQL node {:.0} / {:.0} MiB",
+        arrow_mib.0, arrow_mib.1
+    );
     let LinkBytes {
         cluster_full,
         cluster_frame,
@@ -132,6 +149,7 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
         alone,
         throughput,
         repeated,
+        arrow_mib,
     }
 }
 
@@ -341,12 +359,13 @@ fn main() {
          `queryd simulate --serve clusters` serves the fleet as its cluster proxies would \
          (70 machines per cluster, one part per machine, 20% of machines changing each \
          generation, zstd) over TCP to a `queryd tla`, which serves a `queryd sql` node; both \
-         prewarm every simulated table. The simulator seals at 0% and the TLA at 30% of the \
-         interval; the SQL node seals when the TLA's generation arrives. All three processes, the poller and the clients share the \
+         prewarm every simulated table. The simulator seals at 0% of the interval; the TLA seals \
+         when every cluster has delivered the round, at 30% of the interval at the latest \
+         (`[link] seal_when_delivered`); the SQL node seals when the TLA's generation arrives. All three processes, the poller and the clients share the \
          machine's cores.\n\n\
          *Data latency*: for {GENERATIONS} new generations at the SQL node, the age of the \
          newest `sys` source in the first answer from it (a poller asks every {} ms): \
-         publish → visible. The schedule alone accounts for 30% of the interval. *Throughput*: \
+         publish → visible. *Arrow*: `query_generation_arrow_bytes`, the memory of the generation a node holds (RSS × is RSS over it). *Throughput*: \
          {CLIENTS} concurrent HTTP clients, each from a loopback address of its own (separate \
          clients to the node's admission control), run the {} queries of `bench/queries.sql` in turn \
          for {seconds:.0} s, twice (second table): the *varied* mix, in which every request \
@@ -355,8 +374,8 @@ fn main() {
          (the per-generation answer cache may serve them: an answer cached for one generation \
          is exact). CPU per query is the SQL node's CPU over the run, less what it used per \
          second with only the poller asking (decoding generations), per answered query.\n\n\
-         | machines | clusters | interval | up after | latency p50 | latency p99 | TLA CPU | SQL node CPU | simulator CPU | RSS TLA / SQL node | clusters → TLA per generation, full / later | TLA → SQL node, full / later |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | machines | clusters | interval | up after | latency p50 | latency p99 | TLA CPU | SQL node CPU | simulator CPU | RSS TLA / SQL node | Arrow TLA / SQL node (RSS ×) | clusters → TLA per generation, full / later | TLA → SQL node, full / later |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         POLL.as_millis(),
         queries.len()
     );
@@ -369,7 +388,7 @@ fn main() {
                 .unwrap_or_default()
         };
         body.push_str(&format!(
-            "| {} | {} | {} s | {:.0} s | {:.0} ms | {:.0} ms | {:.2} cores | {:.2} cores | {:.2} cores | {:.0} / {:.0} MiB | {} / {} | {} / {} |\n",
+            "| {} | {} | {} s | {:.0} s | {:.0} ms | {:.0} ms | {:.2} cores | {:.2} cores | {:.2} cores | {:.0} / {:.0} MiB | {:.0} / {:.0} MiB ({:.1} / {:.1}) | {} / {} | {} / {} |\n",
             r.machines,
             r.clusters,
             r.interval.as_secs(),
@@ -381,6 +400,10 @@ fn main() {
             u("simulate").0,
             u("tla").1,
             u("sql").1,
+            r.arrow_mib.0,
+            r.arrow_mib.1,
+            u("tla").1 / r.arrow_mib.0,
+            u("sql").1 / r.arrow_mib.1,
             human_bytes(r.cluster_full),
             human_bytes(r.cluster_frame),
             human_bytes(r.sql_full),
@@ -438,8 +461,9 @@ fn main() {
             "\n**Against the goals** ({} machines): {qps:.0} queries/s of the varied mix from one \
              SQL node on this {}-core machine, which also runs the simulator and the TLA (goal: \
              250/s with p99 under 1 s; measured p99 {:.0} ms), {:.0} queries/s repeated; data \
-             latency p99 {p99:.0} ms at a {} s interval, of which the TLA's seal offset accounts \
-             for {} ms (goal: under 12 s at 70,000 machines).\n",
+             latency p99 {p99:.0} ms at a {} s interval, the TLA's deadline being {} ms past the \
+             simulator's seal (goal: under 12 s at 70,000 machines); RSS at most 3x the Arrow \
+             size (goal 4).\n",
             big.machines,
             std::thread::available_parallelism()
                 .map(|n| n.get())

@@ -406,6 +406,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         local_machine,
         merge_grace: config.link.merge_grace.min(config.generation.interval / 2),
         follow_children: config.role == Role::Sql,
+        seal_when_delivered: config.link.seal_when_delivered,
         publishers: std::sync::Mutex::new(local),
         children: children.clone(),
         wanted: Some(wanted.clone()),
@@ -442,7 +443,9 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         node_tables,
         node_schemas,
     )
-    .with_schemas(schemas.clone());
+    .with_schemas(schemas.clone())
+    // Only SQL nodes are queried as a rule; the others keep one copy of their generation.
+    .with_lazy_tables(!matches!(config.role, Role::Sql | Role::TlaSql));
     let keeper = supervisor.start_actor("snapshot_keeper", keeper);
     let watcher = watcher::FileWatcher::new(
         &config.paths,

@@ -6,6 +6,14 @@
 //! generation, so an answer is one TLA round old, not one TLA round plus however long
 //! until the SQL node's own clock comes round. Its clock still seals when the TLA has been
 //! silent for an interval, so its own tables stay fresh and `generation.age_ms` grows.
+//!
+//! A parent that merges children (proxy, TLA) seals *when delivered* (`[link]
+//! seal_when_delivered`): as soon as every configured child has delivered the round, not
+//! at its offset, which stays the deadline for a round some child is late with. Each
+//! round is still sealed once: the clock's tick for a round already sealed is skipped.
+//! After a start, before any seal found every child in, the first generation every
+//! child has delivered (whatever its round) is sealed at once: a cold fleet answers
+//! without waiting for the next round and the offset.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -46,6 +54,8 @@ pub struct SealInputs {
     /// Seal on every generation a child delivers, taking its latest whatever the round
     /// (a SQL node and its one TLA).
     pub follow_children: bool,
+    /// Not following: seal when every configured child has delivered the round.
+    pub seal_when_delivered: bool,
     /// Sourced tables (`sourced = true` in their schema): served only whole.
     pub sourced: BTreeSet<String>,
     /// A TLA's deferral to TLA children (`[tla_children]`): tables they merge.
@@ -75,6 +85,22 @@ pub struct Sealer {
     /// A child delivered since the last clock tick (following: the tick has nothing new).
     delivered_since_tick: bool,
     previous: Option<Arc<Generation>>,
+    /// The round of the last seal started: a round sealed when delivered is not sealed
+    /// again by the clock.
+    last_round: Option<u64>,
+    /// A seal has found every configured child in (no child late, dropped or missing a
+    /// table): from then on only a whole round is sealed early.
+    complete_once: bool,
+}
+
+/// What a seal's pool task hands back.
+struct Sealed {
+    generation: Arc<Generation>,
+    took: std::time::Duration,
+    critical: std::time::Duration,
+    /// Every child counted had delivered the round and every wanted table.
+    complete: bool,
+    arrow_bytes: u64,
 }
 
 /// A child delivered a generation.
@@ -101,6 +127,8 @@ impl Sealer {
             pending: false,
             delivered_since_tick: false,
             previous: None,
+            last_round: None,
+            complete_once: false,
         }
     }
 
@@ -109,16 +137,58 @@ impl Sealer {
         let at = next_seal(now, self.config.interval, self.config.offset);
         let delay = at.duration_since(now).unwrap_or_default();
         ctx.run_later(delay, move |act, ctx| {
+            let round = round_of(at, act.config.interval, act.config.offset);
             if act.inputs.follow_children && std::mem::take(&mut act.delivered_since_tick) {
                 // Following: this interval's generation was sealed when the child delivered.
+            } else if act.inputs.seal_when_delivered && act.last_round.is_some_and(|r| r >= round) {
+                // Sealed when every child delivered: one generation per round.
             } else {
-                act.seal(ctx, at);
+                act.seal(ctx, at, true);
             }
             act.schedule(ctx);
         });
     }
 
-    fn seal(&mut self, ctx: &mut Context<Self>, at: SystemTime) {
+    /// Not following: seals now if every configured child has delivered the round due
+    /// (the one the next tick would seal), or, until a seal found every child in, any
+    /// generation. Checked on each delivery (the watch coalesces a burst into one check).
+    fn seal_if_delivered(&mut self, ctx: &mut Context<Self>) {
+        let Some(children) = &self.inputs.children else {
+            return;
+        };
+        if self.sealing || !self.inputs.seal_when_delivered || self.inputs.follow_children {
+            return;
+        }
+        let now = SystemTime::now();
+        let due = round_of(
+            next_seal(now, self.config.interval, self.config.offset),
+            self.config.interval,
+            self.config.offset,
+        );
+        if self.last_round.is_some_and(|r| r >= due) {
+            return;
+        }
+        let (need, at) = match self.complete_once {
+            true => (due, now.max(seal_time_of(due, &self.config))),
+            // Cold: whatever round the children are at; sealed as the current round.
+            false => (0, now),
+        };
+        if !children.all_delivered(need, &own_wanted(&self.inputs), Instant::now()) {
+            return;
+        }
+        tracing::debug!(
+            round = due,
+            cold = !self.complete_once,
+            "every child delivered; sealing before the offset"
+        );
+        // One early seal per start while cold: the next needs a whole round.
+        self.complete_once = true;
+        self.seal(ctx, at, false);
+    }
+
+    /// `wait`: give children late with the round `merge_grace` (the clock's seals); a seal
+    /// when delivered has nothing to wait for.
+    fn seal(&mut self, ctx: &mut Context<Self>, at: SystemTime, wait: bool) {
         if self.sealing {
             // The previous seal still runs: skipping keeps generations whole and in order.
             self.metrics.seals_skipped.fetch_add(1, Ordering::Relaxed);
@@ -129,15 +199,22 @@ impl Sealer {
         let id = self.next_id;
         self.next_id += 1;
         let round = round_of(at, self.config.interval, self.config.offset);
+        self.last_round = Some(self.last_round.map_or(round, |r| r.max(round)));
         let inputs = self.inputs.clone();
         let previous = self.previous.clone();
-        let work = self
-            .pool
-            .spawn(async move { collect_and_seal(id, round, &inputs, previous.as_deref()).await });
+        let work = self.pool.spawn(async move {
+            let sealed = collect_and_seal(id, round, &inputs, previous.as_deref(), wait).await;
+            // The previous generation's rows freed by now go back to the system: glibc
+            // keeps freed pages of its arenas otherwise, and RSS stays at its peak.
+            crate::heap::trim();
+            sealed
+        });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|res, act, ctx| {
             act.sealing = false;
             match res {
-                Ok((generation, took, critical)) => {
+                Ok(Sealed { generation, took, critical, complete, arrow_bytes }) => {
+                    act.complete_once |= complete;
+                    act.metrics.generation_arrow_bytes.store(arrow_bytes, Ordering::Relaxed);
                     act.metrics.generations_sealed.fetch_add(1, Ordering::Relaxed);
                     act.metrics.last_seal_micros.store(took.as_micros() as u64, Ordering::Relaxed);
                     act.metrics.last_seal_critical_micros.store(critical.as_micros() as u64, Ordering::Relaxed);
@@ -154,9 +231,38 @@ impl Sealer {
             }
             // After `previous` is set: the next seal builds on this one.
             if std::mem::take(&mut act.pending) {
-                act.seal(ctx, SystemTime::now());
+                act.seal(ctx, SystemTime::now(), true);
+            } else {
+                act.seal_if_delivered(ctx);
             }
         }));
+    }
+}
+
+/// When the clock seals `round`.
+fn seal_time_of(round: u64, config: &GenerationConfig) -> SystemTime {
+    let nanos = config.interval.as_nanos().saturating_mul(u128::from(round))
+        + config.offset.as_nanos() % config.interval.as_nanos().max(1);
+    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos.min(u64::MAX as u128) as u64)
+}
+
+/// The wanted tables this node merges itself (not those a TLA child merges now).
+fn own_wanted(inputs: &SealInputs) -> BTreeSet<String> {
+    let wanted = inputs
+        .wanted
+        .as_ref()
+        .map(|w| w.borrow().clone())
+        .unwrap_or_default();
+    match &inputs.deferral {
+        Some(d) => {
+            let assignment = d.assignment();
+            let deferred = assignment.deferred();
+            wanted
+                .into_iter()
+                .filter(|t| !deferred.contains(t))
+                .collect()
+        }
+        None => wanted,
     }
 }
 
@@ -165,7 +271,9 @@ async fn collect_and_seal(
     round: u64,
     inputs: &SealInputs,
     previous: Option<&Generation>,
-) -> (Arc<Generation>, std::time::Duration, std::time::Duration) {
+    wait: bool,
+) -> Sealed {
+    let mut complete = false;
     let started = Instant::now();
     let mut ready_at = started;
     let now = SystemTime::now();
@@ -220,9 +328,10 @@ async fn collect_and_seal(
         let wanted = &own;
         // Children late with the round get until the grace runs out. A follower takes
         // what its child delivered last: there is nothing to wait for.
-        let (round_due, grace) = match inputs.follow_children {
-            true => (0, std::time::Duration::ZERO),
-            false => (round, inputs.merge_grace),
+        let (round_due, grace) = match (inputs.follow_children, wait) {
+            (true, _) => (0, std::time::Duration::ZERO),
+            (false, true) => (round, inputs.merge_grace),
+            (false, false) => (round, std::time::Duration::ZERO),
         };
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline && !children.ready(round_due, wanted, Instant::now()) {
@@ -253,6 +362,8 @@ async fn collect_and_seal(
         if !merged.dropped.is_empty() {
             tracing::debug!(dropped = ?merged.dropped, "children not counted this round");
         }
+        complete =
+            merged.late.is_empty() && merged.dropped.is_empty() && merged.incomplete.is_empty();
         machines += merged.machines;
         clusters = match inputs.clusters {
             ClusterCount::One => 1,
@@ -271,7 +382,14 @@ async fn collect_and_seal(
     }
     builder.counts(machines, clusters);
     let generation = builder.seal(id, round, sealed_at.unwrap_or_else(SystemTime::now));
-    (generation, started.elapsed(), ready_at.elapsed())
+    let arrow_bytes = generation.arrow_bytes() as u64;
+    Sealed {
+        generation,
+        took: started.elapsed(),
+        critical: ready_at.elapsed(),
+        complete,
+        arrow_bytes,
+    }
 }
 
 /// Puts the children's merge for a round into `builder`: every complete table's parts;
@@ -329,9 +447,10 @@ impl Actor for Sealer {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Seal once right away so a fresh node answers within its first interval.
-        self.seal(ctx, SystemTime::now());
+        self.seal(ctx, SystemTime::now(), true);
         self.schedule(ctx);
-        if let (true, Some(children)) = (self.inputs.follow_children, &self.inputs.children) {
+        let watch = self.inputs.follow_children || self.inputs.seal_when_delivered;
+        if let (true, Some(children)) = (watch, &self.inputs.children) {
             let deliveries = futures::stream::unfold(children.deliveries(), |mut rx| async move {
                 rx.changed().await.ok()?;
                 Some((Delivered, rx))
@@ -352,11 +471,14 @@ impl Supervised for Sealer {
 
 impl StreamHandler<Delivered> for Sealer {
     fn handle(&mut self, _: Delivered, ctx: &mut Context<Self>) {
+        if !self.inputs.follow_children {
+            return self.seal_if_delivered(ctx);
+        }
         self.delivered_since_tick = true;
         if self.sealing {
             self.pending = true;
         } else {
-            self.seal(ctx, SystemTime::now());
+            self.seal(ctx, SystemTime::now(), true);
         }
     }
 
@@ -419,6 +541,12 @@ mod tests {
 
     /// A SQL node's sealer on a one-hour clock, wanting `sys` of its one child, the TLA.
     fn follower(children: Arc<Children>) -> watch::Receiver<Option<Arc<Generation>>> {
+        sealer(children, true)
+    }
+
+    /// A sealer on a one-hour clock wanting `sys` of `children`: a SQL node following its
+    /// TLA, or a TLA sealing when its clusters have delivered.
+    fn sealer(children: Arc<Children>, follow: bool) -> watch::Receiver<Option<Arc<Generation>>> {
         let pool = SqlPool::new(1).expect("pool");
         let metrics = Arc::new(Metrics::default());
         let (installed, _) = watch::channel(0);
@@ -439,10 +567,14 @@ mod tests {
             children: Some(children),
             wanted: Some(wanted),
             declare_wanted: None,
-            clusters: ClusterCount::FromChildren,
+            clusters: match follow {
+                true => ClusterCount::FromChildren,
+                false => ClusterCount::Children,
+            },
             local_machine: false,
-            merge_grace: Duration::from_secs(2),
-            follow_children: true,
+            merge_grace: Duration::from_millis(50),
+            follow_children: follow,
+            seal_when_delivered: !follow,
             deferral: None,
         };
         let config = GenerationConfig {
@@ -487,6 +619,57 @@ mod tests {
             assert_eq!(g.tla_round, round, "the TLA's round");
             assert_ne!(g.round, round);
         }
+    }
+
+    /// Whether a generation arrives within a short while (for "no seal happened").
+    async fn sealed_soon(rx: &mut watch::Receiver<Option<Arc<Generation>>>) -> bool {
+        tokio::time::timeout(Duration::from_millis(300), rx.changed())
+            .await
+            .is_ok()
+    }
+
+    #[actix::test]
+    async fn a_tla_seals_when_every_cluster_delivered_the_round_not_at_its_offset() {
+        let children = Children::new(["a".into(), "b".into()], Duration::from_secs(60));
+        let mut generations = sealer(children.clone(), false);
+        let first = next(&mut generations).await;
+        assert!(!first.tables.contains_key("sys"), "nothing delivered yet");
+        let deliver = |child: &str, round: u64| {
+            children.deliver(child, Arc::new(gen(round, child, &["sys"])), |s| {
+                s.last_frame = Some(Instant::now())
+            })
+        };
+        let hour = Duration::from_secs(3600);
+        let due = round_of(
+            next_seal(SystemTime::now(), hour, Duration::ZERO),
+            hour,
+            Duration::ZERO,
+        );
+
+        // Cold: only when every configured cluster has delivered, whatever its round.
+        deliver("a", due - 3);
+        assert!(!sealed_soon(&mut generations).await, "b has not delivered");
+        deliver("b", due - 2);
+        let cold = next(&mut generations).await;
+        assert_eq!(cold.tables["sys"].rows(), 2, "both clusters, at once");
+        assert_eq!(cold.clusters, 2);
+
+        // Then a whole round, an hour before the clock's seal: sealed when b delivers it.
+        deliver("a", due);
+        assert!(
+            !sealed_soon(&mut generations).await,
+            "b is late with the round"
+        );
+        deliver("b", due);
+        let early = next(&mut generations).await;
+        assert_eq!(early.round, due, "the round the clock would seal");
+        assert_eq!(early.tables["sys"].rows(), 2);
+        // One generation per round: a cluster sending again does not seal the round twice.
+        deliver("a", due);
+        assert!(
+            !sealed_soon(&mut generations).await,
+            "round {due} is sealed"
+        );
     }
 
     fn at(secs: u64) -> SystemTime {

@@ -12,7 +12,7 @@ use datafusion::catalog::{SchemaProvider, TableProvider};
 use super::messages::{InstallGeneration, InstallStatics, InstallViews};
 use crate::generation::Generation;
 use crate::metrics::Metrics;
-use crate::sql::{describe, Snapshot, SqlPool, ViewsFile};
+use crate::sql::{describe, Snapshot, SqlPool, TableCopies, ViewsFile};
 use crate::static_tables::StaticCatalog;
 use crate::table::SchemaRegistry;
 
@@ -37,6 +37,8 @@ pub struct SnapshotKeeper {
     node_schemas: Vec<(&'static str, Arc<dyn SchemaProvider>)>,
     /// Published tables' definitions, for their descriptions (`query_columns`).
     schemas: SchemaRegistry,
+    /// When snapshots coalesce published tables (a SQL node at build, others on use).
+    copies: TableCopies,
 }
 
 impl SnapshotKeeper {
@@ -51,6 +53,7 @@ impl SnapshotKeeper {
     ) -> Self {
         SnapshotKeeper {
             schemas: SchemaRegistry::default(),
+            copies: TableCopies::Eager,
             node_schemas,
             installed,
             max_value_bytes,
@@ -73,6 +76,16 @@ impl SnapshotKeeper {
         self
     }
 
+    /// Coalesce published tables on their first scan, not when a snapshot is built: for
+    /// nodes that seldom answer queries (one copy of the generation held, not two).
+    pub fn with_lazy_tables(mut self, lazy: bool) -> Self {
+        self.copies = match lazy {
+            true => TableCopies::OnFirstScan,
+            false => TableCopies::Eager,
+        };
+        self
+    }
+
     fn rebuild(&mut self, ctx: &mut Context<Self>) {
         let Some(generation) = self.generation.clone() else {
             return;
@@ -88,14 +101,16 @@ impl SnapshotKeeper {
         let node_tables = self.node_tables.clone();
         let node_schemas = self.node_schemas.clone();
         let schemas = self.schemas.clone();
+        let copies = self.copies;
         let work = self.pool.spawn(async move {
-            let mut snap = Snapshot::build(
+            let mut snap = Snapshot::build_with(
                 generation,
                 statics,
                 &views,
                 partitions,
                 max_value_bytes,
                 total,
+                copies,
             )
             .await;
             snap.views_file_error = views_error;

@@ -139,6 +139,16 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
+/// When a snapshot makes the coalesced copy of a published table (see `partitioned`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TableCopies {
+    /// At build: no query pays for it (a SQL node).
+    #[default]
+    Eager,
+    /// At a table's first scan: a node that rarely answers holds one copy, not two.
+    OnFirstScan,
+}
+
 impl Snapshot {
     /// Registers the generation's tables, the static tables and the views. Name clashes are
     /// resolved published > static > view, and the loser is reported as an error.
@@ -149,6 +159,29 @@ impl Snapshot {
         partitions: usize,
         max_value_bytes: usize,
         view_computations_total: Arc<AtomicU64>,
+    ) -> Snapshot {
+        let tables = TableCopies::Eager;
+        Self::build_with(
+            generation,
+            statics,
+            views,
+            partitions,
+            max_value_bytes,
+            view_computations_total,
+            tables,
+        )
+        .await
+    }
+
+    /// [`Snapshot::build`], coalescing published tables when built or on first scan.
+    pub async fn build_with(
+        generation: Arc<Generation>,
+        statics: Arc<StaticCatalog>,
+        views: &ViewsFile,
+        partitions: usize,
+        max_value_bytes: usize,
+        view_computations_total: Arc<AtomicU64>,
+        copies: TableCopies,
     ) -> Snapshot {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
@@ -164,6 +197,19 @@ impl Snapshot {
         guard_functions(&ctx, max_value_bytes);
         let mut taken = BTreeSet::new();
         for (name, table) in &generation.tables {
+            if copies == TableCopies::OnFirstScan {
+                let lazy = super::coalesced::CoalescedTable::new(
+                    generation.clone(),
+                    name.clone(),
+                    partitions,
+                );
+                if let Some(t) = lazy {
+                    if ctx.register_table(name.as_str(), Arc::new(t)).is_ok() {
+                        taken.insert(name.clone());
+                    }
+                }
+                continue;
+            }
             match partitioned(table.schema.clone(), table.batches(), partitions) {
                 Ok(mem) => {
                     if ctx.register_table(name.as_str(), Arc::new(mem)).is_ok() {
@@ -572,7 +618,7 @@ fn scanned_tables(plan: &LogicalPlan) -> BTreeSet<String> {
 /// Spreads a table's batches over `partitions` so scans run on every core. A table made of
 /// many small parts (one per machine at a proxy or TLA) is coalesced into batches of about
 /// `COALESCE_ROWS`: executing thousands of tiny batches costs more than copying them once.
-fn partitioned<'a>(
+pub(super) fn partitioned<'a>(
     schema: SchemaRef,
     batches: impl Iterator<Item = &'a RecordBatch>,
     partitions: usize,

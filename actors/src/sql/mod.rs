@@ -4,6 +4,7 @@
 
 mod answers;
 mod casts;
+mod coalesced;
 pub mod computed;
 pub mod describe;
 mod division;
@@ -24,7 +25,9 @@ mod views;
 
 pub use answers::{AnswerCache, AnswerKey};
 pub use computed::{Computed, ComputedTable};
-pub use engine::{Origin, QueryLimits, QueryOutput, Snapshot, TableUse, DEFAULT_MAX_RESULT_BYTES};
+pub use engine::{
+    Origin, QueryLimits, QueryOutput, Snapshot, TableCopies, TableUse, DEFAULT_MAX_RESULT_BYTES,
+};
 pub use front_door::{parse_checked, ParseLimits, STACK_BYTES};
 pub use memory::MemoryBudget;
 pub use pool::SqlPool;

@@ -314,6 +314,27 @@ impl Children {
         })
     }
 
+    /// Whether every configured child (not only the live ones) has delivered `round` or
+    /// later, is heard from, and holds every wanted table (or is dropped for it): what lets
+    /// a parent seal before its offset (`[link] seal_when_delivered`). A child not
+    /// connected yet or silent keeps this false, and the offset stays the deadline.
+    pub fn all_delivered(&self, round: u64, wanted: &BTreeSet<String>, now: Instant) -> bool {
+        let slots = self.lock();
+        !slots.is_empty()
+            && slots.values().all(|s| {
+                let heard = s
+                    .last_frame
+                    .is_some_and(|t| now.saturating_duration_since(t) <= self.drop_after);
+                heard
+                    && s.latest.as_ref().is_some_and(|g| {
+                        g.round >= round
+                            && wanted.iter().all(|t| {
+                                g.tables.contains_key(t) || s.dropped_for(t, now, self.drop_after)
+                            })
+                    })
+            })
+    }
+
     /// Records, for every child heard from, since when it lacks each wanted table
     /// (forgetting tables it holds again or no longer wanted); returns the (child, table)
     /// pairs past `drop_after`, logging each once.

@@ -35,6 +35,11 @@ pub struct LinkConfig {
     /// round yet (at most half the interval) before sealing without them.
     #[serde(with = "humantime_serde")]
     pub merge_grace: Duration,
+    /// A parent (proxy, TLA) seals as soon as every configured child has delivered the
+    /// round (before that, once every child has delivered any generation: the first
+    /// complete one after a start), instead of waiting for its offset, which stays the
+    /// deadline for children late with the round.
+    pub seal_when_delivered: bool,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Reconnect backoff: doubles from `backoff_min` up to `backoff_max`.
@@ -81,6 +86,7 @@ impl Default for LinkConfig {
             drop_after: Duration::from_secs(180),
             departed_keep: Duration::from_secs(24 * 3600),
             merge_grace: Duration::from_secs(2),
+            seal_when_delivered: true,
             connect_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),

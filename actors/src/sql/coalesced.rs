@@ -1,0 +1,88 @@
+//! A published table registered without its coalesced copy: at a node that rarely
+//! answers queries (TLA, proxy, edge, TLA child) the copy is made on the first scan, on
+//! the query's thread, and cached for the snapshot's life. Coalescing eagerly is a second
+//! copy of every table (the generation's parts stay: the links and the next merge need
+//! them), so a TLA held its generation twice (three times across a switch) for queries
+//! that never came. A SQL node coalesces when it builds the snapshot
+//! (`SnapshotKeeper::with_lazy_tables`), so no answer pays for it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{MemTable, Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use tokio::sync::OnceCell;
+
+use crate::generation::Generation;
+
+#[derive(Debug)]
+pub(crate) struct CoalescedTable {
+    generation: Arc<Generation>,
+    name: String,
+    schema: SchemaRef,
+    partitions: usize,
+    cache: OnceCell<Arc<MemTable>>,
+}
+
+impl CoalescedTable {
+    /// `name` must be a table of `generation`.
+    pub(crate) fn new(
+        generation: Arc<Generation>,
+        name: String,
+        partitions: usize,
+    ) -> Option<Self> {
+        let schema = generation.tables.get(&name)?.schema.clone();
+        Some(CoalescedTable {
+            generation,
+            name,
+            schema,
+            partitions,
+            cache: OnceCell::new(),
+        })
+    }
+
+    /// Coalesces once; concurrent scans wait for that one copy.
+    async fn table(&self) -> DfResult<Arc<MemTable>> {
+        self.cache
+            .get_or_try_init(|| async {
+                let batches = self
+                    .generation
+                    .tables
+                    .get(&self.name)
+                    .into_iter()
+                    .flat_map(|t| t.batches());
+                super::engine::partitioned(self.schema.clone(), batches, self.partitions)
+                    .map(Arc::new)
+            })
+            .await
+            .cloned()
+    }
+}
+
+#[async_trait]
+impl TableProvider for CoalescedTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.table()
+            .await?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
