@@ -169,6 +169,9 @@ pub async fn serve(node: NodeHandle) -> std::io::Result<()> {
             .configure(configure)
     })
     .on_connect(on_connect)
+    // An answer goes out at once: with Nagle's algorithm, a response written in pieces
+    // waited for the client's delayed ACK (40 ms on a small query, BENCHMARKS.md "SQL").
+    .tcp_nodelay(true)
     .workers(workers);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let server = match tls {

@@ -24,7 +24,10 @@ mod views;
 
 pub use answers::{AnswerCache, AnswerKey};
 pub use computed::{Computed, ComputedTable};
-pub use engine::{Origin, QueryLimits, QueryOutput, Snapshot, TableUse, DEFAULT_MAX_RESULT_BYTES};
+pub use engine::{
+    Origin, Phases, QueryLimits, QueryOutput, Snapshot, TableUse, DEFAULT_MAX_RESULT_BYTES,
+    SINGLE_PARTITION_ROWS,
+};
 pub use front_door::{parse_checked, ParseLimits, STACK_BYTES};
 pub use memory::MemoryBudget;
 pub use pool::SqlPool;
