@@ -9,128 +9,140 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use serde_json::{Map, Number, Value};
+use serde_json::Number;
 
 /// The type name shown to clients: the table model's names where they apply.
 pub fn type_name(dt: &DataType) -> String {
     query_actors::sql::describe::type_label(dt)
 }
 
-/// Column `col` of `batch` as JSON values, one per row.
-fn column_values(array: &dyn Array) -> Vec<Value> {
-    macro_rules! ints {
-        ($t:ty) => {
-            array
-                .as_primitive::<$t>()
-                .iter()
-                .map(|v| v.map(|v| Value::from(v)).unwrap_or(Value::Null))
-                .collect()
-        };
+/// Writes one cell of a column as JSON (`null` for NULL).
+type CellWriter<'a> = Box<dyn Fn(&mut Vec<u8>, usize) + 'a>;
+
+/// A writer of `array`'s cells straight into the answer buffer: no `serde_json::Value`
+/// per cell (the answer of a small query used to cost more to encode than to compute).
+/// Numbers are written as serde_json writes them; a float that is not finite is `null`.
+fn cell_writer(array: &dyn Array) -> CellWriter<'_> {
+    // Writing to a Vec cannot fail.
+    fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+        let _ = serde_json::to_writer(out, v);
+    }
+    macro_rules! primitive {
+        ($t:ty, $conv:expr) => {{
+            let a = array.as_primitive::<$t>();
+            Box::new(move |out: &mut Vec<u8>, i: usize| {
+                if a.is_null(i) {
+                    out.extend_from_slice(b"null");
+                } else {
+                    put(out, &$conv(a.value(i)));
+                }
+            })
+        }};
+    }
+    macro_rules! strings {
+        ($a:expr) => {{
+            let a = $a;
+            Box::new(move |out: &mut Vec<u8>, i: usize| {
+                if a.is_null(i) {
+                    out.extend_from_slice(b"null");
+                } else {
+                    put(out, a.value(i));
+                }
+            })
+        }};
     }
     match array.data_type() {
-        DataType::Int8 => ints!(Int8Type),
-        DataType::Int16 => ints!(Int16Type),
-        DataType::Int32 => ints!(Int32Type),
-        DataType::Int64 => ints!(Int64Type),
-        DataType::UInt8 => ints!(UInt8Type),
-        DataType::UInt16 => ints!(UInt16Type),
-        DataType::UInt32 => ints!(UInt32Type),
-        DataType::UInt64 => ints!(UInt64Type),
-        DataType::Float32 => array
-            .as_primitive::<Float32Type>()
-            .iter()
-            .map(|v| {
-                v.and_then(|v| Number::from_f64(v as f64))
-                    .map(Value::Number)
-                    .unwrap_or(Value::Null)
+        DataType::Int8 => primitive!(Int8Type, |v| v),
+        DataType::Int16 => primitive!(Int16Type, |v| v),
+        DataType::Int32 => primitive!(Int32Type, |v| v),
+        DataType::Int64 => primitive!(Int64Type, |v| v),
+        DataType::UInt8 => primitive!(UInt8Type, |v| v),
+        DataType::UInt16 => primitive!(UInt16Type, |v| v),
+        DataType::UInt32 => primitive!(UInt32Type, |v| v),
+        DataType::UInt64 => primitive!(UInt64Type, |v| v),
+        DataType::Float32 => primitive!(Float32Type, |v: f32| Number::from_f64(v as f64)),
+        DataType::Float64 => primitive!(Float64Type, Number::from_f64),
+        DataType::Boolean => {
+            let a = array.as_boolean();
+            Box::new(move |out: &mut Vec<u8>, i: usize| {
+                out.extend_from_slice(match a.is_null(i) {
+                    true => b"null",
+                    false if a.value(i) => b"true",
+                    false => b"false",
+                })
             })
-            .collect(),
-        DataType::Float64 => array
-            .as_primitive::<Float64Type>()
-            .iter()
-            .map(|v| {
-                v.and_then(Number::from_f64)
-                    .map(Value::Number)
-                    .unwrap_or(Value::Null)
-            })
-            .collect(),
-        DataType::Boolean => array
-            .as_boolean()
-            .iter()
-            .map(|v| v.map(Value::Bool).unwrap_or(Value::Null))
-            .collect(),
-        DataType::Utf8 => array
-            .as_string::<i32>()
-            .iter()
-            .map(|v| v.map(|s| Value::String(s.into())).unwrap_or(Value::Null))
-            .collect(),
-        DataType::LargeUtf8 => array
-            .as_string::<i64>()
-            .iter()
-            .map(|v| v.map(|s| Value::String(s.into())).unwrap_or(Value::Null))
-            .collect(),
-        DataType::Utf8View => array
-            .as_string_view()
-            .iter()
-            .map(|v| v.map(|s| Value::String(s.into())).unwrap_or(Value::Null))
-            .collect(),
+        }
+        DataType::Utf8 => strings!(array.as_string::<i32>()),
+        DataType::LargeUtf8 => strings!(array.as_string::<i64>()),
+        DataType::Utf8View => strings!(array.as_string_view()),
         _ => {
             // Timestamps (RFC 3339), dates, lists, ...: Arrow's own display.
             let opts = FormatOptions::default();
             match ArrayFormatter::try_new(array, &opts) {
-                Ok(f) => (0..array.len())
-                    .map(|i| {
-                        if array.is_null(i) {
-                            Value::Null
-                        } else {
-                            Value::String(f.value(i).to_string())
-                        }
-                    })
-                    .collect(),
-                Err(_) => vec![Value::Null; array.len()],
+                Ok(f) => Box::new(move |out: &mut Vec<u8>, i: usize| {
+                    if array.is_null(i) {
+                        out.extend_from_slice(b"null");
+                    } else {
+                        put(out, &f.value(i).to_string());
+                    }
+                }),
+                Err(_) => Box::new(|out: &mut Vec<u8>, _| out.extend_from_slice(b"null")),
             }
         }
     }
 }
 
-/// The rows of a batch, each as values in column order.
-fn batch_rows(b: &RecordBatch) -> impl Iterator<Item = Vec<Value>> {
-    let cols: Vec<Vec<Value>> = b
-        .columns()
-        .iter()
-        .map(|c| column_values(c.as_ref()))
-        .collect();
-    (0..b.num_rows()).map(move |r| cols.iter().map(|c| c[r].clone()).collect())
-}
-
 /// A batch's rows as JSON arrays, each preceded by a comma unless it is the answer's very
 /// first row (`first`).
-pub fn json_rows(b: &RecordBatch, mut first: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.num_rows() * 64);
-    for row in batch_rows(b) {
+pub fn json_rows(b: &RecordBatch, first: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.num_rows() * 16 * b.num_columns().max(1));
+    json_rows_into(&mut out, b, first);
+    out
+}
+
+/// `json_rows` appended to `out`.
+pub fn json_rows_into(out: &mut Vec<u8>, b: &RecordBatch, mut first: bool) {
+    let cells: Vec<CellWriter<'_>> = b.columns().iter().map(|c| cell_writer(c)).collect();
+    for r in 0..b.num_rows() {
         if !first {
             out.push(b',');
         }
         first = false;
-        // Writing a Value to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, &Value::Array(row));
+        out.push(b'[');
+        for (i, cell) in cells.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            cell(out, r);
+        }
+        out.push(b']');
     }
-    out
 }
 
 /// One JSON object per line, keyed by column name.
 pub fn ndjson(b: &RecordBatch) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.num_rows() * 96);
     let schema = b.schema();
-    for row in batch_rows(b) {
-        let obj: Map<String, Value> = schema
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .zip(row)
-            .collect();
-        let _ = serde_json::to_writer(&mut out, &Value::Object(obj));
-        out.push(b'\n');
+    let keys: Vec<Vec<u8>> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let mut k = serde_json::to_vec(f.name()).unwrap_or_default();
+            k.push(b':');
+            k
+        })
+        .collect();
+    let cells: Vec<CellWriter<'_>> = b.columns().iter().map(|c| cell_writer(c)).collect();
+    for r in 0..b.num_rows() {
+        out.push(b'{');
+        for (i, (key, cell)) in keys.iter().zip(&cells).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(key);
+            cell(&mut out, r);
+        }
+        out.extend_from_slice(b"}\n");
     }
     out
 }

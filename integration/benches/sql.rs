@@ -4,6 +4,13 @@
 //! `bench/queries.sql`, exports the same tables to CSV for `bench/duckdb_sql.py`, compares
 //! both engines' answers and writes the figures to BENCHMARKS.md.
 //!
+//! End to end: the same queries over HTTP (`POST /sql`, JSON answer, one keep-alive
+//! connection) against a real `queryd edge` holding the same data: the generation's tables
+//! written to Parquet and served as static tables (identical values and types, partitioned
+//! alike; no publisher runs, its schema directory is empty), the answer cache off. Its
+//! views are computed once per generation, as in service. For the smallest fleet it also
+//! breaks a statement's time down by phase (`Phases`) and times the JSON encoding.
+//!
 //! `BENCH_SCALE` (default 1.0) scales the fleets: 1,000 and 10,000 machines, plus 70,000 at
 //! 1.0. `BENCH_RUNS` (default 5) is the number of timed runs after one warm-up; the median
 //! is reported. `BENCH_PYTHON` overrides `<repo>/.bench-venv/bin/python` (`make bench-venv`).
@@ -26,13 +33,13 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use query_actors::edge::LocalPublisher;
 use query_actors::generation::{Generation, GenerationBuilder};
 use query_actors::sql::{
-    load_views, MemoryBudget, QueryLimits, Snapshot, ViewsFile, DEFAULT_MAX_RESULT_BYTES,
+    load_views, MemoryBudget, Phases, QueryLimits, Snapshot, ViewsFile, DEFAULT_MAX_RESULT_BYTES,
 };
 use query_actors::static_tables::{StaticCatalog, StaticLoader};
 use query_integration::bench::{
     env_f64, parse_queries, run_duckdb_script, simulator, write_bench_section,
 };
-use query_integration::repo;
+use query_integration::{repo, Node};
 use serde_json::{json, Value};
 
 /// Relative tolerance when comparing floating-point answers.
@@ -80,6 +87,9 @@ struct Outcome {
     cached_ms: Option<f64>,
     rows: Vec<Vec<Value>>,
     error: Option<String>,
+    /// Median ms of each phase (parse, plan, analyze, optimize, physical, execute), the
+    /// JSON encoding of the answer, and whether it ran on one partition.
+    phases: Option<([f64; 6], f64, bool)>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -107,6 +117,8 @@ async fn run_query(
         ..Default::default()
     };
     let mut times = Vec::with_capacity(runs);
+    let mut phases: Vec<Phases> = Vec::with_capacity(runs);
+    let mut encode = Vec::with_capacity(runs);
     let mut last = None;
     // One warm-up run, then the timed ones; snapshot building is not timed.
     for i in 0..=runs {
@@ -116,6 +128,14 @@ async fn run_query(
             Ok(out) => {
                 if i > 0 {
                     times.push(start.elapsed().as_secs_f64() * 1000.0);
+                    phases.push(out.phases);
+                    let start = Instant::now();
+                    let mut bytes = 0;
+                    for (i, b) in out.batches.iter().enumerate() {
+                        bytes += query_http::encode::json_rows(b, i == 0).len();
+                    }
+                    std::hint::black_box(bytes);
+                    encode.push(start.elapsed().as_secs_f64() * 1000.0);
                 }
                 last = Some(out);
             }
@@ -141,12 +161,25 @@ async fn run_query(
         cached_ms = (!cached.is_empty()).then(|| median(cached));
     }
     let batches = last.map(|o| o.batches).unwrap_or_default();
+    let phase = |f: fn(&Phases) -> std::time::Duration| {
+        median(phases.iter().map(|p| f(p).as_secs_f64() * 1000.0).collect())
+    };
+    let phase_ms = [
+        phase(|p| p.parse),
+        phase(|p| p.plan),
+        phase(|p| p.analyze),
+        phase(|p| p.optimize),
+        phase(|p| p.physical),
+        phase(|p| p.execute),
+    ];
+    let single = phases.first().is_some_and(|p| p.single_partition);
     match json_rows(&batches) {
         Ok(rows) => Outcome {
             median_ms: Some(median(times)),
             cached_ms,
             rows,
             error: None,
+            phases: Some((phase_ms, median(encode), single)),
         },
         Err(e) => Outcome {
             error: Some(e),
@@ -386,9 +419,152 @@ fn compare(ours: &[Vec<Value>], theirs: &[Vec<Value>]) -> Option<String> {
     })
 }
 
+/// The static table type of an Arrow type of a published table.
+fn column_type(dt: &DataType) -> &'static str {
+    match dt {
+        DataType::Int64 => "int64",
+        DataType::Float64 => "float64",
+        DataType::Boolean => "bool",
+        DataType::Timestamp(..) => "timestamp",
+        _ => "string",
+    }
+}
+
+/// A `queryd edge` serving `gen`'s tables as static tables (Parquet files: the same
+/// values and types) beside the shipped ones and views, with the answer cache off.
+fn start_node(gen: &Generation) -> (tempfile::TempDir, Node) {
+    use datafusion::parquet::arrow::ArrowWriter;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let statics = root.join("static-tables");
+    std::fs::create_dir_all(root.join("schemas")).expect("mkdir");
+    std::fs::create_dir_all(&statics).expect("mkdir");
+    let shipped = repo().join("static-tables");
+    let mut index = Vec::new();
+    for e in std::fs::read_dir(&shipped)
+        .expect("static-tables")
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name != "index.toml" {
+            std::fs::copy(e.path(), statics.join(&name)).expect("copy");
+            index.push(name);
+        }
+    }
+    for (name, table) in &gen.tables {
+        let file = std::fs::File::create(statics.join(format!("{name}.parquet"))).expect("create");
+        let mut w = ArrowWriter::try_new(file, table.schema.clone(), None).expect("parquet");
+        for b in table.batches() {
+            w.write(b).expect("write parquet");
+        }
+        w.close().expect("close parquet");
+        let columns: Vec<String> = table
+            .schema
+            .fields()
+            .iter()
+            .map(|f| {
+                format!(
+                    "  {{ name = \"{}\", type = \"{}\", nullable = {} }},",
+                    f.name(),
+                    column_type(f.data_type()),
+                    f.is_nullable()
+                )
+            })
+            .collect();
+        std::fs::write(
+            statics.join(format!("{name}.toml")),
+            format!(
+                "name = \"{name}\"\ndata = \"{name}.parquet\"\ncolumns = [\n{}\n]\n",
+                columns.join("\n")
+            ),
+        )
+        .expect("write toml");
+        index.push(format!("{name}.toml"));
+    }
+    let list: Vec<String> = index.iter().map(|n| format!("\"{n}\"")).collect();
+    std::fs::write(
+        statics.join("index.toml"),
+        format!("tables = [{}]\n", list.join(", ")),
+    )
+    .expect("write index");
+    std::fs::copy(repo().join("ops/views.toml"), root.join("views.toml")).expect("views");
+    let config = root.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[paths]\nschemas = \"schemas\"\nstatic_tables = \"static-tables/index.toml\"\n\
+             views = \"views.toml\"\n\n[generation]\ninterval = \"1h\"\n\n\
+             [sql]\nanswer_cache_mb = 0\n\n[edge]\nsocket = \"{}\"\nprewarm = []\n\n\
+             [link]\nlisten = \"127.0.0.1:0\"\n",
+            root.join("publish.sock").display()
+        ),
+    )
+    .expect("write config");
+    let node = Node::start(&[
+        "edge",
+        "--config",
+        config.to_str().expect("utf8 path"),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    (dir, node)
+}
+
+/// Every query over HTTP: one warm-up, then `runs` timed POSTs on one connection.
+fn run_http(node: &Node, queries: &[(String, String)], runs: usize) -> Vec<Outcome> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(120))
+        .build();
+    let url = node.url("/sql");
+    let post = |sql: &str| -> Result<Value, String> {
+        let r = agent
+            .post(&url)
+            .set("Content-Type", "text/plain")
+            .send_string(sql)
+            .map_err(|e| e.to_string())?;
+        r.into_json::<Value>().map_err(|e| e.to_string())
+    };
+    queries
+        .iter()
+        .map(|(_, sql)| {
+            let mut times = Vec::with_capacity(runs);
+            let mut last = None;
+            for i in 0..=runs {
+                let start = Instant::now();
+                match post(sql) {
+                    Ok(v) => {
+                        if i > 0 {
+                            times.push(start.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        last = Some(v);
+                    }
+                    Err(e) => {
+                        return Outcome {
+                            error: Some(e),
+                            ..Default::default()
+                        }
+                    }
+                }
+            }
+            let rows = last
+                .and_then(|v| v["rows"].as_array().cloned())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.as_array().cloned().unwrap_or_default())
+                .collect();
+            Outcome {
+                median_ms: Some(median(times)),
+                rows,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
 struct Figure {
     name: String,
     ours: Outcome,
+    http: Option<Outcome>,
     duck: Option<Outcome>,
 }
 
@@ -450,9 +626,37 @@ fn main() {
                     runs,
                     name.starts_with("view_"),
                 )),
+                http: None,
                 duck: None,
             })
             .collect();
+        if machines == sizes[0] {
+            // The fixed cost of a statement, on the smallest fleet.
+            figures.push(Figure {
+                name: "select_1".into(),
+                ours: rt.block_on(run_query(&gen, &statics, &views, "SELECT 1", runs, false)),
+                http: None,
+                duck: None,
+            });
+        }
+        {
+            let (_dir, node) = start_node(&gen);
+            let mut all = queries.clone();
+            all.push(("select_1".into(), "SELECT 1".into()));
+            let expected = gen.tables.get("processes").map(|t| t.rows()).unwrap_or(0);
+            node.eventually(
+                std::time::Duration::from_secs(120),
+                "the static tables loaded",
+                || {
+                    let (_, v) = node.sql("SELECT COUNT(*) FROM processes");
+                    (v["rows"][0][0].as_u64() == Some(expected as u64)).then_some(())
+                },
+            );
+            let http = run_http(&node, &all, runs);
+            for (f, h) in figures.iter_mut().zip(http) {
+                f.http = Some(h);
+            }
+        }
 
         let dir = tempfile::tempdir().expect("tempdir");
         export(dir.path(), &gen, &statics, &views);
@@ -475,14 +679,20 @@ fn main() {
         "## SQL: Query against DuckDB on the same simulated fleet\n\n\
          Each fleet is one sealed generation of `FleetSimulator` (50 machines per cluster, one\n\
          batch per table as `queryd demo` serves it) with the shipped static tables and views.\n\
-         Query runs in process (`Snapshot::query`: plan, execute, collect; partitions = cores);\n\
+         Query runs in process (`Snapshot::query`: plan, execute, collect; partitions = cores, one for\n\
+         statements over at most 100,000 rows);\n\
          DuckDB loads the same tables from CSV with the same column types and runs from Python\n\
          (`execute().fetchall()`, which includes building Python rows). Median of {runs} runs\n\
          after one warm-up. Queries: `bench/queries.sql`. Every Query run gets a fresh\n\
          snapshot, so views are computed in each run, as DuckDB's are (in service Query\n\
          computes a view once per generation and later uses cost almost nothing). Ratio is\n\
          Query / DuckDB: above 1 means Query is slower. Answers are compared as sorted rows,\n\
-         floats to {FLOAT_TOLERANCE:e} relative.\n\n\
+         floats to {FLOAT_TOLERANCE:e} relative. HTTP is the same query end to end as a client\n\
+         sees it: `POST /sql` to a `queryd edge` holding the same tables (written to Parquet\n\
+         and served as static tables: same values, types and partitions), JSON answer parsed,\n\
+         one keep-alive connection, answer cache off; its views are computed once per\n\
+         generation as in service. HTTP ratio is HTTP / DuckDB; answers match means Query,\n\
+         HTTP and DuckDB agree.\n\n\
          DataFusion {}, DuckDB {}.\n",
         datafusion::DATAFUSION_VERSION,
         duck_version.as_deref().unwrap_or("not run"),
@@ -494,15 +704,40 @@ fn main() {
     for (machines, shape, figures) in &per_size {
         body.push_str(&format!(
             "\n### {machines} machines\n\nRows: {shape}.\n\n\
-             | query | rows | Query ms | DuckDB ms | ratio | answers match |\n|---|---:|---:|---:|---:|---|\n"
+             | query | rows | Query ms | HTTP ms | DuckDB ms | ratio | HTTP ratio | answers match |\n|---|---:|---:|---:|---:|---:|---:|---|\n"
         ));
         let mut log_ratios = Vec::new();
-        for f in figures {
+        let mut http_log_ratios = Vec::new();
+        let mut worst: Option<(f64, &str)> = None;
+        for f in figures.iter().filter(|f| f.name != "select_1") {
+            let http_ms = f.http.as_ref().and_then(|h| h.median_ms);
+            let http_ratio = http_ms
+                .zip(f.duck.as_ref().and_then(|d| d.median_ms))
+                .map(|(a, b)| a / b);
+            if let Some(r) = http_ratio.filter(|r| r.is_finite() && *r > 0.0) {
+                http_log_ratios.push(r.ln());
+            }
+            if let Some(h) = &f.http {
+                let why = match &h.error {
+                    Some(e) => Some(format!("HTTP failed: {e}")),
+                    None => compare(&h.rows, &f.ours.rows),
+                };
+                if let Some(why) = why {
+                    differences.push(format!(
+                        "{} at {machines} machines, HTTP against in process: {}",
+                        f.name,
+                        why.replace('\n', " ")
+                    ));
+                }
+            }
             let (duck_ms, ratio, matches) = match &f.duck {
                 Some(d) => {
                     let ratio = f.ours.median_ms.zip(d.median_ms).map(|(a, b)| a / b);
                     if let Some(r) = ratio.filter(|r| r.is_finite() && *r > 0.0) {
                         log_ratios.push(r.ln());
+                        if worst.is_none_or(|(w, _)| r > w) {
+                            worst = Some((r, f.name.as_str()));
+                        }
                     }
                     let verdict = match (&f.ours.error, &d.error) {
                         (Some(e), _) => Some(format!("Query failed: {e}")),
@@ -529,17 +764,65 @@ fn main() {
                 None => f.ours.rows.len().to_string(),
             };
             body.push_str(&format!(
-                "| {} | {rows} | {} | {duck_ms} | {} | {matches} |\n",
+                "| {} | {rows} | {} | {} | {duck_ms} | {} | {} | {matches} |\n",
                 f.name,
                 ms(f.ours.median_ms),
+                ms(http_ms),
                 ratio.unwrap_or_else(|| "—".into()),
+                http_ratio
+                    .map(|r| format!("{r:.2}"))
+                    .unwrap_or_else(|| "—".into()),
             ));
         }
+        let geo = |l: &[f64]| (l.iter().sum::<f64>() / l.len() as f64).exp();
         if !log_ratios.is_empty() {
-            let geo = (log_ratios.iter().sum::<f64>() / log_ratios.len() as f64).exp();
             body.push_str(&format!(
-                "\nGeometric mean of the ratios: {geo:.2} over {} queries.\n",
+                "\nGeometric mean of the ratios: {:.2} in process, {:.2} over HTTP, over {} queries",
+                geo(&log_ratios),
+                if http_log_ratios.is_empty() { f64::NAN } else { geo(&http_log_ratios) },
                 log_ratios.len()
+            ));
+            if let Some((r, name)) = worst {
+                body.push_str(&format!("; highest in process {r:.2} ({name})"));
+            }
+            body.push_str(".\n");
+        }
+    }
+
+    if let Some((machines, _, figures)) = per_size.first() {
+        body.push_str(&format!(
+            "\n### Where a statement's time goes, {machines} machines (median ms)\n\n\
+             In process, by phase (`Phases` in `actors/src/sql/engine.rs`): parse and the front \
+             door; SQL to logical plan (with the read-only check and the tables scanned); \
+             analyzer rules (DataFusion's and ours); logical optimizer; physical planning (with \
+             time slicing and the query's memory pool); execution and collection. JSON is \
+             encoding the answer's rows (`query_http::encode::json_rows`); HTTP rest is what the \
+             HTTP column adds beyond the statement and the encoding (admission, the pool hops, \
+             headers, the socket, the client parsing JSON). 1 part. says the statement ran on one \
+             partition (inputs of at most {} rows).\n\n\
+             | query | parse | plan | analyze | optimize | physical | execute | JSON | HTTP rest | in process | HTTP | 1 part. |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+            query_actors::sql::SINGLE_PARTITION_ROWS,
+        ));
+        for f in figures {
+            let Some((p, enc, single)) = f.ours.phases else {
+                continue;
+            };
+            let total = f.ours.median_ms.unwrap_or(f64::NAN);
+            let http = f.http.as_ref().and_then(|h| h.median_ms);
+            let rest = http.map(|h| h - total - enc);
+            body.push_str(&format!(
+                "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {enc:.3} | {} | {total:.3} | {} | {} |\n",
+                f.name,
+                p[0],
+                p[1],
+                p[2],
+                p[3],
+                p[4],
+                p[5],
+                rest.map(|r| format!("{r:.3}")).unwrap_or_else(|| "—".into()),
+                http.map(|h| format!("{h:.3}")).unwrap_or_else(|| "—".into()),
+                if single { "yes" } else { "no" },
             ));
         }
     }

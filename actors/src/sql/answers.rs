@@ -190,6 +190,7 @@ mod tests {
             truncated: false,
             tables: Vec::new(),
             cacheable: true,
+            phases: Default::default(),
         }
     }
 

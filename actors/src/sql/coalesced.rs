@@ -49,13 +49,10 @@ impl CoalescedTable {
     async fn table(&self) -> DfResult<Arc<MemTable>> {
         self.cache
             .get_or_try_init(|| async {
-                let batches = self
-                    .generation
-                    .tables
-                    .get(&self.name)
-                    .into_iter()
-                    .flat_map(|t| t.batches());
-                super::engine::partitioned(self.schema.clone(), batches, self.partitions)
+                let table = self.generation.tables.get(&self.name);
+                let batches = table.into_iter().flat_map(|t| t.batches());
+                let rows = table.map_or(0, |t| t.rows());
+                super::engine::partitioned(self.schema.clone(), batches, self.partitions, rows)
                     .map(Arc::new)
             })
             .await

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -15,6 +15,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::config::Dialect;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionState;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::execute_stream;
@@ -103,6 +104,29 @@ pub struct QueryOutput {
     pub tables: Vec<TableUse>,
     /// The same statement on the same snapshot gives this answer again (`answers`).
     pub cacheable: bool,
+    /// Where the statement's time went (benchmarks, the slow-query log).
+    pub phases: Phases,
+}
+
+/// The time of each step of one statement in `Snapshot::query_statement` (and the parse
+/// in `Snapshot::query`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Phases {
+    /// Text to statement, with the front door's checks (`Snapshot::query` only).
+    pub parse: Duration,
+    /// Statement to logical plan, with the read-only check and the tables it scans.
+    pub plan: Duration,
+    /// DataFusion's analyzer rules and ours (coercion, division, subqueries, casts).
+    pub analyze: Duration,
+    /// The logical optimizer.
+    pub optimize: Duration,
+    /// Physical planning (physical optimizer rules, time slicing) and the task's memory
+    /// pool.
+    pub physical: Duration,
+    /// Executing the plan and collecting its batches.
+    pub execute: Duration,
+    /// True if the statement ran on one partition (`SINGLE_PARTITION_ROWS`).
+    pub single_partition: bool,
 }
 
 impl QueryOutput {
@@ -129,7 +153,20 @@ pub struct Snapshot {
     /// Every table's columns and descriptions (`describe::install`).
     pub descriptions: Arc<Descriptions>,
     ctx: SessionContext,
+    /// The context's state, made once per snapshot: `SessionContext::state()` copies it
+    /// (every function registry and option) and a statement used to take four copies.
+    /// Tables registered later (`add_node_table`) are seen: the catalogs are shared.
+    wide: SessionState,
+    /// The same with one target partition, for statements over small tables
+    /// (`SINGLE_PARTITION_ROWS`).
+    narrow: SessionState,
 }
+
+/// A statement whose scanned tables (views followed to theirs) hold at most this many
+/// rows in all is planned on one partition, and tables this small are registered as one:
+/// spreading 20k rows over the cores (repartition, coalesce, a task per partition) costs
+/// more than the parallel work saves (BENCHMARKS.md, "SQL").
+pub const SINGLE_PARTITION_ROWS: usize = 100_000;
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -210,7 +247,12 @@ impl Snapshot {
                 }
                 continue;
             }
-            match partitioned(table.schema.clone(), table.batches(), partitions) {
+            match partitioned(
+                table.schema.clone(),
+                table.batches(),
+                partitions,
+                table.rows(),
+            ) {
                 Ok(mem) => {
                     if ctx.register_table(name.as_str(), Arc::new(mem)).is_ok() {
                         taken.insert(name.clone());
@@ -226,7 +268,14 @@ impl Snapshot {
                 tracing::warn!(table = %name, "static table shadowed by a published table of the same name");
                 continue;
             }
-            match MemTable::try_new(table.batch.schema(), vec![vec![table.batch.clone()]]) {
+            // Static tables too are spread by size (a large Parquet file is one batch).
+            let slices = slices(&table.batch, COALESCE_ROWS);
+            match partitioned(
+                table.batch.schema(),
+                slices.iter(),
+                partitions,
+                table.batch.num_rows(),
+            ) {
                 Ok(mem) => {
                     if ctx.register_table(name.as_str(), Arc::new(mem)).is_ok() {
                         taken.insert(name.clone());
@@ -315,6 +364,13 @@ impl Snapshot {
                 newest_publish: t.newest_publish(),
             })
             .collect();
+        let wide = ctx.state();
+        let mut narrow = wide.clone();
+        narrow
+            .config_mut()
+            .options_mut()
+            .execution
+            .target_partitions = 1;
         Snapshot {
             generation,
             statics,
@@ -326,13 +382,19 @@ impl Snapshot {
             node_tables: BTreeSet::new(),
             descriptions: Arc::default(),
             ctx,
+            wide,
+            narrow,
         }
     }
 
     /// Runs one read-only statement on this snapshot.
     pub async fn query(&self, sql: &str, limits: &QueryLimits) -> Result<QueryOutput, QueryError> {
+        let start = Instant::now();
         let statement = parse_checked(sql, &limits.parse)?;
-        self.query_statement(statement, limits).await
+        let parse = start.elapsed();
+        let mut out = self.query_statement(statement, limits).await?;
+        out.phases.parse = parse;
+        Ok(out)
     }
 
     /// Runs a statement that passed the front door (`parse_checked`). Operators reserve
@@ -343,28 +405,70 @@ impl Snapshot {
         statement: DfStatement,
         limits: &QueryLimits,
     ) -> Result<QueryOutput, QueryError> {
+        let mut phases = Phases::default();
+        let mut clock = Instant::now();
+        let mut lap = |phase: &mut Duration| {
+            let now = Instant::now();
+            *phase = now - clock;
+            clock = now;
+        };
         // Kept for a second planning with renamed columns if the output names clash.
         let mut retry = statement.clone();
-        let plan = match plan_statement(&self.ctx, statement).await {
+        let plan = match plan_statement(&self.wide, statement).await {
             Err(e) if names::is_name_clash(&e.to_string()) && names::rename_clashes(&mut retry) => {
-                plan_statement(&self.ctx, retry).await?
+                plan_statement(&self.wide, retry).await?
             }
             other => other?,
         };
         let scanned = scanned_tables(&plan);
-        let cacheable = self.reads_only_the_snapshot(&scanned) && super::answers::immutable(&plan);
+        let snapshot_only = self.reads_only_the_snapshot(&scanned);
+        let cacheable = snapshot_only && super::answers::immutable(&plan);
         let tables = self.tables_used(scanned);
-        let df = self.ctx.execute_logical_plan(plan).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        // Small inputs run on one partition. Sizes are known for the generation's and the
+        // static tables (a view is counted by the tables it reads); a statement over the
+        // node's own tables or history (sizes unknown) keeps every partition.
+        let rows: usize = tables
+            .iter()
+            .filter(|t| t.origin != Origin::View)
+            .filter_map(|t| t.rows)
+            .sum();
+        phases.single_partition = snapshot_only && rows <= SINGLE_PARTITION_ROWS;
+        // One copy of the state per statement: it carries the statement's start time
+        // (`now()`), which must not be shared with other statements.
+        let mut state = if phases.single_partition {
+            self.narrow.clone()
+        } else {
+            self.wide.clone()
+        };
+        state.mark_start_execution();
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let shown = names::user_schema(&schema);
+        lap(&mut phases.plan);
+        let optimized = if matches!(plan, LogicalPlan::Explain(_)) {
+            // EXPLAIN collects each rule's output; DataFusion's own path does that.
+            state.optimize(&plan)?
+        } else {
+            let analyzed =
+                state
+                    .analyzer()
+                    .execute_and_check(plan, state.config_options(), |_, _| {})?;
+            lap(&mut phases.analyze);
+            state.optimizer().optimize(analyzed, &state, |_, _| {})?
+        };
+        lap(&mut phases.optimize);
         // Time-sliced: a plan that never waits for input still gives its thread to other
         // queries and stops soon after its deadline aborts it.
-        let physical = time_sliced(df.create_physical_plan().await?)?;
-        let state = self.ctx.state();
+        let physical = time_sliced(
+            state
+                .query_planner()
+                .create_physical_plan(&optimized, &state)
+                .await?,
+        )?;
         let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
             .with_memory_pool(limits.memory.for_query())
             .build_arc()?;
         let task = Arc::new(TaskContext::from(&state).with_runtime(runtime));
+        lap(&mut phases.physical);
         let mut stream = execute_stream(physical, task)?;
         let mut batches = Vec::new();
         let mut rows = 0usize;
@@ -381,6 +485,8 @@ impl Snapshot {
                 break;
             }
         }
+        drop(stream);
+        lap(&mut phases.execute);
         let truncated = truncate(&mut batches, limits.max_rows);
         // The names the user wrote, repeated if they repeat (see `names`).
         let schema = match shown {
@@ -399,6 +505,7 @@ impl Snapshot {
             truncated,
             tables,
             cacheable,
+            phases,
         })
     }
 
@@ -577,15 +684,15 @@ async fn plan_read_only(
     sql: &str,
     limits: &ParseLimits,
 ) -> Result<LogicalPlan, QueryError> {
-    plan_statement(ctx, parse_checked(sql, limits)?).await
+    plan_statement(&ctx.state(), parse_checked(sql, limits)?).await
 }
 
 /// Plans a statement that passed the front door.
 async fn plan_statement(
-    ctx: &SessionContext,
+    state: &SessionState,
     statement: DfStatement,
 ) -> Result<LogicalPlan, QueryError> {
-    let plan = ctx.state().statement_to_plan(statement).await?;
+    let plan = state.statement_to_plan(statement).await?;
     // Defence in depth: the planner agrees that nothing here writes or changes state.
     SQLOptions::new()
         .with_allow_ddl(false)
@@ -618,12 +725,18 @@ fn scanned_tables(plan: &LogicalPlan) -> BTreeSet<String> {
 /// Spreads a table's batches over `partitions` so scans run on every core. A table made of
 /// many small parts (one per machine at a proxy or TLA) is coalesced into batches of about
 /// `COALESCE_ROWS`: executing thousands of tiny batches costs more than copying them once.
+/// A table of at most `SINGLE_PARTITION_ROWS` rows (`rows`) is one partition.
 pub(super) fn partitioned<'a>(
     schema: SchemaRef,
     batches: impl Iterator<Item = &'a RecordBatch>,
     partitions: usize,
+    rows: usize,
 ) -> datafusion::error::Result<MemTable> {
-    const COALESCE_ROWS: usize = 8192;
+    let partitions = if rows <= SINGLE_PARTITION_ROWS {
+        1
+    } else {
+        partitions
+    };
     let mut groups: Vec<Vec<&RecordBatch>> = Vec::new();
     let mut open_rows = COALESCE_ROWS;
     for b in batches.filter(|b| b.num_rows() > 0) {
@@ -648,6 +761,17 @@ pub(super) fn partitioned<'a>(
     MemTable::try_new(schema, parts)
 }
 
+/// Batches of about `COALESCE_ROWS` rows a table is cut into.
+const COALESCE_ROWS: usize = 8192;
+
+/// `batch` as zero-copy slices of at most `rows` rows.
+fn slices(batch: &RecordBatch, rows: usize) -> Vec<RecordBatch> {
+    (0..batch.num_rows())
+        .step_by(rows.max(1))
+        .map(|at| batch.slice(at, rows.min(batch.num_rows() - at)))
+        .collect()
+}
+
 /// Keeps at most `max` rows; true if rows were cut.
 fn truncate(batches: &mut Vec<RecordBatch>, max: usize) -> bool {
     let mut seen = 0usize;
@@ -666,4 +790,65 @@ fn truncate(batches: &mut Vec<RecordBatch>, max: usize) -> bool {
         true
     });
     cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, Int64Array, TimestampNanosecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(rows: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from_iter_values(0..rows))],
+        )
+        .expect("batch")
+    }
+
+    #[test]
+    fn small_tables_are_one_partition_and_large_ones_spread() {
+        let parts = |rows: i64| {
+            let b = batch(rows);
+            let s = slices(&b, COALESCE_ROWS);
+            let t = partitioned(b.schema(), s.iter(), 2, b.num_rows()).expect("table");
+            t.batches.len()
+        };
+        assert_eq!(parts(20_000), 1);
+        assert_eq!(parts(SINGLE_PARTITION_ROWS as i64 + 1), 2);
+        assert_eq!(parts(0), 1);
+        let b = batch(20_000);
+        let s = slices(&b, COALESCE_ROWS);
+        assert_eq!(s.iter().map(|b| b.num_rows()).sum::<usize>(), 20_000);
+        assert!(s.iter().all(|b| b.num_rows() <= COALESCE_ROWS));
+    }
+
+    #[tokio::test]
+    async fn small_statements_run_on_one_partition_and_each_has_its_own_start_time() {
+        let mut snap = Snapshot::empty_for_tests().await;
+        let limits = QueryLimits::default();
+        let out = snap.query("SELECT 1", &limits).await.expect("answer");
+        assert!(out.phases.single_partition);
+        let now = |out: &QueryOutput| {
+            out.batches[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<TimestampNanosecondArray>()
+                .map(|a| a.value(0))
+        };
+        let first = snap.query("SELECT now()", &limits).await.expect("now");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let second = snap.query("SELECT now()", &limits).await.expect("now");
+        assert!(now(&second) > now(&first), "now() is the statement's start");
+        // A table of the node's own (size unknown) keeps every partition.
+        let mem = MemTable::try_new(batch(3).schema(), vec![vec![batch(3)]]).expect("table");
+        snap.add_node_table("query_test", Arc::new(mem));
+        let out = snap
+            .query("SELECT COUNT(*) FROM query_test", &limits)
+            .await
+            .expect("answer");
+        assert!(!out.phases.single_partition);
+        assert_eq!(out.rows(), 1);
+    }
 }

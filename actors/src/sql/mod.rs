@@ -26,7 +26,8 @@ mod views;
 pub use answers::{AnswerCache, AnswerKey};
 pub use computed::{Computed, ComputedTable};
 pub use engine::{
-    Origin, QueryLimits, QueryOutput, Snapshot, TableCopies, TableUse, DEFAULT_MAX_RESULT_BYTES,
+    Origin, Phases, QueryLimits, QueryOutput, Snapshot, TableCopies, TableUse,
+    DEFAULT_MAX_RESULT_BYTES, SINGLE_PARTITION_ROWS,
 };
 pub use front_door::{parse_checked, ParseLimits, STACK_BYTES};
 pub use memory::MemoryBudget;

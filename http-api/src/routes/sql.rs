@@ -172,6 +172,11 @@ fn respond(
         }
     }
     let row_count: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let inline = batches
+        .iter()
+        .map(|b| b.get_array_memory_size())
+        .sum::<usize>()
+        <= INLINE_ANSWER_BYTES;
     // Each batch is encoded when the response body asks for it.
     let chunks: Box<dyn Iterator<Item = Result<Bytes, ApiError>> + Send> = match format {
         "csv" => {
@@ -240,6 +245,16 @@ fn respond(
             )
         }
     };
+    if inline {
+        // A small answer is encoded here at once, in one piece: each chunk sent to the
+        // pool costs a hand-over between threads, more than encoding a few rows.
+        let mut body = Vec::new();
+        for chunk in chunks {
+            body.extend_from_slice(&chunk?);
+        }
+        drop(place);
+        return Ok(resp.body(body));
+    }
     // The place goes with the body: released when the last chunk is sent or the client
     // goes away.
     let chunks = chunks.chain(std::iter::from_fn(move || {
@@ -248,6 +263,10 @@ fn respond(
     }));
     Ok(resp.streaming(encoded_on(pool, chunks)))
 }
+
+/// Answers of at most this much Arrow memory are encoded on the HTTP worker in one
+/// piece (microseconds of work); larger ones stream, a batch at a time, from the pool.
+const INLINE_ANSWER_BYTES: usize = 256 << 10;
 
 /// Streams `chunks`, each computed on `pool` (where the query ran: encoding 100,000 rows
 /// is CPU work that would hold an HTTP worker, and every connection on it, meanwhile).
