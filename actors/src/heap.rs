@@ -1,10 +1,10 @@
 //! The process heap as the system sees it: handing freed memory back, and the resident
 //! size `/metrics` reports beside the Arrow size of the generation held.
 
-/// Returns the freed pages of every malloc arena to the system. glibc keeps what a
-/// generation's rows freed (tens of thousands of small parts per table) in its arenas,
-/// so without this RSS stays at the peak of the largest switch between generations.
-/// Called after each seal, on the compute pool: it walks the arenas (a few ms).
+/// Returns the freed pages of every glibc malloc arena to the system. Rust's allocations go
+/// through mimalloc (`actors/src/lib.rs`), which returns freed pages itself; what still
+/// uses glibc's malloc is C code (zstd's contexts, SQLite), whose arenas would otherwise
+/// stay at their peak. Called after each seal, on the compute pool (a few ms at most).
 /// `unsafe` as in `sql::pool::lower_priority`: a plain libc call.
 #[allow(unsafe_code)]
 pub fn trim() {

@@ -107,8 +107,8 @@ impl SqlPool {
 }
 
 /// Lowers the calling thread's priority to nice level `nice`. Best effort: a thread that
-/// keeps its priority still works, only without the preference. The one `unsafe` call of
-/// the workspace: the safe wrappers (rustix's `process` feature) would rebuild DataFusion.
+/// keeps its priority still works, only without the preference. One of the workspace's two
+/// `unsafe` calls (the other is `heap::trim`): the safe wrappers (rustix's `process` feature) would rebuild DataFusion.
 #[allow(unsafe_code)]
 pub(crate) fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
