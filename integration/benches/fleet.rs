@@ -77,6 +77,9 @@ fn arrow_mib(node: &Node) -> f64 {
 struct Throughput {
     queries: usize,
     errors: usize,
+    /// Failed requests by HTTP status (0: no answer: connection or parse error), with one
+    /// error code seen for each.
+    failures: BTreeMap<u16, (usize, String)>,
     seconds: f64,
     /// The SQL node's CPU seconds per answered query, net of what it used per second
     /// while only the poller asked (decoding generations).
@@ -111,13 +114,15 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
         sql_frame,
     } = fleet.link_bytes();
 
+    // Each run its own parameters: the same text again would be a cache hit.
     let alone = queries
         .iter()
         .map(|(name, q)| {
             let mut times: Vec<f64> = (0..=ALONE_RUNS)
-                .map(|_| {
+                .map(|run| {
+                    let text = varied(name, q, 7 * run + 3);
                     let t = Instant::now();
-                    let (status, answer) = sql.sql(q);
+                    let (status, answer) = sql.sql(&text);
                     assert_eq!(status, 200, "{name}: {answer}");
                     t.elapsed().as_secs_f64() * 1000.0
                 })
@@ -151,6 +156,19 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
         repeated,
         arrow_mib,
     }
+}
+
+/// " (503 busy: 12, ...)" for a run with failures.
+fn failures(t: &Throughput) -> String {
+    if t.failures.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = t
+        .failures
+        .iter()
+        .map(|(status, (n, code))| format!("{status} {code}: {n}"))
+        .collect();
+    format!(" ({})", each.join(", "))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -277,7 +295,7 @@ fn load(
                 let from = std::net::IpAddr::from([127, 0, 0, 100 + c as u8]);
                 let mut client = LoopbackClient::new(from, base, Duration::from_secs(120));
                 let mut i = c;
-                let mut mine: Vec<(usize, f64, bool)> = Vec::new();
+                let mut mine: Vec<(usize, f64, Result<(), (u16, String)>)> = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let q = i % queries.len();
                     let text = match mix {
@@ -288,23 +306,33 @@ fn load(
                         Mix::Repeated => queries[q].1.clone(),
                     };
                     let t = Instant::now();
-                    let ok = client.sql(&text).is_ok_and(|(status, body)| {
-                        status == 200 && serde_json::from_slice::<Value>(&body).is_ok()
-                    });
+                    let ok = match client.sql(&text) {
+                        Ok((200, body)) if serde_json::from_slice::<Value>(&body).is_ok() => Ok(()),
+                        Ok((status, body)) => {
+                            let code = serde_json::from_slice::<Value>(&body)
+                                .ok()
+                                .and_then(|v| v["error"]["code"].as_str().map(String::from))
+                                .unwrap_or_default();
+                            Err((status, code))
+                        }
+                        Err(e) => Err((0, e.kind().to_string())),
+                    };
                     mine.push((q, t.elapsed().as_secs_f64() * 1000.0, ok));
                     i += 1;
                 }
                 let mut r = results.lock().unwrap_or_else(|p| p.into_inner());
                 for (q, ms, ok) in mine {
-                    if ok {
+                    if let Err((status, code)) = ok {
+                        r.errors += 1;
+                        let f = r.failures.entry(status).or_insert((0, code));
+                        f.0 += 1;
+                    } else {
                         r.queries += 1;
                         r.all.push(ms);
                         r.per_query
                             .entry(queries[q].0.clone())
                             .or_default()
                             .push(ms);
-                    } else {
-                        r.errors += 1;
                     }
                 }
             });
@@ -417,19 +445,20 @@ fn main() {
     for r in &runs {
         for (mix, t) in [("varied", &r.throughput), ("repeated", &r.repeated)] {
             body.push_str(&format!(
-                "| {} | {mix} | {:.1} | {:.0} ms | {:.0} ms | {:.1} ms | {} |\n",
+                "| {} | {mix} | {:.1} | {:.0} ms | {:.0} ms | {:.1} ms | {}{} |\n",
                 r.machines,
                 t.queries as f64 / t.seconds,
                 percentile(&t.all, 0.5),
                 percentile(&t.all, 0.99),
                 t.cpu_per_query * 1000.0,
                 t.errors,
+                failures(t),
             ));
         }
     }
     body.push_str(&format!(
-        "\nMedian ms per query through HTTP, alone (one client, the text as written, {ALONE_RUNS} runs \
-         after a warm-up) / under the {CLIENTS}-client load of the varied mix:\n\n| query |"
+        "\nMedian ms per query through HTTP, alone (one client, {ALONE_RUNS} runs after a warm-up, \
+         each with its own parameters as in the varied mix) / under the {CLIENTS}-client load of the varied mix:\n\n| query |"
     ));
     for r in &runs {
         body.push_str(&format!(" {} machines |", r.machines));
