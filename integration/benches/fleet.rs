@@ -16,7 +16,7 @@
 //!   written, which the per-generation answer cache may serve): queries/s, p50/p99 latency,
 //!   and the SQL node's CPU per query.
 //!
-//! `BENCH_SCALE` (default 1.0) scales the fleets; `BENCH_FLEETS` (e.g. `250000`) replaces
+//! `BENCH_SCALE` (default 1.0) scales the fleets; `BENCH_FLEETS` (e.g. `150000`) replaces
 //! the fleet sizes (then the section is `fleet-big`, a table of its own); `BENCH_SECONDS`
 //! (default 15) is each throughput run per fleet.
 
@@ -158,6 +158,9 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
     }
 }
 
+/// One request's outcome: answered, or failed with (HTTP status, error code).
+type Outcome = Result<(), (u16, String)>;
+
 /// " (503 busy: 12, ...)" for a run with failures.
 fn failures(t: &Throughput) -> String {
     if t.failures.is_empty() {
@@ -295,7 +298,7 @@ fn load(
                 let from = std::net::IpAddr::from([127, 0, 0, 100 + c as u8]);
                 let mut client = LoopbackClient::new(from, base, Duration::from_secs(120));
                 let mut i = c;
-                let mut mine: Vec<(usize, f64, Result<(), (u16, String)>)> = Vec::new();
+                let mut mine: Vec<(usize, f64, Outcome)> = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let q = i % queries.len();
                     let text = match mix {

@@ -259,14 +259,9 @@ fn in_table(table: &str, what: &str, e: LinkError) -> LinkError {
     }
 }
 
-/// The parent's rows after a diff: `old` without the `removed` indexes (strictly ascending),
-/// in their order, followed by `added`.
-pub(super) fn apply_diff(
-    old: &RecordBatch,
-    removed: &[u32],
-    added: &RecordBatch,
-) -> Result<RecordBatch, LinkError> {
-    let n = old.num_rows();
+/// Which of a part's `n` rows stay after `removed` (indexes, strictly ascending, in range:
+/// anything else is a protocol error), for diffs and patches alike.
+pub(super) fn kept_rows(removed: &[u32], n: usize) -> Result<Vec<bool>, LinkError> {
     let mut keep = vec![true; n];
     let mut prev: Option<u32> = None;
     for &r in removed {
@@ -284,6 +279,17 @@ pub(super) fn apply_diff(
         *slot = false;
         prev = Some(r);
     }
+    Ok(keep)
+}
+
+/// The parent's rows after a diff: `old` without the `removed` indexes (strictly ascending),
+/// in their order, followed by `added`.
+pub(super) fn apply_diff(
+    old: &RecordBatch,
+    removed: &[u32],
+    added: &RecordBatch,
+) -> Result<RecordBatch, LinkError> {
+    let keep = kept_rows(removed, old.num_rows())?;
     let kept = if removed.is_empty() {
         old.clone()
     } else {

@@ -207,15 +207,19 @@ impl LinkEncoder {
         let Some(old) = held else {
             return self.full(p);
         };
-        if same_buffers(&old.last, &p.batch) {
-            return Ok((
+        // The same buffers (cheap), or equal rows in new buffers (a republished copy).
+        let unchanged = |old: PartMirror| {
+            Ok((
                 PartRows::Unchanged,
                 PartMirror {
                     last: p.batch.clone(),
                     held: old.held,
                     keys: old.keys,
                 },
-            ));
+            ))
+        };
+        if same_buffers(&old.last, &p.batch) {
+            return unchanged(old);
         }
         // A part this node received as a patch against exactly the rows its parent holds:
         // the same patch brings the parent to the same rows.
@@ -232,14 +236,7 @@ impl LinkEncoder {
             }
         }
         if old.last == p.batch {
-            return Ok((
-                PartRows::Unchanged,
-                PartMirror {
-                    last: p.batch.clone(),
-                    held: old.held,
-                    keys: old.keys,
-                },
-            ));
+            return unchanged(old);
         }
         if p.batch.num_columns() == 0 || p.batch.num_rows() == 0 || old.last.num_rows() == 0 {
             return self.full(p);

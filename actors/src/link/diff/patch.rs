@@ -344,23 +344,7 @@ pub(super) fn apply(
         idx.push(i as u32);
         next = i + 1;
     }
-    let mut keep = vec![true; n];
-    let mut prev: Option<u32> = None;
-    for &r in removed {
-        if prev.is_some_and(|p| r <= p) {
-            return Err(LinkError::Protocol(format!(
-                "removed indexes are not strictly ascending ({} then {r})",
-                prev.unwrap_or_default()
-            )));
-        }
-        let slot = keep.get_mut(r as usize).ok_or_else(|| {
-            LinkError::Protocol(format!(
-                "removed index {r} is out of range (the part holds {n} rows)"
-            ))
-        })?;
-        *slot = false;
-        prev = Some(r);
-    }
+    let keep = super::decode::kept_rows(removed, n)?;
     let values = if columns.is_empty() {
         None
     } else {
