@@ -218,22 +218,31 @@ mod tests {
 
         // `localhost` resolves through the system's resolver without any network.
         let mut rx = watch_addresses(vec!["localhost:9".into()], &DnsConfig::default(), &pool);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| !v.is_empty()))
-                .await
-                .expect("resolved in time")
-                .map(|_| ())
-                .expect("sender alive");
+            resolved(&mut rx).await;
         });
         assert!(
             rx.borrow().iter().all(|a| a.ends_with(":9")),
             "{:?}",
             rx.borrow()
         );
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// Waits (10 s at most) until the watcher has found an address.
+    async fn resolved(rx: &mut tokio::sync::watch::Receiver<Vec<String>>) {
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| !v.is_empty()))
+            .await
+            .expect("resolved in time")
+            .map(|_| ())
+            .expect("sender alive");
     }
 
     #[test]
@@ -252,16 +261,9 @@ mod tests {
         };
         let mut rx =
             watch_addresses_supervised(vec!["localhost:9".into()], &dns, &pool, &sup, "dns:x");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| !v.is_empty()))
-                .await
-                .expect("resolved in time")
-                .map(|_| ())
-                .expect("sender alive");
+            resolved(&mut rx).await;
             assert!(sup.inject_panic("dns:x"));
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while sup.status_of("dns:x").map(|s| s.restarts) != Some(1) {
