@@ -592,3 +592,43 @@ fn forwarded_patches_are_forgotten_with_their_rows() {
         super::forward::recorded()
     );
 }
+
+/// The batch of the one part of `sys` in a decoded generation.
+fn only_batch(g: &super::ChildGeneration) -> RecordBatch {
+    g.tables["sys"].parts[0].batch.clone()
+}
+
+#[test]
+fn a_patch_is_recorded_until_the_next_frame_and_the_decoders_end() {
+    let s = schema();
+    let ns = names(10);
+    let mut rows: Vec<Row> = (0..10).map(|i| (ns[i], i as i64, None)).collect();
+    let mut enc = keyed(&["name"]);
+    let mut dec = LinkDecoder::forwarding();
+    let mut frame = |enc: &mut LinkEncoder, id: u64, rows: &[Row]| {
+        let g = generation(id, vec![("sys", vec![part(&s, "m", rows)])]);
+        enc.encode(&g, &sys_only(), 1, 0).expect("encode")
+    };
+    let base = only_batch(&dec.apply(frame(&mut enc, 1, &rows)).expect("full"));
+    rows[3].1 += 1;
+    let patched = only_batch(&dec.apply(frame(&mut enc, 2, &rows)).expect("patch"));
+    // Looked up by these very arrays: other tests' entries cannot answer for them.
+    assert!(super::forward::find(&base, &patched).is_some(), "recorded");
+    dec.apply(frame(&mut enc, 3, &rows)).expect("unchanged");
+    assert!(
+        super::forward::find(&base, &patched).is_none(),
+        "forgotten at the next frame"
+    );
+
+    rows[4].1 += 1;
+    let patched2 = only_batch(&dec.apply(frame(&mut enc, 4, &rows)).expect("patch"));
+    assert!(
+        super::forward::find(&patched, &patched2).is_some(),
+        "recorded"
+    );
+    drop(dec);
+    assert!(
+        super::forward::find(&patched, &patched2).is_none(),
+        "forgotten with the decoder"
+    );
+}
