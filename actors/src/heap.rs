@@ -4,7 +4,7 @@
 /// Returns the freed pages of every glibc malloc arena to the system. Rust's allocations go
 /// through mimalloc (`actors/src/lib.rs`), which returns freed pages itself; what still
 /// uses glibc's malloc is C code (zstd's contexts, SQLite), whose arenas would otherwise
-/// stay at their peak. Called after each seal, on the compute pool (a few ms at most).
+/// stay at their peak. Called after each generation is installed, on the compute pool.
 /// `unsafe` as in `sql::pool::lower_priority`: a plain libc call.
 #[allow(unsafe_code)]
 pub fn trim() {
@@ -28,7 +28,7 @@ mod tests {
     #[test]
     fn resident_size_is_read_on_linux() {
         if cfg!(target_os = "linux") {
-            let rss = super::resident_bytes().expect("statm");
+            let rss = super::resident_bytes().expect("/proc/self/status");
             assert!(rss > 1 << 20, "a test process holds more than 1 MiB: {rss}");
         }
         super::trim();

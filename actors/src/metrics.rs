@@ -257,7 +257,7 @@ impl Metrics {
             load(&self.view_computations_total),
         );
         let _ = writeln!(out, "# HELP query_last_seal_seconds Time to seal the last generation.\n# TYPE query_last_seal_seconds gauge\nquery_last_seal_seconds {}", load(&self.last_seal_micros) as f64 / 1e6);
-        let _ = writeln!(out, "# HELP query_generation_arrow_bytes Arrow memory of the last generation sealed (its parts' buffers; coalesced copies for queries not counted).\n# TYPE query_generation_arrow_bytes gauge\nquery_generation_arrow_bytes {}", load(&self.generation_arrow_bytes));
+        let _ = writeln!(out, "# HELP query_generation_arrow_bytes Arrow memory of the last generation sealed (its parts' buffers; coalesced copies for queries not counted), measured after it is installed.\n# TYPE query_generation_arrow_bytes gauge\nquery_generation_arrow_bytes {}", load(&self.generation_arrow_bytes));
         if let Some(rss) = crate::heap::resident_bytes() {
             let _ = writeln!(out, "# HELP query_resident_bytes Resident memory of this process.\n# TYPE query_resident_bytes gauge\nquery_resident_bytes {rss}");
         }

@@ -100,7 +100,6 @@ struct Sealed {
     critical: std::time::Duration,
     /// Every child counted had delivered the round and every wanted table.
     complete: bool,
-    arrow_bytes: u64,
 }
 
 /// A child delivered a generation.
@@ -203,25 +202,29 @@ impl Sealer {
         let inputs = self.inputs.clone();
         let previous = self.previous.clone();
         let work = self.pool.spawn(async move {
-            let sealed = collect_and_seal(id, round, &inputs, previous.as_deref(), wait).await;
-            // The previous generation's rows freed by now go back to the system: glibc
-            // keeps freed pages of its arenas otherwise, and RSS stays at its peak.
-            crate::heap::trim();
-            sealed
+            collect_and_seal(id, round, &inputs, previous.as_deref(), wait).await
         });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|res, act, ctx| {
             act.sealing = false;
             match res {
-                Ok(Sealed { generation, took, critical, complete, arrow_bytes }) => {
+                Ok(Sealed { generation, took, critical, complete }) => {
                     act.complete_once |= complete;
-                    act.metrics.generation_arrow_bytes.store(arrow_bytes, Ordering::Relaxed);
                     act.metrics.generations_sealed.fetch_add(1, Ordering::Relaxed);
                     act.metrics.last_seal_micros.store(took.as_micros() as u64, Ordering::Relaxed);
                     act.metrics.last_seal_critical_micros.store(critical.as_micros() as u64, Ordering::Relaxed);
                     tracing::debug!(id = generation.id, round = generation.round, tables = generation.tables.len(), ?took, "generation sealed");
                     act.previous = Some(generation.clone());
                     act.keeper.do_send(InstallGeneration(generation.clone()));
-                    act.published.send_replace(Some(generation));
+                    act.published.send_replace(Some(generation.clone()));
+                    // Off the seal's critical path, once the generation is installed: its
+                    // Arrow size for /metrics, and what C code (zstd) freed in glibc's
+                    // arenas back to the system (Rust's allocations go through mimalloc).
+                    let metrics = act.metrics.clone();
+                    drop(act.pool.spawn(async move {
+                        let bytes = generation.arrow_bytes() as u64;
+                        metrics.generation_arrow_bytes.store(bytes, Ordering::Relaxed);
+                        crate::heap::trim();
+                    }));
                 }
                 Err(e) => {
                     // A panic in a publisher or the merge: counted; the next tick starts afresh.
@@ -382,13 +385,11 @@ async fn collect_and_seal(
     }
     builder.counts(machines, clusters);
     let generation = builder.seal(id, round, sealed_at.unwrap_or_else(SystemTime::now));
-    let arrow_bytes = generation.arrow_bytes() as u64;
     Sealed {
         generation,
         took: started.elapsed(),
         critical: ready_at.elapsed(),
         complete,
-        arrow_bytes,
     }
 }
 

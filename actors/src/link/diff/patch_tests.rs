@@ -605,7 +605,7 @@ fn a_patch_is_recorded_until_the_next_frame_and_the_decoders_end() {
     let mut rows: Vec<Row> = (0..10).map(|i| (ns[i], i as i64, None)).collect();
     let mut enc = keyed(&["name"]);
     let mut dec = LinkDecoder::forwarding();
-    let mut frame = |enc: &mut LinkEncoder, id: u64, rows: &[Row]| {
+    let frame = |enc: &mut LinkEncoder, id: u64, rows: &[Row]| {
         let g = generation(id, vec![("sys", vec![part(&s, "m", rows)])]);
         enc.encode(&g, &sys_only(), 1, 0).expect("encode")
     };
