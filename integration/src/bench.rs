@@ -100,8 +100,6 @@ pub fn proc_usage(pid: u32) -> ProcUsage {
     }
 }
 
-/// The simulated fleet of `machines` machines, `per_cluster` to a cluster, over the
-/// shipped schemas.
 /// `queryd simulate` serving whole clusters from `ip` (port 20000 on), sealing every
 /// `interval_ms` at offset 0.
 pub fn whole_clusters_args(
@@ -128,6 +126,8 @@ pub fn whole_clusters_args(
     .to_vec()
 }
 
+/// The simulated fleet of `machines` machines, `per_cluster` to a cluster, over the
+/// shipped schemas.
 pub fn simulator(machines: usize, per_cluster: usize) -> FleetSimulator {
     let schemas = load_schema_dir(&repo().join("schemas")).expect("shipped schemas load");
     let cfg = SimulateConfig {

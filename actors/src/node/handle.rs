@@ -145,10 +145,10 @@ pub struct NodeHandle {
     pub alerts: Option<Arc<AlertsShared>>,
     /// The history and reports this node keeps (`[history]`).
     pub history: Option<Arc<HistoryShared>>,
-    /// What the sourced tables of the last generation asked about expect (computed once
-    /// per generation, not per answer).
     /// The node's supervised parts (`query_actors`, the test-only fault hook).
     pub supervisor: super::supervisor::Supervisor,
+    /// What the sourced tables of the last generation asked about expect (computed once
+    /// per generation, not per answer).
     pub(super) sourced_expectation:
         Arc<std::sync::Mutex<Option<super::completeness::SourcedExpectation>>>,
 }
