@@ -14,6 +14,9 @@
 //! `BENCH_SCALE` (default 1.0) scales the fleets: 1,000 and 10,000 machines, plus 70,000 at
 //! 1.0. `BENCH_RUNS` (default 5) is the number of timed runs after one warm-up; the median
 //! is reported. `BENCH_PYTHON` overrides `<repo>/.bench-venv/bin/python` (`make bench-venv`).
+//! `BENCH_EXPLAIN=<name>[,<name>...]` (or `all`, or `sql:<statement>`) prints `EXPLAIN
+//! ANALYZE` of those queries on the largest fleet to standard error and writes nothing:
+//! where a query's time goes.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -572,6 +575,68 @@ fn ms(v: Option<f64>) -> String {
     v.map(|m| format!("{m:.2}")).unwrap_or_else(|| "—".into())
 }
 
+/// `EXPLAIN ANALYZE` of the named queries (`all`: every one) on the largest fleet, to
+/// standard error, after one warm-up run of each.
+fn explain(
+    rt: &tokio::runtime::Runtime,
+    sizes: &[usize],
+    queries: &[(String, String)],
+    statics: &Arc<StaticCatalog>,
+    views: &ViewsFile,
+    which: &str,
+) {
+    let machines = sizes.iter().copied().max().unwrap_or(1_000);
+    let gen = fleet_generation(machines);
+    let given;
+    let (queries, wanted): (&[(String, String)], Vec<&str>) = match which.strip_prefix("sql:") {
+        Some(sql) => {
+            given = [("given".to_string(), sql.to_string())];
+            (&given, vec!["all"])
+        }
+        None => (queries, which.split(',').map(str::trim).collect()),
+    };
+    let limits = QueryLimits {
+        max_rows: usize::MAX,
+        max_result_bytes: usize::MAX,
+        memory: MemoryBudget::new(usize::MAX / 2, usize::MAX / 2),
+        ..Default::default()
+    };
+    for (name, sql) in queries {
+        if !wanted.contains(&"all") && !wanted.contains(&name.as_str()) {
+            continue;
+        }
+        let text = rt.block_on(async {
+            let snap = snapshot(&gen, statics, views).await;
+            let mut times = Vec::new();
+            for _ in 0..4 {
+                let start = Instant::now();
+                if let Err(e) = snap.query(sql, &limits).await {
+                    return format!("error: {e}");
+                }
+                times.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+            let ms = median(times[1..].to_vec());
+            match snap.query(&format!("EXPLAIN ANALYZE {sql}"), &limits).await {
+                Ok(out) => {
+                    out.batches
+                        .iter()
+                        .filter_map(|b| {
+                            let col = b.column(b.num_columns() - 1);
+                            col.as_any()
+                                .downcast_ref::<StringArray>()
+                                .map(|a| a.iter().flatten().collect::<Vec<_>>().join("\n"))
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                        + &format!("\nmedian of 3 runs after a warm-up: {ms:.2} ms")
+                }
+                Err(e) => format!("error: {e}"),
+            }
+        });
+        eprintln!("== {name} ({machines} machines)\n{text}\n");
+    }
+}
+
 fn main() {
     let scale = env_f64("BENCH_SCALE", 1.0).clamp(0.001, 1.0);
     let runs = (env_f64("BENCH_RUNS", 5.0) as usize).max(1);
@@ -602,6 +667,10 @@ fn main() {
         .build()
         .expect("tokio runtime");
 
+    if let Ok(which) = std::env::var("BENCH_EXPLAIN") {
+        explain(&rt, &sizes, &queries, &statics, &views, &which);
+        return;
+    }
     let mut duck_version = None;
     let mut duck_problem = None;
     let mut per_size: Vec<(usize, String, Vec<Figure>)> = Vec::new();

@@ -110,6 +110,7 @@ impl Queries {
                     sql.node_query_memory_bytes(),
                     sql.query_memory_limit_mb << 20,
                 ),
+                parallel: true,
             },
             answers: Arc::new(AnswerCache::new(sql.answer_cache_mb << 20)),
             pool,
@@ -392,6 +393,9 @@ impl NodeHandle {
             Class::Heavy => deadline,
             _ => deadline.min(tokio::time::Instant::now() + self.config.sql.heavy_query_after),
         };
+        // Other queries running keep the cores busy: this one runs on one partition.
+        let mut limits = limits;
+        limits.parallel = q.admission.running() <= 1;
         let (output, place) = match run_on(pool, &snapshot, &statement, &limits, place, until).await
         {
             Ok(done) => done?,

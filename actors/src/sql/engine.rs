@@ -80,6 +80,11 @@ pub struct QueryLimits {
     pub parse: ParseLimits,
     /// Memory the query's operators may reserve, inside the node's budget.
     pub memory: MemoryBudget,
+    /// Whether the statement may spread over every core. A node already running other
+    /// queries sets false: they keep the cores busy, and one partition spends nothing on
+    /// repartitioning (hash-splitting 840,000 rows for a join costs about as much as
+    /// probing them), so the node answers more queries per second.
+    pub parallel: bool,
 }
 
 impl Default for QueryLimits {
@@ -89,6 +94,7 @@ impl Default for QueryLimits {
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             parse: ParseLimits::default(),
             memory: MemoryBudget::default(),
+            parallel: true,
         }
     }
 }
@@ -230,6 +236,8 @@ impl Snapshot {
         // ending `GROUP BY g ORDER BY g LIMIT 100000000` would reserve tens of GB (found by
         // the fuzzer, FUZZING.md). Without it the same queries sort and cut.
         config.options_mut().optimizer.enable_topk_aggregation = false;
+        // A heap of k rows per window partition for `ROW_NUMBER() ... <= k` (`window_topn`).
+        config.options_mut().optimizer.enable_window_topn = true;
         let ctx = new_context(config);
         guard_functions(&ctx, max_value_bytes);
         let mut taken = BTreeSet::new();
@@ -424,15 +432,17 @@ impl Snapshot {
         let snapshot_only = self.reads_only_the_snapshot(&scanned);
         let cacheable = snapshot_only && super::answers::immutable(&plan);
         let tables = self.tables_used(scanned);
-        // Small inputs run on one partition. Sizes are known for the generation's and the
+        // Small inputs run on one partition, and so does everything while other queries
+        // run (`QueryLimits::parallel`). Sizes are known for the generation's and the
         // static tables (a view is counted by the tables it reads); a statement over the
-        // node's own tables or history (sizes unknown) keeps every partition.
+        // node's own tables or history (sizes unknown) keeps every partition when alone.
         let rows: usize = tables
             .iter()
             .filter(|t| t.origin != Origin::View)
             .filter_map(|t| t.rows)
             .sum();
-        phases.single_partition = snapshot_only && rows <= SINGLE_PARTITION_ROWS;
+        phases.single_partition =
+            !limits.parallel || (snapshot_only && rows <= SINGLE_PARTITION_ROWS);
         // One copy of the state per statement: it carries the statement's start time
         // (`now()`), which must not be shared with other statements.
         let mut state = if phases.single_partition {
@@ -660,8 +670,8 @@ impl Snapshot {
 }
 
 /// A context whose analyzer first makes division by zero NULL (see `division`), then runs
-/// DataFusion's own rules, and whose optimizer truncates UTC timestamps fast
-/// (`utc_date_trunc`).
+/// DataFusion's own rules, whose optimizer truncates UTC timestamps fast
+/// (`utc_date_trunc`), and whose per-partition top-k never keeps zero rows (`window_topn`).
 pub(crate) fn new_context(config: SessionConfig) -> SessionContext {
     let mut rules: Vec<Arc<dyn AnalyzerRule + Send + Sync>> = vec![Arc::new(NullOnDivideByZero)];
     rules.extend(Analyzer::new().rules);
@@ -674,6 +684,7 @@ pub(crate) fn new_context(config: SessionConfig) -> SessionContext {
         .with_default_features()
         .with_analyzer_rules(rules)
         .with_optimizer_rule(Arc::new(UtcDateTrunc))
+        .with_physical_optimizer_rules(super::window_topn::physical_rules())
         .build();
     SessionContext::new_with_state(state)
 }
@@ -849,6 +860,17 @@ mod tests {
             .await
             .expect("answer");
         assert!(!out.phases.single_partition);
+        assert_eq!(out.rows(), 1);
+        // While other queries run, the same statement takes one partition, same answer.
+        let busy = QueryLimits {
+            parallel: false,
+            ..QueryLimits::default()
+        };
+        let out = snap
+            .query("SELECT COUNT(*) FROM query_test", &busy)
+            .await
+            .expect("answer");
+        assert!(out.phases.single_partition);
         assert_eq!(out.rows(), 1);
     }
 }

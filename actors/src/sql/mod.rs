@@ -22,6 +22,7 @@ mod subquery;
 mod time_slice;
 mod utc_date_trunc;
 mod views;
+mod window_topn;
 
 pub use answers::{AnswerCache, AnswerKey};
 pub use computed::{Computed, ComputedTable};

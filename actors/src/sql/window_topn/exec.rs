@@ -1,0 +1,391 @@
+//! [`TopKPerPartitionExec`]: the k first rows of each window partition, in the window's
+//! order, without sorting the whole input.
+//!
+//! Every input row is encoded twice with arrow's row format: its partition key (the
+//! group) and its whole sort key (partition keys, then order keys: bytes that compare as
+//! the rows sort). A hash map from partition key to that group's best k rows, kept sorted,
+//! takes each row with one lookup and, once the group is full, one comparison with its
+//! k-th row. Rows live in their input batches until the end; when few of the retained
+//! rows are still kept, the kept ones are copied into one batch and the rest is freed.
+//! The output is the kept rows sorted by their whole key, as the window above expects.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::compute::interleave_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{internal_err, HashMap, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    PlanProperties, SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt};
+
+/// Below this many retained batches nothing is compacted: copying costs more than it frees.
+const COMPACT_AFTER_BATCHES: usize = 16;
+
+#[derive(Debug)]
+pub struct TopKPerPartitionExec {
+    input: Arc<dyn ExecutionPlan>,
+    /// Partition keys, then order keys.
+    expr: LexOrdering,
+    partition_len: usize,
+    k: usize,
+    properties: Arc<PlanProperties>,
+}
+
+impl TopKPerPartitionExec {
+    pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        expr: LexOrdering,
+        partition_len: usize,
+        k: usize,
+    ) -> Result<Self> {
+        if k == 0 || partition_len == 0 || partition_len > expr.len() {
+            return internal_err!("TopKPerPartitionExec needs k > 0 and partition keys");
+        }
+        let mut eq = input.equivalence_properties().clone();
+        eq.reorder(expr.clone())?;
+        let properties = PlanProperties::new(
+            eq,
+            input.output_partitioning().clone(),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Ok(TopKPerPartitionExec {
+            input,
+            expr,
+            partition_len,
+            k,
+            properties: Arc::new(properties),
+        })
+    }
+
+    fn partition_exprs(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        self.expr[..self.partition_len]
+            .iter()
+            .map(|e| e.expr.clone())
+            .collect()
+    }
+}
+
+impl DisplayAs for TopKPerPartitionExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |exprs: &[PhysicalSortExpr]| {
+            exprs
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        write!(
+            f,
+            "TopKPerPartitionExec: k={}, partition=[{}], order=[{}]",
+            self.k,
+            show(&self.expr[..self.partition_len]),
+            show(&self.expr[self.partition_len..]),
+        )
+    }
+}
+
+impl ExecutionPlan for TopKPerPartitionExec {
+    fn name(&self) -> &str {
+        "TopKPerPartitionExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::KeyPartitioned(self.partition_exprs())]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        for e in self.expr.iter() {
+            if f(&e.expr)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match (children.pop(), children.is_empty()) {
+            (Some(input), true) => Ok(Arc::new(TopKPerPartitionExec::try_new(
+                input,
+                self.expr.clone(),
+                self.partition_len,
+                self.k,
+            )?)),
+            _ => internal_err!("TopKPerPartitionExec takes exactly one child"),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let mut input = self.input.execute(partition, context.clone())?;
+        let schema = self.input.schema();
+        let reservation = MemoryConsumer::new(format!("TopKPerPartitionExec[{partition}]"))
+            .register(&context.runtime_env().memory_pool);
+        let mut state =
+            Groups::try_new(&schema, &self.expr, self.partition_len, self.k, reservation)?;
+        let batch_size = context.session_config().batch_size().max(1);
+        let out = futures::stream::once(async move {
+            while let Some(batch) = input.next().await {
+                state.insert(batch?)?;
+            }
+            let batches = state.emit(batch_size)?;
+            Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(
+                batches.into_iter().map(Ok),
+            ))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, out)))
+    }
+}
+
+/// One kept row: its whole sort key and where it is.
+struct Kept {
+    key: Box<[u8]>,
+    batch: usize,
+    row: usize,
+}
+
+/// The best k rows of every partition seen so far, for one input partition.
+struct Groups {
+    schema: SchemaRef,
+    partition_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    sort_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    partition_rows: RowConverter,
+    sort_rows: RowConverter,
+    k: usize,
+    /// Partition key → its kept rows, ascending by key, at most k.
+    groups: HashMap<Vec<u8>, Vec<Kept>>,
+    batches: Vec<RecordBatch>,
+    retained_rows: usize,
+    kept_rows: usize,
+    key_bytes: usize,
+    reservation: MemoryReservation,
+}
+
+impl Groups {
+    fn try_new(
+        schema: &SchemaRef,
+        expr: &LexOrdering,
+        partition_len: usize,
+        k: usize,
+        reservation: MemoryReservation,
+    ) -> Result<Self> {
+        let field = |e: &PhysicalSortExpr| -> Result<SortField> {
+            Ok(SortField::new_with_options(
+                e.expr.data_type(schema)?,
+                e.options,
+            ))
+        };
+        let partition_fields = expr[..partition_len]
+            .iter()
+            .map(field)
+            .collect::<Result<Vec<_>>>()?;
+        let sort_fields = expr.iter().map(field).collect::<Result<Vec<_>>>()?;
+        Ok(Groups {
+            schema: schema.clone(),
+            partition_exprs: expr[..partition_len]
+                .iter()
+                .map(|e| e.expr.clone())
+                .collect(),
+            sort_exprs: expr.iter().map(|e| e.expr.clone()).collect(),
+            partition_rows: RowConverter::new(partition_fields)?,
+            sort_rows: RowConverter::new(sort_fields)?,
+            k,
+            groups: HashMap::default(),
+            batches: Vec::new(),
+            retained_rows: 0,
+            kept_rows: 0,
+            key_bytes: 0,
+            reservation,
+        })
+    }
+
+    fn insert(&mut self, batch: RecordBatch) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let eval = |exprs: &[Arc<dyn PhysicalExpr>]| {
+            exprs
+                .iter()
+                .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
+                .collect::<Result<Vec<_>>>()
+        };
+        let partitions = self
+            .partition_rows
+            .convert_columns(&eval(&self.partition_exprs)?)?;
+        let keys = self.sort_rows.convert_columns(&eval(&self.sort_exprs)?)?;
+        let index = self.batches.len();
+        let mut used = false;
+        for row in 0..n {
+            let key = keys.row(row);
+            let key = key.as_ref();
+            let partition = partitions.row(row);
+            let group = self
+                .groups
+                .entry_ref(partition.as_ref())
+                .or_insert_with(Vec::new);
+            if group.is_empty() {
+                // A new partition: its key is now held.
+                self.key_bytes += partition.as_ref().len();
+            }
+            let full = group.len() == self.k;
+            if full && group.last().is_some_and(|last| key >= &*last.key) {
+                continue;
+            }
+            // After its equals: the first of equal rows stays first.
+            let at = group.partition_point(|kept| &*kept.key <= key);
+            if full {
+                if let Some(out) = group.pop() {
+                    self.key_bytes -= out.key.len();
+                    self.kept_rows -= 1;
+                }
+            }
+            self.key_bytes += key.len();
+            self.kept_rows += 1;
+            group.insert(
+                at,
+                Kept {
+                    key: key.into(),
+                    batch: index,
+                    row,
+                },
+            );
+            used = true;
+        }
+        if used {
+            self.retained_rows += n;
+            self.batches.push(batch);
+        }
+        if self.batches.len() > COMPACT_AFTER_BATCHES && self.retained_rows > 4 * self.kept_rows {
+            self.compact()?;
+        }
+        self.reservation.try_resize(self.size())
+    }
+
+    /// Copies the kept rows into one batch and frees the rest.
+    fn compact(&mut self) -> Result<()> {
+        let mut kept: Vec<&mut Kept> = self.groups.values_mut().flatten().collect();
+        let at: Vec<(usize, usize)> = kept.iter().map(|k| (k.batch, k.row)).collect();
+        let refs: Vec<&RecordBatch> = self.batches.iter().collect();
+        let one = interleave_record_batch(&refs, &at)?;
+        for (i, k) in kept.iter_mut().enumerate() {
+            k.batch = 0;
+            k.row = i;
+        }
+        self.retained_rows = one.num_rows();
+        self.batches = vec![one];
+        Ok(())
+    }
+
+    fn size(&self) -> usize {
+        let batches: usize = self.batches.iter().map(|b| b.get_array_memory_size()).sum();
+        batches
+            + self.key_bytes
+            + self.kept_rows * std::mem::size_of::<Kept>()
+            + self.groups.capacity() * std::mem::size_of::<(Vec<u8>, Vec<Kept>)>()
+    }
+
+    /// The kept rows sorted by partition, then order, in batches of `batch_size`.
+    fn emit(self, batch_size: usize) -> Result<Vec<RecordBatch>> {
+        let mut kept: Vec<Kept> = self.groups.into_values().flatten().collect();
+        kept.sort_by(|a, b| a.key.cmp(&b.key));
+        let refs: Vec<&RecordBatch> = self.batches.iter().collect();
+        let at: Vec<(usize, usize)> = kept.iter().map(|k| (k.batch, k.row)).collect();
+        if at.is_empty() {
+            return Ok(vec![]);
+        }
+        let out = at
+            .chunks(batch_size)
+            .map(|chunk| interleave_record_batch(&refs, chunk))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        debug_assert!(out.iter().all(|b| b.schema() == self.schema));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, Int64Array};
+    use datafusion::arrow::compute::SortOptions;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
+    use datafusion::physical_expr::expressions::col;
+
+    #[test]
+    fn keeps_the_first_k_of_each_partition_and_frees_what_it_no_longer_keeps() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("g", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let desc = SortOptions {
+            descending: true,
+            nulls_first: true,
+        };
+        let expr = LexOrdering::new(vec![
+            PhysicalSortExpr::new_default(col("g", &schema).expect("g")),
+            PhysicalSortExpr::new(col("v", &schema).expect("v"), desc),
+        ])
+        .expect("ordering");
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
+        let reservation = MemoryConsumer::new("test").register(&pool);
+        let mut groups = Groups::try_new(&schema, &expr, 1, 3, reservation).expect("groups");
+        // v grows batch by batch: every batch replaces what the earlier ones kept.
+        for b in 0..40i64 {
+            let g = Int64Array::from_iter_values((0..100).map(|i| i % 10));
+            let v = Int64Array::from_iter_values((0..100).map(|i| b * 100 + i));
+            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(g), Arc::new(v)])
+                .expect("batch");
+            groups.insert(batch).expect("insert");
+            assert!(groups.batches.len() <= COMPACT_AFTER_BATCHES + 1);
+        }
+        assert!(pool.reserved() > 0);
+        let out = groups.emit(8).expect("emit");
+        let col = |b: &RecordBatch, i: usize| {
+            let a = b.column(i).as_any().downcast_ref::<Int64Array>().cloned();
+            a.map(|a| a.values().to_vec()).unwrap_or_default()
+        };
+        let g: Vec<i64> = out.iter().flat_map(|b| col(b, 0)).collect();
+        let v: Vec<i64> = out.iter().flat_map(|b| col(b, 1)).collect();
+        let want_g: Vec<i64> = (0..10).flat_map(|g| [g, g, g]).collect();
+        let want_v: Vec<i64> = (0..10)
+            .flat_map(|g| [3990 + g, 3980 + g, 3970 + g])
+            .collect();
+        assert_eq!((g, v), (want_g, want_v));
+        assert!(out.iter().all(|b| b.num_rows() <= 8));
+    }
+}

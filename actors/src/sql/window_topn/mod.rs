@@ -1,0 +1,208 @@
+//! Top-k per window partition: `ROW_NUMBER() OVER (PARTITION BY p ORDER BY o) <= k` keeps
+//! the k first rows of each partition instead of sorting the whole input.
+//!
+//! Why: "the three largest processes of each cluster" sorted all 840,000 process rows at
+//! 70,000 machines (about 175 ms, half of the fleet benchmark's mix; BENCHMARKS.md,
+//! `fleet`). DataFusion 55 finds the pattern (rule `WindowTopN`, behind
+//! `datafusion.optimizer.enable_window_topn`, off by default) and plans its
+//! `PartitionedTopKExec`, which is twice as fast as the sort with 1,400 partitions
+//! (clusters) but more than twice as slow with 70,000 (machines): it copies a sub-batch
+//! per partition per input batch and allocates a key per row. We switch the rule on and
+//! put our own operator where it put DataFusion's ([`exec::TopKPerPartitionExec`]: one
+//! hash lookup per row, no copy until the end), measured faster than the sort at both.
+//!
+//! The rule is left undone (the plan sorts, as before) for `RANK`, whose ties our operator
+//! does not keep, and for `rn < 1`: a heap of zero rows, which DataFusion 55.2 builds and
+//! panics on when the query runs (fixed upstream after 55, apache/datafusion#24405).
+
+mod exec;
+
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::config::ConfigOptions;
+use datafusion::error::Result;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::sorts::partitioned_topk::{PartitionedTopKExec, WindowFnKind};
+use datafusion::physical_plan::ExecutionPlan;
+
+pub use exec::TopKPerPartitionExec;
+
+/// DataFusion's `WindowTopN`, with our operator for `ROW_NUMBER` and the rewrite undone
+/// elsewhere.
+#[derive(Debug)]
+pub struct OurWindowTopN {
+    inner: Arc<dyn PhysicalOptimizerRule + Send + Sync>,
+}
+
+impl OurWindowTopN {
+    pub fn new(inner: Arc<dyn PhysicalOptimizerRule + Send + Sync>) -> Self {
+        Self { inner }
+    }
+}
+
+impl PhysicalOptimizerRule for OurWindowTopN {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let rewritten = self.inner.optimize(plan.clone(), config)?;
+        if Arc::ptr_eq(&rewritten, &plan) {
+            return Ok(plan);
+        }
+        let mut undo = false;
+        rewritten.apply(|node| {
+            if let Some(topk) = node.downcast_ref::<PartitionedTopKExec>() {
+                undo |= topk.fetch() == 0 || topk.fn_kind() != WindowFnKind::RowNumber;
+            }
+            Ok(if undo {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        })?;
+        if undo {
+            return Ok(plan);
+        }
+        rewritten
+            .transform_up(|node| {
+                let Some(topk) = node.downcast_ref::<PartitionedTopKExec>() else {
+                    return Ok(Transformed::no(node));
+                };
+                let ours = TopKPerPartitionExec::try_new(
+                    topk.input().clone(),
+                    topk.expr().clone(),
+                    topk.partition_prefix_len(),
+                    topk.fetch(),
+                )?;
+                Ok(Transformed::yes(Arc::new(ours) as Arc<dyn ExecutionPlan>))
+            })
+            .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        // The same name, so that EXPLAIN VERBOSE and rule lists read as DataFusion's.
+        self.inner.name()
+    }
+
+    fn schema_check(&self) -> bool {
+        self.inner.schema_check()
+    }
+}
+
+/// DataFusion's default physical optimizer rules, `WindowTopN` ours.
+pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new()
+        .rules
+        .into_iter()
+        .map(|rule| {
+            if rule.name() == "WindowTopN" {
+                Arc::new(OurWindowTopN::new(rule)) as Arc<_>
+            } else {
+                rule
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::catalog::MemTable;
+    use datafusion::execution::context::{SessionConfig, SessionContext};
+    use datafusion::physical_plan::displayable;
+
+    /// A table of 40 batches of 500 rows: `g` has `groups` values (some NULL), `v` repeats
+    /// and is sometimes NULL, `id` is unique.
+    fn context(groups: u64) -> SessionContext {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("g", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, true),
+            Field::new("id", DataType::Int64, false),
+        ]));
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        let batches = (0..40)
+            .map(|b| {
+                let (mut g, mut v, mut id) = (vec![], vec![], vec![]);
+                for i in 0..500 {
+                    let r = next();
+                    g.push((r % 50 != 0).then(|| format!("g{}", r % groups)));
+                    v.push((r % 37 != 0).then_some((next() % 1000) as i64));
+                    id.push(b * 500 + i);
+                }
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(StringArray::from(g)),
+                        Arc::new(Int64Array::from(v)),
+                        Arc::new(Int64Array::from(id)),
+                    ],
+                )
+                .expect("batch")
+            })
+            .collect();
+        let mut config = SessionConfig::new().with_target_partitions(2);
+        config.options_mut().optimizer.enable_window_topn = true;
+        let ctx = crate::sql::engine::new_context(config);
+        let table = MemTable::try_new(schema, vec![batches]).expect("table");
+        ctx.register_table("t", Arc::new(table)).expect("register");
+        ctx
+    }
+
+    async fn plan_and_rows(ctx: &SessionContext, sql: &str) -> (String, Vec<String>) {
+        let df = ctx.sql(sql).await.expect("plan");
+        let physical = df.clone().create_physical_plan().await.expect("physical");
+        let shown = displayable(physical.as_ref()).indent(false).to_string();
+        let batches = df.collect().await.expect("run");
+        let text = pretty_format_batches(&batches).expect("format").to_string();
+        let mut rows: Vec<String> = text.lines().map(str::to_string).collect();
+        rows.sort();
+        (shown, rows)
+    }
+
+    #[tokio::test]
+    async fn row_number_at_most_k_gives_what_the_sort_gives_at_any_cardinality() {
+        for groups in [3, 300, 5000] {
+            let ctx = context(groups);
+            for (order, k) in [("v DESC, id", 3), ("v NULLS FIRST, id DESC", 1), ("id", 40)] {
+                let ranked = format!(
+                    "SELECT g, v, id, rn FROM (SELECT g, v, id, ROW_NUMBER() OVER \
+                     (PARTITION BY g ORDER BY {order}) AS rn FROM t) WHERE rn"
+                );
+                let (plan, ours) = plan_and_rows(&ctx, &format!("{ranked} <= {k}")).await;
+                assert!(plan.contains("TopKPerPartitionExec"), "{plan}");
+                // `AND rn > 0` hides the pattern from the rule: the plan sorts.
+                let (plan, sorted) =
+                    plan_and_rows(&ctx, &format!("{ranked} <= {k} AND rn > 0")).await;
+                assert!(!plan.contains("TopK"), "{plan}");
+                assert_eq!(ours, sorted, "{groups} groups, ORDER BY {order}, k {k}");
+                assert!(ours.len() >= 8, "rows besides the frame: {ours:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn below_one_and_rank_keep_the_sort() {
+        let ctx = context(10);
+        let ranked = |f: &str| {
+            format!("SELECT * FROM (SELECT g, {f}() OVER (PARTITION BY g ORDER BY v) AS r FROM t) WHERE r")
+        };
+        // `rn < 1` would be a heap of zero rows, which DataFusion 55.2 panics on.
+        let (plan, rows) = plan_and_rows(&ctx, &format!("{} < 1", ranked("ROW_NUMBER"))).await;
+        assert!(!plan.contains("TopK"), "{plan}");
+        assert_eq!(rows.len(), 2, "a header and a frame: {rows:?}");
+        let (plan, _) = plan_and_rows(&ctx, &format!("{} <= 2", ranked("RANK"))).await;
+        assert!(!plan.contains("TopK"), "{plan}");
+    }
+}
