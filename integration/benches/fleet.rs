@@ -75,11 +75,16 @@ fn usage(run: &FleetRun, role: &str) -> (f64, f64) {
 
 /// `query_generation_arrow_bytes` of a node, MiB (NaN if absent).
 fn arrow_mib(node: &Node) -> f64 {
+    metric(node, "query_generation_arrow_bytes") / (1024.0 * 1024.0)
+}
+
+/// A metric of a node without labels (NaN if absent).
+fn metric(node: &Node, name: &str) -> f64 {
     let (_, text) = node.get("/metrics");
     text.lines()
-        .find_map(|l| l.strip_prefix("query_generation_arrow_bytes "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |b| b / (1024.0 * 1024.0))
+        .unwrap_or(f64::NAN)
 }
 
 #[derive(Default)]
@@ -93,6 +98,9 @@ struct Throughput {
     /// The SQL node's CPU seconds per answered query, net of what it used per second
     /// while only the poller asked (decoding generations).
     cpu_per_query: f64,
+    /// Queries the SQL node stopped at `heavy_query_after` and ran again in a heavy
+    /// client's place (`query_queries_moved_to_heavy_total`).
+    moved_to_heavy: f64,
     /// Latency per query name, ms, sorted.
     per_query: BTreeMap<String, Vec<f64>>,
     all: Vec<f64>,
@@ -170,17 +178,21 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
 /// One request's outcome: answered, or failed with (HTTP status, error code).
 type Outcome = Result<(), (u16, String)>;
 
-/// " (503 busy: 12, ...)" for a run with failures.
+/// " (503 busy: 12, ...)" for a run with failures; "; 3 rerun as heavy" if any were.
 fn failures(t: &Throughput) -> String {
-    if t.failures.is_empty() {
-        return String::new();
+    let mut out = String::new();
+    if !t.failures.is_empty() {
+        let each: Vec<String> = t
+            .failures
+            .iter()
+            .map(|(status, (n, code))| format!("{status} {code}: {n}"))
+            .collect();
+        out = format!(" ({})", each.join(", "));
     }
-    let each: Vec<String> = t
-        .failures
-        .iter()
-        .map(|(status, (n, code))| format!("{status} {code}: {n}"))
-        .collect();
-    format!(" ({})", each.join(", "))
+    if t.moved_to_heavy > 0.0 {
+        out.push_str(&format!("; {} rerun as heavy", t.moved_to_heavy));
+    }
+    out
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -298,6 +310,7 @@ fn load(
     let results = Arc::new(Mutex::new(Throughput::default()));
     let requests = AtomicUsize::new(0);
     let cpu_before = proc_usage(sql.pid()).cpu_s;
+    let moved_before = metric(sql, "query_queries_moved_to_heavy_total");
     let started = Instant::now();
     std::thread::scope(|s| {
         for c in 0..CLIENTS {
@@ -354,6 +367,7 @@ fn load(
     });
     let mut r = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
     r.seconds = started.elapsed().as_secs_f64();
+    r.moved_to_heavy = metric(sql, "query_queries_moved_to_heavy_total") - moved_before;
     let cpu = proc_usage(sql.pid()).cpu_s - cpu_before - idle_cores * r.seconds;
     r.cpu_per_query = cpu.max(0.0) / r.queries.max(1) as f64;
     r.all.sort_by(f64::total_cmp);
@@ -445,7 +459,7 @@ fn main() {
         ));
     }
     body.push_str(
-        "\n| machines | mix | queries/s | query p50 | query p99 | SQL node CPU per query | failed |\n\
+        "\n| machines | mix | queries/s | query p50 | query p99 | SQL node CPU per query | failed; rerun as heavy (stopped at `heavy_query_after`) |\n\
          |---:|---|---:|---:|---:|---:|---:|\n",
     );
     for r in &runs {
