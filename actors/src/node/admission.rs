@@ -1,7 +1,6 @@
 //! Admission control for queries. Clients (an address; later an authenticated identity)
-//! are in one of three classes by their recent cost (how long their places were held,
-//! counted as their share of the query threads while more queries run than there are
-//! threads; a maximum fading with a 30 s half-life), each with places of its own, so no class can
+//! are in one of three classes by their recent cost (how long their places were held, a
+//! maximum fading with a 30 s half-life), each with places of its own, so no class can
 //! take another's: **light** clients run at most `max_concurrent` queries at once, clients
 //! of **heavy** queries (recent cost at least `heavy_after`) at most `max_heavy` together,
 //! and **new** clients (no recent cost) at most `max_heavy` together. Queries of heavy and
@@ -36,9 +35,6 @@ pub struct AdmissionLimits {
     /// known yet hold as many places together, apart from those.
     pub max_heavy: usize,
     pub heavy_after: Duration,
-    /// Threads the queries share: a query's cost is the time its place was held times its
-    /// share of them (see `State::service`).
-    pub threads: usize,
 }
 
 pub struct Admission {
@@ -51,14 +47,6 @@ pub struct Admission {
 #[derive(Default)]
 struct State {
     running: usize,
-    /// Seconds of thread time one running query has had since start, had the running
-    /// queries shared the threads equally (processor sharing): the clock advances at
-    /// `threads / running` per second while more queries run than there are threads, at
-    /// one otherwise. A query's cost is how far it advanced while it held its place, so
-    /// a query that took 100 ms of a core costs about 100 ms whether it ran alone or
-    /// among 16: clients are not judged heavy because the node is busy.
-    service: f64,
-    service_at: Option<Instant>,
     clients: HashMap<String, Client>,
     waiters: VecDeque<Waiter>,
     next_ticket: u64,
@@ -119,8 +107,8 @@ struct Waiter {
 
 /// What a waiter receives.
 enum Grant {
-    /// A place, granted in the client's class then, at `State::service` `since`.
-    Place { class: Class, since: f64 },
+    /// A place, granted in the client's class then.
+    Place { class: Class },
     /// Refused: the queue was full and a query of a client with cheaper recent queries
     /// took this one's slot.
     Evicted,
@@ -130,8 +118,7 @@ enum Grant {
 pub struct Admitted {
     admission: Arc<Admission>,
     client: String,
-    /// `State::service` when the place was granted.
-    since: f64,
+    since: Instant,
     class: Class,
     /// Set (under the admission lock) once the place's share of its class is given back
     /// ahead of the place itself: see [`ClassShare`].
@@ -159,9 +146,8 @@ impl Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
+        let held = self.since.elapsed().as_secs_f64();
         let mut st = self.admission.lock();
-        st.advance(self.admission.limits.threads);
-        let held = st.service - self.since;
         st.record_cost(&self.client, held);
         if !self.share_back.load(Ordering::Relaxed) {
             st.uncount(self.class);
@@ -208,7 +194,7 @@ impl Drop for Waiting {
             st.waiters.remove(i);
             st.client(&self.client).queued -= 1;
             st.forget_idle(&self.client);
-        } else if let Ok(Grant::Place { class, .. }) = self.grant.try_recv() {
+        } else if let Ok(Grant::Place { class }) = self.grant.try_recv() {
             // Granted just as we gave up: the place goes to the next one.
             st.uncount(class);
             self.admission.release_locked(&mut st, &self.client);
@@ -218,20 +204,6 @@ impl Drop for Waiting {
 }
 
 impl State {
-    /// Brings `service` up to now; called before `running` changes.
-    fn advance(&mut self, threads: usize) {
-        let now = Instant::now();
-        if let Some(at) = self.service_at {
-            let share = if self.running > threads {
-                threads as f64 / self.running as f64
-            } else {
-                1.0
-            };
-            self.service += now.saturating_duration_since(at).as_secs_f64() * share;
-        }
-        self.service_at = Some(now);
-    }
-
     fn client(&mut self, name: &str) -> &mut Client {
         self.clients.entry(name.to_string()).or_default()
     }
@@ -356,13 +328,6 @@ impl Admission {
         self.lock().running
     }
 
-    /// How many times longer than alone a query takes now: running queries over threads,
-    /// at least 1 (see `State::service`).
-    pub fn slowdown(&self) -> f64 {
-        let running = self.lock().running;
-        (running as f64 / self.limits.threads.max(1) as f64).max(1.0)
-    }
-
     /// Queries waiting for a place now.
     pub fn queued(&self) -> usize {
         self.lock().waiters.len()
@@ -411,14 +376,13 @@ impl Admission {
             // no waiter may take it: it is this client's if it is under its share.
             let (class, held_back) = st.class_held_back(client, &self.limits);
             if (moving || running < self.limits.running_per_client) && !held_back {
-                st.advance(self.limits.threads);
                 st.running += 1;
                 st.client(client).running += 1;
                 st.count(class);
                 return Ok(Admitted {
                     admission: self.clone(),
                     client: client.to_string(),
-                    since: st.service,
+                    since: Instant::now(),
                     class,
                     share_back: Arc::default(),
                 });
@@ -458,12 +422,12 @@ impl Admission {
                         .into(),
                 ))
             }
-            Ok(Ok(Grant::Place { class, since })) => {
+            Ok(Ok(Grant::Place { class })) => {
                 waiting.done = true;
                 Ok(Admitted {
                     admission: self.clone(),
                     client: client.to_string(),
-                    since,
+                    since: Instant::now(),
                     class,
                     share_back: Arc::default(),
                 })
@@ -482,7 +446,6 @@ impl Admission {
     /// Gives a place back and grants it, under one lock, so that a newcomer cannot take
     /// the freed place ahead of the waiters.
     fn release_locked(&self, st: &mut State, client: &str) {
-        st.advance(self.limits.threads);
         st.running -= 1;
         st.client(client).running -= 1;
         st.forget_idle(client);
@@ -493,7 +456,6 @@ impl Admission {
     /// running (and under its running share), then the cheapest recently (a light query
     /// waits for the next free place, not behind every heavy one), oldest first.
     fn dispatch(&self, st: &mut State) {
-        st.advance(self.limits.threads);
         loop {
             let pick = st
                 .waiters
@@ -514,8 +476,7 @@ impl Admission {
             c.running += 1;
             st.running += 1;
             st.count(class);
-            let since = st.service;
-            if w.grant.send(Grant::Place { class, since }).is_err() {
+            if w.grant.send(Grant::Place { class }).is_err() {
                 // The waiter is gone (its Drop could not find it in the queue any more).
                 st.running -= 1;
                 st.uncount(class);
@@ -539,7 +500,6 @@ mod tests {
             queue_timeout: Duration::from_millis(300),
             max_heavy: 2,
             heavy_after: Duration::from_secs(1),
-            threads: 2,
         }
     }
 
@@ -548,34 +508,6 @@ mod tests {
         for c in clients {
             drop(a.admit(c).await.expect("a first query"));
         }
-    }
-
-    #[tokio::test]
-    async fn a_query_costs_its_share_of_the_threads_not_its_wall_time() {
-        let a = Admission::new(AdmissionLimits {
-            max_concurrent: 3,
-            per_client: 1,
-            threads: 1,
-            ..limits()
-        });
-        known(&a, &["a", "b", "c"]).await;
-        // Three queries share one thread for 1.2 s: a third each, 0.4 s, under the 1 s.
-        let held: Vec<Admitted> = futures::future::join_all(["a", "b", "c"].map(|c| a.admit(c)))
-            .await
-            .into_iter()
-            .map(|p| p.expect("a place"))
-            .collect();
-        std::thread::sleep(Duration::from_millis(1200));
-        drop(held);
-        for c in ["a", "b", "c"] {
-            let p = a.admit(c).await.expect("a place");
-            assert_eq!(p.class(), Class::Light, "{c}");
-        }
-        // Alone for as long, a query has the thread all that time: its client is heavy.
-        let p = a.admit("a").await.expect("a place");
-        std::thread::sleep(Duration::from_millis(1200));
-        drop(p);
-        assert_eq!(a.admit("a").await.expect("a place").class(), Class::Heavy);
     }
 
     #[tokio::test]

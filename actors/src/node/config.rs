@@ -305,9 +305,7 @@ pub struct SqlConfig {
     /// Places clients of heavy queries may hold together; 0 = half the query threads (at
     /// least one), so light queries always find a thread.
     pub max_heavy_queries: usize,
-    /// A client whose recent queries held their place this long is a client of heavy ones
-    /// (time counted as the query's share of the threads when more queries run than
-    /// there are threads: a busy node does not make every client heavy).
+    /// A client whose recent queries held their place this long is a client of heavy ones.
     #[serde(with = "humantime_serde")]
     pub heavy_query_after: Duration,
     /// Clients of heavy queries run on a pool of their own whose threads have this nice

@@ -100,7 +100,6 @@ impl Queries {
                 },
                 heavy_after: sql.heavy_query_after,
                 queue_timeout: sql.queue_timeout,
-                threads: pool.threads(),
             }),
             quarantine: Quarantine::new(sql.quarantine.clone()),
             limits: QueryLimits {
@@ -390,18 +389,9 @@ impl NodeHandle {
         }
         let pool = q.pool_for(place.class());
         let share = place.share();
-        // `heavy_query_after` of its share of the threads: longer in wall time while more
-        // queries run than there are threads (admission costs queries the same way).
         let until = match place.class() {
             Class::Heavy => deadline,
-            _ => deadline.min(
-                tokio::time::Instant::now()
-                    + self
-                        .config
-                        .sql
-                        .heavy_query_after
-                        .mul_f64(q.admission.slowdown()),
-            ),
+            _ => deadline.min(tokio::time::Instant::now() + self.config.sql.heavy_query_after),
         };
         // Other queries running keep the cores busy: this one runs on one partition.
         let mut limits = limits;
