@@ -21,7 +21,10 @@ use datafusion::common::{internal_err, HashMap, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::execution_plan::{
+    apply_expression_roots, Boundedness, EmissionType,
+};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
@@ -40,6 +43,8 @@ pub struct TopKPerPartitionExec {
     partition_len: usize,
     k: usize,
     properties: Arc<PlanProperties>,
+    /// Output rows and compute time, for EXPLAIN ANALYZE.
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl TopKPerPartitionExec {
@@ -66,6 +71,7 @@ impl TopKPerPartitionExec {
             partition_len,
             k,
             properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 
@@ -113,6 +119,10 @@ impl ExecutionPlan for TopKPerPartitionExec {
         vec![false]
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         vec![&self.input]
     }
@@ -121,12 +131,7 @@ impl ExecutionPlan for TopKPerPartitionExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        for e in self.expr.iter() {
-            if f(&e.expr)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
+        apply_expression_roots(self.expr.iter().map(|e| &e.expr), f)
     }
 
     #[allow(deprecated)]
@@ -157,11 +162,17 @@ impl ExecutionPlan for TopKPerPartitionExec {
         let mut state =
             Groups::try_new(&schema, &self.expr, self.partition_len, self.k, reservation)?;
         let batch_size = context.session_config().batch_size().max(1);
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
         let out = futures::stream::once(async move {
             while let Some(batch) = input.next().await {
-                state.insert(batch?)?;
+                let batch = batch?;
+                let _timer = baseline.elapsed_compute().timer();
+                state.insert(batch)?;
             }
+            let timer = baseline.elapsed_compute().timer();
             let batches = state.emit(batch_size)?;
+            timer.done();
+            baseline.record_output(batches.iter().map(|b| b.num_rows()).sum());
             Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(
                 batches.into_iter().map(Ok),
             ))

@@ -187,6 +187,13 @@ mod tests {
                     plan_and_rows(&ctx, &format!("{ranked} <= {k} AND rn > 0")).await;
                 assert!(!plan.contains("TopK"), "{plan}");
                 assert_eq!(ours, sorted, "{groups} groups, ORDER BY {order}, k {k}");
+                let (_, shown) =
+                    plan_and_rows(&ctx, &format!("EXPLAIN ANALYZE {ranked} <= {k}")).await;
+                let line = shown.iter().find(|l| l.contains("TopKPerPartitionExec"));
+                assert!(
+                    line.is_some_and(|l| l.contains("output_rows=")),
+                    "its metrics: {shown:?}"
+                );
                 assert!(ours.len() >= 8, "rows besides the frame: {ours:?}");
             }
         }
