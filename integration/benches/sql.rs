@@ -16,7 +16,8 @@
 //! is reported. `BENCH_PYTHON` overrides `<repo>/.bench-venv/bin/python` (`make bench-venv`).
 //! `BENCH_EXPLAIN=<name>[,<name>...]` (or `all`, or `sql:<statement>`) prints `EXPLAIN
 //! ANALYZE` of those queries on the largest fleet to standard error and writes nothing:
-//! where a query's time goes.
+//! where a query's time goes; with `BENCH_NARROW=1` every statement runs on one partition,
+//! as on a busy node.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -595,10 +596,12 @@ fn explain(
         }
         None => (queries, which.split(',').map(str::trim).collect()),
     };
+    // `BENCH_NARROW=1`: as on a busy node, one partition (`QueryLimits::parallel`).
     let limits = QueryLimits {
         max_rows: usize::MAX,
         max_result_bytes: usize::MAX,
         memory: MemoryBudget::new(usize::MAX / 2, usize::MAX / 2),
+        parallel: std::env::var_os("BENCH_NARROW").is_none(),
         ..Default::default()
     };
     for (name, sql) in queries {
