@@ -59,6 +59,17 @@ pub fn time_sliced(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan
     Ok(TimeSlicedExec::wrap(wrapped))
 }
 
+/// The one child of an operator of ours that takes exactly one (`with_new_children`).
+pub(crate) fn only_child(
+    mut children: Vec<Arc<dyn ExecutionPlan>>,
+    operator: &str,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    match (children.pop(), children.is_empty()) {
+        (Some(input), true) => Ok(input),
+        _ => datafusion::common::internal_err!("{operator} takes exactly one child"),
+    }
+}
+
 /// Passes its input through unchanged, giving the thread back every [`SLICE`].
 #[derive(Debug)]
 pub struct TimeSlicedExec {
@@ -112,12 +123,10 @@ impl ExecutionPlan for TimeSlicedExec {
     #[allow(deprecated)]
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(TimeSlicedExec { input })),
-            _ => datafusion::common::internal_err!("TimeSlicedExec takes exactly one child"),
-        }
+        let input = only_child(children, "TimeSlicedExec")?;
+        Ok(Arc::new(TimeSlicedExec { input }))
     }
 
     fn execute(

@@ -137,17 +137,15 @@ impl ExecutionPlan for TopKPerPartitionExec {
     #[allow(deprecated)]
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(TopKPerPartitionExec::try_new(
-                input,
-                self.expr.clone(),
-                self.partition_len,
-                self.k,
-            )?)),
-            _ => internal_err!("TopKPerPartitionExec takes exactly one child"),
-        }
+        let input = crate::sql::time_slice::only_child(children, "TopKPerPartitionExec")?;
+        Ok(Arc::new(TopKPerPartitionExec::try_new(
+            input,
+            self.expr.clone(),
+            self.partition_len,
+            self.k,
+        )?))
     }
 
     fn execute(
