@@ -105,6 +105,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// No answer or memory limit: the comparison with DuckDB measures the engine alone.
+fn unlimited(parallel: bool) -> QueryLimits {
+    QueryLimits {
+        max_rows: usize::MAX,
+        max_result_bytes: usize::MAX,
+        memory: MemoryBudget::new(usize::MAX / 2, usize::MAX / 2),
+        parallel,
+        ..Default::default()
+    }
+}
+
 async fn run_query(
     gen: &Arc<Generation>,
     statics: &Arc<StaticCatalog>,
@@ -113,13 +124,7 @@ async fn run_query(
     runs: usize,
     uses_views: bool,
 ) -> Outcome {
-    // No answer or memory limit: the comparison with DuckDB measures the engine alone.
-    let limits = QueryLimits {
-        max_rows: usize::MAX,
-        max_result_bytes: usize::MAX,
-        memory: MemoryBudget::new(usize::MAX / 2, usize::MAX / 2),
-        ..Default::default()
-    };
+    let limits = unlimited(true);
     let mut times = Vec::with_capacity(runs);
     let mut phases: Vec<Phases> = Vec::with_capacity(runs);
     let mut encode = Vec::with_capacity(runs);
@@ -597,13 +602,7 @@ fn explain(
         None => (queries, which.split(',').map(str::trim).collect()),
     };
     // `BENCH_NARROW=1`: as on a busy node, one partition (`QueryLimits::parallel`).
-    let limits = QueryLimits {
-        max_rows: usize::MAX,
-        max_result_bytes: usize::MAX,
-        memory: MemoryBudget::new(usize::MAX / 2, usize::MAX / 2),
-        parallel: std::env::var_os("BENCH_NARROW").is_none(),
-        ..Default::default()
-    };
+    let limits = unlimited(std::env::var_os("BENCH_NARROW").is_none());
     for (name, sql) in queries {
         if !wanted.contains(&"all") && !wanted.contains(&name.as_str()) {
             continue;

@@ -131,7 +131,8 @@ pub struct Phases {
     pub physical: Duration,
     /// Executing the plan and collecting its batches.
     pub execute: Duration,
-    /// True if the statement ran on one partition (`SINGLE_PARTITION_ROWS`).
+    /// True if the statement ran on one partition (`SINGLE_PARTITION_ROWS`, or
+    /// `QueryLimits::parallel` false).
     pub single_partition: bool,
 }
 

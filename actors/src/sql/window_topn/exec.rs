@@ -189,7 +189,6 @@ struct Kept {
 
 /// The best k rows of every partition seen so far, for one input partition.
 struct Groups {
-    schema: SchemaRef,
     partition_exprs: Vec<Arc<dyn PhysicalExpr>>,
     sort_exprs: Vec<Arc<dyn PhysicalExpr>>,
     partition_rows: RowConverter,
@@ -199,6 +198,8 @@ struct Groups {
     groups: HashMap<Vec<u8>, Vec<Kept>>,
     batches: Vec<RecordBatch>,
     retained_rows: usize,
+    /// Arrow memory of `batches`, kept as they come and go (not summed per batch).
+    retained_bytes: usize,
     kept_rows: usize,
     key_bytes: usize,
     reservation: MemoryReservation,
@@ -224,7 +225,6 @@ impl Groups {
             .collect::<Result<Vec<_>>>()?;
         let sort_fields = expr.iter().map(field).collect::<Result<Vec<_>>>()?;
         Ok(Groups {
-            schema: schema.clone(),
             partition_exprs: expr[..partition_len]
                 .iter()
                 .map(|e| e.expr.clone())
@@ -236,6 +236,7 @@ impl Groups {
             groups: HashMap::default(),
             batches: Vec::new(),
             retained_rows: 0,
+            retained_bytes: 0,
             kept_rows: 0,
             key_bytes: 0,
             reservation,
@@ -297,6 +298,7 @@ impl Groups {
         }
         if used {
             self.retained_rows += n;
+            self.retained_bytes += batch.get_array_memory_size();
             self.batches.push(batch);
         }
         if self.batches.len() > COMPACT_AFTER_BATCHES && self.retained_rows > 4 * self.kept_rows {
@@ -316,13 +318,13 @@ impl Groups {
             k.row = i;
         }
         self.retained_rows = one.num_rows();
+        self.retained_bytes = one.get_array_memory_size();
         self.batches = vec![one];
         Ok(())
     }
 
     fn size(&self) -> usize {
-        let batches: usize = self.batches.iter().map(|b| b.get_array_memory_size()).sum();
-        batches
+        self.retained_bytes
             + self.key_bytes
             + self.kept_rows * std::mem::size_of::<Kept>()
             + self.groups.capacity() * std::mem::size_of::<(Vec<u8>, Vec<Kept>)>()
@@ -341,7 +343,6 @@ impl Groups {
             .chunks(batch_size)
             .map(|chunk| interleave_record_batch(&refs, chunk))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        debug_assert!(out.iter().all(|b| b.schema() == self.schema));
         Ok(out)
     }
 }
