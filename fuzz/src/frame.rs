@@ -29,7 +29,8 @@ use query_actors::generation::{GenTable, Generation, Part, SourceStamp};
 use query_actors::link::diff::{LinkDecoder, LinkEncoder};
 use query_actors::link::frame::{decode_frame, encode_frame, read_frame, Codec};
 use query_actors::link::wire::{
-    Advert, GenerationFrame, PartRows, ToChild, ToParent, LINK_VERSION,
+    Advert, GenerationFrame, Listing, PartRows, PatchValues, Sources, ToChild, ToParent,
+    LINK_VERSION,
 };
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -305,9 +306,14 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
             .filter_map(|p| match &p.rows {
                 PartRows::Full(b)
                 | PartRows::Diff { added: b, .. }
-                | PartRows::Patch { values: b, .. } => Some(b),
+                | PartRows::Patch { added: b, .. } => Some(b),
                 PartRows::Unchanged => None,
             })
+            .chain(
+                g.tables
+                    .iter()
+                    .flat_map(|t| t.patches.iter().map(|p| &p.values)),
+            )
             .chain(g.tables.iter().filter_map(|t| t.schema.as_ref()))
             .collect();
         parts
@@ -321,15 +327,36 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
     let t = rng.random_range(0..f.tables.len());
     let table = &mut f.tables[t];
     let p = rng.random_range(0..table.parts.len().max(1));
-    match rng.random_range(0..12) {
+    match rng.random_range(0..14) {
         0 => f.full = !f.full,
         1 => {
             f.sealed_at_ms = [i64::MIN, i64::MAX, -1, 0][rng.random_range(0..4)];
         }
         2 => {
             if let Some(part) = table.parts.get_mut(p) {
-                part.sources
-                    .push(("s".into(), [i64::MIN, i64::MAX][rng.random_range(0..2)]));
+                part.sources = Sources::Stamped(vec![(
+                    "s".into(),
+                    [i64::MIN, i64::MAX][rng.random_range(0..2)],
+                )]);
+            }
+        }
+        // Only the changes listed: parts gone that are not held, or listed too.
+        12 => {
+            let gone = (0..rng.random_range(0..3))
+                .map(|_| ["", "10.0.0.1", "10.0.0.9", "m0"][rng.random_range(0..4)].to_string())
+                .collect();
+            table.listing = Listing::Changes { gone };
+        }
+        // Sources as held (for a part that may not be), or named without a time.
+        13 => {
+            if let Some(part) = table.parts.get_mut(p) {
+                part.sources = [Sources::Held, Sources::Named(vec!["nowhere".into()])]
+                    [rng.random_range(0..2)]
+                .clone();
+            }
+            if rng.random_bool(0.5) {
+                f.stamps
+                    .push(("s".into(), [i64::MIN, i64::MAX, 0][rng.random_range(0..3)]));
             }
         }
         3 => {
@@ -362,13 +389,21 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
                 part.rows = match rng.random_range(0..4) {
                     0 => PartRows::Full(bytes),
                     1 => PartRows::Unchanged,
-                    2 => PartRows::Patch {
-                        rows: vec![rng.random_range(0..4); rng.random_range(0..3)],
-                        columns: vec![(rng.random_range(0..4), rng.random_bool(0.5))],
-                        values: bytes,
-                        removed: vec![],
-                        added: vec![],
-                    },
+                    2 => {
+                        table.patches.push(PatchValues {
+                            columns: vec![(
+                                rng.random_range(0..4),
+                                [0, 1, 2, 3, 8][rng.random_range(0..5)],
+                            )],
+                            values: bytes,
+                        });
+                        PartRows::Patch {
+                            rows: vec![rng.random_range(0..4); rng.random_range(0..3)],
+                            values: Some(rng.random_range(0..table.patches.len() as u32 + 1)),
+                            removed: vec![],
+                            added: vec![],
+                        }
+                    }
                     _ => PartRows::Diff {
                         removed: vec![],
                         added: bytes,

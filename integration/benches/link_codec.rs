@@ -21,9 +21,12 @@ use query_actors::edge::LocalPublisher;
 use query_actors::generation::{Generation, GenerationBuilder, Part, SourceStamp};
 use query_actors::link::diff::{LinkDecoder, LinkEncoder};
 use query_actors::link::frame::{decode_frame, encode_frame, Codec, DEFAULT_MAX_FRAME_BYTES};
-use query_actors::link::wire::{GenerationFrame, PartRows, ToParent};
+use query_actors::link::wire::{GenerationFrame, Listing, PartRows, ToParent};
 use query_actors::simulate::FleetSimulator;
 use query_integration::bench::{env_f64, human_bytes, simulator, write_bench_section};
+
+/// The per-table line of the sources' times (`GenerationFrame::stamps`), sent once per frame.
+const STAMPS: &str = "(sources' times, once per frame)";
 
 /// Consecutive generations per fleet; the first is full on the diff link, the rest diffs.
 const GENERATIONS: usize = 6;
@@ -175,24 +178,40 @@ impl Totals {
             unreachable!()
         };
         let mut kinds = [0usize; 4];
-        for p in frame.tables.iter().flat_map(|t| &t.parts) {
-            kinds[match p.rows {
-                PartRows::Full(_) => 0,
-                PartRows::Unchanged => 1,
-                PartRows::Diff { .. } => 2,
-                PartRows::Patch { .. } => 3,
-            }] += 1;
+        for t in &frame.tables {
+            for p in &t.parts {
+                kinds[match p.rows {
+                    PartRows::Full(_) => 0,
+                    PartRows::Unchanged => 1,
+                    PartRows::Diff { .. } => 2,
+                    PartRows::Patch { .. } => 3,
+                }] += 1;
+            }
+            // Parts a table listing only changes leaves out are unchanged.
+            if matches!(t.listing, Listing::Changes { .. }) {
+                kinds[1] += g.tables[&t.name].parts.len() - t.parts.len();
+            }
         }
-        // Per table: the frame with that table only, zstd level 1 (not timed).
+        // Per table: the frame with that table only, zstd level 1 (not timed); the sources'
+        // times, which the frame sends once for all tables, on a line of their own.
         for t in &frame.tables {
             let one = ToParent::Generation(GenerationFrame {
                 tables: vec![t.clone()],
                 errors: vec![],
+                stamps: vec![],
+                unstamped: vec![],
                 ..frame.clone()
             });
             let bytes = encode_frame(&one, Codec::Zstd).expect("serialize");
             *self.per_table.entry(t.name.clone()).or_default() += bytes.len();
         }
+        let stamps = ToParent::Generation(GenerationFrame {
+            tables: vec![],
+            errors: vec![],
+            ..frame.clone()
+        });
+        let stamp_bytes = encode_frame(&stamps, Codec::Zstd).expect("serialize");
+        *self.per_table.entry(STAMPS.into()).or_default() += stamp_bytes.len();
         drop(msg);
 
         let t = Instant::now();
@@ -388,10 +407,13 @@ fn main() {
         "## Cluster link codec: bytes and CPU per generation\n\n\
          A simulated fleet (`FleetSimulator`, 20% of machines change each generation, 6 tables) split into one \
          part per machine, as a cluster proxy holds it, through `LinkEncoder` → `encode_frame` → \
-         `decode_frame` → `LinkDecoder` on one thread, {GENERATIONS} consecutive generations. A diff frame sends \
-         unchanged parts as a key and their sources only, changed parts of tables with a key as patches \
-         (changed columns of the rows matched by key, counters as deltas), others as multiset diffs or whole; \
-         a full frame sends every part's rows (Arrow IPC). Per-table rows: a frame holding that table only.\n\n"
+         `decode_frame` → `LinkDecoder` on one thread, {GENERATIONS} consecutive generations. A diff frame lists \
+         only the parts whose rows or sources changed (the parent keeps the others as they are), changed parts \
+         of tables with a key as patches (changed columns of the rows matched by key, counters as deltas; a \
+         table's patched values travel in one Arrow IPC message per set of columns, deltas in the narrowest \
+         integer as byte planes), others as multiset diffs or whole, and each source's publication time once \
+         for all tables; a full frame sends every part's rows (Arrow IPC). Per-table rows: a frame holding that \
+         table only, the sources' times on a line of their own.\n\n"
     );
     for r in &results {
         body.push_str(&table(r));

@@ -354,7 +354,10 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::link::wire::{GenerationFrame, PartFrame, PartRows, TableFrame, ToChild, ToParent};
+    use crate::link::wire::{
+        GenerationFrame, Listing, PartFrame, PartRows, PatchValues, Sources, TableFrame, ToChild,
+        ToParent,
+    };
     use rand::rngs::SmallRng;
     use rand::{Rng, RngCore, SeedableRng};
 
@@ -369,15 +372,18 @@ mod tests {
             tables: vec![TableFrame {
                 name: "sys".into(),
                 schema: Some(vec![1, 2, 3, 4]),
+                listing: Listing::Changes {
+                    gone: vec!["10.0.0.9".into()],
+                },
                 parts: vec![
                     PartFrame {
                         key: "10.0.0.1".into(),
-                        sources: vec![("10.0.0.1".into(), 1_700_000_000_000)],
+                        sources: Sources::Stamped(vec![("10.0.0.1".into(), 1_700_000_000_000)]),
                         rows: PartRows::Full(vec![9; 300]),
                     },
                     PartFrame {
                         key: "10.0.0.2".into(),
-                        sources: vec![],
+                        sources: Sources::Named(vec![]),
                         rows: PartRows::Diff {
                             removed: vec![0, 5, 70_000],
                             added: vec![1, 2, 3],
@@ -385,12 +391,18 @@ mod tests {
                     },
                     PartFrame {
                         key: "10.0.0.3".into(),
-                        sources: vec![],
+                        sources: Sources::Held,
                         rows: PartRows::Unchanged,
                     },
                 ],
+                patches: vec![PatchValues {
+                    columns: vec![(2, 2)],
+                    values: vec![7; 40],
+                }],
             }],
             errors: vec![("p".into(), "bad row".into())],
+            stamps: vec![("10.0.0.2".into(), 1_500)],
+            unstamped: vec![],
             machines: 3,
             clusters: 0,
         })

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; a peer with another version is refused at hello.
-pub const LINK_VERSION: u32 = 4;
+pub const LINK_VERSION: u32 = 5;
 
 /// Parent → child.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +84,13 @@ pub struct GenerationFrame {
     pub tables: Vec<TableFrame>,
     /// Sources whose input was refused (source, why).
     pub errors: Vec<(String, String)>,
+    /// Sources whose publication time on this link is new with this frame: (source,
+    /// `sealed_at_ms` minus the time in ms, a small number). A link keeps one time per source
+    /// name, which the parts that name the source ([`Sources`]) take; every machine publishes
+    /// every interval, so each frame restamps every source, once for all its tables.
+    pub stamps: Vec<(String, i64)>,
+    /// Sources no part names any more: the link forgets their times.
+    pub unstamped: Vec<String>,
     /// What the child sees below it: machines (sources of its tables) and, for a TLA,
     /// clusters.
     pub machines: u64,
@@ -97,7 +104,9 @@ impl GenerationFrame {
     /// first frame with rows is the full copy then.
     pub fn is_full_copy(&self) -> bool {
         let mut parts = self.tables.iter().flat_map(|t| t.parts.iter()).peekable();
-        parts.peek().is_some() && parts.all(|p| matches!(p.rows, PartRows::Full(_)))
+        self.tables.iter().all(|t| t.listing == Listing::Every)
+            && parts.peek().is_some()
+            && parts.all(|p| matches!(p.rows, PartRows::Full(_)))
     }
 }
 
@@ -108,17 +117,62 @@ pub struct TableFrame {
     /// changed); otherwise the parent uses the one it has.
     #[serde(with = "serde_bytes")]
     pub schema: Option<Vec<u8>>,
+    /// What `parts` lists: every part, or only the changes.
+    pub listing: Listing,
+    pub parts: Vec<PartFrame>,
+    /// The new values of the table's patched parts ([`PartRows::Patch`]), one entry per set
+    /// of patched columns: a part's values are the next rows of its entry, parts taken in
+    /// order. One Arrow IPC message per entry rather than one per part: a message's metadata
+    /// cost more than the values of a typical patch (BENCHMARKS.md, `link-codec`).
+    pub patches: Vec<PatchValues>,
+}
+
+/// The values of every part of a table patched in the same columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchValues {
+    /// The changed columns, ascending: (column index, 0 for new values, or for a delta the
+    /// bytes of each value as sent: 1, 2, 4 or 8).
+    pub columns: Vec<(u32, u8)>,
+    /// One column per entry of `columns` (Arrow IPC): the new values, or for a delta column
+    /// the new value's bits minus the old one's, as a wrapping signed integer of the same
+    /// width, sent in the narrowest signed integer that holds every delta of the entry.
+    #[serde(with = "serde_bytes")]
+    pub values: Vec<u8>,
+}
+
+/// How a table's `parts` relate to the parts the parent holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Listing {
     /// Every part of the table in this generation, in order. A part the parent held that is
     /// not listed is gone.
-    pub parts: Vec<PartFrame>,
+    #[default]
+    Every,
+    /// Only the parts that are new or changed (rows or sources). Every other part the parent
+    /// holds stays as it is, where it is, except the parts `gone` (keys), which are removed;
+    /// new parts follow the held ones, in the order listed. A steady fleet changes a
+    /// fraction of its machines per interval: listing the others cost about a quarter of a
+    /// diff frame's bytes (BENCHMARKS.md, `link-codec`). The child uses it only when the
+    /// parent's order then is the child's order.
+    Changes { gone: Vec<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartFrame {
     pub key: String,
-    /// (source, published at, unix ms).
-    pub sources: Vec<(String, i64)>,
+    pub sources: Sources,
     pub rows: PartRows,
+}
+
+/// A part's sources (what published its rows) and when they published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Sources {
+    /// As the parent holds them for the part (a held part only).
+    Held,
+    /// These sources, each at its time on the link ([`GenerationFrame::stamps`]).
+    Named(Vec<String>),
+    /// These sources at these times (unix ms): for a part whose source published it at
+    /// another time than the link's time for that source.
+    Stamped(Vec<(String, i64)>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,21 +188,18 @@ pub enum PartRows {
         #[serde(with = "serde_bytes")]
         added: Vec<u8>,
     },
-    /// Rows matched by the table's key (tables with a key only). The parent sets `columns`
-    /// of the held rows `rows`, removes `removed` (indexes into the rows it holds,
-    /// ascending) and appends `added` (Arrow IPC; empty bytes for none) after the rows that
-    /// remain. See `super::diff` for the exact order.
+    /// Rows matched by the table's key (tables with a key only). The parent sets the
+    /// columns of entry `values` of the table's `patches` in the held rows `rows`, removes
+    /// `removed` (indexes into the rows it holds, ascending) and appends `added` (Arrow IPC;
+    /// empty bytes for none) after the rows that remain. See `super::diff` for the exact
+    /// order.
     Patch {
         /// The held rows whose values change, ascending, each as its distance from the
         /// previous one minus one (the first: its index), so "every row" is all zeros.
         rows: Vec<u32>,
-        /// The changed columns, ascending: (column index, sent as a delta).
-        columns: Vec<(u32, bool)>,
-        /// One column per entry of `columns`, one row per patched row (Arrow IPC; empty
-        /// bytes when no column): the new values, or for a delta column the new value's bits
-        /// minus the old one's, as a wrapping signed integer of the same width.
-        #[serde(with = "serde_bytes")]
-        values: Vec<u8>,
+        /// The entry of the table's `patches` whose next `rows.len()` rows are this part's
+        /// new values; `None` when no value changes.
+        values: Option<u32>,
         removed: Vec<u32>,
         #[serde(with = "serde_bytes")]
         added: Vec<u8>,

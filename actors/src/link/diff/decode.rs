@@ -11,7 +11,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use super::ipc::{decode_batch, decode_schema};
 use super::{forward, patch};
 use crate::generation::{GenTable, Part, SourceStamp};
-use crate::link::wire::{GenerationFrame, PartRows};
+use crate::link::wire::{GenerationFrame, Listing, PartFrame, PartRows, PatchValues, Sources};
 use crate::link::LinkError;
 
 /// A child's generation as the parent holds it after applying a frame.
@@ -36,11 +36,36 @@ pub struct LinkDecoder {
     forwarding: bool,
     /// The patches recorded from the last frame, forgotten when the next one arrives.
     recorded: Vec<forward::Recorded>,
+    /// The link's time per source (unix ms): [`GenerationFrame::stamps`].
+    times: HashMap<String, i64>,
 }
 
 struct HeldTable {
     schema: SchemaRef,
-    parts: HashMap<String, RecordBatch>,
+    /// The child's parts as last applied, in its order, and where each key is.
+    parts: Vec<HeldPart>,
+    index: HashMap<String, usize>,
+}
+
+/// A part as held: its sources' times where they are not the link's.
+struct HeldPart {
+    key: String,
+    batch: RecordBatch,
+    sources: Vec<(String, Option<i64>)>,
+}
+
+impl HeldTable {
+    fn new(schema: SchemaRef) -> Self {
+        HeldTable {
+            schema,
+            parts: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&HeldPart> {
+        self.index.get(key).map(|&i| &self.parts[i])
+    }
 }
 
 impl Drop for LinkDecoder {
@@ -62,6 +87,7 @@ impl LinkDecoder {
             needs_full: true,
             forwarding: false,
             recorded: Vec::new(),
+            times: HashMap::new(),
         }
     }
 
@@ -91,6 +117,7 @@ impl LinkDecoder {
         let result = self.apply_frame(frame);
         if result.is_err() {
             self.tables.clear();
+            self.times.clear();
             self.needs_full = true;
         }
         result
@@ -103,11 +130,20 @@ impl LinkDecoder {
                     .into(),
             ));
         }
-        let forwarding = self.forwarding;
         forward::forget(&mut self.recorded);
         let mut old = std::mem::take(&mut self.tables);
         if frame.full {
             old.clear();
+            self.times.clear();
+        }
+        for (source, back) in frame.stamps {
+            let ms = frame.sealed_at_ms.checked_sub(back).ok_or_else(|| {
+                LinkError::Protocol(format!("time of source '{source}' is out of range"))
+            })?;
+            self.times.insert(source, ms);
+        }
+        for source in &frame.unstamped {
+            self.times.remove(source);
         }
         let mut next = HashMap::with_capacity(frame.tables.len());
         let mut out = BTreeMap::new();
@@ -119,120 +155,57 @@ impl LinkDecoder {
                 )));
             }
             let prev = old.remove(&name);
-            let (schema, mut held) = match (tf.schema, prev) {
+            let held = match (tf.schema, prev) {
                 (Some(bytes), prev) => {
                     let schema =
                         decode_schema(&bytes).map_err(|e| in_table(&name, "its schema", e))?;
                     // The child sends a schema again only when it changed; if it did not,
                     // the parts held are still good.
-                    let held = match prev {
-                        Some(p) if p.schema == schema => p.parts,
-                        _ => HashMap::new(),
-                    };
-                    (schema, held)
+                    match prev {
+                        Some(p) if p.schema == schema => p,
+                        _ => HeldTable::new(schema),
+                    }
                 }
-                (None, Some(prev)) => (prev.schema, prev.parts),
+                (None, Some(prev)) => prev,
                 (None, None) => {
                     return Err(LinkError::Protocol(format!(
                         "table '{name}' has no schema on this link (none sent, none held)"
                     )))
                 }
             };
-            let mut parts_out = Vec::with_capacity(tf.parts.len());
-            let mut parts_held = HashMap::with_capacity(tf.parts.len());
+            let mut patches = tf
+                .patches
+                .into_iter()
+                .map(|p| PatchCursor::decode(&held.schema, p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| in_table(&name, "its patches", e))?;
+            let mut listed = Vec::with_capacity(tf.parts.len());
             for pf in tf.parts {
-                let key = pf.key;
-                let batch = match pf.rows {
-                    PartRows::Full(bytes) => decode_batch(&bytes, &schema)
-                        .map_err(|e| in_table(&name, &format!("part '{key}'"), e))?,
-                    PartRows::Unchanged => held.remove(&key).ok_or_else(|| {
-                        LinkError::Protocol(format!(
-                            "part '{key}' of table '{name}' is sent as unchanged but is not held"
-                        ))
-                    })?,
-                    PartRows::Diff { removed, added } => {
-                        let old = held.remove(&key).ok_or_else(|| {
-                            LinkError::Protocol(format!(
-                                "part '{key}' of table '{name}' is sent as a diff but is not held"
-                            ))
-                        })?;
-                        let added = decode_batch(&added, &schema)
-                            .map_err(|e| in_table(&name, &format!("part '{key}'"), e))?;
-                        apply_diff(&old, &removed, &added)
-                            .map_err(|e| in_table(&name, &format!("part '{key}'"), e))?
-                    }
-                    PartRows::Patch {
-                        rows,
-                        columns,
-                        values,
-                        removed,
-                        added,
-                    } => {
-                        let old = held.remove(&key).ok_or_else(|| {
-                            LinkError::Protocol(format!(
-                                "part '{key}' of table '{name}' is sent as a patch but is not held"
-                            ))
-                        })?;
-                        let added_bytes = added;
-                        let added = if added_bytes.is_empty() {
-                            None
-                        } else {
-                            Some(
-                                decode_batch(&added_bytes, &schema)
-                                    .map_err(|e| in_table(&name, &format!("part '{key}'"), e))?,
-                            )
-                        };
-                        let patched =
-                            patch::apply(&old, &rows, &columns, &values, &removed, added.as_ref())
-                                .map_err(|e| in_table(&name, &format!("part '{key}'"), e))?;
-                        if forwarding {
-                            let rows = PartRows::Patch {
-                                rows,
-                                columns,
-                                values,
-                                removed,
-                                added: added_bytes,
-                            };
-                            self.recorded.extend(forward::record(&old, &patched, rows));
-                        }
-                        patched
-                    }
-                };
-                let sources = pf
-                    .sources
-                    .into_iter()
-                    .map(|(source, ms)| {
-                        Ok(SourceStamp {
-                            source,
-                            published_at: from_millis(ms)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, LinkError>>()?;
-                if parts_held.insert(key.clone(), batch.clone()).is_some() {
-                    return Err(LinkError::Protocol(format!(
-                        "part '{key}' of table '{name}' is listed twice"
-                    )));
-                }
-                parts_out.push(Part {
-                    key,
-                    batch,
-                    sources,
-                });
+                listed.push(self.part(&name, &held, &mut patches, pf)?);
             }
-            next.insert(
-                name.clone(),
-                HeldTable {
-                    schema: schema.clone(),
-                    parts: parts_held,
-                },
-            );
+            if let Some(left) = patches.iter().find(|p| p.next < p.values.num_rows()) {
+                return Err(LinkError::Protocol(format!(
+                    "table '{name}': {} rows of patch values are left over",
+                    left.values.num_rows() - left.next
+                )));
+            }
+            let table = match tf.listing {
+                Listing::Every => table_of(&name, held.schema, listed)?,
+                Listing::Changes { gone } => changed(&name, held, listed, gone)?,
+            };
+            let parts = table
+                .parts
+                .iter()
+                .map(|p| self.part_out(&name, p))
+                .collect::<Result<_, _>>()?;
             out.insert(
-                name,
+                name.clone(),
                 GenTable {
-                    schema,
-                    parts: parts_out,
+                    schema: table.schema.clone(),
+                    parts,
                 },
             );
+            next.insert(name, table);
         }
         // Tables not listed are gone from the child's generation.
         self.tables = next;
@@ -247,6 +220,213 @@ impl LinkDecoder {
             clusters: frame.clusters,
         })
     }
+}
+
+impl LinkDecoder {
+    /// One listed part, applied to what `held` holds of it.
+    /// A held part as the generation shows it: each source at its time.
+    fn part_out(&self, name: &str, p: &HeldPart) -> Result<Part, LinkError> {
+        let sources = p
+            .sources
+            .iter()
+            .map(|(source, at)| {
+                let ms = match at {
+                    Some(ms) => *ms,
+                    None => *self.times.get(source).ok_or_else(|| {
+                        LinkError::Protocol(format!(
+                            "part '{}' of table '{name}' names source '{source}', which has no time on this link",
+                            p.key
+                        ))
+                    })?,
+                };
+                Ok(SourceStamp {
+                    source: source.clone(),
+                    published_at: from_millis(ms)?,
+                })
+            })
+            .collect::<Result<Vec<_>, LinkError>>()?;
+        Ok(Part {
+            key: p.key.clone(),
+            batch: p.batch.clone(),
+            sources,
+        })
+    }
+
+    fn part(
+        &mut self,
+        name: &str,
+        held: &HeldTable,
+        patches: &mut [PatchCursor],
+        pf: PartFrame,
+    ) -> Result<HeldPart, LinkError> {
+        let key = pf.key;
+        let schema = &held.schema;
+        let old = held.get(&key);
+        let need = |what: &str| {
+            old.ok_or_else(|| {
+                LinkError::Protocol(format!(
+                    "part '{key}' of table '{name}' is sent as {what} but is not held"
+                ))
+            })
+        };
+        let batch = match pf.rows {
+            PartRows::Full(bytes) => decode_batch(&bytes, schema)
+                .map_err(|e| in_table(name, &format!("part '{key}'"), e))?,
+            PartRows::Unchanged => need("unchanged")?.batch.clone(),
+            PartRows::Diff { removed, added } => {
+                let old = &need("a diff")?.batch;
+                let added = decode_batch(&added, schema)
+                    .map_err(|e| in_table(name, &format!("part '{key}'"), e))?;
+                apply_diff(old, &removed, &added)
+                    .map_err(|e| in_table(name, &format!("part '{key}'"), e))?
+            }
+            PartRows::Patch {
+                rows,
+                values,
+                removed,
+                added,
+            } => {
+                let old = &need("a patch")?.batch;
+                let in_part = |e| in_table(name, &format!("part '{key}'"), e);
+                let added_bytes = added;
+                let added = if added_bytes.is_empty() {
+                    None
+                } else {
+                    Some(decode_batch(&added_bytes, schema).map_err(in_part)?)
+                };
+                let values = match values {
+                    None => None,
+                    Some(i) => {
+                        let cursor = patches.get_mut(i as usize).ok_or_else(|| {
+                            in_part(LinkError::Protocol(format!(
+                                "patch values {i} are not in the frame"
+                            )))
+                        })?;
+                        Some(cursor.take(rows.len()).map_err(in_part)?)
+                    }
+                };
+                let patched = patch::apply(
+                    old,
+                    &rows,
+                    values.as_ref().map(|(c, v)| (&c[..], v.clone())),
+                    &removed,
+                    added.as_ref(),
+                )
+                .map_err(in_part)?;
+                if self.forwarding {
+                    let patch = forward::Patch {
+                        rows,
+                        values,
+                        removed,
+                        added: added_bytes,
+                    };
+                    self.recorded.extend(forward::record(old, &patched, patch));
+                }
+                patched
+            }
+        };
+        let sources = match pf.sources {
+            Sources::Held => need("with the sources held")?.sources.clone(),
+            Sources::Named(names) => names.into_iter().map(|n| (n, None)).collect(),
+            Sources::Stamped(stamped) => stamped.into_iter().map(|(n, ms)| (n, Some(ms))).collect(),
+        };
+        Ok(HeldPart {
+            key,
+            batch,
+            sources,
+        })
+    }
+}
+
+/// One entry of a table's patch values, decoded, and how many of its rows the parts read so
+/// far.
+struct PatchCursor {
+    columns: Vec<(u32, bool)>,
+    values: RecordBatch,
+    next: usize,
+}
+
+impl PatchCursor {
+    fn decode(table: &SchemaRef, p: PatchValues) -> Result<PatchCursor, LinkError> {
+        if p.columns.is_empty() {
+            return Err(LinkError::Protocol("patch values of no column".into()));
+        }
+        let (columns, values) = patch::widen(table, &p.columns, &p.values)?;
+        Ok(PatchCursor {
+            columns,
+            values,
+            next: 0,
+        })
+    }
+
+    /// The next `n` rows, with the columns they patch.
+    fn take(&mut self, n: usize) -> Result<(Vec<(u32, bool)>, RecordBatch), LinkError> {
+        let end = self.next.saturating_add(n);
+        if end > self.values.num_rows() {
+            return Err(LinkError::Protocol(format!(
+                "a patch of {n} rows finds {} rows of values left",
+                self.values.num_rows() - self.next
+            )));
+        }
+        let rows = self.values.slice(self.next, n);
+        self.next = end;
+        Ok((self.columns.clone(), rows))
+    }
+}
+
+/// A table of exactly the `parts` listed, in their order.
+fn table_of(name: &str, schema: SchemaRef, parts: Vec<HeldPart>) -> Result<HeldTable, LinkError> {
+    let mut index = HashMap::with_capacity(parts.len());
+    for (i, p) in parts.iter().enumerate() {
+        if index.insert(p.key.clone(), i).is_some() {
+            return Err(LinkError::Protocol(format!(
+                "part '{}' of table '{name}' is listed twice",
+                p.key
+            )));
+        }
+    }
+    Ok(HeldTable {
+        schema,
+        parts,
+        index,
+    })
+}
+
+/// `held` with the `listed` parts in place of the held ones of the same key (new ones after
+/// the rest, in their order) and without the `gone` ones ([`Listing::Changes`]).
+fn changed(
+    name: &str,
+    held: HeldTable,
+    listed: Vec<HeldPart>,
+    gone: Vec<String>,
+) -> Result<HeldTable, LinkError> {
+    let mut slots: Vec<Option<HeldPart>> = held.parts.into_iter().map(Some).collect();
+    for key in &gone {
+        let slot = held.index.get(key).and_then(|&i| slots[i].take());
+        if slot.is_none() {
+            return Err(LinkError::Protocol(format!(
+                "part '{key}' of table '{name}' is gone but is not held (or listed twice)"
+            )));
+        }
+    }
+    let mut replaced = vec![false; slots.len()];
+    let mut added = Vec::new();
+    for p in listed {
+        let Some(&i) = held.index.get(&p.key) else {
+            added.push(p);
+            continue;
+        };
+        if slots[i].is_none() || replaced[i] {
+            return Err(LinkError::Protocol(format!(
+                "part '{}' of table '{name}' is listed twice, or listed and gone",
+                p.key
+            )));
+        }
+        replaced[i] = true;
+        slots[i] = Some(p);
+    }
+    let parts = slots.into_iter().flatten().chain(added).collect();
+    table_of(name, held.schema, parts)
 }
 
 /// Adds where an error happened to its message.

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::UInt32Array;
-use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
@@ -14,8 +14,10 @@ use super::forward;
 use super::ipc::IpcWriter;
 use super::patch::{self, KeyMatcher};
 use super::TableKeys;
-use crate::generation::{Generation, Part};
-use crate::link::wire::{GenerationFrame, PartFrame, PartRows, TableFrame};
+use crate::generation::{Generation, Part, SourceStamp};
+use crate::link::wire::{
+    GenerationFrame, Listing, PartFrame, PartRows, PatchValues, Sources, TableFrame,
+};
 use crate::link::LinkError;
 use crate::table::unix_millis;
 
@@ -30,6 +32,57 @@ pub struct LinkEncoder {
     keys: TableKeys,
     /// The table being encoded (to look up its key).
     table: String,
+    /// The parent's time per source name on this link (unix ms).
+    times: HashMap<String, i64>,
+    /// The patch values of the table being encoded.
+    patches: PatchSets,
+}
+
+/// A table's patch values as they are planned: one entry per set of patched columns, each
+/// part's values appended to its entry ([`PatchValues`]).
+#[derive(Default)]
+struct PatchSets {
+    index: HashMap<Vec<(u32, bool)>, u32>,
+    sets: Vec<PatchSet>,
+}
+
+/// (patched columns, each part's values in order).
+type PatchSet = (Vec<(u32, bool)>, Vec<RecordBatch>);
+
+impl PatchSets {
+    /// Appends a part's values; returns the entry they go to.
+    fn add(&mut self, columns: Vec<(u32, bool)>, values: RecordBatch) -> u32 {
+        let at = match self.index.get(&columns) {
+            Some(&at) => at,
+            None => {
+                let at = self.sets.len() as u32;
+                self.index.insert(columns.clone(), at);
+                self.sets.push((columns, Vec::new()));
+                at
+            }
+        };
+        self.sets[at as usize].1.push(values);
+        at
+    }
+
+    fn encode(&mut self, ipc: &mut IpcWriter) -> Result<Vec<PatchValues>, LinkError> {
+        self.index.clear();
+        std::mem::take(&mut self.sets)
+            .into_iter()
+            .map(|(columns, batches)| {
+                let schema = batches
+                    .first()
+                    .map(|b| b.schema())
+                    .ok_or_else(|| LinkError::Protocol("an empty patch entry".into()))?;
+                let values = concat_batches(&schema, &batches)?;
+                let (values, columns) = patch::narrow(&values, &columns)?;
+                Ok(PatchValues {
+                    columns,
+                    values: ipc.batch(&values)?,
+                })
+            })
+            .collect()
+    }
 }
 
 struct TableMirror {
@@ -40,7 +93,17 @@ struct TableMirror {
     /// The table's key: found on the first change; `None` inside for a table without one
     /// (or whose key does not fit its schema), which travels as multiset diffs.
     key: Option<Option<KeyMatcher>>,
-    parts: HashMap<String, PartMirror>,
+    parts: HashMap<String, MirroredPart>,
+}
+
+/// A part as the parent holds it.
+struct MirroredPart {
+    rows: PartMirror,
+    /// Its place among the table's parts: the parent's order is the child's after every
+    /// frame.
+    pos: usize,
+    /// Its sources as the parent holds them: a time (unix ms) where it is not the link's.
+    sources: Vec<(String, Option<i64>)>,
 }
 
 struct PartMirror {
@@ -83,6 +146,8 @@ impl LinkEncoder {
             ipc: IpcWriter::new(),
             keys,
             table: String::new(),
+            times: HashMap::new(),
+            patches: PatchSets::default(),
         }
     }
 
@@ -91,6 +156,7 @@ impl LinkEncoder {
     pub fn reset(&mut self) {
         self.full_next = true;
         self.tables.clear();
+        self.times.clear();
     }
 
     /// The frame for `g`: the tables in both `wanted` and `g`, each part as full rows, unchanged,
@@ -107,16 +173,22 @@ impl LinkEncoder {
         let full = self.full_next;
         if full {
             self.tables.clear();
+            self.times.clear();
         }
+        let sealed_at_ms = unix_millis(g.sealed_at);
+        let (stamps, unstamped) = self.restamp(g, wanted, sealed_at_ms);
+        self.patches = PatchSets::default();
         match self.encode_tables(g, wanted) {
             Ok(tables) => {
                 self.full_next = false;
                 Ok(GenerationFrame {
                     id: g.id,
                     round: g.round,
-                    sealed_at_ms: unix_millis(g.sealed_at),
+                    sealed_at_ms,
                     full,
                     tables,
+                    stamps,
+                    unstamped,
                     errors: g
                         .errors
                         .iter()
@@ -131,6 +203,47 @@ impl LinkEncoder {
                 Err(e)
             }
         }
+    }
+
+    /// The link's time per source for `g`: each source at the time of the first part that
+    /// names it. Returns the times new to the parent (as distances back from
+    /// `sealed_at_ms`) and the sources it should forget.
+    fn restamp(
+        &mut self,
+        g: &Generation,
+        wanted: &BTreeSet<String>,
+        sealed_at_ms: i64,
+    ) -> (Vec<(String, i64)>, Vec<String>) {
+        let mut now: HashMap<&str, i64> = HashMap::with_capacity(self.times.len());
+        let mut stamps = Vec::new();
+        let parts = g
+            .tables
+            .iter()
+            .filter(|(n, _)| wanted.contains(*n))
+            .flat_map(|(_, t)| &t.parts);
+        for s in parts.flat_map(|p| &p.sources) {
+            if now.contains_key(s.source.as_str()) {
+                continue;
+            }
+            let ms = unix_millis(s.published_at);
+            now.insert(&s.source, ms);
+            if self.times.get(&s.source) != Some(&ms) {
+                stamps.push((s.source.clone(), sealed_at_ms.wrapping_sub(ms)));
+                self.times.insert(s.source.clone(), ms);
+            }
+        }
+        let mut unstamped = Vec::new();
+        if now.len() < self.times.len() {
+            self.times.retain(|name, _| {
+                let keep = now.contains_key(name.as_str());
+                if !keep {
+                    unstamped.push(name.clone());
+                }
+                keep
+            });
+            unstamped.sort_unstable();
+        }
+        (stamps, unstamped)
     }
 
     fn encode_tables(
@@ -156,9 +269,14 @@ impl LinkEncoder {
                 ),
             };
             self.table.clone_from(name);
+            // The parent holds nothing of a table whose schema goes with the frame.
+            let fresh = schema.is_some();
             let mut parts = Vec::with_capacity(table.parts.len());
             let mut next_parts = HashMap::with_capacity(table.parts.len());
-            for p in &table.parts {
+            // Whether the parent's order after listing only the changes (held parts where
+            // they are, new ones after them) is the child's order.
+            let (mut in_order, mut last_pos, mut seen_new) = (true, None, false);
+            for (pos, p) in table.parts.iter().enumerate() {
                 if !Arc::ptr_eq(p.batch.schema_ref(), &table.schema)
                     && p.batch.schema_ref() != &table.schema
                 {
@@ -168,8 +286,25 @@ impl LinkEncoder {
                     )));
                 }
                 let held = mirror.parts.remove(&p.key);
+                let (held, held_sources) = match held {
+                    Some(h) => {
+                        in_order &= !seen_new && last_pos.is_none_or(|l| h.pos > l);
+                        last_pos = Some(h.pos);
+                        (Some(h.rows), Some(h.sources))
+                    }
+                    None => {
+                        seen_new = true;
+                        (None, None)
+                    }
+                };
                 let (rows, part_mirror) = self.encode_part(&mut mirror, held, p)?;
-                if next_parts.insert(p.key.clone(), part_mirror).is_some() {
+                let (sources, kept_sources) = sources_of(&self.times, held_sources, p);
+                let mirrored = MirroredPart {
+                    rows: part_mirror,
+                    pos,
+                    sources: kept_sources,
+                };
+                if next_parts.insert(p.key.clone(), mirrored).is_some() {
                     return Err(LinkError::Protocol(format!(
                         "table '{name}' has two parts with the key '{}'",
                         p.key
@@ -177,20 +312,28 @@ impl LinkEncoder {
                 }
                 parts.push(PartFrame {
                     key: p.key.clone(),
-                    sources: p
-                        .sources
-                        .iter()
-                        .map(|s| (s.source.clone(), unix_millis(s.published_at)))
-                        .collect(),
+                    sources,
                     rows,
                 });
             }
+            let listing = if fresh || !in_order {
+                Listing::Every
+            } else {
+                parts.retain(|p| {
+                    p.sources != Sources::Held || !matches!(p.rows, PartRows::Unchanged)
+                });
+                let mut gone: Vec<String> = mirror.parts.into_keys().collect();
+                gone.sort_unstable();
+                Listing::Changes { gone }
+            };
             mirror.parts = next_parts;
             next.insert(name.clone(), mirror);
             frames.push(TableFrame {
                 name: name.clone(),
                 schema,
+                listing,
                 parts,
+                patches: self.patches.encode(&mut self.ipc)?,
             });
         }
         // Tables not sent are gone for the parent too.
@@ -224,7 +367,14 @@ impl LinkEncoder {
         // A part this node received as a patch against exactly the rows its parent holds:
         // the same patch brings the parent to the same rows.
         if matches!(old.held, Held::Last) {
-            if let Some(rows) = forward::find(&old.last, &p.batch) {
+            if let Some(patch) = forward::find(&old.last, &p.batch) {
+                let values = patch.values.map(|(c, v)| self.patches.add(c, v));
+                let rows = PartRows::Patch {
+                    rows: patch.rows,
+                    values,
+                    removed: patch.removed,
+                    added: patch.added,
+                };
                 return Ok((
                     rows,
                     PartMirror {
@@ -313,10 +463,6 @@ impl LinkEncoder {
         if plan.added.len() == p.batch.num_rows() {
             return self.full(p);
         }
-        let values = match &plan.values {
-            Some(v) => self.ipc.batch(v)?,
-            None => Vec::new(),
-        };
         let added = if plan.added.is_empty() {
             Vec::new()
         } else {
@@ -327,11 +473,11 @@ impl LinkEncoder {
         // indexes cost about a byte each once compressed, removed ones up to 3).
         let touched = plan.rows.len() + plan.added.len() + plan.removed.len();
         if touched * 2 >= p.batch.num_rows() {
-            let whole = self.ipc.batch(&p.batch)?;
-            let size = values.len() + added.len() + plan.rows.len() + 3 * plan.removed.len();
-            if whole.len() <= size {
+            let values = plan.values.as_ref().map_or(0, body_bytes);
+            let size = values + added.len() + plan.rows.len() + 3 * plan.removed.len();
+            if body_bytes(&p.batch) <= size {
                 return Ok((
-                    PartRows::Full(whole),
+                    PartRows::Full(self.ipc.batch(&p.batch)?),
                     PartMirror {
                         last: p.batch.clone(),
                         held: Held::Last,
@@ -345,10 +491,10 @@ impl LinkEncoder {
         let in_order = plan.in_order();
         let rows = plan.row_gaps();
         let keys = in_order.then_some(plan.new_keys);
+        let values = plan.values.map(|v| self.patches.add(plan.columns, v));
         Ok((
             PartRows::Patch {
                 rows,
-                columns: plan.columns,
                 values,
                 removed: plan.removed,
                 added,
@@ -451,6 +597,57 @@ impl LinkEncoder {
             },
         ))
     }
+}
+
+/// How `p`'s sources travel, given the link's `times` (this frame's) and what the parent
+/// holds for the part; and what it holds after.
+fn sources_of(
+    times: &HashMap<String, i64>,
+    held: Option<Vec<(String, Option<i64>)>>,
+    p: &Part,
+) -> (Sources, Vec<(String, Option<i64>)>) {
+    let at_link_time = p
+        .sources
+        .iter()
+        .all(|s| times.get(&s.source) == Some(&unix_millis(s.published_at)));
+    let time = |s: &SourceStamp| (!at_link_time).then(|| unix_millis(s.published_at));
+    if let Some(held) = held {
+        let same = held.len() == p.sources.len()
+            && held
+                .iter()
+                .zip(&p.sources)
+                .all(|((name, t), s)| *name == s.source && *t == time(s));
+        if same {
+            return (Sources::Held, held);
+        }
+    }
+    let kept: Vec<(String, Option<i64>)> = p
+        .sources
+        .iter()
+        .map(|s| (s.source.clone(), time(s)))
+        .collect();
+    let sent = if at_link_time {
+        Sources::Named(kept.iter().map(|(n, _)| n.clone()).collect())
+    } else {
+        Sources::Stamped(
+            kept.iter()
+                .map(|(n, t)| (n.clone(), t.unwrap_or_default()))
+                .collect(),
+        )
+    };
+    (sent, kept)
+}
+
+/// The bytes of a batch's buffers as its rows need them (about its Arrow IPC body).
+fn body_bytes(b: &RecordBatch) -> usize {
+    b.columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or(usize::MAX / 64)
+        })
+        .sum()
 }
 
 /// Both batches are views of the same Arrow arrays (a republished, untouched copy).

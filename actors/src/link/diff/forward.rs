@@ -16,13 +16,23 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 use datafusion::arrow::array::{Array, ArrayRef};
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::link::wire::PartRows;
+/// A patch as applied: what the encoder needs to send it again.
+#[derive(Clone)]
+pub(super) struct Patch {
+    /// Row gaps, as on the wire.
+    pub rows: Vec<u32>,
+    /// The patched columns and their values (a slice of the table's decoded values).
+    pub values: Option<(Vec<(u32, bool)>, RecordBatch)>,
+    pub removed: Vec<u32>,
+    /// Added rows, Arrow IPC as received.
+    pub added: Vec<u8>,
+}
 
 struct Entry {
     /// The rows the patch was applied to, and the rows it gave.
     base: Vec<Weak<dyn Array>>,
     result: Vec<Weak<dyn Array>>,
-    rows: PartRows,
+    patch: Patch,
 }
 
 struct Registry {
@@ -59,13 +69,13 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
 /// An entry made by [`record`], for [`forget`].
 pub(super) struct Recorded(usize, Weak<dyn Array>);
 
-/// Records that `rows` (a patch) turned `base` into `result`.
-pub(super) fn record(base: &RecordBatch, result: &RecordBatch, rows: PartRows) -> Option<Recorded> {
+/// Records that `patch` turned `base` into `result`.
+pub(super) fn record(base: &RecordBatch, result: &RecordBatch, patch: Patch) -> Option<Recorded> {
     let first = result.columns().first()?;
     let entry = Entry {
         base: base.columns().iter().map(Arc::downgrade).collect(),
         result: result.columns().iter().map(Arc::downgrade).collect(),
-        rows,
+        patch,
     };
     let mut r = registry();
     if r.entries.len() >= r.prune_at {
@@ -99,11 +109,11 @@ pub(super) fn forget(recorded: &mut Vec<Recorded>) {
 }
 
 /// The patch that turned exactly `base` into exactly `result`, if one was recorded.
-pub(super) fn find(base: &RecordBatch, result: &RecordBatch) -> Option<PartRows> {
+pub(super) fn find(base: &RecordBatch, result: &RecordBatch) -> Option<Patch> {
     let first = result.columns().first()?;
     let r = registry();
     let e = r.entries.get(&address(first))?;
-    (same(&e.result, result) && same(&e.base, base)).then(|| e.rows.clone())
+    (same(&e.result, result) && same(&e.base, base)).then(|| e.patch.clone())
 }
 
 #[cfg(test)]

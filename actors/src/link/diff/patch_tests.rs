@@ -4,20 +4,22 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
+    Array, ArrayRef, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::ipc::{decode_batch, IpcWriter};
-use super::patch::patch_schema;
+use super::ipc::IpcWriter;
+use super::patch::{narrow, patch_schema, widen};
 use super::tests::{assert_same, batch_of, generation, kinds, part, schema, send, Row};
 use super::{LinkDecoder, LinkEncoder, TableKeys};
 use crate::generation::{GenTable, Part};
 use crate::link::frame::{encode_frame, Codec};
-use crate::link::wire::{GenerationFrame, PartFrame, PartRows, TableFrame};
+use crate::link::wire::{
+    GenerationFrame, Listing, PartFrame, PartRows, PatchValues, Sources, TableFrame,
+};
 use crate::link::LinkError;
 
 fn keyed(key: &[&str]) -> LinkEncoder {
@@ -39,22 +41,42 @@ fn names(n: usize) -> Vec<&'static str> {
         .collect()
 }
 
+/// The part's rows as sent, and the columns of its patch values as they travel.
+type Sent = (PartRows, Vec<(u32, u8)>);
+
 /// Sends `rows` as generation `id` and returns the frame's only part and the parent's rows.
 fn step(
     enc: &mut LinkEncoder,
     dec: &mut LinkDecoder,
     id: u64,
     rows: &[Row],
-) -> (PartRows, RecordBatch, usize) {
+) -> (Sent, RecordBatch, usize) {
     let s = schema();
     let g = generation(id, vec![("sys", vec![part(&s, "m", rows)])]);
     let f = enc.encode(&g, &sys_only(), 1, 0).expect("encode");
     let size = encode_frame(&f, Codec::Zstd).expect("zstd").len();
     let (f, _) = send(&f);
-    let rows_sent = f.tables[0].parts[0].rows.clone();
+    let columns = match f.tables[0].parts.first().map(|p| &p.rows) {
+        Some(PartRows::Patch {
+            values: Some(at), ..
+        }) => f.tables[0].patches[*at as usize].columns.clone(),
+        _ => vec![],
+    };
+    // A part left out of a table that lists only changes is unchanged.
+    let rows_sent = match f.tables[0].parts.first() {
+        Some(p) => p.rows.clone(),
+        None => {
+            assert!(matches!(f.tables[0].listing, Listing::Changes { .. }));
+            PartRows::Unchanged
+        }
+    };
     let c = dec.apply(f).expect("apply");
     assert_same(&c, &g, &sys_only());
-    (rows_sent, c.tables["sys"].parts[0].batch.clone(), size)
+    (
+        (rows_sent, columns),
+        c.tables["sys"].parts[0].batch.clone(),
+        size,
+    )
 }
 
 #[test]
@@ -73,11 +95,10 @@ fn counters_travel_as_deltas_of_the_changed_columns_only() {
         r.1 += 10 + (i % 3) as i64;
     }
     next[5].2 = Some(-3.0);
-    let (sent, held, size) = step(&mut enc, &mut dec, 2, &next);
+    let ((sent, columns), held, size) = step(&mut enc, &mut dec, 2, &next);
     match &sent {
         PartRows::Patch {
             rows,
-            columns,
             removed,
             added,
             ..
@@ -85,7 +106,8 @@ fn counters_travel_as_deltas_of_the_changed_columns_only() {
             assert_eq!(rows.len(), n);
             assert!(rows.iter().all(|&g| g == 0), "every row: all gaps zero");
             // The gauge changed in one row only: its deltas are mostly zero, smaller than values.
-            assert_eq!(columns, &vec![(1, true), (2, true)]);
+            // The counter's steps (10 to 12) travel in one byte each, the gauge's in eight.
+            assert_eq!(columns, vec![(1, 1), (2, 8)]);
             assert!(removed.is_empty() && added.is_empty());
         }
         other => panic!("expected a patch, got {other:?}"),
@@ -100,9 +122,9 @@ fn counters_travel_as_deltas_of_the_changed_columns_only() {
     // Only one row changes: one patched row, named by its index.
     let mut third = next.clone();
     third[42].1 += 1;
-    let (sent, held, _) = step(&mut enc, &mut dec, 3, &third);
+    let ((sent, columns), held, _) = step(&mut enc, &mut dec, 3, &third);
     match &sent {
-        PartRows::Patch { rows, columns, .. } => {
+        PartRows::Patch { rows, .. } => {
             assert_eq!(rows, &vec![42]);
             assert_eq!(columns.len(), 1);
         }
@@ -125,7 +147,7 @@ fn rows_come_and_go_in_the_documented_order() {
     next.insert(10, (new40, 40, Some(4.0)));
     next[6].1 = 700; // p7
     next.swap(0, 1);
-    let (sent, held, _) = step(&mut enc, &mut dec, 2, &next);
+    let ((sent, _), held, _) = step(&mut enc, &mut dec, 2, &next);
     assert!(matches!(sent, PartRows::Patch { .. }), "{sent:?}");
     // Held rows patched in place, without p3, then p40.
     let mut want: Vec<Row> = rows.clone();
@@ -137,11 +159,9 @@ fn rows_come_and_go_in_the_documented_order() {
     // The encoder mirrors the parent's order: the next patch's indexes refer to it.
     let mut third = next.clone();
     third.retain(|r| r.0 != "p0");
-    let (sent, held, _) = step(&mut enc, &mut dec, 3, &third);
+    let ((sent, columns), held, _) = step(&mut enc, &mut dec, 3, &third);
     match &sent {
-        PartRows::Patch {
-            removed, columns, ..
-        } => {
+        PartRows::Patch { removed, .. } => {
             assert_eq!(removed, &vec![0]);
             assert!(columns.is_empty());
         }
@@ -153,7 +173,7 @@ fn rows_come_and_go_in_the_documented_order() {
     // Same rows in another order: unchanged, the parent keeps its order.
     let mut fourth = third.clone();
     fourth.reverse();
-    let (sent, held, _) = step(&mut enc, &mut dec, 4, &fourth);
+    let ((sent, _), held, _) = step(&mut enc, &mut dec, 4, &fourth);
     assert_eq!(sent, PartRows::Unchanged);
     assert_eq!(held, batch_of(&schema(), &want));
 }
@@ -231,7 +251,7 @@ fn a_key_the_schema_lacks_falls_back_to_multiset_diffs() {
     step(&mut enc, &mut dec, 1, &rows);
     let mut next = rows.clone();
     next[3].1 = 99;
-    let (sent, _, _) = step(&mut enc, &mut dec, 2, &next);
+    let ((sent, _), _, _) = step(&mut enc, &mut dec, 2, &next);
     assert!(matches!(sent, PartRows::Diff { .. }), "{sent:?}");
 }
 
@@ -292,7 +312,9 @@ fn schema_change_sends_full_then_patches_again() {
         .encode(&gen(3, batch(10_000)), &wanted, 1, 0)
         .expect("encode");
     match &f3.tables[0].parts[0].rows {
-        PartRows::Patch { columns, .. } => assert_eq!(columns, &vec![(2, true)]),
+        PartRows::Patch {
+            values: Some(at), ..
+        } => assert_eq!(f3.tables[0].patches[*at as usize].columns[0].0, 2),
         other => panic!("expected a patch, got {other:?}"),
     }
     let c3 = dec.apply(send(&f3).0).expect("apply");
@@ -325,7 +347,7 @@ fn deltas_are_exact_for_floats_and_wrap_for_integers() {
         (ns[6], 9, Some(3.0000000001)),
         (ns[7], 10, Some(4.0000000001)),
     ];
-    let (sent, held, _) = step(&mut enc, &mut dec, 2, &second);
+    let ((sent, _), held, _) = step(&mut enc, &mut dec, 2, &second);
     assert!(matches!(sent, PartRows::Patch { .. }), "{sent:?}");
     let want = batch_of(&s, &second);
     let bits = |b: &RecordBatch| -> Vec<u64> {
@@ -353,43 +375,50 @@ fn decoder_refuses_inconsistent_patches() {
         d.apply(full.clone()).expect("full frame");
         d
     };
-    let frame = |key: &str, rows: PartRows| GenerationFrame {
+    let frame = |key: &str, (rows, patches): (PartRows, Vec<PatchValues>)| GenerationFrame {
         id: 2,
         round: 2,
         sealed_at_ms: 0,
         full: false,
         tables: vec![TableFrame {
             name: "sys".into(),
+            listing: Listing::Every,
             schema: None,
             parts: vec![PartFrame {
                 key: key.into(),
-                sources: vec![],
+                sources: Sources::Named(vec![]),
                 rows,
             }],
+            patches,
         }],
         errors: vec![],
+        stamps: vec![],
+        unstamped: vec![],
         machines: 1,
         clusters: 0,
     };
+    // Values as the encoder sends them (small deltas in one byte: `(column, 1)` below).
     let values = |columns: &[(u32, bool)], arrays: Vec<ArrayRef>| -> Vec<u8> {
         let schema = patch_schema(&s, columns).expect("schema");
-        IpcWriter::new()
-            .batch(&RecordBatch::try_new(schema, arrays).expect("batch"))
-            .expect("ipc")
+        let batch = RecordBatch::try_new(schema, arrays).expect("batch");
+        let (wire, _) = narrow(&batch, columns).expect("narrow");
+        IpcWriter::new().batch(&wire).expect("ipc")
     };
     let i64s = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
     let delta1 = values(&[(1, true)], vec![i64s(vec![1])]);
-    let patch = |rows: Vec<u32>, columns: Vec<(u32, bool)>, values: Vec<u8>| PartRows::Patch {
-        rows,
-        columns,
-        values,
-        removed: vec![],
-        added: vec![],
+    let patch = |rows: Vec<u32>, columns: Vec<(u32, u8)>, values: Vec<u8>| {
+        let rows = PartRows::Patch {
+            rows,
+            values: Some(0),
+            removed: vec![],
+            added: vec![],
+        };
+        (rows, vec![PatchValues { columns, values }])
     };
     // A good one first, so the cases below fail for their own reason.
     let mut d = ready();
     let c = d
-        .apply(frame("m", patch(vec![2], vec![(1, true)], delta1.clone())))
+        .apply(frame("m", patch(vec![2], vec![(1, 1)], delta1.clone())))
         .expect("a good patch");
     let got = c.tables["sys"].parts[0].batch.column(1).clone();
     assert_eq!(&got, &i64s(vec![0, 1, 3, 3]));
@@ -402,15 +431,15 @@ fn decoder_refuses_inconsistent_patches() {
     let cases: Vec<(&str, GenerationFrame)> = vec![
         (
             "part not held",
-            frame("zz", patch(vec![0], vec![(1, true)], delta1.clone())),
+            frame("zz", patch(vec![0], vec![(1, 1)], delta1.clone())),
         ),
         (
             "row out of range",
-            frame("m", patch(vec![4], vec![(1, true)], delta1.clone())),
+            frame("m", patch(vec![4], vec![(1, 1)], delta1.clone())),
         ),
         (
             "gaps past the end",
-            frame("m", patch(vec![1, 2], vec![(1, true)], two_rows.clone())),
+            frame("m", patch(vec![1, 2], vec![(1, 1)], two_rows.clone())),
         ),
         (
             "rows but no columns",
@@ -418,46 +447,81 @@ fn decoder_refuses_inconsistent_patches() {
         ),
         (
             "column out of range",
-            frame("m", patch(vec![0], vec![(3, true)], delta1.clone())),
+            frame("m", patch(vec![0], vec![(3, 1)], delta1.clone())),
         ),
         (
             "columns not ascending",
-            frame(
-                "m",
-                patch(vec![0], vec![(2, false), (1, true)], delta1.clone()),
-            ),
+            frame("m", patch(vec![0], vec![(2, 0), (1, 1)], delta1.clone())),
         ),
         (
             "delta on a string column",
-            frame("m", patch(vec![0], vec![(0, true)], delta1.clone())),
+            frame("m", patch(vec![0], vec![(0, 1)], delta1.clone())),
         ),
         (
             "fewer values than rows",
-            frame("m", patch(vec![0, 0], vec![(1, true)], delta1.clone())),
+            frame("m", patch(vec![0, 0], vec![(1, 1)], delta1.clone())),
         ),
         (
             "values of another type",
-            frame("m", patch(vec![0], vec![(0, false)], delta1.clone())),
+            frame("m", patch(vec![0], vec![(0, 0)], delta1.clone())),
         ),
         (
             "NULL for a column without NULLs",
-            frame("m", patch(vec![0], vec![(0, false)], null_name)),
+            frame("m", patch(vec![0], vec![(0, 0)], null_name)),
         ),
         (
             "garbage values",
-            frame("m", patch(vec![0], vec![(1, true)], vec![1, 2, 3, 4, 5])),
+            frame("m", patch(vec![0], vec![(1, 1)], vec![1, 2, 3, 4, 5])),
         ),
         (
             "removed out of range",
             frame(
                 "m",
-                PartRows::Patch {
-                    rows: vec![],
-                    columns: vec![],
-                    values: vec![],
-                    removed: vec![9],
-                    added: vec![],
-                },
+                (
+                    PartRows::Patch {
+                        rows: vec![],
+                        values: None,
+                        removed: vec![9],
+                        added: vec![],
+                    },
+                    vec![],
+                ),
+            ),
+        ),
+        (
+            "values left over",
+            frame(
+                "m",
+                (
+                    PartRows::Patch {
+                        rows: vec![],
+                        values: None,
+                        removed: vec![],
+                        added: vec![],
+                    },
+                    vec![PatchValues {
+                        columns: vec![(1, 1)],
+                        values: delta1.clone(),
+                    }],
+                ),
+            ),
+        ),
+        (
+            "values not in the frame",
+            frame(
+                "m",
+                (
+                    PartRows::Patch {
+                        rows: vec![0],
+                        values: Some(1),
+                        removed: vec![],
+                        added: vec![],
+                    },
+                    vec![PatchValues {
+                        columns: vec![(1, 1)],
+                        values: delta1.clone(),
+                    }],
+                ),
             ),
         ),
     ];
@@ -470,14 +534,8 @@ fn decoder_refuses_inconsistent_patches() {
         assert!(d.needs_full(), "{what}");
     }
     // The decoded values of a well-formed patch really are what was sent.
-    let schema = patch_schema(&s, &[(1, true)]).expect("schema");
-    assert_eq!(
-        decode_batch(&delta1, &schema)
-            .expect("values")
-            .column(0)
-            .len(),
-        1
-    );
+    let (_, back) = widen(&s, &[(1, 1)], &delta1).expect("values");
+    assert_eq!(back.column(0), &i64s(vec![1]));
 }
 
 /// A TLA in the middle (a forwarding decoder, then its own encoder): with random churn, its
@@ -631,4 +689,54 @@ fn a_patch_is_recorded_until_the_next_frame_and_the_decoders_end() {
         super::forward::find(&patched, &patched2).is_none(),
         "forgotten with the decoder"
     );
+}
+
+#[test]
+fn deltas_travel_in_the_narrowest_integer_that_holds_them() {
+    let table = Schema::new(vec![
+        Field::new("a", DataType::Int64, false),
+        Field::new("b", DataType::Int32, false),
+        Field::new("c", DataType::Utf8, true),
+    ]);
+    let columns = [(0, true), (1, true), (2, false)];
+    let schema = patch_schema(&table, &columns).expect("schema");
+    let cases: Vec<(Vec<i64>, Vec<i32>, u8, u8)> = vec![
+        (vec![-128, 127, 0], vec![1, -1, 0], 1, 1),
+        (vec![-129, 5, 0], vec![32_767, 0, 0], 2, 2),
+        (vec![1 << 40, 0, 0], vec![-40_000, 0, 0], 8, 4),
+        (vec![i64::MIN, i64::MAX, 0], vec![i32::MIN, 0, 0], 8, 4),
+    ];
+    for (a, b, wa, wb) in cases {
+        let values = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(a.clone())),
+                Arc::new(Int32Array::from(b.clone())),
+                Arc::new(StringArray::from(vec![Some("x"), None, Some("y")])),
+            ],
+        )
+        .expect("batch");
+        let (wire, sent) = narrow(&values, &columns).expect("narrow");
+        assert_eq!(sent, vec![(0, wa), (1, wb), (2, 0)], "{a:?} {b:?}");
+        let bytes = IpcWriter::new().batch(&wire).expect("ipc");
+        let (back_columns, back) = widen(&table, &sent, &bytes).expect("widen");
+        assert_eq!(back_columns, columns);
+        assert_eq!(back, values, "exact after the round trip");
+    }
+    // A width the column's type cannot take, or no width at all, is refused.
+    let bytes = IpcWriter::new()
+        .batch(
+            &RecordBatch::try_new(
+                Arc::new(Schema::new(vec![Field::new("1", DataType::Int64, false)])),
+                vec![Arc::new(Int64Array::from(vec![1]))],
+            )
+            .expect("batch"),
+        )
+        .expect("ipc");
+    for bad in [(1, 8), (1, 3), (0, 16)] {
+        assert!(
+            matches!(widen(&table, &[bad], &bytes), Err(LinkError::Protocol(_))),
+            "{bad:?}"
+        );
+    }
 }

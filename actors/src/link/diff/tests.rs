@@ -8,7 +8,7 @@ use super::ipc::{decode_batch, decode_schema, sorted_rows, IpcWriter};
 use super::{ChildGeneration, LinkDecoder, LinkEncoder};
 use crate::generation::{GenTable, Generation, Part, SourceStamp};
 use crate::link::frame::{decode_frame, encode_frame, Codec, DEFAULT_MAX_FRAME_BYTES};
-use crate::link::wire::{GenerationFrame, PartFrame, PartRows, TableFrame};
+use crate::link::wire::{GenerationFrame, Listing, PartFrame, PartRows, Sources, TableFrame};
 use crate::link::LinkError;
 use crate::table::unix_millis;
 use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
@@ -160,6 +160,18 @@ pub(super) fn kinds(f: &GenerationFrame) -> Vec<(String, String, &'static str)> 
         .collect()
 }
 
+/// The part is unchanged in `f`: listed so, or left out of a table listing only changes.
+pub(super) fn unchanged_in(f: &GenerationFrame, table: &str, key: &str) -> bool {
+    f.tables.iter().filter(|t| t.name == table).any(|t| {
+        match t.parts.iter().find(|p| p.key == key) {
+            Some(p) => matches!(p.rows, PartRows::Unchanged),
+            None => {
+                matches!(&t.listing, Listing::Changes { gone } if !gone.iter().any(|g| g == key))
+            }
+        }
+    })
+}
+
 #[test]
 fn full_roundtrip_then_unchanged() {
     let wanted = all_tables();
@@ -273,6 +285,82 @@ fn changed_row_is_one_removed_one_added_in_documented_order() {
 }
 
 #[test]
+fn only_changes_are_listed_while_the_order_holds() {
+    let (wanted, mut enc, mut dec) = linked();
+    let s = schema();
+    // One part's rows change, another's sources only; the third stays as it was.
+    let mut parts = base_parts();
+    parts[1] = part(&s, "10.0.0.2", &[("d", 5, None)]);
+    parts[2].sources[0].published_at += Duration::from_secs(1);
+    parts.push(part(&s, "10.0.0.4", &[("e", 6, None)]));
+    let g2 = generation(2, vec![("sys", parts.clone()), ("load", base_parts())]);
+    let f2 = enc.encode(&g2, &wanted, 4, 0).expect("encode");
+    let sys = f2.tables.iter().find(|t| t.name == "sys").expect("sys");
+    assert_eq!(sys.listing, Listing::Changes { gone: vec![] });
+    let listed: Vec<(&str, &str, bool)> = sys
+        .parts
+        .iter()
+        .map(|p| {
+            let sources = match p.sources {
+                Sources::Held => "held",
+                Sources::Named(_) => "named",
+                Sources::Stamped(_) => "stamped",
+            };
+            (
+                p.key.as_str(),
+                sources,
+                matches!(p.rows, PartRows::Unchanged),
+            )
+        })
+        .collect();
+    // 10.0.0.3 publishes `load` at its old time (first in the frame: the link's time) and
+    // `sys` a second later: that part carries its own time.
+    assert_eq!(
+        listed,
+        vec![
+            ("10.0.0.2", "held", false),
+            ("10.0.0.3", "stamped", true),
+            ("10.0.0.4", "named", false)
+        ]
+    );
+    assert_eq!(
+        f2.stamps,
+        [("10.0.0.4".to_string(), 2)],
+        "ms before the seal"
+    );
+    let load = f2.tables.iter().find(|t| t.name == "load").expect("load");
+    assert!(load.parts.is_empty(), "nothing changed in load");
+    assert_same(&dec.apply(send(&f2).0).expect("apply"), &g2, &wanted);
+
+    // A part gone and the order of the rest changed: every part listed, in the new order.
+    parts.remove(0);
+    parts.swap(0, 1);
+    let g3 = generation(3, vec![("sys", parts), ("load", base_parts())]);
+    let f3 = enc.encode(&g3, &wanted, 3, 0).expect("encode");
+    let sys = f3.tables.iter().find(|t| t.name == "sys").expect("sys");
+    assert_eq!(sys.listing, Listing::Every);
+    assert_eq!(sys.parts.len(), 3);
+    assert!(sys.parts.iter().all(|p| p.sources == Sources::Held));
+    assert_same(&dec.apply(send(&f3).0).expect("apply"), &g3, &wanted);
+    assert!(!f3.is_full_copy());
+
+    // The parent's order is the child's again: back to changes only, here one part gone.
+    let mut parts = g3.tables["sys"].parts.clone();
+    parts.remove(1);
+    let g4 = generation(4, vec![("sys", parts), ("load", base_parts())]);
+    let f4 = enc.encode(&g4, &wanted, 2, 0).expect("encode");
+    let sys = f4.tables.iter().find(|t| t.name == "sys").expect("sys");
+    assert_eq!(
+        sys.listing,
+        Listing::Changes {
+            gone: vec!["10.0.0.2".into()]
+        }
+    );
+    assert!(sys.parts.is_empty());
+    assert_same(&dec.apply(send(&f4).0).expect("apply"), &g4, &wanted);
+}
+
+#[test]
 fn reordered_rows_are_unchanged() {
     let wanted = all_tables();
     let s = schema();
@@ -286,7 +374,7 @@ fn reordered_rows_are_unchanged() {
     rev.reverse();
     let g2 = generation(2, vec![("sys", vec![part(&s, "m", &rev)])]);
     let f2 = enc.encode(&g2, &wanted, 1, 0).expect("encode");
-    assert_eq!(kinds(&f2)[0].2, "unchanged");
+    assert!(unchanged_in(&f2, "sys", "m"));
     let c2 = dec.apply(f2).expect("apply");
     // The parent keeps its order.
     assert_eq!(c2.tables["sys"].parts[0].batch, batch_of(&s, &rows));
@@ -320,7 +408,7 @@ fn duplicate_rows_match_as_a_multiset() {
             }
         }
         if i == 4 {
-            assert_eq!(kinds(&f)[0].2, "unchanged");
+            assert!(unchanged_in(&f, "sys", "m"));
         }
         let c = dec.apply(send(&f).0).expect("apply");
         assert_same(&c, &g, &wanted);
@@ -363,7 +451,14 @@ fn parts_and_tables_disappear_and_come_back() {
     let g2 = generation(2, vec![("sys", parts)]);
     let f2 = enc.encode(&g2, &wanted, 2, 0).expect("encode");
     assert_eq!(f2.tables.len(), 1);
-    assert_eq!(f2.tables[0].parts.len(), 2);
+    // Only the change: one part gone, the others stay where they are.
+    assert_eq!(
+        f2.tables[0].listing,
+        Listing::Changes {
+            gone: vec!["10.0.0.2".into()]
+        }
+    );
+    assert!(f2.tables[0].parts.is_empty());
     let c2 = dec.apply(send(&f2).0).expect("apply");
     assert_same(&c2, &g2, &wanted);
     assert!(!c2.tables.contains_key("load"));
@@ -529,14 +624,18 @@ fn decoder_refuses_inconsistent_frames() {
         full,
         tables: vec![TableFrame {
             name: "sys".into(),
+            listing: Listing::Every,
             schema,
             parts: vec![PartFrame {
                 key: "10.0.0.1".into(),
-                sources: vec![],
+                sources: Sources::Named(vec![]),
                 rows,
             }],
+            patches: vec![],
         }],
         errors: vec![],
+        stamps: vec![],
+        unstamped: vec![],
         machines: 1,
         clusters: 0,
     };
@@ -572,12 +671,76 @@ fn decoder_refuses_inconsistent_frames() {
             GenerationFrame {
                 tables: vec![TableFrame {
                     name: "sys".into(),
+                    listing: Listing::Every,
                     schema: None,
                     parts: vec![PartFrame {
                         key: "10.9.9.9".into(),
-                        sources: vec![],
+                        sources: Sources::Named(vec![]),
                         rows: PartRows::Unchanged,
                     }],
+                    patches: vec![],
+                }],
+                ..frame(false, None, PartRows::Unchanged)
+            },
+        ),
+        (
+            "gone part not held",
+            ready(),
+            GenerationFrame {
+                tables: vec![TableFrame {
+                    name: "sys".into(),
+                    listing: Listing::Changes {
+                        gone: vec!["10.9.9.9".into()],
+                    },
+                    schema: None,
+                    parts: vec![],
+                    patches: vec![],
+                }],
+                ..frame(false, None, PartRows::Unchanged)
+            },
+        ),
+        (
+            "part listed and gone",
+            ready(),
+            GenerationFrame {
+                tables: vec![TableFrame {
+                    listing: Listing::Changes {
+                        gone: vec!["10.0.0.1".into()],
+                    },
+                    ..frame(false, None, PartRows::Unchanged).tables[0].clone()
+                }],
+                ..frame(false, None, PartRows::Unchanged)
+            },
+        ),
+        (
+            "held part listed twice",
+            ready(),
+            GenerationFrame {
+                tables: vec![TableFrame {
+                    listing: Listing::Changes { gone: vec![] },
+                    parts: vec![
+                        frame(false, None, PartRows::Unchanged).tables[0].parts[0].clone(),
+                        frame(false, None, PartRows::Unchanged).tables[0].parts[0].clone(),
+                    ],
+                    ..frame(false, None, PartRows::Unchanged).tables[0].clone()
+                }],
+                ..frame(false, None, PartRows::Unchanged)
+            },
+        ),
+        (
+            "sources as held for a part not held",
+            ready(),
+            GenerationFrame {
+                tables: vec![TableFrame {
+                    name: "sys".into(),
+                    listing: Listing::Changes { gone: vec![] },
+                    schema: None,
+                    parts: vec![PartFrame {
+                        key: "10.9.9.9".into(),
+                        sources: Sources::Held,
+                        rows: PartRows::Full(added.clone()),
+                    }],
+                    patches: vec![],
                 }],
                 ..frame(false, None, PartRows::Unchanged)
             },

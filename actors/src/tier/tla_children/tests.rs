@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
-use crate::link::wire::{PartFrame, PartRows};
+use crate::link::wire::{Listing, PartFrame, PartRows, Sources};
 use crate::tier::children::tests::gen;
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -134,11 +134,13 @@ fn table_frame(name: &str) -> TableFrame {
     TableFrame {
         name: name.into(),
         schema: None,
+        listing: Listing::Every,
         parts: vec![PartFrame {
             key: "m".into(),
-            sources: Vec::new(),
+            sources: Sources::Held,
             rows: PartRows::Unchanged,
         }],
+        patches: Vec::new(),
     }
 }
 
@@ -154,6 +156,8 @@ async fn a_cluster_frame_is_split_between_the_tla_and_its_children() {
         full: false,
         tables: vec![table_frame("sys"), table_frame("disk")],
         errors: Vec::new(),
+        stamps: vec![("m".into(), 0)],
+        unstamped: Vec::new(),
         machines: 70,
         clusters: 1,
     };
@@ -175,7 +179,14 @@ async fn a_cluster_frame_is_split_between_the_tla_and_its_children() {
         other => panic!("{other:?}"),
     }
     match rb.try_recv().expect("b's share") {
-        ToChild::Defer { frame, .. } => assert_eq!(frame.tables[0].name, "sys"),
+        ToChild::Defer { frame, .. } => {
+            assert_eq!(frame.tables[0].name, "sys");
+            assert_eq!(
+                frame.stamps,
+                [("m".to_string(), 0)],
+                "the link's source times"
+            );
+        }
         other => panic!("{other:?}"),
     }
 }
