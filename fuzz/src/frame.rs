@@ -499,12 +499,13 @@ fn corpus_generations() -> Vec<Generation> {
     let s = sys_schema();
     let ds = dict_schema();
     let t0 = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
-    let part = |key: &str, batch: RecordBatch| Part {
+    // Every source publishes again each round (the frames' source times change).
+    let part = |key: &str, batch: RecordBatch, round: u64| Part {
         key: key.into(),
         batch,
         sources: vec![SourceStamp {
             source: key.into(),
-            published_at: t0,
+            published_at: t0 + Duration::from_millis(round * 900),
         }],
     };
     let rounds: [[&[(&str, i64)]; 3]; 4] = [
@@ -532,18 +533,26 @@ fn corpus_generations() -> Vec<Generation> {
                 "sys".to_string(),
                 GenTable {
                     schema: s.clone(),
-                    parts: parts
-                        .iter()
-                        .enumerate()
-                        .map(|(m, rows)| part(&format!("m{m}"), sys_batch(&s, rows)))
-                        .collect(),
+                    parts: {
+                        let mut parts: Vec<Part> = parts
+                            .iter()
+                            .enumerate()
+                            .map(|(m, rows)| part(&format!("m{m}"), sys_batch(&s, rows), i as u64))
+                            .collect();
+                        // The last round lists its parts in another order: every part is
+                        // listed, unchanged ones too (`Listing::Every`).
+                        if i == 3 {
+                            parts.reverse();
+                        }
+                        parts
+                    },
                 },
             );
             tables.insert(
                 "dict".to_string(),
                 GenTable {
                     schema: ds.clone(),
-                    parts: vec![part("m0", dict_batch(&ds, d))],
+                    parts: vec![part("m0", dict_batch(&ds, d), i as u64)],
                 },
             );
             Generation {

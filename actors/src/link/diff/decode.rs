@@ -400,9 +400,14 @@ fn changed(
     listed: Vec<HeldPart>,
     gone: Vec<String>,
 ) -> Result<HeldTable, LinkError> {
-    let mut slots: Vec<Option<HeldPart>> = held.parts.into_iter().map(Some).collect();
+    let HeldTable {
+        schema,
+        parts,
+        index,
+    } = held;
+    let mut slots: Vec<Option<HeldPart>> = parts.into_iter().map(Some).collect();
     for key in &gone {
-        let slot = held.index.get(key).and_then(|&i| slots[i].take());
+        let slot = index.get(key).and_then(|&i| slots[i].take());
         if slot.is_none() {
             return Err(LinkError::Protocol(format!(
                 "part '{key}' of table '{name}' is gone but is not held (or listed twice)"
@@ -412,7 +417,7 @@ fn changed(
     let mut replaced = vec![false; slots.len()];
     let mut added = Vec::new();
     for p in listed {
-        let Some(&i) = held.index.get(&p.key) else {
+        let Some(&i) = index.get(&p.key) else {
             added.push(p);
             continue;
         };
@@ -425,8 +430,17 @@ fn changed(
         replaced[i] = true;
         slots[i] = Some(p);
     }
+    if gone.is_empty() && added.is_empty() {
+        // The steady state: every part where it was, the index still right.
+        let parts = slots.into_iter().flatten().collect();
+        return Ok(HeldTable {
+            schema,
+            parts,
+            index,
+        });
+    }
     let parts = slots.into_iter().flatten().chain(added).collect();
-    table_of(name, held.schema, parts)
+    table_of(name, schema, parts)
 }
 
 /// Adds where an error happened to its message.

@@ -269,8 +269,10 @@ impl LinkEncoder {
                 ),
             };
             self.table.clone_from(name);
-            // The parent holds nothing of a table whose schema goes with the frame.
-            let fresh = schema.is_some();
+            // The parent holds nothing of a table whose schema goes with the frame, or of
+            // one without parts: every part is listed (a frame of new tables only is then a
+            // full copy, `GenerationFrame::is_full_copy`).
+            let fresh = schema.is_some() || mirror.parts.is_empty();
             let mut parts = Vec::with_capacity(table.parts.len());
             let mut next_parts = HashMap::with_capacity(table.parts.len());
             // Whether the parent's order after listing only the changes (held parts where

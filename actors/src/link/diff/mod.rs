@@ -8,10 +8,13 @@
 //! - `Full`: the first time on the link (or after [`LinkEncoder::reset`], a schema change, or
 //!   when nothing else would be smaller);
 //! - `Unchanged`: the rows equal what the parent holds (same Arrow buffers, equal content,
-//!   or the same rows in another order);
-//! - `Patch { rows, columns, values, removed, added }` (tables with a key, [`TableKeys`]):
+//!   or the same rows in another order); left out altogether when its sources did not change
+//!   either and the table lists only changes (`Listing::Changes`, below);
+//! - `Patch { rows, values, removed, added }` (tables with a key, [`TableKeys`]):
 //!   rows matched with the held ones by key; matched rows that changed get only their
-//!   changed columns, integer-like columns as deltas where that is smaller ([`patch`]);
+//!   changed columns, integer-like columns as deltas where that is smaller ([`patch`]); the
+//!   values of all of a table's patches travel together, one entry per set of columns
+//!   (`TableFrame::patches`, deltas narrowed and split into byte planes);
 //! - `Diff { removed, added }` (tables without a key): rows compared in Arrow's row format as
 //!   a multiset (duplicate rows are legal).
 //!
@@ -19,8 +22,18 @@
 //! removed indexes, in their order, followed by the added rows. So the parent may hold a
 //! part's rows in another order than the child; as a multiset they are equal.
 //!
-//! Parts and tables that disappear are simply not listed. Rows and schemas travel as Arrow
-//! IPC messages ([`ipc`]).
+//! **What a frame lists.** A table lists every part, in order (`Listing::Every`: the first
+//! frame, a new schema, or when the child's order of parts is not the one the parent would
+//! keep), or only the parts whose rows or sources changed (`Listing::Changes { gone }`: the
+//! parent keeps the others where they are, drops `gone`, and puts new parts after the rest).
+//! The encoder mirrors each part's position, so after every frame the parent's order is the
+//! child's. Parts name their sources; each source's publication time travels once per frame
+//! (`GenerationFrame::stamps`, as milliseconds before the seal), since every machine
+//! republishes every interval while most rows stay the same. A part published at another
+//! time than its source's time on the link carries its own (`Sources::Stamped`).
+//!
+//! Tables that disappear are simply not listed. Rows and schemas travel as Arrow IPC
+//! messages ([`ipc`]).
 //!
 //! After any error the two sides are out of step: the encoder resets itself (its next frame
 //! is full); a decoder refuses anything but a full frame until it gets one, so the caller

@@ -361,6 +361,25 @@ fn only_changes_are_listed_while_the_order_holds() {
 }
 
 #[test]
+fn a_table_whose_first_parts_come_later_comes_as_a_full_copy() {
+    let wanted = all_tables();
+    let mut enc = LinkEncoder::new();
+    let mut dec = LinkDecoder::new();
+    let g1 = generation(1, vec![("sys", vec![])]);
+    let f1 = enc.encode(&g1, &wanted, 0, 0).expect("encode");
+    assert!(!f1.is_full_copy(), "no rows yet");
+    dec.apply(send(&f1).0).expect("apply");
+    let g2 = generation(2, vec![("sys", base_parts())]);
+    let f2 = enc.encode(&g2, &wanted, 3, 0).expect("encode");
+    assert_eq!(f2.tables[0].listing, Listing::Every);
+    assert!(
+        f2.is_full_copy(),
+        "the first parts of the link: its full copy"
+    );
+    assert_same(&dec.apply(send(&f2).0).expect("apply"), &g2, &wanted);
+}
+
+#[test]
 fn reordered_rows_are_unchanged() {
     let wanted = all_tables();
     let s = schema();
