@@ -391,6 +391,7 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
                     1 => PartRows::Unchanged,
                     2 => {
                         table.patches.push(PatchValues {
+                            planes: rng.random_bool(0.5),
                             columns: vec![(
                                 rng.random_range(0..4),
                                 [0, 1, 2, 3, 8][rng.random_range(0..5)],

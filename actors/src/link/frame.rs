@@ -397,6 +397,7 @@ mod tests {
                 ],
                 patches: vec![PatchValues {
                     columns: vec![(2, 2)],
+                    planes: true,
                     values: vec![7; 40],
                 }],
             }],

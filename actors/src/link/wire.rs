@@ -133,9 +133,13 @@ pub struct PatchValues {
     /// The changed columns, ascending: (column index, 0 for new values, or for a delta the
     /// bytes of each value as sent: 1, 2, 4 or 8).
     pub columns: Vec<(u32, u8)>,
+    /// Each delta column travels as byte planes: one `UInt8` column per byte, least
+    /// significant first (entries of many rows); otherwise as one signed integer column.
+    pub planes: bool,
     /// One column per entry of `columns` (Arrow IPC): the new values, or for a delta column
     /// the new value's bits minus the old one's, as a wrapping signed integer of the same
-    /// width, sent in the narrowest signed integer that holds every delta of the entry.
+    /// width, sent in the narrowest signed integer that holds every delta of the entry (or
+    /// its byte planes).
     #[serde(with = "serde_bytes")]
     pub values: Vec<u8>,
 }

@@ -351,7 +351,7 @@ impl PatchCursor {
         if p.columns.is_empty() {
             return Err(LinkError::Protocol("patch values of no column".into()));
         }
-        let (columns, values) = patch::widen(table, &p.columns, &p.values)?;
+        let (columns, values) = patch::widen(table, &p.columns, p.planes, &p.values)?;
         Ok(PatchCursor {
             columns,
             values,

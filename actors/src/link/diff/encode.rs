@@ -75,9 +75,11 @@ impl PatchSets {
                     .map(|b| b.schema())
                     .ok_or_else(|| LinkError::Protocol("an empty patch entry".into()))?;
                 let values = concat_batches(&schema, &batches)?;
-                let (values, columns) = patch::narrow(&values, &columns)?;
+                let planes = values.num_rows() >= patch::PLANES_FROM_ROWS;
+                let (values, columns) = patch::narrow(&values, &columns, planes)?;
                 Ok(PatchValues {
                     columns,
+                    planes,
                     values: ipc.batch(&values)?,
                 })
             })

@@ -18,13 +18,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::AsArray;
-use datafusion::arrow::array::UInt8Array;
 use datafusion::arrow::array::{
     make_array, Array, ArrayData, ArrayRef, Int32Array, Int64Array, UInt32Array,
 };
+use datafusion::arrow::array::{Int16Array, Int8Array, UInt8Array};
 use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::compute::kernels::cmp::not_distinct;
-use datafusion::arrow::compute::{interleave, take};
+use datafusion::arrow::compute::{cast, interleave, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::datatypes::{Int32Type, Int64Type, UInt8Type};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -316,15 +316,21 @@ pub(super) fn patch_schema(
     Ok(Arc::new(Schema::new(fields)))
 }
 
+/// Entries of at least this many rows split their deltas into byte planes ([`narrow`]):
+/// below it a plane's Arrow IPC metadata (a field node and two buffers per byte) costs more
+/// than compressing the planes apart saves.
+pub(super) const PLANES_FROM_ROWS: usize = 128;
+
 /// A patch entry's values as they travel: each delta column in the narrowest signed integer
-/// that holds all its deltas (a counter's steps rarely need 8 bytes), split into byte planes
-/// (one `UInt8` column per byte, least significant first). The planes keep a column's
-/// predictable high bytes (signs, exponents) apart from its noisy low bytes, which
-/// compresses them better than interleaved. Returns the batch and the wire's columns
+/// that holds all its deltas (a counter's steps rarely need 8 bytes), with `planes` split
+/// into byte planes (one `UInt8` column per byte, least significant first). The planes keep
+/// a column's predictable high bytes (signs, exponents) apart from its noisy low bytes,
+/// which compresses them better than interleaved. Returns the batch and the wire's columns
 /// ([`PatchValues`](crate::link::wire::PatchValues)).
 pub(super) fn narrow(
     values: &RecordBatch,
     columns: &[(u32, bool)],
+    planes: bool,
 ) -> Result<(RecordBatch, Vec<(u32, u8)>), LinkError> {
     let mut fields = Vec::with_capacity(columns.len());
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len());
@@ -361,6 +367,22 @@ pub(super) fn narrow(
             })
             .unwrap_or(8)
             .min(delta_bytes(a.data_type()));
+        sent.push((c, bytes));
+        if !planes {
+            let a: ArrayRef = match bytes {
+                1 => Arc::new(Int8Array::from_iter_values(deltas.iter().map(|&d| d as i8))),
+                2 => Arc::new(Int16Array::from_iter_values(
+                    deltas.iter().map(|&d| d as i16),
+                )),
+                4 => Arc::new(Int32Array::from_iter_values(
+                    deltas.iter().map(|&d| d as i32),
+                )),
+                _ => Arc::new(Int64Array::from(deltas)),
+            };
+            fields.push(Arc::new(Field::new(c.to_string(), int_of(bytes), false)));
+            arrays.push(a);
+            continue;
+        }
         for k in 0..bytes {
             let plane: Vec<u8> = deltas.iter().map(|&d| (d >> (8 * k)) as u8).collect();
             arrays.push(Arc::new(UInt8Array::from(plane)));
@@ -370,7 +392,6 @@ pub(super) fn narrow(
                 false,
             )));
         }
-        sent.push((c, bytes));
     }
     let options = RecordBatchOptions::new().with_row_count(Some(values.num_rows()));
     let batch = RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)?;
@@ -383,6 +404,7 @@ pub(super) fn narrow(
 pub(super) fn widen(
     table: &Schema,
     sent: &[(u32, u8)],
+    planes: bool,
     bytes: &[u8],
 ) -> Result<(Vec<(u32, bool)>, RecordBatch), LinkError> {
     let columns: Vec<(u32, bool)> = sent.iter().map(|&(c, b)| (c, b > 0)).collect();
@@ -398,6 +420,10 @@ pub(super) fn widen(
                 "patched column {c} is sent in {b} bytes per delta"
             )));
         }
+        if !planes {
+            fields.push(Arc::new(Field::new(c.to_string(), int_of(b), false)));
+            continue;
+        }
         for k in 0..b {
             fields.push(Arc::new(Field::new(
                 format!("{c}.{k}"),
@@ -408,16 +434,24 @@ pub(super) fn widen(
     }
     let wire = decode_batch(bytes, &Arc::new(Schema::new(fields)))?;
     let n = wire.num_rows();
-    let mut planes = wire.columns().iter();
+    let mut columns_in = wire.columns().iter();
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(sent.len());
     for (&(_, b), f) in sent.iter().zip(schema.fields()) {
         if b == 0 {
-            arrays.extend(planes.next().cloned());
+            arrays.extend(columns_in.next().cloned());
+            continue;
+        }
+        if !planes {
+            let a = columns_in
+                .next()
+                .ok_or_else(|| LinkError::Protocol("a patched column is missing".into()))?;
+            // Sign-extends: a delta that fits the narrow type is the same number.
+            arrays.push(cast(a, f.data_type())?);
             continue;
         }
         let mut bits = vec![0u64; n];
         for k in 0..b {
-            let plane = planes
+            let plane = columns_in
                 .next()
                 .ok_or_else(|| LinkError::Protocol("a byte plane is missing".into()))?
                 .as_primitive::<UInt8Type>();
@@ -438,6 +472,15 @@ pub(super) fn widen(
         columns,
         RecordBatch::try_new_with_options(schema, arrays, &options)?,
     ))
+}
+
+fn int_of(bytes: u8) -> DataType {
+    match bytes {
+        1 => DataType::Int8,
+        2 => DataType::Int16,
+        4 => DataType::Int32,
+        _ => DataType::Int64,
+    }
 }
 
 /// Bytes of a delta column's native type (`Int64` or `Int32`, [`patch_schema`]).

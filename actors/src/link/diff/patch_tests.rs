@@ -401,7 +401,7 @@ fn decoder_refuses_inconsistent_patches() {
     let values = |columns: &[(u32, bool)], arrays: Vec<ArrayRef>| -> Vec<u8> {
         let schema = patch_schema(&s, columns).expect("schema");
         let batch = RecordBatch::try_new(schema, arrays).expect("batch");
-        let (wire, _) = narrow(&batch, columns).expect("narrow");
+        let (wire, _) = narrow(&batch, columns, false).expect("narrow");
         IpcWriter::new().batch(&wire).expect("ipc")
     };
     let i64s = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
@@ -413,7 +413,15 @@ fn decoder_refuses_inconsistent_patches() {
             removed: vec![],
             added: vec![],
         };
-        (rows, vec![PatchValues { columns, values }])
+        let planes = false;
+        (
+            rows,
+            vec![PatchValues {
+                columns,
+                planes,
+                values,
+            }],
+        )
     };
     // A good one first, so the cases below fail for their own reason.
     let mut d = ready();
@@ -501,6 +509,7 @@ fn decoder_refuses_inconsistent_patches() {
                     },
                     vec![PatchValues {
                         columns: vec![(1, 1)],
+                        planes: false,
                         values: delta1.clone(),
                     }],
                 ),
@@ -519,6 +528,7 @@ fn decoder_refuses_inconsistent_patches() {
                     },
                     vec![PatchValues {
                         columns: vec![(1, 1)],
+                        planes: false,
                         values: delta1.clone(),
                     }],
                 ),
@@ -534,7 +544,7 @@ fn decoder_refuses_inconsistent_patches() {
         assert!(d.needs_full(), "{what}");
     }
     // The decoded values of a well-formed patch really are what was sent.
-    let (_, back) = widen(&s, &[(1, 1)], &delta1).expect("values");
+    let (_, back) = widen(&s, &[(1, 1)], false, &delta1).expect("values");
     assert_eq!(back.column(0), &i64s(vec![1]));
 }
 
@@ -716,12 +726,14 @@ fn deltas_travel_in_the_narrowest_integer_that_holds_them() {
             ],
         )
         .expect("batch");
-        let (wire, sent) = narrow(&values, &columns).expect("narrow");
-        assert_eq!(sent, vec![(0, wa), (1, wb), (2, 0)], "{a:?} {b:?}");
-        let bytes = IpcWriter::new().batch(&wire).expect("ipc");
-        let (back_columns, back) = widen(&table, &sent, &bytes).expect("widen");
-        assert_eq!(back_columns, columns);
-        assert_eq!(back, values, "exact after the round trip");
+        for planes in [false, true] {
+            let (wire, sent) = narrow(&values, &columns, planes).expect("narrow");
+            assert_eq!(sent, vec![(0, wa), (1, wb), (2, 0)], "{a:?} {b:?}");
+            let bytes = IpcWriter::new().batch(&wire).expect("ipc");
+            let (back_columns, back) = widen(&table, &sent, planes, &bytes).expect("widen");
+            assert_eq!(back_columns, columns);
+            assert_eq!(back, values, "exact after the round trip");
+        }
     }
     // A width the column's type cannot take, or no width at all, is refused.
     let bytes = IpcWriter::new()
@@ -735,7 +747,10 @@ fn deltas_travel_in_the_narrowest_integer_that_holds_them() {
         .expect("ipc");
     for bad in [(1, 8), (1, 3), (0, 16)] {
         assert!(
-            matches!(widen(&table, &[bad], &bytes), Err(LinkError::Protocol(_))),
+            matches!(
+                widen(&table, &[bad], false, &bytes),
+                Err(LinkError::Protocol(_))
+            ),
             "{bad:?}"
         );
     }
