@@ -9,7 +9,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use super::ipc::{decode_batch, decode_schema};
-use super::{forward, patch};
+use super::{forward, patch, HeldSources};
 use crate::generation::{GenTable, Part, SourceStamp};
 use crate::link::wire::{GenerationFrame, Listing, PartFrame, PartRows, PatchValues, Sources};
 use crate::link::LinkError;
@@ -51,7 +51,7 @@ struct HeldTable {
 struct HeldPart {
     key: String,
     batch: RecordBatch,
-    sources: Vec<(String, Option<i64>)>,
+    sources: HeldSources,
 }
 
 impl HeldTable {

@@ -13,7 +13,7 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use super::forward;
 use super::ipc::IpcWriter;
 use super::patch::{self, KeyMatcher};
-use super::TableKeys;
+use super::{HeldSources, TableKeys};
 use crate::generation::{Generation, Part, SourceStamp};
 use crate::link::wire::{
     GenerationFrame, Listing, PartFrame, PartRows, PatchValues, Sources, TableFrame,
@@ -105,7 +105,7 @@ struct MirroredPart {
     /// frame.
     pos: usize,
     /// Its sources as the parent holds them: a time (unix ms) where it is not the link's.
-    sources: Vec<(String, Option<i64>)>,
+    sources: HeldSources,
 }
 
 struct PartMirror {
@@ -607,9 +607,9 @@ impl LinkEncoder {
 /// holds for the part; and what it holds after.
 fn sources_of(
     times: &HashMap<String, i64>,
-    held: Option<Vec<(String, Option<i64>)>>,
+    held: Option<HeldSources>,
     p: &Part,
-) -> (Sources, Vec<(String, Option<i64>)>) {
+) -> (Sources, HeldSources) {
     let at_link_time = p
         .sources
         .iter()
@@ -625,7 +625,7 @@ fn sources_of(
             return (Sources::Held, held);
         }
     }
-    let kept: Vec<(String, Option<i64>)> = p
+    let kept: HeldSources = p
         .sources
         .iter()
         .map(|s| (s.source.clone(), time(s)))

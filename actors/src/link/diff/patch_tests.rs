@@ -436,6 +436,13 @@ fn decoder_refuses_inconsistent_patches() {
         vec![Arc::new(StringArray::from(vec![None::<&str>]))],
     );
     let two_rows = values(&[(1, true)], vec![i64s(vec![1, 2])]);
+    let one_entry = || {
+        vec![PatchValues {
+            columns: vec![(1, 1)],
+            planes: false,
+            values: delta1.clone(),
+        }]
+    };
     let cases: Vec<(&str, GenerationFrame)> = vec![
         (
             "part not held",
@@ -507,11 +514,7 @@ fn decoder_refuses_inconsistent_patches() {
                         removed: vec![],
                         added: vec![],
                     },
-                    vec![PatchValues {
-                        columns: vec![(1, 1)],
-                        planes: false,
-                        values: delta1.clone(),
-                    }],
+                    one_entry(),
                 ),
             ),
         ),
@@ -526,11 +529,7 @@ fn decoder_refuses_inconsistent_patches() {
                         removed: vec![],
                         added: vec![],
                     },
-                    vec![PatchValues {
-                        columns: vec![(1, 1)],
-                        planes: false,
-                        values: delta1.clone(),
-                    }],
+                    one_entry(),
                 ),
             ),
         ),
