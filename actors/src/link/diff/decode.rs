@@ -14,6 +14,12 @@ use crate::generation::{GenTable, Part, SourceStamp};
 use crate::link::wire::{GenerationFrame, Listing, PartFrame, PartRows, PatchValues, Sources};
 use crate::link::LinkError;
 
+/// The most sources a link keeps a time for ([`GenerationFrame::stamps`]): a child that
+/// stamps ever new names without unstamping them cannot grow a parent's map without bound
+/// (the link is dropped and starts over). A cluster of 70 machines names 70; a TLA's link
+/// to a SQL node one per machine of the fleet.
+const MAX_LINK_SOURCES: usize = if cfg!(test) { 1_000 } else { 1 << 22 };
+
 /// A child's generation as the parent holds it after applying a frame.
 #[derive(Debug, Clone)]
 pub struct ChildGeneration {
@@ -144,6 +150,12 @@ impl LinkDecoder {
         }
         for source in &frame.unstamped {
             self.times.remove(source);
+        }
+        if self.times.len() > MAX_LINK_SOURCES {
+            return Err(LinkError::Protocol(format!(
+                "the link names {} sources, more than {MAX_LINK_SOURCES}",
+                self.times.len()
+            )));
         }
         let mut next = HashMap::with_capacity(frame.tables.len());
         let mut out = BTreeMap::new();

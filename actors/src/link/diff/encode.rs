@@ -651,7 +651,7 @@ fn body_bytes(b: &RecordBatch) -> usize {
                 .get_slice_memory_size()
                 .unwrap_or(usize::MAX / 64)
         })
-        .sum()
+        .fold(0, usize::saturating_add)
 }
 
 /// Both batches are views of the same Arrow arrays (a republished, untouched copy).

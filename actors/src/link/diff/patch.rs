@@ -353,7 +353,14 @@ pub(super) fn narrow(
             _ => None,
         };
         let Some(deltas) = deltas else {
-            sent.push((c, if delta { delta_bytes(a.data_type()) } else { 0 }));
+            if delta {
+                // `delta_of` makes deltas of Int64/Int32 without NULLs only.
+                return Err(LinkError::Protocol(format!(
+                    "patched column {c} is a delta of type {} or with NULLs",
+                    a.data_type()
+                )));
+            }
+            sent.push((c, 0));
             fields.push(f.clone());
             arrays.push(a.clone());
             continue;

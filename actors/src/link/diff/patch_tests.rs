@@ -734,6 +734,16 @@ fn deltas_travel_in_the_narrowest_integer_that_holds_them() {
             assert_eq!(back, values, "exact after the round trip");
         }
     }
+    // A delta with a NULL (which `delta_of` never makes) is refused, not sent as values.
+    let with_null = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("0", DataType::Int64, true)])),
+        vec![Arc::new(Int64Array::from(vec![Some(1), None]))],
+    )
+    .expect("batch");
+    assert!(matches!(
+        narrow(&with_null, &[(0, true)], true),
+        Err(LinkError::Protocol(_))
+    ));
     // A width the column's type cannot take, or no width at all, is refused.
     let bytes = IpcWriter::new()
         .batch(

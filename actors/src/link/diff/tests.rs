@@ -703,6 +703,32 @@ fn decoder_refuses_inconsistent_frames() {
             },
         ),
         (
+            "more sources than a link keeps",
+            ready(),
+            GenerationFrame {
+                stamps: (0..=1_000).map(|i| (format!("s{i}"), 0)).collect(),
+                ..frame(false, None, PartRows::Unchanged)
+            },
+        ),
+        (
+            "a source without a time",
+            ready(),
+            GenerationFrame {
+                tables: vec![TableFrame {
+                    name: "sys".into(),
+                    listing: Listing::Changes { gone: vec![] },
+                    schema: None,
+                    parts: vec![PartFrame {
+                        key: "10.9.9.9".into(),
+                        sources: Sources::Named(vec!["nowhere".into()]),
+                        rows: PartRows::Full(added.clone()),
+                    }],
+                    patches: vec![],
+                }],
+                ..frame(false, None, PartRows::Unchanged)
+            },
+        ),
+        (
             "gone part not held",
             ready(),
             GenerationFrame {
