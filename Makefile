@@ -99,8 +99,9 @@ bench-run:
 	BENCH_RUN=$(BENCH_RUN) BENCH_STEPS="$$steps" BENCH_BUILD=$$build $(CARGO) bench --workspace --bench run_time
 
 ## DuckDB for the SQL benchmark's comparison, in a venv of its own (not needed otherwise).
+## Pinned: the ratios move with DuckDB's version (2.0.1 from 2026-11-29 on).
 bench-venv:
-	@test -x .bench-venv/bin/python || { python3 -m venv .bench-venv && .bench-venv/bin/pip install -q duckdb; }
+	@test -x .bench-venv/bin/python || { python3 -m venv .bench-venv && .bench-venv/bin/pip install -q duckdb==2.0.1; }
 
 ## Fuzzing (release build, FUZZING.md): FUZZ_INPUTS inputs per target (publish lines, link
 ## frames, SQL), each target stopping after FUZZ_SECONDS at most (SQL runs far fewer inputs

@@ -677,6 +677,23 @@ fn decoder_refuses_inconsistent_frames() {
         )
         .expect("ipc");
     let schema_bytes = IpcWriter::new().schema(&s).expect("schema");
+    // A diff frame whose `sys` lists only `parts` as changes, and `gone`.
+    let changes = |gone: Vec<String>, parts: Vec<PartFrame>| GenerationFrame {
+        tables: vec![TableFrame {
+            name: "sys".into(),
+            listing: Listing::Changes { gone },
+            schema: None,
+            parts,
+            patches: vec![],
+        }],
+        ..frame(false, None, PartRows::Unchanged)
+    };
+    let held_part = || frame(false, None, PartRows::Unchanged).tables[0].parts[0].clone();
+    let new_part = |sources: Sources| PartFrame {
+        key: "10.9.9.9".into(),
+        sources,
+        rows: PartRows::Full(added.clone()),
+    };
 
     let cases: Vec<(&str, LinkDecoder, GenerationFrame)> = vec![
         (
@@ -713,82 +730,30 @@ fn decoder_refuses_inconsistent_frames() {
         (
             "a source without a time",
             ready(),
-            GenerationFrame {
-                tables: vec![TableFrame {
-                    name: "sys".into(),
-                    listing: Listing::Changes { gone: vec![] },
-                    schema: None,
-                    parts: vec![PartFrame {
-                        key: "10.9.9.9".into(),
-                        sources: Sources::Named(vec!["nowhere".into()]),
-                        rows: PartRows::Full(added.clone()),
-                    }],
-                    patches: vec![],
-                }],
-                ..frame(false, None, PartRows::Unchanged)
-            },
+            changes(
+                vec![],
+                vec![new_part(Sources::Named(vec!["nowhere".into()]))],
+            ),
         ),
         (
             "gone part not held",
             ready(),
-            GenerationFrame {
-                tables: vec![TableFrame {
-                    name: "sys".into(),
-                    listing: Listing::Changes {
-                        gone: vec!["10.9.9.9".into()],
-                    },
-                    schema: None,
-                    parts: vec![],
-                    patches: vec![],
-                }],
-                ..frame(false, None, PartRows::Unchanged)
-            },
+            changes(vec!["10.9.9.9".into()], vec![]),
         ),
         (
             "part listed and gone",
             ready(),
-            GenerationFrame {
-                tables: vec![TableFrame {
-                    listing: Listing::Changes {
-                        gone: vec!["10.0.0.1".into()],
-                    },
-                    ..frame(false, None, PartRows::Unchanged).tables[0].clone()
-                }],
-                ..frame(false, None, PartRows::Unchanged)
-            },
+            changes(vec!["10.0.0.1".into()], vec![held_part()]),
         ),
         (
             "held part listed twice",
             ready(),
-            GenerationFrame {
-                tables: vec![TableFrame {
-                    listing: Listing::Changes { gone: vec![] },
-                    parts: vec![
-                        frame(false, None, PartRows::Unchanged).tables[0].parts[0].clone(),
-                        frame(false, None, PartRows::Unchanged).tables[0].parts[0].clone(),
-                    ],
-                    ..frame(false, None, PartRows::Unchanged).tables[0].clone()
-                }],
-                ..frame(false, None, PartRows::Unchanged)
-            },
+            changes(vec![], vec![held_part(), held_part()]),
         ),
         (
             "sources as held for a part not held",
             ready(),
-            GenerationFrame {
-                tables: vec![TableFrame {
-                    name: "sys".into(),
-                    listing: Listing::Changes { gone: vec![] },
-                    schema: None,
-                    parts: vec![PartFrame {
-                        key: "10.9.9.9".into(),
-                        sources: Sources::Held,
-                        rows: PartRows::Full(added.clone()),
-                    }],
-                    patches: vec![],
-                }],
-                ..frame(false, None, PartRows::Unchanged)
-            },
+            changes(vec![], vec![new_part(Sources::Held)]),
         ),
         (
             "index out of range",
