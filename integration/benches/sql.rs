@@ -16,7 +16,8 @@
 //! is reported. `BENCH_PYTHON` overrides `<repo>/.bench-venv/bin/python` (`make bench-venv`).
 //! `BENCH_EXPLAIN=<name>[,<name>...]` (or `all`, or `sql:<statement>`) prints `EXPLAIN
 //! ANALYZE` of those queries on the largest fleet to standard error and writes nothing:
-//! where a query's time goes; with `BENCH_NARROW=1` every statement runs on one partition,
+//! where a query's time goes, with the median of `BENCH_RUNS` runs (at least 3) and the
+//! last run's phases; with `BENCH_NARROW=1` every statement runs on one partition,
 //! as on a busy node.
 
 use std::cmp::Ordering;
@@ -590,6 +591,7 @@ fn explain(
     statics: &Arc<StaticCatalog>,
     views: &ViewsFile,
     which: &str,
+    runs: usize,
 ) {
     let machines = sizes.iter().copied().max().unwrap_or(1_000);
     let gen = fleet_generation(machines);
@@ -610,14 +612,23 @@ fn explain(
         let text = rt.block_on(async {
             let snap = snapshot(&gen, statics, views).await;
             let mut times = Vec::new();
-            for _ in 0..4 {
+            let mut last = None;
+            for _ in 0..=runs.max(3) {
                 let start = Instant::now();
-                if let Err(e) = snap.query(sql, &limits).await {
-                    return format!("error: {e}");
+                match snap.query(sql, &limits).await {
+                    Ok(out) => last = Some(out.phases),
+                    Err(e) => return format!("error: {e}"),
                 }
                 times.push(start.elapsed().as_secs_f64() * 1000.0);
             }
             let ms = median(times[1..].to_vec());
+            let phases = last.map(|p| {
+                let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+                format!(
+                    "\nlast run's phases (ms): parse {:.2}, plan {:.2}, analyze {:.2}, optimize {:.2}, physical {:.2}, execute {:.2}",
+                    ms(p.parse), ms(p.plan), ms(p.analyze), ms(p.optimize), ms(p.physical), ms(p.execute)
+                )
+            });
             match snap.query(&format!("EXPLAIN ANALYZE {sql}"), &limits).await {
                 Ok(out) => {
                     out.batches
@@ -630,7 +641,15 @@ fn explain(
                         })
                         .collect::<Vec<_>>()
                         .join("\n")
-                        + &format!("\nmedian of 3 runs after a warm-up: {ms:.2} ms")
+                        + &format!(
+                            "\nmedian of {} runs after a warm-up: {ms:.2} ms",
+                            times.len() - 1
+                        )
+                        + phases.as_deref().unwrap_or("")
+                        + &format!(
+                            "\neach run (ms, the warm-up first): {}",
+                            times.iter().map(|t| format!("{t:.2}")).collect::<Vec<_>>().join(" ")
+                        )
                 }
                 Err(e) => format!("error: {e}"),
             }
@@ -670,7 +689,7 @@ fn main() {
         .expect("tokio runtime");
 
     if let Ok(which) = std::env::var("BENCH_EXPLAIN") {
-        explain(&rt, &sizes, &queries, &statics, &views, &which);
+        explain(&rt, &sizes, &queries, &statics, &views, &which, runs);
         return;
     }
     let mut duck_version = None;

@@ -2,7 +2,7 @@
 //! and views, registered in a DataFusion context. Installing the next generation builds a
 //! new snapshot; queries that hold the old one finish on it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -25,6 +25,7 @@ use futures::StreamExt;
 use super::casts::RoundFloatToInteger;
 use super::describe::Descriptions;
 use super::division::NullOnDivideByZero;
+use super::eager_aggregate::EagerAggregate;
 use super::front_door::{parse_checked, ParseLimits};
 use super::guarded::guard_functions;
 use super::memory::MemoryBudget;
@@ -239,7 +240,15 @@ impl Snapshot {
         config.options_mut().optimizer.enable_topk_aggregation = false;
         // A heap of k rows per window partition for `ROW_NUMBER() ... <= k` (`window_topn`).
         config.options_mut().optimizer.enable_window_topn = true;
-        let ctx = new_context(config);
+        // Row counts for the optimizer's choice to aggregate before small joins: published
+        // tables, then static ones (a published table hides a static one of its name).
+        let mut rows: HashMap<String, usize> = statics
+            .tables
+            .iter()
+            .map(|(name, t)| (name.clone(), t.batch.num_rows()))
+            .collect();
+        rows.extend(generation.tables.iter().map(|(n, t)| (n.clone(), t.rows())));
+        let ctx = new_context_sized(config, rows);
         guard_functions(&ctx, max_value_bytes);
         let mut taken = BTreeSet::new();
         for (name, table) in &generation.tables {
@@ -670,10 +679,21 @@ impl Snapshot {
     }
 }
 
+/// [`new_context_sized`] knowing no table's rows: no aggregate goes below a join.
+#[cfg(test)]
+pub(crate) fn new_context(config: SessionConfig) -> SessionContext {
+    new_context_sized(config, HashMap::new())
+}
+
 /// A context whose analyzer first makes division by zero NULL (see `division`), then runs
 /// DataFusion's own rules, whose optimizer truncates UTC timestamps fast
-/// (`utc_date_trunc`), and whose per-partition top-k never keeps zero rows (`window_topn`).
-pub(crate) fn new_context(config: SessionConfig) -> SessionContext {
+/// (`utc_date_trunc`) and aggregates before joins with small tables (`eager_aggregate`,
+/// knowing each table's `rows`), and whose per-partition top-k never keeps zero rows
+/// (`window_topn`).
+pub(crate) fn new_context_sized(
+    config: SessionConfig,
+    rows: HashMap<String, usize>,
+) -> SessionContext {
     let mut rules: Vec<Arc<dyn AnalyzerRule + Send + Sync>> = vec![Arc::new(NullOnDivideByZero)];
     rules.extend(Analyzer::new().rules);
     // After DataFusion's rules: it sees coerced types, and runs before the optimizer's own
@@ -685,6 +705,7 @@ pub(crate) fn new_context(config: SessionConfig) -> SessionContext {
         .with_default_features()
         .with_analyzer_rules(rules)
         .with_optimizer_rule(Arc::new(UtcDateTrunc))
+        .with_optimizer_rule(Arc::new(EagerAggregate::new(rows)))
         .with_physical_optimizer_rules(super::window_topn::physical_rules())
         .build();
     SessionContext::new_with_state(state)

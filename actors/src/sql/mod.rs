@@ -8,6 +8,7 @@ mod coalesced;
 pub mod computed;
 pub mod describe;
 mod division;
+mod eager_aggregate;
 mod engine;
 mod front_door;
 mod guarded;
