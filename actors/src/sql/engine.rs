@@ -287,10 +287,9 @@ impl Snapshot {
                 continue;
             }
             // Static tables too are spread by size (a large Parquet file is one batch).
-            let slices = slices(&table.batch, COALESCE_ROWS);
             match partitioned(
                 table.batch.schema(),
-                slices.iter(),
+                std::iter::once(&table.batch),
                 partitions,
                 table.batch.num_rows(),
             ) {
@@ -758,6 +757,9 @@ fn scanned_tables(plan: &LogicalPlan) -> BTreeSet<String> {
 /// Spreads a table's batches over `partitions` so scans run on every core. A table made of
 /// many small parts (one per machine at a proxy or TLA) is coalesced into batches of about
 /// `COALESCE_ROWS`: executing thousands of tiny batches costs more than copying them once.
+/// A batch larger than that (a table published or loaded whole: `queryd demo`, an edge, a
+/// Parquet static table) is cut into zero-copy slices of `COALESCE_ROWS`, so it too is
+/// spread rather than scanned on one partition and dealt round-robin by the plan.
 /// A table of at most `SINGLE_PARTITION_ROWS` rows (`rows`) is one partition.
 pub(super) fn partitioned<'a>(
     schema: SchemaRef,
@@ -770,24 +772,29 @@ pub(super) fn partitioned<'a>(
     } else {
         partitions
     };
-    let mut groups: Vec<Vec<&RecordBatch>> = Vec::new();
+    let mut groups: Vec<Vec<RecordBatch>> = Vec::new();
     let mut open_rows = COALESCE_ROWS;
     for b in batches.filter(|b| b.num_rows() > 0) {
-        if open_rows >= COALESCE_ROWS || b.num_rows() >= COALESCE_ROWS {
+        if b.num_rows() >= COALESCE_ROWS {
+            groups.extend(slices(b, COALESCE_ROWS).into_iter().map(|s| vec![s]));
+            open_rows = COALESCE_ROWS;
+            continue;
+        }
+        if open_rows >= COALESCE_ROWS {
             groups.push(Vec::new());
             open_rows = 0;
         }
         open_rows += b.num_rows();
         if let Some(g) = groups.last_mut() {
-            g.push(b);
+            g.push(b.clone());
         }
     }
     let n = partitions.clamp(1, groups.len().max(1));
     let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
     for (i, group) in groups.into_iter().enumerate() {
         let batch = match group.as_slice() {
-            [one] => (*one).clone(),
-            many => concat_batches(&schema, many.iter().copied())?,
+            [one] => one.clone(),
+            many => concat_batches(&schema, many)?,
         };
         parts[i % n].push(batch);
     }
@@ -842,19 +849,30 @@ mod tests {
 
     #[test]
     fn small_tables_are_one_partition_and_large_ones_spread() {
-        let parts = |rows: i64| {
+        // One batch, as `queryd demo` or a Parquet static table gives it.
+        let table = |rows: i64| {
             let b = batch(rows);
-            let s = slices(&b, COALESCE_ROWS);
-            let t = partitioned(b.schema(), s.iter(), 2, b.num_rows()).expect("table");
-            t.batches.len()
+            partitioned(b.schema(), std::iter::once(&b), 2, b.num_rows()).expect("table")
         };
-        assert_eq!(parts(20_000), 1);
-        assert_eq!(parts(SINGLE_PARTITION_ROWS as i64 + 1), 2);
-        assert_eq!(parts(0), 1);
-        let b = batch(20_000);
-        let s = slices(&b, COALESCE_ROWS);
-        assert_eq!(s.iter().map(|b| b.num_rows()).sum::<usize>(), 20_000);
-        assert!(s.iter().all(|b| b.num_rows() <= COALESCE_ROWS));
+        assert_eq!(table(20_000).batches.len(), 1);
+        assert_eq!(table(0).batches.len(), 1);
+        let big = table(SINGLE_PARTITION_ROWS as i64 + 1);
+        assert_eq!(big.batches.len(), 2);
+        // Cut into slices of `COALESCE_ROWS`, every row kept, dealt to both partitions.
+        let held: Vec<RecordBatch> = big
+            .batches
+            .iter()
+            .flat_map(|p| p.try_read().expect("unlocked").clone())
+            .collect();
+        assert_eq!(
+            held.iter().map(|b| b.num_rows()).sum::<usize>(),
+            SINGLE_PARTITION_ROWS + 1
+        );
+        assert!(held.iter().all(|b| b.num_rows() <= COALESCE_ROWS));
+        assert!(big
+            .batches
+            .iter()
+            .all(|p| !p.try_read().expect("unlocked").is_empty()));
     }
 
     #[tokio::test]
