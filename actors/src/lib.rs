@@ -24,15 +24,9 @@
 /// malloc, and decode, merge and encode slowed each generation as the heap fragmented (a
 /// perf profile; BENCHMARKS.md, `tla-merge`).
 ///
-/// Built without its transparent huge pages (`no_thp`, Cargo.toml): mimalloc 3 advises the
-/// kernel to back its arenas with 2 MiB pages, returns freed memory after a second, and
-/// each page it touches again is faulted in and zeroed whole. A perf profile of
-/// `tla-merge` at 70,000 machines found 30% of all samples zeroing huge pages
-/// (`clear_page_erms` under `do_huge_pmd_anonymous_page`); without them the TLA's full
-/// copy took 5.4 s instead of 9.7 s and a steady generation 1.72 s instead of 1.94 s (the
-/// same binary with `MIMALLOC_ALLOW_THP=0`). On a host whose THP setting is `always`
-/// rather than `madvise`, the kernel makes huge pages unasked: set `MIMALLOC_ALLOW_THP=0`
-/// there, which turns them off for the process.
+/// Without transparent huge pages: mimalloc is built not to ask for them (`no_thp`,
+/// Cargo.toml) and `queryd` turns them off for its process (`heap::no_huge_pages`):
+/// zeroing re-faulted 2 MiB pages was 30% of a TLA's CPU.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

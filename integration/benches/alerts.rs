@@ -420,6 +420,8 @@ fn scaling(runs: &[Vec<Run>], sizes: &[usize]) -> String {
 }
 
 fn main() {
+    // As `queryd` runs: without transparent huge pages.
+    query_actors::heap::no_huge_pages();
     let scale = env_f64("BENCH_SCALE", 1.0).clamp(0.001, 1.0);
     let passes = env_f64("BENCH_PASSES", 5.0).max(1.0) as usize;
     let sizes: Vec<usize> = [10_000.0, 70_000.0]

@@ -21,6 +21,8 @@ const INTERVAL_MS: u64 = 1000;
 const OFFSET_MS: u64 = 500;
 
 fn main() {
+    // As `queryd` runs: without transparent huge pages.
+    query_actors::heap::no_huge_pages();
     let scale = env_f64("BENCH_SCALE", 1.0).clamp(0.01, 1.0);
     let seconds = env_f64("BENCH_SECONDS", 20.0).max(5.0);
     let publishers = ((100.0 * scale).round() as usize).max(1);

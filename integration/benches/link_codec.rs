@@ -389,6 +389,8 @@ fn verdict(r: &FleetResult) -> String {
 }
 
 fn main() {
+    // As `queryd` runs: without transparent huge pages.
+    query_actors::heap::no_huge_pages();
     let scale = env_f64("BENCH_SCALE", 1.0).clamp(0.01, 1.0);
     let fleets: Vec<usize> = [1_000.0, 10_000.0]
         .iter()

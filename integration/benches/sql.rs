@@ -659,6 +659,8 @@ fn explain(
 }
 
 fn main() {
+    // As `queryd` runs: without transparent huge pages.
+    query_actors::heap::no_huge_pages();
     let scale = env_f64("BENCH_SCALE", 1.0).clamp(0.001, 1.0);
     let runs = (env_f64("BENCH_RUNS", 5.0) as usize).max(1);
     let python = std::env::var_os("BENCH_PYTHON")

@@ -204,6 +204,8 @@ fn results_file() -> std::path::PathBuf {
 }
 
 fn main() {
+    // As `queryd` runs: without transparent huge pages.
+    query_actors::heap::no_huge_pages();
     let scale = env_f64("BENCH_SCALE", 1.0);
     let machines = ((70_000.0 * scale) as usize).max(PER_CLUSTER);
     let counts: Vec<usize> = std::env::var("BENCH_CHILDREN")

@@ -239,6 +239,8 @@ fn run_fleet(machines: usize, threads: usize, generations: u64) -> FleetRun {
 }
 
 fn main() {
+    // As `queryd` runs: without transparent huge pages.
+    query_actors::heap::no_huge_pages();
     let scale = env_f64("BENCH_SCALE", 1.0).clamp(0.001, 1.0);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())

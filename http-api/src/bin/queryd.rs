@@ -404,6 +404,7 @@ fn load(
 }
 
 fn main() -> ExitCode {
+    query_actors::heap::no_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
