@@ -234,6 +234,11 @@ impl Push<'_> {
             .filter(|c| used.contains(c))
             .map(Expr::Column)
             .collect();
+        // Without a group, an empty input still yields one row (COUNT 0, SUM NULL), which
+        // the joins above would meet where the statement has no row at all.
+        if group.is_empty() {
+            return Ok(None);
+        }
         let partial = Aggregate::try_new(Arc::new(plan.clone()), group, self.partial.clone())?;
         Ok(Some(LogicalPlan::Aggregate(partial)))
     }
