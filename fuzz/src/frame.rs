@@ -29,7 +29,7 @@ use query_actors::generation::{GenTable, Generation, Part, SourceStamp};
 use query_actors::link::diff::{LinkDecoder, LinkEncoder};
 use query_actors::link::frame::{decode_frame, encode_frame, read_frame, Codec};
 use query_actors::link::wire::{
-    Advert, GenerationFrame, Listing, PartRows, PatchValues, Sources, ToChild, ToParent,
+    Advert, GenerationFrame, Listing, PartId, PartRows, PatchValues, Sources, ToChild, ToParent,
     LINK_VERSION,
 };
 use rand::rngs::SmallRng;
@@ -376,7 +376,11 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
         6 => table.schema = None,
         7 => {
             if let Some(part) = table.parts.get_mut(p) {
-                part.key = ["", "10.0.0.9", "m0"][rng.random_range(0..3)].to_string();
+                part.key = match rng.random_range(0..5) {
+                    0 => PartId::Held(rng.random_range(0..3)),
+                    1 => PartId::Held(u32::MAX),
+                    k => PartId::Key(["", "10.0.0.9", "m0"][k - 2].to_string()),
+                };
             }
         }
         // The rows of a part: mutated, swapped for other IPC bytes, another kind.

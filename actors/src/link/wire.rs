@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; a peer with another version is refused at hello.
-pub const LINK_VERSION: u32 = 5;
+pub const LINK_VERSION: u32 = 6;
 
 /// Parent → child.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,9 +162,35 @@ pub enum Listing {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartFrame {
-    pub key: String,
+    pub key: PartId,
     pub sources: Sources,
     pub rows: PartRows,
+}
+
+/// Which part a [`PartFrame`] is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PartId {
+    /// By its key.
+    Key(String),
+    /// A part the parent holds, by where it holds it: this many held parts after the
+    /// previous part of the table sent this way (the first: its index). In a steady frame
+    /// every machine's part of a table of counters changes, and its key (a machine's
+    /// address) was more bytes than its patch; positions are known to both sides because
+    /// the child lists changes only when the parent's order is its own
+    /// ([`Listing::Changes`]).
+    Held(u32),
+}
+
+impl From<&str> for PartId {
+    fn from(key: &str) -> Self {
+        PartId::Key(key.to_string())
+    }
+}
+
+impl From<String> for PartId {
+    fn from(key: String) -> Self {
+        PartId::Key(key)
+    }
 }
 
 /// A part's sources (what published its rows) and when they published.

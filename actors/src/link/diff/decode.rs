@@ -11,7 +11,9 @@ use datafusion::arrow::record_batch::RecordBatch;
 use super::ipc::{decode_batch, decode_schema};
 use super::{forward, patch, HeldSources};
 use crate::generation::{GenTable, Part, SourceStamp};
-use crate::link::wire::{GenerationFrame, Listing, PartFrame, PartRows, PatchValues, Sources};
+use crate::link::wire::{
+    GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources,
+};
 use crate::link::LinkError;
 
 /// The most sources a link keeps a time for ([`GenerationFrame::stamps`]): a child that
@@ -192,8 +194,10 @@ impl LinkDecoder {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| in_table(&name, "its patches", e))?;
             let mut listed = Vec::with_capacity(tf.parts.len());
+            // Where the last part sent by its position is held (`PartId::Held`).
+            let mut at = None;
             for pf in tf.parts {
-                listed.push(self.part(&name, &held, &mut patches, pf)?);
+                listed.push(self.part(&name, &held, &mut patches, &mut at, pf)?);
             }
             if let Some(left) = patches.iter().find(|p| p.next < p.values.num_rows()) {
                 return Err(LinkError::Protocol(format!(
@@ -269,9 +273,26 @@ impl LinkDecoder {
         name: &str,
         held: &HeldTable,
         patches: &mut [PatchCursor],
+        at: &mut Option<usize>,
         pf: PartFrame,
     ) -> Result<HeldPart, LinkError> {
-        let key = pf.key;
+        let key = match pf.key {
+            PartId::Key(key) => key,
+            PartId::Held(skip) => {
+                let i = at
+                    .map_or(Some(0), |a| a.checked_add(1))
+                    .and_then(|i| i.checked_add(skip as usize))
+                    .filter(|&i| i < held.parts.len())
+                    .ok_or_else(|| {
+                        LinkError::Protocol(format!(
+                            "a part of table '{name}' is sent by a position past the {} parts held",
+                            held.parts.len()
+                        ))
+                    })?;
+                *at = Some(i);
+                held.parts[i].key.clone()
+            }
+        };
         let schema = &held.schema;
         let old = held.get(&key);
         let need = |what: &str| {

@@ -16,7 +16,7 @@ use super::patch::{self, KeyMatcher};
 use super::{HeldSources, TableKeys};
 use crate::generation::{Generation, Part, SourceStamp};
 use crate::link::wire::{
-    GenerationFrame, Listing, PartFrame, PartRows, PatchValues, Sources, TableFrame,
+    GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources, TableFrame,
 };
 use crate::link::LinkError;
 use crate::table::unix_millis;
@@ -276,6 +276,8 @@ impl LinkEncoder {
             // full copy, `GenerationFrame::is_full_copy`).
             let fresh = schema.is_some() || mirror.parts.is_empty();
             let mut parts = Vec::with_capacity(table.parts.len());
+            // Where the parent holds each of `parts`, if it does.
+            let mut held_at = Vec::with_capacity(table.parts.len());
             let mut next_parts = HashMap::with_capacity(table.parts.len());
             // Whether the parent's order after listing only the changes (held parts where
             // they are, new ones after them) is the child's order.
@@ -290,6 +292,7 @@ impl LinkEncoder {
                     )));
                 }
                 let held = mirror.parts.remove(&p.key);
+                held_at.push(held.as_ref().map(|h| h.pos));
                 let (held, held_sources) = match held {
                     Some(h) => {
                         in_order &= !seen_new && last_pos.is_none_or(|l| h.pos > l);
@@ -315,7 +318,7 @@ impl LinkEncoder {
                     )));
                 }
                 parts.push(PartFrame {
-                    key: p.key.clone(),
+                    key: PartId::Key(p.key.clone()),
                     sources,
                     rows,
                 });
@@ -323,9 +326,26 @@ impl LinkEncoder {
             let listing = if fresh || !in_order {
                 Listing::Every
             } else {
-                parts.retain(|p| {
+                let changed = |p: &PartFrame| {
                     p.sources != Sources::Held || !matches!(p.rows, PartRows::Unchanged)
-                });
+                };
+                // Held parts by their position: ascending (`in_order`), before the new ones.
+                let mut previous: Option<usize> = None;
+                let mut listed = Vec::with_capacity(parts.len());
+                for (mut p, at) in parts.into_iter().zip(held_at) {
+                    if !changed(&p) {
+                        continue;
+                    }
+                    if let Some(at) = at {
+                        let skip = at - previous.map_or(0, |a| a + 1);
+                        p.key = PartId::Held(u32::try_from(skip).map_err(|_| {
+                            LinkError::Protocol(format!("table '{name}' has too many parts"))
+                        })?);
+                        previous = Some(at);
+                    }
+                    listed.push(p);
+                }
+                parts = listed;
                 let mut gone: Vec<String> = mirror.parts.into_keys().collect();
                 gone.sort_unstable();
                 Listing::Changes { gone }

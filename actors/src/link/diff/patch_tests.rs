@@ -13,7 +13,9 @@ use rand::{Rng, SeedableRng};
 
 use super::ipc::IpcWriter;
 use super::patch::{narrow, patch_schema, widen};
-use super::tests::{assert_same, batch_of, generation, kinds, part, schema, send, Row};
+use super::tests::{
+    assert_same, batch_of, generation, kinds, listed_keys, part, schema, send, Row,
+};
 use super::{LinkDecoder, LinkEncoder, TableKeys};
 use crate::generation::{GenTable, Part};
 use crate::link::frame::{encode_frame, Codec};
@@ -568,6 +570,8 @@ fn a_forwarding_node_passes_patches_on_and_its_parent_stays_in_step() {
     let mut tla_out = keyed(&["name"]);
     let mut sql = LinkDecoder::new();
     let (mut forwarded, mut patches) = (0, 0);
+    // Both parents hold the eight parts in this order after the first frame.
+    let held: Vec<String> = (0..parts.len()).map(|i| format!("m{i}")).collect();
     for id in 1..120u64 {
         for rows in parts.iter_mut() {
             if rng.random_bool(0.5) {
@@ -600,10 +604,9 @@ fn a_forwarding_node_passes_patches_on_and_its_parent_stays_in_step() {
             .collect();
         let g = generation(id, vec![("sys", present)]);
         let f = child.encode(&g, &sys_only(), 8, 0).expect("child encode");
-        let from_child: HashMap<String, PartRows> = f.tables[0]
-            .parts
-            .iter()
-            .map(|p| (p.key.clone(), p.rows.clone()))
+        let from_child: HashMap<String, PartRows> = listed_keys(&f.tables[0], &held)
+            .into_iter()
+            .zip(f.tables[0].parts.iter().map(|p| p.rows.clone()))
             .collect();
         let c = tla_in.apply(send(&f).0).expect("tla apply");
         assert_same(&c, &g, &sys_only());
@@ -620,10 +623,14 @@ fn a_forwarding_node_passes_patches_on_and_its_parent_stays_in_step() {
         let f = tla_out
             .encode(&at_tla, &sys_only(), 8, 0)
             .expect("tla encode");
-        for p in &f.tables[0].parts {
+        for (p, key) in f.tables[0]
+            .parts
+            .iter()
+            .zip(listed_keys(&f.tables[0], &held))
+        {
             if matches!(p.rows, PartRows::Patch { .. }) {
                 patches += 1;
-                forwarded += usize::from(from_child.get(&p.key) == Some(&p.rows));
+                forwarded += usize::from(from_child.get(&key) == Some(&p.rows));
             }
         }
         let at_sql = sql.apply(send(&f).0).expect("sql apply");

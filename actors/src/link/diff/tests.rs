@@ -8,7 +8,9 @@ use super::ipc::{decode_batch, decode_schema, sorted_rows, IpcWriter};
 use super::{ChildGeneration, LinkDecoder, LinkEncoder};
 use crate::generation::{GenTable, Generation, Part, SourceStamp};
 use crate::link::frame::{decode_frame, encode_frame, Codec, DEFAULT_MAX_FRAME_BYTES};
-use crate::link::wire::{GenerationFrame, Listing, PartFrame, PartRows, Sources, TableFrame};
+use crate::link::wire::{
+    GenerationFrame, Listing, PartFrame, PartId, PartRows, Sources, TableFrame,
+};
 use crate::link::LinkError;
 use crate::table::unix_millis;
 use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
@@ -143,28 +145,50 @@ pub(super) fn assert_same(child: &ChildGeneration, g: &Generation, wanted: &BTre
     }
 }
 
+/// (table, key, kind) of every part listed; a part sent by its position shows as `@<skip>`.
 pub(super) fn kinds(f: &GenerationFrame) -> Vec<(String, String, &'static str)> {
     f.tables
         .iter()
         .flat_map(|t| {
-            t.parts.iter().map(|p| {
+            let keys = listed_keys(t, &[]);
+            t.parts.iter().zip(keys).map(|(p, key)| {
                 let k = match p.rows {
                     PartRows::Full(_) => "full",
                     PartRows::Unchanged => "unchanged",
                     PartRows::Diff { .. } => "diff",
                     PartRows::Patch { .. } => "patch",
                 };
-                (t.name.clone(), p.key.clone(), k)
+                (t.name.clone(), key, k)
             })
         })
         .collect()
 }
 
-/// The part is unchanged in `f`: listed so, or left out of a table listing only changes.
-pub(super) fn unchanged_in(f: &GenerationFrame, table: &str, key: &str) -> bool {
+/// The keys of `t`'s parts, those sent by position (`PartId::Held`) found in `held` (the
+/// parent's keys of the table, in its order) as the decoder finds them; `@<skip>` where
+/// `held` has no such position.
+pub(super) fn listed_keys(t: &TableFrame, held: &[String]) -> Vec<String> {
+    let mut at: Option<usize> = None;
+    t.parts
+        .iter()
+        .map(|p| match &p.key {
+            PartId::Key(k) => k.clone(),
+            PartId::Held(skip) => {
+                let i = at.map_or(0, |a| a + 1) + *skip as usize;
+                at = Some(i);
+                held.get(i).cloned().unwrap_or_else(|| format!("@{skip}"))
+            }
+        })
+        .collect()
+}
+
+/// The part is unchanged in `f`: listed so, or left out of a table listing only changes;
+/// `held`: the parent's keys of the table, in its order.
+pub(super) fn unchanged_in(f: &GenerationFrame, table: &str, key: &str, held: &[String]) -> bool {
     f.tables.iter().filter(|t| t.name == table).any(|t| {
-        match t.parts.iter().find(|p| p.key == key) {
-            Some(p) => matches!(p.rows, PartRows::Unchanged),
+        let keys = listed_keys(t, held);
+        match t.parts.iter().zip(&keys).find(|(_, k)| k.as_str() == key) {
+            Some((p, _)) => matches!(p.rows, PartRows::Unchanged),
             None => {
                 matches!(&t.listing, Listing::Changes { gone } if !gone.iter().any(|g| g == key))
             }
@@ -297,20 +321,31 @@ fn only_changes_are_listed_while_the_order_holds() {
     let f2 = enc.encode(&g2, &wanted, 4, 0).expect("encode");
     let sys = f2.tables.iter().find(|t| t.name == "sys").expect("sys");
     assert_eq!(sys.listing, Listing::Changes { gone: vec![] });
+    // Held parts go by their position (the first listed is the second held), new ones by key.
+    let positions: Vec<&PartId> = sys.parts.iter().map(|p| &p.key).collect();
+    assert_eq!(
+        positions,
+        [
+            &PartId::Held(1),
+            &PartId::Held(0),
+            &PartId::Key("10.0.0.4".into())
+        ]
+    );
+    let held: Vec<String> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        .map(String::from)
+        .into();
+    let keys = listed_keys(sys, &held);
     let listed: Vec<(&str, &str, bool)> = sys
         .parts
         .iter()
-        .map(|p| {
+        .zip(&keys)
+        .map(|(p, key)| {
             let sources = match p.sources {
                 Sources::Held => "held",
                 Sources::Named(_) => "named",
                 Sources::Stamped(_) => "stamped",
             };
-            (
-                p.key.as_str(),
-                sources,
-                matches!(p.rows, PartRows::Unchanged),
-            )
+            (key.as_str(), sources, matches!(p.rows, PartRows::Unchanged))
         })
         .collect();
     // 10.0.0.3 publishes `load` at its old time (first in the frame: the link's time) and
@@ -393,7 +428,7 @@ fn reordered_rows_are_unchanged() {
     rev.reverse();
     let g2 = generation(2, vec![("sys", vec![part(&s, "m", &rev)])]);
     let f2 = enc.encode(&g2, &wanted, 1, 0).expect("encode");
-    assert!(unchanged_in(&f2, "sys", "m"));
+    assert!(unchanged_in(&f2, "sys", "m", &["m".to_string()]));
     let c2 = dec.apply(f2).expect("apply");
     // The parent keeps its order.
     assert_eq!(c2.tables["sys"].parts[0].batch, batch_of(&s, &rows));
@@ -427,7 +462,7 @@ fn duplicate_rows_match_as_a_multiset() {
             }
         }
         if i == 4 {
-            assert!(unchanged_in(&f, "sys", "m"));
+            assert!(unchanged_in(&f, "sys", "m", &["m".to_string()]));
         }
         let c = dec.apply(send(&f).0).expect("apply");
         assert_same(&c, &g, &wanted);
@@ -689,6 +724,11 @@ fn decoder_refuses_inconsistent_frames() {
         ..frame(false, None, PartRows::Unchanged)
     };
     let held_part = || frame(false, None, PartRows::Unchanged).tables[0].parts[0].clone();
+    let by_position = |skip: u32| PartFrame {
+        key: PartId::Held(skip),
+        sources: Sources::Held,
+        rows: PartRows::Unchanged,
+    };
     let new_part = |sources: Sources| PartFrame {
         key: "10.9.9.9".into(),
         sources,
@@ -754,6 +794,16 @@ fn decoder_refuses_inconsistent_frames() {
             "sources as held for a part not held",
             ready(),
             changes(vec![], vec![new_part(Sources::Held)]),
+        ),
+        (
+            "a position past the parts held",
+            ready(),
+            changes(vec![], vec![by_position(0), by_position(u32::MAX)]),
+        ),
+        (
+            "a held part by its key and by its position",
+            ready(),
+            changes(vec![], vec![held_part(), by_position(0)]),
         ),
         (
             "index out of range",
