@@ -17,11 +17,13 @@ pub fn trim() {
 
 /// Turns transparent huge pages off for this process (and the processes it starts), as
 /// `MIMALLOC_ALLOW_THP=0` would: mimalloc hands memory back a second after it is freed,
-/// and each 2 MiB page touched again is faulted in and zeroed whole. The TLA's full copy
-/// at 70,000 machines took 8.4 s with huge pages and 3.9 s without (`tla-merge`); a
-/// steady generation 1.94 and 1.72 s. mimalloc is also built not to ask for them
-/// (`no_thp`, Cargo.toml), which alone left the full copy at 8.4 s: other mappings were
-/// still backed by huge pages. Called first thing by `queryd` and the in-process
+/// and each 2 MiB page touched again is faulted in and zeroed whole (30% of the samples
+/// of a perf profile of `tla-merge` at 70,000 machines, a process that also makes the
+/// clusters' frames). There the TLA's full copy took 9.7 s with huge pages and 3.9-5.7 s
+/// without, a steady generation 1.94 and 1.72 s (the same binary, then with
+/// `MIMALLOC_ALLOW_THP=0`). mimalloc is also built not to ask for them (`no_thp`,
+/// Cargo.toml), which alone left the full copy at 8.4 s: other mappings were still backed
+/// by huge pages. Called first thing by `queryd` and the in-process
 /// benchmarks. A failure (an old kernel) changes nothing but speed, so it is only logged.
 #[allow(unsafe_code)]
 pub fn no_huge_pages() {

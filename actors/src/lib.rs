@@ -26,7 +26,7 @@
 ///
 /// Without transparent huge pages: mimalloc is built not to ask for them (`no_thp`,
 /// Cargo.toml) and `queryd` turns them off for its process (`heap::no_huge_pages`):
-/// zeroing re-faulted 2 MiB pages was 30% of a TLA's CPU.
+/// zeroing re-faulted 2 MiB pages was 30% of the samples of a `tla-merge` profile.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -48,13 +48,13 @@ use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 /// down (both estimated as the larger of a join's inputs: the fleet's tables join on
 /// `machine_ip`, a key of `sys`). `processes` is 12 times `sys`, `filesystem` 4 times:
 /// grouping either by `machine_ip` first would cost what the join costs.
-pub(crate) const SMALLER_BY: usize = 16;
+const SMALLER_BY: usize = 16;
 
 /// The side the aggregate goes down must be at least this big: below it, the operators the
 /// rewrite adds cost more than the rows they save (at 1,000 machines, `load_info`'s 3,500
 /// rows: `paper_hits_per_continent` 0.98 → 1.04-1.11 ms, `report_disk_by_continent`
 /// 1.82 → 2.12-2.37 ms; at 10,000 machines, 35,000 rows: 2.32 → 1.24 and 4.04 → 2.97 ms).
-pub(crate) const PAYS_FROM_ROWS: usize = 10_000;
+const PAYS_FROM_ROWS: usize = 10_000;
 
 /// Prefix of the partial aggregates' columns.
 const PARTIAL: &str = "__eager";
@@ -107,7 +107,9 @@ enum Split {
 
 impl EagerAggregate {
     fn rewrite_aggregate(&self, agg: &Aggregate) -> Result<Option<LogicalPlan>> {
+        // Most aggregates read one table: no join to go below, nothing more to look at.
         if agg.aggr_expr.is_empty()
+            || !reaches_join(&agg.input)
             || agg
                 .group_expr
                 .iter()
@@ -115,11 +117,9 @@ impl EagerAggregate {
         {
             return Ok(None);
         }
-        let prefix = fresh_prefix(&agg.input)?;
-        let mut partial = Vec::with_capacity(agg.aggr_expr.len());
-        let mut combine = Vec::with_capacity(agg.aggr_expr.len());
+        let mut splits = Vec::with_capacity(agg.aggr_expr.len());
         let mut args = HashSet::new();
-        for (i, e) in agg.aggr_expr.iter().enumerate() {
+        for e in &agg.aggr_expr {
             let Expr::AggregateFunction(f) = e else {
                 return Ok(None);
             };
@@ -135,20 +135,26 @@ impl EagerAggregate {
             for a in &p.args {
                 args.extend(a.column_refs().into_iter().cloned());
             }
-            // The upper half of a split already: splitting it again would only stack
-            // partial aggregates of partial aggregates.
-            if args.iter().any(|c| c.name.starts_with(PARTIAL)) {
-                return Ok(None);
-            }
+            splits.push((f, split));
+        }
+        // The upper half of a split already: splitting it again would only stack partial
+        // aggregates of partial aggregates.
+        if args.iter().any(|c| c.name.starts_with(PARTIAL)) {
+            return Ok(None);
+        }
+        let prefix = fresh_prefix(&agg.input)?;
+        let mut partial = Vec::with_capacity(splits.len());
+        let mut combine = Vec::with_capacity(splits.len());
+        for (i, (f, split)) in splits.into_iter().enumerate() {
             let name = format!("{prefix}_{i}");
             partial.push(
                 Expr::AggregateFunction(AggregateFunction::new_udf(
                     f.func.clone(),
-                    p.args.clone(),
+                    f.params.args.clone(),
                     false,
                     None,
                     vec![],
-                    p.null_treatment,
+                    f.params.null_treatment,
                 ))
                 .alias(name.clone()),
             );
