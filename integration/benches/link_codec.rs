@@ -413,7 +413,7 @@ fn main() {
          only the parts whose rows or sources changed (the parent keeps the others as they are), changed parts \
          of tables with a key as patches (changed columns of the rows matched by key, counters as deltas; a \
          table's patched values travel in one Arrow IPC message per set of columns, deltas in the narrowest \
-         integer as byte planes), others as multiset diffs or whole, and each source's publication time once \
+         integer, split into byte planes in entries of 128 rows or more), others as multiset diffs or whole, and each source's publication time once \
          for all tables; a full frame sends every part's rows (Arrow IPC). Per-table rows: a frame holding that \
          table only, the sources' times on a line of their own.\n\n"
     );

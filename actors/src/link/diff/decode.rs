@@ -239,7 +239,6 @@ impl LinkDecoder {
 }
 
 impl LinkDecoder {
-    /// One listed part, applied to what `held` holds of it.
     /// A held part as the generation shows it: each source at its time.
     fn part_out(&self, name: &str, p: &HeldPart) -> Result<Part, LinkError> {
         let sources = p
@@ -268,6 +267,7 @@ impl LinkDecoder {
         })
     }
 
+    /// One listed part, applied to what `held` holds of it.
     fn part(
         &mut self,
         name: &str,
@@ -302,16 +302,14 @@ impl LinkDecoder {
                 ))
             })
         };
+        let in_part = |e| in_table(name, &format!("part '{key}'"), e);
         let batch = match pf.rows {
-            PartRows::Full(bytes) => decode_batch(&bytes, schema)
-                .map_err(|e| in_table(name, &format!("part '{key}'"), e))?,
+            PartRows::Full(bytes) => decode_batch(&bytes, schema).map_err(in_part)?,
             PartRows::Unchanged => need("unchanged")?.batch.clone(),
             PartRows::Diff { removed, added } => {
                 let old = &need("a diff")?.batch;
-                let added = decode_batch(&added, schema)
-                    .map_err(|e| in_table(name, &format!("part '{key}'"), e))?;
-                apply_diff(old, &removed, &added)
-                    .map_err(|e| in_table(name, &format!("part '{key}'"), e))?
+                let added = decode_batch(&added, schema).map_err(in_part)?;
+                apply_diff(old, &removed, &added).map_err(in_part)?
             }
             PartRows::Patch {
                 rows,
@@ -320,7 +318,6 @@ impl LinkDecoder {
                 added,
             } => {
                 let old = &need("a patch")?.batch;
-                let in_part = |e| in_table(name, &format!("part '{key}'"), e);
                 let added_bytes = added;
                 let added = if added_bytes.is_empty() {
                     None

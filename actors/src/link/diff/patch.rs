@@ -319,8 +319,9 @@ pub(super) fn patch_schema(
 /// Entries of at least this many rows split their deltas into byte planes ([`narrow`]):
 /// below it a plane's Arrow IPC metadata (a field node and two buffers per byte) costs more
 /// than compressing the planes apart saves. Planes for every entry made 70-machine clusters'
-/// frames larger (`tla-merge`: 12.0% of the full copy, 11.1% with this threshold, the same
-/// at `link-codec`'s one frame for the fleet); the value itself is not tuned.
+/// frames larger (`tla-merge` on link version 5: 12.0% of the full copy, 11.1% with this
+/// threshold, the same at `link-codec`'s one frame for the fleet); the value itself is not
+/// tuned.
 pub(super) const PLANES_FROM_ROWS: usize = 128;
 
 /// A patch entry's values as they travel: each delta column in the narrowest signed integer
