@@ -139,7 +139,21 @@ fn note(dedup: &str, machine: &str, state: AlertState) -> Notification {
 
 /// Enqueues in one transaction, as the evaluator does; returns what each enqueue did.
 fn enqueue(db: &Path, receiver: &str, notes: &[Notification], max: usize) -> Vec<outbox::Enqueued> {
-    let mut conn = outbox::open(db).expect("open db");
+    // The node opens the same file as it starts: switching it to WAL takes a lock that
+    // SQLite's busy timeout does not wait for, so an open at that moment is refused
+    // ("database is locked", seen once in `make test`). Only this test opens it from a
+    // second process; it tries again for a while.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        match outbox::open(db) {
+            Ok(conn) => break conn,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("outbox busy, retrying: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("open db: {e}"),
+        }
+    };
     let tx = conn.transaction().expect("tx");
     let done = notes
         .iter()
