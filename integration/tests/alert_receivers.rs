@@ -139,9 +139,9 @@ fn note(dedup: &str, machine: &str, state: AlertState) -> Notification {
 
 /// Enqueues in one transaction, as the evaluator does; returns what each enqueue did.
 fn enqueue(db: &Path, receiver: &str, notes: &[Notification], max: usize) -> Vec<outbox::Enqueued> {
-    // The node opens the same file as it starts: switching it to WAL takes a lock that
-    // SQLite's busy timeout does not wait for, so an open at that moment is refused
-    // ("database is locked", seen once in `make test`). Only this test opens it from a
+    // The node opens the same file as it starts; an open at that moment was once refused
+    // ("database is locked", in `make test`), likely by the switch to WAL, whose lock
+    // SQLite's busy timeout does not always wait for. Only this test opens the file from a
     // second process; it tries again for a while.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut conn = loop {
