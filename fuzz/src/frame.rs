@@ -354,9 +354,18 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
                     [rng.random_range(0..2)]
                 .clone();
             }
-            if rng.random_bool(0.5) {
-                f.stamps
-                    .push(("s".into(), [i64::MIN, i64::MAX, 0][rng.random_range(0..3)]));
+            let back = [i64::MIN, i64::MAX, 0][rng.random_range(0..3)];
+            match rng.random_range(0..4) {
+                0 => f.stamps.new.push(("s".into(), back)),
+                // A position that may be past the sources held, maybe without its time.
+                1 => {
+                    f.stamps.moved.push(rng.random_range(0..4));
+                    if rng.random_bool(0.8) {
+                        f.stamps.moved_back.push(back);
+                    }
+                }
+                2 => f.stamps.gone.push("10.0.0.1".into()),
+                _ => {}
             }
         }
         3 => {
@@ -395,11 +404,11 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
                     1 => PartRows::Unchanged,
                     2 => {
                         table.patches.push(PatchValues {
-                            planes: rng.random_bool(0.5),
                             columns: vec![(
                                 rng.random_range(0..4),
                                 [0, 1, 2, 3, 8][rng.random_range(0..5)],
                             )],
+                            rows: [0, 1, 2, 7, u32::MAX][rng.random_range(0..5)],
                             values: bytes,
                         });
                         PartRows::Patch {

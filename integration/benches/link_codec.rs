@@ -21,7 +21,7 @@ use query_actors::edge::LocalPublisher;
 use query_actors::generation::{Generation, GenerationBuilder, Part, SourceStamp};
 use query_actors::link::diff::{LinkDecoder, LinkEncoder};
 use query_actors::link::frame::{decode_frame, encode_frame, Codec, DEFAULT_MAX_FRAME_BYTES};
-use query_actors::link::wire::{GenerationFrame, Listing, PartRows, ToParent};
+use query_actors::link::wire::{GenerationFrame, Listing, PartRows, Stamps, ToParent};
 use query_actors::simulate::FleetSimulator;
 use query_integration::bench::{env_f64, human_bytes, simulator, write_bench_section};
 
@@ -198,8 +198,7 @@ impl Totals {
             let one = ToParent::Generation(GenerationFrame {
                 tables: vec![t.clone()],
                 errors: vec![],
-                stamps: vec![],
-                unstamped: vec![],
+                stamps: Stamps::default(),
                 ..frame.clone()
             });
             let bytes = encode_frame(&one, Codec::Zstd).expect("serialize");
@@ -412,9 +411,9 @@ fn main() {
          `decode_frame` → `LinkDecoder` on one thread, {GENERATIONS} consecutive generations. A diff frame lists \
          only the parts whose rows or sources changed (the parent keeps the others as they are), changed parts \
          of tables with a key as patches (changed columns of the rows matched by key, counters as deltas; a \
-         table's patched values travel in one Arrow IPC message per set of columns, deltas in the narrowest \
-         integer, split into byte planes in entries of 128 rows or more), others as multiset diffs or whole, and each source's publication time once \
-         for all tables; a full frame sends every part's rows (Arrow IPC). Per-table rows: a frame holding that \
+         table's patched values travel together per set of columns: deltas raw, in the narrowest integer, as \
+         byte planes; new values as Arrow IPC), others as multiset diffs or whole, and each source's \
+         publication time once for all tables (a source the link knows by its position); a full frame sends every part's rows (Arrow IPC). Per-table rows: a frame holding that \
          table only, the sources' times on a line of their own.\n\n"
     );
     for r in &results {

@@ -355,8 +355,8 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Resu
 mod tests {
     use super::*;
     use crate::link::wire::{
-        GenerationFrame, Listing, PartFrame, PartRows, PatchValues, Sources, TableFrame, ToChild,
-        ToParent,
+        GenerationFrame, Listing, PartFrame, PartRows, PatchValues, Sources, Stamps, TableFrame,
+        ToChild, ToParent,
     };
     use rand::rngs::SmallRng;
     use rand::{Rng, RngCore, SeedableRng};
@@ -397,13 +397,15 @@ mod tests {
                 ],
                 patches: vec![PatchValues {
                     columns: vec![(2, 2)],
-                    planes: true,
+                    rows: 20,
                     values: vec![7; 40],
                 }],
             }],
             errors: vec![("p".into(), "bad row".into())],
-            stamps: vec![("10.0.0.2".into(), 1_500)],
-            unstamped: vec![],
+            stamps: Stamps {
+                new: vec![("10.0.0.2".into(), 1_500)],
+                ..Stamps::default()
+            },
             machines: 3,
             clusters: 0,
         })

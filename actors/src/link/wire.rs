@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; a peer with another version is refused at hello.
-pub const LINK_VERSION: u32 = 6;
+pub const LINK_VERSION: u32 = 7;
 
 /// Parent → child.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,17 +84,31 @@ pub struct GenerationFrame {
     pub tables: Vec<TableFrame>,
     /// Sources whose input was refused (source, why).
     pub errors: Vec<(String, String)>,
-    /// Sources whose publication time on this link is new with this frame: (source,
-    /// `sealed_at_ms` minus the time in ms, a small number). A link keeps one time per source
-    /// name, which the parts that name the source ([`Sources`]) take; every machine publishes
-    /// every interval, so each frame restamps every source, once for all its tables.
-    pub stamps: Vec<(String, i64)>,
-    /// Sources no part names any more: the link forgets their times.
-    pub unstamped: Vec<String>,
+    /// How the link's time per source changes with this frame. A link keeps one time per
+    /// source name, which the parts that name the source ([`Sources`]) take; every machine
+    /// publishes every interval, so each frame restamps every source, once for all its
+    /// tables.
+    pub stamps: Stamps,
     /// What the child sees below it: machines (sources of its tables) and, for a TLA,
     /// clusters.
     pub machines: u64,
     pub clusters: u64,
+}
+
+/// Changes to the link's time per source, applied in this order: times of sources the link
+/// holds move in place, sources gone are removed (the rest keep their order), new sources
+/// are appended. Times travel as `sealed_at_ms` minus the time in ms, a small number.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stamps {
+    /// Sources the link holds whose time moves, by position in the link's list, ascending:
+    /// each as its distance from the previous one minus one, so "every source" is all zeros.
+    pub moved: Vec<u32>,
+    /// Their new times, one per entry of `moved`.
+    pub moved_back: Vec<i64>,
+    /// Sources no part names any more: the link forgets their times.
+    pub gone: Vec<String>,
+    /// Sources new to the link, with their times.
+    pub new: Vec<(String, i64)>,
 }
 
 impl GenerationFrame {
@@ -133,13 +147,12 @@ pub struct PatchValues {
     /// The changed columns, ascending: (column index, 0 for new values, or for a delta the
     /// bytes of each value as sent: 1, 2, 4 or 8).
     pub columns: Vec<(u32, u8)>,
-    /// Each delta column travels as byte planes: one `UInt8` column per byte, least
-    /// significant first (entries of many rows); otherwise as one signed integer column.
-    pub planes: bool,
-    /// One column per entry of `columns` (Arrow IPC): the new values, or for a delta column
-    /// the new value's bits minus the old one's, as a wrapping signed integer of the same
-    /// width, sent in the narrowest signed integer that holds every delta of the entry (or
-    /// its byte planes).
+    /// Rows of values: the rows of the parts that read this entry.
+    pub rows: u32,
+    /// The delta columns, in order, raw: the new value's bits minus the old one's, as a
+    /// wrapping signed integer of the column's width, in the narrowest width that holds
+    /// every delta of the entry, as byte planes (byte 0 of every row, then byte 1, ...).
+    /// Then the columns of new values as one Arrow IPC message.
     #[serde(with = "serde_bytes")]
     pub values: Vec<u8>,
 }

@@ -9,18 +9,13 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use super::ipc::{decode_batch, decode_schema};
+use super::times::SourceTimes;
 use super::{forward, patch, HeldSources};
 use crate::generation::{GenTable, Part, SourceStamp};
 use crate::link::wire::{
     GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources,
 };
 use crate::link::LinkError;
-
-/// The most sources a link keeps a time for ([`GenerationFrame::stamps`]): a child that
-/// stamps ever new names without unstamping them cannot grow a parent's map without bound
-/// (the link is dropped and starts over). A cluster of 70 machines names 70; a TLA's link
-/// to a SQL node one per machine of the fleet.
-const MAX_LINK_SOURCES: usize = if cfg!(test) { 1_000 } else { 1 << 22 };
 
 /// A child's generation as the parent holds it after applying a frame.
 #[derive(Debug, Clone)]
@@ -45,7 +40,7 @@ pub struct LinkDecoder {
     /// The patches recorded from the last frame, forgotten when the next one arrives.
     recorded: Vec<forward::Recorded>,
     /// The link's time per source (unix ms): [`GenerationFrame::stamps`].
-    times: HashMap<String, i64>,
+    times: SourceTimes,
 }
 
 struct HeldTable {
@@ -95,7 +90,7 @@ impl LinkDecoder {
             needs_full: true,
             forwarding: false,
             recorded: Vec::new(),
-            times: HashMap::new(),
+            times: SourceTimes::default(),
         }
     }
 
@@ -144,21 +139,7 @@ impl LinkDecoder {
             old.clear();
             self.times.clear();
         }
-        for (source, back) in frame.stamps {
-            let ms = frame.sealed_at_ms.checked_sub(back).ok_or_else(|| {
-                LinkError::Protocol(format!("time of source '{source}' is out of range"))
-            })?;
-            self.times.insert(source, ms);
-        }
-        for source in &frame.unstamped {
-            self.times.remove(source);
-        }
-        if self.times.len() > MAX_LINK_SOURCES {
-            return Err(LinkError::Protocol(format!(
-                "the link names {} sources, more than {MAX_LINK_SOURCES}",
-                self.times.len()
-            )));
-        }
+        self.times.apply(frame.stamps, frame.sealed_at_ms)?;
         let mut next = HashMap::with_capacity(frame.tables.len());
         let mut out = BTreeMap::new();
         for tf in frame.tables {
@@ -247,7 +228,7 @@ impl LinkDecoder {
             .map(|(source, at)| {
                 let ms = match at {
                     Some(ms) => *ms,
-                    None => *self.times.get(source).ok_or_else(|| {
+                    None => self.times.get(source).ok_or_else(|| {
                         LinkError::Protocol(format!(
                             "part '{}' of table '{name}' names source '{source}', which has no time on this link",
                             p.key
@@ -381,7 +362,7 @@ impl PatchCursor {
         if p.columns.is_empty() {
             return Err(LinkError::Protocol("patch values of no column".into()));
         }
-        let (columns, values) = patch::widen(table, &p.columns, p.planes, &p.values)?;
+        let (columns, values) = patch::widen(table, &p.columns, p.rows, &p.values)?;
         Ok(PatchCursor {
             columns,
             values,

@@ -13,10 +13,11 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use super::forward;
 use super::ipc::IpcWriter;
 use super::patch::{self, KeyMatcher};
+use super::times::SourceTimes;
 use super::{HeldSources, TableKeys};
 use crate::generation::{Generation, Part, SourceStamp};
 use crate::link::wire::{
-    GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources, TableFrame,
+    GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources, Stamps, TableFrame,
 };
 use crate::link::LinkError;
 use crate::table::unix_millis;
@@ -33,7 +34,7 @@ pub struct LinkEncoder {
     /// The table being encoded (to look up its key).
     table: String,
     /// The parent's time per source name on this link (unix ms).
-    times: HashMap<String, i64>,
+    times: SourceTimes,
     /// The patch values of the table being encoded.
     patches: PatchSets,
 }
@@ -75,13 +76,7 @@ impl PatchSets {
                     .map(|b| b.schema())
                     .ok_or_else(|| LinkError::Protocol("an empty patch entry".into()))?;
                 let values = concat_batches(&schema, &batches)?;
-                let planes = values.num_rows() >= patch::PLANES_FROM_ROWS;
-                let (values, columns) = patch::narrow(&values, &columns, planes)?;
-                Ok(PatchValues {
-                    columns,
-                    planes,
-                    values: ipc.batch(&values)?,
-                })
+                patch::narrow(&values, &columns, ipc)
             })
             .collect()
     }
@@ -148,7 +143,7 @@ impl LinkEncoder {
             ipc: IpcWriter::new(),
             keys,
             table: String::new(),
-            times: HashMap::new(),
+            times: SourceTimes::default(),
             patches: PatchSets::default(),
         }
     }
@@ -178,7 +173,7 @@ impl LinkEncoder {
             self.times.clear();
         }
         let sealed_at_ms = unix_millis(g.sealed_at);
-        let (stamps, unstamped) = self.restamp(g, wanted, sealed_at_ms);
+        let stamps = self.restamp(g, wanted, sealed_at_ms);
         self.patches = PatchSets::default();
         match self.encode_tables(g, wanted) {
             Ok(tables) => {
@@ -190,7 +185,6 @@ impl LinkEncoder {
                     full,
                     tables,
                     stamps,
-                    unstamped,
                     errors: g
                         .errors
                         .iter()
@@ -208,44 +202,16 @@ impl LinkEncoder {
     }
 
     /// The link's time per source for `g`: each source at the time of the first part that
-    /// names it. Returns the times new to the parent (as distances back from
-    /// `sealed_at_ms`) and the sources it should forget.
-    fn restamp(
-        &mut self,
-        g: &Generation,
-        wanted: &BTreeSet<String>,
-        sealed_at_ms: i64,
-    ) -> (Vec<(String, i64)>, Vec<String>) {
-        let mut now: HashMap<&str, i64> = HashMap::with_capacity(self.times.len());
-        let mut stamps = Vec::new();
-        let parts = g
+    /// names it. Returns what takes the parent's times there.
+    fn restamp(&mut self, g: &Generation, wanted: &BTreeSet<String>, sealed_at_ms: i64) -> Stamps {
+        let now = g
             .tables
             .iter()
             .filter(|(n, _)| wanted.contains(*n))
-            .flat_map(|(_, t)| &t.parts);
-        for s in parts.flat_map(|p| &p.sources) {
-            if now.contains_key(s.source.as_str()) {
-                continue;
-            }
-            let ms = unix_millis(s.published_at);
-            now.insert(&s.source, ms);
-            if self.times.get(&s.source) != Some(&ms) {
-                stamps.push((s.source.clone(), sealed_at_ms.wrapping_sub(ms)));
-                self.times.insert(s.source.clone(), ms);
-            }
-        }
-        let mut unstamped = Vec::new();
-        if now.len() < self.times.len() {
-            self.times.retain(|name, _| {
-                let keep = now.contains_key(name.as_str());
-                if !keep {
-                    unstamped.push(name.clone());
-                }
-                keep
-            });
-            unstamped.sort_unstable();
-        }
-        (stamps, unstamped)
+            .flat_map(|(_, t)| &t.parts)
+            .flat_map(|p| &p.sources)
+            .map(|s| (s.source.as_str(), unix_millis(s.published_at)));
+        self.times.restamp(now, sealed_at_ms)
     }
 
     fn encode_tables(
@@ -625,15 +591,11 @@ impl LinkEncoder {
 
 /// How `p`'s sources travel, given the link's `times` (this frame's) and what the parent
 /// holds for the part; and what it holds after.
-fn sources_of(
-    times: &HashMap<String, i64>,
-    held: Option<HeldSources>,
-    p: &Part,
-) -> (Sources, HeldSources) {
+fn sources_of(times: &SourceTimes, held: Option<HeldSources>, p: &Part) -> (Sources, HeldSources) {
     let at_link_time = p
         .sources
         .iter()
-        .all(|s| times.get(&s.source) == Some(&unix_millis(s.published_at)));
+        .all(|s| times.get(&s.source) == Some(unix_millis(s.published_at)));
     let time = |s: &SourceStamp| (!at_link_time).then(|| unix_millis(s.published_at));
     if let Some(held) = held {
         let same = held.len() == p.sources.len()

@@ -14,7 +14,7 @@
 //!   rows matched with the held ones by key; matched rows that changed get only their
 //!   changed columns, integer-like columns as deltas where that is smaller ([`patch`]); the
 //!   values of all of a table's patches travel together, one entry per set of columns
-//!   (`TableFrame::patches`, deltas narrowed and split into byte planes);
+//!   (`TableFrame::patches`, deltas narrowed, raw, as byte planes);
 //! - `Diff { removed, added }` (tables without a key): rows compared in Arrow's row format as
 //!   a multiset (duplicate rows are legal).
 //!
@@ -48,6 +48,7 @@ mod patch;
 mod patch_tests;
 #[cfg(test)]
 mod tests;
+mod times;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -21,16 +21,16 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::{
     make_array, Array, ArrayData, ArrayRef, Int32Array, Int64Array, UInt32Array,
 };
-use datafusion::arrow::array::{Int16Array, Int8Array, UInt8Array};
 use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::compute::kernels::cmp::not_distinct;
-use datafusion::arrow::compute::{cast, interleave, take};
+use datafusion::arrow::compute::{interleave, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::datatypes::{Int32Type, Int64Type, UInt8Type};
+use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
-use super::ipc::{decode_batch, has_dictionary};
+use super::ipc::{decode_batch, has_dictionary, IpcWriter};
+use crate::link::wire::PatchValues;
 use crate::link::LinkError;
 
 /// A table's key columns and a row-format converter for them.
@@ -316,58 +316,54 @@ pub(super) fn patch_schema(
     Ok(Arc::new(Schema::new(fields)))
 }
 
-/// Entries of at least this many rows split their deltas into byte planes ([`narrow`]):
-/// below it a plane's Arrow IPC metadata (a field node and two buffers per byte) costs more
-/// than compressing the planes apart saves. Planes for every entry made 70-machine clusters'
-/// frames larger (`tla-merge` on link version 5: 12.0% of the full copy, 11.1% with this
-/// threshold, the same at `link-codec`'s one frame for the fleet); the value itself is not
-/// tuned.
-pub(super) const PLANES_FROM_ROWS: usize = 128;
-
-/// A patch entry's values as they travel: each delta column in the narrowest signed integer
-/// that holds all its deltas (a counter's steps rarely need 8 bytes), with `planes` split
-/// into byte planes (one `UInt8` column per byte, least significant first). The planes keep
-/// a column's predictable high bytes (signs, exponents) apart from its noisy low bytes,
-/// which compresses them better than interleaved. Returns the batch and the wire's columns
-/// ([`PatchValues`](crate::link::wire::PatchValues)).
+/// A patch entry's values as they travel ([`PatchValues`]):
+/// each delta column in the narrowest signed integer that holds all its deltas (a counter's
+/// steps rarely need 8 bytes), raw, as byte planes (byte 0 of every value, then byte 1, ...),
+/// which keep a column's predictable high bytes (signs, exponents) apart from its noisy low
+/// bytes and so compress better. The columns of new values follow as one Arrow IPC message.
+/// Deltas travel raw because Arrow IPC's metadata (a field node and two buffers per column,
+/// or per plane) took 400-600 of a 70-machine cluster's 4540-byte steady frame (link
+/// version 6). Raw, a frame takes 3872 bytes as planes, 4117 value by value, 3995 with
+/// planes only for entries of 128 rows or more (`link-codec` at `BENCH_SCALE=0.07`, link
+/// version 7).
 pub(super) fn narrow(
     values: &RecordBatch,
     columns: &[(u32, bool)],
-    planes: bool,
-) -> Result<(RecordBatch, Vec<(u32, u8)>), LinkError> {
-    let mut fields = Vec::with_capacity(columns.len());
-    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len());
+    ipc: &mut IpcWriter,
+) -> Result<PatchValues, LinkError> {
+    let n = values.num_rows();
+    let mut out = Vec::new();
     let mut sent = Vec::with_capacity(columns.len());
+    let (mut fields, mut arrays) = (Vec::new(), Vec::new());
     for ((&(c, delta), a), f) in columns
         .iter()
         .zip(values.columns())
         .zip(values.schema_ref().fields())
     {
-        let deltas: Option<Vec<i64>> = match a.data_type() {
-            _ if !delta || a.null_count() > 0 => None,
-            DataType::Int64 => Some(a.as_primitive::<Int64Type>().values().to_vec()),
-            DataType::Int32 => Some(
-                a.as_primitive::<Int32Type>()
-                    .values()
-                    .iter()
-                    .map(|&v| i64::from(v))
-                    .collect(),
-            ),
-            _ => None,
-        };
-        let Some(deltas) = deltas else {
-            if delta {
-                // `delta_of` makes deltas of Int64/Int32 without NULLs only.
-                return Err(LinkError::Protocol(format!(
-                    "patched column {c} is a delta of type {} or with NULLs",
-                    a.data_type()
-                )));
-            }
+        if !delta {
             sent.push((c, 0));
             fields.push(f.clone());
             arrays.push(a.clone());
             continue;
+        }
+        let deltas: Vec<i64> = match a.data_type() {
+            _ if a.null_count() > 0 => Vec::new(),
+            DataType::Int64 => a.as_primitive::<Int64Type>().values().to_vec(),
+            DataType::Int32 => a
+                .as_primitive::<Int32Type>()
+                .values()
+                .iter()
+                .map(|&v| i64::from(v))
+                .collect(),
+            _ => Vec::new(),
         };
+        if deltas.len() != n {
+            // `delta_of` makes deltas of Int64/Int32 without NULLs only.
+            return Err(LinkError::Protocol(format!(
+                "patched column {c} is a delta of type {} or with NULLs",
+                a.data_type()
+            )));
+        }
         let bytes = [1u8, 2, 4]
             .into_iter()
             .find(|&b| {
@@ -378,99 +374,98 @@ pub(super) fn narrow(
             .unwrap_or(8)
             .min(delta_bytes(a.data_type()));
         sent.push((c, bytes));
-        if !planes {
-            let a: ArrayRef = match bytes {
-                1 => Arc::new(Int8Array::from_iter_values(deltas.iter().map(|&d| d as i8))),
-                2 => Arc::new(Int16Array::from_iter_values(
-                    deltas.iter().map(|&d| d as i16),
-                )),
-                4 => Arc::new(Int32Array::from_iter_values(
-                    deltas.iter().map(|&d| d as i32),
-                )),
-                _ => Arc::new(Int64Array::from(deltas)),
-            };
-            fields.push(Arc::new(Field::new(c.to_string(), int_of(bytes), false)));
-            arrays.push(a);
-            continue;
-        }
-        for k in 0..bytes {
-            let plane: Vec<u8> = deltas.iter().map(|&d| (d >> (8 * k)) as u8).collect();
-            arrays.push(Arc::new(UInt8Array::from(plane)));
-            fields.push(Arc::new(Field::new(
-                format!("{c}.{k}"),
-                DataType::UInt8,
-                false,
-            )));
+        let b = usize::from(bytes);
+        out.reserve(n * b);
+        for k in 0..b {
+            out.extend(deltas.iter().map(|&d| (d >> (8 * k)) as u8));
         }
     }
-    let options = RecordBatchOptions::new().with_row_count(Some(values.num_rows()));
-    let batch = RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)?;
-    Ok((batch, sent))
+    if !arrays.is_empty() {
+        let options = RecordBatchOptions::new().with_row_count(Some(n));
+        let batch =
+            RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)?;
+        out.extend_from_slice(&ipc.batch(&batch)?);
+    }
+    Ok(PatchValues {
+        columns: sent,
+        rows: n as u32,
+        values: out,
+    })
 }
 
-/// The other side of [`narrow`]: the entry's values decoded and their deltas put back
+/// The other side of [`narrow`]: an entry of `rows` rows decoded, its deltas put back
 /// together in the columns' widths ([`patch_schema`]), with the columns as a patch names
 /// them.
 pub(super) fn widen(
     table: &Schema,
     sent: &[(u32, u8)],
-    planes: bool,
+    rows: u32,
     bytes: &[u8],
 ) -> Result<(Vec<(u32, bool)>, RecordBatch), LinkError> {
     let columns: Vec<(u32, bool)> = sent.iter().map(|&(c, b)| (c, b > 0)).collect();
     let schema = patch_schema(table, &columns)?;
-    let mut fields = Vec::with_capacity(sent.len());
+    let n = rows as usize;
+    let mut per_row = 0usize;
     for (&(c, b), f) in sent.iter().zip(schema.fields()) {
-        if b == 0 {
-            fields.push(f.clone());
-            continue;
-        }
-        if ![1, 2, 4, 8].contains(&b) || b > delta_bytes(f.data_type()) {
+        if b > 0 && (![1, 2, 4, 8].contains(&b) || b > delta_bytes(f.data_type())) {
             return Err(LinkError::Protocol(format!(
                 "patched column {c} is sent in {b} bytes per delta"
             )));
         }
-        if !planes {
-            fields.push(Arc::new(Field::new(c.to_string(), int_of(b), false)));
-            continue;
-        }
-        for k in 0..b {
-            fields.push(Arc::new(Field::new(
-                format!("{c}.{k}"),
-                DataType::UInt8,
-                false,
+        per_row += usize::from(b);
+    }
+    let (raw, rest) = n
+        .checked_mul(per_row)
+        .and_then(|len| bytes.split_at_checked(len))
+        .ok_or_else(|| {
+            LinkError::Protocol(format!(
+                "patch values of {} bytes are too short for {n} rows of {per_row} bytes of deltas",
+                bytes.len()
+            ))
+        })?;
+    let news: Vec<_> = sent
+        .iter()
+        .zip(schema.fields())
+        .filter(|((_, b), _)| *b == 0)
+        .map(|(_, f)| f.clone())
+        .collect();
+    let mut news = if news.is_empty() {
+        if !rest.is_empty() {
+            return Err(LinkError::Protocol(format!(
+                "{} bytes follow the deltas of a patch entry with no new values",
+                rest.len()
             )));
         }
+        Vec::new()
+    } else {
+        let batch = decode_batch(rest, &Arc::new(Schema::new(news)))?;
+        if batch.num_rows() != n {
+            return Err(LinkError::Protocol(format!(
+                "a patch entry of {n} rows has {} rows of new values",
+                batch.num_rows()
+            )));
+        }
+        batch.columns().to_vec()
     }
-    let wire = decode_batch(bytes, &Arc::new(Schema::new(fields)))?;
-    let n = wire.num_rows();
-    let mut columns_in = wire.columns().iter();
+    .into_iter();
+    let mut at = 0;
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(sent.len());
     for (&(_, b), f) in sent.iter().zip(schema.fields()) {
         if b == 0 {
-            arrays.extend(columns_in.next().cloned());
+            arrays.extend(news.next());
             continue;
         }
-        if !planes {
-            let a = columns_in
-                .next()
-                .ok_or_else(|| LinkError::Protocol("a patched column is missing".into()))?;
-            // Sign-extends: a delta that fits the narrow type is the same number.
-            arrays.push(cast(a, f.data_type())?);
-            continue;
-        }
+        let b = usize::from(b);
+        let column = &raw[at..at + n * b];
+        at += n * b;
         let mut bits = vec![0u64; n];
-        for k in 0..b {
-            let plane = columns_in
-                .next()
-                .ok_or_else(|| LinkError::Protocol("a byte plane is missing".into()))?
-                .as_primitive::<UInt8Type>();
-            for (v, &byte) in bits.iter_mut().zip(plane.values()) {
+        for (k, plane) in column.chunks_exact(n.max(1)).enumerate() {
+            for (v, &byte) in bits.iter_mut().zip(plane) {
                 *v |= u64::from(byte) << (8 * k);
             }
         }
         // Sign-extended from the sent width.
-        let shift = 64 - 8 * u32::from(b);
+        let shift = 64 - 8 * b as u32;
         let deltas = bits.into_iter().map(|v| ((v << shift) as i64) >> shift);
         arrays.push(match f.data_type() {
             DataType::Int32 => Arc::new(Int32Array::from_iter_values(deltas.map(|d| d as i32))),
@@ -482,15 +477,6 @@ pub(super) fn widen(
         columns,
         RecordBatch::try_new_with_options(schema, arrays, &options)?,
     ))
-}
-
-fn int_of(bytes: u8) -> DataType {
-    match bytes {
-        1 => DataType::Int8,
-        2 => DataType::Int16,
-        4 => DataType::Int32,
-        _ => DataType::Int64,
-    }
 }
 
 /// Bytes of a delta column's native type (`Int64` or `Int32`, [`patch_schema`]).

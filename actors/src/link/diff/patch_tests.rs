@@ -20,7 +20,7 @@ use super::{LinkDecoder, LinkEncoder, TableKeys};
 use crate::generation::{GenTable, Part};
 use crate::link::frame::{encode_frame, Codec};
 use crate::link::wire::{
-    GenerationFrame, Listing, PartFrame, PartRows, PatchValues, Sources, TableFrame,
+    GenerationFrame, Listing, PartFrame, PartRows, PatchValues, Sources, Stamps, TableFrame,
 };
 use crate::link::LinkError;
 
@@ -394,33 +394,32 @@ fn decoder_refuses_inconsistent_patches() {
             patches,
         }],
         errors: vec![],
-        stamps: vec![],
-        unstamped: vec![],
+        stamps: Stamps::default(),
         machines: 1,
         clusters: 0,
     };
     // Values as the encoder sends them (small deltas in one byte: `(column, 1)` below).
-    let values = |columns: &[(u32, bool)], arrays: Vec<ArrayRef>| -> Vec<u8> {
+    // (bytes, rows).
+    let values = |columns: &[(u32, bool)], arrays: Vec<ArrayRef>| -> (Vec<u8>, u32) {
         let schema = patch_schema(&s, columns).expect("schema");
         let batch = RecordBatch::try_new(schema, arrays).expect("batch");
-        let (wire, _) = narrow(&batch, columns, false).expect("narrow");
-        IpcWriter::new().batch(&wire).expect("ipc")
+        let wire = narrow(&batch, columns, &mut IpcWriter::new()).expect("narrow");
+        (wire.values, wire.rows)
     };
     let i64s = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
     let delta1 = values(&[(1, true)], vec![i64s(vec![1])]);
-    let patch = |rows: Vec<u32>, columns: Vec<(u32, u8)>, values: Vec<u8>| {
+    let patch = |rows: Vec<u32>, columns: Vec<(u32, u8)>, (values, n): (Vec<u8>, u32)| {
         let rows = PartRows::Patch {
             rows,
             values: Some(0),
             removed: vec![],
             added: vec![],
         };
-        let planes = false;
         (
             rows,
             vec![PatchValues {
                 columns,
-                planes,
+                rows: n,
                 values,
             }],
         )
@@ -441,8 +440,8 @@ fn decoder_refuses_inconsistent_patches() {
     let one_entry = || {
         vec![PatchValues {
             columns: vec![(1, 1)],
-            planes: false,
-            values: delta1.clone(),
+            rows: delta1.1,
+            values: delta1.0.clone(),
         }]
     };
     let cases: Vec<(&str, GenerationFrame)> = vec![
@@ -460,7 +459,7 @@ fn decoder_refuses_inconsistent_patches() {
         ),
         (
             "rows but no columns",
-            frame("m", patch(vec![0], vec![], vec![])),
+            frame("m", patch(vec![0], vec![], (vec![], 0))),
         ),
         (
             "column out of range",
@@ -488,7 +487,15 @@ fn decoder_refuses_inconsistent_patches() {
         ),
         (
             "garbage values",
-            frame("m", patch(vec![0], vec![(1, 1)], vec![1, 2, 3, 4, 5])),
+            frame("m", patch(vec![0], vec![(1, 1)], (vec![1, 2, 3, 4, 5], 1))),
+        ),
+        (
+            "values too short for their rows",
+            frame("m", patch(vec![0], vec![(1, 1)], (vec![1], 2))),
+        ),
+        (
+            "rows past any length",
+            frame("m", patch(vec![0], vec![(1, 8)], (vec![1], u32::MAX))),
         ),
         (
             "removed out of range",
@@ -545,7 +552,7 @@ fn decoder_refuses_inconsistent_patches() {
         assert!(d.needs_full(), "{what}");
     }
     // The decoded values of a well-formed patch really are what was sent.
-    let (_, back) = widen(&s, &[(1, 1)], false, &delta1).expect("values");
+    let (_, back) = widen(&s, &[(1, 1)], delta1.1, &delta1.0).expect("values");
     assert_eq!(back.column(0), &i64s(vec![1]));
 }
 
@@ -732,14 +739,12 @@ fn deltas_travel_in_the_narrowest_integer_that_holds_them() {
             ],
         )
         .expect("batch");
-        for planes in [false, true] {
-            let (wire, sent) = narrow(&values, &columns, planes).expect("narrow");
-            assert_eq!(sent, vec![(0, wa), (1, wb), (2, 0)], "{a:?} {b:?}");
-            let bytes = IpcWriter::new().batch(&wire).expect("ipc");
-            let (back_columns, back) = widen(&table, &sent, planes, &bytes).expect("widen");
-            assert_eq!(back_columns, columns);
-            assert_eq!(back, values, "exact after the round trip");
-        }
+        let wire = narrow(&values, &columns, &mut IpcWriter::new()).expect("narrow");
+        assert_eq!(wire.columns, vec![(0, wa), (1, wb), (2, 0)], "{a:?} {b:?}");
+        let (back_columns, back) =
+            widen(&table, &wire.columns, wire.rows, &wire.values).expect("widen");
+        assert_eq!(back_columns, columns);
+        assert_eq!(back, values, "exact after the round trip");
     }
     // A delta with a NULL (which `delta_of` never makes) is refused, not sent as values.
     let with_null = RecordBatch::try_new(
@@ -748,23 +753,15 @@ fn deltas_travel_in_the_narrowest_integer_that_holds_them() {
     )
     .expect("batch");
     assert!(matches!(
-        narrow(&with_null, &[(0, true)], true),
+        narrow(&with_null, &[(0, true)], &mut IpcWriter::new()),
         Err(LinkError::Protocol(_))
     ));
     // A width the column's type cannot take, or no width at all, is refused.
-    let bytes = IpcWriter::new()
-        .batch(
-            &RecordBatch::try_new(
-                Arc::new(Schema::new(vec![Field::new("1", DataType::Int64, false)])),
-                vec![Arc::new(Int64Array::from(vec![1]))],
-            )
-            .expect("batch"),
-        )
-        .expect("ipc");
+    let bytes = [1u8; 16];
     for bad in [(1, 8), (1, 3), (0, 16)] {
         assert!(
             matches!(
-                widen(&table, &[bad], false, &bytes),
+                widen(&table, &[bad], 1, &bytes),
                 Err(LinkError::Protocol(_))
             ),
             "{bad:?}"

@@ -9,7 +9,7 @@ use super::{ChildGeneration, LinkDecoder, LinkEncoder};
 use crate::generation::{GenTable, Generation, Part, SourceStamp};
 use crate::link::frame::{decode_frame, encode_frame, Codec, DEFAULT_MAX_FRAME_BYTES};
 use crate::link::wire::{
-    GenerationFrame, Listing, PartFrame, PartId, PartRows, Sources, TableFrame,
+    GenerationFrame, Listing, PartFrame, PartId, PartRows, Sources, Stamps, TableFrame,
 };
 use crate::link::LinkError;
 use crate::table::unix_millis;
@@ -360,7 +360,10 @@ fn only_changes_are_listed_while_the_order_holds() {
     );
     assert_eq!(
         f2.stamps,
-        [("10.0.0.4".to_string(), 2)],
+        Stamps {
+            new: vec![("10.0.0.4".to_string(), 2)],
+            ..Stamps::default()
+        },
         "ms before the seal"
     );
     let load = f2.tables.iter().find(|t| t.name == "load").expect("load");
@@ -688,8 +691,7 @@ fn decoder_refuses_inconsistent_frames() {
             patches: vec![],
         }],
         errors: vec![],
-        stamps: vec![],
-        unstamped: vec![],
+        stamps: Stamps::default(),
         machines: 1,
         clusters: 0,
     };
@@ -763,7 +765,10 @@ fn decoder_refuses_inconsistent_frames() {
             "more sources than a link keeps",
             ready(),
             GenerationFrame {
-                stamps: (0..=1_000).map(|i| (format!("s{i}"), 0)).collect(),
+                stamps: Stamps {
+                    new: (0..=1_000).map(|i| (format!("s{i}"), 0)).collect(),
+                    ..Stamps::default()
+                },
                 ..frame(false, None, PartRows::Unchanged)
             },
         ),

@@ -189,7 +189,6 @@ impl Assignment {
                 errors: Vec::new(),
                 // Every share takes the link's source times: its parts name those sources.
                 stamps: frame.stamps.clone(),
-                unstamped: frame.unstamped.clone(),
                 machines: frame.machines,
                 clusters: frame.clusters,
             };

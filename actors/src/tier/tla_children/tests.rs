@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
-use crate::link::wire::{Listing, PartFrame, PartRows, Sources};
+use crate::link::wire::{Listing, PartFrame, PartRows, Sources, Stamps};
 use crate::tier::children::tests::gen;
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -156,8 +156,10 @@ async fn a_cluster_frame_is_split_between_the_tla_and_its_children() {
         full: false,
         tables: vec![table_frame("sys"), table_frame("disk")],
         errors: Vec::new(),
-        stamps: vec![("m".into(), 0)],
-        unstamped: Vec::new(),
+        stamps: Stamps {
+            new: vec![("m".into(), 0)],
+            ..Stamps::default()
+        },
         machines: 70,
         clusters: 1,
     };
@@ -182,8 +184,8 @@ async fn a_cluster_frame_is_split_between_the_tla_and_its_children() {
         ToChild::Defer { frame, .. } => {
             assert_eq!(frame.tables[0].name, "sys");
             assert_eq!(
-                frame.stamps,
-                [("m".to_string(), 0)],
+                frame.stamps.new,
+                vec![("m".to_string(), 0)],
                 "the link's source times"
             );
         }
