@@ -11,7 +11,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use super::ipc::{decode_batch, decode_schema};
 use super::times::SourceTimes;
 use super::{forward, patch, HeldSources};
-use crate::generation::{GenTable, Part, SourceStamp};
+use crate::generation::{GenTable, NameHasher, NameMap, Part, SourceStamp};
 use crate::link::wire::{
     GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources,
 };
@@ -47,7 +47,7 @@ struct HeldTable {
     schema: SchemaRef,
     /// The child's parts as last applied, in its order, and where each key is.
     parts: Vec<HeldPart>,
-    index: HashMap<String, usize>,
+    index: NameMap<usize>,
 }
 
 /// A part as held: its sources' times where they are not the link's.
@@ -62,7 +62,7 @@ impl HeldTable {
         HeldTable {
             schema,
             parts: Vec::new(),
-            index: HashMap::new(),
+            index: NameMap::default(),
         }
     }
 
@@ -387,7 +387,7 @@ impl PatchCursor {
 
 /// A table of exactly the `parts` listed, in their order.
 fn table_of(name: &str, schema: SchemaRef, parts: Vec<HeldPart>) -> Result<HeldTable, LinkError> {
-    let mut index = HashMap::with_capacity(parts.len());
+    let mut index = NameMap::with_capacity_and_hasher(parts.len(), NameHasher::default());
     for (i, p) in parts.iter().enumerate() {
         if index.insert(p.key.clone(), i).is_some() {
             return Err(LinkError::Protocol(format!(

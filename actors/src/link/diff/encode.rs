@@ -15,7 +15,7 @@ use super::ipc::IpcWriter;
 use super::patch::{self, KeyMatcher};
 use super::times::SourceTimes;
 use super::{HeldSources, TableKeys};
-use crate::generation::{Generation, Part, SourceStamp};
+use crate::generation::{Generation, NameHasher, NameMap, Part, SourceStamp};
 use crate::link::wire::{
     GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources, Stamps, TableFrame,
 };
@@ -90,7 +90,7 @@ struct TableMirror {
     /// The table's key: found on the first change; `None` inside for a table without one
     /// (or whose key does not fit its schema), which travels as multiset diffs.
     key: Option<Option<KeyMatcher>>,
-    parts: HashMap<String, MirroredPart>,
+    parts: NameMap<MirroredPart>,
 }
 
 /// A part as the parent holds it.
@@ -231,7 +231,7 @@ impl LinkEncoder {
                         schema: table.schema.clone(),
                         converter: None,
                         key: None,
-                        parts: HashMap::new(),
+                        parts: NameMap::default(),
                     },
                     Some(self.ipc.schema(&table.schema)?),
                 ),
@@ -244,7 +244,8 @@ impl LinkEncoder {
             let mut parts = Vec::with_capacity(table.parts.len());
             // Where the parent holds each of `parts`, if it does.
             let mut held_at = Vec::with_capacity(table.parts.len());
-            let mut next_parts = HashMap::with_capacity(table.parts.len());
+            let mut next_parts =
+                NameMap::with_capacity_and_hasher(table.parts.len(), NameHasher::default());
             // Whether the parent's order after listing only the changes (held parts where
             // they are, new ones after them) is the child's order.
             let (mut in_order, mut last_pos, mut seen_new) = (true, None, false);

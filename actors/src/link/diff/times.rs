@@ -10,6 +10,7 @@ use std::collections::HashSet;
 
 use indexmap::IndexMap;
 
+use crate::generation::NameHasher;
 use crate::link::wire::Stamps;
 use crate::link::LinkError;
 
@@ -22,7 +23,7 @@ const MAX_LINK_SOURCES: usize = if cfg!(test) { 1_000 } else { 1 << 22 };
 /// Source name → publication time (unix ms), in the link's order.
 #[derive(Default)]
 pub(super) struct SourceTimes {
-    list: IndexMap<String, i64>,
+    list: IndexMap<String, i64, NameHasher>,
 }
 
 impl SourceTimes {
@@ -44,7 +45,7 @@ impl SourceTimes {
     ) -> Stamps {
         let mut seen = vec![false; self.list.len()];
         let mut moved: Vec<(usize, i64)> = Vec::new();
-        let mut new: IndexMap<&str, i64> = IndexMap::new();
+        let mut new: IndexMap<&str, i64, NameHasher> = IndexMap::default();
         for (source, ms) in now {
             match self.list.get_full_mut(source) {
                 Some((at, _, held)) => {
