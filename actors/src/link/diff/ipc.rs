@@ -109,7 +109,6 @@ struct RawMessage<'a> {
 /// Splits `bytes` into IPC messages, checking every length against what is there.
 fn split_messages(bytes: &[u8]) -> Result<Vec<RawMessage<'_>>, LinkError> {
     const CONTINUATION: u32 = 0xFFFF_FFFF;
-    let whole = Buffer::from(bytes);
     let word = |pos: usize| -> Result<u32, LinkError> {
         bytes
             .get(pos..pos + 4)
@@ -139,9 +138,12 @@ fn split_messages(bytes: &[u8]) -> Result<Vec<RawMessage<'_>>, LinkError> {
             .ok()
             .filter(|&l| l <= bytes.len() - pos)
             .ok_or_else(|| LinkError::Decode("Arrow IPC body truncated".into()))?;
+        // Each body in an allocation of its own, without the metadata: the arrays read from
+        // it keep it alive as long as the part is held, and for a part of one machine the
+        // metadata (a field node and buffers per column) can be larger than the rows.
         out.push(RawMessage {
             meta,
-            body: whole.slice_with_length(pos, body_len),
+            body: Buffer::from(&bytes[pos..pos + body_len]),
         });
         pos += body_len;
     }
