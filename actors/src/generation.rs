@@ -123,8 +123,10 @@ fn table_entry<'a>(
 }
 
 /// A map keyed by part keys or source names, on the paths every generation takes for every
-/// machine (the generation builder, link encoders and decoders): foldhash, seeded per
-/// process, where SipHash was 3% of a TLA's samples (`tla-merge` at 70,000 machines).
+/// machine (the generation builder, link encoders and decoders): foldhash, randomly seeded,
+/// where SipHash was 3% of a TLA's samples (`tla-merge` at 70,000 machines). foldhash does
+/// not claim resistance to HashDoS by an interactive attacker; these names come from the
+/// node's own children (authenticated tiers of the same deployment), not from clients.
 pub type NameMap<V> = HashMap<String, V, NameHasher>;
 
 /// The hasher of [`NameMap`].

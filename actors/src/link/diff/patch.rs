@@ -346,24 +346,25 @@ pub(super) fn narrow(
             arrays.push(a.clone());
             continue;
         }
-        let deltas: Vec<i64> = match a.data_type() {
-            _ if a.null_count() > 0 => Vec::new(),
-            DataType::Int64 => a.as_primitive::<Int64Type>().values().to_vec(),
-            DataType::Int32 => a
-                .as_primitive::<Int32Type>()
-                .values()
-                .iter()
-                .map(|&v| i64::from(v))
-                .collect(),
-            _ => Vec::new(),
+        let deltas: Option<Vec<i64>> = match a.data_type() {
+            _ if a.null_count() > 0 => None,
+            DataType::Int64 => Some(a.as_primitive::<Int64Type>().values().to_vec()),
+            DataType::Int32 => Some(
+                a.as_primitive::<Int32Type>()
+                    .values()
+                    .iter()
+                    .map(|&v| i64::from(v))
+                    .collect(),
+            ),
+            _ => None,
         };
-        if deltas.len() != n {
+        let Some(deltas) = deltas else {
             // `delta_of` makes deltas of Int64/Int32 without NULLs only.
             return Err(LinkError::Protocol(format!(
                 "patched column {c} is a delta of type {} or with NULLs",
                 a.data_type()
             )));
-        }
+        };
         let bytes = [1u8, 2, 4]
             .into_iter()
             .find(|&b| {
@@ -386,9 +387,14 @@ pub(super) fn narrow(
             RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)?;
         out.extend_from_slice(&ipc.batch(&batch)?);
     }
+    let rows = u32::try_from(n).map_err(|_| {
+        LinkError::Protocol(format!(
+            "a patch entry of {n} rows, more than a frame holds"
+        ))
+    })?;
     Ok(PatchValues {
         columns: sent,
-        rows: n as u32,
+        rows,
         values: out,
     })
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 
+use indexmap::map::Entry;
 use indexmap::IndexMap;
 
 use crate::generation::NameHasher;
@@ -116,11 +117,11 @@ impl SourceTimes {
             at = at.saturating_add(gap as usize);
             let Some((_, held)) = self.list.get_index_mut(at) else {
                 return Err(LinkError::Protocol(format!(
-                    "moved source {at} is out of range (the link holds {})",
+                    "a moved source's position {at} is out of range (the link holds {})",
                     self.list.len()
                 )));
             };
-            *held = time(&at, back)?;
+            *held = time(&format_args!("at position {at}"), back)?;
             at += 1;
         }
         if !stamps.gone.is_empty() {
@@ -128,16 +129,22 @@ impl SourceTimes {
             self.list.retain(|name, _| !gone.contains(name.as_str()));
         }
         for (source, back) in stamps.new {
-            let ms = time(&format!("'{source}'"), back)?;
             if self.list.len() >= MAX_LINK_SOURCES {
                 return Err(LinkError::Protocol(format!(
                     "the link names more than {MAX_LINK_SOURCES} sources"
                 )));
             }
-            if self.list.insert(source.clone(), ms).is_some() {
-                return Err(LinkError::Protocol(format!(
-                    "source '{source}' is stamped as new but the link holds it"
-                )));
+            match self.list.entry(source) {
+                Entry::Occupied(e) => {
+                    return Err(LinkError::Protocol(format!(
+                        "source '{}' is stamped as new but the link holds it",
+                        e.key()
+                    )))
+                }
+                Entry::Vacant(e) => {
+                    let ms = time(&format_args!("'{}'", e.key()), back)?;
+                    e.insert(ms);
+                }
             }
         }
         Ok(())
@@ -156,7 +163,11 @@ mod tests {
     fn restamped(enc: &mut SourceTimes, dec: &mut SourceTimes, now: &[(&str, i64)]) -> Stamps {
         let stamps = enc.restamp(now.iter().copied(), 10_000);
         dec.apply(stamps.clone(), 10_000).expect("apply");
-        assert_eq!(enc.list, dec.list, "both ends hold the same list");
+        // In the same order (IndexMap's `==` ignores order).
+        assert!(
+            enc.list.iter().eq(dec.list.iter()),
+            "both ends hold the same list"
+        );
         stamps
     }
 

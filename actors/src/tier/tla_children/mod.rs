@@ -188,6 +188,9 @@ impl Assignment {
                 tables,
                 errors: Vec::new(),
                 // Every share takes the link's source times: its parts name those sources.
+                // Every child must get every frame of the session, even one with no table
+                // for it: the times of known sources travel by position in a list each
+                // child's decoder keeps in step (`link::diff::times`).
                 stamps: frame.stamps.clone(),
                 machines: frame.machines,
                 clusters: frame.clusters,
