@@ -58,9 +58,14 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
     fn huge_pages_are_turned_off() {
         super::no_huge_pages();
-        // Kernels since 6.x say so in /proc; older ones have no such line.
+        // SAFETY: PR_GET_THP_DISABLE only reads the flag (Linux 3.15 and later).
+        let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        assert_eq!(disabled, 1, "{}", std::io::Error::last_os_error());
+        // Kernels since 6.x also say so in /proc.
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         if status.contains("THP_enabled:") {
             assert!(status.contains("THP_enabled:\t0"), "{status}");

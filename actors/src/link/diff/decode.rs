@@ -8,6 +8,7 @@ use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
+use super::gaps::GapReader;
 use super::ipc::{decode_batch, decode_schema};
 use super::times::SourceTimes;
 use super::{forward, patch, HeldSources};
@@ -175,10 +176,10 @@ impl LinkDecoder {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| in_table(&name, "its patches", e))?;
             let mut listed = Vec::with_capacity(tf.parts.len());
-            // Where the last part sent by its position is held (`PartId::Held`).
-            let mut at = None;
+            // Parts sent by where they are held (`PartId::Held`).
+            let mut positions = GapReader::default();
             for pf in tf.parts {
-                listed.push(self.part(&name, &held, &mut patches, &mut at, pf)?);
+                listed.push(self.part(&name, &held, &mut patches, &mut positions, pf)?);
             }
             if let Some(left) = patches.iter().find(|p| p.next < p.values.num_rows()) {
                 return Err(LinkError::Protocol(format!(
@@ -254,28 +255,25 @@ impl LinkDecoder {
         name: &str,
         held: &HeldTable,
         patches: &mut [PatchCursor],
-        at: &mut Option<usize>,
+        positions: &mut GapReader,
         pf: PartFrame,
     ) -> Result<HeldPart, LinkError> {
-        let key = match pf.key {
-            PartId::Key(key) => key,
-            PartId::Held(skip) => {
-                let i = at
-                    .map_or(Some(0), |a| a.checked_add(1))
-                    .and_then(|i| i.checked_add(skip as usize))
-                    .filter(|&i| i < held.parts.len())
-                    .ok_or_else(|| {
-                        LinkError::Protocol(format!(
-                            "a part of table '{name}' is sent by a position past the {} parts held",
-                            held.parts.len()
-                        ))
-                    })?;
-                *at = Some(i);
-                held.parts[i].key.clone()
+        let (key, old) = match pf.key {
+            PartId::Key(key) => {
+                let old = held.get(&key);
+                (key, old)
+            }
+            PartId::Held(gap) => {
+                let i = positions.position(gap, held.parts.len()).map_err(|_| {
+                    LinkError::Protocol(format!(
+                        "a part of table '{name}' is sent by a position past the {} parts held",
+                        held.parts.len()
+                    ))
+                })?;
+                (held.parts[i].key.clone(), Some(&held.parts[i]))
             }
         };
         let schema = &held.schema;
-        let old = held.get(&key);
         let need = |what: &str| {
             old.ok_or_else(|| {
                 LinkError::Protocol(format!(

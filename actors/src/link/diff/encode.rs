@@ -11,6 +11,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
 use super::forward;
+use super::gaps::GapWriter;
 use super::ipc::IpcWriter;
 use super::patch::{self, KeyMatcher};
 use super::times::SourceTimes;
@@ -241,9 +242,9 @@ impl LinkEncoder {
             // one without parts: every part is listed (a frame of new tables only is then a
             // full copy, `GenerationFrame::is_full_copy`).
             let fresh = schema.is_some() || mirror.parts.is_empty();
-            let mut parts = Vec::with_capacity(table.parts.len());
-            // Where the parent holds each of `parts`, if it does.
-            let mut held_at = Vec::with_capacity(table.parts.len());
+            // Per part of `table.parts`: how it travels, and where the parent holds it.
+            let mut sent: Vec<(Sources, PartRows, Option<usize>)> =
+                Vec::with_capacity(table.parts.len());
             let mut next_parts =
                 NameMap::with_capacity_and_hasher(table.parts.len(), NameHasher::default());
             // Whether the parent's order after listing only the changes (held parts where
@@ -259,7 +260,7 @@ impl LinkEncoder {
                     )));
                 }
                 let held = mirror.parts.remove(&p.key);
-                held_at.push(held.as_ref().map(|h| h.pos));
+                let held_at = held.as_ref().map(|h| h.pos);
                 let (held, held_sources) = match held {
                     Some(h) => {
                         in_order &= !seen_new && last_pos.is_none_or(|l| h.pos > l);
@@ -284,38 +285,40 @@ impl LinkEncoder {
                         p.key
                     )));
                 }
-                parts.push(PartFrame {
-                    key: PartId::Key(p.key.clone()),
-                    sources,
-                    rows,
-                });
+                sent.push((sources, rows, held_at));
             }
-            let listing = if fresh || !in_order {
-                Listing::Every
+            let key = |i: usize| PartId::Key(table.parts[i].key.clone());
+            let (listing, parts) = if fresh || !in_order {
+                let parts = sent
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (sources, rows, _))| PartFrame {
+                        key: key(i),
+                        sources,
+                        rows,
+                    })
+                    .collect();
+                (Listing::Every, parts)
             } else {
-                let changed = |p: &PartFrame| {
-                    p.sources != Sources::Held || !matches!(p.rows, PartRows::Unchanged)
-                };
-                // Held parts by their position: ascending (`in_order`), before the new ones.
-                let mut previous: Option<usize> = None;
-                let mut listed = Vec::with_capacity(parts.len());
-                for (mut p, at) in parts.into_iter().zip(held_at) {
-                    if !changed(&p) {
+                // Only the changed parts; held ones by their position (ascending, as
+                // `in_order` says), before the new ones.
+                let mut gaps = GapWriter::default();
+                let mut listed = Vec::new();
+                for (i, (sources, rows, at)) in sent.into_iter().enumerate() {
+                    if sources == Sources::Held && matches!(rows, PartRows::Unchanged) {
                         continue;
                     }
-                    if let Some(at) = at {
-                        let skip = at - previous.map_or(0, |a| a + 1);
-                        p.key = PartId::Held(u32::try_from(skip).map_err(|_| {
+                    let key = match at {
+                        Some(at) => PartId::Held(u32::try_from(gaps.gap(at)).map_err(|_| {
                             LinkError::Protocol(format!("table '{name}' has too many parts"))
-                        })?);
-                        previous = Some(at);
-                    }
-                    listed.push(p);
+                        })?),
+                        None => key(i),
+                    };
+                    listed.push(PartFrame { key, sources, rows });
                 }
-                parts = listed;
                 let mut gone: Vec<String> = mirror.parts.into_keys().collect();
                 gone.sort_unstable();
-                Listing::Changes { gone }
+                (Listing::Changes { gone }, listed)
             };
             mirror.parts = next_parts;
             next.insert(name.clone(), mirror);

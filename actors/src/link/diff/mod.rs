@@ -42,6 +42,7 @@
 mod decode;
 mod encode;
 mod forward;
+mod gaps;
 mod ipc;
 mod patch;
 #[cfg(test)]

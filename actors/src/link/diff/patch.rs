@@ -29,6 +29,7 @@ use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
+use super::gaps::{GapReader, GapWriter};
 use super::ipc::{decode_batch, has_dictionary, IpcWriter};
 use crate::link::wire::PatchValues;
 use crate::link::LinkError;
@@ -98,17 +99,12 @@ impl Plan {
         self.order.iter().enumerate().all(|(i, &n)| i as u32 == n)
     }
 
-    /// `rows` as the wire carries them: each index's distance from the previous one, minus
-    /// one (so patching every row is a run of zeros, which compresses to nothing).
+    /// `rows` as the wire carries them ([`super::gaps`]).
     pub fn row_gaps(&self) -> Vec<u32> {
-        let mut next = 0;
+        let mut gaps = GapWriter::default();
         self.rows
             .iter()
-            .map(|&r| {
-                let gap = r - next;
-                next = r + 1;
-                gap
-            })
+            .map(|&r| gaps.gap(r as usize) as u32)
             .collect()
     }
 }
@@ -323,9 +319,10 @@ pub(super) fn patch_schema(
 /// bytes and so compress better. The columns of new values follow as one Arrow IPC message.
 /// Deltas travel raw because Arrow IPC's metadata (a field node and two buffers per column,
 /// or per plane) took 400-600 of a 70-machine cluster's 4540-byte steady frame (link
-/// version 6). Raw, a frame takes 3872 bytes as planes, 4117 value by value, 3995 with
-/// planes only for entries of 128 rows or more (`link-codec` at `BENCH_SCALE=0.07`, link
-/// version 7).
+/// version 6; the frames' IPC messages split into metadata and bodies by scratch code).
+/// Raw, a frame takes 3872 bytes as planes (`link-codec` at `BENCH_SCALE=0.07`); with a
+/// scratch switch, not kept, 4117 value by value and 3995 with planes only for entries of
+/// 128 rows or more.
 pub(super) fn narrow(
     values: &RecordBatch,
     columns: &[(u32, bool)],
@@ -516,16 +513,14 @@ pub(super) fn apply(
         _ => (&[][..], None),
     };
     let mut idx = Vec::with_capacity(rows.len());
-    let mut next: u64 = 0;
+    let mut positions = GapReader::default();
     for &gap in rows {
-        let i = next + u64::from(gap);
-        if i >= n as u64 {
-            return Err(LinkError::Protocol(format!(
+        let i = positions.position(gap, n).map_err(|i| {
+            LinkError::Protocol(format!(
                 "patched row {i} is out of range (the part holds {n} rows)"
-            )));
-        }
+            ))
+        })?;
         idx.push(i as u32);
-        next = i + 1;
     }
     let keep = super::decode::kept_rows(removed, n)?;
     if let Some(values) = &values {

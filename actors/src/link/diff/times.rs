@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use indexmap::map::Entry;
 use indexmap::IndexMap;
 
+use super::gaps::{GapReader, GapWriter};
 use crate::generation::NameHasher;
 use crate::link::wire::Stamps;
 use crate::link::LinkError;
@@ -74,14 +75,10 @@ impl SourceTimes {
                 keep
             });
         }
-        let mut next = 0;
+        let mut gaps = GapWriter::default();
         let (moved, moved_back) = moved
             .into_iter()
-            .map(|(at, back)| {
-                let gap = (at - next) as u32;
-                next = at + 1;
-                (gap, back)
-            })
+            .map(|(at, back)| (gaps.gap(at) as u32, back))
             .unzip();
         let new = new
             .into_iter()
@@ -112,17 +109,17 @@ impl SourceTimes {
                 stamps.moved_back.len()
             )));
         }
-        let mut at = 0usize;
+        let mut positions = GapReader::default();
         for (&gap, &back) in stamps.moved.iter().zip(&stamps.moved_back) {
-            at = at.saturating_add(gap as usize);
-            let Some((_, held)) = self.list.get_index_mut(at) else {
-                return Err(LinkError::Protocol(format!(
-                    "a moved source's position {at} is out of range (the link holds {})",
-                    self.list.len()
-                )));
-            };
-            *held = time(&format_args!("at position {at}"), back)?;
-            at += 1;
+            let len = self.list.len();
+            let at = positions.position(gap, len).map_err(|at| {
+                LinkError::Protocol(format!(
+                    "a moved source's position {at} is out of range (the link holds {len})"
+                ))
+            })?;
+            if let Some((_, held)) = self.list.get_index_mut(at) {
+                *held = time(&format_args!("at position {at}"), back)?;
+            }
         }
         if !stamps.gone.is_empty() {
             let gone: HashSet<&str> = stamps.gone.iter().map(String::as_str).collect();
