@@ -10,13 +10,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{MemTable, Session, TableProvider};
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use tokio::sync::OnceCell;
 
+use super::spread::SpreadTable;
 use crate::generation::Generation;
 
 #[derive(Debug)]
@@ -25,7 +26,7 @@ pub(crate) struct CoalescedTable {
     name: String,
     schema: SchemaRef,
     partitions: usize,
-    cache: OnceCell<Arc<MemTable>>,
+    cache: OnceCell<Arc<SpreadTable>>,
 }
 
 impl CoalescedTable {
@@ -46,13 +47,13 @@ impl CoalescedTable {
     }
 
     /// Coalesces once; concurrent scans wait for that one copy.
-    async fn table(&self) -> DfResult<Arc<MemTable>> {
+    async fn table(&self) -> DfResult<Arc<SpreadTable>> {
         self.cache
             .get_or_try_init(|| async {
                 let table = self.generation.tables.get(&self.name);
                 let batches = table.into_iter().flat_map(|t| t.batches());
                 let rows = table.map_or(0, |t| t.rows());
-                super::engine::partitioned(self.schema.clone(), batches, self.partitions, rows)
+                super::spread::partitioned(self.schema.clone(), batches, self.partitions, rows)
                     .map(Arc::new)
             })
             .await

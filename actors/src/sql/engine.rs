@@ -7,10 +7,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
+use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::config::Dialect;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
@@ -240,6 +239,16 @@ impl Snapshot {
         config.options_mut().optimizer.enable_topk_aggregation = false;
         // A heap of k rows per window partition for `ROW_NUMBER() ... <= k` (`window_topn`).
         config.options_mut().optimizer.enable_window_topn = true;
+        // A join whose smaller side is at most this large builds one hash table that every
+        // partition probes, rather than hash-splitting both sides: DataFusion's 1 MiB put
+        // `sys` (70,000 machines, 2.7 MB) on the split side, and splitting the 840,000
+        // process rows it joins cost more than it saved (in process at 70,000 machines:
+        // paper_dns_rss 15.3 -> 13.0 ms, report_top_rss_per_cluster 32.6 -> 26.9 ms). Its
+        // row limit (128k rows) stays.
+        config
+            .options_mut()
+            .optimizer
+            .hash_join_single_partition_threshold = 32 << 20;
         // Row counts for the optimizer's choice to aggregate before small joins: published
         // tables, then static ones (a published table hides a static one of its name).
         let mut rows: HashMap<String, usize> = statics
@@ -265,7 +274,7 @@ impl Snapshot {
                 }
                 continue;
             }
-            match partitioned(
+            match super::spread::partitioned(
                 table.schema.clone(),
                 table.batches(),
                 partitions,
@@ -287,7 +296,7 @@ impl Snapshot {
                 continue;
             }
             // Static tables too are spread by size (a large Parquet file is one batch).
-            match partitioned(
+            match super::spread::partitioned(
                 table.batch.schema(),
                 std::iter::once(&table.batch),
                 partitions,
@@ -754,64 +763,6 @@ fn scanned_tables(plan: &LogicalPlan) -> BTreeSet<String> {
     names
 }
 
-/// Spreads a table's batches over `partitions` so scans run on every core. A table made of
-/// many small parts (one per machine at a proxy or TLA) is coalesced into batches of about
-/// `COALESCE_ROWS`: executing thousands of tiny batches costs more than copying them once.
-/// A batch larger than that (a table published or loaded whole: `queryd demo`, an edge, a
-/// Parquet static table) is cut into zero-copy slices of `COALESCE_ROWS`, so it too is
-/// spread rather than scanned on one partition and dealt round-robin by the plan.
-/// A table of at most `SINGLE_PARTITION_ROWS` rows (`rows`) is one partition.
-pub(super) fn partitioned<'a>(
-    schema: SchemaRef,
-    batches: impl Iterator<Item = &'a RecordBatch>,
-    partitions: usize,
-    rows: usize,
-) -> datafusion::error::Result<MemTable> {
-    let partitions = if rows <= SINGLE_PARTITION_ROWS {
-        1
-    } else {
-        partitions
-    };
-    let mut groups: Vec<Vec<RecordBatch>> = Vec::new();
-    let mut open_rows = COALESCE_ROWS;
-    for b in batches.filter(|b| b.num_rows() > 0) {
-        if b.num_rows() >= COALESCE_ROWS {
-            groups.extend(slices(b, COALESCE_ROWS).into_iter().map(|s| vec![s]));
-            open_rows = COALESCE_ROWS;
-            continue;
-        }
-        if open_rows >= COALESCE_ROWS {
-            groups.push(Vec::new());
-            open_rows = 0;
-        }
-        open_rows += b.num_rows();
-        if let Some(g) = groups.last_mut() {
-            g.push(b.clone());
-        }
-    }
-    let n = partitions.clamp(1, groups.len().max(1));
-    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
-    for (i, group) in groups.into_iter().enumerate() {
-        let batch = match group.as_slice() {
-            [one] => one.clone(),
-            many => concat_batches(&schema, many)?,
-        };
-        parts[i % n].push(batch);
-    }
-    MemTable::try_new(schema, parts)
-}
-
-/// Batches of about `COALESCE_ROWS` rows a table is cut into.
-const COALESCE_ROWS: usize = 8192;
-
-/// `batch` as zero-copy slices of at most `rows` rows.
-fn slices(batch: &RecordBatch, rows: usize) -> Vec<RecordBatch> {
-    (0..batch.num_rows())
-        .step_by(rows.max(1))
-        .map(|at| batch.slice(at, rows.min(batch.num_rows() - at)))
-        .collect()
-}
-
 /// Keeps at most `max` rows; true if rows were cut.
 fn truncate(batches: &mut Vec<RecordBatch>, max: usize) -> bool {
     let mut seen = 0usize;
@@ -837,6 +788,7 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Array, Int64Array, TimestampNanosecondArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::catalog::MemTable;
 
     fn batch(rows: i64) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
@@ -845,34 +797,6 @@ mod tests {
             vec![Arc::new(Int64Array::from_iter_values(0..rows))],
         )
         .expect("batch")
-    }
-
-    #[test]
-    fn small_tables_are_one_partition_and_large_ones_spread() {
-        // One batch, as `queryd demo` or a Parquet static table gives it.
-        let table = |rows: i64| {
-            let b = batch(rows);
-            partitioned(b.schema(), std::iter::once(&b), 2, b.num_rows()).expect("table")
-        };
-        assert_eq!(table(20_000).batches.len(), 1);
-        assert_eq!(table(0).batches.len(), 1);
-        let big = table(SINGLE_PARTITION_ROWS as i64 + 1);
-        assert_eq!(big.batches.len(), 2);
-        // Cut into slices of `COALESCE_ROWS`, every row kept, dealt to both partitions.
-        let held: Vec<RecordBatch> = big
-            .batches
-            .iter()
-            .flat_map(|p| p.try_read().expect("unlocked").clone())
-            .collect();
-        assert_eq!(
-            held.iter().map(|b| b.num_rows()).sum::<usize>(),
-            SINGLE_PARTITION_ROWS + 1
-        );
-        assert!(held.iter().all(|b| b.num_rows() <= COALESCE_ROWS));
-        assert!(big
-            .batches
-            .iter()
-            .all(|p| !p.try_read().expect("unlocked").is_empty()));
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ mod not_in;
 mod pool;
 mod references;
 mod single_row;
+mod spread;
 mod statement;
 mod subquery;
 mod time_slice;

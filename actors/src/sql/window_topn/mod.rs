@@ -175,7 +175,14 @@ mod tests {
     async fn row_number_at_most_k_gives_what_the_sort_gives_at_any_cardinality() {
         for groups in [3, 300, 5000] {
             let ctx = context(groups);
-            for (order, k) in [("v DESC, id", 3), ("v NULLS FIRST, id DESC", 1), ("id", 40)] {
+            // A first order key of fixed width, the same NULLs first, a unique one, and one
+            // of variable width (the rows turned away on it alone).
+            for (order, k) in [
+                ("v DESC, id", 3),
+                ("v NULLS FIRST, id DESC", 1),
+                ("id", 40),
+                ("CAST(v AS VARCHAR) DESC NULLS LAST, id", 2),
+            ] {
                 let ranked = format!(
                     "SELECT g, v, id, rn FROM (SELECT g, v, id, ROW_NUMBER() OVER \
                      (PARTITION BY g ORDER BY {order}) AS rn FROM t) WHERE rn"
