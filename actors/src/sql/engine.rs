@@ -784,13 +784,14 @@ fn truncate(batches: &mut Vec<RecordBatch>, max: usize) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use datafusion::arrow::array::{Array, Int64Array, TimestampNanosecondArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::catalog::MemTable;
 
-    fn batch(rows: i64) -> RecordBatch {
+    /// One Int64 column `n`, 0 to `rows`.
+    pub(in crate::sql) fn batch(rows: i64) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
         RecordBatch::try_new(
             schema,

@@ -138,18 +138,8 @@ fn slices(batch: &RecordBatch, rows: usize) -> Vec<RecordBatch> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::Int64Array;
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use crate::sql::engine::tests::batch;
     use datafusion::prelude::{SessionConfig, SessionContext};
-
-    fn batch(rows: i64) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
-        RecordBatch::try_new(
-            schema,
-            vec![Arc::new(Int64Array::from_iter_values(0..rows))],
-        )
-        .expect("batch")
-    }
 
     #[test]
     fn small_tables_are_one_partition_and_large_ones_spread() {
