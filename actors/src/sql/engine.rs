@@ -242,9 +242,10 @@ impl Snapshot {
         // A join whose smaller side is at most this large builds one hash table that every
         // partition probes, rather than hash-splitting both sides: DataFusion's 1 MiB put
         // `sys` (70,000 machines, 2.7 MB) on the split side, and splitting the 840,000
-        // process rows it joins cost more than it saved (in process at 70,000 machines:
-        // paper_dns_rss 15.3 -> 13.0 ms, report_top_rss_per_cluster 32.6 -> 26.9 ms). Its
-        // row limit (128k rows) stays.
+        // process rows it joins cost more than it saved (`BENCH_EXPLAIN=all cargo bench
+        // --bench sql` at 70,000 machines, median of 7, the threshold set by a scratch
+        // switch not kept: paper_dns_rss 15.3 -> 13.0 ms, report_top_rss_per_cluster
+        // 32.6 -> 26.9 ms). Its row limit (128k rows) stays.
         config
             .options_mut()
             .optimizer

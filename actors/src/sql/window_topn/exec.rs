@@ -8,10 +8,12 @@
 //! are encoded whole (partition keys, then order keys: bytes that compare as the rows
 //! sort) and placed among their group's best k, kept sorted. At 70,000 machines
 //! (`report_top_rss_per_cluster`: a top 3 of 840,000 rows in 1,400 groups) that took it
-//! from 27 to 14 ms. Rows live in their input batches until the end; when few of the
+//! from 26 to 14 ms (its `elapsed_compute` under `BENCH_NARROW=1
+//! BENCH_EXPLAIN=report_top_rss_per_cluster cargo bench --bench sql`). Rows live in their input batches until the end; when few of the
 //! retained rows are still kept, the kept ones are copied into one batch and the rest is
 //! freed. The output is the kept rows sorted by their whole key, as the window above
 //! expects.
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -223,8 +225,9 @@ impl Group {
 
 /// The best k rows of every partition seen so far, for one input partition.
 struct Groups {
-    partition_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    /// Partition keys, then order keys.
     sort_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    partition_len: usize,
     /// Partition keys → group index, vectorized as in a hash aggregate.
     group_values: Box<dyn GroupValues>,
     /// The first order key alone, to turn most rows away before encoding their whole key.
@@ -277,11 +280,8 @@ impl Groups {
         };
         let sort_fields = expr.iter().map(field).collect::<Result<Vec<_>>>()?;
         Ok(Groups {
-            partition_exprs: expr[..partition_len]
-                .iter()
-                .map(|e| e.expr.clone())
-                .collect(),
             sort_exprs: expr.iter().map(|e| e.expr.clone()).collect(),
+            partition_len,
             group_values: new_group_values(partition_schema, &GroupOrdering::None)?,
             first_rows,
             sort_rows: RowConverter::new(sort_fields)?,
@@ -302,18 +302,17 @@ impl Groups {
         if n == 0 {
             return Ok(());
         }
-        let eval = |exprs: &[Arc<dyn PhysicalExpr>]| {
-            exprs
-                .iter()
-                .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
-                .collect::<Result<Vec<_>>>()
-        };
+        // Evaluated once: the partition keys are the first `partition_len` of them.
+        let sort_columns = self
+            .sort_exprs
+            .iter()
+            .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
+            .collect::<Result<Vec<_>>>()?;
+        let partition_len = self.partition_len;
         self.group_values
-            .intern(&eval(&self.partition_exprs)?, &mut self.group_of)?;
+            .intern(&sort_columns[..partition_len], &mut self.group_of)?;
         self.groups
             .resize_with(self.group_values.len(), Group::default);
-        let sort_columns = eval(&self.sort_exprs)?;
-        let partition_len = self.partition_exprs.len();
         // Rows that may enter their group, judged by their first order key alone.
         let candidates: Vec<u32> = match &self.first_rows {
             Some(first_rows) => {
