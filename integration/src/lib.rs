@@ -116,7 +116,11 @@ fn spawn_queryd(args: &[&str], dir: &Path, stdout: Stdio, nofile: Option<u32>) -
     let child = cmd
         .args(args)
         .current_dir(repo())
-        .env("RUST_LOG", "info")
+        // QUERY_NODE_LOG: another filter for the nodes' logs while diagnosing a run.
+        .env(
+            "RUST_LOG",
+            std::env::var("QUERY_NODE_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(stdout)
         .stderr(std::fs::File::create(&stderr_log).expect("log file"))
         .spawn()

@@ -369,6 +369,7 @@ impl Session {
             .map_err(|_| LinkError::Silent(silent))??
         {
             let bytes = body.len() as u64 + 4;
+            let started = Instant::now();
             match decode_frame::<ToParent>(&body, max)? {
                 ToParent::Generation(mut frame) => {
                     if let Some((a, session)) = &assignment {
@@ -378,8 +379,18 @@ impl Session {
                     }
                     let full = frame.full;
                     let full_copy = frame.is_full_copy();
+                    let decoded = started.elapsed();
                     let generation = decoder.apply(frame)?;
-                    tracing::debug!(child = %self.child, id = generation.id, round = generation.round, bytes, full, "generation from child");
+                    tracing::debug!(
+                        child = %self.child,
+                        id = generation.id,
+                        round = generation.round,
+                        bytes,
+                        full,
+                        decode_ms = decoded.as_millis() as u64,
+                        apply_ms = (started.elapsed() - decoded).as_millis() as u64,
+                        "generation from child"
+                    );
                     let now = Instant::now();
                     self.children
                         .deliver(&self.child, Arc::new(generation), |s| {

@@ -417,11 +417,24 @@ async fn session(
         let generation = generations.borrow_and_update().clone();
         if let (Some(wanted), Some(g)) = (wanted, generation) {
             if last_sent != Some(g.id) {
+                let started = std::time::Instant::now();
                 let frame = encoder.encode(&g, &wanted, g.machines, g.clusters)?;
                 let full = frame.is_full_copy();
+                let planned = started.elapsed();
                 let bytes = encode_frame(&ToParent::Generation(frame), serve.codec)?;
+                let encoded = started.elapsed();
                 write_frame(&mut wr, &bytes).await?;
                 wr.flush().await.map_err(LinkError::from)?;
+                tracing::debug!(
+                    parent,
+                    id = g.id,
+                    bytes = bytes.len(),
+                    full,
+                    plan_ms = planned.as_millis() as u64,
+                    encode_ms = (encoded - planned).as_millis() as u64,
+                    write_ms = (started.elapsed() - encoded).as_millis() as u64,
+                    "generation to parent"
+                );
                 last_sent = Some(g.id);
                 let n = bytes.len() as u64;
                 serve.sessions.update(id, |s| {

@@ -11,10 +11,10 @@ use datafusion::arrow::record_batch::RecordBatch;
 use super::gaps::GapReader;
 use super::ipc::{decode_batch, decode_schema};
 use super::times::SourceTimes;
-use super::{forward, patch, HeldSources};
+use super::{forward, patch, threads, HeldSources};
 use crate::generation::{GenTable, NameHasher, NameMap, Part, SourceStamp};
 use crate::link::wire::{
-    GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources,
+    GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources, TableFrame,
 };
 use crate::link::LinkError;
 
@@ -141,17 +141,19 @@ impl LinkDecoder {
             self.times.clear();
         }
         self.times.apply(frame.stamps, frame.sealed_at_ms)?;
-        let mut next = HashMap::with_capacity(frame.tables.len());
-        let mut out = BTreeMap::new();
-        for tf in frame.tables {
-            let name = tf.name;
-            if out.contains_key(&name) {
+        // Each table with what is held of it; then the tables are applied, on several
+        // threads when the frame is large (`threads`).
+        let mut jobs = Vec::with_capacity(frame.tables.len());
+        let mut names = std::collections::HashSet::with_capacity(frame.tables.len());
+        for mut tf in frame.tables {
+            let name = std::mem::take(&mut tf.name);
+            if !names.insert(name.clone()) {
                 return Err(LinkError::Protocol(format!(
                     "table '{name}' is listed twice in one frame"
                 )));
             }
             let prev = old.remove(&name);
-            let held = match (tf.schema, prev) {
+            let held = match (tf.schema.take(), prev) {
                 (Some(bytes), prev) => {
                     let schema =
                         decode_schema(&bytes).map_err(|e| in_table(&name, "its schema", e))?;
@@ -169,41 +171,36 @@ impl LinkDecoder {
                     )))
                 }
             };
-            let mut patches = tf
-                .patches
-                .into_iter()
-                .map(|p| PatchCursor::decode(&held.schema, p))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| in_table(&name, "its patches", e))?;
-            let mut listed = Vec::with_capacity(tf.parts.len());
-            // Parts sent by where they are held (`PartId::Held`).
-            let mut positions = GapReader::default();
-            for pf in tf.parts {
-                listed.push(self.part(&name, &held, &mut patches, &mut positions, pf)?);
+            jobs.push((name, held, tf));
+        }
+        let times = &self.times;
+        let forwarding = self.forwarding;
+        let applied = threads::map_weighted(
+            jobs,
+            |(_, _, tf)| tf.parts.len(),
+            |(name, held, tf)| {
+                let mut recorded = Vec::new();
+                let table =
+                    apply_table(times, forwarding.then_some(&mut recorded), &name, held, tf);
+                (name, table, recorded)
+            },
+        );
+        let mut next = HashMap::with_capacity(applied.len());
+        let mut out = BTreeMap::new();
+        let mut failed = None;
+        for (name, table, recorded) in applied {
+            // Kept even when another table failed, so that they are forgotten with the rest.
+            self.recorded.extend(recorded);
+            match table {
+                Ok((held, table)) => {
+                    out.insert(name.clone(), table);
+                    next.insert(name, held);
+                }
+                Err(e) => failed = failed.or(Some(e)),
             }
-            if let Some(left) = patches.iter().find(|p| p.next < p.values.num_rows()) {
-                return Err(LinkError::Protocol(format!(
-                    "table '{name}': {} rows of patch values are left over",
-                    left.values.num_rows() - left.next
-                )));
-            }
-            let table = match tf.listing {
-                Listing::Every => table_of(&name, held.schema, listed)?,
-                Listing::Changes { gone } => changed(&name, held, listed, gone)?,
-            };
-            let parts = table
-                .parts
-                .iter()
-                .map(|p| self.part_out(&name, p))
-                .collect::<Result<_, _>>()?;
-            out.insert(
-                name.clone(),
-                GenTable {
-                    schema: table.schema.clone(),
-                    parts,
-                },
-            );
-            next.insert(name, table);
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         // Tables not listed are gone from the child's generation.
         self.tables = next;
@@ -220,131 +217,180 @@ impl LinkDecoder {
     }
 }
 
-impl LinkDecoder {
-    /// A held part as the generation shows it: each source at its time.
-    fn part_out(&self, name: &str, p: &HeldPart) -> Result<Part, LinkError> {
-        let sources = p
-            .sources
-            .iter()
-            .map(|(source, at)| {
-                let ms = match at {
-                    Some(ms) => *ms,
-                    None => self.times.get(source).ok_or_else(|| {
-                        LinkError::Protocol(format!(
-                            "part '{}' of table '{name}' names source '{source}', which has no time on this link",
-                            p.key
-                        ))
-                    })?,
-                };
-                Ok(SourceStamp {
-                    source: source.clone(),
-                    published_at: from_millis(ms)?,
-                })
-            })
-            .collect::<Result<Vec<_>, LinkError>>()?;
-        Ok(Part {
-            key: p.key.clone(),
-            batch: p.batch.clone(),
-            sources,
-        })
+/// One table of a frame applied to what is held of it (`held`): what the decoder holds of
+/// it after, and the table of the child's generation. With `recorded` (a forwarding
+/// decoder), the patches applied are recorded there ([`forward`]).
+fn apply_table(
+    times: &SourceTimes,
+    mut recorded: Option<&mut Vec<forward::Recorded>>,
+    name: &str,
+    held: HeldTable,
+    tf: TableFrame,
+) -> Result<(HeldTable, GenTable), LinkError> {
+    let mut patches = tf
+        .patches
+        .into_iter()
+        .map(|p| PatchCursor::decode(&held.schema, p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| in_table(name, "its patches", e))?;
+    let mut listed = Vec::with_capacity(tf.parts.len());
+    // Parts sent by where they are held (`PartId::Held`).
+    let mut positions = GapReader::default();
+    for pf in tf.parts {
+        listed.push(part(
+            name,
+            &held,
+            &mut patches,
+            &mut positions,
+            recorded.as_deref_mut(),
+            pf,
+        )?);
     }
+    if let Some(left) = patches.iter().find(|p| p.next < p.values.num_rows()) {
+        return Err(LinkError::Protocol(format!(
+            "table '{name}': {} rows of patch values are left over",
+            left.values.num_rows() - left.next
+        )));
+    }
+    let table = match tf.listing {
+        Listing::Every => table_of(name, held.schema, listed)?,
+        Listing::Changes { gone } => changed(name, held, listed, gone)?,
+    };
+    let parts = table
+        .parts
+        .iter()
+        .map(|p| part_out(times, name, p))
+        .collect::<Result<_, _>>()?;
+    let out = GenTable {
+        schema: table.schema.clone(),
+        parts,
+    };
+    Ok((table, out))
+}
 
-    /// One listed part, applied to what `held` holds of it.
-    fn part(
-        &mut self,
-        name: &str,
-        held: &HeldTable,
-        patches: &mut [PatchCursor],
-        positions: &mut GapReader,
-        pf: PartFrame,
-    ) -> Result<HeldPart, LinkError> {
-        let (key, old) = match pf.key {
-            PartId::Key(key) => {
-                let old = held.get(&key);
-                (key, old)
-            }
-            PartId::Held(gap) => {
-                let i = positions.position(gap, held.parts.len()).map_err(|_| {
+/// A held part as the generation shows it: each source at its time.
+fn part_out(times: &SourceTimes, name: &str, p: &HeldPart) -> Result<Part, LinkError> {
+    let sources = p
+        .sources
+        .iter()
+        .map(|(source, at)| {
+            let ms = match at {
+                Some(ms) => *ms,
+                None => times.get(source).ok_or_else(|| {
                     LinkError::Protocol(format!(
-                        "a part of table '{name}' is sent by a position past the {} parts held",
-                        held.parts.len()
+                        "part '{}' of table '{name}' names source '{source}', which has no time on this link",
+                        p.key
                     ))
-                })?;
-                (held.parts[i].key.clone(), Some(&held.parts[i]))
-            }
-        };
-        let schema = &held.schema;
-        let need = |what: &str| {
-            old.ok_or_else(|| {
-                LinkError::Protocol(format!(
-                    "part '{key}' of table '{name}' is sent as {what} but is not held"
-                ))
+                })?,
+            };
+            Ok(SourceStamp {
+                source: source.clone(),
+                published_at: from_millis(ms)?,
             })
-        };
-        let in_part = |e| in_table(name, &format!("part '{key}'"), e);
-        let batch = match pf.rows {
-            PartRows::Full(bytes) => decode_batch(&bytes, schema).map_err(in_part)?,
-            PartRows::Unchanged => need("unchanged")?.batch.clone(),
-            PartRows::Diff { removed, added } => {
-                let old = &need("a diff")?.batch;
-                let added = decode_batch(&added, schema).map_err(in_part)?;
-                apply_diff(old, &removed, &added).map_err(in_part)?
-            }
-            PartRows::Patch {
-                rows,
-                values,
-                removed,
-                added,
-            } => {
-                let old = &need("a patch")?.batch;
-                let added_bytes = added;
-                let added = if added_bytes.is_empty() {
-                    None
-                } else {
-                    Some(decode_batch(&added_bytes, schema).map_err(in_part)?)
-                };
-                let values = match values {
-                    None => None,
-                    Some(i) => {
-                        let cursor = patches.get_mut(i as usize).ok_or_else(|| {
-                            in_part(LinkError::Protocol(format!(
-                                "patch values {i} are not in the frame"
-                            )))
-                        })?;
-                        Some(cursor.take(rows.len()).map_err(in_part)?)
-                    }
-                };
-                let patched = patch::apply(
-                    old,
-                    &rows,
-                    values.as_ref().map(|(c, v)| (&c[..], v.clone())),
-                    &removed,
-                    added.as_ref(),
-                )
-                .map_err(in_part)?;
-                if self.forwarding {
-                    let patch = forward::Patch {
-                        rows,
-                        values,
-                        removed,
-                        added: added_bytes,
-                    };
-                    self.recorded.extend(forward::record(old, &patched, patch));
-                }
-                patched
-            }
-        };
-        let sources = match pf.sources {
-            Sources::Held => need("with the sources held")?.sources.clone(),
-            Sources::Named(names) => names.into_iter().map(|n| (n, None)).collect(),
-            Sources::Stamped(stamped) => stamped.into_iter().map(|(n, ms)| (n, Some(ms))).collect(),
-        };
-        Ok(HeldPart {
-            key,
-            batch,
-            sources,
         })
-    }
+        .collect::<Result<Vec<_>, LinkError>>()?;
+    Ok(Part {
+        key: p.key.clone(),
+        batch: p.batch.clone(),
+        sources,
+    })
+}
+
+/// One listed part, applied to what `held` holds of it.
+fn part(
+    name: &str,
+    held: &HeldTable,
+    patches: &mut [PatchCursor],
+    positions: &mut GapReader,
+    recorded: Option<&mut Vec<forward::Recorded>>,
+    pf: PartFrame,
+) -> Result<HeldPart, LinkError> {
+    let (key, old) = match pf.key {
+        PartId::Key(key) => {
+            let old = held.get(&key);
+            (key, old)
+        }
+        PartId::Held(gap) => {
+            let i = positions.position(gap, held.parts.len()).map_err(|_| {
+                LinkError::Protocol(format!(
+                    "a part of table '{name}' is sent by a position past the {} parts held",
+                    held.parts.len()
+                ))
+            })?;
+            (held.parts[i].key.clone(), Some(&held.parts[i]))
+        }
+    };
+    let schema = &held.schema;
+    let need = |what: &str| {
+        old.ok_or_else(|| {
+            LinkError::Protocol(format!(
+                "part '{key}' of table '{name}' is sent as {what} but is not held"
+            ))
+        })
+    };
+    let in_part = |e| in_table(name, &format!("part '{key}'"), e);
+    let batch = match pf.rows {
+        PartRows::Full(bytes) => decode_batch(&bytes, schema).map_err(in_part)?,
+        PartRows::Unchanged => need("unchanged")?.batch.clone(),
+        PartRows::Diff { removed, added } => {
+            let old = &need("a diff")?.batch;
+            let added = decode_batch(&added, schema).map_err(in_part)?;
+            apply_diff(old, &removed, &added).map_err(in_part)?
+        }
+        PartRows::Patch {
+            rows,
+            values,
+            removed,
+            added,
+        } => {
+            let old = &need("a patch")?.batch;
+            let added_bytes = added;
+            let added = if added_bytes.is_empty() {
+                None
+            } else {
+                Some(decode_batch(&added_bytes, schema).map_err(in_part)?)
+            };
+            let values = match values {
+                None => None,
+                Some(i) => {
+                    let cursor = patches.get_mut(i as usize).ok_or_else(|| {
+                        in_part(LinkError::Protocol(format!(
+                            "patch values {i} are not in the frame"
+                        )))
+                    })?;
+                    Some(cursor.take(rows.len()).map_err(in_part)?)
+                }
+            };
+            let patched = patch::apply(
+                old,
+                &rows,
+                values.as_ref().map(|(c, v)| (&c[..], v.clone())),
+                &removed,
+                added.as_ref(),
+            )
+            .map_err(in_part)?;
+            if let Some(recorded) = recorded {
+                let patch = forward::Patch {
+                    rows,
+                    values,
+                    removed,
+                    added: added_bytes,
+                };
+                recorded.extend(forward::record(old, &patched, patch));
+            }
+            patched
+        }
+    };
+    let sources = match pf.sources {
+        Sources::Held => need("with the sources held")?.sources.clone(),
+        Sources::Named(names) => names.into_iter().map(|n| (n, None)).collect(),
+        Sources::Stamped(stamped) => stamped.into_iter().map(|(n, ms)| (n, Some(ms))).collect(),
+    };
+    Ok(HeldPart {
+        key,
+        batch,
+        sources,
+    })
 }
 
 /// One entry of a table's patch values, decoded, and how many of its rows the parts read so

@@ -15,8 +15,8 @@ use super::gaps::GapWriter;
 use super::ipc::IpcWriter;
 use super::patch::{self, KeyMatcher};
 use super::times::SourceTimes;
-use super::{HeldSources, TableKeys};
-use crate::generation::{Generation, NameHasher, NameMap, Part, SourceStamp};
+use super::{threads, HeldSources, TableKeys};
+use crate::generation::{GenTable, Generation, NameHasher, NameMap, Part, SourceStamp};
 use crate::link::wire::{
     GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources, Stamps, TableFrame,
 };
@@ -29,14 +29,24 @@ pub struct LinkEncoder {
     full_next: bool,
     /// What the parent holds, per table, as of the last frame encoded.
     tables: HashMap<String, TableMirror>,
-    ipc: IpcWriter,
     /// Tables' keys: their parts travel as patches.
     keys: TableKeys,
-    /// The table being encoded (to look up its key).
-    table: String,
     /// The parent's time per source name on this link (unix ms).
     times: SourceTimes,
-    /// The patch values of the table being encoded.
+}
+
+/// One table of a frame being encoded: what it needs of the link (read only) and its own
+/// IPC scratch and patch values, so that a large frame's tables can be encoded on threads
+/// of their own ([`threads`](super::threads)).
+struct TableEncoder<'a> {
+    ipc: IpcWriter,
+    /// Tables' keys: their parts travel as patches.
+    keys: &'a TableKeys,
+    /// The table being encoded (to look up its key).
+    table: &'a str,
+    /// The parent's time per source name on this link, as of this frame.
+    times: &'a SourceTimes,
+    /// The patch values of the table.
     patches: PatchSets,
 }
 
@@ -141,11 +151,8 @@ impl LinkEncoder {
         LinkEncoder {
             full_next: true,
             tables: HashMap::new(),
-            ipc: IpcWriter::new(),
             keys,
-            table: String::new(),
             times: SourceTimes::default(),
-            patches: PatchSets::default(),
         }
     }
 
@@ -175,7 +182,6 @@ impl LinkEncoder {
         }
         let sealed_at_ms = unix_millis(g.sealed_at);
         let stamps = self.restamp(g, wanted, sealed_at_ms);
-        self.patches = PatchSets::default();
         match self.encode_tables(g, wanted) {
             Ok(tables) => {
                 self.full_next = false;
@@ -220,119 +226,154 @@ impl LinkEncoder {
         g: &Generation,
         wanted: &BTreeSet<String>,
     ) -> Result<Vec<TableFrame>, LinkError> {
-        let mut frames = Vec::new();
-        let mut next = HashMap::new();
-        for (name, table) in g.tables.iter().filter(|(n, _)| wanted.contains(*n)) {
-            let (mut mirror, schema) = match self.tables.remove(name) {
-                Some(m) if m.schema == table.schema => (m, None),
-                // New on this link, or its schema changed: the parent's rows of the old
-                // schema are of no use, every part goes in full.
-                _ => (
-                    TableMirror {
-                        schema: table.schema.clone(),
-                        converter: None,
-                        key: None,
-                        parts: NameMap::default(),
-                    },
-                    Some(self.ipc.schema(&table.schema)?),
-                ),
-            };
-            self.table.clone_from(name);
-            // The parent holds nothing of a table whose schema goes with the frame, or of
-            // one without parts: every part is listed (a frame of new tables only is then a
-            // full copy, `GenerationFrame::is_full_copy`).
-            let fresh = schema.is_some() || mirror.parts.is_empty();
-            // Per part of `table.parts`: how it travels, and where the parent holds it.
-            let mut sent: Vec<(Sources, PartRows, Option<usize>)> =
-                Vec::with_capacity(table.parts.len());
-            let mut next_parts =
-                NameMap::with_capacity_and_hasher(table.parts.len(), NameHasher::default());
-            // Whether the parent's order after listing only the changes (held parts where
-            // they are, new ones after them) is the child's order.
-            let (mut in_order, mut last_pos, mut seen_new) = (true, None, false);
-            for (pos, p) in table.parts.iter().enumerate() {
-                if !Arc::ptr_eq(p.batch.schema_ref(), &table.schema)
-                    && p.batch.schema_ref() != &table.schema
-                {
-                    return Err(LinkError::Protocol(format!(
-                        "part '{}' of table '{name}' has a schema unlike the table's",
-                        p.key
-                    )));
+        let jobs: Vec<_> = g
+            .tables
+            .iter()
+            .filter(|(n, _)| wanted.contains(*n))
+            .map(|(name, table)| (name, table, self.tables.remove(name)))
+            .collect();
+        let (keys, times) = (&self.keys, &self.times);
+        let encoded = threads::map_weighted(
+            jobs,
+            |(_, table, _)| table.parts.len(),
+            |(name, table, mirror)| {
+                TableEncoder {
+                    ipc: IpcWriter::new(),
+                    keys,
+                    table: name,
+                    times,
+                    patches: PatchSets::default(),
                 }
-                let held = mirror.parts.remove(&p.key);
-                let held_at = held.as_ref().map(|h| h.pos);
-                let (held, held_sources) = match held {
-                    Some(h) => {
-                        in_order &= !seen_new && last_pos.is_none_or(|l| h.pos > l);
-                        last_pos = Some(h.pos);
-                        (Some(h.rows), Some(h.sources))
-                    }
-                    None => {
-                        seen_new = true;
-                        (None, None)
-                    }
-                };
-                let (rows, part_mirror) = self.encode_part(&mut mirror, held, p)?;
-                let (sources, kept_sources) = sources_of(&self.times, held_sources, p);
-                let mirrored = MirroredPart {
-                    rows: part_mirror,
-                    pos,
-                    sources: kept_sources,
-                };
-                if next_parts.insert(p.key.clone(), mirrored).is_some() {
-                    return Err(LinkError::Protocol(format!(
-                        "table '{name}' has two parts with the key '{}'",
-                        p.key
-                    )));
-                }
-                sent.push((sources, rows, held_at));
-            }
-            let key = |i: usize| PartId::Key(table.parts[i].key.clone());
-            let (listing, parts) = if fresh || !in_order {
-                let parts = sent
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (sources, rows, _))| PartFrame {
-                        key: key(i),
-                        sources,
-                        rows,
-                    })
-                    .collect();
-                (Listing::Every, parts)
-            } else {
-                // Only the changed parts; held ones by their position (ascending, as
-                // `in_order` says), before the new ones.
-                let mut gaps = GapWriter::default();
-                let mut listed = Vec::new();
-                for (i, (sources, rows, at)) in sent.into_iter().enumerate() {
-                    if sources == Sources::Held && matches!(rows, PartRows::Unchanged) {
-                        continue;
-                    }
-                    let key = match at {
-                        Some(at) => PartId::Held(u32::try_from(gaps.gap(at)).map_err(|_| {
-                            LinkError::Protocol(format!("table '{name}' has too many parts"))
-                        })?),
-                        None => key(i),
-                    };
-                    listed.push(PartFrame { key, sources, rows });
-                }
-                let mut gone: Vec<String> = mirror.parts.into_keys().collect();
-                gone.sort_unstable();
-                (Listing::Changes { gone }, listed)
-            };
-            mirror.parts = next_parts;
-            next.insert(name.clone(), mirror);
-            frames.push(TableFrame {
-                name: name.clone(),
-                schema,
-                listing,
-                parts,
-                patches: self.patches.encode(&mut self.ipc)?,
-            });
+                .encode(mirror, table)
+            },
+        );
+        let mut frames = Vec::with_capacity(encoded.len());
+        let mut next = HashMap::with_capacity(encoded.len());
+        for e in encoded {
+            let (mirror, frame) = e?;
+            next.insert(frame.name.clone(), mirror);
+            frames.push(frame);
         }
         // Tables not sent are gone for the parent too.
         self.tables = next;
         Ok(frames)
+    }
+}
+
+impl TableEncoder<'_> {
+    /// The table's frame against what the parent holds of it (`mirror`, none if nothing),
+    /// and what it holds after.
+    fn encode(
+        mut self,
+        mirror: Option<TableMirror>,
+        table: &GenTable,
+    ) -> Result<(TableMirror, TableFrame), LinkError> {
+        let name = self.table;
+        let (mut mirror, schema) = match mirror {
+            Some(m) if m.schema == table.schema => (m, None),
+            // New on this link, or its schema changed: the parent's rows of the old
+            // schema are of no use, every part goes in full.
+            _ => (
+                TableMirror {
+                    schema: table.schema.clone(),
+                    converter: None,
+                    key: None,
+                    parts: NameMap::default(),
+                },
+                Some(self.ipc.schema(&table.schema)?),
+            ),
+        };
+        // The parent holds nothing of a table whose schema goes with the frame, or of
+        // one without parts: every part is listed (a frame of new tables only is then a
+        // full copy, `GenerationFrame::is_full_copy`).
+        let fresh = schema.is_some() || mirror.parts.is_empty();
+        // Per part of `table.parts`: how it travels, and where the parent holds it.
+        let mut sent: Vec<(Sources, PartRows, Option<usize>)> =
+            Vec::with_capacity(table.parts.len());
+        let mut next_parts =
+            NameMap::with_capacity_and_hasher(table.parts.len(), NameHasher::default());
+        // Whether the parent's order after listing only the changes (held parts where
+        // they are, new ones after them) is the child's order.
+        let (mut in_order, mut last_pos, mut seen_new) = (true, None, false);
+        for (pos, p) in table.parts.iter().enumerate() {
+            if !Arc::ptr_eq(p.batch.schema_ref(), &table.schema)
+                && p.batch.schema_ref() != &table.schema
+            {
+                return Err(LinkError::Protocol(format!(
+                    "part '{}' of table '{name}' has a schema unlike the table's",
+                    p.key
+                )));
+            }
+            let held = mirror.parts.remove(&p.key);
+            let held_at = held.as_ref().map(|h| h.pos);
+            let (held, held_sources) = match held {
+                Some(h) => {
+                    in_order &= !seen_new && last_pos.is_none_or(|l| h.pos > l);
+                    last_pos = Some(h.pos);
+                    (Some(h.rows), Some(h.sources))
+                }
+                None => {
+                    seen_new = true;
+                    (None, None)
+                }
+            };
+            let (rows, part_mirror) = self.encode_part(&mut mirror, held, p)?;
+            let (sources, kept_sources) = sources_of(self.times, held_sources, p);
+            let mirrored = MirroredPart {
+                rows: part_mirror,
+                pos,
+                sources: kept_sources,
+            };
+            if next_parts.insert(p.key.clone(), mirrored).is_some() {
+                return Err(LinkError::Protocol(format!(
+                    "table '{name}' has two parts with the key '{}'",
+                    p.key
+                )));
+            }
+            sent.push((sources, rows, held_at));
+        }
+        let key = |i: usize| PartId::Key(table.parts[i].key.clone());
+        let (listing, parts) = if fresh || !in_order {
+            let parts = sent
+                .into_iter()
+                .enumerate()
+                .map(|(i, (sources, rows, _))| PartFrame {
+                    key: key(i),
+                    sources,
+                    rows,
+                })
+                .collect();
+            (Listing::Every, parts)
+        } else {
+            // Only the changed parts; held ones by their position (ascending, as
+            // `in_order` says), before the new ones.
+            let mut gaps = GapWriter::default();
+            let mut listed = Vec::new();
+            for (i, (sources, rows, at)) in sent.into_iter().enumerate() {
+                if sources == Sources::Held && matches!(rows, PartRows::Unchanged) {
+                    continue;
+                }
+                let key = match at {
+                    Some(at) => PartId::Held(u32::try_from(gaps.gap(at)).map_err(|_| {
+                        LinkError::Protocol(format!("table '{name}' has too many parts"))
+                    })?),
+                    None => key(i),
+                };
+                listed.push(PartFrame { key, sources, rows });
+            }
+            let mut gone: Vec<String> = mirror.parts.into_keys().collect();
+            gone.sort_unstable();
+            (Listing::Changes { gone }, listed)
+        };
+        mirror.parts = next_parts;
+        let frame = TableFrame {
+            name: name.to_string(),
+            schema,
+            listing,
+            parts,
+            patches: self.patches.encode(&mut self.ipc)?,
+        };
+        Ok((mirror, frame))
     }
 
     fn encode_part(
@@ -388,7 +429,7 @@ impl LinkEncoder {
         let schema = &table.schema;
         let key = table.key.get_or_insert_with(|| {
             self.keys
-                .get(&self.table)
+                .get(self.table)
                 .and_then(|k| KeyMatcher::new(schema, k))
         });
         match (key.as_ref(), old.held) {

@@ -49,6 +49,7 @@ mod patch;
 mod patch_tests;
 #[cfg(test)]
 mod tests;
+mod threads;
 mod times;
 
 use std::collections::HashMap;

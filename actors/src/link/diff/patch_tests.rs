@@ -773,3 +773,78 @@ fn deltas_travel_in_the_narrowest_integer_that_holds_them() {
         }
     }
 }
+
+/// A frame of a whole fleet (more parts than `threads::PARALLEL_FROM_PARTS`) has its tables
+/// encoded and applied on several threads: through a forwarding node and on to its parent,
+/// full first and then with every part changed, both parents hold exactly the child's rows,
+/// and the forwarding node still passes the child's patches on.
+#[test]
+fn a_whole_fleets_frame_is_shared_among_threads_and_stays_exact() {
+    use crate::generation::Generation;
+    let tables = ["load", "processes", "sys"];
+    let per_table = super::threads::PARALLEL_FROM_PARTS / 3 + 500;
+    let keys: TableKeys = Arc::new(HashMap::from([
+        ("sys".to_string(), vec!["name".to_string()]),
+        ("processes".to_string(), vec!["name".to_string()]),
+    ]));
+    let wanted: BTreeSet<String> = tables.iter().map(|t| t.to_string()).collect();
+    let s = schema();
+    let ns = names(4);
+    let fleet = |id: u64| {
+        let parts = |t: usize| -> Vec<Part> {
+            (0..per_table)
+                .map(|m| {
+                    // Every part changes from one generation to the next; some grow a row.
+                    let v = (m as i64) * 7 + id as i64 * (t as i64 + 1);
+                    let mut rows: Vec<Row> = vec![(ns[0], v, None), (ns[1], v + 1, Some(0.5))];
+                    if (m as u64 + id).is_multiple_of(5) {
+                        rows.push((ns[2 + m % 2], v, None));
+                    }
+                    let mut p = part(&s, &format!("10.{t}.{}.{}", m / 256, m % 256), &rows);
+                    // Fewer sources than a test link allows (`times::MAX_LINK_SOURCES`).
+                    p.sources[0].source = format!("publisher-{}", m % 100);
+                    p
+                })
+                .collect()
+        };
+        generation(
+            id,
+            tables
+                .iter()
+                .enumerate()
+                .map(|(t, n)| (*n, parts(t)))
+                .collect(),
+        )
+    };
+    let mut child = LinkEncoder::with_keys(keys.clone());
+    let mut tla_in = LinkDecoder::forwarding();
+    let mut tla_out = LinkEncoder::with_keys(keys);
+    let mut sql = LinkDecoder::new();
+    let mut forwarded = 0;
+    for id in 1..=3u64 {
+        let g = fleet(id);
+        let f = child.encode(&g, &wanted, 0, 0).expect("child encode");
+        assert_eq!(f.full, id == 1);
+        let c = tla_in.apply(send(&f).0).expect("tla apply");
+        assert_same(&c, &g, &wanted);
+        let at_tla = Generation {
+            id: c.id,
+            round: c.round,
+            tla_round: c.round,
+            sealed_at: c.sealed_at,
+            tables: c.tables,
+            errors: Default::default(),
+            machines: c.machines,
+            clusters: c.clusters,
+        };
+        let out = tla_out.encode(&at_tla, &wanted, 0, 0).expect("tla encode");
+        if id > 1 {
+            let listed: usize = out.tables.iter().map(|t| t.parts.len()).sum();
+            assert_eq!(listed, 3 * per_table, "every part changed and is listed");
+            forwarded += kinds(&out).iter().filter(|k| k.2 == "patch").count();
+        }
+        let at_sql = sql.apply(send(&out).0).expect("sql apply");
+        assert_same(&at_sql, &g, &wanted);
+    }
+    assert!(forwarded >= per_table, "{forwarded} patches passed on");
+}

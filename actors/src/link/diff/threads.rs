@@ -1,0 +1,116 @@
+//! Tables of one large frame encoded or applied on several threads at once.
+//!
+//! A frame's tables are independent of one another once the link's source times are set,
+//! so a frame holding a whole fleet (a SQL node's first complete generation from its TLA:
+//! 420,000 parts at 70,000 machines) need not wait for one thread to go through them all.
+//! Small frames (a cluster's, of which a TLA decodes a thousand at once on its pool) stay
+//! on the calling thread: there the link tasks themselves keep every core busy.
+
+/// Below this many parts in a frame, its tables are done one after another on the calling
+/// thread (starting threads would cost more than it saves).
+pub(super) const PARALLEL_FROM_PARTS: usize = 20_000;
+
+/// `f` of every item, in the items' order. With `weight` (parts) of all items at least
+/// `PARALLEL_FROM_PARTS`, the items are shared among up to as many threads as there are
+/// cores (largest first, each to the thread with the least work so far), the calling thread
+/// being one of them.
+pub(super) fn map_weighted<T, R>(
+    items: Vec<T>,
+    weight: impl Fn(&T) -> usize,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<R>
+where
+    T: Send,
+    R: Send,
+{
+    let total: usize = items.iter().map(&weight).sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores.min(items.len());
+    if total < PARALLEL_FROM_PARTS || threads < 2 {
+        return items.into_iter().map(f).collect();
+    }
+    // Longest processing time first: each item, heaviest first, to the least loaded thread.
+    let mut order: Vec<(usize, usize)> = items.iter().map(&weight).enumerate().collect();
+    order.sort_by_key(|&(_, w)| std::cmp::Reverse(w));
+    let mut load = vec![0usize; threads];
+    let mut thread_of = vec![0usize; items.len()];
+    for (i, w) in order {
+        let t = (0..threads).min_by_key(|&t| load[t]).unwrap_or(0);
+        load[t] += w;
+        thread_of[i] = t;
+    }
+    let mut bins: Vec<Vec<(usize, T)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        bins[thread_of[i]].push((i, item));
+    }
+    let f = &f;
+    let run = move |bin: Vec<(usize, T)>| -> Vec<(usize, R)> {
+        bin.into_iter().map(|(i, item)| (i, f(item))).collect()
+    };
+    let mut done: Vec<(usize, R)> = std::thread::scope(|s| {
+        let mut bins = bins.into_iter();
+        let here = bins.next().unwrap_or_default();
+        let others: Vec<_> = bins.map(|bin| s.spawn(move || run(bin))).collect();
+        let mut done = run(here);
+        for h in others {
+            // A panic on another thread is this call's panic, as if it had run here.
+            match h.join() {
+                Ok(mut r) => done.append(&mut r),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        done
+    });
+    done.sort_unstable_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_keep_the_items_order_on_one_thread_or_several() {
+        let few: Vec<usize> = (0..7).collect();
+        assert_eq!(
+            map_weighted(few.clone(), |_| 1, |i| i * 10),
+            (0..7).map(|i| i * 10).collect::<Vec<_>>()
+        );
+        // Heavy enough to be shared: unequal weights, more items than threads.
+        let weights = [50_000, 10, 30_000, 7, 20_000, 1, 90_000];
+        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+        let out = map_weighted(
+            weights.to_vec(),
+            |w| *w,
+            |w| {
+                threads
+                    .lock()
+                    .map(|mut t| t.insert(std::thread::current().id()))
+                    .ok();
+                w + 1
+            },
+        );
+        assert_eq!(out, weights.iter().map(|w| w + 1).collect::<Vec<_>>());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let used = threads.lock().map(|t| t.len()).unwrap_or(0);
+        assert_eq!(used, cores.min(weights.len()), "one thread per core");
+    }
+
+    #[test]
+    fn a_panic_on_another_thread_reaches_the_caller() {
+        let r = std::panic::catch_unwind(|| {
+            map_weighted(
+                vec![30_000usize, 30_000, 30_000],
+                |w| *w,
+                |w| {
+                    if std::thread::current().name().is_none() {
+                        panic!("on a spawned thread");
+                    }
+                    w
+                },
+            )
+        });
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(r.is_err(), cores > 1);
+    }
+}
