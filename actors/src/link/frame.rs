@@ -234,8 +234,13 @@ fn too_large(size: usize, limit: usize) -> LinkError {
 
 /// Serializes and compresses `msg` into a whole frame, length prefix included.
 pub fn encode_frame<T: Serialize>(msg: &T, codec: Codec) -> Result<Vec<u8>, LinkError> {
-    let raw = postcard::to_stdvec(msg).map_err(|e| LinkError::Encode(e.to_string()))?;
+    let err = |e: postcard::Error| LinkError::Encode(e.to_string());
+    // Sized first: a whole fleet's frame is hundreds of MB before compression, and growing
+    // it by doubling copied it over and over into freshly faulted pages (a TLA's profile).
+    let size = postcard::experimental::serialized_size(msg).map_err(err)?;
+    let raw = postcard::to_extend(msg, Vec::with_capacity(size)).map_err(err)?;
     let payload = codec.compress(&raw)?;
+    drop(raw);
     let rest = payload.len() + 1;
     let len = u32::try_from(rest).map_err(|_| too_large(rest, u32::MAX as usize))?;
     let mut frame = Vec::with_capacity(LEN_BYTES + rest);
