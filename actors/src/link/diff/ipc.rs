@@ -73,7 +73,14 @@ impl IpcWriter {
             &self.options,
             &mut self.context,
         )?;
-        let mut out = Vec::new();
+        // Sized once (each message: an 8-byte prefix, metadata and body, each padded to 8):
+        // growing the buffer was 5% of a TLA's profile while it encoded a whole fleet.
+        let size = dictionaries
+            .iter()
+            .chain([&encoded])
+            .map(|e| 8 + e.ipc_message.len() + 7 + e.arrow_data.len() + 7)
+            .sum();
+        let mut out = Vec::with_capacity(size);
         for d in dictionaries {
             write_message(&mut out, d, &self.options)?;
         }
