@@ -563,12 +563,26 @@ fn decoder_refuses_inconsistent_patches() {
     assert_eq!(back.column(0), &i64s(vec![1]));
 }
 
+/// What a forwarding node (a TLA) sends on: the generation it got from its child, as its
+/// own.
+fn as_forwarded(c: super::ChildGeneration) -> crate::generation::Generation {
+    crate::generation::Generation {
+        id: c.id,
+        round: c.round,
+        tla_round: c.round,
+        sealed_at: c.sealed_at,
+        tables: c.tables,
+        errors: Default::default(),
+        machines: c.machines,
+        clusters: c.clusters,
+    }
+}
+
 /// A TLA in the middle (a forwarding decoder, then its own encoder): with random churn, its
 /// parent always holds the child's rows, and the TLA forwards the child's patches as they
 /// came rather than matching the parts again; after a reset it starts over in full.
 #[test]
 fn a_forwarding_node_passes_patches_on_and_its_parent_stays_in_step() {
-    use crate::generation::Generation;
     let s = schema();
     let ns = names(40);
     let mut rng = SmallRng::seed_from_u64(11);
@@ -624,16 +638,7 @@ fn a_forwarding_node_passes_patches_on_and_its_parent_stays_in_step() {
             .collect();
         let c = tla_in.apply(send(&f).0).expect("tla apply");
         assert_same(&c, &g, &sys_only());
-        let at_tla = Generation {
-            id: c.id,
-            round: c.round,
-            tla_round: c.round,
-            sealed_at: c.sealed_at,
-            tables: c.tables,
-            errors: Default::default(),
-            machines: c.machines,
-            clusters: c.clusters,
-        };
+        let at_tla = as_forwarded(c);
         let f = tla_out
             .encode(&at_tla, &sys_only(), 8, 0)
             .expect("tla encode");
@@ -780,7 +785,6 @@ fn deltas_travel_in_the_narrowest_integer_that_holds_them() {
 /// and the forwarding node still passes the child's patches on.
 #[test]
 fn a_whole_fleets_frame_is_shared_among_threads_and_stays_exact() {
-    use crate::generation::Generation;
     let tables = ["load", "processes", "sys"];
     let per_table = super::threads::PARALLEL_FROM_PARTS / 3 + 500;
     let keys: TableKeys = Arc::new(HashMap::from([
@@ -827,16 +831,7 @@ fn a_whole_fleets_frame_is_shared_among_threads_and_stays_exact() {
         assert_eq!(f.full, id == 1);
         let c = tla_in.apply(send(&f).0).expect("tla apply");
         assert_same(&c, &g, &wanted);
-        let at_tla = Generation {
-            id: c.id,
-            round: c.round,
-            tla_round: c.round,
-            sealed_at: c.sealed_at,
-            tables: c.tables,
-            errors: Default::default(),
-            machines: c.machines,
-            clusters: c.clusters,
-        };
+        let at_tla = as_forwarded(c);
         let out = tla_out.encode(&at_tla, &wanted, 0, 0).expect("tla encode");
         if id > 1 {
             let listed: usize = out.tables.iter().map(|t| t.parts.len()).sum();

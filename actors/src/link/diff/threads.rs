@@ -10,6 +10,9 @@
 /// thread (starting threads would cost more than it saves).
 pub(super) const PARALLEL_FROM_PARTS: usize = 20_000;
 
+/// The name of the threads that share a frame's tables with the calling one.
+const THREAD_NAME: &str = "query-link-tables";
+
 /// `f` of every item, in the items' order. With `weight` (parts) of all items at least
 /// `PARALLEL_FROM_PARTS`, the items are shared among up to as many threads as there are
 /// cores (largest first, each to the thread with the least work so far), the calling thread
@@ -49,8 +52,30 @@ where
     };
     let mut done: Vec<(usize, R)> = std::thread::scope(|s| {
         let mut bins = bins.into_iter();
-        let here = bins.next().unwrap_or_default();
-        let others: Vec<_> = bins.map(|bin| s.spawn(move || run(bin))).collect();
+        let mut here = bins.next().unwrap_or_default();
+        let mut others = Vec::new();
+        for bin in bins {
+            // The thread gets its tables once it runs: one that cannot be started (a
+            // process at its thread limit) leaves them to this one, slower but no error.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(usize, T)>>(1);
+            // Stacks as the compute pool's, whose thread would otherwise do this work.
+            let started = std::thread::Builder::new()
+                .name(THREAD_NAME.into())
+                .stack_size(crate::sql::STACK_BYTES)
+                .spawn_scoped(s, move || run(rx.recv().unwrap_or_default()));
+            match started {
+                Ok(h) => {
+                    if let Err(std::sync::mpsc::SendError(bin)) = tx.send(bin) {
+                        here.extend(bin);
+                    }
+                    others.push(h);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "no thread for a frame's tables; this one does them");
+                    here.extend(bin);
+                }
+            }
+        }
         let mut done = run(here);
         for h in others {
             // A panic on another thread is this call's panic, as if it had run here.
@@ -103,8 +128,8 @@ mod tests {
                 vec![30_000usize, 30_000, 30_000],
                 |w| *w,
                 |w| {
-                    if std::thread::current().name().is_none() {
-                        panic!("on a spawned thread");
+                    if std::thread::current().name() == Some(THREAD_NAME) {
+                        panic!("on a thread of its own");
                     }
                     w
                 },
