@@ -370,7 +370,9 @@ impl Session {
         {
             let bytes = body.len() as u64 + 4;
             let started = Instant::now();
-            match decode_frame::<ToParent>(&body, max)? {
+            let message = decode_frame::<ToParent>(&body, max)?;
+            let decoded = started.elapsed();
+            match message {
                 ToParent::Generation(mut frame) => {
                     if let Some((a, session)) = &assignment {
                         // Before the delivery: a seal that sees this round here finds the
@@ -379,7 +381,7 @@ impl Session {
                     }
                     let full = frame.full;
                     let full_copy = frame.is_full_copy();
-                    let decoded = started.elapsed();
+                    let applying = Instant::now();
                     let generation = decoder.apply(frame)?;
                     tracing::debug!(
                         child = %self.child,
@@ -388,7 +390,7 @@ impl Session {
                         bytes,
                         full,
                         decode_ms = decoded.as_millis() as u64,
-                        apply_ms = (started.elapsed() - decoded).as_millis() as u64,
+                        apply_ms = applying.elapsed().as_millis() as u64,
                         "generation from child"
                     );
                     let now = Instant::now();

@@ -9,9 +9,9 @@
 //! sort) and placed among their group's best k, kept sorted. At 70,000 machines
 //! (`report_top_rss_per_cluster`: a top 3 of 840,000 rows in 1,400 groups) that took it
 //! from 26 to 14 ms (its `elapsed_compute` under `BENCH_NARROW=1
-//! BENCH_EXPLAIN=report_top_rss_per_cluster cargo bench --bench sql`). Rows live in their input batches until the end; when few of the
-//! retained rows are still kept, the kept ones are copied into one batch and the rest is
-//! freed. The output is the kept rows sorted by their whole key, as the window above
+//! BENCH_EXPLAIN=report_top_rss_per_cluster cargo bench --bench sql`). Rows live in their
+//! input batches until the end; when few of the retained rows are still kept, the kept
+//! ones are copied into one batch and the rest is freed. The output is the kept rows sorted by their whole key, as the window above
 //! expects.
 
 use std::fmt;
