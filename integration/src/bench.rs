@@ -262,10 +262,14 @@ impl SimulatedFleet {
                 link_tls("tla", &tla_ip),
             ),
         );
+        // The TLA's full copy to the SQL node is about 6.3 kB per machine decompressed
+        // (1.58 GB at 250,000 machines): past the default `max_frame_bytes` (1 GiB) from
+        // about 160,000 machines, where the SQL node would refuse it and dial again.
+        let max_frame = (machines * 8 * 1024).max(1 << 30);
         let sql_cfg = write(
             "sql.toml",
             format!(
-                "{}\n[link]\nchildren = [\"{tla_link}\"]\ndrop_after = \"{drop_after}\"\n\n[requests]\nprewarm = \"prewarm.toml\"\nwait = \"600s\"\n\n{sql_extra}\n{}",
+                "{}\n[link]\nchildren = [\"{tla_link}\"]\ndrop_after = \"{drop_after}\"\nmax_frame_bytes = {max_frame}\n\n[requests]\nprewarm = \"prewarm.toml\"\nwait = \"600s\"\n\n{sql_extra}\n{}",
                 common(&sql_ip, Self::SQL_TENTHS),
                 link_tls("sql", &sql_ip),
             ),

@@ -129,3 +129,52 @@ fn simulated_machines_feed_real_cluster_proxies() {
         assert_eq!(h["machines"], 4, "{h}");
     }
 }
+
+/// A full copy past `[link] max_frame_bytes` is refused with the key named in the log (and
+/// in `query_links.last_error`, which a parent above this node would show), and the node
+/// goes on answering: a full copy grows with the fleet, so this is the first limit a larger
+/// fleet meets.
+#[test]
+fn a_full_copy_past_max_frame_bytes_names_the_key() {
+    let sim = Simulator::start(&[
+        "--machines",
+        "20",
+        "--clusters",
+        "1",
+        "--serve",
+        "clusters",
+        "--listen",
+        "127.0.54.1:7600",
+        "--interval",
+        "1s",
+        "--offset",
+        "100ms",
+    ]);
+    let ws = Workspace::new();
+    let prewarm = ws.path("prewarm.toml");
+    std::fs::write(&prewarm, "tables = [\"sys\", \"processes\"]\n").expect("prewarm");
+    let sql = ws.start(
+        "tla-sql",
+        &format!(
+            "{}\n{}max_frame_bytes = 4096\nmax_request_frame_bytes = 4096\n\n[requests]\nprewarm = \"{}\"\n",
+            node_section("127.0.54.5", 500),
+            link(&sim.children),
+            prewarm.display()
+        ),
+    );
+    // In the log, as the link is dialled again after each refusal.
+    let why = sql.eventually(LIMIT, "the refusal in the log", || {
+        let log = std::fs::read_to_string(&sql.stderr_log).unwrap_or_default();
+        log.lines()
+            .find(|l| l.contains("exceeds 4096 bytes ([link] max_frame_bytes)"))
+            .map(str::to_string)
+    });
+    assert!(why.contains("raise the key on this node"), "{why}");
+    let (status, a) = sql.sql("SELECT 1");
+    assert_eq!((status, &a["rows"]), (200, &json!([[1]])), "{a}");
+    assert_eq!(
+        sql.get_json("/health")["machines"],
+        0,
+        "no copy came through"
+    );
+}

@@ -33,6 +33,13 @@ use super::LinkError;
 /// allocate without bound.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 30;
 
+/// Serialized size from which a zstd frame is compressed as it is serialized. Below it the
+/// message is serialized whole, then compressed: postcard writes a varint a byte at a time,
+/// and through a writer those calls cost a steady diff frame of 70,000 machines (7 MB)
+/// 7% more time to encode (`tla-merge`), while a full copy of them (448 MB) took a third
+/// of the time streamed.
+const STREAM_FROM_BYTES: usize = 32 << 20;
+
 /// Bytes of the length prefix.
 const LEN_BYTES: usize = 4;
 
@@ -233,21 +240,57 @@ fn too_large(size: usize, limit: usize) -> LinkError {
 }
 
 /// Serializes and compresses `msg` into a whole frame, length prefix included.
+///
+/// Uncompressed frames, and zstd frames of [`STREAM_FROM_BYTES`] or more, are serialized
+/// straight into the frame or the compressor: a whole fleet's full copy is 1.58 GB
+/// serialized at 250,000 machines (448 MB at 70,000), and holding it once more before
+/// compression set the sender's peak (BENCHMARKS.md, `fleet-big`). Sized first: the zstd
+/// frame records its size, which the receiver checks against its limit before
+/// decompressing, and a growing buffer would be copied over and over into freshly faulted
+/// pages (a TLA's profile).
 pub fn encode_frame<T: Serialize>(msg: &T, codec: Codec) -> Result<Vec<u8>, LinkError> {
     let err = |e: postcard::Error| LinkError::Encode(e.to_string());
-    // Sized first: a whole fleet's frame is hundreds of MB before compression, and growing
-    // it by doubling copied it over and over into freshly faulted pages (a TLA's profile).
     let size = postcard::experimental::serialized_size(msg).map_err(err)?;
-    let raw = postcard::to_extend(msg, Vec::with_capacity(size)).map_err(err)?;
-    let payload = codec.compress(&raw)?;
-    drop(raw);
-    let rest = payload.len() + 1;
+    let header = |capacity: usize| {
+        let mut frame = Vec::with_capacity(LEN_BYTES + 1 + capacity);
+        frame.extend_from_slice(&[0; LEN_BYTES]);
+        frame.push(codec.id());
+        frame
+    };
+    let mut frame = match codec {
+        Codec::None => postcard::to_extend(msg, header(size)).map_err(err)?,
+        Codec::Zstd if size >= STREAM_FROM_BYTES => zstd_stream_into(msg, size, header(size / 8))?,
+        Codec::Zstd | Codec::Lz4 => {
+            let raw = postcard::to_extend(msg, Vec::with_capacity(size)).map_err(err)?;
+            let payload = codec.compress(&raw)?;
+            drop(raw);
+            let mut frame = header(payload.len());
+            frame.extend_from_slice(&payload);
+            frame
+        }
+    };
+    let rest = frame.len() - LEN_BYTES;
     let len = u32::try_from(rest).map_err(|_| too_large(rest, u32::MAX as usize))?;
-    let mut frame = Vec::with_capacity(LEN_BYTES + rest);
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.push(codec.id());
-    frame.extend_from_slice(&payload);
+    frame[..LEN_BYTES].copy_from_slice(&len.to_be_bytes());
     Ok(frame)
+}
+
+/// Serializes `msg` (`size` bytes) through a zstd encoder appending to `frame`, the size
+/// recorded in the zstd frame as [`Codec::compress`] records it.
+fn zstd_stream_into<T: Serialize>(
+    msg: &T,
+    size: usize,
+    frame: Vec<u8>,
+) -> Result<Vec<u8>, LinkError> {
+    let ioerr = |e: std::io::Error| LinkError::Encode(format!("zstd: {e}"));
+    let mut enc = zstd::stream::write::Encoder::new(frame, ZSTD_LEVEL).map_err(ioerr)?;
+    enc.include_contentsize(true).map_err(ioerr)?;
+    enc.set_pledged_src_size(Some(size as u64)).map_err(ioerr)?;
+    // Buffered: postcard's one-byte writes become copies, not calls into zstd.
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, enc);
+    postcard::to_io(msg, &mut w).map_err(|e| LinkError::Encode(e.to_string()))?;
+    let enc = w.into_inner().map_err(|e| ioerr(e.into_error()))?;
+    enc.finish().map_err(ioerr)
 }
 
 /// Decodes a frame's body (what follows the length prefix, as [`read_frame`] returns it).
@@ -453,6 +496,52 @@ mod tests {
                 Err(LinkError::FrameTooLarge { limit, .. }) => assert_eq!(limit, 10_000),
                 other => panic!("{codec:?}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_large_zstd_frame_is_compressed_as_it_is_serialized_and_records_its_size() {
+        // Past STREAM_FROM_BYTES: many parts (postcard's varints and keys between byte
+        // strings) that compress about as link data does.
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut parts = Vec::new();
+        let mut size = 0;
+        while size <= STREAM_FROM_BYTES + (1 << 20) {
+            let rows: Vec<u8> = (0..4000).map(|_| rng.random_range(0..4)).collect();
+            size += rows.len() + 20;
+            parts.push(PartFrame {
+                key: format!("10.0.{}.{}", parts.len() / 250, parts.len() % 250).into(),
+                sources: Sources::Held,
+                rows: PartRows::Full(rows),
+            });
+        }
+        let msg = TableFrame {
+            name: "processes".into(),
+            schema: None,
+            listing: Listing::Changes { gone: vec![] },
+            parts,
+            patches: vec![],
+        };
+        let serialized = postcard::to_stdvec(&msg).expect("ser").len();
+        assert!(serialized >= STREAM_FROM_BYTES, "{serialized}");
+        let frame = encode_frame(&msg, Codec::Zstd).expect("encode");
+        let (_, payload) = split_codec(body(&frame)).expect("codec");
+        let declared = zstd::zstd_safe::get_frame_content_size(payload).expect("header");
+        assert_eq!(
+            declared,
+            Some(serialized as u64),
+            "the receiver checks this first"
+        );
+        assert!(
+            payload.len() < serialized / 2,
+            "compressed: {}",
+            payload.len()
+        );
+        let back: TableFrame = decode_frame(body(&frame), serialized).expect("decode");
+        assert_eq!(back, msg);
+        match decode_frame::<TableFrame>(body(&frame), serialized - 1) {
+            Err(LinkError::FrameTooLarge { size, .. }) => assert_eq!(size, serialized as u64),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -366,11 +366,12 @@ impl Session {
         // anyway, so the link is closed and dialled again (at its next address, if any).
         while let Some(body) = tokio::time::timeout(silent, read_frame(rd, max))
             .await
-            .map_err(|_| LinkError::Silent(silent))??
+            .map_err(|_| LinkError::Silent(silent))?
+            .map_err(name_frame_limit)?
         {
             let bytes = body.len() as u64 + 4;
             let started = Instant::now();
-            let message = decode_frame::<ToParent>(&body, max)?;
+            let message = decode_frame::<ToParent>(&body, max).map_err(name_frame_limit)?;
             let decoded = started.elapsed();
             match message {
                 ToParent::Generation(mut frame) => {
@@ -415,6 +416,21 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+/// Names the key behind a generation frame refused for its size. A child's first frame is a
+/// full copy of what it holds, so the frame grows with the fleet below it: a TLA's full copy
+/// of 250,000 simulated machines' six tables is 1.6 GB decompressed, past the default
+/// (BENCHMARKS.md, `fleet-big`). The link is dialled again after the backoff, and refused
+/// again until the key is raised.
+fn name_frame_limit(e: LinkError) -> LinkError {
+    match e {
+        LinkError::FrameTooLarge { size, limit } => LinkError::Limit(format!(
+            "a generation frame of {size} bytes exceeds {limit} bytes ([link] max_frame_bytes): \
+             a full copy grows with the fleet below the child; raise the key on this node"
+        )),
+        other => other,
     }
 }
 
