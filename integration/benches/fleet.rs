@@ -16,7 +16,7 @@
 //!   written, which the per-generation answer cache may serve): queries/s, p50/p99 latency,
 //!   and the SQL node's CPU per query.
 //!
-//! `BENCH_SCALE` (default 1.0) scales the fleets; `BENCH_FLEETS` (e.g. `150000`) replaces
+//! `BENCH_SCALE` (default 1.0) scales the fleets; `BENCH_FLEETS` (e.g. `250000`) replaces
 //! the fleet sizes (then the section is `fleet-big`, a table of its own); `BENCH_SECONDS`
 //! (default 15) is each throughput run per fleet.
 

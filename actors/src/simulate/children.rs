@@ -207,16 +207,19 @@ impl SimulatedChildren {
         let (fleet, senders, serve) = (self.fleet.clone(), self.senders.clone(), self.serve);
         // Moving the fleet and cutting it into generations is CPU work: on the pool.
         let work = self.pool.spawn(async move {
-            let generations = fleet.lock().unwrap_or_else(|p| p.into_inner()).seal_round(
+            let cut = fleet.lock().unwrap_or_else(|p| p.into_inner()).cut_round(
                 serve,
                 id,
                 round,
                 SystemTime::now(),
             );
-            for (child, g) in generations {
+            for (child, g) in cut {
                 if let Some(tx) = senders.get(&child) {
                     tx.send_replace(Some(g));
                 }
+                // The child's parents (sessions on this pool) encode its new generation,
+                // and let go of its last one, before the next child's is cut.
+                tokio::task::yield_now().await;
             }
         });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(|res, act, _| {

@@ -9,17 +9,19 @@ pub mod children;
 pub mod hierarchy;
 pub mod standalone;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use datafusion::arrow::array::StringArray;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::edge::{Collected, LocalPublisher, Published};
-use crate::generation::{Generation, GenerationBuilder, SourceStamp};
+use crate::generation::{Generation, GenerationBuilder, Part, SourceStamp};
 use crate::table::{unix_millis, Cell, SchemaRegistry, TableBuilder, TableDef};
 use children::Serve;
 
@@ -202,45 +204,6 @@ impl FleetSimulator {
             .collect()
     }
 
-    /// One round as every machine's own edge agent would publish it: per machine, each
-    /// table's rows as one part (slices of the fleet-wide batches, no copy).
-    pub fn collect_per_machine(&mut self, now: SystemTime) -> BTreeMap<String, Vec<Published>> {
-        let fleet = self.collect(now).tables;
-        let mut out: BTreeMap<String, Vec<Published>> = BTreeMap::new();
-        for p in fleet {
-            let stamps: HashMap<&str, SystemTime> = p
-                .part
-                .sources
-                .iter()
-                .map(|s| (s.source.as_str(), s.published_at))
-                .collect();
-            let batch = &p.part.batch;
-            let Some(ips) = batch.column(0).as_any().downcast_ref::<StringArray>() else {
-                continue;
-            };
-            // A machine's rows are contiguous: cut the batch at each change of machine_ip.
-            let mut start = 0;
-            for i in 1..=batch.num_rows() {
-                if i < batch.num_rows() && ips.value(i) == ips.value(start) {
-                    continue;
-                }
-                let ip = ips.value(start).to_string();
-                let published_at = stamps.get(ip.as_str()).copied().unwrap_or(now);
-                out.entry(ip.clone()).or_default().push(Published::new(
-                    &p.table,
-                    format!("{ip}/simulated"),
-                    batch.slice(start, i - start),
-                    vec![SourceStamp {
-                        source: ip,
-                        published_at,
-                    }],
-                ));
-                start = i;
-            }
-        }
-        out
-    }
-
     /// One round cut into one generation per child, by child name: per machine
     /// ([`Serve::Machines`], what an edge seals) or per cluster ([`Serve::Clusters`], what a
     /// cluster proxy seals: a part per machine). Every shipped table is declared, so a
@@ -252,44 +215,60 @@ impl FleetSimulator {
         round: u64,
         now: SystemTime,
     ) -> BTreeMap<String, Arc<Generation>> {
-        let child_of: HashMap<String, String> = self
-            .machines
-            .iter()
-            .map(|m| {
-                let child = match serve {
-                    Serve::Machines => m.ip.clone(),
-                    Serve::Clusters => m.cluster.clone(),
-                };
-                (m.ip.clone(), child)
+        self.cut_round(serve, id, round, now).collect()
+    }
+
+    /// Moves the fleet one step and returns the round's rows, to be cut into the children's
+    /// generations one child at a time ([`RoundCut`] is an iterator, children in fleet
+    /// order): a server can hand each child's generation on before the next is cut, so
+    /// the parts of two whole rounds are never held at once (at 250,000 machines they
+    /// are 2.5 GB a round: a column's slice costs more than its rows).
+    pub fn cut_round(&mut self, serve: Serve, id: u64, round: u64, now: SystemTime) -> RoundCut {
+        let tables = self
+            .collect(now)
+            .tables
+            .into_iter()
+            .filter_map(|p| {
+                let ips = p
+                    .part
+                    .batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<StringArray>()?
+                    .clone();
+                Some(RoundTable {
+                    name: p.table,
+                    batch: p.part.batch,
+                    ips,
+                    next_row: 0,
+                })
             })
             .collect();
-        let per_machine = self.collect_per_machine(now);
-        let mut builders: BTreeMap<&str, (GenerationBuilder, u64)> = BTreeMap::new();
-        for (ip, tables) in per_machine {
-            let Some(child) = child_of.get(&ip) else {
-                continue;
-            };
-            let (b, machines) = builders.entry(child.as_str()).or_insert_with(|| {
-                let mut b = GenerationBuilder::default();
-                for def in self.schemas.iter() {
-                    b.declare(&def.name, def.arrow_schema(true));
-                }
-                (b, 0)
-            });
-            *machines += 1;
-            for p in tables {
-                if let Err(e) = b.add(&p.table, p.part) {
-                    tracing::warn!(machine = ip, error = %e, "simulated rows refused");
-                }
-            }
-        }
-        builders
-            .into_iter()
-            .map(|(child, (mut b, machines))| {
-                b.counts(machines, 1);
-                (child.to_string(), b.seal(id, round, now))
+        let machines = self
+            .machines
+            .iter()
+            .map(|m| RoundMachine {
+                ip: m.ip.clone(),
+                child: match serve {
+                    Serve::Machines => m.ip.clone(),
+                    Serve::Clusters => m.cluster.clone(),
+                },
+                published_at: m.published_at,
             })
-            .collect()
+            .collect();
+        RoundCut {
+            declared: self
+                .schemas
+                .iter()
+                .map(|def| (def.name.clone(), def.arrow_schema(true)))
+                .collect(),
+            tables,
+            machines,
+            next_machine: 0,
+            id,
+            round,
+            now,
+        }
     }
 
     /// Moves the churned machines' values one step.
@@ -355,6 +334,81 @@ impl FleetSimulator {
             b.finish(),
             sources,
         ))
+    }
+}
+
+/// One simulated round's rows, cut into the children's generations as it is iterated
+/// ([`FleetSimulator::cut_round`]).
+pub struct RoundCut {
+    declared: Vec<(String, SchemaRef)>,
+    tables: Vec<RoundTable>,
+    /// In fleet order, which is every table's row order.
+    machines: Vec<RoundMachine>,
+    next_machine: usize,
+    id: u64,
+    round: u64,
+    now: SystemTime,
+}
+
+/// A table's rows for the whole fleet, machine after machine, and the first row not yet
+/// cut into a part.
+struct RoundTable {
+    name: String,
+    batch: RecordBatch,
+    /// The `machine_ip` column.
+    ips: StringArray,
+    next_row: usize,
+}
+
+struct RoundMachine {
+    ip: String,
+    child: String,
+    published_at: SystemTime,
+}
+
+impl Iterator for RoundCut {
+    type Item = (String, Arc<Generation>);
+
+    /// The next child's generation: each of its machines' rows of each table as one part
+    /// (slices of the fleet-wide batches, no copy), as its own edge agent would publish
+    /// them.
+    fn next(&mut self) -> Option<Self::Item> {
+        let child = self.machines.get(self.next_machine)?.child.clone();
+        let mut b = GenerationBuilder::default();
+        for (name, schema) in &self.declared {
+            b.declare(name, schema.clone());
+        }
+        let mut machines = 0;
+        while let Some(m) = self
+            .machines
+            .get(self.next_machine)
+            .filter(|m| m.child == child)
+        {
+            machines += 1;
+            for t in &mut self.tables {
+                let start = t.next_row;
+                while t.next_row < t.batch.num_rows() && t.ips.value(t.next_row) == m.ip {
+                    t.next_row += 1;
+                }
+                if t.next_row == start {
+                    continue;
+                }
+                let part = Part {
+                    key: format!("{}/simulated", m.ip),
+                    batch: t.batch.slice(start, t.next_row - start),
+                    sources: vec![SourceStamp {
+                        source: m.ip.clone(),
+                        published_at: m.published_at,
+                    }],
+                };
+                if let Err(e) = b.add(&t.name, part) {
+                    tracing::warn!(machine = m.ip, error = %e, "simulated rows refused");
+                }
+            }
+            self.next_machine += 1;
+        }
+        b.counts(machines, 1);
+        Some((child, b.seal(self.id, self.round, self.now)))
     }
 }
 
@@ -510,6 +564,46 @@ mod tests {
             sys.part.batch.column(9),
             sys2.part.batch.column(9),
             "memavailable changed with churn 1.0"
+        );
+    }
+
+    #[test]
+    fn a_round_is_cut_into_each_childs_machines_one_part_each() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+        let schemas = crate::table::load_schema_dir(&dir).expect("schemas");
+        let cfg = SimulateConfig {
+            machines: 12,
+            clusters: 3,
+            ..Default::default()
+        };
+        let mut sim = FleetSimulator::new(&cfg, schemas);
+        let now = SystemTime::now();
+        let clusters: Vec<_> = sim.cut_round(Serve::Clusters, 1, 1, now).collect();
+        let names: Vec<&str> = clusters.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(names, ["cluster-0000", "cluster-0001", "cluster-0002"]);
+        let mut processes = 0;
+        for (_, g) in &clusters {
+            assert_eq!((g.machines, g.clusters), (4, 1));
+            for name in TABLES {
+                let t = &g.tables[name];
+                assert_eq!(t.parts.len(), 4, "{name}: a part per machine");
+                for p in &t.parts {
+                    let ips = p.batch.column(0).as_any().downcast_ref::<StringArray>();
+                    let ips = ips.expect("machine_ip");
+                    let ip = &p.sources[0].source;
+                    assert_eq!(p.key, format!("{ip}/simulated"));
+                    assert!(ips.iter().all(|v| v == Some(ip.as_str())), "{name}: {ip}");
+                }
+            }
+            processes += g.tables["processes"].rows();
+        }
+        let whole = sim.seal_round(Serve::Machines, 2, 2, now);
+        assert_eq!(whole.len(), 12, "a generation per machine");
+        assert!(whole.values().all(|g| g.machines == 1));
+        let again: usize = whole.values().map(|g| g.tables["processes"].rows()).sum();
+        assert_eq!(
+            (processes, again),
+            (12 * cfg.processes_per_machine, processes)
         );
     }
 
