@@ -130,10 +130,9 @@ fn simulated_machines_feed_real_cluster_proxies() {
     }
 }
 
-/// A full copy past `[link] max_frame_bytes` is refused with the key named in the log (and
-/// in `query_links.last_error`, which a parent above this node would show), and the node
-/// goes on answering: a full copy grows with the fleet, so this is the first limit a larger
-/// fleet meets.
+/// A full copy past `[link] max_frame_bytes` is refused with the key named in the log, and
+/// the node goes on answering: a full copy grows with the fleet, so this is the first limit
+/// a larger fleet meets.
 #[test]
 fn a_full_copy_past_max_frame_bytes_names_the_key() {
     let sim = Simulator::start(&[

@@ -28,13 +28,14 @@ use super::LinkError;
 
 /// The largest frame, and the largest decompressed payload, a node accepts by default. The
 /// first frame from a TLA to a SQL node is a full copy of every requested table of the
-/// fleet: for 70,000 simulated machines' six tables, 442 MB uncompressed (BENCHMARKS.md,
-/// `tla-merge`). 1 GiB leaves room for that without letting a broken peer make a node
-/// allocate without bound.
+/// fleet: for 70,000 simulated machines' six tables, 448 MB uncompressed (BENCHMARKS.md,
+/// `tla-merge`), 1.58 GB for 250,000 (`fleet-big`, which raises the SQL node's limit).
+/// 1 GiB leaves room up to about 160,000 machines without letting a broken peer make a
+/// node allocate without bound.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 30;
 
 /// Serialized size from which a zstd frame is compressed as it is serialized. Below it the
-/// message is serialized whole, then compressed: postcard writes a varint a byte at a time,
+/// message is serialized whole, then compressed: postcard makes a write call per field,
 /// and through a writer those calls cost a steady diff frame of 70,000 machines (7 MB)
 /// 7% more time to encode (`tla-merge`), while a full copy of them (448 MB) took a third
 /// of the time streamed.
@@ -285,12 +286,49 @@ fn zstd_stream_into<T: Serialize>(
     let ioerr = |e: std::io::Error| LinkError::Encode(format!("zstd: {e}"));
     let mut enc = zstd::stream::write::Encoder::new(frame, ZSTD_LEVEL).map_err(ioerr)?;
     enc.include_contentsize(true).map_err(ioerr)?;
+    // More or fewer bytes than pledged is an error, never a frame with a wrong size.
     enc.set_pledged_src_size(Some(size as u64)).map_err(ioerr)?;
-    // Buffered: postcard's one-byte writes become copies, not calls into zstd.
-    let mut w = std::io::BufWriter::with_capacity(1 << 16, enc);
-    postcard::to_io(msg, &mut w).map_err(|e| LinkError::Encode(e.to_string()))?;
-    let enc = w.into_inner().map_err(|e| ioerr(e.into_error()))?;
+    // Buffered: postcard's small writes become copies, not calls into zstd.
+    let mut w = KeepError {
+        inner: std::io::BufWriter::with_capacity(1 << 16, enc),
+        error: None,
+    };
+    if let Err(e) = postcard::to_io(msg, &mut w) {
+        // postcard reports any write error as a full buffer: say what zstd said.
+        return Err(w
+            .error
+            .map_or_else(|| LinkError::Encode(e.to_string()), ioerr));
+    }
+    let enc = w.inner.into_inner().map_err(|e| ioerr(e.into_error()))?;
     enc.finish().map_err(ioerr)
+}
+
+/// A writer that keeps its last error, which postcard would replace with its own.
+struct KeepError<W> {
+    inner: W,
+    error: Option<std::io::Error>,
+}
+
+impl<W: std::io::Write> std::io::Write for KeepError<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf).map_err(|e| self.keep(e))
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.inner.write_all(buf).map_err(|e| self.keep(e))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush().map_err(|e| self.keep(e))
+    }
+}
+
+impl<W> KeepError<W> {
+    fn keep(&mut self, e: std::io::Error) -> std::io::Error {
+        let copy = std::io::Error::new(e.kind(), e.to_string());
+        self.error = Some(e);
+        copy
+    }
 }
 
 /// Decodes a frame's body (what follows the length prefix, as [`read_frame`] returns it).
@@ -524,8 +562,23 @@ mod tests {
         };
         let serialized = postcard::to_stdvec(&msg).expect("ser").len();
         assert!(serialized >= STREAM_FROM_BYTES, "{serialized}");
+        // The streamed payload is the serialized message, compressed.
+        let streamed = zstd_stream_into(&msg, serialized, Vec::new()).expect("stream");
+        let raw = zstd::stream::decode_all(&streamed[..]).expect("zstd");
+        assert_eq!(raw, postcard::to_stdvec(&msg).expect("ser"));
+        // A size that is not the message's is an error, never a frame claiming it.
+        for wrong in [serialized - 1, serialized + 1] {
+            match zstd_stream_into(&msg, wrong, Vec::new()) {
+                Err(LinkError::Encode(e)) => assert!(e.contains("zstd"), "{e}"),
+                other => panic!("{wrong}: {other:?}"),
+            }
+        }
         let frame = encode_frame(&msg, Codec::Zstd).expect("encode");
         let (_, payload) = split_codec(body(&frame)).expect("codec");
+        assert_eq!(
+            payload, streamed,
+            "past STREAM_FROM_BYTES, frames are streamed"
+        );
         let declared = zstd::zstd_safe::get_frame_content_size(payload).expect("header");
         assert_eq!(
             declared,

@@ -419,7 +419,7 @@ impl Session {
     }
 }
 
-/// Names the key behind a generation frame refused for its size. A child's first frame is a
+/// Names the key behind a child's frame refused for its size. A child's first frame is a
 /// full copy of what it holds, so the frame grows with the fleet below it: a TLA's full copy
 /// of 250,000 simulated machines' six tables is 1.6 GB decompressed, past the default
 /// (BENCHMARKS.md, `fleet-big`). The link is dialled again after the backoff, and refused
@@ -427,8 +427,9 @@ impl Session {
 fn name_frame_limit(e: LinkError) -> LinkError {
     match e {
         LinkError::FrameTooLarge { size, limit } => LinkError::Limit(format!(
-            "a generation frame of {size} bytes exceeds {limit} bytes ([link] max_frame_bytes): \
-             a full copy grows with the fleet below the child; raise the key on this node"
+            "a frame of {size} bytes or more (on the wire, or decompressed) exceeds {limit} bytes \
+             ([link] max_frame_bytes): a full copy grows with the fleet below the child; raise \
+             the key on this node"
         )),
         other => other,
     }
