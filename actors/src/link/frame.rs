@@ -260,7 +260,9 @@ pub fn encode_frame<T: Serialize>(msg: &T, codec: Codec) -> Result<Vec<u8>, Link
     };
     let mut frame = match codec {
         Codec::None => postcard::to_extend(msg, header(size)).map_err(err)?,
-        Codec::Zstd if size >= STREAM_FROM_BYTES => zstd_stream_into(msg, size, header(size / 8))?,
+        Codec::Zstd if size >= STREAM_FROM_BYTES => {
+            serialize_into_zstd(msg, size, header(size / 8))?
+        }
         Codec::Zstd | Codec::Lz4 => {
             let raw = postcard::to_extend(msg, Vec::with_capacity(size)).map_err(err)?;
             let payload = codec.compress(&raw)?;
@@ -278,7 +280,7 @@ pub fn encode_frame<T: Serialize>(msg: &T, codec: Codec) -> Result<Vec<u8>, Link
 
 /// Serializes `msg` (`size` bytes) through a zstd encoder appending to `frame`, the size
 /// recorded in the zstd frame as [`Codec::compress`] records it.
-fn zstd_stream_into<T: Serialize>(
+fn serialize_into_zstd<T: Serialize>(
     msg: &T,
     size: usize,
     frame: Vec<u8>,
@@ -560,15 +562,16 @@ mod tests {
             parts,
             patches: vec![],
         };
-        let serialized = postcard::to_stdvec(&msg).expect("ser").len();
+        let whole = postcard::to_stdvec(&msg).expect("ser");
+        let serialized = whole.len();
         assert!(serialized >= STREAM_FROM_BYTES, "{serialized}");
         // The streamed payload is the serialized message, compressed.
-        let streamed = zstd_stream_into(&msg, serialized, Vec::new()).expect("stream");
+        let streamed = serialize_into_zstd(&msg, serialized, Vec::new()).expect("stream");
         let raw = zstd::stream::decode_all(&streamed[..]).expect("zstd");
-        assert_eq!(raw, postcard::to_stdvec(&msg).expect("ser"));
+        assert_eq!(raw, whole);
         // A size that is not the message's is an error, never a frame claiming it.
         for wrong in [serialized - 1, serialized + 1] {
-            match zstd_stream_into(&msg, wrong, Vec::new()) {
+            match serialize_into_zstd(&msg, wrong, Vec::new()) {
                 Err(LinkError::Encode(e)) => assert!(e.contains("zstd"), "{e}"),
                 other => panic!("{wrong}: {other:?}"),
             }

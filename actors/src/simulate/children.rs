@@ -218,8 +218,8 @@ impl SimulatedChildren {
                     tx.send_replace(Some(g));
                 }
                 // The child's parents (sessions on this pool) usually encode its new
-                // generation, and let go of its last one, before the next child's is cut:
-                // the simulator peaked at 5.3 GiB at 250,000 machines, 7.9 without.
+                // generation, and let go of its last one, before the next child's is cut
+                // (the simulator's peak at 250,000 machines: BENCHMARKS.md, goal 7).
                 tokio::task::yield_now().await;
             }
         });
@@ -257,7 +257,6 @@ mod tests {
     use crate::link::frame::{decode_frame, encode_frame, read_frame, write_frame};
     use crate::link::wire::{ToChild, ToParent, LINK_VERSION};
     use crate::simulate::SimulateConfig;
-    use crate::table::load_schema_dir;
     use crate::tier::transport::dial;
 
     /// `n` free consecutive ports on 127.0.0.1 (bound, checked and released).
@@ -283,9 +282,7 @@ mod tests {
     /// generation holding every machine of that cluster, counted as one cluster.
     #[actix::test]
     async fn a_simulated_cluster_serves_all_its_machines_over_tcp() {
-        let schemas =
-            load_schema_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas"))
-                .expect("schemas");
+        let schemas = crate::simulate::tests::shipped_schemas();
         let cfg = SimulateConfig {
             machines: 12,
             clusters: 3,

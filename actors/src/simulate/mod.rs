@@ -553,13 +553,17 @@ fn end_user_region(rng: &mut SmallRng) -> (i64, i64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The repository's table schemas, which the simulated fleet publishes.
+    pub(crate) fn shipped_schemas() -> SchemaRegistry {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+        crate::table::load_schema_dir(&dir).expect("schemas")
+    }
 
     #[test]
     fn fleet_publishes_every_table_for_every_machine_and_changes() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
-        let schemas = crate::table::load_schema_dir(&dir).expect("schemas");
         let cfg = SimulateConfig {
             machines: 40,
             clusters: 4,
@@ -567,7 +571,7 @@ mod tests {
             ..Default::default()
         };
         cfg.validate().expect("valid");
-        let mut sim = FleetSimulator::new(&cfg, schemas);
+        let mut sim = FleetSimulator::new(&cfg, shipped_schemas());
         let first = sim.collect(SystemTime::now()).tables;
         assert_eq!(first.len(), 6);
         let sys = first.iter().find(|p| p.table == "sys").expect("sys");
@@ -584,14 +588,12 @@ mod tests {
 
     #[test]
     fn a_round_is_cut_into_each_childs_machines_one_part_each() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
-        let schemas = crate::table::load_schema_dir(&dir).expect("schemas");
         let cfg = SimulateConfig {
             machines: 12,
             clusters: 3,
             ..Default::default()
         };
-        let mut sim = FleetSimulator::new(&cfg, schemas);
+        let mut sim = FleetSimulator::new(&cfg, shipped_schemas());
         let now = SystemTime::now();
         let clusters: Vec<_> = sim.cut_round(Serve::Clusters, 1, 1, now).collect();
         let names: Vec<&str> = clusters.iter().map(|(c, _)| c.as_str()).collect();

@@ -11,8 +11,8 @@
 //! from 26 to 14 ms (its `elapsed_compute` under `BENCH_NARROW=1
 //! BENCH_EXPLAIN=report_top_rss_per_cluster cargo bench --bench sql`). Rows live in their
 //! input batches until the end; when few of the retained rows are still kept, the kept
-//! ones are copied into one batch and the rest is freed. The output is the kept rows sorted by their whole key, as the window above
-//! expects.
+//! ones are copied into one batch and the rest is freed. The output is the kept rows
+//! sorted by their whole key, as the window above expects.
 
 use std::fmt;
 use std::sync::Arc;
