@@ -50,6 +50,8 @@ pub struct Metrics {
     pub queries_incomplete: AtomicU64,
     /// Answers served from the answer cache (the same statement on the same snapshot).
     pub answer_cache_hits: AtomicU64,
+    /// Statements run on a plan kept from an earlier run (`[sql] plan_cache_entries`).
+    pub plans_reused: AtomicU64,
     /// Connections to `[link] listen` closed at once: past the session caps.
     pub link_refused: AtomicU64,
     /// Failed accepts at `[link] listen` (out of descriptors, ...).

@@ -38,7 +38,8 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use query_actors::edge::LocalPublisher;
 use query_actors::generation::{Generation, GenerationBuilder};
 use query_actors::sql::{
-    load_views, MemoryBudget, Phases, QueryLimits, Snapshot, ViewsFile, DEFAULT_MAX_RESULT_BYTES,
+    load_views, BuildOptions, MemoryBudget, Phases, PlanCache, QueryLimits, Snapshot, ViewsFile,
+    DEFAULT_MAX_RESULT_BYTES, DEFAULT_PLAN_CACHE_ENTRIES,
 };
 use query_actors::static_tables::{StaticCatalog, StaticLoader};
 use query_integration::bench::{
@@ -66,17 +67,23 @@ async fn snapshot(
     gen: &Arc<Generation>,
     statics: &Arc<StaticCatalog>,
     views: &ViewsFile,
+    plans: &Arc<PlanCache>,
 ) -> Snapshot {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let snap = Snapshot::build(
+    let options = BuildOptions {
+        plans: plans.clone(),
+        ..BuildOptions::default()
+    };
+    let snap = Snapshot::build_with(
         gen.clone(),
         statics.clone(),
         views,
         cores,
         DEFAULT_MAX_RESULT_BYTES,
         Arc::new(AtomicU64::new(0)),
+        options,
     )
     .await;
     assert!(snap.view_errors.is_empty(), "views: {:?}", snap.view_errors);
@@ -86,14 +93,19 @@ async fn snapshot(
 /// One engine's result for one query.
 #[derive(Default)]
 struct Outcome {
+    /// A statement met before: its optimized plan kept (`[sql] plan_cache_entries`), each
+    /// run on a new snapshot as in the next generation.
     median_ms: Option<f64>,
+    /// The statement planned from its text in every run (no plan kept).
+    planned_ms: Option<f64>,
     /// For a query over views: the median on one snapshot whose views are already
     /// computed (what every query after the first pays in a generation).
     cached_ms: Option<f64>,
     rows: Vec<Vec<Value>>,
     error: Option<String>,
-    /// Median ms of each phase (parse, plan, analyze, optimize, physical, execute), the
-    /// JSON encoding of the answer, and whether it ran on one partition.
+    /// Median ms of each phase (parse, plan, analyze, optimize, physical, execute) when
+    /// planned from the text, the JSON encoding of the answer, and whether it ran on one
+    /// partition.
     phases: Option<([f64; 6], f64, bool)>,
 }
 
@@ -130,9 +142,10 @@ async fn run_query(
     let mut phases: Vec<Phases> = Vec::with_capacity(runs);
     let mut encode = Vec::with_capacity(runs);
     let mut last = None;
-    // One warm-up run, then the timed ones; snapshot building is not timed.
+    // One warm-up run, then the timed ones; snapshot building is not timed. No plan kept.
+    let planning = Arc::new(PlanCache::new(0));
     for i in 0..=runs {
-        let snap = snapshot(gen, statics, views).await;
+        let snap = snapshot(gen, statics, views, &planning).await;
         let start = Instant::now();
         match snap.query(sql, &limits).await {
             Ok(out) => {
@@ -157,10 +170,31 @@ async fn run_query(
             }
         }
     }
+    // The same with its plan kept: the warm-up plans it, the timed runs (each on a new
+    // snapshot, as in the next generation) bind it to their snapshot.
+    let plans = Arc::new(PlanCache::new(DEFAULT_PLAN_CACHE_ENTRIES));
+    let mut reused = Vec::with_capacity(runs);
+    for i in 0..=runs {
+        let snap = snapshot(gen, statics, views, &plans).await;
+        let start = Instant::now();
+        match snap.query(sql, &limits).await {
+            Ok(out) if i > 0 => {
+                reused.push(start.elapsed().as_secs_f64() * 1000.0);
+                assert!(out.phases.plan_reused, "a kept plan for {sql}");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Outcome {
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                }
+            }
+        }
+    }
     let mut cached_ms = None;
     if uses_views {
         // One snapshot: the first query computes the views, the timed ones find them cached.
-        let snap = snapshot(gen, statics, views).await;
+        let snap = snapshot(gen, statics, views, &plans).await;
         let mut cached = Vec::with_capacity(runs);
         for i in 0..=runs {
             let start = Instant::now();
@@ -185,7 +219,8 @@ async fn run_query(
     let single = phases.first().is_some_and(|p| p.single_partition);
     match json_rows(&batches) {
         Ok(rows) => Outcome {
-            median_ms: Some(median(times)),
+            median_ms: Some(median(reused)),
+            planned_ms: Some(median(times)),
             cached_ms,
             rows,
             error: None,
@@ -610,7 +645,8 @@ fn explain(
             continue;
         }
         let text = rt.block_on(async {
-            let snap = snapshot(&gen, statics, views).await;
+            // Planned from the text every run: the phases show where planning goes.
+            let snap = snapshot(&gen, statics, views, &Arc::new(PlanCache::new(0))).await;
             let mut times = Vec::new();
             let mut last = None;
             for _ in 0..=runs.max(3) {
@@ -772,18 +808,23 @@ fn main() {
          Each fleet is one sealed generation of `FleetSimulator` (50 machines per cluster, one\n\
          batch per table as `queryd demo` serves it) with the shipped static tables and views.\n\
          Query runs in process (`Snapshot::query`: plan, execute, collect; partitions = cores, one for\n\
-         statements over at most 100,000 rows);\n\
+         statements over at most 100,000 rows). Query ms is a statement met before, as alerts,\n\
+         reports and dashboards send theirs every generation: its optimized plan kept\n\
+         (`[sql] plan_cache_entries`) and bound to the run's new snapshot, physical planning and\n\
+         execution done again. Planned ms plans it from its text in every run (no plan kept):\n\
+         a statement the node has not seen;\n\
          DuckDB loads the same tables from CSV with the same column types and runs from Python\n\
          (`execute().fetchall()`, which includes building Python rows). Median of {runs} runs\n\
          after one warm-up. Queries: `bench/queries.sql`. Every Query run gets a fresh\n\
          snapshot, so views are computed in each run, as DuckDB's are (in service Query\n\
          computes a view once per generation and later uses cost almost nothing). Ratio is\n\
-         Query / DuckDB: above 1 means Query is slower. Answers are compared as sorted rows,\n\
+         Query / DuckDB (planned ratio: planned / DuckDB): above 1 means Query is slower. DuckDB\n\
+         plans every run (no prepared statements). Answers are compared as sorted rows,\n\
          floats to {FLOAT_TOLERANCE:e} relative. HTTP is the same query end to end as a client\n\
          sees it: `POST /sql` to a `queryd edge` holding the same tables (written to Parquet\n\
          and served as static tables: same values, types and partitions), JSON answer parsed,\n\
-         one keep-alive connection, answer cache off; its views are computed once per\n\
-         generation as in service. HTTP ratio is HTTP / DuckDB; answers match means Query,\n\
+         one keep-alive connection, answer cache off, plans kept as in service; its views are\n\
+         computed once per generation as in service. HTTP ratio is HTTP / DuckDB; answers match means Query,\n\
          HTTP and DuckDB agree.\n\n\
          DataFusion {}, DuckDB {}.\n",
         datafusion::DATAFUSION_VERSION,
@@ -796,11 +837,13 @@ fn main() {
     for (machines, shape, figures) in &per_size {
         body.push_str(&format!(
             "\n### {machines} machines\n\nRows: {shape}.\n\n\
-             | query | rows | Query ms | HTTP ms | DuckDB ms | ratio | HTTP ratio | answers match |\n|---|---:|---:|---:|---:|---:|---:|---|\n"
+             | query | rows | Query ms | planned ms | HTTP ms | DuckDB ms | ratio | planned ratio | HTTP ratio | answers match |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
         ));
         let mut log_ratios = Vec::new();
+        let mut planned_log_ratios = Vec::new();
         let mut http_log_ratios = Vec::new();
         let mut worst: Option<(f64, &str)> = None;
+        let mut worst_planned: Option<(f64, &str)> = None;
         for f in figures.iter().filter(|f| f.name != "select_1") {
             let http_ms = f.http.as_ref().and_then(|h| h.median_ms);
             let http_ratio = http_ms
@@ -822,13 +865,20 @@ fn main() {
                     ));
                 }
             }
-            let (duck_ms, ratio, matches) = match &f.duck {
+            let (duck_ms, ratio, planned_ratio, matches) = match &f.duck {
                 Some(d) => {
                     let ratio = f.ours.median_ms.zip(d.median_ms).map(|(a, b)| a / b);
                     if let Some(r) = ratio.filter(|r| r.is_finite() && *r > 0.0) {
                         log_ratios.push(r.ln());
                         if worst.is_none_or(|(w, _)| r > w) {
                             worst = Some((r, f.name.as_str()));
+                        }
+                    }
+                    let planned_ratio = f.ours.planned_ms.zip(d.median_ms).map(|(a, b)| a / b);
+                    if let Some(r) = planned_ratio.filter(|r| r.is_finite() && *r > 0.0) {
+                        planned_log_ratios.push(r.ln());
+                        if worst_planned.is_none_or(|(w, _)| r > w) {
+                            worst_planned = Some((r, f.name.as_str()));
                         }
                     }
                     let verdict = match (&f.ours.error, &d.error) {
@@ -847,20 +897,23 @@ fn main() {
                             "**no**".to_string()
                         }
                     };
-                    (ms(d.median_ms), ratio.map(|r| format!("{r:.2}")), matches)
+                    let two = |r: Option<f64>| r.map(|r| format!("{r:.2}"));
+                    (ms(d.median_ms), two(ratio), two(planned_ratio), matches)
                 }
-                None => ("—".into(), None, "not compared".into()),
+                None => ("—".into(), None, None, "not compared".into()),
             };
             let rows = match &f.ours.error {
                 Some(_) => "error".to_string(),
                 None => f.ours.rows.len().to_string(),
             };
             body.push_str(&format!(
-                "| {} | {rows} | {} | {} | {duck_ms} | {} | {} | {matches} |\n",
+                "| {} | {rows} | {} | {} | {} | {duck_ms} | {} | {} | {} | {matches} |\n",
                 f.name,
                 ms(f.ours.median_ms),
+                ms(f.ours.planned_ms),
                 ms(http_ms),
                 ratio.unwrap_or_else(|| "—".into()),
+                planned_ratio.unwrap_or_else(|| "—".into()),
                 http_ratio
                     .map(|r| format!("{r:.2}"))
                     .unwrap_or_else(|| "—".into()),
@@ -868,14 +921,19 @@ fn main() {
         }
         let geo = |l: &[f64]| (l.iter().sum::<f64>() / l.len() as f64).exp();
         if !log_ratios.is_empty() {
+            let or_nan = |l: &[f64]| if l.is_empty() { f64::NAN } else { geo(l) };
             body.push_str(&format!(
-                "\nGeometric mean of the ratios: {:.2} in process, {:.2} over HTTP, over {} queries",
+                "\nGeometric mean of the ratios: {:.2} in process, {:.2} planned, {:.2} over HTTP, over {} queries",
                 geo(&log_ratios),
-                if http_log_ratios.is_empty() { f64::NAN } else { geo(&http_log_ratios) },
+                or_nan(&planned_log_ratios),
+                or_nan(&http_log_ratios),
                 log_ratios.len()
             ));
             if let Some((r, name)) = worst {
                 body.push_str(&format!("; highest in process {r:.2} ({name})"));
+            }
+            if let Some((r, name)) = worst_planned {
+                body.push_str(&format!(", planned {r:.2} ({name})"));
             }
             body.push_str(".\n");
         }
@@ -884,27 +942,30 @@ fn main() {
     if let Some((machines, _, figures)) = per_size.first() {
         body.push_str(&format!(
             "\n### Where a statement's time goes, {machines} machines (median ms)\n\n\
-             In process, by phase (`Phases` in `actors/src/sql/engine.rs`): parse and the front \
-             door; SQL to logical plan (with the read-only check and the tables scanned); \
+             In process and planned from the text, by phase (`Phases` in \
+             `actors/src/sql/engine.rs`): parse and the front door; SQL to logical plan (with the read-only check and the tables scanned); \
              analyzer rules (DataFusion's and ours); logical optimizer; physical planning (with \
-             time slicing and the query's memory pool); execution and collection. JSON is \
+             time slicing and the query's memory pool); execution and collection; planned is \
+             their sum, reused the statement on a kept plan (parse, binding the plan, physical \
+             planning, execution). JSON is \
              encoding the answer's rows (`query_http::encode::json_rows`); HTTP rest is what the \
-             HTTP column adds beyond the statement and the encoding (admission, the pool hops, \
+             HTTP column (plans kept) adds beyond the reused statement and the encoding (admission, the pool hops, \
              headers, the socket, the client parsing JSON). 1 part. says the statement ran on one \
              partition (inputs of at most {} rows).\n\n\
-             | query | parse | plan | analyze | optimize | physical | execute | JSON | HTTP rest | in process | HTTP | 1 part. |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+             | query | parse | plan | analyze | optimize | physical | execute | JSON | HTTP rest | planned | reused | HTTP | 1 part. |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
             query_actors::sql::SINGLE_PARTITION_ROWS,
         ));
         for f in figures {
             let Some((p, enc, single)) = f.ours.phases else {
                 continue;
             };
-            let total = f.ours.median_ms.unwrap_or(f64::NAN);
+            let planned = f.ours.planned_ms.unwrap_or(f64::NAN);
+            let reused = f.ours.median_ms.unwrap_or(f64::NAN);
             let http = f.http.as_ref().and_then(|h| h.median_ms);
-            let rest = http.map(|h| h - total - enc);
+            let rest = http.map(|h| h - reused - enc);
             body.push_str(&format!(
-                "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {enc:.3} | {} | {total:.3} | {} | {} |\n",
+                "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {enc:.3} | {} | {planned:.3} | {reused:.3} | {} | {} |\n",
                 f.name,
                 p[0],
                 p[1],
@@ -926,7 +987,7 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" → ");
         body.push_str(&format!(
-            "\n### How it grows, {sizes_label} machines (median ms)\n\n| query | Query | DuckDB |\n|---|---|---|\n"
+            "\n### How it grows, {sizes_label} machines (median ms)\n\n| query | Query | planned | DuckDB |\n|---|---|---|---|\n"
         ));
         for (i, (name, _)) in queries.iter().enumerate() {
             let series = |pick: &dyn Fn(&Figure) -> Option<f64>| {
@@ -937,8 +998,9 @@ fn main() {
                     .join(" → ")
             };
             body.push_str(&format!(
-                "| {name} | {} | {} |\n",
+                "| {name} | {} | {} | {} |\n",
                 series(&|f| f.ours.median_ms),
+                series(&|f| f.ours.planned_ms),
                 series(&|f| f.duck.as_ref().and_then(|d| d.median_ms)),
             ));
         }

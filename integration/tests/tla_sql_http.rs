@@ -525,3 +525,44 @@ fn the_same_statement_on_one_generation_is_answered_once() {
         assert_eq!(cache_hits(&node), before, "{sql} is run each time");
     }
 }
+
+fn plans_reused(node: &Node) -> u64 {
+    let (_, m) = node.get("/metrics");
+    m.lines()
+        .find_map(|l| l.strip_prefix("query_plans_reused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("query_plans_reused_total")
+}
+
+/// A statement met in an earlier generation runs on the plan kept for it
+/// (`[sql] plan_cache_entries`), with the new generation's data; one calling now() is
+/// planned each time.
+#[test]
+fn a_statement_met_in_an_earlier_generation_runs_on_its_kept_plan() {
+    let ws = Workspace::new();
+    let node = demo(&ws, "");
+    let (status, first) = node.sql(CONTINENTS);
+    assert_eq!(status, 200, "{first}");
+    let id = |a: &serde_json::Value| a["generation"]["id"].as_u64().expect("generation id");
+    let later = node.eventually(
+        Duration::from_secs(30),
+        "an answer on its kept plan",
+        || {
+            let before = plans_reused(&node);
+            let (status, answer) = node.sql(CONTINENTS);
+            assert_eq!(status, 200, "{answer}");
+            (id(&answer) > id(&first) && plans_reused(&node) > before).then_some(answer)
+        },
+    );
+    assert!(
+        later["rows"].as_array().is_some_and(|r| r.len() == 7),
+        "{later}"
+    );
+    let with_now = "SELECT COUNT(*), now() FROM sys";
+    let before = plans_reused(&node);
+    for _ in 0..3 {
+        let (status, answer) = node.sql(with_now);
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert_eq!(plans_reused(&node), before, "a plan with now() is not kept");
+}

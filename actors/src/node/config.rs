@@ -326,6 +326,9 @@ pub struct SqlConfig {
     /// Answers kept for the snapshot served, MiB (the same statement in the same
     /// generation is answered from them); 0 = off.
     pub answer_cache_mb: usize,
+    /// Optimized plans kept for statements met again in a later generation (alerts,
+    /// reports, dashboards): only physical planning and execution run again; 0 = off.
+    pub plan_cache_entries: usize,
     pub quarantine: QuarantineConfig,
 }
 
@@ -348,6 +351,7 @@ impl Default for SqlConfig {
             query_memory_limit_mb: 1024,
             node_query_memory_mb: 0,
             answer_cache_mb: 64,
+            plan_cache_entries: crate::sql::DEFAULT_PLAN_CACHE_ENTRIES,
             quarantine: QuarantineConfig::default(),
         }
     }
@@ -398,6 +402,11 @@ impl SqlConfig {
         }
         if self.answer_cache_mb > 1 << 20 {
             return bad("answer_cache_mb is at most 1048576 (1 TiB)");
+        }
+        // A plan takes a few kB; a million is a few GB, and an entry is found in a scan
+        // of them all when one goes out.
+        if self.plan_cache_entries > 100_000 {
+            return bad("plan_cache_entries is at most 100000");
         }
         Ok(())
     }

@@ -419,6 +419,9 @@ impl NodeHandle {
             }
             Err(e) => return Err(late(e)),
         };
+        if output.phases.plan_reused {
+            self.metrics.plans_reused.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(key) = key {
             q.answers.put(&snapshot, key, &output);
         }

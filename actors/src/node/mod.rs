@@ -48,7 +48,7 @@ use crate::edge::LocalPublisher;
 use crate::error::ConfigError;
 use crate::history::{self, HistoryKeeper, HistorySchema, HistoryShared};
 use crate::metrics::Metrics;
-use crate::sql::{ComputedTable, SqlPool};
+use crate::sql::{ComputedTable, PlanCache, SqlPool};
 use crate::table::{load_schema_dir, SchemaRegistry};
 use crate::tier::admission::ListenLimits;
 use crate::tier::child_link::ChildLink;
@@ -444,6 +444,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         node_schemas,
     )
     .with_schemas(schemas.clone())
+    .with_plans(Arc::new(PlanCache::new(config.sql.plan_cache_entries)))
     // Only SQL nodes are queried as a rule; the others keep one copy of their generation.
     .with_lazy_tables(!matches!(config.role, Role::Sql | Role::TlaSql));
     let keeper = supervisor.start_actor("snapshot_keeper", keeper);

@@ -12,7 +12,7 @@ use datafusion::catalog::{SchemaProvider, TableProvider};
 use super::messages::{InstallGeneration, InstallStatics, InstallViews};
 use crate::generation::Generation;
 use crate::metrics::Metrics;
-use crate::sql::{describe, Snapshot, SqlPool, TableCopies, ViewsFile};
+use crate::sql::{describe, BuildOptions, PlanCache, Snapshot, SqlPool, TableCopies, ViewsFile};
 use crate::static_tables::StaticCatalog;
 use crate::table::SchemaRegistry;
 
@@ -39,6 +39,8 @@ pub struct SnapshotKeeper {
     schemas: SchemaRegistry,
     /// When snapshots coalesce published tables (a SQL node at build, others on use).
     copies: TableCopies,
+    /// Optimized plans, kept from one snapshot to the next (`[sql] plan_cache_entries`).
+    plans: Arc<PlanCache>,
 }
 
 impl SnapshotKeeper {
@@ -54,6 +56,7 @@ impl SnapshotKeeper {
         SnapshotKeeper {
             schemas: SchemaRegistry::default(),
             copies: TableCopies::Eager,
+            plans: Arc::new(PlanCache::new(crate::sql::DEFAULT_PLAN_CACHE_ENTRIES)),
             node_schemas,
             installed,
             max_value_bytes,
@@ -78,6 +81,12 @@ impl SnapshotKeeper {
 
     /// Coalesce published tables on their first scan, not when a snapshot is built: for
     /// nodes that seldom answer queries (one copy of the generation held, not two).
+    /// The plan cache every snapshot shares (`[sql] plan_cache_entries`).
+    pub fn with_plans(mut self, plans: Arc<PlanCache>) -> Self {
+        self.plans = plans;
+        self
+    }
+
     pub fn with_lazy_tables(mut self, lazy: bool) -> Self {
         self.copies = match lazy {
             true => TableCopies::OnFirstScan,
@@ -102,6 +111,7 @@ impl SnapshotKeeper {
         let node_schemas = self.node_schemas.clone();
         let schemas = self.schemas.clone();
         let copies = self.copies;
+        let plans = self.plans.clone();
         let work = self.pool.spawn(async move {
             let mut snap = Snapshot::build_with(
                 generation,
@@ -110,7 +120,7 @@ impl SnapshotKeeper {
                 partitions,
                 max_value_bytes,
                 total,
-                copies,
+                BuildOptions { copies, plans },
             )
             .await;
             snap.views_file_error = views_error;

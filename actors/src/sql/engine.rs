@@ -12,11 +12,12 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::config::Dialect;
+use datafusion::datasource::provider_as_source;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{LogicalPlan, TableSource};
 use datafusion::physical_plan::execute_stream;
 use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
@@ -29,6 +30,7 @@ use super::front_door::{parse_checked, ParseLimits};
 use super::guarded::guard_functions;
 use super::memory::MemoryBudget;
 use super::names;
+use super::plans::{self, KeptPlan, PlanCache, PlanKey, DEFAULT_PLAN_CACHE_ENTRIES};
 use super::subquery::DecorrelateScalarAggregates;
 use super::time_slice::time_sliced;
 use super::utc_date_trunc::UtcDateTrunc;
@@ -134,6 +136,9 @@ pub struct Phases {
     /// True if the statement ran on one partition (`SINGLE_PARTITION_ROWS`, or
     /// `QueryLimits::parallel` false).
     pub single_partition: bool,
+    /// True if the optimized plan was kept from an earlier run of the statement (`plans`):
+    /// `plan` is then binding it to this snapshot, and analyze and optimize are zero.
+    pub plan_reused: bool,
 }
 
 impl QueryOutput {
@@ -167,6 +172,12 @@ pub struct Snapshot {
     /// The same with one target partition, for statements over small tables
     /// (`SINGLE_PARTITION_ROWS`).
     narrow: SessionState,
+    /// Every published and static table and view, by name, as plans scan them (`plans`).
+    sources: HashMap<String, Arc<dyn TableSource>>,
+    /// What a plan kept from another snapshot depends on (`plans::catalog_fingerprint`).
+    catalog: u64,
+    /// Optimized plans of statements met before, on this snapshot or an earlier one.
+    plans: Arc<PlanCache>,
 }
 
 /// A statement whose scanned tables (views followed to theirs) hold at most this many
@@ -180,6 +191,24 @@ impl std::fmt::Debug for Snapshot {
         f.debug_struct("Snapshot")
             .field("generation", &self.generation.id)
             .finish()
+    }
+}
+
+/// How a snapshot is built, beyond what it holds.
+#[derive(Clone)]
+pub struct BuildOptions {
+    pub copies: TableCopies,
+    /// Optimized plans of statements and views met before, on this snapshot or an earlier
+    /// one: the node's, shared by its snapshots (`[sql] plan_cache_entries`).
+    pub plans: Arc<PlanCache>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            copies: TableCopies::Eager,
+            plans: Arc::new(PlanCache::new(DEFAULT_PLAN_CACHE_ENTRIES)),
+        }
     }
 }
 
@@ -204,7 +233,6 @@ impl Snapshot {
         max_value_bytes: usize,
         view_computations_total: Arc<AtomicU64>,
     ) -> Snapshot {
-        let tables = TableCopies::Eager;
         Self::build_with(
             generation,
             statics,
@@ -212,12 +240,13 @@ impl Snapshot {
             partitions,
             max_value_bytes,
             view_computations_total,
-            tables,
+            BuildOptions::default(),
         )
         .await
     }
 
-    /// [`Snapshot::build`], coalescing published tables when built or on first scan.
+    /// [`Snapshot::build`], coalescing published tables when built or on first scan, and
+    /// keeping plans where `options` says.
     pub async fn build_with(
         generation: Arc<Generation>,
         statics: Arc<StaticCatalog>,
@@ -225,8 +254,9 @@ impl Snapshot {
         partitions: usize,
         max_value_bytes: usize,
         view_computations_total: Arc<AtomicU64>,
-        copies: TableCopies,
+        options: BuildOptions,
     ) -> Snapshot {
+        let BuildOptions { copies, plans } = options;
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(partitions.max(1));
@@ -261,6 +291,7 @@ impl Snapshot {
         let ctx = new_context_sized(config, rows);
         guard_functions(&ctx, max_value_bytes);
         let mut taken = BTreeSet::new();
+        let mut sources: HashMap<String, Arc<dyn TableSource>> = HashMap::new();
         for (name, table) in &generation.tables {
             if copies == TableCopies::OnFirstScan {
                 let lazy = super::coalesced::CoalescedTable::new(
@@ -269,7 +300,9 @@ impl Snapshot {
                     partitions,
                 );
                 if let Some(t) = lazy {
-                    if ctx.register_table(name.as_str(), Arc::new(t)).is_ok() {
+                    let t: Arc<dyn TableProvider> = Arc::new(t);
+                    if ctx.register_table(name.as_str(), t.clone()).is_ok() {
+                        sources.insert(name.clone(), provider_as_source(t));
                         taken.insert(name.clone());
                     }
                 }
@@ -282,7 +315,9 @@ impl Snapshot {
                 table.rows(),
             ) {
                 Ok(mem) => {
-                    if ctx.register_table(name.as_str(), Arc::new(mem)).is_ok() {
+                    let mem: Arc<dyn TableProvider> = Arc::new(mem);
+                    if ctx.register_table(name.as_str(), mem.clone()).is_ok() {
+                        sources.insert(name.clone(), provider_as_source(mem));
                         taken.insert(name.clone());
                     }
                 }
@@ -304,7 +339,9 @@ impl Snapshot {
                 table.batch.num_rows(),
             ) {
                 Ok(mem) => {
-                    if ctx.register_table(name.as_str(), Arc::new(mem)).is_ok() {
+                    let mem: Arc<dyn TableProvider> = Arc::new(mem);
+                    if ctx.register_table(name.as_str(), mem.clone()).is_ok() {
+                        sources.insert(name.clone(), provider_as_source(mem));
                         taken.insert(name.clone());
                     }
                 }
@@ -314,66 +351,28 @@ impl Snapshot {
             }
         }
 
-        // Views may use views: plan in rounds until no further view can be planned.
-        let mut providers = BTreeMap::new();
-        let mut view_errors = BTreeMap::new();
-        let mut pending: Vec<_> = Vec::new();
-        for v in &views.view {
-            if taken.contains(&v.name) {
-                view_errors.insert(
-                    v.name.clone(),
-                    "a published or static table has this name".to_string(),
-                );
-            } else {
-                pending.push(v);
-            }
-        }
-        loop {
-            let mut progressed = false;
-            let mut still = Vec::new();
-            for v in pending {
-                match plan_read_only(&ctx, &v.sql, &ParseLimits::default()).await {
-                    Ok(plan) => {
-                        let depends_on = scanned_tables(&plan).into_iter().collect();
-                        let provider = Arc::new(ViewProvider::new(
-                            v.name.clone(),
-                            plan,
-                            depends_on,
-                            view_computations_total.clone(),
-                        ));
-                        match ctx.register_table(v.name.as_str(), provider.clone()) {
-                            Ok(_) => {
-                                providers.insert(v.name.clone(), provider);
-                                view_errors.remove(&v.name);
-                                progressed = true;
-                            }
-                            Err(e) => {
-                                view_errors.insert(v.name.clone(), e.to_string());
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        view_errors.insert(v.name.clone(), e.to_string());
-                        still.push(v);
-                    }
-                }
-            }
-            pending = still;
-            if pending.is_empty() || !progressed {
-                break;
-            }
-        }
-        // A view over a table this generation does not hold (not requested yet, or not
-        // collected at this tier) is waiting, not broken: it is left out of the errors.
-        view_errors.retain(|name, err| {
-            let waiting = err.contains("not found");
-            if waiting {
-                tracing::debug!(view = %name, error = %err, generation = generation.id, "view waits for its tables");
-            } else {
-                tracing::warn!(view = %name, error = %err, generation = generation.id, "view unavailable in this generation");
-            }
-            !waiting
-        });
+        let catalog = plans::catalog_fingerprint(
+            generation
+                .tables
+                .iter()
+                .map(|(n, t)| (n.as_str(), &t.schema, t.rows()))
+                .chain(
+                    statics
+                        .tables
+                        .iter()
+                        .map(|(n, t)| (n.as_str(), t.batch.schema_ref(), t.batch.num_rows())),
+                ),
+            views.view.iter().map(|v| (v.name.as_str(), v.sql.as_str())),
+            &[partitions, max_value_bytes, copies as usize],
+        );
+        let scope = ViewScope {
+            ctx: &ctx,
+            plans: &plans,
+            catalog,
+            sources: &mut sources,
+            total: &view_computations_total,
+        };
+        let (providers, view_errors) = register_views(scope, views, &taken, generation.id).await;
         let view_sql = views
             .view
             .iter()
@@ -411,6 +410,9 @@ impl Snapshot {
             ctx,
             wide,
             narrow,
+            sources,
+            catalog,
+            plans,
         }
     }
 
@@ -433,58 +435,56 @@ impl Snapshot {
         limits: &QueryLimits,
     ) -> Result<QueryOutput, QueryError> {
         let mut phases = Phases::default();
-        let mut clock = Instant::now();
-        let mut lap = |phase: &mut Duration| {
-            let now = Instant::now();
-            *phase = now - clock;
-            clock = now;
-        };
-        // Kept for a second planning with renamed columns if the output names clash.
-        let mut retry = statement.clone();
-        let plan = match plan_statement(&self.wide, statement).await {
-            Err(e) if names::is_name_clash(&e.to_string()) && names::rename_clashes(&mut retry) => {
-                plan_statement(&self.wide, retry).await?
+        let mut lap = Lap(Instant::now());
+        let key = self
+            .plans
+            .enabled()
+            .then(|| PlanKey::new(&statement, self.catalog, limits.parallel));
+        let kept = key.as_ref().and_then(|k| self.plans.get(k));
+        let bound = kept.and_then(|kept| {
+            // Kept for the other partitioning: the optimizer's choices may differ.
+            if self.single_partition(&kept.scanned, limits) != kept.single_partition {
+                return None;
             }
-            other => other?,
+            plans::bind(&kept.optimized, &self.sources).map(|plan| (kept, plan))
+        });
+        let (planned, state) = match bound {
+            Some((kept, optimized)) => {
+                phases.plan_reused = true;
+                let state = self.statement_state(kept.single_partition);
+                phases.plan = lap.lap();
+                let planned = Planned {
+                    optimized,
+                    schema: kept.schema.clone(),
+                    shown: kept.shown.clone(),
+                    scanned: kept.scanned.clone(),
+                    single_partition: kept.single_partition,
+                    // Only plans whose answers may be kept are kept.
+                    cacheable: true,
+                };
+                (planned, state)
+            }
+            None => {
+                let (planned, state) = self.plan_afresh(statement, limits, &mut phases).await?;
+                lap.lap();
+                if let (Some(key), true) = (key, planned.cacheable) {
+                    if let Some(kept) = planned.keep(&self.sources) {
+                        self.plans.put(key, kept);
+                    }
+                }
+                (planned, state)
+            }
         };
-        let scanned = scanned_tables(&plan);
-        let snapshot_only = self.reads_only_the_snapshot(&scanned);
-        let cacheable = snapshot_only && super::answers::immutable(&plan);
+        let Planned {
+            optimized,
+            schema,
+            shown,
+            scanned,
+            single_partition,
+            cacheable,
+        } = planned;
+        phases.single_partition = single_partition;
         let tables = self.tables_used(scanned);
-        // Small inputs run on one partition, and so does everything while other queries
-        // run (`QueryLimits::parallel`). Sizes are known for the generation's and the
-        // static tables (a view is counted by the tables it reads); a statement over the
-        // node's own tables or history (sizes unknown) keeps every partition when alone.
-        let rows: usize = tables
-            .iter()
-            .filter(|t| t.origin != Origin::View)
-            .filter_map(|t| t.rows)
-            .sum();
-        phases.single_partition =
-            !limits.parallel || (snapshot_only && rows <= SINGLE_PARTITION_ROWS);
-        // One copy of the state per statement: it carries the statement's start time
-        // (`now()`), which must not be shared with other statements.
-        let mut state = if phases.single_partition {
-            self.narrow.clone()
-        } else {
-            self.wide.clone()
-        };
-        state.mark_start_execution();
-        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-        let shown = names::user_schema(&schema);
-        lap(&mut phases.plan);
-        let optimized = if matches!(plan, LogicalPlan::Explain(_)) {
-            // EXPLAIN collects each rule's output; DataFusion's own path does that.
-            state.optimize(&plan)?
-        } else {
-            let analyzed =
-                state
-                    .analyzer()
-                    .execute_and_check(plan, state.config_options(), |_, _| {})?;
-            lap(&mut phases.analyze);
-            state.optimizer().optimize(analyzed, &state, |_, _| {})?
-        };
-        lap(&mut phases.optimize);
         // Time-sliced: a plan that never waits for input still gives its thread to other
         // queries and stops soon after its deadline aborts it.
         let physical = time_sliced(
@@ -497,7 +497,7 @@ impl Snapshot {
             .with_memory_pool(limits.memory.for_query())
             .build_arc()?;
         let task = Arc::new(TaskContext::from(&state).with_runtime(runtime));
-        lap(&mut phases.physical);
+        phases.physical = lap.lap();
         let mut stream = execute_stream(physical, task)?;
         let mut batches = Vec::new();
         let mut rows = 0usize;
@@ -515,7 +515,7 @@ impl Snapshot {
             }
         }
         drop(stream);
-        lap(&mut phases.execute);
+        phases.execute = lap.lap();
         let truncated = truncate(&mut batches, limits.max_rows);
         // The names the user wrote, repeated if they repeat (see `names`).
         let schema = match shown {
@@ -536,6 +536,86 @@ impl Snapshot {
             cacheable,
             phases,
         })
+    }
+
+    /// Plans `statement` on this snapshot: SQL to plan, analyzer, optimizer, each timed.
+    /// Returns the state it was optimized with, for the rest of the statement's run.
+    async fn plan_afresh(
+        &self,
+        statement: DfStatement,
+        limits: &QueryLimits,
+        phases: &mut Phases,
+    ) -> Result<(Planned, SessionState), QueryError> {
+        let mut lap = Lap(Instant::now());
+        // Kept for a second planning with renamed columns if the output names clash.
+        let mut retry = statement.clone();
+        let plan = match plan_statement(&self.wide, statement).await {
+            Err(e) if names::is_name_clash(&e.to_string()) && names::rename_clashes(&mut retry) => {
+                plan_statement(&self.wide, retry).await?
+            }
+            other => other?,
+        };
+        let scanned = scanned_tables(&plan);
+        let cacheable = self.reads_only_the_snapshot(&scanned) && super::answers::immutable(&plan);
+        let single_partition = self.single_partition(&scanned, limits);
+        let state = self.statement_state(single_partition);
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let shown = names::user_schema(&schema);
+        phases.plan = lap.lap();
+        let optimized = if matches!(plan, LogicalPlan::Explain(_)) {
+            // EXPLAIN collects each rule's output; DataFusion's own path does that.
+            state.optimize(&plan)?
+        } else {
+            let analyzed =
+                state
+                    .analyzer()
+                    .execute_and_check(plan, state.config_options(), |_, _| {})?;
+            phases.analyze = lap.lap();
+            state.optimizer().optimize(analyzed, &state, |_, _| {})?
+        };
+        phases.optimize = lap.lap();
+        let planned = Planned {
+            optimized,
+            schema,
+            shown,
+            scanned,
+            single_partition,
+            cacheable,
+        };
+        Ok((planned, state))
+    }
+
+    /// Whether a statement scanning `scanned` runs on one partition. Small inputs do, and
+    /// so does everything while other queries run (`QueryLimits::parallel`). Sizes are
+    /// known for the generation's and the static tables (a view is counted by the tables
+    /// it reads); a statement over the node's own tables or history (sizes unknown) keeps
+    /// every partition when alone.
+    fn single_partition(&self, scanned: &BTreeSet<String>, limits: &QueryLimits) -> bool {
+        if !limits.parallel {
+            return true;
+        }
+        if !self.reads_only_the_snapshot(scanned) {
+            return false;
+        }
+        let rows: usize = self
+            .tables_used(scanned.clone())
+            .iter()
+            .filter(|t| t.origin != Origin::View)
+            .filter_map(|t| t.rows)
+            .sum();
+        rows <= SINGLE_PARTITION_ROWS
+    }
+
+    /// One copy of the state per statement: it carries the statement's start time
+    /// (`now()`), which must not be shared with other statements.
+    fn statement_state(&self, single_partition: bool) -> SessionState {
+        let mut state = if single_partition {
+            self.narrow.clone()
+        } else {
+            self.wide.clone()
+        };
+        state.mark_start_execution();
+        state
     }
 
     /// A snapshot of an empty generation, no static tables and no views (unit tests).
@@ -688,6 +768,92 @@ impl Snapshot {
     }
 }
 
+/// What views are planned against while a snapshot is built: its context, the plans kept
+/// (`plans`) and the tables and views registered so far.
+struct ViewScope<'a> {
+    ctx: &'a SessionContext,
+    plans: &'a PlanCache,
+    catalog: u64,
+    sources: &'a mut HashMap<String, Arc<dyn TableSource>>,
+    total: &'a Arc<AtomicU64>,
+}
+
+/// Registers every view whose name no table has taken, in rounds (views may use views)
+/// until no further view can be planned. Returns the views and, for the others, why not;
+/// a view waiting for a table this generation does not hold is left out of the errors.
+async fn register_views(
+    scope: ViewScope<'_>,
+    views: &ViewsFile,
+    taken: &BTreeSet<String>,
+    generation: u64,
+) -> (
+    BTreeMap<String, Arc<ViewProvider>>,
+    BTreeMap<String, String>,
+) {
+    // Views may use views: plan in rounds until no further view can be planned.
+    let mut providers = BTreeMap::new();
+    let mut view_errors = BTreeMap::new();
+    let mut pending: Vec<_> = Vec::new();
+    for v in &views.view {
+        if taken.contains(&v.name) {
+            view_errors.insert(
+                v.name.clone(),
+                "a published or static table has this name".to_string(),
+            );
+        } else {
+            pending.push(v);
+        }
+    }
+    loop {
+        let mut progressed = false;
+        let mut still = Vec::new();
+        for v in pending {
+            match plans::view_plan(scope.ctx, v, scope.plans, scope.catalog, scope.sources).await {
+                Ok(planned) => {
+                    let provider = Arc::new(ViewProvider::new(
+                        v.name.clone(),
+                        planned,
+                        scope.total.clone(),
+                    ));
+                    match scope.ctx.register_table(v.name.as_str(), provider.clone()) {
+                        Ok(_) => {
+                            scope
+                                .sources
+                                .insert(v.name.clone(), provider_as_source(provider.clone()));
+                            providers.insert(v.name.clone(), provider);
+                            view_errors.remove(&v.name);
+                            progressed = true;
+                        }
+                        Err(e) => {
+                            view_errors.insert(v.name.clone(), e.to_string());
+                        }
+                    }
+                }
+                Err(e) => {
+                    view_errors.insert(v.name.clone(), e.to_string());
+                    still.push(v);
+                }
+            }
+        }
+        pending = still;
+        if pending.is_empty() || !progressed {
+            break;
+        }
+    }
+    // A view over a table this generation does not hold (not requested yet, or not
+    // collected at this tier) is waiting, not broken: it is left out of the errors.
+    view_errors.retain(|name, err| {
+        let waiting = err.contains("not found");
+        if waiting {
+            tracing::debug!(view = %name, error = %err, generation, "view waits for its tables");
+        } else {
+            tracing::warn!(view = %name, error = %err, generation, "view unavailable in this generation");
+        }
+        !waiting
+    });
+    (providers, view_errors)
+}
+
 /// [`new_context_sized`] knowing no table's rows: no aggregate goes below a join.
 #[cfg(test)]
 pub(crate) fn new_context(config: SessionConfig) -> SessionContext {
@@ -721,7 +887,7 @@ pub(crate) fn new_context_sized(
 }
 
 /// Parses, checks (`front_door`) and plans one statement.
-async fn plan_read_only(
+pub(super) async fn plan_read_only(
     ctx: &SessionContext,
     sql: &str,
     limits: &ParseLimits,
@@ -747,7 +913,7 @@ async fn plan_statement(
 
 /// Names of the tables a plan scans (subqueries included), information_schema excluded;
 /// tables of the history schemas keep their schema (`history.sys` is not `sys`).
-fn scanned_tables(plan: &LogicalPlan) -> BTreeSet<String> {
+pub(super) fn scanned_tables(plan: &LogicalPlan) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
@@ -762,6 +928,42 @@ fn scanned_tables(plan: &LogicalPlan) -> BTreeSet<String> {
         Ok(TreeNodeRecursion::Continue)
     });
     names
+}
+
+/// A statement's optimized plan and what the run needs to know of it.
+struct Planned {
+    optimized: LogicalPlan,
+    schema: SchemaRef,
+    shown: Option<SchemaRef>,
+    scanned: BTreeSet<String>,
+    single_partition: bool,
+    /// Its answer may be kept (`answers`), and so may its plan (`plans`).
+    cacheable: bool,
+}
+
+impl Planned {
+    /// What to keep of it for later snapshots (`KeptPlan::of`).
+    fn keep(&self, sources: &HashMap<String, Arc<dyn TableSource>>) -> Option<KeptPlan> {
+        KeptPlan::of(
+            &self.optimized,
+            (self.schema.clone(), self.shown.clone()),
+            &self.scanned,
+            self.single_partition,
+            sources,
+        )
+    }
+}
+
+/// The time since the last lap.
+struct Lap(Instant);
+
+impl Lap {
+    fn lap(&mut self) -> Duration {
+        let now = Instant::now();
+        let took = now - self.0;
+        self.0 = now;
+        took
+    }
 }
 
 /// Keeps at most `max` rows; true if rows were cut.

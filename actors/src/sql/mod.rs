@@ -15,6 +15,7 @@ mod guarded;
 mod memory;
 mod names;
 mod not_in;
+mod plans;
 mod pool;
 mod references;
 mod single_row;
@@ -29,11 +30,12 @@ mod window_topn;
 pub use answers::{AnswerCache, AnswerKey};
 pub use computed::{Computed, ComputedTable};
 pub use engine::{
-    Origin, Phases, QueryLimits, QueryOutput, Snapshot, TableCopies, TableUse,
+    BuildOptions, Origin, Phases, QueryLimits, QueryOutput, Snapshot, TableCopies, TableUse,
     DEFAULT_MAX_RESULT_BYTES, SINGLE_PARTITION_ROWS,
 };
 pub use front_door::{parse_checked, ParseLimits, STACK_BYTES};
 pub use memory::MemoryBudget;
+pub use plans::{PlanCache, DEFAULT_PLAN_CACHE_ENTRIES};
 pub use pool::SqlPool;
 pub(crate) use pool::{lower_priority, AbortOnDrop};
 pub use references::{referenced_tables, referenced_tables_of, tables_behind};

@@ -12,6 +12,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{MemTable, Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
+use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use serde::Deserialize;
@@ -83,12 +84,23 @@ pub struct ViewStats {
     pub rows: AtomicU64,
 }
 
+/// A view's logical plan, and the tables it reads (directly or through views).
+pub(crate) struct ViewPlan {
+    pub plan: LogicalPlan,
+    /// Optimized already: computing the view only plans it physically.
+    pub optimized: bool,
+    pub depends_on: Vec<String>,
+}
+
 /// A view inside one snapshot. Its cache lives exactly as long as the snapshot, which is
 /// how "dropped at the switch to the next generation" is implemented.
 #[derive(Debug)]
 pub(crate) struct ViewProvider {
     pub name: String,
     pub plan: LogicalPlan,
+    /// Whether `plan` is optimized already (`engine::view_plan`): only physical planning
+    /// remains when the view is computed.
+    optimized: bool,
     pub schema: SchemaRef,
     /// Published, static and view tables this view reads (directly or through views).
     pub depends_on: Vec<String>,
@@ -98,16 +110,17 @@ pub(crate) struct ViewProvider {
 }
 
 impl ViewProvider {
-    pub fn new(
-        name: String,
-        plan: LogicalPlan,
-        depends_on: Vec<String>,
-        total_computations: Arc<AtomicU64>,
-    ) -> Self {
+    pub fn new(name: String, planned: ViewPlan, total_computations: Arc<AtomicU64>) -> Self {
+        let ViewPlan {
+            plan,
+            optimized,
+            depends_on,
+        } = planned;
         let schema = Arc::new(plan.schema().as_arrow().clone());
         ViewProvider {
             name,
             plan,
+            optimized,
             schema,
             depends_on,
             stats: Arc::new(ViewStats::default()),
@@ -127,7 +140,14 @@ impl ViewProvider {
     async fn materialized(&self, state: &dyn Session) -> DfResult<Arc<MemTable>> {
         self.cache
             .get_or_try_init(|| async {
-                let physical = state.create_physical_plan(&self.plan).await?;
+                let physical = match state.as_any().downcast_ref::<SessionState>() {
+                    Some(s) if self.optimized => {
+                        s.query_planner()
+                            .create_physical_plan(&self.plan, s)
+                            .await?
+                    }
+                    _ => state.create_physical_plan(&self.plan).await?,
+                };
                 let batches = collect(physical, state.task_ctx()).await?;
                 // The executed schema may differ from the planned one in field metadata
                 // only; re-label the columns so the cache matches the declared schema.

@@ -11,7 +11,7 @@ pub async fn get_metrics(node: web::Data<NodeHandle>) -> HttpResponse {
     let snap = node.snapshot();
     let mut body = node.metrics.render(snap.as_deref(), SystemTime::now());
     let q = &node.queries;
-    let gauges: [(&str, &str, &str, u64); 9] = [
+    let gauges: [(&str, &str, &str, u64); 10] = [
         (
             "query_queries_running",
             "gauge",
@@ -59,6 +59,12 @@ pub async fn get_metrics(node: web::Data<NodeHandle>) -> HttpResponse {
             "counter",
             "Answers served again from the answer cache (the same statement on the same snapshot; [sql] answer_cache_mb).",
             node.metrics.answer_cache_hits.load(Ordering::Relaxed),
+        ),
+        (
+            "query_plans_reused_total",
+            "counter",
+            "Statements run on an optimized plan kept from an earlier run, in this generation or an earlier one ([sql] plan_cache_entries).",
+            node.metrics.plans_reused.load(Ordering::Relaxed),
         ),
         (
             "query_memory_reserved_bytes",
