@@ -442,14 +442,16 @@ impl Snapshot {
             .then(|| PlanKey::new(&statement, self.catalog, limits.parallel));
         let kept = key.as_ref().and_then(|k| self.plans.get(k));
         let bound = kept.and_then(|kept| {
+            // A kept plan reads only the snapshot (`KeptPlan::of`).
+            let tables = self.tables_used(kept.scanned.clone());
             // Kept for the other partitioning: the optimizer's choices may differ.
-            if self.single_partition(&kept.scanned, limits) != kept.single_partition {
+            if one_partition(&tables, true, limits) != kept.single_partition {
                 return None;
             }
-            plans::bind(&kept.optimized, &self.sources).map(|plan| (kept, plan))
+            plans::bind(&kept.optimized, &self.sources).map(|plan| (kept, plan, tables))
         });
         let (planned, state) = match bound {
-            Some((kept, optimized)) => {
+            Some((kept, optimized, tables)) => {
                 phases.plan_reused = true;
                 let state = self.statement_state(kept.single_partition);
                 phases.plan = lap.lap();
@@ -458,6 +460,7 @@ impl Snapshot {
                     schema: kept.schema.clone(),
                     shown: kept.shown.clone(),
                     scanned: kept.scanned.clone(),
+                    tables,
                     single_partition: kept.single_partition,
                     // Only plans whose answers may be kept are kept.
                     cacheable: true,
@@ -479,12 +482,12 @@ impl Snapshot {
             optimized,
             schema,
             shown,
-            scanned,
+            tables,
             single_partition,
             cacheable,
+            ..
         } = planned;
         phases.single_partition = single_partition;
-        let tables = self.tables_used(scanned);
         // Time-sliced: a plan that never waits for input still gives its thread to other
         // queries and stops soon after its deadline aborts it.
         let physical = time_sliced(
@@ -556,8 +559,10 @@ impl Snapshot {
             other => other?,
         };
         let scanned = scanned_tables(&plan);
-        let cacheable = self.reads_only_the_snapshot(&scanned) && super::answers::immutable(&plan);
-        let single_partition = self.single_partition(&scanned, limits);
+        let snapshot_only = self.reads_only_the_snapshot(&scanned);
+        let cacheable = snapshot_only && super::answers::immutable(&plan);
+        let tables = self.tables_used(scanned.clone());
+        let single_partition = one_partition(&tables, snapshot_only, limits);
         let state = self.statement_state(single_partition);
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let shown = names::user_schema(&schema);
@@ -579,31 +584,11 @@ impl Snapshot {
             schema,
             shown,
             scanned,
+            tables,
             single_partition,
             cacheable,
         };
         Ok((planned, state))
-    }
-
-    /// Whether a statement scanning `scanned` runs on one partition. Small inputs do, and
-    /// so does everything while other queries run (`QueryLimits::parallel`). Sizes are
-    /// known for the generation's and the static tables (a view is counted by the tables
-    /// it reads); a statement over the node's own tables or history (sizes unknown) keeps
-    /// every partition when alone.
-    fn single_partition(&self, scanned: &BTreeSet<String>, limits: &QueryLimits) -> bool {
-        if !limits.parallel {
-            return true;
-        }
-        if !self.reads_only_the_snapshot(scanned) {
-            return false;
-        }
-        let rows: usize = self
-            .tables_used(scanned.clone())
-            .iter()
-            .filter(|t| t.origin != Origin::View)
-            .filter_map(|t| t.rows)
-            .sum();
-        rows <= SINGLE_PARTITION_ROWS
     }
 
     /// One copy of the state per statement: it carries the statement's start time
@@ -930,12 +915,35 @@ pub(super) fn scanned_tables(plan: &LogicalPlan) -> BTreeSet<String> {
     names
 }
 
+/// Whether a statement reading `tables` (`Snapshot::tables_used`; `snapshot_only` if
+/// they are all the snapshot's) runs on one partition. Small inputs do, and so does
+/// everything while other queries run (`QueryLimits::parallel`). Sizes are known for the
+/// generation's and the static tables (a view is counted by the tables it reads); a
+/// statement over the node's own tables or history (sizes unknown) keeps every partition
+/// when alone.
+fn one_partition(tables: &[TableUse], snapshot_only: bool, limits: &QueryLimits) -> bool {
+    if !limits.parallel {
+        return true;
+    }
+    if !snapshot_only {
+        return false;
+    }
+    let rows: usize = tables
+        .iter()
+        .filter(|t| t.origin != Origin::View)
+        .filter_map(|t| t.rows)
+        .sum();
+    rows <= SINGLE_PARTITION_ROWS
+}
+
 /// A statement's optimized plan and what the run needs to know of it.
 struct Planned {
     optimized: LogicalPlan,
     schema: SchemaRef,
     shown: Option<SchemaRef>,
     scanned: BTreeSet<String>,
+    /// What it reads, views followed to their tables (`Snapshot::tables_used`).
+    tables: Vec<TableUse>,
     single_partition: bool,
     /// Its answer may be kept (`answers`), and so may its plan (`plans`).
     cacheable: bool,

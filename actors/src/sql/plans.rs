@@ -198,9 +198,9 @@ pub fn catalog_fingerprint<'a>(
 }
 
 /// A view's plan: the one kept for it on this catalog, bound to this snapshot's tables
-/// (and the views registered before it), or else planned from its SQL and, when nothing in
-/// it changes from call to call (`now()` is folded into a constant by the optimizer, and
-/// must be read when the view is computed), optimized and kept.
+/// (and the views registered before it), or else planned from its SQL and, when plans are
+/// kept and nothing in it changes from call to call (`now()` is folded into a constant by
+/// the optimizer, and must be read when the view is computed), optimized and kept.
 pub(super) async fn view_plan(
     ctx: &SessionContext,
     view: &ViewDef,
@@ -222,7 +222,9 @@ pub(super) async fn view_plan(
     }
     let plan = plan_read_only(ctx, &view.sql, &ParseLimits::default()).await?;
     let scanned = scanned_tables(&plan);
-    if !super::answers::immutable(&plan) {
+    // Not kept: optimized when first computed, as a generation in which it is not used
+    // need not optimize it at all.
+    if key.is_none() || !super::answers::immutable(&plan) {
         return Ok(ViewPlan {
             plan,
             optimized: false,
