@@ -18,7 +18,8 @@
 //!
 //! `BENCH_SCALE` (default 1.0) scales the fleets; `BENCH_FLEETS` (e.g. `250000`) replaces
 //! the fleet sizes (then the section is `fleet-big`, a table of its own); `BENCH_SECONDS`
-//! (default 15) is each throughput run per fleet.
+//! (default 15) is each throughput run per fleet. `BENCH_SQL_CONFIG` is TOML appended
+//! to the SQL node's config (whole sections), to compare its settings in scratch runs.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -109,7 +110,8 @@ struct Throughput {
 }
 
 fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, String)]) -> FleetRun {
-    let fleet = SimulatedFleet::start(machines, block, "");
+    let sql_extra = std::env::var("BENCH_SQL_CONFIG").unwrap_or_default();
+    let fleet = SimulatedFleet::start(machines, block, &sql_extra);
     let sql = &fleet.sql;
     let (clusters, interval) = (fleet.clusters, fleet.interval);
     let (startup, tla_startup) = (fleet.startup, fleet.tla_startup);

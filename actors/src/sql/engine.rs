@@ -470,7 +470,7 @@ impl Snapshot {
             None => {
                 let (planned, state) = self.plan_afresh(statement, limits, &mut phases).await?;
                 lap.lap();
-                if let (Some(key), true) = (key, planned.cacheable) {
+                if let Some(key) = key.filter(|k| planned.cacheable && self.plans.met_before(k)) {
                     if let Some(kept) = planned.keep(&self.sources) {
                         self.plans.put(key, kept);
                     }

@@ -10,10 +10,13 @@
 //! binds them to the snapshot's own tables and views by name (`bind`). A plan that cannot
 //! be bound in full is planned afresh. Only plans whose answer would be kept too are kept
 //! (`QueryOutput::cacheable`): nothing computed when read, and no function that is not
-//! `Immutable` (the optimizer folds `now()` into a constant). Bounded by entries
+//! `Immutable` (the optimizer folds `now()` into a constant). A plan is kept the second
+//! time its statement is met (`PlanCache::met_before`): statements sent once, such as a mix
+//! of ad-hoc queries, then cost only hashing their text, and do not push out the plans of
+//! statements that come back every generation. Bounded by entries
 //! (`[sql] plan_cache_entries`), least recently used first out.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
@@ -109,7 +112,13 @@ struct Lru {
     plans: HashMap<PlanKey, (Arc<KeptPlan>, u64)>,
     /// Bumped by every use; an entry's stamp is its last use.
     clock: u64,
+    /// Hashes of the keys met once (`met_before`); emptied when it holds `SEEN_PER_ENTRY`
+    /// times the capacity.
+    seen: HashSet<u64>,
 }
+
+/// Keys remembered as met once, per plan kept.
+const SEEN_PER_ENTRY: usize = 8;
 
 /// Plans kept by a snapshot unless the node gives it the node's cache
 /// (`Snapshot::use_plans`).
@@ -144,6 +153,25 @@ impl PlanCache {
             *used = now;
             plan.clone()
         })
+    }
+
+    /// Whether `key` was met before (its plan is then worth keeping); remembers it if not.
+    pub fn met_before(&self, key: &PlanKey) -> bool {
+        if !self.enabled() {
+            return false;
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        let hash = h.finish();
+        let mut lru = self.lock();
+        if lru.seen.contains(&hash) {
+            return true;
+        }
+        if lru.seen.len() >= self.capacity.saturating_mul(SEEN_PER_ENTRY) {
+            lru.seen.clear();
+        }
+        lru.seen.insert(hash);
+        false
     }
 
     pub fn put(&self, key: PlanKey, plan: KeptPlan) {
@@ -232,10 +260,11 @@ pub(super) async fn view_plan(
         });
     }
     let optimized = ctx.state().optimize(&plan)?;
-    let schema = Arc::new(optimized.schema().as_arrow().clone());
-    let kept = KeptPlan::of(&optimized, (schema, None), &scanned, false, sources);
-    if let (Some(key), Some(kept)) = (key, kept) {
-        plans.put(key, kept);
+    if let Some(key) = key.filter(|k| plans.met_before(k)) {
+        let schema = Arc::new(optimized.schema().as_arrow().clone());
+        if let Some(kept) = KeptPlan::of(&optimized, (schema, None), &scanned, false, sources) {
+            plans.put(key, kept);
+        }
     }
     Ok(ViewPlan {
         plan: optimized,
@@ -341,6 +370,21 @@ mod tests {
     }
 
     #[test]
+    fn a_key_is_met_before_from_its_second_time_and_the_memory_is_bounded() {
+        let cache = PlanCache::new(1);
+        assert!(!cache.met_before(&key("a")));
+        assert!(cache.met_before(&key("a")));
+        for i in 0..SEEN_PER_ENTRY {
+            cache.met_before(&key(&format!("other {i}")));
+        }
+        assert!(
+            !cache.met_before(&key("a")),
+            "forgotten when the memory filled"
+        );
+        assert!(cache.lock().seen.len() <= SEEN_PER_ENTRY);
+    }
+
+    #[test]
     fn a_cache_of_no_entries_keeps_nothing() {
         let cache = PlanCache::new(0);
         cache.put(key("a"), kept());
@@ -431,16 +475,22 @@ mod tests {
         let plans = Arc::new(PlanCache::new(16));
         let limits = QueryLimits::default();
         let sql = "SELECT COUNT(*) AS c, SUM(n) AS s FROM t WHERE n IN (SELECT n FROM v)";
+        // Views and statements are kept the second time they are met.
+        let (met_once, _) = snapshot_of(10, &plans).await;
+        assert!(plans.is_empty());
+        drop(met_once);
         let (first, first_generation) = snapshot_of(10, &plans).await;
         assert_eq!(plans.len(), 1, "the view v's plan is kept, late's is not");
-        let out = first.query(sql, &limits).await.expect("answer");
-        assert!(!out.phases.plan_reused);
-        assert_eq!(two_numbers(&out), (5, 20));
+        for _ in 0..2 {
+            let out = first.query(sql, &limits).await.expect("answer");
+            assert!(!out.phases.plan_reused);
+            assert_eq!(two_numbers(&out), (5, 20));
+        }
         let again = first.query(sql, &limits).await.expect("answer");
         assert!(again.phases.plan_reused && again.cacheable);
         assert_eq!(two_numbers(&again), (5, 20));
         // The kept plan holds none of the first generation's data.
-        drop((out, again, first));
+        drop((again, first));
         assert!(
             first_generation.upgrade().is_none(),
             "the plan cache keeps a generation alive"
@@ -468,7 +518,7 @@ mod tests {
         let out = larger.query(sql, &limits).await.expect("answer");
         assert!(!out.phases.plan_reused);
         assert_eq!(two_numbers(&out), (50, 2450));
-        assert_eq!(plans.len(), 4);
+        assert_eq!(plans.len(), 2, "a catalog met once keeps nothing");
         let late = "SELECT COUNT(*) AS c, SUM(n) AS s FROM late";
         assert_eq!(
             two_numbers(&larger.query(late, &limits).await.expect("answer")),
@@ -480,14 +530,18 @@ mod tests {
             "SELECT COUNT(*) AS c, CAST(date_part('second', now()) AS BIGINT) AS s FROM t",
             "SELECT COUNT(*) AS c, COUNT(*) AS s FROM information_schema.tables",
         ] {
-            next.query(sql, &limits).await.expect("answer");
+            for _ in 0..2 {
+                next.query(sql, &limits).await.expect("answer");
+            }
             let out = next.query(sql, &limits).await.expect("answer");
             assert!(!out.phases.plan_reused, "{sql}");
         }
         // Off: nothing kept.
         let off = Arc::new(PlanCache::new(0));
         let (snap, _) = snapshot_of(10, &off).await;
-        snap.query(sql, &limits).await.expect("answer");
+        for _ in 0..2 {
+            snap.query(sql, &limits).await.expect("answer");
+        }
         assert!(
             !snap
                 .query(sql, &limits)
