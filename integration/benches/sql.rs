@@ -12,8 +12,8 @@
 //! breaks a statement's time down by phase (`Phases`) and times the JSON encoding.
 //!
 //! `BENCH_SCALE` (default 1.0) scales the fleets: 1,000 and 10,000 machines, plus 70,000 at
-//! 1.0. `BENCH_RUNS` (default 5) is the number of timed runs after one warm-up (two where a plan is kept); the median
-//! is reported. `BENCH_PYTHON` overrides `<repo>/.bench-venv/bin/python` (`make bench-venv`).
+//! 1.0. `BENCH_RUNS` (default 5) is the number of timed runs after one warm-up (two where a
+//! plan is kept); the median is reported. `BENCH_PYTHON` overrides `<repo>/.bench-venv/bin/python` (`make bench-venv`).
 //! `BENCH_EXPLAIN=<name>[,<name>...]` (or `all`, or `sql:<statement>`) prints `EXPLAIN
 //! ANALYZE` of those queries on the largest fleet to standard error and writes nothing:
 //! where a query's time goes, with the median of `BENCH_RUNS` runs (at least 3) and the
