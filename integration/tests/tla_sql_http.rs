@@ -474,12 +474,17 @@ fn tla_sql_role_serves_this_machine_and_static_tables() {
     );
 }
 
-fn cache_hits(node: &Node) -> u64 {
+/// The value of the counter `name` in /metrics.
+fn counter(node: &Node, name: &str) -> u64 {
     let (_, m) = node.get("/metrics");
     m.lines()
-        .find_map(|l| l.strip_prefix("query_answer_cache_hits_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .expect("query_answer_cache_hits_total")
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
+fn cache_hits(node: &Node) -> u64 {
+    counter(node, "query_answer_cache_hits_total")
 }
 
 /// The same statement twice on one generation: the second answer is the first, served from
@@ -527,11 +532,7 @@ fn the_same_statement_on_one_generation_is_answered_once() {
 }
 
 fn plans_reused(node: &Node) -> u64 {
-    let (_, m) = node.get("/metrics");
-    m.lines()
-        .find_map(|l| l.strip_prefix("query_plans_reused_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("query_plans_reused_total")
+    counter(node, "query_plans_reused_total")
 }
 
 /// A statement met in an earlier generation runs on the plan kept for it
