@@ -120,8 +120,8 @@ struct Lru {
 /// Keys remembered as met once, per plan kept.
 const SEEN_PER_ENTRY: usize = 8;
 
-/// Plans kept by a snapshot unless the node gives it the node's cache
-/// (`Snapshot::use_plans`).
+/// The default of `[sql] plan_cache_entries`, and the cache of a snapshot built without
+/// the node's (`BuildOptions::default`).
 pub const DEFAULT_PLAN_CACHE_ENTRIES: usize = 512;
 
 impl PlanCache {
