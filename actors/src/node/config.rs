@@ -403,10 +403,10 @@ impl SqlConfig {
         if self.answer_cache_mb > 1 << 20 {
             return bad("answer_cache_mb is at most 1048576 (1 TiB)");
         }
-        // A plan takes a few kB; a million is a few GB, and an entry is found in a scan
-        // of them all when one goes out.
-        if self.plan_cache_entries > 100_000 {
-            return bad("plan_cache_entries is at most 100000");
+        // A kept plan holds at most 64 kB of text and literals (`MAX_KEPT_PLAN_BYTES`) and
+        // a few kB of plan: 10000 stay under a GB; and the oldest is found by a scan.
+        if self.plan_cache_entries > 10_000 {
+            return bad("plan_cache_entries is at most 10000");
         }
         Ok(())
     }

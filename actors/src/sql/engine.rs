@@ -471,7 +471,7 @@ impl Snapshot {
                 let (planned, state) = self.plan_afresh(statement, limits, &mut phases).await?;
                 lap.lap();
                 if let Some(key) = key.filter(|k| planned.cacheable && self.plans.met_before(k)) {
-                    if let Some(kept) = planned.keep(&self.sources) {
+                    if let Some(kept) = planned.keep(key.sql(), &self.sources) {
                         self.plans.put(key, kept);
                     }
                 }
@@ -951,8 +951,9 @@ struct Planned {
 
 impl Planned {
     /// What to keep of it for later snapshots (`KeptPlan::of`).
-    fn keep(&self, sources: &HashMap<String, Arc<dyn TableSource>>) -> Option<KeptPlan> {
+    fn keep(&self, sql: &str, sources: &HashMap<String, Arc<dyn TableSource>>) -> Option<KeptPlan> {
         KeptPlan::of(
+            sql,
             &self.optimized,
             (self.schema.clone(), self.shown.clone()),
             &self.scanned,

@@ -21,9 +21,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::tree_node::Transformed;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::DefaultTableSource;
 use datafusion::execution::context::SessionContext;
-use datafusion::logical_expr::{LogicalPlan, LogicalTableSource, TableScan, TableSource};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalTableSource, TableScan, TableSource};
 use datafusion::sql::parser::Statement as DfStatement;
 
 use super::engine::{plan_read_only, scanned_tables};
@@ -47,6 +48,11 @@ impl PlanKey {
             catalog,
             parallel,
         }
+    }
+
+    /// The statement's canonical text.
+    pub fn sql(&self) -> &str {
+        &self.sql
     }
 
     /// A view's plan, by its name and SQL.
@@ -73,12 +79,20 @@ pub struct KeptPlan {
     pub single_partition: bool,
 }
 
+/// The most bytes of statement text and literals a kept plan may hold: the optimizer folds
+/// functions of literals into constants (`repeat('y', 20000000)` is 20 MB), and the cache
+/// is bounded by entries. Larger plans are planned every time.
+pub const MAX_KEPT_PLAN_BYTES: usize = 64 << 10;
+
 impl KeptPlan {
-    /// What to keep of an optimized plan (with its output schema and the names shown):
-    /// only one that binds in full to this snapshot's tables and views (`sources`; not
-    /// `information_schema`) and is not an EXPLAIN, so that binding it to another
-    /// snapshot with the same catalog does too.
+    /// What to keep of an optimized plan of `sql` (with its output schema and the names
+    /// shown): only one whose every scan reads this snapshot's own table or view of that
+    /// name (`sources`: not `information_schema`, nor a recursive query's work table or a
+    /// table function that shares a table's name and columns), that is not an EXPLAIN, and
+    /// whose text and literals take at most `MAX_KEPT_PLAN_BYTES`. Binding it to another
+    /// snapshot with the same catalog then gives the plan this one would make.
     pub fn of(
+        sql: &str,
         optimized: &LogicalPlan,
         (schema, shown): (SchemaRef, Option<SchemaRef>),
         scanned: &BTreeSet<String>,
@@ -91,7 +105,11 @@ impl KeptPlan {
         ) {
             return None;
         }
-        bind(optimized, sources)?;
+        if !scans_only(optimized, sources)
+            || sql.len() + literal_bytes(optimized) > MAX_KEPT_PLAN_BYTES
+        {
+            return None;
+        }
         Some(KeptPlan {
             optimized: unbind(optimized.clone())?,
             schema,
@@ -262,7 +280,15 @@ pub(super) async fn view_plan(
     let optimized = ctx.state().optimize(&plan)?;
     if let Some(key) = key.filter(|k| plans.met_before(k)) {
         let schema = Arc::new(optimized.schema().as_arrow().clone());
-        if let Some(kept) = KeptPlan::of(&optimized, (schema, None), &scanned, false, sources) {
+        let kept = KeptPlan::of(
+            &view.sql,
+            &optimized,
+            (schema, None),
+            &scanned,
+            false,
+            sources,
+        );
+        if let Some(kept) = kept {
             plans.put(key, kept);
         }
     }
@@ -271,6 +297,50 @@ pub(super) async fn view_plan(
         optimized: true,
         depends_on: scanned.into_iter().collect(),
     })
+}
+
+/// Whether every table scan of `plan` (subqueries included) reads the very provider
+/// registered under its unqualified name in `sources`.
+fn scans_only(plan: &LogicalPlan, sources: &HashMap<String, Arc<dyn TableSource>>) -> bool {
+    let provider = |source: &Arc<dyn TableSource>| {
+        (source.as_ref() as &dyn std::any::Any)
+            .downcast_ref::<DefaultTableSource>()
+            .map(|s| Arc::as_ptr(&s.table_provider) as *const ())
+    };
+    let mut own = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let registered = match scan.table_name.schema() {
+                Some(_) => None,
+                None => sources.get(scan.table_name.table()),
+            };
+            own = registered
+                .and_then(provider)
+                .is_some_and(|p| provider(&scan.source) == Some(p));
+        }
+        Ok(if own {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    own
+}
+
+/// Bytes of the literals in `plan` (subqueries included).
+fn literal_bytes(plan: &LogicalPlan) -> usize {
+    let mut bytes = 0;
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::Literal(v, _) = e {
+                    bytes += v.size();
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    bytes
 }
 
 /// `plan` with every table scan on a schema-only source, so that keeping it keeps no data.
@@ -409,8 +479,9 @@ mod tests {
         assert_ne!(base, print(&int, 70_000, "SELECT 2"));
     }
 
-    /// A generation of one table `t` (`batch(rows)`), with the view `v` (its even `n`),
-    /// keeping plans in `plans`; its tables are copied on first scan, so the snapshot's
+    /// A generation of one table `t` (`batch(rows)`), with the view `v` (its even `n`), `x`
+    /// (`n` made nullable: a recursive query's work table named `x` has its columns) and
+    /// `late`, keeping plans in `plans`; its tables are copied on first scan, so the snapshot's
     /// providers hold the generation itself.
     async fn snapshot_of(
         rows: i64,
@@ -433,6 +504,8 @@ mod tests {
         let views = ViewsFile {
             view: vec![
                 view("v", "SELECT n FROM t WHERE n % 2 = 0"),
+                // Its values (100 and up) end a recursive term bound to it at once.
+                view("x", "SELECT NULLIF(n, -1) + 100 AS n FROM t"),
                 // now() is read when the view is computed: neither optimized at build nor kept.
                 view(
                     "late",
@@ -480,7 +553,11 @@ mod tests {
         assert!(plans.is_empty());
         drop(met_once);
         let (first, first_generation) = snapshot_of(10, &plans).await;
-        assert_eq!(plans.len(), 1, "the view v's plan is kept, late's is not");
+        assert_eq!(
+            plans.len(),
+            2,
+            "the views v's and x's plans are kept, late's is not"
+        );
         for _ in 0..2 {
             let out = first.query(sql, &limits).await.expect("answer");
             assert!(!out.phases.plan_reused);
@@ -500,8 +577,8 @@ mod tests {
         let (next, _) = snapshot_of(12, &plans).await;
         assert_eq!(
             plans.len(),
-            2,
-            "the view's kept plan served the next snapshot"
+            3,
+            "the views' kept plans served the next snapshot"
         );
         let out = next.query(sql, &limits).await.expect("answer");
         assert!(out.phases.plan_reused);
@@ -518,7 +595,7 @@ mod tests {
         let out = larger.query(sql, &limits).await.expect("answer");
         assert!(!out.phases.plan_reused);
         assert_eq!(two_numbers(&out), (50, 2450));
-        assert_eq!(plans.len(), 2, "a catalog met once keeps nothing");
+        assert_eq!(plans.len(), 3, "a catalog met once keeps nothing");
         let late = "SELECT COUNT(*) AS c, SUM(n) AS s FROM late";
         assert_eq!(
             two_numbers(&larger.query(late, &limits).await.expect("answer")),
@@ -550,5 +627,26 @@ mod tests {
                 .phases
                 .plan_reused
         );
+    }
+
+    #[tokio::test]
+    async fn a_work_table_or_a_large_literal_is_never_kept() {
+        let plans = Arc::new(PlanCache::new(16));
+        let limits = QueryLimits::default();
+        let (snap, _) = snapshot_of(10, &plans).await;
+        // The work table `x` has the view x's name and columns; bound to the view, the
+        // recursive term would read it.
+        let recursive = "WITH RECURSIVE x AS (SELECT 1 AS n UNION ALL \
+                         SELECT n + 1 FROM x WHERE n < 3) SELECT COUNT(*) AS c, SUM(n) AS s FROM x";
+        // The optimizer folds repeat() into a literal of 100,000 bytes.
+        let large = "SELECT COUNT(*) AS c, \
+                     SUM(length(concat(CAST(n AS VARCHAR), repeat('y', 100000)))) AS s FROM t";
+        for (sql, answer) in [(recursive, (3, 6)), (large, (10, 1_000_010))] {
+            for _ in 0..3 {
+                let out = snap.query(sql, &limits).await.expect("answer");
+                assert!(!out.phases.plan_reused, "{sql}");
+                assert_eq!(two_numbers(&out), answer, "{sql}");
+            }
+        }
     }
 }
