@@ -1,6 +1,6 @@
 //! Plans kept from one snapshot to the next. Alerts, reports and dashboards send the same
 //! statements every generation, and at a thousand machines turning a statement into an
-//! optimized logical plan (SQL to plan, analyzer, optimizer) is half of its time
+//! optimized logical plan (SQL to plan, analyzer, optimizer) is close to half its time
 //! (BENCHMARKS.md, "Where a statement's time goes"). A statement met again on a snapshot
 //! with the same catalog (`catalog_fingerprint`: every table's name and columns, its size
 //! class, every view's SQL) takes the optimized plan kept for it; only physical planning
