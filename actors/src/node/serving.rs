@@ -37,10 +37,9 @@ pub struct SnapshotKeeper {
     node_schemas: Vec<(&'static str, Arc<dyn SchemaProvider>)>,
     /// Published tables' definitions, for their descriptions (`query_columns`).
     schemas: SchemaRegistry,
-    /// When snapshots coalesce published tables (a SQL node at build, others on use).
-    copies: TableCopies,
-    /// Optimized plans, kept from one snapshot to the next (`[sql] plan_cache_entries`).
-    plans: Arc<PlanCache>,
+    /// When snapshots coalesce published tables (a SQL node at build, others on use), and
+    /// the plans every snapshot shares (`[sql] plan_cache_entries`).
+    options: BuildOptions,
 }
 
 impl SnapshotKeeper {
@@ -55,8 +54,7 @@ impl SnapshotKeeper {
     ) -> Self {
         SnapshotKeeper {
             schemas: SchemaRegistry::default(),
-            copies: TableCopies::Eager,
-            plans: Arc::new(PlanCache::new(crate::sql::DEFAULT_PLAN_CACHE_ENTRIES)),
+            options: BuildOptions::default(),
             node_schemas,
             installed,
             max_value_bytes,
@@ -83,12 +81,12 @@ impl SnapshotKeeper {
     /// nodes that seldom answer queries (one copy of the generation held, not two).
     /// The plan cache every snapshot shares (`[sql] plan_cache_entries`).
     pub fn with_plans(mut self, plans: Arc<PlanCache>) -> Self {
-        self.plans = plans;
+        self.options.plans = plans;
         self
     }
 
     pub fn with_lazy_tables(mut self, lazy: bool) -> Self {
-        self.copies = match lazy {
+        self.options.copies = match lazy {
             true => TableCopies::OnFirstScan,
             false => TableCopies::Eager,
         };
@@ -110,8 +108,7 @@ impl SnapshotKeeper {
         let node_tables = self.node_tables.clone();
         let node_schemas = self.node_schemas.clone();
         let schemas = self.schemas.clone();
-        let copies = self.copies;
-        let plans = self.plans.clone();
+        let options = self.options.clone();
         let work = self.pool.spawn(async move {
             let mut snap = Snapshot::build_with(
                 generation,
@@ -120,7 +117,7 @@ impl SnapshotKeeper {
                 partitions,
                 max_value_bytes,
                 total,
-                BuildOptions { copies, plans },
+                options,
             )
             .await;
             snap.views_file_error = views_error;

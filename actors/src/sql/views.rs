@@ -98,7 +98,7 @@ pub(crate) struct ViewPlan {
 pub(crate) struct ViewProvider {
     pub name: String,
     pub plan: LogicalPlan,
-    /// Whether `plan` is optimized already (`engine::view_plan`): only physical planning
+    /// Whether `plan` is optimized already (`plans::view_plan`): only physical planning
     /// remains when the view is computed.
     optimized: bool,
     pub schema: SchemaRef,
