@@ -28,6 +28,7 @@ use super::division::NullOnDivideByZero;
 use super::eager_aggregate::EagerAggregate;
 use super::front_door::{parse_checked, ParseLimits};
 use super::guarded::guard_functions;
+use super::machine_keys::{keyed_name, KeyedTables, Keying, MachineKeyJoins};
 use super::memory::MemoryBudget;
 use super::names;
 use super::plans::{self, KeptPlan, PlanCache, PlanKey, DEFAULT_PLAN_CACHE_ENTRIES};
@@ -288,10 +289,12 @@ impl Snapshot {
             .map(|(name, t)| (name.clone(), t.batch.num_rows()))
             .collect();
         rows.extend(generation.tables.iter().map(|(n, t)| (n.clone(), t.rows())));
-        let ctx = new_context_sized(config, rows);
+        let keyed_tables = KeyedTables::default();
+        let ctx = new_context_sized(config, rows, keyed_tables.clone());
         guard_functions(&ctx, max_value_bytes);
         let mut taken = BTreeSet::new();
         let mut sources: HashMap<String, Arc<dyn TableSource>> = HashMap::new();
+        let mut keying = Keying::default();
         for (name, table) in &generation.tables {
             if copies == TableCopies::OnFirstScan {
                 let lazy = super::coalesced::CoalescedTable::new(
@@ -315,8 +318,12 @@ impl Snapshot {
                 table.rows(),
             ) {
                 Ok(mem) => {
-                    let mem: Arc<dyn TableProvider> = Arc::new(mem);
+                    let spread = Arc::new(mem);
+                    let mem: Arc<dyn TableProvider> = spread.clone();
                     if ctx.register_table(name.as_str(), mem.clone()).is_ok() {
+                        if let Some(keyed) = keying.add(name, &spread, &mem) {
+                            sources.insert(keyed_name(name), keyed);
+                        }
                         sources.insert(name.clone(), provider_as_source(mem));
                         taken.insert(name.clone());
                     }
@@ -339,8 +346,12 @@ impl Snapshot {
                 table.batch.num_rows(),
             ) {
                 Ok(mem) => {
-                    let mem: Arc<dyn TableProvider> = Arc::new(mem);
+                    let spread = Arc::new(mem);
+                    let mem: Arc<dyn TableProvider> = spread.clone();
                     if ctx.register_table(name.as_str(), mem.clone()).is_ok() {
+                        if let Some(keyed) = keying.add(name, &spread, &mem) {
+                            sources.insert(keyed_name(name), keyed);
+                        }
                         sources.insert(name.clone(), provider_as_source(mem));
                         taken.insert(name.clone());
                     }
@@ -350,6 +361,7 @@ impl Snapshot {
                 }
             }
         }
+        keying.finish(&keyed_tables);
 
         let catalog = plans::catalog_fingerprint(
             generation
@@ -839,20 +851,22 @@ async fn register_views(
     (providers, view_errors)
 }
 
-/// [`new_context_sized`] knowing no table's rows: no aggregate goes below a join.
+/// [`new_context_sized`] knowing no table's rows (no aggregate goes below a join) and no
+/// keyed table.
 #[cfg(test)]
 pub(crate) fn new_context(config: SessionConfig) -> SessionContext {
-    new_context_sized(config, HashMap::new())
+    new_context_sized(config, HashMap::new(), KeyedTables::default())
 }
 
 /// A context whose analyzer first makes division by zero NULL (see `division`), then runs
 /// DataFusion's own rules, whose optimizer truncates UTC timestamps fast
-/// (`utc_date_trunc`) and aggregates before joins with small tables (`eager_aggregate`,
-/// knowing each table's `rows`), and whose per-partition top-k never keeps zero rows
-/// (`window_topn`).
+/// (`utc_date_trunc`), aggregates before joins with small tables (`eager_aggregate`,
+/// knowing each table's `rows`) and joins `keyed` tables on machine ids (`machine_keys`),
+/// and whose per-partition top-k never keeps zero rows (`window_topn`).
 pub(crate) fn new_context_sized(
     config: SessionConfig,
     rows: HashMap<String, usize>,
+    keyed: KeyedTables,
 ) -> SessionContext {
     let mut rules: Vec<Arc<dyn AnalyzerRule + Send + Sync>> = vec![Arc::new(NullOnDivideByZero)];
     rules.extend(Analyzer::new().rules);
@@ -866,6 +880,8 @@ pub(crate) fn new_context_sized(
         .with_analyzer_rules(rules)
         .with_optimizer_rule(Arc::new(UtcDateTrunc))
         .with_optimizer_rule(Arc::new(EagerAggregate::new(rows)))
+        // Last: it rewrites the joins the rules before it placed.
+        .with_optimizer_rule(Arc::new(MachineKeyJoins::new(keyed)))
         .with_physical_optimizer_rules(super::window_topn::physical_rules())
         .build();
     SessionContext::new_with_state(state)

@@ -12,6 +12,7 @@ mod eager_aggregate;
 mod engine;
 mod front_door;
 mod guarded;
+mod machine_keys;
 mod memory;
 mod names;
 mod not_in;

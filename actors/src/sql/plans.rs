@@ -22,13 +22,13 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::datasource::DefaultTableSource;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalTableSource, TableScan, TableSource};
 use datafusion::sql::parser::Statement as DfStatement;
 
 use super::engine::{plan_read_only, scanned_tables};
 use super::front_door::ParseLimits;
+use super::machine_keys::{provider_of, source_name};
 use super::views::{ViewDef, ViewPlan};
 use crate::error::QueryError;
 
@@ -302,21 +302,16 @@ pub(super) async fn view_plan(
 /// Whether every table scan of `plan` (subqueries included) reads the very provider
 /// registered under its unqualified name in `sources`.
 fn scans_only(plan: &LogicalPlan, sources: &HashMap<String, Arc<dyn TableSource>>) -> bool {
-    let provider = |source: &Arc<dyn TableSource>| {
-        (source.as_ref() as &dyn std::any::Any)
-            .downcast_ref::<DefaultTableSource>()
-            .map(|s| Arc::as_ptr(&s.table_provider) as *const ())
-    };
     let mut own = true;
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
             let registered = match scan.table_name.schema() {
                 Some(_) => None,
-                None => sources.get(scan.table_name.table()),
+                None => sources.get(source_name(scan).as_ref()),
             };
             own = registered
-                .and_then(provider)
-                .is_some_and(|p| provider(&scan.source) == Some(p));
+                .and_then(provider_of)
+                .is_some_and(|p| provider_of(&scan.source) == Some(p));
         }
         Ok(if own {
             TreeNodeRecursion::Continue
@@ -350,7 +345,8 @@ pub fn unbind(plan: LogicalPlan) -> Option<LogicalPlan> {
     })
 }
 
-/// `plan` with every table scan on the source of that name in `sources`; None if a scan
+/// `plan` with every table scan on the source of that name in `sources` (a table's keyed
+/// copy, `machine_keys`, by its own name); None if a scan
 /// names a table not there, or one whose columns differ.
 pub fn bind(
     plan: &LogicalPlan,
@@ -361,7 +357,7 @@ pub fn bind(
         if scan.table_name.schema().is_some() {
             return None;
         }
-        let source = sources.get(scan.table_name.table())?;
+        let source = sources.get(source_name(scan).as_ref())?;
         (source.schema() == scan.source.schema()).then(|| source.clone())
     })
 }

@@ -22,6 +22,8 @@ use super::engine::SINGLE_PARTITION_ROWS;
 /// The same batches two ways (the batches are shared, not copied).
 #[derive(Debug)]
 pub(crate) struct SpreadTable {
+    /// The batches of each partition.
+    parts: Vec<Vec<RecordBatch>>,
     wide: MemTable,
     /// Every batch in one partition; absent when `wide` is one partition already.
     narrow: Option<MemTable>,
@@ -36,19 +38,31 @@ impl SpreadTable {
             None
         };
         Ok(SpreadTable {
-            wide: MemTable::try_new(schema, parts)?,
+            wide: MemTable::try_new(schema, parts.clone())?,
+            parts,
             narrow,
         })
+    }
+
+    /// The same partitions, every batch through `f` (`machine_keys`' keyed copy); None if
+    /// `f` gives none for one.
+    pub(super) fn map_batches(
+        &self,
+        schema: SchemaRef,
+        mut f: impl FnMut(&RecordBatch) -> Option<RecordBatch>,
+    ) -> Option<SpreadTable> {
+        let parts = self
+            .parts
+            .iter()
+            .map(|p| p.iter().map(&mut f).collect::<Option<Vec<_>>>())
+            .collect::<Option<Vec<_>>>()?;
+        SpreadTable::new(schema, parts).ok()
     }
 
     /// The partitions a wide scan reads.
     #[cfg(test)]
     fn wide_partitions(&self) -> Vec<Vec<RecordBatch>> {
-        self.wide
-            .batches
-            .iter()
-            .map(|p| p.try_read().map(|b| b.clone()).unwrap_or_default())
-            .collect()
+        self.parts.clone()
     }
 }
 

@@ -113,7 +113,7 @@ fn context_told(rows: Option<HashMap<String, usize>>) -> SessionContext {
     let config = SessionConfig::new().with_target_partitions(2);
     let tables = tables();
     let ctx = match rows {
-        Some(rows) => new_context_sized(config, rows),
+        Some(rows) => new_context_sized(config, rows, Default::default()),
         None => new_context(config),
     };
     for (name, batch) in tables {

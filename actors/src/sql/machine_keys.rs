@@ -1,0 +1,622 @@
+//! Joins on `machine_ip` run on integer machine ids: every published table of a generation
+//! carries `machine_ip`, and most of the papers' queries join two of them on it. Hashing and
+//! comparing 840,000 strings against 70,000 is the largest part of such a join; on dense
+//! integers DataFusion looks each key up in an array instead (its "perfect hash join").
+//!
+//! This module owns both halves:
+//! - at snapshot build, [`Keying`] gives every distinct `machine_ip` of the snapshot's
+//!   tables one dense `u32` id ([`MachineIds`], shared by all of them, so equal addresses get
+//!   equal ids in every table) and registers, beside each table, a keyed copy of it: the same
+//!   batches (shared, not copied) with a [`MACHINE_ID`] column appended;
+//! - [`MachineKeyJoins`], a logical optimizer rule, rewrites an equijoin between two
+//!   `machine_ip` columns that both come (through filters, projections, aliases and other
+//!   joins) from this snapshot's own tables into an equijoin on their ids, reading the keyed
+//!   copies, and projects the ids away above the join. Equal ids hold exactly equal addresses
+//!   and a NULL address has a NULL id, so every join type answers as before.
+//!
+//! The keyed copies are found by name (`keyed_name`) so that a kept plan binds to the next
+//! snapshot's copies (`plans::bind`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use datafusion::arrow::array::{Array, ArrayRef, StringArray, UInt32Builder};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::Transformed;
+use datafusion::common::Column;
+use datafusion::datasource::{provider_as_source, DefaultTableSource};
+use datafusion::error::Result;
+use datafusion::logical_expr::{
+    Expr, Join, JoinType, LogicalPlan, Projection, SubqueryAlias, TableScan, TableScanBuilder,
+    TableSource,
+};
+use datafusion::optimizer::optimizer::ApplyOrder;
+use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+
+use super::spread::SpreadTable;
+
+/// The column a keyed copy appends: the row's machine id (NULL where `machine_ip` is).
+pub(crate) const MACHINE_ID: &str = "__machine_id";
+
+/// The column whose values are keyed.
+const MACHINE_IP: &str = "machine_ip";
+
+/// The name a table's keyed copy is found by among a snapshot's sources: `#` cannot appear
+/// in a table's name.
+pub(crate) fn keyed_name(table: &str) -> String {
+    format!("{table}#machine_ids")
+}
+
+/// The name of the source a scan reads: its table's, or its keyed copy's.
+pub(crate) fn source_name(scan: &TableScan) -> std::borrow::Cow<'_, str> {
+    let schema = scan.source.schema();
+    match schema.fields().last() {
+        Some(f) if f.name() == MACHINE_ID => keyed_name(scan.table_name.table()).into(),
+        _ => scan.table_name.table().into(),
+    }
+}
+
+/// The provider behind a source registered from one, as an address to compare.
+pub(crate) fn provider_of(source: &Arc<dyn TableSource>) -> Option<usize> {
+    (source.as_ref() as &dyn std::any::Any)
+        .downcast_ref::<DefaultTableSource>()
+        .map(|s| Arc::as_ptr(&s.table_provider) as *const () as usize)
+}
+
+/// Dense ids for addresses, in order of first sight.
+#[derive(Default)]
+struct MachineIds {
+    ids: HashMap<String, u32>,
+}
+
+impl MachineIds {
+    /// The ids of `ips`; None past `u32::MAX` addresses. A machine's rows are contiguous in
+    /// its table, so an address equal to the row before's costs a comparison, not a lookup.
+    fn of(&mut self, ips: &StringArray) -> Option<ArrayRef> {
+        let mut out = UInt32Builder::with_capacity(ips.len());
+        let mut before: Option<(usize, u32)> = None;
+        for row in 0..ips.len() {
+            if ips.is_null(row) {
+                out.append_null();
+                continue;
+            }
+            let ip = ips.value(row);
+            let id = match before {
+                Some((at, id)) if ips.value(at) == ip => id,
+                _ => match self.ids.get(ip) {
+                    Some(&id) => id,
+                    None => {
+                        let id = u32::try_from(self.ids.len()).ok()?;
+                        self.ids.insert(ip.to_owned(), id);
+                        id
+                    }
+                },
+            };
+            before = Some((row, id));
+            out.append_value(id);
+        }
+        Some(Arc::new(out.finish()))
+    }
+}
+
+/// A table with a keyed copy: the provider registered under its name, and the copy's source.
+pub(crate) struct KeyedTable {
+    /// The address of the provider registered under the table's name (only compared).
+    table: usize,
+    keyed: Arc<dyn TableSource>,
+}
+
+impl std::fmt::Debug for KeyedTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedTable")
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+/// The keyed copies of a snapshot's tables, by table name: set once its tables are
+/// registered, before any statement (a view's included) is planned.
+pub(crate) type KeyedTables = Arc<OnceLock<HashMap<String, KeyedTable>>>;
+
+/// Keys a snapshot's tables as they are registered.
+#[derive(Default)]
+pub(crate) struct Keying {
+    ids: MachineIds,
+    tables: HashMap<String, KeyedTable>,
+}
+
+impl Keying {
+    /// Makes the keyed copy of `table` (registered as `provider` under `name`) if it has a
+    /// `machine_ip` string column; its source, to register under `keyed_name(name)`.
+    pub(crate) fn add(
+        &mut self,
+        name: &str,
+        table: &SpreadTable,
+        provider: &Arc<dyn TableProvider>,
+    ) -> Option<Arc<dyn TableSource>> {
+        let schema = table.schema();
+        let (at, field) = schema.column_with_name(MACHINE_IP)?;
+        if field.data_type() != &DataType::Utf8 || schema.column_with_name(MACHINE_ID).is_some() {
+            return None;
+        }
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(
+            MACHINE_ID,
+            DataType::UInt32,
+            field.is_nullable(),
+        ));
+        let keyed_schema: SchemaRef =
+            Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+        let keyed = table.map_batches(keyed_schema.clone(), |batch| {
+            let ips = batch.column(at).as_any().downcast_ref::<StringArray>()?;
+            let mut columns = batch.columns().to_vec();
+            columns.push(self.ids.of(ips)?);
+            RecordBatch::try_new(keyed_schema.clone(), columns).ok()
+        })?;
+        let source = provider_as_source(Arc::new(keyed));
+        self.tables.insert(
+            name.to_string(),
+            KeyedTable {
+                table: Arc::as_ptr(provider) as *const () as usize,
+                keyed: source.clone(),
+            },
+        );
+        Some(source)
+    }
+
+    /// Hands the copies to the snapshot's rule.
+    pub(crate) fn finish(self, into: &KeyedTables) {
+        let _ = into.set(self.tables);
+    }
+}
+
+/// The optimizer rule (module doc).
+#[derive(Debug)]
+pub(crate) struct MachineKeyJoins {
+    tables: KeyedTables,
+}
+
+impl MachineKeyJoins {
+    pub(crate) fn new(tables: KeyedTables) -> Self {
+        MachineKeyJoins { tables }
+    }
+}
+
+impl OptimizerRule for MachineKeyJoins {
+    fn name(&self) -> &str {
+        "machine_key_joins"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::BottomUp)
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let Some(tables) = self.tables.get().filter(|t| !t.is_empty()) else {
+            return Ok(Transformed::no(plan));
+        };
+        let LogicalPlan::Join(join) = &plan else {
+            return Ok(Transformed::no(plan));
+        };
+        match rekey(tables, join) {
+            Some(rekeyed) => Ok(Transformed::yes(rekeyed)),
+            None => Ok(Transformed::no(plan)),
+        }
+    }
+}
+
+/// `join` on machine ids wherever both sides of a key are traceable `machine_ip` columns,
+/// under a projection back to its own columns; None if no key is.
+fn rekey(tables: &HashMap<String, KeyedTable>, join: &Join) -> Option<LogicalPlan> {
+    let (mut left, mut right) = (join.left.as_ref().clone(), join.right.as_ref().clone());
+    let mut on = join.on.clone();
+    let mut changed = false;
+    for pair in on.iter_mut() {
+        let (Expr::Column(l), Expr::Column(r)) = pair else {
+            continue;
+        };
+        let Some((new_left, l_id)) = trace(tables, &left, l) else {
+            continue;
+        };
+        let Some((new_right, r_id)) = trace(tables, &right, r) else {
+            continue;
+        };
+        (left, right) = (new_left, new_right);
+        *pair = (Expr::Column(l_id), Expr::Column(r_id));
+        changed = true;
+    }
+    if !changed {
+        return None;
+    }
+    let rekeyed = Join::try_new(
+        Arc::new(left),
+        Arc::new(right),
+        on,
+        join.filter.clone(),
+        join.join_type,
+        join.join_constraint,
+        join.null_equality,
+        join.null_aware,
+    )
+    .ok()?;
+    let columns = join
+        .schema
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    let back = Projection::try_new(columns, Arc::new(LogicalPlan::Join(rekeyed))).ok()?;
+    Some(LogicalPlan::Projection(back))
+}
+
+/// `plan` made to output the machine id of its column `column` too, and that id's column;
+/// None unless `column` is, unchanged, the `machine_ip` of one of this snapshot's keyed
+/// tables.
+fn trace(
+    tables: &HashMap<String, KeyedTable>,
+    plan: &LogicalPlan,
+    column: &Column,
+) -> Option<(LogicalPlan, Column)> {
+    match plan {
+        LogicalPlan::TableScan(scan) => key_scan(tables, scan, column),
+        LogicalPlan::Filter(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::Repartition(_) => {
+            let input = plan.inputs().into_iter().next()?;
+            let (input, id) = trace(tables, input, column)?;
+            let rebuilt = plan.with_new_exprs(plan.expressions(), vec![input]).ok()?;
+            Some((rebuilt, id))
+        }
+        LogicalPlan::Projection(p) => {
+            let at = p.schema.maybe_index_of_column(column)?;
+            let inner = match &p.expr[at] {
+                Expr::Column(c) => c,
+                Expr::Alias(a) => match a.expr.as_ref() {
+                    Expr::Column(c) => c,
+                    _ => return None,
+                },
+                _ => return None,
+            };
+            let (input, id) = trace(tables, &p.input, inner)?;
+            let mut expr = p.expr.clone();
+            let id_expr = Expr::Column(id.clone());
+            if !expr.contains(&id_expr) {
+                expr.push(id_expr);
+            }
+            let rebuilt = Projection::try_new(expr, Arc::new(input)).ok()?;
+            Some((LogicalPlan::Projection(rebuilt), id))
+        }
+        LogicalPlan::SubqueryAlias(s) => {
+            // The alias renames every column; they keep their positions.
+            let at = s.schema.maybe_index_of_column(column)?;
+            let inner = Column::from(s.input.schema().qualified_field(at));
+            let (input, id) = trace(tables, &s.input, &inner)?;
+            let id_at = input.schema().maybe_index_of_column(&id)?;
+            let rebuilt = SubqueryAlias::try_new(Arc::new(input), s.alias.clone()).ok()?;
+            let id = Column::from(rebuilt.schema.qualified_field(id_at));
+            Some((LogicalPlan::SubqueryAlias(rebuilt), id))
+        }
+        LogicalPlan::Join(j) => {
+            let from_left = j.left.schema().has_column(column);
+            let kept = match j.join_type {
+                JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => true,
+                JoinType::LeftSemi | JoinType::LeftAnti => from_left,
+                JoinType::RightSemi | JoinType::RightAnti => !from_left,
+                JoinType::LeftMark | JoinType::RightMark => false,
+            };
+            if !kept {
+                return None;
+            }
+            let side = if from_left { &j.left } else { &j.right };
+            let (side, id) = trace(tables, side, column)?;
+            let (left, right) = if from_left {
+                (Arc::new(side), j.right.clone())
+            } else {
+                (j.left.clone(), Arc::new(side))
+            };
+            let rebuilt = Join::try_new(
+                left,
+                right,
+                j.on.clone(),
+                j.filter.clone(),
+                j.join_type,
+                j.join_constraint,
+                j.null_equality,
+                j.null_aware,
+            )
+            .ok()?;
+            Some((LogicalPlan::Join(rebuilt), id))
+        }
+        _ => None,
+    }
+}
+
+/// `scan` reading its table's keyed copy, with the id column, if `column` is its
+/// `machine_ip` and it reads this snapshot's table (or its copy already).
+fn key_scan(
+    tables: &HashMap<String, KeyedTable>,
+    scan: &TableScan,
+    column: &Column,
+) -> Option<(LogicalPlan, Column)> {
+    let at = scan.projected_schema.maybe_index_of_column(column)?;
+    if scan.projected_schema.field(at).name() != MACHINE_IP || scan.table_name.schema().is_some() {
+        return None;
+    }
+    let keyed = tables.get(scan.table_name.table())?;
+    let reads = provider_of(&scan.source)?;
+    let id = Column::new(Some(scan.table_name.clone()), MACHINE_ID);
+    if Some(reads) == provider_of(&keyed.keyed) {
+        // Keyed by an earlier join of this plan: the id may be projected already.
+        if scan.projected_schema.has_column(&id) {
+            return Some((LogicalPlan::TableScan(scan.clone()), id));
+        }
+    } else if reads != keyed.table {
+        return None;
+    }
+    let width = keyed.keyed.schema().fields().len();
+    let mut projection = scan
+        .projection
+        .clone()
+        .unwrap_or_else(|| (0..width - 1).collect());
+    projection.push(width - 1);
+    let rescan = TableScanBuilder::new(scan.table_name.clone(), keyed.keyed.clone())
+        .with_projection(Some(projection))
+        .with_filters(scan.filters.clone())
+        .with_fetch(scan.fetch)
+        .with_statistics_requests(scan.statistics_requests.clone())
+        .build()
+        .ok()?;
+    Some((LogicalPlan::TableScan(rescan), id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generation::{GenerationBuilder, Part};
+    use crate::sql::engine::{
+        new_context, BuildOptions, QueryLimits, Snapshot, TableCopies, DEFAULT_MAX_RESULT_BYTES,
+    };
+    use crate::sql::plans::PlanCache;
+    use crate::sql::views::ViewsFile;
+    use crate::static_tables::StaticCatalog;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    use datafusion::catalog::MemTable;
+    use std::sync::atomic::AtomicU64;
+    use std::time::SystemTime;
+
+    /// A row: its address and one number.
+    type Row<'a> = (Option<&'a str>, i64);
+
+    /// A table of `(machine_ip, <column>)` rows, one part per machine as a proxy sends it.
+    fn parts(column: &str, rows: &[Row]) -> Vec<Part> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(MACHINE_IP, DataType::Utf8, true),
+            Field::new(column, DataType::Int64, false),
+        ]));
+        let mut by_machine: Vec<(String, Vec<Row>)> = Vec::new();
+        for &(ip, v) in rows {
+            let key = ip.unwrap_or("none").to_string();
+            match by_machine.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, r)) => r.push((ip, v)),
+                None => by_machine.push((key, vec![(ip, v)])),
+            }
+        }
+        by_machine
+            .into_iter()
+            .map(|(key, rows)| Part {
+                key,
+                batch: RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(StringArray::from(
+                            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                        )),
+                        Arc::new(Int64Array::from(
+                            rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                        )),
+                    ],
+                )
+                .expect("batch"),
+                sources: vec![],
+            })
+            .collect()
+    }
+
+    /// `sys` (m0-m5 and a NULL address), `processes` (m1-m7, three each, and a NULL
+    /// address: m6 and m7 are in no other table) and `machinerole` (m0, m2, m7); `shift`
+    /// changes the values so that two generations answer differently.
+    fn fleet(shift: i64) -> Vec<(&'static str, Vec<Part>)> {
+        let ip = |i: i64| -> &'static str {
+            ["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7"][i as usize]
+        };
+        let mut sys: Vec<(Option<&str>, i64)> =
+            (0..6).map(|i| (Some(ip(i)), i % 2 + shift)).collect();
+        sys.push((None, 9));
+        let mut processes: Vec<(Option<&str>, i64)> = (1..8)
+            .flat_map(|i| (0..3).map(move |k| (Some(ip(i)), i * 10 + k + shift)))
+            .collect();
+        processes.push((None, 99));
+        let roles = vec![(Some("m0"), 1), (Some("m2"), 2), (Some("m7"), 1)];
+        vec![
+            ("sys", parts("cluster", &sys)),
+            ("processes", parts("rss", &processes)),
+            ("machinerole", parts("role", &roles)),
+        ]
+    }
+
+    async fn snapshot(shift: i64, plans: &Arc<PlanCache>) -> Snapshot {
+        let mut builder = GenerationBuilder::default();
+        for (table, parts) in fleet(shift) {
+            for part in parts {
+                builder.add(table, part).expect("part");
+            }
+        }
+        let options = BuildOptions {
+            copies: TableCopies::Eager,
+            plans: plans.clone(),
+        };
+        Snapshot::build_with(
+            builder.seal(1, 1, SystemTime::now()),
+            Arc::new(StaticCatalog::default()),
+            &ViewsFile::default(),
+            2,
+            DEFAULT_MAX_RESULT_BYTES,
+            Arc::new(AtomicU64::new(0)),
+            options,
+        )
+        .await
+    }
+
+    /// The same tables in a context that joins on the addresses themselves.
+    fn oracle(shift: i64) -> datafusion::prelude::SessionContext {
+        let mut config = datafusion::prelude::SessionConfig::new();
+        // The snapshot's dialect: the generic one reserves `cluster`.
+        config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+        let ctx = new_context(config);
+        for (table, parts) in fleet(shift) {
+            let schema = parts[0].batch.schema();
+            let batches = parts.into_iter().map(|p| p.batch).collect();
+            let mem = MemTable::try_new(schema, vec![batches]).expect("table");
+            ctx.register_table(table, Arc::new(mem)).expect("register");
+        }
+        ctx
+    }
+
+    /// An answer's rows as sorted text.
+    fn rows(batches: &[RecordBatch]) -> Vec<String> {
+        let options = FormatOptions::default().with_null("NULL");
+        let mut out = Vec::new();
+        for b in batches {
+            let formatters: Vec<_> = b
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter"))
+                .collect();
+            for row in 0..b.num_rows() {
+                let cells: Vec<String> = formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect();
+                out.push(cells.join("|"));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// (statement, whether its join runs on machine ids).
+    const STATEMENTS: &[(&str, bool)] = &[
+        ("SELECT s.machine_ip, s.cluster, p.rss FROM sys s JOIN processes p ON s.machine_ip = p.machine_ip", true),
+        ("SELECT s.machine_ip, p.machine_ip, p.rss FROM sys s LEFT JOIN processes p ON s.machine_ip = p.machine_ip", true),
+        ("SELECT s.machine_ip, p.machine_ip, p.rss FROM sys s FULL JOIN processes p ON s.machine_ip = p.machine_ip", true),
+        ("SELECT s.machine_ip, p.rss FROM sys s JOIN processes p ON s.machine_ip IS NOT DISTINCT FROM p.machine_ip", true),
+        ("SELECT machine_ip, rss FROM processes WHERE machine_ip IN (SELECT machine_ip FROM sys WHERE cluster = 1)", true),
+        ("SELECT machine_ip, rss FROM processes WHERE machine_ip NOT IN (SELECT machine_ip FROM sys)", true),
+        ("SELECT machine_ip, rss FROM processes WHERE machine_ip NOT IN (SELECT machine_ip FROM sys WHERE machine_ip IS NOT NULL)", true),
+        ("SELECT m.machine_ip FROM machinerole m WHERE NOT EXISTS (SELECT 1 FROM processes p WHERE p.machine_ip = m.machine_ip AND p.rss > 20)", true),
+        // Two joins on the same address (the papers' first query's shape).
+        ("SELECT s.machine_ip, p.rss FROM sys s, processes p WHERE s.machine_ip = p.machine_ip AND s.machine_ip IN (SELECT machine_ip FROM machinerole WHERE role = 2)", true),
+        ("SELECT a.machine_ip, b.cluster FROM sys a JOIN sys b ON a.machine_ip = b.machine_ip", true),
+        ("SELECT s.ip, p.rss FROM (SELECT machine_ip AS ip, cluster FROM sys WHERE cluster = 0) s JOIN processes p ON s.ip = p.machine_ip", true),
+        ("SELECT s.cluster, COUNT(*) FROM sys s JOIN processes p ON s.machine_ip = p.machine_ip AND p.rss > s.cluster * 30 GROUP BY s.cluster", true),
+        // Not the address itself on one side: joined on strings as before.
+        ("SELECT s.machine_ip, p.rss FROM sys s JOIN processes p ON s.machine_ip = lower(p.machine_ip)", false),
+        ("SELECT s.machine_ip, r.role FROM sys s JOIN (SELECT machine_ip, MAX(role) AS role FROM machinerole GROUP BY machine_ip) r ON s.machine_ip = r.machine_ip", false),
+    ];
+
+    #[tokio::test]
+    async fn joins_on_machine_ids_answer_as_joins_on_addresses() {
+        let plans = Arc::new(PlanCache::new(0));
+        let snap = snapshot(0, &plans).await;
+        let oracle = oracle(0);
+        let limits = QueryLimits::default();
+        for &(sql, keyed) in STATEMENTS {
+            let want = oracle
+                .sql(sql)
+                .await
+                .expect("oracle plans")
+                .collect()
+                .await
+                .expect("oracle answers");
+            let got = snap.query(sql, &limits).await.expect("answer");
+            assert_eq!(rows(&got.batches), rows(&want), "{sql}");
+            assert!(
+                !rows(&want).is_empty() || sql.contains("NOT IN (SELECT machine_ip FROM sys)"),
+                "{sql}"
+            );
+            let explain = snap
+                .query(&format!("EXPLAIN {sql}"), &limits)
+                .await
+                .expect("explain");
+            let text = rows(&explain.batches).join("\n");
+            assert_eq!(text.contains(MACHINE_ID), keyed, "{sql}\n{text}");
+            // The ids never reach the answer.
+            assert!(got
+                .batches
+                .iter()
+                .all(|b| b.schema().column_with_name(MACHINE_ID).is_none()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_plan_joins_on_the_next_generations_ids() {
+        let plans = Arc::new(PlanCache::new(16));
+        let limits = QueryLimits::default();
+        let sql = STATEMENTS[0].0;
+        let first = snapshot(0, &plans).await;
+        for _ in 0..2 {
+            first.query(sql, &limits).await.expect("answer");
+        }
+        let next = snapshot(5, &plans).await;
+        let got = next.query(sql, &limits).await.expect("answer");
+        assert!(got.phases.plan_reused, "the plan is kept");
+        let want = oracle(5)
+            .sql(sql)
+            .await
+            .expect("plans")
+            .collect()
+            .await
+            .expect("answers");
+        assert_eq!(rows(&got.batches), rows(&want));
+    }
+
+    #[test]
+    fn equal_addresses_get_equal_ids_across_tables_and_null_stays_null() {
+        let mut ids = MachineIds::default();
+        let a = ids
+            .of(&StringArray::from(vec![
+                Some("x"),
+                Some("x"),
+                None,
+                Some("y"),
+                Some("x"),
+            ]))
+            .expect("ids");
+        let b = ids
+            .of(&StringArray::from(vec![Some("y"), Some("z"), Some("x")]))
+            .expect("ids");
+        let values = |a: &ArrayRef| {
+            let a = a
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::UInt32Array>()
+                .expect("u32");
+            (0..a.len())
+                .map(|i| a.is_valid(i).then(|| a.value(i)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(values(&a), vec![Some(0), Some(0), None, Some(1), Some(0)]);
+        assert_eq!(values(&b), vec![Some(1), Some(2), Some(0)]);
+    }
+}
