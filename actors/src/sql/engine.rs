@@ -1,9 +1,9 @@
 //! A snapshot: the one generation a node currently answers from, with its static tables
-//! and views, registered in a DataFusion context. Installing the next generation builds a
-//! new snapshot; queries that hold the old one finish on it.
+//! and views, registered in a DataFusion context (built in `build`), and how it runs a
+//! statement. Installing the next generation builds a new snapshot; queries that hold the
+//! old one finish on it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,8 +12,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::config::Dialect;
-use datafusion::datasource::provider_as_source;
-use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::context::{SQLOptions, SessionContext};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::TaskContext;
@@ -22,25 +21,22 @@ use datafusion::physical_plan::execute_stream;
 use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 
-use super::casts::RoundFloatToInteger;
 use super::describe::Descriptions;
-use super::division::NullOnDivideByZero;
-use super::eager_aggregate::EagerAggregate;
 use super::front_door::{parse_checked, ParseLimits};
-use super::guarded::guard_functions;
-use super::machine_keys::{keyed_name, KeyedTables, Keying, MachineKeyJoins};
 use super::memory::MemoryBudget;
 use super::names;
-use super::plans::{self, KeptPlan, PlanCache, PlanKey, DEFAULT_PLAN_CACHE_ENTRIES};
-use super::subquery::DecorrelateScalarAggregates;
+use super::plans::{self, KeptPlan, PlanCache, PlanKey};
 use super::time_slice::time_sliced;
-use super::utc_date_trunc::UtcDateTrunc;
-use super::views::{ViewProvider, ViewsFile};
+use super::views::ViewProvider;
 use crate::error::QueryError;
 use crate::generation::Generation;
 use crate::static_tables::StaticCatalog;
-use datafusion::execution::SessionStateBuilder;
-use datafusion::optimizer::{Analyzer, AnalyzerRule};
+
+mod build;
+
+#[cfg(test)]
+pub(crate) use build::{new_context, new_context_sized};
+pub use build::{BuildOptions, TableCopies};
 
 pub(crate) const SQL_DIALECT: Dialect = Dialect::PostgreSQL;
 
@@ -195,239 +191,7 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
-/// How a snapshot is built, beyond what it holds.
-#[derive(Clone)]
-pub struct BuildOptions {
-    pub copies: TableCopies,
-    /// Optimized plans of statements and views met before, on this snapshot or an earlier
-    /// one: the node's, shared by its snapshots (`[sql] plan_cache_entries`).
-    pub plans: Arc<PlanCache>,
-}
-
-impl Default for BuildOptions {
-    fn default() -> Self {
-        BuildOptions {
-            copies: TableCopies::Eager,
-            plans: Arc::new(PlanCache::new(DEFAULT_PLAN_CACHE_ENTRIES)),
-        }
-    }
-}
-
-/// When a snapshot makes the coalesced copy of a published table (see `partitioned`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TableCopies {
-    /// At build: no query pays for it (a SQL node).
-    #[default]
-    Eager,
-    /// At a table's first scan: a node that rarely answers holds one copy, not two.
-    OnFirstScan,
-}
-
 impl Snapshot {
-    /// Registers the generation's tables, the static tables and the views. Name clashes are
-    /// resolved published > static > view, and the loser is reported as an error.
-    pub async fn build(
-        generation: Arc<Generation>,
-        statics: Arc<StaticCatalog>,
-        views: &ViewsFile,
-        partitions: usize,
-        max_value_bytes: usize,
-        view_computations_total: Arc<AtomicU64>,
-    ) -> Snapshot {
-        Self::build_with(
-            generation,
-            statics,
-            views,
-            partitions,
-            max_value_bytes,
-            view_computations_total,
-            BuildOptions::default(),
-        )
-        .await
-    }
-
-    /// [`Snapshot::build`], coalescing published tables when built or on first scan, and
-    /// keeping plans where `options` says.
-    pub async fn build_with(
-        generation: Arc<Generation>,
-        statics: Arc<StaticCatalog>,
-        views: &ViewsFile,
-        partitions: usize,
-        max_value_bytes: usize,
-        view_computations_total: Arc<AtomicU64>,
-        options: BuildOptions,
-    ) -> Snapshot {
-        let BuildOptions { copies, plans } = options;
-        let mut config = SessionConfig::new()
-            .with_information_schema(true)
-            .with_target_partitions(partitions.max(1));
-        // PostgreSQL's dialect: the generic one reserves words operators use as column
-        // names (`cluster`), and clients will later speak the Postgres wire protocol.
-        config.options_mut().sql_parser.dialect = SQL_DIALECT;
-        // TopK aggregation reserves a hash table of LIMIT x 10 entries up front: a query
-        // ending `GROUP BY g ORDER BY g LIMIT 100000000` would reserve tens of GB (found by
-        // the fuzzer, FUZZING.md). Without it the same queries sort and cut.
-        config.options_mut().optimizer.enable_topk_aggregation = false;
-        // A heap of k rows per window partition for `ROW_NUMBER() ... <= k` (`window_topn`).
-        config.options_mut().optimizer.enable_window_topn = true;
-        // A join whose smaller side is at most this large builds one hash table that every
-        // partition probes, rather than hash-splitting both sides: DataFusion's 1 MiB put
-        // `sys` (70,000 machines, 2.7 MB) on the split side, and splitting the 840,000
-        // process rows it joins cost more than it saved (`BENCH_EXPLAIN=all cargo bench
-        // --bench sql` at 70,000 machines, median of 7, the threshold set by a scratch
-        // switch not kept: paper_dns_rss 15.3 -> 13.0 ms, report_top_rss_per_cluster
-        // 32.6 -> 26.9 ms). Its row limit (128k rows) stays.
-        config
-            .options_mut()
-            .optimizer
-            .hash_join_single_partition_threshold = 32 << 20;
-        // Row counts for the optimizer's choice to aggregate before small joins: published
-        // tables, then static ones (a published table hides a static one of its name).
-        let mut rows: HashMap<String, usize> = statics
-            .tables
-            .iter()
-            .map(|(name, t)| (name.clone(), t.batch.num_rows()))
-            .collect();
-        rows.extend(generation.tables.iter().map(|(n, t)| (n.clone(), t.rows())));
-        let keyed_tables = KeyedTables::default();
-        let ctx = new_context_sized(config, rows, keyed_tables.clone());
-        guard_functions(&ctx, max_value_bytes);
-        let mut taken = BTreeSet::new();
-        let mut sources: HashMap<String, Arc<dyn TableSource>> = HashMap::new();
-        let mut keying = Keying::default();
-        for (name, table) in &generation.tables {
-            if copies == TableCopies::OnFirstScan {
-                let lazy = super::coalesced::CoalescedTable::new(
-                    generation.clone(),
-                    name.clone(),
-                    partitions,
-                );
-                if let Some(t) = lazy {
-                    let t: Arc<dyn TableProvider> = Arc::new(t);
-                    if ctx.register_table(name.as_str(), t.clone()).is_ok() {
-                        sources.insert(name.clone(), provider_as_source(t));
-                        taken.insert(name.clone());
-                    }
-                }
-                continue;
-            }
-            match super::spread::partitioned(
-                table.schema.clone(),
-                table.batches(),
-                partitions,
-                table.rows(),
-            ) {
-                Ok(mem) => {
-                    let spread = Arc::new(mem);
-                    let mem: Arc<dyn TableProvider> = spread.clone();
-                    if ctx.register_table(name.as_str(), mem.clone()).is_ok() {
-                        if let Some(keyed) = keying.add(name, &spread, &mem) {
-                            sources.insert(keyed_name(name), keyed);
-                        }
-                        sources.insert(name.clone(), provider_as_source(mem));
-                        taken.insert(name.clone());
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(table = %name, error = %e, "cannot register published table")
-                }
-            }
-        }
-        for (name, table) in &statics.tables {
-            if taken.contains(name) {
-                tracing::warn!(table = %name, "static table shadowed by a published table of the same name");
-                continue;
-            }
-            // Static tables too are spread by size (a large Parquet file is one batch).
-            match super::spread::partitioned(
-                table.batch.schema(),
-                std::iter::once(&table.batch),
-                partitions,
-                table.batch.num_rows(),
-            ) {
-                Ok(mem) => {
-                    let spread = Arc::new(mem);
-                    let mem: Arc<dyn TableProvider> = spread.clone();
-                    if ctx.register_table(name.as_str(), mem.clone()).is_ok() {
-                        if let Some(keyed) = keying.add(name, &spread, &mem) {
-                            sources.insert(keyed_name(name), keyed);
-                        }
-                        sources.insert(name.clone(), provider_as_source(mem));
-                        taken.insert(name.clone());
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(table = %name, error = %e, "cannot register static table")
-                }
-            }
-        }
-        keying.finish(&keyed_tables);
-
-        let catalog = plans::catalog_fingerprint(
-            generation
-                .tables
-                .iter()
-                .map(|(n, t)| (n.as_str(), &t.schema, t.rows()))
-                .chain(
-                    statics
-                        .tables
-                        .iter()
-                        .map(|(n, t)| (n.as_str(), t.batch.schema_ref(), t.batch.num_rows())),
-                ),
-            views.view.iter().map(|v| (v.name.as_str(), v.sql.as_str())),
-            &[partitions, max_value_bytes, copies as usize],
-        );
-        let scope = ViewScope {
-            ctx: &ctx,
-            plans: &plans,
-            catalog,
-            sources: &mut sources,
-            total: &view_computations_total,
-        };
-        let (providers, view_errors) = register_views(scope, views, &taken, generation.id).await;
-        let view_sql = views
-            .view
-            .iter()
-            .map(|v| (v.name.clone(), v.sql.clone()))
-            .collect();
-        let published = generation
-            .tables
-            .iter()
-            .map(|(name, t)| TableUse {
-                name: name.clone(),
-                origin: Origin::Published,
-                rows: Some(t.rows()),
-                sources: t.source_count(),
-                oldest_publish: t.oldest_publish(),
-                newest_publish: t.newest_publish(),
-            })
-            .collect();
-        let wide = ctx.state();
-        let mut narrow = wide.clone();
-        narrow
-            .config_mut()
-            .options_mut()
-            .execution
-            .target_partitions = 1;
-        Snapshot {
-            generation,
-            statics,
-            view_sql,
-            views: providers,
-            view_errors,
-            views_file_error: None,
-            published,
-            node_tables: BTreeSet::new(),
-            descriptions: Arc::default(),
-            ctx,
-            wide,
-            narrow,
-            sources,
-            catalog,
-            plans,
-        }
-    }
-
     /// Runs one read-only statement on this snapshot.
     pub async fn query(&self, sql: &str, limits: &QueryLimits) -> Result<QueryOutput, QueryError> {
         let start = Instant::now();
@@ -615,22 +379,6 @@ impl Snapshot {
         state
     }
 
-    /// A snapshot of an empty generation, no static tables and no views (unit tests).
-    #[cfg(test)]
-    pub(crate) async fn empty_for_tests() -> Snapshot {
-        let generation =
-            crate::generation::GenerationBuilder::default().seal(1, 1, SystemTime::now());
-        Snapshot::build(
-            generation,
-            Arc::default(),
-            &ViewsFile::default(),
-            1,
-            DEFAULT_MAX_RESULT_BYTES,
-            Arc::new(AtomicU64::new(0)),
-        )
-        .await
-    }
-
     /// Adds a table computed when read (about this node, not the generation).
     pub fn add_node_table(&mut self, name: &str, provider: Arc<dyn TableProvider>) {
         if self.ctx.register_table(name, provider).is_ok() {
@@ -763,128 +511,6 @@ impl Snapshot {
             .filter(|t| names.contains(&t.name))
             .collect()
     }
-}
-
-/// What views are planned against while a snapshot is built: its context, the plans kept
-/// (`plans`) and the tables and views registered so far.
-struct ViewScope<'a> {
-    ctx: &'a SessionContext,
-    plans: &'a PlanCache,
-    catalog: u64,
-    sources: &'a mut HashMap<String, Arc<dyn TableSource>>,
-    total: &'a Arc<AtomicU64>,
-}
-
-/// Registers every view whose name no table has taken, in rounds (views may use views)
-/// until no further view can be planned. Returns the views and, for the others, why not;
-/// a view waiting for a table this generation does not hold is left out of the errors.
-async fn register_views(
-    scope: ViewScope<'_>,
-    views: &ViewsFile,
-    taken: &BTreeSet<String>,
-    generation: u64,
-) -> (
-    BTreeMap<String, Arc<ViewProvider>>,
-    BTreeMap<String, String>,
-) {
-    // Views may use views: plan in rounds until no further view can be planned.
-    let mut providers = BTreeMap::new();
-    let mut view_errors = BTreeMap::new();
-    let mut pending: Vec<_> = Vec::new();
-    for v in &views.view {
-        if taken.contains(&v.name) {
-            view_errors.insert(
-                v.name.clone(),
-                "a published or static table has this name".to_string(),
-            );
-        } else {
-            pending.push(v);
-        }
-    }
-    loop {
-        let mut progressed = false;
-        let mut still = Vec::new();
-        for v in pending {
-            match plans::view_plan(scope.ctx, v, scope.plans, scope.catalog, scope.sources).await {
-                Ok(planned) => {
-                    let provider = Arc::new(ViewProvider::new(
-                        v.name.clone(),
-                        planned,
-                        scope.total.clone(),
-                    ));
-                    match scope.ctx.register_table(v.name.as_str(), provider.clone()) {
-                        Ok(_) => {
-                            scope
-                                .sources
-                                .insert(v.name.clone(), provider_as_source(provider.clone()));
-                            providers.insert(v.name.clone(), provider);
-                            view_errors.remove(&v.name);
-                            progressed = true;
-                        }
-                        Err(e) => {
-                            view_errors.insert(v.name.clone(), e.to_string());
-                        }
-                    }
-                }
-                Err(e) => {
-                    view_errors.insert(v.name.clone(), e.to_string());
-                    still.push(v);
-                }
-            }
-        }
-        pending = still;
-        if pending.is_empty() || !progressed {
-            break;
-        }
-    }
-    // A view over a table this generation does not hold (not requested yet, or not
-    // collected at this tier) is waiting, not broken: it is left out of the errors.
-    view_errors.retain(|name, err| {
-        let waiting = err.contains("not found");
-        if waiting {
-            tracing::debug!(view = %name, error = %err, generation, "view waits for its tables");
-        } else {
-            tracing::warn!(view = %name, error = %err, generation, "view unavailable in this generation");
-        }
-        !waiting
-    });
-    (providers, view_errors)
-}
-
-/// [`new_context_sized`] knowing no table's rows (no aggregate goes below a join) and no
-/// keyed table.
-#[cfg(test)]
-pub(crate) fn new_context(config: SessionConfig) -> SessionContext {
-    new_context_sized(config, HashMap::new(), KeyedTables::default())
-}
-
-/// A context whose analyzer first makes division by zero NULL (see `division`), then runs
-/// DataFusion's own rules, whose optimizer truncates UTC timestamps fast
-/// (`utc_date_trunc`), aggregates before joins with small tables (`eager_aggregate`,
-/// knowing each table's `rows`) and joins `keyed` tables on machine ids (`machine_keys`),
-/// and whose per-partition top-k never keeps zero rows (`window_topn`).
-pub(crate) fn new_context_sized(
-    config: SessionConfig,
-    rows: HashMap<String, usize>,
-    keyed: KeyedTables,
-) -> SessionContext {
-    let mut rules: Vec<Arc<dyn AnalyzerRule + Send + Sync>> = vec![Arc::new(NullOnDivideByZero)];
-    rules.extend(Analyzer::new().rules);
-    // After DataFusion's rules: it sees coerced types, and runs before the optimizer's own
-    // decorrelation, which leaves equality correlations alone.
-    rules.push(Arc::new(DecorrelateScalarAggregates));
-    rules.push(Arc::new(RoundFloatToInteger));
-    let state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_default_features()
-        .with_analyzer_rules(rules)
-        .with_optimizer_rule(Arc::new(UtcDateTrunc))
-        .with_optimizer_rule(Arc::new(EagerAggregate::new(rows)))
-        // Last: it rewrites the joins the rules before it placed.
-        .with_optimizer_rule(Arc::new(MachineKeyJoins::new(keyed)))
-        .with_physical_optimizer_rules(super::window_topn::physical_rules())
-        .build();
-    SessionContext::new_with_state(state)
 }
 
 /// Parses, checks (`front_door`) and plans one statement.
