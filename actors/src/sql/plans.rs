@@ -28,7 +28,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 
 use super::engine::{plan_read_only, scanned_tables};
 use super::front_door::ParseLimits;
-use super::machine_keys::{provider_of, source_name};
+use super::machine_keys::{provider_of, registered};
 use super::views::{ViewDef, ViewPlan};
 use crate::error::QueryError;
 
@@ -307,7 +307,7 @@ fn scans_only(plan: &LogicalPlan, sources: &HashMap<String, Arc<dyn TableSource>
         if let LogicalPlan::TableScan(scan) = node {
             let registered = match scan.table_name.schema() {
                 Some(_) => None,
-                None => sources.get(source_name(scan).as_ref()),
+                None => registered(sources, scan),
             };
             own = registered
                 .and_then(provider_of)
@@ -357,7 +357,7 @@ pub fn bind(
         if scan.table_name.schema().is_some() {
             return None;
         }
-        let source = sources.get(source_name(scan).as_ref())?;
+        let source = registered(sources, scan)?;
         (source.schema() == scan.source.schema()).then(|| source.clone())
     })
 }

@@ -62,7 +62,11 @@ impl SpreadTable {
     /// The partitions a wide scan reads.
     #[cfg(test)]
     fn wide_partitions(&self) -> Vec<Vec<RecordBatch>> {
-        self.parts.clone()
+        self.wide
+            .batches
+            .iter()
+            .map(|p| p.try_read().map(|b| b.clone()).unwrap_or_default())
+            .collect()
     }
 }
 

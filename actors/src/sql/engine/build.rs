@@ -236,18 +236,18 @@ impl Tables {
         true
     }
 
-    /// Registers a coalesced table, and its keyed copy if it has one.
+    /// Registers a coalesced table, and its keyed copy if `keying` and it has one.
     fn register_spread(
         &mut self,
         ctx: &SessionContext,
         name: &str,
         spread: SpreadTable,
-        keying: &mut Keying,
+        keying: Option<&mut Keying>,
     ) {
         let spread = Arc::new(spread);
         let provider: Arc<dyn TableProvider> = spread.clone();
         if self.register(ctx, name, provider.clone()) {
-            if let Some(keyed) = keying.add(name, &spread, &provider) {
+            if let Some(keyed) = keying.and_then(|k| k.add(name, &spread, &provider)) {
                 self.sources.insert(keyed_name(name), keyed);
             }
         }
@@ -265,7 +265,8 @@ fn register_tables(
     keyed: &KeyedTables,
 ) -> Tables {
     let mut tables = Tables::default();
-    let mut keying = Keying::default();
+    // Keyed copies only where tables are coalesced at build: a SQL node.
+    let mut keying = (copies == TableCopies::Eager).then(Keying::default);
     for (name, table) in &generation.tables {
         if copies == TableCopies::OnFirstScan {
             if let Some(lazy) = CoalescedTable::new(generation.clone(), name.clone(), partitions) {
@@ -279,7 +280,7 @@ fn register_tables(
             partitions,
             table.rows(),
         ) {
-            Ok(spread) => tables.register_spread(ctx, name, spread, &mut keying),
+            Ok(spread) => tables.register_spread(ctx, name, spread, keying.as_mut()),
             Err(e) => {
                 tracing::error!(table = %name, error = %e, "cannot register published table")
             }
@@ -298,13 +299,15 @@ fn register_tables(
             partitions,
             batch.num_rows(),
         ) {
-            Ok(spread) => tables.register_spread(ctx, name, spread, &mut keying),
+            Ok(spread) => tables.register_spread(ctx, name, spread, keying.as_mut()),
             Err(e) => {
                 tracing::error!(table = %name, error = %e, "cannot register static table")
             }
         }
     }
-    keying.finish(keyed);
+    if let Some(keying) = keying {
+        keying.finish(keyed);
+    }
     tables
 }
 
@@ -439,7 +442,7 @@ pub(crate) fn new_context_sized(
         .with_analyzer_rules(rules)
         .with_optimizer_rule(Arc::new(UtcDateTrunc))
         .with_optimizer_rule(Arc::new(EagerAggregate::new(rows)))
-        // Last: it rewrites the joins the rules before it placed.
+        // Last: it rewrites the joins as the rules before it left them.
         .with_optimizer_rule(Arc::new(MachineKeyJoins::new(keyed)))
         .with_physical_optimizer_rules(crate::sql::window_topn::physical_rules())
         .build();
