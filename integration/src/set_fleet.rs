@@ -53,6 +53,24 @@ pub fn dnsmasq_bin() -> PathBuf {
     })
 }
 
+/// A loopback port free for UDP and TCP alike, as dnsmasq listens on both: a free UDP
+/// port can be the local port of a TCP connection after a run of many connections (a cold
+/// `make bench` failed there with "Address already in use").
+fn free_dns_port() -> u16 {
+    for _ in 0..100 {
+        let Ok(tcp) = TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(port) = tcp.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no loopback port is free for both UDP and TCP");
+}
+
 /// A real DNS server on loopback: dnsmasq answering from a hosts file this test writes.
 /// Records have TTL 0, so a change ([`Dns::set`]) is seen at the next look-up.
 pub struct Dns {
@@ -69,10 +87,7 @@ impl Dns {
         // dnsmasq drops to `nobody` and re-reads the file on SIGHUP as that user.
         set_mode(dir.path(), 0o755);
         let hosts = dir.path().join("hosts");
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("a free UDP port")
-            .port();
+        let port = free_dns_port();
         let server: SocketAddr = ([127, 0, 0, 1], port).into();
         let records: BTreeMap<String, Vec<String>> = records
             .iter()

@@ -454,7 +454,10 @@ mod tests {
             ("processes", parts("rss", &processes)),
             ("machinerole", parts("role", &roles)),
             // A column of the id's name of its own: not keyed, and its plans still kept.
-            ("odd", parts(MACHINE_ID, &[(Some("m1"), 1), (Some("m9"), 2)])),
+            (
+                "odd",
+                parts(MACHINE_ID, &[(Some("m1"), 1), (Some("m9"), 2)]),
+            ),
         ]
     }
 
