@@ -57,18 +57,10 @@ pub fn dnsmasq_bin() -> PathBuf {
 /// port can be the local port of a TCP connection after a run of many connections (a cold
 /// `make bench` failed there with "Address already in use").
 fn free_dns_port() -> u16 {
-    for _ in 0..100 {
-        let Ok(tcp) = TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(port) = tcp.local_addr().map(|a| a.port()) else {
-            continue;
-        };
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no loopback port is free for both UDP and TCP");
+    (0..100)
+        .map(|_| crate::fleet::free_port("127.0.0.1"))
+        .find(|&port| UdpSocket::bind(("127.0.0.1", port)).is_ok())
+        .expect("a loopback port free for both UDP and TCP")
 }
 
 /// A real DNS server on loopback: dnsmasq answering from a hosts file this test writes.

@@ -113,41 +113,21 @@ impl MachineIds {
     }
 }
 
-/// A table with a keyed copy: the provider registered under its name, and the copy's source.
-pub(crate) struct KeyedTable {
-    /// The address of the provider registered under the table's name (only compared).
-    table: usize,
-    keyed: Arc<dyn TableSource>,
-}
+/// A snapshot's tables and their keyed copies (under `keyed_name`), the sources its plans
+/// bind to: set once its tables are registered and keyed, before any statement (a view's
+/// included) is planned; left unset where no table is keyed.
+pub(crate) type KeyedTables = Arc<OnceLock<HashMap<String, Arc<dyn TableSource>>>>;
 
-impl std::fmt::Debug for KeyedTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyedTable")
-            .field("table", &self.table)
-            .finish()
-    }
-}
-
-/// The keyed copies of a snapshot's tables, by table name: set once its tables are
-/// registered, before any statement (a view's included) is planned.
-pub(crate) type KeyedTables = Arc<OnceLock<HashMap<String, KeyedTable>>>;
-
-/// Keys a snapshot's tables as they are registered.
+/// Keys a snapshot's tables as they are registered, all with the same ids.
 #[derive(Default)]
 pub(crate) struct Keying {
     ids: MachineIds,
-    tables: HashMap<String, KeyedTable>,
 }
 
 impl Keying {
-    /// Makes the keyed copy of `table` (registered as `provider` under `name`) if it has a
-    /// `machine_ip` string column; its source, to register under `keyed_name(name)`.
-    pub(crate) fn add(
-        &mut self,
-        name: &str,
-        table: &SpreadTable,
-        provider: &Arc<dyn TableProvider>,
-    ) -> Option<Arc<dyn TableSource>> {
+    /// The keyed copy of `table` if it has a `machine_ip` string column (and none named
+    /// like the id), to register under `keyed_name` of its name.
+    pub(crate) fn add(&mut self, table: &SpreadTable) -> Option<Arc<dyn TableSource>> {
         let schema = table.schema();
         let (at, field) = schema.column_with_name(MACHINE_IP)?;
         if field.data_type() != &DataType::Utf8 || schema.column_with_name(MACHINE_ID).is_some() {
@@ -167,27 +147,27 @@ impl Keying {
             columns.push(self.ids.of(ips)?);
             RecordBatch::try_new(keyed_schema.clone(), columns).ok()
         })?;
-        let source = provider_as_source(Arc::new(keyed));
-        self.tables.insert(
-            name.to_string(),
-            KeyedTable {
-                table: Arc::as_ptr(provider) as *const () as usize,
-                keyed: source.clone(),
-            },
-        );
-        Some(source)
-    }
-
-    /// Hands the copies to the snapshot's rule.
-    pub(crate) fn finish(self, into: &KeyedTables) {
-        let _ = into.set(self.tables);
+        Some(provider_as_source(Arc::new(keyed)))
     }
 }
 
 /// The optimizer rule (module doc).
-#[derive(Debug)]
 pub(crate) struct MachineKeyJoins {
     tables: KeyedTables,
+}
+
+impl std::fmt::Debug for MachineKeyJoins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&String> = self
+            .tables
+            .get()
+            .into_iter()
+            .flat_map(|t| t.keys())
+            .collect();
+        f.debug_struct("MachineKeyJoins")
+            .field("tables", &names)
+            .finish()
+    }
 }
 
 impl MachineKeyJoins {
@@ -229,7 +209,7 @@ impl OptimizerRule for MachineKeyJoins {
 
 /// `join` on machine ids wherever both sides of a key are traceable `machine_ip` columns,
 /// under a projection back to its own columns; None if no key is.
-fn rekey(tables: &HashMap<String, KeyedTable>, join: &Join) -> Option<LogicalPlan> {
+fn rekey(tables: &HashMap<String, Arc<dyn TableSource>>, join: &Join) -> Option<LogicalPlan> {
     let (mut left, mut right) = (join.left.as_ref().clone(), join.right.as_ref().clone());
     let mut on = join.on.clone();
     let mut changed = false;
@@ -273,7 +253,7 @@ fn rekey(tables: &HashMap<String, KeyedTable>, join: &Join) -> Option<LogicalPla
 /// None unless `column` is, unchanged, the `machine_ip` of one of this snapshot's keyed
 /// tables.
 fn trace(
-    tables: &HashMap<String, KeyedTable>,
+    tables: &HashMap<String, Arc<dyn TableSource>>,
     plan: &LogicalPlan,
     column: &Column,
 ) -> Option<(LogicalPlan, Column)> {
@@ -345,7 +325,7 @@ fn trace(
 /// `scan` reading its table's keyed copy, with the id column, if `column` is its
 /// `machine_ip` and it reads this snapshot's table (or its copy already).
 fn key_scan(
-    tables: &HashMap<String, KeyedTable>,
+    tables: &HashMap<String, Arc<dyn TableSource>>,
     scan: &TableScan,
     column: &Column,
 ) -> Option<(LogicalPlan, Column)> {
@@ -353,24 +333,25 @@ fn key_scan(
     if scan.projected_schema.field(at).name() != MACHINE_IP || scan.table_name.schema().is_some() {
         return None;
     }
-    let keyed = tables.get(scan.table_name.table())?;
+    let table = scan.table_name.table();
+    let keyed = tables.get(&keyed_name(table))?;
     let reads = provider_of(&scan.source)?;
     let id = Column::new(Some(scan.table_name.clone()), MACHINE_ID);
-    if Some(reads) == provider_of(&keyed.keyed) {
+    if Some(reads) == provider_of(keyed) {
         // Keyed by an earlier join of this plan: the id may be projected already.
         if scan.projected_schema.has_column(&id) {
             return Some((LogicalPlan::TableScan(scan.clone()), id));
         }
-    } else if reads != keyed.table {
+    } else if Some(reads) != tables.get(table).and_then(provider_of) {
         return None;
     }
-    let width = keyed.keyed.schema().fields().len();
+    let width = keyed.schema().fields().len();
     let mut projection = scan
         .projection
         .clone()
         .unwrap_or_else(|| (0..width - 1).collect());
     projection.push(width - 1);
-    let rescan = TableScanBuilder::new(scan.table_name.clone(), keyed.keyed.clone())
+    let rescan = TableScanBuilder::new(scan.table_name.clone(), keyed.clone())
         .with_projection(Some(projection))
         .with_filters(scan.filters.clone())
         .with_fetch(scan.fetch)
@@ -484,8 +465,9 @@ mod tests {
         .await
     }
 
-    /// The same tables in a context that joins on the addresses themselves.
-    fn oracle(shift: i64) -> datafusion::prelude::SessionContext {
+    /// The rows `sql` answers (`rows`) from the same tables in a context that joins on the
+    /// addresses themselves.
+    async fn expected(shift: i64, sql: &str) -> Vec<String> {
         let mut config = datafusion::prelude::SessionConfig::new();
         // The snapshot's dialect: the generic one reserves `cluster`.
         config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
@@ -496,7 +478,8 @@ mod tests {
             let mem = MemTable::try_new(schema, vec![batches]).expect("table");
             ctx.register_table(table, Arc::new(mem)).expect("register");
         }
-        ctx
+        let answer = ctx.sql(sql).await.expect("plans").collect().await;
+        rows(&answer.expect("answers"))
     }
 
     /// An answer's rows as sorted text.
@@ -545,20 +528,13 @@ mod tests {
     async fn joins_on_machine_ids_answer_as_joins_on_addresses() {
         let plans = Arc::new(PlanCache::new(0));
         let snap = snapshot(0, &plans).await;
-        let oracle = oracle(0);
         let limits = QueryLimits::default();
         for &(sql, keyed) in STATEMENTS {
-            let want = oracle
-                .sql(sql)
-                .await
-                .expect("oracle plans")
-                .collect()
-                .await
-                .expect("oracle answers");
+            let want = expected(0, sql).await;
             let got = snap.query(sql, &limits).await.expect("answer");
-            assert_eq!(rows(&got.batches), rows(&want), "{sql}");
+            assert_eq!(rows(&got.batches), want, "{sql}");
             assert!(
-                !rows(&want).is_empty() || sql.contains("NOT IN (SELECT machine_ip FROM sys)"),
+                !want.is_empty() || sql.contains("NOT IN (SELECT machine_ip FROM sys)"),
                 "{sql}"
             );
             let explain = snap
@@ -589,14 +565,7 @@ mod tests {
             let next = snapshot(5, &plans).await;
             let got = next.query(sql, &limits).await.expect("answer");
             assert!(got.phases.plan_reused, "the plan is kept: {sql}");
-            let want = oracle(5)
-                .sql(sql)
-                .await
-                .expect("plans")
-                .collect()
-                .await
-                .expect("answers");
-            assert_eq!(rows(&got.batches), rows(&want), "{sql}");
+            assert_eq!(rows(&got.batches), expected(5, sql).await, "{sql}");
             assert!(!got.batches.is_empty(), "{sql}");
         }
     }

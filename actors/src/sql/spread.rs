@@ -22,8 +22,6 @@ use super::engine::SINGLE_PARTITION_ROWS;
 /// The same batches two ways (the batches are shared, not copied).
 #[derive(Debug)]
 pub(crate) struct SpreadTable {
-    /// The batches of each partition.
-    parts: Vec<Vec<RecordBatch>>,
     wide: MemTable,
     /// Every batch in one partition; absent when `wide` is one partition already.
     narrow: Option<MemTable>,
@@ -38,8 +36,7 @@ impl SpreadTable {
             None
         };
         Ok(SpreadTable {
-            wide: MemTable::try_new(schema, parts.clone())?,
-            parts,
+            wide: MemTable::try_new(schema, parts)?,
             narrow,
         })
     }
@@ -52,20 +49,20 @@ impl SpreadTable {
         mut f: impl FnMut(&RecordBatch) -> Option<RecordBatch>,
     ) -> Option<SpreadTable> {
         let parts = self
-            .parts
+            .wide_partitions()?
             .iter()
             .map(|p| p.iter().map(&mut f).collect::<Option<Vec<_>>>())
             .collect::<Option<Vec<_>>>()?;
         SpreadTable::new(schema, parts).ok()
     }
 
-    /// The partitions a wide scan reads.
-    #[cfg(test)]
-    fn wide_partitions(&self) -> Vec<Vec<RecordBatch>> {
+    /// The partitions a wide scan reads (shared batches); None if one is being written,
+    /// which nothing does.
+    fn wide_partitions(&self) -> Option<Vec<Vec<RecordBatch>>> {
         self.wide
             .batches
             .iter()
-            .map(|p| p.try_read().map(|b| b.clone()).unwrap_or_default())
+            .map(|p| p.try_read().ok().map(|b| b.clone()))
             .collect()
     }
 }
@@ -166,18 +163,30 @@ mod tests {
             let b = batch(rows);
             partitioned(b.schema(), std::iter::once(&b), 2, b.num_rows()).expect("table")
         };
-        assert_eq!(table(20_000).wide_partitions().len(), 1);
-        assert_eq!(table(0).wide_partitions().len(), 1);
+        assert_eq!(
+            table(20_000).wide_partitions().expect("partitions").len(),
+            1
+        );
+        assert_eq!(table(0).wide_partitions().expect("partitions").len(), 1);
         let big = table(SINGLE_PARTITION_ROWS as i64 + 1);
-        assert_eq!(big.wide_partitions().len(), 2);
+        assert_eq!(big.wide_partitions().expect("partitions").len(), 2);
         // Cut into slices of `COALESCE_ROWS`, every row kept, dealt to both partitions.
-        let held: Vec<RecordBatch> = big.wide_partitions().into_iter().flatten().collect();
+        let held: Vec<RecordBatch> = big
+            .wide_partitions()
+            .expect("partitions")
+            .into_iter()
+            .flatten()
+            .collect();
         assert_eq!(
             held.iter().map(|b| b.num_rows()).sum::<usize>(),
             SINGLE_PARTITION_ROWS + 1
         );
         assert!(held.iter().all(|b| b.num_rows() <= COALESCE_ROWS));
-        assert!(big.wide_partitions().iter().all(|p| !p.is_empty()));
+        assert!(big
+            .wide_partitions()
+            .expect("partitions")
+            .iter()
+            .all(|p| !p.is_empty()));
     }
     #[tokio::test]
     async fn a_one_partition_session_scans_one_partition_with_every_row() {

@@ -244,10 +244,9 @@ impl Tables {
         spread: SpreadTable,
         keying: Option<&mut Keying>,
     ) {
-        let spread = Arc::new(spread);
-        let provider: Arc<dyn TableProvider> = spread.clone();
-        if self.register(ctx, name, provider.clone()) {
-            if let Some(keyed) = keying.and_then(|k| k.add(name, &spread, &provider)) {
+        let keyed = keying.and_then(|k| k.add(&spread));
+        if self.register(ctx, name, Arc::new(spread)) {
+            if let Some(keyed) = keyed {
                 self.sources.insert(keyed_name(name), keyed);
             }
         }
@@ -305,8 +304,8 @@ fn register_tables(
             }
         }
     }
-    if let Some(keying) = keying {
-        keying.finish(keyed);
+    if keying.is_some() {
+        let _ = keyed.set(tables.sources.clone());
     }
     tables
 }
