@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -26,6 +26,7 @@ use super::front_door::{parse_checked, ParseLimits};
 use super::memory::MemoryBudget;
 use super::names;
 use super::plans::{self, KeptPlan, PlanCache, PlanKey};
+use super::shapes::Shape;
 use super::time_slice::time_sliced;
 use super::views::ViewProvider;
 use crate::error::QueryError;
@@ -212,10 +213,12 @@ impl Snapshot {
     ) -> Result<QueryOutput, QueryError> {
         let mut phases = Phases::default();
         let mut lap = Lap(Instant::now());
-        let key = self
-            .plans
-            .enabled()
-            .then(|| PlanKey::new(&statement, self.catalog, limits.parallel));
+        // Statements of one shape (`shapes`) share a kept plan.
+        let shape = self.plans.enabled().then(|| Shape::of(&statement));
+        let key = shape.as_ref().map(|shape| {
+            PlanKey::new(shape.statement(&statement), self.catalog, limits.parallel)
+                .shaped(shape.parameterized())
+        });
         let kept = key.as_ref().and_then(|k| self.plans.get(k));
         let bound = kept.and_then(|kept| {
             // A kept plan reads only the snapshot (`KeptPlan::of`).
@@ -224,7 +227,9 @@ impl Snapshot {
             if one_partition(&tables, true, limits) != kept.single_partition {
                 return None;
             }
-            plans::bind(&kept.optimized, &self.sources).map(|plan| (kept, plan, tables))
+            let plan = plans::bind(&kept.optimized, &self.sources)?;
+            let plan = shape.as_ref()?.apply(plan, &kept.parameters)?;
+            Some((kept, plan, tables))
         });
         let (planned, state) = match bound {
             Some((kept, optimized, tables)) => {
@@ -244,14 +249,11 @@ impl Snapshot {
                 (planned, state)
             }
             None => {
-                let (planned, state) = self.plan_afresh(statement, limits, &mut phases).await?;
+                let planned = self
+                    .plan_new(statement, shape.zip(key), limits, &mut phases)
+                    .await?;
                 lap.lap();
-                if let Some(key) = key.filter(|k| planned.cacheable && self.plans.met_before(k)) {
-                    if let Some(kept) = planned.keep(key.sql(), &self.sources) {
-                        self.plans.put(key, kept);
-                    }
-                }
-                (planned, state)
+                planned
             }
         };
         let Planned {
@@ -315,6 +317,66 @@ impl Snapshot {
             cacheable,
             phases,
         })
+    }
+
+    /// Plans a statement no kept plan serves. Met before, its plan is kept: planned from
+    /// its shape if it has one (the request's values then put in), else from its text.
+    async fn plan_new(
+        &self,
+        statement: DfStatement,
+        shaped: Option<(Shape, PlanKey)>,
+        limits: &QueryLimits,
+        phases: &mut Phases,
+    ) -> Result<(Planned, SessionState), QueryError> {
+        let again = shaped
+            .as_ref()
+            .filter(|(_, key)| self.plans.met_before(key));
+        if let Some((shape, key)) = again.filter(|(shape, _)| shape.parameterized()) {
+            if let Some(planned) = self
+                .plan_shape(shape, &statement, key, limits, phases)
+                .await
+            {
+                return Ok(planned);
+            }
+            return self.plan_afresh(statement, limits, phases).await;
+        }
+        let (planned, state) = self.plan_afresh(statement, limits, phases).await?;
+        if let Some((_, key)) = again.filter(|_| planned.cacheable) {
+            if let Some(kept) = planned.keep(key.sql(), &self.sources, Vec::new()) {
+                self.plans.put(key.clone(), kept);
+            }
+        }
+        Ok((planned, state))
+    }
+
+    /// Plans `own`'s shape and keeps the plan, then puts `own`'s values in. None if the
+    /// shape does not plan or cannot be kept (refused from then on, `PlanCache::refuse`),
+    /// or if a value does not fit its parameter.
+    async fn plan_shape(
+        &self,
+        shape: &Shape,
+        own: &DfStatement,
+        key: &PlanKey,
+        limits: &QueryLimits,
+        phases: &mut Phases,
+    ) -> Option<(Planned, SessionState)> {
+        let planned = self
+            .plan_afresh(shape.statement(own).clone(), limits, phases)
+            .await
+            .ok();
+        let kept = planned.as_ref().and_then(|(planned, _)| {
+            let types = shape.parameter_types(&planned.optimized)?;
+            planned.cacheable.then_some(())?;
+            let kept = planned.keep(key.sql(), &self.sources, types.clone())?;
+            Some((kept, types))
+        });
+        let (Some((mut planned, state)), Some((kept, types))) = (planned, kept) else {
+            self.plans.refuse(key);
+            return None;
+        };
+        self.plans.put(key.clone(), kept);
+        planned.optimized = shape.apply(planned.optimized, &types)?;
+        Some((planned, state))
     }
 
     /// Plans `statement` on this snapshot: SQL to plan, analyzer, optimizer, each timed.
@@ -593,13 +655,18 @@ struct Planned {
 
 impl Planned {
     /// What to keep of it for later snapshots (`KeptPlan::of`).
-    fn keep(&self, sql: &str, sources: &HashMap<String, Arc<dyn TableSource>>) -> Option<KeptPlan> {
+    fn keep(
+        &self,
+        sql: &str,
+        sources: &HashMap<String, Arc<dyn TableSource>>,
+        parameters: Vec<Option<DataType>>,
+    ) -> Option<KeptPlan> {
         KeptPlan::of(
             sql,
             &self.optimized,
             (self.schema.clone(), self.shown.clone()),
             &self.scanned,
-            self.single_partition,
+            (self.single_partition, parameters),
             sources,
         )
     }

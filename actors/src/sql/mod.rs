@@ -19,6 +19,7 @@ mod not_in;
 mod plans;
 mod pool;
 mod references;
+mod shapes;
 mod single_row;
 mod spread;
 mod statement;

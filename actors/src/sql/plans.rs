@@ -13,14 +13,16 @@
 //! `Immutable` (the optimizer folds `now()` into a constant). A plan is kept the second
 //! time its statement is met (`PlanCache::met_before`): statements sent once, such as a mix
 //! of ad-hoc queries, then cost only hashing their text, and do not push out the plans of
-//! statements that come back every generation. Bounded by entries
-//! (`[sql] plan_cache_entries`), least recently used first out.
+//! statements that come back every generation. Statements that differ only in the
+//! constants they filter by and their row limit share one plan, kept for their shape
+//! (`shapes`). Bounded by entries (`[sql] plan_cache_entries`), least recently used
+//! first out.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalTableSource, TableScan, TableSource};
@@ -39,6 +41,9 @@ pub struct PlanKey {
     sql: String,
     catalog: u64,
     parallel: bool,
+    /// The text is a statement's shape (`shapes`), not a statement with placeholders of
+    /// its own.
+    shape: bool,
 }
 
 impl PlanKey {
@@ -47,7 +52,13 @@ impl PlanKey {
             sql: statement.to_string(),
             catalog,
             parallel,
+            shape: false,
         }
+    }
+
+    /// The key of a statement's shape if `shape`.
+    pub fn shaped(self, shape: bool) -> PlanKey {
+        PlanKey { shape, ..self }
     }
 
     /// The statement's canonical text.
@@ -61,6 +72,7 @@ impl PlanKey {
             sql: format!("CREATE VIEW {name} AS {sql}"),
             catalog,
             parallel: true,
+            shape: false,
         }
     }
 }
@@ -77,6 +89,9 @@ pub struct KeptPlan {
     pub scanned: BTreeSet<String>,
     /// Whether it was optimized for one partition.
     pub single_partition: bool,
+    /// The types of its parameters, `$1` first, when planned from a statement's shape
+    /// (`shapes`); None for one the optimizer removed.
+    pub parameters: Vec<Option<DataType>>,
 }
 
 /// The most bytes of statement text and literals a kept plan may hold: the optimizer folds
@@ -96,7 +111,7 @@ impl KeptPlan {
         optimized: &LogicalPlan,
         (schema, shown): (SchemaRef, Option<SchemaRef>),
         scanned: &BTreeSet<String>,
-        single_partition: bool,
+        (single_partition, parameters): (bool, Vec<Option<DataType>>),
         sources: &HashMap<String, Arc<dyn TableSource>>,
     ) -> Option<KeptPlan> {
         if matches!(
@@ -116,6 +131,7 @@ impl KeptPlan {
             shown,
             scanned: scanned.clone(),
             single_partition,
+            parameters,
         })
     }
 }
@@ -130,9 +146,9 @@ struct Lru {
     plans: HashMap<PlanKey, (Arc<KeptPlan>, u64)>,
     /// Bumped by every use; an entry's stamp is its last use.
     clock: u64,
-    /// Hashes of the keys met once (`met_before`); emptied when it holds `SEEN_PER_ENTRY`
-    /// times the capacity.
-    seen: HashSet<u64>,
+    /// Hashes of the keys met once (`met_before`), true for those not to keep
+    /// (`refuse`); emptied when it holds `SEEN_PER_ENTRY` times the capacity.
+    seen: HashMap<u64, bool>,
 }
 
 /// Keys remembered as met once, per plan kept.
@@ -173,8 +189,20 @@ impl PlanCache {
         })
     }
 
-    /// Whether `key` was met before (its plan is then worth keeping); remembers it if not.
+    /// Whether `key` was met before (its plan is then worth keeping) and not refused;
+    /// remembers it if not met.
     pub fn met_before(&self, key: &PlanKey) -> bool {
+        self.remember(key, false)
+    }
+
+    /// Remembers that `key`'s plan cannot be kept (a shape that does not plan, `shapes`),
+    /// so that it is not planned again to find out.
+    pub fn refuse(&self, key: &PlanKey) {
+        self.remember(key, true);
+    }
+
+    /// Whether `key` was met before and not refused; records it (as refused if `refuse`).
+    fn remember(&self, key: &PlanKey, refuse: bool) -> bool {
         if !self.enabled() {
             return false;
         }
@@ -182,13 +210,14 @@ impl PlanCache {
         key.hash(&mut h);
         let hash = h.finish();
         let mut lru = self.lock();
-        if lru.seen.contains(&hash) {
-            return true;
+        if let Some(refused) = lru.seen.get_mut(&hash) {
+            *refused |= refuse;
+            return !*refused;
         }
         if lru.seen.len() >= self.capacity.saturating_mul(SEEN_PER_ENTRY) {
             lru.seen.clear();
         }
-        lru.seen.insert(hash);
+        lru.seen.insert(hash, refuse);
         false
     }
 
@@ -285,7 +314,7 @@ pub(super) async fn view_plan(
             &optimized,
             (schema, None),
             &scanned,
-            false,
+            (false, Vec::new()),
             sources,
         );
         if let Some(kept) = kept {
@@ -407,6 +436,7 @@ mod tests {
             sql: sql.into(),
             catalog: 1,
             parallel: true,
+            shape: false,
         }
     }
 
@@ -420,6 +450,7 @@ mod tests {
             shown: None,
             scanned: BTreeSet::new(),
             single_partition: true,
+            parameters: Vec::new(),
         }
     }
 
