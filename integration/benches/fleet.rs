@@ -31,6 +31,7 @@ use query_integration::bench::{
     LoopbackClient, SimulatedFleet,
 };
 use query_integration::{repo, Node};
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 const CLIENTS: usize = 16;
@@ -339,7 +340,11 @@ fn load(
                     };
                     let t = Instant::now();
                     let ok = match client.sql(&text) {
-                        Ok((200, body)) if serde_json::from_slice::<Value>(&body).is_ok() => Ok(()),
+                        // Checked to be JSON without building it: the clients share the
+                        // node's cores, and a tree of a 2 MB answer costs them milliseconds.
+                        Ok((200, body)) if serde_json::from_slice::<IgnoredAny>(&body).is_ok() => {
+                            Ok(())
+                        }
                         Ok((status, body)) => {
                             let code = serde_json::from_slice::<Value>(&body)
                                 .ok()
