@@ -440,7 +440,8 @@ fn main() {
          draws its own thresholds, names and row limit (no two texts alike, so the answer \
          cache serves none: the goal's mix), and the *repeated* mix, the texts as written \
          (the per-generation answer cache may serve them: an answer cached for one generation \
-         is exact). CPU per query is the SQL node's CPU over the run, less what it used per \
+         is exact). A client checks that each answer is JSON without building it (the \
+         clients share the machine's cores with the node). CPU per query is the SQL node's CPU over the run, less what it used per \
          second with only the poller asking (decoding generations), per answered query.\n\n\
          | machines | clusters | interval | up after, TLA / SQL node | latency p50 | latency p99 | TLA CPU | SQL node CPU | simulator CPU | RSS TLA / SQL node | Arrow TLA / SQL node (RSS ×) | clusters → TLA per generation, full / later | TLA → SQL node, its last full frame / later |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
