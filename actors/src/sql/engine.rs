@@ -721,6 +721,28 @@ pub(super) mod tests {
         .expect("batch")
     }
 
+    /// A SQL node's snapshot (tables coalesced at build and keyed, `TableCopies::Eager`) of
+    /// the generation `builder` seals, keeping plans in `plans`.
+    pub(in crate::sql) async fn sql_node_snapshot(
+        builder: crate::generation::GenerationBuilder,
+        plans: Arc<PlanCache>,
+    ) -> Snapshot {
+        let options = BuildOptions {
+            copies: TableCopies::Eager,
+            plans,
+        };
+        Snapshot::build_with(
+            builder.seal(1, 1, SystemTime::now()),
+            Arc::new(StaticCatalog::default()),
+            &crate::sql::views::ViewsFile::default(),
+            2,
+            DEFAULT_MAX_RESULT_BYTES,
+            Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            options,
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn small_statements_run_on_one_partition_and_each_has_its_own_start_time() {
         let mut snap = Snapshot::empty_for_tests().await;

@@ -365,17 +365,12 @@ fn key_scan(
 mod tests {
     use super::*;
     use crate::generation::{GenerationBuilder, Part};
-    use crate::sql::engine::{
-        new_context, BuildOptions, QueryLimits, Snapshot, TableCopies, DEFAULT_MAX_RESULT_BYTES,
-    };
+    use crate::sql::engine::tests::sql_node_snapshot;
+    use crate::sql::engine::{new_context, QueryLimits, Snapshot};
     use crate::sql::plans::PlanCache;
-    use crate::sql::views::ViewsFile;
-    use crate::static_tables::StaticCatalog;
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
     use datafusion::catalog::MemTable;
-    use std::sync::atomic::AtomicU64;
-    use std::time::SystemTime;
 
     /// A row: its address and one number.
     type Row<'a> = (Option<&'a str>, i64);
@@ -449,20 +444,7 @@ mod tests {
                 builder.add(table, part).expect("part");
             }
         }
-        let options = BuildOptions {
-            copies: TableCopies::Eager,
-            plans: plans.clone(),
-        };
-        Snapshot::build_with(
-            builder.seal(1, 1, SystemTime::now()),
-            Arc::new(StaticCatalog::default()),
-            &ViewsFile::default(),
-            2,
-            DEFAULT_MAX_RESULT_BYTES,
-            Arc::new(AtomicU64::new(0)),
-            options,
-        )
-        .await
+        sql_node_snapshot(builder, plans.clone()).await
     }
 
     /// The rows `sql` answers (`rows`) from the same tables in a context that joins on the

@@ -351,21 +351,16 @@ fn parameter(value: ScalarValue, values: &mut Vec<ScalarValue>) -> Expr {
 mod tests {
     use super::*;
     use crate::generation::{GenerationBuilder, Part};
-    use crate::sql::engine::{
-        BuildOptions, QueryLimits, Snapshot, TableCopies, DEFAULT_MAX_RESULT_BYTES,
-    };
+    use crate::sql::engine::tests::sql_node_snapshot;
+    use crate::sql::engine::{QueryLimits, Snapshot};
     use crate::sql::front_door::{parse_checked, ParseLimits};
     use crate::sql::plans::PlanCache;
-    use crate::sql::views::ViewsFile;
-    use crate::static_tables::StaticCatalog;
     use datafusion::arrow::array::{
         ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array, UInt8Array,
     };
     use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::arrow::util::pretty::pretty_format_batches;
-    use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
-    use std::time::SystemTime;
 
     fn shape(sql: &str) -> (String, Vec<ScalarValue>, Option<(usize, usize)>) {
         let statement = parse_checked(sql, &ParseLimits::default()).expect("parses");
@@ -513,20 +508,7 @@ mod tests {
                 builder.add("r", part(batch)).expect("part");
             }
         }
-        let options = BuildOptions {
-            copies: TableCopies::Eager,
-            plans: Arc::new(PlanCache::new(plans)),
-        };
-        Snapshot::build_with(
-            builder.seal(1, 1, SystemTime::now()),
-            Arc::new(StaticCatalog::default()),
-            &ViewsFile::default(),
-            2,
-            DEFAULT_MAX_RESULT_BYTES,
-            Arc::new(AtomicU64::new(0)),
-            options,
-        )
-        .await
+        sql_node_snapshot(builder, Arc::new(PlanCache::new(plans))).await
     }
 
     /// An answer as text (rows in order), or its error; and whether a kept plan served it.
@@ -678,6 +660,22 @@ mod tests {
                     "SELECT s.name, s.n FROM (SELECT name, n FROM t WHERE n < 6) s WHERE (s.n * 100) / 3 > 99 ORDER BY s.n",
                     "SELECT s.name, s.n FROM (SELECT name, n FROM t WHERE n < 9) s WHERE (s.n * 100) / 3 > 0 ORDER BY s.n",
                     "SELECT s.name, s.n FROM (SELECT name, n FROM t WHERE n < 2) s WHERE (s.n * 100) / 3 > 0 ORDER BY s.n",
+                ],
+                first_two.to_vec(),
+            ),
+            (
+                // Both sides of a UNION, a LEFT JOIN's ON (which keeps unmatched rows).
+                vec![
+                    "SELECT t.n, r.role FROM t LEFT JOIN r ON t.machine_ip = r.machine_ip AND r.role = 'dns' \
+                     WHERE t.n < 7 UNION ALL SELECT n, name FROM t WHERE n >= 7 ORDER BY 1, 2",
+                    "SELECT t.n, r.role FROM t LEFT JOIN r ON t.machine_ip = r.machine_ip AND r.role = 'media' \
+                     WHERE t.n < 5 UNION ALL SELECT n, name FROM t WHERE n >= 5 ORDER BY 1, 2",
+                    "SELECT t.n, r.role FROM t LEFT JOIN r ON t.machine_ip = r.machine_ip AND r.role = 'dns' \
+                     WHERE t.n < 3 UNION ALL SELECT n, name FROM t WHERE n >= 8 ORDER BY 1, 2",
+                    "SELECT t.n, r.role FROM t LEFT JOIN r ON t.machine_ip = r.machine_ip AND r.role = 'x' \
+                     WHERE t.n < 9 UNION ALL SELECT n, name FROM t WHERE n >= 0 ORDER BY 1, 2 LIMIT 5",
+                    "SELECT t.n, r.role FROM t LEFT JOIN r ON t.machine_ip = r.machine_ip AND r.role = 'media' \
+                     WHERE t.n < 6 UNION ALL SELECT n, name FROM t WHERE n >= 6 ORDER BY 1, 2",
                 ],
                 first_two.to_vec(),
             ),
