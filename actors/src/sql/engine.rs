@@ -214,12 +214,23 @@ impl Snapshot {
         let mut phases = Phases::default();
         let mut lap = Lap(Instant::now());
         // Statements of one shape (`shapes`) share a kept plan.
-        let shape = self.plans.enabled().then(|| Shape::of(&statement));
-        let key = shape.as_ref().map(|shape| {
+        let mut shape = self.plans.enabled().then(|| Shape::of(&statement));
+        let key_of = |shape: &Shape| {
             PlanKey::new(shape.statement(&statement), self.catalog, limits.parallel)
                 .shaped(shape.parameterized())
-        });
-        let kept = key.as_ref().and_then(|k| self.plans.get(k));
+        };
+        let mut key = shape.as_ref().map(key_of);
+        let mut kept = key.as_ref().and_then(|k| self.plans.get(k));
+        if let (Some(s), Some(k)) = (&shape, &kept) {
+            if !s.fits(&k.parameters) {
+                // Its values do not fit its shape's plan (a string against a timestamp): it
+                // goes by its own text, as a statement without a shape.
+                let own = Shape::own();
+                key = Some(key_of(&own));
+                kept = key.as_ref().and_then(|k| self.plans.get(k));
+                shape = Some(own);
+            }
+        }
         let bound = kept.and_then(|kept| {
             // A kept plan reads only the snapshot (`KeptPlan::of`).
             let tables = self.tables_used(kept.scanned.clone());

@@ -17,7 +17,8 @@
 //! value is put in only where converting it to that type keeps its meaning exactly
 //! (`fits`): an integer into any integer or float column it converts to and back from
 //! unchanged, a decimal number into a `Float64` one, a string into a string one. Else the
-//! statement is planned from its own text, as it was written.
+//! statement goes by its own text, as a statement without a shape (its plan kept by its
+//! text): a filter of a timestamp by a string never fits, and is not planned twice.
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{ParamValues, ScalarValue};
@@ -44,11 +45,7 @@ impl Shape {
     /// The shape of `statement`. A statement with placeholders of its own, or that is not a
     /// query, is its own shape.
     pub fn of(statement: &DfStatement) -> Shape {
-        let own = Shape {
-            statement: None,
-            values: Vec::new(),
-            limit: None,
-        };
+        let own = Shape::own();
         let DfStatement::Statement(s) = statement else {
             return own;
         };
@@ -72,9 +69,39 @@ impl Shape {
         }
     }
 
+    /// A statement that is its own shape.
+    pub fn own() -> Shape {
+        Shape {
+            statement: None,
+            values: Vec::new(),
+            limit: None,
+        }
+    }
+
     /// Whether anything was taken out of the statement.
     pub fn parameterized(&self) -> bool {
         self.statement.is_some()
+    }
+
+    /// Whether this statement's values fit the parameters of a plan of its shape (`types`,
+    /// `parameter_types`), so that `apply` can put them in.
+    pub fn fits(&self, types: &[Option<DataType>]) -> bool {
+        !self.parameterized() || self.converted(types).is_some()
+    }
+
+    /// The values converted to `types` (`fits`); None if one does not fit.
+    fn converted(&self, types: &[Option<DataType>]) -> Option<Vec<ScalarValue>> {
+        if types.len() != self.values.len() {
+            return None;
+        }
+        self.values
+            .iter()
+            .zip(types)
+            .map(|(v, t)| match t {
+                Some(t) => fits(v, t),
+                None => Some(v.clone()),
+            })
+            .collect()
     }
 
     /// The statement to plan and key the plan by: the shape, or `own` if it is its own.
@@ -101,21 +128,10 @@ impl Shape {
         if !self.parameterized() {
             return Some(plan);
         }
-        if types.len() != self.values.len() {
-            return None;
-        }
-        let plan = if self.values.is_empty() {
+        let values = self.converted(types)?;
+        let plan = if values.is_empty() {
             plan
         } else {
-            let values = self
-                .values
-                .iter()
-                .zip(types)
-                .map(|(v, t)| match t {
-                    Some(t) => fits(v, t),
-                    None => Some(v.clone()),
-                })
-                .collect::<Option<Vec<_>>>()?;
             plan.with_param_values(ParamValues::from(values)).ok()?
         };
         match self.limit {
@@ -194,11 +210,12 @@ fn take_limit(query: &mut Query) -> Option<(usize, usize)> {
     Some((skip, fetch))
 }
 
-/// A row count written as a plain number.
+/// A row count written as a plain number that DataFusion reads as an `i64` (a larger one
+/// stays in the text, where it is refused as the statement's own error).
 fn count(e: &Expr) -> Option<usize> {
     match e {
         Expr::Value(v) => match &v.value {
-            Value::Number(n, false) => n.parse().ok(),
+            Value::Number(n, false) => n.parse::<i64>().ok()?.try_into().ok(),
             _ => None,
         },
         _ => None,
@@ -279,8 +296,14 @@ fn walk_filter(e: &mut Expr, values: &mut Vec<ScalarValue>) {
     match e {
         Expr::BinaryOp { left, op, right } if is_comparison(op) => {
             match (constant(left), constant(right)) {
-                (None, Some(v)) => **right = parameter(v, values),
-                (Some(v), None) => **left = parameter(v, values),
+                (None, Some(v)) => {
+                    walk_filter(left, values);
+                    **right = parameter(v, values);
+                }
+                (Some(v), None) => {
+                    **left = parameter(v, values);
+                    walk_filter(right, values);
+                }
                 (None, None) => {
                     walk_filter(left, values);
                     walk_filter(right, values);
@@ -399,6 +422,17 @@ mod tests {
     }
 
     #[test]
+    fn a_subquery_compared_with_a_constant_has_its_own_taken_out() {
+        let (text, values, _) =
+            shape("SELECT a FROM t WHERE (SELECT COUNT(*) FROM v WHERE w = 'q') > 1");
+        assert_eq!(
+            text,
+            "SELECT a FROM t WHERE (SELECT COUNT(*) FROM v WHERE w = $1) > $2"
+        );
+        assert_eq!(values.len(), 2);
+    }
+
+    #[test]
     fn other_constants_stay_in_the_text() {
         for sql in [
             // Arithmetic, function arguments, lists, patterns, NULL, a negative number,
@@ -416,6 +450,9 @@ mod tests {
             "SELECT a FROM t WHERE a > $1",
             "SELECT a FROM t LIMIT ALL",
             "SELECT a FROM t LIMIT 0",
+            // Past i64: refused as the statement's own error.
+            "SELECT a FROM t LIMIT 9223372036854775808",
+            "SELECT a FROM t LIMIT 1 OFFSET 18446744073709551615",
         ] {
             let (text, values, limit) = shape(sql);
             assert_eq!(
@@ -565,6 +602,20 @@ mod tests {
                     "SELECT name, u FROM t WHERE 400 < u ORDER BY u",
                 ],
                 vec![false, false, true, false, false],
+            ),
+            (
+                // A value that never fits its shape's plan: the statement goes by its own
+                // text, kept from its second time; the shape's plan stays for the others.
+                vec![
+                    "SELECT name, u FROM t WHERE u >= 300 ORDER BY u",
+                    "SELECT name, u FROM t WHERE u >= 301 ORDER BY u",
+                    "SELECT name, u FROM t WHERE u >= 200.5 ORDER BY u",
+                    "SELECT name, u FROM t WHERE u >= 200.5 ORDER BY u",
+                    "SELECT name, u FROM t WHERE u >= 200.5 ORDER BY u",
+                    "SELECT name, u FROM t WHERE u >= 200.5 ORDER BY u",
+                    "SELECT name, u FROM t WHERE u >= 700 ORDER BY u",
+                ],
+                vec![false, false, false, false, true, true, true],
             ),
             (
                 // Float: an integer fits exactly.
