@@ -221,14 +221,19 @@ impl Snapshot {
         };
         let mut key = shape.as_ref().map(key_of);
         let mut kept = key.as_ref().and_then(|k| self.plans.get(k));
+        // Its values, converted once for the kept plan's parameters.
+        let mut values = Vec::new();
         if let (Some(s), Some(k)) = (&shape, &kept) {
-            if !s.fits(&k.parameters) {
-                // Its values do not fit its shape's plan (a string against a timestamp): it
-                // goes by its own text, as a statement without a shape.
-                let own = Shape::own();
-                key = Some(key_of(&own));
-                kept = key.as_ref().and_then(|k| self.plans.get(k));
-                shape = Some(own);
+            match s.values_for(&k.parameters) {
+                Some(converted) => values = converted,
+                None => {
+                    // They do not fit its shape's plan (a string against a timestamp): it
+                    // goes by its own text, as a statement without a shape.
+                    let own = Shape::own();
+                    key = Some(key_of(&own));
+                    kept = key.as_ref().and_then(|k| self.plans.get(k));
+                    shape = Some(own);
+                }
             }
         }
         let bound = kept.and_then(|kept| {
@@ -239,7 +244,7 @@ impl Snapshot {
                 return None;
             }
             let plan = plans::bind(&kept.optimized, &self.sources)?;
-            let plan = shape.as_ref()?.apply(plan, &kept.parameters)?;
+            let plan = shape.as_ref()?.apply(plan, values)?;
             Some((kept, plan, tables))
         });
         let (planned, state) = match bound {
@@ -386,7 +391,7 @@ impl Snapshot {
             return None;
         };
         self.plans.put(key.clone(), kept);
-        planned.optimized = shape.apply(planned.optimized, &types)?;
+        planned.optimized = shape.apply(planned.optimized, shape.values_for(&types)?)?;
         Some((planned, state))
     }
 

@@ -482,6 +482,18 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_key_is_not_met_before_again() {
+        let cache = PlanCache::new(4);
+        cache.refuse(&key("shape"));
+        assert!(!cache.met_before(&key("shape")), "refused when first met");
+        assert!(!cache.met_before(&key("shape")));
+        assert!(!cache.met_before(&key("other")));
+        assert!(cache.met_before(&key("other")));
+        cache.refuse(&key("other"));
+        assert!(!cache.met_before(&key("other")), "refused after it was met");
+    }
+
+    #[test]
     fn a_cache_of_no_entries_keeps_nothing() {
         let cache = PlanCache::new(0);
         cache.put(key("a"), kept());

@@ -83,14 +83,9 @@ impl Shape {
         self.statement.is_some()
     }
 
-    /// Whether this statement's values fit the parameters of a plan of its shape (`types`,
-    /// `parameter_types`), so that `apply` can put them in.
-    pub fn fits(&self, types: &[Option<DataType>]) -> bool {
-        !self.parameterized() || self.converted(types).is_some()
-    }
-
-    /// The values converted to `types` (`fits`); None if one does not fit.
-    fn converted(&self, types: &[Option<DataType>]) -> Option<Vec<ScalarValue>> {
+    /// This statement's values converted to the parameters of a plan of its shape (`types`,
+    /// `parameter_types`), for `apply`; None if one does not fit.
+    pub fn values_for(&self, types: &[Option<DataType>]) -> Option<Vec<ScalarValue>> {
         if types.len() != self.values.len() {
             return None;
         }
@@ -122,13 +117,12 @@ impl Shape {
             .collect()
     }
 
-    /// `plan` (planned from the shape, its parameters typed `types`) with this statement's
-    /// values and limit; None if a value does not fit its parameter's type.
-    pub fn apply(&self, plan: LogicalPlan, types: &[Option<DataType>]) -> Option<LogicalPlan> {
+    /// `plan` (planned from the shape) with `values` (`values_for`) in and this statement's
+    /// limit on top.
+    pub fn apply(&self, plan: LogicalPlan, values: Vec<ScalarValue>) -> Option<LogicalPlan> {
         if !self.parameterized() {
             return Some(plan);
         }
-        let values = self.converted(types)?;
         let plan = if values.is_empty() {
             plan
         } else {
@@ -561,11 +555,35 @@ mod tests {
         }
     }
 
+    /// Owned statement texts.
+    fn texts(statements: &[&str]) -> Vec<String> {
+        statements.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// `template` with `{0}`, `{1}`, ... filled from each row of `values`.
+    fn each(template: &str, values: &[&[&str]]) -> Vec<String> {
+        values
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold(template.to_string(), |sql, (i, v)| {
+                        sql.replace(&format!("{{{i}}}"), v)
+                    })
+            })
+            .collect()
+    }
+
     /// Statements of one shape, each run in turn on a snapshot that keeps plans (the shape
     /// is planned when met the second time, its plan reused from the third) and on one that
     /// keeps none: the answers must be the same. `reused` says which runs must have reused
     /// the shape's plan.
-    async fn same_answers(kept: &Snapshot, fresh: &Snapshot, statements: &[&str], reused: &[bool]) {
+    async fn same_answers(
+        kept: &Snapshot,
+        fresh: &Snapshot,
+        statements: &[String],
+        reused: &[bool],
+    ) {
         for (i, sql) in statements.iter().enumerate() {
             let (got, was_reused) = answer(kept, sql).await;
             let (want, _) = answer(fresh, sql).await;
@@ -578,35 +596,45 @@ mod tests {
     async fn statements_of_one_shape_answer_as_if_each_were_planned() {
         let fresh = snapshot(0).await;
         let first_two = [false, false, true, true, true];
-        let cases: Vec<(Vec<&str>, Vec<bool>)> = vec![
+        let join = "SELECT t.name, r.role FROM t JOIN r ON t.machine_ip = r.machine_ip \
+                    AND r.role <> {0} WHERE t.machine_ip IN (SELECT machine_ip FROM r WHERE role = {1}) \
+                    AND NOT EXISTS (SELECT 1 FROM t t2 WHERE t2.machine_ip = t.machine_ip AND t2.n > {2}) \
+                    ORDER BY t.name, r.role";
+        let window = "WITH ranked AS (SELECT name, n, ROW_NUMBER() OVER (PARTITION BY name \
+                      ORDER BY n DESC) AS rn FROM t) \
+                      SELECT name, n FROM ranked WHERE rn <= {0} ORDER BY name, n{1}";
+        let union = "SELECT t.n, r.role FROM t LEFT JOIN r ON t.machine_ip = r.machine_ip \
+                     AND r.role = {0} WHERE t.n < {1} UNION ALL SELECT n, name FROM t \
+                     WHERE n >= {2} ORDER BY 1, 2{3}";
+        let cases: Vec<(Vec<String>, Vec<bool>)> = vec![
             (
                 // An integer column, the outer limit and offset.
-                vec![
+                texts(&[
                     "SELECT name, n FROM t WHERE n > 2 ORDER BY n DESC LIMIT 10",
                     "SELECT name, n FROM t WHERE n > 3 ORDER BY n DESC LIMIT 2",
                     "SELECT name, n FROM t WHERE n > 0 ORDER BY n DESC LIMIT 0",
                     "SELECT name, n FROM t WHERE n > 5 ORDER BY n DESC LIMIT 100",
                     "SELECT name, n FROM t WHERE n > 1 ORDER BY n DESC LIMIT 3 OFFSET 2",
-                ],
+                ]),
                 // `LIMIT 0` is a shape of its own.
                 vec![false, false, false, true, true],
             ),
             (
                 // Unsigned: a negative number is not a constant (no shape change); a point
                 // number does not fit, so it is planned from its text.
-                vec![
+                texts(&[
                     "SELECT name, u FROM t WHERE u >= 300 ORDER BY u",
                     "SELECT name, u FROM t WHERE u >= 301 ORDER BY u",
                     "SELECT name, u FROM t WHERE u >= 700 ORDER BY u",
                     "SELECT name, u FROM t WHERE u >= 200.5 ORDER BY u",
                     "SELECT name, u FROM t WHERE 400 < u ORDER BY u",
-                ],
+                ]),
                 vec![false, false, true, false, false],
             ),
             (
                 // A value that never fits its shape's plan: the statement goes by its own
                 // text, kept from its second time; the shape's plan stays for the others.
-                vec![
+                texts(&[
                     "SELECT name, u FROM t WHERE u >= 300 ORDER BY u",
                     "SELECT name, u FROM t WHERE u >= 301 ORDER BY u",
                     "SELECT name, u FROM t WHERE u >= 200.5 ORDER BY u",
@@ -614,131 +642,109 @@ mod tests {
                     "SELECT name, u FROM t WHERE u >= 200.5 ORDER BY u",
                     "SELECT name, u FROM t WHERE u >= 200.5 ORDER BY u",
                     "SELECT name, u FROM t WHERE u >= 700 ORDER BY u",
-                ],
+                ]),
                 vec![false, false, false, false, true, true, true],
             ),
             (
                 // Float: an integer fits exactly.
-                vec![
+                texts(&[
                     "SELECT name, f FROM t WHERE f > 1.5 ORDER BY f",
                     "SELECT name, f FROM t WHERE f > 0.25 ORDER BY f",
                     "SELECT name, f FROM t WHERE f > 1 ORDER BY f",
                     "SELECT name, f FROM t WHERE f > 1.75 ORDER BY f",
                     "SELECT name, f FROM t WHERE f > 1e0 ORDER BY f",
-                ],
+                ]),
                 first_two.to_vec(),
             ),
             (
                 // A value too large for the column's type is planned from its text.
-                vec![
+                texts(&[
                     "SELECT n FROM t WHERE small < 60 ORDER BY n",
                     "SELECT n FROM t WHERE small < 90 ORDER BY n",
                     "SELECT n FROM t WHERE small < 300 ORDER BY n",
                     "SELECT n FROM t WHERE small < 120 ORDER BY n",
                     "SELECT n FROM t WHERE small < 255 ORDER BY n",
-                ],
+                ]),
                 vec![false, false, false, true, true],
             ),
             (
                 // Strings; a number compared with a string column is planned from its text.
-                vec![
+                texts(&[
                     "SELECT COUNT(*) AS c FROM t WHERE name = 'a'",
                     "SELECT COUNT(*) AS c FROM t WHERE name = 'b'",
                     "SELECT COUNT(*) AS c FROM t WHERE name = 'zz'",
                     "SELECT COUNT(*) AS c FROM t WHERE name = 5",
                     "SELECT COUNT(*) AS c FROM t WHERE name = 'c'",
-                ],
+                ]),
                 vec![false, false, true, false, true],
             ),
             (
                 // HAVING; an arithmetic operand stays.
-                vec![
+                texts(&[
                     "SELECT name, SUM(n) AS s FROM t GROUP BY name HAVING SUM(n) > 9 ORDER BY name",
                     "SELECT name, SUM(n) AS s FROM t GROUP BY name HAVING SUM(n) > 12 ORDER BY name",
                     "SELECT name, SUM(n) AS s FROM t GROUP BY name HAVING SUM(n) > 0 ORDER BY name",
                     "SELECT name, SUM(n) AS s FROM t GROUP BY name HAVING SUM(n) > 14 ORDER BY name",
                     "SELECT name, SUM(n) AS s FROM t GROUP BY name HAVING SUM(n) * 2 > 20 ORDER BY name",
-                ],
+                ]),
                 vec![false, false, true, true, false],
             ),
             (
                 // A join's ON, an IN subquery (the join on machine ids), NOT EXISTS.
-                vec![
-                    "SELECT t.name, r.role FROM t JOIN r ON t.machine_ip = r.machine_ip AND r.role <> 'dns' \
-                     WHERE t.machine_ip IN (SELECT machine_ip FROM r WHERE role = 'media') \
-                     AND NOT EXISTS (SELECT 1 FROM t t2 WHERE t2.machine_ip = t.machine_ip AND t2.n > 4) \
-                     ORDER BY t.name, r.role",
-                    "SELECT t.name, r.role FROM t JOIN r ON t.machine_ip = r.machine_ip AND r.role <> 'media' \
-                     WHERE t.machine_ip IN (SELECT machine_ip FROM r WHERE role = 'dns') \
-                     AND NOT EXISTS (SELECT 1 FROM t t2 WHERE t2.machine_ip = t.machine_ip AND t2.n > 1) \
-                     ORDER BY t.name, r.role",
-                    "SELECT t.name, r.role FROM t JOIN r ON t.machine_ip = r.machine_ip AND r.role <> 'x' \
-                     WHERE t.machine_ip IN (SELECT machine_ip FROM r WHERE role = 'dns') \
-                     AND NOT EXISTS (SELECT 1 FROM t t2 WHERE t2.machine_ip = t.machine_ip AND t2.n > 2) \
-                     ORDER BY t.name, r.role",
-                    "SELECT t.name, r.role FROM t JOIN r ON t.machine_ip = r.machine_ip AND r.role <> 'dns' \
-                     WHERE t.machine_ip IN (SELECT machine_ip FROM r WHERE role = 'media') \
-                     AND NOT EXISTS (SELECT 1 FROM t t2 WHERE t2.machine_ip = t.machine_ip AND t2.n > 8) \
-                     ORDER BY t.name, r.role",
-                    "SELECT t.name, r.role FROM t JOIN r ON t.machine_ip = r.machine_ip AND r.role <> 'dns' \
-                     WHERE t.machine_ip IN (SELECT machine_ip FROM r WHERE role = 'nope') \
-                     AND NOT EXISTS (SELECT 1 FROM t t2 WHERE t2.machine_ip = t.machine_ip AND t2.n > 0) \
-                     ORDER BY t.name, r.role",
-                ],
+                each(
+                    &join,
+                    &[
+                        &["'dns'", "'media'", "4"],
+                        &["'media'", "'dns'", "1"],
+                        &["'x'", "'dns'", "2"],
+                        &["'dns'", "'media'", "8"],
+                        &["'dns'", "'nope'", "0"],
+                    ],
+                ),
                 first_two.to_vec(),
             ),
             (
                 // A window's row number (a heap per partition when the number is known).
-                vec![
-                    "WITH ranked AS (SELECT name, n, ROW_NUMBER() OVER (PARTITION BY name ORDER BY n DESC) AS rn FROM t) \
-                     SELECT name, n FROM ranked WHERE rn <= 1 ORDER BY name, n",
-                    "WITH ranked AS (SELECT name, n, ROW_NUMBER() OVER (PARTITION BY name ORDER BY n DESC) AS rn FROM t) \
-                     SELECT name, n FROM ranked WHERE rn <= 2 ORDER BY name, n",
-                    "WITH ranked AS (SELECT name, n, ROW_NUMBER() OVER (PARTITION BY name ORDER BY n DESC) AS rn FROM t) \
-                     SELECT name, n FROM ranked WHERE rn <= 3 ORDER BY name, n",
-                    "WITH ranked AS (SELECT name, n, ROW_NUMBER() OVER (PARTITION BY name ORDER BY n DESC) AS rn FROM t) \
-                     SELECT name, n FROM ranked WHERE rn <= 0 ORDER BY name, n",
-                    "WITH ranked AS (SELECT name, n, ROW_NUMBER() OVER (PARTITION BY name ORDER BY n DESC) AS rn FROM t) \
-                     SELECT name, n FROM ranked WHERE rn <= 2 ORDER BY name, n LIMIT 4",
-                ],
+                each(
+                    &window,
+                    &[&["1", ""], &["2", ""], &["3", ""], &["0", ""], &["2", " LIMIT 4"]],
+                ),
                 vec![false, false, true, true, true],
             ),
             (
                 // A derived table and arithmetic on the other side.
-                vec![
+                texts(&[
                     "SELECT s.name, s.n FROM (SELECT name, n FROM t WHERE n < 7) s WHERE (s.n * 100) / 3 > 50 ORDER BY s.n",
                     "SELECT s.name, s.n FROM (SELECT name, n FROM t WHERE n < 8) s WHERE (s.n * 100) / 3 > 150 ORDER BY s.n",
                     "SELECT s.name, s.n FROM (SELECT name, n FROM t WHERE n < 6) s WHERE (s.n * 100) / 3 > 99 ORDER BY s.n",
                     "SELECT s.name, s.n FROM (SELECT name, n FROM t WHERE n < 9) s WHERE (s.n * 100) / 3 > 0 ORDER BY s.n",
                     "SELECT s.name, s.n FROM (SELECT name, n FROM t WHERE n < 2) s WHERE (s.n * 100) / 3 > 0 ORDER BY s.n",
-                ],
+                ]),
                 first_two.to_vec(),
             ),
             (
                 // Both sides of a UNION, a LEFT JOIN's ON (which keeps unmatched rows).
-                vec![
-                    "SELECT t.n, r.role FROM t LEFT JOIN r ON t.machine_ip = r.machine_ip AND r.role = 'dns' \
-                     WHERE t.n < 7 UNION ALL SELECT n, name FROM t WHERE n >= 7 ORDER BY 1, 2",
-                    "SELECT t.n, r.role FROM t LEFT JOIN r ON t.machine_ip = r.machine_ip AND r.role = 'media' \
-                     WHERE t.n < 5 UNION ALL SELECT n, name FROM t WHERE n >= 5 ORDER BY 1, 2",
-                    "SELECT t.n, r.role FROM t LEFT JOIN r ON t.machine_ip = r.machine_ip AND r.role = 'dns' \
-                     WHERE t.n < 3 UNION ALL SELECT n, name FROM t WHERE n >= 8 ORDER BY 1, 2",
-                    "SELECT t.n, r.role FROM t LEFT JOIN r ON t.machine_ip = r.machine_ip AND r.role = 'x' \
-                     WHERE t.n < 9 UNION ALL SELECT n, name FROM t WHERE n >= 0 ORDER BY 1, 2 LIMIT 5",
-                    "SELECT t.n, r.role FROM t LEFT JOIN r ON t.machine_ip = r.machine_ip AND r.role = 'media' \
-                     WHERE t.n < 6 UNION ALL SELECT n, name FROM t WHERE n >= 6 ORDER BY 1, 2",
-                ],
+                each(
+                    &union,
+                    &[
+                        &["'dns'", "7", "7", ""],
+                        &["'media'", "5", "5", ""],
+                        &["'dns'", "3", "8", ""],
+                        &["'x'", "9", "0", " LIMIT 5"],
+                        &["'media'", "6", "6", ""],
+                    ],
+                ),
                 first_two.to_vec(),
             ),
             (
                 // A shape that does not plan (HAVING no longer matches GROUP BY) is refused:
                 // each statement planned from its text.
-                vec![
+                texts(&[
                     "SELECT n > 5 AS big FROM t GROUP BY n > 5 HAVING (n > 5) = true",
                     "SELECT n > 6 AS big FROM t GROUP BY n > 6 HAVING (n > 6) = true",
                     "SELECT n > 6 AS big FROM t GROUP BY n > 6 HAVING (n > 6) = true",
                     "SELECT n > 6 AS big FROM t GROUP BY n > 6 HAVING (n > 6) = true",
-                ],
+                ]),
                 vec![false, false, false, false],
             ),
         ];
