@@ -692,7 +692,7 @@ mod tests {
             (
                 // A join's ON, an IN subquery (the join on machine ids), NOT EXISTS.
                 each(
-                    &join,
+                    join,
                     &[
                         &["'dns'", "'media'", "4"],
                         &["'media'", "'dns'", "1"],
@@ -706,7 +706,7 @@ mod tests {
             (
                 // A window's row number (a heap per partition when the number is known).
                 each(
-                    &window,
+                    window,
                     &[&["1", ""], &["2", ""], &["3", ""], &["0", ""], &["2", " LIMIT 4"]],
                 ),
                 vec![false, false, true, true, true],
@@ -725,7 +725,7 @@ mod tests {
             (
                 // Both sides of a UNION, a LEFT JOIN's ON (which keeps unmatched rows).
                 each(
-                    &union,
+                    union,
                     &[
                         &["'dns'", "7", "7", ""],
                         &["'media'", "5", "5", ""],
