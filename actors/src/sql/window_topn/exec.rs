@@ -13,8 +13,11 @@
 //! BENCH_EXPLAIN=report_top_rss_per_cluster cargo bench --bench sql`). Rows live in their
 //! input batches until the end; when few of the retained rows are still kept, the kept
 //! ones are copied into one batch and the rest is freed. The output is the kept rows
-//! sorted by their whole key, as the window above expects.
+//! sorted by their whole key, as the window above expects; a partial one's
+//! ([`TopKMode::Partial`]) is unordered and, where it would keep most rows, partly
+//! passed through as it came.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
@@ -27,19 +30,23 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{internal_err, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_expr::{
+    EquivalenceProperties, LexOrdering, PhysicalExpr, PhysicalSortExpr,
+};
 use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::physical_plan::execution_plan::{
     apply_expression_roots, Boundedness, EmissionType,
 };
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
     PlanProperties, SendableRecordBatchStream,
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 /// Below this many retained batches nothing is compacted: copying costs more than it frees.
 const COMPACT_AFTER_BATCHES: usize = 16;
@@ -52,6 +59,23 @@ const MIN_RUN: usize = 4;
 /// (a table's or a repartition's last few rows).
 const MIN_JUDGED_ROWS: usize = 64;
 
+/// A partial top-k keeps going while it keeps at most half the rows it has seen; it is
+/// judged from this many rows on (before, most of its groups are still filling).
+const PARTIAL_JUDGED_ROWS: usize = 16_384;
+
+/// Where a [`TopKPerPartitionExec`] stands in the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopKMode {
+    /// Each output partition holds whole window partitions: its rows are the answer,
+    /// sorted by partition and order keys, as the window above expects.
+    Final,
+    /// Below the repartition that feeds a final one, on whatever partitioning comes in:
+    /// the k first rows of each window partition among an input partition's rows hold
+    /// that window partition's k first overall, so only they need to cross the
+    /// repartition. Unordered, and a pass-through where it would not keep fewer rows.
+    Partial,
+}
+
 #[derive(Debug)]
 pub struct TopKPerPartitionExec {
     input: Arc<dyn ExecutionPlan>,
@@ -59,6 +83,7 @@ pub struct TopKPerPartitionExec {
     expr: LexOrdering,
     partition_len: usize,
     k: usize,
+    mode: TopKMode,
     properties: Arc<PlanProperties>,
     /// Output rows and compute time, for EXPLAIN ANALYZE.
     metrics: ExecutionPlanMetricsSet,
@@ -70,12 +95,19 @@ impl TopKPerPartitionExec {
         expr: LexOrdering,
         partition_len: usize,
         k: usize,
+        mode: TopKMode,
     ) -> Result<Self> {
         if k == 0 || partition_len == 0 || partition_len > expr.len() {
             return internal_err!("TopKPerPartitionExec needs k > 0 and partition keys");
         }
-        let mut eq = input.equivalence_properties().clone();
-        eq.reorder(expr.clone())?;
+        let eq = match mode {
+            TopKMode::Final => {
+                let mut eq = input.equivalence_properties().clone();
+                eq.reorder(expr.clone())?;
+                eq
+            }
+            TopKMode::Partial => EquivalenceProperties::new(input.schema()),
+        };
         let properties = PlanProperties::new(
             eq,
             input.output_partitioning().clone(),
@@ -87,9 +119,23 @@ impl TopKPerPartitionExec {
             expr,
             partition_len,
             k,
+            mode,
             properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),
         })
+    }
+
+    pub fn mode(&self) -> TopKMode {
+        self.mode
+    }
+
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+
+    /// The same top-k, in `mode`, over `input`.
+    pub fn over(&self, input: Arc<dyn ExecutionPlan>, mode: TopKMode) -> Result<Self> {
+        Self::try_new(input, self.expr.clone(), self.partition_len, self.k, mode)
     }
 
     fn partition_exprs(&self) -> Vec<Arc<dyn PhysicalExpr>> {
@@ -111,7 +157,11 @@ impl DisplayAs for TopKPerPartitionExec {
         };
         write!(
             f,
-            "TopKPerPartitionExec: k={}, partition=[{}], order=[{}]",
+            "TopKPerPartitionExec: {}k={}, partition=[{}], order=[{}]",
+            match self.mode {
+                TopKMode::Final => "",
+                TopKMode::Partial => "mode=Partial, ",
+            },
             self.k,
             show(&self.expr[..self.partition_len]),
             show(&self.expr[self.partition_len..]),
@@ -129,7 +179,10 @@ impl ExecutionPlan for TopKPerPartitionExec {
     }
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::KeyPartitioned(self.partition_exprs())]
+        vec![match self.mode {
+            TopKMode::Final => Distribution::KeyPartitioned(self.partition_exprs()),
+            TopKMode::Partial => Distribution::UnspecifiedDistribution,
+        }]
     }
 
     fn maintains_input_order(&self) -> Vec<bool> {
@@ -157,12 +210,7 @@ impl ExecutionPlan for TopKPerPartitionExec {
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = crate::sql::time_slice::only_child(children, "TopKPerPartitionExec")?;
-        Ok(Arc::new(TopKPerPartitionExec::try_new(
-            input,
-            self.expr.clone(),
-            self.partition_len,
-            self.k,
-        )?))
+        Ok(Arc::new(self.over(input, self.mode)?))
     }
 
     fn execute(
@@ -170,30 +218,89 @@ impl ExecutionPlan for TopKPerPartitionExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let mut input = self.input.execute(partition, context.clone())?;
+        let input = self.input.execute(partition, context.clone())?;
         let schema = self.input.schema();
         let reservation = MemoryConsumer::new(format!("TopKPerPartitionExec[{partition}]"))
             .register(&context.runtime_env().memory_pool);
-        let mut state =
-            Groups::try_new(&schema, &self.expr, self.partition_len, self.k, reservation)?;
-        let batch_size = context.session_config().batch_size().max(1);
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let out = futures::stream::once(async move {
-            while let Some(batch) = input.next().await {
-                let batch = batch?;
-                let _timer = baseline.elapsed_compute().timer();
-                state.insert(batch)?;
-            }
-            let timer = baseline.elapsed_compute().timer();
-            let batches = state.emit(batch_size)?;
-            timer.done();
-            baseline.record_output(batches.iter().map(|b| b.num_rows()).sum());
-            Ok::<_, datafusion::error::DataFusionError>(futures::stream::iter(
-                batches.into_iter().map(Ok),
-            ))
-        })
-        .try_flatten();
+        let groups = Groups::try_new(&schema, &self.expr, self.partition_len, self.k, reservation)?;
+        // Only a partial one passes rows through; EXPLAIN ANALYZE shows how many.
+        let passed = (self.mode == TopKMode::Partial)
+            .then(|| MetricBuilder::new(&self.metrics).counter("passed_rows", partition));
+        let run = Run {
+            input,
+            groups: Some(groups),
+            passed,
+            out: VecDeque::new(),
+            batch_size: context.session_config().batch_size().max(1),
+            baseline: BaselineMetrics::new(&self.metrics, partition),
+        };
+        let out = futures::stream::unfold(run, |mut run| async move {
+            let next = run.next().await;
+            next.map(|batch| (batch, run))
+        });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, out)))
+    }
+}
+
+/// One output partition's execution: the input's batches into `groups`, then the kept
+/// rows out; a partial one that stops reducing hands what it kept on and passes the
+/// rest through.
+struct Run {
+    input: SendableRecordBatchStream,
+    /// `None` once emitted.
+    groups: Option<Groups>,
+    /// Rows passed through, if partial.
+    passed: Option<Count>,
+    out: VecDeque<RecordBatch>,
+    batch_size: usize,
+    baseline: BaselineMetrics,
+}
+
+impl Run {
+    async fn next(&mut self) -> Option<Result<RecordBatch>> {
+        loop {
+            if let Some(batch) = self.out.pop_front() {
+                self.baseline.record_output(batch.num_rows());
+                return Some(Ok(batch));
+            }
+            let batch = match self.input.next().await {
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) => return Some(Err(e)),
+                None => match self.emit() {
+                    Ok(()) if self.out.is_empty() => return None,
+                    Ok(()) => continue,
+                    Err(e) => return Some(Err(e)),
+                },
+            };
+            let Some(groups) = self.groups.as_mut() else {
+                if let Some(passed) = &self.passed {
+                    passed.add(batch.num_rows());
+                }
+                self.baseline.record_output(batch.num_rows());
+                return Some(Ok(batch));
+            };
+            let timer = self.baseline.elapsed_compute().timer();
+            let inserted = groups.insert(batch);
+            let reduces = groups.reduces();
+            timer.done();
+            if let Err(e) = inserted {
+                return Some(Err(e));
+            }
+            if self.passed.is_some() && !reduces {
+                if let Err(e) = self.emit() {
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+
+    /// The kept rows into `out`, the groups and their memory dropped.
+    fn emit(&mut self) -> Result<()> {
+        if let Some(groups) = self.groups.take() {
+            let _timer = self.baseline.elapsed_compute().timer();
+            self.out.extend(groups.emit(self.batch_size)?);
+        }
+        Ok(())
     }
 }
 
@@ -251,6 +358,8 @@ struct Groups {
     /// of the input once a batch's runs were too short to pay for finding them.
     runs: bool,
     batches: Vec<RecordBatch>,
+    /// Rows inserted.
+    seen_rows: usize,
     retained_rows: usize,
     /// Arrow memory of `batches`, kept as they come and go (not summed per batch).
     retained_bytes: usize,
@@ -302,6 +411,7 @@ impl Groups {
             group_of: Vec::new(),
             runs: true,
             batches: Vec::new(),
+            seen_rows: 0,
             retained_rows: 0,
             retained_bytes: 0,
             kept_rows: 0,
@@ -315,6 +425,7 @@ impl Groups {
         if n == 0 {
             return Ok(());
         }
+        self.seen_rows += n;
         // Evaluated once: the partition keys are the first `partition_len` of them.
         let sort_columns = self
             .sort_exprs
@@ -423,6 +534,12 @@ impl Groups {
             self.runs = false;
         }
         self.group_values.intern(keys, &mut self.group_of)
+    }
+
+    /// Whether it keeps few enough of the rows it has seen for a partial top-k to be worth
+    /// its work (`PARTIAL_JUDGED_ROWS`).
+    fn reduces(&self) -> bool {
+        self.seen_rows < PARTIAL_JUDGED_ROWS || self.kept_rows * 2 <= self.seen_rows
     }
 
     /// Copies the kept rows into one batch and frees the rest.
