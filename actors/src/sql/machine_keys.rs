@@ -13,7 +13,9 @@
 //!   `machine_ip` columns that both come (through filters, projections, aliases and other
 //!   joins) from this snapshot's own tables into an equijoin on their ids, reading the keyed
 //!   copies, and projects the ids away above the join. Equal ids hold exactly equal addresses
-//!   and a NULL address has a NULL id, so every join type answers as before.
+//!   and a NULL address has a NULL id, so every join type answers as before. For the same
+//!   reason it counts ids where an aggregate counts distinct such addresses
+//!   (`COUNT(DISTINCT machine_ip)` beside other aggregates).
 //!
 //! The keyed copies are found by name (`keyed_name`, `registered`) so that a kept plan
 //! binds to the next snapshot's copies (`plans::bind`). Only a SQL node keys its tables
@@ -35,8 +37,8 @@ use datafusion::common::Column;
 use datafusion::datasource::{provider_as_source, DefaultTableSource};
 use datafusion::error::Result;
 use datafusion::logical_expr::{
-    Expr, Join, JoinType, LogicalPlan, Projection, SubqueryAlias, TableScan, TableScanBuilder,
-    TableSource,
+    Aggregate, Expr, Join, JoinType, LogicalPlan, Projection, SubqueryAlias, TableScan,
+    TableScanBuilder, TableSource,
 };
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
@@ -197,14 +199,60 @@ impl OptimizerRule for MachineKeyJoins {
         let Some(tables) = self.tables.get().filter(|t| !t.is_empty()) else {
             return Ok(Transformed::no(plan));
         };
-        let LogicalPlan::Join(join) = &plan else {
-            return Ok(Transformed::no(plan));
+        let rewritten = match &plan {
+            LogicalPlan::Join(join) => rekey(tables, join),
+            LogicalPlan::Aggregate(aggregate) => count_distinct_ids(tables, aggregate),
+            _ => None,
         };
-        match rekey(tables, join) {
-            Some(rekeyed) => Ok(Transformed::yes(rekeyed)),
+        match rewritten {
+            Some(rewritten) => Ok(Transformed::yes(rewritten)),
             None => Ok(Transformed::no(plan)),
         }
     }
+}
+
+/// `aggregate` counting distinct machine ids wherever it counts distinct traceable
+/// `machine_ip` columns (under their own names); None if it counts none.
+///
+/// Why: ids are counted in a set of integers rather than of strings, and a partial
+/// aggregate hands the final one its distinct ids rather than its distinct addresses
+/// (`report_role_memory` at 70,000 machines). Equal ids hold exactly equal addresses and
+/// NULL has a NULL id, so the counts are the same. DataFusion answers a statement whose
+/// only aggregates are one such count by grouping by the address first
+/// (`SingleDistinctToGroupBy`), which is left as it is.
+fn count_distinct_ids(
+    tables: &HashMap<String, Arc<dyn TableSource>>,
+    aggregate: &Aggregate,
+) -> Option<LogicalPlan> {
+    let mut input = aggregate.input.as_ref().clone();
+    let mut changed = false;
+    let mut aggr_expr = aggregate.aggr_expr.clone();
+    for expr in aggr_expr.iter_mut() {
+        let Expr::AggregateFunction(count) = &*expr else {
+            continue;
+        };
+        let column = match count.params.args.as_slice() {
+            [Expr::Column(column)] if count.params.distinct && count.func.name() == "count" => {
+                column
+            }
+            _ => continue,
+        };
+        let Some((traced, id)) = trace(tables, &input, column) else {
+            continue;
+        };
+        let mut on_ids = count.clone();
+        on_ids.params.args = vec![Expr::Column(id)];
+        // Under the name it had: the plan above refers to it by name.
+        let name = expr.schema_name().to_string();
+        *expr = Expr::AggregateFunction(on_ids).alias(name);
+        input = traced;
+        changed = true;
+    }
+    if !changed {
+        return None;
+    }
+    let rewritten = Aggregate::try_new(Arc::new(input), aggregate.group_expr.clone(), aggr_expr);
+    rewritten.ok().map(LogicalPlan::Aggregate)
 }
 
 /// `join` on machine ids wherever both sides of a key are traceable `machine_ip` columns,
@@ -506,30 +554,63 @@ mod tests {
         ("SELECT s.machine_ip, r.role FROM sys s JOIN (SELECT machine_ip, MAX(role) AS role FROM machinerole GROUP BY machine_ip) r ON s.machine_ip = r.machine_ip", false),
     ];
 
+    /// `sql`'s answer from `snap` (generation 0), checked against the same statement on
+    /// the addresses themselves, and the text of its plans.
+    async fn answer_and_plans(snap: &Snapshot, sql: &str) -> (Vec<RecordBatch>, String) {
+        let limits = QueryLimits::default();
+        let got = snap.query(sql, &limits).await.expect("answer");
+        assert_eq!(rows(&got.batches), expected(0, sql).await, "{sql}");
+        let explain = snap
+            .query(&format!("EXPLAIN {sql}"), &limits)
+            .await
+            .expect("explain");
+        (got.batches, rows(&explain.batches).join("\n"))
+    }
+
     #[tokio::test]
     async fn joins_on_machine_ids_answer_as_joins_on_addresses() {
-        let plans = Arc::new(PlanCache::new(0));
-        let snap = snapshot(0, &plans).await;
-        let limits = QueryLimits::default();
+        let snap = snapshot(0, &Arc::new(PlanCache::new(0))).await;
         for &(sql, keyed) in STATEMENTS {
-            let want = expected(0, sql).await;
-            let got = snap.query(sql, &limits).await.expect("answer");
-            assert_eq!(rows(&got.batches), want, "{sql}");
+            let (got, text) = answer_and_plans(&snap, sql).await;
             assert!(
-                !want.is_empty() || sql.contains("NOT IN (SELECT machine_ip FROM sys)"),
+                !rows(&got).is_empty() || sql.contains("NOT IN (SELECT machine_ip FROM sys)"),
                 "{sql}"
             );
-            let explain = snap
-                .query(&format!("EXPLAIN {sql}"), &limits)
-                .await
-                .expect("explain");
-            let text = rows(&explain.batches).join("\n");
             assert_eq!(text.contains(MACHINE_ID), keyed, "{sql}\n{text}");
             // The ids never reach the answer.
             assert!(got
-                .batches
                 .iter()
                 .all(|b| b.schema().column_with_name(MACHINE_ID).is_none()));
+        }
+    }
+
+    /// (statement, whether its distinct count of addresses runs on machine ids).
+    const COUNTS: &[(&str, bool)] = &[
+        ("SELECT m.role, COUNT(DISTINCT s.machine_ip), COUNT(*), SUM(s.cluster) FROM machinerole m JOIN sys s ON m.machine_ip = s.machine_ip GROUP BY m.role", true),
+        ("SELECT cluster, COUNT(DISTINCT machine_ip) AS machines, COUNT(*) FROM sys GROUP BY cluster", true),
+        ("SELECT COUNT(DISTINCT machine_ip), COUNT(machine_ip), MAX(rss) FROM processes", true),
+        ("SELECT COUNT(DISTINCT machine_ip) FILTER (WHERE rss > 30), COUNT(*) FROM processes", true),
+        // Both sides of an outer join: the unmatched side's addresses are NULL.
+        ("SELECT COUNT(DISTINCT s.machine_ip), COUNT(DISTINCT p.machine_ip), COUNT(*) FROM sys s LEFT JOIN processes p ON s.machine_ip = p.machine_ip", true),
+        // Not the address itself, or the only aggregate (DataFusion groups by it first).
+        ("SELECT COUNT(DISTINCT lower(machine_ip)), COUNT(*) FROM processes", false),
+        ("SELECT cluster, COUNT(DISTINCT machine_ip) FROM sys GROUP BY cluster", false),
+    ];
+
+    #[tokio::test]
+    async fn distinct_counts_of_addresses_count_machine_ids() {
+        let snap = snapshot(0, &Arc::new(PlanCache::new(0))).await;
+        for &(sql, on_ids) in COUNTS {
+            let (got, text) = answer_and_plans(&snap, sql).await;
+            assert!(!rows(&got).is_empty(), "{sql}");
+            // `count(DISTINCT s.__machine_id)` somewhere in the plans.
+            let counted = text.split("count(DISTINCT ").skip(1).any(|after| {
+                after
+                    .split(')')
+                    .next()
+                    .is_some_and(|arg| arg.ends_with(MACHINE_ID))
+            });
+            assert_eq!(counted, on_ids, "{sql}\n{text}");
         }
     }
 
