@@ -70,8 +70,8 @@ pub enum TopKMode {
     /// sorted by partition and order keys, as the window above expects.
     Final,
     /// Below the repartition that feeds a final one, on whatever partitioning comes in:
-    /// the k first rows of each window partition among an input partition's rows hold
-    /// that window partition's k first overall, so only they need to cross the
+    /// any row of a window partition's k first overall is among the k first of that
+    /// window partition's rows in its input partition, so only those need to cross the
     /// repartition. Unordered, and a pass-through where it would not keep fewer rows.
     Partial,
 }
@@ -233,6 +233,7 @@ impl ExecutionPlan for TopKPerPartitionExec {
             out: VecDeque::new(),
             batch_size: context.session_config().batch_size().max(1),
             baseline: BaselineMetrics::new(&self.metrics, partition),
+            ended: false,
         };
         let out = futures::stream::unfold(run, |mut run| async move {
             let next = run.next().await;
@@ -254,10 +255,22 @@ struct Run {
     out: VecDeque<RecordBatch>,
     batch_size: usize,
     baseline: BaselineMetrics,
+    /// After an error or the last batch: polled again, it gives nothing more (a failed
+    /// partial one would otherwise pass the rest of its input through).
+    ended: bool,
 }
 
 impl Run {
     async fn next(&mut self) -> Option<Result<RecordBatch>> {
+        if self.ended {
+            return None;
+        }
+        let next = self.step().await;
+        self.ended = matches!(next, None | Some(Err(_)));
+        next
+    }
+
+    async fn step(&mut self) -> Option<Result<RecordBatch>> {
         loop {
             if let Some(batch) = self.out.pop_front() {
                 self.baseline.record_output(batch.num_rows());
@@ -643,6 +656,42 @@ mod tests {
             .collect();
         assert_eq!((g, v), (want_g, want_v));
         assert!(out.iter().all(|b| b.num_rows() <= 8));
+    }
+
+    #[tokio::test]
+    async fn an_input_error_ends_the_output() {
+        let (schema, _pool, groups) = top_3(DataType::Int64);
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(Int64Array::from(vec![5, 6])),
+            ],
+        )
+        .expect("batch");
+        let items = vec![
+            Err(datafusion::error::DataFusionError::Execution(
+                "broken".into(),
+            )),
+            Ok(batch),
+        ];
+        let input: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(items),
+        ));
+        let metrics = ExecutionPlanMetricsSet::new();
+        // Partial: once failed, it neither passes rows through nor emits what it kept.
+        let mut run = Run {
+            input,
+            groups: Some(groups),
+            passed: Some(MetricBuilder::new(&metrics).counter("passed_rows", 0)),
+            out: VecDeque::new(),
+            batch_size: 8,
+            baseline: BaselineMetrics::new(&metrics, 0),
+            ended: false,
+        };
+        assert!(matches!(run.next().await, Some(Err(_))));
+        assert!(run.next().await.is_none());
     }
 
     #[test]
