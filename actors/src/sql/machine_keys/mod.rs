@@ -15,7 +15,9 @@
 //!   copies, and projects the ids away above the join. Equal ids hold exactly equal addresses
 //!   and a NULL address has a NULL id, so every join type answers as before. For the same
 //!   reason it counts ids where an aggregate counts distinct such addresses
-//!   (`COUNT(DISTINCT machine_ip)` beside other aggregates).
+//!   (`COUNT(DISTINCT machine_ip)` beside other aggregates);
+//! - [`LookupJoinsOnMachineIds`], a physical optimizer rule, runs such joins by looking
+//!   ids up, handing the probe side's columns on uncopied (`lookup_join`).
 //!
 //! The keyed copies are found by name (`keyed_name`, `registered`) so that a kept plan
 //! binds to the next snapshot's copies (`plans::bind`). Only a SQL node keys its tables
@@ -44,6 +46,9 @@ use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
 use super::spread::SpreadTable;
+
+mod lookup_join;
+pub(crate) use lookup_join::LookupJoinsOnMachineIds;
 
 /// The column a keyed copy appends: the row's machine id (NULL where `machine_ip` is).
 pub(crate) const MACHINE_ID: &str = "__machine_id";
@@ -534,24 +539,25 @@ mod tests {
         out
     }
 
-    /// (statement, whether its join runs on machine ids).
-    const STATEMENTS: &[(&str, bool)] = &[
-        ("SELECT s.machine_ip, s.cluster, p.rss FROM sys s JOIN processes p ON s.machine_ip = p.machine_ip", true),
-        ("SELECT s.machine_ip, p.machine_ip, p.rss FROM sys s LEFT JOIN processes p ON s.machine_ip = p.machine_ip", true),
-        ("SELECT s.machine_ip, p.machine_ip, p.rss FROM sys s FULL JOIN processes p ON s.machine_ip = p.machine_ip", true),
-        ("SELECT s.machine_ip, p.rss FROM sys s JOIN processes p ON s.machine_ip IS NOT DISTINCT FROM p.machine_ip", true),
-        ("SELECT machine_ip, rss FROM processes WHERE machine_ip IN (SELECT machine_ip FROM sys WHERE cluster = 1)", true),
-        ("SELECT machine_ip, rss FROM processes WHERE machine_ip NOT IN (SELECT machine_ip FROM sys)", true),
-        ("SELECT machine_ip, rss FROM processes WHERE machine_ip NOT IN (SELECT machine_ip FROM sys WHERE machine_ip IS NOT NULL)", true),
-        ("SELECT m.machine_ip FROM machinerole m WHERE NOT EXISTS (SELECT 1 FROM processes p WHERE p.machine_ip = m.machine_ip AND p.rss > 20)", true),
+    /// (statement, whether its join runs on machine ids, whether by lookup: the joins
+    /// `lookup_join` takes have no join filter and keep no unmatched build row).
+    const STATEMENTS: &[(&str, bool, bool)] = &[
+        ("SELECT s.machine_ip, s.cluster, p.rss FROM sys s JOIN processes p ON s.machine_ip = p.machine_ip", true, true),
+        ("SELECT s.machine_ip, p.machine_ip, p.rss FROM sys s LEFT JOIN processes p ON s.machine_ip = p.machine_ip", true, false),
+        ("SELECT s.machine_ip, p.machine_ip, p.rss FROM sys s FULL JOIN processes p ON s.machine_ip = p.machine_ip", true, false),
+        ("SELECT s.machine_ip, p.rss FROM sys s JOIN processes p ON s.machine_ip IS NOT DISTINCT FROM p.machine_ip", true, false),
+        ("SELECT machine_ip, rss FROM processes WHERE machine_ip IN (SELECT machine_ip FROM sys WHERE cluster = 1)", true, true),
+        ("SELECT machine_ip, rss FROM processes WHERE machine_ip NOT IN (SELECT machine_ip FROM sys)", true, false),
+        ("SELECT machine_ip, rss FROM processes WHERE machine_ip NOT IN (SELECT machine_ip FROM sys WHERE machine_ip IS NOT NULL)", true, false),
+        ("SELECT m.machine_ip FROM machinerole m WHERE NOT EXISTS (SELECT 1 FROM processes p WHERE p.machine_ip = m.machine_ip AND p.rss > 20)", true, true),
         // Two joins on the same address (the papers' first query's shape).
-        ("SELECT s.machine_ip, p.rss FROM sys s, processes p WHERE s.machine_ip = p.machine_ip AND s.machine_ip IN (SELECT machine_ip FROM machinerole WHERE role = 2)", true),
-        ("SELECT a.machine_ip, b.cluster FROM sys a JOIN sys b ON a.machine_ip = b.machine_ip", true),
-        ("SELECT s.ip, p.rss FROM (SELECT machine_ip AS ip, cluster FROM sys WHERE cluster = 0) s JOIN processes p ON s.ip = p.machine_ip", true),
-        ("SELECT s.cluster, COUNT(*) FROM sys s JOIN processes p ON s.machine_ip = p.machine_ip AND p.rss > s.cluster * 30 GROUP BY s.cluster", true),
+        ("SELECT s.machine_ip, p.rss FROM sys s, processes p WHERE s.machine_ip = p.machine_ip AND s.machine_ip IN (SELECT machine_ip FROM machinerole WHERE role = 2)", true, true),
+        ("SELECT a.machine_ip, b.cluster FROM sys a JOIN sys b ON a.machine_ip = b.machine_ip", true, true),
+        ("SELECT s.ip, p.rss FROM (SELECT machine_ip AS ip, cluster FROM sys WHERE cluster = 0) s JOIN processes p ON s.ip = p.machine_ip", true, true),
+        ("SELECT s.cluster, COUNT(*) FROM sys s JOIN processes p ON s.machine_ip = p.machine_ip AND p.rss > s.cluster * 30 GROUP BY s.cluster", true, false),
         // Not the address itself on one side: joined on strings as before.
-        ("SELECT s.machine_ip, p.rss FROM sys s JOIN processes p ON s.machine_ip = lower(p.machine_ip)", false),
-        ("SELECT s.machine_ip, r.role FROM sys s JOIN (SELECT machine_ip, MAX(role) AS role FROM machinerole GROUP BY machine_ip) r ON s.machine_ip = r.machine_ip", false),
+        ("SELECT s.machine_ip, p.rss FROM sys s JOIN processes p ON s.machine_ip = lower(p.machine_ip)", false, false),
+        ("SELECT s.machine_ip, r.role FROM sys s JOIN (SELECT machine_ip, MAX(role) AS role FROM machinerole GROUP BY machine_ip) r ON s.machine_ip = r.machine_ip", false, false),
     ];
 
     /// `sql`'s answer from `snap` (generation 0), checked against the same statement on
@@ -570,13 +576,18 @@ mod tests {
     #[tokio::test]
     async fn joins_on_machine_ids_answer_as_joins_on_addresses() {
         let snap = snapshot(0, &Arc::new(PlanCache::new(0))).await;
-        for &(sql, keyed) in STATEMENTS {
+        for &(sql, keyed, looked_up) in STATEMENTS {
             let (got, text) = answer_and_plans(&snap, sql).await;
             assert!(
                 !rows(&got).is_empty() || sql.contains("NOT IN (SELECT machine_ip FROM sys)"),
                 "{sql}"
             );
             assert_eq!(text.contains(MACHINE_ID), keyed, "{sql}\n{text}");
+            assert_eq!(
+                text.contains("MachineIdJoinExec"),
+                looked_up,
+                "{sql}\n{text}"
+            );
             // The ids never reach the answer.
             assert!(got
                 .iter()

@@ -1,0 +1,689 @@
+//! Joins on machine ids by direct lookup, where the probe side's columns pass through.
+//!
+//! A join on machine ids (`MachineKeyJoins`) typically probes a table of one row per
+//! machine (`sys`, 70,000 rows) with a table of many (`processes`, 840,000), and nearly
+//! every probe row matches once. DataFusion's hash join then still copies (`take`s) every
+//! probe column of every output row, strings included, in the same order they came in: in
+//! `report_top_rss_per_cluster` at 70,000 machines that copy of `machine_ip`, `procname`,
+//! `pid` and `rss` was most of the join's time, to hand on columns that did not change.
+//!
+//! [`MachineIdJoinExec`] stands in for such a [`HashJoinExec`] (collected build side, one
+//! equijoin key that is `__machine_id` on both sides, no join filter, no limit, a join type
+//! whose output is probe rows with or without build columns). It indexes the build side by
+//! id (an array over the dense ids, or a map where they are sparse, with a chain through
+//! rows of equal ids), looks each probe row up, and where every row of a probe batch
+//! matches exactly one build row, hands the probe batch's columns on as they are, taking
+//! only the build side's columns. Otherwise it takes by index as the hash join does. It
+//! keeps the hash join it replaced for its properties (partitioning, order, equivalences,
+//! statistics), which its output shares: the same rows, the probe's order kept.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::compute::{concat_batches, take};
+use datafusion::arrow::datatypes::{SchemaRef, UInt32Type};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::{
+    internal_err, DataFusionError, JoinSide, JoinType, NullEquality, Result, Statistics,
+};
+use datafusion::config::ConfigOptions;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
+    InputDistributionRequirements, PlanProperties, SendableRecordBatchStream, StatisticsArgs,
+};
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::OnceCell;
+
+use super::MACHINE_ID;
+
+/// No row: the end of a chain, or an id no build row has.
+const NONE: u32 = u32::MAX;
+
+/// Ids are indexed in an array while it has at most this many slots per build row (plus a
+/// floor for small build sides); sparser ids, such as a column of that name in a table of
+/// a user's own, go to a map.
+const DENSE_SLOTS_PER_ROW: usize = 4;
+const DENSE_SLOTS_FLOOR: usize = 1 << 16;
+
+/// Replaces each hash join that [`MachineIdJoinExec`] can stand for.
+#[derive(Debug, Default)]
+pub(crate) struct LookupJoinsOnMachineIds;
+
+impl PhysicalOptimizerRule for LookupJoinsOnMachineIds {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let Some(join) = node.downcast_ref::<HashJoinExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            match MachineIdJoinExec::stand_in(join)? {
+                Some(lookup) => Ok(Transformed::yes(Arc::new(lookup) as Arc<dyn ExecutionPlan>)),
+                None => Ok(Transformed::no(node)),
+            }
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "LookupJoinsOnMachineIds"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// A collected-build-side join on machine ids that hands unchanged probe columns on.
+#[derive(Debug)]
+pub struct MachineIdJoinExec {
+    /// The hash join this stands for: its children, keys, projection and properties.
+    join: Arc<HashJoinExec>,
+    /// The key's column in the build (left) and probe (right) inputs.
+    build_key: usize,
+    probe_key: usize,
+    /// Each output column: its side and its index in that side's input.
+    output: Vec<(JoinSide, usize)>,
+    /// The build side, indexed once and shared by every output partition.
+    build: Arc<OnceCell<Arc<Build>>>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl MachineIdJoinExec {
+    /// The lookup join that answers as `join` does, if it is of the kind this handles.
+    fn stand_in(join: &HashJoinExec) -> Result<Option<MachineIdJoinExec>> {
+        let handled = matches!(
+            join.join_type(),
+            JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti
+        );
+        if !handled
+            || *join.partition_mode() != PartitionMode::CollectLeft
+            || join.left().output_partitioning().partition_count() != 1
+            || join.filter().is_some()
+            || join.fetch().is_some()
+            || join.null_aware
+            || join.null_equality() != NullEquality::NullEqualsNothing
+            || join.on().len() != 1
+        {
+            return Ok(None);
+        }
+        let (left, right) = &join.on()[0];
+        let (Some(build_key), Some(probe_key)) = (
+            id_column(left.as_ref(), &join.left().schema()),
+            id_column(right.as_ref(), &join.right().schema()),
+        ) else {
+            return Ok(None);
+        };
+        let (left_width, right_width) = (
+            join.left().schema().fields().len(),
+            join.right().schema().fields().len(),
+        );
+        let mut joined: Vec<(JoinSide, usize)> = Vec::new();
+        if matches!(join.join_type(), JoinType::Inner | JoinType::Right) {
+            joined.extend((0..left_width).map(|i| (JoinSide::Left, i)));
+        }
+        joined.extend((0..right_width).map(|i| (JoinSide::Right, i)));
+        let output = match &join.projection {
+            None => joined,
+            Some(projection) => {
+                let mut output = Vec::with_capacity(projection.len());
+                for &i in projection.iter() {
+                    match joined.get(i) {
+                        Some(&column) => output.push(column),
+                        None => return Ok(None),
+                    }
+                }
+                output
+            }
+        };
+        if output.len() != join.schema().fields().len() {
+            return Ok(None);
+        }
+        let join = join.builder().build()?;
+        Ok(Some(MachineIdJoinExec {
+            join: Arc::new(join),
+            build_key,
+            probe_key,
+            output,
+            build: Arc::new(OnceCell::new()),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }))
+    }
+}
+
+/// The index of `expr` in `schema` if it is a column named [`MACHINE_ID`] of `u32`s.
+fn id_column(expr: &dyn PhysicalExpr, schema: &SchemaRef) -> Option<usize> {
+    let column = (expr as &dyn std::any::Any).downcast_ref::<Column>()?;
+    let field = schema.fields().get(column.index())?;
+    (field.name() == MACHINE_ID
+        && field.data_type() == &datafusion::arrow::datatypes::DataType::UInt32)
+        .then_some(column.index())
+}
+
+impl DisplayAs for MachineIdJoinExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (left, right) = (self.join.left().schema(), self.join.right().schema());
+        let names: Vec<String> = self
+            .output
+            .iter()
+            .map(|&(side, i)| {
+                let schema = if side == JoinSide::Left {
+                    &left
+                } else {
+                    &right
+                };
+                format!("{}@{side}", schema.field(i).name())
+            })
+            .collect();
+        write!(
+            f,
+            "MachineIdJoinExec: join_type={:?}, on=({MACHINE_ID}@{}, {MACHINE_ID}@{}), output=[{}]",
+            self.join.join_type(),
+            self.build_key,
+            self.probe_key,
+            names.join(", ")
+        )
+    }
+}
+
+impl ExecutionPlan for MachineIdJoinExec {
+    fn name(&self) -> &str {
+        "MachineIdJoinExec"
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.join.schema()
+    }
+
+    /// The hash join's: the same rows, in the probe side's order.
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.join.properties()
+    }
+
+    fn input_distribution_requirements(&self) -> InputDistributionRequirements {
+        self.join.input_distribution_requirements()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        self.join.maintains_input_order()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![self.join.left(), self.join.right()]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        self.join.apply_expressions(f)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let join = self.join.builder().with_new_children(children)?.build()?;
+        match MachineIdJoinExec::stand_in(&join)? {
+            Some(lookup) => Ok(Arc::new(lookup)),
+            None => Ok(Arc::new(join)),
+        }
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        self.join.child_stats_requests(partition)
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        self.join.statistics_from_inputs(input_stats, args)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let probe = self.join.right().execute(partition, context.clone())?;
+        let metrics = JoinMetrics {
+            build_time: MetricBuilder::new(&self.metrics).subset_time("build_time", partition),
+            build_rows: MetricBuilder::new(&self.metrics).counter("build_input_rows", partition),
+            passed: MetricBuilder::new(&self.metrics).counter("probe_batches_passed", partition),
+            baseline: BaselineMetrics::new(&self.metrics, partition),
+        };
+        let probing = Probing {
+            probe_key: self.probe_key,
+            output: self.output.clone(),
+            join_type: *self.join.join_type(),
+            schema: self.schema(),
+            batch_size: context.session_config().batch_size().max(1),
+        };
+        let (cell, left, build_key) =
+            (self.build.clone(), self.join.left().clone(), self.build_key);
+        let build_metrics = metrics.clone();
+        // The build side first (once for all partitions), then each probe batch in turn.
+        let stream = futures::stream::once(async move {
+            let build = cell
+                .get_or_try_init(|| Build::collect(left, build_key, context, &build_metrics))
+                .await?
+                .clone();
+            let joined = probe.map(move |batch| -> Result<_> {
+                let batch = batch?;
+                let _timer = metrics.baseline.elapsed_compute().timer();
+                let out = probing.join(&build, &batch, &metrics.passed)?;
+                metrics
+                    .baseline
+                    .record_output(out.iter().map(|b| b.num_rows()).sum());
+                Ok(futures::stream::iter(
+                    out.into_iter().map(Ok::<_, DataFusionError>),
+                ))
+            });
+            Ok::<_, DataFusionError>(joined.try_flatten())
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            stream,
+        )))
+    }
+}
+
+#[derive(Clone)]
+struct JoinMetrics {
+    build_time: Time,
+    build_rows: Count,
+    /// Probe batches whose columns went on as they came.
+    passed: Count,
+    baseline: BaselineMetrics,
+}
+
+/// The build side, concatenated and indexed by id.
+struct Build {
+    batch: RecordBatch,
+    /// The first row of each id.
+    first: First,
+    /// Each row's next row of the same id, in input order; `None` where no id repeats.
+    next: Option<Vec<u32>>,
+    _reservation: MemoryReservation,
+}
+
+impl fmt::Debug for Build {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Build")
+            .field("rows", &self.batch.num_rows())
+            .field("dense", &matches!(self.first, First::Dense(_)))
+            .field("ids_repeat", &self.next.is_some())
+            .finish()
+    }
+}
+
+enum First {
+    Dense(Vec<u32>),
+    Sparse(HashMap<u32, u32>),
+}
+
+impl First {
+    fn get(&self, id: u32) -> u32 {
+        match self {
+            First::Dense(rows) => rows.get(id as usize).copied().unwrap_or(NONE),
+            First::Sparse(rows) => rows.get(&id).copied().unwrap_or(NONE),
+        }
+    }
+}
+
+impl Build {
+    async fn collect(
+        left: Arc<dyn ExecutionPlan>,
+        key: usize,
+        context: Arc<TaskContext>,
+        metrics: &JoinMetrics,
+    ) -> Result<Arc<Build>> {
+        let reservation =
+            MemoryConsumer::new("MachineIdJoinExec[build]").register(context.memory_pool());
+        let mut stream = left.execute(0, context)?;
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            reservation.try_grow(batch.get_array_memory_size())?;
+            batches.push(batch);
+        }
+        let _timer = metrics.build_time.timer();
+        let batch = concat_batches(&left.schema(), &batches)?;
+        drop(batches);
+        metrics.build_rows.add(batch.num_rows());
+        let rows = u32::try_from(batch.num_rows())
+            .ok()
+            .filter(|&n| n < NONE)
+            .map_or_else(
+                || internal_err!("MachineIdJoinExec: build side too large"),
+                Ok,
+            )?;
+        let ids = batch.column(key).as_primitive::<UInt32Type>();
+        let max = ids.iter().flatten().max();
+        let dense = max.is_some_and(|m| {
+            (m as usize) < (rows as usize * DENSE_SLOTS_PER_ROW).max(DENSE_SLOTS_FLOOR)
+        });
+        let mut first = if dense {
+            let slots = max.map_or(0, |m| m as usize + 1);
+            reservation.try_grow(slots * 4)?;
+            First::Dense(vec![NONE; slots])
+        } else {
+            reservation.try_grow(rows as usize * 12)?;
+            First::Sparse(HashMap::with_capacity(rows as usize))
+        };
+        let mut next: Option<Vec<u32>> = None;
+        // Backwards, so each chain runs in input order.
+        for row in (0..rows).rev() {
+            if ids.is_null(row as usize) {
+                continue;
+            }
+            let id = ids.value(row as usize);
+            let slot = match &mut first {
+                First::Dense(slots) => &mut slots[id as usize],
+                First::Sparse(map) => map.entry(id).or_insert(NONE),
+            };
+            if *slot != NONE {
+                let chain = match &mut next {
+                    Some(chain) => chain,
+                    None => {
+                        reservation.try_grow(rows as usize * 4)?;
+                        next.insert(vec![NONE; rows as usize])
+                    }
+                };
+                chain[row as usize] = *slot;
+            }
+            *slot = row;
+        }
+        reservation.try_grow(batch.get_array_memory_size())?;
+        Ok(Arc::new(Build {
+            batch,
+            first,
+            next,
+            _reservation: reservation,
+        }))
+    }
+}
+
+/// What each probe batch is joined with.
+#[derive(Clone)]
+struct Probing {
+    probe_key: usize,
+    output: Vec<(JoinSide, usize)>,
+    join_type: JoinType,
+    schema: SchemaRef,
+    batch_size: usize,
+}
+
+impl Probing {
+    /// The output for one probe batch, in batches of at most the session's size.
+    fn join(&self, build: &Build, probe: &RecordBatch, passed: &Count) -> Result<Vec<RecordBatch>> {
+        let n = probe.num_rows();
+        let ids = probe.column(self.probe_key).as_primitive::<UInt32Type>();
+        let mut build_rows: Vec<u32> = Vec::with_capacity(n);
+        // A right join's probe rows that match nothing get a NULL build row.
+        let mut matched: Option<Vec<bool>> =
+            (self.join_type == JoinType::Right).then(|| Vec::with_capacity(n));
+        let mut probe_rows: Vec<u32> = Vec::with_capacity(n);
+        // Whether each output row so far is the probe row of its own position.
+        let mut in_order = true;
+        for i in 0..n {
+            let mut row = if ids.is_null(i) {
+                NONE
+            } else {
+                build.first.get(ids.value(i))
+            };
+            match self.join_type {
+                JoinType::RightSemi | JoinType::RightAnti => {
+                    if (row != NONE) == (self.join_type == JoinType::RightSemi) {
+                        in_order &= probe_rows.len() == i;
+                        probe_rows.push(i as u32);
+                    }
+                }
+                _ => {
+                    if let (NONE, Some(matched)) = (row, &mut matched) {
+                        in_order &= probe_rows.len() == i;
+                        build_rows.push(0);
+                        matched.push(false);
+                        probe_rows.push(i as u32);
+                    }
+                    while row != NONE {
+                        in_order &= probe_rows.len() == i;
+                        build_rows.push(row);
+                        if let Some(matched) = &mut matched {
+                            matched.push(true);
+                        }
+                        probe_rows.push(i as u32);
+                        row = build.next.as_ref().map_or(NONE, |next| next[row as usize]);
+                    }
+                }
+            }
+        }
+        // Each probe row once, in order: the columns as they are. (As many rows as came
+        // in is not enough: in an inner join one row may match twice and another not.)
+        let whole = in_order && probe_rows.len() == n;
+        if whole {
+            passed.add(1);
+        }
+        let rows = probe_rows.len();
+        let build_rows = UInt32Array::new(build_rows.into(), matched.map(NullBuffer::from));
+        let probe_rows = UInt32Array::from(probe_rows);
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.output.len());
+        for &(side, i) in &self.output {
+            columns.push(match side {
+                JoinSide::Left => take(build.batch.column(i).as_ref(), &build_rows, None)?,
+                _ if whole => probe.column(i).clone(),
+                _ => take(probe.column(i).as_ref(), &probe_rows, None)?,
+            });
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        let joined = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
+        Ok((0..rows)
+            .step_by(self.batch_size)
+            .map(|start| joined.slice(start, self.batch_size.min(rows - start)))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::physical_expr::expressions::col;
+    use datafusion::physical_plan::{collect, displayable};
+    use datafusion::prelude::SessionContext;
+
+    /// A table of `(__machine_id, name, v)` rows in batches of `per_batch` rows.
+    fn table(rows: &[(Option<u32>, &str, i64)], per_batch: usize) -> Arc<dyn ExecutionPlan> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(MACHINE_ID, DataType::UInt32, true),
+            Field::new("name", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let batches: Vec<RecordBatch> = rows
+            .chunks(per_batch.max(1))
+            .map(|chunk| {
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(UInt32Array::from(
+                            chunk.iter().map(|r| r.0).collect::<Vec<_>>(),
+                        )),
+                        Arc::new(StringArray::from(
+                            chunk.iter().map(|r| r.1).collect::<Vec<_>>(),
+                        )),
+                        Arc::new(Int64Array::from(
+                            chunk.iter().map(|r| r.2).collect::<Vec<_>>(),
+                        )),
+                    ],
+                )
+                .expect("batch")
+            })
+            .collect();
+        MemorySourceConfig::try_new_exec(&[batches], schema, None).expect("exec")
+    }
+
+    /// The answer's rows as sorted lines.
+    fn lines(batches: &[RecordBatch]) -> Vec<String> {
+        let text = pretty_format_batches(batches).expect("format").to_string();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .skip(1)
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    /// `build` joined with `probe` on the id by the hash join and by the lookup join:
+    /// both answers, and the number of probe batches passed whole.
+    async fn both(
+        build: &[(Option<u32>, &str, i64)],
+        probe: &[(Option<u32>, &str, i64)],
+        join_type: JoinType,
+        projection: Option<Vec<usize>>,
+    ) -> (Vec<String>, Vec<String>, usize) {
+        let (left, right) = (table(build, 3), table(probe, 4));
+        let on = vec![(
+            col(MACHINE_ID, &left.schema()).expect("left key"),
+            col(MACHINE_ID, &right.schema()).expect("right key"),
+        )];
+        let hash = HashJoinExec::try_new(
+            left,
+            right,
+            on,
+            None,
+            &join_type,
+            projection,
+            PartitionMode::CollectLeft,
+            NullEquality::NullEqualsNothing,
+            false,
+        )
+        .expect("hash join");
+        let lookup = Arc::new(
+            MachineIdJoinExec::stand_in(&hash)
+                .expect("stand in")
+                .expect("a join it handles"),
+        );
+        let ctx = SessionContext::new().task_ctx();
+        let expected = collect(Arc::new(hash), ctx.clone())
+            .await
+            .expect("hash answer");
+        let got = collect(lookup.clone(), ctx).await.expect("lookup answer");
+        for b in &got {
+            assert!(b.num_rows() <= 8192);
+        }
+        let passed = lookup
+            .metrics()
+            .and_then(|m| m.sum_by_name("probe_batches_passed"))
+            .map_or(0, |v| v.as_usize());
+        assert!(displayable(lookup.as_ref())
+            .indent(true)
+            .to_string()
+            .contains("MachineIdJoinExec"));
+        (lines(&expected), lines(&got), passed)
+    }
+
+    /// One row per machine, ids 0-5 and a NULL.
+    fn machines() -> Vec<(Option<u32>, &'static str, i64)> {
+        let mut rows: Vec<_> = (0..6).map(|i| (Some(i), "m", i as i64)).collect();
+        rows.push((None, "none", -1));
+        rows
+    }
+
+    /// Several rows per machine (ids 1-7, 7 in no build row) and a NULL.
+    fn processes() -> Vec<(Option<u32>, &'static str, i64)> {
+        let mut rows: Vec<_> = (1..8)
+            .flat_map(|i| (0..3).map(move |k| (Some(i), "p", (i * 10 + k) as i64)))
+            .collect();
+        rows.insert(5, (None, "none", 99));
+        rows
+    }
+
+    #[tokio::test]
+    async fn answers_as_the_hash_join_for_every_join_type_it_takes() {
+        let dup_build: Vec<_> = machines().into_iter().chain(machines()).collect();
+        let sparse: Vec<_> = machines()
+            .into_iter()
+            .map(|(id, n, v)| (id.map(|i| i * 1_000_000), n, v))
+            .chain([(Some(1), "low", 7)])
+            .collect();
+        for join_type in [
+            JoinType::Inner,
+            JoinType::Right,
+            JoinType::RightSemi,
+            JoinType::RightAnti,
+        ] {
+            for build in [&machines(), &dup_build, &sparse, &Vec::new()] {
+                for projection in [None, Some(vec![0, 1])] {
+                    let (expected, got, _) =
+                        both(build, &processes(), join_type, projection.clone()).await;
+                    assert_eq!(got, expected, "{join_type:?} {projection:?} {build:?}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn probe_columns_pass_whole_only_where_each_row_matches_once() {
+        // Every probe row of ids 1-5 matches one machine: each batch passes whole.
+        let matched: Vec<_> = processes()
+            .into_iter()
+            .filter(|r| r.0.is_some_and(|i| i < 6))
+            .collect();
+        let (expected, got, passed) = both(&machines(), &matched, JoinType::Inner, None).await;
+        assert_eq!(got, expected);
+        assert_eq!(passed, matched.len().div_ceil(4));
+        // Repeated build ids, or unmatched probe rows: taken by index, none passed.
+        let twice: Vec<_> = machines().into_iter().chain(machines()).collect();
+        let (expected, got, passed) = both(&twice, &matched, JoinType::Inner, None).await;
+        assert_eq!((got.len(), passed), (expected.len(), 0));
+        assert_eq!(got, expected);
+        let (_, _, passed) = both(&machines(), &processes(), JoinType::Inner, None).await;
+        assert!(passed < processes().len().div_ceil(4));
+        // As many rows out as in, but the first probe row twice and the second not at all.
+        let (twice_one, one_unmatched) = (
+            [(Some(1), "a", 1), (Some(1), "b", 2)],
+            [(Some(1), "p", 1), (Some(9), "q", 2)],
+        );
+        let (expected, got, passed) = both(&twice_one, &one_unmatched, JoinType::Inner, None).await;
+        assert_eq!((got.clone(), passed), (expected, 0));
+        assert!(got.iter().all(|row| row.contains("| p ")), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn large_fanouts_come_out_in_batches_of_the_session_size() {
+        // 3 x 5,000 build rows of one id, 4 probe rows of it: 60,000 rows.
+        let build: Vec<_> = (0..15_000).map(|i| (Some(1), "b", i)).collect();
+        let probe: Vec<_> = (0..4).map(|i| (Some(1), "p", i)).collect();
+        let (expected, got, _) = both(&build, &probe, JoinType::Inner, Some(vec![2, 5])).await;
+        assert_eq!(got.len(), 60_000);
+        assert_eq!(got, expected);
+    }
+}
