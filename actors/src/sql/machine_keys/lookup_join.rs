@@ -19,14 +19,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, RecordBatchOptions, UInt32Array,
+};
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::arrow::datatypes::{SchemaRef, UInt32Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::utils::memory::RecordBatchMemoryCounter;
 use datafusion::common::{
     internal_err, DataFusionError, JoinSide, JoinType, NullEquality, Result, Statistics,
 };
@@ -45,10 +48,14 @@ use datafusion::physical_plan::{
     ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
     InputDistributionRequirements, PlanProperties, SendableRecordBatchStream, StatisticsArgs,
 };
-use futures::{StreamExt, TryStreamExt};
-use tokio::sync::OnceCell;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 
 use super::MACHINE_ID;
+
+/// The build side's one computation, awaited by every output partition.
+type SharedBuild =
+    Shared<BoxFuture<'static, std::result::Result<Arc<Build>, Arc<DataFusionError>>>>;
 
 /// No row: the end of a chain, or an id no build row has.
 const NONE: u32 = u32::MAX;
@@ -100,8 +107,10 @@ pub struct MachineIdJoinExec {
     probe_key: usize,
     /// Each output column: its side and its index in that side's input.
     output: Vec<(JoinSide, usize)>,
-    /// The build side, indexed once and shared by every output partition.
-    build: Arc<OnceCell<Arc<Build>>>,
+    /// The build side, indexed once and shared by every output partition: the first
+    /// partition to run starts it, every partition awaits the same result (an error too),
+    /// and it goes on while any of them still waits.
+    build: Arc<OnceLock<SharedBuild>>,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -161,7 +170,7 @@ impl MachineIdJoinExec {
             build_key,
             probe_key,
             output,
-            build: Arc::new(OnceCell::new()),
+            build: Arc::new(OnceLock::new()),
             metrics: ExecutionPlanMetricsSet::new(),
         }))
     }
@@ -281,27 +290,40 @@ impl ExecutionPlan for MachineIdJoinExec {
             schema: self.schema(),
             batch_size: context.session_config().batch_size().max(1),
         };
-        let (cell, left, build_key) =
-            (self.build.clone(), self.join.left().clone(), self.build_key);
-        let build_metrics = metrics.clone();
-        // The build side first (once for all partitions), then each probe batch in turn.
+        let build = self
+            .build
+            .get_or_init(|| {
+                Build::collect(
+                    self.join.left().clone(),
+                    self.build_key,
+                    context,
+                    metrics.clone(),
+                )
+                .map_err(Arc::new)
+                .boxed()
+                .shared()
+            })
+            .clone();
+        // The build side first (once for all partitions), then each probe batch in turn,
+        // in parts of at most the session's batch size.
         let stream = futures::stream::once(async move {
-            let build = cell
-                .get_or_try_init(|| Build::collect(left, build_key, context, &build_metrics))
-                .await?
-                .clone();
+            let build = build.await.map_err(DataFusionError::Shared)?;
+            if !build.has_keys() && probing.join_type.empty_build_side_produces_empty_result() {
+                // Nothing can match: the probe side is not read.
+                return Ok(futures::stream::empty().boxed());
+            }
             let joined = probe.map(move |batch| -> Result<_> {
-                let batch = batch?;
-                let _timer = metrics.baseline.elapsed_compute().timer();
-                let out = probing.join(&build, &batch, &metrics.passed)?;
-                metrics
-                    .baseline
-                    .record_output(out.iter().map(|b| b.num_rows()).sum());
-                Ok(futures::stream::iter(
-                    out.into_iter().map(Ok::<_, DataFusionError>),
-                ))
+                let parts = Parts {
+                    build: build.clone(),
+                    probe: batch?,
+                    probing: probing.clone(),
+                    metrics: metrics.clone(),
+                    next_row: 0,
+                    pending: NONE,
+                };
+                Ok(futures::stream::iter(parts))
             });
-            Ok::<_, DataFusionError>(joined.try_flatten())
+            Ok::<_, DataFusionError>(joined.try_flatten().boxed())
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -315,7 +337,7 @@ impl ExecutionPlan for MachineIdJoinExec {
 struct JoinMetrics {
     build_time: Time,
     build_rows: Count,
-    /// Probe batches whose columns went on as they came.
+    /// Output batches whose probe columns went on as they came (not copied).
     passed: Count,
     baseline: BaselineMetrics,
 }
@@ -355,24 +377,36 @@ impl First {
 }
 
 impl Build {
+    /// Whether any build row has an id (one that is not NULL).
+    fn has_keys(&self) -> bool {
+        match &self.first {
+            First::Dense(slots) => !slots.is_empty(),
+            First::Sparse(map) => !map.is_empty(),
+        }
+    }
+
     async fn collect(
         left: Arc<dyn ExecutionPlan>,
         key: usize,
         context: Arc<TaskContext>,
-        metrics: &JoinMetrics,
+        metrics: JoinMetrics,
     ) -> Result<Arc<Build>> {
         let reservation =
             MemoryConsumer::new("MachineIdJoinExec[build]").register(context.memory_pool());
         let mut stream = left.execute(0, context)?;
         let mut batches = Vec::new();
+        // Buffers shared by several batches (slices of one) counted once.
+        let mut counter = RecordBatchMemoryCounter::new();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            reservation.try_grow(batch.get_array_memory_size())?;
+            reservation.try_grow(counter.count_batch(&batch))?;
             batches.push(batch);
         }
         let _timer = metrics.build_time.timer();
         let batch = concat_batches(&left.schema(), &batches)?;
+        reservation.try_grow(batch.get_array_memory_size())?;
         drop(batches);
+        reservation.shrink(counter.memory_usage());
         metrics.build_rows.add(batch.num_rows());
         let rows = u32::try_from(batch.num_rows())
             .ok()
@@ -417,7 +451,6 @@ impl Build {
             }
             *slot = row;
         }
-        reservation.try_grow(batch.get_array_memory_size())?;
         Ok(Arc::new(Build {
             batch,
             first,
@@ -437,40 +470,89 @@ struct Probing {
     batch_size: usize,
 }
 
-impl Probing {
-    /// The output for one probe batch, in batches of at most the session's size.
-    fn join(&self, build: &Build, probe: &RecordBatch, passed: &Count) -> Result<Vec<RecordBatch>> {
-        let n = probe.num_rows();
-        let ids = probe.column(self.probe_key).as_primitive::<UInt32Type>();
-        let mut build_rows: Vec<u32> = Vec::with_capacity(n);
+/// One probe batch's output, made a part at a time (at most the session's batch size of
+/// rows), so that ids repeated on both sides never build more than a part at once.
+struct Parts {
+    build: Arc<Build>,
+    probe: RecordBatch,
+    probing: Probing,
+    metrics: JoinMetrics,
+    /// The probe row the next part starts from.
+    next_row: usize,
+    /// The build row `next_row` goes on with when the last part ended within its
+    /// matches; `NONE` when it starts afresh.
+    pending: u32,
+}
+
+impl Iterator for Parts {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Result<RecordBatch>> {
+        if self.next_row >= self.probe.num_rows() {
+            return None;
+        }
+        let elapsed = self.metrics.baseline.elapsed_compute().clone();
+        let _timer = elapsed.timer();
+        match self.part() {
+            // Only the last part can be empty (a part ends early only at the batch's end).
+            Ok(batch) if batch.num_rows() == 0 => None,
+            Ok(batch) => {
+                self.metrics.baseline.record_output(batch.num_rows());
+                Some(Ok(batch))
+            }
+            Err(e) => {
+                // Nothing after an error.
+                self.next_row = self.probe.num_rows();
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl Parts {
+    /// The next part: its rows' build and probe rows, then their columns.
+    fn part(&mut self) -> Result<RecordBatch> {
+        let (n, limit) = (self.probe.num_rows(), self.probing.batch_size);
+        let join_type = self.probing.join_type;
+        let ids = self
+            .probe
+            .column(self.probing.probe_key)
+            .as_primitive::<UInt32Type>();
+        let build = &self.build;
+        let start = self.next_row;
+        let mut build_rows: Vec<u32> = Vec::with_capacity(limit.min(n - start));
         // A right join's probe rows that match nothing get a NULL build row.
         let mut matched: Option<Vec<bool>> =
-            (self.join_type == JoinType::Right).then(|| Vec::with_capacity(n));
-        let mut probe_rows: Vec<u32> = Vec::with_capacity(n);
-        // Whether each output row so far is the probe row of its own position.
-        let mut in_order = true;
-        for i in 0..n {
-            let mut row = if ids.is_null(i) {
+            (join_type == JoinType::Right).then(|| Vec::with_capacity(limit.min(n - start)));
+        let mut probe_rows: Vec<u32> = Vec::with_capacity(limit.min(n - start));
+        while self.next_row < n && probe_rows.len() < limit {
+            let i = self.next_row;
+            let fresh = self.pending == NONE;
+            let mut row = if !fresh {
+                std::mem::replace(&mut self.pending, NONE)
+            } else if ids.is_null(i) {
                 NONE
             } else {
                 build.first.get(ids.value(i))
             };
-            match self.join_type {
+            match join_type {
                 JoinType::RightSemi | JoinType::RightAnti => {
-                    if (row != NONE) == (self.join_type == JoinType::RightSemi) {
-                        in_order &= probe_rows.len() == i;
+                    if (row != NONE) == (join_type == JoinType::RightSemi) {
                         probe_rows.push(i as u32);
                     }
                 }
                 _ => {
-                    if let (NONE, Some(matched)) = (row, &mut matched) {
-                        in_order &= probe_rows.len() == i;
+                    if let (true, NONE, Some(matched)) = (fresh, row, &mut matched) {
                         build_rows.push(0);
                         matched.push(false);
                         probe_rows.push(i as u32);
                     }
                     while row != NONE {
-                        in_order &= probe_rows.len() == i;
+                        if probe_rows.len() == limit {
+                            // The rest of this row's matches start the next part.
+                            self.pending = row;
+                            break;
+                        }
                         build_rows.push(row);
                         if let Some(matched) = &mut matched {
                             matched.push(true);
@@ -480,30 +562,43 @@ impl Probing {
                     }
                 }
             }
+            if self.pending == NONE {
+                self.next_row += 1;
+            }
         }
-        // Each probe row once, in order: the columns as they are. (As many rows as came
-        // in is not enough: in an inner join one row may match twice and another not.)
-        let whole = in_order && probe_rows.len() == n;
-        if whole {
-            passed.add(1);
-        }
+        // The probe rows of a run, each once and in order (as many rows as came in is not
+        // enough: in an inner join one row may match twice and another not): its columns
+        // as they are.
         let rows = probe_rows.len();
+        let whole = probe_rows
+            .iter()
+            .enumerate()
+            .all(|(k, &row)| row as usize == start + k);
+        if whole && rows > 0 {
+            self.metrics.passed.add(1);
+        }
         let build_rows = UInt32Array::new(build_rows.into(), matched.map(NullBuffer::from));
         let probe_rows = UInt32Array::from(probe_rows);
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.output.len());
-        for &(side, i) in &self.output {
-            columns.push(match side {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.probing.output.len());
+        for &(side, i) in &self.probing.output {
+            let column = match side {
+                JoinSide::Left if build.batch.num_rows() == 0 => {
+                    // Only a right join gets here: every build row NULL.
+                    new_null_array(build.batch.schema().field(i).data_type(), rows)
+                }
                 JoinSide::Left => take(build.batch.column(i).as_ref(), &build_rows, None)?,
-                _ if whole => probe.column(i).clone(),
-                _ => take(probe.column(i).as_ref(), &probe_rows, None)?,
-            });
+                _ if whole && start == 0 && rows == n => self.probe.column(i).clone(),
+                _ if whole => self.probe.column(i).slice(start, rows),
+                _ => take(self.probe.column(i).as_ref(), &probe_rows, None)?,
+            };
+            columns.push(column);
         }
         let options = RecordBatchOptions::new().with_row_count(Some(rows));
-        let joined = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
-        Ok((0..rows)
-            .step_by(self.batch_size)
-            .map(|start| joined.slice(start, self.batch_size.min(rows - start)))
-            .collect())
+        Ok(RecordBatch::try_new_with_options(
+            self.probing.schema.clone(),
+            columns,
+            &options,
+        )?)
     }
 }
 
@@ -561,15 +656,13 @@ mod tests {
         lines
     }
 
-    /// `build` joined with `probe` on the id by the hash join and by the lookup join:
-    /// both answers, and the number of probe batches passed whole.
-    async fn both(
-        build: &[(Option<u32>, &str, i64)],
-        probe: &[(Option<u32>, &str, i64)],
+    /// The hash join of `left` and `right` on the id, and the lookup join standing for it.
+    fn joins(
+        left: Arc<dyn ExecutionPlan>,
+        right: Arc<dyn ExecutionPlan>,
         join_type: JoinType,
         projection: Option<Vec<usize>>,
-    ) -> (Vec<String>, Vec<String>, usize) {
-        let (left, right) = (table(build, 3), table(probe, 4));
+    ) -> (HashJoinExec, MachineIdJoinExec) {
         let on = vec![(
             col(MACHINE_ID, &left.schema()).expect("left key"),
             col(MACHINE_ID, &right.schema()).expect("right key"),
@@ -586,18 +679,43 @@ mod tests {
             false,
         )
         .expect("hash join");
-        let lookup = Arc::new(
-            MachineIdJoinExec::stand_in(&hash)
-                .expect("stand in")
-                .expect("a join it handles"),
-        );
-        let ctx = SessionContext::new().task_ctx();
+        let lookup = MachineIdJoinExec::stand_in(&hash)
+            .expect("stand in")
+            .expect("a join it handles");
+        (hash, lookup)
+    }
+
+    /// `build` joined with `probe` on the id by the hash join and by the lookup join:
+    /// both answers, and the number of output batches whose probe columns passed whole.
+    async fn both(
+        build: &[(Option<u32>, &str, i64)],
+        probe: &[(Option<u32>, &str, i64)],
+        join_type: JoinType,
+        projection: Option<Vec<usize>>,
+    ) -> (Vec<String>, Vec<String>, usize) {
+        both_in_batches_of(8192, build, probe, join_type, projection).await
+    }
+
+    /// [`both`] in a session whose batches have `batch_size` rows.
+    async fn both_in_batches_of(
+        batch_size: usize,
+        build: &[(Option<u32>, &str, i64)],
+        probe: &[(Option<u32>, &str, i64)],
+        join_type: JoinType,
+        projection: Option<Vec<usize>>,
+    ) -> (Vec<String>, Vec<String>, usize) {
+        let (hash, lookup) = joins(table(build, 3), table(probe, 4), join_type, projection);
+        let lookup = Arc::new(lookup);
+        let ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_batch_size(batch_size),
+        )
+        .task_ctx();
         let expected = collect(Arc::new(hash), ctx.clone())
             .await
             .expect("hash answer");
         let got = collect(lookup.clone(), ctx).await.expect("lookup answer");
         for b in &got {
-            assert!(b.num_rows() <= 8192);
+            assert!(b.num_rows() <= batch_size && b.num_rows() > 0);
         }
         let passed = lookup
             .metrics()
@@ -642,9 +760,22 @@ mod tests {
         ] {
             for build in [&machines(), &dup_build, &sparse, &Vec::new()] {
                 for projection in [None, Some(vec![0, 1])] {
-                    let (expected, got, _) =
-                        both(build, &processes(), join_type, projection.clone()).await;
-                    assert_eq!(got, expected, "{join_type:?} {projection:?} {build:?}");
+                    // Parts of 3 rows end within a row's matches (two per id in
+                    // `dup_build`) and within a batch.
+                    for batch_size in [3, 8192] {
+                        let (expected, got, _) = both_in_batches_of(
+                            batch_size,
+                            build,
+                            &processes(),
+                            join_type,
+                            projection.clone(),
+                        )
+                        .await;
+                        assert_eq!(
+                            got, expected,
+                            "{join_type:?} {projection:?} {batch_size} {build:?}"
+                        );
+                    }
                 }
             }
         }
@@ -675,6 +806,42 @@ mod tests {
         let (expected, got, passed) = both(&twice_one, &one_unmatched, JoinType::Inner, None).await;
         assert_eq!((got.clone(), passed), (expected, 0));
         assert!(got.iter().all(|row| row.contains("| p ")), "{got:?}");
+    }
+
+    /// The build side fails (the query's memory runs out) under a probe side of two
+    /// partitions: both get the one error, and the build side, whose repartition can run
+    /// only once, is not run again for the second.
+    #[tokio::test]
+    async fn a_failed_build_is_one_error_for_every_partition() {
+        use datafusion::execution::memory_pool::GreedyMemoryPool;
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+        use datafusion::physical_plan::repartition::RepartitionExec;
+        use datafusion::physical_plan::Partitioning;
+
+        let spread =
+            RepartitionExec::try_new(table(&machines(), 3), Partitioning::RoundRobinBatch(2))
+                .expect("repartition");
+        let left: Arc<dyn ExecutionPlan> = Arc::new(CoalescePartitionsExec::new(Arc::new(spread)));
+        let probe = table(&processes(), 4);
+        let right: Arc<dyn ExecutionPlan> = Arc::new(
+            RepartitionExec::try_new(probe, Partitioning::RoundRobinBatch(2)).expect("split"),
+        );
+        let (_, lookup) = joins(left, right, JoinType::Inner, None);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(64)))
+            .build_arc()
+            .expect("runtime");
+        let ctx = Arc::new(TaskContext::default().with_runtime(runtime));
+        let streams = (0..2)
+            .map(|p| lookup.execute(p, ctx.clone()).expect("stream"))
+            .map(|s| s.try_collect::<Vec<_>>());
+        for answer in futures::future::join_all(streams).await {
+            let err = answer
+                .expect_err("no memory for the build side")
+                .to_string();
+            assert!(err.contains("Resources exhausted"), "{err}");
+        }
     }
 
     #[tokio::test]
