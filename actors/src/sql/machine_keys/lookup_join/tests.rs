@@ -1,0 +1,249 @@
+//! The lookup join against DataFusion's hash join: answers, parts, pass-through, errors.
+
+use super::*;
+use datafusion::arrow::array::{Int64Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::physical_expr::expressions::col;
+use datafusion::physical_plan::{collect, displayable};
+use datafusion::prelude::SessionContext;
+
+/// A table of `(__machine_id, name, v)` rows in batches of `per_batch` rows.
+fn table(rows: &[(Option<u32>, &str, i64)], per_batch: usize) -> Arc<dyn ExecutionPlan> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(MACHINE_ID, DataType::UInt32, true),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("v", DataType::Int64, false),
+    ]));
+    let batches: Vec<RecordBatch> = rows
+        .chunks(per_batch.max(1))
+        .map(|chunk| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(UInt32Array::from(
+                        chunk.iter().map(|r| r.0).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(StringArray::from(
+                        chunk.iter().map(|r| r.1).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(Int64Array::from(
+                        chunk.iter().map(|r| r.2).collect::<Vec<_>>(),
+                    )),
+                ],
+            )
+            .expect("batch")
+        })
+        .collect();
+    MemorySourceConfig::try_new_exec(&[batches], schema, None).expect("exec")
+}
+
+/// The answer's rows as sorted lines.
+fn lines(batches: &[RecordBatch]) -> Vec<String> {
+    let text = pretty_format_batches(batches).expect("format").to_string();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The hash join of `left` and `right` on the id, and the lookup join standing for it.
+fn joins(
+    left: Arc<dyn ExecutionPlan>,
+    right: Arc<dyn ExecutionPlan>,
+    join_type: JoinType,
+    projection: Option<Vec<usize>>,
+) -> (HashJoinExec, MachineIdJoinExec) {
+    let on = vec![(
+        col(MACHINE_ID, &left.schema()).expect("left key"),
+        col(MACHINE_ID, &right.schema()).expect("right key"),
+    )];
+    let hash = HashJoinExec::try_new(
+        left,
+        right,
+        on,
+        None,
+        &join_type,
+        projection,
+        PartitionMode::CollectLeft,
+        NullEquality::NullEqualsNothing,
+        false,
+    )
+    .expect("hash join");
+    let lookup = MachineIdJoinExec::stand_in(&hash)
+        .expect("stand in")
+        .expect("a join it handles");
+    (hash, lookup)
+}
+
+/// `build` joined with `probe` on the id by the hash join and by the lookup join:
+/// both answers, and the number of output batches whose probe columns passed whole.
+async fn both(
+    build: &[(Option<u32>, &str, i64)],
+    probe: &[(Option<u32>, &str, i64)],
+    join_type: JoinType,
+    projection: Option<Vec<usize>>,
+) -> (Vec<String>, Vec<String>, usize) {
+    both_in_batches_of(8192, build, probe, join_type, projection).await
+}
+
+/// [`both`] in a session whose batches have `batch_size` rows.
+async fn both_in_batches_of(
+    batch_size: usize,
+    build: &[(Option<u32>, &str, i64)],
+    probe: &[(Option<u32>, &str, i64)],
+    join_type: JoinType,
+    projection: Option<Vec<usize>>,
+) -> (Vec<String>, Vec<String>, usize) {
+    let (hash, lookup) = joins(table(build, 3), table(probe, 4), join_type, projection);
+    let lookup = Arc::new(lookup);
+    let ctx = SessionContext::new_with_config(
+        datafusion::prelude::SessionConfig::new().with_batch_size(batch_size),
+    )
+    .task_ctx();
+    let expected = collect(Arc::new(hash), ctx.clone())
+        .await
+        .expect("hash answer");
+    let got = collect(lookup.clone(), ctx).await.expect("lookup answer");
+    for b in &got {
+        assert!(b.num_rows() <= batch_size && b.num_rows() > 0);
+    }
+    let passed = lookup
+        .metrics()
+        .and_then(|m| m.sum_by_name("probe_batches_passed"))
+        .map_or(0, |v| v.as_usize());
+    assert!(displayable(lookup.as_ref())
+        .indent(true)
+        .to_string()
+        .contains("MachineIdJoinExec"));
+    (lines(&expected), lines(&got), passed)
+}
+
+/// One row per machine, ids 0-5 and a NULL.
+fn machines() -> Vec<(Option<u32>, &'static str, i64)> {
+    let mut rows: Vec<_> = (0..6).map(|i| (Some(i), "m", i as i64)).collect();
+    rows.push((None, "none", -1));
+    rows
+}
+
+/// Several rows per machine (ids 1-7, 7 in no build row) and a NULL.
+fn processes() -> Vec<(Option<u32>, &'static str, i64)> {
+    let mut rows: Vec<_> = (1..8)
+        .flat_map(|i| (0..3).map(move |k| (Some(i), "p", (i * 10 + k) as i64)))
+        .collect();
+    rows.insert(5, (None, "none", 99));
+    rows
+}
+
+#[tokio::test]
+async fn answers_as_the_hash_join_for_every_join_type_it_takes() {
+    let dup_build: Vec<_> = machines().into_iter().chain(machines()).collect();
+    let sparse: Vec<_> = machines()
+        .into_iter()
+        .map(|(id, n, v)| (id.map(|i| i * 1_000_000), n, v))
+        .chain([(Some(1), "low", 7)])
+        .collect();
+    for join_type in [
+        JoinType::Inner,
+        JoinType::Right,
+        JoinType::RightSemi,
+        JoinType::RightAnti,
+    ] {
+        for build in [&machines(), &dup_build, &sparse, &Vec::new()] {
+            for projection in [None, Some(vec![0, 1])] {
+                // Parts of 3 rows end within a row's matches (two per id in
+                // `dup_build`) and within a batch.
+                for batch_size in [3, 8192] {
+                    let (expected, got, _) = both_in_batches_of(
+                        batch_size,
+                        build,
+                        &processes(),
+                        join_type,
+                        projection.clone(),
+                    )
+                    .await;
+                    assert_eq!(
+                        got, expected,
+                        "{join_type:?} {projection:?} {batch_size} {build:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn probe_columns_pass_whole_only_where_each_row_matches_once() {
+    // Every probe row of ids 1-5 matches one machine: each batch passes whole.
+    let matched: Vec<_> = processes()
+        .into_iter()
+        .filter(|r| r.0.is_some_and(|i| i < 6))
+        .collect();
+    let (expected, got, passed) = both(&machines(), &matched, JoinType::Inner, None).await;
+    assert_eq!(got, expected);
+    assert_eq!(passed, matched.len().div_ceil(4));
+    // Repeated build ids, or unmatched probe rows: taken by index, none passed.
+    let twice: Vec<_> = machines().into_iter().chain(machines()).collect();
+    let (expected, got, passed) = both(&twice, &matched, JoinType::Inner, None).await;
+    assert_eq!((got.len(), passed), (expected.len(), 0));
+    assert_eq!(got, expected);
+    let (_, _, passed) = both(&machines(), &processes(), JoinType::Inner, None).await;
+    assert!(passed < processes().len().div_ceil(4));
+    // As many rows out as in, but the first probe row twice and the second not at all.
+    let (twice_one, one_unmatched) = (
+        [(Some(1), "a", 1), (Some(1), "b", 2)],
+        [(Some(1), "p", 1), (Some(9), "q", 2)],
+    );
+    let (expected, got, passed) = both(&twice_one, &one_unmatched, JoinType::Inner, None).await;
+    assert_eq!((got.clone(), passed), (expected, 0));
+    assert!(got.iter().all(|row| row.contains("| p ")), "{got:?}");
+}
+
+/// The build side fails (the query's memory runs out) under a probe side of two
+/// partitions: both get the one error, and the build side, whose repartition can run
+/// only once, is not run again for the second.
+#[tokio::test]
+async fn a_failed_build_is_one_error_for_every_partition() {
+    use datafusion::execution::memory_pool::GreedyMemoryPool;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    use datafusion::physical_plan::Partitioning;
+
+    let spread = RepartitionExec::try_new(table(&machines(), 3), Partitioning::RoundRobinBatch(2))
+        .expect("repartition");
+    let left: Arc<dyn ExecutionPlan> = Arc::new(CoalescePartitionsExec::new(Arc::new(spread)));
+    let probe = table(&processes(), 4);
+    let right: Arc<dyn ExecutionPlan> =
+        Arc::new(RepartitionExec::try_new(probe, Partitioning::RoundRobinBatch(2)).expect("split"));
+    let (_, lookup) = joins(left, right, JoinType::Inner, None);
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(GreedyMemoryPool::new(64)))
+        .build_arc()
+        .expect("runtime");
+    let ctx = Arc::new(TaskContext::default().with_runtime(runtime));
+    let streams = (0..2)
+        .map(|p| lookup.execute(p, ctx.clone()).expect("stream"))
+        .map(|s| s.try_collect::<Vec<_>>());
+    for answer in futures::future::join_all(streams).await {
+        let err = answer
+            .expect_err("no memory for the build side")
+            .to_string();
+        assert!(err.contains("Resources exhausted"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn large_fanouts_come_out_in_batches_of_the_session_size() {
+    // 3 x 5,000 build rows of one id, 4 probe rows of it: 60,000 rows.
+    let build: Vec<_> = (0..15_000).map(|i| (Some(1), "b", i)).collect();
+    let probe: Vec<_> = (0..4).map(|i| (Some(1), "p", i)).collect();
+    let (expected, got, _) = both(&build, &probe, JoinType::Inner, Some(vec![2, 5])).await;
+    assert_eq!(got.len(), 60_000);
+    assert_eq!(got, expected);
+}
