@@ -16,6 +16,7 @@ mod machine_keys;
 mod memory;
 mod names;
 mod not_in;
+mod physical_rules;
 mod plans;
 mod pool;
 mod references;

@@ -12,7 +12,6 @@ use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::TableSource;
 use datafusion::optimizer::{Analyzer, AnalyzerRule};
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
 
 use super::{Origin, Snapshot, TableUse, SQL_DIALECT};
 use crate::generation::Generation;
@@ -21,9 +20,8 @@ use crate::sql::coalesced::CoalescedTable;
 use crate::sql::division::NullOnDivideByZero;
 use crate::sql::eager_aggregate::EagerAggregate;
 use crate::sql::guarded::guard_functions;
-use crate::sql::machine_keys::{
-    keyed_name, KeyedTables, Keying, LookupJoinsOnMachineIds, MachineKeyJoins,
-};
+use crate::sql::machine_keys::{keyed_name, KeyedTables, Keying, MachineKeyJoins};
+use crate::sql::physical_rules;
 use crate::sql::plans::{self, PlanCache, DEFAULT_PLAN_CACHE_ENTRIES};
 use crate::sql::spread::{partitioned, SpreadTable};
 use crate::sql::subquery::DecorrelateScalarAggregates;
@@ -446,21 +444,7 @@ pub(crate) fn new_context_sized(
         .with_optimizer_rule(Arc::new(EagerAggregate::new(rows)))
         // Last: it rewrites the joins as the rules before it left them.
         .with_optimizer_rule(Arc::new(MachineKeyJoins::new(keyed)))
-        .with_physical_optimizer_rules(physical_rules())
+        .with_physical_optimizer_rules(physical_rules::all())
         .build();
     SessionContext::new_with_state(state)
-}
-
-/// DataFusion's physical rules with ours: the per-partition top-k's (`window_topn`), and
-/// lookup joins on machine ids (`machine_keys`) once the plan's shape is settled, before
-/// the hash joins would push their dynamic filters into their probe sides (a lookup join
-/// has none to fill) and before the final check of every operator's requirements.
-fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
-    let mut rules = crate::sql::window_topn::physical_rules();
-    let at = rules
-        .iter()
-        .position(|r| r.name() == "FilterPushdown(Post)" || r.name() == "SanityCheckPlan")
-        .unwrap_or(rules.len());
-    rules.insert(at, Arc::new(LookupJoinsOnMachineIds));
-    rules
 }

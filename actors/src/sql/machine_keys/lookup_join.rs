@@ -30,7 +30,7 @@ use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::arrow::datatypes::{SchemaRef, UInt32Type};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::utils::memory::RecordBatchMemoryCounter;
 use datafusion::common::{
     internal_err, DataFusionError, JoinSide, JoinType, NullEquality, Result, Statistics,
@@ -54,6 +54,7 @@ use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 
 use super::MACHINE_ID;
+use crate::sql::physical_rules::replace_each;
 
 /// The build side's one computation, awaited by every output partition.
 type SharedBuild =
@@ -78,16 +79,10 @@ impl PhysicalOptimizerRule for LookupJoinsOnMachineIds {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            let Some(join) = node.downcast_ref::<HashJoinExec>() else {
-                return Ok(Transformed::no(node));
-            };
-            match MachineIdJoinExec::stand_in(join)? {
-                Some(lookup) => Ok(Transformed::yes(Arc::new(lookup) as Arc<dyn ExecutionPlan>)),
-                None => Ok(Transformed::no(node)),
-            }
+        replace_each(plan, |join: &HashJoinExec| {
+            Ok(MachineIdJoinExec::stand_in(join)?
+                .map(|lookup| Arc::new(lookup) as Arc<dyn ExecutionPlan>))
         })
-        .data()
     }
 
     fn name(&self) -> &str {
@@ -285,13 +280,13 @@ impl ExecutionPlan for MachineIdJoinExec {
             passed: MetricBuilder::new(&self.metrics).counter("probe_batches_passed", partition),
             baseline: BaselineMetrics::new(&self.metrics, partition),
         };
-        let probing = Probing {
+        let probing = Arc::new(Probing {
             probe_key: self.probe_key,
             output: self.output.clone(),
             join_type: *self.join.join_type(),
             schema: self.schema(),
             batch_size: context.session_config().batch_size().max(1),
-        };
+        });
         let build = self
             .build
             .get_or_init(|| {
@@ -352,16 +347,6 @@ struct Build {
     /// Each row's next row of the same id, in input order; `None` where no id repeats.
     next: Option<Vec<u32>>,
     _reservation: MemoryReservation,
-}
-
-impl fmt::Debug for Build {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Build")
-            .field("rows", &self.batch.num_rows())
-            .field("dense", &matches!(self.first, First::Dense(_)))
-            .field("ids_repeat", &self.next.is_some())
-            .finish()
-    }
 }
 
 enum First {
@@ -462,8 +447,7 @@ impl Build {
     }
 }
 
-/// What each probe batch is joined with.
-#[derive(Clone)]
+/// What each probe batch is joined with, shared by a partition's batches.
 struct Probing {
     probe_key: usize,
     output: Vec<(JoinSide, usize)>,
@@ -477,7 +461,7 @@ struct Probing {
 struct Parts {
     build: Arc<Build>,
     probe: RecordBatch,
-    probing: Probing,
+    probing: Arc<Probing>,
     metrics: JoinMetrics,
     /// The probe row the next part starts from.
     next_row: usize,

@@ -29,6 +29,8 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::partitioned_topk::{PartitionedTopKExec, WindowFnKind};
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 
+use super::physical_rules::replace_each;
+
 pub use exec::{TopKMode, TopKPerPartitionExec};
 
 /// DataFusion's `WindowTopN`, with our operator for `ROW_NUMBER` and the rewrite undone
@@ -111,26 +113,22 @@ impl PhysicalOptimizerRule for PartialTopKBelowRepartition {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            let Some(topk) = node.downcast_ref::<TopKPerPartitionExec>() else {
-                return Ok(Transformed::no(node));
-            };
+        replace_each(plan, |topk: &TopKPerPartitionExec| {
             let Some(repartition) = topk.input().downcast_ref::<RepartitionExec>() else {
-                return Ok(Transformed::no(node));
+                return Ok(None);
             };
             if topk.mode() != TopKMode::Final
                 || !matches!(repartition.partitioning(), Partitioning::Hash(..))
             {
-                return Ok(Transformed::no(node));
+                return Ok(None);
             }
             let partial = topk.over(repartition.input().clone(), TopKMode::Partial)?;
             // Not order-preserving: the partial's output is in no order.
             let repartition =
                 RepartitionExec::try_new(Arc::new(partial), repartition.partitioning().clone())?;
             let node = topk.over(Arc::new(repartition), TopKMode::Final)?;
-            Ok(Transformed::yes(Arc::new(node) as Arc<dyn ExecutionPlan>))
+            Ok(Some(Arc::new(node) as Arc<dyn ExecutionPlan>))
         })
-        .map(|t| t.data)
     }
 
     fn name(&self) -> &str {
@@ -140,23 +138,6 @@ impl PhysicalOptimizerRule for PartialTopKBelowRepartition {
     fn schema_check(&self) -> bool {
         true
     }
-}
-
-/// DataFusion's default physical optimizer rules, `WindowTopN` ours, and a partial top-k
-/// below each repartition that feeds one once `EnsureRequirements` has placed it.
-pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
-    let mut rules = Vec::new();
-    for rule in datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules {
-        match rule.name() {
-            "WindowTopN" => rules.push(Arc::new(OurWindowTopN::new(rule)) as Arc<_>),
-            "EnsureRequirements" => {
-                rules.push(rule);
-                rules.push(Arc::new(PartialTopKBelowRepartition));
-            }
-            _ => rules.push(rule),
-        }
-    }
-    rules
 }
 
 #[cfg(test)]
