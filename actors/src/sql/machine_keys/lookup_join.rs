@@ -18,6 +18,12 @@
 //! by index as the hash join does. It
 //! keeps the hash join it replaced for its properties (partitioning, order, equivalences,
 //! statistics), which its output shares: the same rows, the probe's order kept.
+//!
+//! The hash join builds on its left side, which `JoinSelection` chose by estimated size.
+//! Where that side repeats ids and the right side has each on one row (keyed so:
+//! [`UNIQUE_IDS`]), the lookup join of an inner join builds on the right instead, when
+//! both sides are one partition and no order is promised (`swaps`): then it is the left
+//! side's columns that pass through.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -36,15 +42,24 @@ use datafusion::common::{
     internal_err, DataFusionError, JoinSide, JoinType, NullEquality, Result, Statistics,
 };
 use datafusion::config::ConfigOptions;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
 };
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
@@ -53,7 +68,7 @@ use datafusion::physical_plan::{
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 
-use super::MACHINE_ID;
+use super::{MACHINE_ID, UNIQUE_IDS};
 use crate::sql::physical_rules::replace_each;
 
 /// The build side's one computation, awaited by every output partition.
@@ -80,7 +95,7 @@ impl PhysicalOptimizerRule for LookupJoinsOnMachineIds {
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         replace_each(plan, |join: &HashJoinExec| {
-            Ok(MachineIdJoinExec::stand_in(join)?
+            Ok(MachineIdJoinExec::stand_in(join, None)?
                 .map(|lookup| Arc::new(lookup) as Arc<dyn ExecutionPlan>))
         })
     }
@@ -99,10 +114,13 @@ impl PhysicalOptimizerRule for LookupJoinsOnMachineIds {
 pub struct MachineIdJoinExec {
     /// The hash join this stands for: its children, keys, projection and properties.
     join: Arc<HashJoinExec>,
-    /// The key's column in the build (left) and probe (right) inputs.
-    build_key: usize,
-    probe_key: usize,
-    /// Each output column: its side and its index in that side's input.
+    /// The side it builds on: the hash join's left, or its right where an inner join of
+    /// two single partitions has ids each on one row there and not on the left (`swaps`).
+    build_side: JoinSide,
+    /// The key's column in the hash join's left and right inputs.
+    left_key: usize,
+    right_key: usize,
+    /// Each output column: its side of the hash join and its index in that side's input.
     output: Vec<(JoinSide, usize)>,
     /// The build side, indexed once and shared by every output partition: the first
     /// partition to run starts it, every partition awaits the same result (an error too),
@@ -112,8 +130,10 @@ pub struct MachineIdJoinExec {
 }
 
 impl MachineIdJoinExec {
-    /// The lookup join that answers as `join` does, if it is of the kind this handles.
-    fn stand_in(join: &HashJoinExec) -> Result<Option<MachineIdJoinExec>> {
+    /// The lookup join that answers as `join` does, if it is of the kind this handles;
+    /// built on the side `swaps` chooses, or on `kept`'s where it still may be (new
+    /// children: wrapped for time slicing, which `unique_ids` does not read through).
+    fn stand_in(join: &HashJoinExec, kept: Option<JoinSide>) -> Result<Option<MachineIdJoinExec>> {
         let handled = matches!(
             join.join_type(),
             JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti
@@ -130,7 +150,7 @@ impl MachineIdJoinExec {
             return Ok(None);
         }
         let (left, right) = &join.on()[0];
-        let (Some(build_key), Some(probe_key)) = (
+        let (Some(left_key), Some(right_key)) = (
             id_column(left.as_ref(), &join.left().schema()),
             id_column(right.as_ref(), &join.right().schema()),
         ) else {
@@ -161,15 +181,82 @@ impl MachineIdJoinExec {
         if output.len() != join.schema().fields().len() {
             return Ok(None);
         }
+        let on_the_right = match kept {
+            Some(side) => side == JoinSide::Right && may_swap(join),
+            None => may_swap(join) && swaps(join, left_key, right_key),
+        };
+        let build_side = match on_the_right {
+            true => JoinSide::Right,
+            false => JoinSide::Left,
+        };
         let join = join.builder().build()?;
         Ok(Some(MachineIdJoinExec {
             join: Arc::new(join),
-            build_key,
-            probe_key,
+            build_side,
+            left_key,
+            right_key,
             output,
             build: Arc::new(OnceLock::new()),
             metrics: ExecutionPlanMetricsSet::new(),
         }))
+    }
+}
+
+/// Whether to build on the hash join's right side rather than its left: where the right
+/// side's ids are each on one row and the left side's are not (two network interfaces
+/// per machine against `sys`), the other way round every probe row matches once and its
+/// columns pass through.
+fn swaps(join: &HashJoinExec, left_key: usize, right_key: usize) -> bool {
+    !unique_ids(join.left(), left_key) && unique_ids(join.right(), right_key)
+}
+
+/// Whether the same answer may come building on the right: only for an inner join (whose
+/// output holds both sides' rows alike), only when both sides are one partition (the
+/// build side is collected whole), and only when the hash join promises no order (the
+/// output then comes in its left side's order).
+fn may_swap(join: &HashJoinExec) -> bool {
+    *join.join_type() == JoinType::Inner
+        && join.right().output_partitioning().partition_count() == 1
+        && join.properties().output_ordering().is_none()
+}
+
+/// Whether `plan`'s column `column` holds ids each on at most one row: a keyed copy's id
+/// column marked so at keying ([`UNIQUE_IDS`]), read through operators that keep a subset
+/// of rows (filters, limits) or move them (projections of the column, repartitions,
+/// sorts), none of which repeats one.
+fn unique_ids(plan: &Arc<dyn ExecutionPlan>, column: usize) -> bool {
+    if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
+        return projection
+            .expr()
+            .get(column)
+            .and_then(|p| (p.expr.as_ref() as &dyn std::any::Any).downcast_ref::<Column>())
+            .is_some_and(|c| unique_ids(projection.input(), c.index()));
+    }
+    if let Some(filter) = plan.downcast_ref::<FilterExec>() {
+        let column = match filter.projection() {
+            Some(projection) => match projection.get(column) {
+                Some(&c) => c,
+                None => return false,
+            },
+            None => column,
+        };
+        return unique_ids(filter.input(), column);
+    }
+    if plan.downcast_ref::<DataSourceExec>().is_some() {
+        return plan.schema().fields().get(column).is_some_and(|f| {
+            f.metadata().get(UNIQUE_IDS.0).map(String::as_str) == Some(UNIQUE_IDS.1)
+        });
+    }
+    let same_rows_or_fewer = plan.downcast_ref::<CoalescePartitionsExec>().is_some()
+        || plan.downcast_ref::<RepartitionExec>().is_some()
+        || plan.downcast_ref::<CooperativeExec>().is_some()
+        || plan.downcast_ref::<SortExec>().is_some()
+        || plan.downcast_ref::<SortPreservingMergeExec>().is_some()
+        || plan.downcast_ref::<GlobalLimitExec>().is_some()
+        || plan.downcast_ref::<LocalLimitExec>().is_some();
+    match plan.children().as_slice() {
+        [input] if same_rows_or_fewer => unique_ids(input, column),
+        _ => false,
     }
 }
 
@@ -199,11 +286,15 @@ impl DisplayAs for MachineIdJoinExec {
             .collect();
         write!(
             f,
-            "MachineIdJoinExec: join_type={:?}, on=({MACHINE_ID}@{}, {MACHINE_ID}@{}), output=[{}]",
+            "MachineIdJoinExec: join_type={:?}, on=({MACHINE_ID}@{}, {MACHINE_ID}@{}), output=[{}]{}",
             self.join.join_type(),
-            self.build_key,
-            self.probe_key,
-            names.join(", ")
+            self.left_key,
+            self.right_key,
+            names.join(", "),
+            match self.build_side {
+                JoinSide::Right => ", build=right",
+                _ => "",
+            }
         )
     }
 }
@@ -227,7 +318,10 @@ impl ExecutionPlan for MachineIdJoinExec {
     }
 
     fn maintains_input_order(&self) -> Vec<bool> {
-        self.join.maintains_input_order()
+        match self.build_side {
+            JoinSide::Right => vec![true, false],
+            _ => self.join.maintains_input_order(),
+        }
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -246,7 +340,7 @@ impl ExecutionPlan for MachineIdJoinExec {
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let join = self.join.builder().with_new_children(children)?.build()?;
-        match MachineIdJoinExec::stand_in(&join)? {
+        match MachineIdJoinExec::stand_in(&join, Some(self.build_side))? {
             Some(lookup) => Ok(Arc::new(lookup)),
             None => Ok(Arc::new(join)),
         }
@@ -273,7 +367,17 @@ impl ExecutionPlan for MachineIdJoinExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let probe = self.join.right().execute(partition, context.clone())?;
+        let ((build_input, build_key), (probe_input, probe_key)) = match self.build_side {
+            JoinSide::Right => (
+                (self.join.right(), self.right_key),
+                (self.join.left(), self.left_key),
+            ),
+            _ => (
+                (self.join.left(), self.left_key),
+                (self.join.right(), self.right_key),
+            ),
+        };
+        let probe = probe_input.execute(partition, context.clone())?;
         let metrics = JoinMetrics {
             build_time: MetricBuilder::new(&self.metrics).subset_time("build_time", partition),
             build_rows: MetricBuilder::new(&self.metrics).counter("build_input_rows", partition),
@@ -281,7 +385,8 @@ impl ExecutionPlan for MachineIdJoinExec {
             baseline: BaselineMetrics::new(&self.metrics, partition),
         };
         let probing = Arc::new(Probing {
-            probe_key: self.probe_key,
+            probe_key,
+            build_side: self.build_side,
             output: self.output.clone(),
             join_type: *self.join.join_type(),
             schema: self.schema(),
@@ -290,15 +395,10 @@ impl ExecutionPlan for MachineIdJoinExec {
         let build = self
             .build
             .get_or_init(|| {
-                Build::collect(
-                    self.join.left().clone(),
-                    self.build_key,
-                    context,
-                    metrics.clone(),
-                )
-                .map_err(Arc::new)
-                .boxed()
-                .shared()
+                Build::collect(build_input.clone(), build_key, context, metrics.clone())
+                    .map_err(Arc::new)
+                    .boxed()
+                    .shared()
             })
             .clone();
         // The build side first (once for all partitions), then each probe batch in turn,
@@ -373,14 +473,14 @@ impl Build {
     }
 
     async fn collect(
-        left: Arc<dyn ExecutionPlan>,
+        input: Arc<dyn ExecutionPlan>,
         key: usize,
         context: Arc<TaskContext>,
         metrics: JoinMetrics,
     ) -> Result<Arc<Build>> {
         let reservation =
             MemoryConsumer::new("MachineIdJoinExec[build]").register(context.memory_pool());
-        let mut stream = left.execute(0, context)?;
+        let mut stream = input.execute(0, context)?;
         let mut batches = Vec::new();
         // Buffers shared by several batches (slices of one) counted once.
         let mut counter = RecordBatchMemoryCounter::new();
@@ -390,7 +490,7 @@ impl Build {
             batches.push(batch);
         }
         let _timer = metrics.build_time.timer();
-        let batch = concat_batches(&left.schema(), &batches)?;
+        let batch = concat_batches(&input.schema(), &batches)?;
         reservation.try_grow(batch.get_array_memory_size())?;
         drop(batches);
         reservation.shrink(counter.memory_usage());
@@ -450,6 +550,8 @@ impl Build {
 /// What each probe batch is joined with, shared by a partition's batches.
 struct Probing {
     probe_key: usize,
+    /// The hash join's side `output` takes from the build side; the other is the probe.
+    build_side: JoinSide,
     output: Vec<(JoinSide, usize)>,
     join_type: JoinType,
     schema: SchemaRef,
@@ -567,12 +669,13 @@ impl Parts {
         let probe_rows = UInt32Array::from(probe_rows);
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.probing.output.len());
         for &(side, i) in &self.probing.output {
-            let column = match side {
-                JoinSide::Left if build.batch.num_rows() == 0 => {
+            let from_build = side == self.probing.build_side;
+            let column = match from_build {
+                true if build.batch.num_rows() == 0 => {
                     // Only a right join gets here: every build row NULL.
                     new_null_array(build.batch.schema().field(i).data_type(), rows)
                 }
-                JoinSide::Left => take(build.batch.column(i).as_ref(), &build_rows, None)?,
+                true => take(build.batch.column(i).as_ref(), &build_rows, None)?,
                 _ if whole && start == 0 && rows == n => self.probe.column(i).clone(),
                 _ if whole => self.probe.column(i).slice(start, rows),
                 _ => take(self.probe.column(i).as_ref(), &probe_rows, None)?,

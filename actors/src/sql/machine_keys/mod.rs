@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, StringArray, UInt32Builder};
+use datafusion::arrow::array::{Array, ArrayRef, StringArray, UInt32Array, UInt32Builder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
@@ -55,6 +55,13 @@ pub(crate) const MACHINE_ID: &str = "__machine_id";
 
 /// The column whose values are keyed.
 const MACHINE_IP: &str = "machine_ip";
+
+/// Field metadata on a keyed copy's id column whose ids are each on at most one row (a
+/// table of one row per machine, such as `sys`): a lookup join builds on such a side so
+/// that the other side's columns pass through (`lookup_join`). A fact about the copy's
+/// rows, found when keying them; a kept plan binds only to a copy of the same schema, so
+/// to one that has it too.
+pub(crate) const UNIQUE_IDS: (&str, &str) = ("query.machine_ids", "unique");
 
 /// The name a table's keyed copy is found by among a snapshot's sources: `#` cannot appear
 /// in a table's name.
@@ -140,21 +147,67 @@ impl Keying {
         if field.data_type() != &DataType::Utf8 || schema.column_with_name(MACHINE_ID).is_some() {
             return None;
         }
-        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.push(Field::new(
-            MACHINE_ID,
-            DataType::UInt32,
-            field.is_nullable(),
-        ));
-        let keyed_schema: SchemaRef =
-            Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
-        let keyed = table.map_batches(keyed_schema.clone(), |batch| {
+        let keyed_schema = |unique: bool| -> SchemaRef {
+            let mut fields: Vec<Field> =
+                schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            let id = Field::new(MACHINE_ID, DataType::UInt32, field.is_nullable());
+            fields.push(match unique {
+                true => id.with_metadata(HashMap::from([(
+                    UNIQUE_IDS.0.to_string(),
+                    UNIQUE_IDS.1.to_string(),
+                )])),
+                false => id,
+            });
+            Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+        };
+        let plain = keyed_schema(false);
+        let mut seen = SeenIds::default();
+        let keyed = table.map_batches(plain.clone(), |batch| {
             let ips = batch.column(at).as_any().downcast_ref::<StringArray>()?;
             let mut columns = batch.columns().to_vec();
-            columns.push(self.ids.of(ips)?);
-            RecordBatch::try_new(keyed_schema.clone(), columns).ok()
+            let ids = self.ids.of(ips)?;
+            seen.add(&ids);
+            columns.push(ids);
+            RecordBatch::try_new(plain.clone(), columns).ok()
         })?;
+        let keyed = match seen.repeated {
+            false => {
+                let marked = keyed_schema(true);
+                keyed.map_batches(marked.clone(), |b| {
+                    b.clone().with_schema(marked.clone()).ok()
+                })?
+            }
+            true => keyed,
+        };
         Some(provider_as_source(Arc::new(keyed)))
+    }
+}
+
+/// Whether any id came twice among a table's rows (NULLs aside: they match nothing).
+#[derive(Default)]
+struct SeenIds {
+    /// A bit per id, until one repeats.
+    bits: Vec<u64>,
+    repeated: bool,
+}
+
+impl SeenIds {
+    fn add(&mut self, ids: &ArrayRef) {
+        let Some(ids) = ids.as_any().downcast_ref::<UInt32Array>() else {
+            self.repeated = true;
+            return;
+        };
+        for id in ids.iter().flatten() {
+            if self.repeated {
+                return;
+            }
+            let (word, bit) = (id as usize / 64, 1u64 << (id % 64));
+            if word >= self.bits.len() {
+                self.bits.resize(word + 1, 0);
+            }
+            self.repeated = self.bits[word] & bit != 0;
+            self.bits[word] |= bit;
+        }
     }
 }
 
@@ -593,6 +646,39 @@ mod tests {
                 .iter()
                 .all(|b| b.schema().column_with_name(MACHINE_ID).is_none()));
         }
+    }
+
+    /// A keyed copy's ids are marked as each on one row where they are (`sys`, and here
+    /// `machinerole`), NULLs aside; a join whose hash join would build on `processes`
+    /// builds on `sys` instead.
+    #[tokio::test]
+    async fn keying_marks_ids_each_on_one_row_and_joins_build_on_them() {
+        for (table, parts) in fleet(0) {
+            let batches: Vec<RecordBatch> = parts.into_iter().map(|p| p.batch).collect();
+            let rows = batches.iter().map(|b| b.num_rows()).sum();
+            let spread =
+                super::super::spread::partitioned(batches[0].schema(), batches.iter(), 2, rows)
+                    .expect("table");
+            let Some(keyed) = Keying::default().add(&spread) else {
+                assert_eq!(table, "odd");
+                continue;
+            };
+            let schema = keyed.schema();
+            let marked = schema
+                .field_with_name(MACHINE_ID)
+                .expect("id")
+                .metadata()
+                .get(UNIQUE_IDS.0)
+                .is_some_and(|v| v == UNIQUE_IDS.1);
+            assert_eq!(marked, table != "processes", "{table}");
+        }
+        let snap = snapshot(0, &Arc::new(PlanCache::new(0))).await;
+        // The shape of `report_network_per_cluster`: a filter whose selectivity DataFusion
+        // cannot tell keeps `processes` on the hash join's build side.
+        let sql = "SELECT s.cluster, p.rss FROM processes p JOIN sys s ON p.machine_ip = s.machine_ip WHERE p.rss <> 3";
+        let (got, text) = answer_and_plans(&snap, sql).await;
+        assert_eq!(rows(&got).len(), 15);
+        assert!(text.contains("build=right"), "{text}");
     }
 
     /// (statement, whether its distinct count of addresses runs on machine ids).

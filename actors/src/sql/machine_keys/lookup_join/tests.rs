@@ -11,8 +11,29 @@ use datafusion::prelude::SessionContext;
 
 /// A table of `(__machine_id, name, v)` rows in batches of `per_batch` rows.
 fn table(rows: &[(Option<u32>, &str, i64)], per_batch: usize) -> Arc<dyn ExecutionPlan> {
-    let schema = Arc::new(Schema::new(vec![
+    table_of(
+        rows,
+        per_batch,
         Field::new(MACHINE_ID, DataType::UInt32, true),
+    )
+}
+
+/// [`table`] whose ids are marked as each on one row, as keying marks `sys`'s.
+fn unique_table(rows: &[(Option<u32>, &str, i64)], per_batch: usize) -> Arc<dyn ExecutionPlan> {
+    let id = Field::new(MACHINE_ID, DataType::UInt32, true).with_metadata(HashMap::from([(
+        UNIQUE_IDS.0.to_string(),
+        UNIQUE_IDS.1.to_string(),
+    )]));
+    table_of(rows, per_batch, id)
+}
+
+fn table_of(
+    rows: &[(Option<u32>, &str, i64)],
+    per_batch: usize,
+    id: Field,
+) -> Arc<dyn ExecutionPlan> {
+    let schema = Arc::new(Schema::new(vec![
+        id,
         Field::new("name", DataType::Utf8, false),
         Field::new("v", DataType::Int64, false),
     ]));
@@ -75,7 +96,7 @@ fn joins(
         false,
     )
     .expect("hash join");
-    let lookup = MachineIdJoinExec::stand_in(&hash)
+    let lookup = MachineIdJoinExec::stand_in(&hash, None)
         .expect("stand in")
         .expect("a join it handles");
     (hash, lookup)
@@ -100,7 +121,27 @@ async fn both_in_batches_of(
     join_type: JoinType,
     projection: Option<Vec<usize>>,
 ) -> (Vec<String>, Vec<String>, usize) {
-    let (hash, lookup) = joins(table(build, 3), table(probe, 4), join_type, projection);
+    let (expected, got, passed, _) = answers(
+        batch_size,
+        table(build, 3),
+        table(probe, 4),
+        join_type,
+        projection,
+    )
+    .await;
+    (expected, got, passed)
+}
+
+/// The hash join's and the lookup join's answers over these inputs, the number of output
+/// batches whose probe columns passed whole, and the lookup join's line of the plan.
+async fn answers(
+    batch_size: usize,
+    left: Arc<dyn ExecutionPlan>,
+    right: Arc<dyn ExecutionPlan>,
+    join_type: JoinType,
+    projection: Option<Vec<usize>>,
+) -> (Vec<String>, Vec<String>, usize, String) {
+    let (hash, lookup) = joins(left, right, join_type, projection);
     let lookup = Arc::new(lookup);
     let ctx = SessionContext::new_with_config(
         datafusion::prelude::SessionConfig::new().with_batch_size(batch_size),
@@ -117,11 +158,9 @@ async fn both_in_batches_of(
         .metrics()
         .and_then(|m| m.sum_by_name("probe_batches_passed"))
         .map_or(0, |v| v.as_usize());
-    assert!(displayable(lookup.as_ref())
-        .indent(true)
-        .to_string()
-        .contains("MachineIdJoinExec"));
-    (lines(&expected), lines(&got), passed)
+    let shown = displayable(lookup.as_ref()).one_line().to_string();
+    assert!(shown.contains("MachineIdJoinExec"), "{shown}");
+    (lines(&expected), lines(&got), passed, shown)
 }
 
 /// One row per machine, ids 0-5 and a NULL.
@@ -246,4 +285,133 @@ async fn large_fanouts_come_out_in_batches_of_the_session_size() {
     let (expected, got, _) = both(&build, &probe, JoinType::Inner, Some(vec![2, 5])).await;
     assert_eq!(got.len(), 60_000);
     assert_eq!(got, expected);
+}
+
+/// An inner join whose left side repeats ids (as `JoinSelection` may choose) and whose
+/// right side has each on one row is built on the right: the left rows each match once
+/// and pass whole. Every other join type, a right side not so marked or not one
+/// partition, or a left side marked too, keeps building on the left.
+#[tokio::test]
+async fn an_inner_join_builds_on_the_side_whose_ids_are_each_on_one_row() {
+    let matched: Vec<_> = processes()
+        .into_iter()
+        .filter(|r| r.0.is_some_and(|i| i < 6))
+        .collect();
+    let dup_build: Vec<_> = machines().into_iter().chain(machines()).collect();
+    for join_type in [
+        JoinType::Inner,
+        JoinType::Right,
+        JoinType::RightSemi,
+        JoinType::RightAnti,
+    ] {
+        for left in [&matched, &processes(), &dup_build, &Vec::new()] {
+            for projection in [None, Some(vec![0, 4]), Some(vec![5, 1])] {
+                let projection =
+                    projection.filter(|_| matches!(join_type, JoinType::Inner | JoinType::Right));
+                for batch_size in [3, 8192] {
+                    let (expected, got, _, shown) = answers(
+                        batch_size,
+                        table(left, 3),
+                        unique_table(&machines(), 4),
+                        join_type,
+                        projection.clone(),
+                    )
+                    .await;
+                    let case = format!("{join_type:?} {projection:?} {batch_size} {left:?}");
+                    assert_eq!(got, expected, "{case}");
+                    assert_eq!(
+                        shown.contains("build=right"),
+                        join_type == JoinType::Inner,
+                        "{case}: {shown}"
+                    );
+                }
+            }
+        }
+    }
+    // Built on the right, every left batch of rows that each match passes whole.
+    let (expected, got, passed, _) = answers(
+        8192,
+        table(&matched, 3),
+        unique_table(&machines(), 4),
+        JoinType::Inner,
+        None,
+    )
+    .await;
+    assert_eq!((got, passed), (expected, matched.len().div_ceil(3)));
+    // Given new children (every plan's are wrapped for time slicing, which the mark is
+    // not read through), it builds on the same side.
+    let (hash, lookup) = joins(
+        table(&matched, 3),
+        unique_table(&machines(), 4),
+        JoinType::Inner,
+        None,
+    );
+    let sliced = crate::sql::time_slice::time_sliced(Arc::new(lookup)).expect("sliced");
+    let shown = displayable(sliced.as_ref()).indent(true).to_string();
+    assert!(shown.contains("TimeSlicedExec"), "{shown}");
+    assert!(shown.contains("build=right"), "{shown}");
+    let ctx = SessionContext::new().task_ctx();
+    let expected = collect(Arc::new(hash), ctx.clone()).await.expect("hash");
+    let got = collect(sliced, ctx).await.expect("sliced lookup");
+    assert_eq!(lines(&got), lines(&expected));
+    // Through a filter and a projection the mark holds; kept on the left otherwise.
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::{lit, BinaryExpr};
+    use datafusion::physical_plan::filter::FilterExec;
+    use datafusion::physical_plan::projection::ProjectionExec;
+    let machines_plan = unique_table(&machines(), 4);
+    let positive = Arc::new(BinaryExpr::new(
+        col("v", &machines_plan.schema()).expect("v"),
+        Operator::Gt,
+        lit(0i64),
+    ));
+    let filtered: Arc<dyn ExecutionPlan> =
+        Arc::new(FilterExec::try_new(positive, machines_plan.clone()).expect("filter"));
+    let reordered: Arc<dyn ExecutionPlan> = Arc::new(
+        ProjectionExec::try_new(
+            vec![
+                (col("v", &filtered.schema()).expect("v"), "v".to_string()),
+                (
+                    col("name", &filtered.schema()).expect("n"),
+                    "name".to_string(),
+                ),
+                (
+                    col(MACHINE_ID, &filtered.schema()).expect("id"),
+                    MACHINE_ID.to_string(),
+                ),
+            ],
+            filtered,
+        )
+        .expect("projection"),
+    );
+    // The same marked rows in two partitions: the build side would be one of them.
+    let batches = collect(machines_plan.clone(), SessionContext::new().task_ctx())
+        .await
+        .expect("machines");
+    let (first, rest) = batches.split_at(1);
+    let spread = MemorySourceConfig::try_new_exec(
+        &[first.to_vec(), rest.to_vec()],
+        machines_plan.schema(),
+        None,
+    )
+    .expect("two partitions");
+    for (right, builds_right) in [
+        (reordered, true),
+        (table(&machines(), 4), false),
+        (spread as Arc<dyn ExecutionPlan>, false),
+    ] {
+        let (expected, got, _, shown) =
+            answers(8192, table(&matched, 3), right, JoinType::Inner, None).await;
+        assert_eq!(got, expected);
+        assert_eq!(shown.contains("build=right"), builds_right, "{shown}");
+    }
+    let (_, _, _, shown) = answers(
+        8192,
+        unique_table(&machines(), 3),
+        unique_table(&machines(), 4),
+        JoinType::Inner,
+        None,
+    )
+    .await;
+    assert!(!shown.contains("build=right"), "{shown}");
 }
