@@ -15,9 +15,9 @@
 //! the session's batch size. Where a part's rows are probe rows each once and in order
 //! (in an inner join: every row of a probe batch matching exactly one build row), it hands
 //! their columns on as they are, taking only the build side's columns; otherwise it takes
-//! by index as the hash join does. It
-//! keeps the hash join it replaced for its properties (partitioning, order, equivalences,
-//! statistics), which its output shares: the same rows, the probe's order kept.
+//! by index as the hash join does. It keeps the hash join it replaced for its properties
+//! (partitioning, order, equivalences, statistics), which its output shares: the same
+//! rows, the probe's order kept.
 //!
 //! The hash join builds on its left side, which `JoinSelection` chose by estimated size.
 //! Where that side repeats ids and the right side has each on one row (keyed so:
@@ -181,13 +181,15 @@ impl MachineIdJoinExec {
         if output.len() != join.schema().fields().len() {
             return Ok(None);
         }
-        let on_the_right = match kept {
-            Some(side) => side == JoinSide::Right && may_swap(join),
-            None => may_swap(join) && swaps(join, left_key, right_key),
-        };
-        let build_side = match on_the_right {
-            true => JoinSide::Right,
-            false => JoinSide::Left,
+        let on_the_right = may_swap(join)
+            && match kept {
+                Some(side) => side == JoinSide::Right,
+                None => swaps(join, left_key, right_key),
+            };
+        let build_side = if on_the_right {
+            JoinSide::Right
+        } else {
+            JoinSide::Left
         };
         let join = join.builder().build()?;
         Ok(Some(MachineIdJoinExec {

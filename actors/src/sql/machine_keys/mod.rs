@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, StringArray, UInt32Array, UInt32Builder};
+use datafusion::arrow::array::{Array, StringArray, UInt32Array, UInt32Builder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
@@ -100,7 +100,7 @@ struct MachineIds {
 impl MachineIds {
     /// The ids of `ips`; None past `u32::MAX` addresses. A machine's rows are contiguous in
     /// its table, so an address equal to the row before's costs a comparison, not a lookup.
-    fn of(&mut self, ips: &StringArray) -> Option<ArrayRef> {
+    fn of(&mut self, ips: &StringArray) -> Option<UInt32Array> {
         let mut out = UInt32Builder::with_capacity(ips.len());
         let mut before: Option<(usize, u32)> = None;
         for row in 0..ips.len() {
@@ -123,7 +123,7 @@ impl MachineIds {
             before = Some((row, id));
             out.append_value(id);
         }
-        Some(Arc::new(out.finish()))
+        Some(out.finish())
     }
 }
 
@@ -167,7 +167,7 @@ impl Keying {
             let mut columns = batch.columns().to_vec();
             let ids = self.ids.of(ips)?;
             seen.add(&ids);
-            columns.push(ids);
+            columns.push(Arc::new(ids));
             RecordBatch::try_new(plain.clone(), columns).ok()
         })?;
         let keyed = match seen.repeated {
@@ -192,11 +192,7 @@ struct SeenIds {
 }
 
 impl SeenIds {
-    fn add(&mut self, ids: &ArrayRef) {
-        let Some(ids) = ids.as_any().downcast_ref::<UInt32Array>() else {
-            self.repeated = true;
-            return;
-        };
+    fn add(&mut self, ids: &UInt32Array) {
         for id in ids.iter().flatten() {
             if self.repeated {
                 return;
@@ -657,7 +653,7 @@ mod tests {
             let batches: Vec<RecordBatch> = parts.into_iter().map(|p| p.batch).collect();
             let rows = batches.iter().map(|b| b.num_rows()).sum();
             let spread =
-                super::super::spread::partitioned(batches[0].schema(), batches.iter(), 2, rows)
+                crate::sql::spread::partitioned(batches[0].schema(), batches.iter(), 2, rows)
                     .expect("table");
             let Some(keyed) = Keying::default().add(&spread) else {
                 assert_eq!(table, "odd");
@@ -745,11 +741,7 @@ mod tests {
         let b = ids
             .of(&StringArray::from(vec![Some("y"), Some("z"), Some("x")]))
             .expect("ids");
-        let values = |a: &ArrayRef| {
-            let a = a
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::UInt32Array>()
-                .expect("u32");
+        let values = |a: &UInt32Array| {
             (0..a.len())
                 .map(|i| a.is_valid(i).then(|| a.value(i)))
                 .collect::<Vec<_>>()

@@ -170,6 +170,19 @@ fn machines() -> Vec<(Option<u32>, &'static str, i64)> {
     rows
 }
 
+/// [`machines`] twice: every id on two rows.
+fn machines_twice() -> Vec<(Option<u32>, &'static str, i64)> {
+    machines().into_iter().chain(machines()).collect()
+}
+
+/// The rows of [`processes`] whose machine is among [`machines`] (ids 1-5).
+fn matched() -> Vec<(Option<u32>, &'static str, i64)> {
+    processes()
+        .into_iter()
+        .filter(|r| r.0.is_some_and(|i| i < 6))
+        .collect()
+}
+
 /// Several rows per machine (ids 1-7, 7 in no build row) and a NULL.
 fn processes() -> Vec<(Option<u32>, &'static str, i64)> {
     let mut rows: Vec<_> = (1..8)
@@ -181,7 +194,7 @@ fn processes() -> Vec<(Option<u32>, &'static str, i64)> {
 
 #[tokio::test]
 async fn answers_as_the_hash_join_for_every_join_type_it_takes() {
-    let dup_build: Vec<_> = machines().into_iter().chain(machines()).collect();
+    let dup_build = machines_twice();
     let sparse: Vec<_> = machines()
         .into_iter()
         .map(|(id, n, v)| (id.map(|i| i * 1_000_000), n, v))
@@ -219,15 +232,12 @@ async fn answers_as_the_hash_join_for_every_join_type_it_takes() {
 #[tokio::test]
 async fn probe_columns_pass_whole_only_where_each_row_matches_once() {
     // Every probe row of ids 1-5 matches one machine: each batch passes whole.
-    let matched: Vec<_> = processes()
-        .into_iter()
-        .filter(|r| r.0.is_some_and(|i| i < 6))
-        .collect();
+    let matched = matched();
     let (expected, got, passed) = both(&machines(), &matched, JoinType::Inner, None).await;
     assert_eq!(got, expected);
     assert_eq!(passed, matched.len().div_ceil(4));
     // Repeated build ids, or unmatched probe rows: taken by index, none passed.
-    let twice: Vec<_> = machines().into_iter().chain(machines()).collect();
+    let twice = machines_twice();
     let (expected, got, passed) = both(&twice, &matched, JoinType::Inner, None).await;
     assert_eq!((got.len(), passed), (expected.len(), 0));
     assert_eq!(got, expected);
@@ -293,11 +303,8 @@ async fn large_fanouts_come_out_in_batches_of_the_session_size() {
 /// partition, or a left side marked too, keeps building on the left.
 #[tokio::test]
 async fn an_inner_join_builds_on_the_side_whose_ids_are_each_on_one_row() {
-    let matched: Vec<_> = processes()
-        .into_iter()
-        .filter(|r| r.0.is_some_and(|i| i < 6))
-        .collect();
-    let dup_build: Vec<_> = machines().into_iter().chain(machines()).collect();
+    let matched = matched();
+    let dup_build = machines_twice();
     for join_type in [
         JoinType::Inner,
         JoinType::Right,
@@ -305,9 +312,12 @@ async fn an_inner_join_builds_on_the_side_whose_ids_are_each_on_one_row() {
         JoinType::RightAnti,
     ] {
         for left in [&matched, &processes(), &dup_build, &Vec::new()] {
-            for projection in [None, Some(vec![0, 4]), Some(vec![5, 1])] {
-                let projection =
-                    projection.filter(|_| matches!(join_type, JoinType::Inner | JoinType::Right));
+            // Semi and anti joins output the right side's three columns alone.
+            let projections = match join_type {
+                JoinType::Inner | JoinType::Right => vec![None, Some(vec![0, 4]), Some(vec![5, 1])],
+                _ => vec![None],
+            };
+            for projection in projections {
                 for batch_size in [3, 8192] {
                     let (expected, got, _, shown) = answers(
                         batch_size,
