@@ -603,7 +603,7 @@ mod tests {
         ("SELECT s.machine_ip, p.rss FROM sys s, processes p WHERE s.machine_ip = p.machine_ip AND s.machine_ip IN (SELECT machine_ip FROM machinerole WHERE role = 2)", true, true),
         ("SELECT a.machine_ip, b.cluster FROM sys a JOIN sys b ON a.machine_ip = b.machine_ip", true, true),
         ("SELECT s.ip, p.rss FROM (SELECT machine_ip AS ip, cluster FROM sys WHERE cluster = 0) s JOIN processes p ON s.ip = p.machine_ip", true, true),
-        ("SELECT s.cluster, COUNT(*) FROM sys s JOIN processes p ON s.machine_ip = p.machine_ip AND p.rss > s.cluster * 30 GROUP BY s.cluster", true, false),
+        ("SELECT s.cluster, COUNT(*) FROM sys s JOIN processes p ON s.machine_ip = p.machine_ip AND p.rss > s.cluster * 30 GROUP BY s.cluster", true, true),
         // Not the address itself on one side: joined on strings as before.
         ("SELECT s.machine_ip, p.rss FROM sys s JOIN processes p ON s.machine_ip = lower(p.machine_ip)", false, false),
         ("SELECT s.machine_ip, r.role FROM sys s JOIN (SELECT machine_ip, MAX(role) AS role FROM machinerole GROUP BY machine_ip) r ON s.machine_ip = r.machine_ip", false, false),

@@ -6,6 +6,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::physical_expr::expressions::col;
+use datafusion::physical_plan::joins::utils::ColumnIndex;
 use datafusion::physical_plan::{collect, displayable};
 use datafusion::prelude::SessionContext;
 
@@ -80,26 +81,37 @@ fn joins(
     join_type: JoinType,
     projection: Option<Vec<usize>>,
 ) -> (HashJoinExec, MachineIdJoinExec) {
+    let hash = hash_join(left, right, join_type, projection, None);
+    let lookup = MachineIdJoinExec::stand_in(&hash, None)
+        .expect("stand in")
+        .expect("a join it handles");
+    (hash, lookup)
+}
+
+/// The hash join of `left` and `right` on the id, with `filter` on its pairs.
+fn hash_join(
+    left: Arc<dyn ExecutionPlan>,
+    right: Arc<dyn ExecutionPlan>,
+    join_type: JoinType,
+    projection: Option<Vec<usize>>,
+    filter: Option<JoinFilter>,
+) -> HashJoinExec {
     let on = vec![(
         col(MACHINE_ID, &left.schema()).expect("left key"),
         col(MACHINE_ID, &right.schema()).expect("right key"),
     )];
-    let hash = HashJoinExec::try_new(
+    HashJoinExec::try_new(
         left,
         right,
         on,
-        None,
+        filter,
         &join_type,
         projection,
         PartitionMode::CollectLeft,
         NullEquality::NullEqualsNothing,
         false,
     )
-    .expect("hash join");
-    let lookup = MachineIdJoinExec::stand_in(&hash, None)
-        .expect("stand in")
-        .expect("a join it handles");
-    (hash, lookup)
+    .expect("hash join")
 }
 
 /// `build` joined with `probe` on the id by the hash join and by the lookup join:
@@ -142,6 +154,15 @@ async fn answers(
     projection: Option<Vec<usize>>,
 ) -> (Vec<String>, Vec<String>, usize, String) {
     let (hash, lookup) = joins(left, right, join_type, projection);
+    answers_of(batch_size, hash, lookup).await
+}
+
+/// [`answers`] of a hash join and the lookup join standing for it.
+async fn answers_of(
+    batch_size: usize,
+    hash: HashJoinExec,
+    lookup: MachineIdJoinExec,
+) -> (Vec<String>, Vec<String>, usize, String) {
     let lookup = Arc::new(lookup);
     let ctx = SessionContext::new_with_config(
         datafusion::prelude::SessionConfig::new().with_batch_size(batch_size),
@@ -424,4 +445,143 @@ async fn an_inner_join_builds_on_the_side_whose_ids_are_each_on_one_row() {
     )
     .await;
     assert!(!shown.contains("build=right"), "{shown}");
+}
+
+/// A filter on the pairs of a join of two [`table`]s, on both sides' `v`: `keep`, a SQL
+/// expression over columns `l` and `r` (the left and right `v`).
+fn v_filter(keep: &str) -> JoinFilter {
+    use datafusion::common::DFSchema;
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("l", DataType::Int64, false),
+        Field::new("r", DataType::Int64, false),
+    ]));
+    let df_schema = DFSchema::try_from(schema.as_ref().clone()).expect("schema");
+    let ctx = SessionContext::new();
+    let expr = ctx.parse_sql_expr(keep, &df_schema).expect("filter");
+    let physical = ctx
+        .create_physical_expr(expr, &df_schema)
+        .expect("physical filter");
+    JoinFilter::new(
+        physical,
+        vec![
+            ColumnIndex {
+                index: 2,
+                side: JoinSide::Left,
+            },
+            ColumnIndex {
+                index: 2,
+                side: JoinSide::Right,
+            },
+        ],
+        schema,
+    )
+}
+
+/// A join filter (`rss * 100 / memtotal > 75`) is evaluated by the lookup join in an inner
+/// join, built on either side, with the answer of the hash join; its probe columns still
+/// pass whole where every pair is kept, and a part whose pairs are all dropped sends no
+/// batch. An outer, semi or anti join with a filter stays a hash join.
+#[tokio::test]
+async fn an_inner_join_filters_its_pairs_as_the_hash_join_does() {
+    let sparse: Vec<_> = machines()
+        .into_iter()
+        .map(|(id, n, v)| (id.map(|i| i * 1_000_000), n, v))
+        .chain([(Some(1), "low", 7)])
+        .collect();
+    let filtered = |left, right, keep: &str, projection: Option<Vec<usize>>| {
+        let hash = hash_join(
+            left,
+            right,
+            JoinType::Inner,
+            projection,
+            Some(v_filter(keep)),
+        );
+        let lookup = MachineIdJoinExec::stand_in(&hash, None)
+            .expect("stand in")
+            .expect("an inner join with a filter");
+        (hash, lookup)
+    };
+    for keep in [
+        "CASE WHEN l = 21 OR r = 21 THEN NULL ELSE (l * 7 + r) % 3 <> 0 END",
+        "r > l * 11",
+        "l + r < 0",
+    ] {
+        for build in [machines(), machines_twice(), sparse.clone()] {
+            for probe in [processes(), matched()] {
+                for projection in [None, Some(vec![1, 5]), Some(vec![4, 2, 0])] {
+                    for batch_size in [3, 8192] {
+                        let (hash, lookup) =
+                            filtered(table(&build, 3), table(&probe, 4), keep, projection.clone());
+                        let (expected, got, _, shown) = answers_of(batch_size, hash, lookup).await;
+                        let case =
+                            format!("{keep} {projection:?} {batch_size} {build:?} {probe:?}");
+                        assert_eq!(got, expected, "{case}");
+                        assert!(shown.contains("filter="), "{shown}");
+                    }
+                }
+            }
+            // Built on the right (ids each on one row there): the same answers.
+            let (hash, lookup) = filtered(
+                table(&processes(), 3),
+                unique_table(&machines(), 4),
+                keep,
+                None,
+            );
+            let (expected, got, _, shown) = answers_of(3, hash, lookup).await;
+            assert_eq!(got, expected, "{keep} built on the right");
+            assert!(shown.contains("build=right"), "{shown}");
+        }
+    }
+    // Some pairs kept, some not: the filter did drop rows.
+    let (expected, _, _, _) = answers(
+        8192,
+        table(&machines(), 3),
+        table(&matched(), 4),
+        JoinType::Inner,
+        None,
+    )
+    .await;
+    let (hash, lookup) = filtered(
+        table(&machines(), 3),
+        table(&matched(), 4),
+        "r > l * 11",
+        None,
+    );
+    let (kept, got, _, _) = answers_of(8192, hash, lookup).await;
+    assert_eq!(got, kept);
+    assert!(!kept.is_empty() && kept.len() < expected.len(), "{kept:?}");
+    // Every pair kept: the probe batches pass whole, as without a filter.
+    let matched = matched();
+    let (hash, lookup) = filtered(
+        table(&machines(), 3),
+        table(&matched, 4),
+        "l + r > -1",
+        None,
+    );
+    let (expected, got, passed, _) = answers_of(8192, hash, lookup).await;
+    assert_eq!(
+        (got.len(), passed),
+        (matched.len(), matched.len().div_ceil(4))
+    );
+    assert_eq!(got, expected);
+    // Nothing kept: no batch at all (`answers_of` checks none is empty).
+    let (hash, lookup) = filtered(table(&machines(), 3), table(&matched, 4), "l + r < 0", None);
+    let (_, got, _, _) = answers_of(3, hash, lookup).await;
+    assert!(got.is_empty());
+    for join_type in [JoinType::Right, JoinType::RightSemi, JoinType::RightAnti] {
+        let hash = hash_join(
+            table(&machines(), 3),
+            table(&matched, 4),
+            join_type,
+            None,
+            Some(v_filter("r > l")),
+        );
+        assert!(
+            MachineIdJoinExec::stand_in(&hash, None)
+                .expect("stand in")
+                .is_none(),
+            "{join_type:?}"
+        );
+    }
 }
