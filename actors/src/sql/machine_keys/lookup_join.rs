@@ -608,7 +608,8 @@ impl Iterator for Parts {
         let elapsed = self.metrics.baseline.elapsed_compute().clone();
         let _timer = elapsed.timer();
         // A part is empty where none of its rows matched or the filter kept none of its
-        // pairs: none is sent. Each part reads at least one probe row, so this ends.
+        // pairs: none is sent. Each part moves on by at least one probe row or one pair,
+        // so this ends.
         while self.next_row < self.probe.num_rows() {
             match self.part() {
                 Ok(batch) if batch.num_rows() == 0 => continue,
@@ -643,7 +644,7 @@ impl Parts {
             build: &build_rows,
             probe: &probe_rows,
         };
-        if let Some(filter) = &self.probing.filter {
+        if let (Some(filter), false) = (&self.probing.filter, probe_rows.is_empty()) {
             let kept = self.filter_pairs(filter, &rows)?;
             if kept.true_count() < probe_rows.len() {
                 build_rows = filter_rows(&build_rows, &kept)?;
@@ -743,6 +744,8 @@ impl Parts {
         let First::Dense(slots) = &self.build.first else {
             return None;
         };
+        // `pending` is only ever set along a chain of repeated ids, which `next` would
+        // hold; checked all the same, so that a part never skips a row's matches.
         if self.probing.join_type != JoinType::Inner
             || self.build.next.is_some()
             || self.pending != NONE

@@ -521,16 +521,28 @@ async fn an_inner_join_filters_its_pairs_as_the_hash_join_does() {
                     }
                 }
             }
-            // Built on the right (ids each on one row there): the same answers.
-            let (hash, lookup) = filtered(
-                table(&processes(), 3),
-                unique_table(&machines(), 4),
-                keep,
-                None,
-            );
-            let (expected, got, _, shown) = answers_of(3, hash, lookup).await;
-            assert_eq!(got, expected, "{keep} built on the right");
-            assert!(shown.contains("build=right"), "{shown}");
+        }
+    }
+    // Built on the right (ids each on one row there, the left side's `v` 10-99): the
+    // same answers.
+    for keep in [
+        "CASE WHEN l = 21 OR r = 21 THEN NULL ELSE (l * 7 + r) % 3 <> 0 END",
+        "l > r * 11",
+    ] {
+        for projection in [None, Some(vec![1, 5])] {
+            for batch_size in [3, 8192] {
+                let (hash, lookup) = filtered(
+                    table(&processes(), 3),
+                    unique_table(&machines(), 4),
+                    keep,
+                    projection.clone(),
+                );
+                let (expected, got, _, shown) = answers_of(batch_size, hash, lookup).await;
+                let case = format!("{keep} {projection:?} {batch_size} built on the right");
+                assert_eq!(got, expected, "{case}");
+                assert!(!got.is_empty(), "{case}");
+                assert!(shown.contains("build=right"), "{shown}");
+            }
         }
     }
     // Some pairs kept, some not: the filter did drop rows.
