@@ -543,7 +543,8 @@ impl Groups {
         self.groups
             .resize_with(self.group_values.len(), Group::default);
         // Rows that may enter their group, judged by their first order key alone.
-        let first = &sort_columns[partition_len..][..1];
+        // The first order key's column, where there is one (`first_keys` is `Some`).
+        let first = || &sort_columns[partition_len..partition_len + 1];
         let mut candidates = Vec::new();
         let mut judge = |row: usize, grown: Option<isize>| {
             if let Some(grown) = grown {
@@ -553,14 +554,14 @@ impl Groups {
         };
         match &self.first_keys {
             Some(FirstKeys::Integers(options)) => {
-                let firsts = integer_keys(&first[0], *options)?;
+                let firsts = integer_keys(&first()[0], *options)?;
                 for (row, &key) in firsts.iter().enumerate() {
                     let group = &mut self.groups[self.group_of[row]];
                     judge(row, group.may_take_integer(self.k, key));
                 }
             }
             Some(FirstKeys::Rows(first_rows)) => {
-                let firsts = first_rows.convert_columns(first)?;
+                let firsts = first_rows.convert_columns(first())?;
                 for row in 0..n {
                     let group = &mut self.groups[self.group_of[row]];
                     judge(row, group.may_take(self.k, firsts.row(row).as_ref()));

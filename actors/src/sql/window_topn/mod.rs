@@ -276,6 +276,25 @@ mod tests {
         }
     }
 
+    /// `ROW_NUMBER() OVER (PARTITION BY g)` has no order key: any k rows of each group,
+    /// as many as the sort keeps.
+    #[tokio::test]
+    async fn a_window_with_no_order_keeps_k_rows_of_each_partition() {
+        let ctx = context(300);
+        let counted = |more: &str| {
+            format!(
+                "SELECT g, COUNT(*) AS n FROM (SELECT g, ROW_NUMBER() OVER (PARTITION BY g) \
+                 AS rn FROM t) WHERE rn <= 2{more} GROUP BY g"
+            )
+        };
+        let (plan, ours) = plan_and_rows(&ctx, &counted("")).await;
+        assert!(plan.contains("TopKPerPartitionExec"), "{plan}");
+        let (plan, sorted) = plan_and_rows(&ctx, &counted(" AND rn > 0")).await;
+        assert!(!plan.contains("TopK"), "{plan}");
+        assert_eq!(ours, sorted);
+        assert!(ours.len() > 100, "{ours:?}");
+    }
+
     #[tokio::test]
     async fn below_one_and_rank_keep_the_sort() {
         let ctx = context(10);
