@@ -34,10 +34,15 @@ pub struct Part {
 /// A published table as it stands in one generation. A table with no parts is still
 /// present: every source below was asked for it and has none (an empty answer, not a
 /// missing table).
+///
+/// Parts are shared, not copied, between the generations and tables that hold them: a
+/// parent's merge puts every child's parts in its generation each round (420,000 at a
+/// TLA of 70,000 machines), and a copy of a part is five allocations (its key, its
+/// column list, its sources).
 #[derive(Debug, Clone)]
 pub struct GenTable {
     pub schema: SchemaRef,
-    pub parts: Vec<Part>,
+    pub parts: Vec<Arc<Part>>,
 }
 
 impl GenTable {
@@ -149,7 +154,8 @@ impl GenerationBuilder {
     /// Adds one part of `table`. Parts must share the table's schema; a part with another
     /// schema is refused (the caller logs it), leaving the table as it was. A second part
     /// with the same key replaces the first.
-    pub fn add(&mut self, table: &str, part: Part) -> Result<(), String> {
+    pub fn add(&mut self, table: &str, part: impl Into<Arc<Part>>) -> Result<(), String> {
+        let part = part.into();
         let schema = part.batch.schema();
         let t = table_entry(&mut self.tables, table, &schema);
         if !Arc::ptr_eq(&t.schema, &schema) && t.schema != schema {

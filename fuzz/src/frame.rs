@@ -548,10 +548,12 @@ fn corpus_generations() -> Vec<Generation> {
                 GenTable {
                     schema: s.clone(),
                     parts: {
-                        let mut parts: Vec<Part> = parts
+                        let mut parts: Vec<Arc<Part>> = parts
                             .iter()
                             .enumerate()
-                            .map(|(m, rows)| part(&format!("m{m}"), sys_batch(&s, rows), i as u64))
+                            .map(|(m, rows)| {
+                                Arc::new(part(&format!("m{m}"), sys_batch(&s, rows), i as u64))
+                            })
                             .collect();
                         // The last round lists its parts in another order: every part is
                         // listed, unchanged ones too (`Listing::Every`).
@@ -566,7 +568,7 @@ fn corpus_generations() -> Vec<Generation> {
                 "dict".to_string(),
                 GenTable {
                     schema: ds.clone(),
-                    parts: vec![part("m0", dict_batch(&ds, d), i as u64)],
+                    parts: vec![Arc::new(part("m0", dict_batch(&ds, d), i as u64))],
                 },
             );
             Generation {

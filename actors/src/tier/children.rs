@@ -480,14 +480,14 @@ pub(crate) mod tests {
                         t.to_string(),
                         GenTable {
                             schema: schema.clone(),
-                            parts: vec![Part {
+                            parts: vec![Arc::new(Part {
                                 key: machine.into(),
                                 batch: batch.clone(),
                                 sources: vec![SourceStamp {
                                     source: machine.into(),
                                     published_at: SystemTime::now(),
                                 }],
-                            }],
+                            })],
                         },
                     )
                 })

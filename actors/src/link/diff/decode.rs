@@ -1,6 +1,7 @@
 //! The parent side: a [`LinkDecoder`] applies a child's frames to what it holds.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::BooleanArray;
@@ -56,6 +57,10 @@ struct HeldPart {
     key: String,
     batch: RecordBatch,
     sources: HeldSources,
+    /// The part as the last generation showed it, given again while its rows and its
+    /// sources' times stay the same: most parts of a frame are unchanged, and a part made
+    /// anew is five allocations (420,000 parts a round at a TLA of 70,000 machines).
+    shown: Option<Arc<Part>>,
 }
 
 impl HeldTable {
@@ -252,13 +257,13 @@ fn apply_table(
             left.values.num_rows() - left.next
         )));
     }
-    let table = match tf.listing {
+    let mut table = match tf.listing {
         Listing::Every => table_of(name, held.schema, listed)?,
         Listing::Changes { gone } => changed(name, held, listed, gone)?,
     };
     let parts = table
         .parts
-        .iter()
+        .iter_mut()
         .map(|p| part_out(times, name, p))
         .collect::<Result<_, _>>()?;
     let out = GenTable {
@@ -268,32 +273,50 @@ fn apply_table(
     Ok((table, out))
 }
 
-/// A held part as the generation shows it: each source at its time.
-fn part_out(times: &SourceTimes, name: &str, p: &HeldPart) -> Result<Part, LinkError> {
+/// A held part as the generation shows it: each source at its time. The part shown last
+/// time, if its rows are the same and each source is at the same time.
+fn part_out(times: &SourceTimes, name: &str, p: &mut HeldPart) -> Result<Arc<Part>, LinkError> {
+    let at = |source: &String, at: &Option<i64>| -> Result<SystemTime, LinkError> {
+        let ms = match at {
+            Some(ms) => *ms,
+            None => times.get(source).ok_or_else(|| {
+                LinkError::Protocol(format!(
+                    "part '{}' of table '{name}' names source '{source}', which has no time on this link",
+                    p.key
+                ))
+            })?,
+        };
+        from_millis(ms)
+    };
+    if let Some(shown) = &p.shown {
+        let mut same = shown.sources.len() == p.sources.len();
+        for ((source, ms), stamp) in p.sources.iter().zip(&shown.sources) {
+            if !same {
+                break;
+            }
+            same = *source == stamp.source && at(source, ms)? == stamp.published_at;
+        }
+        if same {
+            return Ok(shown.clone());
+        }
+    }
     let sources = p
         .sources
         .iter()
-        .map(|(source, at)| {
-            let ms = match at {
-                Some(ms) => *ms,
-                None => times.get(source).ok_or_else(|| {
-                    LinkError::Protocol(format!(
-                        "part '{}' of table '{name}' names source '{source}', which has no time on this link",
-                        p.key
-                    ))
-                })?,
-            };
+        .map(|(source, ms)| {
             Ok(SourceStamp {
                 source: source.clone(),
-                published_at: from_millis(ms)?,
+                published_at: at(source, ms)?,
             })
         })
         .collect::<Result<Vec<_>, LinkError>>()?;
-    Ok(Part {
+    let shown = Arc::new(Part {
         key: p.key.clone(),
         batch: p.batch.clone(),
         sources,
-    })
+    });
+    p.shown = Some(shown.clone());
+    Ok(shown)
 }
 
 /// One listed part, applied to what `held` holds of it.
@@ -329,9 +352,15 @@ fn part(
         })
     };
     let in_part = |e| in_table(name, &format!("part '{key}'"), e);
+    // The part last shown stays good only while the rows are the same.
+    let mut shown = None;
     let batch = match pf.rows {
         PartRows::Full(bytes) => decode_batch(&bytes, schema).map_err(in_part)?,
-        PartRows::Unchanged => need("unchanged")?.batch.clone(),
+        PartRows::Unchanged => {
+            let old = need("unchanged")?;
+            shown = old.shown.clone();
+            old.batch.clone()
+        }
         PartRows::Diff { removed, added } => {
             let old = &need("a diff")?.batch;
             let added = decode_batch(&added, schema).map_err(in_part)?;
@@ -390,6 +419,7 @@ fn part(
         key,
         batch,
         sources,
+        shown,
     })
 }
 

@@ -304,7 +304,11 @@ impl TableEncoder<'_> {
                     p.key
                 )));
             }
-            let held = mirror.parts.remove(&p.key);
+            // The key held is kept for the next mirror (no new string per part and frame).
+            let (key, held) = match mirror.parts.remove_entry(&p.key) {
+                Some((key, h)) => (key, Some(h)),
+                None => (p.key.clone(), None),
+            };
             let held_at = held.as_ref().map(|h| h.pos);
             let (held, held_sources) = match held {
                 Some(h) => {
@@ -324,7 +328,7 @@ impl TableEncoder<'_> {
                 pos,
                 sources: kept_sources,
             };
-            if next_parts.insert(p.key.clone(), mirrored).is_some() {
+            if next_parts.insert(key, mirrored).is_some() {
                 return Err(LinkError::Protocol(format!(
                     "table '{name}' has two parts with the key '{}'",
                     p.key
@@ -397,7 +401,9 @@ impl TableEncoder<'_> {
             ))
         };
         if same_buffers(&old.last, &p.batch) {
-            return unchanged(old);
+            // The mirror as it is: its rows are these (no new column list to allocate for
+            // each unchanged part of every frame).
+            return Ok((PartRows::Unchanged, old));
         }
         // A part this node received as a patch against exactly the rows its parent holds:
         // the same patch brings the parent to the same rows.

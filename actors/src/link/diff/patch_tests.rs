@@ -295,11 +295,11 @@ fn schema_change_sends_full_then_patches_again() {
             "sys".into(),
             GenTable {
                 schema: s2.clone(),
-                parts: vec![Part {
+                parts: vec![Arc::new(Part {
                     key: "m".into(),
                     batch: b,
                     sources: vec![],
-                }],
+                })],
             },
         );
         g

@@ -67,7 +67,7 @@ pub(super) fn generation(id: u64, tables: Vec<(&str, Vec<Part>)>) -> Generation 
                     n.to_string(),
                     GenTable {
                         schema: s.clone(),
-                        parts,
+                        parts: parts.into_iter().map(Arc::new).collect(),
                     },
                 )
             })
@@ -252,6 +252,64 @@ fn full_roundtrip_then_unchanged() {
 }
 
 #[test]
+fn an_unchanged_part_is_shown_again_until_its_rows_or_times_change() {
+    let (wanted, mut enc, mut dec) = linked();
+    let s = schema();
+    // The same rows in new buffers: every part unchanged, each shown as before.
+    let g2 = generation(2, vec![("sys", base_parts()), ("load", base_parts())]);
+    let c2 = dec
+        .apply(send(&enc.encode(&g2, &wanted, 3, 0).expect("encode")).0)
+        .expect("apply");
+    let g3 = generation(3, vec![("sys", base_parts()), ("load", base_parts())]);
+    let c3 = dec
+        .apply(send(&enc.encode(&g3, &wanted, 3, 0).expect("encode")).0)
+        .expect("apply");
+    assert_same(&c3, &g3, &wanted);
+    for (a, b) in c2.tables["sys"].parts.iter().zip(&c3.tables["sys"].parts) {
+        assert!(Arc::ptr_eq(a, b), "part {} made anew", a.key);
+    }
+    // One part's rows change, another's source publishes again with the same rows.
+    let mut parts = base_parts();
+    parts[0] = part(
+        &s,
+        "10.0.0.1",
+        &[("a", 1, Some(0.5)), ("b", 7, None), ("c", 3, Some(1.5))],
+    );
+    parts[1].sources[0].published_at += Duration::from_secs(20);
+    let g4 = generation(4, vec![("sys", parts), ("load", base_parts())]);
+    let c4 = dec
+        .apply(send(&enc.encode(&g4, &wanted, 3, 0).expect("encode")).0)
+        .expect("apply");
+    assert_same(&c4, &g4, &wanted);
+    let (old, new) = (&c3.tables["sys"].parts, &c4.tables["sys"].parts);
+    assert!(!Arc::ptr_eq(&old[0], &new[0]), "changed rows");
+    assert!(!Arc::ptr_eq(&old[1], &new[1]), "a new publish time");
+    assert!(Arc::ptr_eq(&old[2], &new[2]), "unchanged");
+    // The next round shows the new ones again as they are.
+    let g5 = generation(
+        5,
+        vec![
+            (
+                "sys",
+                g4.tables["sys"]
+                    .parts
+                    .iter()
+                    .map(|p| Part::clone(p))
+                    .collect(),
+            ),
+            ("load", base_parts()),
+        ],
+    );
+    let c5 = dec
+        .apply(send(&enc.encode(&g5, &wanted, 3, 0).expect("encode")).0)
+        .expect("apply");
+    assert_same(&c5, &g5, &wanted);
+    for (a, b) in new.iter().zip(&c5.tables["sys"].parts) {
+        assert!(Arc::ptr_eq(a, b), "part {} made anew", a.key);
+    }
+}
+
+#[test]
 fn changed_row_is_one_removed_one_added_in_documented_order() {
     let wanted = all_tables();
     let s = schema();
@@ -383,7 +441,11 @@ fn only_changes_are_listed_while_the_order_holds() {
     assert!(!f3.is_full_copy());
 
     // The parent's order is the child's again: back to changes only, here one part gone.
-    let mut parts = g3.tables["sys"].parts.clone();
+    let mut parts: Vec<Part> = g3.tables["sys"]
+        .parts
+        .iter()
+        .map(|p| Part::clone(p))
+        .collect();
     parts.remove(1);
     let g4 = generation(4, vec![("sys", parts), ("load", base_parts())]);
     let f4 = enc.encode(&g4, &wanted, 2, 0).expect("encode");
@@ -577,11 +639,11 @@ fn schema_change_sends_the_new_schema_and_full_parts() {
         "sys".into(),
         GenTable {
             schema: s2.clone(),
-            parts: vec![Part {
+            parts: vec![Arc::new(Part {
                 key: "10.0.0.1".into(),
                 batch: b.clone(),
                 sources: vec![],
-            }],
+            })],
         },
     );
     let f2 = enc.encode(&g2, &wanted, 1, 0).expect("encode");
@@ -922,12 +984,12 @@ fn encoder_refuses_a_part_unlike_its_table_and_resets() {
     let mut g2 = generation(2, vec![("sys", base_parts())]);
     let other = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
     if let Some(t) = g2.tables.get_mut("sys") {
-        t.parts.push(Part {
+        t.parts.push(Arc::new(Part {
             key: "odd".into(),
             batch: RecordBatch::try_new(other.clone(), vec![Arc::new(Int64Array::from(vec![1]))])
                 .expect("batch"),
             sources: vec![],
-        });
+        }));
     }
     assert!(matches!(
         enc.encode(&g2, &wanted, 3, 0),
