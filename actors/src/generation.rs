@@ -37,8 +37,8 @@ pub struct Part {
 ///
 /// Parts are shared, not copied, between the generations and tables that hold them: a
 /// parent's merge puts every child's parts in its generation each round (420,000 at a
-/// TLA of 70,000 machines), and a copy of a part is five allocations (its key, its
-/// column list, its sources).
+/// TLA of 70,000 machines), and a copy of one machine's part is four allocations (its key,
+/// its column list, its list of sources and the source's name).
 #[derive(Debug, Clone)]
 pub struct GenTable {
     pub schema: SchemaRef,
