@@ -1,5 +1,6 @@
 //! The parent side: a [`LinkDecoder`] applies a child's frames to what it holds.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +13,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use super::gaps::GapReader;
 use super::ipc::{decode_batch, decode_schema};
 use super::times::SourceTimes;
-use super::{forward, patch, threads, HeldSources};
+use super::{forward, patch, threads};
 use crate::generation::{GenTable, NameHasher, NameMap, Part, SourceStamp};
 use crate::link::wire::{
     GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources, TableFrame,
@@ -52,16 +53,17 @@ struct HeldTable {
     index: NameMap<usize>,
 }
 
-/// A part as held: its sources' times where they are not the link's.
+/// A part as held: the part the last generation showed (its key, rows and sources, each
+/// at its time), shown again while its rows and its sources' times stay the same. Most parts
+/// of a frame are unchanged, and a part made anew is five allocations (the `Arc`, the key,
+/// the column list, the list of sources and a source's name; 420,000 parts a round at a TLA
+/// of 70,000 machines). The decoder keeps nothing else per part: a second copy of the key,
+/// the column list and the sources was 100 MiB at a SQL node of 70,000 machines.
 struct HeldPart {
-    key: String,
-    batch: RecordBatch,
-    sources: HeldSources,
-    /// The part as the last generation showed it, given again while its rows and its
-    /// sources' times stay the same: most parts of a frame are unchanged, and a part made
-    /// anew is five allocations (the `Arc`, the key, the column list, the list of sources and
-    /// a source's name; 420,000 parts a round at a TLA of 70,000 machines).
-    shown: Option<Arc<Part>>,
+    shown: Arc<Part>,
+    /// Its sources carry their own times (`Sources::Stamped`, which `shown` has); otherwise
+    /// each is at its source's time on the link, which may move while the rows stay.
+    stamped: bool,
 }
 
 impl HeldTable {
@@ -244,6 +246,7 @@ fn apply_table(
     let mut positions = GapReader::default();
     for pf in tf.parts {
         listed.push(part(
+            times,
             name,
             &held,
             &mut patches,
@@ -275,53 +278,57 @@ fn apply_table(
 }
 
 /// A held part as the generation shows it: each source at its time. The part shown last
-/// time, if its rows are the same and each source is at the same time.
+/// time if each source is still at the same time.
 fn part_out(times: &SourceTimes, name: &str, p: &mut HeldPart) -> Result<Arc<Part>, LinkError> {
-    let at = |source: &String, at: &Option<i64>| -> Result<SystemTime, LinkError> {
-        let ms = match at {
-            Some(ms) => *ms,
-            None => times.get(source).ok_or_else(|| {
-                LinkError::Protocol(format!(
-                    "part '{}' of table '{name}' names source '{source}', which has no time on this link",
-                    p.key
-                ))
-            })?,
-        };
-        from_millis(ms)
-    };
-    if let Some(shown) = &p.shown {
-        let mut same = shown.sources.len() == p.sources.len();
-        for ((source, ms), stamp) in p.sources.iter().zip(&shown.sources) {
-            if !same {
-                break;
-            }
-            same = *source == stamp.source && at(source, ms)? == stamp.published_at;
-        }
-        if same {
-            return Ok(shown.clone());
+    if p.stamped {
+        return Ok(p.shown.clone());
+    }
+    let mut same = true;
+    for s in &p.shown.sources {
+        if link_time(times, name, &p.shown.key, &s.source)? != s.published_at {
+            same = false;
+            break;
         }
     }
-    let sources = p
-        .sources
-        .iter()
-        .map(|(source, ms)| {
-            Ok(SourceStamp {
-                source: source.clone(),
-                published_at: at(source, ms)?,
+    if !same {
+        let sources = p
+            .shown
+            .sources
+            .iter()
+            .map(|s| {
+                Ok(SourceStamp {
+                    source: s.source.clone(),
+                    published_at: link_time(times, name, &p.shown.key, &s.source)?,
+                })
             })
-        })
-        .collect::<Result<Vec<_>, LinkError>>()?;
-    let shown = Arc::new(Part {
-        key: p.key.clone(),
-        batch: p.batch.clone(),
-        sources,
-    });
-    p.shown = Some(shown.clone());
-    Ok(shown)
+            .collect::<Result<_, LinkError>>()?;
+        p.shown = Arc::new(Part {
+            key: p.shown.key.clone(),
+            batch: p.shown.batch.clone(),
+            sources,
+        });
+    }
+    Ok(p.shown.clone())
+}
+
+/// `source`'s time on the link, for part `key` of table `name`.
+fn link_time(
+    times: &SourceTimes,
+    name: &str,
+    key: &str,
+    source: &str,
+) -> Result<SystemTime, LinkError> {
+    let ms = times.get(source).ok_or_else(|| {
+        LinkError::Protocol(format!(
+            "part '{key}' of table '{name}' names source '{source}', which has no time on this link"
+        ))
+    })?;
+    from_millis(ms)
 }
 
 /// One listed part, applied to what `held` holds of it.
 fn part(
+    times: &SourceTimes,
     name: &str,
     held: &HeldTable,
     patches: &mut [PatchCursor],
@@ -332,7 +339,7 @@ fn part(
     let (key, old) = match pf.key {
         PartId::Key(key) => {
             let old = held.get(&key);
-            (key, old)
+            (Cow::Owned(key), old)
         }
         PartId::Held(gap) => {
             let i = positions.position(gap, held.parts.len()).map_err(|_| {
@@ -341,7 +348,8 @@ fn part(
                     held.parts.len()
                 ))
             })?;
-            (held.parts[i].key.clone(), Some(&held.parts[i]))
+            let old = &held.parts[i];
+            (Cow::Borrowed(old.shown.key.as_str()), Some(old))
         }
     };
     let schema = &held.schema;
@@ -353,17 +361,21 @@ fn part(
         })
     };
     let in_part = |e| in_table(name, &format!("part '{key}'"), e);
-    // The part last shown stays good only while the rows are the same.
-    let mut shown = None;
     let batch = match pf.rows {
         PartRows::Full(bytes) => decode_batch(&bytes, schema).map_err(in_part)?,
         PartRows::Unchanged => {
             let old = need("unchanged")?;
-            shown = old.shown.clone();
-            old.batch.clone()
+            if matches!(pf.sources, Sources::Held) {
+                // The part last shown, as it is ([`part_out`] checks its sources' times).
+                return Ok(HeldPart {
+                    shown: old.shown.clone(),
+                    stamped: old.stamped,
+                });
+            }
+            old.shown.batch.clone()
         }
         PartRows::Diff { removed, added } => {
-            let old = &need("a diff")?.batch;
+            let old = &need("a diff")?.shown.batch;
             let added = decode_batch(&added, schema).map_err(in_part)?;
             apply_diff(old, &removed, &added).map_err(in_part)?
         }
@@ -373,7 +385,7 @@ fn part(
             removed,
             added,
         } => {
-            let old = &need("a patch")?.batch;
+            let old = &need("a patch")?.shown.batch;
             let added_bytes = added;
             let added = if added_bytes.is_empty() {
                 None
@@ -411,16 +423,51 @@ fn part(
             patched
         }
     };
-    let sources = match pf.sources {
-        Sources::Held => need("with the sources held")?.sources.clone(),
-        Sources::Named(names) => names.into_iter().map(|n| (n, None)).collect(),
-        Sources::Stamped(stamped) => stamped.into_iter().map(|(n, ms)| (n, Some(ms))).collect(),
+    let at_link = |source: String| -> Result<SourceStamp, LinkError> {
+        let published_at = link_time(times, name, &key, &source)?;
+        Ok(SourceStamp {
+            source,
+            published_at,
+        })
+    };
+    let (sources, stamped) = match pf.sources {
+        Sources::Held => {
+            let old = need("with the sources held")?;
+            let sources = if old.stamped {
+                old.shown.sources.clone()
+            } else {
+                old.shown
+                    .sources
+                    .iter()
+                    .map(|s| at_link(s.source.clone()))
+                    .collect::<Result<_, _>>()?
+            };
+            (sources, old.stamped)
+        }
+        Sources::Named(names) => (
+            names.into_iter().map(at_link).collect::<Result<_, _>>()?,
+            false,
+        ),
+        Sources::Stamped(stamped) => (
+            stamped
+                .into_iter()
+                .map(|(source, ms)| {
+                    Ok(SourceStamp {
+                        source,
+                        published_at: from_millis(ms)?,
+                    })
+                })
+                .collect::<Result<_, LinkError>>()?,
+            true,
+        ),
     };
     Ok(HeldPart {
-        key,
-        batch,
-        sources,
-        shown,
+        shown: Arc::new(Part {
+            key: key.into_owned(),
+            batch,
+            sources,
+        }),
+        stamped,
     })
 }
 
@@ -464,10 +511,10 @@ impl PatchCursor {
 fn table_of(name: &str, schema: SchemaRef, parts: Vec<HeldPart>) -> Result<HeldTable, LinkError> {
     let mut index = NameMap::with_capacity_and_hasher(parts.len(), NameHasher::default());
     for (i, p) in parts.iter().enumerate() {
-        if index.insert(p.key.clone(), i).is_some() {
+        if index.insert(p.shown.key.clone(), i).is_some() {
             return Err(LinkError::Protocol(format!(
                 "part '{}' of table '{name}' is listed twice",
-                p.key
+                p.shown.key
             )));
         }
     }
@@ -503,14 +550,14 @@ fn changed(
     let mut replaced = vec![false; slots.len()];
     let mut added = Vec::new();
     for p in listed {
-        let Some(&i) = index.get(&p.key) else {
+        let Some(&i) = index.get(&p.shown.key) else {
             added.push(p);
             continue;
         };
         if slots[i].is_none() || replaced[i] {
             return Err(LinkError::Protocol(format!(
                 "part '{}' of table '{name}' is listed twice, or listed and gone",
-                p.key
+                p.shown.key
             )));
         }
         replaced[i] = true;

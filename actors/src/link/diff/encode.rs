@@ -15,8 +15,8 @@ use super::gaps::GapWriter;
 use super::ipc::IpcWriter;
 use super::patch::{self, KeyMatcher};
 use super::times::SourceTimes;
-use super::{threads, HeldSources, TableKeys};
-use crate::generation::{GenTable, Generation, NameHasher, NameMap, Part, SourceStamp};
+use super::{threads, TableKeys};
+use crate::generation::{GenTable, Generation, NameHasher, NameMap, Part};
 use crate::link::wire::{
     GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources, Stamps, TableFrame,
 };
@@ -110,13 +110,15 @@ struct MirroredPart {
     /// Its place among the table's parts: the parent's order is the child's after every
     /// frame.
     pos: usize,
-    /// Its sources as the parent holds them: a time (unix ms) where it is not the link's.
-    sources: HeldSources,
+    /// The parent holds its sources with their own times (`Sources::Stamped`, those of
+    /// `rows.last`); otherwise each at its source's time on the link.
+    stamped: bool,
 }
 
 struct PartMirror {
-    /// The child's rows as last encoded: unchanged parts are found by comparing with this.
-    last: RecordBatch,
+    /// The child's part as last encoded (shared with its generation): unchanged parts are
+    /// found by comparing with its rows, and the parent holds its sources' names.
+    last: Arc<Part>,
     /// The parent's rows, when they are not exactly `last`.
     held: Held,
     /// The key rows of the parent's rows (keyed tables), kept from the last patch plan so
@@ -310,23 +312,22 @@ impl TableEncoder<'_> {
                 None => (p.key.clone(), None),
             };
             let held_at = held.as_ref().map(|h| h.pos);
-            let (held, held_sources) = match held {
-                Some(h) => {
-                    in_order &= !seen_new && last_pos.is_none_or(|l| h.pos > l);
-                    last_pos = Some(h.pos);
-                    (Some(h.rows), Some(h.sources))
-                }
-                None => {
-                    seen_new = true;
-                    (None, None)
-                }
-            };
-            let (rows, part_mirror) = self.encode_part(&mut mirror, held, p)?;
-            let (sources, kept_sources) = sources_of(self.times, held_sources, p);
+            if let Some(h) = &held {
+                in_order &= !seen_new && last_pos.is_none_or(|l| h.pos > l);
+                last_pos = Some(h.pos);
+            } else {
+                seen_new = true;
+            }
+            let (sources, stamped) = sources_of(
+                self.times,
+                held.as_ref().map(|h| (&*h.rows.last, h.stamped)),
+                p,
+            );
+            let (rows, part_mirror) = self.encode_part(&mut mirror, held.map(|h| h.rows), p)?;
             let mirrored = MirroredPart {
                 rows: part_mirror,
                 pos,
-                sources: kept_sources,
+                stamped,
             };
             if next_parts.insert(key, mirrored).is_some() {
                 return Err(LinkError::Protocol(format!(
@@ -384,7 +385,7 @@ impl TableEncoder<'_> {
         &mut self,
         table: &mut TableMirror,
         held: Option<PartMirror>,
-        p: &Part,
+        p: &Arc<Part>,
     ) -> Result<(PartRows, PartMirror), LinkError> {
         let Some(old) = held else {
             return self.full(p);
@@ -394,21 +395,19 @@ impl TableEncoder<'_> {
             Ok((
                 PartRows::Unchanged,
                 PartMirror {
-                    last: p.batch.clone(),
+                    last: p.clone(),
                     held: old.held,
                     keys: old.keys,
                 },
             ))
         };
-        if same_buffers(&old.last, &p.batch) {
-            // The mirror as it is: its rows are these (no new column list to allocate for
-            // each unchanged part of every frame).
-            return Ok((PartRows::Unchanged, old));
+        if same_buffers(&old.last.batch, &p.batch) {
+            return unchanged(old);
         }
         // A part this node received as a patch against exactly the rows its parent holds:
         // the same patch brings the parent to the same rows.
         if matches!(old.held, Held::Last) {
-            if let Some(patch) = forward::find(&old.last, &p.batch) {
+            if let Some(patch) = forward::find(&old.last.batch, &p.batch) {
                 let values = patch.values.map(|(c, v)| self.patches.add(c, v));
                 let rows = PartRows::Patch {
                     rows: patch.rows,
@@ -419,17 +418,17 @@ impl TableEncoder<'_> {
                 return Ok((
                     rows,
                     PartMirror {
-                        last: p.batch.clone(),
+                        last: p.clone(),
                         held: Held::Last,
                         keys: None,
                     },
                 ));
             }
         }
-        if old.last == p.batch {
+        if old.last.batch == p.batch {
             return unchanged(old);
         }
-        if p.batch.num_columns() == 0 || p.batch.num_rows() == 0 || old.last.num_rows() == 0 {
+        if p.batch.num_columns() == 0 || p.batch.num_rows() == 0 || old.last.batch.num_rows() == 0 {
             return self.full(p);
         }
         let schema = &table.schema;
@@ -439,11 +438,13 @@ impl TableEncoder<'_> {
                 .and_then(|k| KeyMatcher::new(schema, k))
         });
         match (key.as_ref(), old.held) {
-            (Some(key), Held::Last) => self.patch_part(key, old.last, old.keys, p),
+            (Some(key), Held::Last) => self.patch_part(key, old.last.batch.clone(), old.keys, p),
             (Some(key), Held::Batch(b)) => self.patch_part(key, b, old.keys, p),
-            (None, Held::Last) => self.diff_part(&mut table.converter, schema, None, &old.last, p),
+            (None, Held::Last) => {
+                self.diff_part(&mut table.converter, schema, None, &old.last.batch, p)
+            }
             (None, Held::Rows(r)) => {
-                self.diff_part(&mut table.converter, schema, Some(r), &old.last, p)
+                self.diff_part(&mut table.converter, schema, Some(r), &old.last.batch, p)
             }
             // A mirror of the other kind (cannot happen: a table's key is fixed with its
             // schema): start the part over.
@@ -451,11 +452,11 @@ impl TableEncoder<'_> {
         }
     }
 
-    fn full(&mut self, p: &Part) -> Result<(PartRows, PartMirror), LinkError> {
+    fn full(&mut self, p: &Arc<Part>) -> Result<(PartRows, PartMirror), LinkError> {
         Ok((
             PartRows::Full(self.ipc.batch(&p.batch)?),
             PartMirror {
-                last: p.batch.clone(),
+                last: p.clone(),
                 held: Held::Last,
                 keys: None,
             },
@@ -469,7 +470,7 @@ impl TableEncoder<'_> {
         key: &KeyMatcher,
         held: RecordBatch,
         held_keys: Option<Rows>,
-        p: &Part,
+        p: &Arc<Part>,
     ) -> Result<(PartRows, PartMirror), LinkError> {
         let Some(plan) = patch::plan(key, &held, held_keys, &p.batch)? else {
             return self.full(p);
@@ -495,7 +496,7 @@ impl TableEncoder<'_> {
             return Ok((
                 PartRows::Unchanged,
                 PartMirror {
-                    last: p.batch.clone(),
+                    last: p.clone(),
                     held,
                     keys: Some(plan.held_keys),
                 },
@@ -520,7 +521,7 @@ impl TableEncoder<'_> {
                 return Ok((
                     PartRows::Full(self.ipc.batch(&p.batch)?),
                     PartMirror {
-                        last: p.batch.clone(),
+                        last: p.clone(),
                         held: Held::Last,
                         keys: Some(plan.new_keys),
                     },
@@ -541,7 +542,7 @@ impl TableEncoder<'_> {
                 added,
             },
             PartMirror {
-                last: p.batch.clone(),
+                last: p.clone(),
                 held,
                 keys,
             },
@@ -556,7 +557,7 @@ impl TableEncoder<'_> {
         schema: &SchemaRef,
         held: Option<Rows>,
         last: &RecordBatch,
-        p: &Part,
+        p: &Arc<Part>,
     ) -> Result<(PartRows, PartMirror), LinkError> {
         let converter = converter.get_or_insert_with(|| {
             let fields = schema
@@ -585,7 +586,7 @@ impl TableEncoder<'_> {
             return Ok((
                 PartRows::Unchanged,
                 PartMirror {
-                    last: p.batch.clone(),
+                    last: p.clone(),
                     held: Held::Rows(held_rows),
                     keys: None,
                 },
@@ -604,7 +605,7 @@ impl TableEncoder<'_> {
                 return Ok((
                     PartRows::Full(whole),
                     PartMirror {
-                        last: p.batch.clone(),
+                        last: p.clone(),
                         held: Held::Last,
                         keys: None,
                     },
@@ -632,7 +633,7 @@ impl TableEncoder<'_> {
                 added,
             },
             PartMirror {
-                last: p.batch.clone(),
+                last: p.clone(),
                 held: Held::Rows(next_held),
                 keys: None,
             },
@@ -641,38 +642,36 @@ impl TableEncoder<'_> {
 }
 
 /// How `p`'s sources travel, given the link's `times` (this frame's) and what the parent
-/// holds for the part; and what it holds after.
-fn sources_of(times: &SourceTimes, held: Option<HeldSources>, p: &Part) -> (Sources, HeldSources) {
+/// holds for the part (the part last sent, and whether its sources went with their own
+/// times); and whether they go with their own times now.
+fn sources_of(times: &SourceTimes, held: Option<(&Part, bool)>, p: &Part) -> (Sources, bool) {
     let at_link_time = p
         .sources
         .iter()
         .all(|s| times.get(&s.source) == Some(unix_millis(s.published_at)));
-    let time = |s: &SourceStamp| (!at_link_time).then(|| unix_millis(s.published_at));
-    if let Some(held) = held {
-        let same = held.len() == p.sources.len()
-            && held
-                .iter()
-                .zip(&p.sources)
-                .all(|((name, t), s)| *name == s.source && *t == time(s));
+    if let Some((last, stamped)) = held {
+        let same = stamped != at_link_time
+            && last.sources.len() == p.sources.len()
+            && last.sources.iter().zip(&p.sources).all(|(a, b)| {
+                a.source == b.source
+                    && (!stamped || unix_millis(a.published_at) == unix_millis(b.published_at))
+            });
         if same {
-            return (Sources::Held, held);
+            return (Sources::Held, stamped);
         }
     }
-    let kept: HeldSources = p
-        .sources
-        .iter()
-        .map(|s| (s.source.clone(), time(s)))
-        .collect();
+    let names = p.sources.iter().map(|s| s.source.clone());
     let sent = if at_link_time {
-        Sources::Named(kept.iter().map(|(n, _)| n.clone()).collect())
+        Sources::Named(names.collect())
     } else {
         Sources::Stamped(
-            kept.iter()
-                .map(|(n, t)| (n.clone(), t.unwrap_or_default()))
+            names
+                .zip(&p.sources)
+                .map(|(n, s)| (n, unix_millis(s.published_at)))
                 .collect(),
         )
     };
-    (sent, kept)
+    (sent, !at_link_time)
 }
 
 /// The bytes of a batch's buffers as its rows need them (about its Arrow IPC body).

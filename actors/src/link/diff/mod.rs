@@ -60,10 +60,6 @@ pub use encode::LinkEncoder;
 
 use crate::table::SchemaRegistry;
 
-/// A part's sources as the parent holds them: each name with its publication time (unix ms)
-/// where that is not the source's time on the link (`GenerationFrame::stamps`).
-type HeldSources = Vec<(String, Option<i64>)>;
-
 /// Each table's key columns (schemas' `key`), by table name. Parts of a table listed here
 /// travel as patches; others as multiset diffs.
 pub type TableKeys = Arc<HashMap<String, Vec<String>>>;

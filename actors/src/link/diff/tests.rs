@@ -310,6 +310,43 @@ fn an_unchanged_part_is_shown_again_until_its_rows_or_times_change() {
 }
 
 #[test]
+fn a_part_with_its_own_time_sends_it_again_only_when_it_moves() {
+    let (wanted, mut enc, mut dec) = linked();
+    // 10.0.0.3's `load` sets its time on the link (the first part naming it); its `sys`
+    // part is published `sys_at` seconds later, `load` `load_at` seconds later.
+    let round = |id: u64, load_at: u64, sys_at: u64| {
+        let moved = |by: u64| {
+            let mut parts = base_parts();
+            parts[2].sources[0].published_at += Duration::from_secs(by);
+            parts
+        };
+        generation(id, vec![("sys", moved(sys_at)), ("load", moved(load_at))])
+    };
+    let mut sources_sent = |g: &Generation| {
+        let f = enc.encode(g, &wanted, 3, 0).expect("encode");
+        assert_same(&dec.apply(send(&f).0).expect("apply"), g, &wanted);
+        let sys = f.tables.iter().find(|t| t.name == "sys").expect("sys");
+        sys.parts
+            .iter()
+            .map(|p| match &p.sources {
+                Sources::Held => "held".to_string(),
+                Sources::Named(_) => "named".to_string(),
+                Sources::Stamped(s) => format!("stamped {}", s[0].1 - 1_700_000_000_000),
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sources_sent(&round(2, 0, 1)), ["stamped 1000"]);
+    assert!(sources_sent(&round(3, 0, 1)).is_empty(), "the same time");
+    assert_eq!(sources_sent(&round(4, 0, 2)), ["stamped 2000"], "moved");
+    assert_eq!(
+        sources_sent(&round(5, 2, 2)),
+        ["named"],
+        "at the link's time"
+    );
+    assert!(sources_sent(&round(6, 3, 3)).is_empty(), "both moved");
+}
+
+#[test]
 fn changed_row_is_one_removed_one_added_in_documented_order() {
     let wanted = all_tables();
     let s = schema();
