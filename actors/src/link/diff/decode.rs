@@ -57,8 +57,9 @@ struct HeldTable {
 /// at its time), shown again while its rows and its sources' times stay the same. Most parts
 /// of a frame are unchanged, and a part made anew is five allocations (the `Arc`, the key,
 /// the column list, the list of sources and a source's name; 420,000 parts a round at a TLA
-/// of 70,000 machines). The decoder keeps nothing else per part: a second copy of the key,
-/// the column list and the sources was 100 MiB at a SQL node of 70,000 machines.
+/// of 70,000 machines). The decoder keeps nothing else per part: without a second copy of
+/// the key, the column list and the sources, a SQL node of 70,000 machines has 50-120 MiB
+/// less RSS (BENCHMARKS.md, "Where we stand").
 struct HeldPart {
     shown: Arc<Part>,
     /// Its sources carry their own times (`Sources::Stamped`, which `shown` has); otherwise
