@@ -58,7 +58,7 @@ struct HeldTable {
 /// of a frame are unchanged, and a part made anew is five allocations (the `Arc`, the key,
 /// the column list, the list of sources and a source's name; 420,000 parts a round at a TLA
 /// of 70,000 machines). The decoder keeps nothing else per part: without a second copy of
-/// the key, the column list and the sources, a SQL node of 70,000 machines has 50-120 MiB
+/// the key, the column list and the sources, a SQL node of 70,000 machines has 60-120 MiB
 /// less RSS (BENCHMARKS.md, "Where we stand").
 struct HeldPart {
     shown: Arc<Part>,
@@ -292,17 +292,8 @@ fn part_out(times: &SourceTimes, name: &str, p: &mut HeldPart) -> Result<Arc<Par
         }
     }
     if !same {
-        let sources = p
-            .shown
-            .sources
-            .iter()
-            .map(|s| {
-                Ok(SourceStamp {
-                    source: s.source.clone(),
-                    published_at: link_time(times, name, &p.shown.key, &s.source)?,
-                })
-            })
-            .collect::<Result<_, LinkError>>()?;
+        let names = p.shown.sources.iter().map(|s| s.source.clone());
+        let sources = at_link_times(times, name, &p.shown.key, names)?;
         p.shown = Arc::new(Part {
             key: p.shown.key.clone(),
             batch: p.shown.batch.clone(),
@@ -310,6 +301,24 @@ fn part_out(times: &SourceTimes, name: &str, p: &mut HeldPart) -> Result<Arc<Par
         });
     }
     Ok(p.shown.clone())
+}
+
+/// Each of `sources` (of part `key` of table `name`) at its time on the link.
+fn at_link_times(
+    times: &SourceTimes,
+    name: &str,
+    key: &str,
+    sources: impl Iterator<Item = String>,
+) -> Result<Vec<SourceStamp>, LinkError> {
+    sources
+        .map(|source| {
+            let published_at = link_time(times, name, key, &source)?;
+            Ok(SourceStamp {
+                source,
+                published_at,
+            })
+        })
+        .collect()
 }
 
 /// `source`'s time on the link, for part `key` of table `name`.
@@ -424,31 +433,18 @@ fn part(
             patched
         }
     };
-    let at_link = |source: String| -> Result<SourceStamp, LinkError> {
-        let published_at = link_time(times, name, &key, &source)?;
-        Ok(SourceStamp {
-            source,
-            published_at,
-        })
-    };
     let (sources, stamped) = match pf.sources {
         Sources::Held => {
             let old = need("with the sources held")?;
             let sources = if old.stamped {
                 old.shown.sources.clone()
             } else {
-                old.shown
-                    .sources
-                    .iter()
-                    .map(|s| at_link(s.source.clone()))
-                    .collect::<Result<_, _>>()?
+                let names = old.shown.sources.iter().map(|s| s.source.clone());
+                at_link_times(times, name, &key, names)?
             };
             (sources, old.stamped)
         }
-        Sources::Named(names) => (
-            names.into_iter().map(at_link).collect::<Result<_, _>>()?,
-            false,
-        ),
+        Sources::Named(names) => (at_link_times(times, name, &key, names.into_iter())?, false),
         Sources::Stamped(stamped) => (
             stamped
                 .into_iter()

@@ -660,14 +660,13 @@ fn sources_of(times: &SourceTimes, held: Option<(&Part, bool)>, p: &Part) -> (So
             return (Sources::Held, stamped);
         }
     }
-    let names = p.sources.iter().map(|s| s.source.clone());
+    let sources = p.sources.iter();
     let sent = if at_link_time {
-        Sources::Named(names.collect())
+        Sources::Named(sources.map(|s| s.source.clone()).collect())
     } else {
         Sources::Stamped(
-            names
-                .zip(&p.sources)
-                .map(|(n, s)| (n, unix_millis(s.published_at)))
+            sources
+                .map(|s| (s.source.clone(), unix_millis(s.published_at)))
                 .collect(),
         )
     };
