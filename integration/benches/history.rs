@@ -972,7 +972,7 @@ fn main() {
     ));
 
     println!("{body}");
-    let command = format!("BENCH_SCALE={scale} BENCH_RUNS={runs} make bench");
+    let command = format!("BENCH_SCALE={scale} BENCH_RUNS={runs} make bench-full");
     if let Err(e) = write_bench_section("history", &command, &body) {
         eprintln!("cannot write BENCHMARKS.md: {e}");
         std::process::exit(1);

@@ -222,7 +222,7 @@ fn main() {
         started.elapsed().as_secs_f64(),
     ));
     let command = if scale == 1.0 {
-        "make bench".to_string()
+        "make bench-full".to_string()
     } else {
         format!("BENCH_SCALE={scale} cargo bench --workspace --bench link_tls")
     };
