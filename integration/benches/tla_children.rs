@@ -272,11 +272,18 @@ fn main() {
         rows.values().cloned().collect::<Vec<_>>().join("\n"),
     );
     // Rows of earlier runs are kept (`results_file`): the command names this run's.
+    let scaled = if scale == 1.0 {
+        String::new()
+    } else {
+        format!("BENCH_SCALE={scale} ")
+    };
     let command = match std::env::var("BENCH_CHILDREN") {
         Ok(c) => format!(
-            "BENCH_CHILDREN={c} cargo bench --workspace --bench tla_children (other rows from earlier runs)"
+            "{scaled}BENCH_CHILDREN={c} cargo bench --workspace --bench tla_children (other rows from earlier runs)"
         ),
-        Err(_) => "cargo bench --workspace --bench tla_children (0, 1 and 2 children in turn)".into(),
+        Err(_) => format!(
+            "{scaled}cargo bench --workspace --bench tla_children (0, 1 and 2 children in turn)"
+        ),
     };
     write_bench_section("tla-children", &command, &body).expect("write BENCHMARKS.md");
 }
