@@ -45,7 +45,11 @@ pub fn dump_dom(url: &str, screenshot: Option<&std::path::Path>) -> String {
         .arg("--virtual-time-budget=15000")
         .arg(format!("--user-data-dir={}", profile.path().display()));
     match screenshot {
-        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
+        Some(p) => {
+            // A file left by an earlier run must not pass for this one's.
+            let _ = std::fs::remove_file(p);
+            cmd.arg(format!("--screenshot={}", p.display()))
+        }
         None => cmd.arg("--dump-dom"),
     };
     let out = cmd.arg(url).output().expect("run chromium");
