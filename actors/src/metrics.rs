@@ -52,6 +52,8 @@ pub struct Metrics {
     pub answer_cache_hits: AtomicU64,
     /// Statements run on a plan kept from an earlier run (`[sql] plan_cache_entries`).
     pub plans_reused: AtomicU64,
+    /// Aggregates read from their results kept on the snapshot (`[sql] aggregate_cache_mb`).
+    pub aggregates_read: AtomicU64,
     /// Connections to `[link] listen` closed at once: past the session caps.
     pub link_refused: AtomicU64,
     /// Failed accepts at `[link] listen` (out of descriptors, ...).

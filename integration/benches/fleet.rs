@@ -105,6 +105,9 @@ struct Throughput {
     /// Queries the SQL node stopped at `heavy_query_after` and ran again in a heavy
     /// client's place (`query_queries_moved_to_heavy_total`).
     moved_to_heavy: f64,
+    /// Aggregates the SQL node read from results kept for the generation rather than ran
+    /// (`query_aggregates_read_total`, `[sql] aggregate_cache_mb`).
+    aggregates_read: f64,
     /// Latency per query name, ms, sorted.
     per_query: BTreeMap<String, Vec<f64>>,
     all: Vec<f64>,
@@ -319,6 +322,7 @@ fn load(
     let requests = AtomicUsize::new(0);
     let cpu_before = proc_usage(sql.pid()).cpu_s;
     let moved_before = metric(sql, "query_queries_moved_to_heavy_total");
+    let read_before = metric(sql, "query_aggregates_read_total");
     let started = Instant::now();
     std::thread::scope(|s| {
         for c in 0..CLIENTS {
@@ -380,6 +384,7 @@ fn load(
     let mut r = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
     r.seconds = started.elapsed().as_secs_f64();
     r.moved_to_heavy = metric(sql, "query_queries_moved_to_heavy_total") - moved_before;
+    r.aggregates_read = metric(sql, "query_aggregates_read_total") - read_before;
     let cpu = proc_usage(sql.pid()).cpu_s - cpu_before - idle_cores * r.seconds;
     r.cpu_per_query = cpu.max(0.0) / r.queries.max(1) as f64;
     r.all.sort_by(f64::total_cmp);
@@ -475,18 +480,19 @@ fn main() {
         ));
     }
     body.push_str(
-        "\n| machines | mix | queries/s | query p50 | query p99 | SQL node CPU per query | failed; rerun as heavy (stopped at `heavy_query_after`) |\n\
-         |---:|---|---:|---:|---:|---:|---:|\n",
+        "\n| machines | mix | queries/s | query p50 | query p99 | SQL node CPU per query | aggregates read from kept results, per query | failed; rerun as heavy (stopped at `heavy_query_after`) |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &runs {
         for (mix, t) in [("varied", &r.throughput), ("repeated", &r.repeated)] {
             body.push_str(&format!(
-                "| {} | {mix} | {:.1} | {:.0} ms | {:.0} ms | {:.1} ms | {}{} |\n",
+                "| {} | {mix} | {:.1} | {:.0} ms | {:.0} ms | {:.1} ms | {:.2} | {}{} |\n",
                 r.machines,
                 t.queries as f64 / t.seconds,
                 percentile(&t.all, 0.5),
                 percentile(&t.all, 0.99),
                 t.cpu_per_query * 1000.0,
+                t.aggregates_read / t.queries.max(1) as f64,
                 t.errors,
                 failures(t),
             ));

@@ -7,9 +7,10 @@
 //! End to end: the same queries over HTTP (`POST /sql`, JSON answer, one keep-alive
 //! connection) against a real `queryd edge` holding the same data: the generation's tables
 //! written to Parquet and served as static tables (identical values and types, partitioned
-//! alike; no publisher runs, its schema directory is empty), the answer cache off. Its
-//! views are computed once per generation, as in service. For the smallest fleet it also
-//! breaks a statement's time down by phase (`Phases`) and times the JSON encoding.
+//! alike; no publisher runs, its schema directory is empty), the answer and aggregate
+//! caches off. Its views are computed once per generation, as in service. For the smallest
+//! fleet it also breaks a statement's time down by phase (`Phases`) and times the JSON
+//! encoding.
 //!
 //! `BENCH_SCALE` (default 1.0) scales the fleets: 1,000 and 10,000 machines, plus 70,000 at
 //! 1.0. `BENCH_RUNS` (default 5) is the number of timed runs after one warm-up (two where a
@@ -477,7 +478,8 @@ fn column_type(dt: &DataType) -> &'static str {
 }
 
 /// A `queryd edge` serving `gen`'s tables as static tables (Parquet files: the same
-/// values and types) beside the shipped ones and views, with the answer cache off.
+/// values and types) beside the shipped ones and views, with the answer and aggregate
+/// caches off.
 fn start_node(gen: &Generation) -> (tempfile::TempDir, Node) {
     use datafusion::parquet::arrow::ArrowWriter;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -540,7 +542,7 @@ fn start_node(gen: &Generation) -> (tempfile::TempDir, Node) {
         format!(
             "[paths]\nschemas = \"schemas\"\nstatic_tables = \"static-tables/index.toml\"\n\
              views = \"views.toml\"\n\n[generation]\ninterval = \"1h\"\n\n\
-             [sql]\nanswer_cache_mb = 0\n\n[edge]\nsocket = \"{}\"\nprewarm = []\n\n\
+             [sql]\nanswer_cache_mb = 0\naggregate_cache_mb = 0\n\n[edge]\nsocket = \"{}\"\nprewarm = []\n\n\
              [link]\nlisten = \"127.0.0.1:0\"\n",
             root.join("publish.sock").display()
         ),
@@ -825,7 +827,7 @@ fn main() {
          floats to {FLOAT_TOLERANCE:e} relative. HTTP is the same query end to end as a client\n\
          sees it: `POST /sql` to a `queryd edge` holding the same tables (written to Parquet\n\
          and served as static tables: same values, types and partitions), JSON answer parsed,\n\
-         one keep-alive connection, answer cache off, plans kept as in service; its views are\n\
+         one keep-alive connection, answer and aggregate caches off, plans kept as in service; its views are\n\
          computed once per generation as in service. HTTP ratio is HTTP / DuckDB; answers match means Query,\n\
          HTTP and DuckDB agree.\n\n\
          DataFusion {}, DuckDB {}.\n",

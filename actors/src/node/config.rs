@@ -329,6 +329,9 @@ pub struct SqlConfig {
     /// Optimized plans kept for statements met again in a later generation (alerts,
     /// reports, dashboards): only physical planning and execution run again; 0 = off.
     pub plan_cache_entries: usize,
+    /// Aggregates' results kept for the snapshot they were computed on, MiB: the same
+    /// aggregate under another threshold (`HAVING COUNT(*) > 20`) is read, not run; 0 = off.
+    pub aggregate_cache_mb: usize,
     pub quarantine: QuarantineConfig,
 }
 
@@ -352,6 +355,7 @@ impl Default for SqlConfig {
             node_query_memory_mb: 0,
             answer_cache_mb: 64,
             plan_cache_entries: crate::sql::DEFAULT_PLAN_CACHE_ENTRIES,
+            aggregate_cache_mb: crate::sql::DEFAULT_AGGREGATE_CACHE_MB,
             quarantine: QuarantineConfig::default(),
         }
     }
@@ -402,6 +406,9 @@ impl SqlConfig {
         }
         if self.answer_cache_mb > 1 << 20 {
             return bad("answer_cache_mb is at most 1048576 (1 TiB)");
+        }
+        if self.aggregate_cache_mb > 1 << 20 {
+            return bad("aggregate_cache_mb is at most 1048576 (1 TiB)");
         }
         // A kept plan holds at most 64 kB of text and literals (`MAX_KEPT_PLAN_BYTES`) and
         // a few kB of plan: 10000 stay under a GB; and the oldest is found by a scan.

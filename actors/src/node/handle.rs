@@ -422,6 +422,9 @@ impl NodeHandle {
         if output.phases.plan_reused {
             self.metrics.plans_reused.fetch_add(1, Ordering::Relaxed);
         }
+        self.metrics
+            .aggregates_read
+            .fetch_add(output.phases.aggregates_read as u64, Ordering::Relaxed);
         if let Some(key) = key {
             q.answers.put(&snapshot, key, &output);
         }

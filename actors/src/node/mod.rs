@@ -445,6 +445,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     )
     .with_schemas(schemas.clone())
     .with_plans(Arc::new(PlanCache::new(config.sql.plan_cache_entries)))
+    .with_aggregate_cache(config.sql.aggregate_cache_mb << 20)
     // Only SQL nodes are queried as a rule; the others keep one copy of their generation.
     .with_lazy_tables(!matches!(config.role, Role::Sql | Role::TlaSql));
     let keeper = supervisor.start_actor("snapshot_keeper", keeper);

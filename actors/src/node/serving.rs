@@ -38,7 +38,8 @@ pub struct SnapshotKeeper {
     /// Published tables' definitions, for their descriptions (`query_columns`).
     schemas: SchemaRegistry,
     /// When snapshots coalesce published tables (a SQL node at build, others on use), and
-    /// the plans every snapshot shares (`[sql] plan_cache_entries`).
+    /// the plans every snapshot shares (`[sql] plan_cache_entries`), and the bytes of
+    /// aggregates' results each keeps (`[sql] aggregate_cache_mb`).
     options: BuildOptions,
 }
 
@@ -77,14 +78,20 @@ impl SnapshotKeeper {
         self
     }
 
-    /// Coalesce published tables on their first scan, not when a snapshot is built: for
-    /// nodes that seldom answer queries (one copy of the generation held, not two).
     /// The plan cache every snapshot shares (`[sql] plan_cache_entries`).
     pub fn with_plans(mut self, plans: Arc<PlanCache>) -> Self {
         self.options.plans = plans;
         self
     }
 
+    /// Bytes of aggregates' results each snapshot keeps (`[sql] aggregate_cache_mb`).
+    pub fn with_aggregate_cache(mut self, bytes: usize) -> Self {
+        self.options.aggregate_cache_bytes = bytes;
+        self
+    }
+
+    /// Coalesce published tables on their first scan, not when a snapshot is built: for
+    /// nodes that seldom answer queries (one copy of the generation held, not two).
     pub fn with_lazy_tables(mut self, lazy: bool) -> Self {
         self.options.copies = match lazy {
             true => TableCopies::OnFirstScan,

@@ -23,6 +23,7 @@ use futures::StreamExt;
 
 use super::describe::Descriptions;
 use super::front_door::{parse_checked, ParseLimits};
+use super::kept_aggregates::KeptAggregates;
 use super::memory::MemoryBudget;
 use super::names;
 use super::plans::{self, KeptPlan, PlanCache, PlanKey};
@@ -137,6 +138,9 @@ pub struct Phases {
     /// True if the optimized plan was kept from an earlier run of the statement (`plans`):
     /// `plan` is then binding it to this snapshot, and analyze and optimize are zero.
     pub plan_reused: bool,
+    /// Aggregates read from their results kept on this snapshot (`[sql]
+    /// aggregate_cache_mb`) rather than run.
+    pub aggregates_read: usize,
 }
 
 impl QueryOutput {
@@ -176,6 +180,8 @@ pub struct Snapshot {
     catalog: u64,
     /// Optimized plans of statements met before, on this snapshot or an earlier one.
     plans: Arc<PlanCache>,
+    /// Aggregates' results computed on this snapshot (`kept_aggregates`).
+    aggregates: Arc<KeptAggregates>,
 }
 
 /// A statement whose scanned tables (views followed to theirs) hold at most this many
@@ -282,6 +288,16 @@ impl Snapshot {
             ..
         } = planned;
         phases.single_partition = single_partition;
+        // An answer that depends on the snapshot alone has aggregates that do too. EXPLAIN
+        // shows the plan as planned.
+        let explained = matches!(optimized, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
+        let optimized = if cacheable && !explained {
+            let (plan, read) = self.aggregates.substitute(optimized)?;
+            phases.aggregates_read = read;
+            plan
+        } else {
+            optimized
+        };
         // Time-sliced: a plan that never waits for input still gives its thread to other
         // queries and stops soon after its deadline aborts it.
         let physical = time_sliced(
@@ -746,6 +762,7 @@ pub(super) mod tests {
         let options = BuildOptions {
             copies: TableCopies::Eager,
             plans,
+            ..BuildOptions::default()
         };
         Snapshot::build_with(
             builder.seal(1, 1, SystemTime::now()),

@@ -12,6 +12,7 @@ mod eager_aggregate;
 mod engine;
 mod front_door;
 mod guarded;
+mod kept_aggregates;
 mod machine_keys;
 mod memory;
 mod names;
@@ -37,6 +38,7 @@ pub use engine::{
     DEFAULT_MAX_RESULT_BYTES, SINGLE_PARTITION_ROWS,
 };
 pub use front_door::{parse_checked, ParseLimits, STACK_BYTES};
+pub use kept_aggregates::DEFAULT_AGGREGATE_CACHE_MB;
 pub use memory::MemoryBudget;
 pub use plans::{PlanCache, DEFAULT_PLAN_CACHE_ENTRIES};
 pub use pool::SqlPool;

@@ -555,6 +555,7 @@ mod tests {
         let options = BuildOptions {
             copies: TableCopies::OnFirstScan,
             plans: plans.clone(),
+            ..BuildOptions::default()
         };
         let snap = Snapshot::build_with(
             generation,

@@ -20,6 +20,9 @@ use crate::sql::coalesced::CoalescedTable;
 use crate::sql::division::NullOnDivideByZero;
 use crate::sql::eager_aggregate::EagerAggregate;
 use crate::sql::guarded::guard_functions;
+use crate::sql::kept_aggregates::{
+    KeptAggregatePlanner, KeptAggregates, DEFAULT_AGGREGATE_CACHE_MB,
+};
 use crate::sql::machine_keys::{keyed_name, KeyedTables, Keying, MachineKeyJoins};
 use crate::sql::physical_rules;
 use crate::sql::plans::{self, PlanCache, DEFAULT_PLAN_CACHE_ENTRIES};
@@ -36,6 +39,8 @@ pub struct BuildOptions {
     /// Optimized plans of statements and views met before, on this snapshot or an earlier
     /// one: the node's, shared by its snapshots (`[sql] plan_cache_entries`).
     pub plans: Arc<PlanCache>,
+    /// Bytes of aggregates' results each snapshot keeps (`[sql] aggregate_cache_mb`).
+    pub aggregate_cache_bytes: usize,
 }
 
 impl Default for BuildOptions {
@@ -43,6 +48,7 @@ impl Default for BuildOptions {
         BuildOptions {
             copies: TableCopies::Eager,
             plans: Arc::new(PlanCache::new(DEFAULT_PLAN_CACHE_ENTRIES)),
+            aggregate_cache_bytes: DEFAULT_AGGREGATE_CACHE_MB << 20,
         }
     }
 }
@@ -110,7 +116,11 @@ impl Snapshot {
         view_computations_total: Arc<AtomicU64>,
         options: BuildOptions,
     ) -> Snapshot {
-        let BuildOptions { copies, plans } = options;
+        let BuildOptions {
+            copies,
+            plans,
+            aggregate_cache_bytes,
+        } = options;
         let keyed = KeyedTables::default();
         let rows = table_rows(&generation, &statics);
         let ctx = new_context_sized(session_config(partitions), rows, keyed.clone());
@@ -168,6 +178,7 @@ impl Snapshot {
             sources,
             catalog,
             plans,
+            aggregates: KeptAggregates::new(aggregate_cache_bytes),
         }
     }
 }
@@ -445,6 +456,7 @@ pub(crate) fn new_context_sized(
         // Last: it rewrites the joins as the rules before it left them.
         .with_optimizer_rule(Arc::new(MachineKeyJoins::new(keyed)))
         .with_physical_optimizer_rules(physical_rules::all())
+        .with_query_planner(Arc::new(KeptAggregatePlanner))
         .build();
     SessionContext::new_with_state(state)
 }
