@@ -5,14 +5,21 @@
 //! (`HAVING COUNT(*) > 10`, then `> 20`): the answer cache cannot serve them (the texts
 //! differ), but the aggregate under the threshold is the same.
 //!
+//! The same holds for the top rows of each window partition (`ROW_NUMBER() OVER (PARTITION
+//! BY cluster ORDER BY rss DESC) AS rn ... WHERE rn <= 3`, then `<= 5`): the window's rows
+//! with `rn` up to a bound, kept for the window, serve every bound up to it, the filter
+//! above them picking the rows asked for.
+//!
 //! This module owns:
-//! - [`KeptAggregates`], one per snapshot: results by their aggregate's logical plan. An
+//! - [`KeptAggregates`], one per snapshot: results by their aggregate's logical plan (a
+//!   top-k's by its window's, with the bound its rows were kept for). An
 //!   aggregate is kept the second time it is met on the snapshot (one met once is likely a
 //!   one-off), if its result is small enough (an eighth of the budget, `[sql]
 //!   aggregate_cache_mb`); once the budget is spent nothing more is kept for the snapshot.
+//!   A top-k kept for a higher bound replaces the rows kept for a lower one.
 //! - [`KeptAggregates::substitute`], run on a statement's optimized plan just before
-//!   physical planning: each outermost aggregate whose result is kept is replaced by a
-//!   node reading it, one met before by a node that runs it and keeps its result.
+//!   physical planning: each outermost aggregate or top-k whose result is kept is replaced
+//!   by a node reading it, one met before by a node that runs it and keeps its result.
 //! - [`KeptAggregatePlanner`], which plans those nodes: a scan of the kept batches, or
 //!   [`exec::KeepExec`] over the aggregate's own plan.
 //!
@@ -32,11 +39,12 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{internal_err, DFSchemaRef, Result};
+use datafusion::common::{internal_err, DFSchemaRef, Result, ScalarValue};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
-    Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+    BinaryExpr, Expr, Extension, Filter, LogicalPlan, Operator, UserDefinedLogicalNode,
+    UserDefinedLogicalNodeCore,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
@@ -68,11 +76,14 @@ struct Inner {
     bytes: usize,
 }
 
-/// One aggregate's result: every partition's batches, in one partition.
+/// One aggregate's result (or a top-k window's rows up to `bound`): every partition's
+/// batches, in one partition.
 #[derive(Debug)]
 pub(crate) struct Kept {
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
+    bound: Option<u64>,
+    bytes: usize,
 }
 
 impl KeptAggregates {
@@ -94,8 +105,8 @@ impl KeptAggregates {
         self.budget / LARGEST_SHARE
     }
 
-    /// `plan` with each outermost aggregate whose result is kept read from it, and each
-    /// met before run and kept; how many were read from kept results.
+    /// `plan` with each outermost aggregate (or top-k window) whose result is kept read
+    /// from it, and each met before run and kept; how many were read from kept results.
     pub(crate) fn substitute(self: &Arc<Self>, plan: LogicalPlan) -> Result<(LogicalPlan, usize)> {
         if self.budget == 0 {
             return Ok((plan, 0));
@@ -103,74 +114,195 @@ impl KeptAggregates {
         let mut read = 0;
         let plan = plan
             .transform_down(|node| {
-                let LogicalPlan::Aggregate(aggregate) = &node else {
-                    return Ok(Transformed::no(node));
+                let replaced = match &node {
+                    LogicalPlan::Aggregate(_) => self.aggregate(node, &mut read),
+                    LogicalPlan::Filter(filter) => match top_k(filter) {
+                        Some(bound) => self.top_k(node, bound, &mut read)?,
+                        None => Transformed::no(node),
+                    },
+                    _ => Transformed::no(node),
                 };
-                let schema = aggregate.schema.clone();
-                let hash = hash_of(&node);
-                let mut inner = self.lock();
-                let step = if let Some(kept) = inner.find(hash, &node) {
-                    read += 1;
-                    Step::Read(kept)
-                } else if inner.met.contains(&hash) {
-                    Step::Keep(Arc::new(Keeper {
-                        cache: self.clone(),
-                        key: node.clone(),
-                        hash,
-                    }))
-                } else {
-                    if inner.met.len() >= MAX_MET_ONCE {
-                        inner.met.clear();
-                    }
-                    inner.met.insert(hash);
-                    // Met once: the aggregates inside it may be met again.
-                    return Ok(Transformed::no(node));
-                };
-                let input = match step {
-                    Step::Read(_) => None,
-                    Step::Keep(_) => Some(node),
-                };
-                let replaced = LogicalPlan::Extension(Extension {
-                    node: Arc::new(KeptAggregateNode {
-                        schema,
-                        input,
-                        step,
-                    }),
-                });
-                Ok(Transformed::new(replaced, true, TreeNodeRecursion::Jump))
+                Ok(replaced)
             })?
             .data;
         Ok((plan, read))
     }
 
-    /// Keeps `batches` as the result of `key` if there is room (see the module).
-    fn keep(&self, hash: u64, key: &LogicalPlan, schema: SchemaRef, batches: Vec<RecordBatch>) {
+    /// An aggregate read from its result, run and kept, or as it is (met for the first
+    /// time: the aggregates inside it may be met again).
+    fn aggregate(
+        self: &Arc<Self>,
+        node: LogicalPlan,
+        read: &mut usize,
+    ) -> Transformed<LogicalPlan> {
+        let schema = node.schema().clone();
+        match self.step(&node, None) {
+            Some(Step::Read(kept)) => {
+                *read += 1;
+                Transformed::new(
+                    extension(schema, None, Step::Read(kept)),
+                    true,
+                    TreeNodeRecursion::Jump,
+                )
+            }
+            Some(keep) => Transformed::new(
+                extension(schema, Some(node), keep),
+                true,
+                TreeNodeRecursion::Jump,
+            ),
+            None => Transformed::no(node),
+        }
+    }
+
+    /// `filter` (`rn <= bound` over a window, see [`top_k`]) over its window's kept rows,
+    /// run and kept, or as it is. The key is the window: rows kept for a bound serve every
+    /// bound up to it, the filter above them picking the rows the statement asks for.
+    fn top_k(
+        self: &Arc<Self>,
+        node: LogicalPlan,
+        bound: u64,
+        read: &mut usize,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let LogicalPlan::Filter(filter) = &node else {
+            return Ok(Transformed::no(node));
+        };
+        let window = filter.input.as_ref();
+        let schema = node.schema().clone();
+        Ok(match self.step(window, Some(bound)) {
+            Some(Step::Read(kept)) => {
+                *read += 1;
+                let rows = extension(schema, None, Step::Read(kept));
+                let above = Filter::try_new(filter.predicate.clone(), Arc::new(rows))?;
+                Transformed::new(LogicalPlan::Filter(above), true, TreeNodeRecursion::Jump)
+            }
+            Some(keep) => Transformed::new(
+                extension(schema, Some(node), keep),
+                true,
+                TreeNodeRecursion::Jump,
+            ),
+            None => Transformed::no(node),
+        })
+    }
+
+    /// Read `key`'s result if one is kept (for a top-k, for `bound` or more), keep it if
+    /// `key` was met before on this snapshot, or None (now met once).
+    fn step(self: &Arc<Self>, key: &LogicalPlan, bound: Option<u64>) -> Option<Step> {
+        let hash = hash_of(key);
+        let mut inner = self.lock();
+        if let Some(kept) = inner.find(hash, key, bound) {
+            return Some(Step::Read(kept));
+        }
+        if inner.met.contains(&hash) {
+            return Some(Step::Keep(Arc::new(Keeper {
+                cache: self.clone(),
+                key: key.clone(),
+                hash,
+                bound,
+            })));
+        }
+        if inner.met.len() >= MAX_MET_ONCE {
+            inner.met.clear();
+        }
+        inner.met.insert(hash);
+        None
+    }
+
+    /// Keeps `batches` as the result of `key` (for a top-k, its rows up to `bound`) if
+    /// there is room (see the module); they replace rows kept for a lower bound.
+    fn keep(&self, keeper: &Keeper, schema: SchemaRef, batches: Vec<RecordBatch>) {
         let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
         if bytes > self.largest() {
             return;
         }
         let mut inner = self.lock();
-        if inner.bytes + bytes > self.budget || inner.find(hash, key).is_some() {
+        if inner.find(keeper.hash, &keeper.key, keeper.bound).is_some() {
+            return;
+        }
+        let same = inner.kept.entry(keeper.hash).or_default();
+        let lower = same.iter().position(|(p, _)| *p == keeper.key);
+        let freed = lower.map_or(0, |i| same.remove(i).1.bytes);
+        inner.bytes -= freed;
+        if inner.bytes + bytes > self.budget {
             return;
         }
         inner.bytes += bytes;
-        let kept = Arc::new(Kept { schema, batches });
+        let kept = Arc::new(Kept {
+            schema,
+            batches,
+            bound: keeper.bound,
+            bytes,
+        });
         inner
             .kept
-            .entry(hash)
+            .entry(keeper.hash)
             .or_default()
-            .push((key.clone(), kept));
+            .push((keeper.key.clone(), kept));
     }
 }
 
 impl Inner {
-    fn find(&self, hash: u64, plan: &LogicalPlan) -> Option<Arc<Kept>> {
+    /// The result kept for `plan` (for a top-k: for `bound` or more).
+    fn find(&self, hash: u64, plan: &LogicalPlan, bound: Option<u64>) -> Option<Arc<Kept>> {
         self.kept
             .get(&hash)?
             .iter()
-            .find(|(p, _)| p == plan)
+            .find(|(p, k)| p == plan && k.bound >= bound)
             .map(|(_, k)| k.clone())
     }
+}
+
+/// A logical node for `step`: reading a kept result (no input), or running `input` and
+/// keeping its result.
+fn extension(schema: DFSchemaRef, input: Option<LogicalPlan>, step: Step) -> LogicalPlan {
+    LogicalPlan::Extension(Extension {
+        node: Arc::new(KeptAggregateNode {
+            schema,
+            input,
+            step,
+        }),
+    })
+}
+
+/// The bound `b` of a filter `rn <= b` (or `rn < b + 1`, `rn = b`) directly over the
+/// window that computes `rn` as `ROW_NUMBER()`, `RANK()` or `DENSE_RANK()`: the rows it
+/// passes are among the window's rows whose `rn` is at most `b`, and those rows with
+/// their values do not depend on `b` (each window value is computed over its whole
+/// partition).
+fn top_k(filter: &Filter) -> Option<u64> {
+    let LogicalPlan::Window(window) = filter.input.as_ref() else {
+        return None;
+    };
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = &filter.predicate else {
+        return None;
+    };
+    let (column, op, value) = match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(v, _)) => (c, *op, v),
+        (Expr::Literal(v, _), Expr::Column(c)) => (c, op.swap()?, v),
+        _ => return None,
+    };
+    let value = match value {
+        ScalarValue::UInt64(Some(v)) => i128::from(*v),
+        ScalarValue::Int64(Some(v)) => i128::from(*v),
+        ScalarValue::UInt32(Some(v)) => i128::from(*v),
+        ScalarValue::Int32(Some(v)) => i128::from(*v),
+        _ => return None,
+    };
+    let bound = match op {
+        Operator::LtEq | Operator::Eq => value,
+        Operator::Lt => value - 1,
+        _ => return None,
+    };
+    // A window's output is its input's columns, then one per window expression.
+    let at = window.schema.index_of_column(column).ok()?;
+    let first = window.input.schema().fields().len();
+    let expr = window.window_expr.get(at.checked_sub(first)?)?;
+    let Expr::WindowFunction(f) = expr.clone().unalias_nested().data else {
+        return None;
+    };
+    let ranked = matches!(f.fun.name(), "row_number" | "rank" | "dense_rank");
+    (ranked && bound >= 1)
+        .then(|| u64::try_from(bound).ok())
+        .flatten()
 }
 
 fn hash_of(plan: &LogicalPlan) -> u64 {
@@ -185,6 +317,8 @@ struct Keeper {
     cache: Arc<KeptAggregates>,
     key: LogicalPlan,
     hash: u64,
+    /// For a top-k window, the bound its rows are kept for.
+    bound: Option<u64>,
 }
 
 impl fmt::Debug for KeptAggregates {
@@ -197,7 +331,7 @@ impl fmt::Debug for KeptAggregates {
 
 impl Keeper {
     fn keep(&self, schema: SchemaRef, batches: Vec<RecordBatch>) {
-        self.cache.keep(self.hash, &self.key, schema, batches);
+        self.cache.keep(self, schema, batches);
     }
 
     /// The largest result worth collecting.

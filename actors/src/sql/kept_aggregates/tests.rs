@@ -228,3 +228,53 @@ async fn explain_shows_the_plan_as_planned() {
         }
     }
 }
+
+/// The top rows of each machine by `rss` (names are unique within a machine: a total
+/// order), those with `rn` passing `filter`.
+fn top(filter: &str) -> String {
+    format!(
+        "SELECT * FROM (SELECT machine_ip, name, rss, ROW_NUMBER() OVER (PARTITION BY machine_ip \
+         ORDER BY rss DESC, name) AS rn FROM procs) t WHERE {filter} ORDER BY machine_ip, rn"
+    )
+}
+
+#[tokio::test]
+async fn the_top_rows_kept_for_a_bound_serve_every_bound_up_to_it() {
+    // 40 machines of 1,000 rows.
+    let snap = snapshot(40_000, 20_000, 0, 32 << 20).await;
+    let plain = snapshot(40_000, 20_000, 0, 0).await;
+    // (filter, read from kept rows): met, kept for 3, read for 3 and below; 5 runs (and is
+    // kept, met before), then 5 and below are read.
+    let steps = [
+        ("rn <= 3", false),
+        ("rn <= 3", false),
+        ("rn <= 2", true),
+        ("rn <= 3", true),
+        ("rn < 4", true),
+        ("rn = 1", true),
+        ("3 >= rn", true),
+        ("rn <= 5", false),
+        ("rn <= 4", true),
+        ("rn <= 5", true),
+        ("rn = 5", true),
+        ("rn <= 6", false),
+    ];
+    for (filter, read) in steps {
+        let sql = top(filter);
+        let out = snap.query(&sql, &unlimited()).await.expect("answer");
+        assert_eq!(out.phases.aggregates_read, usize::from(read), "{filter}");
+        let expected = plain.query(&sql, &unlimited()).await.expect("answer");
+        assert_eq!(rows(&out), rows(&expected), "{filter}");
+        assert!(out.rows() >= 40, "{filter}: {}", out.rows());
+    }
+    // Other filters over the window are not a top k: run each time.
+    for filter in ["rn > 998", "rn >= 999", "rss <= 3"] {
+        for _ in 0..3 {
+            let sql = top(filter);
+            let out = snap.query(&sql, &unlimited()).await.expect("answer");
+            assert_eq!(out.phases.aggregates_read, 0, "{filter}");
+            let expected = plain.query(&sql, &unlimited()).await.expect("answer");
+            assert_eq!(rows(&out), rows(&expected), "{filter}");
+        }
+    }
+}
