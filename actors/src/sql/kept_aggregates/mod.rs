@@ -117,7 +117,7 @@ impl KeptAggregates {
                 let replaced = match &node {
                     LogicalPlan::Aggregate(_) => self.aggregate(node, &mut read),
                     LogicalPlan::Filter(filter) => match top_k(filter) {
-                        Some(bound) => self.top_k(node, bound, &mut read)?,
+                        Some(top) => self.top_k(node, top, &mut read)?,
                         None => Transformed::no(node),
                     },
                     _ => Transformed::no(node),
@@ -160,7 +160,7 @@ impl KeptAggregates {
     fn top_k(
         self: &Arc<Self>,
         node: LogicalPlan,
-        bound: u64,
+        TopK { bound, whole }: TopK,
         read: &mut usize,
     ) -> Result<Transformed<LogicalPlan>> {
         let LogicalPlan::Filter(filter) = &node else {
@@ -175,12 +175,13 @@ impl KeptAggregates {
                 let above = Filter::try_new(filter.predicate.clone(), Arc::new(rows))?;
                 Transformed::new(LogicalPlan::Filter(above), true, TreeNodeRecursion::Jump)
             }
-            Some(keep) => Transformed::new(
+            // `rn = 5` passes only some of the rows up to 5: it cannot keep them.
+            Some(keep) if whole => Transformed::new(
                 extension(schema, Some(node), keep),
                 true,
                 TreeNodeRecursion::Jump,
             ),
-            None => Transformed::no(node),
+            _ => Transformed::no(node),
         })
     }
 
@@ -263,12 +264,22 @@ fn extension(schema: DFSchemaRef, input: Option<LogicalPlan>, step: Step) -> Log
     })
 }
 
+/// A filter over a window's rank (see [`top_k`]).
+#[derive(Debug, Clone, Copy)]
+struct TopK {
+    /// The rows the filter passes are among those whose rank is at most this.
+    bound: u64,
+    /// It passes all of those (`rn <= b`, `rn < b + 1`; not `rn = b`): what it passes can
+    /// be kept for `bound`.
+    whole: bool,
+}
+
 /// The bound `b` of a filter `rn <= b` (or `rn < b + 1`, `rn = b`) directly over the
 /// window that computes `rn` as `ROW_NUMBER()`, `RANK()` or `DENSE_RANK()`: the rows it
 /// passes are among the window's rows whose `rn` is at most `b`, and those rows with
 /// their values do not depend on `b` (each window value is computed over its whole
 /// partition).
-fn top_k(filter: &Filter) -> Option<u64> {
+fn top_k(filter: &Filter) -> Option<TopK> {
     let LogicalPlan::Window(window) = filter.input.as_ref() else {
         return None;
     };
@@ -287,9 +298,10 @@ fn top_k(filter: &Filter) -> Option<u64> {
         ScalarValue::Int32(Some(v)) => i128::from(*v),
         _ => return None,
     };
-    let bound = match op {
-        Operator::LtEq | Operator::Eq => value,
-        Operator::Lt => value - 1,
+    let (bound, whole) = match op {
+        Operator::LtEq => (value, true),
+        Operator::Lt => (value - 1, true),
+        Operator::Eq => (value, false),
         _ => return None,
     };
     // A window's output is its input's columns, then one per window expression.
@@ -300,9 +312,8 @@ fn top_k(filter: &Filter) -> Option<u64> {
         return None;
     };
     let ranked = matches!(f.fun.name(), "row_number" | "rank" | "dense_rank");
-    (ranked && bound >= 1)
-        .then(|| u64::try_from(bound).ok())
-        .flatten()
+    let bound = u64::try_from(bound).ok().filter(|b| ranked && *b >= 1)?;
+    Some(TopK { bound, whole })
 }
 
 fn hash_of(plan: &LogicalPlan) -> u64 {

@@ -258,6 +258,13 @@ async fn the_top_rows_kept_for_a_bound_serve_every_bound_up_to_it() {
         ("rn <= 5", true),
         ("rn = 5", true),
         ("rn <= 6", false),
+        // `rn = k` reads rows kept for k or more, and keeps none of its own: it passes
+        // only the k-th rows.
+        ("rn = 7", false),
+        ("rn = 7", false),
+        ("rn = 7", false),
+        ("rn <= 7", false),
+        ("rn = 7", true),
     ];
     for (filter, read) in steps {
         let sql = top(filter);
