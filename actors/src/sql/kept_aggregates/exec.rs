@@ -3,6 +3,7 @@
 //! partition has ended.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
@@ -58,6 +59,7 @@ impl KeepExec {
                 keeper: keeper.clone(),
                 schema: input.schema(),
                 parts: Mutex::new(vec![None; partitions]),
+                bytes: AtomicUsize::new(0),
             }),
             input,
             keeper,
@@ -114,7 +116,6 @@ impl ExecutionPlan for KeepExec {
         Ok(Box::pin(Keeping {
             input,
             held: Some(Vec::new()),
-            bytes: 0,
             partition,
             run: self.run.clone(),
         }))
@@ -127,6 +128,8 @@ struct Run {
     keeper: Arc<Keeper>,
     schema: SchemaRef,
     parts: Mutex<Vec<Option<Vec<RecordBatch>>>>,
+    /// What every partition holds so far: past what would be kept, they hold nothing more.
+    bytes: AtomicUsize,
 }
 
 impl Run {
@@ -153,7 +156,6 @@ struct Keeping {
     input: SendableRecordBatchStream,
     /// None once this partition can keep nothing (too large, or an error).
     held: Option<Vec<RecordBatch>>,
-    bytes: usize,
     partition: usize,
     run: Arc<Run>,
 }
@@ -166,8 +168,9 @@ impl Stream for Keeping {
         let this = &mut *self;
         match &next {
             Some(Ok(batch)) => {
-                this.bytes += batch.get_array_memory_size();
-                if this.bytes > this.run.keeper.largest() {
+                let size = batch.get_array_memory_size();
+                let all = this.run.bytes.fetch_add(size, Ordering::Relaxed) + size;
+                if all > this.run.keeper.largest() {
                     this.held = None;
                 } else if let Some(held) = &mut this.held {
                     held.push(batch.clone());

@@ -82,8 +82,28 @@ struct Inner {
 pub(crate) struct Kept {
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
-    bound: Option<u64>,
+    bound: Option<Rank>,
     bytes: usize,
+}
+
+/// Which rank column of a window a top-k's rows were kept (or are asked) for, and up to
+/// which rank. Rows kept for one rank column serve only that column: `ROW_NUMBER() <= 3`
+/// drops ties that `RANK() <= 3` over the same window passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rank {
+    /// The window expression's position in its window.
+    column: usize,
+    bound: u64,
+}
+
+/// Whether rows kept for `kept` hold every row asked for `asked` (both None: an
+/// aggregate's whole result).
+fn covers(kept: Option<Rank>, asked: Option<Rank>) -> bool {
+    match (kept, asked) {
+        (None, None) => true,
+        (Some(k), Some(a)) => k.column == a.column && k.bound >= a.bound,
+        _ => false,
+    }
 }
 
 impl KeptAggregates {
@@ -108,7 +128,7 @@ impl KeptAggregates {
     /// `plan` with each outermost aggregate (or top-k window) whose result is kept read
     /// from it, and each met before run and kept; how many were read from kept results.
     pub(crate) fn substitute(self: &Arc<Self>, plan: LogicalPlan) -> Result<(LogicalPlan, usize)> {
-        if self.budget == 0 {
+        if self.budget == 0 || recursive(&plan) {
             return Ok((plan, 0));
         }
         let mut read = 0;
@@ -160,7 +180,7 @@ impl KeptAggregates {
     fn top_k(
         self: &Arc<Self>,
         node: LogicalPlan,
-        TopK { bound, whole }: TopK,
+        TopK { rank, whole }: TopK,
         read: &mut usize,
     ) -> Result<Transformed<LogicalPlan>> {
         let LogicalPlan::Filter(filter) = &node else {
@@ -168,7 +188,7 @@ impl KeptAggregates {
         };
         let window = filter.input.as_ref();
         let schema = node.schema().clone();
-        Ok(match self.step(window, Some(bound)) {
+        Ok(match self.step(window, Some(rank)) {
             Some(Step::Read(kept)) => {
                 *read += 1;
                 let rows = extension(schema, None, Step::Read(kept));
@@ -187,7 +207,7 @@ impl KeptAggregates {
 
     /// Read `key`'s result if one is kept (for a top-k, for `bound` or more), keep it if
     /// `key` was met before on this snapshot, or None (now met once).
-    fn step(self: &Arc<Self>, key: &LogicalPlan, bound: Option<u64>) -> Option<Step> {
+    fn step(self: &Arc<Self>, key: &LogicalPlan, bound: Option<Rank>) -> Option<Step> {
         let hash = hash_of(key);
         let mut inner = self.lock();
         if let Some(kept) = inner.find(hash, key, bound) {
@@ -219,14 +239,23 @@ impl KeptAggregates {
         if inner.find(keeper.hash, &keeper.key, keeper.bound).is_some() {
             return;
         }
-        let same = inner.kept.entry(keeper.hash).or_default();
-        let lower = same.iter().position(|(p, _)| *p == keeper.key);
-        let freed = lower.map_or(0, |i| same.remove(i).1.bytes);
-        inner.bytes -= freed;
-        if inner.bytes + bytes > self.budget {
+        // Rows kept for a lower bound of the same rank column give way.
+        let column = keeper.bound.map(|r| r.column);
+        let lower = inner.kept.get(&keeper.hash).and_then(|same| {
+            same.iter()
+                .position(|(p, k)| *p == keeper.key && k.bound.map(|r| r.column) == column)
+        });
+        let freed = match (lower, inner.kept.get(&keeper.hash)) {
+            (Some(i), Some(same)) => same[i].1.bytes,
+            _ => 0,
+        };
+        if inner.bytes - freed + bytes > self.budget {
             return;
         }
-        inner.bytes += bytes;
+        if let (Some(i), Some(same)) = (lower, inner.kept.get_mut(&keeper.hash)) {
+            same.remove(i);
+        }
+        inner.bytes = inner.bytes - freed + bytes;
         let kept = Arc::new(Kept {
             schema,
             batches,
@@ -243,13 +272,30 @@ impl KeptAggregates {
 
 impl Inner {
     /// The result kept for `plan` (for a top-k: for `bound` or more).
-    fn find(&self, hash: u64, plan: &LogicalPlan, bound: Option<u64>) -> Option<Arc<Kept>> {
+    fn find(&self, hash: u64, plan: &LogicalPlan, bound: Option<Rank>) -> Option<Arc<Kept>> {
         self.kept
             .get(&hash)?
             .iter()
-            .find(|(p, k)| p == plan && k.bound >= bound)
+            .find(|(p, k)| p == plan && covers(k.bound, bound))
             .map(|(_, k)| k.clone())
     }
+}
+
+/// Whether `plan` (subqueries included) has a recursive query: its recursive term scans a
+/// work table under the query's name, which a scan of a table of that name would equal
+/// (`TableScan` equality leaves its source out), and an aggregate there has another result
+/// at each iteration.
+fn recursive(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        found = matches!(node, LogicalPlan::RecursiveQuery(_));
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
 }
 
 /// A logical node for `step`: reading a kept result (no input), or running `input` and
@@ -267,8 +313,9 @@ fn extension(schema: DFSchemaRef, input: Option<LogicalPlan>, step: Step) -> Log
 /// A filter over a window's rank (see [`top_k`]).
 #[derive(Debug, Clone, Copy)]
 struct TopK {
-    /// The rows the filter passes are among those whose rank is at most this.
-    bound: u64,
+    /// The rows the filter passes are among those whose rank (in this column) is at most
+    /// its bound.
+    rank: Rank,
     /// It passes all of those (`rn <= b`, `rn < b + 1`; not `rn = b`): what it passes can
     /// be kept for `bound`.
     whole: bool,
@@ -307,13 +354,17 @@ fn top_k(filter: &Filter) -> Option<TopK> {
     // A window's output is its input's columns, then one per window expression.
     let at = window.schema.index_of_column(column).ok()?;
     let first = window.input.schema().fields().len();
-    let expr = window.window_expr.get(at.checked_sub(first)?)?;
+    let column = at.checked_sub(first)?;
+    let expr = window.window_expr.get(column)?;
     let Expr::WindowFunction(f) = expr.clone().unalias_nested().data else {
         return None;
     };
     let ranked = matches!(f.fun.name(), "row_number" | "rank" | "dense_rank");
     let bound = u64::try_from(bound).ok().filter(|b| ranked && *b >= 1)?;
-    Some(TopK { bound, whole })
+    Some(TopK {
+        rank: Rank { column, bound },
+        whole,
+    })
 }
 
 fn hash_of(plan: &LogicalPlan) -> u64 {
@@ -328,8 +379,8 @@ struct Keeper {
     cache: Arc<KeptAggregates>,
     key: LogicalPlan,
     hash: u64,
-    /// For a top-k window, the bound its rows are kept for.
-    bound: Option<u64>,
+    /// For a top-k window, the rank column and bound its rows are kept for.
+    bound: Option<Rank>,
 }
 
 impl fmt::Debug for KeptAggregates {
