@@ -759,10 +759,24 @@ pub(super) mod tests {
         builder: crate::generation::GenerationBuilder,
         plans: Arc<PlanCache>,
     ) -> Snapshot {
+        sql_node_snapshot_with(
+            builder,
+            BuildOptions {
+                plans,
+                ..BuildOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// [`sql_node_snapshot`] built with `options` (its `copies` set to `Eager`).
+    pub(in crate::sql) async fn sql_node_snapshot_with(
+        builder: crate::generation::GenerationBuilder,
+        options: BuildOptions,
+    ) -> Snapshot {
         let options = BuildOptions {
             copies: TableCopies::Eager,
-            plans,
-            ..BuildOptions::default()
+            ..options
         };
         Snapshot::build_with(
             builder.seal(1, 1, SystemTime::now()),

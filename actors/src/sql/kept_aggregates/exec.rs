@@ -39,7 +39,6 @@ pub(super) fn read(kept: &Kept) -> Result<Arc<dyn ExecutionPlan>> {
 #[derive(Debug)]
 pub(super) struct KeepExec {
     input: Arc<dyn ExecutionPlan>,
-    keeper: Arc<Keeper>,
     properties: Arc<PlanProperties>,
     /// Each partition's batches once it has ended.
     run: Arc<Run>,
@@ -56,13 +55,12 @@ impl KeepExec {
         );
         KeepExec {
             run: Arc::new(Run {
-                keeper: keeper.clone(),
+                keeper,
                 schema: input.schema(),
                 parts: Mutex::new(vec![None; partitions]),
                 bytes: AtomicUsize::new(0),
             }),
             input,
-            keeper,
             properties: Arc::new(properties),
         }
     }
@@ -104,7 +102,7 @@ impl ExecutionPlan for KeepExec {
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = crate::sql::time_slice::only_child(children, "KeepAggregateExec")?;
-        Ok(Arc::new(KeepExec::new(input, self.keeper.clone())))
+        Ok(Arc::new(KeepExec::new(input, self.run.keeper.clone())))
     }
 
     fn execute(

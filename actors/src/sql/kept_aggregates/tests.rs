@@ -1,15 +1,11 @@
-use std::sync::atomic::AtomicU64;
-use std::time::SystemTime;
-
 use datafusion::arrow::array::{Int64Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use super::*;
 use crate::generation::{GenerationBuilder, Part};
-use crate::sql::engine::DEFAULT_MAX_RESULT_BYTES;
-use crate::sql::engine::{BuildOptions, QueryLimits, QueryOutput, Snapshot, TableCopies};
-use crate::static_tables::StaticCatalog;
+use crate::sql::engine::tests::sql_node_snapshot_with;
+use crate::sql::engine::{BuildOptions, QueryLimits, QueryOutput, Snapshot};
 
 /// `procs (machine_ip, name, rss)`: `rows` rows over `names` names, in parts of 1,000 rows;
 /// `shift` changes every `rss`.
@@ -55,20 +51,10 @@ async fn snapshot(rows: usize, names: usize, shift: i64, budget: usize) -> Snaps
         builder.add("procs", part).expect("part");
     }
     let options = BuildOptions {
-        copies: TableCopies::Eager,
         aggregate_cache_bytes: budget,
         ..BuildOptions::default()
     };
-    Snapshot::build_with(
-        builder.seal(1, 1, SystemTime::now()),
-        Arc::new(StaticCatalog::default()),
-        &crate::sql::views::ViewsFile::default(),
-        2,
-        DEFAULT_MAX_RESULT_BYTES,
-        Arc::new(AtomicU64::new(0)),
-        options,
-    )
-    .await
+    sql_node_snapshot_with(builder, options).await
 }
 
 /// An answer's rows as text, in order.
