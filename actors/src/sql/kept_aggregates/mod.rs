@@ -76,13 +76,13 @@ struct Inner {
     bytes: usize,
 }
 
-/// One aggregate's result (or a top-k window's rows up to `bound`): every partition's
+/// One aggregate's result (or a top-k window's rows up to `rank`): every partition's
 /// batches, in one partition.
 #[derive(Debug)]
 pub(crate) struct Kept {
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
-    bound: Option<Rank>,
+    rank: Option<Rank>,
     bytes: usize,
 }
 
@@ -205,12 +205,12 @@ impl KeptAggregates {
         })
     }
 
-    /// Read `key`'s result if one is kept (for a top-k, for `bound` or more), keep it if
-    /// `key` was met before on this snapshot, or None (now met once).
-    fn step(self: &Arc<Self>, key: &LogicalPlan, bound: Option<Rank>) -> Option<Step> {
+    /// Read `key`'s result if one is kept (for a top-k, for `rank`'s column and bound or
+    /// more), keep it if `key` was met before on this snapshot, or None (now met once).
+    fn step(self: &Arc<Self>, key: &LogicalPlan, rank: Option<Rank>) -> Option<Step> {
         let hash = hash_of(key);
         let mut inner = self.lock();
-        if let Some(kept) = inner.find(hash, key, bound) {
+        if let Some(kept) = inner.find(hash, key, rank) {
             return Some(Step::Read(kept));
         }
         if inner.met.contains(&hash) {
@@ -218,7 +218,7 @@ impl KeptAggregates {
                 cache: self.clone(),
                 key: key.clone(),
                 hash,
-                bound,
+                rank,
             })));
         }
         if inner.met.len() >= MAX_MET_ONCE {
@@ -228,7 +228,7 @@ impl KeptAggregates {
         None
     }
 
-    /// Keeps `batches` as the result of `key` (for a top-k, its rows up to `bound`) if
+    /// Keeps `batches` as the result of `key` (for a top-k, its rows up to `rank`) if
     /// there is room (see the module); they replace rows kept for a lower bound.
     fn keep(&self, keeper: &Keeper, schema: SchemaRef, batches: Vec<RecordBatch>) {
         let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
@@ -236,47 +236,45 @@ impl KeptAggregates {
             return;
         }
         let mut inner = self.lock();
-        if inner.find(keeper.hash, &keeper.key, keeper.bound).is_some() {
+        if inner.find(keeper.hash, &keeper.key, keeper.rank).is_some() {
             return;
         }
-        // Rows kept for a lower bound of the same rank column give way.
-        let column = keeper.bound.map(|r| r.column);
+        // Rows kept for a lower bound of the same rank column give way: where, and their
+        // bytes.
+        let column = |rank: Option<Rank>| rank.map(|r| r.column);
         let lower = inner.kept.get(&keeper.hash).and_then(|same| {
-            same.iter()
-                .position(|(p, k)| *p == keeper.key && k.bound.map(|r| r.column) == column)
+            let at = same
+                .iter()
+                .position(|(p, k)| *p == keeper.key && column(k.rank) == column(keeper.rank))?;
+            Some((at, same[at].1.bytes))
         });
-        let freed = match (lower, inner.kept.get(&keeper.hash)) {
-            (Some(i), Some(same)) => same[i].1.bytes,
-            _ => 0,
-        };
+        let freed = lower.map_or(0, |(_, b)| b);
         if inner.bytes - freed + bytes > self.budget {
             return;
         }
-        if let (Some(i), Some(same)) = (lower, inner.kept.get_mut(&keeper.hash)) {
-            same.remove(i);
-        }
+        let inner = &mut *inner;
         inner.bytes = inner.bytes - freed + bytes;
+        let same = inner.kept.entry(keeper.hash).or_default();
+        if let Some((at, _)) = lower {
+            same.remove(at);
+        }
         let kept = Arc::new(Kept {
             schema,
             batches,
-            bound: keeper.bound,
+            rank: keeper.rank,
             bytes,
         });
-        inner
-            .kept
-            .entry(keeper.hash)
-            .or_default()
-            .push((keeper.key.clone(), kept));
+        same.push((keeper.key.clone(), kept));
     }
 }
 
 impl Inner {
-    /// The result kept for `plan` (for a top-k: for `bound` or more).
-    fn find(&self, hash: u64, plan: &LogicalPlan, bound: Option<Rank>) -> Option<Arc<Kept>> {
+    /// The result kept for `plan` (for a top-k: for `rank`'s column and bound or more).
+    fn find(&self, hash: u64, plan: &LogicalPlan, rank: Option<Rank>) -> Option<Arc<Kept>> {
         self.kept
             .get(&hash)?
             .iter()
-            .find(|(p, k)| p == plan && covers(k.bound, bound))
+            .find(|(p, k)| p == plan && covers(k.rank, rank))
             .map(|(_, k)| k.clone())
     }
 }
@@ -380,7 +378,7 @@ struct Keeper {
     key: LogicalPlan,
     hash: u64,
     /// For a top-k window, the rank column and bound its rows are kept for.
-    bound: Option<Rank>,
+    rank: Option<Rank>,
 }
 
 impl fmt::Debug for KeptAggregates {
