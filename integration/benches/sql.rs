@@ -105,6 +105,27 @@ async fn snapshot_keeping(
     snap
 }
 
+/// `count` new snapshots, all built before any is queried: a statement run once on each
+/// meets a snapshot that has served nothing (no view computed, no aggregate's result kept),
+/// as the first statement of a generation does, and the runs come back to back, as
+/// DuckDB's do. A snapshot built just before a run, or a pause of 50 ms, made the
+/// statement about twice as slow (the processor's state after idle, then evicted caches:
+/// issue 17's notes), which no statement of a busy node pays. The snapshots share the
+/// generation's batches; each holds its own keyed copies and views.
+async fn fresh_snapshots(
+    gen: &Arc<Generation>,
+    statics: &Arc<StaticCatalog>,
+    views: &ViewsFile,
+    plans: &Arc<PlanCache>,
+    count: usize,
+) -> Vec<Snapshot> {
+    let mut snaps = Vec::with_capacity(count);
+    for _ in 0..count {
+        snaps.push(snapshot(gen, statics, views, plans).await);
+    }
+    snaps
+}
+
 /// `sql` run `warmups` times on `snap`, then `runs` times: the times (ms) of those runs
 /// that answered.
 async fn times_on(
@@ -128,13 +149,17 @@ async fn times_on(
 #[derive(Default)]
 struct Outcome {
     /// A statement met before: its optimized plan kept (`[sql] plan_cache_entries`), each
-    /// run on a new snapshot as in the next generation.
+    /// run on its own new snapshot as in the next generation, the runs back to back
+    /// (`fresh_snapshots`).
     median_ms: Option<f64>,
-    /// The statement planned from its text in every run (no plan kept).
+    /// The statement planned from its text in every run (no plan kept), as `median_ms`.
     planned_ms: Option<f64>,
+    /// As `median_ms`, but each run on a snapshot built just before it: the build (or any
+    /// wait) just before a statement slows it about twice (issue 17's notes).
+    after_build_ms: Option<f64>,
     /// Its plan kept, every run on one snapshot that served it before (and no aggregate's
     /// result kept): as DuckDB runs, and as a SQL node runs a statement once its snapshot
-    /// has served others. `median_ms` is the statement right after a snapshot is built.
+    /// has served others.
     warm_ms: Option<f64>,
     /// For a query over views: the median on one snapshot whose views are already
     /// computed (what every query after the first pays in a generation).
@@ -180,10 +205,14 @@ async fn run_query(
     let mut phases: Vec<Phases> = Vec::with_capacity(runs);
     let mut encode = Vec::with_capacity(runs);
     let mut last = None;
-    // One warm-up run, then the timed ones; snapshot building is not timed. No plan kept.
+    // One warm-up run, then the timed ones, each on its own new snapshot, all built first
+    // (`fresh_snapshots`). No plan kept.
     let planning = Arc::new(PlanCache::new(0));
-    for i in 0..=runs {
-        let snap = snapshot(gen, statics, views, &planning).await;
+    for (i, snap) in fresh_snapshots(gen, statics, views, &planning, runs + 1)
+        .await
+        .iter()
+        .enumerate()
+    {
         let start = Instant::now();
         match snap.query(sql, &limits).await {
             Ok(out) => {
@@ -209,12 +238,15 @@ async fn run_query(
         }
     }
     // The same with its plan kept: two warm-ups plan it (a plan is kept the second time
-    // its statement is met), the timed runs (each on a new snapshot, as in the next
+    // its statement is met), the timed runs (each on its own new snapshot, as in the next
     // generation) bind it to their snapshot.
     let plans = Arc::new(PlanCache::new(DEFAULT_PLAN_CACHE_ENTRIES));
     let mut reused = Vec::with_capacity(runs);
-    for i in 0..=runs + 1 {
-        let snap = snapshot(gen, statics, views, &plans).await;
+    for (i, snap) in fresh_snapshots(gen, statics, views, &plans, runs + 2)
+        .await
+        .iter()
+        .enumerate()
+    {
         let start = Instant::now();
         match snap.query(sql, &limits).await {
             Ok(out) if i > 1 => {
@@ -228,6 +260,16 @@ async fn run_query(
                     ..Default::default()
                 }
             }
+        }
+    }
+    // The plan kept, each run on a snapshot built just before it (this column's protocol
+    // until 2026-12-02).
+    let mut after_build = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let snap = snapshot(gen, statics, views, &plans).await;
+        let start = Instant::now();
+        if snap.query(sql, &limits).await.is_ok() {
+            after_build.push(start.elapsed().as_secs_f64() * 1000.0);
         }
     }
     // Warm: one snapshot keeping no aggregate's result, two warm-ups, the timed runs. Not
@@ -259,6 +301,7 @@ async fn run_query(
         Ok(rows) => Outcome {
             median_ms: Some(median(reused)),
             planned_ms: Some(median(times)),
+            after_build_ms: (!after_build.is_empty()).then(|| median(after_build)),
             warm_ms: (!warm.is_empty()).then(|| median(warm)),
             cached_ms,
             rows,
@@ -654,6 +697,41 @@ struct Figure {
     duck: Option<Outcome>,
 }
 
+/// One column's ratios to DuckDB over a fleet's queries.
+#[derive(Default)]
+struct Ratios<'a> {
+    logs: Vec<f64>,
+    highest: Option<(f64, &'a str)>,
+}
+
+impl<'a> Ratios<'a> {
+    /// `ours / duck`, counted when both are known and positive.
+    fn add(&mut self, ours: Option<f64>, duck: Option<f64>, name: &'a str) -> Option<f64> {
+        let r = ours.zip(duck).map(|(a, b)| a / b)?;
+        if r.is_finite() && r > 0.0 {
+            self.logs.push(r.ln());
+            if self.highest.is_none_or(|(h, _)| r > h) {
+                self.highest = Some((r, name));
+            }
+        }
+        Some(r)
+    }
+
+    fn geometric_mean(&self) -> f64 {
+        match self.logs.len() {
+            0 => f64::NAN,
+            n => (self.logs.iter().sum::<f64>() / n as f64).exp(),
+        }
+    }
+
+    fn highest(&self) -> String {
+        match self.highest {
+            Some((r, name)) => format!("{r:.2} ({name})"),
+            None => "—".into(),
+        }
+    }
+}
+
 fn ms(v: Option<f64>) -> String {
     v.map(|m| format!("{m:.2}")).unwrap_or_else(|| "—".into())
 }
@@ -858,15 +936,18 @@ fn main() {
          a statement the node has not seen;\n\
          DuckDB loads the same tables from CSV with the same column types and runs from Python\n\
          (`execute().fetchall()`, which includes building Python rows). Median of {runs} runs\n\
-         after one warm-up (two where plans are kept). Queries: `bench/queries.sql`. Every Query run gets a fresh\n\
+         after one warm-up (two where plans are kept). Queries: `bench/queries.sql`. Every Query run gets a new\n\
          snapshot, so views are computed in each run, as DuckDB's are (in service Query\n\
-         computes a view once per generation and later uses cost almost nothing). Ratio is\n\
-         Query / DuckDB (planned ratio: planned / DuckDB): above 1 means Query is slower. Query ms\n\
-         is a statement right after its snapshot was built; warm is the same statement, its\n\
-         plan kept, run again on one snapshot that keeps no aggregate's result, as DuckDB runs\n\
-         (not for queries over views, which that snapshot would read cached; table below)\n\
-         (a SQL node's snapshot serves every statement of a generation; right after the build\n\
-         a statement took about twice as long: issue 17's notes). DuckDB\n\
+         computes a view once per generation and later uses cost almost nothing); the runs'\n\
+         snapshots are all built first and the runs come back to back, as DuckDB's do. After\n\
+         build is Query ms with each run on a snapshot built just before it (this column's\n\
+         protocol until 2026-12-02): a build, or a pause of 50 ms, just before a statement made it\n\
+         about twice as slow (the processor's state after idle, then evicted caches: issue 17's\n\
+         notes), which a SQL node pays once per generation, not on the hundreds of statements\n\
+         after it. Warm is the same statement, its plan kept, run again on one snapshot that\n\
+         keeps no aggregate's result, as DuckDB runs (not for queries over views, which that\n\
+         snapshot would read cached; table below). Ratio is Query / DuckDB (planned ratio:\n\
+         planned / DuckDB, and so on): above 1 means Query is slower. DuckDB\n\
          plans every run (no prepared statements). Answers are compared as sorted rows,\n\
          floats to {FLOAT_TOLERANCE:e} relative. HTTP is the same query end to end as a client\n\
          sees it: `POST /sql` to a `queryd edge` holding the same tables (written to Parquet\n\
@@ -885,23 +966,16 @@ fn main() {
     for (machines, shape, figures) in &per_size {
         body.push_str(&format!(
             "\n### {machines} machines\n\nRows: {shape}.\n\n\
-             | query | rows | Query ms | planned ms | warm ms | HTTP ms | DuckDB ms | ratio | planned ratio | warm ratio | HTTP ratio | answers match |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+             | query | rows | Query ms | planned ms | after build ms | warm ms | HTTP ms | DuckDB ms | ratio | planned ratio | after build ratio | warm ratio | HTTP ratio | answers match |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
         ));
-        let mut log_ratios = Vec::new();
-        let mut planned_log_ratios = Vec::new();
-        let mut http_log_ratios = Vec::new();
-        let mut warm_log_ratios = Vec::new();
-        let mut worst_warm: Option<(f64, &str)> = None;
-        let mut worst: Option<(f64, &str)> = None;
-        let mut worst_planned: Option<(f64, &str)> = None;
+        let duck_of = |f: &Figure| f.duck.as_ref().and_then(|d| d.median_ms);
+        let mut ratios = Ratios::default();
+        let mut planned_ratios = Ratios::default();
+        let mut after_build_ratios = Ratios::default();
+        let mut warm_ratios = Ratios::default();
+        let mut http_ratios = Ratios::default();
         for f in figures.iter().filter(|f| f.name != "select_1") {
             let http_ms = f.http.as_ref().and_then(|h| h.median_ms);
-            let http_ratio = http_ms
-                .zip(f.duck.as_ref().and_then(|d| d.median_ms))
-                .map(|(a, b)| a / b);
-            if let Some(r) = http_ratio.filter(|r| r.is_finite() && *r > 0.0) {
-                http_log_ratios.push(r.ln());
-            }
             if let Some(h) = &f.http {
                 let why = match &h.error {
                     Some(e) => Some(format!("HTTP failed: {e}")),
@@ -915,39 +989,20 @@ fn main() {
                     ));
                 }
             }
-            let warm_ratio = f
-                .ours
-                .warm_ms
-                .zip(f.duck.as_ref().and_then(|d| d.median_ms))
-                .map(|(a, b)| a / b);
-            if let Some(r) = warm_ratio.filter(|r| r.is_finite() && *r > 0.0) {
-                warm_log_ratios.push(r.ln());
-                if worst_warm.is_none_or(|(w, _)| r > w) {
-                    worst_warm = Some((r, f.name.as_str()));
-                }
-            }
-            let (duck_ms, ratio, planned_ratio, matches) = match &f.duck {
+            let duck = duck_of(f);
+            let ratio = ratios.add(f.ours.median_ms, duck, &f.name);
+            let planned_ratio = planned_ratios.add(f.ours.planned_ms, duck, &f.name);
+            let after_build_ratio = after_build_ratios.add(f.ours.after_build_ms, duck, &f.name);
+            let warm_ratio = warm_ratios.add(f.ours.warm_ms, duck, &f.name);
+            let http_ratio = http_ratios.add(http_ms, duck, &f.name);
+            let matches = match &f.duck {
                 Some(d) => {
-                    let ratio = f.ours.median_ms.zip(d.median_ms).map(|(a, b)| a / b);
-                    if let Some(r) = ratio.filter(|r| r.is_finite() && *r > 0.0) {
-                        log_ratios.push(r.ln());
-                        if worst.is_none_or(|(w, _)| r > w) {
-                            worst = Some((r, f.name.as_str()));
-                        }
-                    }
-                    let planned_ratio = f.ours.planned_ms.zip(d.median_ms).map(|(a, b)| a / b);
-                    if let Some(r) = planned_ratio.filter(|r| r.is_finite() && *r > 0.0) {
-                        planned_log_ratios.push(r.ln());
-                        if worst_planned.is_none_or(|(w, _)| r > w) {
-                            worst_planned = Some((r, f.name.as_str()));
-                        }
-                    }
                     let verdict = match (&f.ours.error, &d.error) {
                         (Some(e), _) => Some(format!("Query failed: {e}")),
                         (_, Some(e)) => Some(format!("DuckDB failed: {e}")),
                         _ => compare(&f.ours.rows, &d.rows),
                     };
-                    let matches = match verdict {
+                    match verdict {
                         None => "yes".to_string(),
                         Some(why) => {
                             differences.push(format!(
@@ -957,54 +1012,46 @@ fn main() {
                             ));
                             "**no**".to_string()
                         }
-                    };
-                    let two = |r: Option<f64>| r.map(|r| format!("{r:.2}"));
-                    (ms(d.median_ms), two(ratio), two(planned_ratio), matches)
+                    }
                 }
-                None => ("—".into(), None, None, "not compared".into()),
+                None => "not compared".into(),
             };
             let rows = match &f.ours.error {
                 Some(_) => "error".to_string(),
                 None => f.ours.rows.len().to_string(),
             };
             body.push_str(&format!(
-                "| {} | {rows} | {} | {} | {} | {} | {duck_ms} | {} | {} | {} | {} | {matches} |\n",
+                "| {} | {rows} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {matches} |\n",
                 f.name,
                 ms(f.ours.median_ms),
                 ms(f.ours.planned_ms),
+                ms(f.ours.after_build_ms),
                 ms(f.ours.warm_ms),
                 ms(http_ms),
-                ratio.unwrap_or_else(|| "—".into()),
-                planned_ratio.unwrap_or_else(|| "—".into()),
-                warm_ratio
-                    .map(|r| format!("{r:.2}"))
-                    .unwrap_or_else(|| "—".into()),
-                http_ratio
-                    .map(|r| format!("{r:.2}"))
-                    .unwrap_or_else(|| "—".into()),
+                ms(duck),
+                ms(ratio),
+                ms(planned_ratio),
+                ms(after_build_ratio),
+                ms(warm_ratio),
+                ms(http_ratio),
             ));
         }
-        let geo = |l: &[f64]| (l.iter().sum::<f64>() / l.len() as f64).exp();
-        if !log_ratios.is_empty() {
-            let or_nan = |l: &[f64]| if l.is_empty() { f64::NAN } else { geo(l) };
+        if !ratios.logs.is_empty() {
             body.push_str(&format!(
-                "\nGeometric mean of the ratios: {:.2} in process, {:.2} planned, {:.2} warm (over {}), {:.2} over HTTP, over {} queries",
-                geo(&log_ratios),
-                or_nan(&planned_log_ratios),
-                or_nan(&warm_log_ratios),
-                warm_log_ratios.len(),
-                or_nan(&http_log_ratios),
-                log_ratios.len()
+                "\nGeometric mean of the ratios: {:.2} in process, {:.2} planned, {:.2} after a build, {:.2} warm (over {}), {:.2} over HTTP, over {} queries; highest in process {}, planned {}, after a build {}, warm {}, over HTTP {}",
+                ratios.geometric_mean(),
+                planned_ratios.geometric_mean(),
+                after_build_ratios.geometric_mean(),
+                warm_ratios.geometric_mean(),
+                warm_ratios.logs.len(),
+                http_ratios.geometric_mean(),
+                ratios.logs.len(),
+                ratios.highest(),
+                planned_ratios.highest(),
+                after_build_ratios.highest(),
+                warm_ratios.highest(),
+                http_ratios.highest(),
             ));
-            if let Some((r, name)) = worst {
-                body.push_str(&format!("; highest in process {r:.2} ({name})"));
-            }
-            if let Some((r, name)) = worst_planned {
-                body.push_str(&format!(", planned {r:.2} ({name})"));
-            }
-            if let Some((r, name)) = worst_warm {
-                body.push_str(&format!(", warm {r:.2} ({name})"));
-            }
             body.push_str(".\n");
         }
     }
