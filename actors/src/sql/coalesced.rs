@@ -61,6 +61,13 @@ impl CoalescedTable {
     }
 }
 
+impl CoalescedTable {
+    /// The coalesced copy, if a scan made it already.
+    pub(super) fn coalesced(&self) -> Option<Arc<SpreadTable>> {
+        self.cache.get().cloned()
+    }
+}
+
 #[async_trait]
 impl TableProvider for CoalescedTable {
     fn schema(&self) -> SchemaRef {

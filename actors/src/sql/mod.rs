@@ -29,6 +29,7 @@ mod subquery;
 mod time_slice;
 mod utc_date_trunc;
 mod views;
+mod whole_table_min_max;
 mod window_topn;
 
 pub use answers::{AnswerCache, AnswerKey};

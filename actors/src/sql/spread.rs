@@ -18,17 +18,27 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::engine::SINGLE_PARTITION_ROWS;
+use super::whole_table_min_max::{bounds_of, ColumnBounds};
 
-/// The same batches two ways (the batches are shared, not copied).
+/// The same batches two ways (the batches are shared, not copied), and the bounds of their
+/// columns (`whole_table_min_max`).
 #[derive(Debug)]
 pub(crate) struct SpreadTable {
     wide: MemTable,
     /// Every batch in one partition; absent when `wide` is one partition already.
     narrow: Option<MemTable>,
+    /// Per column of the schema.
+    bounds: Vec<Option<ColumnBounds>>,
 }
 
 impl SpreadTable {
-    fn new(schema: SchemaRef, parts: Vec<Vec<RecordBatch>>) -> DfResult<Self> {
+    /// `bounds`: per column of `schema`, None to compute them from `parts`.
+    fn new(
+        schema: SchemaRef,
+        parts: Vec<Vec<RecordBatch>>,
+        bounds: Option<Vec<Option<ColumnBounds>>>,
+    ) -> DfResult<Self> {
+        let bounds = bounds.unwrap_or_else(|| bounds_of(&schema, parts.iter().flatten()));
         let narrow = if parts.len() > 1 {
             let one: Vec<RecordBatch> = parts.iter().flatten().cloned().collect();
             Some(MemTable::try_new(schema.clone(), vec![one])?)
@@ -38,11 +48,18 @@ impl SpreadTable {
         Ok(SpreadTable {
             wide: MemTable::try_new(schema, parts)?,
             narrow,
+            bounds,
         })
     }
 
-    /// The same partitions, every batch through `f` (`machine_keys`' keyed copy); None if
-    /// `f` gives none for one.
+    /// The smallest and largest value of column `column` over every row, if known.
+    pub(super) fn bounds(&self, column: usize) -> Option<&ColumnBounds> {
+        self.bounds.get(column)?.as_ref()
+    }
+
+    /// The same partitions, every batch through `f` (`machine_keys`' keyed copy, which
+    /// appends columns and keeps the others, and so their bounds); None if `f` gives none
+    /// for one.
     pub(super) fn map_batches(
         &self,
         schema: SchemaRef,
@@ -53,7 +70,9 @@ impl SpreadTable {
             .iter()
             .map(|p| p.iter().map(&mut f).collect::<Option<Vec<_>>>())
             .collect::<Option<Vec<_>>>()?;
-        SpreadTable::new(schema, parts).ok()
+        let mut bounds = self.bounds.clone();
+        bounds.resize(schema.fields().len(), None);
+        SpreadTable::new(schema, parts, Some(bounds)).ok()
     }
 
     /// The partitions a wide scan reads (shared batches); None if one is being written,
@@ -136,7 +155,7 @@ pub(super) fn partitioned<'a>(
         };
         parts[i % n].push(batch);
     }
-    SpreadTable::new(schema, parts)
+    SpreadTable::new(schema, parts, None)
 }
 
 /// Batches of about `COALESCE_ROWS` rows a table is cut into.
