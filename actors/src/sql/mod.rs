@@ -12,6 +12,7 @@ mod eager_aggregate;
 mod engine;
 mod front_door;
 mod guarded;
+mod int_division;
 mod kept_aggregates;
 mod machine_keys;
 mod memory;

@@ -9,6 +9,7 @@ use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::int_division::FastIntDivision;
 use super::machine_keys::LookupJoinsOnMachineIds;
 use super::window_topn::{OurWindowTopN, PartialTopKBelowRepartition};
 
@@ -19,7 +20,9 @@ use super::window_topn::{OurWindowTopN, PartialTopKBelowRepartition};
 ///   placed it;
 /// - lookup joins on machine ids (`machine_keys`) once the plan's shape is settled, before
 ///   the hash joins would push their dynamic filters into their probe sides (a lookup join
-///   has none to fill) and so before the final check of every operator's requirements.
+///   has none to fill) and so before the final check of every operator's requirements;
+/// - `Int64` divisions in doubles where that is exact (`int_division`), last, once no rule
+///   looks into expressions any more.
 pub(crate) fn all() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> = Vec::new();
     for rule in PhysicalOptimizer::new().rules {
@@ -36,6 +39,7 @@ pub(crate) fn all() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
             _ => rules.push(rule),
         }
     }
+    rules.push(Arc::new(FastIntDivision));
     rules
 }
 
