@@ -281,10 +281,7 @@ async fn run_query(
     let mut after_build = Vec::with_capacity(runs);
     for _ in 0..runs {
         let snap = snapshot(gen, statics, views, &plans).await;
-        let start = Instant::now();
-        if snap.query(sql, &limits).await.is_ok() {
-            after_build.push(start.elapsed().as_secs_f64() * 1000.0);
-        }
+        after_build.extend(times_on(&snap, sql, &limits, 0, 1).await);
     }
     // Warm: one snapshot keeping no aggregate's result, two warm-ups, the timed runs. Not
     // for a query over views: there it would time the view's cached rows (`cached_ms`),
@@ -746,7 +743,8 @@ impl<'a> Ratios<'a> {
     }
 }
 
-fn ms(v: Option<f64>) -> String {
+/// A time (ms) or a ratio to two decimals, "—" if unknown.
+fn two(v: Option<f64>) -> String {
     v.map(|m| format!("{m:.2}")).unwrap_or_else(|| "—".into())
 }
 
@@ -987,7 +985,6 @@ fn main() {
             "\n### {machines} machines\n\nRows: {shape}.\n\n\
              | query | rows | Query ms | planned ms | after build ms | warm ms | HTTP ms | DuckDB ms | ratio | planned ratio | after build ratio | warm ratio | HTTP ratio | answers match |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
         ));
-        let duck_of = |f: &Figure| f.duck.as_ref().and_then(|d| d.median_ms);
         let mut ratios = Ratios::default();
         let mut planned_ratios = Ratios::default();
         let mut after_build_ratios = Ratios::default();
@@ -1008,7 +1005,7 @@ fn main() {
                     ));
                 }
             }
-            let duck = duck_of(f);
+            let duck = f.duck.as_ref().and_then(|d| d.median_ms);
             let ratio = ratios.add(f.ours.median_ms, duck, &f.name);
             let planned_ratio = planned_ratios.add(f.ours.planned_ms, duck, &f.name);
             let after_build_ratio = after_build_ratios.add(f.ours.after_build_ms, duck, &f.name);
@@ -1042,17 +1039,17 @@ fn main() {
             body.push_str(&format!(
                 "| {} | {rows} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {matches} |\n",
                 f.name,
-                ms(f.ours.median_ms),
-                ms(f.ours.planned_ms),
-                ms(f.ours.after_build_ms),
-                ms(f.ours.warm_ms),
-                ms(http_ms),
-                ms(duck),
-                ms(ratio),
-                ms(planned_ratio),
-                ms(after_build_ratio),
-                ms(warm_ratio),
-                ms(http_ratio),
+                two(f.ours.median_ms),
+                two(f.ours.planned_ms),
+                two(f.ours.after_build_ms),
+                two(f.ours.warm_ms),
+                two(http_ms),
+                two(duck),
+                two(ratio),
+                two(planned_ratio),
+                two(after_build_ratio),
+                two(warm_ratio),
+                two(http_ratio),
             ));
         }
         if !ratios.logs.is_empty() {
@@ -1129,7 +1126,7 @@ fn main() {
             let series = |pick: &dyn Fn(&Figure) -> Option<f64>| {
                 per_size
                     .iter()
-                    .map(|(_, _, figs)| ms(figs.get(i).and_then(pick)))
+                    .map(|(_, _, figs)| two(figs.get(i).and_then(pick)))
                     .collect::<Vec<_>>()
                     .join(" → ")
             };

@@ -290,7 +290,7 @@ impl Snapshot {
         } = planned;
         phases.single_partition = single_partition;
         // MIN and MAX of whole tables from this snapshot's bounds (`whole_table_min_max`);
-        // EXPLAIN shows them too, as they run.
+        // EXPLAIN's physical plan shows them as they run (its logical plan, as optimized).
         let optimized = answer_from_bounds(optimized)?;
         // An answer that depends on the snapshot alone has aggregates that do too. EXPLAIN
         // shows the plan as planned.

@@ -17,9 +17,10 @@
 //! So an `Int64 / Int64` in a projection or a filter's predicate checks its operands first,
 //! in one pass each: every valid value within ±2^52, no valid divisor zero. Then it divides
 //! in doubles (NULL where either side is NULL, as arrow). Otherwise, and for anything but two
-//! `Int64` arrays or an array and a non-NULL scalar, it evaluates as DataFusion does, the
-//! same kernel giving the same errors (division by zero; overflow of `i64::MIN / -1`).
-//! Plans show the division as they did.
+//! `Int64` arrays or an array and a non-NULL scalar, it divides the operands it evaluated as
+//! DataFusion's `BinaryExpr` does, the same kernel giving the same errors (division by zero;
+//! overflow of `i64::MIN / -1`). Plans show the division as they did, and its bounds and
+//! properties are the division's.
 
 use std::fmt;
 use std::hash::Hash;
@@ -27,14 +28,18 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
 use datafusion::arrow::buffer::{NullBuffer, ScalarBuffer};
+use datafusion::arrow::compute::kernels::numeric::div;
 use datafusion::arrow::datatypes::{DataType, FieldRef, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, ScalarValue};
+use datafusion::logical_expr::interval_arithmetic::Interval;
+use datafusion::logical_expr::sort_properties::ExprProperties;
 use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::expressions::BinaryExpr;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr_common::datum::apply;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
@@ -153,11 +158,27 @@ impl PhysicalExpr for FloatExactDivide {
             return self.division.evaluate(batch);
         };
         let (left, right) = (left.evaluate(batch)?, right.evaluate(batch)?);
-        let rows = batch.num_rows();
-        match divided(&left, &right, rows) {
+        match divided(&left, &right, batch.num_rows()) {
             Some(array) => Ok(ColumnarValue::Array(array)),
-            None => self.division.evaluate(batch),
+            // What `BinaryExpr` does for a division, on the operands already evaluated.
+            None => apply(&left, &right, div),
         }
+    }
+
+    fn evaluate_bounds(&self, children: &[&Interval]) -> Result<Interval> {
+        self.division.evaluate_bounds(children)
+    }
+
+    fn propagate_constraints(
+        &self,
+        interval: &Interval,
+        children: &[&Interval],
+    ) -> Result<Option<Vec<Interval>>> {
+        self.division.propagate_constraints(interval, children)
+    }
+
+    fn get_properties(&self, children: &[ExprProperties]) -> Result<ExprProperties> {
+        self.division.get_properties(children)
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {

@@ -70,6 +70,15 @@ impl SpreadTable {
             .iter()
             .map(|p| p.iter().map(&mut f).collect::<Option<Vec<_>>>())
             .collect::<Option<Vec<_>>>()?;
+        debug_assert!(
+            self.wide
+                .schema()
+                .fields()
+                .iter()
+                .zip(schema.fields())
+                .all(|(a, b)| a.name() == b.name()),
+            "a mapped table appends columns and keeps the others"
+        );
         let mut bounds = self.bounds.clone();
         bounds.resize(schema.fields().len(), None);
         SpreadTable::new(schema, parts, Some(bounds)).ok()

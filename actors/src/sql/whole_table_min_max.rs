@@ -1,6 +1,7 @@
 //! `MIN` and `MAX` of a whole table's columns, known from when the snapshot spread the
-//! table ([`ColumnBounds`], computed once per generation) and put into a statement's plan
-//! as literals ([`answer_from_bounds`], on each snapshot, just before physical planning).
+//! table ([`ColumnBounds`], computed with each snapshot's copy of a table, static tables
+//! included) and put into a statement's plan as literals ([`answer_from_bounds`], on each
+//! snapshot, just before physical planning).
 //!
 //! Why: alerts ask for what is newest in the fleet (`WHERE start_time > (SELECT
 //! MAX(start_time) FROM processes) - INTERVAL '1 day'`). DataFusion runs such a subquery
@@ -16,8 +17,8 @@
 //! When: a table's bounds are computed where its batches are spread over the cores
 //! (`spread::partitioned`): at a SQL node when the snapshot is built, so no statement pays
 //! for them; at a node that coalesces on first scan (a TLA), with that copy, so the first
-//! statement runs as planned and later ones read them. Only columns of times and dates get
-//! bounds, what "newest" and "oldest" ask for: with every number column too, a SQL node's
+//! statement runs as planned and later ones read them. Only columns of times, dates and
+//! durations get bounds, what "newest" and "oldest" ask for: with every number column too, a SQL node's
 //! build of a 70,000-machine snapshot took 78-84 ms instead of 36-37 (the `sql` benchmark,
 //! five builds each way), for aggregates rarely asked of a whole table.
 //!
@@ -35,7 +36,7 @@ use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::common::tree_node::Transformed;
-use datafusion::common::{DFSchema, Result, ScalarValue};
+use datafusion::common::{plan_err, DFSchema, Result, ScalarValue};
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{
@@ -52,8 +53,8 @@ pub(super) struct ColumnBounds {
     pub max: ScalarValue,
 }
 
-/// Each column's bounds over `batches` (None for a column that is not of a time or date
-/// type, or whose accumulators fail).
+/// Each column's bounds over `batches` (None for a column that is not of a time, date or
+/// duration type, or whose accumulators fail).
 pub(super) fn bounds_of<'a>(
     schema: &Schema,
     batches: impl Iterator<Item = &'a RecordBatch> + Clone,
@@ -81,7 +82,10 @@ fn column_bounds<'a>(
     let mut min = MinAccumulator::try_new(data_type)?;
     let mut max = MaxAccumulator::try_new(data_type)?;
     for batch in batches {
-        let values = [batch.column(column).clone()];
+        let Some(values) = batch.columns().get(column) else {
+            return plan_err!("a batch without column {column}");
+        };
+        let values = [values.clone()];
         min.update_batch(&values)?;
         max.update_batch(&values)?;
     }
