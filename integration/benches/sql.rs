@@ -277,17 +277,16 @@ async fn run_query(
         }
     }
     // The plan kept, each run on a snapshot built just before it (this column's protocol
-    // until 2026-12-02).
+    // until 2026-12-01).
     let mut after_build = Vec::with_capacity(runs);
     for _ in 0..runs {
         let snap = snapshot(gen, statics, views, &plans).await;
         after_build.extend(times_on(&snap, sql, &limits, 0, 1).await);
     }
-    // Warm: one snapshot keeping no aggregate's result, two warm-ups, the timed runs. Not
-    // for a query over views: there it would time the view's cached rows (`cached_ms`),
-    // which DuckDB recomputes.
-    // One snapshot keeping no aggregate's result for both. A query over views: the first
-    // run computes them, the timed ones find them cached.
+    // One snapshot keeping no aggregate's result. Warm: two warm-ups, the timed runs; not
+    // for a query over views, where it would time the view's cached rows, which DuckDB
+    // recomputes. Those get `cached_ms` instead: the first run computes the views, the
+    // timed ones find them cached.
     let one = snapshot_keeping(gen, statics, views, &plans, 0).await;
     let (warm, cached) = match uses_views {
         false => (times_on(&one, sql, &limits, 2, runs).await, Vec::new()),
@@ -958,7 +957,7 @@ fn main() {
          computes a view once per generation and later uses cost almost nothing); the runs'\n\
          snapshots are all built first and the runs come back to back, as DuckDB's do. After\n\
          build is Query ms with each run on a snapshot built just before it (this column's\n\
-         protocol until 2026-12-02): a build, or a pause of 50 ms, just before a statement made it\n\
+         protocol until 2026-12-01): a build, or a pause of 50 ms, just before a statement made it\n\
          about twice as slow (the processor's state after idle, then evicted caches: issue 17's\n\
          notes), which a SQL node pays once per generation, not on the hundreds of statements\n\
          after it. Warm is the same statement, its plan kept, run again on one snapshot that\n\

@@ -59,9 +59,7 @@ impl CoalescedTable {
             .await
             .cloned()
     }
-}
 
-impl CoalescedTable {
     /// The coalesced copy, if a scan made it already.
     pub(super) fn coalesced(&self) -> Option<Arc<SpreadTable>> {
         self.cache.get().cloned()

@@ -747,6 +747,16 @@ pub(super) mod tests {
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::catalog::MemTable;
 
+    /// `sql` run on `ctx`, its answer as a text table (`pretty_format_batches`): how the
+    /// rules' tests compare answers.
+    pub(in crate::sql) async fn answer_text(
+        ctx: &datafusion::prelude::SessionContext,
+        sql: &str,
+    ) -> datafusion::error::Result<String> {
+        let batches = ctx.sql(sql).await?.collect().await?;
+        Ok(datafusion::arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
+    }
+
     /// One Int64 column `n`, 0 to `rows`.
     pub(in crate::sql) fn batch(rows: i64) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));

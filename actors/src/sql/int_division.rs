@@ -45,6 +45,8 @@ use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::physical_rules::replace_each;
+
 /// Largest magnitude of an operand divided in doubles.
 const EXACT_UP_TO: u64 = 1 << 52;
 
@@ -58,38 +60,35 @@ impl PhysicalOptimizerRule for FastIntDivision {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            if let Some(projection) = node.downcast_ref::<ProjectionExec>() {
-                let schema = projection.input().schema();
-                let mut changed = false;
-                let mut exprs = Vec::with_capacity(projection.expr().len());
-                for p in projection.expr() {
-                    let expr = in_doubles(p.expr.clone(), &schema)?;
-                    changed |= expr.transformed;
-                    exprs.push(ProjectionExpr {
-                        expr: expr.data,
-                        alias: p.alias.clone(),
-                    });
-                }
-                if changed {
-                    let input = projection.input().clone();
-                    return Ok(Transformed::yes(Arc::new(ProjectionExec::try_new(
-                        exprs, input,
-                    )?)));
-                }
+        let plan = replace_each::<ProjectionExec>(plan, |projection| {
+            let schema = projection.input().schema();
+            let mut changed = false;
+            let mut exprs = Vec::with_capacity(projection.expr().len());
+            for p in projection.expr() {
+                let expr = in_doubles(p.expr.clone(), &schema)?;
+                changed |= expr.transformed;
+                exprs.push(ProjectionExpr {
+                    expr: expr.data,
+                    alias: p.alias.clone(),
+                });
             }
-            if let Some(filter) = node.downcast_ref::<FilterExec>() {
-                let predicate = in_doubles(filter.predicate().clone(), &filter.input().schema())?;
-                if predicate.transformed {
-                    let rebuilt = FilterExecBuilder::from(filter)
+            let input = projection.input().clone();
+            Ok(match changed {
+                true => Some(Arc::new(ProjectionExec::try_new(exprs, input)?)),
+                false => None,
+            })
+        })?;
+        replace_each::<FilterExec>(plan, |filter| {
+            let predicate = in_doubles(filter.predicate().clone(), &filter.input().schema())?;
+            Ok(match predicate.transformed {
+                true => Some(Arc::new(
+                    FilterExecBuilder::from(filter)
                         .with_predicate(predicate.data)
-                        .build()?;
-                    return Ok(Transformed::yes(Arc::new(rebuilt)));
-                }
-            }
-            Ok(Transformed::no(node))
+                        .build()?,
+                )),
+                false => None,
+            })
         })
-        .map(|t| t.data)
     }
 
     fn name(&self) -> &str {

@@ -94,7 +94,6 @@ fn rewrite(e: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::util::pretty::pretty_format_batches;
     use datafusion::prelude::SessionContext;
 
     use datafusion::execution::context::SessionConfig;
@@ -104,14 +103,9 @@ mod tests {
     }
 
     async fn answer(ctx: &SessionContext, sql: &str) -> String {
-        let batches = ctx
-            .sql(sql)
+        crate::sql::engine::tests::answer_text(ctx, sql)
             .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run");
-        pretty_format_batches(&batches).expect("text").to_string()
+            .expect("answer")
     }
 
     #[tokio::test]

@@ -9,11 +9,11 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::catalog::MemTable;
 use datafusion::execution::context::SessionConfig;
 use datafusion::prelude::SessionContext;
 
+use crate::sql::engine::tests::answer_text;
 use crate::sql::engine::{new_context, new_context_sized};
 
 const FACT_ROWS: usize = 20_000;
@@ -130,14 +130,9 @@ fn context_told(rows: Option<HashMap<String, usize>>) -> SessionContext {
 }
 
 async fn answer(ctx: &SessionContext, sql: &str) -> String {
-    let batches = ctx
-        .sql(sql)
+    answer_text(ctx, sql)
         .await
-        .unwrap_or_else(|e| panic!("plan {sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("run {sql}: {e}"));
-    pretty_format_batches(&batches).expect("text").to_string()
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// Statements the rule rewrites.

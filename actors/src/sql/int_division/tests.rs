@@ -6,7 +6,6 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, Int64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::catalog::MemTable;
 use datafusion::common::config::ConfigOptions;
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -14,6 +13,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::*;
 use crate::sql::engine::new_context;
+use crate::sql::engine::tests::answer_text;
 
 fn array(values: &[Option<i64>]) -> ColumnarValue {
     ColumnarValue::Array(Arc::new(Int64Array::from(values.to_vec())))
@@ -135,13 +135,9 @@ fn context(ours: bool) -> SessionContext {
 }
 
 async fn answer(ctx: &SessionContext, sql: &str) -> String {
-    match ctx.sql(sql).await {
-        Ok(frame) => match frame.collect().await {
-            Ok(batches) => pretty_format_batches(&batches).expect("format").to_string(),
-            Err(e) => format!("error: {e}"),
-        },
-        Err(e) => format!("error: {e}"),
-    }
+    answer_text(ctx, sql)
+        .await
+        .unwrap_or_else(|e| format!("error: {e}"))
 }
 
 /// Our context divides by zero to NULL (`division`): DataFusion's own is asked the same

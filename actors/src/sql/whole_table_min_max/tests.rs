@@ -15,7 +15,7 @@ use datafusion::catalog::MemTable;
 use datafusion::prelude::SessionContext;
 
 use crate::generation::{GenerationBuilder, Part};
-use crate::sql::engine::tests::sql_node_snapshot_with;
+use crate::sql::engine::tests::{answer_text, sql_node_snapshot_with};
 use crate::sql::engine::{
     BuildOptions, QueryLimits, Snapshot, TableCopies, DEFAULT_MAX_RESULT_BYTES,
 };
@@ -122,15 +122,9 @@ async fn ours(snap: &Snapshot, sql: &str) -> String {
 }
 
 async fn expected(sql: &str) -> String {
-    let frame = theirs()
-        .sql(sql)
+    answer_text(&theirs(), sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let batches = frame
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    pretty_format_batches(&batches).expect("format").to_string()
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// The same answer as DataFusion's; whether the snapshot's plan still aggregates.
