@@ -52,6 +52,8 @@ pub struct Metrics {
     pub answer_cache_hits: AtomicU64,
     /// Statements run on a plan kept from an earlier run (`[sql] plan_cache_entries`).
     pub plans_reused: AtomicU64,
+    /// Statements run on a physical plan kept from an earlier run (`kept_physical`).
+    pub physical_plans_reused: AtomicU64,
     /// Aggregates read from their results kept on the snapshot (`[sql] aggregate_cache_mb`).
     pub aggregates_read: AtomicU64,
     /// Connections to `[link] listen` closed at once: past the session caps.

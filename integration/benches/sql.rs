@@ -184,7 +184,13 @@ struct Outcome {
     /// planned from the text, the JSON encoding of the answer, and whether it ran on one
     /// partition.
     phases: Option<([f64; 6], f64, bool)>,
+    /// Every timed run of `median_ms` bound a kept physical plan (`kept_physical`).
+    physical_kept: bool,
 }
+
+/// Runs before the timed ones where plans are kept: two to keep the plan, two to keep its
+/// physical plan.
+const WARM_UPS_KEPT: usize = 4;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -251,21 +257,25 @@ async fn run_query(
             }
         }
     }
-    // The same with its plan kept: two warm-ups plan it (a plan is kept the second time
-    // its statement is met), the timed runs (each on its own new snapshot, as in the next
-    // generation) bind it to their snapshot.
+    // The same with its plans kept, as a statement sent every generation: two warm-ups
+    // plan it (a plan is kept the second time its statement is met), two more bind it and
+    // plan it physically (a physical plan is kept the second time it is met with the same
+    // values, `kept_physical`); the timed runs (each on its own new snapshot, as in the
+    // next generation) bind them to their snapshot.
     let plans = Arc::new(PlanCache::new(DEFAULT_PLAN_CACHE_ENTRIES));
     let mut reused = Vec::with_capacity(runs);
-    for (i, snap) in fresh_snapshots(gen, statics, views, &plans, runs + 2)
+    let mut physical_kept = true;
+    for (i, snap) in fresh_snapshots(gen, statics, views, &plans, runs + WARM_UPS_KEPT)
         .await
         .iter()
         .enumerate()
     {
         let start = Instant::now();
         match snap.query(sql, &limits).await {
-            Ok(out) if i > 1 => {
+            Ok(out) if i >= WARM_UPS_KEPT => {
                 reused.push(start.elapsed().as_secs_f64() * 1000.0);
                 assert!(out.phases.plan_reused, "a kept plan for {sql}");
+                physical_kept &= out.phases.physical_reused;
             }
             Ok(_) => {}
             Err(e) => {
@@ -317,6 +327,7 @@ async fn run_query(
             rows,
             error: None,
             phases: Some((phase_ms, median(encode), single)),
+            physical_kept,
         },
         Err(e) => Outcome {
             error: Some(e),
@@ -947,12 +958,13 @@ fn main() {
          Query runs in process (`Snapshot::query`: plan, execute, collect; partitions = cores, one for\n\
          statements over at most 100,000 rows). Query ms is a statement met before, as alerts,\n\
          reports and dashboards send theirs every generation: its optimized plan kept\n\
-         (`[sql] plan_cache_entries`) and bound to the run's new snapshot, physical planning and\n\
-         execution done again. Planned ms plans it from its text in every run (no plan kept):\n\
+         (`[sql] plan_cache_entries`) and bound to the run's new snapshot, and so is its physical\n\
+         plan where it can be kept (`kept_physical`; table \"Where a statement's time goes\"), else\n\
+         planned again; then executed. Planned ms plans it from its text in every run (no plan kept):\n\
          a statement the node has not seen;\n\
          DuckDB loads the same tables from CSV with the same column types and runs from Python\n\
          (`execute().fetchall()`, which includes building Python rows). Median of {runs} runs\n\
-         after one warm-up (two where plans are kept). Queries: `bench/queries.sql`. Every Query run gets a new\n\
+         after one warm-up (four where plans are kept: two to keep the plan, two its physical plan). Queries: `bench/queries.sql`. Every Query run gets a new\n\
          snapshot, so views are computed in each run, as DuckDB's are (in service Query\n\
          computes a view once per generation and later uses cost almost nothing); the runs'\n\
          snapshots are all built first and the runs come back to back, as DuckDB's do. After\n\
@@ -1083,9 +1095,12 @@ fn main() {
              encoding the answer's rows (`query_http::encode::json_rows`); HTTP rest is what the \
              HTTP column (plans kept) adds beyond the reused statement and the encoding (admission, the pool hops, \
              headers, the socket, the client parsing JSON). 1 part. says the statement ran on one \
-             partition (inputs of at most {} rows).\n\n\
-             | query | parse | plan | analyze | optimize | physical | execute | JSON | HTTP rest | planned | reused | HTTP | 1 part. |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+             partition (inputs of at most {} rows); phys. kept that the reused runs bound a physical \
+             plan kept from the runs before (`actors/src/sql/kept_physical.rs`; no where it \
+             holds state a rebuild does not reset, such as a dynamic filter or a scalar \
+             subquery, or reads the snapshot's bounds).\n\n\
+             | query | parse | plan | analyze | optimize | physical | execute | JSON | HTTP rest | planned | reused | HTTP | 1 part. | phys. kept |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
             query_actors::sql::SINGLE_PARTITION_ROWS,
         ));
         for f in figures {
@@ -1097,7 +1112,7 @@ fn main() {
             let http = f.http.as_ref().and_then(|h| h.median_ms);
             let rest = http.map(|h| h - reused - enc);
             body.push_str(&format!(
-                "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {enc:.3} | {} | {planned:.3} | {reused:.3} | {} | {} |\n",
+                "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {enc:.3} | {} | {planned:.3} | {reused:.3} | {} | {} | {} |\n",
                 f.name,
                 p[0],
                 p[1],
@@ -1108,6 +1123,7 @@ fn main() {
                 rest.map(|r| format!("{r:.3}")).unwrap_or_else(|| "—".into()),
                 http.map(|h| format!("{h:.3}")).unwrap_or_else(|| "—".into()),
                 if single { "yes" } else { "no" },
+                if f.ours.physical_kept { "yes" } else { "no" },
             ));
         }
     }

@@ -536,8 +536,8 @@ fn plans_reused(node: &Node) -> u64 {
 }
 
 /// A statement met in an earlier generation runs on the plan kept for it
-/// (`[sql] plan_cache_entries`), with the new generation's data; one calling now() is
-/// planned each time.
+/// (`[sql] plan_cache_entries`), with the new generation's data, and later on its kept
+/// physical plan too; one calling now() is planned each time.
 #[test]
 fn a_statement_met_in_an_earlier_generation_runs_on_its_kept_plan() {
     let ws = Workspace::new();
@@ -558,6 +558,24 @@ fn a_statement_met_in_an_earlier_generation_runs_on_its_kept_plan() {
     assert!(
         later["rows"].as_array().is_some_and(|r| r.len() == 7),
         "{later}"
+    );
+    // Met again with the same values in later generations: its physical plan is kept too,
+    // and bound to each new generation's tables.
+    let bound = node.eventually(
+        Duration::from_secs(60),
+        "an answer on its kept physical plan",
+        || {
+            let before = counter(&node, "query_physical_plans_reused_total");
+            let (status, answer) = node.sql(CONTINENTS);
+            assert_eq!(status, 200, "{answer}");
+            (id(&answer) > id(&later)
+                && counter(&node, "query_physical_plans_reused_total") > before)
+                .then_some(answer)
+        },
+    );
+    assert!(
+        bound["rows"].as_array().is_some_and(|r| r.len() == 7),
+        "{bound}"
     );
     let with_now = "SELECT COUNT(*), now() FROM sys";
     let before = plans_reused(&node);

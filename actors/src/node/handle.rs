@@ -422,6 +422,11 @@ impl NodeHandle {
         if output.phases.plan_reused {
             self.metrics.plans_reused.fetch_add(1, Ordering::Relaxed);
         }
+        if output.phases.physical_reused {
+            self.metrics
+                .physical_plans_reused
+                .fetch_add(1, Ordering::Relaxed);
+        }
         self.metrics
             .aggregates_read
             .fetch_add(output.phases.aggregates_read as u64, Ordering::Relaxed);

@@ -24,6 +24,7 @@ use futures::StreamExt;
 use super::describe::Descriptions;
 use super::front_door::{parse_checked, ParseLimits};
 use super::kept_aggregates::KeptAggregates;
+use super::kept_physical::physical_plan;
 use super::memory::MemoryBudget;
 use super::names;
 use super::plans::{self, KeptPlan, PlanCache, PlanKey};
@@ -139,6 +140,9 @@ pub struct Phases {
     /// True if the optimized plan was kept from an earlier run of the statement (`plans`):
     /// `plan` is then binding it to this snapshot, and analyze and optimize are zero.
     pub plan_reused: bool,
+    /// True if the physical plan was kept from an earlier run of the statement with the
+    /// same values (`kept_physical`): `physical` is then binding it to this snapshot.
+    pub physical_reused: bool,
     /// Aggregates read from their results kept on this snapshot (`[sql]
     /// aggregate_cache_mb`) rather than run.
     pub aggregates_read: usize,
@@ -251,13 +255,16 @@ impl Snapshot {
                 return None;
             }
             let plan = plans::bind(&kept.optimized, &self.sources)?;
-            let plan = shape.as_ref()?.apply(plan, values)?;
+            let plan = shape.as_ref()?.apply(plan, values.clone())?;
             Some((kept, plan, tables))
         });
+        // The kept plan and its values, whose physical plan may be kept too.
+        let mut physical_slot = None;
         let (planned, state) = match bound {
             Some((kept, optimized, tables)) => {
                 phases.plan_reused = true;
-                let state = self.statement_state(kept.single_partition);
+                physical_slot = Some((kept.clone(), values));
+                let state = self.statement_state(kept.single_partition, true);
                 phases.plan = lap.lap();
                 let planned = Planned {
                     optimized,
@@ -291,25 +298,35 @@ impl Snapshot {
         phases.single_partition = single_partition;
         // MIN and MAX of whole tables from this snapshot's bounds (`whole_table_min_max`);
         // EXPLAIN's physical plan shows them as they run (its logical plan, as optimized).
-        let optimized = answer_from_bounds(optimized)?;
+        let bounded = answer_from_bounds(optimized)?;
+        let mut as_kept = !bounded.transformed;
+        let optimized = bounded.data;
         // An answer that depends on the snapshot alone has aggregates that do too. EXPLAIN
         // shows the plan as planned.
         let explained = matches!(optimized, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
         let optimized = if cacheable && !explained {
             let (plan, read) = self.aggregates.substitute(optimized)?;
             phases.aggregates_read = read;
-            plan
+            as_kept &= !plan.transformed;
+            plan.data
         } else {
             optimized
         };
+        // The kept plan as it is (no bounds or kept aggregates of this snapshot in it) may
+        // have its physical plan kept too (`kept_physical`).
+        let slot = physical_slot.filter(|_| as_kept && !explained);
         // Time-sliced: a plan that never waits for input still gives its thread to other
         // queries and stops soon after its deadline aborts it.
-        let physical = time_sliced(
-            state
-                .query_planner()
-                .create_physical_plan(&optimized, &state)
-                .await?,
-        )?;
+        let (physical, reused) = physical_plan(
+            &optimized,
+            &state,
+            &self.sources,
+            slot.as_ref()
+                .map(|(kept, values)| (&kept.physical, values.as_slice())),
+            time_sliced,
+        )
+        .await?;
+        phases.physical_reused = reused;
         let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
             .with_memory_pool(limits.memory.for_query())
             .build_arc()?;
@@ -437,7 +454,7 @@ impl Snapshot {
         let cacheable = snapshot_only && super::answers::immutable(&plan);
         let tables = self.tables_used(scanned.clone());
         let single_partition = one_partition(&tables, snapshot_only, limits);
-        let state = self.statement_state(single_partition);
+        let state = self.statement_state(single_partition, snapshot_only);
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let shown = names::user_schema(&schema);
         phases.plan = lap.lap();
@@ -466,13 +483,24 @@ impl Snapshot {
     }
 
     /// One copy of the state per statement: it carries the statement's start time
-    /// (`now()`), which must not be shared with other statements.
-    fn statement_state(&self, single_partition: bool) -> SessionState {
+    /// (`now()`), which must not be shared with other statements. A statement that reads
+    /// only the snapshot's in-memory tables pushes no dynamic filter (the bounds of a hash
+    /// join's build side, a top-k's threshold) toward its scans: only file scans read
+    /// them (Query History's Parquet files), and a plan holding one cannot be kept
+    /// (`kept_physical`).
+    fn statement_state(&self, single_partition: bool, snapshot_only: bool) -> SessionState {
         let mut state = if single_partition {
             self.narrow.clone()
         } else {
             self.wide.clone()
         };
+        if snapshot_only {
+            let optimizer = &mut state.config_mut().options_mut().optimizer;
+            optimizer.enable_dynamic_filter_pushdown = false;
+            optimizer.enable_join_dynamic_filter_pushdown = false;
+            optimizer.enable_topk_dynamic_filter_pushdown = false;
+            optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+        }
         state.mark_start_execution();
         state
     }

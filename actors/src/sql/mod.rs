@@ -14,6 +14,7 @@ mod front_door;
 mod guarded;
 mod int_division;
 mod kept_aggregates;
+mod kept_physical;
 mod machine_keys;
 mod memory;
 mod names;

@@ -30,8 +30,9 @@ use datafusion::sql::parser::Statement as DfStatement;
 
 use super::engine::{plan_read_only, scanned_tables};
 use super::front_door::ParseLimits;
+use super::kept_physical::Slot;
 use super::machine_keys::{provider_of, registered};
-use super::views::{ViewDef, ViewPlan};
+use super::views::{KeptView, ViewDef, ViewPlan};
 use crate::error::QueryError;
 
 /// A statement (its canonical text) on a catalog (`catalog_fingerprint`), alone on the
@@ -92,6 +93,8 @@ pub struct KeptPlan {
     /// The types of its parameters, `$1` first, when planned from a statement's shape
     /// (`shapes`); None for one the optimizer removed.
     pub parameters: Vec<Option<DataType>>,
+    /// Its physical plan for the last parameter values met (`kept_physical`).
+    pub physical: Slot,
 }
 
 /// The most bytes of statement text and literals a kept plan may hold: the optimizer folds
@@ -132,6 +135,7 @@ impl KeptPlan {
             scanned: scanned.clone(),
             single_partition,
             parameters,
+            physical: Slot::default(),
         })
     }
 }
@@ -250,6 +254,12 @@ impl PlanCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Every plan kept.
+    #[cfg(test)]
+    pub(crate) fn all(&self) -> Vec<Arc<KeptPlan>> {
+        self.lock().plans.values().map(|(k, _)| k.clone()).collect()
+    }
 }
 
 /// What a kept plan depends on besides its statement: every table's name and columns, its
@@ -292,6 +302,10 @@ pub(super) async fn view_plan(
                 plan,
                 optimized: true,
                 depends_on: kept.scanned.iter().cloned().collect(),
+                kept: Some(KeptView {
+                    plan: kept.clone(),
+                    sources: sources.clone(),
+                }),
             });
         }
     }
@@ -304,6 +318,7 @@ pub(super) async fn view_plan(
             plan,
             optimized: false,
             depends_on: scanned.into_iter().collect(),
+            kept: None,
         });
     }
     let optimized = ctx.state().optimize(&plan)?;
@@ -325,6 +340,7 @@ pub(super) async fn view_plan(
         plan: optimized,
         optimized: true,
         depends_on: scanned.into_iter().collect(),
+        kept: None,
     })
 }
 
@@ -418,7 +434,7 @@ fn rescan(
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::sql) mod tests {
     use super::*;
     use crate::generation::{Generation, GenerationBuilder, Part};
     use crate::sql::engine::tests::batch;
@@ -451,6 +467,7 @@ mod tests {
             scanned: BTreeSet::new(),
             single_partition: true,
             parameters: Vec::new(),
+            physical: Slot::default(),
         }
     }
 
@@ -522,7 +539,7 @@ mod tests {
     /// (`n` made nullable: a recursive query's work table named `x` has its columns) and
     /// `late`, keeping plans in `plans`; its tables are copied on first scan, so the snapshot's
     /// providers hold the generation itself.
-    async fn snapshot_of(
+    pub(in crate::sql) async fn snapshot_of(
         rows: i64,
         plans: &Arc<PlanCache>,
     ) -> (Snapshot, std::sync::Weak<Generation>) {
@@ -571,7 +588,7 @@ mod tests {
     }
 
     /// (count, sum) of the answer's one row.
-    fn two_numbers(out: &QueryOutput) -> (i64, i64) {
+    pub(in crate::sql) fn two_numbers(out: &QueryOutput) -> (i64, i64) {
         let col = |i: usize| {
             out.batches[0]
                 .column(i)

@@ -1,7 +1,8 @@
 //! Views: named queries from `ops/views.toml`, computed at most once per generation on
 //! first use and cached until the node switches to the next generation.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,14 +11,17 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{MemTable, Session, TableProvider};
+use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::session_state::SessionState;
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{Expr, LogicalPlan, TableSource};
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
+use super::kept_physical::physical_plan;
+use super::plans::KeptPlan;
 use crate::error::{ConfigError, ConfigResult};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -90,6 +94,21 @@ pub(crate) struct ViewPlan {
     /// Optimized already: computing the view only plans it physically.
     pub optimized: bool,
     pub depends_on: Vec<String>,
+    /// The kept plan it was bound from, if it was.
+    pub kept: Option<KeptView>,
+}
+
+/// A view's kept plan, whose physical plan may be kept too (`kept_physical`), and the
+/// snapshot's sources its scans bind to.
+pub(crate) struct KeptView {
+    pub plan: Arc<KeptPlan>,
+    pub sources: HashMap<String, Arc<dyn TableSource>>,
+}
+
+impl fmt::Debug for KeptView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeptView({} sources)", self.sources.len())
+    }
 }
 
 /// A view inside one snapshot. Its cache lives exactly as long as the snapshot, which is
@@ -101,6 +120,7 @@ pub(crate) struct ViewProvider {
     /// Whether `plan` is optimized already (`plans::view_plan`): only physical planning
     /// remains when the view is computed.
     optimized: bool,
+    kept: Option<KeptView>,
     pub schema: SchemaRef,
     /// Published, static and view tables this view reads (directly or through views).
     pub depends_on: Vec<String>,
@@ -115,12 +135,14 @@ impl ViewProvider {
             plan,
             optimized,
             depends_on,
+            kept,
         } = planned;
         let schema = Arc::new(plan.schema().as_arrow().clone());
         ViewProvider {
             name,
             plan,
             optimized,
+            kept,
             schema,
             depends_on,
             stats: Arc::new(ViewStats::default()),
@@ -141,10 +163,22 @@ impl ViewProvider {
         self.cache
             .get_or_try_init(|| async {
                 let physical = match state.as_any().downcast_ref::<SessionState>() {
+                    // Its physical plan kept for the computing statement's partitions and
+                    // dynamic filters (`Snapshot::statement_state`).
                     Some(s) if self.optimized => {
-                        s.query_planner()
-                            .create_physical_plan(&self.plan, s)
-                            .await?
+                        let no_sources = HashMap::new();
+                        let optimizer = &s.config_options().optimizer;
+                        let values = [
+                            ScalarValue::UInt64(Some(s.config().target_partitions() as u64)),
+                            ScalarValue::Boolean(Some(
+                                optimizer.enable_join_dynamic_filter_pushdown,
+                            )),
+                        ];
+                        let (slot, sources) = match &self.kept {
+                            Some(k) => (Some((&k.plan.physical, &values[..])), &k.sources),
+                            None => (None, &no_sources),
+                        };
+                        physical_plan(&self.plan, s, sources, slot, Ok).await?.0
                     }
                     _ => state.create_physical_plan(&self.plan).await?,
                 };

@@ -97,8 +97,8 @@ fn column_bounds<'a>(
 }
 
 /// `plan` (subqueries included) with every aggregate this module answers replaced by its
-/// literals.
-pub(super) fn answer_from_bounds(plan: LogicalPlan) -> Result<LogicalPlan> {
+/// literals; `transformed` if there was one.
+pub(super) fn answer_from_bounds(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
     plan.transform_up_with_subqueries(|node| {
         let LogicalPlan::Aggregate(aggregate) = &node else {
             return Ok(Transformed::no(node));
@@ -108,7 +108,6 @@ pub(super) fn answer_from_bounds(plan: LogicalPlan) -> Result<LogicalPlan> {
             None => Ok(Transformed::no(node)),
         }
     })
-    .map(|t| t.data)
 }
 
 /// `aggregate` as one row of literals, if every aggregate of it is known.

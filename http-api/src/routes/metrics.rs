@@ -11,7 +11,7 @@ pub async fn get_metrics(node: web::Data<NodeHandle>) -> HttpResponse {
     let snap = node.snapshot();
     let mut body = node.metrics.render(snap.as_deref(), SystemTime::now());
     let q = &node.queries;
-    let gauges: [(&str, &str, &str, u64); 11] = [
+    let gauges: [(&str, &str, &str, u64); 12] = [
         (
             "query_queries_running",
             "gauge",
@@ -65,6 +65,12 @@ pub async fn get_metrics(node: web::Data<NodeHandle>) -> HttpResponse {
             "counter",
             "Statements run on an optimized plan kept from an earlier run, in this generation or an earlier one ([sql] plan_cache_entries).",
             node.metrics.plans_reused.load(Ordering::Relaxed),
+        ),
+        (
+            "query_physical_plans_reused_total",
+            "counter",
+            "Statements run on a physical plan kept with their kept plan, bound to the generation's tables ([sql] plan_cache_entries).",
+            node.metrics.physical_plans_reused.load(Ordering::Relaxed),
         ),
         (
             "query_aggregates_read_total",

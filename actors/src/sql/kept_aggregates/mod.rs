@@ -126,25 +126,27 @@ impl KeptAggregates {
     }
 
     /// `plan` with each outermost aggregate (or top-k window) whose result is kept read
-    /// from it, and each met before run and kept; how many were read from kept results.
-    pub(crate) fn substitute(self: &Arc<Self>, plan: LogicalPlan) -> Result<(LogicalPlan, usize)> {
+    /// from it, and each met before run and kept (`transformed` if any was); how many were
+    /// read from kept results.
+    pub(crate) fn substitute(
+        self: &Arc<Self>,
+        plan: LogicalPlan,
+    ) -> Result<(Transformed<LogicalPlan>, usize)> {
         if self.budget == 0 || recursive(&plan) {
-            return Ok((plan, 0));
+            return Ok((Transformed::no(plan), 0));
         }
         let mut read = 0;
-        let plan = plan
-            .transform_down(|node| {
-                let replaced = match &node {
-                    LogicalPlan::Aggregate(_) => self.aggregate(node, &mut read),
-                    LogicalPlan::Filter(filter) => match top_k(filter) {
-                        Some(top) => self.top_k(node, top, &mut read)?,
-                        None => Transformed::no(node),
-                    },
-                    _ => Transformed::no(node),
-                };
-                Ok(replaced)
-            })?
-            .data;
+        let plan = plan.transform_down(|node| {
+            let replaced = match &node {
+                LogicalPlan::Aggregate(_) => self.aggregate(node, &mut read),
+                LogicalPlan::Filter(filter) => match top_k(filter) {
+                    Some(top) => self.top_k(node, top, &mut read)?,
+                    None => Transformed::no(node),
+                },
+                _ => Transformed::no(node),
+            };
+            Ok(replaced)
+        })?;
         Ok((plan, read))
     }
 

@@ -76,12 +76,20 @@ pub(crate) fn registered<'a>(
     sources: &'a HashMap<String, Arc<dyn TableSource>>,
     scan: &TableScan,
 ) -> Option<&'a Arc<dyn TableSource>> {
+    registered_entry(sources, scan).map(|(_, source)| source)
+}
+
+/// [`registered`], with the name it is registered by.
+pub(crate) fn registered_entry<'a>(
+    sources: &'a HashMap<String, Arc<dyn TableSource>>,
+    scan: &TableScan,
+) -> Option<(&'a String, &'a Arc<dyn TableSource>)> {
     let table = scan.table_name.table();
     let keyed = match scan.source.schema().fields().last() {
-        Some(f) if f.name() == MACHINE_ID => sources.get(&keyed_name(table)),
+        Some(f) if f.name() == MACHINE_ID => sources.get_key_value(&keyed_name(table)),
         _ => None,
     };
-    keyed.or_else(|| sources.get(table))
+    keyed.or_else(|| sources.get_key_value(table))
 }
 
 /// The provider behind a source registered from one, as an address to compare.
@@ -464,7 +472,7 @@ fn key_scan(
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::sql) mod tests {
     use super::*;
     use crate::generation::{GenerationBuilder, Part};
     use crate::sql::engine::tests::sql_node_snapshot;
@@ -539,7 +547,7 @@ mod tests {
         ]
     }
 
-    async fn snapshot(shift: i64, plans: &Arc<PlanCache>) -> Snapshot {
+    pub(in crate::sql) async fn snapshot(shift: i64, plans: &Arc<PlanCache>) -> Snapshot {
         let mut builder = GenerationBuilder::default();
         for (table, parts) in fleet(shift) {
             for part in parts {
@@ -551,7 +559,7 @@ mod tests {
 
     /// The rows `sql` answers (`rows`) from the same tables in a context that joins on the
     /// addresses themselves.
-    async fn expected(shift: i64, sql: &str) -> Vec<String> {
+    pub(in crate::sql) async fn expected(shift: i64, sql: &str) -> Vec<String> {
         let mut config = datafusion::prelude::SessionConfig::new();
         // The snapshot's dialect: the generic one reserves `cluster`.
         config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
@@ -567,7 +575,7 @@ mod tests {
     }
 
     /// An answer's rows as sorted text.
-    fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    pub(in crate::sql) fn rows(batches: &[RecordBatch]) -> Vec<String> {
         let options = FormatOptions::default().with_null("NULL");
         let mut out = Vec::new();
         for b in batches {
@@ -590,7 +598,7 @@ mod tests {
 
     /// (statement, whether its join runs on machine ids, whether by lookup: the joins
     /// `lookup_join` takes have no join filter and keep no unmatched build row).
-    const STATEMENTS: &[(&str, bool, bool)] = &[
+    pub(in crate::sql) const STATEMENTS: &[(&str, bool, bool)] = &[
         ("SELECT s.machine_ip, s.cluster, p.rss FROM sys s JOIN processes p ON s.machine_ip = p.machine_ip", true, true),
         ("SELECT s.machine_ip, p.machine_ip, p.rss FROM sys s LEFT JOIN processes p ON s.machine_ip = p.machine_ip", true, false),
         ("SELECT s.machine_ip, p.machine_ip, p.rss FROM sys s FULL JOIN processes p ON s.machine_ip = p.machine_ip", true, false),
