@@ -91,7 +91,7 @@ enum State {
     /// Met once with these values.
     Met(Vec<ScalarValue>),
     Kept(Vec<ScalarValue>, Arc<Template>),
-    /// Its plan cannot be kept (`Template::of`).
+    /// Its plan cannot be kept (`Template::of`), or did not bind (`Template::bind`).
     Refused(Vec<ScalarValue>),
 }
 
@@ -149,10 +149,19 @@ pub async fn physical_plan(
     slot: Option<(&Slot, &[ScalarValue])>,
     ready: impl FnOnce(Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>>,
 ) -> Result<(Arc<dyn ExecutionPlan>, bool)> {
-    let step = slot.map(|(slot, values)| (slot, values, slot.meet(values)));
-    if let Some((_, _, Meet::Bind(template))) = &step {
-        if let Some(plan) = template.bind(sources, state).await? {
-            return Ok((plan, true));
+    let mut keep = None;
+    if let Some((slot, values)) = slot {
+        match slot.meet(values) {
+            Meet::Bind(template) => {
+                if let Some(plan) = template.bind(sources, state).await? {
+                    return Ok((plan, true));
+                }
+                // It does not bind to this snapshot (a scan spread otherwise): not kept
+                // again for these values, rather than planned and kept on every run.
+                slot.keep(values, None);
+            }
+            Meet::Keep => keep = Some((slot, values)),
+            Meet::Plan => {}
         }
     }
     let physical = ready(
@@ -161,7 +170,7 @@ pub async fn physical_plan(
             .create_physical_plan(optimized, state)
             .await?,
     )?;
-    if let Some((slot, values, Meet::Bind(_) | Meet::Keep)) = step {
+    if let Some((slot, values)) = keep {
         slot.keep(
             values,
             Template::of(&physical, optimized, sources, state).await,
@@ -196,9 +205,17 @@ impl Template {
         }
         let tables = TableBatches::of(optimized, sources, state).await?;
         let mut unknown = false;
+        let mut scans = 0;
         let plan = rebuilt(physical, &mut |node| {
             let config = memory_source(node)?;
-            let Some(table) = tables.name_of(config) else {
+            scans += 1;
+            let rows: usize = config
+                .partitions()
+                .iter()
+                .flatten()
+                .map(|b| b.num_rows())
+                .sum();
+            let Some(table) = tables.name_of(config).filter(|_| rows > 0) else {
                 unknown = true;
                 return None;
             };
@@ -213,7 +230,11 @@ impl Template {
             }))
         })
         .ok()?;
-        if unknown {
+        // A scan the physical rules answered from its table's row count (`COUNT(*)` from
+        // exact statistics, a limit dropped over no rows) holds this snapshot's rows in
+        // the plan: a plan with fewer scans than its logical plan, or a scan of no rows,
+        // is not kept.
+        if unknown || scans != tables.scans {
             return None;
         }
         Some(Template { plan })
@@ -239,19 +260,32 @@ impl Template {
                 return Ok(None);
             };
             let provider = source_as_provider(source)?;
-            let new = provider
+            let mut new = provider
                 .scan(state, scan.projection.as_ref(), &[], scan.fetch)
                 .await?;
+            // A limit pushed into the scan by the physical rules (`MemTable` takes none).
+            if scan.fetch.is_some() {
+                match new.with_fetch(scan.fetch) {
+                    Some(limited) => new = limited,
+                    None => return Ok(None),
+                }
+            }
             if !memory_source(&new).is_some_and(|c| scan.matches(c, &new)) {
                 return Ok(None);
             }
             scans.insert(scan as *const UnboundScan as usize, new);
         }
-        rebuilt(&self.plan, &mut |node| {
+        let bound = rebuilt(&self.plan, &mut |node| {
             let scan = node.downcast_ref::<UnboundScan>()?;
             scans.get(&(scan as *const UnboundScan as usize)).cloned()
-        })
-        .map(Some)
+        });
+        match bound {
+            Ok(plan) => Ok(Some(plan)),
+            Err(e) => {
+                tracing::debug!(error = %e, "a kept physical plan does not rebuild");
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -332,7 +366,11 @@ fn memory_source(node: &Arc<dyn ExecutionPlan>) -> Option<&MemorySourceConfig> {
 
 /// The tables a plan reads, by their batches: the address of a batch's first column
 /// (shared by every scan of the table on one snapshot) names its table.
-struct TableBatches(Vec<(usize, String, SchemaRef)>);
+struct TableBatches {
+    batches: Vec<(usize, String, SchemaRef)>,
+    /// The logical plan's table scans, subqueries included.
+    scans: usize,
+}
 
 impl TableBatches {
     async fn of(
@@ -352,6 +390,7 @@ impl TableBatches {
                 Ok(TreeNodeRecursion::Continue)
             })
             .ok()?;
+        let scans = tables.len();
         let mut batches = Vec::new();
         for (name, source) in tables {
             let provider = source_as_provider(&source).ok()?;
@@ -363,7 +402,7 @@ impl TableBatches {
                 }
             }
         }
-        Some(TableBatches(batches))
+        Some(TableBatches { batches, scans })
     }
 
     /// The table whose batches `config` scans; None if none is, or more than one with
@@ -378,7 +417,7 @@ impl TableBatches {
             .first()?;
         let schema = config.original_schema();
         let mut names = self
-            .0
+            .batches
             .iter()
             .filter(|(a, _, s)| *a == address(first) && *s == schema)
             .map(|(_, n, _)| n);

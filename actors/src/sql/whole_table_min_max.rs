@@ -11,8 +11,8 @@
 //! 840,000 values at planning instead took 0.75 ms on the planning thread, as much as the
 //! pipeline saved: the cost is the pass over the column. A column store knows its columns'
 //! bounds from ingest (DataFusion answers such aggregates from a source's exact statistics,
-//! `AggregateStatistics`, but an in-memory table reports none), and a generation is
-//! immutable: its bounds hold for every statement on it.
+//! `AggregateStatistics`, but an in-memory table reports only row and null counts), and a
+//! generation is immutable: its bounds hold for every statement on it.
 //!
 //! When: a table's bounds are computed where its batches are spread over the cores
 //! (`spread::partitioned`): at a SQL node when the snapshot is built, so no statement pays
