@@ -484,22 +484,17 @@ impl Snapshot {
 
     /// One copy of the state per statement: it carries the statement's start time
     /// (`now()`), which must not be shared with other statements. A statement that reads
-    /// only the snapshot's in-memory tables pushes no dynamic filter (the bounds of a hash
-    /// join's build side, a top-k's threshold) toward its scans: only file scans read
-    /// them (Query History's Parquet files), and a plan holding one cannot be kept
-    /// (`kept_physical`).
+    /// more than the snapshot's in-memory tables (Query History's Parquet files) pushes
+    /// dynamic filters toward its scans, which the snapshot's session does not
+    /// (`build::session_config`).
     fn statement_state(&self, single_partition: bool, snapshot_only: bool) -> SessionState {
         let mut state = if single_partition {
             self.narrow.clone()
         } else {
             self.wide.clone()
         };
-        if snapshot_only {
-            let optimizer = &mut state.config_mut().options_mut().optimizer;
-            optimizer.enable_dynamic_filter_pushdown = false;
-            optimizer.enable_join_dynamic_filter_pushdown = false;
-            optimizer.enable_topk_dynamic_filter_pushdown = false;
-            optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+        if !snapshot_only {
+            build::set_dynamic_filters(state.config_mut(), true);
         }
         state.mark_start_execution();
         state

@@ -208,7 +208,22 @@ fn session_config(partitions: usize) -> SessionConfig {
         .options_mut()
         .optimizer
         .hash_join_single_partition_threshold = 32 << 20;
+    // No dynamic filters (a hash join's build-side bounds, a top-k's threshold, pushed
+    // toward the scans): they serve file scans, never in-memory batches, and a plan
+    // holding one cannot be kept (`kept_physical`). A statement that reads Query History's
+    // Parquet files turns them on (`Snapshot::statement_state`).
+    set_dynamic_filters(&mut config, false);
     config
+}
+
+/// Dynamic filter pushdown on or off (all three kinds: DataFusion's umbrella option sets
+/// them only when set by name).
+pub(super) fn set_dynamic_filters(config: &mut SessionConfig, on: bool) {
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.enable_dynamic_filter_pushdown = on;
+    optimizer.enable_join_dynamic_filter_pushdown = on;
+    optimizer.enable_topk_dynamic_filter_pushdown = on;
+    optimizer.enable_aggregate_dynamic_filter_pushdown = on;
 }
 
 /// Row counts for the optimizer's choice to aggregate before small joins: published
