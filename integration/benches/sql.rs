@@ -1096,9 +1096,9 @@ fn main() {
              HTTP column (plans kept) adds beyond the reused statement and the encoding (admission, the pool hops, \
              headers, the socket, the client parsing JSON). 1 part. says the statement ran on one \
              partition (inputs of at most {} rows); phys. kept that the reused runs bound a physical \
-             plan kept from the runs before (`actors/src/sql/kept_physical.rs`; no where it \
-             holds state a rebuild does not reset, such as a dynamic filter or a scalar \
-             subquery, or reads the snapshot's bounds).\n\n\
+             plan kept from the runs before (`actors/src/sql/kept_physical.rs`; no for a plan \
+             holding state a rebuild does not reset, such as a scalar subquery, or reading \
+             the snapshot's bounds).\n\n\
              | query | parse | plan | analyze | optimize | physical | execute | JSON | HTTP rest | planned | reused | HTTP | 1 part. | phys. kept |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
             query_actors::sql::SINGLE_PARTITION_ROWS,
