@@ -27,8 +27,8 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
-use datafusion::arrow::buffer::{NullBuffer, ScalarBuffer};
 use datafusion::arrow::compute::kernels::numeric::div;
+use datafusion::arrow::compute::{binary, unary};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
@@ -115,15 +115,12 @@ fn in_doubles(
         if binary.op() != &Operator::Divide || !int64(binary.left()) || !int64(binary.right()) {
             return Ok(Transformed::no(e));
         }
-        if e.data_type(schema)? != DataType::Int64 {
-            return Ok(Transformed::no(e));
-        }
         Ok(Transformed::yes(Arc::new(FloatExactDivide { division: e })))
     })
 }
 
-/// An `Int64 / Int64` division (`division`, DataFusion's own) computed in doubles when
-/// that is exact.
+/// An `Int64 / Int64` division (`division`, DataFusion's own `BinaryExpr`) computed in
+/// doubles when that is exact.
 #[derive(Debug, Eq)]
 pub(crate) struct FloatExactDivide {
     division: Arc<dyn PhysicalExpr>,
@@ -153,11 +150,16 @@ impl PhysicalExpr for FloatExactDivide {
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
-        let [left, right] = self.division.children()[..] else {
+        // Read through the `BinaryExpr` (`in_doubles` makes no other): `children()` would
+        // allocate on every batch.
+        let Some(binary) = self.division.downcast_ref::<BinaryExpr>() else {
             return self.division.evaluate(batch);
         };
-        let (left, right) = (left.evaluate(batch)?, right.evaluate(batch)?);
-        match divided(&left, &right, batch.num_rows()) {
+        let (left, right) = (
+            binary.left().evaluate(batch)?,
+            binary.right().evaluate(batch)?,
+        );
+        match divided(&left, &right) {
             Some(array) => Ok(ColumnarValue::Array(array)),
             // What `BinaryExpr` does for a division, on the operands already evaluated.
             None => apply(&left, &right, div),
@@ -212,9 +214,9 @@ fn side(value: &ColumnarValue) -> Option<Side<'_>> {
     }
 }
 
-/// `left / right` over `rows` rows in doubles; None where that is not exact (or not an
-/// array and a scalar or two arrays), so that DataFusion's kernel answers.
-fn divided(left: &ColumnarValue, right: &ColumnarValue, rows: usize) -> Option<ArrayRef> {
+/// `left / right` in doubles; None where that is not exact (or not an array and a scalar
+/// or two arrays of one length), so that DataFusion's kernel answers.
+fn divided(left: &ColumnarValue, right: &ColumnarValue) -> Option<ArrayRef> {
     let (left, right) = (side(left)?, side(right)?);
     let fits = |side: &Side, divisor: bool| match side {
         Side::Scalar(v) => exact(*v, divisor),
@@ -231,29 +233,15 @@ fn divided(left: &ColumnarValue, right: &ColumnarValue, rows: usize) -> Option<A
         return None;
     }
     let quotient = |a: i64, b: i64| (a as f64 / b as f64) as i64;
-    let (values, nulls): (Vec<i64>, Option<NullBuffer>) = match (left, right) {
-        (Side::Array(a), Side::Array(b)) => {
-            if a.len() != rows || b.len() != rows {
-                return None;
-            }
-            let values = a.values().iter().zip(b.values().iter());
-            (
-                values.map(|(&a, &b)| quotient(a, b)).collect(),
-                NullBuffer::union(a.nulls(), b.nulls()),
-            )
-        }
-        (Side::Array(a), Side::Scalar(b)) => (
-            a.values().iter().map(|&a| quotient(a, b)).collect(),
-            a.nulls().cloned(),
-        ),
-        (Side::Scalar(a), Side::Array(b)) => (
-            b.values().iter().map(|&b| quotient(a, b)).collect(),
-            b.nulls().cloned(),
-        ),
+    // Arrow's kernels keep the nulls (their union for two arrays).
+    let array: Int64Array = match (left, right) {
+        (Side::Array(a), Side::Array(b)) => binary(a, b, quotient).ok()?,
+        (Side::Array(a), Side::Scalar(b)) => unary(a, |a| quotient(a, b)),
+        (Side::Scalar(a), Side::Array(b)) => unary(b, |b| quotient(a, b)),
         // Two scalars are folded when the statement is planned.
         (Side::Scalar(_), Side::Scalar(_)) => return None,
     };
-    Some(Arc::new(Int64Array::new(ScalarBuffer::from(values), nulls)))
+    Some(Arc::new(array))
 }
 
 /// Whether `v` is divided exactly in doubles (and, as a divisor, is not zero).

@@ -1,14 +1,15 @@
 //! Physical plans kept with a kept plan (`plans::KeptPlan`) and bound to each new
 //! snapshot. A statement met again on a new snapshot takes its optimized plan from
 //! `plans`, but physical planning (DataFusion's physical rules and ours) was still a
-//! third to a half of a small statement's time (BENCHMARKS.md, "Where a statement's time
-//! goes": 0.35-0.85 ms at a thousand machines, 0.4-0.7 ms at 70,000).
+//! third to a half of a small statement's time (0.35-0.85 ms at a thousand machines in
+//! BENCHMARKS.md's "Where a statement's time goes" on 716203b; 0.42-0.69 ms at 70,000 with
+//! `BENCH_EXPLAIN`).
 //!
 //! This module owns:
 //! - [`Slot`], one per kept plan: the physical plan kept for one set of the plan's
 //!   parameter values. It is kept the second time those values are met in a row (a mix
-//!   whose values vary keeps nothing, and pays only comparing them), and replaced when
-//!   the next values differ.
+//!   whose values vary keeps nothing, and pays only comparing them), forgotten when other
+//!   values come, and not kept again for its values once it fails to bind.
 //! - [`Template`]: a planned, time-sliced physical plan whose every table scan (a scan of
 //!   in-memory batches) is replaced by an [`UnboundScan`] naming the snapshot's table
 //!   and holding no data, so a kept plan does not keep a generation alive.
@@ -97,7 +98,7 @@ enum State {
 
 /// What a statement with a kept plan does about its physical plan.
 enum Meet {
-    /// Bind this one; plan and keep anew if it does not bind.
+    /// Bind this one; if it does not bind, plan, and keep none for these values.
     Bind(Arc<Template>),
     /// Plan, then keep it: its values were met just before.
     Keep,
@@ -378,21 +379,24 @@ impl TableBatches {
         sources: &HashMap<String, Arc<dyn TableSource>>,
         state: &SessionState,
     ) -> Option<TableBatches> {
-        let mut tables = Vec::new();
+        let mut names = Vec::new();
         optimized
             .apply_with_subqueries(|node| {
                 if let LogicalPlan::TableScan(scan) = node {
                     match registered_entry(sources, scan) {
-                        Some((name, source)) => tables.push((name.clone(), source.clone())),
+                        Some((name, source)) => names.push((name.clone(), source.clone())),
                         None => return internal_err!("a scan of no table of the snapshot"),
                     }
                 }
                 Ok(TreeNodeRecursion::Continue)
             })
             .ok()?;
-        let scans = tables.len();
+        let scans = names.len();
+        // A table scanned twice (a self-join) is looked at once.
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        names.dedup_by(|a, b| a.0 == b.0);
         let mut batches = Vec::new();
-        for (name, source) in tables {
+        for (name, source) in names {
             let provider = source_as_provider(&source).ok()?;
             let scan = provider.scan(state, None, &[], None).await.ok()?;
             let config = memory_source(&scan)?;

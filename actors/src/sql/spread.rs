@@ -32,13 +32,12 @@ pub(crate) struct SpreadTable {
 }
 
 impl SpreadTable {
-    /// `bounds`: per column of `schema`, None to compute them from `parts`.
+    /// `bounds`: per column of `schema`.
     fn new(
         schema: SchemaRef,
         parts: Vec<Vec<RecordBatch>>,
-        bounds: Option<Vec<Option<ColumnBounds>>>,
+        bounds: Vec<Option<ColumnBounds>>,
     ) -> DfResult<Self> {
-        let bounds = bounds.unwrap_or_else(|| bounds_of(&schema, parts.iter().flatten()));
         let narrow = if parts.len() > 1 {
             let one: Vec<RecordBatch> = parts.iter().flatten().cloned().collect();
             Some(MemTable::try_new(schema.clone(), vec![one])?)
@@ -81,7 +80,7 @@ impl SpreadTable {
         );
         let mut bounds = self.bounds.clone();
         bounds.resize(schema.fields().len(), None);
-        SpreadTable::new(schema, parts, Some(bounds)).ok()
+        SpreadTable::new(schema, parts, bounds).ok()
     }
 
     /// The partitions a wide scan reads (shared batches); None if one is being written,
@@ -164,7 +163,8 @@ pub(super) fn partitioned<'a>(
         };
         parts[i % n].push(batch);
     }
-    SpreadTable::new(schema, parts, None)
+    let bounds = bounds_of(&schema, parts.iter().flatten());
+    SpreadTable::new(schema, parts, bounds)
 }
 
 /// Batches of about `COALESCE_ROWS` rows a table is cut into.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array};
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
@@ -19,8 +20,8 @@ fn array(values: &[Option<i64>]) -> ColumnarValue {
     ColumnarValue::Array(Arc::new(Int64Array::from(values.to_vec())))
 }
 
-fn quotients(left: &ColumnarValue, right: &ColumnarValue, rows: usize) -> Option<Vec<Option<i64>>> {
-    let out = divided(left, right, rows)?;
+fn quotients(left: &ColumnarValue, right: &ColumnarValue) -> Option<Vec<Option<i64>>> {
+    let out = divided(left, right)?;
     let out = out.as_any().downcast_ref::<Int64Array>()?;
     Some(out.iter().collect())
 }
@@ -46,7 +47,7 @@ fn doubles_give_the_integer_quotient() {
         let divisors: Vec<i64> = operands.iter().copied().filter(|&b| b != 0).collect();
         let lefts = vec![Some(a); divisors.len()];
         let rights: Vec<Option<i64>> = divisors.iter().map(|&b| Some(b)).collect();
-        let got = quotients(&array(&lefts), &array(&rights), divisors.len()).expect("exact");
+        let got = quotients(&array(&lefts), &array(&rights)).expect("exact");
         for (b, q) in divisors.iter().zip(got) {
             assert_eq!(q, Some(a / b), "{a} / {b}");
             checked += 1;
@@ -60,7 +61,7 @@ fn nulls_scalars_and_what_doubles_cannot_divide() {
     let left = array(&[Some(7), None, Some(-9), Some(0)]);
     let right = array(&[Some(2), Some(3), None, Some(-5)]);
     assert_eq!(
-        quotients(&left, &right, 4),
+        quotients(&left, &right),
         Some(vec![Some(3), None, None, Some(0)])
     );
     // A NULL divisor may hold a zero (`nullif(b, 0)`): it is not a zero divisor.
@@ -69,30 +70,25 @@ fn nulls_scalars_and_what_doubles_cannot_divide() {
         Some(NullBuffer::from(vec![true, false, true, false])),
     )));
     assert_eq!(
-        quotients(&left, &zeros_nulled, 4),
+        quotients(&left, &zeros_nulled),
         Some(vec![Some(3), None, Some(-1), None])
     );
     let ten = ColumnarValue::Scalar(ScalarValue::Int64(Some(10)));
     assert_eq!(
-        quotients(&left, &ten, 4),
+        quotients(&left, &ten),
         Some(vec![Some(0), None, Some(0), Some(0)])
     );
     let hundred = ColumnarValue::Scalar(ScalarValue::Int64(Some(-100)));
     assert_eq!(
-        quotients(&hundred, &right, 4),
+        quotients(&hundred, &right),
         Some(vec![Some(-50), Some(-33), None, Some(20)])
     );
     // Left to DataFusion: a valid zero divisor, a value beyond 2^52, a NULL scalar.
-    assert!(quotients(&left, &array(&[Some(1), Some(0), Some(1), Some(1)]), 4).is_none());
+    assert!(quotients(&left, &array(&[Some(1), Some(0), Some(1), Some(1)])).is_none());
     let huge = array(&[Some(1), Some(1 << 53), Some(1), Some(1)]);
-    assert!(quotients(&huge, &right, 4).is_none());
-    assert!(quotients(&left, &ColumnarValue::Scalar(ScalarValue::Int64(None)), 4).is_none());
-    assert!(quotients(
-        &left,
-        &ColumnarValue::Scalar(ScalarValue::Int64(Some(0))),
-        4
-    )
-    .is_none());
+    assert!(quotients(&huge, &right).is_none());
+    assert!(quotients(&left, &ColumnarValue::Scalar(ScalarValue::Int64(None))).is_none());
+    assert!(quotients(&left, &ColumnarValue::Scalar(ScalarValue::Int64(Some(0))),).is_none());
 }
 
 fn context(ours: bool) -> SessionContext {
