@@ -70,11 +70,7 @@ async fn snapshot() -> Result<Snapshot, String> {
                 published_at,
             })
             .collect();
-        let part = Part {
-            key: format!("fixture:{}", fx.table),
-            batch: b.finish(),
-            sources,
-        };
+        let part = Part::new(format!("fixture:{}", fx.table), b.finish(), sources);
         builder.add(&fx.table, part)?;
     }
     let generation = builder.seal(1, 1, SystemTime::now());

@@ -514,13 +514,15 @@ fn corpus_generations() -> Vec<Generation> {
     let ds = dict_schema();
     let t0 = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
     // Every source publishes again each round (the frames' source times change).
-    let part = |key: &str, batch: RecordBatch, round: u64| Part {
-        key: key.into(),
-        batch,
-        sources: vec![SourceStamp {
-            source: key.into(),
-            published_at: t0 + Duration::from_millis(round * 900),
-        }],
+    let part = |key: &str, batch: RecordBatch, round: u64| {
+        Part::new(
+            key.into(),
+            batch,
+            vec![SourceStamp {
+                source: key.into(),
+                published_at: t0 + Duration::from_millis(round * 900),
+            }],
+        )
     };
     let rounds: [[&[(&str, i64)]; 3]; 4] = [
         [&[("a", 1), ("b", 2), ("c", 3)], &[("d", 4)], &[]],

@@ -242,14 +242,14 @@ async fn snapshot() -> Result<Snapshot, String> {
         }
         builder.add(
             &fx.table,
-            Part {
-                key: format!("fixture:{}", fx.table),
-                batch: b.finish(),
-                sources: vec![SourceStamp {
+            Part::new(
+                format!("fixture:{}", fx.table),
+                b.finish(),
+                vec![SourceStamp {
                     source: "10.0.0.1".into(),
                     published_at,
                 }],
-            },
+            ),
         )?;
     }
     let generation = builder.seal(1, 1, SystemTime::now());

@@ -119,14 +119,14 @@ fn per_machine(sim: &mut FleetSimulator, now: SystemTime, id: u64) -> Arc<Genera
         b.declare(&p.table, batch.schema());
         for (ip, idx) in rows {
             machines.insert(ip.to_string());
-            let part = Part {
-                key: ip.to_string(),
-                batch: take_record_batch(batch, &UInt32Array::from(idx)).expect("take"),
-                sources: stamps
+            let part = Part::new(
+                ip.to_string(),
+                take_record_batch(batch, &UInt32Array::from(idx)).expect("take"),
+                stamps
                     .get(ip)
                     .map(|s| vec![(*s).clone()])
                     .unwrap_or_default(),
-            };
+            );
             b.add(&p.table, part).expect("one schema per table");
         }
     }

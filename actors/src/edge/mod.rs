@@ -27,11 +27,7 @@ impl Published {
     pub fn new(table: &str, key: String, batch: RecordBatch, sources: Vec<SourceStamp>) -> Self {
         Published {
             table: table.to_string(),
-            part: Part {
-                key,
-                batch,
-                sources,
-            },
+            part: Part::new(key, batch, sources),
         }
     }
 }

@@ -238,7 +238,7 @@ impl FleetSimulator {
                     .clone();
                 Some(RoundTable {
                     name: p.table,
-                    batch: p.part.batch,
+                    batch: p.part.batch.clone(),
                     ips,
                     next_row: 0,
                 })
@@ -408,14 +408,14 @@ impl Iterator for RoundCut {
                 if t.next_row == start {
                     continue;
                 }
-                let part = Part {
-                    key: format!("{}/simulated", m.ip),
-                    batch: t.batch.slice(start, t.next_row - start),
-                    sources: vec![SourceStamp {
+                let part = Part::new(
+                    format!("{}/simulated", m.ip),
+                    t.batch.slice(start, t.next_row - start),
+                    vec![SourceStamp {
                         source: m.ip.clone(),
                         published_at: m.published_at,
                     }],
-                };
+                );
                 if let Err(e) = b.add(&t.name, part) {
                     tracing::warn!(machine = m.ip, error = %e, "simulated rows refused");
                 }

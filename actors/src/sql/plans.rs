@@ -544,11 +544,7 @@ pub(in crate::sql) mod tests {
         plans: &Arc<PlanCache>,
     ) -> (Snapshot, std::sync::Weak<Generation>) {
         let mut builder = GenerationBuilder::default();
-        let part = Part {
-            key: "m1".into(),
-            batch: batch(rows),
-            sources: vec![],
-        };
+        let part = Part::new("m1".into(), batch(rows), vec![]);
         builder.add("t", part).expect("part");
         let generation = builder.seal(rows as u64, 1, SystemTime::now());
         let weak = Arc::downgrade(&generation);

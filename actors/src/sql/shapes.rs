@@ -522,11 +522,7 @@ mod tests {
                 Arc::new(Float64Array::from(vec![i as f64 / 4.0])),
                 Arc::new(UInt8Array::from(vec![(i * 30) as u8])),
             ];
-            let part = |batch| Part {
-                key: ip.clone(),
-                batch,
-                sources: vec![],
-            };
+            let part = |batch| Part::new(ip.clone(), batch, vec![]);
             let batch = RecordBatch::try_new(t.clone(), columns).expect("batch");
             builder.add("t", part(batch)).expect("part");
             if i < 6 {

@@ -480,14 +480,14 @@ pub(crate) mod tests {
                         t.to_string(),
                         GenTable {
                             schema: schema.clone(),
-                            parts: vec![Arc::new(Part {
-                                key: machine.into(),
-                                batch: batch.clone(),
-                                sources: vec![SourceStamp {
+                            parts: vec![Arc::new(Part::new(
+                                machine.into(),
+                                batch.clone(),
+                                vec![SourceStamp {
                                     source: machine.into(),
                                     published_at: SystemTime::now(),
                                 }],
-                            })],
+                            ))],
                         },
                     )
                 })

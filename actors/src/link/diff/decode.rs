@@ -256,10 +256,10 @@ fn apply_table(
             pf,
         )?);
     }
-    if let Some(left) = patches.iter().find(|p| p.next < p.values.num_rows()) {
+    if let Some(left) = patches.iter().find(|p| p.next < p.rows()) {
         return Err(LinkError::Protocol(format!(
             "table '{name}': {} rows of patch values are left over",
-            left.values.num_rows() - left.next
+            left.rows() - left.next
         )));
     }
     let mut table = match tf.listing {
@@ -294,11 +294,7 @@ fn part_out(times: &SourceTimes, name: &str, p: &mut HeldPart) -> Result<Arc<Par
     if !same {
         let names = p.shown.sources.iter().map(|s| s.source.clone());
         let sources = at_link_times(times, name, &p.shown.key, names)?;
-        p.shown = Arc::new(Part {
-            key: p.shown.key.clone(),
-            batch: p.shown.batch.clone(),
-            sources,
-        });
+        p.shown = Arc::new(p.shown.restamped(sources));
     }
     Ok(p.shown.clone())
 }
@@ -371,6 +367,10 @@ fn part(
         })
     };
     let in_part = |e| in_table(name, &format!("part '{key}'"), e);
+    // A patch applied, with the part it was applied to, for `recorded`.
+    let mut applied = None;
+    // The part held, when its rows are sent unchanged with other sources.
+    let mut same_rows: Option<Arc<Part>> = None;
     let batch = match pf.rows {
         PartRows::Full(bytes) => decode_batch(&bytes, schema).map_err(in_part)?,
         PartRows::Unchanged => {
@@ -382,6 +382,7 @@ fn part(
                     stamped: old.stamped,
                 });
             }
+            same_rows = Some(old.shown.clone());
             old.shown.batch.clone()
         }
         PartRows::Diff { removed, added } => {
@@ -395,7 +396,7 @@ fn part(
             removed,
             added,
         } => {
-            let old = &need("a patch")?.shown.batch;
+            let old = need("a patch")?;
             let added_bytes = added;
             let added = if added_bytes.is_empty() {
                 None
@@ -414,21 +415,23 @@ fn part(
                 }
             };
             let patched = patch::apply(
-                old,
+                &old.shown.batch,
                 &rows,
-                values.as_ref().map(|(c, v)| (&c[..], v.clone())),
+                values
+                    .as_ref()
+                    .map(|v| (&v.values.0[..], v.values.1.slice(v.offset, v.len))),
                 &removed,
                 added.as_ref(),
             )
             .map_err(in_part)?;
-            if let Some(recorded) = recorded {
+            if recorded.is_some() {
                 let patch = forward::Patch {
                     rows,
                     values,
                     removed,
                     added: added_bytes,
                 };
-                recorded.extend(forward::record(old, &patched, patch));
+                applied = Some((old.shown.clone(), patch));
             }
             patched
         }
@@ -458,21 +461,22 @@ fn part(
             true,
         ),
     };
-    Ok(HeldPart {
-        shown: Arc::new(Part {
-            key: key.into_owned(),
-            batch,
-            sources,
-        }),
-        stamped,
-    })
+    let shown = Arc::new(match same_rows {
+        Some(held) => held.restamped(sources),
+        None => Part::new(key.into_owned(), batch, sources),
+    });
+    if let (Some(recorded), Some((base, patch))) = (recorded, applied) {
+        recorded.push(forward::record(&base, &shown, patch));
+    }
+    Ok(HeldPart { shown, stamped })
 }
 
 /// One entry of a table's patch values, decoded, and how many of its rows the parts read so
 /// far.
 struct PatchCursor {
-    columns: Vec<(u32, bool)>,
-    values: RecordBatch,
+    /// The patched columns and their values, shared with the patches a forwarding decoder
+    /// records.
+    values: forward::Values,
     next: usize,
 }
 
@@ -481,26 +485,33 @@ impl PatchCursor {
         if p.columns.is_empty() {
             return Err(LinkError::Protocol("patch values of no column".into()));
         }
-        let (columns, values) = patch::widen(table, &p.columns, p.rows, &p.values)?;
+        let values = patch::widen(table, &p.columns, p.rows, &p.values)?;
         Ok(PatchCursor {
-            columns,
-            values,
+            values: Arc::new(values),
             next: 0,
         })
     }
 
-    /// The next `n` rows, with the columns they patch.
-    fn take(&mut self, n: usize) -> Result<(Vec<(u32, bool)>, RecordBatch), LinkError> {
+    fn rows(&self) -> usize {
+        self.values.1.num_rows()
+    }
+
+    /// The next `n` rows.
+    fn take(&mut self, n: usize) -> Result<forward::ValueRows, LinkError> {
         let end = self.next.saturating_add(n);
-        if end > self.values.num_rows() {
+        if end > self.rows() {
             return Err(LinkError::Protocol(format!(
                 "a patch of {n} rows finds {} rows of values left",
-                self.values.num_rows() - self.next
+                self.rows() - self.next
             )));
         }
-        let rows = self.values.slice(self.next, n);
+        let rows = forward::ValueRows {
+            values: self.values.clone(),
+            offset: self.next,
+            len: n,
+        };
         self.next = end;
-        Ok((self.columns.clone(), rows))
+        Ok(rows)
     }
 }
 

@@ -3,40 +3,67 @@
 //! nodes rather than re-encoding whole tables").
 //!
 //! A [`LinkDecoder`](super::LinkDecoder) made with `forwarding` records, for each part it
-//! patched, the patch and the Arrow arrays it was applied to and gave. A
-//! [`LinkEncoder`](super::LinkEncoder) whose parent holds exactly those arrays (its mirror's
-//! rows, in the same order) sends the recorded patch as is: applied to the same rows it gives
-//! the same rows. Arrays are recognised by identity (`Arc` pointers), never by content, so an
-//! entry can only match the very arrays it was made from; it holds them weakly (the arrays'
-//! buffers are freed with the generation) and is pruned once they are gone.
+//! patched, the patch and the parts it was applied to and gave. A
+//! [`LinkEncoder`](super::LinkEncoder) whose parent holds exactly the first part's rows (its
+//! mirror's, in the same order) sends the recorded patch as is: applied to the same rows it
+//! gives the same rows. Parts are recognised by identity (`Arc` pointers), never by content,
+//! so an entry can only match the very parts it was made from (a part is immutable); it holds
+//! them weakly (their rows are freed with the generation) and is pruned once they are gone.
+//!
+//! An entry is small on purpose: a TLA of 70,000 machines holds one for every part patched
+//! in a round (about 84,000) from one frame of its cluster to the next. It pins two `Part`
+//! allocations, not the columns of both (weak references to each column of the part patched
+//! and of its result kept about a kilobyte of array headers per entry after the rows were
+//! gone), and points into its table's patch values rather than slicing them per part.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
-use datafusion::arrow::array::{Array, ArrayRef};
 use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::generation::Part;
 
 /// A patch as applied: what the encoder needs to send it again.
 #[derive(Clone)]
 pub(super) struct Patch {
     /// Row gaps, as on the wire.
     pub rows: Vec<u32>,
-    /// The patched columns and their values (a slice of the table's decoded values).
-    pub values: Option<(Vec<(u32, bool)>, RecordBatch)>,
+    /// The patched columns and their values: rows of the table's decoded values.
+    pub values: Option<ValueRows>,
     pub removed: Vec<u32>,
     /// Added rows, Arrow IPC as received.
     pub added: Vec<u8>,
 }
 
+/// One entry of a table's patch values as decoded (the patched columns and their values),
+/// shared by the patches that read it.
+pub(super) type Values = Arc<(Vec<(u32, bool)>, RecordBatch)>;
+
+/// `len` rows of shared patch values from `offset`.
+#[derive(Clone)]
+pub(super) struct ValueRows {
+    pub values: Values,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl ValueRows {
+    /// The patched columns and the rows' values.
+    pub fn get(&self) -> (Vec<(u32, bool)>, RecordBatch) {
+        let (columns, values) = &*self.values;
+        (columns.clone(), values.slice(self.offset, self.len))
+    }
+}
+
 struct Entry {
-    /// The rows the patch was applied to, and the rows it gave.
-    base: Vec<Weak<dyn Array>>,
-    result: Vec<Weak<dyn Array>>,
+    /// The part the patch was applied to, and the part it gave.
+    base: Weak<Part>,
+    result: Weak<Part>,
     patch: Patch,
 }
 
 struct Registry {
-    /// By the address of the result's first column.
+    /// By the address of the result.
     entries: HashMap<usize, Entry>,
     /// Prune dead entries when the map reaches this size.
     prune_at: usize,
@@ -49,16 +76,8 @@ static APPLIED: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
     })
 });
 
-fn address(a: &ArrayRef) -> usize {
-    Arc::as_ptr(a) as *const () as usize
-}
-
-fn same(weak: &[Weak<dyn Array>], batch: &RecordBatch) -> bool {
-    weak.len() == batch.num_columns()
-        && weak
-            .iter()
-            .zip(batch.columns())
-            .all(|(w, a)| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(a)))
+fn address(p: &Arc<Part>) -> usize {
+    Arc::as_ptr(p) as usize
 }
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
@@ -67,24 +86,22 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
 }
 
 /// An entry made by [`record`], for [`forget`].
-pub(super) struct Recorded(usize, Weak<dyn Array>);
+pub(super) struct Recorded(usize, Weak<Part>);
 
 /// Records that `patch` turned `base` into `result`.
-pub(super) fn record(base: &RecordBatch, result: &RecordBatch, patch: Patch) -> Option<Recorded> {
-    let first = result.columns().first()?;
+pub(super) fn record(base: &Arc<Part>, result: &Arc<Part>, patch: Patch) -> Recorded {
     let entry = Entry {
-        base: base.columns().iter().map(Arc::downgrade).collect(),
-        result: result.columns().iter().map(Arc::downgrade).collect(),
+        base: Arc::downgrade(base),
+        result: Arc::downgrade(result),
         patch,
     };
     let mut r = registry();
     if r.entries.len() >= r.prune_at {
-        r.entries
-            .retain(|_, e| e.result.first().is_some_and(|w| w.strong_count() > 0));
+        r.entries.retain(|_, e| e.result.strong_count() > 0);
         r.prune_at = (r.entries.len() * 2).max(1024);
     }
-    r.entries.insert(address(first), entry);
-    Some(Recorded(address(first), Arc::downgrade(first)))
+    r.entries.insert(address(result), entry);
+    Recorded(address(result), Arc::downgrade(result))
 }
 
 /// Drops the entries `recorded` made (still there and not replaced since). A decoder forgets
@@ -100,8 +117,7 @@ pub(super) fn forget(recorded: &mut Vec<Recorded>) {
         let ours = r
             .entries
             .get(&at)
-            .and_then(|e| e.result.first())
-            .is_some_and(|w| Weak::ptr_eq(w, &weak));
+            .is_some_and(|e| Weak::ptr_eq(&e.result, &weak));
         if ours {
             r.entries.remove(&at);
         }
@@ -109,11 +125,12 @@ pub(super) fn forget(recorded: &mut Vec<Recorded>) {
 }
 
 /// The patch that turned exactly `base` into exactly `result`, if one was recorded.
-pub(super) fn find(base: &RecordBatch, result: &RecordBatch) -> Option<Patch> {
-    let first = result.columns().first()?;
+pub(super) fn find(base: &Arc<Part>, result: &Arc<Part>) -> Option<Patch> {
     let r = registry();
-    let e = r.entries.get(&address(first))?;
-    (same(&e.result, result) && same(&e.base, base)).then(|| e.patch.clone())
+    let e = r.entries.get(&address(result))?;
+    (std::ptr::eq(e.result.as_ptr(), Arc::as_ptr(result))
+        && std::ptr::eq(e.base.as_ptr(), Arc::as_ptr(base)))
+    .then(|| e.patch.clone())
 }
 
 #[cfg(test)]

@@ -295,11 +295,7 @@ fn schema_change_sends_full_then_patches_again() {
             "sys".into(),
             GenTable {
                 schema: s2.clone(),
-                parts: vec![Arc::new(Part {
-                    key: "m".into(),
-                    batch: b,
-                    sources: vec![],
-                })],
+                parts: vec![Arc::new(Part::new("m".into(), b, vec![]))],
             },
         );
         g
@@ -662,7 +658,7 @@ fn a_forwarding_node_passes_patches_on_and_its_parent_stays_in_step() {
     );
 }
 
-/// The record of applied patches holds the arrays weakly and forgets them once they are gone.
+/// The record of applied patches holds the parts weakly and forgets them once they are gone.
 #[test]
 fn forwarded_patches_are_forgotten_with_their_rows() {
     let s = schema();
@@ -686,9 +682,9 @@ fn forwarded_patches_are_forgotten_with_their_rows() {
     );
 }
 
-/// The batch of the one part of `sys` in a decoded generation.
-fn only_batch(g: &super::ChildGeneration) -> RecordBatch {
-    g.tables["sys"].parts[0].batch.clone()
+/// The one part of `sys` in a decoded generation.
+fn only_part(g: &super::ChildGeneration) -> Arc<Part> {
+    g.tables["sys"].parts[0].clone()
 }
 
 #[test]
@@ -702,10 +698,10 @@ fn a_patch_is_recorded_until_the_next_frame_and_the_decoders_end() {
         let g = generation(id, vec![("sys", vec![part(&s, "m", rows)])]);
         enc.encode(&g, &sys_only(), 1, 0).expect("encode")
     };
-    let base = only_batch(&dec.apply(frame(&mut enc, 1, &rows)).expect("full"));
+    let base = only_part(&dec.apply(frame(&mut enc, 1, &rows)).expect("full"));
     rows[3].1 += 1;
-    let patched = only_batch(&dec.apply(frame(&mut enc, 2, &rows)).expect("patch"));
-    // Looked up by these very arrays: other tests' entries cannot answer for them.
+    let patched = only_part(&dec.apply(frame(&mut enc, 2, &rows)).expect("patch"));
+    // Looked up by these very parts: other tests' entries cannot answer for them.
     assert!(super::forward::find(&base, &patched).is_some(), "recorded");
     dec.apply(frame(&mut enc, 3, &rows)).expect("unchanged");
     assert!(
@@ -714,7 +710,7 @@ fn a_patch_is_recorded_until_the_next_frame_and_the_decoders_end() {
     );
 
     rows[4].1 += 1;
-    let patched2 = only_batch(&dec.apply(frame(&mut enc, 4, &rows)).expect("patch"));
+    let patched2 = only_part(&dec.apply(frame(&mut enc, 4, &rows)).expect("patch"));
     assert!(
         super::forward::find(&patched, &patched2).is_some(),
         "recorded"

@@ -43,14 +43,14 @@ pub(super) fn batch_of(schema: &SchemaRef, rows: &[Row]) -> RecordBatch {
 }
 
 pub(super) fn part(schema: &SchemaRef, key: &str, rows: &[Row]) -> Part {
-    Part {
-        key: key.into(),
-        batch: batch_of(schema, rows),
-        sources: vec![SourceStamp {
+    Part::new(
+        key.into(),
+        batch_of(schema, rows),
+        vec![SourceStamp {
             source: key.into(),
             published_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_000),
         }],
-    }
+    )
 }
 
 pub(super) fn generation(id: u64, tables: Vec<(&str, Vec<Part>)>) -> Generation {
@@ -676,11 +676,7 @@ fn schema_change_sends_the_new_schema_and_full_parts() {
         "sys".into(),
         GenTable {
             schema: s2.clone(),
-            parts: vec![Arc::new(Part {
-                key: "10.0.0.1".into(),
-                batch: b.clone(),
-                sources: vec![],
-            })],
+            parts: vec![Arc::new(Part::new("10.0.0.1".into(), b.clone(), vec![]))],
         },
     );
     let f2 = enc.encode(&g2, &wanted, 1, 0).expect("encode");
@@ -1021,12 +1017,12 @@ fn encoder_refuses_a_part_unlike_its_table_and_resets() {
     let mut g2 = generation(2, vec![("sys", base_parts())]);
     let other = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
     if let Some(t) = g2.tables.get_mut("sys") {
-        t.parts.push(Arc::new(Part {
-            key: "odd".into(),
-            batch: RecordBatch::try_new(other.clone(), vec![Arc::new(Int64Array::from(vec![1]))])
+        t.parts.push(Arc::new(Part::new(
+            "odd".into(),
+            RecordBatch::try_new(other.clone(), vec![Arc::new(Int64Array::from(vec![1]))])
                 .expect("batch"),
-            sources: vec![],
-        }));
+            vec![],
+        )));
     }
     assert!(matches!(
         enc.encode(&g2, &wanted, 3, 0),

@@ -35,11 +35,7 @@ fn procs(rows: usize, names: usize, shift: i64) -> Vec<Part> {
                 ],
             )
             .expect("batch");
-            Part {
-                key: machine.clone(),
-                batch,
-                sources: vec![],
-            }
+            Part::new(machine.clone(), batch, vec![])
         })
         .collect()
 }

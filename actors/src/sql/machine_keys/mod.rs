@@ -501,21 +501,23 @@ pub(in crate::sql) mod tests {
         }
         by_machine
             .into_iter()
-            .map(|(key, rows)| Part {
-                key,
-                batch: RecordBatch::try_new(
-                    schema.clone(),
-                    vec![
-                        Arc::new(StringArray::from(
-                            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-                        )),
-                        Arc::new(Int64Array::from(
-                            rows.iter().map(|r| r.1).collect::<Vec<_>>(),
-                        )),
-                    ],
+            .map(|(key, rows)| {
+                Part::new(
+                    key,
+                    RecordBatch::try_new(
+                        schema.clone(),
+                        vec![
+                            Arc::new(StringArray::from(
+                                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                            )),
+                            Arc::new(Int64Array::from(
+                                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                            )),
+                        ],
+                    )
+                    .expect("batch"),
+                    vec![],
                 )
-                .expect("batch"),
-                sources: vec![],
             })
             .collect()
     }
@@ -566,7 +568,7 @@ pub(in crate::sql) mod tests {
         let ctx = new_context(config);
         for (table, parts) in fleet(shift) {
             let schema = parts[0].batch.schema();
-            let batches = parts.into_iter().map(|p| p.batch).collect();
+            let batches = parts.into_iter().map(|p| p.batch.clone()).collect();
             let mem = MemTable::try_new(schema, vec![batches]).expect("table");
             ctx.register_table(table, Arc::new(mem)).expect("register");
         }
@@ -658,7 +660,7 @@ pub(in crate::sql) mod tests {
     #[tokio::test]
     async fn keying_marks_ids_each_on_one_row_and_joins_build_on_them() {
         for (table, parts) in fleet(0) {
-            let batches: Vec<RecordBatch> = parts.into_iter().map(|p| p.batch).collect();
+            let batches: Vec<RecordBatch> = parts.into_iter().map(|p| p.batch.clone()).collect();
             let rows = batches.iter().map(|b| b.num_rows()).sum();
             let spread =
                 crate::sql::spread::partitioned(batches[0].schema(), batches.iter(), 2, rows)

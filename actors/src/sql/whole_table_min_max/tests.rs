@@ -86,11 +86,7 @@ fn builder() -> GenerationBuilder {
 fn builder_of(parts: Vec<(&'static str, RecordBatch)>) -> GenerationBuilder {
     let mut builder = GenerationBuilder::default();
     for (i, (table, batch)) in parts.into_iter().enumerate() {
-        let part = Part {
-            key: format!("m{i}"),
-            batch,
-            sources: vec![],
-        };
+        let part = Part::new(format!("m{i}"), batch, vec![]);
         builder.add(table, part).expect("part");
     }
     builder
