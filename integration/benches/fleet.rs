@@ -52,6 +52,8 @@ struct FleetRun {
     latencies: Vec<f64>,
     /// (role, CPU cores over the window, RSS MiB).
     usage: Vec<(&'static str, f64, f64)>,
+    /// Lowest and highest RSS MiB of the TLA and the SQL node read over the window.
+    rss_range: [(f64, f64); 2],
     /// Bytes of the TLA's links, summed over its clusters: the last full copy and the mean
     /// of the other frames; to the SQL node: the last full copy and the last frame.
     cluster_full: f64,
@@ -129,6 +131,7 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
         .map(|role| (role, window.cores(role), window.usage(role).1))
         .to_vec();
     let latencies = window.latencies.clone();
+    let rss_range = [window.rss_range("tla"), window.rss_range("sql")];
     let arrow_mib = (arrow_mib(&fleet.tla), arrow_mib(sql));
     eprintln!(
         "fleet: {machines} machines: Arrow TLA / SQL node {:.0} / {:.0} MiB",
@@ -183,6 +186,7 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
         throughput,
         repeated,
         arrow_mib,
+        rss_range,
     }
 }
 
@@ -534,7 +538,10 @@ fn main() {
              250/s with p99 under 1 s; measured p99 {:.0} ms), {:.0} queries/s repeated; data \
              latency p99 {p99:.0} ms at a {} s interval, the TLA's deadline being {} ms past the \
              simulator's seal (goal: under 12 s at 70,000 machines); RSS {:.1}x (TLA) and \
-             {:.1}x (SQL node) the Arrow size of the generation held (goal: at most 3x).\n",
+             {:.1}x (SQL node) the Arrow size of the generation held (goal: at most 3x), read \
+             at the window's end, just after the SQL node installed a new generation; read at \
+             each poll over the window it ranged {:.0}-{:.0} MiB at the TLA ({:.1}-{:.1}x) and \
+             {:.0}-{:.0} MiB at the SQL node ({:.1}-{:.1}x).\n",
             big.machines,
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -545,6 +552,14 @@ fn main() {
             big.interval.as_millis() * u128::from(SimulatedFleet::TLA_TENTHS) / 10,
             usage(big, "tla").1 / big.arrow_mib.0,
             usage(big, "sql").1 / big.arrow_mib.1,
+            big.rss_range[0].0,
+            big.rss_range[0].1,
+            big.rss_range[0].0 / big.arrow_mib.0,
+            big.rss_range[0].1 / big.arrow_mib.0,
+            big.rss_range[1].0,
+            big.rss_range[1].1,
+            big.rss_range[1].0 / big.arrow_mib.1,
+            big.rss_range[1].1 / big.arrow_mib.1,
         ));
     }
     body.push_str(&format!(

@@ -328,6 +328,10 @@ pub struct GenerationWindow {
     pub latencies: Vec<f64>,
     /// (role: "simulate", "tla", "sql"; CPU seconds in the window; RSS MiB at its end).
     pub cpu: Vec<(&'static str, f64, f64)>,
+    /// (role; lowest and highest RSS MiB read at each poll over the window): a node's RSS
+    /// moves with the round (a new generation and its snapshot are made while the last
+    /// still serve), and the window ends just after the SQL node installs one.
+    pub rss_range: Vec<(&'static str, f64, f64)>,
     /// TCP payload bytes (TLS records and all) the simulator's children sent to the TLA,
     /// and the TLA to the SQL node, in the window; None where `ss` could not tell.
     pub wire_clusters: Option<u64>,
@@ -335,6 +339,14 @@ pub struct GenerationWindow {
 }
 
 impl GenerationWindow {
+    /// (lowest, highest) RSS MiB of `role` read over the window; NaNs if unknown.
+    pub fn rss_range(&self, role: &str) -> (f64, f64) {
+        self.rss_range
+            .iter()
+            .find(|(r, _, _)| *r == role)
+            .map_or((f64::NAN, f64::NAN), |(_, lo, hi)| (*lo, *hi))
+    }
+
     /// (CPU seconds, RSS MiB) of `role` over the window.
     pub fn usage(&self, role: &str) -> (f64, f64) {
         self.cpu
@@ -441,7 +453,15 @@ impl SimulatedFleet {
         let mut start = None;
         let mut latencies = Vec::new();
         let mut last_id = None;
+        let mut rss = pids.map(|_| (f64::INFINITY, 0.0f64));
         while latencies.len() < generations && Instant::now() < deadline {
+            if start.is_some() {
+                for ((_, pid), (lo, hi)) in pids.iter().zip(rss.iter_mut()) {
+                    let now = proc_usage(*pid).rss_mib;
+                    *lo = lo.min(now);
+                    *hi = hi.max(now);
+                }
+            }
             let (status, a) = self.sql.sql("SELECT COUNT(*) FROM sys");
             if status == 200 {
                 let id = a["generation"]["id"].as_u64();
@@ -471,6 +491,11 @@ impl SimulatedFleet {
                 .iter()
                 .zip(cpu0.iter().zip(cpu1))
                 .map(|((role, pid), (c0, c1))| (*role, c1 - c0, proc_usage(*pid).rss_mib))
+                .collect(),
+            rss_range: pids
+                .iter()
+                .zip(rss)
+                .map(|((role, _), (lo, hi))| (*role, lo, hi))
                 .collect(),
             wire_clusters: delta(clusters0, clusters1),
             wire_sql: delta(sql0, sql1),
