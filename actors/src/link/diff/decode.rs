@@ -369,10 +369,9 @@ fn part(
     let in_part = |e| in_table(name, &format!("part '{key}'"), e);
     // A patch applied, with the part it was applied to, for `recorded`.
     let mut applied = None;
-    // The part held, when its rows are sent unchanged with other sources.
-    let mut same_rows: Option<Arc<Part>> = None;
+    // The new rows; None for the rows held, sent unchanged with other sources.
     let batch = match pf.rows {
-        PartRows::Full(bytes) => decode_batch(&bytes, schema).map_err(in_part)?,
+        PartRows::Full(bytes) => Some(decode_batch(&bytes, schema).map_err(in_part)?),
         PartRows::Unchanged => {
             let old = need("unchanged")?;
             if matches!(pf.sources, Sources::Held) {
@@ -382,13 +381,12 @@ fn part(
                     stamped: old.stamped,
                 });
             }
-            same_rows = Some(old.shown.clone());
-            old.shown.batch.clone()
+            None
         }
         PartRows::Diff { removed, added } => {
             let old = &need("a diff")?.shown.batch;
             let added = decode_batch(&added, schema).map_err(in_part)?;
-            apply_diff(old, &removed, &added).map_err(in_part)?
+            Some(apply_diff(old, &removed, &added).map_err(in_part)?)
         }
         PartRows::Patch {
             rows,
@@ -417,9 +415,7 @@ fn part(
             let patched = patch::apply(
                 &old.shown.batch,
                 &rows,
-                values
-                    .as_ref()
-                    .map(|v| (&v.values.0[..], v.values.1.slice(v.offset, v.len))),
+                values.as_ref().map(|v| (v.columns(), v.rows())),
                 &removed,
                 added.as_ref(),
             )
@@ -433,7 +429,7 @@ fn part(
                 };
                 applied = Some((old.shown.clone(), patch));
             }
-            patched
+            Some(patched)
         }
     };
     let (sources, stamped) = match pf.sources {
@@ -461,9 +457,9 @@ fn part(
             true,
         ),
     };
-    let shown = Arc::new(match same_rows {
-        Some(held) => held.restamped(sources),
-        None => Part::new(key.into_owned(), batch, sources),
+    let shown = Arc::new(match batch {
+        Some(batch) => Part::new(key.into_owned(), batch, sources),
+        None => need("unchanged")?.shown.restamped(sources),
     });
     if let (Some(recorded), Some((base, patch))) = (recorded, applied) {
         recorded.push(forward::record(&base, &shown, patch));
@@ -476,7 +472,7 @@ fn part(
 struct PatchCursor {
     /// The patched columns and their values, shared with the patches a forwarding decoder
     /// records.
-    values: forward::Values,
+    values: Arc<forward::Values>,
     next: usize,
 }
 
@@ -485,15 +481,15 @@ impl PatchCursor {
         if p.columns.is_empty() {
             return Err(LinkError::Protocol("patch values of no column".into()));
         }
-        let values = patch::widen(table, &p.columns, p.rows, &p.values)?;
+        let (columns, values) = patch::widen(table, &p.columns, p.rows, &p.values)?;
         Ok(PatchCursor {
-            values: Arc::new(values),
+            values: Arc::new(forward::Values { columns, values }),
             next: 0,
         })
     }
 
     fn rows(&self) -> usize {
-        self.values.1.num_rows()
+        self.values.values.num_rows()
     }
 
     /// The next `n` rows.

@@ -35,23 +35,29 @@ pub(super) struct Patch {
     pub added: Vec<u8>,
 }
 
-/// One entry of a table's patch values as decoded (the patched columns and their values),
-/// shared by the patches that read it.
-pub(super) type Values = Arc<(Vec<(u32, bool)>, RecordBatch)>;
+/// One entry of a table's patch values as decoded, shared by the patches that read it.
+pub(super) struct Values {
+    /// (column index, sent as a delta), as `patch::Plan::columns`.
+    pub columns: Vec<(u32, bool)>,
+    pub values: RecordBatch,
+}
 
 /// `len` rows of shared patch values from `offset`.
 #[derive(Clone)]
 pub(super) struct ValueRows {
-    pub values: Values,
+    pub values: Arc<Values>,
     pub offset: usize,
     pub len: usize,
 }
 
 impl ValueRows {
-    /// The patched columns and the rows' values.
-    pub fn get(&self) -> (Vec<(u32, bool)>, RecordBatch) {
-        let (columns, values) = &*self.values;
-        (columns.clone(), values.slice(self.offset, self.len))
+    pub fn columns(&self) -> &[(u32, bool)] {
+        &self.values.columns
+    }
+
+    /// The rows' values (a zero-copy slice).
+    pub fn rows(&self) -> RecordBatch {
+        self.values.values.slice(self.offset, self.len)
     }
 }
 

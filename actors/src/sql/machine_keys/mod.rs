@@ -502,22 +502,14 @@ pub(in crate::sql) mod tests {
         by_machine
             .into_iter()
             .map(|(key, rows)| {
-                Part::new(
-                    key,
-                    RecordBatch::try_new(
-                        schema.clone(),
-                        vec![
-                            Arc::new(StringArray::from(
-                                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-                            )),
-                            Arc::new(Int64Array::from(
-                                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
-                            )),
-                        ],
-                    )
-                    .expect("batch"),
-                    vec![],
-                )
+                let ips: Vec<Option<&str>> = rows.iter().map(|r| r.0).collect();
+                let values: Vec<i64> = rows.iter().map(|r| r.1).collect();
+                let columns: Vec<datafusion::arrow::array::ArrayRef> = vec![
+                    Arc::new(StringArray::from(ips)),
+                    Arc::new(Int64Array::from(values)),
+                ];
+                let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
+                Part::new(key, batch, vec![])
             })
             .collect()
     }
