@@ -480,6 +480,12 @@ impl SimulatedFleet {
             return GenerationWindow::default();
         };
         let (t1, cpu1, (clusters1, sql1)) = snapshot();
+        // The end's reading is in the range too.
+        let end = pids.map(|(_, p)| proc_usage(p).rss_mib);
+        for ((lo, hi), now) in rss.iter_mut().zip(end) {
+            *lo = lo.min(now);
+            *hi = hi.max(now);
+        }
         latencies.sort_by(f64::total_cmp);
         let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
         GenerationWindow {
@@ -489,8 +495,8 @@ impl SimulatedFleet {
             latencies,
             cpu: pids
                 .iter()
-                .zip(cpu0.iter().zip(cpu1))
-                .map(|((role, pid), (c0, c1))| (*role, c1 - c0, proc_usage(*pid).rss_mib))
+                .zip(cpu0.iter().zip(cpu1).zip(end))
+                .map(|((role, _), ((c0, c1), rss))| (*role, c1 - c0, rss))
                 .collect(),
             rss_range: pids
                 .iter()
