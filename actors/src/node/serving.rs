@@ -115,7 +115,9 @@ impl SnapshotKeeper {
         let node_tables = self.node_tables.clone();
         let node_schemas = self.node_schemas.clone();
         let schemas = self.schemas.clone();
-        let options = self.options.clone();
+        let mut options = self.options.clone();
+        // The new copies share what is unchanged with the ones served now.
+        options.before = self.current.load_full();
         let work = self.pool.spawn(async move {
             let mut snap = Snapshot::build_with(
                 generation,
@@ -141,6 +143,9 @@ impl SnapshotKeeper {
             Ok(snap) if seq > act.installed_seq => {
                 act.installed_seq = seq;
                 act.metrics.snapshots_built.fetch_add(1, Ordering::Relaxed);
+                let bytes = snap.copy_bytes;
+                act.metrics.snapshot_copied_bytes.store(bytes.copied as u64, Ordering::Relaxed);
+                act.metrics.snapshot_shared_bytes.store(bytes.shared as u64, Ordering::Relaxed);
                 let id = snap.generation.id;
                 let old = act.current.swap(Some(Arc::new(snap)));
                 act.installed.send_replace(id);

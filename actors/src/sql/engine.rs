@@ -29,6 +29,7 @@ use super::memory::MemoryBudget;
 use super::names;
 use super::plans::{self, KeptPlan, PlanCache, PlanKey};
 use super::shapes::Shape;
+use super::spread::{Before, CopyBytes, SpreadTable};
 use super::time_slice::time_sliced;
 use super::views::ViewProvider;
 use super::whole_table_min_max::answer_from_bounds;
@@ -187,6 +188,11 @@ pub struct Snapshot {
     plans: Arc<PlanCache>,
     /// Aggregates' results computed on this snapshot (`kept_aggregates`).
     aggregates: Arc<KeptAggregates>,
+    /// The published tables coalesced when it was built, by name: what the next snapshot's
+    /// copies may share columns with (`spread::Before`).
+    coalesced: HashMap<String, Arc<SpreadTable>>,
+    /// Bytes coalescing its published tables copied, and shared with the snapshot before.
+    pub copy_bytes: CopyBytes,
 }
 
 /// A statement whose scanned tables (views followed to theirs) hold at most this many
@@ -204,6 +210,15 @@ impl std::fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
+    /// Table `name`'s copy in this snapshot and the parts it was made from, for the next
+    /// snapshot's copy to share columns with.
+    pub(crate) fn copy_before(&self, name: &str) -> Option<Before<'_>> {
+        Some(Before {
+            table: self.coalesced.get(name)?,
+            batches: self.generation.tables.get(name)?.batches().collect(),
+        })
+    }
+
     /// Runs one read-only statement on this snapshot.
     pub async fn query(&self, sql: &str, limits: &QueryLimits) -> Result<QueryOutput, QueryError> {
         let start = Instant::now();
@@ -825,6 +840,67 @@ pub(super) mod tests {
             options,
         )
         .await
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_shares_unchanged_columns_with_the_one_served_before() {
+        use crate::generation::{GenerationBuilder, Part};
+        use datafusion::arrow::array::{ArrayRef, StringArray};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("machine_ip", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let part = |ip: ArrayRef, v: i64| {
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![ip, Arc::new(Int64Array::from(vec![v]))],
+            )
+            .expect("batch");
+            Arc::new(Part::new(format!("{v}"), batch, vec![]))
+        };
+        let ip = |i: u8| -> ArrayRef { Arc::new(StringArray::from(vec![format!("10.0.0.{i}")])) };
+        let parts: Vec<Arc<Part>> = (0..3).map(|i| part(ip(i), i64::from(i))).collect();
+        let mut builder = GenerationBuilder::default();
+        for p in &parts {
+            builder.add("t", p.clone()).expect("part");
+        }
+        let first = Arc::new(sql_node_snapshot_with(builder, BuildOptions::default()).await);
+        // The second machine's value moves (its address is the same array, as a patch
+        // leaves it); the other parts are the very ones of the first generation.
+        let mut builder = GenerationBuilder::default();
+        builder.add("t", parts[0].clone()).expect("part");
+        builder
+            .add("t", part(parts[1].batch.column(0).clone(), 10))
+            .expect("part");
+        builder.add("t", parts[2].clone()).expect("part");
+        let options = BuildOptions {
+            before: Some(first.clone()),
+            ..BuildOptions::default()
+        };
+        let second = sql_node_snapshot_with(builder, options).await;
+        let copy = |s: &Snapshot| s.coalesced.get("t").expect("copy").copied_batches();
+        let (was, now) = (copy(&first), copy(&second));
+        assert_eq!((was.len(), now.len()), (1, 1));
+        let same = |c: usize| {
+            std::ptr::addr_eq(Arc::as_ptr(was[0].column(c)), Arc::as_ptr(now[0].column(c)))
+        };
+        assert!(same(0), "the addresses are shared");
+        assert!(!same(1), "the values are copied anew");
+        let out = second
+            .query(
+                "SELECT v FROM t ORDER BY machine_ip",
+                &QueryLimits::default(),
+            )
+            .await
+            .expect("answer");
+        let v = out.batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("v")
+            .values()
+            .to_vec();
+        assert_eq!(v, vec![0, 10, 2]);
     }
 
     #[tokio::test]

@@ -5,12 +5,14 @@
 //! a window or an aggregate (about 10 ms for 840,000 rows), which a busy node must not
 //! spend.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::array::{Array, ArrayRef};
+use datafusion::arrow::compute::concat;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::catalog::{MemTable, Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
@@ -29,6 +31,59 @@ pub(crate) struct SpreadTable {
     narrow: Option<MemTable>,
     /// Per column of the schema.
     bounds: Vec<Option<ColumnBounds>>,
+    /// The batches made by copying, each with the input batches it was made from (their
+    /// positions), in order: what the next generation's copy may reuse ([`Before`]).
+    copied: Vec<Copied>,
+    /// What making those batches copied, and what they share with the copy before.
+    pub(crate) copy_bytes: CopyBytes,
+}
+
+/// Bytes of a coalesced copy's columns: made anew, or shared with the copy before.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CopyBytes {
+    pub copied: usize,
+    pub shared: usize,
+}
+
+impl std::ops::AddAssign for CopyBytes {
+    fn add_assign(&mut self, other: Self) {
+        self.copied += other.copied;
+        self.shared += other.shared;
+    }
+}
+
+/// A batch of the copy made from the input batches at `from`.
+#[derive(Debug)]
+struct Copied {
+    from: Range<usize>,
+    batch: RecordBatch,
+}
+
+/// A table's copy in the snapshot served while the next is built, and the batches it was
+/// made from. A column of the new copy whose input arrays are the very arrays the old
+/// copy's batch was made from (the same allocations: a part unchanged, or a patch that left
+/// the column alone, `link::diff::patch::apply`) is that batch's column, not a new copy:
+/// between generations a fleet's names and addresses stay and its counters move, so most
+/// of a copy's bytes are shared with the last rather than held twice while both serve.
+/// The old inputs are alive as long as `batches` is borrowed (the old snapshot holds its
+/// generation), so no new array can have an old one's address.
+pub(crate) struct Before<'a> {
+    pub table: &'a SpreadTable,
+    pub batches: Vec<&'a RecordBatch>,
+}
+
+impl Before<'_> {
+    /// The old batch made from exactly the inputs at `from`, with those inputs.
+    fn copied(&self, from: &Range<usize>) -> Option<(&RecordBatch, &[&RecordBatch])> {
+        let at = self
+            .table
+            .copied
+            .binary_search_by_key(&from.start, |c| c.from.start)
+            .ok()?;
+        let old = &self.table.copied[at];
+        let inputs = self.batches.get(from.clone())?;
+        (old.from == *from).then_some((&old.batch, inputs))
+    }
 }
 
 impl SpreadTable {
@@ -48,6 +103,8 @@ impl SpreadTable {
             wide: MemTable::try_new(schema, parts)?,
             narrow,
             bounds,
+            copied: Vec::new(),
+            copy_bytes: CopyBytes::default(),
         })
     }
 
@@ -81,6 +138,12 @@ impl SpreadTable {
         let mut bounds = self.bounds.clone();
         bounds.resize(schema.fields().len(), None);
         SpreadTable::new(schema, parts, bounds).ok()
+    }
+
+    /// The batches made by copying (tests of what a snapshot shares).
+    #[cfg(test)]
+    pub(crate) fn copied_batches(&self) -> Vec<RecordBatch> {
+        self.copied.iter().map(|c| c.batch.clone()).collect()
     }
 
     /// The partitions a wide scan reads (shared batches); None if one is being written,
@@ -132,39 +195,117 @@ pub(super) fn partitioned<'a>(
     partitions: usize,
     rows: usize,
 ) -> DfResult<SpreadTable> {
+    let batches: Vec<&RecordBatch> = batches.collect();
+    partitioned_after(schema, &batches, partitions, rows, None)
+}
+
+/// [`partitioned`], reusing the columns of `before`'s copy that the same inputs made.
+pub(super) fn partitioned_after(
+    schema: SchemaRef,
+    batches: &[&RecordBatch],
+    partitions: usize,
+    rows: usize,
+    before: Option<&Before<'_>>,
+) -> DfResult<SpreadTable> {
     let partitions = if rows <= SINGLE_PARTITION_ROWS {
         1
     } else {
         partitions
     };
-    let mut groups: Vec<Vec<RecordBatch>> = Vec::new();
+    let before = before.filter(|b| *b.table.schema() == *schema);
+    // Runs of consecutive inputs (their positions) to copy into one batch, or one slice.
+    let mut groups: Vec<Group> = Vec::new();
     let mut open_rows = COALESCE_ROWS;
-    for b in batches.filter(|b| b.num_rows() > 0) {
+    for (i, b) in batches.iter().enumerate() {
+        if b.num_rows() == 0 {
+            continue;
+        }
         if b.num_rows() >= COALESCE_ROWS {
-            groups.extend(slices(b, COALESCE_ROWS).into_iter().map(|s| vec![s]));
+            groups.extend(slices(b, COALESCE_ROWS).into_iter().map(Group::Slice));
             open_rows = COALESCE_ROWS;
             continue;
         }
         if open_rows >= COALESCE_ROWS {
-            groups.push(Vec::new());
+            groups.push(Group::Run(i..i));
             open_rows = 0;
         }
         open_rows += b.num_rows();
-        if let Some(g) = groups.last_mut() {
-            g.push(b.clone());
+        if let Some(Group::Run(run)) = groups.last_mut() {
+            run.end = i + 1;
         }
     }
     let n = partitions.clamp(1, groups.len().max(1));
     let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
+    let mut copied = Vec::new();
+    let mut copy_bytes = CopyBytes::default();
     for (i, group) in groups.into_iter().enumerate() {
-        let batch = match group.as_slice() {
-            [one] => one.clone(),
-            many => concat_batches(&schema, many)?,
+        let batch = match group {
+            Group::Slice(slice) => slice,
+            Group::Run(run) => match &batches[run.clone()] {
+                [one] => (*one).clone(),
+                many => {
+                    let old = before.and_then(|b| b.copied(&run));
+                    let batch = copy_run(&schema, many, old, &mut copy_bytes)?;
+                    copied.push(Copied {
+                        from: run,
+                        batch: batch.clone(),
+                    });
+                    batch
+                }
+            },
         };
         parts[i % n].push(batch);
     }
     let bounds = bounds_of(&schema, parts.iter().flatten());
-    SpreadTable::new(schema, parts, bounds)
+    let mut table = SpreadTable::new(schema, parts, bounds)?;
+    table.copied = copied;
+    table.copy_bytes = copy_bytes;
+    Ok(table)
+}
+
+/// What `partitioned_after` makes one batch of.
+enum Group {
+    /// Inputs at these positions (empty ones among them skipped), copied into one batch.
+    Run(Range<usize>),
+    /// A zero-copy slice of one large input.
+    Slice(RecordBatch),
+}
+
+/// One batch of `inputs`' rows: each column the old batch's (`old`: made from inputs at the
+/// same positions) when every input's array of it is the one the old batch was made from,
+/// otherwise the inputs' arrays concatenated. Counts the bytes of both kinds in `bytes`.
+fn copy_run(
+    schema: &SchemaRef,
+    inputs: &[&RecordBatch],
+    old: Option<(&RecordBatch, &[&RecordBatch])>,
+    bytes: &mut CopyBytes,
+) -> DfResult<RecordBatch> {
+    let same = |a: &ArrayRef, b: &ArrayRef| std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b));
+    let rows = inputs.iter().map(|b| b.num_rows()).sum();
+    let columns = (0..schema.fields().len())
+        .map(|c| {
+            if let Some((batch, was)) = old {
+                if inputs
+                    .iter()
+                    .zip(was)
+                    .all(|(now, was)| same(now.column(c), was.column(c)))
+                {
+                    bytes.shared += batch.column(c).get_buffer_memory_size();
+                    return Ok(batch.column(c).clone());
+                }
+            }
+            let arrays: Vec<&dyn Array> = inputs.iter().map(|b| b.column(c).as_ref()).collect();
+            let column = concat(&arrays)?;
+            bytes.copied += column.get_buffer_memory_size();
+            Ok(column)
+        })
+        .collect::<DfResult<Vec<ArrayRef>>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &options,
+    )?)
 }
 
 /// Batches of about `COALESCE_ROWS` rows a table is cut into.
@@ -182,6 +323,9 @@ fn slices(batch: &RecordBatch, rows: usize) -> Vec<RecordBatch> {
 mod tests {
     use super::*;
     use crate::sql::engine::tests::batch;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::compute::concat_batches;
+    use datafusion::arrow::datatypes::DataType;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
     #[test]
@@ -216,6 +360,99 @@ mod tests {
             .iter()
             .all(|p| !p.is_empty()));
     }
+    /// Two rows of `name` and `v` from the arrays given (so that tests choose which are
+    /// shared).
+    fn rows(name: &ArrayRef, v: &ArrayRef) -> RecordBatch {
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new("name", DataType::Utf8, false),
+            datafusion::arrow::datatypes::Field::new("v", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(schema, vec![name.clone(), v.clone()]).expect("batch")
+    }
+
+    fn names(n: &str) -> ArrayRef {
+        Arc::new(StringArray::from(vec![format!("{n}-1"), format!("{n}-2")]))
+    }
+
+    fn values(v: i64) -> ArrayRef {
+        Arc::new(Int64Array::from(vec![v, v + 1]))
+    }
+
+    /// The one batch a table of a few small inputs is coalesced into.
+    fn only_batch(table: &SpreadTable) -> RecordBatch {
+        let held: Vec<RecordBatch> = table
+            .wide_partitions()
+            .expect("partitions")
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(held.len(), 1, "{held:?}");
+        held[0].clone()
+    }
+
+    fn same(a: &ArrayRef, b: &ArrayRef) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+    }
+
+    #[test]
+    fn a_copy_shares_the_columns_whose_inputs_are_unchanged() {
+        let (a, b, c) = (names("a"), names("b"), names("c"));
+        let old_inputs = [
+            rows(&a, &values(1)),
+            rows(&b, &values(2)),
+            rows(&c, &values(3)),
+        ];
+        let old_refs: Vec<&RecordBatch> = old_inputs.iter().collect();
+        let schema = old_inputs[0].schema();
+        let old = partitioned_after(schema.clone(), &old_refs, 2, 6, None).expect("old");
+        let old_batch = only_batch(&old);
+
+        // The second input's values move; every name stays the very same array, and the
+        // first and third inputs are the old batches themselves.
+        let moved = rows(&b, &values(20));
+        let new_refs = vec![&old_inputs[0], &moved, &old_inputs[2]];
+        let before = Before {
+            table: &old,
+            batches: old_refs.clone(),
+        };
+        let new = partitioned_after(schema.clone(), &new_refs, 2, 6, Some(&before)).expect("new");
+        let new_batch = only_batch(&new);
+        assert!(
+            same(new_batch.column(0), old_batch.column(0)),
+            "names shared"
+        );
+        assert!(
+            !same(new_batch.column(1), old_batch.column(1)),
+            "values copied anew"
+        );
+        let want = concat_batches(&schema, new_refs.iter().copied()).expect("concat");
+        assert_eq!(new_batch, want);
+
+        // Inputs that do not line up with the old copy's (one left out) share nothing,
+        // and the copy is still exactly theirs.
+        let fewer = vec![&old_inputs[0], &old_inputs[2]];
+        let apart = partitioned_after(schema.clone(), &fewer, 2, 4, Some(&before)).expect("apart");
+        let apart_batch = only_batch(&apart);
+        assert!(!same(apart_batch.column(0), old_batch.column(0)));
+        assert_eq!(
+            apart_batch,
+            concat_batches(&schema, fewer.iter().copied()).expect("concat")
+        );
+
+        // Another schema (a column renamed): nothing shared, even with the same arrays.
+        let renamed = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new("host", DataType::Utf8, false),
+            datafusion::arrow::datatypes::Field::new("v", DataType::Int64, false),
+        ]));
+        let other: Vec<RecordBatch> = old_inputs
+            .iter()
+            .map(|b| RecordBatch::try_new(renamed.clone(), b.columns().to_vec()).expect("batch"))
+            .collect();
+        let other_refs: Vec<&RecordBatch> = other.iter().collect();
+        let unlike = partitioned_after(renamed, &other_refs, 2, 6, Some(&before)).expect("unlike");
+        assert!(!same(only_batch(&unlike).column(0), old_batch.column(0)));
+    }
+
     #[tokio::test]
     async fn a_one_partition_session_scans_one_partition_with_every_row() {
         let b = batch(SINGLE_PARTITION_ROWS as i64 + 1);

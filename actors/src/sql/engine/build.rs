@@ -26,7 +26,7 @@ use crate::sql::kept_aggregates::{
 use crate::sql::machine_keys::{keyed_name, KeyedTables, Keying, MachineKeyJoins};
 use crate::sql::physical_rules;
 use crate::sql::plans::{self, PlanCache, DEFAULT_PLAN_CACHE_ENTRIES};
-use crate::sql::spread::{partitioned, SpreadTable};
+use crate::sql::spread::{partitioned, partitioned_after, CopyBytes, SpreadTable};
 use crate::sql::subquery::DecorrelateScalarAggregates;
 use crate::sql::utc_date_trunc::UtcDateTrunc;
 use crate::sql::views::{ViewProvider, ViewsFile};
@@ -41,6 +41,9 @@ pub struct BuildOptions {
     pub plans: Arc<PlanCache>,
     /// Bytes of aggregates' results each snapshot keeps (`[sql] aggregate_cache_mb`).
     pub aggregate_cache_bytes: usize,
+    /// The snapshot served while this one is built, whose copies of published tables this
+    /// one's may share columns with (`spread::Before`). Held only while building.
+    pub before: Option<Arc<Snapshot>>,
 }
 
 impl Default for BuildOptions {
@@ -49,6 +52,7 @@ impl Default for BuildOptions {
             copies: TableCopies::Eager,
             plans: Arc::new(PlanCache::new(DEFAULT_PLAN_CACHE_ENTRIES)),
             aggregate_cache_bytes: DEFAULT_AGGREGATE_CACHE_MB << 20,
+            before: None,
         }
     }
 }
@@ -120,13 +124,25 @@ impl Snapshot {
             copies,
             plans,
             aggregate_cache_bytes,
+            before,
         } = options;
         let keyed = KeyedTables::default();
         let rows = table_rows(&generation, &statics);
         let ctx = new_context_sized(session_config(partitions), rows, keyed.clone());
         guard_functions(&ctx, max_value_bytes);
-        let Tables { taken, mut sources } =
-            register_tables(&ctx, (&generation, &statics), copies, partitions, &keyed);
+        let Tables {
+            taken,
+            mut sources,
+            coalesced,
+            copy_bytes,
+        } = register_tables(
+            &ctx,
+            (&generation, &statics),
+            (copies, before.as_deref()),
+            partitions,
+            &keyed,
+        );
+        drop(before);
         let catalog = plans::catalog_fingerprint(
             generation
                 .tables
@@ -179,6 +195,8 @@ impl Snapshot {
             catalog,
             plans,
             aggregates: KeptAggregates::new(aggregate_cache_bytes),
+            coalesced,
+            copy_bytes,
         }
     }
 }
@@ -244,6 +262,10 @@ fn table_rows(generation: &Generation, statics: &StaticCatalog) -> HashMap<Strin
 struct Tables {
     taken: BTreeSet<String>,
     sources: HashMap<String, Arc<dyn TableSource>>,
+    /// The published tables coalesced at build (`Snapshot::coalesced`).
+    coalesced: HashMap<String, Arc<SpreadTable>>,
+    /// What coalescing them copied and shared (`Snapshot::copy_bytes`).
+    copy_bytes: CopyBytes,
 }
 
 impl Tables {
@@ -268,25 +290,27 @@ impl Tables {
         &mut self,
         ctx: &SessionContext,
         name: &str,
-        spread: SpreadTable,
+        spread: Arc<SpreadTable>,
         keying: Option<&mut Keying>,
-    ) {
+    ) -> bool {
         let keyed = keying.and_then(|k| k.add(&spread));
-        if self.register(ctx, name, Arc::new(spread)) {
+        let registered = self.register(ctx, name, spread);
+        if registered {
             if let Some(keyed) = keyed {
                 self.sources.insert(keyed_name(name), keyed);
             }
         }
+        registered
     }
 }
 
-/// Registers the generation's tables, coalesced now or on first scan (`copies`), then the
-/// static tables no published one hides; the keyed copies of those coalesced now go to
-/// `keyed`.
+/// Registers the generation's tables, coalesced now (sharing columns with `before`'s
+/// copies where the inputs are the same) or on first scan (`copies`), then the static
+/// tables no published one hides; the keyed copies of those coalesced now go to `keyed`.
 fn register_tables(
     ctx: &SessionContext,
     (generation, statics): (&Arc<Generation>, &StaticCatalog),
-    copies: TableCopies,
+    (copies, before): (TableCopies, Option<&Snapshot>),
     partitions: usize,
     keyed: &KeyedTables,
 ) -> Tables {
@@ -300,13 +324,22 @@ fn register_tables(
             }
             continue;
         }
-        match partitioned(
+        let batches: Vec<_> = table.batches().collect();
+        let old = before.and_then(|b| b.copy_before(name));
+        match partitioned_after(
             table.schema.clone(),
-            table.batches(),
+            &batches,
             partitions,
             table.rows(),
+            old.as_ref(),
         ) {
-            Ok(spread) => tables.register_spread(ctx, name, spread, keying.as_mut()),
+            Ok(spread) => {
+                tables.copy_bytes += spread.copy_bytes;
+                let spread = Arc::new(spread);
+                if tables.register_spread(ctx, name, spread.clone(), keying.as_mut()) {
+                    tables.coalesced.insert(name.clone(), spread);
+                }
+            }
             Err(e) => {
                 tracing::error!(table = %name, error = %e, "cannot register published table")
             }
@@ -325,7 +358,9 @@ fn register_tables(
             partitions,
             batch.num_rows(),
         ) {
-            Ok(spread) => tables.register_spread(ctx, name, spread, keying.as_mut()),
+            Ok(spread) => {
+                tables.register_spread(ctx, name, Arc::new(spread), keying.as_mut());
+            }
             Err(e) => {
                 tracing::error!(table = %name, error = %e, "cannot register static table")
             }
