@@ -12,11 +12,17 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 /// One contributor to a table in a generation: a machine (or publisher on it) and when it
 /// published its copy. The age of every row is known from these.
+/// The name is shared by every stamp of the source (`Arc`): a part re-stamped each round
+/// copies a pointer, not the name.
 #[derive(Debug, Clone)]
 pub struct SourceStamp {
-    pub source: String,
+    pub source: Arc<str>,
     pub published_at: SystemTime,
 }
+
+/// A part's sources: one (a machine) held inline in the part, more (a simulated fleet
+/// sends a whole fleet in one part) on the heap.
+pub type PartSources = smallvec::SmallVec<[SourceStamp; 1]>;
 
 /// The rows one producer contributed to a table: a publisher on a machine, a dropped file,
 /// a simulated fleet. Parts are what links diff: a part unchanged since the last generation
@@ -26,14 +32,15 @@ pub struct SourceStamp {
 /// shared with the part it was stamped from: a machine that publishes the same rows again
 /// moves only its sources' times, and every machine does so every round, so a link decoder
 /// re-stamps nearly every part of a generation (420,000 a round at a TLA or SQL node of
-/// 70,000 machines). Shared, a re-stamped part is three allocations (the part, its list of
-/// sources and the source's name) rather than five (its key and column list again).
+/// 70,000 machines). Shared, a re-stamped part is one allocation (the part, its source
+/// inline with a shared name) rather than five (its key, column list, list of sources and
+/// source name again).
 #[derive(Debug, Clone)]
 pub struct Part {
     body: Arc<PartBody>,
     /// Machines behind these rows and when each published (one, except for a simulated
     /// fleet, which sends a whole fleet in one part).
-    pub sources: Vec<SourceStamp>,
+    pub sources: PartSources,
 }
 
 /// A part's key and rows.
@@ -45,15 +52,15 @@ pub struct PartBody {
 }
 
 impl Part {
-    pub fn new(key: String, batch: RecordBatch, sources: Vec<SourceStamp>) -> Self {
+    pub fn new(key: String, batch: RecordBatch, sources: impl Into<PartSources>) -> Self {
         Part {
             body: Arc::new(PartBody { key, batch }),
-            sources,
+            sources: sources.into(),
         }
     }
 
     /// The same key and rows with other sources (their times moved).
-    pub fn restamped(&self, sources: Vec<SourceStamp>) -> Self {
+    pub fn restamped(&self, sources: PartSources) -> Self {
         Part {
             body: self.body.clone(),
             sources,
@@ -75,8 +82,8 @@ impl std::ops::Deref for Part {
 ///
 /// Parts are shared, not copied, between the generations and tables that hold them: a
 /// parent's merge puts every child's parts in its generation each round (420,000 at a
-/// TLA of 70,000 machines), and a copy of one machine's part is two allocations (its list
-/// of sources and the source's name; its key and rows are shared, [`Part`]).
+/// TLA of 70,000 machines), and a re-stamped part is one allocation (its source inline, its
+/// key, rows and source name shared, [`Part`]).
 #[derive(Debug, Clone)]
 pub struct GenTable {
     pub schema: SchemaRef,
@@ -386,5 +393,42 @@ mod arrow_bytes_tests {
             .map(|c| c.get_array_memory_size())
             .sum();
         assert_eq!(generation(batch).arrow_bytes(), apart);
+    }
+}
+
+#[cfg(test)]
+mod part_size_tests {
+    use super::*;
+
+    /// A part re-stamped each round is one allocation: its source inline, its name shared.
+    #[test]
+    fn a_part_holds_one_source_inline() {
+        let batch = RecordBatch::new_empty(Arc::new(datafusion::arrow::datatypes::Schema::empty()));
+        let name: Arc<str> = Arc::from("10.0.0.7");
+        let part = Part::new(
+            "10.0.0.7/sys".into(),
+            batch,
+            vec![SourceStamp {
+                source: name.clone(),
+                published_at: SystemTime::UNIX_EPOCH,
+            }],
+        );
+        let moved = part.restamped(PartSources::from_iter(part.sources.iter().map(|s| {
+            SourceStamp {
+                source: s.source.clone(),
+                published_at: s.published_at + Duration::from_secs(20),
+            }
+        })));
+        assert!(!moved.sources.spilled(), "one source is held inline");
+        assert!(
+            Arc::ptr_eq(&moved.sources[0].source, &name),
+            "the name is shared"
+        );
+        // Its body, then the source (name and time) and the inline vector's length.
+        assert!(
+            std::mem::size_of::<Part>() <= 56,
+            "{}",
+            std::mem::size_of::<Part>()
+        );
     }
 }

@@ -63,10 +63,10 @@ async fn snapshot() -> Result<Snapshot, String> {
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             machines.insert(row[0].as_str().unwrap_or_default().to_string());
         }
-        let sources = machines
+        let sources: Vec<SourceStamp> = machines
             .into_iter()
             .map(|source| SourceStamp {
-                source,
+                source: source.into(),
                 published_at,
             })
             .collect();

@@ -95,12 +95,8 @@ fn per_machine(sim: &mut FleetSimulator, now: SystemTime, id: u64) -> Arc<Genera
     let mut machines = BTreeSet::new();
     for p in collected.tables {
         let batch = &p.part.batch;
-        let stamps: HashMap<&str, &SourceStamp> = p
-            .part
-            .sources
-            .iter()
-            .map(|s| (s.source.as_str(), s))
-            .collect();
+        let stamps: HashMap<&str, &SourceStamp> =
+            p.part.sources.iter().map(|s| (&*s.source, s)).collect();
         let ips = batch
             .column_by_name("machine_ip")
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())

@@ -360,7 +360,7 @@ impl LocalPublisher for FileDropPublisher {
                     source.clone(),
                     g.batch.clone(),
                     vec![SourceStamp {
-                        source,
+                        source: source.into(),
                         published_at: g.stamp.0,
                     }],
                 ))

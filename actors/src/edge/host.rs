@@ -79,7 +79,7 @@ impl HostPublisher {
             format!("{}/host", self.id.machine_ip),
             b.finish(),
             vec![SourceStamp {
-                source: self.id.machine_ip.clone(),
+                source: self.id.machine_ip.as_str().into(),
                 published_at: now,
             }],
         ))

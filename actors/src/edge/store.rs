@@ -284,7 +284,7 @@ impl EdgeStore {
                     source.clone(),
                     c.batch.clone(),
                     vec![SourceStamp {
-                        source,
+                        source: source.into(),
                         published_at: c.published_at,
                     }],
                 )

@@ -52,7 +52,7 @@ impl SelfMonitor {
             format!("{}/{}", self.machine_ip, self.node),
             b.finish(),
             vec![SourceStamp {
-                source: self.machine_ip.clone(),
+                source: self.machine_ip.as_str().into(),
                 published_at: now,
             }],
         ))

@@ -324,7 +324,7 @@ impl FleetSimulator {
                 }
             });
             sources.push(SourceStamp {
-                source: m.ip.clone(),
+                source: m.ip.as_str().into(),
                 published_at: m.published_at,
             });
         }
@@ -412,7 +412,7 @@ impl Iterator for RoundCut {
                     format!("{}/simulated", m.ip),
                     t.batch.slice(start, t.next_row - start),
                     vec![SourceStamp {
-                        source: m.ip.clone(),
+                        source: m.ip.as_str().into(),
                         published_at: m.published_at,
                     }],
                 );
@@ -609,7 +609,7 @@ pub(crate) mod tests {
                     let ips = ips.expect("machine_ip");
                     let ip = &p.sources[0].source;
                     assert_eq!(p.key, format!("{ip}/simulated"));
-                    assert!(ips.iter().all(|v| v == Some(ip.as_str())), "{name}: {ip}");
+                    assert!(ips.iter().all(|v| v == Some(&**ip)), "{name}: {ip}");
                 }
             }
             processes += g.tables["processes"].rows();

@@ -14,7 +14,7 @@ use super::gaps::GapReader;
 use super::ipc::{decode_batch, decode_schema};
 use super::times::SourceTimes;
 use super::{forward, patch, threads};
-use crate::generation::{GenTable, NameHasher, NameMap, Part, SourceStamp};
+use crate::generation::{GenTable, NameHasher, NameMap, Part, PartSources, SourceStamp};
 use crate::link::wire::{
     GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources, TableFrame,
 };
@@ -55,9 +55,9 @@ struct HeldTable {
 
 /// A part as held: the part the last generation showed (its key, rows and sources, each
 /// at its time), shown again while its rows and its sources' times stay the same. Most parts
-/// of a frame are unchanged, and a part made anew is five allocations (the `Arc`, the key,
-/// the column list, the list of sources and a source's name; 420,000 parts a round at a TLA
-/// of 70,000 machines). The decoder keeps nothing else per part: without a second copy of
+/// of a frame are unchanged, and a part made anew is four allocations (the `Arc`, its body,
+/// the key and the column list; 420,000 parts a round at a TLA of 70,000 machines), one when
+/// only its sources' times moved (`Part::restamped`). The decoder keeps nothing else per part: without a second copy of
 /// the key, the column list and the sources, a SQL node of 70,000 machines has 60-120 MiB
 /// less RSS (BENCHMARKS.md, "Where we stand").
 struct HeldPart {
@@ -304,8 +304,8 @@ fn at_link_times(
     times: &SourceTimes,
     name: &str,
     key: &str,
-    sources: impl Iterator<Item = String>,
-) -> Result<Vec<SourceStamp>, LinkError> {
+    sources: impl Iterator<Item = Arc<str>>,
+) -> Result<PartSources, LinkError> {
     sources
         .map(|source| {
             let published_at = link_time(times, name, key, &source)?;
@@ -443,13 +443,16 @@ fn part(
             };
             (sources, old.stamped)
         }
-        Sources::Named(names) => (at_link_times(times, name, &key, names.into_iter())?, false),
+        Sources::Named(names) => {
+            let names = names.into_iter().map(Arc::from);
+            (at_link_times(times, name, &key, names)?, false)
+        }
         Sources::Stamped(stamped) => (
             stamped
                 .into_iter()
                 .map(|(source, ms)| {
                     Ok(SourceStamp {
-                        source,
+                        source: source.into(),
                         published_at: from_millis(ms)?,
                     })
                 })

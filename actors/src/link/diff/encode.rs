@@ -222,7 +222,7 @@ impl LinkEncoder {
             .filter(|(n, _)| wanted.contains(*n))
             .flat_map(|(_, t)| &t.parts)
             .flat_map(|p| &p.sources)
-            .map(|s| (s.source.as_str(), unix_millis(s.published_at)));
+            .map(|s| (&*s.source, unix_millis(s.published_at)));
         self.times.restamp(now, sealed_at_ms)
     }
 
@@ -671,11 +671,11 @@ fn sources_of(times: &SourceTimes, held: Option<(&Part, bool)>, p: &Part) -> (So
     }
     let sources = p.sources.iter();
     let sent = if at_link_time {
-        Sources::Named(sources.map(|s| s.source.clone()).collect())
+        Sources::Named(sources.map(|s| s.source.to_string()).collect())
     } else {
         Sources::Stamped(
             sources
-                .map(|s| (s.source.clone(), unix_millis(s.published_at)))
+                .map(|s| (s.source.to_string(), unix_millis(s.published_at)))
                 .collect(),
         )
     };

@@ -802,7 +802,7 @@ fn a_whole_fleets_frame_is_shared_among_threads_and_stays_exact() {
                     }
                     let mut p = part(&s, &format!("10.{t}.{}.{}", m / 256, m % 256), &rows);
                     // Fewer sources than a test link allows (`times::MAX_LINK_SOURCES`).
-                    p.sources[0].source = format!("publisher-{}", m % 100);
+                    p.sources[0].source = format!("publisher-{}", m % 100).into();
                     p
                 })
                 .collect()
