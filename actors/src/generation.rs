@@ -12,6 +12,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 /// One contributor to a table in a generation: a machine (or publisher on it) and when it
 /// published its copy. The age of every row is known from these.
+///
 /// The name is shared by every stamp of the source (`Arc`): a part re-stamped each round
 /// copies a pointer, not the name.
 #[derive(Debug, Clone)]

@@ -56,10 +56,11 @@ struct HeldTable {
 /// A part as held: the part the last generation showed (its key, rows and sources, each
 /// at its time), shown again while its rows and its sources' times stay the same. Most parts
 /// of a frame are unchanged, and a part made anew is four allocations (the `Arc`, its body,
-/// the key and the column list; 420,000 parts a round at a TLA of 70,000 machines), one when
-/// only its sources' times moved (`Part::restamped`). The decoder keeps nothing else per part: without a second copy of
-/// the key, the column list and the sources, a SQL node of 70,000 machines has 60-120 MiB
-/// less RSS (BENCHMARKS.md, "Where we stand").
+/// the key and the column list; one more per source named anew), one when only its
+/// sources' times moved (`Part::restamped`; 420,000 parts a round at a TLA of 70,000
+/// machines). The decoder keeps nothing else per part: without a second copy of the key,
+/// the column list and the sources, a SQL node of 70,000 machines has 60-120 MiB less RSS
+/// (BENCHMARKS.md, "Where we stand").
 struct HeldPart {
     shown: Arc<Part>,
     /// Its sources carry their own times (`Sources::Stamped`, which `shown` has); otherwise
