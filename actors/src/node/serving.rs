@@ -143,7 +143,7 @@ impl SnapshotKeeper {
             Ok(snap) if seq > act.installed_seq => {
                 act.installed_seq = seq;
                 act.metrics.snapshots_built.fetch_add(1, Ordering::Relaxed);
-                let bytes = snap.copy_bytes;
+                let bytes = snap.copy_bytes();
                 act.metrics.snapshot_copied_bytes.store(bytes.copied as u64, Ordering::Relaxed);
                 act.metrics.snapshot_shared_bytes.store(bytes.shared as u64, Ordering::Relaxed);
                 let id = snap.generation.id;

@@ -191,8 +191,6 @@ pub struct Snapshot {
     /// The published tables coalesced when it was built, by name: what the next snapshot's
     /// copies may share columns with (`spread::Before`).
     coalesced: HashMap<String, Arc<SpreadTable>>,
-    /// Bytes coalescing its published tables copied, and shared with the snapshot before.
-    pub copy_bytes: CopyBytes,
 }
 
 /// A statement whose scanned tables (views followed to theirs) hold at most this many
@@ -217,6 +215,15 @@ impl Snapshot {
             table: self.coalesced.get(name)?,
             batches: self.generation.tables.get(name)?.batches().collect(),
         })
+    }
+
+    /// Bytes coalescing its published tables copied, and shared with the snapshot before.
+    pub fn copy_bytes(&self) -> CopyBytes {
+        let mut bytes = CopyBytes::default();
+        for t in self.coalesced.values() {
+            bytes += t.copy_bytes;
+        }
+        bytes
     }
 
     /// Runs one read-only statement on this snapshot.
@@ -886,6 +893,9 @@ pub(super) mod tests {
         };
         assert!(same(0), "the addresses are shared");
         assert!(!same(1), "the values are copied anew");
+        let bytes = second.copy_bytes();
+        assert!(bytes.shared > 0 && bytes.copied > 0, "{bytes:?}");
+        assert_eq!(first.copy_bytes().shared, 0, "nothing before the first");
         let out = second
             .query(
                 "SELECT v FROM t ORDER BY machine_ip",

@@ -26,7 +26,7 @@ use crate::sql::kept_aggregates::{
 use crate::sql::machine_keys::{keyed_name, KeyedTables, Keying, MachineKeyJoins};
 use crate::sql::physical_rules;
 use crate::sql::plans::{self, PlanCache, DEFAULT_PLAN_CACHE_ENTRIES};
-use crate::sql::spread::{partitioned, partitioned_after, CopyBytes, SpreadTable};
+use crate::sql::spread::{partitioned, partitioned_after, SpreadTable};
 use crate::sql::subquery::DecorrelateScalarAggregates;
 use crate::sql::utc_date_trunc::UtcDateTrunc;
 use crate::sql::views::{ViewProvider, ViewsFile};
@@ -134,7 +134,6 @@ impl Snapshot {
             taken,
             mut sources,
             coalesced,
-            copy_bytes,
         } = register_tables(
             &ctx,
             (&generation, &statics),
@@ -196,7 +195,6 @@ impl Snapshot {
             plans,
             aggregates: KeptAggregates::new(aggregate_cache_bytes),
             coalesced,
-            copy_bytes,
         }
     }
 }
@@ -264,8 +262,6 @@ struct Tables {
     sources: HashMap<String, Arc<dyn TableSource>>,
     /// The published tables coalesced at build (`Snapshot::coalesced`).
     coalesced: HashMap<String, Arc<SpreadTable>>,
-    /// What coalescing them copied and shared (`Snapshot::copy_bytes`).
-    copy_bytes: CopyBytes,
 }
 
 impl Tables {
@@ -334,7 +330,6 @@ fn register_tables(
             old.as_ref(),
         ) {
             Ok(spread) => {
-                tables.copy_bytes += spread.copy_bytes;
                 let spread = Arc::new(spread);
                 if tables.register_spread(ctx, name, spread.clone(), keying.as_mut()) {
                     tables.coalesced.insert(name.clone(), spread);
