@@ -27,10 +27,12 @@ use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef
 use datafusion::arrow::record_batch::RecordBatch;
 use query_actors::generation::{GenTable, Generation, Part, SourceStamp};
 use query_actors::link::diff::{LinkDecoder, LinkEncoder};
-use query_actors::link::frame::{decode_frame, encode_frame, read_frame, Codec};
+use query_actors::link::frame::{
+    decode_frame, encode_frame, encode_zstd_frame_unsized, read_frame, Codec,
+};
 use query_actors::link::wire::{
-    Advert, GenerationFrame, Listing, PartId, PartRows, PatchValues, Sources, ToChild, ToParent,
-    LINK_VERSION,
+    Advert, GenerationFrame, IpcRows, Listing, PartId, PartRows, PatchValues, Sources, ToChild,
+    ToParent, LINK_VERSION,
 };
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -67,10 +69,16 @@ impl FrameTarget {
         let mut enc = LinkEncoder::new();
         let mut frames = Vec::new();
         for g in &generations {
-            frames.push(
-                enc.encode(g, &wanted, 3, 1)
-                    .map_err(|e| format!("encode: {e}"))?,
-            );
+            let f = enc
+                .encode(g, &wanted, 3, 1)
+                .map_err(|e| format!("encode: {e}"))?;
+            // As a parent receives it: every part's rows as bytes.
+            let wire = encode_frame(&ToParent::Generation(f), Codec::None)
+                .map_err(|e| format!("encode: {e}"))?;
+            match decode_frame(&wire[4..], MAX_FRAME_BYTES) {
+                Ok(ToParent::Generation(f)) => frames.push(f),
+                other => return Err(format!("frame does not come back: {other:?}")),
+            }
         }
         let kinds: BTreeSet<&str> = frames
             .iter()
@@ -103,6 +111,13 @@ impl FrameTarget {
             )?;
             s.extend(enc_frame(&ToParent::Generation(frames[0].clone()), c)?);
             to_parent_streams.push(s);
+            if c == Codec::Zstd {
+                // A full copy as a TLA sends it to a SQL node: not sized first.
+                to_parent_streams.push(
+                    encode_zstd_frame_unsized(&ToParent::Generation(frames[0].clone()))
+                        .map_err(|e| e.to_string())?,
+                );
+            }
             let mut s = enc_frame(
                 &ToParent::Advert(Advert {
                     node: "tla".into(),
@@ -304,10 +319,10 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
             .iter()
             .flat_map(|t| t.parts.iter())
             .filter_map(|p| match &p.rows {
-                PartRows::Full(b)
+                PartRows::Full(IpcRows::Bytes(b))
                 | PartRows::Diff { added: b, .. }
                 | PartRows::Patch { added: b, .. } => Some(b),
-                PartRows::Unchanged => None,
+                PartRows::Full(IpcRows::Batch(_)) | PartRows::Unchanged => None,
             })
             .chain(
                 g.tables
@@ -400,7 +415,7 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
                     mutate(rng, &mut bytes, 4, &[]);
                 }
                 part.rows = match rng.random_range(0..4) {
-                    0 => PartRows::Full(bytes),
+                    0 => PartRows::Full(bytes.into()),
                     1 => PartRows::Unchanged,
                     2 => {
                         table.patches.push(PatchValues {
@@ -436,9 +451,9 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
                 };
                 let added = match &part.rows {
                     PartRows::Diff { added, .. }
-                    | PartRows::Full(added)
+                    | PartRows::Full(IpcRows::Bytes(added))
                     | PartRows::Patch { added, .. } => added.clone(),
-                    PartRows::Unchanged => any_bytes(rng),
+                    PartRows::Full(IpcRows::Batch(_)) | PartRows::Unchanged => any_bytes(rng),
                 };
                 part.rows = PartRows::Diff { removed, added };
             }

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use query_actors::generation::{Generation, GenerationBuilder};
 use query_actors::link::diff::{LinkDecoder, LinkEncoder};
-use query_actors::link::frame::{decode_frame, encode_frame, Codec, DEFAULT_MAX_FRAME_BYTES};
+use query_actors::link::frame::{
+    decode_frame, encode_frame, encode_generation, Codec, DEFAULT_MAX_FRAME_BYTES,
+};
 use query_actors::link::wire::ToParent;
 use query_actors::node::add_merged;
 use query_actors::simulate::children::Serve;
@@ -200,16 +202,16 @@ fn run_fleet(machines: usize, threads: usize, generations: u64) -> FleetRun {
 
         // On to the SQL node.
         let t = Instant::now();
-        let msg = ToParent::Generation(
-            to_sql
-                .encode(&tla, &wanted, tla.machines, tla.clusters)
-                .expect("encode"),
-        );
-        let frame = encode_frame(&msg, Codec::Zstd).expect("frame");
+        let out = to_sql
+            .encode(&tla, &wanted, tla.machines, tla.clusters)
+            .expect("encode");
+        let frame = encode_generation(out, Codec::Zstd).expect("frame");
         step.out_encode = t.elapsed().as_secs_f64();
         step.out_bytes = frame.len();
-        step.out_raw = encode_frame(&msg, Codec::None).expect("frame").len() - 5;
-        drop(msg);
+        step.out_raw = Codec::Zstd
+            .decompress(&frame[5..], MAX)
+            .expect("decompress")
+            .len();
         let t = Instant::now();
         let ToParent::Generation(f) = decode_frame(&frame[4..], MAX).expect("decode") else {
             panic!("not a generation");

@@ -10,6 +10,11 @@
 //!                  <---------------- length bytes --------------->
 //! ```
 //!
+//! A zstd payload is one zstd frame that records its decompressed size, or, for a frame
+//! compressed before its size was known ([`encode_generation`]), a zstd skippable frame
+//! holding that size (u64 little-endian) followed by the zstd frame: any zstd decoder reads
+//! both.
+//!
 //! Postcard: a compact serde binary format (varints, no field names) that builds in seconds
 //! and has no dependencies beyond serde. The Arrow IPC fields of [`super::wire`] serialize as
 //! byte strings, so they cost a memcpy, not one call per byte.
@@ -24,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::wire::{GenerationFrame, ToParent};
 use super::LinkError;
 
 /// The largest frame, and the largest decompressed payload, a node accepts by default. The
@@ -41,8 +47,28 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 30;
 /// of the time streamed.
 const STREAM_FROM_BYTES: usize = 32 << 20;
 
+/// Parts new to the parent ([`IpcRows::Batch`](super::wire::IpcRows)) from which a
+/// generation's frame is compressed without being sized first ([`encode_generation`]).
+/// Below it (a cluster's full copy of 70 machines, a diff frame with a few new ones) the
+/// parts are encoded before, held while the frame is sized and serialized whole: cheaper
+/// than serializing through a writer, and little to hold.
+const UNSIZED_FROM_LATE_PARTS: usize = 1024;
+
 /// Bytes of the length prefix.
 const LEN_BYTES: usize = 4;
+
+/// The magic of the zstd skippable frame (0x184D2A50 to 0x184D2A5F are skippable) that
+/// opens a zstd payload compressed before its size was known: 8 bytes follow, the
+/// decompressed size of the rest (u64 little-endian).
+const ZSTD_SIZE_MAGIC: u32 = 0x184D_2A5A;
+
+/// Bytes of that skippable frame: magic, its length (8), the size.
+const ZSTD_SIZE_FRAME_BYTES: usize = 16;
+
+/// The zstd window of a frame compressed without knowing its size: zstd's own choice at
+/// [`ZSTD_LEVEL`] for inputs of 256 KiB and more, set here so that receivers can allow it
+/// whatever the size.
+const ZSTD_UNSIZED_WINDOW_LOG: u32 = 19;
 
 /// zstd level for [`Codec::Zstd`]: on link frames level 3 is only about 5% smaller and
 /// 15-20% slower to compress (BENCHMARKS.md, `link-codec`).
@@ -93,7 +119,8 @@ pub enum Codec {
     None,
     /// LZ4 block format, the uncompressed size first (u32 little-endian).
     Lz4,
-    /// zstd level 1, a standard zstd frame that records its decompressed size.
+    /// zstd level 1: a standard zstd frame that records its decompressed size, or a zstd
+    /// skippable frame giving it before a zstd frame that does not (see the module).
     #[default]
     Zstd,
 }
@@ -168,8 +195,15 @@ impl Codec {
                 Ok(out)
             }
             Codec::Zstd => {
-                let declared = zstd::zstd_safe::get_frame_content_size(payload)
-                    .map_err(|_| LinkError::Decode("zstd: bad frame header".into()))?;
+                let (declared, payload, window_floor) = match zstd_size_frame(payload) {
+                    Some((size, rest)) => (Some(size), rest, ZSTD_UNSIZED_WINDOW_LOG),
+                    None => (
+                        zstd::zstd_safe::get_frame_content_size(payload)
+                            .map_err(|_| LinkError::Decode("zstd: bad frame header".into()))?,
+                        payload,
+                        ZSTD_WINDOW_LOG_MIN,
+                    ),
+                };
                 match declared {
                     Some(size) if size > max_bytes as u64 => Err(LinkError::FrameTooLarge {
                         size,
@@ -181,7 +215,7 @@ impl Codec {
                     Some(size)
                         if size <= (payload.len() as u64).saturating_mul(ZSTD_TRUSTED_RATIO) =>
                     {
-                        zstd_bulk(payload, size as usize)
+                        zstd_bulk(payload, size as usize, window_floor)
                     }
                     _ => zstd_stream(payload, max_bytes),
                 }
@@ -190,13 +224,27 @@ impl Codec {
     }
 }
 
+/// The size a zstd payload's opening skippable frame gives ([`ZSTD_SIZE_MAGIC`]), and the
+/// rest of the payload; `None` for a payload that does not open with one.
+fn zstd_size_frame(payload: &[u8]) -> Option<(u64, &[u8])> {
+    let (head, rest) = payload.split_at_checked(ZSTD_SIZE_FRAME_BYTES)?;
+    let word = |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    if word(0) != ZSTD_SIZE_MAGIC || word(4) != 8 {
+        return None;
+    }
+    let mut size = [0u8; 8];
+    size.copy_from_slice(&head[8..]);
+    Some((u64::from_le_bytes(size), rest))
+}
+
 /// One-shot zstd decompression of a frame that declares `size` bytes; more is an error.
-fn zstd_bulk(payload: &[u8], size: usize) -> Result<Vec<u8>, LinkError> {
+/// Its window may be as large as the size, or `window_floor` (log 2).
+fn zstd_bulk(payload: &[u8], size: usize, window_floor: u32) -> Result<Vec<u8>, LinkError> {
     let zerr = |e: std::io::Error| LinkError::Decode(format!("zstd: {e}"));
     let mut d = zstd::bulk::Decompressor::new().map_err(zerr)?;
-    d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(zstd_window_log(
-        size,
-    )))
+    d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+        zstd_window_log(size).max(window_floor),
+    ))
     .map_err(zerr)?;
     let out = d.decompress(payload, size).map_err(zerr)?;
     if out.len() != size {
@@ -261,7 +309,7 @@ pub fn encode_frame<T: Serialize>(msg: &T, codec: Codec) -> Result<Vec<u8>, Link
     let mut frame = match codec {
         Codec::None => postcard::to_extend(msg, header(size)).map_err(err)?,
         Codec::Zstd if size >= STREAM_FROM_BYTES => {
-            serialize_into_zstd(msg, size, header(size / 8))?
+            serialize_into_zstd(msg, Some(size), header(size / 8))?
         }
         Codec::Zstd | Codec::Lz4 => {
             let raw = postcard::to_extend(msg, Vec::with_capacity(size)).map_err(err)?;
@@ -278,21 +326,76 @@ pub fn encode_frame<T: Serialize>(msg: &T, codec: Codec) -> Result<Vec<u8>, Link
     Ok(frame)
 }
 
-/// Serializes `msg` (`size` bytes) through a zstd encoder appending to `frame`, the size
-/// recorded in the zstd frame as [`Codec::compress`] records it.
+/// A generation for a parent as a whole frame ([`encode_frame`] of
+/// [`ToParent::Generation`]). A zstd frame with many parts new to the parent (a full copy:
+/// their rows are encoded only as they are serialized) is compressed as it is serialized,
+/// without being sized first, its payload opening with a skippable frame that gives the
+/// decompressed size (see the module). Any other frame is sized first, its new parts
+/// encoded before (once).
+pub fn encode_generation(mut frame: GenerationFrame, codec: Codec) -> Result<Vec<u8>, LinkError> {
+    if codec == Codec::Zstd && frame.late_rows().len() >= UNSIZED_FROM_LATE_PARTS {
+        let msg = ToParent::Generation(frame);
+        let ToParent::Generation(frame) = &msg else {
+            unreachable!("just made")
+        };
+        // The parts' rows encoded on every core, a few parts ahead of serialization.
+        let (encoded, _) =
+            super::diff::with_rows_ahead(&frame.late_rows(), || encode_zstd_frame_unsized(&msg));
+        return encoded;
+    }
+    frame.encode_late_rows()?;
+    encode_frame(&ToParent::Generation(frame), codec)
+}
+
+/// A whole zstd frame of `msg`, compressed as it is serialized without being sized first:
+/// the payload opens with a skippable frame that gives the decompressed size.
+pub fn encode_zstd_frame_unsized<T: Serialize>(msg: &T) -> Result<Vec<u8>, LinkError> {
+    let mut frame = Vec::with_capacity(LEN_BYTES + 1 + ZSTD_SIZE_FRAME_BYTES + (64 << 10));
+    frame.extend_from_slice(&[0; LEN_BYTES]);
+    frame.push(Codec::Zstd.id());
+    let mut frame = serialize_into_zstd(msg, None, frame)?;
+    let rest = frame.len() - LEN_BYTES;
+    let len = u32::try_from(rest).map_err(|_| too_large(rest, u32::MAX as usize))?;
+    frame[..LEN_BYTES].copy_from_slice(&len.to_be_bytes());
+    Ok(frame)
+}
+
+/// Serializes `msg` through a zstd encoder appending to `frame`. With its `size`, the size
+/// is recorded in the zstd frame as [`Codec::compress`] records it; without, a skippable
+/// frame opens the payload and gets the size once the message is through.
 fn serialize_into_zstd<T: Serialize>(
     msg: &T,
-    size: usize,
-    frame: Vec<u8>,
+    size: Option<usize>,
+    mut frame: Vec<u8>,
 ) -> Result<Vec<u8>, LinkError> {
     let ioerr = |e: std::io::Error| LinkError::Encode(format!("zstd: {e}"));
+    let size_at = frame.len() + 8;
+    if size.is_none() {
+        frame.extend_from_slice(&ZSTD_SIZE_MAGIC.to_le_bytes());
+        frame.extend_from_slice(&8u32.to_le_bytes());
+        frame.extend_from_slice(&[0; 8]);
+    }
     let mut enc = zstd::stream::write::Encoder::new(frame, ZSTD_LEVEL).map_err(ioerr)?;
-    enc.include_contentsize(true).map_err(ioerr)?;
-    // More or fewer bytes than pledged is an error, never a frame with a wrong size.
-    enc.set_pledged_src_size(Some(size as u64)).map_err(ioerr)?;
+    match size {
+        Some(size) => {
+            enc.include_contentsize(true).map_err(ioerr)?;
+            // More or fewer bytes than pledged is an error, never a frame with a wrong size.
+            enc.set_pledged_src_size(Some(size as u64)).map_err(ioerr)?;
+        }
+        None => {
+            enc.include_contentsize(false).map_err(ioerr)?;
+            enc.window_log(ZSTD_UNSIZED_WINDOW_LOG).map_err(ioerr)?;
+        }
+    }
     // Buffered: postcard's small writes become copies, not calls into zstd.
     let mut w = KeepError {
-        inner: std::io::BufWriter::with_capacity(1 << 16, enc),
+        inner: std::io::BufWriter::with_capacity(
+            1 << 16,
+            Counted {
+                inner: enc,
+                bytes: 0,
+            },
+        ),
         error: None,
     };
     if let Err(e) = postcard::to_io(msg, &mut w) {
@@ -301,8 +404,31 @@ fn serialize_into_zstd<T: Serialize>(
             .error
             .map_or_else(|| LinkError::Encode(e.to_string()), ioerr));
     }
-    let enc = w.inner.into_inner().map_err(|e| ioerr(e.into_error()))?;
-    enc.finish().map_err(ioerr)
+    let counted = w.inner.into_inner().map_err(|e| ioerr(e.into_error()))?;
+    let written = counted.bytes;
+    let mut frame = counted.inner.finish().map_err(ioerr)?;
+    if size.is_none() {
+        frame[size_at..size_at + 8].copy_from_slice(&written.to_le_bytes());
+    }
+    Ok(frame)
+}
+
+/// A writer that counts the bytes written through it.
+struct Counted<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// A writer that keeps its last error, which postcard would replace with its own.
@@ -440,426 +566,4 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Resu
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::link::wire::{
-        GenerationFrame, Listing, PartFrame, PartRows, PatchValues, Sources, Stamps, TableFrame,
-        ToChild, ToParent,
-    };
-    use rand::rngs::SmallRng;
-    use rand::{Rng, RngCore, SeedableRng};
-
-    const CODECS: [Codec; 3] = [Codec::None, Codec::Lz4, Codec::Zstd];
-
-    fn sample() -> ToParent {
-        ToParent::Generation(GenerationFrame {
-            id: 7,
-            round: 12,
-            sealed_at_ms: 1_700_000_000_123,
-            full: true,
-            tables: vec![TableFrame {
-                name: "sys".into(),
-                schema: Some(vec![1, 2, 3, 4]),
-                listing: Listing::Changes {
-                    gone: vec!["10.0.0.9".into()],
-                },
-                parts: vec![
-                    PartFrame {
-                        key: "10.0.0.1".into(),
-                        sources: Sources::Stamped(vec![("10.0.0.1".into(), 1_700_000_000_000)]),
-                        rows: PartRows::Full(vec![9; 300]),
-                    },
-                    PartFrame {
-                        key: "10.0.0.2".into(),
-                        sources: Sources::Named(vec![]),
-                        rows: PartRows::Diff {
-                            removed: vec![0, 5, 70_000],
-                            added: vec![1, 2, 3],
-                        },
-                    },
-                    PartFrame {
-                        key: "10.0.0.3".into(),
-                        sources: Sources::Held,
-                        rows: PartRows::Unchanged,
-                    },
-                ],
-                patches: vec![PatchValues {
-                    columns: vec![(2, 2)],
-                    rows: 20,
-                    values: vec![7; 40],
-                }],
-            }],
-            errors: vec![("p".into(), "bad row".into())],
-            stamps: Stamps {
-                new: vec![("10.0.0.2".into(), 1_500)],
-                ..Stamps::default()
-            },
-            machines: 3,
-            clusters: 0,
-        })
-    }
-
-    fn body(frame: &[u8]) -> &[u8] {
-        &frame[LEN_BYTES..]
-    }
-
-    #[test]
-    fn roundtrip_every_codec() {
-        let msg = sample();
-        for codec in CODECS {
-            let frame = encode_frame(&msg, codec).expect("encode");
-            let len = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
-            assert_eq!(len, frame.len() - LEN_BYTES);
-            assert_eq!(frame[4], codec.id());
-            let back: ToParent =
-                decode_frame(body(&frame), DEFAULT_MAX_FRAME_BYTES).expect("decode");
-            assert_eq!(back, msg, "{codec:?}");
-        }
-    }
-
-    #[test]
-    fn byte_fields_are_byte_strings() {
-        // 300 bytes of 9s as a byte string: length varint + the bytes, not a sequence of
-        // one serialized element each (the same size in postcard, but checks the attribute
-        // keeps the layout a plain slice).
-        let raw = postcard::to_stdvec(&PartRows::Full(vec![9; 300])).expect("ser");
-        assert_eq!(raw.len(), 1 + 2 + 300);
-        assert!(raw.ends_with(&[9; 300]));
-    }
-
-    #[test]
-    fn decompressed_size_above_limit_is_refused() {
-        let msg = PartRows::Full(vec![0; 100_000]);
-        for codec in CODECS {
-            let frame = encode_frame(&msg, codec).expect("encode");
-            match decode_frame::<PartRows>(body(&frame), 10_000) {
-                Err(LinkError::FrameTooLarge { limit, .. }) => assert_eq!(limit, 10_000),
-                other => panic!("{codec:?}: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn a_large_zstd_frame_is_compressed_as_it_is_serialized_and_records_its_size() {
-        // Past STREAM_FROM_BYTES: many parts (postcard's varints and keys between byte
-        // strings) that compress about as link data does.
-        let mut rng = SmallRng::seed_from_u64(3);
-        let mut parts = Vec::new();
-        let mut size = 0;
-        while size <= STREAM_FROM_BYTES + (1 << 20) {
-            let rows: Vec<u8> = (0..4000).map(|_| rng.random_range(0..4)).collect();
-            size += rows.len() + 20;
-            parts.push(PartFrame {
-                key: format!("10.0.{}.{}", parts.len() / 250, parts.len() % 250).into(),
-                sources: Sources::Held,
-                rows: PartRows::Full(rows),
-            });
-        }
-        let msg = TableFrame {
-            name: "processes".into(),
-            schema: None,
-            listing: Listing::Changes { gone: vec![] },
-            parts,
-            patches: vec![],
-        };
-        let whole = postcard::to_stdvec(&msg).expect("ser");
-        let serialized = whole.len();
-        assert!(serialized >= STREAM_FROM_BYTES, "{serialized}");
-        // The streamed payload is the serialized message, compressed.
-        let streamed = serialize_into_zstd(&msg, serialized, Vec::new()).expect("stream");
-        let raw = zstd::stream::decode_all(&streamed[..]).expect("zstd");
-        assert_eq!(raw, whole);
-        // A size that is not the message's is an error, never a frame claiming it.
-        for wrong in [serialized - 1, serialized + 1] {
-            match serialize_into_zstd(&msg, wrong, Vec::new()) {
-                Err(LinkError::Encode(e)) => assert!(e.contains("zstd"), "{e}"),
-                other => panic!("{wrong}: {other:?}"),
-            }
-        }
-        let frame = encode_frame(&msg, Codec::Zstd).expect("encode");
-        let (_, payload) = split_codec(body(&frame)).expect("codec");
-        assert_eq!(
-            payload, streamed,
-            "past STREAM_FROM_BYTES, frames are streamed"
-        );
-        let declared = zstd::zstd_safe::get_frame_content_size(payload).expect("header");
-        assert_eq!(
-            declared,
-            Some(serialized as u64),
-            "the receiver checks this first"
-        );
-        assert!(
-            payload.len() < serialized / 2,
-            "compressed: {}",
-            payload.len()
-        );
-        let back: TableFrame = decode_frame(body(&frame), serialized).expect("decode");
-        assert_eq!(back, msg);
-        match decode_frame::<TableFrame>(body(&frame), serialized - 1) {
-            Err(LinkError::FrameTooLarge { size, .. }) => assert_eq!(size, serialized as u64),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn highly_compressible_roundtrip() {
-        // Zeros compress past zstd's trusted ratio (the streaming path) and near LZ4's limit.
-        let msg = PartRows::Full(vec![0; 1 << 20]);
-        for codec in CODECS {
-            let frame = encode_frame(&msg, codec).expect("encode");
-            let back: PartRows = decode_frame(body(&frame), 2 << 20).expect("decode");
-            assert_eq!(back, msg, "{codec:?}");
-        }
-    }
-
-    #[test]
-    fn codec_names_in_config() {
-        #[derive(Deserialize)]
-        struct C {
-            c: Codec,
-        }
-        for (name, codec) in [
-            ("none", Codec::None),
-            ("lz4", Codec::Lz4),
-            ("zstd", Codec::Zstd),
-        ] {
-            let parsed: C = toml::from_str(&format!("c = \"{name}\"")).expect("parse");
-            assert_eq!(parsed.c, codec);
-        }
-        assert!(toml::from_str::<C>("c = \"gzip\"").is_err());
-    }
-
-    #[test]
-    fn lz4_lying_size_is_refused_without_allocating() {
-        let mut body = vec![Codec::Lz4.id()];
-        body.extend_from_slice(&(200u32 << 20).to_le_bytes());
-        body.extend_from_slice(&[0x1f, 0, 0, 0]);
-        assert!(matches!(
-            decode_frame::<PartRows>(&body, DEFAULT_MAX_FRAME_BYTES),
-            Err(LinkError::Decode(_))
-        ));
-    }
-
-    #[test]
-    fn garbage_and_truncation_never_panic() {
-        let mut rng = SmallRng::seed_from_u64(7);
-        let frames: Vec<Vec<u8>> = CODECS
-            .iter()
-            .map(|&c| encode_frame(&sample(), c).expect("encode"))
-            .collect();
-        for _ in 0..3000 {
-            let len = rng.random_range(0..600);
-            let mut junk = vec![0u8; len];
-            rng.fill_bytes(&mut junk);
-            if let Some(b) = junk.first_mut() {
-                *b %= 4; // mostly valid codec ids, so the decompressors see the junk
-            }
-            let _ = decode_frame::<ToParent>(&junk, 1 << 20);
-        }
-        for frame in &frames {
-            let body = body(frame);
-            for cut in 0..body.len() {
-                assert!(decode_frame::<ToParent>(&body[..cut], 1 << 20).is_err());
-            }
-            // Flipped bytes: decoding may succeed with other values, but must not panic.
-            for _ in 0..500 {
-                let mut bad = body.to_vec();
-                let i = rng.random_range(1..bad.len());
-                bad[i] ^= 1 << rng.random_range(0..8);
-                let _ = decode_frame::<ToParent>(&bad, 1 << 20);
-            }
-        }
-    }
-
-    #[test]
-    fn unknown_codec_and_trailing_bytes_are_errors() {
-        assert!(matches!(
-            decode_frame::<ToParent>(&[9, 1, 2], 1024),
-            Err(LinkError::Decode(m)) if m.contains("codec")
-        ));
-        let mut frame = encode_frame(&sample(), Codec::None).expect("encode");
-        frame.push(0);
-        assert!(matches!(
-            decode_frame::<ToParent>(body(&frame), 1 << 20),
-            Err(LinkError::Decode(m)) if m.contains("left over")
-        ));
-    }
-
-    /// A zstd bomb: 64 MiB of zeros in a few KiB.
-    fn zstd_bomb(pledged: bool) -> (Vec<u8>, usize) {
-        let inflated = 64 << 20;
-        let zeros = vec![0u8; inflated];
-        let payload = if pledged {
-            zstd::bulk::compress(&zeros, ZSTD_LEVEL).expect("compress")
-        } else {
-            // The streaming encoder does not record the size: the decoder cannot know it.
-            let mut enc = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).expect("enc");
-            std::io::Write::write_all(&mut enc, &zeros).expect("write");
-            enc.finish().expect("finish")
-        };
-        let mut body = vec![Codec::Zstd.id()];
-        body.extend_from_slice(&payload);
-        (body, inflated)
-    }
-
-    #[test]
-    fn zstd_bomb_is_refused_before_it_inflates() {
-        for pledged in [true, false] {
-            let (body, inflated) = zstd_bomb(pledged);
-            assert!(body.len() < 16 << 10, "{} bytes", body.len());
-            // At the link listener: the ratio cap binds long before the frame limit.
-            match decode_small_frame::<ToChild>(&body, DEFAULT_MAX_FRAME_BYTES, 32) {
-                Err(LinkError::Inflation {
-                    compressed, size, ..
-                }) => {
-                    assert_eq!(compressed as usize, body.len() - 1);
-                    if pledged {
-                        // Refused from the frame header: nothing was inflated.
-                        assert_eq!(size as usize, inflated);
-                    } else {
-                        // Streamed, and stopped one byte past the cap.
-                        let cap = (compressed * 32).max(INFLATION_FLOOR);
-                        assert_eq!(size, cap + 1, "stopped at the cap");
-                    }
-                }
-                // Without a declared size, the encoder's window (512 KiB at level 1) is
-                // larger than the cap allows: refused before any output.
-                Err(LinkError::Decode(m)) if !pledged => assert!(m.contains("zstd"), "{m}"),
-                other => panic!("pledged {pledged}: {other:?}"),
-            }
-            // Streamed under a cap the window fits: stopped one byte past it.
-            if !pledged {
-                let cap = 4 << 20;
-                assert!(matches!(
-                    decode_frame::<ToChild>(&body, cap),
-                    Err(LinkError::FrameTooLarge { size, limit }) if size == cap as u64 + 1 && limit == cap as u64
-                ));
-            }
-            // And the small frame limit, when it binds first (or the window it allows).
-            match decode_small_frame::<ToChild>(&body, 4096, 1 << 20) {
-                Err(LinkError::FrameTooLarge { limit: 4096, .. }) => {}
-                Err(LinkError::Decode(m)) if !pledged => assert!(m.contains("zstd"), "{m}"),
-                other => panic!("pledged {pledged}: {other:?}"),
-            }
-            // From a child, bounded by max_frame_bytes (here 1 MiB).
-            match decode_frame::<ToParent>(&body, 1 << 20) {
-                Err(LinkError::FrameTooLarge { size, limit }) => {
-                    assert_eq!(limit, 1 << 20);
-                    assert!(size <= (1 << 20) + 1 || size as usize == inflated, "{size}");
-                }
-                other => panic!("pledged {pledged}: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn lz4_bomb_is_refused_by_the_ratio() {
-        let zeros = vec![0u8; 1 << 20];
-        let mut body = vec![Codec::Lz4.id()];
-        body.extend_from_slice(&lz4_flex::block::compress_prepend_size(&zeros));
-        assert!(matches!(
-            decode_small_frame::<ToChild>(&body, DEFAULT_MAX_FRAME_BYTES, 32),
-            Err(LinkError::Inflation { size, .. }) if size == 1 << 20
-        ));
-    }
-
-    #[test]
-    fn small_frames_decode_within_the_limits() {
-        let msg = ToChild::Request {
-            tables: (0..500).map(|i| format!("table_{i}")).collect(),
-        };
-        for codec in CODECS {
-            let frame = encode_frame(&msg, codec).expect("encode");
-            let (back, raw) =
-                decode_small_frame::<ToChild>(body(&frame), 64 << 10, 32).expect("decode");
-            assert_eq!(back, msg, "{codec:?}");
-            assert!(raw > 4000, "{raw}");
-        }
-        assert_eq!(zstd_window_log(64 << 10), 16);
-        assert_eq!(zstd_window_log(1), ZSTD_WINDOW_LOG_MIN);
-        assert_eq!(
-            zstd_window_log(DEFAULT_MAX_FRAME_BYTES),
-            ZSTD_WINDOW_LOG_MAX
-        );
-    }
-
-    /// A peer announces 900 MiB, sends a few KiB and stalls: refused from the length,
-    /// without waiting for the rest and without reserving it.
-    #[tokio::test]
-    async fn announced_huge_frame_is_refused_without_waiting() {
-        let (mut peer, mut ours) = tokio::io::duplex(64 << 10);
-        let mut start = (900u32 << 20).to_be_bytes().to_vec();
-        start.push(Codec::None.id());
-        start.extend_from_slice(&[7; 4096]);
-        peer.write_all(&start).await.expect("write");
-        let read = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            read_frame(&mut ours, 64 << 10),
-        )
-        .await
-        .expect("answered at once, the peer still connected");
-        assert!(matches!(
-            read,
-            Err(LinkError::FrameTooLarge { size, limit: 65536 }) if size == 900 << 20
-        ));
-        drop(peer);
-    }
-
-    #[tokio::test]
-    async fn read_write_over_a_stream() {
-        let (mut a, mut b) = tokio::io::duplex(64);
-        let frames: Vec<Vec<u8>> = CODECS
-            .iter()
-            .map(|&c| encode_frame(&sample(), c).expect("encode"))
-            .collect();
-        let sent = frames.clone();
-        let writer = tokio::spawn(async move {
-            for f in &sent {
-                write_frame(&mut a, f).await.expect("write");
-            }
-        });
-        for f in &frames {
-            let body = read_frame(&mut b, 1 << 20)
-                .await
-                .expect("read")
-                .expect("frame");
-            assert_eq!(body, f[LEN_BYTES..]);
-            let msg: ToParent = decode_frame(&body, 1 << 20).expect("decode");
-            assert_eq!(msg, sample());
-        }
-        writer.await.expect("writer");
-        assert!(read_frame(&mut b, 1 << 20)
-            .await
-            .expect("clean EOF")
-            .is_none());
-    }
-
-    #[tokio::test]
-    async fn read_frame_errors() {
-        // Too large: refused from the length alone.
-        let mut r: &[u8] = &[0, 0, 1, 0, 0];
-        assert!(matches!(
-            read_frame(&mut r, 100).await,
-            Err(LinkError::FrameTooLarge {
-                size: 256,
-                limit: 100
-            })
-        ));
-        // Ends inside the length, inside the body; a zero length.
-        let mut r: &[u8] = &[0, 0];
-        assert!(matches!(
-            read_frame(&mut r, 100).await,
-            Err(LinkError::Decode(_))
-        ));
-        let mut r: &[u8] = &[0, 0, 0, 10, 0, 1, 2];
-        assert!(matches!(
-            read_frame(&mut r, 100).await,
-            Err(LinkError::Decode(_))
-        ));
-        let mut r: &[u8] = &[0, 0, 0, 0];
-        assert!(matches!(
-            read_frame(&mut r, 100).await,
-            Err(LinkError::Decode(_))
-        ));
-    }
-}
+mod tests;

@@ -7,10 +7,11 @@
 //! a frame and back in [`super::diff`]. Arrow IPC fields serialize as byte strings
 //! (`serde_bytes`): one copy, not one serde call per byte.
 
-use serde::{Deserialize, Serialize};
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Bumped on any incompatible change; a peer with another version is refused at hello.
-pub const LINK_VERSION: u32 = 7;
+pub const LINK_VERSION: u32 = 8;
 
 /// Parent → child.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +113,30 @@ pub struct Stamps {
 }
 
 impl GenerationFrame {
+    /// The rows of the parts that are encoded only as the frame is serialized
+    /// ([`IpcRows::Batch`]), in the order of serialization.
+    pub fn late_rows(&self) -> Vec<&RecordBatch> {
+        self.tables
+            .iter()
+            .flat_map(|t| &t.parts)
+            .filter_map(|p| match &p.rows {
+                PartRows::Full(IpcRows::Batch(b)) => Some(b),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Encodes the rows of every part that holds them as a batch ([`IpcRows::Bytes`]): for
+    /// a frame that is sized before it is serialized, which would otherwise encode them twice.
+    pub fn encode_late_rows(&mut self) -> Result<(), super::LinkError> {
+        for p in self.tables.iter_mut().flat_map(|t| &mut t.parts) {
+            if let PartRows::Full(IpcRows::Batch(b)) = &p.rows {
+                p.rows = PartRows::Full(IpcRows::Bytes(super::diff::ipc_rows(b)?));
+            }
+        }
+        Ok(())
+    }
+
     /// Every part travels with all its rows (and there is at least one): the frame is a
     /// full copy of what the link carries, the yardstick diffs are measured against. The
     /// first frame of a connection may be empty when tables are requested later; their
@@ -221,7 +246,7 @@ pub enum Sources {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PartRows {
     /// All rows, Arrow IPC encoded.
-    Full(#[serde(with = "serde_bytes")] Vec<u8>),
+    Full(IpcRows),
     /// Same rows as the parent holds for this part.
     Unchanged,
     /// The parent removes these rows (indexes into the rows it holds, ascending) and appends
@@ -247,4 +272,43 @@ pub enum PartRows {
         #[serde(with = "serde_bytes")]
         added: Vec<u8>,
     },
+}
+
+/// A part's rows in full, as Arrow IPC bytes on the wire.
+///
+/// A sender holds the rows of a part new to its parent as the batch itself, encoded only
+/// while the frame is serialized, one part at a time: a TLA's first whole generation for a
+/// SQL node is 448 MB of IPC at 70,000 machines, and holding it whole before compressing
+/// it set the TLA's peak (BENCHMARKS.md, `fleet`). A receiver always gets bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IpcRows {
+    /// Arrow IPC messages: the dictionaries, if any, then the record batch.
+    Bytes(Vec<u8>),
+    /// Rows encoded when serialized (the same bytes as [`IpcRows::Bytes`] would hold).
+    Batch(RecordBatch),
+}
+
+impl From<Vec<u8>> for IpcRows {
+    fn from(bytes: Vec<u8>) -> Self {
+        IpcRows::Bytes(bytes)
+    }
+}
+
+impl Serialize for IpcRows {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            IpcRows::Bytes(bytes) => serializer.serialize_bytes(bytes),
+            IpcRows::Batch(batch) => {
+                let bytes = super::diff::late_rows(batch)
+                    .map_err(<S::Error as serde::ser::Error>::custom)?;
+                serializer.serialize_bytes(&bytes)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for IpcRows {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde_bytes::ByteBuf::deserialize(deserializer).map(|b| IpcRows::Bytes(b.into_vec()))
+    }
 }

@@ -23,7 +23,9 @@ use super::requests::RequestBook;
 use super::transport::{BoxStream, Listener};
 use crate::generation::Generation;
 use crate::link::diff::{LinkEncoder, TableKeys};
-use crate::link::frame::{decode_small_frame, encode_frame, read_frame, write_frame, Codec};
+use crate::link::frame::{
+    decode_small_frame, encode_frame, encode_generation, read_frame, write_frame, Codec,
+};
 use crate::link::wire::{Advert, ToChild, ToParent, LINK_VERSION};
 use crate::link::LinkError;
 use crate::metrics::Metrics;
@@ -421,7 +423,7 @@ async fn session(
                 let frame = encoder.encode(&g, &wanted, g.machines, g.clusters)?;
                 let full = frame.is_full_copy();
                 let planned = started.elapsed();
-                let bytes = encode_frame(&ToParent::Generation(frame), serve.codec)?;
+                let bytes = encode_generation(frame, serve.codec)?;
                 let encoded = started.elapsed();
                 write_frame(&mut wr, &bytes).await?;
                 wr.flush().await.map_err(LinkError::from)?;

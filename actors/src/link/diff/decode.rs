@@ -16,7 +16,8 @@ use super::times::SourceTimes;
 use super::{forward, patch, threads};
 use crate::generation::{GenTable, NameHasher, NameMap, Part, PartSources, SourceStamp};
 use crate::link::wire::{
-    GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources, TableFrame,
+    GenerationFrame, IpcRows, Listing, PartFrame, PartId, PartRows, PatchValues, Sources,
+    TableFrame,
 };
 use crate::link::LinkError;
 
@@ -372,7 +373,16 @@ fn part(
     let mut applied = None;
     // The new rows; None for the rows held, sent unchanged with other sources.
     let batch = match pf.rows {
-        PartRows::Full(bytes) => Some(decode_batch(&bytes, schema).map_err(in_part)?),
+        PartRows::Full(IpcRows::Bytes(bytes)) => {
+            Some(decode_batch(&bytes, schema).map_err(in_part)?)
+        }
+        // A frame handed over in process, never serialized: the rows as the sender held them.
+        PartRows::Full(IpcRows::Batch(batch)) if batch.schema_ref() == schema => Some(batch),
+        PartRows::Full(IpcRows::Batch(_)) => {
+            return Err(in_part(LinkError::Protocol(
+                "rows do not have the table's schema".into(),
+            )))
+        }
         PartRows::Unchanged => {
             let old = need("unchanged")?;
             if matches!(pf.sources, Sources::Held) {

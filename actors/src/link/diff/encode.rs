@@ -18,7 +18,8 @@ use super::times::SourceTimes;
 use super::{threads, TableKeys};
 use crate::generation::{GenTable, Generation, NameHasher, NameMap, Part};
 use crate::link::wire::{
-    GenerationFrame, Listing, PartFrame, PartId, PartRows, PatchValues, Sources, Stamps, TableFrame,
+    GenerationFrame, IpcRows, Listing, PartFrame, PartId, PartRows, PatchValues, Sources, Stamps,
+    TableFrame,
 };
 use crate::link::LinkError;
 use crate::table::unix_millis;
@@ -393,7 +394,16 @@ impl TableEncoder<'_> {
         p: &Arc<Part>,
     ) -> Result<(PartRows, PartMirror), LinkError> {
         let Some(old) = held else {
-            return self.full(p);
+            // New to the parent (every part of a full copy): encoded as the frame is
+            // serialized, so that a whole fleet's rows are never held encoded at once.
+            return Ok((
+                PartRows::Full(IpcRows::Batch(p.batch.clone())),
+                PartMirror {
+                    last: p.clone(),
+                    held: Held::Last,
+                    keys: None,
+                },
+            ));
         };
         // The same buffers (cheap), or equal rows in new buffers (a republished copy).
         let unchanged = |old: PartMirror| {
@@ -463,7 +473,7 @@ impl TableEncoder<'_> {
 
     fn full(&mut self, p: &Arc<Part>) -> Result<(PartRows, PartMirror), LinkError> {
         Ok((
-            PartRows::Full(self.ipc.batch(&p.batch)?),
+            PartRows::Full(IpcRows::Bytes(self.ipc.batch(&p.batch)?)),
             PartMirror {
                 last: p.clone(),
                 held: Held::Last,
@@ -528,7 +538,7 @@ impl TableEncoder<'_> {
             let size = values + added.len() + plan.rows.len() + 3 * plan.removed.len();
             if body_bytes(&p.batch) <= size {
                 return Ok((
-                    PartRows::Full(self.ipc.batch(&p.batch)?),
+                    PartRows::Full(IpcRows::Bytes(self.ipc.batch(&p.batch)?)),
                     PartMirror {
                         last: p.clone(),
                         held: Held::Last,
@@ -612,7 +622,7 @@ impl TableEncoder<'_> {
             // Each removed index costs up to 3 bytes as a varint for parts below 2M rows.
             if whole.len() <= added.len() + 3 * m.removed.len() {
                 return Ok((
-                    PartRows::Full(whole),
+                    PartRows::Full(IpcRows::Bytes(whole)),
                     PartMirror {
                         last: p.clone(),
                         held: Held::Last,

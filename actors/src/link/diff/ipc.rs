@@ -89,6 +89,12 @@ impl IpcWriter {
     }
 }
 
+/// A batch as the bytes of [`IpcRows::Bytes`](crate::link::wire::IpcRows), for rows encoded
+/// as a frame is serialized.
+pub(crate) fn ipc_rows(batch: &RecordBatch) -> Result<Vec<u8>, LinkError> {
+    IpcWriter::new().batch(batch)
+}
+
 pub(super) fn has_dictionary(t: &DataType) -> bool {
     match t {
         DataType::Dictionary(..) => true,

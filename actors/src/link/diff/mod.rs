@@ -39,6 +39,7 @@
 //! is full); a decoder refuses anything but a full frame until it gets one, so the caller
 //! should drop the link (and its decoder) and dial again, which starts with a full frame.
 
+mod ahead;
 mod decode;
 mod encode;
 mod forward;
@@ -55,8 +56,10 @@ mod times;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub(crate) use ahead::{rows as late_rows, with_rows_ahead};
 pub use decode::{ChildGeneration, LinkDecoder};
 pub use encode::LinkEncoder;
+pub(crate) use ipc::ipc_rows;
 
 use crate::table::SchemaRegistry;
 

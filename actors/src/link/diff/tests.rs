@@ -4,12 +4,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::ipc::{decode_batch, decode_schema, sorted_rows, IpcWriter};
+use super::ipc::{decode_batch, decode_schema, ipc_rows, sorted_rows, IpcWriter};
 use super::{ChildGeneration, LinkDecoder, LinkEncoder};
 use crate::generation::{GenTable, Generation, Part, SourceStamp};
 use crate::link::frame::{decode_frame, encode_frame, Codec, DEFAULT_MAX_FRAME_BYTES};
 use crate::link::wire::{
-    GenerationFrame, Listing, PartFrame, PartId, PartRows, Sources, Stamps, TableFrame,
+    GenerationFrame, IpcRows, Listing, PartFrame, PartId, PartRows, Sources, Stamps, TableFrame,
 };
 use crate::link::LinkError;
 use crate::table::unix_millis;
@@ -401,6 +401,50 @@ fn changed_row_is_one_removed_one_added_in_documented_order() {
         other => panic!("expected a diff, got {other:?}"),
     }
     assert_same(&dec.apply(send(&f4).0).expect("apply"), &g4, &wanted);
+}
+
+#[test]
+fn rows_new_to_the_parent_are_encoded_as_the_frame_is_serialized() {
+    let wanted = all_tables();
+    let mut enc = LinkEncoder::new();
+    let s = schema();
+    let f1 = enc
+        .encode(&generation(1, vec![("sys", base_parts())]), &wanted, 3, 0)
+        .expect("encode");
+    assert_eq!(f1.late_rows().len(), 3, "a full copy: every part");
+    // One part changes, one is new: only the new one's rows wait for serialization.
+    let mut parts = base_parts();
+    parts[1] = part(&s, "10.0.0.2", &[("d", 5, None)]);
+    parts.push(part(&s, "10.0.0.4", &[("e", 6, None)]));
+    let f2 = enc
+        .encode(&generation(2, vec![("sys", parts)]), &wanted, 4, 0)
+        .expect("encode");
+    let kinds: Vec<&str> = f2.tables[0]
+        .parts
+        .iter()
+        .map(|p| match &p.rows {
+            PartRows::Full(IpcRows::Batch(_)) => "late",
+            PartRows::Full(IpcRows::Bytes(_)) => "bytes",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["bytes", "late"]);
+    assert_eq!(f2.late_rows().len(), 1);
+    // Serialized, late rows are the very bytes the eager encoding gives.
+    for f in [&f1, &f2] {
+        let (back, _) = send(f);
+        assert!(back.late_rows().is_empty());
+        let sent = f.tables.iter().flat_map(|t| &t.parts);
+        let got = back.tables.iter().flat_map(|t| &t.parts);
+        for (sent, got) in sent.zip(got) {
+            match (&sent.rows, &got.rows) {
+                (PartRows::Full(IpcRows::Batch(b)), PartRows::Full(IpcRows::Bytes(bytes))) => {
+                    assert_eq!(&ipc_rows(b).expect("encode"), bytes)
+                }
+                (a, b) => assert_eq!(a, b),
+            }
+        }
+    }
 }
 
 #[test]
@@ -829,7 +873,7 @@ fn decoder_refuses_inconsistent_frames() {
     let new_part = |sources: Sources| PartFrame {
         key: "10.9.9.9".into(),
         sources,
-        rows: PartRows::Full(added.clone()),
+        rows: PartRows::Full(added.clone().into()),
     };
 
     let cases: Vec<(&str, LinkDecoder, GenerationFrame)> = vec![
@@ -932,7 +976,7 @@ fn decoder_refuses_inconsistent_frames() {
         (
             "no schema",
             LinkDecoder::new(),
-            frame(true, None, PartRows::Full(added.clone())),
+            frame(true, None, PartRows::Full(added.clone().into())),
         ),
         (
             "garbage schema",
@@ -942,7 +986,7 @@ fn decoder_refuses_inconsistent_frames() {
                 Some(vec![
                     0xff, 0xff, 0xff, 0xff, 8, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8,
                 ]),
-                PartRows::Full(added.clone()),
+                PartRows::Full(added.clone().into()),
             ),
         ),
         (
@@ -951,13 +995,13 @@ fn decoder_refuses_inconsistent_frames() {
             frame(
                 true,
                 Some(schema_bytes.clone()),
-                PartRows::Full(vec![1, 2, 3, 4, 5, 6, 7, 8, 9]),
+                PartRows::Full(vec![1, 2, 3, 4, 5, 6, 7, 8, 9].into()),
             ),
         ),
         (
             "rows of another schema",
             ready(),
-            frame(false, None, PartRows::Full(other_batch.clone())),
+            frame(false, None, PartRows::Full(other_batch.clone().into())),
         ),
         (
             "diff rows of another schema",
@@ -987,8 +1031,10 @@ fn decoder_refuses_inconsistent_frames() {
     }
 
     // Corrupt IPC bytes inside a valid frame, byte by byte: errors, never a panic.
-    let PartRows::Full(good) = &full.tables[0].parts[0].rows else {
-        panic!("full part expected");
+    let good = match &full.tables[0].parts[0].rows {
+        PartRows::Full(IpcRows::Bytes(good)) => good.clone(),
+        PartRows::Full(IpcRows::Batch(b)) => ipc_rows(b).expect("encode"),
+        other => panic!("full part expected: {other:?}"),
     };
     let mut rng = SmallRng::seed_from_u64(3);
     for i in 0..400 {
@@ -998,13 +1044,19 @@ fn decoder_refuses_inconsistent_frames() {
         if i % 4 == 0 {
             bad.truncate(at);
         }
-        let _ =
-            LinkDecoder::new().apply(frame(true, Some(schema_bytes.clone()), PartRows::Full(bad)));
+        let _ = LinkDecoder::new().apply(frame(
+            true,
+            Some(schema_bytes.clone()),
+            PartRows::Full(bad.into()),
+        ));
         let mut bad_schema = schema_bytes.clone();
         let at = rng.random_range(0..bad_schema.len());
         bad_schema[at] = rng.random();
-        let _ =
-            LinkDecoder::new().apply(frame(true, Some(bad_schema), PartRows::Full(good.clone())));
+        let _ = LinkDecoder::new().apply(frame(
+            true,
+            Some(bad_schema),
+            PartRows::Full(good.clone().into()),
+        ));
     }
 }
 

@@ -14,7 +14,8 @@ use tokio::io::AsyncWriteExt;
 use crate::generation::GenerationBuilder;
 use crate::link::diff::{LinkDecoder, LinkEncoder};
 use crate::link::frame::{
-    decode_frame, decode_small_frame, encode_frame, read_frame, write_frame, Codec,
+    decode_frame, decode_small_frame, encode_frame, encode_generation, read_frame, write_frame,
+    Codec,
 };
 use crate::link::wire::{ToChild, ToParent, LINK_VERSION};
 use crate::link::LinkError;
@@ -196,7 +197,7 @@ async fn session(
                 }
                 let generation = builder.seal(id, round, SystemTime::now());
                 let frame = encoder.encode(&generation, &wanted, 0, 0)?;
-                let bytes = encode_frame(&ToParent::Generation(frame), serve.codec)?;
+                let bytes = encode_generation(frame, serve.codec)?;
                 write_frame(&mut wr, &bytes).await?;
                 wr.flush().await.map_err(LinkError::from)?;
                 tracing::debug!(round, tables = generation.tables.len(), took = ?started.elapsed(), bytes = bytes.len(), "merged tables sent to the TLA");
