@@ -166,9 +166,11 @@ impl Totals {
             // Timed: forgetting the previous generation is part of sending a full one.
             enc.reset();
         }
-        let frame = enc
+        let mut frame = enc
             .encode(g, wanted, g.machines, g.clusters)
             .expect("encode");
+        // New parts' rows encoded once, as `encode_generation` does for a frame it sizes.
+        frame.encode_late_rows().expect("encode rows");
         let msg = ToParent::Generation(frame);
         let bytes = encode_frame(&msg, Codec::None).expect("serialize");
         self.encode += t.elapsed().as_secs_f64();

@@ -59,7 +59,9 @@ use std::sync::Arc;
 pub(crate) use ahead::{rows as late_rows, with_rows_ahead};
 pub use decode::{ChildGeneration, LinkDecoder};
 pub use encode::LinkEncoder;
+#[cfg(test)]
 pub(crate) use ipc::ipc_rows;
+pub(crate) use threads::PARALLEL_FROM_PARTS;
 
 use crate::table::SchemaRegistry;
 

@@ -8,7 +8,7 @@
 
 /// Below this many parts in a frame, its tables are done one after another on the calling
 /// thread (starting threads would cost more than it saves).
-pub(super) const PARALLEL_FROM_PARTS: usize = 20_000;
+pub(crate) const PARALLEL_FROM_PARTS: usize = 20_000;
 
 /// The name of the threads that share a frame's tables with the calling one.
 const THREAD_NAME: &str = "query-link-tables";

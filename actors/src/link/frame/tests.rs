@@ -412,6 +412,16 @@ fn a_generation_with_many_new_parts_is_not_sized_first() {
             .collect();
         g
     };
+    // Uncompressed, many new parts are encoded on every core first: the same bytes.
+    let many = generation(crate::link::diff::PARALLEL_FROM_PARTS);
+    let frame = encode_generation(many, Codec::None).expect("encode");
+    let Ok(ToParent::Generation(back)) = decode_frame(body(&frame), 1 << 30) else {
+        panic!("no generation back");
+    };
+    for (i, p) in back.tables[0].parts.iter().enumerate() {
+        let bytes = crate::link::diff::ipc_rows(&batch(i as i64)).expect("ipc");
+        assert_eq!(p.rows, PartRows::Full(IpcRows::Bytes(bytes)), "part {i}");
+    }
     for (parts, size_later) in [
         (UNSIZED_FROM_LATE_PARTS - 1, false),
         (UNSIZED_FROM_LATE_PARTS, true),
@@ -437,7 +447,7 @@ fn a_generation_with_many_new_parts_is_not_sized_first() {
             let bytes = crate::link::diff::ipc_rows(&batch(i as i64)).expect("ipc");
             assert_eq!(p.rows, PartRows::Full(IpcRows::Bytes(bytes)));
         }
-        // Other codecs are sized as any frame.
+        // Other codecs are sized as any frame, the new parts encoded first.
         let none = encode_generation(g.clone(), Codec::None).expect("encode");
         assert_eq!(
             none,
