@@ -3,7 +3,7 @@
 //! of parts ahead. Encoding them as they are serialized keeps a whole fleet's encoded rows
 //! from being held at once (448 MB at 70,000 machines), but on the serializing thread
 //! alone it took a TLA's full copy for its SQL node from 1.4 to 2.6-3.3 s (`tla-merge`):
-//! the Arrow IPC encoding of 420,000 parts is most of that work.
+//! the Arrow IPC encoding of 420,000 parts is most of that work. Ahead: 2.1-2.3 s.
 
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
