@@ -389,14 +389,9 @@ fn serialize_into_zstd<T: Serialize>(
     }
     // Buffered: postcard's small writes become copies, not calls into zstd.
     let mut w = KeepError {
-        inner: std::io::BufWriter::with_capacity(
-            1 << 16,
-            Counted {
-                inner: enc,
-                bytes: 0,
-            },
-        ),
+        inner: std::io::BufWriter::with_capacity(1 << 16, enc),
         error: None,
+        written: 0,
     };
     if let Err(e) = postcard::to_io(msg, &mut w) {
         // postcard reports any write error as a full buffer: say what zstd said.
@@ -404,46 +399,34 @@ fn serialize_into_zstd<T: Serialize>(
             .error
             .map_or_else(|| LinkError::Encode(e.to_string()), ioerr));
     }
-    let counted = w.inner.into_inner().map_err(|e| ioerr(e.into_error()))?;
-    let written = counted.bytes;
-    let mut frame = counted.inner.finish().map_err(ioerr)?;
+    let written = w.written;
+    let enc = w.inner.into_inner().map_err(|e| ioerr(e.into_error()))?;
+    let mut frame = enc.finish().map_err(ioerr)?;
     if size.is_none() {
         frame[size_at..size_at + 8].copy_from_slice(&written.to_le_bytes());
     }
     Ok(frame)
 }
 
-/// A writer that counts the bytes written through it.
-struct Counted<W> {
-    inner: W,
-    bytes: u64,
-}
-
-impl<W: std::io::Write> std::io::Write for Counted<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// A writer that keeps its last error, which postcard would replace with its own.
+/// A writer that keeps its last error, which postcard would replace with its own, and
+/// counts the bytes written through it (the message's serialized size).
 struct KeepError<W> {
     inner: W,
     error: Option<std::io::Error>,
+    written: u64,
 }
 
 impl<W: std::io::Write> std::io::Write for KeepError<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.inner.write(buf).map_err(|e| self.keep(e))
+        let n = self.inner.write(buf).map_err(|e| self.keep(e))?;
+        self.written += n as u64;
+        Ok(n)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.inner.write_all(buf).map_err(|e| self.keep(e))
+        self.inner.write_all(buf).map_err(|e| self.keep(e))?;
+        self.written += buf.len() as u64;
+        Ok(())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

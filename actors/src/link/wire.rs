@@ -130,13 +130,9 @@ impl GenerationFrame {
     /// a frame that is sized before it is serialized, which would otherwise encode them twice.
     /// Many parts (a large full copy serialized uncompressed) are encoded on every core.
     pub fn encode_late_rows(&mut self) -> Result<(), super::LinkError> {
-        let late = self.late_rows();
-        let encode = || late.iter().map(|b| super::diff::late_rows(b)).collect();
-        let encoded: Result<Vec<Vec<u8>>, _> = if late.len() >= super::diff::PARALLEL_FROM_PARTS {
-            super::diff::with_rows_ahead(&late, encode).0
-        } else {
-            encode()
-        };
+        let encoded: Result<Vec<Vec<u8>>, _> = super::diff::encode_rows(self.late_rows())
+            .into_iter()
+            .collect();
         let mut encoded = encoded?.into_iter();
         for p in self.tables.iter_mut().flat_map(|t| &mut t.parts) {
             if matches!(p.rows, PartRows::Full(IpcRows::Batch(_))) {

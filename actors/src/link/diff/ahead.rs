@@ -12,6 +12,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use super::ipc::ipc_rows;
+use super::threads;
 use crate::link::LinkError;
 
 /// Parts encoded and handed over at a time: one hand-over per part cost a thread wake-up
@@ -90,6 +91,13 @@ pub(crate) fn with_rows_ahead<R>(
         let taken = installed.take();
         (out, taken)
     })
+}
+
+/// The rows of `batches` encoded at once, in order: for a frame sized before it is
+/// serialized. Many (a large full copy) are shared among the cores
+/// ([`threads::map_weighted`]).
+pub(crate) fn encode_rows(batches: Vec<&RecordBatch>) -> Vec<Result<Vec<u8>, LinkError>> {
+    threads::map_weighted(batches, |_| 1, ipc_rows)
 }
 
 /// Every `threads`th chunk of batches from chunk `first`, encoded and sent in order until

@@ -396,14 +396,7 @@ impl TableEncoder<'_> {
         let Some(old) = held else {
             // New to the parent (every part of a full copy): encoded as the frame is
             // serialized, so that a whole fleet's rows are never held encoded at once.
-            return Ok((
-                PartRows::Full(IpcRows::Batch(p.batch.clone())),
-                PartMirror {
-                    last: p.clone(),
-                    held: Held::Last,
-                    keys: None,
-                },
-            ));
+            return Ok(whole(p, IpcRows::Batch(p.batch.clone())));
         };
         // The same buffers (cheap), or equal rows in new buffers (a republished copy).
         let unchanged = |old: PartMirror| {
@@ -472,14 +465,7 @@ impl TableEncoder<'_> {
     }
 
     fn full(&mut self, p: &Arc<Part>) -> Result<(PartRows, PartMirror), LinkError> {
-        Ok((
-            PartRows::Full(IpcRows::Bytes(self.ipc.batch(&p.batch)?)),
-            PartMirror {
-                last: p.clone(),
-                held: Held::Last,
-                keys: None,
-            },
-        ))
+        Ok(whole(p, IpcRows::Bytes(self.ipc.batch(&p.batch)?)))
     }
 
     /// A keyed part as a patch against the parent's rows `held`, or in full when that is
@@ -693,6 +679,18 @@ fn sources_of(times: &SourceTimes, held: Option<(&Part, bool)>, p: &Part) -> (So
 }
 
 /// The bytes of a batch's buffers as its rows need them (about its Arrow IPC body).
+/// `p` sent with all its rows: the parent then holds exactly them.
+fn whole(p: &Arc<Part>, rows: IpcRows) -> (PartRows, PartMirror) {
+    (
+        PartRows::Full(rows),
+        PartMirror {
+            last: p.clone(),
+            held: Held::Last,
+            keys: None,
+        },
+    )
+}
+
 fn body_bytes(b: &RecordBatch) -> usize {
     b.columns()
         .iter()

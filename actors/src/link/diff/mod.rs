@@ -56,11 +56,12 @@ mod times;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub(crate) use ahead::{rows as late_rows, with_rows_ahead};
+pub(crate) use ahead::{encode_rows, rows as late_rows, with_rows_ahead};
 pub use decode::{ChildGeneration, LinkDecoder};
 pub use encode::LinkEncoder;
 #[cfg(test)]
 pub(crate) use ipc::ipc_rows;
+#[cfg(test)]
 pub(crate) use threads::PARALLEL_FROM_PARTS;
 
 use crate::table::SchemaRegistry;
