@@ -128,6 +128,7 @@ check-fmt:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p query-actors --lib --features system-alloc -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

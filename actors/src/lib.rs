@@ -27,6 +27,9 @@
 /// Without transparent huge pages: mimalloc is built not to ask for them (`no_thp`,
 /// Cargo.toml) and `queryd` turns them off for its process (`heap::no_huge_pages`):
 /// zeroing re-faulted 2 MiB pages was 30% of the samples of a `tla-merge` profile.
+///
+/// The `system-alloc` feature leaves the system's allocator in place, for heap profilers.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
