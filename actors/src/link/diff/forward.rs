@@ -69,8 +69,10 @@ struct Entry {
 }
 
 struct Registry {
-    /// By the address of the result.
-    entries: HashMap<usize, Entry>,
+    /// By the address of the result. Boxed: a slot is then 16 bytes rather than 121 with
+    /// the entry inline, and the map keeps the slots of its busiest round (2^19 of them,
+    /// 63 MiB inline, in a heap profile of a TLA at 70,000 machines; BENCHMARKS.md).
+    entries: HashMap<usize, Box<Entry>>,
     /// Prune dead entries when the map reaches this size.
     prune_at: usize,
 }
@@ -96,11 +98,11 @@ pub(super) struct Recorded(usize, Weak<Part>);
 
 /// Records that `patch` turned `base` into `result`.
 pub(super) fn record(base: &Arc<Part>, result: &Arc<Part>, patch: Patch) -> Recorded {
-    let entry = Entry {
+    let entry = Box::new(Entry {
         base: Arc::downgrade(base),
         result: Arc::downgrade(result),
         patch,
-    };
+    });
     let mut r = registry();
     if r.entries.len() >= r.prune_at {
         r.entries.retain(|_, e| e.result.strong_count() > 0);
