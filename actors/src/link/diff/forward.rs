@@ -69,9 +69,10 @@ struct Entry {
 }
 
 struct Registry {
-    /// By the address of the result. Boxed: a slot is then 16 bytes rather than 121 with
-    /// the entry inline, and the map keeps the slots of its busiest round (2^19 of them,
-    /// 63 MiB inline, in a heap profile of a TLA at 70,000 machines; BENCHMARKS.md).
+    /// By the address of the result. Boxed: a slot (with its control byte) is then 17 bytes
+    /// rather than 121 with the entry inline, and the map keeps the slots of its busiest
+    /// round (2^19 of them, 63 MB inline, in a heap profile of a TLA at 70,000 machines;
+    /// BENCHMARKS.md).
     entries: HashMap<usize, Box<Entry>>,
     /// Prune dead entries when the map reaches this size.
     prune_at: usize,
