@@ -45,6 +45,7 @@ mod encode;
 mod forward;
 mod gaps;
 mod ipc;
+mod packed;
 mod patch;
 #[cfg(test)]
 mod patch_tests;

@@ -23,7 +23,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::compute::kernels::cmp::not_distinct;
-use datafusion::arrow::compute::{interleave, take};
+use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::datatypes::{Int32Type, Int64Type};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -31,6 +31,7 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
 use super::gaps::{GapReader, GapWriter};
 use super::ipc::{decode_batch, has_dictionary, IpcWriter};
+use super::packed::{self, Rebuild};
 use crate::link::wire::PatchValues;
 use crate::link::LinkError;
 
@@ -492,9 +493,9 @@ fn delta_bytes(t: &DataType) -> u8 {
 
 /// The parent's side: `old` with the patched values (row gaps as on the wire), without the
 /// `removed` rows (strictly ascending), followed by the `added` rows. Each column is built in
-/// one pass (one `interleave` from the held column, its patched values and the added rows);
-/// a column the patch leaves alone, in a part that neither loses nor gains rows, stays the
-/// same Arrow array.
+/// one pass from the held column, its patched values and the added rows, those of 8-byte
+/// values into one buffer shared by them ([`packed`]); a column the patch leaves alone, in a
+/// part that neither loses nor gains rows, stays the same Arrow array.
 pub(super) fn apply(
     old: &RecordBatch,
     rows: &[u32],
@@ -575,20 +576,25 @@ pub(super) fn apply(
             });
         }
     }
-    for (c, col) in cols.iter_mut().enumerate() {
-        let add = added.map(|a| a.column(c));
-        match (&patch_of[c], add) {
-            (None, _) if !reshaped => {}
-            (None, None) => *col = interleave(&[col.as_ref()], &base)?,
-            (None, Some(a)) => *col = interleave(&[col.as_ref(), a.as_ref()], &base)?,
-            (Some(v), Some(a)) => {
-                *col = interleave(&[col.as_ref(), a.as_ref(), v.as_ref()], &patched)?
-            }
+    let mut rebuilds = Vec::new();
+    for (c, col) in cols.iter().enumerate() {
+        let add = added.map(|a| a.column(c).clone());
+        let (sources, order) = match (&patch_of[c], add) {
+            (None, _) if !reshaped => continue,
+            (None, None) => (vec![col.clone()], &base),
+            (None, Some(a)) => (vec![col.clone(), a], &base),
+            (Some(v), Some(a)) => (vec![col.clone(), a, v.clone()], &patched),
             // No added rows: index 1 is never used, the held column stands in for it.
-            (Some(v), None) => {
-                *col = interleave(&[col.as_ref(), col.as_ref(), v.as_ref()], &patched)?
-            }
-        }
+            (Some(v), None) => (vec![col.clone(), col.clone(), v.clone()], &patched),
+        };
+        rebuilds.push(Rebuild {
+            column: c,
+            sources,
+            order,
+        });
+    }
+    for (c, column) in packed::rebuild(rebuilds)? {
+        cols[c] = column;
     }
     // Refuses a NULL sent for a column that takes none.
     let options = RecordBatchOptions::new().with_row_count(Some(patched.len()));

@@ -116,6 +116,9 @@ fn counters_travel_as_deltas_of_the_changed_columns_only() {
     }
     // In place: the parent's rows are exactly the child's, in order.
     assert_eq!(held, batch_of(&schema(), &next));
+    // Both patched columns were rebuilt into one buffer (`packed`).
+    let start = |c: usize| held.column(c).to_data().buffers()[0].data_ptr();
+    assert_eq!(start(1), start(2));
     assert!(
         size * 2 < full_size,
         "patch {size} bytes vs full {full_size}"
