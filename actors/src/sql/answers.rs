@@ -6,8 +6,14 @@
 //! (the node's own `query_*` tables, history). The cache belongs to one snapshot at a time:
 //! the first lookup on a newer snapshot empties it. Bounded by bytes (`[sql]
 //! answer_cache_mb`), oldest first out; an answer larger than an eighth of it is not kept.
+//! An answer is kept the second time its statement is answered on the snapshot, as plans
+//! are (`plans`): statements sent once (ad-hoc queries, clients varying their thresholds)
+//! keep nothing. Under issue 17's varied mix (no text repeats) every answer was kept and
+//! none read again: with the cache off, a SQL node of 70,000 machines peaked 55-80 MiB
+//! lower under that mix (BENCHMARKS.md).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, Weak};
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -37,7 +43,13 @@ impl AnswerKey {
 pub struct AnswerCache {
     budget: usize,
     inner: Mutex<Inner>,
+    /// Hashes the statements of `Inner::seen`.
+    hasher: foldhash::fast::RandomState,
 }
+
+/// Statements answered once that `Inner::seen` remembers at most (8 bytes each); then it
+/// starts again.
+const SEEN_MAX: usize = 1 << 16;
 
 #[derive(Default)]
 struct Inner {
@@ -46,6 +58,9 @@ struct Inner {
     /// Insertion order, for eviction.
     order: VecDeque<AnswerKey>,
     bytes: usize,
+    /// Hashes of the statements answered once on this snapshot (a collision only keeps an
+    /// answer early).
+    seen: HashSet<u64>,
 }
 
 impl AnswerCache {
@@ -54,6 +69,7 @@ impl AnswerCache {
         AnswerCache {
             budget,
             inner: Mutex::default(),
+            hasher: Default::default(),
         }
     }
 
@@ -83,10 +99,21 @@ impl AnswerCache {
         inner.answers.get(key).map(|(o, _)| (**o).clone())
     }
 
-    /// Keeps `output` for `key` on `snapshot` if it may be served again (see the module).
+    /// Keeps `output` for `key` on `snapshot` if it may be served again and `key` was
+    /// answered on it before (see the module).
     pub fn put(&self, snapshot: &Arc<Snapshot>, key: AnswerKey, output: &QueryOutput) {
         if self.budget == 0 || !output.cacheable {
             return;
+        }
+        let hash = self.hasher.hash_one(&key);
+        {
+            let mut inner = self.lock(snapshot);
+            if inner.seen.len() >= SEEN_MAX {
+                inner.seen.clear();
+            }
+            if inner.seen.insert(hash) {
+                return;
+            }
         }
         let size: usize = output
             .batches
@@ -206,6 +233,9 @@ mod tests {
     async fn answers_last_for_their_snapshot_within_the_budget() {
         let cache = AnswerCache::new(64 << 10);
         let first = Arc::new(Snapshot::empty_for_tests().await);
+        // Answered once: not kept; the second time: kept.
+        cache.put(&first, key("a"), &output(100));
+        assert!(cache.get(&first, &key("a")).is_none());
         cache.put(&first, key("a"), &output(100));
         let hit = cache.get(&first, &key("a")).expect("kept");
         assert_eq!(hit.rows(), 100);
@@ -213,12 +243,15 @@ mod tests {
         // Not cacheable, or too large for an eighth of the budget: not kept.
         let mut changing = output(1);
         changing.cacheable = false;
-        cache.put(&first, key("c"), &changing);
+        for _ in 0..2 {
+            cache.put(&first, key("c"), &changing);
+            cache.put(&first, key("big"), &output(2_000));
+        }
         assert!(cache.get(&first, &key("c")).is_none());
-        cache.put(&first, key("big"), &output(2_000));
         assert!(cache.get(&first, &key("big")).is_none());
         // The oldest leaves when the budget is full.
         for i in 0..20 {
+            cache.put(&first, key(&format!("k{i}")), &output(700));
             cache.put(&first, key(&format!("k{i}")), &output(700));
         }
         assert!(cache.get(&first, &key("a")).is_none(), "evicted");
@@ -226,8 +259,12 @@ mod tests {
         // Another snapshot: nothing of the first is served.
         let second = Arc::new(Snapshot::empty_for_tests().await);
         assert!(cache.get(&second, &key("k19")).is_none());
+        // ... and a statement answered on the first is met for the first time on it.
+        cache.put(&second, key("k19"), &output(1));
+        assert!(cache.get(&second, &key("k19")).is_none());
         // Off.
         let off = AnswerCache::new(0);
+        off.put(&second, key("a"), &output(1));
         off.put(&second, key("a"), &output(1));
         assert!(off.get(&second, &key("a")).is_none());
     }
