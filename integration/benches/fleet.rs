@@ -14,7 +14,8 @@
 //!   draws its own thresholds, names and limit, so no two texts are the same and the answer
 //!   cache cannot serve them: issue 17's goal) and the *repeated mix* (the 16 texts as
 //!   written, which the per-generation answer cache may serve): queries/s, p50/p99 latency,
-//!   and the SQL node's CPU per query.
+//!   and the SQL node's CPU per query; and the highest RSS of the TLA and the SQL node
+//!   while the mixes ran (the largest fleet's, in the text against the goals).
 //!
 //! `BENCH_SCALE` (default 1.0) scales the fleets; `BENCH_FLEETS` (e.g. `250000`) replaces
 //! the fleet sizes (then the section is `fleet-big`, a table of its own); `BENCH_SECONDS`
@@ -54,6 +55,8 @@ struct FleetRun {
     usage: Vec<(&'static str, f64, f64)>,
     /// Lowest and highest RSS MiB of the TLA and the SQL node read over the window.
     rss_range: [(f64, f64); 2],
+    /// Highest RSS MiB of the TLA and the SQL node under the query mixes.
+    load_rss_top: [f64; 2],
     /// Bytes of the TLA's links, summed over its clusters: the last full copy and the mean
     /// of the other frames; to the SQL node: the last full copy and the last frame.
     cluster_full: f64,
@@ -163,8 +166,11 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
         })
         .collect();
     let idle_cores = window.cores("sql");
-    let throughput = load(sql, queries, seconds, Mix::Varied, idle_cores);
-    let repeated = load(sql, queries, seconds, Mix::Repeated, idle_cores);
+    let ((throughput, repeated), load_rss_top) = rss_tops([fleet.tla.pid(), sql.pid()], || {
+        let throughput = load(sql, queries, seconds, Mix::Varied, idle_cores);
+        let repeated = load(sql, queries, seconds, Mix::Repeated, idle_cores);
+        (throughput, repeated)
+    });
     eprintln!(
         "fleet: {machines} machines: {:.1} queries/s varied, {:.1} repeated",
         throughput.queries as f64 / throughput.seconds,
@@ -187,7 +193,31 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
         repeated,
         arrow_mib,
         rss_range,
+        load_rss_top,
     }
+}
+
+/// What `f` gives, and the highest RSS (MiB) of each of `pids` while it ran, read every
+/// 300 ms: the nodes' RSS climbs highest under the query load, and goal 4 holds there too.
+fn rss_tops<T>(pids: [u32; 2], f: impl FnOnce() -> T) -> (T, [f64; 2]) {
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut top = [0.0f64; 2];
+            loop {
+                for (t, pid) in top.iter_mut().zip(pids) {
+                    *t = t.max(proc_usage(pid).rss_mib);
+                }
+                if done.load(Ordering::Relaxed) {
+                    break top;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        let out = f();
+        done.store(true, Ordering::Relaxed);
+        (out, sampler.join().unwrap_or([f64::NAN; 2]))
+    })
 }
 
 /// One request's outcome: answered, or failed with (HTTP status, error code).
@@ -541,7 +571,9 @@ fn main() {
              {:.1}x (SQL node) the Arrow size of the generation held (goal: at most 3x), read \
              at the window's end, just after the SQL node installed a new generation; read at \
              each poll over the window it ranged {:.0}-{:.0} MiB at the TLA ({:.1}-{:.1}x) and \
-             {:.0}-{:.0} MiB at the SQL node ({:.1}-{:.1}x).\n",
+             {:.0}-{:.0} MiB at the SQL node ({:.1}-{:.1}x); under the query mixes after the \
+             window (16 clients, varied then repeated, read every 300 ms) it reached {:.0} MiB \
+             at the TLA ({:.1}x) and {:.0} MiB at the SQL node ({:.1}x).\n",
             big.machines,
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -560,6 +592,10 @@ fn main() {
             big.rss_range[1].1,
             big.rss_range[1].0 / big.arrow_mib.1,
             big.rss_range[1].1 / big.arrow_mib.1,
+            big.load_rss_top[0],
+            big.load_rss_top[0] / big.arrow_mib.0,
+            big.load_rss_top[1],
+            big.load_rss_top[1] / big.arrow_mib.1,
         ));
     }
     body.push_str(&format!(
