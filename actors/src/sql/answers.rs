@@ -12,8 +12,7 @@
 //! none read again: with the cache off, a SQL node of 70,000 machines peaked 55-80 MiB
 //! lower under that mix (BENCHMARKS.md).
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::BuildHasher;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -21,6 +20,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::sql::parser::Statement as DfStatement;
 
 use super::engine::{QueryLimits, QueryOutput, Snapshot};
+use super::met_once::MetOnce;
 
 /// A statement as planned (its canonical text) under the limits that shape its answer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,12 +43,9 @@ impl AnswerKey {
 pub struct AnswerCache {
     budget: usize,
     inner: Mutex<Inner>,
-    /// Hashes the statements of `Inner::seen`.
-    hasher: foldhash::fast::RandomState,
 }
 
-/// Statements answered once that `Inner::seen` remembers at most (8 bytes each); then it
-/// starts again.
+/// Statements answered once that `Inner::seen` remembers at most; then it starts again.
 const SEEN_MAX: usize = 1 << 16;
 
 #[derive(Default)]
@@ -58,9 +55,8 @@ struct Inner {
     /// Insertion order, for eviction.
     order: VecDeque<AnswerKey>,
     bytes: usize,
-    /// Hashes of the statements answered once on this snapshot (a collision only keeps an
-    /// answer early).
-    seen: HashSet<u64>,
+    /// Statements answered once on this snapshot.
+    seen: MetOnce,
 }
 
 impl AnswerCache {
@@ -69,7 +65,6 @@ impl AnswerCache {
         AnswerCache {
             budget,
             inner: Mutex::default(),
-            hasher: Default::default(),
         }
     }
 
@@ -105,15 +100,9 @@ impl AnswerCache {
         if self.budget == 0 || !output.cacheable {
             return;
         }
-        let hash = self.hasher.hash_one(&key);
-        {
-            let mut inner = self.lock(snapshot);
-            if inner.seen.len() >= SEEN_MAX {
-                inner.seen.clear();
-            }
-            if inner.seen.insert(hash) {
-                return;
-            }
+        let mut inner = self.lock(snapshot);
+        if !inner.seen.met_before(&key, false, SEEN_MAX) || inner.answers.contains_key(&key) {
+            return;
         }
         let size: usize = output
             .batches
@@ -122,10 +111,6 @@ impl AnswerCache {
             .sum::<usize>()
             + key.sql.len();
         if size > self.budget / 8 {
-            return;
-        }
-        let mut inner = self.lock(snapshot);
-        if inner.answers.contains_key(&key) {
             return;
         }
         while inner.bytes + size > self.budget {

@@ -17,6 +17,7 @@ mod kept_aggregates;
 mod kept_physical;
 mod machine_keys;
 mod memory;
+mod met_once;
 mod names;
 mod not_in;
 mod physical_rules;

@@ -32,6 +32,7 @@ use super::engine::{plan_read_only, scanned_tables};
 use super::front_door::ParseLimits;
 use super::kept_physical::Slot;
 use super::machine_keys::{provider_of, registered};
+use super::met_once::MetOnce;
 use super::views::{KeptView, ViewDef, ViewPlan};
 use crate::error::QueryError;
 
@@ -150,9 +151,9 @@ struct Lru {
     plans: HashMap<PlanKey, (Arc<KeptPlan>, u64)>,
     /// Bumped by every use; an entry's stamp is its last use.
     clock: u64,
-    /// Hashes of the keys met once (`met_before`), true for those not to keep
-    /// (`refuse`); emptied when it holds `SEEN_PER_ENTRY` times the capacity.
-    seen: HashMap<u64, bool>,
+    /// Keys met once (`met_before`), and those not to keep (`refuse`); emptied when it
+    /// holds `SEEN_PER_ENTRY` times the capacity.
+    seen: MetOnce,
 }
 
 /// Keys remembered as met once, per plan kept.
@@ -210,19 +211,8 @@ impl PlanCache {
         if !self.enabled() {
             return false;
         }
-        let mut h = std::hash::DefaultHasher::new();
-        key.hash(&mut h);
-        let hash = h.finish();
-        let mut lru = self.lock();
-        if let Some(refused) = lru.seen.get_mut(&hash) {
-            *refused |= refuse;
-            return !*refused;
-        }
-        if lru.seen.len() >= self.capacity.saturating_mul(SEEN_PER_ENTRY) {
-            lru.seen.clear();
-        }
-        lru.seen.insert(hash, refuse);
-        false
+        let limit = self.capacity.saturating_mul(SEEN_PER_ENTRY);
+        self.lock().seen.met_before(key, refuse, limit)
     }
 
     pub fn put(&self, key: PlanKey, plan: KeptPlan) {
