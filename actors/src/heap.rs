@@ -15,6 +15,49 @@ pub fn trim() {
     }
 }
 
+/// How long mimalloc keeps memory freed before handing it back to the system once a node
+/// has sealed a complete generation ([`purge_promptly`]).
+pub const PURGE_DELAY_MS: std::ffi::c_long = 10;
+
+/// mimalloc's `mi_option_purge_delay`: its place in `mi_option_e` (mimalloc 3's
+/// `include/mimalloc.h`). libmimalloc-sys names no constant for it; a test reads the
+/// option back.
+#[cfg(not(feature = "system-alloc"))]
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// From now on mimalloc hands freed memory back after [`PURGE_DELAY_MS`] rather than its
+/// default of a second. The sealer calls it on each complete generation; only the first
+/// call acts. Each round frees a generation's turnover (the replaced parts, the decoders'
+/// scratch), which otherwise stayed resident for up to a second after each swap: the
+/// highest RSS of 7-minute `fleet` runs at 70,000 machines came down (BENCHMARKS.md, "Where we stand"), and a steady generation of
+/// `tla-merge` cost no more. Not from the start: there the full copy's decoding hands back
+/// and faults in again what it frees (`tla-merge`'s full copy took 6% longer with 10 ms
+/// from the start), so a node fills at mimalloc's pace first. An operator's
+/// `MIMALLOC_PURGE_DELAY` stands. Nothing with `system-alloc`.
+#[allow(unsafe_code)]
+pub fn purge_promptly() {
+    #[cfg(not(feature = "system-alloc"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+                return;
+            }
+            // SAFETY: the index is mimalloc's purge delay (checked by a test) and the
+            // call stores one `long` of mimalloc's option table. mimalloc reads it each
+            // time it schedules a purge, so a purge scheduled meanwhile on another
+            // thread takes the old delay or the new one.
+            unsafe {
+                libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+            }
+            tracing::debug!(
+                ms = PURGE_DELAY_MS,
+                "freed memory is handed back promptly from now on"
+            );
+        });
+    }
+}
+
 /// Turns transparent huge pages off for this process (and the processes it starts), as
 /// `MIMALLOC_ALLOW_THP=0` would: mimalloc hands memory back a second after it is freed,
 /// and each 2 MiB page touched again is faulted in and zeroed whole (30% of the samples
@@ -55,6 +98,26 @@ mod tests {
             assert!(rss > 1 << 20, "a test process holds more than 1 MiB: {rss}");
         }
         super::trim();
+    }
+
+    #[test]
+    #[cfg(not(feature = "system-alloc"))]
+    #[allow(unsafe_code)]
+    fn freed_memory_is_handed_back_promptly() {
+        // SAFETY: reads one integer of mimalloc's option table.
+        let get = || unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        let before = get();
+        super::purge_promptly();
+        super::purge_promptly();
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            // mimalloc 3's default is a second; another test of this process may have set
+            // it already. Any other value: the option's place in mimalloc's list moved.
+            assert!(
+                before == 1000 || before == super::PURGE_DELAY_MS,
+                "{before}"
+            );
+            assert_eq!(get(), super::PURGE_DELAY_MS);
+        }
     }
 
     #[test]

@@ -194,6 +194,8 @@ fn run_fleet(machines: usize, threads: usize, generations: u64) -> FleetRun {
         b.counts(m, c);
         let tla = b.seal(id, id, now);
         step.merge = t.elapsed().as_secs_f64();
+        // As the sealer does once a generation is complete (every cluster is, here).
+        query_actors::heap::purge_promptly();
         assert_eq!(m as usize, machines, "every machine merged");
         assert_eq!(
             tla.tables.values().map(|t| t.rows()).sum::<usize>(),

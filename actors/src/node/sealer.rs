@@ -209,6 +209,10 @@ impl Sealer {
             match res {
                 Ok(Sealed { generation, took, critical, complete }) => {
                     act.complete_once |= complete;
+                    if complete {
+                        // Filled: from now on freed memory goes back to the system sooner.
+                        crate::heap::purge_promptly();
+                    }
                     act.metrics.generations_sealed.fetch_add(1, Ordering::Relaxed);
                     act.metrics.last_seal_micros.store(took.as_micros() as u64, Ordering::Relaxed);
                     act.metrics.last_seal_critical_micros.store(critical.as_micros() as u64, Ordering::Relaxed);
