@@ -17,7 +17,8 @@ pub fn trim() {
 
 /// How long mimalloc keeps memory freed before handing it back to the system once a node
 /// has sealed a complete generation ([`purge_promptly`]).
-pub const PURGE_DELAY_MS: std::ffi::c_long = 10;
+#[cfg(not(feature = "system-alloc"))]
+const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
 /// mimalloc's `mi_option_purge_delay`: its place in `mi_option_e` (mimalloc 3's
 /// `include/mimalloc.h`). libmimalloc-sys names no constant for it; a test reads the
@@ -27,12 +28,13 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// From now on mimalloc hands freed memory back after [`PURGE_DELAY_MS`] rather than its
 /// default of a second. The sealer calls it on each complete generation; only the first
-/// call acts. Each round frees a generation's turnover (the replaced parts, the decoders'
+/// call acts. Only nodes with children (proxies, TLAs, SQL nodes) seal complete
+/// generations: an edge agent's small heap keeps mimalloc's default. Each round frees a generation's turnover (the replaced parts, the decoders'
 /// scratch), which otherwise stayed resident for up to a second after each swap. In a
 /// 7-minute `fleet` run at 70,000 machines the SQL node's highest RSS came down by 124 MiB
 /// (the TLA's did not; BENCHMARKS.md, "Where we stand"), and a steady generation of
 /// `tla-merge` cost no more. Not from the start: there the full copy's decoding hands back
-/// and faults in again what it frees (`tla-merge`'s full copy took 6% longer with 10 ms
+/// and faults in again what it frees (`tla-merge`'s full copy took 7% longer with 10 ms
 /// from the start), so a node fills at mimalloc's pace first. An operator's
 /// `MIMALLOC_PURGE_DELAY` stands. Nothing with `system-alloc`.
 #[allow(unsafe_code)]

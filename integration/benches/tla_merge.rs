@@ -194,7 +194,10 @@ fn run_fleet(machines: usize, threads: usize, generations: u64) -> FleetRun {
         b.counts(m, c);
         let tla = b.seal(id, id, now);
         step.merge = t.elapsed().as_secs_f64();
-        // As the sealer does once a generation is complete (every cluster is, here).
+        // As the TLA's sealer does once a generation is complete (every cluster is, here),
+        // before it encodes for its SQL node. This process also decodes as the SQL node, which
+        // would switch only after applying this full copy: its first decode is timed here with
+        // the TLA's setting.
         query_actors::heap::purge_promptly();
         assert_eq!(m as usize, machines, "every machine merged");
         assert_eq!(
