@@ -16,7 +16,7 @@ build:
 ## The demo: the whole hierarchy in one process (simulated edges → 2 proxies → TLA/SQL, which
 ## also publishes this machine). Prints the console URL.
 run: build
-	./target/debug/queryd demo --listen $(LISTEN) --machines $(MACHINES) --clusters $(CLUSTERS)
+	$${CARGO_TARGET_DIR:-target}/debug/queryd demo --listen $(LISTEN) --machines $(MACHINES) --clusters $(CLUSTERS)
 
 run-release:
 	$(CARGO) run --release -p query-http --bin queryd -- demo --listen $(LISTEN) --machines $(MACHINES) --clusters $(CLUSTERS)
