@@ -320,9 +320,13 @@ impl Snapshot {
         phases.single_partition = single_partition;
         // MIN and MAX of whole tables from this snapshot's bounds (`whole_table_min_max`);
         // EXPLAIN's physical plan shows them as they run (its logical plan, as optimized).
-        let bounded = answer_from_bounds(optimized)?;
-        let mut as_kept = !bounded.transformed;
+        // A physical plan kept for the plan is kept for the bounds too: they join its values.
+        let (bounded, bounds) = answer_from_bounds(optimized)?;
         let optimized = bounded.data;
+        if let Some((_, values)) = &mut physical_slot {
+            values.extend(bounds);
+        }
+        let mut as_kept = true;
         // An answer that depends on the snapshot alone has aggregates that do too. EXPLAIN
         // shows the plan as planned.
         let explained = matches!(optimized, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
@@ -334,8 +338,8 @@ impl Snapshot {
         } else {
             optimized
         };
-        // The kept plan as it is (no bounds or kept aggregates of this snapshot in it) may
-        // have its physical plan kept too (`kept_physical`).
+        // The kept plan (no kept aggregates of this snapshot in it) may have its physical
+        // plan kept too (`kept_physical`).
         let slot = physical_slot.filter(|_| as_kept && !explained);
         // Time-sliced: a plan that never waits for input still gives its thread to other
         // queries and stops soon after its deadline aborts it.

@@ -23,8 +23,10 @@
 //! filter (shared between a join or a top-k and the scan it filters), no scalar subquery
 //! (its results are shared with the expressions that read them), no nested-loop join, no
 //! operator this module does not know. The statement's plan must be the kept plan as it
-//! is: one that read this snapshot's bounds (`whole_table_min_max`) or kept aggregates
-//! (`kept_aggregates`) depends on the snapshot beyond its tables and is planned each time.
+//! is, or with this snapshot's bounds put in (`whole_table_min_max`), which then join the
+//! values it is kept for: a snapshot with the same bounds binds it, one with others plans
+//! it. One that read kept aggregates (`kept_aggregates`) depends on the snapshot beyond
+//! its tables and is planned each time.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,7 +1,9 @@
 //! `MIN` and `MAX` of a whole table's columns, known from when the snapshot spread the
 //! table ([`ColumnBounds`], computed with each snapshot's copy of a table, static tables
 //! included) and put into a statement's plan as literals ([`answer_from_bounds`], on each
-//! snapshot, just before physical planning).
+//! snapshot, just before physical planning). A scalar subquery in a filter that became
+//! such a literal is replaced by it, so it runs no pipeline of its own and the physical
+//! plan can be kept (for those bounds, `kept_physical`).
 //!
 //! Why: alerts ask for what is newest in the fleet (`WHERE start_time > (SELECT
 //! MAX(start_time) FROM processes) - INTERVAL '1 day'`). DataFusion runs such a subquery
@@ -36,13 +38,16 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::default_table_source::source_as_provider;
-use datafusion::common::tree_node::Transformed;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{plan_err, DFSchema, Result, ScalarValue};
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{
-    lit, Accumulator, Aggregate, EmptyRelation, Expr, LogicalPlan, Projection, TableScan,
+    lit, Accumulator, Aggregate, EmptyRelation, Expr, Filter, LogicalPlan, Projection, TableScan,
 };
+
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 
 use super::coalesced::CoalescedTable;
 use super::spread::SpreadTable;
@@ -97,21 +102,105 @@ fn column_bounds<'a>(
 }
 
 /// `plan` (subqueries included) with every aggregate this module answers replaced by its
-/// literals; `transformed` if there was one.
-pub(super) fn answer_from_bounds(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
-    plan.transform_up_with_subqueries(|node| {
+/// literals, and every uncorrelated scalar subquery of a filter that became one of them by
+/// its literal (`transformed` if anything was answered); with the values put in.
+///
+/// The values tell one snapshot's plan from another's: for each aggregate of the plan in
+/// turn, whether it was answered, then its literals. Two snapshots give the same values
+/// only if they give the same plan, so a physical plan kept for a kept plan and its
+/// parameters (`kept_physical`) may be kept for these values too.
+pub(super) fn answer_from_bounds(
+    plan: LogicalPlan,
+) -> Result<(Transformed<LogicalPlan>, Vec<ScalarValue>)> {
+    let mut values = Vec::new();
+    let answered = plan.transform_up_with_subqueries(|node| {
         let LogicalPlan::Aggregate(aggregate) = &node else {
             return Ok(Transformed::no(node));
         };
         match literals(aggregate)? {
-            Some(answered) => Ok(Transformed::yes(answered)),
-            None => Ok(Transformed::no(node)),
+            Some((answered, put_in)) => {
+                values.push(ScalarValue::Boolean(Some(true)));
+                values.extend(put_in);
+                Ok(Transformed::yes(answered))
+            }
+            None => {
+                values.push(ScalarValue::Boolean(Some(false)));
+                Ok(Transformed::no(node))
+            }
         }
-    })
+    })?;
+    if !answered.transformed {
+        return Ok((answered, Vec::new()));
+    }
+    let inlined = answered
+        .data
+        .transform_up_with_subqueries(inline_in_filter)?;
+    Ok((Transformed::yes(inlined.data), values))
 }
 
-/// `aggregate` as one row of literals, if every aggregate of it is known.
-fn literals(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
+/// A filter whose uncorrelated scalar subqueries are one row of one literal, with the
+/// literal in their place. DataFusion would run each as a pipeline of its own (a
+/// `ScalarSubqueryExec`, whose result the filter reads from state no rebuild resets, so
+/// the physical plan could not be kept) only to read that literal. Only in filters: a
+/// predicate's value does not depend on its expressions' names, a projection's columns do.
+fn inline_in_filter(node: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+    let LogicalPlan::Filter(filter) = node else {
+        return Ok(Transformed::no(node));
+    };
+    let predicate = filter.predicate.clone().transform_up(|expr| {
+        let Expr::ScalarSubquery(subquery) = &expr else {
+            return Ok(Transformed::no(expr));
+        };
+        match one_literal(&subquery.subquery).filter(|_| subquery.outer_ref_columns.is_empty()) {
+            Some(value) => Ok(Transformed::yes(Expr::Literal(value, None))),
+            None => Ok(Transformed::no(expr)),
+        }
+    })?;
+    if !predicate.transformed {
+        return Ok(Transformed::no(LogicalPlan::Filter(filter)));
+    }
+    // The optimizer has run: fold what the literal made constant (`MAX(..) - INTERVAL '1
+    // day'`), or the filter computes it again for every batch. No start time is given, so
+    // nothing that reads the clock is folded (the optimizer folded `now()` already).
+    let context = SimplifyContext::builder()
+        .with_schema(filter.input.schema().clone())
+        .build();
+    let folded = ExprSimplifier::new(context).simplify(predicate.data)?;
+    Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(
+        folded,
+        filter.input,
+    )?)))
+}
+
+/// The value of a plan that is one literal over one empty row (what `literals` makes of a
+/// single `MIN` or `MAX`), if it is one.
+fn one_literal(plan: &LogicalPlan) -> Option<ScalarValue> {
+    let plan = match plan {
+        LogicalPlan::SubqueryAlias(alias) => alias.input.as_ref(),
+        plan => plan,
+    };
+    let LogicalPlan::Projection(projection) = plan else {
+        return None;
+    };
+    let LogicalPlan::EmptyRelation(EmptyRelation {
+        produce_one_row: true,
+        ..
+    }) = projection.input.as_ref()
+    else {
+        return None;
+    };
+    match projection.expr.as_slice() {
+        [Expr::Alias(alias)] => match alias.expr.as_ref() {
+            Expr::Literal(value, _) => Some(value.clone()),
+            _ => None,
+        },
+        [Expr::Literal(value, _)] => Some(value.clone()),
+        _ => None,
+    }
+}
+
+/// `aggregate` as one row of literals, and the literals, if every aggregate of it is known.
+fn literals(aggregate: &Aggregate) -> Result<Option<(LogicalPlan, Vec<ScalarValue>)>> {
     if !aggregate.group_expr.is_empty() {
         return Ok(None);
     }
@@ -123,6 +212,7 @@ fn literals(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
     }
     let fields = aggregate.schema.fields();
     let mut exprs = Vec::with_capacity(aggregate.aggr_expr.len());
+    let mut values = Vec::with_capacity(aggregate.aggr_expr.len());
     for (expr, field) in aggregate.aggr_expr.iter().zip(fields.iter()) {
         let Some((is_max, column)) = min_max_of_column(expr, scan) else {
             return Ok(None);
@@ -135,14 +225,18 @@ fn literals(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
             return Ok(None);
         }
         exprs.push(lit(value.clone()).alias(field.name()));
+        values.push(value.clone());
     }
     let one_row = LogicalPlan::EmptyRelation(EmptyRelation {
         produce_one_row: true,
         schema: Arc::new(DFSchema::empty()),
     });
-    Ok(Some(LogicalPlan::Projection(
-        Projection::try_new_with_schema(exprs, Arc::new(one_row), aggregate.schema.clone())?,
-    )))
+    let plan = LogicalPlan::Projection(Projection::try_new_with_schema(
+        exprs,
+        Arc::new(one_row),
+        aggregate.schema.clone(),
+    )?);
+    Ok(Some((plan, values)))
 }
 
 /// The bounds of column `column` of the table `scan` reads, if it is a snapshot's spread

@@ -146,11 +146,68 @@ async fn min_and_max_of_whole_tables_come_from_the_bounds() {
     for sql in &ANSWERED[..5] {
         assert!(!check(&snap, sql).await, "{sql} answered from the bounds");
     }
-    // The alert's shape: the subquery is answered, the statement around it still runs.
+    // The alert's shape: the subquery is answered and its literal put in the filter (no
+    // pipeline of its own); the statement around it still runs.
     let sql = ANSWERED[5];
     let plan = ours(&snap, &format!("EXPLAIN {sql}")).await;
-    assert!(plan.contains("PlaceholderRowExec"), "{plan}");
+    assert!(!plan.contains("ScalarSubquery"), "{plan}");
+    assert!(!plan.contains("PlaceholderRowExec"), "{plan}");
+    assert!(plan.contains("FilterExec: ts@0 >= 1700408400"), "{plan}");
     assert!(check(&snap, sql).await);
+}
+
+/// The alert's statement on snapshots of the same rows binds a kept physical plan; on
+/// rows with another newest `ts` it is planned again, and answers for those rows.
+#[tokio::test]
+async fn a_physical_plan_is_kept_for_the_bounds_it_was_planned_with() {
+    let plans = Arc::new(PlanCache::new(DEFAULT_PLAN_CACHE_ENTRIES));
+    let options = BuildOptions {
+        plans,
+        ..BuildOptions::default()
+    };
+    let sql = ANSWERED[5];
+    let want = expected(sql).await;
+    let mut bound = Vec::new();
+    for _ in 0..5 {
+        let snap = sql_node_snapshot_with(builder(), options.clone()).await;
+        let out = snap
+            .query(sql, &QueryLimits::default())
+            .await
+            .expect("answer");
+        let text = pretty_format_batches(&out.batches)
+            .expect("format")
+            .to_string();
+        assert_eq!(text, want);
+        bound.push(out.phases.physical_reused);
+    }
+    // Met twice to keep the plan, twice more to keep its physical plan.
+    assert_eq!(bound, [false, false, false, false, true]);
+    // Rows 40 to 109 have the same newest `ts` (bound), rows 100 to 169 a later one
+    // (planned again); each gives its own count.
+    for (machines, reused) in [(4..11, true), (10..17, false)] {
+        let rows = || {
+            let mut parts: Vec<_> = machines
+                .clone()
+                .map(|m| ("t", batch(m * 10, m * 10 + 10)))
+                .collect();
+            parts.push(("e", batch(0, 0)));
+            builder_of(parts)
+        };
+        let fresh = sql_node_snapshot_with(rows(), BuildOptions::default()).await;
+        let want_here = ours(&fresh, sql).await;
+        assert_ne!(want_here, want, "the rows give another answer");
+        let next = sql_node_snapshot_with(rows(), options.clone()).await;
+        let out = next
+            .query(sql, &QueryLimits::default())
+            .await
+            .expect("answer");
+        assert!(out.phases.plan_reused);
+        assert_eq!(out.phases.physical_reused, reused, "{machines:?}");
+        let text = pretty_format_batches(&out.batches)
+            .expect("format")
+            .to_string();
+        assert_eq!(text, want_here, "{machines:?}");
+    }
 }
 
 /// A kept plan, bound to the next snapshot, reads that snapshot's bounds.
