@@ -230,7 +230,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
     let start_tla_child = deferral.clone().map(|d| {
         let (me, link, pool, dialer) = (
             name.clone(),
-            config.link.clone(),
+            Arc::new(config.link.clone()),
             pool.clone(),
             dialer.clone(),
         );
@@ -264,6 +264,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
             }
             _ => None,
         };
+        let link_config = Arc::new(config.link.clone());
         for (child, addresses) in specs {
             let addresses = match &in_span {
                 Some((set, span)) => span.gate(&child, set.spans(&child), addresses, &pool),
@@ -273,7 +274,7 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
                 child,
                 addresses,
                 name.clone(),
-                config.link.clone(),
+                link_config.clone(),
                 children.clone(),
                 wanted.clone(),
                 pool.clone(),

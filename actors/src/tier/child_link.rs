@@ -41,7 +41,9 @@ pub struct ChildLink {
     /// Failed sessions in a row: the backoff grows once every address has failed.
     failures: usize,
     me: String,
-    config: LinkConfig,
+    /// One copy for every link of the node: the node's list of children is in it, and a
+    /// copy per link made a proxy's memory grow with the square of its machines.
+    config: Arc<LinkConfig>,
     children: Arc<Children>,
     wanted: watch::Receiver<BTreeSet<String>>,
     pool: SqlPool,
@@ -77,7 +79,7 @@ impl ChildLink {
         child: String,
         addresses: watch::Receiver<Vec<String>>,
         me: String,
-        config: LinkConfig,
+        config: Arc<LinkConfig>,
         children: Arc<Children>,
         wanted: watch::Receiver<BTreeSet<String>>,
         pool: SqlPool,
@@ -247,7 +249,7 @@ struct Session {
     child: String,
     address: String,
     me: String,
-    config: LinkConfig,
+    config: Arc<LinkConfig>,
     children: Arc<Children>,
     wanted: watch::Receiver<BTreeSet<String>>,
     dialer: Dialer,

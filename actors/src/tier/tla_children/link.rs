@@ -26,7 +26,7 @@ pub struct TlaChildLink {
     address: String,
     me: String,
     deferral: Arc<Deferral>,
-    config: LinkConfig,
+    config: Arc<LinkConfig>,
     pool: SqlPool,
     dialer: Dialer,
     backoff: Duration,
@@ -37,7 +37,7 @@ impl TlaChildLink {
         address: String,
         me: String,
         deferral: Arc<Deferral>,
-        config: LinkConfig,
+        config: Arc<LinkConfig>,
         pool: SqlPool,
         dialer: Dialer,
     ) -> Self {
@@ -102,7 +102,7 @@ async fn session(
     address: String,
     me: String,
     deferral: Arc<Deferral>,
-    config: LinkConfig,
+    config: Arc<LinkConfig>,
     dialer: Dialer,
 ) -> Result<(), LinkError> {
     let timeout = config.connect_timeout;
