@@ -11,7 +11,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use super::gaps::GapReader;
-use super::ipc::{decode_batch, decode_schema};
+use super::ipc::decode_batch;
+use super::shared_schemas::shared_schema;
 use super::times::SourceTimes;
 use super::{forward, patch, threads};
 use crate::generation::{GenTable, NameHasher, NameMap, Part, PartSources, SourceStamp};
@@ -167,7 +168,7 @@ impl LinkDecoder {
             let held = match (tf.schema.take(), prev) {
                 (Some(bytes), prev) => {
                     let schema =
-                        decode_schema(&bytes).map_err(|e| in_table(&name, "its schema", e))?;
+                        shared_schema(&bytes).map_err(|e| in_table(&name, "its schema", e))?;
                     // The child sends a schema again only when it changed; if it did not,
                     // the parts held are still good.
                     match prev {

@@ -49,6 +49,7 @@ mod packed;
 mod patch;
 #[cfg(test)]
 mod patch_tests;
+mod shared_schemas;
 #[cfg(test)]
 mod tests;
 mod threads;
