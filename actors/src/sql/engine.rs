@@ -321,26 +321,23 @@ impl Snapshot {
         // MIN and MAX of whole tables from this snapshot's bounds (`whole_table_min_max`);
         // EXPLAIN's physical plan shows them as they run (its logical plan, as optimized).
         // A physical plan kept for the plan is kept for the bounds too: they join its values.
-        let (bounded, bounds) = answer_from_bounds(optimized)?;
-        let optimized = bounded.data;
+        let (optimized, bounds) = answer_from_bounds(optimized)?;
         if let Some((_, values)) = &mut physical_slot {
             values.extend(bounds);
         }
-        let mut as_kept = true;
         // An answer that depends on the snapshot alone has aggregates that do too. EXPLAIN
         // shows the plan as planned.
         let explained = matches!(optimized, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
-        let optimized = if cacheable && !explained {
+        let (optimized, read_kept_aggregates) = if cacheable && !explained {
             let (plan, read) = self.aggregates.substitute(optimized)?;
             phases.aggregates_read = read;
-            as_kept &= !plan.transformed;
-            plan.data
+            (plan.data, plan.transformed)
         } else {
-            optimized
+            (optimized, false)
         };
         // The kept plan (no kept aggregates of this snapshot in it) may have its physical
         // plan kept too (`kept_physical`).
-        let slot = physical_slot.filter(|_| as_kept && !explained);
+        let slot = physical_slot.filter(|_| !read_kept_aggregates && !explained);
         // Time-sliced: a plan that never waits for input still gives its thread to other
         // queries and stops soon after its deadline aborts it.
         let (physical, reused) = physical_plan(

@@ -103,15 +103,13 @@ fn column_bounds<'a>(
 
 /// `plan` (subqueries included) with every aggregate this module answers replaced by its
 /// literals, and every uncorrelated scalar subquery of a filter that became one of them by
-/// its literal (`transformed` if anything was answered); with the values put in.
+/// its literal; with the values put in (none if nothing was answered).
 ///
 /// The values tell one snapshot's plan from another's: for each aggregate of the plan in
 /// turn, whether it was answered, then its literals. Two snapshots give the same values
 /// only if they give the same plan, so a physical plan kept for a kept plan and its
 /// parameters (`kept_physical`) may be kept for these values too.
-pub(super) fn answer_from_bounds(
-    plan: LogicalPlan,
-) -> Result<(Transformed<LogicalPlan>, Vec<ScalarValue>)> {
+pub(super) fn answer_from_bounds(plan: LogicalPlan) -> Result<(LogicalPlan, Vec<ScalarValue>)> {
     let mut values = Vec::new();
     let answered = plan.transform_up_with_subqueries(|node| {
         let LogicalPlan::Aggregate(aggregate) = &node else {
@@ -130,12 +128,12 @@ pub(super) fn answer_from_bounds(
         }
     })?;
     if !answered.transformed {
-        return Ok((answered, Vec::new()));
+        return Ok((answered.data, Vec::new()));
     }
     let inlined = answered
         .data
         .transform_up_with_subqueries(inline_in_filter)?;
-    Ok((Transformed::yes(inlined.data), values))
+    Ok((inlined.data, values))
 }
 
 /// A filter whose uncorrelated scalar subqueries are one row of one literal, with the

@@ -17,7 +17,7 @@ use datafusion::prelude::SessionContext;
 use crate::generation::{GenerationBuilder, Part};
 use crate::sql::engine::tests::{answer_text, sql_node_snapshot_with};
 use crate::sql::engine::{
-    BuildOptions, QueryLimits, Snapshot, TableCopies, DEFAULT_MAX_RESULT_BYTES,
+    BuildOptions, Phases, QueryLimits, Snapshot, TableCopies, DEFAULT_MAX_RESULT_BYTES,
 };
 use crate::sql::plans::{PlanCache, DEFAULT_PLAN_CACHE_ENTRIES};
 use crate::sql::views::ViewsFile;
@@ -108,13 +108,19 @@ fn theirs() -> SessionContext {
 }
 
 async fn ours(snap: &Snapshot, sql: &str) -> String {
+    answered(snap, sql).await.0
+}
+
+/// The answer as text, and how the statement was planned.
+async fn answered(snap: &Snapshot, sql: &str) -> (String, Phases) {
     let out = snap
         .query(sql, &QueryLimits::default())
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    pretty_format_batches(&out.batches)
+    let text = pretty_format_batches(&out.batches)
         .expect("format")
-        .to_string()
+        .to_string();
+    (text, out.phases)
 }
 
 async fn expected(sql: &str) -> String {
@@ -170,15 +176,9 @@ async fn a_physical_plan_is_kept_for_the_bounds_it_was_planned_with() {
     let mut bound = Vec::new();
     for _ in 0..5 {
         let snap = sql_node_snapshot_with(builder(), options.clone()).await;
-        let out = snap
-            .query(sql, &QueryLimits::default())
-            .await
-            .expect("answer");
-        let text = pretty_format_batches(&out.batches)
-            .expect("format")
-            .to_string();
+        let (text, phases) = answered(&snap, sql).await;
         assert_eq!(text, want);
-        bound.push(out.phases.physical_reused);
+        bound.push(phases.physical_reused);
     }
     // Met twice to keep the plan, twice more to keep its physical plan.
     assert_eq!(bound, [false, false, false, false, true]);
@@ -197,15 +197,9 @@ async fn a_physical_plan_is_kept_for_the_bounds_it_was_planned_with() {
         let want_here = ours(&fresh, sql).await;
         assert_ne!(want_here, want, "the rows give another answer");
         let next = sql_node_snapshot_with(rows(), options.clone()).await;
-        let out = next
-            .query(sql, &QueryLimits::default())
-            .await
-            .expect("answer");
-        assert!(out.phases.plan_reused);
-        assert_eq!(out.phases.physical_reused, reused, "{machines:?}");
-        let text = pretty_format_batches(&out.batches)
-            .expect("format")
-            .to_string();
+        let (text, phases) = answered(&next, sql).await;
+        assert!(phases.plan_reused);
+        assert_eq!(phases.physical_reused, reused, "{machines:?}");
         assert_eq!(text, want_here, "{machines:?}");
     }
 }
@@ -228,14 +222,8 @@ async fn a_kept_plan_reads_each_snapshots_bounds() {
     let mut later: Vec<_> = (4..11).map(|m| ("t", batch(m * 10, m * 10 + 10))).collect();
     later.push(("e", batch(0, 0)));
     let next = sql_node_snapshot_with(builder_of(later), options).await;
-    let out = next
-        .query(sql, &QueryLimits::default())
-        .await
-        .expect("answer");
-    assert!(out.phases.plan_reused);
-    let text = pretty_format_batches(&out.batches)
-        .expect("format")
-        .to_string();
+    let (text, phases) = answered(&next, sql).await;
+    assert!(phases.plan_reused);
     assert!(text.contains("| 1700008000 "), "{text}");
 }
 
