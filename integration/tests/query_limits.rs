@@ -249,8 +249,9 @@ fn health_says_degraded_while_every_query_place_is_taken() {
     let node = demo(
         &ws,
         // Queries stay in their class for the test (none moves to the heavy pool, which
-        // would free the new clients' place for the SELECT 1 below).
-        "[http]\nquery_timeout = \"3s\"\n\n[sql]\nmax_concurrent_queries = 1\nmax_queued_queries = 1\nheavy_query_after = \"10s\"\n",
+        // would free the new clients' place for the SELECT 1 below), and new clients have
+        // one place (the default is one a query thread).
+        "[http]\nquery_timeout = \"3s\"\n\n[sql]\nmax_concurrent_queries = 1\nmax_queued_queries = 1\nmax_heavy_queries = 1\nheavy_query_after = \"10s\"\n",
     );
     assert_eq!(node.get_json("/health")["status"], "ok");
     let heavy: Vec<_> = ["127.0.0.3", "127.0.0.4"]

@@ -35,6 +35,9 @@ pub struct AdmissionLimits {
     /// known yet hold as many places together, apart from those.
     pub max_heavy: usize,
     pub heavy_after: Duration,
+    /// Cores the queries share (the query pool's threads): a place's cost is its time
+    /// with its share of them ([`State::tick`]).
+    pub cores: usize,
 }
 
 pub struct Admission {
@@ -61,6 +64,11 @@ struct State {
     heavy_running: usize,
     /// Places held now by clients that were not known when admitted.
     new_running: usize,
+    /// Seconds of one query's fair share of the cores since start: wall time while at
+    /// most `cores` queries run, slower when more share them ([`State::tick`]).
+    shared_secs: f64,
+    /// When `shared_secs` was last brought up to date.
+    ticked: Option<Instant>,
 }
 
 /// What admission knows of a client, which decides where its query runs and from which
@@ -75,6 +83,15 @@ pub enum Class {
     /// Its recent queries held their place `heavy_after` or longer: at most `max_heavy`
     /// places together, on the heavy pool.
     Heavy,
+}
+
+/// Places held now by each class of client, and clients known as heavy now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassCounts {
+    pub light: usize,
+    pub heavy: usize,
+    pub new: usize,
+    pub heavy_clients: usize,
 }
 
 /// Clients whose recent cost is remembered at most (the longest unseen are forgotten).
@@ -107,8 +124,8 @@ struct Waiter {
 
 /// What a waiter receives.
 enum Grant {
-    /// A place, granted in the client's class then.
-    Place { class: Class },
+    /// A place, granted in the client's class then, at `since` (`shared_secs`).
+    Place { class: Class, since: f64 },
     /// Refused: the queue was full and a query of a client with cheaper recent queries
     /// took this one's slot.
     Evicted,
@@ -118,7 +135,8 @@ enum Grant {
 pub struct Admitted {
     admission: Arc<Admission>,
     client: String,
-    since: Instant,
+    /// `shared_secs` when the place was granted.
+    since: f64,
     class: Class,
     /// Set (under the admission lock) once the place's share of its class is given back
     /// ahead of the place itself: see [`ClassShare`].
@@ -146,8 +164,9 @@ impl Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let held = self.since.elapsed().as_secs_f64();
         let mut st = self.admission.lock();
+        st.tick(self.admission.limits.cores);
+        let held = st.shared_secs - self.since;
         st.record_cost(&self.client, held);
         if !self.share_back.load(Ordering::Relaxed) {
             st.uncount(self.class);
@@ -194,7 +213,7 @@ impl Drop for Waiting {
             st.waiters.remove(i);
             st.client(&self.client).queued -= 1;
             st.forget_idle(&self.client);
-        } else if let Ok(Grant::Place { class }) = self.grant.try_recv() {
+        } else if let Ok(Grant::Place { class, .. }) = self.grant.try_recv() {
             // Granted just as we gave up: the place goes to the next one.
             st.uncount(class);
             self.admission.release_locked(&mut st, &self.client);
@@ -206,6 +225,22 @@ impl Drop for Waiting {
 impl State {
     fn client(&mut self, name: &str) -> &mut Client {
         self.clients.entry(name.to_string()).or_default()
+    }
+
+    /// Brings `shared_secs` up to now, before the number of running queries changes or a
+    /// place's time is read. A place's cost is what it ran of its fair share: its wall
+    /// time, but counted at `cores / running` while more queries than cores run. Wall
+    /// time alone grew with the load: under the fleet benchmark's steady mix (16 clients,
+    /// 6 places on 2 cores) a 20 ms query held its place 100 ms, and within 20 s 15 of the
+    /// 16 clients were heavy, sharing the heavy places while light ones stood idle.
+    fn tick(&mut self, cores: usize) {
+        let now = Instant::now();
+        if let Some(then) = self.ticked {
+            let wall = now.saturating_duration_since(then).as_secs_f64();
+            let share = (cores.max(1) as f64 / self.running.max(1) as f64).min(1.0);
+            self.shared_secs += wall * share;
+        }
+        self.ticked = Some(now);
     }
 
     fn record_cost(&mut self, name: &str, seconds: f64) {
@@ -316,11 +351,42 @@ impl Admission {
         self.busy_total.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records that `client`'s query has held a place `held` so far (a query stopped to
-    /// move to the heavy pool: its place is given back only once its task stops, and the
-    /// next admission must already know the client as heavy).
-    pub fn record(&self, client: &str, held: Duration) {
-        self.lock().record_cost(client, held.as_secs_f64());
+    /// Makes `client` known as heavy now, for one half-life of its cost (30 s), unless its
+    /// queries' real times say longer: a query stopped to move to the heavy pool gives its
+    /// place back only once its task stops, and the next admission must already know the
+    /// client as heavy. Its run in the heavy place then records its real time. Not the
+    /// query's whole timeout, as before: one query that ran 100 ms in a slow moment made
+    /// its client heavy for minutes (30 s halvings of 60 s), and under a steady mix every
+    /// client in time shared the heavy places (the fleet benchmark's varied mix over 60 s:
+    /// 156 queries/s against 326 in 15 s).
+    pub fn mark_heavy(&self, client: &str) {
+        let heavy = 2.0 * self.limits.heavy_after.as_secs_f64();
+        self.lock().record_cost(client, heavy);
+    }
+
+    /// Places held now by class, and clients known as heavy (what `/metrics` shows).
+    pub fn classes(&self) -> ClassCounts {
+        let st = self.lock();
+        let now = Instant::now();
+        let heavy_after = self.limits.heavy_after.as_secs_f64();
+        ClassCounts {
+            light: st.light_running,
+            heavy: st.heavy_running,
+            new: st.new_running,
+            heavy_clients: st
+                .costs
+                .values()
+                .filter(|c| decayed(**c, now) >= heavy_after)
+                .count(),
+        }
+    }
+
+    /// How much slower than alone a query runs now: running queries per core, at least
+    /// one. A light or new client's query is stopped once it has held its place
+    /// `heavy_after` times this (its cost reaching `heavy_after`, as a place's cost counts).
+    pub fn slowdown(&self) -> f64 {
+        let running = self.lock().running as f64;
+        (running / self.limits.cores.max(1) as f64).max(1.0)
     }
 
     /// Queries running now.
@@ -376,13 +442,14 @@ impl Admission {
             // no waiter may take it: it is this client's if it is under its share.
             let (class, held_back) = st.class_held_back(client, &self.limits);
             if (moving || running < self.limits.running_per_client) && !held_back {
+                st.tick(self.limits.cores);
                 st.running += 1;
                 st.client(client).running += 1;
                 st.count(class);
                 return Ok(Admitted {
                     admission: self.clone(),
                     client: client.to_string(),
-                    since: Instant::now(),
+                    since: st.shared_secs,
                     class,
                     share_back: Arc::default(),
                 });
@@ -422,12 +489,12 @@ impl Admission {
                         .into(),
                 ))
             }
-            Ok(Ok(Grant::Place { class })) => {
+            Ok(Ok(Grant::Place { class, since })) => {
                 waiting.done = true;
                 Ok(Admitted {
                     admission: self.clone(),
                     client: client.to_string(),
-                    since: Instant::now(),
+                    since,
                     class,
                     share_back: Arc::default(),
                 })
@@ -446,6 +513,7 @@ impl Admission {
     /// Gives a place back and grants it, under one lock, so that a newcomer cannot take
     /// the freed place ahead of the waiters.
     fn release_locked(&self, st: &mut State, client: &str) {
+        st.tick(self.limits.cores);
         st.running -= 1;
         st.client(client).running -= 1;
         st.forget_idle(client);
@@ -474,9 +542,11 @@ impl Admission {
             let c = st.client(&w.client);
             c.queued -= 1;
             c.running += 1;
+            st.tick(self.limits.cores);
             st.running += 1;
             st.count(class);
-            if w.grant.send(Grant::Place { class }).is_err() {
+            let since = st.shared_secs;
+            if w.grant.send(Grant::Place { class, since }).is_err() {
                 // The waiter is gone (its Drop could not find it in the queue any more).
                 st.running -= 1;
                 st.uncount(class);
@@ -500,6 +570,8 @@ mod tests {
             queue_timeout: Duration::from_millis(300),
             max_heavy: 2,
             heavy_after: Duration::from_secs(1),
+            // More than the tests run at once: a place's cost is its wall time.
+            cores: 8,
         }
     }
 
@@ -644,6 +716,64 @@ mod tests {
             ),
             (0, 0, 0, 0)
         );
+    }
+
+    #[tokio::test]
+    async fn a_place_costs_its_share_of_the_cores_not_its_wall_time() {
+        let a = Admission::new(AdmissionLimits {
+            max_concurrent: 4,
+            heavy_after: Duration::from_millis(300),
+            cores: 1,
+            ..limits()
+        });
+        known(&a, &["a", "b", "alone"]).await;
+        // Two queries sharing one core for 400 ms: 200 ms each of it, light.
+        let (pa, pb) = (
+            a.admit("a").await.expect("a"),
+            a.admit("b").await.expect("b"),
+        );
+        assert!(a.slowdown() >= 2.0, "two running on one core");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        drop((pa, pb));
+        for c in ["a", "b"] {
+            let cost = a.lock().cost(c);
+            assert!((0.19..0.3).contains(&cost), "{c}: {cost}");
+        }
+        // The same 400 ms alone is the whole core's: heavy.
+        let p = a.admit("alone").await.expect("alone");
+        assert_eq!(a.slowdown(), 1.0);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        drop(p);
+        assert!(a.lock().cost("alone") >= 0.39);
+        assert_eq!(a.classes().heavy_clients, 1);
+    }
+
+    #[tokio::test]
+    async fn a_client_marked_heavy_is_heavy_for_a_while_not_for_minutes() {
+        let a = Admission::new(limits());
+        known(&a, &["light", "moved"]).await;
+        assert_eq!(a.classes().heavy_clients, 0);
+        a.mark_heavy("moved");
+        let place = a.admit("moved").await.expect("a heavy place");
+        assert_eq!(place.class(), Class::Heavy);
+        assert_eq!(
+            a.classes(),
+            ClassCounts {
+                light: 0,
+                heavy: 1,
+                new: 0,
+                heavy_clients: 1
+            }
+        );
+        // Twice `heavy_after` (1 s here): heavy for one half-life, then light again unless
+        // a run of its own held a place longer. The query's timeout would keep it heavy
+        // for minutes after one slow moment.
+        let cost = a.lock().cost("moved");
+        assert!((1.9..=2.0).contains(&cost), "{cost}");
+        let later = Instant::now() + COST_HALF_LIFE + Duration::from_secs(1);
+        assert!(decayed((cost, Instant::now()), later) < 1.0, "light again");
+        drop(place);
+        assert_eq!(a.classes().heavy, 0, "its place given back");
     }
 
     #[tokio::test]

@@ -302,8 +302,10 @@ pub struct SqlConfig {
     /// Queries one client may run at once; 0 = half of max_concurrent_queries (at least
     /// one), so one client never holds every running place.
     pub max_running_per_client: usize,
-    /// Places clients of heavy queries may hold together; 0 = half the query threads (at
-    /// least one), so light queries always find a thread.
+    /// Places clients of heavy queries may hold together; 0 = the query threads: one a
+    /// thread of their pool, whose nice level gives light queries the cores first (half
+    /// the threads, as before, left one core idle while every client of a steady mix was
+    /// heavy).
     pub max_heavy_queries: usize,
     /// A client whose recent queries held their place this long is a client of heavy ones.
     #[serde(with = "humantime_serde")]

@@ -95,11 +95,12 @@ impl Queries {
                 per_client: sql.max_queries_per_client,
                 running_per_client,
                 max_heavy: match sql.max_heavy_queries {
-                    0 => (pool.threads() / 2).max(1),
+                    0 => heavy_pool.threads(),
                     n => n,
                 },
                 heavy_after: sql.heavy_query_after,
                 queue_timeout: sql.queue_timeout,
+                cores: pool.threads(),
             }),
             quarantine: Quarantine::new(sql.quarantine.clone()),
             limits: QueryLimits {
@@ -391,7 +392,15 @@ impl NodeHandle {
         let share = place.share();
         let until = match place.class() {
             Class::Heavy => deadline,
-            _ => deadline.min(tokio::time::Instant::now() + self.config.sql.heavy_query_after),
+            // `heavy_query_after` of its share of the cores, as its cost counts.
+            _ => deadline.min(
+                tokio::time::Instant::now()
+                    + self
+                        .config
+                        .sql
+                        .heavy_query_after
+                        .mul_f64(q.admission.slowdown()),
+            ),
         };
         // Other queries running keep the cores busy: this one runs on one partition.
         let mut limits = limits;
@@ -400,11 +409,11 @@ impl NodeHandle {
         {
             Ok(done) => done?,
             Err(_) if until < deadline => {
-                // The client is heavy now, and costed as if this query ran to its deadline
-                // (it may, and a client whose heavy queries are refused would otherwise
-                // fade back to light at once): the new place is a heavy one. Its stopped
-                // run's place records its real time as the task stops, maybe only later.
-                q.admission.record(client, timeout);
+                // The client is heavy now (for a while, so that a client whose heavy
+                // queries are refused does not fade back to light at once): the new place
+                // is a heavy one. Its stopped run's place records its real time as the task
+                // stops, maybe only later, and the heavy run its own.
+                q.admission.mark_heavy(client);
                 // The stopped run holds its place until its task stops (a long operator
                 // step may delay that); its class's share is free for others now.
                 share.give_back();

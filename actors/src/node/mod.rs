@@ -21,7 +21,7 @@ pub mod simulate_config;
 pub mod supervisor;
 mod watcher;
 
-pub use admission::{AdmissionLimits, Admitted};
+pub use admission::{AdmissionLimits, Admitted, ClassCounts};
 pub use completeness::{Completeness, MinCompleteness};
 pub use config::{NodeConfig, Role};
 pub use handle::{Answer, NodeHandle, Queries};

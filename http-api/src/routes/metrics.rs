@@ -91,6 +91,28 @@ pub async fn get_metrics(node: web::Data<NodeHandle>) -> HttpResponse {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    // Where the running queries' places are: a climb in heavy places and clients under a
+    // steady mix is the first thing to read when queries are refused busy.
+    let classes = q.admission.classes();
+    let _ = writeln!(
+        body,
+        "# HELP query_queries_running_by_class Queries executing now, by their client's class when admitted ([sql] max_concurrent_queries for light clients, max_heavy_queries for heavy ones and as many for new ones).\n# TYPE query_queries_running_by_class gauge"
+    );
+    for (class, n) in [
+        ("light", classes.light),
+        ("heavy", classes.heavy),
+        ("new", classes.new),
+    ] {
+        let _ = writeln!(
+            body,
+            "query_queries_running_by_class{{class=\"{class}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        body,
+        "# HELP query_clients_heavy Clients known as heavy now (a query of theirs held its place [sql] heavy_query_after or longer recently; the cost halves every 30 s).\n# TYPE query_clients_heavy gauge\nquery_clients_heavy {}",
+        classes.heavy_clients
+    );
     let _ = writeln!(
         body,
         "# HELP query_http_refusals_total HTTP requests refused before their endpoint (token, domain, Host, Origin) or for a table the token may not read.\n# TYPE query_http_refusals_total counter"
