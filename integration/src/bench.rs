@@ -159,6 +159,9 @@ pub struct SimulatedFleet {
     pub sim: Simulator,
     pub tla: Node,
     pub sql: Node,
+    /// The TLA's and the SQL node's configuration files, to start them again.
+    tla_cfg: String,
+    sql_cfg: String,
     /// Last: the processes are killed before their files go.
     pub ws: Workspace,
 }
@@ -274,42 +277,74 @@ impl SimulatedFleet {
                 link_tls("sql", &sql_ip),
             ),
         );
-        let start = |role: &str, config: &str| {
-            Node::start(&[role, "--config", config, "--listen", "127.0.0.1:0"])
-        };
-        let tla = start("tla", &tla_cfg);
-        let sql = start("sql", &sql_cfg);
-        // When the TLA, then the SQL node, first counts every machine: the TLA's share is
-        // collecting and merging the clusters' full copies, the rest is its first complete
-        // generation's way to the SQL node.
-        let mut tla_startup = None;
-        sql.eventually(
-            Duration::from_secs(900),
-            "every machine at the SQL node",
-            || {
-                if tla_startup.is_none() && tla.get_json("/health")["machines"] == machines as u64 {
-                    tla_startup = Some(started.elapsed().as_secs_f64());
-                }
-                let h = sql.get_json("/health");
-                (h["machines"] == machines as u64).then_some(())
-            },
-        );
-        let startup = started.elapsed().as_secs_f64();
+        let tla = start_node("tla", &tla_cfg);
+        let sql = start_node("sql", &sql_cfg);
+        let (tla_startup, startup) = every_machine(&tla, &sql, machines, started);
         SimulatedFleet {
             machines,
             clusters,
             interval,
             block,
             tla_link,
-            // Polled together: the TLA is complete by the time the SQL node is.
-            tla_startup: tla_startup.unwrap_or(startup),
+            tla_startup,
             startup,
             sim,
             tla,
             sql,
+            tla_cfg,
+            sql_cfg,
             ws,
         }
     }
+
+    /// Kills the SQL node and starts it again on its configuration while the fleet and the
+    /// TLA run on (an operator's restart, a replacement node): seconds from its start until
+    /// it counts every machine again. Its TLA sends it a full copy of the generation held.
+    pub fn restart_sql(&mut self) -> f64 {
+        self.sql.kill();
+        let started = Instant::now();
+        self.sql = start_node("sql", &self.sql_cfg);
+        every_machine(&self.tla, &self.sql, self.machines, started).1
+    }
+
+    /// Kills the TLA and the SQL node and starts them again while the fleet runs on: seconds
+    /// from their start until the TLA, then the SQL node, count every machine again. Goal
+    /// 4's cold start without the fleet's own (the simulator building every machine's
+    /// tables and its first full copies): the clusters are up, as in a deployment.
+    pub fn restart_upper_tiers(&mut self) -> (f64, f64) {
+        self.sql.kill();
+        self.tla.kill();
+        let started = Instant::now();
+        self.tla = start_node("tla", &self.tla_cfg);
+        self.sql = start_node("sql", &self.sql_cfg);
+        every_machine(&self.tla, &self.sql, self.machines, started)
+    }
+}
+
+/// Starts a TLA or SQL node of a [`SimulatedFleet`] on its configuration file.
+fn start_node(role: &str, config: &str) -> Node {
+    Node::start(&[role, "--config", config, "--listen", "127.0.0.1:0"])
+}
+
+/// Seconds from `started` until the TLA, then the SQL node, count every machine: the TLA's
+/// share is collecting and merging the clusters' full copies, the rest is its first
+/// complete generation's way to the SQL node. Polled together: the TLA is complete by the
+/// time the SQL node is.
+fn every_machine(tla: &Node, sql: &Node, machines: usize, started: Instant) -> (f64, f64) {
+    let mut tla_done = None;
+    sql.eventually(
+        Duration::from_secs(900),
+        "every machine at the SQL node",
+        || {
+            if tla_done.is_none() && tla.get_json("/health")["machines"] == machines as u64 {
+                tla_done = Some(started.elapsed().as_secs_f64());
+            }
+            let h = sql.get_json("/health");
+            (h["machines"] == machines as u64).then_some(())
+        },
+    );
+    let sql_done = started.elapsed().as_secs_f64();
+    (tla_done.unwrap_or(sql_done), sql_done)
 }
 
 /// What the three processes of a [`SimulatedFleet`] did over whole generations, from the

@@ -334,6 +334,13 @@ impl Node {
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// Kills the process and waits for it to go (its ports are free afterwards), as
+    /// dropping it would, for a test that starts a node on the same configuration again.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn read(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
@@ -346,8 +353,7 @@ fn read(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
