@@ -609,6 +609,25 @@ pub fn write_bench_section(name: &str, command: &str, body: &str) -> std::io::Re
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
+    // A run on a tree with changes of its own is not HEAD's figure: say so (BENCHMARKS.md
+    // itself, which benchmarks rewrite, does not count).
+    let dirty = Command::new("git")
+        .args([
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!BENCHMARKS.md",
+        ])
+        .current_dir(repo())
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty());
+    let commit = if dirty {
+        format!("{commit} with uncommitted changes")
+    } else {
+        commit
+    };
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()

@@ -40,6 +40,13 @@ pub struct AdmissionLimits {
     pub cores: usize,
 }
 
+impl AdmissionLimits {
+    /// Whether a client of recent cost `cost` (seconds) is a client of heavy queries.
+    fn heavy(&self, cost: f64) -> bool {
+        cost >= self.heavy_after.as_secs_f64()
+    }
+}
+
 pub struct Admission {
     limits: AdmissionLimits,
     state: Mutex<State>,
@@ -271,7 +278,7 @@ impl State {
         if !self.costs.contains_key(name) {
             return (Class::New, self.new_running >= limits.max_heavy);
         }
-        if self.cost(name) >= limits.heavy_after.as_secs_f64() {
+        if limits.heavy(self.cost(name)) {
             return (Class::Heavy, self.heavy_running >= limits.max_heavy);
         }
         (Class::Light, self.light_running >= limits.max_concurrent)
@@ -368,7 +375,6 @@ impl Admission {
     pub fn classes(&self) -> ClassCounts {
         let st = self.lock();
         let now = Instant::now();
-        let heavy_after = self.limits.heavy_after.as_secs_f64();
         ClassCounts {
             light: st.light_running,
             heavy: st.heavy_running,
@@ -376,7 +382,7 @@ impl Admission {
             heavy_clients: st
                 .costs
                 .values()
-                .filter(|c| decayed(**c, now) >= heavy_after)
+                .filter(|c| self.limits.heavy(decayed(**c, now)))
                 .count(),
         }
     }
