@@ -31,8 +31,8 @@ use query_actors::link::frame::{
     decode_frame, encode_frame, encode_zstd_frame_unsized, read_frame, Codec,
 };
 use query_actors::link::wire::{
-    Advert, GenerationFrame, IpcRows, Listing, PartId, PartRows, PatchValues, Sources, ToChild,
-    ToParent, LINK_VERSION,
+    Advert, GenerationFrame, Listing, PartId, PartRows, PatchValues, Sources, ToChild, ToParent,
+    LINK_VERSION,
 };
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -314,26 +314,25 @@ fn postcard_of(m: &ToParent) -> Result<Vec<u8>, String> {
 fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFrame]) {
     let any_bytes = |rng: &mut SmallRng| -> Vec<u8> {
         let g = &all[rng.random_range(0..all.len())];
-        let parts: Vec<&Vec<u8>> = g
+        let parts: Vec<&[u8]> = g
             .tables
             .iter()
             .flat_map(|t| t.parts.iter())
             .filter_map(|p| match &p.rows {
-                PartRows::Full(IpcRows::Bytes(b))
-                | PartRows::Diff { added: b, .. }
-                | PartRows::Patch { added: b, .. } => Some(b),
-                PartRows::Full(IpcRows::Batch(_)) | PartRows::Unchanged => None,
+                PartRows::Full(rows) => rows.bytes(),
+                PartRows::Diff { added: b, .. } | PartRows::Patch { added: b, .. } => Some(b),
+                PartRows::Unchanged => None,
             })
             .chain(
                 g.tables
                     .iter()
-                    .flat_map(|t| t.patches.iter().map(|p| &p.values)),
+                    .flat_map(|t| t.patches.iter().map(|p| &p.values[..])),
             )
-            .chain(g.tables.iter().filter_map(|t| t.schema.as_ref()))
+            .chain(g.tables.iter().filter_map(|t| t.schema.as_deref()))
             .collect();
         parts
             .get(rng.random_range(0..parts.len().max(1)))
-            .map(|b| (*b).clone())
+            .map(|b| b.to_vec())
             .unwrap_or_default()
     };
     if f.tables.is_empty() {
@@ -450,10 +449,12 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
                     _ => (0..rng.random_range(0..50_000)).collect(),
                 };
                 let added = match &part.rows {
-                    PartRows::Diff { added, .. }
-                    | PartRows::Full(IpcRows::Bytes(added))
-                    | PartRows::Patch { added, .. } => added.clone(),
-                    PartRows::Full(IpcRows::Batch(_)) | PartRows::Unchanged => any_bytes(rng),
+                    PartRows::Diff { added, .. } | PartRows::Patch { added, .. } => added.clone(),
+                    PartRows::Full(rows) => match rows.bytes() {
+                        Some(b) => b.to_vec(),
+                        None => any_bytes(rng),
+                    },
+                    PartRows::Unchanged => any_bytes(rng),
                 };
                 part.rows = PartRows::Diff { removed, added };
             }

@@ -25,6 +25,7 @@
 
 use std::io::Read;
 
+use datafusion::arrow::buffer::Buffer;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -444,9 +445,12 @@ impl<W> KeepError<W> {
 
 /// Decodes a frame's body (what follows the length prefix, as [`read_frame`] returns it).
 /// A payload that decompresses to more than `max_bytes` is refused.
+/// Parts' rows are slices of the decompressed payload, not copies
+/// ([`IpcRows::Received`](super::wire::IpcRows::Received)).
 pub fn decode_frame<T: DeserializeOwned>(body: &[u8], max_bytes: usize) -> Result<T, LinkError> {
     let (codec, payload) = split_codec(body)?;
-    deserialize(&codec.decompress(payload, max_bytes)?)
+    let raw = Buffer::from_vec(codec.decompress(payload, max_bytes)?);
+    super::wire::receiving(&raw, || deserialize(raw.as_slice()))
 }
 
 /// Decodes a frame whose messages are small (at the link listener: a parent's hello, probe

@@ -7,7 +7,11 @@
 //! a frame and back in [`super::diff`]. Arrow IPC fields serialize as byte strings
 //! (`serde_bytes`): one copy, not one serde call per byte.
 
+use std::cell::RefCell;
+
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::record_batch::RecordBatch;
+use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Bumped on any incompatible change; a peer with another version is refused at hello.
@@ -286,13 +290,44 @@ pub enum PartRows {
 /// A sender holds the rows of a part new to its parent as the batch itself, encoded only
 /// while the frame is serialized, one part at a time: a TLA's first whole generation for a
 /// SQL node is 448 MB of IPC at 70,000 machines, and holding it whole before compressing
-/// it set the TLA's peak (BENCHMARKS.md, `fleet`). A receiver always gets bytes.
-#[derive(Debug, Clone, PartialEq)]
+/// it set the TLA's peak (BENCHMARKS.md, `fleet`). A receiver gets bytes: a slice of the
+/// frame it decoded ([`IpcRows::Received`]) when the frame was decoded by
+/// [`decode_frame`](super::frame::decode_frame), otherwise a copy.
+#[derive(Debug, Clone)]
 pub enum IpcRows {
     /// Arrow IPC messages: the dictionaries, if any, then the record batch.
     Bytes(Vec<u8>),
     /// Rows encoded when serialized (the same bytes as [`IpcRows::Bytes`] would hold).
     Batch(RecordBatch),
+    /// The same bytes as [`IpcRows::Bytes`], within the decompressed frame they came in
+    /// (shared, not copied). Copying a whole fleet's parts out of the frame touched as
+    /// much fresh memory again as the frame (448 MB at 70,000 machines), and on this
+    /// project's virtual machines a fresh page costs more than the copy: the SQL node's
+    /// cold start spent 2.2 of its 3 s of decoding there (BENCHMARKS.md, goal 4). A
+    /// receiver decodes the rows into arrays of their own and drops these, so the frame
+    /// is let go once it is applied.
+    Received(Buffer),
+}
+
+impl IpcRows {
+    /// The IPC bytes, unless the rows are still a batch.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            IpcRows::Bytes(b) => Some(b),
+            IpcRows::Received(b) => Some(b.as_slice()),
+            IpcRows::Batch(_) => None,
+        }
+    }
+}
+
+/// Bytes compare as bytes, whether copied or shared.
+impl PartialEq for IpcRows {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (IpcRows::Batch(a), IpcRows::Batch(b)) => a == b,
+            (a, b) => a.bytes().is_some() && a.bytes() == b.bytes(),
+        }
+    }
 }
 
 impl From<Vec<u8>> for IpcRows {
@@ -305,6 +340,7 @@ impl Serialize for IpcRows {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             IpcRows::Bytes(bytes) => serializer.serialize_bytes(bytes),
+            IpcRows::Received(bytes) => serializer.serialize_bytes(bytes.as_slice()),
             IpcRows::Batch(batch) => {
                 let bytes = super::diff::late_rows(batch)
                     .map_err(<S::Error as serde::ser::Error>::custom)?;
@@ -316,6 +352,68 @@ impl Serialize for IpcRows {
 
 impl<'de> Deserialize<'de> for IpcRows {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        serde_bytes::ByteBuf::deserialize(deserializer).map(|b| IpcRows::Bytes(b.into_vec()))
+        deserializer.deserialize_bytes(IpcRowsVisitor)
     }
+}
+
+struct IpcRowsVisitor;
+
+impl<'de> Visitor<'de> for IpcRowsVisitor {
+    type Value = IpcRows;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("Arrow IPC bytes")
+    }
+
+    fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<IpcRows, E> {
+        Ok(RECEIVING.with_borrow(|frame| match frame {
+            Some(frame) => match slice_within(frame, v) {
+                Some(shared) => IpcRows::Received(shared),
+                None => IpcRows::Bytes(v.to_vec()),
+            },
+            None => IpcRows::Bytes(v.to_vec()),
+        }))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<IpcRows, E> {
+        Ok(IpcRows::Bytes(v.to_vec()))
+    }
+
+    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<IpcRows, E> {
+        Ok(IpcRows::Bytes(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IpcRows, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+        while let Some(b) = seq.next_element()? {
+            out.push(b);
+        }
+        Ok(IpcRows::Bytes(out))
+    }
+}
+
+thread_local! {
+    /// The decompressed frame being deserialized on this thread, if it can be shared
+    /// ([`receiving`]).
+    static RECEIVING: RefCell<Option<Buffer>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (deserializing a message from `frame`'s bytes) with the parts' rows that lie
+/// within `frame` taken as slices of it ([`IpcRows::Received`]) instead of copies.
+pub(crate) fn receiving<R>(frame: &Buffer, f: impl FnOnce() -> R) -> R {
+    /// Puts back what was there, even if `f` unwinds (the frame is not kept).
+    struct Restore(Option<Buffer>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            RECEIVING.set(self.0.take());
+        }
+    }
+    let _restore = Restore(RECEIVING.replace(Some(frame.clone())));
+    f()
+}
+
+/// `v` as a slice of `frame`, when it lies within it.
+fn slice_within(frame: &Buffer, v: &[u8]) -> Option<Buffer> {
+    let start = (v.as_ptr() as usize).checked_sub(frame.as_ptr() as usize)?;
+    (start.checked_add(v.len())? <= frame.len()).then(|| frame.slice_with_length(start, v.len()))
 }

@@ -377,6 +377,9 @@ fn part(
         PartRows::Full(IpcRows::Bytes(bytes)) => {
             Some(decode_batch(&bytes, schema).map_err(in_part)?)
         }
+        PartRows::Full(IpcRows::Received(bytes)) => {
+            Some(decode_batch(bytes.as_slice(), schema).map_err(in_part)?)
+        }
         // A frame handed over in process, never serialized: the rows as the sender held them.
         PartRows::Full(IpcRows::Batch(batch)) if batch.schema_ref() == schema => Some(batch),
         PartRows::Full(IpcRows::Batch(_)) => {

@@ -566,3 +566,56 @@ async fn read_frame_errors() {
         Err(LinkError::Decode(_))
     ));
 }
+
+/// A decoded frame's full rows are slices of its one decompressed payload, not copies,
+/// and travel on as the same bytes; deserialized outside `decode_frame` they are copies.
+#[test]
+fn received_rows_share_the_frame() {
+    use crate::link::wire::IpcRows;
+    let ToParent::Generation(mut g) = sample() else {
+        unreachable!()
+    };
+    g.tables[0].parts = (0..50u8)
+        .map(|i| PartFrame {
+            key: format!("m{i}").into(),
+            sources: Sources::Held,
+            rows: PartRows::Full(vec![i; 100 + usize::from(i)].into()),
+        })
+        .collect();
+    let sent = ToParent::Generation(g.clone());
+    for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
+        let frame = encode_frame(&sent, codec).expect("encode");
+        let Ok(ToParent::Generation(back)) = decode_frame::<ToParent>(body(&frame), 1 << 20) else {
+            panic!("{codec:?}: no generation back");
+        };
+        assert_eq!(back, g, "{codec:?}: the same frame");
+        let shared: Vec<&Buffer> = back.tables[0]
+            .parts
+            .iter()
+            .map(|p| match &p.rows {
+                PartRows::Full(IpcRows::Received(b)) => b,
+                other => panic!("{codec:?}: rows copied: {other:?}"),
+            })
+            .collect();
+        // One payload: every slice lies within the first part's allocation.
+        let (first, last) = (shared[0], shared[shared.len() - 1]);
+        let start = first.data_ptr().as_ptr() as usize;
+        let end = last.as_ptr() as usize + last.len();
+        assert!(end - start < 2 * 50 * 150, "{codec:?}: one allocation");
+        // Sent on (a TLA deferring a cluster's tables) as the bytes received.
+        let again = encode_frame(&ToParent::Generation(back), codec).expect("encode");
+        assert_eq!(
+            decode_frame::<ToParent>(body(&again), 1 << 20).ok(),
+            Some(sent.clone())
+        );
+    }
+    let plain: ToParent =
+        postcard::from_bytes(&postcard::to_stdvec(&sent).expect("ser")).expect("de");
+    let ToParent::Generation(plain) = plain else {
+        unreachable!()
+    };
+    assert!(matches!(
+        plain.tables[0].parts[0].rows,
+        PartRows::Full(IpcRows::Bytes(_))
+    ));
+}
