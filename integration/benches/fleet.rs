@@ -130,7 +130,7 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
     let (clusters, interval) = (fleet.clusters, fleet.interval);
     let (startup, tla_startup) = (fleet.startup, fleet.tla_startup);
     eprintln!(
-        "fleet: {machines} machines up after {startup:.0} s (at the TLA after {tla_startup:.0} s)"
+        "fleet: {machines} machines up after {startup:.1} s (at the TLA after {tla_startup:.1} s)"
     );
 
     // Data latency, CPU and link bytes over GENERATIONS new generations.
@@ -185,8 +185,8 @@ fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, Strin
     let sql_restart = fleet.restart_sql();
     let both_restart = fleet.restart_upper_tiers();
     eprintln!(
-        "fleet: {machines} machines: up again after {sql_restart:.0} s (SQL node restarted), \
-         {:.0} / {:.0} s (TLA and SQL node restarted)",
+        "fleet: {machines} machines: up again after {sql_restart:.1} s (SQL node restarted), \
+         {:.1} / {:.1} s (TLA and SQL node restarted)",
         both_restart.0, both_restart.1
     );
     FleetRun {
@@ -510,7 +510,7 @@ fn main() {
     for r in &runs {
         let u = |role: &str| usage(r, role);
         body.push_str(&format!(
-            "| {} | {} | {} s | {:.0} / {:.0} s | {:.0} s; {:.0} / {:.0} s | {:.0} ms | {:.0} ms | {:.2} cores | {:.2} cores | {:.2} cores | {:.0} / {:.0} MiB | {:.0} / {:.0} MiB ({:.1} / {:.1}) | {} / {} | {} / {} |\n",
+            "| {} | {} | {} s | {:.1} / {:.1} s | {:.1} s; {:.1} / {:.1} s | {:.0} ms | {:.0} ms | {:.2} cores | {:.2} cores | {:.2} cores | {:.0} / {:.0} MiB | {:.0} / {:.0} MiB ({:.1} / {:.1}) | {} / {} | {} / {} |\n",
             r.machines,
             r.clusters,
             r.interval.as_secs(),
@@ -597,9 +597,9 @@ fn main() {
              {:.0}-{:.0} MiB at the SQL node ({:.1}-{:.1}x); under the query mixes after the \
              window (16 clients, varied then repeated, read every 300 ms) it reached {:.0} MiB \
              at the TLA ({:.1}x) and {:.0} MiB at the SQL node ({:.1}x). Cold start (goal: \
-             first complete answer under 15 s): the SQL node counted every machine {:.0} s \
-             after the three processes started, the simulator's own start included; {:.0} s \
-             after a restart of the SQL node alone and {:.0} s after a restart of the TLA and \
+             first complete answer under 15 s): the SQL node counted every machine {:.1} s \
+             after the three processes started, the simulator's own start included; {:.1} s \
+             after a restart of the SQL node alone and {:.1} s after a restart of the TLA and \
              the SQL node, the fleet running on.\n",
             big.machines,
             std::thread::available_parallelism()
