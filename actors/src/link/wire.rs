@@ -11,7 +11,7 @@ use std::cell::RefCell;
 
 use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::record_batch::RecordBatch;
-use serde::de::{SeqAccess, Visitor};
+use serde::de::Visitor;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Bumped on any incompatible change; a peer with another version is refused at hello.
@@ -366,13 +366,8 @@ impl<'de> Visitor<'de> for IpcRowsVisitor {
     }
 
     fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<IpcRows, E> {
-        Ok(RECEIVING.with_borrow(|frame| match frame {
-            Some(frame) => match slice_within(frame, v) {
-                Some(shared) => IpcRows::Received(shared),
-                None => IpcRows::Bytes(v.to_vec()),
-            },
-            None => IpcRows::Bytes(v.to_vec()),
-        }))
+        let shared = RECEIVING.with_borrow(|f| f.as_ref().and_then(|f| slice_within(f, v)));
+        Ok(shared.map_or_else(|| IpcRows::Bytes(v.to_vec()), IpcRows::Received))
     }
 
     fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<IpcRows, E> {
@@ -381,14 +376,6 @@ impl<'de> Visitor<'de> for IpcRowsVisitor {
 
     fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<IpcRows, E> {
         Ok(IpcRows::Bytes(v))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IpcRows, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
-        while let Some(b) = seq.next_element()? {
-            out.push(b);
-        }
-        Ok(IpcRows::Bytes(out))
     }
 }
 
