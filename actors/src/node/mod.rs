@@ -408,6 +408,10 @@ pub fn start_node_with(config: NodeConfig, extras: NodeExtras) -> Result<NodeHan
         merge_grace: config.link.merge_grace.min(config.generation.interval / 2),
         follow_children: config.role == Role::Sql,
         seal_when_delivered: config.link.seal_when_delivered,
+        cold_seal_hold: config
+            .link
+            .cold_seal_hold
+            .min(config.generation.interval / 2),
         publishers: std::sync::Mutex::new(local),
         children: children.clone(),
         wanted: Some(wanted.clone()),

@@ -13,7 +13,11 @@
 //! round is still sealed once: the clock's tick for a round already sealed is skipped.
 //! After a start, before any seal found every child in, the first generation every
 //! child has delivered (whatever its round) is sealed at once: a cold fleet answers
-//! without waiting for the next round and the offset.
+//! without waiting for the next round and the offset. And while cold, the clock's seal
+//! waits (`[link] cold_seal_hold`, once per start) for children connected but still
+//! sending their first copy: a fleet started just before the offset then gets a whole
+//! first generation, not a part of it followed by the rest seconds later, each crossing
+//! the next link and applied there in turn.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -56,6 +60,9 @@ pub struct SealInputs {
     pub follow_children: bool,
     /// Not following: seal when every configured child has delivered the round.
     pub seal_when_delivered: bool,
+    /// Not following, cold: how long the clock's seals may wait, in all, for children
+    /// connected but still sending their first copy.
+    pub cold_seal_hold: std::time::Duration,
     /// Sourced tables (`sourced = true` in their schema): served only whole.
     pub sourced: BTreeSet<String>,
     /// A TLA's deferral to TLA children (`[tla_children]`): tables they merge.
@@ -91,7 +98,14 @@ pub struct Sealer {
     /// A seal has found every configured child in (no child late, dropped or missing a
     /// table): from then on only a whole round is sealed early.
     complete_once: bool,
+    /// What is left of `cold_seal_hold` (spent by the clock's seals while cold).
+    hold_left: std::time::Duration,
+    /// The clock's seal waits for first copies now (logged once per hold).
+    holding: bool,
 }
+
+/// How often a held seal looks again whether the first copies are in.
+const HOLD_STEP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a seal's pool task hands back.
 struct Sealed {
@@ -116,6 +130,8 @@ impl Sealer {
     ) -> Self {
         Sealer {
             config,
+            hold_left: inputs.cold_seal_hold,
+            holding: false,
             inputs: Arc::new(inputs),
             keeper,
             published,
@@ -142,10 +158,44 @@ impl Sealer {
             } else if act.inputs.seal_when_delivered && act.last_round.is_some_and(|r| r >= round) {
                 // Sealed when every child delivered: one generation per round.
             } else {
-                act.seal(ctx, at, true);
+                act.seal_or_hold(ctx, at);
             }
             act.schedule(ctx);
         });
+    }
+
+    /// The clock's seal of the round at `at`, unless cold with children connected but
+    /// still sending their first copy: then it waits for them (re-checked every
+    /// `HOLD_STEP`) while `hold_left` lasts. A seal when delivered meanwhile ends the wait.
+    fn seal_or_hold(&mut self, ctx: &mut Context<Self>, at: SystemTime) {
+        let round = round_of(at, self.config.interval, self.config.offset);
+        if self.holding && self.last_round.is_some_and(|r| r >= round) {
+            self.holding = false;
+            return tracing::debug!(round, "first copies in; sealed when delivered");
+        }
+        let pending = match (&self.inputs.children, self.complete_once) {
+            (Some(children), false) if !self.inputs.follow_children => {
+                children.first_copies_pending()
+            }
+            _ => 0,
+        };
+        if pending > 0 && !self.hold_left.is_zero() {
+            if !std::mem::replace(&mut self.holding, true) {
+                tracing::info!(round, children = pending, hold = ?self.hold_left, "cold: children connected are still sending their first copy; the seal waits for them");
+            }
+            let step = HOLD_STEP.min(self.hold_left);
+            self.hold_left -= step;
+            ctx.run_later(step, move |act, ctx| act.seal_or_hold(ctx, at));
+            return;
+        }
+        if std::mem::take(&mut self.holding) {
+            tracing::info!(
+                round,
+                children = pending,
+                "cold: sealing after waiting for first copies"
+            );
+        }
+        self.seal(ctx, at, true);
     }
 
     /// Not following: seals now if every configured child has delivered the round due
@@ -471,6 +521,7 @@ impl Supervised for Sealer {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.sealing = false;
         self.pending = false;
+        self.holding = false;
     }
 }
 
@@ -552,6 +603,16 @@ mod tests {
     /// A sealer on a one-hour clock wanting `sys` of `children`: a SQL node following its
     /// TLA, or a TLA sealing when its clusters have delivered.
     fn sealer(children: Arc<Children>, follow: bool) -> watch::Receiver<Option<Arc<Generation>>> {
+        clocked(children, follow, Duration::from_secs(3600), Duration::ZERO)
+    }
+
+    /// [`sealer`] on a clock of `interval`, holding cold seals up to `hold`.
+    fn clocked(
+        children: Arc<Children>,
+        follow: bool,
+        interval: Duration,
+        hold: Duration,
+    ) -> watch::Receiver<Option<Arc<Generation>>> {
         let pool = SqlPool::new(1).expect("pool");
         let metrics = Arc::new(Metrics::default());
         let (installed, _) = watch::channel(0);
@@ -580,10 +641,11 @@ mod tests {
             merge_grace: Duration::from_millis(50),
             follow_children: follow,
             seal_when_delivered: !follow,
+            cold_seal_hold: hold,
             deferral: None,
         };
         let config = GenerationConfig {
-            interval: Duration::from_secs(3600),
+            interval,
             offset: Duration::ZERO,
         };
         let (published, generations) = watch::channel(None);
@@ -674,6 +736,71 @@ mod tests {
         assert!(
             !sealed_soon(&mut generations).await,
             "round {due} is sealed"
+        );
+    }
+
+    /// Children a, b and c of a TLA on a 4-s clock: a connected and delivered, b connected
+    /// and still sending, c not connected. Returns the generations after the first (the
+    /// start's) and how long until the clock's next seal.
+    async fn cold_tla(
+        hold: Duration,
+    ) -> (
+        Arc<Children>,
+        watch::Receiver<Option<Arc<Generation>>>,
+        Duration,
+    ) {
+        let children = Children::new(["a", "b", "c"].map(String::from), Duration::from_secs(60));
+        let interval = Duration::from_secs(4);
+        // Not right before a tick: the start's seal and the deliveries come first.
+        let mut tick = next_seal(SystemTime::now(), interval, Duration::ZERO);
+        if tick.duration_since(SystemTime::now()).unwrap_or_default() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tick = next_seal(SystemTime::now(), interval, Duration::ZERO);
+        }
+        let mut generations = clocked(children.clone(), false, interval, hold);
+        next(&mut generations).await;
+        children.link_up("a", "127.0.0.1:1", "a", "proxy");
+        children.link_up("b", "127.0.0.1:2", "b", "proxy");
+        children.deliver("a", Arc::new(gen(1, "a", &["sys"])), |s| {
+            s.last_frame = Some(Instant::now())
+        });
+        let until = tick.duration_since(SystemTime::now()).unwrap_or_default();
+        (children, generations, until)
+    }
+
+    #[actix::test]
+    async fn a_cold_tla_waits_at_its_offset_for_first_copies_still_on_their_way() {
+        let (children, mut generations, until) = cold_tla(Duration::from_secs(2)).await;
+        // The offset passes: b is connected, its first copy not in, so no seal (c, never
+        // connected, holds nothing).
+        tokio::time::sleep(until + Duration::from_millis(400)).await;
+        assert!(
+            !generations.has_changed().expect("sealer alive"),
+            "the offset's seal waits for b's first copy"
+        );
+        children.deliver("b", Arc::new(gen(1, "b", &["sys"])), |s| {
+            s.last_frame = Some(Instant::now())
+        });
+        let whole = next(&mut generations).await;
+        assert_eq!(whole.tables["sys"].rows(), 2, "a and b in one generation");
+        assert_eq!(whole.clusters, 2);
+    }
+
+    #[actix::test]
+    async fn a_cold_tla_waits_for_first_copies_no_longer_than_its_hold() {
+        let (_children, mut generations, until) = cold_tla(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        // b never delivers: the seal comes after the hold, with a alone.
+        let g = next(&mut generations).await;
+        assert!(
+            started.elapsed() >= until + Duration::from_millis(450),
+            "sealed {:?} after the start, the offset came after {until:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            g.tables["sys"].rows(),
+            1,
+            "a's rows, b's copy not awaited longer"
         );
     }
 

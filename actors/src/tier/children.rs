@@ -314,6 +314,15 @@ impl Children {
         })
     }
 
+    /// Children connected that have not delivered a generation yet: their first copy is
+    /// still on its way (a cold parent's seal may wait for it).
+    pub fn first_copies_pending(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|s| s.connected && s.latest.is_none())
+            .count()
+    }
+
     /// Whether every configured child (not only the live ones) has delivered `round` or
     /// later, is heard from, and holds every wanted table (or is dropped for it): what lets
     /// a parent seal before its offset (`[link] seal_when_delivered`). A child not

@@ -40,6 +40,13 @@ pub struct LinkConfig {
     /// complete one after a start), instead of waiting for its offset, which stays the
     /// deadline for children late with the round.
     pub seal_when_delivered: bool,
+    /// A parent after a start, until a generation has every child in: how long the
+    /// clock's seal waits for children connected but still sending their first copy, so a
+    /// cold fleet's first generation comes whole rather than in part with the rest seconds
+    /// later (each copy then crossing the next link and applied twice). Children not
+    /// connected do not hold it; spent once per start; at most half the interval.
+    #[serde(with = "humantime_serde")]
+    pub cold_seal_hold: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Reconnect backoff: doubles from `backoff_min` up to `backoff_max`.
@@ -87,6 +94,7 @@ impl Default for LinkConfig {
             departed_keep: Duration::from_secs(24 * 3600),
             merge_grace: Duration::from_secs(2),
             seal_when_delivered: true,
+            cold_seal_hold: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
