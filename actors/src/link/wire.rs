@@ -303,7 +303,7 @@ pub enum IpcRows {
     /// (shared, not copied). Copying a whole fleet's parts out of the frame touched as
     /// much fresh memory again as the frame (448 MB at 70,000 machines), and on this
     /// project's virtual machines a fresh page costs more than the copy: the SQL node's
-    /// cold start spent 2.2 of its 3.6 s of decoding there (BENCHMARKS.md, goal 4). A
+    /// cold start spent about 2.7 of its 3.6 s of decoding there (BENCHMARKS.md, goal 4). A
     /// receiver decodes the rows into arrays of their own and drops these, so the frame
     /// is let go once it is applied.
     Received(Buffer),
