@@ -115,7 +115,7 @@ fn main() {
         started.elapsed().as_secs_f64(),
     );
     println!("{body}");
-    let command = format!("BENCH_REPEATS={repeats} make bench");
+    let command = format!("BENCH_REPEATS={repeats} make bench-full");
     if let Err(e) = write_bench_section("failover", &command, &body) {
         eprintln!("cannot write BENCHMARKS.md: {e}");
         std::process::exit(1);

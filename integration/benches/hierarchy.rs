@@ -461,7 +461,7 @@ fn main() {
         1000.0 / POLL_MS as f64,
     );
     println!("{body}");
-    let command = format!("BENCH_SCALE={scale} BENCH_SECONDS={seconds} make bench");
+    let command = format!("BENCH_SCALE={scale} BENCH_SECONDS={seconds} make bench-full");
     if let Err(e) = write_bench_section("hierarchy", &command, &body) {
         eprintln!("cannot write BENCHMARKS.md: {e}");
         std::process::exit(1);
