@@ -49,6 +49,7 @@ pub mod simulate;
 pub mod sql;
 pub mod static_tables;
 pub mod table;
+pub(crate) mod threads;
 pub mod tier;
 pub mod tls;
 

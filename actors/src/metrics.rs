@@ -267,7 +267,7 @@ impl Metrics {
             load(&self.view_computations_total),
         );
         let _ = writeln!(out, "# HELP query_last_seal_seconds Time to seal the last generation.\n# TYPE query_last_seal_seconds gauge\nquery_last_seal_seconds {}", load(&self.last_seal_micros) as f64 / 1e6);
-        let _ = writeln!(out, "# HELP query_generation_arrow_bytes Arrow memory of the last generation sealed (its parts' buffers; coalesced copies for queries not counted), measured after it is installed.\n# TYPE query_generation_arrow_bytes gauge\nquery_generation_arrow_bytes {}", load(&self.generation_arrow_bytes));
+        let _ = writeln!(out, "# HELP query_generation_arrow_bytes Arrow memory of the generation served (its parts' buffers; coalesced copies for queries not counted), measured once its snapshot is installed.\n# TYPE query_generation_arrow_bytes gauge\nquery_generation_arrow_bytes {}", load(&self.generation_arrow_bytes));
         let _ = writeln!(out, "# HELP query_snapshot_copied_bytes Bytes the last snapshot installed copied to coalesce its published tables.\n# TYPE query_snapshot_copied_bytes gauge\nquery_snapshot_copied_bytes {}", load(&self.snapshot_copied_bytes));
         let _ = writeln!(out, "# HELP query_snapshot_shared_bytes Bytes of the last snapshot's coalesced tables shared with the snapshot before it (columns whose parts did not change), not copied again.\n# TYPE query_snapshot_shared_bytes gauge\nquery_snapshot_shared_bytes {}", load(&self.snapshot_shared_bytes));
         if let Some(rss) = crate::heap::resident_bytes() {

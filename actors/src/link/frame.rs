@@ -12,8 +12,9 @@
 //!
 //! A zstd payload is one zstd frame that records its decompressed size, or, for a frame
 //! compressed before its size was known ([`encode_generation`]), a zstd skippable frame
-//! holding that size (u64 little-endian) followed by the zstd frame: any zstd decoder reads
-//! both.
+//! holding that size (u64 little-endian) followed by zstd frames of [`ZSTD_CHUNK_BYTES`]
+//! each (the last one shorter), each recording its size: any zstd decoder reads them as
+//! one stream, and a receiver decompresses them on every core at once.
 //!
 //! Postcard: a compact serde binary format (varints, no field names) that builds in seconds
 //! and has no dependencies beyond serde. The Arrow IPC fields of [`super::wire`] serialize as
@@ -54,6 +55,12 @@ const STREAM_FROM_BYTES: usize = 32 << 20;
 /// parts are encoded before, held while the frame is sized and serialized whole: cheaper
 /// than serializing through a writer, and little to hold.
 const UNSIZED_FROM_LATE_PARTS: usize = 1024;
+
+/// Serialized bytes per zstd frame of a payload compressed before its size was known: the
+/// frames are independent, so a receiver decompresses a full copy (448 MB at 70,000
+/// machines, one thread's half second) on every core. At [`ZSTD_LEVEL`] the window is
+/// 512 KiB either way, so the cuts cost next to nothing in size.
+const ZSTD_CHUNK_BYTES: usize = 8 << 20;
 
 /// Bytes of the length prefix.
 const LEN_BYTES: usize = 4;
@@ -216,7 +223,12 @@ impl Codec {
                     Some(size)
                         if size <= (payload.len() as u64).saturating_mul(ZSTD_TRUSTED_RATIO) =>
                     {
-                        zstd_bulk(payload, size as usize, window_floor)
+                        match sized_frames(payload, size) {
+                            Some(frames) if frames.len() > 1 => {
+                                zstd_frames(frames, size as usize, window_floor)
+                            }
+                            _ => zstd_bulk(payload, size as usize, window_floor),
+                        }
                     }
                     _ => zstd_stream(payload, max_bytes),
                 }
@@ -254,6 +266,66 @@ fn zstd_bulk(payload: &[u8], size: usize, window_floor: u32) -> Result<Vec<u8>, 
             out.len()
         )));
     }
+    Ok(out)
+}
+
+/// The zstd frames of `payload` with the size each records, if every one records its size
+/// and together they make `size` (a chunked payload, [`ZSTD_CHUNK_BYTES`]); None otherwise
+/// (one frame, or one that does not record its size: decompressed in one pass).
+fn sized_frames(mut payload: &[u8], size: u64) -> Option<Vec<(&[u8], usize)>> {
+    let mut frames = Vec::new();
+    let mut total = 0u64;
+    while !payload.is_empty() {
+        let len = zstd::zstd_safe::find_frame_compressed_size(payload).ok()?;
+        let (frame, rest) = payload.split_at_checked(len)?;
+        let n = zstd::zstd_safe::get_frame_content_size(frame).ok()??;
+        total = total.checked_add(n).filter(|t| *t <= size)?;
+        frames.push((frame, usize::try_from(n).ok()?));
+        payload = rest;
+    }
+    (total == size).then_some(frames)
+}
+
+/// Decompresses `frames` (each with the size it records, `size` in all) into one buffer,
+/// each frame into its own stretch of it: on every core when there is enough
+/// ([`crate::threads`]). A frame that gives more or fewer bytes than it records is an
+/// error.
+fn zstd_frames(
+    frames: Vec<(&[u8], usize)>,
+    size: usize,
+    window_floor: u32,
+) -> Result<Vec<u8>, LinkError> {
+    let zerr = |e: std::io::Error| LinkError::Decode(format!("zstd: {e}"));
+    // Zeroed pages come fresh from the system, touched first by the thread that fills them.
+    let mut out = vec![0u8; size];
+    let mut items = Vec::with_capacity(frames.len());
+    let mut rest = out.as_mut_slice();
+    for (frame, n) in frames {
+        let (mine, after) = std::mem::take(&mut rest).split_at_mut(n);
+        items.push((frame, mine));
+        rest = after;
+    }
+    crate::threads::map_weighted(
+        items,
+        |(_, out)| out.len() >> 10,
+        |(frame, out)| -> Result<(), LinkError> {
+            let mut d = zstd::bulk::Decompressor::new().map_err(zerr)?;
+            d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+                zstd_window_log(out.len()).max(window_floor),
+            ))
+            .map_err(zerr)?;
+            let n = d.decompress_to_buffer(frame, out).map_err(zerr)?;
+            if n != out.len() {
+                return Err(LinkError::Decode(format!(
+                    "zstd frame decompressed to {n} bytes, its header says {}",
+                    out.len()
+                )));
+            }
+            Ok(())
+        },
+    )
+    .into_iter()
+    .collect::<Result<(), _>>()?;
     Ok(out)
 }
 
@@ -310,7 +382,7 @@ pub fn encode_frame<T: Serialize>(msg: &T, codec: Codec) -> Result<Vec<u8>, Link
     let mut frame = match codec {
         Codec::None => postcard::to_extend(msg, header(size)).map_err(err)?,
         Codec::Zstd if size >= STREAM_FROM_BYTES => {
-            serialize_into_zstd(msg, Some(size), header(size / 8))?
+            serialize_into_zstd(msg, size, header(size / 8))?
         }
         Codec::Zstd | Codec::Lz4 => {
             let raw = postcard::to_extend(msg, Vec::with_capacity(size)).map_err(err)?;
@@ -349,64 +421,119 @@ pub fn encode_generation(mut frame: GenerationFrame, codec: Codec) -> Result<Vec
 }
 
 /// A whole zstd frame of `msg`, compressed as it is serialized without being sized first:
-/// the payload opens with a skippable frame that gives the decompressed size.
+/// the payload opens with a skippable frame that gives the decompressed size, then a zstd
+/// frame per [`ZSTD_CHUNK_BYTES`] of the message.
 pub fn encode_zstd_frame_unsized<T: Serialize>(msg: &T) -> Result<Vec<u8>, LinkError> {
+    let ioerr = |e: std::io::Error| LinkError::Encode(format!("zstd: {e}"));
     let mut frame = Vec::with_capacity(LEN_BYTES + 1 + ZSTD_SIZE_FRAME_BYTES + (64 << 10));
     frame.extend_from_slice(&[0; LEN_BYTES]);
     frame.push(Codec::Zstd.id());
-    let mut frame = serialize_into_zstd(msg, None, frame)?;
+    let size_at = frame.len() + 8;
+    frame.extend_from_slice(&ZSTD_SIZE_MAGIC.to_le_bytes());
+    frame.extend_from_slice(&8u32.to_le_bytes());
+    frame.extend_from_slice(&[0; 8]);
+    let chunks = ZstdChunks {
+        out: frame,
+        chunk: Vec::with_capacity(ZSTD_CHUNK_BYTES),
+        compressed: Vec::new(),
+        zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(ioerr)?,
+    };
+    let (chunks, written) = serialize_to(msg, chunks)?;
+    let mut frame = chunks.finish().map_err(ioerr)?;
+    frame[size_at..size_at + 8].copy_from_slice(&written.to_le_bytes());
     let rest = frame.len() - LEN_BYTES;
     let len = u32::try_from(rest).map_err(|_| too_large(rest, u32::MAX as usize))?;
     frame[..LEN_BYTES].copy_from_slice(&len.to_be_bytes());
     Ok(frame)
 }
 
-/// Serializes `msg` through a zstd encoder appending to `frame`. With its `size`, the size
-/// is recorded in the zstd frame as [`Codec::compress`] records it; without, a skippable
-/// frame opens the payload and gets the size once the message is through.
+/// A writer that compresses what it is given into one zstd frame per [`ZSTD_CHUNK_BYTES`],
+/// each recording its size, appended to `out`.
+struct ZstdChunks {
+    out: Vec<u8>,
+    /// Bytes written since the last frame.
+    chunk: Vec<u8>,
+    /// Scratch for one compressed frame (zstd writes from the start of its buffer).
+    compressed: Vec<u8>,
+    zstd: zstd::bulk::Compressor<'static>,
+}
+
+impl ZstdChunks {
+    /// Compresses the bytes gathered so far into a frame of their own.
+    fn compress_chunk(&mut self) -> std::io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        self.compressed.clear();
+        self.compressed
+            .reserve(zstd::zstd_safe::compress_bound(self.chunk.len()));
+        self.zstd
+            .compress_to_buffer(&self.chunk, &mut self.compressed)?;
+        self.out.extend_from_slice(&self.compressed);
+        self.chunk.clear();
+        Ok(())
+    }
+
+    /// The payload so far with the last, shorter frame.
+    fn finish(mut self) -> std::io::Result<Vec<u8>> {
+        self.compress_chunk()?;
+        Ok(self.out)
+    }
+}
+
+impl std::io::Write for ZstdChunks {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(ZSTD_CHUNK_BYTES - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == ZSTD_CHUNK_BYTES {
+            self.compress_chunk()?;
+        }
+        Ok(n)
+    }
+
+    /// Frames are cut by size only: a flush does not end one.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Serializes `msg` (of `size` bytes) through a zstd encoder appending to `frame`: one zstd
+/// frame that records its size, as [`Codec::compress`] makes it.
 fn serialize_into_zstd<T: Serialize>(
     msg: &T,
-    size: Option<usize>,
-    mut frame: Vec<u8>,
+    size: usize,
+    frame: Vec<u8>,
 ) -> Result<Vec<u8>, LinkError> {
     let ioerr = |e: std::io::Error| LinkError::Encode(format!("zstd: {e}"));
-    let size_at = frame.len() + 8;
-    if size.is_none() {
-        frame.extend_from_slice(&ZSTD_SIZE_MAGIC.to_le_bytes());
-        frame.extend_from_slice(&8u32.to_le_bytes());
-        frame.extend_from_slice(&[0; 8]);
-    }
     let mut enc = zstd::stream::write::Encoder::new(frame, ZSTD_LEVEL).map_err(ioerr)?;
-    match size {
-        Some(size) => {
-            enc.include_contentsize(true).map_err(ioerr)?;
-            // More or fewer bytes than pledged is an error, never a frame with a wrong size.
-            enc.set_pledged_src_size(Some(size as u64)).map_err(ioerr)?;
-        }
-        None => {
-            enc.include_contentsize(false).map_err(ioerr)?;
-            enc.window_log(ZSTD_UNSIZED_WINDOW_LOG).map_err(ioerr)?;
-        }
-    }
+    enc.include_contentsize(true).map_err(ioerr)?;
+    // More or fewer bytes than pledged is an error, never a frame with a wrong size.
+    enc.set_pledged_src_size(Some(size as u64)).map_err(ioerr)?;
     // Buffered: postcard's small writes become copies, not calls into zstd.
+    let (w, _) = serialize_to(msg, std::io::BufWriter::with_capacity(1 << 16, enc))?;
+    let enc = w.into_inner().map_err(|e| ioerr(e.into_error()))?;
+    enc.finish().map_err(ioerr)
+}
+
+/// Serializes `msg` into `writer`: the writer back, and the bytes written (the message's
+/// serialized size). A write error is the writer's, not postcard's stand-in.
+fn serialize_to<T: Serialize, W: std::io::Write>(
+    msg: &T,
+    writer: W,
+) -> Result<(W, u64), LinkError> {
     let mut w = KeepError {
-        inner: std::io::BufWriter::with_capacity(1 << 16, enc),
+        inner: writer,
         error: None,
         written: 0,
     };
     if let Err(e) = postcard::to_io(msg, &mut w) {
         // postcard reports any write error as a full buffer: say what zstd said.
-        return Err(w
-            .error
-            .map_or_else(|| LinkError::Encode(e.to_string()), ioerr));
+        return Err(w.error.map_or_else(
+            || LinkError::Encode(e.to_string()),
+            |e| LinkError::Encode(format!("zstd: {e}")),
+        ));
     }
-    let written = w.written;
-    let enc = w.inner.into_inner().map_err(|e| ioerr(e.into_error()))?;
-    let mut frame = enc.finish().map_err(ioerr)?;
-    if size.is_none() {
-        frame[size_at..size_at + 8].copy_from_slice(&written.to_le_bytes());
-    }
-    Ok(frame)
+    Ok((w.inner, w.written))
 }
 
 /// A writer that keeps its last error, which postcard would replace with its own, and

@@ -269,16 +269,7 @@ impl Sealer {
                     tracing::debug!(id = generation.id, round = generation.round, tables = generation.tables.len(), ?took, "generation sealed");
                     act.previous = Some(generation.clone());
                     act.keeper.do_send(InstallGeneration(generation.clone()));
-                    act.published.send_replace(Some(generation.clone()));
-                    // Off the seal's critical path, once the generation is installed: its
-                    // Arrow size for /metrics, and what C code (zstd) freed in glibc's
-                    // arenas back to the system (Rust's allocations go through mimalloc).
-                    let metrics = act.metrics.clone();
-                    drop(act.pool.spawn(async move {
-                        let bytes = generation.arrow_bytes() as u64;
-                        metrics.generation_arrow_bytes.store(bytes, Ordering::Relaxed);
-                        crate::heap::trim();
-                    }));
+                    act.published.send_replace(Some(generation));
                 }
                 Err(e) => {
                     // A panic in a publisher or the merge: counted; the next tick starts afresh.

@@ -119,6 +119,7 @@ impl SnapshotKeeper {
         // The new copies share what is unchanged with the ones served now.
         options.before = self.current.load_full();
         let work = self.pool.spawn(async move {
+            let started = std::time::Instant::now();
             let mut snap = Snapshot::build_with(
                 generation,
                 statics,
@@ -137,6 +138,7 @@ impl SnapshotKeeper {
                 snap.add_node_schema(name, schema);
             }
             describe::install(&mut snap, &schemas, &views).await;
+            tracing::debug!(id = snap.generation.id, took = ?started.elapsed(), "snapshot built");
             snap
         });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(work).map(move |res, act, _| match res {
@@ -147,8 +149,19 @@ impl SnapshotKeeper {
                 act.metrics.snapshot_copied_bytes.store(bytes.copied as u64, Ordering::Relaxed);
                 act.metrics.snapshot_shared_bytes.store(bytes.shared as u64, Ordering::Relaxed);
                 let id = snap.generation.id;
+                let generation = snap.generation.clone();
                 let old = act.current.swap(Some(Arc::new(snap)));
                 act.installed.send_replace(id);
+                // Once the snapshot serves, not beside its build (at a SQL node's cold start
+                // that took one of the two cores its copies are made on): the generation's
+                // Arrow size for /metrics, and what C code (zstd) freed in glibc's arenas
+                // back to the system (Rust's allocations go through mimalloc).
+                let metrics = act.metrics.clone();
+                drop(act.pool.spawn(async move {
+                    let bytes = generation.arrow_bytes() as u64;
+                    metrics.generation_arrow_bytes.store(bytes, Ordering::Relaxed);
+                    crate::heap::trim();
+                }));
                 // The snapshot replaced (at 70,000 machines, that many parts per table) is
                 // freed on the pool, not on this mailbox's thread; a query still reading
                 // it keeps it until it ends.

@@ -12,8 +12,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use super::ipc::ipc_rows;
-use super::threads;
 use crate::link::LinkError;
+use crate::threads;
 
 /// Parts encoded and handed over at a time: one hand-over per part cost a thread wake-up
 /// each when the serializer caught up.

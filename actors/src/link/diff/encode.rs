@@ -15,7 +15,7 @@ use super::gaps::GapWriter;
 use super::ipc::IpcWriter;
 use super::patch::{self, KeyMatcher};
 use super::times::SourceTimes;
-use super::{threads, TableKeys};
+use super::TableKeys;
 use crate::generation::{GenTable, Generation, NameHasher, NameMap, Part};
 use crate::link::wire::{
     GenerationFrame, IpcRows, Listing, PartFrame, PartId, PartRows, PatchValues, Sources, Stamps,
@@ -23,6 +23,7 @@ use crate::link::wire::{
 };
 use crate::link::LinkError;
 use crate::table::unix_millis;
+use crate::threads;
 
 /// Turns a child's generations into frames for one parent (one encoder per connection).
 pub struct LinkEncoder {
@@ -38,7 +39,7 @@ pub struct LinkEncoder {
 
 /// One table of a frame being encoded: what it needs of the link (read only) and its own
 /// IPC scratch and patch values, so that a large frame's tables can be encoded on threads
-/// of their own ([`threads`](super::threads)).
+/// of their own ([`threads`](crate::threads)).
 struct TableEncoder<'a> {
     ipc: IpcWriter,
     /// Tables' keys: their parts travel as patches.

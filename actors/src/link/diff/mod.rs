@@ -52,7 +52,6 @@ mod patch_tests;
 mod shared_schemas;
 #[cfg(test)]
 mod tests;
-mod threads;
 mod times;
 
 use std::collections::HashMap;
@@ -63,8 +62,6 @@ pub use decode::{ChildGeneration, LinkDecoder};
 pub use encode::LinkEncoder;
 #[cfg(test)]
 pub(crate) use ipc::ipc_rows;
-#[cfg(test)]
-pub(crate) use threads::PARALLEL_FROM_PARTS;
 
 use crate::table::SchemaRegistry;
 

@@ -785,7 +785,7 @@ fn deltas_travel_in_the_narrowest_integer_that_holds_them() {
 #[test]
 fn a_whole_fleets_frame_is_shared_among_threads_and_stays_exact() {
     let tables = ["load", "processes", "sys"];
-    let per_table = super::threads::PARALLEL_FROM_PARTS / 3 + 500;
+    let per_table = crate::threads::PARALLEL_FROM_PARTS / 3 + 500;
     let keys: TableKeys = Arc::new(HashMap::from([
         ("sys".to_string(), vec!["name".to_string()]),
         ("processes".to_string(), vec!["name".to_string()]),

@@ -140,12 +140,12 @@ fn a_large_zstd_frame_is_compressed_as_it_is_serialized_and_records_its_size() {
     let serialized = whole.len();
     assert!(serialized >= STREAM_FROM_BYTES, "{serialized}");
     // The streamed payload is the serialized message, compressed.
-    let streamed = serialize_into_zstd(&msg, Some(serialized), Vec::new()).expect("stream");
+    let streamed = serialize_into_zstd(&msg, serialized, Vec::new()).expect("stream");
     let raw = zstd::stream::decode_all(&streamed[..]).expect("zstd");
     assert_eq!(raw, whole);
     // A size that is not the message's is an error, never a frame claiming it.
     for wrong in [serialized - 1, serialized + 1] {
-        match serialize_into_zstd(&msg, Some(wrong), Vec::new()) {
+        match serialize_into_zstd(&msg, wrong, Vec::new()) {
             Err(LinkError::Encode(e)) => assert!(e.contains("zstd"), "{e}"),
             other => panic!("{wrong}: {other:?}"),
         }
@@ -345,28 +345,34 @@ fn zstd_bomb_is_refused_before_it_inflates() {
     }
 }
 
+/// A table frame of `parts` parts of `bytes` random bytes of four values each (compressing
+/// about as link data does).
+fn random_parts(rng: &mut SmallRng, parts: usize, bytes: usize) -> TableFrame {
+    TableFrame {
+        name: "processes".into(),
+        schema: None,
+        listing: Listing::Every,
+        parts: (0..parts)
+            .map(|i| PartFrame {
+                key: format!("10.{}.{}.{}", i / 62_500, i / 250 % 250, i % 250).into(),
+                sources: Sources::Held,
+                rows: PartRows::Full(
+                    (0..bytes)
+                        .map(|_| rng.random_range(0..4u8))
+                        .collect::<Vec<u8>>()
+                        .into(),
+                ),
+            })
+            .collect(),
+        patches: vec![],
+    }
+}
+
 #[test]
 fn a_frame_compressed_before_its_size_is_known_gives_it_first() {
     let mut rng = SmallRng::seed_from_u64(5);
     for parts in [1, 3_000] {
-        let msg = TableFrame {
-            name: "processes".into(),
-            schema: None,
-            listing: Listing::Every,
-            parts: (0..parts)
-                .map(|i| PartFrame {
-                    key: format!("10.0.{}.{}", i / 250, i % 250).into(),
-                    sources: Sources::Held,
-                    rows: PartRows::Full(
-                        (0..300)
-                            .map(|_| rng.random_range(0..4u8))
-                            .collect::<Vec<u8>>()
-                            .into(),
-                    ),
-                })
-                .collect(),
-            patches: vec![],
-        };
+        let msg = random_parts(&mut rng, parts, 300);
         let serialized = postcard::to_stdvec(&msg).expect("ser");
         let frame = encode_zstd_frame_unsized(&msg).expect("encode");
         let (codec, payload) = split_codec(body(&frame)).expect("codec");
@@ -406,6 +412,54 @@ fn a_frame_compressed_before_its_size_is_known_gives_it_first() {
 }
 
 #[test]
+fn a_payload_compressed_before_its_size_is_known_comes_in_frames_decoded_on_every_core() {
+    // Three frames and a bit: more than `threads::PARALLEL_FROM_PARTS` KiB, so the
+    // receiver decompresses them on several threads.
+    let mut rng = SmallRng::seed_from_u64(7);
+    let parts = (3 * ZSTD_CHUNK_BYTES).max(crate::threads::PARALLEL_FROM_PARTS << 10) / 300 + 1;
+    let msg = random_parts(&mut rng, parts, 280);
+    let serialized = postcard::to_stdvec(&msg).expect("ser");
+    let frame = encode_zstd_frame_unsized(&msg).expect("encode");
+    let (_, payload) = split_codec(body(&frame)).expect("codec");
+    let (size, frames) = zstd_size_frame(payload).expect("size first");
+    assert_eq!(size, serialized.len() as u64);
+    let sized = sized_frames(frames, size).expect("every frame records its size");
+    assert_eq!(sized.len(), serialized.len().div_ceil(ZSTD_CHUNK_BYTES));
+    assert!(sized[..sized.len() - 1]
+        .iter()
+        .all(|(_, n)| *n == ZSTD_CHUNK_BYTES));
+    assert_eq!(
+        zstd::stream::decode_all(payload).expect("any zstd decoder"),
+        serialized,
+        "one stream to any zstd decoder"
+    );
+    let back: TableFrame = decode_frame(body(&frame), serialized.len()).expect("decode");
+    assert_eq!(back, msg);
+
+    // Frames missing or out of place are an error, never a panic or a wrong message.
+    let at = |i: usize| {
+        let start = sized[..i].iter().map(|(f, _)| f.len()).sum::<usize>();
+        start..start + sized[i].0.len()
+    };
+    let head = 1 + ZSTD_SIZE_FRAME_BYTES;
+    let without_last = &body(&frame)[..head + at(sized.len() - 1).start];
+    let last_first = {
+        let mut b = body(&frame)[..head].to_vec();
+        let last = sized.len() - 1;
+        b.extend_from_slice(&frames[at(last)]);
+        b.extend_from_slice(&frames[..at(last).start]);
+        b
+    };
+    for (what, forged) in [("truncated", without_last), ("reordered", &last_first[..])] {
+        match decode_frame::<TableFrame>(forged, 1 << 30) {
+            Err(LinkError::Decode(_)) => {}
+            Ok(_) => panic!("{what}: decoded"),
+            Err(e) => panic!("{what}: {e:?}"),
+        }
+    }
+}
+
+#[test]
 fn a_generation_with_many_new_parts_is_not_sized_first() {
     use crate::link::wire::IpcRows;
     use datafusion::arrow::array::Int64Array;
@@ -419,7 +473,7 @@ fn a_generation_with_many_new_parts_is_not_sized_first() {
         sample_with_parts((0..parts).map(|i| PartRows::Full(IpcRows::Batch(batch(i as i64)))))
     };
     // Uncompressed, many new parts are encoded on every core first: the same bytes.
-    let many = generation(crate::link::diff::PARALLEL_FROM_PARTS);
+    let many = generation(crate::threads::PARALLEL_FROM_PARTS);
     let frame = encode_generation(many, Codec::None).expect("encode");
     let Ok(ToParent::Generation(back)) = decode_frame(body(&frame), 1 << 30) else {
         panic!("no generation back");

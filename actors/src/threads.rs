@@ -1,23 +1,26 @@
-//! Tables of one large frame encoded or applied on several threads at once.
+//! One large piece of work shared among threads, one per core: a link frame's tables
+//! encoded or applied, a table's coalesced copies made for SQL.
 //!
 //! A frame's tables are independent of one another once the link's source times are set,
 //! so a frame holding a whole fleet (a SQL node's first complete generation from its TLA:
-//! 420,000 parts at 70,000 machines) need not wait for one thread to go through them all.
-//! Small frames (a cluster's, of which a TLA decodes a thousand at once on its pool) stay
-//! on the calling thread: there the link tasks themselves keep every core busy.
+//! 420,000 parts at 70,000 machines) need not wait for one thread to go through them all;
+//! nor need that generation's copies for SQL (a batch per 8,192 rows, from 70,000 parts
+//! per table). Small work (a cluster's frame, of which a TLA decodes a thousand at once on
+//! its pool) stays on the calling thread: there the callers themselves keep every core busy.
 
-/// Below this many parts in a frame, its tables are done one after another on the calling
-/// thread (starting threads would cost more than it saves).
+/// Below this much weight in all (parts, or part-equivalents where a weight counts bytes
+/// too), the items are done one after another on the calling thread (starting threads
+/// would cost more than it saves).
 pub(crate) const PARALLEL_FROM_PARTS: usize = 20_000;
 
-/// The name of the threads that share a frame's tables with the calling one.
-const THREAD_NAME: &str = "query-link-tables";
+/// The name of the threads that share the items with the calling one.
+const THREAD_NAME: &str = "query-split";
 
 /// `f` of every item, in the items' order. With `weight` (parts) of all items at least
 /// `PARALLEL_FROM_PARTS`, the items are shared among up to as many threads as there are
 /// cores (largest first, each to the thread with the least work so far), the calling thread
 /// being one of them.
-pub(super) fn map_weighted<T, R>(
+pub(crate) fn map_weighted<T, R>(
     items: Vec<T>,
     weight: impl Fn(&T) -> usize,
     f: impl Fn(T) -> R + Sync,
