@@ -123,6 +123,64 @@ struct Throughput {
     all: Vec<f64>,
 }
 
+/// `BENCH_COLD_STARTS=n`: only goal 4's cold start, `n` times per fleet size, each from
+/// nothing (the three processes started, the fleet dropped once the SQL node counted every
+/// machine), written to a section of its own. One start is one draw: where the fleet's
+/// 20 s round falls in the start, and the host's state, move it by seconds.
+fn cold_starts(sizes: &[usize], n: usize) {
+    const GOAL_S: f64 = 15.0;
+    let mut body = format!(
+        "## Fleet cold starts: `queryd simulate` → TLA → SQL node from nothing, {n} times
+
+         The `fleet` benchmark's processes and configuration, started and dropped {n} times in          a row per fleet size, each on a loopback block of its own. *Up after*: seconds from          the start of the three processes until the TLA, then the SQL node, counted every          machine (`/health`), the simulator's own start included; goal 4: the SQL node under          {GOAL_S:.0} s at 70,000 machines.
+
+         | machines | starts | SQL node up after, s, in order | median | highest | under {GOAL_S:.0} s | TLA up after, s: median / highest |
+         |---:|---:|---|---:|---:|---:|---|
+"
+    );
+    for &machines in sizes {
+        let (mut sql, mut tla) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let block = 100 + (i % 100) as u8;
+            let fleet = SimulatedFleet::start(machines, block, "");
+            eprintln!(
+                "fleet: {machines} machines, cold start {} of {n}: up after {:.1} s (at the TLA after {:.1} s)",
+                i + 1,
+                fleet.startup,
+                fleet.tla_startup
+            );
+            sql.push(fleet.startup);
+            tla.push(fleet.tla_startup);
+        }
+        let each = sql
+            .iter()
+            .map(|s| format!("{s:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let under = sql.iter().filter(|s| **s < GOAL_S).count();
+        sql.sort_by(f64::total_cmp);
+        tla.sort_by(f64::total_cmp);
+        let (sql_mid, sql_top) = (percentile(&sql, 0.5), percentile(&sql, 1.0));
+        let (tla_mid, tla_top) = (percentile(&tla, 0.5), percentile(&tla, 1.0));
+        body.push_str(&format!(
+            "| {machines} | {n} | {each} | {sql_mid:.1} | {sql_top:.1} | {under} of {n} | {tla_mid:.1} / {tla_top:.1} |
+"
+        ));
+    }
+    let list = sizes
+        .iter()
+        .map(|m| m.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let command =
+        format!("BENCH_COLD_STARTS={n} BENCH_FLEETS={list} cargo bench --workspace --bench fleet");
+    if let Err(e) = write_bench_section("fleet-cold-starts", &command, &body) {
+        eprintln!("fleet: cannot write BENCHMARKS.md: {e}");
+        std::process::exit(1);
+    }
+    println!("{body}");
+}
+
 fn run_fleet(machines: usize, block: u8, seconds: f64, queries: &[(String, String)]) -> FleetRun {
     let sql_extra = std::env::var("BENCH_SQL_CONFIG").unwrap_or_default();
     let mut fleet = SimulatedFleet::start(machines, block, &sql_extra);
@@ -467,6 +525,14 @@ fn main() {
     .iter()
     .map(|m| ((m * scale) as usize).max(SimulatedFleet::PER_CLUSTER))
     .collect();
+    if let Some(n) = std::env::var("BENCH_COLD_STARTS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        cold_starts(&sizes, n);
+        return;
+    }
     let bench_started = Instant::now();
     let runs: Vec<FleetRun> = sizes
         .iter()

@@ -62,6 +62,10 @@ const UNSIZED_FROM_LATE_PARTS: usize = 1024;
 /// 512 KiB either way, so the cuts cost next to nothing in size.
 const ZSTD_CHUNK_BYTES: usize = 8 << 20;
 
+/// The least average size of a chunked payload's zstd frames for them to be decompressed
+/// apart ([`ZSTD_CHUNK_BYTES`] is 8 times this); below it, in one pass.
+const MIN_AVERAGE_FRAME: u64 = 1 << 20;
+
 /// Bytes of the length prefix.
 const LEN_BYTES: usize = 4;
 
@@ -224,7 +228,12 @@ impl Codec {
                         if size <= (payload.len() as u64).saturating_mul(ZSTD_TRUSTED_RATIO) =>
                     {
                         match sized_frames(payload, size) {
-                            Some(frames) if frames.len() > 1 => {
+                            // Frames of a MiB or more on average, as ours are: a payload of
+                            // many tiny frames would cost a decompressor each.
+                            Some(frames)
+                                if frames.len() > 1
+                                    && frames.len() as u64 <= size / MIN_AVERAGE_FRAME + 1 =>
+                            {
                                 zstd_frames(frames, size as usize, window_floor)
                             }
                             _ => zstd_bulk(payload, size as usize, window_floor),
