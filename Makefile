@@ -101,11 +101,11 @@ bench-run:
 	n=$$(date +%s); steps="tools+build=$$((n - t))"; t=$$n; \
 	for b in $(BENCH_LIST); do \
 	  if [ "$$b" = fleet-big ]; then \
-	    BENCH_FLEETS=$(BENCH_FLEET_BIG) $(CARGO) bench --workspace --bench fleet; \
+	    BENCH_COLD_STARTS= BENCH_FLEETS=$(BENCH_FLEET_BIG) $(CARGO) bench --workspace --bench fleet; \
 	  elif [ "$$b" = fleet-cold-starts ]; then \
 	    BENCH_COLD_STARTS=$(BENCH_COLD_STARTS) BENCH_FLEETS=70000 $(CARGO) bench --workspace --bench fleet; \
 	  else \
-	    $(CARGO) bench --workspace --bench $$b; \
+	    BENCH_COLD_STARTS= $(CARGO) bench --workspace --bench $$b; \
 	  fi; \
 	  n=$$(date +%s); steps="$$steps $$b=$$((n - t))"; t=$$n; \
 	done; \

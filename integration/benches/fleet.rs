@@ -130,13 +130,14 @@ struct Throughput {
 fn cold_starts(sizes: &[usize], n: usize) {
     const GOAL_S: f64 = 15.0;
     let mut body = format!(
-        "## Fleet cold starts: `queryd simulate` → TLA → SQL node from nothing, {n} times
-
-         The `fleet` benchmark's processes and configuration, started and dropped {n} times in          a row per fleet size, each on a loopback block of its own. *Up after*: seconds from          the start of the three processes until the TLA, then the SQL node, counted every          machine (`/health`), the simulator's own start included; goal 4: the SQL node under          {GOAL_S:.0} s at 70,000 machines.
-
-         | machines | starts | SQL node up after, s, in order | median | highest | under {GOAL_S:.0} s | TLA up after, s: median / highest |
-         |---:|---:|---|---:|---:|---:|---|
-"
+        "## Fleet cold starts: `queryd simulate` → TLA → SQL node from nothing, {n} times\n\n\
+         The `fleet` benchmark's processes and configuration, started and dropped {n} times in \
+         a row per fleet size, each on a loopback block of its own. *Up after*: seconds from \
+         the start of the three processes until the TLA, then the SQL node, counted every \
+         machine (`/health`), the simulator's own start included; goal 4: the SQL node under \
+         {GOAL_S:.0} s at 70,000 machines.\n\n\
+         | machines | starts | SQL node up after, s, in order | median | highest | under {GOAL_S:.0} s | TLA up after, s: median / highest |\n\
+         |---:|---:|---|---:|---:|---:|---|\n"
     );
     for &machines in sizes {
         let (mut sql, mut tla) = (Vec::new(), Vec::new());

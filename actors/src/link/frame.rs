@@ -228,12 +228,7 @@ impl Codec {
                         if size <= (payload.len() as u64).saturating_mul(ZSTD_TRUSTED_RATIO) =>
                     {
                         match sized_frames(payload, size) {
-                            // Frames of a MiB or more on average, as ours are: a payload of
-                            // many tiny frames would cost a decompressor each.
-                            Some(frames)
-                                if frames.len() > 1
-                                    && frames.len() as u64 <= size / MIN_AVERAGE_FRAME + 1 =>
-                            {
+                            Some(frames) if frames.len() > 1 => {
                                 zstd_frames(frames, size as usize, window_floor)
                             }
                             _ => zstd_bulk(payload, size as usize, window_floor),
@@ -281,10 +276,18 @@ fn zstd_bulk(payload: &[u8], size: usize, window_floor: u32) -> Result<Vec<u8>, 
 /// The zstd frames of `payload` with the size each records, if every one records its size
 /// and together they make `size` (a chunked payload, [`ZSTD_CHUNK_BYTES`]); None otherwise
 /// (one frame, or one that does not record its size: decompressed in one pass).
+///
+/// Frames of a MiB or more on average, as ours are: past `size / MIN_AVERAGE_FRAME + 1`
+/// frames the walk stops (a payload of many tiny or empty frames would cost a list entry
+/// and a decompressor each).
 fn sized_frames(mut payload: &[u8], size: u64) -> Option<Vec<(&[u8], usize)>> {
+    let most = usize::try_from(size / MIN_AVERAGE_FRAME + 1).ok()?;
     let mut frames = Vec::new();
     let mut total = 0u64;
     while !payload.is_empty() {
+        if frames.len() == most {
+            return None;
+        }
         let len = zstd::zstd_safe::find_frame_compressed_size(payload).ok()?;
         let (frame, rest) = payload.split_at_checked(len)?;
         let n = zstd::zstd_safe::get_frame_content_size(frame).ok()??;
