@@ -156,12 +156,16 @@ impl SnapshotKeeper {
                 // that took one of the two cores its copies are made on): the generation's
                 // Arrow size for /metrics, and what C code (zstd) freed in glibc's arenas
                 // back to the system (Rust's allocations go through mimalloc).
-                let metrics = act.metrics.clone();
-                drop(act.pool.spawn(async move {
-                    let bytes = generation.arrow_bytes() as u64;
-                    metrics.generation_arrow_bytes.store(bytes, Ordering::Relaxed);
-                    crate::heap::trim();
-                }));
+                // Once per generation: a rebuild for new statics or views keeps the size.
+                let same = old.as_ref().is_some_and(|o| Arc::ptr_eq(&o.generation, &generation));
+                if !same {
+                    let metrics = act.metrics.clone();
+                    drop(act.pool.spawn(async move {
+                        let bytes = generation.arrow_bytes() as u64;
+                        metrics.generation_arrow_bytes.store(bytes, Ordering::Relaxed);
+                        crate::heap::trim();
+                    }));
+                }
                 // The snapshot replaced (at 70,000 machines, that many parts per table) is
                 // freed on the pool, not on this mailbox's thread; a query still reading
                 // it keeps it until it ends.
