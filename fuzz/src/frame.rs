@@ -84,7 +84,7 @@ impl FrameTarget {
             .iter()
             .flat_map(|f| f.tables.iter().flat_map(|t| t.parts.iter()))
             .map(|p| match p.rows {
-                PartRows::Full(_) => "full",
+                PartRows::Full(_) | PartRows::InBlock(_) => "full",
                 PartRows::Unchanged => "unchanged",
                 PartRows::Diff { .. } => "diff",
                 PartRows::Patch { .. } => "patch",
@@ -321,8 +321,13 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
             .filter_map(|p| match &p.rows {
                 PartRows::Full(rows) => rows.bytes(),
                 PartRows::Diff { added: b, .. } | PartRows::Patch { added: b, .. } => Some(b),
-                PartRows::Unchanged => None,
+                PartRows::Unchanged | PartRows::InBlock(_) => None,
             })
+            .chain(
+                g.tables
+                    .iter()
+                    .flat_map(|t| t.blocks.iter().filter_map(|b| b.bytes())),
+            )
             .chain(
                 g.tables
                     .iter()
@@ -341,7 +346,7 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
     let t = rng.random_range(0..f.tables.len());
     let table = &mut f.tables[t];
     let p = rng.random_range(0..table.parts.len().max(1));
-    match rng.random_range(0..14) {
+    match rng.random_range(0..15) {
         0 => f.full = !f.full,
         1 => {
             f.sealed_at_ms = [i64::MIN, i64::MAX, -1, 0][rng.random_range(0..4)];
@@ -352,6 +357,27 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
                     "s".into(),
                     [i64::MIN, i64::MAX][rng.random_range(0..2)],
                 )]);
+            }
+        }
+        // A table's blocks: a block's bytes mutated or swapped for other IPC bytes, one
+        // more or one fewer, none.
+        14 => {
+            let b = rng.random_range(0..table.blocks.len().max(1));
+            match rng.random_range(0..4) {
+                0 => {
+                    if let Some(block) = table.blocks.get_mut(b) {
+                        let mut bytes = block.bytes().map(<[u8]>::to_vec).unwrap_or_default();
+                        mutate(rng, &mut bytes, 4, &[]);
+                        *block = bytes.into();
+                    }
+                }
+                1 => table.blocks.push(any_bytes(rng).into()),
+                2 => {
+                    if b < table.blocks.len() {
+                        table.blocks.remove(b);
+                    }
+                }
+                _ => table.blocks.clear(),
             }
         }
         // Only the changes listed: parts gone that are not held, or listed too.
@@ -413,8 +439,9 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
                 if rng.random_bool(0.7) {
                     mutate(rng, &mut bytes, 4, &[]);
                 }
-                part.rows = match rng.random_range(0..4) {
+                part.rows = match rng.random_range(0..5) {
                     0 => PartRows::Full(bytes.into()),
+                    4 => PartRows::InBlock([0, 1, 2, 3, u32::MAX][rng.random_range(0..5)]),
                     1 => PartRows::Unchanged,
                     2 => {
                         table.patches.push(PatchValues {
@@ -454,7 +481,7 @@ fn mutate_frame(rng: &mut SmallRng, f: &mut GenerationFrame, all: &[GenerationFr
                         Some(b) => b.to_vec(),
                         None => any_bytes(rng),
                     },
-                    PartRows::Unchanged => any_bytes(rng),
+                    PartRows::Unchanged | PartRows::InBlock(_) => any_bytes(rng),
                 };
                 part.rows = PartRows::Diff { removed, added };
             }

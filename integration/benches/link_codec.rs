@@ -181,7 +181,7 @@ impl Totals {
         for t in &frame.tables {
             for p in &t.parts {
                 kinds[match p.rows {
-                    PartRows::Full(_) => 0,
+                    PartRows::Full(_) | PartRows::InBlock(_) => 0,
                     PartRows::Unchanged => 1,
                     PartRows::Diff { .. } => 2,
                     PartRows::Patch { .. } => 3,

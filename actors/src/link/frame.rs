@@ -49,12 +49,12 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 30;
 /// of the time streamed.
 const STREAM_FROM_BYTES: usize = 32 << 20;
 
-/// Parts new to the parent ([`IpcRows::Batch`](super::wire::IpcRows)) from which a
-/// generation's frame is compressed without being sized first ([`encode_generation`]).
+/// Rows of parts new to the parent ([`IpcRows::Batches`](super::wire::IpcRows)) from which
+/// a generation's frame is compressed without being sized first ([`encode_generation`]).
 /// Below it (a cluster's full copy of 70 machines, a diff frame with a few new ones) the
-/// parts are encoded before, held while the frame is sized and serialized whole: cheaper
+/// rows are encoded before, held while the frame is sized and serialized whole: cheaper
 /// than serializing through a writer, and little to hold.
-const UNSIZED_FROM_LATE_PARTS: usize = 1024;
+const UNSIZED_FROM_LATE_ROWS: usize = 16_384;
 
 /// Serialized bytes per zstd frame of a payload compressed before its size was known: the
 /// frames are independent, so a receiver decompresses a full copy (448 MB at 70,000
@@ -418,7 +418,13 @@ pub fn encode_frame<T: Serialize>(msg: &T, codec: Codec) -> Result<Vec<u8>, Link
 /// decompressed size (see the module). Any other frame is sized first, its new parts
 /// encoded before (once).
 pub fn encode_generation(mut frame: GenerationFrame, codec: Codec) -> Result<Vec<u8>, LinkError> {
-    if codec == Codec::Zstd && frame.late_rows().len() >= UNSIZED_FROM_LATE_PARTS {
+    let late_rows: usize = frame
+        .late_rows()
+        .iter()
+        .flat_map(|b| b.iter())
+        .map(|b| b.num_rows())
+        .sum();
+    if codec == Codec::Zstd && late_rows >= UNSIZED_FROM_LATE_ROWS {
         let msg = ToParent::Generation(frame);
         let ToParent::Generation(frame) = &msg else {
             unreachable!("just made")

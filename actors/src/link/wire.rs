@@ -15,7 +15,7 @@ use serde::de::Visitor;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Bumped on any incompatible change; a peer with another version is refused at hello.
-pub const LINK_VERSION: u32 = 8;
+pub const LINK_VERSION: u32 = 9;
 
 /// Parent → child.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,31 +117,43 @@ pub struct Stamps {
 }
 
 impl GenerationFrame {
-    /// The rows of the parts that are encoded only as the frame is serialized
-    /// ([`IpcRows::Batch`]), in the order of serialization.
-    pub fn late_rows(&self) -> Vec<&RecordBatch> {
-        self.tables
-            .iter()
-            .flat_map(|t| &t.parts)
-            .filter_map(|p| match &p.rows {
-                PartRows::Full(IpcRows::Batch(b)) => Some(b),
-                _ => None,
-            })
-            .collect()
+    /// The rows that are encoded only as the frame is serialized ([`IpcRows::Batches`]),
+    /// each as the batches that travel as one, in the order of serialization.
+    pub fn late_rows(&self) -> Vec<&[RecordBatch]> {
+        let mut out = Vec::new();
+        for t in &self.tables {
+            for p in &t.parts {
+                if let PartRows::Full(IpcRows::Batches(b)) = &p.rows {
+                    out.push(b.as_slice());
+                }
+            }
+            for b in &t.blocks {
+                if let IpcRows::Batches(b) = b {
+                    out.push(b.as_slice());
+                }
+            }
+        }
+        out
     }
 
-    /// Encodes the rows of every part that holds them as a batch ([`IpcRows::Bytes`]): for
-    /// a frame that is sized before it is serialized, which would otherwise encode them twice.
-    /// Many parts (a large full copy serialized uncompressed) are encoded on every core.
+    /// Encodes every row still held as batches ([`IpcRows::Batches`]) as bytes: for a frame
+    /// that is sized before it is serialized, which would otherwise encode them twice.
+    /// Many rows (a large full copy serialized uncompressed) are encoded on every core.
     pub fn encode_late_rows(&mut self) -> Result<(), super::LinkError> {
         let encoded: Result<Vec<Vec<u8>>, _> = super::diff::encode_rows(self.late_rows())
             .into_iter()
             .collect();
         let mut encoded = encoded?.into_iter();
-        for p in self.tables.iter_mut().flat_map(|t| &mut t.parts) {
-            if matches!(p.rows, PartRows::Full(IpcRows::Batch(_))) {
-                if let Some(bytes) = encoded.next() {
-                    p.rows = PartRows::Full(IpcRows::Bytes(bytes));
+        for t in &mut self.tables {
+            let parts = t.parts.iter_mut().filter_map(|p| match &mut p.rows {
+                PartRows::Full(rows) => Some(rows),
+                _ => None,
+            });
+            for rows in parts.chain(t.blocks.iter_mut()) {
+                if matches!(rows, IpcRows::Batches(_)) {
+                    if let Some(bytes) = encoded.next() {
+                        *rows = IpcRows::Bytes(bytes);
+                    }
                 }
             }
         }
@@ -156,7 +168,7 @@ impl GenerationFrame {
         let mut parts = self.tables.iter().flat_map(|t| t.parts.iter()).peekable();
         self.tables.iter().all(|t| t.listing == Listing::Every)
             && parts.peek().is_some()
-            && parts.all(|p| matches!(p.rows, PartRows::Full(_)))
+            && parts.all(|p| matches!(p.rows, PartRows::Full(_) | PartRows::InBlock(_)))
     }
 }
 
@@ -175,6 +187,12 @@ pub struct TableFrame {
     /// order. One Arrow IPC message per entry rather than one per part: a message's metadata
     /// (about 200 bytes) is more than the values of a typical patch (8 to 40 bytes).
     pub patches: Vec<PatchValues>,
+    /// The rows of the table's parts sent as [`PartRows::InBlock`], the parts taken in
+    /// order, each within one block: a block is one Arrow IPC record batch (after its
+    /// dictionaries, if any) of many parts' rows. A full copy of 70,000 machines is 420,000
+    /// parts, and as a message each (about 1 kB of metadata for 1 kB of rows) they were most
+    /// of its bytes and of the time to encode and decode it (`link-codec`, `fleet-cold-starts`).
+    pub blocks: Vec<IpcRows>,
 }
 
 /// The values of every part of a table patched in the same columns.
@@ -258,6 +276,9 @@ pub enum Sources {
 pub enum PartRows {
     /// All rows, Arrow IPC encoded.
     Full(IpcRows),
+    /// All rows: the next this many rows of the table's `blocks` (`TableFrame::blocks`),
+    /// within one block. How a part new to the parent travels.
+    InBlock(u32),
     /// Same rows as the parent holds for this part.
     Unchanged,
     /// The parent removes these rows (indexes into the rows it holds, ascending) and appends
@@ -285,37 +306,37 @@ pub enum PartRows {
     },
 }
 
-/// A part's rows in full, as Arrow IPC bytes on the wire.
+/// Rows in full (a part's, or a block of parts'), as Arrow IPC bytes on the wire.
 ///
-/// A sender holds the rows of a part new to its parent as the batch itself, encoded only
-/// while the frame is serialized, one part at a time: a TLA's first whole generation for a
-/// SQL node is 448 MB of IPC at 70,000 machines, and holding it whole before compressing
-/// it set the TLA's peak (BENCHMARKS.md, `fleet`). A receiver gets bytes: a slice of the
-/// frame it decoded ([`IpcRows::Received`]) when the frame was decoded by
+/// A sender holds the rows of parts new to its parent as the batches themselves, encoded
+/// only while the frame is serialized, a block at a time: a TLA's first whole generation
+/// for a SQL node is hundreds of MB of IPC at 70,000 machines, and holding it whole before
+/// compressing it set the TLA's peak (BENCHMARKS.md, `fleet`). A receiver gets bytes: a
+/// slice of the frame it decoded ([`IpcRows::Received`]) when the frame was decoded by
 /// [`decode_frame`](super::frame::decode_frame), otherwise a copy.
 #[derive(Debug, Clone)]
 pub enum IpcRows {
     /// Arrow IPC messages: the dictionaries, if any, then the record batch.
     Bytes(Vec<u8>),
-    /// Rows encoded when serialized (the same bytes as [`IpcRows::Bytes`] would hold).
-    Batch(RecordBatch),
+    /// Rows encoded when serialized: these batches' rows, concatenated, as one record batch
+    /// (the same bytes as [`IpcRows::Bytes`] would hold).
+    Batches(Vec<RecordBatch>),
     /// The same bytes as [`IpcRows::Bytes`], within the decompressed frame they came in
     /// (shared, not copied). Copying a whole fleet's parts out of the frame touched as
-    /// much fresh memory again as the frame (448 MB at 70,000 machines), and on this
-    /// project's virtual machines a fresh page costs more than the copy: the SQL node's
-    /// cold start spent about 2.7 of its 3.6 s of decoding there (BENCHMARKS.md, goal 4). A
-    /// receiver decodes the rows into arrays of their own and drops these, so the frame
-    /// is let go once it is applied.
+    /// much fresh memory again as the frame, and on this project's virtual machines a fresh
+    /// page costs more than the copy: the SQL node's cold start spent about 2.7 of its 3.6 s
+    /// of decoding there (BENCHMARKS.md, goal 4). A receiver decodes the rows into arrays
+    /// of their own and drops these, so the frame is let go once it is applied.
     Received(Buffer),
 }
 
 impl IpcRows {
-    /// The IPC bytes, unless the rows are still a batch.
+    /// The IPC bytes, unless the rows are still batches.
     pub fn bytes(&self) -> Option<&[u8]> {
         match self {
             IpcRows::Bytes(b) => Some(b),
             IpcRows::Received(b) => Some(b.as_slice()),
-            IpcRows::Batch(_) => None,
+            IpcRows::Batches(_) => None,
         }
     }
 }
@@ -324,7 +345,7 @@ impl IpcRows {
 impl PartialEq for IpcRows {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (IpcRows::Batch(a), IpcRows::Batch(b)) => a == b,
+            (IpcRows::Batches(a), IpcRows::Batches(b)) => a == b,
             (a, b) => a.bytes().is_some() && a.bytes() == b.bytes(),
         }
     }
@@ -341,8 +362,8 @@ impl Serialize for IpcRows {
         match self {
             IpcRows::Bytes(bytes) => serializer.serialize_bytes(bytes),
             IpcRows::Received(bytes) => serializer.serialize_bytes(bytes.as_slice()),
-            IpcRows::Batch(batch) => {
-                let bytes = super::diff::late_rows(batch)
+            IpcRows::Batches(batches) => {
+                let bytes = super::diff::late_rows(batches)
                     .map_err(<S::Error as serde::ser::Error>::custom)?;
                 serializer.serialize_bytes(&bytes)
             }

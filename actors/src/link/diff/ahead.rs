@@ -1,9 +1,9 @@
-//! The rows of a large frame's new parts ([`IpcRows::Batch`](crate::link::wire::IpcRows))
-//! encoded ahead of the thread that serializes the frame, on every core, a bounded number
-//! of parts ahead. Encoding them as they are serialized keeps a whole fleet's encoded rows
-//! from being held at once (448 MB at 70,000 machines), but on the serializing thread
-//! alone it took a TLA's full copy for its SQL node from 1.4 to 2.6-3.3 s (`tla-merge`):
-//! the Arrow IPC encoding of 420,000 parts is most of that work. Ahead: 2.1-2.3 s.
+//! The rows of a large frame's new parts ([`IpcRows::Batches`](crate::link::wire::IpcRows),
+//! their blocks) encoded ahead of the thread that serializes the frame, on every core, a
+//! bounded number of rows ahead. Encoding them as they are serialized keeps a whole fleet's
+//! encoded rows from being held at once (448 MB at 70,000 machines when each part was a
+//! message), but on the serializing thread alone it took a TLA's full copy for its SQL node
+//! from 1.4 to 2.6-3.3 s (`tla-merge`). Ahead: 2.1-2.3 s.
 
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -15,23 +15,23 @@ use super::ipc::ipc_rows;
 use crate::link::LinkError;
 use crate::threads;
 
-/// Parts encoded and handed over at a time: one hand-over per part cost a thread wake-up
-/// each when the serializer caught up.
-const CHUNK_PARTS: usize = 64;
+/// Rows encoded and handed over at a time (whole batches of rows: a block or a part):
+/// one hand-over per part cost a thread wake-up each when the serializer caught up.
+const CHUNK_ROWS: usize = 4096;
 
-/// Chunks each encoding thread may be ahead of the serializer: with parts of about 1 kB
-/// (a fleet's), well under a MiB held per thread.
-const AHEAD_CHUNKS: usize = 4;
+/// Chunks each encoding thread may be ahead of the serializer: with blocks of 8,192 rows
+/// of a fleet's tables (1-3 MB encoded), a few MB held per thread.
+const AHEAD_CHUNKS: usize = 2;
 
 /// The name of the threads that encode rows ahead.
 const THREAD_NAME: &str = "query-link-rows";
 
 /// Which batch an encoding is of: where the frame being serialized holds it (the frame
 /// outlives the serialization, so no other batch is there meanwhile).
-type Fingerprint = usize;
+type Fingerprint = (usize, usize);
 
-fn fingerprint(b: &RecordBatch) -> Fingerprint {
-    b as *const RecordBatch as usize
+fn fingerprint(b: &[RecordBatch]) -> Fingerprint {
+    (b.as_ptr() as usize, b.len())
 }
 
 type Encoded = (Fingerprint, Result<Vec<u8>, LinkError>);
@@ -55,18 +55,20 @@ thread_local! {
 /// encoded ahead (the others it encoded itself: the order was not as said, or no thread
 /// could be started).
 pub(crate) fn with_rows_ahead<R>(
-    batches: &[&RecordBatch],
+    batches: &[&[RecordBatch]],
     serialize: impl FnOnce() -> R,
 ) -> (R, usize) {
+    let chunks = chunks(batches);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = cores.min(batches.len());
+    let threads = cores.min(chunks.len());
+    let chunks = &chunks;
     std::thread::scope(|s| {
         let mut lanes = Vec::with_capacity(threads);
         for lane in 0..threads {
             let (tx, rx) = sync_channel(AHEAD_CHUNKS);
             let started = std::thread::Builder::new()
                 .name(THREAD_NAME.into())
-                .spawn_scoped(s, move || encode_lane(batches, lane, threads, tx));
+                .spawn_scoped(s, move || encode_lane(chunks, lane, threads, tx));
             match started {
                 Ok(_) => lanes.push(rx),
                 Err(e) => {
@@ -96,19 +98,44 @@ pub(crate) fn with_rows_ahead<R>(
 /// The rows of `batches` encoded at once, in order: for a frame sized before it is
 /// serialized. Many (a large full copy) are shared among the cores
 /// ([`threads::map_weighted`]).
-pub(crate) fn encode_rows(batches: Vec<&RecordBatch>) -> Vec<Result<Vec<u8>, LinkError>> {
-    threads::map_weighted(batches, |_| 1, ipc_rows)
+pub(crate) fn encode_rows(batches: Vec<&[RecordBatch]>) -> Vec<Result<Vec<u8>, LinkError>> {
+    // Weighed in parts of a few rows each (`threads::PARALLEL_FROM_PARTS`); encoding a
+    // block costs about a copy of its rows.
+    threads::map_weighted(batches, |b| 1 + rows_of(b) / 32, ipc_rows)
+}
+
+fn rows_of(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+/// `batches` cut into runs of at least [`CHUNK_ROWS`] rows (the last may have fewer).
+fn chunks<'a>(batches: &[&'a [RecordBatch]]) -> Vec<Vec<&'a [RecordBatch]>> {
+    let mut out = Vec::new();
+    let mut open: Vec<&[RecordBatch]> = Vec::new();
+    let mut rows = 0;
+    for &b in batches {
+        open.push(b);
+        rows += rows_of(b);
+        if rows >= CHUNK_ROWS {
+            out.push(std::mem::take(&mut open));
+            rows = 0;
+        }
+    }
+    if !open.is_empty() {
+        out.push(open);
+    }
+    out
 }
 
 /// Every `threads`th chunk of batches from chunk `first`, encoded and sent in order until
 /// the serializer hangs up.
 fn encode_lane(
-    batches: &[&RecordBatch],
+    chunks: &[Vec<&[RecordBatch]>],
     first: usize,
     threads: usize,
     tx: SyncSender<Vec<Encoded>>,
 ) {
-    for chunk in batches.chunks(CHUNK_PARTS).skip(first).step_by(threads) {
+    for chunk in chunks.iter().skip(first).step_by(threads) {
         let encoded = chunk
             .iter()
             .rev()
@@ -139,10 +166,10 @@ impl Drop for Installed {
     }
 }
 
-/// The rows of `batch` as IPC bytes: encoded ahead when this thread serializes under
-/// [`with_rows_ahead`] and `batch` is the one expected next, encoded here otherwise (and
-/// from then on: the order is not the one given).
-pub(crate) fn rows(batch: &RecordBatch) -> Result<Vec<u8>, LinkError> {
+/// The rows of `batch` (batches that travel as one) as IPC bytes: encoded ahead when this
+/// thread serializes under [`with_rows_ahead`] and `batch` is the one expected next, encoded
+/// here otherwise (and from then on: the order is not the one given).
+pub(crate) fn rows(batch: &[RecordBatch]) -> Result<Vec<u8>, LinkError> {
     let ahead = AHEAD.with(|a| {
         let mut a = a.borrow_mut();
         let lanes = a.as_mut().filter(|l| !l.lanes.is_empty())?;
@@ -176,14 +203,20 @@ mod tests {
     use datafusion::arrow::array::Int64Array;
     use std::sync::Arc;
 
-    fn batches(n: i64) -> Vec<RecordBatch> {
+    /// `n` runs of one to three batches each, of 1 to 7 rows each.
+    fn batches(n: i64) -> Vec<Vec<RecordBatch>> {
         (0..n)
             .map(|i| {
-                RecordBatch::try_from_iter([(
-                    "n",
-                    Arc::new(Int64Array::from(vec![i; (i % 7) as usize + 1])) as _,
-                )])
-                .expect("batch")
+                (0..(i % 3) + 1)
+                    .map(|j| {
+                        RecordBatch::try_from_iter([(
+                            "n",
+                            Arc::new(Int64Array::from(vec![i + j; ((i + j) % 7) as usize + 1]))
+                                as _,
+                        )])
+                        .expect("batch")
+                    })
+                    .collect()
             })
             .collect()
     }
@@ -191,7 +224,7 @@ mod tests {
     #[test]
     fn rows_asked_in_order_come_encoded_ahead() {
         let all = batches(2_000);
-        let refs: Vec<&RecordBatch> = all.iter().collect();
+        let refs: Vec<&[RecordBatch]> = all.iter().map(Vec::as_slice).collect();
         let (got, taken) = with_rows_ahead(&refs, || {
             refs.iter()
                 .map(|b| rows(b).expect("rows"))
@@ -211,7 +244,7 @@ mod tests {
     #[test]
     fn rows_asked_out_of_order_are_still_the_right_ones() {
         let all = batches(1_000);
-        let refs: Vec<&RecordBatch> = all.iter().collect();
+        let refs: Vec<&[RecordBatch]> = all.iter().map(Vec::as_slice).collect();
         let mut asked = refs.clone();
         asked.swap(10, 11);
         let (got, taken) = with_rows_ahead(&refs, || {

@@ -10,6 +10,7 @@ use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
+use super::blocks::BlockReader;
 use super::gaps::GapReader;
 use super::ipc::decode_batch;
 use super::shared_schemas::shared_schema;
@@ -240,7 +241,7 @@ fn apply_weight(tf: &TableFrame) -> usize {
         .iter()
         .map(|p| match &p.rows {
             PartRows::Full(rows) => rows.bytes().map_or(0, <[u8]>::len),
-            PartRows::Unchanged => 0,
+            PartRows::Unchanged | PartRows::InBlock(_) => 0,
             PartRows::Diff { removed, added } => removed.len() * 4 + added.len(),
             PartRows::Patch {
                 rows,
@@ -251,7 +252,12 @@ fn apply_weight(tf: &TableFrame) -> usize {
         })
         .sum();
     let values: usize = tf.patches.iter().map(|p| p.values.len()).sum();
-    tf.parts.len() + (bytes + values) / 1024
+    let blocks: usize = tf
+        .blocks
+        .iter()
+        .map(|b| b.bytes().map_or(0, <[u8]>::len))
+        .sum();
+    tf.parts.len() + (bytes + values + blocks) / 1024
 }
 
 /// One table of a frame applied to what is held of it (`held`): what the decoder holds of
@@ -273,17 +279,25 @@ fn apply_table(
     let mut listed = Vec::with_capacity(tf.parts.len());
     // Parts sent by where they are held (`PartId::Held`).
     let mut positions = GapReader::default();
+    let mut blocks = BlockReader::new(&held.schema, tf.blocks);
     for pf in tf.parts {
+        let sent = Sent {
+            patches: &mut patches,
+            blocks: &mut blocks,
+        };
         listed.push(part(
             times,
             name,
             &held,
-            &mut patches,
+            sent,
             &mut positions,
             recorded.as_deref_mut(),
             pf,
         )?);
     }
+    blocks
+        .finish()
+        .map_err(|e| in_table(name, "its blocks", e))?;
     if let Some(left) = patches.iter().find(|p| p.next < p.rows()) {
         return Err(LinkError::Protocol(format!(
             "table '{name}': {} rows of patch values are left over",
@@ -360,12 +374,18 @@ fn link_time(
     from_millis(ms)
 }
 
+/// What a table frame sends apart from its parts, which they read in order.
+struct Sent<'s, 'b> {
+    patches: &'s mut [PatchCursor],
+    blocks: &'s mut BlockReader<'b>,
+}
+
 /// One listed part, applied to what `held` holds of it.
 fn part(
     times: &SourceTimes,
     name: &str,
     held: &HeldTable,
-    patches: &mut [PatchCursor],
+    sent: Sent<'_, '_>,
     positions: &mut GapReader,
     recorded: Option<&mut Vec<forward::Recorded>>,
     pf: PartFrame,
@@ -406,12 +426,10 @@ fn part(
             Some(decode_batch(bytes.as_slice(), schema).map_err(in_part)?)
         }
         // A frame handed over in process, never serialized: the rows as the sender held them.
-        PartRows::Full(IpcRows::Batch(batch)) if batch.schema_ref() == schema => Some(batch),
-        PartRows::Full(IpcRows::Batch(_)) => {
-            return Err(in_part(LinkError::Protocol(
-                "rows do not have the table's schema".into(),
-            )))
+        PartRows::Full(IpcRows::Batches(batches)) => {
+            Some(one_batch(schema, batches).map_err(in_part)?)
         }
+        PartRows::InBlock(rows) => Some(sent.blocks.take(rows).map_err(in_part)?),
         PartRows::Unchanged => {
             let old = need("unchanged")?;
             if matches!(pf.sources, Sources::Held) {
@@ -444,7 +462,7 @@ fn part(
             let values = match values {
                 None => None,
                 Some(i) => {
-                    let cursor = patches.get_mut(i as usize).ok_or_else(|| {
+                    let cursor = sent.patches.get_mut(i as usize).ok_or_else(|| {
                         in_part(LinkError::Protocol(format!(
                             "patch values {i} are not in the frame"
                         )))
@@ -682,4 +700,17 @@ fn from_millis(ms: i64) -> Result<SystemTime, LinkError> {
         UNIX_EPOCH.checked_sub(Duration::from_millis(ms.unsigned_abs()))
     };
     t.ok_or_else(|| LinkError::Protocol(format!("time {ms} ms is out of range")))
+}
+
+/// Batches of `schema` as one (a part's rows handed over in process).
+fn one_batch(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<RecordBatch, LinkError> {
+    if batches.iter().any(|b| b.schema_ref() != schema) {
+        return Err(LinkError::Protocol(
+            "rows do not have the table's schema".into(),
+        ));
+    }
+    match <[RecordBatch; 1]>::try_from(batches) {
+        Ok([one]) => Ok(one),
+        Err(batches) => Ok(concat_batches(schema, &batches)?),
+    }
 }

@@ -10,6 +10,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
+use super::blocks::Blocks;
 use super::forward;
 use super::gaps::GapWriter;
 use super::ipc::IpcWriter;
@@ -50,6 +51,8 @@ struct TableEncoder<'a> {
     times: &'a SourceTimes,
     /// The patch values of the table.
     patches: PatchSets,
+    /// The rows of the table's parts new to the parent.
+    blocks: Blocks,
 }
 
 /// A table's patch values as they are planned: one entry per set of patched columns, each
@@ -250,6 +253,7 @@ impl LinkEncoder {
                     table: name,
                     times,
                     patches: PatchSets::default(),
+                    blocks: Blocks::default(),
                 }
                 .encode(mirror, table)
             },
@@ -384,6 +388,7 @@ impl TableEncoder<'_> {
             listing,
             parts,
             patches: self.patches.encode(&mut self.ipc)?,
+            blocks: std::mem::take(&mut self.blocks).finish(),
         };
         Ok((mirror, frame))
     }
@@ -395,9 +400,10 @@ impl TableEncoder<'_> {
         p: &Arc<Part>,
     ) -> Result<(PartRows, PartMirror), LinkError> {
         let Some(old) = held else {
-            // New to the parent (every part of a full copy): encoded as the frame is
-            // serialized, so that a whole fleet's rows are never held encoded at once.
-            return Ok(whole(p, IpcRows::Batch(p.batch.clone())));
+            // New to the parent (every part of a full copy): in a block with other new
+            // parts, encoded as the frame is serialized, so that a whole fleet's rows are
+            // never held encoded at once.
+            return Ok(whole(p, self.blocks.add(&p.batch)?));
         };
         // The same buffers (cheap), or equal rows in new buffers (a republished copy).
         let unchanged = |old: PartMirror| {
@@ -466,7 +472,10 @@ impl TableEncoder<'_> {
     }
 
     fn full(&mut self, p: &Arc<Part>) -> Result<(PartRows, PartMirror), LinkError> {
-        Ok(whole(p, IpcRows::Bytes(self.ipc.batch(&p.batch)?)))
+        Ok(whole(
+            p,
+            PartRows::Full(IpcRows::Bytes(self.ipc.batch(&p.batch)?)),
+        ))
     }
 
     /// A keyed part as a patch against the parent's rows `held`, or in full when that is
@@ -679,11 +688,10 @@ fn sources_of(times: &SourceTimes, held: Option<(&Part, bool)>, p: &Part) -> (So
     (sent, !at_link_time)
 }
 
-/// The bytes of a batch's buffers as its rows need them (about its Arrow IPC body).
-/// `p` sent with all its rows: the parent then holds exactly them.
-fn whole(p: &Arc<Part>, rows: IpcRows) -> (PartRows, PartMirror) {
+/// `p` sent with all its rows (`rows`): the parent then holds exactly them.
+fn whole(p: &Arc<Part>, rows: PartRows) -> (PartRows, PartMirror) {
     (
-        PartRows::Full(rows),
+        rows,
         PartMirror {
             last: p.clone(),
             held: Held::Last,
@@ -692,6 +700,7 @@ fn whole(p: &Arc<Part>, rows: IpcRows) -> (PartRows, PartMirror) {
     )
 }
 
+/// The bytes of a batch's buffers as its rows need them (about its Arrow IPC body).
 fn body_bytes(b: &RecordBatch) -> usize {
     b.columns()
         .iter()

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::buffer::Buffer;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::ipc::convert::fb_to_schema;
 use datafusion::arrow::ipc::reader::{read_dictionary, read_record_batch};
@@ -89,10 +90,14 @@ impl IpcWriter {
     }
 }
 
-/// A batch as the bytes of [`IpcRows::Bytes`](crate::link::wire::IpcRows), for rows encoded
-/// as a frame is serialized.
-pub(crate) fn ipc_rows(batch: &RecordBatch) -> Result<Vec<u8>, LinkError> {
-    IpcWriter::new().batch(batch)
+/// Batches (of one schema) as the bytes of [`IpcRows::Bytes`](crate::link::wire::IpcRows):
+/// their rows as one record batch, for rows encoded as a frame is serialized.
+pub(crate) fn ipc_rows(batches: &[RecordBatch]) -> Result<Vec<u8>, LinkError> {
+    match batches {
+        [] => Err(LinkError::Encode("no rows to encode".into())),
+        [one] => IpcWriter::new().batch(one),
+        [first, ..] => IpcWriter::new().batch(&concat_batches(first.schema_ref(), batches)?),
+    }
 }
 
 pub(super) fn has_dictionary(t: &DataType) -> bool {

@@ -5,8 +5,9 @@
 //! per child link. The encoder keeps a mirror of what the parent holds per (table, part key),
 //! updated exactly as the decoder updates its copy, so each part is sent as:
 //!
-//! - `Full`: the first time on the link (or after [`LinkEncoder::reset`], a schema change, or
-//!   when nothing else would be smaller);
+//! - `InBlock`: the first time on the link (or after [`LinkEncoder::reset`] or a schema
+//!   change): its rows in one of the table's blocks with other new parts' ([`blocks`]);
+//! - `Full`: its rows alone, when nothing else would be smaller;
 //! - `Unchanged`: the rows equal what the parent holds (same Arrow buffers, equal content,
 //!   or the same rows in another order); left out altogether when its sources did not change
 //!   either and the table lists only changes (`Listing::Changes`, below);
@@ -33,13 +34,15 @@
 //! time than its source's time on the link carries its own (`Sources::Stamped`).
 //!
 //! Tables that disappear are simply not listed. Rows and schemas travel as Arrow IPC
-//! messages ([`ipc`]).
+//! messages ([`ipc`]); the rows of parts new to the parent (every part of a full copy)
+//! travel many parts to a message, in the table's blocks ([`blocks`]).
 //!
 //! After any error the two sides are out of step: the encoder resets itself (its next frame
 //! is full); a decoder refuses anything but a full frame until it gets one, so the caller
 //! should drop the link (and its decoder) and dial again, which starts with a full frame.
 
 mod ahead;
+mod blocks;
 mod decode;
 mod encode;
 mod forward;

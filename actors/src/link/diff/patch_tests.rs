@@ -241,7 +241,7 @@ fn random_churn_with_repeated_and_null_keys_stays_in_step() {
             let c = dec.apply(send(&f).0).expect("apply");
             assert_same(&c, &g, &sys_only());
         }
-        for k in ["full", "unchanged", "patch"] {
+        for k in ["new", "full", "unchanged", "patch"] {
             assert!(seen.contains(k), "key {key:?}: no {k} part in {seen:?}");
         }
         assert!(!seen.contains("diff"), "a keyed table never diffs");
@@ -307,7 +307,7 @@ fn schema_change_sends_full_then_patches_again() {
         .encode(&gen(2, batch(0)), &wanted, 1, 0)
         .expect("encode");
     assert!(f2.tables[0].schema.is_some());
-    assert_eq!(kinds(&f2)[0].2, "full");
+    assert_eq!(kinds(&f2)[0].2, "new");
     dec.apply(send(&f2).0).expect("apply");
     let f3 = enc
         .encode(&gen(3, batch(10_000)), &wanted, 1, 0)
@@ -391,6 +391,7 @@ fn decoder_refuses_inconsistent_patches() {
                 rows,
             }],
             patches,
+            blocks: vec![],
         }],
         errors: vec![],
         stamps: Stamps::default(),

@@ -154,6 +154,7 @@ pub(super) fn kinds(f: &GenerationFrame) -> Vec<(String, String, &'static str)> 
             t.parts.iter().zip(keys).map(|(p, key)| {
                 let k = match p.rows {
                     PartRows::Full(_) => "full",
+                    PartRows::InBlock(_) => "new",
                     PartRows::Unchanged => "unchanged",
                     PartRows::Diff { .. } => "diff",
                     PartRows::Patch { .. } => "patch",
@@ -205,7 +206,7 @@ fn full_roundtrip_then_unchanged() {
     let f1 = enc.encode(&g1, &wanted, 3, 1).expect("encode");
     assert!(f1.full);
     assert!(f1.tables.iter().all(|t| t.schema.is_some()));
-    assert!(kinds(&f1).iter().all(|k| k.2 == "full"));
+    assert!(kinds(&f1).iter().all(|k| k.2 == "new"));
     let (f1, full_bytes) = send(&f1);
     let c1 = dec.apply(f1).expect("apply");
     assert_same(&c1, &g1, &wanted);
@@ -411,37 +412,54 @@ fn rows_new_to_the_parent_are_encoded_as_the_frame_is_serialized() {
     let f1 = enc
         .encode(&generation(1, vec![("sys", base_parts())]), &wanted, 3, 0)
         .expect("encode");
-    assert_eq!(f1.late_rows().len(), 3, "a full copy: every part");
+    // A full copy: every part in the table's one block, as batches still.
+    assert!(matches!(
+        f1.tables[0].parts[..],
+        [
+            PartFrame {
+                rows: PartRows::InBlock(_),
+                ..
+            },
+            _,
+            _
+        ]
+    ));
+    assert_eq!(f1.late_rows().len(), 1);
+    assert_eq!(
+        f1.late_rows()[0].len(),
+        2,
+        "the part without rows is in no block"
+    );
     // One part changes, one is new: only the new one's rows wait for serialization.
     let mut parts = base_parts();
     parts[1] = part(&s, "10.0.0.2", &[("d", 5, None)]);
     parts.push(part(&s, "10.0.0.4", &[("e", 6, None)]));
     let f2 = enc
-        .encode(&generation(2, vec![("sys", parts)]), &wanted, 4, 0)
+        .encode(&generation(2, vec![("sys", parts.clone())]), &wanted, 4, 0)
         .expect("encode");
     let kinds: Vec<&str> = f2.tables[0]
         .parts
         .iter()
         .map(|p| match &p.rows {
-            PartRows::Full(IpcRows::Batch(_)) => "late",
+            PartRows::InBlock(1) => "new",
             PartRows::Full(IpcRows::Bytes(_)) => "bytes",
             _ => "other",
         })
         .collect();
-    assert_eq!(kinds, ["bytes", "late"]);
-    assert_eq!(f2.late_rows().len(), 1);
+    assert_eq!(kinds, ["bytes", "new"]);
+    assert_eq!(f2.late_rows(), [&[parts[3].batch.clone()][..]]);
     // Serialized, late rows are the very bytes the eager encoding gives.
     for f in [&f1, &f2] {
         let (back, _) = send(f);
         assert!(back.late_rows().is_empty());
-        let sent = f.tables.iter().flat_map(|t| &t.parts);
-        let got = back.tables.iter().flat_map(|t| &t.parts);
-        for (sent, got) in sent.zip(got) {
-            match (&sent.rows, &got.rows) {
-                (PartRows::Full(IpcRows::Batch(b)), PartRows::Full(got)) => {
-                    assert_eq!(Some(&ipc_rows(b).expect("encode")[..]), got.bytes())
-                }
-                (a, b) => assert_eq!(a, b),
+        for (sent, got) in f.tables.iter().zip(&back.tables) {
+            assert_eq!(sent.parts, got.parts);
+            assert_eq!(sent.blocks.len(), got.blocks.len());
+            for (sent, got) in sent.blocks.iter().zip(&got.blocks) {
+                let IpcRows::Batches(b) = sent else {
+                    panic!("a block of batches: {sent:?}");
+                };
+                assert_eq!(Some(&ipc_rows(b).expect("encode")[..]), got.bytes());
             }
         }
     }
@@ -667,9 +685,9 @@ fn parts_and_tables_disappear_and_come_back() {
     let g3 = generation(3, vec![("sys", base_parts()), ("load", base_parts())]);
     let f3 = enc.encode(&g3, &wanted, 3, 0).expect("encode");
     let k = kinds(&f3);
-    assert!(k.contains(&("sys".into(), "10.0.0.2".into(), "full")));
+    assert!(k.contains(&("sys".into(), "10.0.0.2".into(), "new")));
     assert!(k.contains(&("sys".into(), "10.0.0.1".into(), "unchanged")));
-    assert!(k.iter().filter(|k| k.0 == "load").all(|k| k.2 == "full"));
+    assert!(k.iter().filter(|k| k.0 == "load").all(|k| k.2 == "new"));
     assert!(f3
         .tables
         .iter()
@@ -686,7 +704,7 @@ fn parts_and_tables_disappear_and_come_back() {
     assert!(kinds(&f5)
         .iter()
         .filter(|k| k.0 == "load")
-        .all(|k| k.2 == "full"));
+        .all(|k| k.2 == "new"));
     assert_same(&dec.apply(send(&f5).0).expect("apply"), &g3, &wanted);
 }
 
@@ -726,7 +744,7 @@ fn schema_change_sends_the_new_schema_and_full_parts() {
     let f2 = enc.encode(&g2, &wanted, 1, 0).expect("encode");
     assert!(!f2.full);
     assert!(f2.tables[0].schema.is_some());
-    assert_eq!(kinds(&f2)[0].2, "full");
+    assert_eq!(kinds(&f2)[0].2, "new");
     let c2 = dec.apply(send(&f2).0).expect("apply");
     assert_eq!(c2.tables["sys"].schema, s2);
     assert_eq!(c2.tables["sys"].parts[0].batch, b);
@@ -740,7 +758,7 @@ fn reset_sends_a_full_frame() {
     let f2 = enc.encode(&g2, &wanted, 3, 0).expect("encode");
     assert!(f2.full);
     assert!(f2.tables.iter().all(|t| t.schema.is_some()));
-    assert!(kinds(&f2).iter().all(|k| k.2 == "full"));
+    assert!(kinds(&f2).iter().all(|k| k.2 == "new"));
     let c2 = dec.apply(f2).expect("apply");
     assert_same(&c2, &g2, &wanted);
     // And a new decoder (a reconnection) takes the next full frame as well.
@@ -802,7 +820,7 @@ fn random_churn_stays_in_step() {
         let c = dec.apply(send(&f).0).expect("apply");
         assert_same(&c, &g, &wanted);
     }
-    assert_eq!(seen.len(), 3, "every kind of part was exercised: {seen:?}");
+    assert_eq!(seen.len(), 4, "every kind of part was exercised: {seen:?}");
 }
 
 #[test]
@@ -828,6 +846,7 @@ fn decoder_refuses_inconsistent_frames() {
                 rows,
             }],
             patches: vec![],
+            blocks: vec![],
         }],
         errors: vec![],
         stamps: Stamps::default(),
@@ -861,6 +880,7 @@ fn decoder_refuses_inconsistent_frames() {
             schema: None,
             parts,
             patches: vec![],
+            blocks: vec![],
         }],
         ..frame(false, None, PartRows::Unchanged)
     };
@@ -896,6 +916,7 @@ fn decoder_refuses_inconsistent_frames() {
                         rows: PartRows::Unchanged,
                     }],
                     patches: vec![],
+                    blocks: vec![],
                 }],
                 ..frame(false, None, PartRows::Unchanged)
             },
@@ -999,6 +1020,11 @@ fn decoder_refuses_inconsistent_frames() {
             ),
         ),
         (
+            "a part in no block",
+            LinkDecoder::new(),
+            frame(true, Some(schema_bytes.clone()), PartRows::InBlock(1)),
+        ),
+        (
             "rows of another schema",
             ready(),
             frame(false, None, PartRows::Full(other_batch.clone().into())),
@@ -1031,11 +1057,8 @@ fn decoder_refuses_inconsistent_frames() {
     }
 
     // Corrupt IPC bytes inside a valid frame, byte by byte: errors, never a panic.
-    let good = match &full.tables[0].parts[0].rows {
-        PartRows::Full(IpcRows::Bytes(good)) => good.clone(),
-        PartRows::Full(IpcRows::Batch(b)) => ipc_rows(b).expect("encode"),
-        other => panic!("full part expected: {other:?}"),
-    };
+    assert!(matches!(full.tables[0].parts[0].rows, PartRows::InBlock(_)));
+    let good = ipc_rows(&[g1.tables["sys"].parts[0].batch.clone()]).expect("encode");
     let mut rng = SmallRng::seed_from_u64(3);
     for i in 0..400 {
         let mut bad = good.clone();

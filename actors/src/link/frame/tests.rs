@@ -41,12 +41,18 @@ fn sample() -> ToParent {
                     sources: Sources::Held,
                     rows: PartRows::Unchanged,
                 },
+                PartFrame {
+                    key: "10.0.0.4".into(),
+                    sources: Sources::Named(vec!["10.0.0.4".into()]),
+                    rows: PartRows::InBlock(2),
+                },
             ],
             patches: vec![PatchValues {
                 columns: vec![(2, 2)],
                 rows: 20,
                 values: vec![7; 40],
             }],
+            blocks: vec![vec![5; 200].into()],
         }],
         errors: vec![("p".into(), "bad row".into())],
         stamps: Stamps {
@@ -135,6 +141,7 @@ fn a_large_zstd_frame_is_compressed_as_it_is_serialized_and_records_its_size() {
         listing: Listing::Changes { gone: vec![] },
         parts,
         patches: vec![],
+        blocks: vec![],
     };
     let whole = postcard::to_stdvec(&msg).expect("ser");
     let serialized = whole.len();
@@ -365,6 +372,7 @@ fn random_parts(rng: &mut SmallRng, parts: usize, bytes: usize) -> TableFrame {
             })
             .collect(),
         patches: vec![],
+        blocks: vec![],
     }
 }
 
@@ -472,34 +480,54 @@ fn a_payload_compressed_before_its_size_is_known_comes_in_frames_decoded_on_ever
 }
 
 #[test]
-fn a_generation_with_many_new_parts_is_not_sized_first() {
+fn a_generation_with_many_new_rows_is_not_sized_first() {
     use crate::link::wire::IpcRows;
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::record_batch::RecordBatch;
     use std::sync::Arc;
-    let batch = |i: i64| {
-        RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from(vec![i, i + 1])) as _)])
-            .expect("batch")
+    let batch = |i: usize, rows: usize| {
+        RecordBatch::try_from_iter([(
+            "n",
+            Arc::new(Int64Array::from_iter_values(
+                (0..rows as i64).map(|r| r + i as i64),
+            )) as _,
+        )])
+        .expect("batch")
     };
-    let generation = |parts: usize| {
-        sample_with_parts((0..parts).map(|i| PartRows::Full(IpcRows::Batch(batch(i as i64)))))
+    // `parts` parts of `rows` rows each, in blocks of 100 parts, still batches.
+    let generation = |parts: usize, rows: usize| {
+        let mut g = sample_with_parts((0..parts).map(|_| PartRows::InBlock(rows as u32)));
+        g.tables[0].blocks = (0..parts)
+            .collect::<Vec<_>>()
+            .chunks(100)
+            .map(|c| IpcRows::Batches(c.iter().map(|&i| batch(i, rows)).collect()))
+            .collect();
+        g
     };
-    // Uncompressed, many new parts are encoded on every core first: the same bytes.
-    let many = generation(crate::threads::PARALLEL_FROM_PARTS);
-    let frame = encode_generation(many, Codec::None).expect("encode");
+    let blocks_bytes = |parts: usize, rows: usize| -> Vec<IpcRows> {
+        (0..parts)
+            .collect::<Vec<_>>()
+            .chunks(100)
+            .map(|c| {
+                let batches: Vec<RecordBatch> = c.iter().map(|&i| batch(i, rows)).collect();
+                IpcRows::Bytes(crate::link::diff::ipc_rows(&batches).expect("ipc"))
+            })
+            .collect()
+    };
+    // Uncompressed, many new rows are encoded on every core first: the same bytes.
+    let (parts, rows) = (10_000, 64);
+    assert!(parts * rows / 32 >= crate::threads::PARALLEL_FROM_PARTS);
+    let frame = encode_generation(generation(parts, rows), Codec::None).expect("encode");
     let Ok(ToParent::Generation(back)) = decode_frame(body(&frame), 1 << 30) else {
         panic!("no generation back");
     };
-    for (i, p) in back.tables[0].parts.iter().enumerate() {
-        let bytes = crate::link::diff::ipc_rows(&batch(i as i64)).expect("ipc");
-        assert_eq!(p.rows, PartRows::Full(IpcRows::Bytes(bytes)), "part {i}");
-    }
+    assert_eq!(back.tables[0].blocks, blocks_bytes(parts, rows));
     for (parts, size_later) in [
-        (UNSIZED_FROM_LATE_PARTS - 1, false),
-        (UNSIZED_FROM_LATE_PARTS, true),
+        (UNSIZED_FROM_LATE_ROWS / 2 - 1, false),
+        (UNSIZED_FROM_LATE_ROWS / 2, true),
     ] {
-        let g = generation(parts);
-        assert_eq!(g.late_rows().len(), parts);
+        let g = generation(parts, 2);
+        assert_eq!(g.late_rows().len(), parts.div_ceil(100));
         let frame = encode_generation(g.clone(), Codec::Zstd).expect("encode");
         let (_, payload) = split_codec(body(&frame)).expect("codec");
         assert_eq!(
@@ -515,11 +543,9 @@ fn a_generation_with_many_new_parts_is_not_sized_first() {
             panic!("{parts} parts: no generation back");
         };
         assert!(back.late_rows().is_empty());
-        for (i, p) in back.tables[0].parts.iter().enumerate() {
-            let bytes = crate::link::diff::ipc_rows(&batch(i as i64)).expect("ipc");
-            assert_eq!(p.rows, PartRows::Full(IpcRows::Bytes(bytes)));
-        }
-        // Other codecs are sized as any frame, the new parts encoded first.
+        assert_eq!(back.tables[0].blocks, blocks_bytes(parts, 2));
+        assert_eq!(back.tables[0].parts, g.tables[0].parts);
+        // Other codecs are sized as any frame, the new rows encoded first.
         let none = encode_generation(g.clone(), Codec::None).expect("encode");
         assert_eq!(
             none,

@@ -141,6 +141,7 @@ fn table_frame(name: &str) -> TableFrame {
             rows: PartRows::Unchanged,
         }],
         patches: Vec::new(),
+        blocks: vec![],
     }
 }
 
