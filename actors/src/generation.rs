@@ -142,17 +142,18 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// The Arrow memory of the generation's parts: every array's buffers and structs, a
-    /// buffer shared by the columns of one part (a part decoded from the link shares one
-    /// allocation) counted once, as `get_array_memory_size` would count it apart.
-    /// Parts shared with other generations are counted here too: this is what the
-    /// generation holds, not what it added.
+    /// The Arrow memory of the generation's parts: every array's buffers and structs, an
+    /// allocation shared by several arrays counted once (the columns of a part patched from
+    /// the link share one; the parts received in one block, `link::diff::blocks`, share
+    /// the block's), as `get_array_memory_size` would count each apart. Parts shared with
+    /// other generations are counted here too: this is what the generation holds, not what
+    /// it added.
     pub fn arrow_bytes(&self) -> usize {
-        let mut buffers = Vec::new();
+        let mut counter = ArrowBytes::default();
         self.tables
             .values()
             .flat_map(|t| t.batches())
-            .map(|b| batch_arrow_bytes(b, &mut buffers))
+            .map(|b| counter.batch(b))
             .sum()
     }
 
@@ -280,8 +281,39 @@ impl GenerationBuilder {
     }
 }
 
-/// One batch's Arrow memory with shared buffers counted once; `scratch` is reused.
-fn batch_arrow_bytes(batch: &RecordBatch, scratch: &mut Vec<(usize, usize)>) -> usize {
+/// Counts batches' Arrow memory, each allocation once however many batches hold it.
+#[derive(Default)]
+struct ArrowBytes {
+    /// Every allocation counted so far (its start).
+    seen: std::collections::HashSet<usize>,
+    /// The previous batch's allocations, sorted: the parts of one block come one after
+    /// another, so most of a batch's allocations are found here without hashing.
+    previous: Vec<(usize, usize)>,
+    scratch: Vec<(usize, usize)>,
+}
+
+impl ArrowBytes {
+    /// The Arrow memory of `batch` not counted before.
+    fn batch(&mut self, batch: &RecordBatch) -> usize {
+        let structs = batch_buffers(batch, &mut self.scratch);
+        let mut bytes = structs;
+        for &(ptr, cap) in &self.scratch {
+            let before = self
+                .previous
+                .binary_search_by_key(&ptr, |&(p, _)| p)
+                .is_ok();
+            if !before && self.seen.insert(ptr) {
+                bytes += cap;
+            }
+        }
+        std::mem::swap(&mut self.previous, &mut self.scratch);
+        bytes
+    }
+}
+
+/// One batch's allocations into `scratch` (start, capacity; sorted, each once); returns the
+/// bytes of its arrays' structs.
+fn batch_buffers(batch: &RecordBatch, scratch: &mut Vec<(usize, usize)>) -> usize {
     use datafusion::arrow::array::{Array, ArrayData, AsArray};
     use datafusion::arrow::buffer::Buffer;
     use datafusion::arrow::datatypes::{
@@ -329,7 +361,7 @@ fn batch_arrow_bytes(batch: &RecordBatch, scratch: &mut Vec<(usize, usize)>) -> 
     }
     scratch.sort_unstable();
     scratch.dedup_by_key(|(ptr, _)| *ptr);
-    structs + scratch.iter().map(|(_, cap)| cap).sum::<usize>()
+    structs
 }
 
 #[cfg(test)]
@@ -375,6 +407,36 @@ mod arrow_bytes_tests {
             "shared once ({}) not twice ({apart})",
             g.arrow_bytes()
         );
+    }
+
+    /// Parts sliced out of one block count the block once, however far apart they are.
+    #[test]
+    fn arrow_bytes_count_a_block_shared_by_parts_once() {
+        let block = RecordBatch::try_from_iter([(
+            "n",
+            Arc::new(Int64Array::from_iter_values(0..1024)) as ArrayRef,
+        )])
+        .expect("batch");
+        let alone = generation(block.clone()).arrow_bytes();
+        let other = RecordBatch::try_from_iter([(
+            "n",
+            Arc::new(Int64Array::from_iter_values(0..16)) as ArrayRef,
+        )])
+        .expect("batch");
+        let mut b = GenerationBuilder::default();
+        for (i, rows) in [block.slice(0, 100), other.clone(), block.slice(100, 924)]
+            .into_iter()
+            .enumerate()
+        {
+            b.add("t", Part::new(format!("m{i}"), rows, Vec::new()))
+                .expect("part");
+        }
+        let g = b.seal(1, 1, SystemTime::now());
+        let other_bytes = generation(other).arrow_bytes();
+        let structs =
+            block.column(0).get_array_memory_size() - block.column(0).get_buffer_memory_size();
+        // The block's buffer once, the other part's, and a struct per slice.
+        assert_eq!(g.arrow_bytes(), alone + other_bytes + structs);
     }
 
     #[test]

@@ -265,9 +265,10 @@ impl SimulatedFleet {
                 link_tls("tla", &tla_ip),
             ),
         );
-        // The TLA's full copy to the SQL node is about 6.3 kB per machine decompressed
-        // (1.58 GB at 250,000 machines): past the default `max_frame_bytes` (1 GiB) from
-        // about 160,000 machines, where the SQL node would refuse it and dial again.
+        // The TLA's full copy to the SQL node is about 2.6 kB per machine decompressed
+        // (6.3 kB before its parts travelled in blocks): past the default
+        // `max_frame_bytes` (1 GiB) from about 400,000 machines, where the SQL node would
+        // refuse it and dial again.
         let max_frame = (machines * 8 * 1024).max(1 << 30);
         let sql_cfg = write(
             "sql.toml",

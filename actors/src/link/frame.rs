@@ -36,10 +36,10 @@ use super::LinkError;
 
 /// The largest frame, and the largest decompressed payload, a node accepts by default. The
 /// first frame from a TLA to a SQL node is a full copy of every requested table of the
-/// fleet: for 70,000 simulated machines' six tables, 448 MB uncompressed (BENCHMARKS.md,
-/// `tla-merge`), 1.58 GB for 250,000 (`fleet-big`, which raises the SQL node's limit).
-/// 1 GiB leaves room up to about 160,000 machines without letting a broken peer make a
-/// node allocate without bound.
+/// fleet: for 70,000 simulated machines' six tables, 179 MB uncompressed since the parts'
+/// rows travel in blocks (448 MB as a message per part; BENCHMARKS.md, `tla-merge`).
+/// 1 GiB leaves room up to about 400,000 such machines without letting a broken peer make
+/// a node allocate without bound.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 30;
 
 /// Serialized size from which a zstd frame is compressed as it is serialized. Below it the
