@@ -285,7 +285,7 @@ impl GenerationBuilder {
 #[derive(Default)]
 struct ArrowBytes {
     /// Every allocation counted so far (its start).
-    seen: std::collections::HashSet<usize>,
+    seen: std::collections::HashSet<usize, NameHasher>,
     /// The previous batch's allocations, sorted: the parts of one block come one after
     /// another, so most of a batch's allocations are found here without hashing.
     previous: Vec<(usize, usize)>,

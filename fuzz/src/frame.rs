@@ -84,13 +84,14 @@ impl FrameTarget {
             .iter()
             .flat_map(|f| f.tables.iter().flat_map(|t| t.parts.iter()))
             .map(|p| match p.rows {
-                PartRows::Full(_) | PartRows::InBlock(_) => "full",
+                PartRows::Full(_) => "full",
+                PartRows::InBlock(_) => "block",
                 PartRows::Unchanged => "unchanged",
                 PartRows::Diff { .. } => "diff",
                 PartRows::Patch { .. } => "patch",
             })
             .collect();
-        if kinds.len() != 3 {
+        if kinds.len() != 4 {
             return Err(format!("the corpus lacks a kind of part: {kinds:?}"));
         }
         let enc_frame = |m: &ToParent, c: Codec| encode_frame(m, c).map_err(|e| e.to_string());

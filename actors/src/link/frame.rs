@@ -45,8 +45,8 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 30;
 /// Serialized size from which a zstd frame is compressed as it is serialized. Below it the
 /// message is serialized whole, then compressed: postcard makes a write call per field,
 /// and through a writer those calls cost a steady diff frame of 70,000 machines (7 MB)
-/// 7% more time to encode (`tla-merge`), while a full copy of them (448 MB) took a third
-/// of the time streamed.
+/// 7% more time to encode (`tla-merge`), while a full copy of them (448 MB as a message per
+/// part, then) took a third of the time streamed.
 const STREAM_FROM_BYTES: usize = 32 << 20;
 
 /// Rows of parts new to the parent ([`IpcRows::Batches`](super::wire::IpcRows)) from which
@@ -57,8 +57,8 @@ const STREAM_FROM_BYTES: usize = 32 << 20;
 const UNSIZED_FROM_LATE_ROWS: usize = 16_384;
 
 /// Serialized bytes per zstd frame of a payload compressed before its size was known: the
-/// frames are independent, so a receiver decompresses a full copy (448 MB at 70,000
-/// machines, one thread's half second) on every core. At [`ZSTD_LEVEL`] the window is
+/// frames are independent, so a receiver decompresses a full copy (179 MB at 70,000
+/// machines; 448 MB, one thread's half second, as a message per part) on every core. At [`ZSTD_LEVEL`] the window is
 /// 512 KiB either way, so the cuts cost next to nothing in size.
 const ZSTD_CHUNK_BYTES: usize = 8 << 20;
 
@@ -376,8 +376,9 @@ fn too_large(size: usize, limit: usize) -> LinkError {
 /// Serializes and compresses `msg` into a whole frame, length prefix included.
 ///
 /// Uncompressed frames, and zstd frames of [`STREAM_FROM_BYTES`] or more, are serialized
-/// straight into the frame or the compressor: a whole fleet's full copy is 1.58 GB
-/// serialized at 250,000 machines (448 MB at 70,000), and holding it once more before
+/// straight into the frame or the compressor: a whole fleet's full copy was 1.58 GB
+/// serialized at 250,000 machines when each part was a message (about 640 MB in blocks,
+/// link version 9), and holding it once more before
 /// compression set the sender's peak (BENCHMARKS.md, `fleet-big`). Sized first: the zstd
 /// frame records its size, which the receiver checks against its limit before
 /// decompressing, and a growing buffer would be copied over and over into freshly faulted
@@ -412,8 +413,8 @@ pub fn encode_frame<T: Serialize>(msg: &T, codec: Codec) -> Result<Vec<u8>, Link
 }
 
 /// A generation for a parent as a whole frame ([`encode_frame`] of
-/// [`ToParent::Generation`]). A zstd frame with many parts new to the parent (a full copy:
-/// their rows are encoded only as they are serialized) is compressed as it is serialized,
+/// [`ToParent::Generation`]). A zstd frame with many rows new to the parent (a full copy:
+/// its blocks are encoded only as they are serialized) is compressed as it is serialized,
 /// without being sized first, its payload opening with a skippable frame that gives the
 /// decompressed size (see the module). Any other frame is sized first, its new parts
 /// encoded before (once).
@@ -429,7 +430,7 @@ pub fn encode_generation(mut frame: GenerationFrame, codec: Codec) -> Result<Vec
         let ToParent::Generation(frame) = &msg else {
             unreachable!("just made")
         };
-        // The parts' rows encoded on every core, a few parts ahead of serialization.
+        // The blocks encoded on every core, a few chunks of rows ahead of serialization.
         let (encoded, _) =
             super::diff::with_rows_ahead(&frame.late_rows(), || encode_zstd_frame_unsized(&msg));
         return encoded;

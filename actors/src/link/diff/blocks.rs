@@ -31,17 +31,18 @@ pub(super) struct Blocks {
 }
 
 impl Blocks {
-    /// Adds a part's rows; returns how they travel.
+    /// Adds a part's rows (one row at least: a part without rows travels alone, see
+    /// [`BlockReader::take`]); returns how they travel.
     pub(super) fn add(&mut self, batch: &RecordBatch) -> Result<PartRows, LinkError> {
         let rows = batch.num_rows();
         let sent = u32::try_from(rows)
-            .map_err(|_| LinkError::Protocol(format!("a part of {rows} rows (over 2^32)")))?;
-        if rows > 0 {
-            self.open.push(batch.clone());
-            self.open_rows += rows;
-            if self.open_rows >= BLOCK_ROWS {
-                self.close();
-            }
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| LinkError::Protocol(format!("a part of {rows} rows in a block")))?;
+        self.open.push(batch.clone());
+        self.open_rows += rows;
+        if self.open_rows >= BLOCK_ROWS {
+            self.close();
         }
         Ok(PartRows::InBlock(sent))
     }
@@ -83,11 +84,16 @@ impl<'a> BlockReader<'a> {
         }
     }
 
-    /// The next `rows` rows, which must lie within one block.
+    /// The next `rows` rows, which must lie within one block. No rows is refused: a part in
+    /// a block costs a few bytes on the wire and an array per column to hold, so a peer
+    /// could make a node hold far more than its frame's bytes with empty parts (a part
+    /// without rows travels alone, as Arrow IPC of its own).
     pub(super) fn take(&mut self, rows: u32) -> Result<RecordBatch, LinkError> {
         let n = rows as usize;
         if n == 0 {
-            return Ok(RecordBatch::new_empty(self.schema.clone()));
+            return Err(LinkError::Protocol(
+                "a part of no rows is sent in a block".into(),
+            ));
         }
         loop {
             if let Some(b) = self.queue.front() {
@@ -175,12 +181,12 @@ mod tests {
         a.values().to_vec()
     }
 
-    /// Parts of every size (none, one row, more than a block) go into blocks of whole parts
+    /// Parts of every size (one row, more than a block) go into blocks of whole parts
     /// closed at `BLOCK_ROWS`, and come back as they went, as slices of their block,
     /// whether the blocks were serialized or handed over in process.
     #[test]
     fn parts_come_back_out_of_their_blocks() {
-        let sizes = [3, 0, 1, BLOCK_ROWS as i64 + 5, 7, 5000, 4000, 2];
+        let sizes = [3, 1, BLOCK_ROWS as i64 + 5, 7, 5000, 4000, 2];
         let mut from = 0;
         let parts: Vec<RecordBatch> = sizes
             .iter()
@@ -196,7 +202,7 @@ mod tests {
             IpcRows::Batches(v) => v.iter().map(RecordBatch::num_rows).sum::<usize>(),
             other => panic!("batches expected: {other:?}"),
         };
-        // [3, 0, 1, 8197] | [7, 5000, 4000] | [2]
+        // [3, 1, 8197] | [7, 5000, 4000] | [2]
         let block_rows: Vec<usize> = blocks.iter().map(rows).collect();
         assert_eq!(block_rows, [BLOCK_ROWS + 9, 9007, 2]);
         let schema = parts[0].schema();
@@ -250,6 +256,12 @@ mod tests {
         let mut r = BlockReader::new(&schema, blocks());
         r.take(1).expect("1 of 4");
         assert!(r.finish().is_err(), "3 rows unread");
+
+        // No rows: refused when read, never made when sent.
+        let mut r = BlockReader::new(&schema, blocks());
+        let e = r.take(0).expect_err("no rows");
+        assert!(e.to_string().contains("no rows"), "{e}");
+        assert!(Blocks::default().add(&batch(0, 0)).is_err());
 
         // Rows of another schema, in process or as bytes.
         let wide = RecordBatch::try_from_iter([

@@ -402,7 +402,10 @@ impl TableEncoder<'_> {
         let Some(old) = held else {
             // New to the parent (every part of a full copy): in a block with other new
             // parts, encoded as the frame is serialized, so that a whole fleet's rows are
-            // never held encoded at once.
+            // never held encoded at once. A part without rows goes alone (`blocks`).
+            if p.batch.num_rows() == 0 {
+                return self.full(p);
+            }
             return Ok(whole(p, self.blocks.add(&p.batch)?));
         };
         // The same buffers (cheap), or equal rows in new buffers (a republished copy).

@@ -52,8 +52,8 @@ impl IpcWriter {
 
     /// The batch's dictionaries (if any) then the batch, as one byte string.
     pub(super) fn batch(&mut self, batch: &RecordBatch) -> Result<Vec<u8>, LinkError> {
-        // A fresh tracker per batch: every part carries its own dictionaries, so the parent
-        // can decode any part alone. Dictionary ids are assigned while encoding the schema,
+        // A fresh tracker per batch: every block (or part sent alone) carries its own
+        // dictionaries, so the parent can decode each alone. Dictionary ids are assigned while encoding the schema,
         // so a schema with dictionaries is encoded (and dropped) first.
         let mut tracker = DictionaryTracker::new(false);
         if batch
@@ -225,13 +225,13 @@ pub(super) fn decode_batch(bytes: &[u8], schema: &SchemaRef) -> Result<RecordBat
                 }
                 other => {
                     return Err(LinkError::Decode(format!(
-                        "unexpected Arrow IPC message {other:?} in a part's rows"
+                        "unexpected Arrow IPC message {other:?} in rows"
                     )))
                 }
             }
         }
         let batch =
-            batch.ok_or_else(|| LinkError::Decode("a part's rows hold no record batch".into()))?;
+            batch.ok_or_else(|| LinkError::Decode("the rows hold no record batch".into()))?;
         if batch.schema_ref() != schema {
             return Err(LinkError::Protocol(
                 "rows do not have the table's schema".into(),

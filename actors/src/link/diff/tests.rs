@@ -206,7 +206,8 @@ fn full_roundtrip_then_unchanged() {
     let f1 = enc.encode(&g1, &wanted, 3, 1).expect("encode");
     assert!(f1.full);
     assert!(f1.tables.iter().all(|t| t.schema.is_some()));
-    assert!(kinds(&f1).iter().all(|k| k.2 == "new"));
+    // New parts in a block; the one without rows alone, in full.
+    assert!(kinds(&f1).iter().all(|k| matches!(k.2, "new" | "full")));
     let (f1, full_bytes) = send(&f1);
     let c1 = dec.apply(f1).expect("apply");
     assert_same(&c1, &g1, &wanted);
@@ -687,7 +688,10 @@ fn parts_and_tables_disappear_and_come_back() {
     let k = kinds(&f3);
     assert!(k.contains(&("sys".into(), "10.0.0.2".into(), "new")));
     assert!(k.contains(&("sys".into(), "10.0.0.1".into(), "unchanged")));
-    assert!(k.iter().filter(|k| k.0 == "load").all(|k| k.2 == "new"));
+    assert!(k
+        .iter()
+        .filter(|k| k.0 == "load")
+        .all(|k| matches!(k.2, "new" | "full")));
     assert!(f3
         .tables
         .iter()
@@ -704,7 +708,7 @@ fn parts_and_tables_disappear_and_come_back() {
     assert!(kinds(&f5)
         .iter()
         .filter(|k| k.0 == "load")
-        .all(|k| k.2 == "new"));
+        .all(|k| matches!(k.2, "new" | "full")));
     assert_same(&dec.apply(send(&f5).0).expect("apply"), &g3, &wanted);
 }
 
@@ -758,7 +762,7 @@ fn reset_sends_a_full_frame() {
     let f2 = enc.encode(&g2, &wanted, 3, 0).expect("encode");
     assert!(f2.full);
     assert!(f2.tables.iter().all(|t| t.schema.is_some()));
-    assert!(kinds(&f2).iter().all(|k| k.2 == "new"));
+    assert!(kinds(&f2).iter().all(|k| matches!(k.2, "new" | "full")));
     let c2 = dec.apply(f2).expect("apply");
     assert_same(&c2, &g2, &wanted);
     // And a new decoder (a reconnection) takes the next full frame as well.
