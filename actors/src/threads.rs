@@ -8,6 +8,8 @@
 //! per table). Small work (a cluster's frame, of which a TLA decodes a thousand at once on
 //! its pool) stays on the calling thread: there the callers themselves keep every core busy.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 /// Below this much weight in all (parts, or part-equivalents where a weight counts bytes
 /// too), the items are done one after another on the calling thread (starting threads
 /// would cost more than it saves).
@@ -16,11 +18,56 @@ pub(crate) const PARALLEL_FROM_PARTS: usize = 20_000;
 /// The name of the threads that share the items with the calling one.
 const THREAD_NAME: &str = "query-split";
 
+/// Threads started by [`map_weighted`] now running, across the process: at most one fewer
+/// than the cores. Several large pieces of work at once (a TLA sending full copies to two
+/// SQL nodes, a frame applied while a snapshot's copies are made) would otherwise start a
+/// thread per core each, more threads than cores, each piece slower and none sooner.
+static HELPERS: AtomicUsize = AtomicUsize::new(0);
+
 /// `f` of every item, in the items' order. With `weight` (parts) of all items at least
 /// `PARALLEL_FROM_PARTS`, the items are shared among up to as many threads as there are
 /// cores (largest first, each to the thread with the least work so far), the calling thread
-/// being one of them.
+/// being one of them, as far as other calls have not taken the other cores' threads
+/// ([`HELPERS`]).
 pub(crate) fn map_weighted<T, R>(
+    items: Vec<T>,
+    weight: impl Fn(&T) -> usize,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<R>
+where
+    T: Send,
+    R: Send,
+{
+    map_weighted_in(&HELPERS, items, weight, f)
+}
+
+/// Up to `wanted` helpers out of `budget` (threads running, at most one fewer than the
+/// cores), given back when dropped.
+struct Helpers<'a> {
+    budget: &'a AtomicUsize,
+    taken: usize,
+}
+
+impl<'a> Helpers<'a> {
+    fn take(budget: &'a AtomicUsize, wanted: usize, cores: usize) -> Self {
+        let limit = cores.saturating_sub(1);
+        let mut taken = 0;
+        let _ = budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+            taken = wanted.min(limit.saturating_sub(running));
+            Some(running + taken)
+        });
+        Helpers { budget, taken }
+    }
+}
+
+impl Drop for Helpers<'_> {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.taken, Ordering::AcqRel);
+    }
+}
+
+fn map_weighted_in<T, R>(
+    budget: &AtomicUsize,
     items: Vec<T>,
     weight: impl Fn(&T) -> usize,
     f: impl Fn(T) -> R + Sync,
@@ -31,8 +78,12 @@ where
 {
     let total: usize = items.iter().map(&weight).sum();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = cores.min(items.len());
-    if total < PARALLEL_FROM_PARTS || threads < 2 {
+    if total < PARALLEL_FROM_PARTS || cores.min(items.len()) < 2 {
+        return items.into_iter().map(f).collect();
+    }
+    let helpers = Helpers::take(budget, cores.min(items.len()) - 1, cores);
+    let threads = 1 + helpers.taken;
+    if threads < 2 {
         return items.into_iter().map(f).collect();
     }
     // Longest processing time first: each item, heaviest first, to the least loaded thread.
@@ -89,6 +140,7 @@ where
         }
         done
     });
+    drop(helpers);
     done.sort_unstable_by_key(|(i, _)| *i);
     done.into_iter().map(|(_, r)| r).collect()
 }
@@ -107,7 +159,10 @@ mod tests {
         // Heavy enough to be shared: unequal weights, more items than threads.
         let weights = [50_000, 10, 30_000, 7, 20_000, 1, 90_000];
         let threads = std::sync::Mutex::new(std::collections::HashSet::new());
-        let out = map_weighted(
+        // A budget of its own: other tests' calls take the process's.
+        let budget = AtomicUsize::new(0);
+        let out = map_weighted_in(
+            &budget,
             weights.to_vec(),
             |w| *w,
             |w| {
@@ -122,12 +177,52 @@ mod tests {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let used = threads.lock().map(|t| t.len()).unwrap_or(0);
         assert_eq!(used, cores.min(weights.len()), "one thread per core");
+        assert_eq!(budget.load(Ordering::Acquire), 0, "helpers given back");
+    }
+
+    /// Calls at once share the cores: with every helper taken, a call runs on its caller's
+    /// thread alone, and helpers come back when a call ends (or unwinds).
+    #[test]
+    fn helpers_are_shared_across_calls() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let budget = AtomicUsize::new(cores.saturating_sub(1));
+        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+        let out = map_weighted_in(
+            &budget,
+            vec![30_000usize, 30_000, 30_000],
+            |w| *w,
+            |w| {
+                threads
+                    .lock()
+                    .map(|mut t| t.insert(std::thread::current().id()))
+                    .ok();
+                w
+            },
+        );
+        assert_eq!(out, [30_000, 30_000, 30_000]);
+        let used = threads.lock().map(|t| t.len()).unwrap_or(0);
+        assert_eq!(used, 1, "no helper left: the caller alone");
+        assert_eq!(budget.load(Ordering::Acquire), cores.saturating_sub(1));
+
+        let budget = AtomicUsize::new(0);
+        let r = std::panic::catch_unwind(|| {
+            map_weighted_in(
+                &budget,
+                vec![30_000usize, 30_000],
+                |w| *w,
+                |_| -> usize { panic!("here or on a helper") },
+            )
+        });
+        assert!(r.is_err());
+        assert_eq!(budget.load(Ordering::Acquire), 0, "given back on unwind");
     }
 
     #[test]
     fn a_panic_on_another_thread_reaches_the_caller() {
+        let budget = AtomicUsize::new(0);
         let r = std::panic::catch_unwind(|| {
-            map_weighted(
+            map_weighted_in(
+                &budget,
                 vec![30_000usize, 30_000, 30_000],
                 |w| *w,
                 |w| {
