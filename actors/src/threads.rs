@@ -149,6 +149,26 @@ where
 mod tests {
     use super::*;
 
+    /// `map_weighted_in` of `weights` (each item its own weight, given back): the results,
+    /// and how many threads ran items.
+    fn on_threads(budget: &AtomicUsize, weights: Vec<usize>) -> (Vec<usize>, usize) {
+        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+        let out = map_weighted_in(
+            budget,
+            weights,
+            |w| *w,
+            |w| {
+                threads
+                    .lock()
+                    .map(|mut t| t.insert(std::thread::current().id()))
+                    .ok();
+                w
+            },
+        );
+        let used = threads.lock().map(|t| t.len()).unwrap_or(0);
+        (out, used)
+    }
+
     #[test]
     fn results_keep_the_items_order_on_one_thread_or_several() {
         let few: Vec<usize> = (0..7).collect();
@@ -158,24 +178,11 @@ mod tests {
         );
         // Heavy enough to be shared: unequal weights, more items than threads.
         let weights = [50_000, 10, 30_000, 7, 20_000, 1, 90_000];
-        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
         // A budget of its own: other tests' calls take the process's.
         let budget = AtomicUsize::new(0);
-        let out = map_weighted_in(
-            &budget,
-            weights.to_vec(),
-            |w| *w,
-            |w| {
-                threads
-                    .lock()
-                    .map(|mut t| t.insert(std::thread::current().id()))
-                    .ok();
-                w + 1
-            },
-        );
-        assert_eq!(out, weights.iter().map(|w| w + 1).collect::<Vec<_>>());
+        let (out, used) = on_threads(&budget, weights.to_vec());
+        assert_eq!(out, weights);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let used = threads.lock().map(|t| t.len()).unwrap_or(0);
         assert_eq!(used, cores.min(weights.len()), "one thread per core");
         assert_eq!(budget.load(Ordering::Acquire), 0, "helpers given back");
     }
@@ -186,21 +193,8 @@ mod tests {
     fn helpers_are_shared_across_calls() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let budget = AtomicUsize::new(cores.saturating_sub(1));
-        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
-        let out = map_weighted_in(
-            &budget,
-            vec![30_000usize, 30_000, 30_000],
-            |w| *w,
-            |w| {
-                threads
-                    .lock()
-                    .map(|mut t| t.insert(std::thread::current().id()))
-                    .ok();
-                w
-            },
-        );
+        let (out, used) = on_threads(&budget, vec![30_000, 30_000, 30_000]);
         assert_eq!(out, [30_000, 30_000, 30_000]);
-        let used = threads.lock().map(|t| t.len()).unwrap_or(0);
         assert_eq!(used, 1, "no helper left: the caller alone");
         assert_eq!(budget.load(Ordering::Acquire), cores.saturating_sub(1));
 
