@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use super::ipc::decode_batch;
+use super::ipc::decode_rows;
 use crate::link::wire::{IpcRows, PartRows};
 use crate::link::LinkError;
 
@@ -121,24 +121,7 @@ impl<'a> BlockReader<'a> {
                     "the parts sent in blocks have more rows than the blocks".into(),
                 )
             })?;
-            self.queue = self.decode(block)?.into();
-        }
-    }
-
-    fn decode(&self, block: IpcRows) -> Result<Vec<RecordBatch>, LinkError> {
-        match block {
-            IpcRows::Bytes(bytes) => Ok(vec![decode_batch(&bytes, self.schema)?]),
-            IpcRows::Received(bytes) => Ok(vec![decode_batch(bytes.as_slice(), self.schema)?]),
-            // A frame handed over in process, never serialized: the rows as the sender
-            // held them.
-            IpcRows::Batches(batches) => {
-                if batches.iter().any(|b| b.schema_ref() != self.schema) {
-                    return Err(LinkError::Protocol(
-                        "rows do not have the table's schema".into(),
-                    ));
-                }
-                Ok(batches)
-            }
+            self.queue = decode_rows(block, self.schema)?.into();
         }
     }
 

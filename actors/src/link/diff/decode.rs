@@ -12,7 +12,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use super::blocks::BlockReader;
 use super::gaps::GapReader;
-use super::ipc::decode_batch;
+use super::ipc::{decode_batch, decode_rows};
 use super::shared_schemas::shared_schema;
 use super::times::SourceTimes;
 use super::{forward, patch};
@@ -419,16 +419,7 @@ fn part(
     let mut applied = None;
     // The new rows; None for the rows held, sent unchanged with other sources.
     let batch = match pf.rows {
-        PartRows::Full(IpcRows::Bytes(bytes)) => {
-            Some(decode_batch(&bytes, schema).map_err(in_part)?)
-        }
-        PartRows::Full(IpcRows::Received(bytes)) => {
-            Some(decode_batch(bytes.as_slice(), schema).map_err(in_part)?)
-        }
-        // A frame handed over in process, never serialized: the rows as the sender held them.
-        PartRows::Full(IpcRows::Batches(batches)) => {
-            Some(one_batch(schema, batches).map_err(in_part)?)
-        }
+        PartRows::Full(rows) => Some(one_batch(schema, rows).map_err(in_part)?),
         PartRows::InBlock(rows) => Some(sent.blocks.take(rows).map_err(in_part)?),
         PartRows::Unchanged => {
             let old = need("unchanged")?;
@@ -702,14 +693,9 @@ fn from_millis(ms: i64) -> Result<SystemTime, LinkError> {
     t.ok_or_else(|| LinkError::Protocol(format!("time {ms} ms is out of range")))
 }
 
-/// Batches of `schema` as one (a part's rows handed over in process).
-fn one_batch(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<RecordBatch, LinkError> {
-    if batches.iter().any(|b| b.schema_ref() != schema) {
-        return Err(LinkError::Protocol(
-            "rows do not have the table's schema".into(),
-        ));
-    }
-    match <[RecordBatch; 1]>::try_from(batches) {
+/// A part's rows sent alone, as one batch (handed over in process, they may be several).
+fn one_batch(schema: &SchemaRef, rows: IpcRows) -> Result<RecordBatch, LinkError> {
+    match <[RecordBatch; 1]>::try_from(decode_rows(rows, schema)?) {
         Ok([one]) => Ok(one),
         Err(batches) => Ok(concat_batches(schema, &batches)?),
     }

@@ -19,6 +19,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 #[cfg(test)]
 use datafusion::arrow::row::{RowConverter, SortField};
 
+use crate::link::wire::IpcRows;
 use crate::link::LinkError;
 
 /// Encodes schemas and batches as Arrow IPC stream messages (continuation marker, length,
@@ -239,6 +240,26 @@ pub(super) fn decode_batch(bytes: &[u8], schema: &SchemaRef) -> Result<RecordBat
         }
         Ok(batch)
     })
+}
+
+/// Rows as a frame holds them (a part's or a block's), as batches of `schema`: the bytes
+/// decoded, or the batches of a frame handed over in process, never serialized.
+pub(super) fn decode_rows(
+    rows: IpcRows,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>, LinkError> {
+    match rows {
+        IpcRows::Bytes(bytes) => Ok(vec![decode_batch(&bytes, schema)?]),
+        IpcRows::Received(bytes) => Ok(vec![decode_batch(bytes.as_slice(), schema)?]),
+        IpcRows::Batches(batches) => {
+            if batches.iter().any(|b| b.schema_ref() != schema) {
+                return Err(LinkError::Protocol(
+                    "rows do not have the table's schema".into(),
+                ));
+            }
+            Ok(batches)
+        }
+    }
 }
 
 /// Rows of a batch in row format, sorted: a multiset to compare regardless of order.
