@@ -2,9 +2,13 @@
 """DuckDB side of the SQL benchmark (integration/benches/sql.rs).
 
 Loads the tables the benchmark exported as CSV into DuckDB with the column types of
-schema.json, creates the views of views.json, then times every query of the queries file
-the way the Rust side does (one warm-up run, median of N) and prints JSON:
-{"duckdb_version": ..., "queries": {name: {"median_ms", "rows"} or {"error"}}}.
+schema.json, creates the views of views.json, then prints one JSON line,
+{"duckdb_version": ...}, and serves: for each query name read from standard input (one per
+line) it times that query of the queries file the way the Rust side does (one warm-up run,
+median of N) and prints one JSON line, {"median_ms", "rows"} or {"error"}. The benchmark
+asks for each query right after timing its own runs of it, so both engines are timed in the
+same second of the host's load (its slower and faster spells last seconds; the engines timed
+minutes apart swung a single statement's ratio from 0.7 to 1.25 on the same code).
 
 Standard library and duckdb only.
 """
@@ -84,28 +88,37 @@ def main():
     for view in views:
         con.execute(f'CREATE VIEW "{view["name"]}" AS {view["sql"]}')
 
-    print_timed(con, parse_queries(args.queries), args.runs)
+    serve(con, parse_queries(args.queries), args.runs)
 
 
-def print_timed(con, queries, runs):
-    """Times every query ({name: sql}) as the Rust side does (one warm-up run, then the
-    median of `runs`) and prints the JSON both benchmarks read."""
-    results = {}
-    for name, sql in queries.items():
-        try:
+def serve(con, queries, runs):
+    """Answers the query names of standard input until it closes, one JSON line each."""
+    reply({"duckdb_version": duckdb.__version__})
+    for line in sys.stdin:
+        name = line.strip()
+        if name in queries:
+            reply(timed(con, queries[name], runs))
+        else:
+            reply({"error": f"no query named {name!r} in the queries file"})
+
+
+def timed(con, sql, runs):
+    """One warm-up run, then the median of `runs` timed ones, and the answer's rows."""
+    try:
+        rows = con.execute(sql).fetchall()
+        times = []
+        for _ in range(max(runs, 1)):
+            start = time.perf_counter()
             rows = con.execute(sql).fetchall()
-            times = []
-            for _ in range(max(runs, 1)):
-                start = time.perf_counter()
-                rows = con.execute(sql).fetchall()
-                times.append((time.perf_counter() - start) * 1000.0)
-            results[name] = {
-                "median_ms": statistics.median(times),
-                "rows": [[cell(v) for v in r] for r in rows],
-            }
-        except duckdb.Error as e:
-            results[name] = {"error": str(e)}
-    json.dump({"duckdb_version": duckdb.__version__, "queries": results}, sys.stdout)
+            times.append((time.perf_counter() - start) * 1000.0)
+        return {"median_ms": statistics.median(times), "rows": [[cell(v) for v in r] for r in rows]}
+    except duckdb.Error as e:
+        return {"error": str(e)}
+
+
+def reply(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

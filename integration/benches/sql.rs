@@ -2,7 +2,9 @@
 //! data. For each fleet size it seals one generation from `FleetSimulator`, builds a
 //! `Snapshot` with the shipped static tables and views, times every query of
 //! `bench/queries.sql`, exports the same tables to CSV for `bench/duckdb_sql.py`, compares
-//! both engines' answers and writes the figures to BENCHMARKS.md.
+//! both engines' answers and writes the figures to BENCHMARKS.md. Each query is timed in
+//! process, over HTTP and in DuckDB (kept running, asked per query) one after the other,
+//! so that its ratios compare the same moments of the host's load.
 //!
 //! End to end: the same queries over HTTP (`POST /sql`, JSON answer, one keep-alive
 //! connection) against a real `queryd edge` holding the same data: the generation's tables
@@ -22,7 +24,6 @@
 //! as on a busy node.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -44,7 +45,7 @@ use query_actors::sql::{
 };
 use query_actors::static_tables::{StaticCatalog, StaticLoader};
 use query_integration::bench::{
-    env_f64, parse_queries, run_duckdb_script, simulator, write_bench_section,
+    env_f64, parse_queries, simulator, write_bench_section, DuckDbServer,
 };
 use query_integration::{repo, Node};
 use serde_json::{json, Value};
@@ -467,14 +468,11 @@ fn export(dir: &Path, gen: &Generation, statics: &StaticCatalog, views: &ViewsFi
         .expect("write views.json");
 }
 
-/// Runs the DuckDB side; `Err` says why it could not (no venv, a failure).
-fn run_duckdb(
-    python: &Path,
-    dir: &Path,
-    runs: usize,
-) -> Result<(String, BTreeMap<String, Outcome>), String> {
+/// DuckDB on the tables `export` wrote to `dir`, kept running to time each query when asked
+/// (`bench/duckdb_sql.py`); `Err` says why it could not start (no venv, a failure).
+fn start_duckdb(python: &Path, dir: &Path, runs: usize) -> Result<DuckDbServer, String> {
     let queries_file = repo().join("bench/queries.sql");
-    let (version, queries) = run_duckdb_script(
+    DuckDbServer::start(
         python,
         "duckdb_sql.py",
         &[
@@ -485,28 +483,30 @@ fn run_duckdb(
             "--runs".as_ref(),
             runs.to_string().as_ref(),
         ],
-    )?;
-    let mut results = BTreeMap::new();
-    for (name, q) in &queries {
-        let rows = q["rows"]
-            .as_array()
-            .map(|rows| {
-                rows.iter()
-                    .map(|r| r.as_array().cloned().unwrap_or_default())
-                    .collect()
-            })
-            .unwrap_or_default();
-        results.insert(
-            name.clone(),
-            Outcome {
-                median_ms: q["median_ms"].as_f64(),
-                rows,
-                error: q["error"].as_str().map(str::to_string),
-                ..Default::default()
-            },
-        );
+    )
+}
+
+/// DuckDB's time and answer for the query `name`, or why there is none.
+fn duck_outcome(duck: &mut DuckDbServer, name: &str) -> Outcome {
+    match duck.time(name) {
+        Ok(q) => Outcome {
+            median_ms: q["median_ms"].as_f64(),
+            rows: q["rows"]
+                .as_array()
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| r.as_array().cloned().unwrap_or_default())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            error: q["error"].as_str().map(str::to_string),
+            ..Default::default()
+        },
+        Err(e) => Outcome {
+            error: Some(e),
+            ..Default::default()
+        },
     }
-    Ok((version, results))
 }
 
 /// Orders values: NULL, booleans, numbers (by value), strings, anything else.
@@ -659,56 +659,47 @@ fn start_node(gen: &Generation) -> (tempfile::TempDir, Node) {
     (dir, node)
 }
 
-/// Every query over HTTP: two warm-ups (the node keeps a plan the second time it meets
-/// its statement), then `runs` timed POSTs on one connection.
-fn run_http(node: &Node, queries: &[(String, String)], runs: usize) -> Vec<Outcome> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(std::time::Duration::from_secs(120))
-        .build();
-    let url = node.url("/sql");
+/// A query over HTTP: two warm-ups (the node keeps a plan the second time it meets its
+/// statement), then `runs` timed POSTs on the agent's keep-alive connection.
+fn run_http(agent: &ureq::Agent, url: &str, sql: &str, runs: usize) -> Outcome {
     let post = |sql: &str| -> Result<Value, String> {
         let r = agent
-            .post(&url)
+            .post(url)
             .set("Content-Type", "text/plain")
             .send_string(sql)
             .map_err(|e| e.to_string())?;
         r.into_json::<Value>().map_err(|e| e.to_string())
     };
-    queries
-        .iter()
-        .map(|(_, sql)| {
-            let mut times = Vec::with_capacity(runs);
-            let mut last = None;
-            for i in 0..=runs + 1 {
-                let start = Instant::now();
-                match post(sql) {
-                    Ok(v) => {
-                        if i > 1 {
-                            times.push(start.elapsed().as_secs_f64() * 1000.0);
-                        }
-                        last = Some(v);
-                    }
-                    Err(e) => {
-                        return Outcome {
-                            error: Some(e),
-                            ..Default::default()
-                        }
-                    }
+    let mut times = Vec::with_capacity(runs);
+    let mut last = None;
+    for i in 0..=runs + 1 {
+        let start = Instant::now();
+        match post(sql) {
+            Ok(v) => {
+                if i > 1 {
+                    times.push(start.elapsed().as_secs_f64() * 1000.0);
+                }
+                last = Some(v);
+            }
+            Err(e) => {
+                return Outcome {
+                    error: Some(e),
+                    ..Default::default()
                 }
             }
-            let rows = last
-                .and_then(|v| v["rows"].as_array().cloned())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|r| r.as_array().cloned().unwrap_or_default())
-                .collect();
-            Outcome {
-                median_ms: Some(median(times)),
-                rows,
-                ..Default::default()
-            }
-        })
-        .collect()
+        }
+    }
+    let rows = last
+        .and_then(|v| v["rows"].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.as_array().cloned().unwrap_or_default())
+        .collect();
+    Outcome {
+        median_ms: Some(median(times)),
+        rows,
+        ..Default::default()
+    }
 }
 
 struct Figure {
@@ -890,6 +881,36 @@ fn main() {
              the cores, keyed by machine, their columns' bounds, the views planned)",
             rt.block_on(build_ms(&gen, &statics, &views))
         );
+        // DuckDB and a node serving the same data over HTTP start first, then each query
+        // is timed in process, over HTTP and in DuckDB, one after another: the three
+        // figures of a query come from the same second of the host's load.
+        let dir = tempfile::tempdir().expect("tempdir");
+        export(dir.path(), &gen, &statics, &views);
+        let mut duck = match start_duckdb(&python, dir.path(), runs) {
+            Ok(d) => {
+                duck_version = Some(d.version().to_string());
+                Some(d)
+            }
+            Err(e) => {
+                eprintln!("sql bench: DuckDB not run: {e}");
+                duck_problem = Some(e);
+                None
+            }
+        };
+        let (_node_dir, node) = start_node(&gen);
+        let expected = gen.tables.get("processes").map(|t| t.rows()).unwrap_or(0);
+        node.eventually(
+            std::time::Duration::from_secs(120),
+            "the static tables loaded",
+            || {
+                let (_, v) = node.sql("SELECT COUNT(*) FROM processes");
+                (v["rows"][0][0].as_u64() == Some(expected as u64)).then_some(())
+            },
+        );
+        let agent = ureq::AgentBuilder::new()
+            .timeout(std::time::Duration::from_secs(120))
+            .build();
+        let url = node.url("/sql");
         let mut figures: Vec<Figure> = queries
             .iter()
             .map(|(name, sql)| Figure {
@@ -902,51 +923,19 @@ fn main() {
                     runs,
                     name.starts_with("view_"),
                 )),
-                http: None,
-                duck: None,
+                http: Some(run_http(&agent, &url, sql, runs)),
+                duck: duck.as_mut().map(|d| duck_outcome(d, name)),
             })
             .collect();
+        drop(duck);
         if machines == sizes[0] {
-            // The fixed cost of a statement, on the smallest fleet.
+            // The fixed cost of a statement, on the smallest fleet (DuckDB not asked).
             figures.push(Figure {
                 name: "select_1".into(),
                 ours: rt.block_on(run_query(&gen, &statics, &views, "SELECT 1", runs, false)),
-                http: None,
+                http: Some(run_http(&agent, &url, "SELECT 1", runs)),
                 duck: None,
             });
-        }
-        {
-            let (_dir, node) = start_node(&gen);
-            let mut all = queries.clone();
-            all.push(("select_1".into(), "SELECT 1".into()));
-            let expected = gen.tables.get("processes").map(|t| t.rows()).unwrap_or(0);
-            node.eventually(
-                std::time::Duration::from_secs(120),
-                "the static tables loaded",
-                || {
-                    let (_, v) = node.sql("SELECT COUNT(*) FROM processes");
-                    (v["rows"][0][0].as_u64() == Some(expected as u64)).then_some(())
-                },
-            );
-            let http = run_http(&node, &all, runs);
-            for (f, h) in figures.iter_mut().zip(http) {
-                f.http = Some(h);
-            }
-        }
-
-        let dir = tempfile::tempdir().expect("tempdir");
-        export(dir.path(), &gen, &statics, &views);
-        match run_duckdb(&python, dir.path(), runs) {
-            Ok((version, mut results)) => {
-                duck_version = Some(version);
-                for f in &mut figures {
-                    f.duck = results.remove(&f.name);
-                }
-            }
-            Err(e) => {
-                eprintln!("sql bench: DuckDB not run: {e}");
-                duck_problem = Some(e);
-            }
         }
         per_size.push((machines, shape, figures));
     }
@@ -963,7 +952,11 @@ fn main() {
          planned again; then executed. Planned ms plans it from its text in every run (no plan kept):\n\
          a statement the node has not seen;\n\
          DuckDB loads the same tables from CSV with the same column types and runs from Python\n\
-         (`execute().fetchall()`, which includes building Python rows). Median of {runs} runs\n\
+         (`execute().fetchall()`, which includes building Python rows), kept running: each query\n\
+         is timed in process, then over HTTP, then in DuckDB, one right after the other, so that\n\
+         its ratios compare runs of the same second (this host's faster and slower spells last\n\
+         seconds; until 2026-12-04 DuckDB ran after all of Query's runs, and one statement's\n\
+         ratio swung between 0.70 and 1.25 across runs of the same code). Median of {runs} runs\n\
          after one warm-up (four where plans are kept: two to keep the plan, two its physical plan). Queries: `bench/queries.sql`. Every Query run gets a new\n\
          snapshot, so views are computed in each run, as DuckDB's are (in service Query\n\
          computes a view once per generation and later uses cost almost nothing); the runs'\n\

@@ -13,6 +13,9 @@ use query_actors::tls::ca::{self, CertSpec};
 use crate::fleet::{free_port, toml_list};
 use crate::{repo, Node, Simulator, Workspace};
 
+mod duckdb;
+pub use duckdb::{run_duckdb_script, DuckDbServer};
+
 /// `$name` as a number, or `default` when unset or not a number.
 pub fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name)
@@ -647,41 +650,6 @@ pub fn write_bench_section(name: &str, command: &str, body: &str) -> std::io::Re
         _ => format!("{}\n{}\n", old.trim_end(), section),
     };
     std::fs::write(path, new)
-}
-
-/// Runs the DuckDB side of a benchmark, `bench/<script>` with `args`, in the bench venv's
-/// `python`, and returns DuckDB's version and its `queries` object (each query's
-/// `median_ms`, `rows`, or `error`); `Err` says why it could not run.
-pub fn run_duckdb_script(
-    python: &std::path::Path,
-    script: &str,
-    args: &[&std::ffi::OsStr],
-) -> Result<(String, serde_json::Map<String, serde_json::Value>), String> {
-    let out = Command::new(python)
-        .arg(repo().join("bench").join(script))
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .map_err(|e| {
-            format!(
-                "cannot run {} ({e}); `make bench-venv` creates it",
-                python.display()
-            )
-        })?;
-    if !out.status.success() {
-        return Err(format!("{} exited with {}", python.display(), out.status));
-    }
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("its output: {e}"))?;
-    let version = v["duckdb_version"]
-        .as_str()
-        .unwrap_or("unknown")
-        .to_string();
-    let queries = match v["queries"].take() {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    };
-    Ok((version, queries))
 }
 
 /// An HTTP/1.1 client with a connection of its own from a loopback address of its own, so
