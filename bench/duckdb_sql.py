@@ -102,6 +102,13 @@ def serve(con, queries, runs):
             reply({"error": f"no query named {name!r} in the queries file"})
 
 
+def print_timed(con, queries, runs):
+    """Times every query ({name: sql}) at once and prints the JSON of all the answers,
+    {"duckdb_version": ..., "queries": {name: answer}} (`bench/duckdb_history.py`)."""
+    answers = {name: timed(con, sql, runs) for name, sql in queries.items()}
+    json.dump({"duckdb_version": duckdb.__version__, "queries": answers}, sys.stdout)
+
+
 def timed(con, sql, runs):
     """One warm-up run, then the median of `runs` timed ones, and the answer's rows."""
     try:
