@@ -491,14 +491,7 @@ fn duck_outcome(duck: &mut DuckDbServer, name: &str) -> Outcome {
     match duck.time(name) {
         Ok(q) => Outcome {
             median_ms: q["median_ms"].as_f64(),
-            rows: q["rows"]
-                .as_array()
-                .map(|rows| {
-                    rows.iter()
-                        .map(|r| r.as_array().cloned().unwrap_or_default())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            rows: answer_rows(&q),
             error: q["error"].as_str().map(str::to_string),
             ..Default::default()
         },
@@ -507,6 +500,18 @@ fn duck_outcome(duck: &mut DuckDbServer, name: &str) -> Outcome {
             ..Default::default()
         },
     }
+}
+
+/// The rows of a JSON answer (`{"rows": [[...], ...]}`, DuckDB's side and the node's alike).
+fn answer_rows(answer: &Value) -> Vec<Vec<Value>> {
+    answer["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| r.as_array().cloned().unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Orders values: NULL, booleans, numbers (by value), strings, anything else.
@@ -689,15 +694,9 @@ fn run_http(agent: &ureq::Agent, url: &str, sql: &str, runs: usize) -> Outcome {
             }
         }
     }
-    let rows = last
-        .and_then(|v| v["rows"].as_array().cloned())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.as_array().cloned().unwrap_or_default())
-        .collect();
     Outcome {
         median_ms: Some(median(times)),
-        rows,
+        rows: last.as_ref().map(answer_rows).unwrap_or_default(),
         ..Default::default()
     }
 }

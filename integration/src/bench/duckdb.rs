@@ -19,10 +19,7 @@ pub fn run_duckdb_script(
     script: &str,
     args: &[&std::ffi::OsStr],
 ) -> Result<(String, Map<String, Value>), String> {
-    let out = Command::new(python)
-        .arg(repo().join("bench").join(script))
-        .args(args)
-        .stderr(Stdio::inherit())
+    let out = script_command(python, script, args)
         .output()
         .map_err(|e| cannot_run(python, e))?;
     if !out.status.success() {
@@ -54,12 +51,9 @@ impl DuckDbServer {
         script: &str,
         args: &[&std::ffi::OsStr],
     ) -> Result<DuckDbServer, String> {
-        let mut child = Command::new(python)
-            .arg(repo().join("bench").join(script))
-            .args(args)
+        let mut child = script_command(python, script, args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| cannot_run(python, e))?;
         let (Some(to), Some(from)) = (child.stdin.take(), child.stdout.take()) else {
@@ -108,6 +102,15 @@ impl Drop for DuckDbServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `python bench/<script> <args>`, its errors to ours.
+fn script_command(python: &Path, script: &str, args: &[&std::ffi::OsStr]) -> Command {
+    let mut c = Command::new(python);
+    c.arg(repo().join("bench").join(script))
+        .args(args)
+        .stderr(Stdio::inherit());
+    c
 }
 
 fn version_of(v: &Value) -> String {
