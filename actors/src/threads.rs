@@ -78,14 +78,15 @@ where
 {
     let total: usize = items.iter().map(&weight).sum();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if total < PARALLEL_FROM_PARTS || cores.min(items.len()) < 2 {
+    if total < PARALLEL_FROM_PARTS {
         return items.into_iter().map(f).collect();
     }
-    let helpers = Helpers::take(budget, cores.min(items.len()) - 1, cores);
+    // One item, one core, or every helper taken by other calls: this thread alone.
+    let helpers = Helpers::take(budget, cores.min(items.len()).saturating_sub(1), cores);
+    if helpers.taken == 0 {
+        return items.into_iter().map(f).collect();
+    }
     let threads = 1 + helpers.taken;
-    if threads < 2 {
-        return items.into_iter().map(f).collect();
-    }
     // Longest processing time first: each item, heaviest first, to the least loaded thread.
     let mut order: Vec<(usize, usize)> = items.iter().map(&weight).enumerate().collect();
     order.sort_by_key(|&(_, w)| std::cmp::Reverse(w));

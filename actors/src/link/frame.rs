@@ -58,8 +58,9 @@ const UNSIZED_FROM_LATE_ROWS: usize = 16_384;
 
 /// Serialized bytes per zstd frame of a payload compressed before its size was known: the
 /// frames are independent, so a receiver decompresses a full copy (179 MB at 70,000
-/// machines; 448 MB, one thread's half second, as a message per part) on every core. At [`ZSTD_LEVEL`] the window is
-/// 512 KiB either way, so the cuts cost next to nothing in size.
+/// machines; 448 MB, one thread's half second, as a message per part) on every core. At
+/// [`ZSTD_LEVEL`] the window is 512 KiB either way, so the cuts cost next to nothing in
+/// size.
 const ZSTD_CHUNK_BYTES: usize = 8 << 20;
 
 /// The least average size of a chunked payload's zstd frames for them to be decompressed
@@ -377,8 +378,8 @@ fn too_large(size: usize, limit: usize) -> LinkError {
 ///
 /// Uncompressed frames, and zstd frames of [`STREAM_FROM_BYTES`] or more, are serialized
 /// straight into the frame or the compressor: a whole fleet's full copy was 1.58 GB
-/// serialized at 250,000 machines when each part was a message (about 640 MB in blocks,
-/// link version 9), and holding it once more before
+/// serialized at 250,000 machines when each part was a message (179 MB at 70,000 in
+/// blocks, link version 9: `tla-merge`), and holding it once more before
 /// compression set the sender's peak (BENCHMARKS.md, `fleet-big`). Sized first: the zstd
 /// frame records its size, which the receiver checks against its limit before
 /// decompressing, and a growing buffer would be copied over and over into freshly faulted

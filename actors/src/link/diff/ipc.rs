@@ -54,8 +54,9 @@ impl IpcWriter {
     /// The batch's dictionaries (if any) then the batch, as one byte string.
     pub(super) fn batch(&mut self, batch: &RecordBatch) -> Result<Vec<u8>, LinkError> {
         // A fresh tracker per batch: every block (or part sent alone) carries its own
-        // dictionaries, so the parent can decode each alone. Dictionary ids are assigned while encoding the schema,
-        // so a schema with dictionaries is encoded (and dropped) first.
+        // dictionaries, so the parent can decode each alone. Dictionary ids are assigned
+        // while encoding the schema, so a schema with dictionaries is encoded (and dropped)
+        // first.
         let mut tracker = DictionaryTracker::new(false);
         if batch
             .schema_ref()
